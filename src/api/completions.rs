@@ -1,0 +1,250 @@
+//! `POST /v1/chat/completions` and `POST /v1/embeddings`: authenticate, read and check the
+//! body, forward, and shape the answer (streamed, or whole with embeddings converted to
+//! the encoding the client asked for).
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use base64::Engine;
+use serde_json::Value;
+
+use super::{ApiError, RequestId, authorization};
+use crate::domain::ModelKind;
+use crate::gateway::{AnswerBody, Call, Gateway};
+use crate::streams;
+
+pub async fn chat(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(&gateway, ModelKind::Chat, &id, &headers, body).await
+}
+
+pub async fn embeddings(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(&gateway, ModelKind::Embeddings, &id, &headers, body).await
+}
+
+async fn proxy(
+    gateway: &Gateway,
+    kind: ModelKind,
+    id: &RequestId,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = gateway.authenticate(authorization(headers))?;
+    let bytes = read_body(body, gateway.config().server.max_body).await?;
+    let object = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) => return Err(ApiError::not_an_object()),
+        Err(e) => return Err(ApiError::bad_json(&e)),
+    };
+    let alias = match object.get("model") {
+        Some(Value::String(alias)) if !alias.is_empty() => alias.as_str(),
+        None | Some(Value::Null) => return Err(ApiError::missing_model()),
+        Some(Value::String(_)) => return Err(ApiError::missing_model()),
+        Some(_) => {
+            return Err(ApiError::bad_parameter(
+                "model",
+                "'model' must be a string".into(),
+            ));
+        }
+    };
+    let config = gateway.config();
+    let model = config.model(alias).ok_or_else(|| {
+        let known: Vec<&str> = config
+            .models
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| m.alias.as_str())
+            .collect();
+        ApiError::unknown_model(alias, &known)
+    })?;
+    if model.kind != kind {
+        let path = match model.kind {
+            ModelKind::Chat => "/v1/chat/completions",
+            ModelKind::Embeddings => "/v1/embeddings",
+        };
+        return Err(ApiError::wrong_endpoint(
+            alias,
+            &model.kind.to_string(),
+            path,
+        ));
+    }
+    let stream = match object.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b && kind == ModelKind::Chat,
+        Some(_) => {
+            return Err(ApiError::bad_parameter(
+                "stream",
+                "'stream' must be a boolean".into(),
+            ));
+        }
+    };
+    let wants_base64 = object.get("encoding_format").and_then(Value::as_str) == Some("base64");
+
+    let started = tokio::time::Instant::now();
+    let answer = gateway
+        .forward(Call {
+            request_id: &id.0,
+            model,
+            body: object,
+            stream,
+        })
+        .await
+        .inspect_err(|error| {
+            tracing::warn!(request_id = %id.0, tenant = %tenant.name, model = %model.alias, %error, "request failed");
+        })?;
+    tracing::debug!(
+        request_id = %id.0,
+        tenant = %tenant.name,
+        model = %model.alias,
+        region = %answer.region,
+        instance = %answer.instance,
+        status = answer.status.as_u16(),
+        stream,
+        upstream_ms = started.elapsed().as_millis() as u64,
+        "request answered"
+    );
+
+    let mut response = match answer.body {
+        AnswerBody::Whole(bytes) => {
+            let bytes = if kind == ModelKind::Embeddings && answer.status.is_success() {
+                encode_embeddings(bytes, wants_base64)
+            } else {
+                bytes
+            };
+            let content_type = answer
+                .headers
+                .get(header::CONTENT_TYPE)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("application/json"));
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = answer.status;
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
+            response
+        }
+        AnswerBody::Stream { response, slot } => {
+            let describe = format!("{}/{}", answer.region, answer.instance);
+            let relay = streams::relay(response.bytes_stream(), slot, describe, id.0.to_string());
+            let mut response = Response::new(Body::from_stream(relay));
+            *response.status_mut() = StatusCode::OK;
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            response
+        }
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-switchyard-region", &answer.region),
+        ("x-switchyard-instance", &answer.instance),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::unreadable_body(&e.to_string())
+        }
+    })
+}
+
+/// Puts every embedding in the encoding the client asked for: base64 of little-endian
+/// f32s, or float arrays. Upstreams that ignore `encoding_format` answer floats, and the
+/// Node SDK decodes base64 unconditionally, so this must hold whatever the upstream did.
+fn encode_embeddings(bytes: Bytes, base64: bool) -> Bytes {
+    let Ok(mut answer) = serde_json::from_slice::<Value>(&bytes) else {
+        return bytes;
+    };
+    let Some(data) = answer.get_mut("data").and_then(Value::as_array_mut) else {
+        return bytes;
+    };
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let mut changed = false;
+    for embedding in data.iter_mut().filter_map(|item| item.get_mut("embedding")) {
+        match embedding {
+            Value::Array(floats) if base64 => {
+                let raw: Vec<u8> = floats
+                    .iter()
+                    .flat_map(|f| (f.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
+                    .collect();
+                *embedding = Value::String(engine.encode(raw));
+                changed = true;
+            }
+            Value::String(text) if !base64 => {
+                let Ok(raw) = engine.decode(text.as_bytes()) else {
+                    continue;
+                };
+                let floats: Vec<Value> = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .map(|f| Value::from(f64::from(f)))
+                    .collect();
+                *embedding = Value::Array(floats);
+                changed = true;
+            }
+            _ => {}
+        }
+    }
+    if !changed {
+        return bytes;
+    }
+    serde_json::to_vec(&answer)
+        .map(Bytes::from)
+        .unwrap_or(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float_embeddings_become_base64_and_back() {
+        let floats = Bytes::from_static(br#"{"data":[{"embedding":[0.5,-1.0]}],"model":"m"}"#);
+        let encoded = encode_embeddings(floats, true);
+        let v: Value = serde_json::from_slice(&encoded).unwrap_or_default();
+        let text = v.pointer("/data/0/embedding").and_then(Value::as_str);
+        let expected = base64::engine::general_purpose::STANDARD
+            .encode([0.5f32.to_le_bytes(), (-1.0f32).to_le_bytes()].concat());
+        assert_eq!(text, Some(expected.as_str()));
+        assert_eq!(v["model"], "m");
+
+        let decoded = encode_embeddings(encoded, false);
+        let v: Value = serde_json::from_slice(&decoded).unwrap_or_default();
+        assert_eq!(
+            v.pointer("/data/0/embedding"),
+            Some(&serde_json::json!([0.5, -1.0]))
+        );
+    }
+
+    #[test]
+    fn embeddings_already_in_the_right_form_are_untouched() {
+        let body = Bytes::from_static(br#"{"data":[{"embedding":"AAAAPw=="}]}"#);
+        assert_eq!(encode_embeddings(body.clone(), true), body);
+    }
+}

@@ -1,0 +1,123 @@
+//! The OpenAI-compatible front: routes, request ids, body limits, and turning gateway
+//! answers into HTTP responses.
+//!
+//! Handlers parse only what routing needs (`model`, `stream`, `encoding_format`) and pass
+//! every other field through untouched. Every response carries `x-request-id`; every
+//! error is OpenAI-shaped (see `error`), including unknown paths, wrong methods and panics.
+
+mod completions;
+mod error;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::FutureExt;
+use serde_json::json;
+
+use crate::gateway::Gateway;
+
+pub use error::ApiError;
+
+/// A request's id, generated on arrival and echoed as `x-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+impl RequestId {
+    fn generate() -> RequestId {
+        RequestId(format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..)).into())
+    }
+}
+
+/// The public API's router.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(completions::chat))
+        .route("/v1/embeddings", post(completions::embeddings))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|req: Request| async move {
+            ApiError::not_found(req.method().as_str(), req.uri().path())
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
+        })
+        .layer(axum::middleware::from_fn(request_context))
+        .with_state(gateway)
+}
+
+/// Gives every request an id, and turns a panic in a handler into a 500 in OpenAI's shape
+/// instead of a dropped connection.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = RequestId::generate();
+    req.extensions_mut().insert(id.clone());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut response = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(request_id = %id.0, %method, %path, panic = %what, "request handler panicked");
+            ApiError::internal().into_response()
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// `GET /v1/models`: the configured aliases, in OpenAI's list shape.
+async fn models(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    gateway.authenticate(authorization(&headers))?;
+    let data: Vec<_> = gateway
+        .config()
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.alias,
+                "object": "model",
+                "created": 0,
+                "owned_by": "switchyard",
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Readiness: the gateway is configured and serving.
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    let instances = gateway.router().instances().count();
+    axum::Json(json!({
+        "status": "ready",
+        "regions": gateway.config().regions.len(),
+        "instances": instances,
+        "models": gateway.config().models.len(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,254 @@
+//! The `switchyard` command line: parses arguments, sets up logging and a runtime, and
+//! hands over to the module that does the work. Errors end here, printed for a person.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, parse_duration};
+use crate::daemon::{Daemon, SHUTDOWN_GRACE, shutdown_signal};
+use crate::mock::{Knobs, MockUpstream};
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about = "An OpenAI-compatible LLM gateway", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway daemon.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Run a simulated OpenAI-compatible upstream.
+    Mock(MockArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Work with tenant API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Measure the gateway's overhead: the same load straight to a mock, then through the gateway.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file and summarise it.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print the `sha256:...` hash of a key, for a tenant's `keys` in the config.
+    /// Reads the key from standard input when it is not given.
+    Hash { key: Option<String> },
+}
+
+#[derive(Debug, Args)]
+struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9101")]
+    listen: SocketAddr,
+    /// Delay before the first token, e.g. "150ms".
+    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
+    ttft: Duration,
+    /// Token pacing; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 50.0)]
+    tokens_per_sec: f64,
+    /// Answer length when max_tokens does not cut it shorter.
+    #[arg(long, default_value_t = 32)]
+    answer_tokens: u32,
+    /// Share of requests (0 to 1) answered with --error-status.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Status of injected errors; 429 comes with retry-after.
+    #[arg(long, default_value_t = 500)]
+    error_status: u16,
+    /// retry-after seconds sent with injected 429s.
+    #[arg(long, default_value_t = 1)]
+    retry_after: u64,
+    /// Cut every stream after this many tokens.
+    #[arg(long)]
+    fail_after_tokens: Option<u32>,
+    /// Answer embeddings as floats even when base64 is asked for.
+    #[arg(long)]
+    embeddings_floats_only: bool,
+    /// Drop a kept-alive connection when a second request arrives on it.
+    #[arg(long)]
+    drop_reused_connections: bool,
+    /// Models served (comma-separated); others get 404 model_not_found.
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    /// Environment variable holding a key that clients must present.
+    #[arg(long)]
+    api_key_env: Option<String>,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Mock(args) => mock(args),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => check(file),
+        Command::Keys {
+            command: KeysCommand::Hash { key },
+        } => hash(key),
+        Command::Bench(args) => {
+            let _logs = crate::telemetry::init_stderr("warn");
+            runtime()?.block_on(crate::bench::run(args))
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).with_context(|| format!("{} is not a valid configuration", path.display()))
+}
+
+fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = load(&path)?;
+    let _logs = crate::telemetry::init(&config.server.data_dir, true)?;
+    runtime()?.block_on(async {
+        let daemon = Daemon::start(config).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        daemon.stop(SHUTDOWN_GRACE).await;
+        Ok(())
+    })
+}
+
+fn mock(args: MockArgs) -> anyhow::Result<()> {
+    let _logs = crate::telemetry::init_stderr("info");
+    let mut builder = MockUpstream::builder().knobs(Knobs {
+        ttft_ms: args.ttft.as_millis() as u64,
+        tokens_per_sec: args.tokens_per_sec,
+        answer_tokens: args.answer_tokens,
+        error_rate: args.error_rate.clamp(0.0, 1.0),
+        error_status: args.error_status,
+        retry_after_secs: args.retry_after,
+        fail_after_tokens: args.fail_after_tokens,
+        embeddings_floats_only: args.embeddings_floats_only,
+        drop_reused_connections: args.drop_reused_connections,
+        ..Knobs::default()
+    });
+    if let Some(models) = args.models {
+        builder = builder.models(models);
+    }
+    if let Some(var) = args.api_key_env {
+        let key = std::env::var(&var)
+            .with_context(|| format!("--api-key-env: environment variable {var} is not set"))?;
+        builder = builder.api_key(key);
+    }
+    runtime()?.block_on(async {
+        let mock = builder
+            .spawn(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(url = %mock.url(), "mock upstream is listening; control it at /_mock/stats, /_mock/knobs, /_mock/outage");
+        shutdown_signal().await;
+        mock.shutdown();
+        Ok(())
+    })
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = load(&path)?;
+    let instances: Vec<_> = config.regions.iter().flat_map(|r| &r.instances).collect();
+    println!("{} is valid:", path.display());
+    println!(
+        "  listen    {} (data in {})",
+        config.server.listen,
+        config.server.data_dir.display()
+    );
+    for region in &config.regions {
+        let names: Vec<_> = region.instances.iter().map(|i| i.name.as_str()).collect();
+        println!(
+            "  region    {} (order {}): {}",
+            region.name,
+            region.order,
+            names.join(", ")
+        );
+    }
+    for tenant in &config.tenants {
+        println!(
+            "  tenant    {} ({}, {} key{})",
+            tenant.name,
+            tenant.tier,
+            tenant.keys.len(),
+            if tenant.keys.len() == 1 { "" } else { "s" }
+        );
+    }
+    for model in &config.models {
+        let regions: Vec<_> = model
+            .deployments
+            .iter()
+            .map(|d| format!("{}→{}", d.region, d.upstream_model))
+            .collect();
+        println!(
+            "  model     {} ({}): {}",
+            model.alias,
+            model.kind,
+            regions.join(", ")
+        );
+    }
+    let missing: Vec<_> = instances
+        .iter()
+        .filter_map(|i| i.api_key_env.as_ref().map(|v| (i, v)))
+        .filter(|(_, var)| std::env::var_os(var).is_none())
+        .collect();
+    for (instance, var) in &missing {
+        println!(
+            "  warning   instance {}: {var} is not set in this environment; `serve` will refuse to start without it",
+            instance.name
+        );
+    }
+    Ok(())
+}
+
+fn hash(key: Option<String>) -> anyhow::Result<()> {
+    let key = match key {
+        Some(key) => key,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the key from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    anyhow::ensure!(!key.is_empty(), "the key is empty");
+    println!("{}", crate::auth::hash_key(&key));
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! The TOML configuration: a raw serde schema, then `validate` into the types the rest of
+//! the gateway uses, so nothing downstream re-checks an `Option`.
+//!
+//! Every error names the key path (`regions[1].instances[0].url: ...`). This module never
+//! opens sockets or spawns tasks; reading the file is the only I/O it does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::{
+    Deployment, Dialect, Instance, KeyHash, Model, ModelKind, Region, Tenant, Tier,
+    UpstreamTimeouts,
+};
+
+/// Environment variable that overrides `server.data_dir`.
+pub const DATA_DIR_ENV: &str = "SWITCHYARD_DATA_DIR";
+
+/// A configuration that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub upstream: UpstreamTimeouts,
+    pub tiers: Vec<Tier>,
+    pub tenants: Vec<Tenant>,
+    /// Sorted by failover order (then by position in the file).
+    pub regions: Vec<Region>,
+    pub models: Vec<Model>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{}{}{message}",
+        line.map(|l| format!("line {l}: ")).unwrap_or_default(),
+        if key.is_empty() { String::new() } else { format!("{key}: ") }
+    )]
+    Syntax {
+        /// The key path, empty when the error is in the TOML syntax itself.
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file, then applies `SWITCHYARD_DATA_DIR`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&text)?;
+        if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
+            config.server.data_dir = PathBuf::from(dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; reads no environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| syntax(text, "", &e))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            syntax(text, &key, e.inner())
+        })?;
+        raw.validate()
+    }
+
+    pub fn model(&self, alias: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.alias == alias)
+    }
+}
+
+fn syntax(text: &str, key: &str, error: &toml::de::Error) -> ConfigError {
+    let line = error
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    ConfigError::Syntax {
+        key: if key == "." {
+            String::new()
+        } else {
+            key.to_string()
+        },
+        line,
+        message: error.message().trim().to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The raw schema, as users write it.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    tiers: BTreeMap<String, RawTier>,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+    #[serde(default)]
+    regions: Vec<RawRegion>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    /// Address of the public OpenAI-compatible API.
+    listen: String,
+    /// Where logs (and later the database) live.
+    data_dir: String,
+    /// Largest request body accepted, e.g. "4MiB".
+    max_body: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "./data".into(),
+            max_body: "4MiB".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    /// Time allowed to connect to an upstream.
+    connect_timeout: String,
+    /// Time allowed until the upstream's response headers (non-streaming: the whole answer).
+    timeout: String,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            connect_timeout: "2s".into(),
+            timeout: "300s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: String,
+    tier: String,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: String,
+    #[serde(default)]
+    order: u32,
+    #[serde(default)]
+    instances: Vec<RawInstance>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    name: String,
+    url: String,
+    #[serde(default = "default_dialect")]
+    dialect: String,
+    api_key_env: Option<String>,
+    #[serde(default = "default_max_concurrency")]
+    max_concurrency: u32,
+    #[serde(default = "default_weight")]
+    weight: u32,
+}
+
+fn default_dialect() -> String {
+    "openai".into()
+}
+fn default_max_concurrency() -> u32 {
+    64
+}
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    alias: String,
+    #[serde(default = "default_kind")]
+    kind: String,
+    /// Name the upstream knows the model by; defaults to the alias.
+    upstream: Option<String>,
+    /// Regions that serve the alias; defaults to all.
+    regions: Option<Vec<String>>,
+    /// Per-region upstream names, for regions that call the model differently.
+    #[serde(default)]
+    upstream_by_region: BTreeMap<String, String>,
+}
+
+fn default_kind() -> String {
+    "chat".into()
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation.
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let upstream = self.upstream.validate()?;
+
+        if self.tiers.is_empty() {
+            return Err(invalid(
+                "tiers",
+                "define at least one tier, e.g. [tiers.free]",
+            ));
+        }
+        let tiers: Vec<Tier> = self.tiers.into_keys().map(|name| Tier { name }).collect();
+
+        let mut tenants = Vec::with_capacity(self.tenants.len());
+        let mut tenant_names = HashSet::new();
+        let mut key_owner: HashMap<KeyHash, String> = HashMap::new();
+        for (i, raw) in self.tenants.into_iter().enumerate() {
+            let at = format!("tenants[{i}]");
+            check_name(&format!("{at}.name"), &raw.name)?;
+            if !tenant_names.insert(raw.name.clone()) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("tenant \"{}\" is defined twice", raw.name),
+                ));
+            }
+            if !tiers.iter().any(|t| t.name == raw.tier) {
+                return Err(invalid(
+                    format!("{at}.tier"),
+                    format!(
+                        "unknown tier \"{}\"; defined tiers: {}",
+                        raw.tier,
+                        names(tiers.iter().map(|t| t.name.as_str()))
+                    ),
+                ));
+            }
+            let mut keys = Vec::with_capacity(raw.keys.len());
+            for (k, text) in raw.keys.iter().enumerate() {
+                let key_at = format!("{at}.keys[{k}]");
+                let hash = KeyHash::parse(text).map_err(|m| {
+                    invalid(
+                        &key_at,
+                        format!("{m}; store key hashes, not keys (`switchyard keys hash`)"),
+                    )
+                })?;
+                if let Some(owner) = key_owner.insert(hash, raw.name.clone()) {
+                    return Err(invalid(
+                        key_at,
+                        format!("this key hash is already used by tenant \"{owner}\""),
+                    ));
+                }
+                keys.push(hash);
+            }
+            tenants.push(Tenant {
+                name: raw.name,
+                tier: raw.tier,
+                keys,
+            });
+        }
+
+        if self.regions.is_empty() {
+            return Err(invalid("regions", "define at least one region"));
+        }
+        let mut regions = Vec::with_capacity(self.regions.len());
+        let mut region_names = HashSet::new();
+        let mut instance_names = HashSet::new();
+        for (i, raw) in self.regions.into_iter().enumerate() {
+            let at = format!("regions[{i}]");
+            check_name(&format!("{at}.name"), &raw.name)?;
+            if !region_names.insert(raw.name.clone()) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("region \"{}\" is defined twice", raw.name),
+                ));
+            }
+            if raw.instances.is_empty() {
+                return Err(invalid(
+                    format!("{at}.instances"),
+                    format!("region \"{}\" has no instances", raw.name),
+                ));
+            }
+            let mut instances = Vec::with_capacity(raw.instances.len());
+            for (j, inst) in raw.instances.into_iter().enumerate() {
+                let inst_at = format!("{at}.instances[{j}]");
+                check_name(&format!("{inst_at}.name"), &inst.name)?;
+                if !instance_names.insert(inst.name.clone()) {
+                    return Err(invalid(
+                        format!("{inst_at}.name"),
+                        format!("instance \"{}\" is defined twice", inst.name),
+                    ));
+                }
+                instances.push(inst.validate(&inst_at)?);
+            }
+            regions.push(Region {
+                name: raw.name,
+                order: raw.order,
+                instances,
+            });
+        }
+        // A stable sort keeps file order among regions of equal `order`.
+        regions.sort_by_key(|r| r.order);
+
+        if self.models.is_empty() {
+            return Err(invalid("models", "define at least one model alias"));
+        }
+        let mut models: Vec<Model> = Vec::with_capacity(self.models.len());
+        for (i, raw) in self.models.into_iter().enumerate() {
+            let at = format!("models[{i}]");
+            if raw.alias.trim().is_empty() {
+                return Err(invalid(format!("{at}.alias"), "must not be empty"));
+            }
+            if models.iter().any(|m| m.alias == raw.alias) {
+                return Err(invalid(
+                    format!("{at}.alias"),
+                    format!("model alias \"{}\" is defined twice", raw.alias),
+                ));
+            }
+            let kind = match raw.kind.as_str() {
+                "chat" => ModelKind::Chat,
+                "embeddings" => ModelKind::Embeddings,
+                other => {
+                    return Err(invalid(
+                        format!("{at}.kind"),
+                        format!("unknown kind \"{other}\"; expected \"chat\" or \"embeddings\""),
+                    ));
+                }
+            };
+            let served: Vec<&Region> = match &raw.regions {
+                None => regions.iter().collect(),
+                Some(list) => {
+                    for (k, name) in list.iter().enumerate() {
+                        if !region_names.contains(name) {
+                            return Err(unknown_region(
+                                &format!("{at}.regions[{k}]"),
+                                name,
+                                &regions,
+                            ));
+                        }
+                    }
+                    regions.iter().filter(|r| list.contains(&r.name)).collect()
+                }
+            };
+            if served.is_empty() {
+                return Err(invalid(
+                    format!("{at}.regions"),
+                    "must name at least one region",
+                ));
+            }
+            for name in raw.upstream_by_region.keys() {
+                if !served.iter().any(|r| &r.name == name) {
+                    return Err(invalid(
+                        format!("{at}.upstream_by_region.{name}"),
+                        format!("region \"{name}\" does not serve \"{}\"", raw.alias),
+                    ));
+                }
+            }
+            let default_upstream = raw.upstream.clone().unwrap_or_else(|| raw.alias.clone());
+            let deployments = served
+                .iter()
+                .map(|r| Deployment {
+                    region: r.name.clone(),
+                    upstream_model: raw
+                        .upstream_by_region
+                        .get(&r.name)
+                        .cloned()
+                        .unwrap_or_else(|| default_upstream.clone()),
+                })
+                .collect();
+            models.push(Model {
+                alias: raw.alias,
+                kind,
+                deployments,
+            });
+        }
+
+        Ok(Config {
+            server,
+            upstream,
+            tiers,
+            tenants,
+            regions,
+            models,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<Server, ConfigError> {
+        let listen = self.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "\"{}\" is not an address like \"127.0.0.1:8080\"",
+                    self.listen
+                ),
+            )
+        })?;
+        if self.data_dir.trim().is_empty() {
+            return Err(invalid("server.data_dir", "must not be empty"));
+        }
+        let max_body = parse_size(&self.max_body).map_err(|m| invalid("server.max_body", m))?;
+        if max_body == 0 {
+            return Err(invalid("server.max_body", "must be larger than zero"));
+        }
+        Ok(Server {
+            listen,
+            data_dir: PathBuf::from(self.data_dir),
+            max_body,
+        })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self) -> Result<UpstreamTimeouts, ConfigError> {
+        let positive = |key: &str, text: &str| -> Result<Duration, ConfigError> {
+            let d = parse_duration(text).map_err(|m| invalid(key, m))?;
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+            Ok(d)
+        };
+        Ok(UpstreamTimeouts {
+            connect: positive("upstream.connect_timeout", &self.connect_timeout)?,
+            response: positive("upstream.timeout", &self.timeout)?,
+        })
+    }
+}
+
+impl RawInstance {
+    fn validate(self, at: &str) -> Result<Instance, ConfigError> {
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| invalid(format!("{at}.url"), format!("{e}: \"{}\"", self.url)))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(invalid(
+                format!("{at}.url"),
+                format!("scheme must be http or https, found \"{}\"", url.scheme()),
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid(
+                format!("{at}.url"),
+                "must not carry a query or fragment",
+            ));
+        }
+        let dialect = match self.dialect.as_str() {
+            "openai" => Dialect::OpenAi,
+            other => {
+                return Err(invalid(
+                    format!("{at}.dialect"),
+                    format!("unknown dialect \"{other}\"; supported: \"openai\""),
+                ));
+            }
+        };
+        if let Some(var) = &self.api_key_env {
+            let valid = !var.is_empty()
+                && !var.starts_with(|c: char| c.is_ascii_digit())
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(invalid(
+                    format!("{at}.api_key_env"),
+                    format!(
+                        "\"{var}\" is not an environment variable name; give the variable's name, never the key itself"
+                    ),
+                ));
+            }
+        }
+        if self.max_concurrency == 0 {
+            return Err(invalid(
+                format!("{at}.max_concurrency"),
+                "must be at least 1",
+            ));
+        }
+        if self.weight == 0 {
+            return Err(invalid(format!("{at}.weight"), "must be at least 1"));
+        }
+        Ok(Instance {
+            name: self.name,
+            url: self.url.trim_end_matches('/').to_string(),
+            dialect,
+            api_key_env: self.api_key_env,
+            max_concurrency: self.max_concurrency,
+            weight: self.weight,
+        })
+    }
+}
+
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("\"{name}\" is not a valid name; use 1 to 64 letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+fn unknown_region(key: &str, name: &str, regions: &[Region]) -> ConfigError {
+    invalid(
+        key,
+        format!(
+            "unknown region \"{name}\"; defined regions: {}",
+            names(regions.iter().map(|r| r.name.as_str()))
+        ),
+    )
+}
+
+fn names<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
+
+/// Parses durations written as `"250ms"`, `"2s"`, `"1.5s"`, `"5m"` or `"1h"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("\"{text}\" has no unit; write e.g. \"250ms\", \"2s\" or \"5m\""))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration like \"250ms\", \"2s\" or \"5m\""))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "\"{text}\" has an unknown unit \"{unit}\"; use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("\"{text}\" is out of range"))
+}
+
+/// Parses sizes written as `"4MiB"`, `"512KiB"`, `"1GiB"`, `"10MB"`, `"100B"` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a size like \"4MiB\""))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "\"{text}\" has an unknown unit \"{other}\"; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("\"{text}\" is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("2KB"), Ok(2000));
+        assert!(parse_size("4 parsecs").is_err());
+    }
+}

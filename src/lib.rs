@@ -1,0 +1,19 @@
+//! Switchyard: an OpenAI-compatible LLM gateway with an operations console.
+//!
+//! The request path runs top to bottom through the modules named after its stages:
+//! `api` → `auth` → `gateway` → `router` → `providers`, with `streams` relaying SSE back.
+//! See ARCHITECTURE.md for the map and the invariants.
+
+pub mod api;
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod domain;
+pub mod gateway;
+pub mod mock;
+pub mod providers;
+pub mod router;
+pub mod streams;
+pub mod telemetry;

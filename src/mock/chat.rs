@@ -1,0 +1,303 @@
+//! `POST /v1/chat/completions`, plain and streamed, with OpenAI's exact SSE framing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::{MockState, Outage, wire};
+
+/// What one request will produce, fixed before the first byte is sent.
+struct Plan {
+    id: String,
+    created: u64,
+    model: String,
+    tokens: Vec<String>,
+    finish_reason: &'static str,
+    prompt_tokens: u64,
+    include_usage: bool,
+    ttft: Duration,
+    /// Time between tokens; zero sends as fast as possible.
+    gap: Duration,
+    fail_after: Option<u32>,
+}
+
+impl Plan {
+    fn usage(&self) -> Value {
+        let completion = self.tokens.len() as u64;
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": { "cached_tokens": 0, "audio_tokens": 0 },
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0
+            }
+        })
+    }
+
+    /// When token `i` (0-based) is due, counted from the request's arrival.
+    fn due(&self, i: usize) -> Duration {
+        self.ttft + self.gap * i as u32
+    }
+}
+
+pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    state.bump(&state.counters.chat_requests);
+    let arrived = Instant::now();
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return wire::bad_json(&e),
+    };
+    if !request.is_object() {
+        return wire::error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            "The request body must be a JSON object.",
+        );
+    }
+    state.remember(&request);
+    let Some(model) = request.get("model").and_then(Value::as_str) else {
+        return wire::missing_parameter("model");
+    };
+    if !state.models.iter().any(|m| m == model) {
+        return wire::unknown_model(model);
+    }
+    let Some(messages) = request.get("messages").and_then(Value::as_array) else {
+        return wire::missing_parameter("messages");
+    };
+    let knobs = state.knobs();
+    let limit = request
+        .get("max_completion_tokens")
+        .or_else(|| request.get("max_tokens"))
+        .and_then(Value::as_u64);
+    let wanted = u64::from(knobs.answer_tokens);
+    let (count, finish_reason) = match limit {
+        Some(limit) if limit < wanted => (limit, "length"),
+        _ => (wanted, "stop"),
+    };
+    let seed = wire::fnv(
+        serde_json::to_string(messages)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    let plan = Plan {
+        id: wire::id("chatcmpl-"),
+        created: wire::now_secs(),
+        model: model.to_string(),
+        tokens: {
+            // Cut a full answer short, as a length-limited model does: no closing period.
+            let mut tokens = wire::answer_tokens(seed, wanted as usize);
+            tokens.truncate(count as usize);
+            tokens
+        },
+        finish_reason,
+        prompt_tokens: wire::prompt_tokens(messages),
+        include_usage: request
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        ttft: Duration::from_millis(knobs.ttft_ms),
+        gap: if knobs.tokens_per_sec > 0.0 {
+            Duration::from_secs_f64(1.0 / knobs.tokens_per_sec)
+        } else {
+            Duration::ZERO
+        },
+        fail_after: knobs.fail_after_tokens,
+    };
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        stream_answer(state, plan, arrived)
+    } else {
+        let last = plan.tokens.len().saturating_sub(1);
+        pause_until(arrived + plan.due(last)).await;
+        plain_answer(&plan)
+    }
+}
+
+fn plain_answer(plan: &Plan) -> Response {
+    let body = json!({
+        "id": plan.id,
+        "object": "chat.completion",
+        "created": plan.created,
+        "model": plan.model,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": plan.tokens.concat(), "refusal": null, "annotations": [] },
+            "logprobs": null,
+            "finish_reason": plan.finish_reason,
+        }],
+        "usage": plan.usage(),
+        "service_tier": "default",
+        "system_fingerprint": "fp_switchyard_mock",
+    });
+    axum::Json(body).into_response()
+}
+
+/// Counts a stream as completed, cancelled or failed when it ends, however it ends.
+struct StreamEnd {
+    state: Arc<MockState>,
+    outcome: Option<Outcome>,
+}
+
+enum Outcome {
+    Completed,
+    Failed,
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        let counters = &self.state.counters;
+        let counter = match self.outcome {
+            Some(Outcome::Completed) => &counters.streams_completed,
+            Some(Outcome::Failed) => &counters.streams_failed,
+            None => &counters.streams_cancelled,
+        };
+        self.state.bump(counter);
+    }
+}
+
+#[derive(Debug)]
+struct StreamCut;
+
+impl std::fmt::Display for StreamCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream cut by the mock")
+    }
+}
+
+impl std::error::Error for StreamCut {}
+
+/// One SSE event: the bytes and when they are due.
+struct Event {
+    due: Duration,
+    data: Bytes,
+    /// Content tokens sent once this event is out.
+    tokens_after: u32,
+}
+
+fn sse(data: &str) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
+    let mut chunk = json!({
+        "id": plan.id,
+        "object": "chat.completion.chunk",
+        "created": plan.created,
+        "model": plan.model,
+        "service_tier": "default",
+        "system_fingerprint": "fp_switchyard_mock",
+        "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
+    });
+    if plan.include_usage {
+        chunk["usage"] = Value::Null;
+    }
+    sse(&chunk.to_string())
+}
+
+fn events(plan: &Plan) -> Vec<Event> {
+    let mut events = Vec::with_capacity(plan.tokens.len() + 4);
+    events.push(Event {
+        due: plan.ttft,
+        data: chunk(
+            plan,
+            json!({"role": "assistant", "content": "", "refusal": null}),
+            None,
+        ),
+        tokens_after: 0,
+    });
+    for (i, token) in plan.tokens.iter().enumerate() {
+        events.push(Event {
+            due: plan.due(i),
+            data: chunk(plan, json!({ "content": token }), None),
+            tokens_after: i as u32 + 1,
+        });
+    }
+    let end = plan.due(plan.tokens.len().saturating_sub(1));
+    let sent = plan.tokens.len() as u32;
+    events.push(Event {
+        due: end,
+        data: chunk(plan, json!({}), Some(plan.finish_reason)),
+        tokens_after: sent,
+    });
+    if plan.include_usage {
+        let usage = json!({
+            "id": plan.id,
+            "object": "chat.completion.chunk",
+            "created": plan.created,
+            "model": plan.model,
+            "service_tier": "default",
+            "system_fingerprint": "fp_switchyard_mock",
+            "choices": [],
+            "usage": plan.usage(),
+        });
+        events.push(Event {
+            due: end,
+            data: sse(&usage.to_string()),
+            tokens_after: sent,
+        });
+    }
+    events.push(Event {
+        due: end,
+        data: sse("[DONE]"),
+        tokens_after: sent,
+    });
+    events
+}
+
+fn stream_answer(state: Arc<MockState>, plan: Plan, arrived: Instant) -> Response {
+    state.bump(&state.counters.streams_started);
+    let events = events(&plan);
+    let end = StreamEnd {
+        state: state.clone(),
+        outcome: None,
+    };
+    let fail_after = plan.fail_after;
+    let body = stream::unfold(
+        (events.into_iter(), end),
+        move |(mut events, mut end)| async move {
+            let Some(event) = events.next() else {
+                end.outcome = Some(Outcome::Completed);
+                drop(end);
+                return None;
+            };
+            pause_until(arrived + event.due).await;
+            let cut = end.state.outage() == Some(Outage::Drop)
+                || fail_after.is_some_and(|n| event.tokens_after > n);
+            if cut {
+                // Let the connection flush what was already sent, as a dying server's
+                // kernel would, before the connection is aborted.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                end.outcome = Some(Outcome::Failed);
+                return Some((Err(StreamCut), (events, end)));
+            }
+            Some((Ok::<_, StreamCut>(event.data), (events, end)))
+        },
+    );
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Sleeps until `deadline`, without a trip through the timer (a millisecond's resolution)
+/// when it has already passed: an instant mock must answer instantly.
+async fn pause_until(deadline: Instant) {
+    if deadline > Instant::now() {
+        tokio::time::sleep_until(deadline).await;
+    }
+}

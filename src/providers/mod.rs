@@ -1,0 +1,102 @@
+//! Talking to upstream model servers. This is the only module that sends requests
+//! upstream; it knows dialects and HTTP, not tenants, limits or routing.
+//!
+//! Errors carry what failover needs: whether the attempt failed before the upstream saw
+//! the request (connect), while waiting (timeout), or on a connection that broke under us
+//! (often a pooled keep-alive connection the upstream had already closed).
+
+mod openai;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use reqwest::header::HeaderValue;
+
+use crate::domain::{Dialect, Instance, ModelKind, Region, UpstreamTimeouts};
+
+pub use openai::OpenAi;
+pub(crate) use openai::root_cause;
+
+/// Why an attempt produced no response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    #[error("could not connect: {0}")]
+    Connect(String),
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("connection broke: {0}")]
+    Broken(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "instance {instance}: environment variable {var} (api_key_env) is not set; export it or remove api_key_env"
+    )]
+    MissingKey { instance: String, var: String },
+    #[error("instance {instance}: the key in {var} is not a valid header value")]
+    BadKey { instance: String, var: String },
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(String),
+}
+
+/// Every configured upstream instance, reachable through one pooled HTTP client.
+pub struct Upstreams {
+    openai: OpenAi,
+    /// `Authorization` values by instance name, resolved once from the environment.
+    keys: HashMap<String, HeaderValue>,
+}
+
+impl Upstreams {
+    pub fn new(regions: &[Region], timeouts: UpstreamTimeouts) -> Result<Upstreams, SetupError> {
+        let mut keys = HashMap::new();
+        for instance in regions.iter().flat_map(|r| &r.instances) {
+            let Some(var) = &instance.api_key_env else {
+                continue;
+            };
+            let key = std::env::var(var).map_err(|_| SetupError::MissingKey {
+                instance: instance.name.clone(),
+                var: var.clone(),
+            })?;
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                SetupError::BadKey {
+                    instance: instance.name.clone(),
+                    var: var.clone(),
+                }
+            })?;
+            value.set_sensitive(true);
+            keys.insert(instance.name.clone(), value);
+        }
+        Ok(Upstreams {
+            openai: OpenAi::new(timeouts)?,
+            keys,
+        })
+    }
+
+    /// Sends one request body to one instance and waits for the response headers.
+    pub async fn send(
+        &self,
+        instance: &Instance,
+        kind: ModelKind,
+        request_id: &str,
+        body: Bytes,
+    ) -> Result<reqwest::Response, SendError> {
+        let key = self.keys.get(&instance.name);
+        match instance.dialect {
+            Dialect::OpenAi => {
+                self.openai
+                    .send(instance, kind, request_id, key, body)
+                    .await
+            }
+        }
+    }
+
+    pub fn timeouts(&self) -> UpstreamTimeouts {
+        self.openai.timeouts()
+    }
+}
+
+/// Installs rustls' ring provider for the process. Safe to call more than once.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,84 @@
+//! The OpenAI-compatible dialect: the body goes upstream as the client sent it (with the
+//! model rewritten by the gateway), to `{base}/chat/completions` or `{base}/embeddings`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{self, HeaderValue};
+
+use super::{SendError, SetupError};
+use crate::domain::{Instance, ModelKind, UpstreamTimeouts};
+
+pub struct OpenAi {
+    client: reqwest::Client,
+    timeouts: UpstreamTimeouts,
+}
+
+impl OpenAi {
+    pub fn new(timeouts: UpstreamTimeouts) -> Result<OpenAi, SetupError> {
+        super::install_crypto();
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SetupError::Client(e.to_string()))?;
+        Ok(OpenAi { client, timeouts })
+    }
+
+    pub fn timeouts(&self) -> UpstreamTimeouts {
+        self.timeouts
+    }
+
+    pub async fn send(
+        &self,
+        instance: &Instance,
+        kind: ModelKind,
+        request_id: &str,
+        key: Option<&HeaderValue>,
+        body: Bytes,
+    ) -> Result<reqwest::Response, SendError> {
+        let url = format!("{}{}", instance.url, kind.upstream_path());
+        let mut request = self
+            .client
+            .post(url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", request_id)
+            .body(body);
+        if let Some(key) = key {
+            request = request.header(header::AUTHORIZATION, key.clone());
+        }
+        match tokio::time::timeout(self.timeouts.response, request.send()).await {
+            Err(_) => Err(SendError::Timeout(self.timeouts.response)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(classify(&error)),
+        }
+    }
+}
+
+fn classify(error: &reqwest::Error) -> SendError {
+    let detail = root_cause(error);
+    if error.is_timeout() {
+        SendError::Timeout(Duration::ZERO)
+    } else if error.is_connect() {
+        SendError::Connect(detail)
+    } else {
+        SendError::Broken(detail)
+    }
+}
+
+/// The innermost error's message: "connection refused" rather than "error sending request".
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    if text.is_empty() {
+        error.to_string()
+    } else {
+        text
+    }
+}

@@ -1,0 +1,228 @@
+//! Server-sent event streams from upstream to client.
+//!
+//! An upstream stream is relayed event by event: bytes are held only until an event is
+//! complete, never the whole answer. A stream that breaks, or ends without `data: [DONE]`,
+//! is closed with an SSE error frame in OpenAI's shape, because SDKs take a clean close
+//! for success. Dropping the relay (the client went away) drops the upstream response and
+//! with it the upstream connection, which cancels the generation.
+
+use std::convert::Infallible;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+
+/// Splits a byte stream into whole SSE events and notices the `[DONE]` sentinel.
+#[derive(Debug, Default)]
+pub struct SseFramer {
+    pending: BytesMut,
+    done: bool,
+}
+
+impl SseFramer {
+    /// Adds bytes and returns every event completed by them, terminators included.
+    pub fn push(&mut self, bytes: &[u8]) -> Option<Bytes> {
+        let scan_from = self.pending.len().saturating_sub(3);
+        self.pending.extend_from_slice(bytes);
+        let end = last_event_end(&self.pending, scan_from)?;
+        let events = self.pending.split_to(end).freeze();
+        if !self.done {
+            self.done = events_contain_done(&events);
+        }
+        Some(events)
+    }
+
+    /// Whether `data: [DONE]` has been seen.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Bytes of an event that never completed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// The end (exclusive) of the last complete event in `buf`, looking for a blank line
+/// (`\n\n` or `\r\n\r\n`) at or after `from`.
+fn last_event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut end = None;
+    let mut i = from;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' {
+            if buf[i + 1] == b'\n' {
+                end = Some(i + 2);
+                i += 2;
+                continue;
+            }
+            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+                end = Some(i + 3);
+                i += 3;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    end
+}
+
+fn events_contain_done(events: &[u8]) -> bool {
+    events.split(|&b| b == b'\n').any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.strip_prefix(b"data:")
+            .map(|data| data.trim_ascii() == b"[DONE]")
+            .unwrap_or(false)
+    })
+}
+
+/// An SSE frame carrying an error in OpenAI's shape, as the SDKs expect mid-stream.
+pub fn error_frame(message: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": "server_error", "param": null, "code": code }
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+/// Relays an upstream SSE body to the client. `hold` lives as long as the relay (an
+/// in-flight slot, for instance); `describe` names the upstream in error messages.
+pub fn relay<S, E, H>(
+    upstream: S,
+    hold: H,
+    describe: String,
+    request_id: String,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::error::Error + 'static,
+    H: Send + 'static,
+{
+    struct Relay<S, H> {
+        upstream: S,
+        framer: SseFramer,
+        finished: bool,
+        _hold: H,
+        describe: String,
+        request_id: String,
+    }
+
+    futures_util::stream::unfold(
+        Relay {
+            upstream,
+            framer: SseFramer::default(),
+            finished: false,
+            _hold: hold,
+            describe,
+            request_id,
+        },
+        |mut relay| async move {
+            if relay.finished {
+                return None;
+            }
+            loop {
+                let failure = match relay.upstream.next().await {
+                    Some(Ok(bytes)) => match relay.framer.push(&bytes) {
+                        Some(events) => return Some((Ok(events), relay)),
+                        None => continue,
+                    },
+                    Some(Err(error)) => {
+                        format!("connection lost: {}", crate::providers::root_cause(&error))
+                    }
+                    None if relay.framer.done() => return None,
+                    None => "the stream ended without [DONE]".to_string(),
+                };
+                relay.finished = true;
+                if relay.framer.done() {
+                    // The answer was complete; whatever broke afterwards does not matter.
+                    return None;
+                }
+                tracing::warn!(
+                    request_id = %relay.request_id,
+                    upstream = %relay.describe,
+                    reason = %failure,
+                    "upstream stream failed mid-way"
+                );
+                let message = format!(
+                    "the upstream {} failed mid-stream ({failure}); the answer is incomplete",
+                    relay.describe
+                );
+                return Some((Ok(error_frame(&message, "upstream_stream_error")), relay));
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framer_holds_partial_events_until_complete() {
+        let mut framer = SseFramer::default();
+        assert_eq!(framer.push(b"data: {\"a\":"), None);
+        assert_eq!(
+            framer.push(b"1}\n\ndata: {\"b\""),
+            Some(Bytes::from_static(b"data: {\"a\":1}\n\n"))
+        );
+        assert_eq!(framer.pending(), 10);
+        assert_eq!(
+            framer.push(b":2}\n"),
+            None,
+            "one newline does not end an event"
+        );
+        assert_eq!(
+            framer.push(b"\ndata: [DONE]\n\n"),
+            Some(Bytes::from_static(b"data: {\"b\":2}\n\ndata: [DONE]\n\n"))
+        );
+        assert!(framer.done());
+    }
+
+    #[test]
+    fn framer_accepts_crlf_and_a_blank_line_split_across_reads() {
+        let mut framer = SseFramer::default();
+        assert_eq!(framer.push(b"data: x\r\n\r"), None);
+        assert_eq!(
+            framer.push(b"\n"),
+            Some(Bytes::from_static(b"data: x\r\n\r\n"))
+        );
+        assert!(!framer.done());
+    }
+
+    #[test]
+    fn done_inside_content_is_not_the_sentinel() {
+        let mut framer = SseFramer::default();
+        framer.push(b"data: {\"content\":\"data: [DONE]\"}\n\n");
+        assert!(!framer.done());
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_ends_with_an_error_frame() {
+        let upstream = futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"data: {\"n\":1}\n\ndata: {\"n\"")),
+            Err(std::io::Error::other("reset")),
+        ]);
+        let frames: Vec<Bytes> = relay(upstream, (), "us-east-a".into(), "req_1".into())
+            .map(|r| r.unwrap_or_else(|e| match e {}))
+            .collect()
+            .await;
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0], Bytes::from_static(b"data: {\"n\":1}\n\n"));
+        let last = String::from_utf8_lossy(&frames[1]);
+        assert!(last.starts_with("data: {\"error\":"), "{last}");
+        assert!(last.contains("upstream_stream_error"), "{last}");
+    }
+
+    #[tokio::test]
+    async fn a_complete_stream_passes_through_untouched() {
+        let upstream = futures_util::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(b"data: {\"n\":1}\n\n")),
+            Ok(Bytes::from_static(b"data: [DONE]\n\n")),
+        ]);
+        let frames: Vec<Bytes> = relay(upstream, (), "x".into(), "r".into())
+            .map(|r| r.unwrap_or_else(|e| match e {}))
+            .collect()
+            .await;
+        assert_eq!(
+            frames.concat(),
+            b"data: {\"n\":1}\n\ndata: [DONE]\n\n".to_vec()
+        );
+    }
+}

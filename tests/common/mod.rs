@@ -1,0 +1,181 @@
+//! Shared test furniture: a gateway in front of in-process mock regions, on real sockets.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard::config::Config;
+use switchyard::daemon::Daemon;
+use switchyard::mock::{MockHandle, MockUpstream};
+
+pub const KEY_A: &str = "sy-test-tenant-a";
+pub const KEY_B: &str = "sy-test-tenant-b";
+
+/// A mock that answers at once: no first-token delay, no pacing.
+pub fn quick_mock() -> MockUpstream {
+    MockUpstream::builder()
+        .ttft(Duration::ZERO)
+        .tokens_per_sec(0.0)
+        .answer_tokens(8)
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The config for a gateway whose regions, in failover order, are at these base URLs.
+pub fn config_for(regions: &[(&str, String)], extra: &str) -> String {
+    let mut toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+{extra}
+
+[tiers.pro]
+
+[[tenants]]
+name = "tenant-a"
+tier = "pro"
+keys = ["{a}"]
+
+[[tenants]]
+name = "tenant-b"
+tier = "pro"
+keys = ["{b}"]
+
+[[models]]
+alias = "gpt-4o-mini"
+
+[[models]]
+alias = "chat-small"
+upstream = "gpt-4o-mini"
+
+[[models]]
+alias = "text-embedding-3-small"
+kind = "embeddings"
+"#,
+        data = std::env::temp_dir().join("switchyard-tests").display(),
+        a = switchyard::auth::hash_key(KEY_A),
+        b = switchyard::auth::hash_key(KEY_B),
+    );
+    for (order, (name, url)) in regions.iter().enumerate() {
+        toml.push_str(&format!(
+            r#"
+[[regions]]
+name = "{name}"
+order = {order}
+  [[regions.instances]]
+  name = "{name}-a"
+  url = "{url}"
+"#
+        ));
+    }
+    toml
+}
+
+pub struct TestGateway {
+    pub daemon: Daemon,
+    pub client: reqwest::Client,
+}
+
+impl TestGateway {
+    /// A gateway whose regions, in failover order, are these mocks.
+    pub async fn with_regions(regions: &[(&str, &MockHandle)]) -> TestGateway {
+        Self::with_regions_and(regions, "").await
+    }
+
+    /// Same, with extra lines for the `[server]` table or whole extra tables.
+    pub async fn with_regions_and(regions: &[(&str, &MockHandle)], extra: &str) -> TestGateway {
+        let urls: Vec<(&str, String)> = regions.iter().map(|(n, m)| (*n, m.url())).collect();
+        Self::from_toml(&config_for(&urls, extra)).await
+    }
+
+    pub async fn from_toml(toml: &str) -> TestGateway {
+        let config = Config::from_toml(toml).expect("test config is valid");
+        let daemon = Daemon::start(config).await.expect("gateway starts");
+        TestGateway {
+            daemon,
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.daemon.url())
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
+        self.post("/v1/chat/completions", key, body).await
+    }
+}
+
+pub fn hello(model: &str) -> Value {
+    json!({ "model": model, "messages": [{ "role": "user", "content": "hello" }] })
+}
+
+pub fn hello_stream(model: &str) -> Value {
+    let mut body = hello(model);
+    body["stream"] = json!(true);
+    body
+}
+
+pub fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// The `data:` payloads of an SSE body, in order.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The text of a streamed answer: every content delta, concatenated.
+pub fn streamed_text(body: &str) -> String {
+    sse_data(body)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/content")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// An error body's `error` object, checking it is OpenAI-shaped.
+pub async fn error_of(response: reqwest::Response) -> Value {
+    let body: Value = response.json().await.expect("error body is JSON");
+    let error = body
+        .get("error")
+        .cloned()
+        .expect("body has an error object");
+    for field in ["message", "type", "param", "code"] {
+        assert!(error.get(field).is_some(), "error lacks {field}: {body}");
+    }
+    error
+}
+
+/// A URL on which nothing listens: connections are refused.
+pub async fn dead_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/v1")
+}

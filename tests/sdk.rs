@@ -1,0 +1,146 @@
+//! The official OpenAI SDKs (Python and Node) against a live gateway. They are the
+//! independent judges of compatibility: if they are happy, applications will be.
+//!
+//! `.ci/run` installs them (tests/sdk/requirements.txt, tests/sdk/node/package.json). Where
+//! they are missing these tests say so and pass, except under CI, where they must run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use switchyard::mock::MockHandle;
+
+/// A gateway with a healthy region serving everything and a region whose streams break
+/// after three tokens, serving only `chat-broken`.
+async fn sdk_gateway() -> (MockHandle, MockHandle, TestGateway) {
+    let good = quick_mock()
+        .answer_tokens(12)
+        .embeddings_floats_only()
+        .spawn_local()
+        .await
+        .unwrap();
+    let broken = quick_mock()
+        .answer_tokens(12)
+        .fail_after_tokens(3)
+        .spawn_local()
+        .await
+        .unwrap();
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+
+[tiers.pro]
+
+[[tenants]]
+name = "tenant-a"
+tier = "pro"
+keys = ["{key}"]
+
+[[regions]]
+name = "us-east"
+  [[regions.instances]]
+  name = "us-east-a"
+  url = "{good}"
+
+[[regions]]
+name = "broken"
+order = 1
+  [[regions.instances]]
+  name = "broken-a"
+  url = "{broken}"
+
+[[models]]
+alias = "gpt-4o-mini"
+regions = ["us-east"]
+
+[[models]]
+alias = "chat-broken"
+upstream = "gpt-4o-mini"
+regions = ["broken"]
+
+[[models]]
+alias = "text-embedding-3-small"
+kind = "embeddings"
+regions = ["us-east"]
+"#,
+        data = std::env::temp_dir().join("switchyard-tests").display(),
+        key = switchyard::auth::hash_key(KEY_A),
+        good = good.url(),
+        broken = broken.url(),
+    );
+    let gw = TestGateway::from_toml(&toml).await;
+    (good, broken, gw)
+}
+
+/// Whether `program args` runs successfully; under CI a missing tool is a failure.
+fn available(program: &str, args: &[&str], install: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        assert!(
+            !ci,
+            "CI must run the SDK checks; install them with: {install}"
+        );
+        eprintln!("SKIPPED: the SDK is not installed; run `{install}` to check it");
+    }
+    ok
+}
+
+async fn run_check(program: &str, script: &str) {
+    let (_good, _broken, gw) = sdk_gateway().await;
+    let child = tokio::process::Command::new(program)
+        .arg(script)
+        .env("SWITCHYARD_BASE_URL", gw.url("/v1"))
+        .env("SWITCHYARD_KEY", KEY_A)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("the SDK check finishes within two minutes")
+        .expect("the SDK check starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
+    println!("{}", stdout.trim());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_sdk_works_through_the_gateway() {
+    if available(
+        "python3",
+        &["-c", "import openai"],
+        "pip install -r tests/sdk/requirements.txt",
+    ) {
+        run_check("python3", "tests/sdk/openai_python.py").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_node_sdk_works_through_the_gateway() {
+    if available(
+        "node",
+        &[
+            "-e",
+            "require.resolve('openai', { paths: ['tests/sdk/node'] })",
+        ],
+        "npm ci --prefix tests/sdk/node",
+    ) {
+        run_check("node", "tests/sdk/node/check.mjs").await;
+    }
+}

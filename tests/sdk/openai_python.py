@@ -1,0 +1,96 @@
+"""Checks the gateway with the official `openai` Python package.
+
+Run by tests/sdk.rs against a live gateway; reads SWITCHYARD_BASE_URL, SWITCHYARD_KEY.
+Exits non-zero, with the failing check named, when anything is off.
+"""
+
+import os
+import sys
+
+import openai
+
+BASE = os.environ["SWITCHYARD_BASE_URL"]
+KEY = os.environ["SWITCHYARD_KEY"]
+MESSAGES = [{"role": "user", "content": "Describe a switchyard."}]
+
+client = openai.OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=30)
+passed = 0
+
+
+def check(name, condition, detail=""):
+    global passed
+    if not condition:
+        print(f"FAILED: {name} {detail}", file=sys.stderr)
+        sys.exit(1)
+    passed += 1
+
+
+# Plain chat.
+reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+text = reply.choices[0].message.content
+check("plain chat has content", bool(text), repr(reply))
+check("plain chat usage matches the text", reply.usage.completion_tokens == len(text.split(" ")), repr(reply.usage))
+check("plain chat finish_reason", reply.choices[0].finish_reason == "stop")
+
+# The raw response carries the gateway's headers.
+raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+check("x-switchyard-region header", raw.headers.get("x-switchyard-region") == "us-east", dict(raw.headers))
+check("x-request-id header", raw.headers.get("x-request-id", "").startswith("req_"))
+
+# Streaming, with usage requested.
+streamed, usage, finish = "", None, None
+for chunk in client.chat.completions.create(
+    model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+):
+    if chunk.choices:
+        streamed += chunk.choices[0].delta.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+    if chunk.usage:
+        usage = chunk.usage
+check("stream has content", bool(streamed))
+check("stream text equals the plain answer for the same prompt", streamed == text, f"{streamed!r} != {text!r}")
+check("stream usage chunk", usage is not None and usage.completion_tokens == len(streamed.split(" ")), repr(usage))
+check("stream finish_reason", finish == "stop")
+
+# max_tokens cuts the answer with finish_reason "length".
+short = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=2)
+check("max_tokens honoured", short.usage.completion_tokens == 2 and short.choices[0].finish_reason == "length")
+
+# Embeddings: the SDK asks for base64 by default and decodes it.
+emb = client.embeddings.create(model="text-embedding-3-small", input=["switch", "yard"])
+check("two embeddings", len(emb.data) == 2)
+vector = emb.data[0].embedding
+check("embedding decoded to floats", len(vector) == 1536 and all(isinstance(x, float) for x in vector))
+norm = sum(x * x for x in vector) ** 0.5
+check("embedding is a unit vector", abs(norm - 1.0) < 1e-3, norm)
+
+# Models.
+ids = [m.id for m in client.models.list()]
+check("models list", ids[:2] == ["gpt-4o-mini", "chat-broken"], ids)
+
+# A wrong key.
+try:
+    openai.OpenAI(base_url=BASE, api_key="sy-wrong", max_retries=0).models.list()
+    check("wrong key raises", False)
+except openai.AuthenticationError as e:
+    check("wrong key is 401 invalid_api_key", e.status_code == 401 and e.code == "invalid_api_key", repr(e))
+
+# An unknown model.
+try:
+    client.chat.completions.create(model="gpt-9", messages=MESSAGES)
+    check("unknown model raises", False)
+except openai.NotFoundError as e:
+    check("unknown model is 404 model_not_found", e.code == "model_not_found", repr(e))
+
+# A stream that breaks upstream must raise, never end quietly as if complete.
+got = ""
+try:
+    for chunk in client.chat.completions.create(model="chat-broken", messages=MESSAGES, stream=True):
+        if chunk.choices:
+            got += chunk.choices[0].delta.content or ""
+    check("a broken stream raises", False, f"ended quietly after {got!r}")
+except openai.APIError as e:
+    check("a broken stream raises APIError", "failed mid-stream" in str(e.message), repr(e))
+    check("a broken stream delivered what came before", len(got.split(" ")) == 3, repr(got))
+
+print(f"python openai {openai.__version__}: {passed} passed, 0 failed")
