@@ -8,9 +8,11 @@
 use std::fmt;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, Keyring};
@@ -26,12 +28,16 @@ pub struct Gateway {
     upstreams: Upstreams,
 }
 
+/// A request body's top-level fields, each value kept as the exact JSON text the client
+/// sent: fields the gateway does not read are never parsed, and pass through verbatim.
+pub type Fields = IndexMap<String, Box<RawValue>>;
+
 /// One client request on its way upstream.
 pub struct Call<'a> {
     pub request_id: &'a str,
     pub model: &'a Model,
     /// The client's body, every field kept; `model` is rewritten per deployment.
-    pub body: serde_json::Map<String, Value>,
+    pub body: Fields,
     pub stream: bool,
 }
 
@@ -191,7 +197,7 @@ impl Gateway {
             let payload = match &encoded {
                 Some((model, bytes)) if *model == upstream_model => bytes.clone(),
                 _ => {
-                    body.insert("model".into(), Value::String(upstream_model.clone()));
+                    body.insert("model".into(), json_string(&upstream_model));
                     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
                     encoded = Some((upstream_model.clone(), bytes.clone()));
                     bytes
@@ -276,4 +282,10 @@ fn error_message(body: &[u8]) -> String {
         Some((cut, _)) => format!("{}…", &message[..cut]),
         None => message,
     }
+}
+
+/// A JSON string literal as a raw value.
+fn json_string(text: &str) -> Box<RawValue> {
+    let literal = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_string());
+    RawValue::from_string(literal).unwrap_or_else(|_| Box::<RawValue>::default())
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{ApiError, RequestId, authorization};
 use crate::domain::ModelKind;
-use crate::gateway::{AnswerBody, Call, Gateway};
+use crate::gateway::{AnswerBody, Call, Fields, Gateway};
 use crate::streams;
 
 pub async fn chat(
@@ -43,15 +43,16 @@ async fn proxy(
 ) -> Result<Response, ApiError> {
     let tenant = gateway.authenticate(authorization(headers))?;
     let bytes = read_body(body, gateway.config().server.max_body).await?;
-    let object = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(object)) => object,
-        Ok(_) => return Err(ApiError::not_an_object()),
-        Err(e) => return Err(ApiError::bad_json(&e)),
-    };
-    let alias = match object.get("model") {
-        Some(Value::String(alias)) if !alias.is_empty() => alias.as_str(),
-        None | Some(Value::Null) => return Err(ApiError::missing_model()),
-        Some(Value::String(_)) => return Err(ApiError::missing_model()),
+    let object: Fields = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::not_an_object(),
+        _ => ApiError::bad_json(&e),
+    })?;
+    let alias = match object
+        .get("model")
+        .map(|raw| serde_json::from_str(raw.get()))
+    {
+        Some(Ok(Value::String(alias))) if !alias.is_empty() => alias,
+        None | Some(Ok(Value::Null | Value::String(_))) => return Err(ApiError::missing_model()),
         Some(_) => {
             return Err(ApiError::bad_parameter(
                 "model",
@@ -59,6 +60,7 @@ async fn proxy(
             ));
         }
     };
+    let alias = alias.as_str();
     let config = gateway.config();
     let model = config.model(alias).ok_or_else(|| {
         let known: Vec<&str> = config
@@ -80,9 +82,9 @@ async fn proxy(
             path,
         ));
     }
-    let stream = match object.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b && kind == ModelKind::Chat,
+    let stream = match object.get("stream").map(|raw| raw.get()) {
+        None | Some("null" | "false") => false,
+        Some("true") => kind == ModelKind::Chat,
         Some(_) => {
             return Err(ApiError::bad_parameter(
                 "stream",
@@ -90,7 +92,9 @@ async fn proxy(
             ));
         }
     };
-    let wants_base64 = object.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let wants_base64 = object
+        .get("encoding_format")
+        .is_some_and(|raw| raw.get() == "\"base64\"");
 
     let started = tokio::time::Instant::now();
     let answer = gateway

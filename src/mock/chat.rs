@@ -189,16 +189,23 @@ fn sse(data: &str) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
 
-fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
-    let mut chunk = json!({
+/// The fields every `chat.completion.chunk` of a stream shares.
+fn envelope(plan: &Plan, choices: Value) -> Value {
+    json!({
         "id": plan.id,
         "object": "chat.completion.chunk",
         "created": plan.created,
         "model": plan.model,
         "service_tier": "default",
         "system_fingerprint": "fp_switchyard_mock",
-        "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
-    });
+        "choices": choices,
+    })
+}
+
+fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
+    let choice =
+        json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }]);
+    let mut chunk = envelope(plan, choice);
     if plan.include_usage {
         chunk["usage"] = Value::Null;
     }
@@ -231,16 +238,8 @@ fn events(plan: &Plan) -> Vec<Event> {
         tokens_after: sent,
     });
     if plan.include_usage {
-        let usage = json!({
-            "id": plan.id,
-            "object": "chat.completion.chunk",
-            "created": plan.created,
-            "model": plan.model,
-            "service_tier": "default",
-            "system_fingerprint": "fp_switchyard_mock",
-            "choices": [],
-            "usage": plan.usage(),
-        });
+        let mut usage = envelope(plan, json!([]));
+        usage["usage"] = plan.usage();
         events.push(Event {
             due: end,
             data: sse(&usage.to_string()),

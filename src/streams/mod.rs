@@ -20,9 +20,16 @@ pub struct SseFramer {
 
 impl SseFramer {
     /// Adds bytes and returns every event completed by them, terminators included.
-    pub fn push(&mut self, bytes: &[u8]) -> Option<Bytes> {
+    pub fn push(&mut self, bytes: Bytes) -> Option<Bytes> {
+        // The common case: whole events in, the same bytes out, nothing copied.
+        if self.pending.is_empty() && ends_an_event(&bytes) {
+            if !self.done {
+                self.done = events_contain_done(&bytes);
+            }
+            return Some(bytes);
+        }
         let scan_from = self.pending.len().saturating_sub(3);
-        self.pending.extend_from_slice(bytes);
+        self.pending.extend_from_slice(&bytes);
         let end = last_event_end(&self.pending, scan_from)?;
         let events = self.pending.split_to(end).freeze();
         if !self.done {
@@ -63,6 +70,10 @@ fn last_event_end(buf: &[u8], from: usize) -> Option<usize> {
         i += 1;
     }
     end
+}
+
+fn ends_an_event(bytes: &[u8]) -> bool {
+    bytes.ends_with(b"\n\n") || bytes.ends_with(b"\r\n\r\n")
 }
 
 fn events_contain_done(events: &[u8]) -> bool {
@@ -119,7 +130,7 @@ where
             }
             loop {
                 let failure = match relay.upstream.next().await {
-                    Some(Ok(bytes)) => match relay.framer.push(&bytes) {
+                    Some(Ok(bytes)) => match relay.framer.push(bytes) {
                         Some(events) => return Some((Ok(events), relay)),
                         None => continue,
                     },
@@ -157,19 +168,19 @@ mod tests {
     #[test]
     fn framer_holds_partial_events_until_complete() {
         let mut framer = SseFramer::default();
-        assert_eq!(framer.push(b"data: {\"a\":"), None);
+        assert_eq!(framer.push(Bytes::from_static(b"data: {\"a\":")), None);
         assert_eq!(
-            framer.push(b"1}\n\ndata: {\"b\""),
+            framer.push(Bytes::from_static(b"1}\n\ndata: {\"b\"")),
             Some(Bytes::from_static(b"data: {\"a\":1}\n\n"))
         );
         assert_eq!(framer.pending(), 10);
         assert_eq!(
-            framer.push(b":2}\n"),
+            framer.push(Bytes::from_static(b":2}\n")),
             None,
             "one newline does not end an event"
         );
         assert_eq!(
-            framer.push(b"\ndata: [DONE]\n\n"),
+            framer.push(Bytes::from_static(b"\ndata: [DONE]\n\n")),
             Some(Bytes::from_static(b"data: {\"b\":2}\n\ndata: [DONE]\n\n"))
         );
         assert!(framer.done());
@@ -178,9 +189,9 @@ mod tests {
     #[test]
     fn framer_accepts_crlf_and_a_blank_line_split_across_reads() {
         let mut framer = SseFramer::default();
-        assert_eq!(framer.push(b"data: x\r\n\r"), None);
+        assert_eq!(framer.push(Bytes::from_static(b"data: x\r\n\r")), None);
         assert_eq!(
-            framer.push(b"\n"),
+            framer.push(Bytes::from_static(b"\n")),
             Some(Bytes::from_static(b"data: x\r\n\r\n"))
         );
         assert!(!framer.done());
@@ -189,7 +200,9 @@ mod tests {
     #[test]
     fn done_inside_content_is_not_the_sentinel() {
         let mut framer = SseFramer::default();
-        framer.push(b"data: {\"content\":\"data: [DONE]\"}\n\n");
+        framer.push(Bytes::from_static(
+            b"data: {\"content\":\"data: [DONE]\"}\n\n",
+        ));
         assert!(!framer.done());
     }
 

@@ -1,0 +1,169 @@
+//! The `switchyard` binary as an operator runs it: real processes, real ports, signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("switchyard runs")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Kills the child if a test fails before it is stopped properly.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn config_check_summarises_a_valid_file() {
+    let out = run(&["config", "check", "config.toml.example"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("config.toml.example is valid"), "{text}");
+    assert!(
+        text.contains("region    us-east (order 0): us-east-a"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tenant    acme (enterprise, 1 key)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_check_names_the_bad_key_and_fails() {
+    let out = run(&[
+        "config",
+        "check",
+        "tests/invalid_configs/unknown_instance_key.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.starts_with("error: tests/invalid_configs/unknown_instance_key.toml is not a valid configuration: line 13: regions[0].instances[0].urll: unknown field `urll`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn keys_hash_prints_the_hash_the_example_config_holds() {
+    let example = std::fs::read_to_string("config.toml.example").unwrap();
+    let out = run(&["keys", "hash", "sy-demo-globex"]);
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("sha256:"));
+    assert!(example.contains(&hash));
+
+    let mut child = Command::new(BIN)
+        .args(["keys", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sy-demo-globex\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hash);
+}
+
+#[test]
+fn serve_answers_through_a_mock_logs_to_the_data_dir_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let (mock_port, gw_port) = (free_port(), free_port());
+    let config = std::fs::read_to_string("config.toml.example")
+        .unwrap()
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{gw_port}"))
+        .replace("127.0.0.1:9101", &format!("127.0.0.1:{mock_port}"));
+    let config_path = data.path().join("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+
+    let _mock = Running(
+        Command::new(BIN)
+            .args([
+                "mock",
+                "--listen",
+                &format!("127.0.0.1:{mock_port}"),
+                "--ttft",
+                "0ms",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut gateway = Running(
+        Command::new(BIN)
+            .args(["serve", "--config", config_path.to_str().unwrap()])
+            .env("SWITCHYARD_DATA_DIR", data.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_listening(mock_port);
+    wait_until_listening(gw_port);
+
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer sy-demo-initech\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("x-switchyard-region: us-east"), "{reply}");
+
+    let pid = gateway.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = gateway.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "serve exits cleanly on SIGTERM: {status}");
+
+    let logs: Vec<_> = std::fs::read_dir(data.path().join("logs"))
+        .expect("a logs directory in the data dir")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let text = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(text.contains("switchyard is listening"), "{text}");
+    assert!(text.contains("switchyard stopped"), "{text}");
+}
