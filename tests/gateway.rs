@@ -387,3 +387,25 @@ async fn health_and_readiness_answer_without_a_key() {
         assert!(header(&reply, "x-request-id").starts_with("req_"));
     }
 }
+
+#[tokio::test]
+async fn a_client_that_gives_up_on_a_plain_request_cancels_the_upstream_request() {
+    let us = MockUpstream::builder()
+        .ttft(Duration::from_secs(30))
+        .spawn_local()
+        .await
+        .unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &us)]).await;
+    let body = hello("gpt-4o-mini");
+    let request = gw.chat(KEY_A, &body);
+    // Give up once the upstream has the request.
+    tokio::select! {
+        _ = request => panic!("the mock answers only after 30 s"),
+        _ = us.wait_for(Duration::from_secs(10), |s| s.chat_requests == 1) => {}
+    }
+    let stats = us
+        .wait_for(Duration::from_secs(10), |s| s.plain_cancelled == 1)
+        .await;
+    assert_eq!(stats.plain_cancelled, 1, "{stats:?}");
+    assert_eq!(stats.plain_completed, 0);
+}

@@ -118,8 +118,10 @@ pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Re
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         stream_answer(state, plan, arrived)
     } else {
+        let mut end = AnswerEnd::new(&state, Kind::Plain);
         let last = plan.tokens.len().saturating_sub(1);
         pause_until(arrived + plan.due(last)).await;
+        end.outcome = Some(Outcome::Completed);
         plain_answer(&plan)
     }
 }
@@ -143,10 +145,18 @@ fn plain_answer(plan: &Plan) -> Response {
     axum::Json(body).into_response()
 }
 
-/// Counts a stream as completed, cancelled or failed when it ends, however it ends.
-struct StreamEnd {
+/// Counts an answer as completed, cancelled or failed when it ends, however it ends:
+/// dropped unfinished means the client went away.
+struct AnswerEnd {
     state: Arc<MockState>,
+    kind: Kind,
     outcome: Option<Outcome>,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Plain,
+    Stream,
 }
 
 enum Outcome {
@@ -154,13 +164,25 @@ enum Outcome {
     Failed,
 }
 
-impl Drop for StreamEnd {
+impl AnswerEnd {
+    fn new(state: &Arc<MockState>, kind: Kind) -> AnswerEnd {
+        AnswerEnd {
+            state: state.clone(),
+            kind,
+            outcome: None,
+        }
+    }
+}
+
+impl Drop for AnswerEnd {
     fn drop(&mut self) {
-        let counters = &self.state.counters;
-        let counter = match self.outcome {
-            Some(Outcome::Completed) => &counters.streams_completed,
-            Some(Outcome::Failed) => &counters.streams_failed,
-            None => &counters.streams_cancelled,
+        let c = &self.state.counters;
+        let counter = match (self.kind, &self.outcome) {
+            (Kind::Plain, Some(_)) => &c.plain_completed,
+            (Kind::Plain, None) => &c.plain_cancelled,
+            (Kind::Stream, Some(Outcome::Completed)) => &c.streams_completed,
+            (Kind::Stream, Some(Outcome::Failed)) => &c.streams_failed,
+            (Kind::Stream, None) => &c.streams_cancelled,
         };
         self.state.bump(counter);
     }
@@ -257,10 +279,7 @@ fn events(plan: &Plan) -> Vec<Event> {
 fn stream_answer(state: Arc<MockState>, plan: Plan, arrived: Instant) -> Response {
     state.bump(&state.counters.streams_started);
     let events = events(&plan);
-    let end = StreamEnd {
-        state: state.clone(),
-        outcome: None,
-    };
+    let end = AnswerEnd::new(&state, Kind::Stream);
     let fail_after = plan.fail_after;
     let body = stream::unfold(
         (events.into_iter(), end),

@@ -98,6 +98,10 @@ pub struct Stats {
     pub streams_failed: u64,
     pub errors_injected: u64,
     pub connections_dropped: u64,
+    /// Non-streaming chat answers sent whole.
+    pub plain_completed: u64,
+    /// Non-streaming chat requests whose client went away while the answer was pending.
+    pub plain_cancelled: u64,
 }
 
 #[derive(Default)]
@@ -112,6 +116,8 @@ struct Counters {
     streams_failed: AtomicU64,
     errors_injected: AtomicU64,
     connections_dropped: AtomicU64,
+    plain_completed: AtomicU64,
+    plain_cancelled: AtomicU64,
 }
 
 struct MockState {
@@ -154,6 +160,8 @@ impl MockState {
             streams_failed: get(&c.streams_failed),
             errors_injected: get(&c.errors_injected),
             connections_dropped: get(&c.connections_dropped),
+            plain_completed: get(&c.plain_completed),
+            plain_cancelled: get(&c.plain_cancelled),
         }
     }
 
