@@ -69,11 +69,13 @@ mod tests {
                 name: "acme".into(),
                 tier: "pro".into(),
                 keys: vec![hash_key("sy-acme")],
+                overrides: Default::default(),
             },
             Tenant {
                 name: "globex".into(),
                 tier: "free".into(),
                 keys: vec![hash_key("sy-globex-1"), hash_key("sy-globex-2")],
+                overrides: Default::default(),
             },
         ])
     }

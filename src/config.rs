@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::{
-    Deployment, Dialect, Instance, KeyHash, Model, ModelKind, Region, Tenant, Tier,
-    UpstreamTimeouts,
+    DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, Instance, KeyHash, Limits, Model, ModelKind,
+    Price, Region, Tenant, Tier, TokenizerKind, UpstreamTimeouts,
 };
 
 /// Environment variable that overrides `server.data_dir`.
@@ -23,7 +23,12 @@ pub const DATA_DIR_ENV: &str = "SWITCHYARD_DATA_DIR";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: Server,
+    pub admin: Admin,
     pub upstream: UpstreamTimeouts,
+    /// Requests sent upstream at once, over all tiers: the scheduler's seats.
+    pub seats: u32,
+    /// How often in-memory usage counters are written to the database.
+    pub checkpoint_interval: Duration,
     pub tiers: Vec<Tier>,
     pub tenants: Vec<Tenant>,
     /// Sorted by failover order (then by position in the file).
@@ -37,6 +42,14 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+}
+
+/// The admin listener: run-time control, for operators and `switchyard ctl`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Environment variable holding the admin token.
+    pub token_env: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +108,10 @@ impl Config {
     pub fn model(&self, alias: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.alias == alias)
     }
+
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.name == name)
+    }
 }
 
 fn syntax(text: &str, key: &str, error: &toml::de::Error) -> ConfigError {
@@ -123,6 +140,10 @@ struct RawConfig {
     #[serde(default)]
     upstream: RawUpstream,
     #[serde(default)]
+    scheduler: RawScheduler,
+    #[serde(default)]
+    ledger: RawLedger,
+    #[serde(default)]
     tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
@@ -141,6 +162,10 @@ struct RawServer {
     data_dir: String,
     /// Largest request body accepted, e.g. "4MiB".
     max_body: String,
+    /// Address of the admin API.
+    admin_listen: String,
+    /// Environment variable that holds the admin token.
+    admin_token_env: String,
 }
 
 impl Default for RawServer {
@@ -149,6 +174,31 @@ impl Default for RawServer {
             listen: "127.0.0.1:8080".into(),
             data_dir: "./data".into(),
             max_body: "4MiB".into(),
+            admin_listen: "127.0.0.1:8081".into(),
+            admin_token_env: "SWITCHYARD_ADMIN_TOKEN".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawScheduler {
+    /// Requests upstream at once over all tiers; default: the sum of the instances'
+    /// `max_concurrency`.
+    seats: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLedger {
+    /// How often usage counters are written to the database.
+    checkpoint_interval: String,
+}
+
+impl Default for RawLedger {
+    fn default() -> Self {
+        RawLedger {
+            checkpoint_interval: "1s".into(),
         }
     }
 }
@@ -173,7 +223,32 @@ impl Default for RawUpstream {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTier {}
+struct RawTier {
+    #[serde(default = "default_share")]
+    share: u32,
+    #[serde(default = "default_max_queue")]
+    max_queue: usize,
+    #[serde(default = "default_max_wait")]
+    max_wait: String,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_concurrency: Option<u32>,
+    daily_tokens: Option<u64>,
+    monthly_tokens: Option<u64>,
+    daily_usd: Option<f64>,
+    monthly_usd: Option<f64>,
+    max_tokens_cap: Option<u64>,
+}
+
+fn default_share() -> u32 {
+    10
+}
+fn default_max_queue() -> usize {
+    1000
+}
+fn default_max_wait() -> String {
+    "30s".into()
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,6 +257,14 @@ struct RawTenant {
     tier: String,
     #[serde(default)]
     keys: Vec<String>,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_concurrency: Option<u32>,
+    daily_tokens: Option<u64>,
+    monthly_tokens: Option<u64>,
+    daily_usd: Option<f64>,
+    monthly_usd: Option<f64>,
+    max_tokens_cap: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +314,9 @@ struct RawModel {
     /// Per-region upstream names, for regions that call the model differently.
     #[serde(default)]
     upstream_by_region: BTreeMap<String, String>,
+    /// "o200k_base", "cl100k_base" or "heuristic"; default: chosen from the upstream name.
+    tokenizer: Option<String>,
+    price: Option<Price>,
 }
 
 fn default_kind() -> String {
@@ -242,8 +328,28 @@ fn default_kind() -> String {
 
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
+        let admin_listen = self.server.admin_listen.parse().map_err(|_| {
+            invalid(
+                "server.admin_listen",
+                format!(
+                    "\"{}\" is not an address like \"127.0.0.1:8081\"",
+                    self.server.admin_listen
+                ),
+            )
+        })?;
+        let admin_token_env = self.server.admin_token_env.clone();
+        check_env_name("server.admin_token_env", &admin_token_env)?;
         let server = self.server.validate()?;
         let upstream = self.upstream.validate()?;
+
+        let checkpoint_interval = parse_duration(&self.ledger.checkpoint_interval)
+            .map_err(|m| invalid("ledger.checkpoint_interval", m))?;
+        if checkpoint_interval.is_zero() {
+            return Err(invalid(
+                "ledger.checkpoint_interval",
+                "must be longer than zero",
+            ));
+        }
 
         if self.tiers.is_empty() {
             return Err(invalid(
@@ -251,7 +357,12 @@ impl RawConfig {
                 "define at least one tier, e.g. [tiers.free]",
             ));
         }
-        let tiers: Vec<Tier> = self.tiers.into_keys().map(|name| Tier { name }).collect();
+        let mut tiers = Vec::with_capacity(self.tiers.len());
+        for (name, raw) in self.tiers {
+            let at = format!("tiers.{name}");
+            check_name(&at, &name)?;
+            tiers.push(raw.validate(&at, name)?);
+        }
 
         let mut tenants = Vec::with_capacity(self.tenants.len());
         let mut tenant_names = HashSet::new();
@@ -292,10 +403,22 @@ impl RawConfig {
                 }
                 keys.push(hash);
             }
+            let overrides = Limits {
+                rpm: raw.rpm,
+                tpm: raw.tpm,
+                max_concurrency: raw.max_concurrency,
+                daily_tokens: raw.daily_tokens,
+                monthly_tokens: raw.monthly_tokens,
+                daily_usd: raw.daily_usd,
+                monthly_usd: raw.monthly_usd,
+                max_tokens_cap: raw.max_tokens_cap,
+            };
+            check_limits(&at, &overrides)?;
             tenants.push(Tenant {
                 name: raw.name,
                 tier: raw.tier,
                 keys,
+                overrides,
             });
         }
 
@@ -407,16 +530,62 @@ impl RawConfig {
                         .unwrap_or_else(|| default_upstream.clone()),
                 })
                 .collect();
+            let tokenizer = match raw.tokenizer.as_deref() {
+                None => TokenizerKind::for_model(&default_upstream),
+                Some("o200k_base") => TokenizerKind::O200kBase,
+                Some("cl100k_base") => TokenizerKind::Cl100kBase,
+                Some("heuristic") => TokenizerKind::Heuristic,
+                Some(other) => {
+                    return Err(invalid(
+                        format!("{at}.tokenizer"),
+                        format!(
+                            "unknown tokenizer \"{other}\"; use \"o200k_base\", \"cl100k_base\" or \"heuristic\""
+                        ),
+                    ));
+                }
+            };
+            if let Some(price) = &raw.price {
+                for (key, value) in [
+                    ("input_per_mtok", price.input_per_mtok),
+                    ("output_per_mtok", price.output_per_mtok),
+                ] {
+                    if !(value.is_finite() && value >= 0.0) {
+                        return Err(invalid(
+                            format!("{at}.price.{key}"),
+                            "must be a price of zero or more",
+                        ));
+                    }
+                }
+            }
             models.push(Model {
                 alias: raw.alias,
                 kind,
                 deployments,
+                tokenizer,
+                price: raw.price,
             });
         }
 
+        let seats = match self.scheduler.seats {
+            Some(0) => return Err(invalid("scheduler.seats", "must be at least 1")),
+            Some(seats) => seats,
+            None => regions
+                .iter()
+                .flat_map(|r| &r.instances)
+                .map(|i| i.max_concurrency)
+                .fold(0u32, u32::saturating_add),
+        };
+        let admin = Admin {
+            listen: admin_listen,
+            token_env: admin_token_env,
+        };
+
         Ok(Config {
             server,
+            admin,
             upstream,
+            seats,
+            checkpoint_interval,
             tiers,
             tenants,
             regions,
@@ -493,17 +662,7 @@ impl RawInstance {
             }
         };
         if let Some(var) = &self.api_key_env {
-            let valid = !var.is_empty()
-                && !var.starts_with(|c: char| c.is_ascii_digit())
-                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(invalid(
-                    format!("{at}.api_key_env"),
-                    format!(
-                        "\"{var}\" is not an environment variable name; give the variable's name, never the key itself"
-                    ),
-                ));
-            }
+            check_env_name(&format!("{at}.api_key_env"), var)?;
         }
         if self.max_concurrency == 0 {
             return Err(invalid(
@@ -523,6 +682,85 @@ impl RawInstance {
             weight: self.weight,
         })
     }
+}
+
+fn check_env_name(key: &str, var: &str) -> Result<(), ConfigError> {
+    let valid = !var.is_empty()
+        && !var.starts_with(|c: char| c.is_ascii_digit())
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "\"{var}\" is not an environment variable name; give the variable's name, never the secret itself"
+            ),
+        ))
+    }
+}
+
+impl RawTier {
+    fn validate(self, at: &str, name: String) -> Result<Tier, ConfigError> {
+        if self.share == 0 {
+            return Err(invalid(format!("{at}.share"), "must be at least 1"));
+        }
+        if self.max_queue == 0 {
+            return Err(invalid(format!("{at}.max_queue"), "must be at least 1"));
+        }
+        let max_wait =
+            parse_duration(&self.max_wait).map_err(|m| invalid(format!("{at}.max_wait"), m))?;
+        let limits = Limits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrency: self.max_concurrency,
+            daily_tokens: self.daily_tokens,
+            monthly_tokens: self.monthly_tokens,
+            daily_usd: self.daily_usd,
+            monthly_usd: self.monthly_usd,
+            max_tokens_cap: Some(self.max_tokens_cap.unwrap_or(DEFAULT_MAX_TOKENS_CAP)),
+        };
+        check_limits(at, &limits)?;
+        Ok(Tier {
+            name,
+            share: self.share,
+            max_queue: self.max_queue,
+            max_wait,
+            limits,
+        })
+    }
+}
+
+/// Zero limits would refuse everything; pausing a tenant is the way to do that.
+pub fn check_limits(at: &str, limits: &Limits) -> Result<(), ConfigError> {
+    let counts = [
+        ("rpm", limits.rpm),
+        ("tpm", limits.tpm),
+        ("max_concurrency", limits.max_concurrency.map(u64::from)),
+        ("daily_tokens", limits.daily_tokens),
+        ("monthly_tokens", limits.monthly_tokens),
+        ("max_tokens_cap", limits.max_tokens_cap),
+    ];
+    for (key, value) in counts {
+        if value == Some(0) {
+            return Err(invalid(
+                format!("{at}.{key}"),
+                "must be at least 1 (leave it out for no limit; pause a tenant to stop it)",
+            ));
+        }
+    }
+    for (key, value) in [
+        ("daily_usd", limits.daily_usd),
+        ("monthly_usd", limits.monthly_usd),
+    ] {
+        if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            return Err(invalid(
+                format!("{at}.{key}"),
+                "must be more than zero (leave it out for no limit)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {

@@ -6,19 +6,69 @@
 use std::fmt;
 use std::time::Duration;
 
-/// A priority level. Tenants are assigned to exactly one tier.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// A priority level. Tenants are assigned to exactly one tier; the tier gives their
+/// default limits and their share of the upstream seats.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tier {
     pub name: String,
+    /// Share of the seats, relative to the other tiers; idle shares are lent.
+    pub share: u32,
+    /// Requests that may wait in this tier's queue at once.
+    pub max_queue: usize,
+    /// Longest a request waits for a seat before it is refused.
+    pub max_wait: Duration,
+    pub limits: Limits,
 }
 
+/// What a tenant may use. `None` is unlimited; a tenant's own values override its tier's.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute (prompt and completion).
+    pub tpm: Option<u64>,
+    /// Requests in flight at once.
+    pub max_concurrency: Option<u32>,
+    pub daily_tokens: Option<u64>,
+    pub monthly_tokens: Option<u64>,
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    /// Completion tokens reserved when a request sets no `max_tokens`, and the most reserved
+    /// when it does.
+    pub max_tokens_cap: Option<u64>,
+}
+
+impl Limits {
+    /// These limits with every value that `over` sets replaced by it.
+    pub fn overlay(&self, over: &Limits) -> Limits {
+        Limits {
+            rpm: over.rpm.or(self.rpm),
+            tpm: over.tpm.or(self.tpm),
+            max_concurrency: over.max_concurrency.or(self.max_concurrency),
+            daily_tokens: over.daily_tokens.or(self.daily_tokens),
+            monthly_tokens: over.monthly_tokens.or(self.monthly_tokens),
+            daily_usd: over.daily_usd.or(self.daily_usd),
+            monthly_usd: over.monthly_usd.or(self.monthly_usd),
+            max_tokens_cap: over.max_tokens_cap.or(self.max_tokens_cap),
+        }
+    }
+}
+
+/// Completion tokens reserved when neither the request nor the limits say otherwise.
+pub const DEFAULT_MAX_TOKENS_CAP: u64 = 4096;
+
 /// An organisation that calls the gateway with one or more API keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tenant {
     pub name: String,
     pub tier: String,
     /// Hashes of the keys that authenticate as this tenant.
     pub keys: Vec<KeyHash>,
+    /// Limits that replace the tier's.
+    pub overrides: Limits,
 }
 
 /// A group of upstream instances tried together; regions are tried in failover order.
@@ -84,12 +134,68 @@ impl fmt::Display for ModelKind {
 }
 
 /// A model alias that clients ask for, and where it is deployed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     pub alias: String,
     pub kind: ModelKind,
     /// One entry per region that serves this alias, in failover order.
     pub deployments: Vec<Deployment>,
+    /// How prompts are counted for reservations.
+    pub tokenizer: TokenizerKind,
+    /// Per-token prices, for cost budgets.
+    pub price: Option<Price>,
+}
+
+/// A byte-pair encoding of the OpenAI model families, or the fallback for unknown models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// GPT-4o, GPT-4.1, o-series.
+    O200kBase,
+    /// GPT-4, GPT-3.5, text-embedding-3.
+    Cl100kBase,
+    /// One token per four characters, rounded up: for models whose vocabulary is unknown.
+    Heuristic,
+}
+
+impl TokenizerKind {
+    /// The encoding OpenAI uses for a model name; the heuristic for anything else.
+    pub fn for_model(name: &str) -> TokenizerKind {
+        let o200k = [
+            "gpt-4o",
+            "gpt-4.1",
+            "gpt-4.5",
+            "gpt-5",
+            "o1",
+            "o3",
+            "o4",
+            "chatgpt-4o",
+        ];
+        let cl100k = ["gpt-4", "gpt-3.5", "text-embedding-3", "text-embedding-ada"];
+        if o200k.iter().any(|p| name.starts_with(p)) {
+            TokenizerKind::O200kBase
+        } else if cl100k.iter().any(|p| name.starts_with(p)) {
+            TokenizerKind::Cl100kBase
+        } else {
+            TokenizerKind::Heuristic
+        }
+    }
+}
+
+/// US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_mtok
+            + completion_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
 }
 
 /// An alias as served by one region: the name the upstream knows it by.

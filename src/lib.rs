@@ -4,6 +4,7 @@
 //! `api` → `auth` → `gateway` → `router` → `providers`, with `streams` relaying SSE back.
 //! See ARCHITECTURE.md for the map and the invariants.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bench;
@@ -15,5 +16,6 @@ pub mod gateway;
 pub mod mock;
 pub mod providers;
 pub mod router;
+pub mod scheduler;
 pub mod streams;
 pub mod telemetry;

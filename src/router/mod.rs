@@ -166,6 +166,8 @@ mod tests {
                     upstream_model: "m-eu".into(),
                 },
             ],
+            tokenizer: crate::domain::TokenizerKind::Heuristic,
+            price: None,
         };
         (Router::new(&regions), model)
     }

@@ -1,0 +1,123 @@
+//! Token counts for reservations: the prompt counted with the model family's real BPE
+//! (tiktoken's o200k_base or cl100k_base), plus OpenAI's framing overhead per message.
+//! Models of unknown vocabulary use the heuristic of one token per four characters.
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::domain::TokenizerKind;
+
+/// Tokens framing each chat message (role and separators), and priming the reply.
+const PER_MESSAGE: u64 = 3;
+const REPLY_PRIMING: u64 = 3;
+
+/// Loads the BPE tables, which takes a moment; call once at start-up, off the runtime.
+pub fn warm_up() {
+    let _ = tiktoken_rs::o200k_base_singleton();
+    let _ = tiktoken_rs::cl100k_base_singleton();
+}
+
+/// Tokens in a piece of text.
+pub fn count(kind: TokenizerKind, text: &str) -> u64 {
+    if text.is_empty() {
+        return 0;
+    }
+    match kind {
+        TokenizerKind::O200kBase => tiktoken_rs::o200k_base_singleton()
+            .encode_ordinary(text)
+            .len() as u64,
+        TokenizerKind::Cl100kBase => tiktoken_rs::cl100k_base_singleton()
+            .encode_ordinary(text)
+            .len() as u64,
+        TokenizerKind::Heuristic => (text.chars().count() as u64).div_ceil(4),
+    }
+}
+
+/// Prompt tokens of a chat request's `messages`.
+pub fn chat_prompt(kind: TokenizerKind, messages: Option<&RawValue>) -> u64 {
+    let Some(Ok(Value::Array(messages))) = messages.map(|m| serde_json::from_str(m.get())) else {
+        return REPLY_PRIMING;
+    };
+    let mut total = REPLY_PRIMING;
+    for message in &messages {
+        total += PER_MESSAGE;
+        if let Some(role) = message.get("role").and_then(Value::as_str) {
+            total += count(kind, role);
+        }
+        if let Some(name) = message.get("name").and_then(Value::as_str) {
+            total += 1 + count(kind, name);
+        }
+        match message.get("content") {
+            Some(Value::String(text)) => total += count(kind, text),
+            Some(Value::Array(parts)) => {
+                for part in parts {
+                    match part.get("text").and_then(Value::as_str) {
+                        Some(text) => total += count(kind, text),
+                        // Images, audio and files: OpenAI's floor for a low-detail image.
+                        None => total += 85,
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(calls) = message.get("tool_calls") {
+            total += count(kind, &calls.to_string());
+        }
+    }
+    total
+}
+
+/// Input tokens of an embeddings request's `input`.
+pub fn embeddings_input(kind: TokenizerKind, input: Option<&RawValue>) -> u64 {
+    let Some(Ok(input)) = input.map(|i| serde_json::from_str::<Value>(i.get())) else {
+        return 0;
+    };
+    let one = |item: &Value| match item {
+        Value::String(text) => count(kind, text),
+        Value::Array(ids) => ids.len() as u64,
+        _ => 0,
+    };
+    match &input {
+        Value::Array(items) if items.iter().all(Value::is_number) => items.len() as u64,
+        Value::Array(items) => items.iter().map(one).sum(),
+        other => one(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn the_real_bpe_counts_known_strings() {
+        // "hello world" is two tokens in both encodings.
+        assert_eq!(count(TokenizerKind::O200kBase, "hello world"), 2);
+        assert_eq!(count(TokenizerKind::Cl100kBase, "hello world"), 2);
+        assert_eq!(count(TokenizerKind::Heuristic, "hello world"), 3);
+    }
+
+    #[test]
+    fn chat_prompts_count_text_and_framing() {
+        let messages = raw(r#"[{"role":"user","content":"hello world"}]"#);
+        // 3 priming + 3 per message + "user" (1) + "hello world" (2)
+        assert_eq!(chat_prompt(TokenizerKind::O200kBase, Some(&messages)), 9);
+        let parts = raw(r#"[{"role":"user","content":[{"type":"text","text":"hello world"}]}]"#);
+        assert_eq!(chat_prompt(TokenizerKind::O200kBase, Some(&parts)), 9);
+    }
+
+    #[test]
+    fn embeddings_inputs_of_every_shape() {
+        let kind = TokenizerKind::Cl100kBase;
+        assert_eq!(embeddings_input(kind, Some(&raw(r#""hello world""#))), 2);
+        assert_eq!(
+            embeddings_input(kind, Some(&raw(r#"["hello world","hello"]"#))),
+            3
+        );
+        assert_eq!(embeddings_input(kind, Some(&raw("[1,2,3]"))), 3);
+        assert_eq!(embeddings_input(kind, Some(&raw("[[1,2],[3]]"))), 3);
+    }
+}

@@ -1,0 +1,824 @@
+//! Per-tenant limits and budgets with reserve, then reconcile.
+//!
+//! At admission a request reserves its estimated tokens (prompt + capped completion)
+//! against requests per minute, tokens per minute, concurrency and every budget at once,
+//! all or nothing, under the tenant's lock. When the answer ends the reservation is
+//! settled with the real usage: the difference is refunded or charged (buckets may go
+//! into debt). A reservation dropped unsettled (the request never reached an upstream)
+//! is refunded whole. Refill is lazy, from `tokio::time::Instant`; budgets follow the
+//! wall clock's UTC days and months. Nothing here spawns tasks or does I/O.
+
+mod bucket;
+pub mod estimate;
+mod period;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+pub use bucket::Bucket;
+pub use period::{Period, PeriodKey};
+
+use crate::domain::{DEFAULT_MAX_TOKENS_CAP, Limits, Price, Tenant, Tier};
+
+/// What a request asks for, as estimated before it runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Demand {
+    pub prompt_tokens: u64,
+    /// The request's `max_tokens` / `max_completion_tokens`; `None` reserves the tier cap.
+    pub max_tokens: Option<u64>,
+    /// Embeddings produce no completion.
+    pub completion: bool,
+    pub price: Option<Price>,
+}
+
+/// What a request really used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Counted by the gateway because the upstream reported nothing.
+    pub estimated: bool,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Requests,
+    Tokens,
+    Concurrency,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    UnknownTenant,
+    Paused {
+        tenant: String,
+    },
+    RateLimited {
+        window: Window,
+        limit: u64,
+        requested: u64,
+        /// `None` when waiting cannot help: the request is larger than the limit.
+        retry_after: Option<Duration>,
+        headers: RateHeaders,
+    },
+    BudgetSpent {
+        tenant: String,
+        period: PeriodKey,
+        /// "tokens" or "USD".
+        unit: &'static str,
+        limit: f64,
+        used: f64,
+        renews_in: Duration,
+    },
+}
+
+/// OpenAI's `x-ratelimit-*` values at the moment of admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateHeaders {
+    pub requests: Option<WindowState>,
+    pub tokens: Option<WindowState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowState {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+/// A tenant's live state, for listings and the console.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantView {
+    pub name: String,
+    pub tier: String,
+    pub paused: bool,
+    /// The limits in force: the tier's, with the tenant's overrides applied.
+    pub limits: Limits,
+    pub overrides: Limits,
+    pub in_flight: u32,
+    pub requests_available: Option<u64>,
+    pub tokens_available: Option<u64>,
+    pub day: PeriodView,
+    pub month: PeriodView,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PeriodView {
+    pub tokens: u64,
+    pub cost_usd: f64,
+    pub requests: u64,
+    pub reserved_tokens: u64,
+}
+
+impl From<&Period> for PeriodView {
+    fn from(p: &Period) -> Self {
+        PeriodView {
+            tokens: p.tokens,
+            cost_usd: p.cost,
+            requests: p.requests,
+            reserved_tokens: p.reserved_tokens,
+        }
+    }
+}
+
+/// A period's usage, as the ledger stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub period: PeriodKey,
+    pub tokens: u64,
+    pub cost: f64,
+    pub requests: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("no tenant is named \"{0}\"")]
+    UnknownTenant(String),
+    #[error("no tier is named \"{0}\"; defined tiers: {1}")]
+    UnknownTier(String, String),
+    #[error("{0}")]
+    BadLimits(String),
+}
+
+struct Account {
+    tier: String,
+    overrides: Limits,
+    limits: Limits,
+    paused: bool,
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    in_flight: u32,
+    day: Period,
+    month: Period,
+    /// Usage changed since the ledger last took it.
+    dirty: bool,
+}
+
+impl Account {
+    fn roll(&mut self, now: SystemTime) {
+        self.day.roll(PeriodKey::day(now));
+        self.month.roll(PeriodKey::month(now));
+    }
+
+    /// Recomputes the limits in force and resizes the buckets, keeping what was used.
+    fn apply_limits(&mut self, tier: &Tier, now: Instant) {
+        self.limits = tier.limits.overlay(&self.overrides);
+        let resize = |bucket: &Option<Bucket>, rate: Option<u64>| match (bucket, rate) {
+            (_, None) => None,
+            (Some(b), Some(rate)) => Some(b.resized(rate, now)),
+            (None, Some(rate)) => Some(Bucket::per_minute(rate, now)),
+        };
+        self.requests = resize(&self.requests, self.limits.rpm);
+        self.tokens = resize(&self.tokens, self.limits.tpm);
+    }
+
+    fn headers(&self) -> RateHeaders {
+        let state = |b: &Bucket| WindowState {
+            limit: b.capacity(),
+            remaining: b.available(),
+            reset: b.until_full(),
+        };
+        RateHeaders {
+            requests: self.requests.as_ref().map(state),
+            tokens: self.tokens.as_ref().map(state),
+        }
+    }
+}
+
+/// One tenant's account.
+pub struct TenantAccount {
+    name: String,
+    state: Mutex<Account>,
+}
+
+impl TenantAccount {
+    fn lock(&self) -> MutexGuard<'_, Account> {
+        // A panic elsewhere while holding the lock leaves plain numbers behind; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every tenant's limits, budgets and usage.
+pub struct Admission {
+    tiers: HashMap<String, Tier>,
+    tenants: HashMap<String, Arc<TenantAccount>>,
+}
+
+impl Admission {
+    pub fn new(tiers: &[Tier], tenants: &[Tenant]) -> Admission {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let tiers: HashMap<String, Tier> =
+            tiers.iter().map(|t| (t.name.clone(), t.clone())).collect();
+        let tenants = tenants
+            .iter()
+            .map(|t| {
+                let mut account = Account {
+                    tier: t.tier.clone(),
+                    overrides: t.overrides,
+                    limits: Limits::default(),
+                    paused: false,
+                    requests: None,
+                    tokens: None,
+                    in_flight: 0,
+                    day: Period::new(PeriodKey::day(wall)),
+                    month: Period::new(PeriodKey::month(wall)),
+                    dirty: false,
+                };
+                if let Some(tier) = tiers.get(&t.tier) {
+                    account.apply_limits(tier, now);
+                }
+                let account = Arc::new(TenantAccount {
+                    name: t.name.clone(),
+                    state: Mutex::new(account),
+                });
+                (t.name.clone(), account)
+            })
+            .collect();
+        Admission { tiers, tenants }
+    }
+
+    fn account(&self, tenant: &str) -> Result<&Arc<TenantAccount>, ControlError> {
+        self.tenants
+            .get(tenant)
+            .ok_or_else(|| ControlError::UnknownTenant(tenant.to_string()))
+    }
+
+    /// The tier a tenant is in now.
+    pub fn tier_of(&self, tenant: &str) -> Option<String> {
+        self.tenants.get(tenant).map(|a| a.lock().tier.clone())
+    }
+
+    /// Reserves a request's estimated cost against every limit and budget, or refuses it
+    /// without taking anything.
+    pub fn reserve(&self, tenant: &str, demand: &Demand) -> Result<Reservation, Refusal> {
+        let account = self.tenants.get(tenant).ok_or(Refusal::UnknownTenant)?;
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut a = account.lock();
+        if a.paused {
+            return Err(Refusal::Paused {
+                tenant: tenant.to_string(),
+            });
+        }
+        a.roll(wall);
+        let cap = a.limits.max_tokens_cap.unwrap_or(DEFAULT_MAX_TOKENS_CAP);
+        let completion = match (demand.completion, demand.max_tokens) {
+            (false, _) => 0,
+            (true, Some(max)) => max.min(cap),
+            (true, None) => cap,
+        };
+        let tokens = demand.prompt_tokens + completion;
+        let cost = demand
+            .price
+            .map(|p| p.cost(demand.prompt_tokens, completion))
+            .unwrap_or(0.0);
+
+        if let Some(b) = a.requests.as_mut() {
+            b.refill(now);
+        }
+        if let Some(b) = a.tokens.as_mut() {
+            b.refill(now);
+        }
+        let headers = a.headers();
+        let limited = |window, limit: u64, requested, retry_after| Refusal::RateLimited {
+            window,
+            limit,
+            requested,
+            retry_after,
+            headers,
+        };
+        if let Some(max) = a.limits.max_concurrency
+            && a.in_flight >= max
+        {
+            return Err(limited(
+                Window::Concurrency,
+                u64::from(max),
+                1,
+                Some(Duration::from_secs(1)),
+            ));
+        }
+        if let Some(b) = &a.requests
+            && !b.has(1)
+        {
+            return Err(limited(Window::Requests, b.capacity(), 1, b.wait_for(1)));
+        }
+        if let Some(b) = &a.tokens
+            && !b.has(tokens)
+        {
+            return Err(limited(
+                Window::Tokens,
+                b.capacity(),
+                tokens,
+                b.wait_for(tokens),
+            ));
+        }
+        let budgets = [
+            (
+                a.day.key,
+                "tokens",
+                a.limits.daily_tokens.map(|l| l as f64),
+                &a.day,
+                tokens as f64,
+            ),
+            (
+                a.month.key,
+                "tokens",
+                a.limits.monthly_tokens.map(|l| l as f64),
+                &a.month,
+                tokens as f64,
+            ),
+            (a.day.key, "USD", a.limits.daily_usd, &a.day, cost),
+            (a.month.key, "USD", a.limits.monthly_usd, &a.month, cost),
+        ];
+        for (period, unit, limit, usage, wanted) in budgets {
+            let Some(limit) = limit else { continue };
+            let (used, held) = if unit == "USD" {
+                (usage.cost, usage.reserved_cost)
+            } else {
+                (usage.tokens as f64, usage.reserved_tokens as f64)
+            };
+            if used + held + wanted > limit {
+                return Err(Refusal::BudgetSpent {
+                    tenant: tenant.to_string(),
+                    period,
+                    unit,
+                    limit,
+                    used,
+                    renews_in: period.remaining(wall),
+                });
+            }
+        }
+
+        if let Some(b) = a.requests.as_mut() {
+            b.take(1);
+        }
+        if let Some(b) = a.tokens.as_mut() {
+            b.take(tokens);
+        }
+        a.in_flight += 1;
+        for p in {
+            let a = &mut *a;
+            [&mut a.day, &mut a.month]
+        } {
+            p.reserved_tokens += tokens;
+            p.reserved_cost += cost;
+            p.requests += 1;
+        }
+        a.dirty = true;
+        let headers = a.headers();
+        let tier = a.tier.clone();
+        drop(a);
+        Ok(Reservation {
+            account: account.clone(),
+            tier,
+            prompt_tokens: demand.prompt_tokens,
+            tokens,
+            cost,
+            price: demand.price,
+            day: PeriodKey::day(wall),
+            month: PeriodKey::month(wall),
+            headers,
+            settled: false,
+        })
+    }
+
+    pub fn view(&self, tenant: &str) -> Result<TenantView, ControlError> {
+        let account = self.account(tenant)?;
+        let now = Instant::now();
+        let mut a = account.lock();
+        a.roll(SystemTime::now());
+        let available = |b: &mut Option<Bucket>| {
+            b.as_mut().map(|b| {
+                b.refill(now);
+                b.available()
+            })
+        };
+        let requests_available = available(&mut a.requests);
+        let tokens_available = available(&mut a.tokens);
+        Ok(TenantView {
+            name: account.name.clone(),
+            tier: a.tier.clone(),
+            paused: a.paused,
+            limits: a.limits,
+            overrides: a.overrides,
+            in_flight: a.in_flight,
+            requests_available,
+            tokens_available,
+            day: PeriodView::from(&a.day),
+            month: PeriodView::from(&a.month),
+        })
+    }
+
+    /// Every tenant, by name.
+    pub fn views(&self) -> Vec<TenantView> {
+        let mut names: Vec<&String> = self.tenants.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| self.view(n).ok())
+            .collect()
+    }
+
+    /// Moves a tenant to another tier; its limits follow at once.
+    pub fn set_tier(&self, tenant: &str, tier: &str) -> Result<(), ControlError> {
+        let Some(new) = self.tiers.get(tier) else {
+            let mut known: Vec<&str> = self.tiers.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(ControlError::UnknownTier(
+                tier.to_string(),
+                known.join(", "),
+            ));
+        };
+        let mut a = self.account(tenant)?.lock();
+        a.tier = tier.to_string();
+        a.apply_limits(new, Instant::now());
+        Ok(())
+    }
+
+    /// Replaces the limits a tenant's overrides set; fields left `None` keep their value.
+    pub fn set_limits(&self, tenant: &str, change: &Limits) -> Result<Limits, ControlError> {
+        crate::config::check_limits("limits", change)
+            .map_err(|e| ControlError::BadLimits(e.to_string()))?;
+        let account = self.account(tenant)?;
+        let mut a = account.lock();
+        a.overrides = a.overrides.overlay(change);
+        let tier = self.tiers.get(&a.tier).cloned();
+        if let Some(tier) = tier {
+            a.apply_limits(&tier, Instant::now());
+        }
+        Ok(a.limits)
+    }
+
+    pub fn set_paused(&self, tenant: &str, paused: bool) -> Result<(), ControlError> {
+        self.account(tenant)?.lock().paused = paused;
+        Ok(())
+    }
+
+    /// Forgets what a tenant spent this day and month (in-flight reservations stay).
+    pub fn reset_budget(&self, tenant: &str) -> Result<(), ControlError> {
+        let mut a = self.account(tenant)?.lock();
+        for p in {
+            let a = &mut *a;
+            [&mut a.day, &mut a.month]
+        } {
+            p.tokens = 0;
+            p.cost = 0.0;
+            p.requests = 0;
+        }
+        a.dirty = true;
+        Ok(())
+    }
+
+    /// The usage of tenants that changed since the last call, for the ledger to store.
+    pub fn take_dirty(&self) -> Vec<(String, UsageRecord)> {
+        let mut out = Vec::new();
+        for (name, account) in &self.tenants {
+            let mut a = account.lock();
+            if !a.dirty {
+                continue;
+            }
+            a.dirty = false;
+            for p in [&a.day, &a.month] {
+                out.push((
+                    name.clone(),
+                    UsageRecord {
+                        period: p.key,
+                        tokens: p.tokens,
+                        cost: p.cost,
+                        requests: p.requests,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// Puts stored usage back after a restart; records of other periods are ignored.
+    pub fn restore(&self, records: &[(String, UsageRecord)]) {
+        let wall = SystemTime::now();
+        for (tenant, record) in records {
+            let Some(account) = self.tenants.get(tenant) else {
+                continue;
+            };
+            let mut a = account.lock();
+            a.roll(wall);
+            for p in {
+                let a = &mut *a;
+                [&mut a.day, &mut a.month]
+            } {
+                if p.key == record.period {
+                    p.tokens = record.tokens;
+                    p.cost = record.cost;
+                    p.requests = record.requests;
+                }
+            }
+        }
+    }
+}
+
+/// Held while a request runs; settle it with the real usage, or drop it to refund.
+pub struct Reservation {
+    account: Arc<TenantAccount>,
+    tier: String,
+    prompt_tokens: u64,
+    tokens: u64,
+    cost: f64,
+    price: Option<Price>,
+    day: PeriodKey,
+    month: PeriodKey,
+    headers: RateHeaders,
+    settled: bool,
+}
+
+impl Reservation {
+    /// Tokens reserved: the prompt estimate plus the capped completion.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    pub fn prompt_tokens(&self) -> u64 {
+        self.prompt_tokens
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.account.name
+    }
+
+    /// The tenant's tier when the request was admitted.
+    pub fn tier(&self) -> &str {
+        &self.tier
+    }
+
+    pub fn headers(&self) -> &RateHeaders {
+        &self.headers
+    }
+
+    /// Charges what the request really used, refunding or owing the difference.
+    pub fn settle(mut self, usage: Usage) {
+        self.finish(Some(usage));
+    }
+
+    fn finish(&mut self, usage: Option<Usage>) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        let mut a = self.account.lock();
+        a.in_flight = a.in_flight.saturating_sub(1);
+        a.roll(SystemTime::now());
+        let (tokens, cost) = match usage {
+            Some(u) => (
+                u.total(),
+                self.price
+                    .map(|p| p.cost(u.prompt_tokens, u.completion_tokens))
+                    .unwrap_or(0.0),
+            ),
+            None => (0, 0.0),
+        };
+        if let Some(bucket) = a.tokens.as_mut() {
+            bucket.give(self.tokens);
+            bucket.take(tokens);
+        }
+        for (period, key) in {
+            let a = &mut *a;
+            [(&mut a.day, self.day), (&mut a.month, self.month)]
+        } {
+            if period.key == key {
+                period.reserved_tokens = period.reserved_tokens.saturating_sub(self.tokens);
+                period.reserved_cost = (period.reserved_cost - self.cost).max(0.0);
+                if usage.is_none() {
+                    period.requests = period.requests.saturating_sub(1);
+                }
+            }
+            period.tokens += tokens;
+            period.cost += cost;
+        }
+        a.dirty = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(limits: Limits) -> Tier {
+        Tier {
+            name: "pro".into(),
+            share: 10,
+            max_queue: 10,
+            max_wait: Duration::from_secs(1),
+            limits,
+        }
+    }
+
+    fn admission(limits: Limits) -> Admission {
+        let tenant = Tenant {
+            name: "acme".into(),
+            tier: "pro".into(),
+            keys: vec![],
+            overrides: Limits::default(),
+        };
+        Admission::new(&[tier(limits)], &[tenant])
+    }
+
+    fn demand(prompt: u64, max: u64) -> Demand {
+        Demand {
+            prompt_tokens: prompt,
+            max_tokens: Some(max),
+            completion: true,
+            price: None,
+        }
+    }
+
+    fn usage(prompt: u64, completion: u64) -> Usage {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            estimated: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_per_minute_refill_over_the_window() {
+        let admission = admission(Limits {
+            rpm: Some(2),
+            ..Limits::default()
+        });
+        admission
+            .reserve("acme", &demand(1, 1))
+            .unwrap()
+            .settle(usage(1, 1));
+        admission
+            .reserve("acme", &demand(1, 1))
+            .unwrap()
+            .settle(usage(1, 1));
+        let Err(Refusal::RateLimited {
+            window,
+            retry_after,
+            ..
+        }) = admission.reserve("acme", &demand(1, 1))
+        else {
+            panic!("the third request in a minute is refused");
+        };
+        assert_eq!(window, Window::Requests);
+        assert_eq!(retry_after, Some(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(admission.reserve("acme", &demand(1, 1)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_reserved_then_refunded_to_what_was_used() {
+        let admission = admission(Limits {
+            tpm: Some(1000),
+            ..Limits::default()
+        });
+        let held = admission.reserve("acme", &demand(100, 800)).unwrap();
+        assert_eq!(held.tokens(), 900);
+        assert!(
+            admission.reserve("acme", &demand(100, 100)).is_err(),
+            "900 of 1000 are held"
+        );
+        held.settle(usage(100, 50));
+        assert_eq!(admission.view("acme").unwrap().tokens_available, Some(850));
+        let view = admission.view("acme").unwrap();
+        assert_eq!(view.day.tokens, 150);
+        assert_eq!(view.day.reserved_tokens, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_beyond_the_reservation_becomes_debt() {
+        let admission = admission(Limits {
+            tpm: Some(600),
+            max_tokens_cap: Some(100),
+            ..Limits::default()
+        });
+        let held = admission.reserve("acme", &demand(10, 5000)).unwrap();
+        assert_eq!(held.tokens(), 110, "max_tokens is capped by the tier");
+        held.settle(usage(10, 700));
+        assert_eq!(admission.view("acme").unwrap().tokens_available, Some(0));
+        let Err(Refusal::RateLimited { retry_after, .. }) =
+            admission.reserve("acme", &demand(10, 10))
+        else {
+            panic!("in debt");
+        };
+        // 110 owed plus the 20 asked for, at 10 tokens a second.
+        assert_eq!(retry_after, Some(Duration::from_secs(13)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_reservation_refunds_everything_but_the_request() {
+        let admission = admission(Limits {
+            tpm: Some(1000),
+            rpm: Some(10),
+            ..Limits::default()
+        });
+        drop(admission.reserve("acme", &demand(100, 100)).unwrap());
+        let view = admission.view("acme").unwrap();
+        assert_eq!(view.tokens_available, Some(1000));
+        assert_eq!(view.requests_available, Some(9));
+        assert_eq!(view.in_flight, 0);
+        assert_eq!(view.day.tokens, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_takes_nothing_from_the_other_limits() {
+        let admission = admission(Limits {
+            rpm: Some(10),
+            daily_tokens: Some(100),
+            ..Limits::default()
+        });
+        let refused = admission.reserve("acme", &demand(50, 100));
+        assert!(matches!(refused, Err(Refusal::BudgetSpent { .. })));
+        assert_eq!(admission.view("acme").unwrap().requests_available, Some(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_larger_than_the_token_limit_is_hopeless() {
+        let admission = admission(Limits {
+            tpm: Some(100),
+            ..Limits::default()
+        });
+        let Err(Refusal::RateLimited { retry_after, .. }) =
+            admission.reserve("acme", &demand(50, 100))
+        else {
+            panic!("refused");
+        };
+        assert_eq!(retry_after, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_and_pause_and_tier_changes_apply_at_once() {
+        let admission = admission(Limits {
+            max_concurrency: Some(1),
+            ..Limits::default()
+        });
+        let first = admission.reserve("acme", &demand(1, 1)).unwrap();
+        assert!(matches!(
+            admission.reserve("acme", &demand(1, 1)),
+            Err(Refusal::RateLimited {
+                window: Window::Concurrency,
+                ..
+            })
+        ));
+        drop(first);
+        admission.set_paused("acme", true).unwrap();
+        assert!(matches!(
+            admission.reserve("acme", &demand(1, 1)),
+            Err(Refusal::Paused { .. })
+        ));
+        admission.set_paused("acme", false).unwrap();
+        admission
+            .set_limits(
+                "acme",
+                &Limits {
+                    rpm: Some(1),
+                    ..Limits::default()
+                },
+            )
+            .unwrap();
+        assert!(admission.reserve("acme", &demand(1, 1)).is_ok());
+        assert!(admission.reserve("acme", &demand(1, 1)).is_err());
+        assert!(matches!(
+            admission.set_tier("acme", "gold"),
+            Err(ControlError::UnknownTier(..))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cost_budgets_use_the_model_price() {
+        let admission = admission(Limits {
+            daily_usd: Some(1.0),
+            ..Limits::default()
+        });
+        let price = Some(Price {
+            input_per_mtok: 1_000.0,
+            output_per_mtok: 10_000.0,
+        });
+        let mut ask = demand(100, 50);
+        ask.price = price;
+        // 100 × $0.001 + 50 × $0.01 = $0.60 reserved.
+        let held = admission.reserve("acme", &ask).unwrap();
+        assert!(admission.reserve("acme", &ask).is_err(), "$1.20 > $1");
+        held.settle(usage(100, 10));
+        // $0.20 spent; $0.60 more fits.
+        assert!(admission.reserve("acme", &ask).is_ok());
+    }
+}

@@ -1,0 +1,440 @@
+//! A small API Priority and Fairness: who goes upstream next when seats run short.
+//!
+//! Tiers are priority levels, each with a share of the seats (the requests upstream at
+//! once). A level below its share takes the next free seat first; seats a level does not
+//! use are lent to the others, in priority order (largest share first). Inside a level,
+//! tenants are flows, fair-queued by estimated tokens: each request gets a virtual finish
+//! tag (start-time fair queuing), the smallest goes first, and a flow's tags are corrected
+//! once a request's real usage is known. Queues are bounded in depth and in wait; a waiter
+//! whose client left removes itself at once. Nothing here does I/O; the lock is held only
+//! for plain bookkeeping.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::domain::Tier;
+
+/// Why a request got no seat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The level's queue is at `max_queue`.
+    QueueFull {
+        tier: String,
+        depth: usize,
+        retry_after: Duration,
+    },
+    /// The request waited `max_wait` without a seat.
+    Timeout {
+        tier: String,
+        waited: Duration,
+        retry_after: Duration,
+    },
+    /// An operator paused the tenant while it waited.
+    Paused,
+    UnknownTier(String),
+}
+
+/// A seat upstream; dropping it frees the seat for the next waiter.
+pub struct Seat {
+    scheduler: Arc<Scheduler>,
+    level: usize,
+    tenant: String,
+    estimate: u64,
+    actual: Option<u64>,
+}
+
+impl Seat {
+    /// Corrects the tenant's fair-queuing tags with what the request really cost.
+    pub fn set_actual(&mut self, tokens: u64) {
+        self.actual = Some(tokens);
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let refused = self
+            .scheduler
+            .release(self.level, &self.tenant, self.estimate, self.actual);
+        drop(refused);
+    }
+}
+
+impl std::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seat")
+            .field("level", &self.level)
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+type Grant = Result<Seat, Rejection>;
+
+struct Waiter {
+    id: u64,
+    tenant: String,
+    cost: u64,
+    enqueued: Instant,
+    grant: oneshot::Sender<Grant>,
+}
+
+#[derive(Default)]
+struct Flow {
+    /// Finish tag of the flow's latest request.
+    last_finish: u128,
+}
+
+struct Level {
+    tier: String,
+    share: u32,
+    /// Seats this level is entitled to.
+    nominal: u32,
+    in_use: u32,
+    max_queue: usize,
+    max_wait: Duration,
+    queue: BTreeMap<(u128, u64), Waiter>,
+    flows: HashMap<String, Flow>,
+    /// Virtual time: the finish tag of the request dispatched last.
+    vtime: u128,
+    /// Smoothed time between dispatches, for honest `Retry-After`s.
+    interval: Option<Duration>,
+    last_dispatch: Option<Instant>,
+    dispatched: u64,
+}
+
+impl Level {
+    fn tag(&mut self, tenant: &str, cost: u64) -> u128 {
+        let vtime = self.vtime;
+        let flow = self.flows.entry(tenant.to_string()).or_default();
+        let finish = flow.last_finish.max(vtime) + u128::from(cost.max(1));
+        flow.last_finish = finish;
+        finish
+    }
+
+    /// How long a request joining the back of the queue can expect to wait.
+    fn expected_wait(&self) -> Duration {
+        match self.interval {
+            Some(interval) => interval.saturating_mul(self.queue.len() as u32 + 1).clamp(
+                Duration::from_secs(1),
+                self.max_wait.max(Duration::from_secs(1)),
+            ),
+            None => self.max_wait.max(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// A level's state, for the console and the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelView {
+    pub tier: String,
+    pub share: u32,
+    pub seats: u32,
+    pub in_use: u32,
+    /// Seats in use beyond the level's own share.
+    pub borrowed: u32,
+    pub queued: usize,
+    pub oldest_wait_ms: u64,
+    pub dispatched: u64,
+}
+
+struct State {
+    seats: u32,
+    in_use: u32,
+    /// In priority order: largest share first.
+    levels: Vec<Level>,
+    /// Where each queued request is: level and queue key.
+    queued: HashMap<u64, (usize, (u128, u64))>,
+    next_id: u64,
+}
+
+pub struct Scheduler {
+    state: Mutex<State>,
+}
+
+impl Scheduler {
+    pub fn new(seats: u32, tiers: &[Tier]) -> Arc<Scheduler> {
+        let seats = seats.max(1);
+        let mut tiers: Vec<&Tier> = tiers.iter().collect();
+        tiers.sort_by(|a, b| b.share.cmp(&a.share).then_with(|| a.name.cmp(&b.name)));
+        let total_share: u64 = tiers.iter().map(|t| u64::from(t.share)).sum::<u64>().max(1);
+        let levels = tiers
+            .iter()
+            .map(|t| Level {
+                tier: t.name.clone(),
+                share: t.share,
+                nominal: ((u64::from(seats) * u64::from(t.share) / total_share) as u32).max(1),
+                in_use: 0,
+                max_queue: t.max_queue,
+                max_wait: t.max_wait,
+                queue: BTreeMap::new(),
+                flows: HashMap::new(),
+                vtime: 0,
+                interval: None,
+                last_dispatch: None,
+                dispatched: 0,
+            })
+            .collect();
+        Arc::new(Scheduler {
+            state: Mutex::new(State {
+                seats,
+                in_use: 0,
+                levels,
+                queued: HashMap::new(),
+                next_id: 0,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a seat for `tenant` in `tier`'s level, costing `cost` estimated tokens.
+    /// Dropping the future leaves the queue at once.
+    pub async fn acquire(self: &Arc<Self>, tenant: &str, tier: &str, cost: u64) -> Grant {
+        let (receiver, id, deadline, level_index) = {
+            let mut state = self.lock();
+            let Some(level) = state.levels.iter().position(|l| l.tier == tier) else {
+                return Err(Rejection::UnknownTier(tier.to_string()));
+            };
+            let l = &state.levels[level];
+            if l.queue.len() >= l.max_queue {
+                return Err(Rejection::QueueFull {
+                    tier: tier.to_string(),
+                    depth: l.queue.len(),
+                    retry_after: l.expected_wait(),
+                });
+            }
+            let (sender, receiver) = oneshot::channel();
+            let id = state.next_id;
+            state.next_id += 1;
+            let now = Instant::now();
+            let deadline = now + state.levels[level].max_wait;
+            let waiter = Waiter {
+                id,
+                tenant: tenant.to_string(),
+                cost,
+                enqueued: now,
+                grant: sender,
+            };
+            state.enqueue(level, waiter);
+            let refused = self.dispatch(&mut state);
+            drop(state);
+            drop(refused);
+            (receiver, id, deadline, level)
+        };
+        let mut queued = Queued {
+            scheduler: self,
+            id,
+            armed: true,
+        };
+        let outcome = tokio::time::timeout_at(deadline, receiver).await;
+        queued.armed = false;
+        match outcome {
+            Ok(Ok(grant)) => grant,
+            Ok(Err(_)) => Err(Rejection::Paused),
+            Err(_) => {
+                // Out of time. A seat granted at the very last moment went back when the
+                // receiver holding it was dropped.
+                let mut state = self.lock();
+                let removed = state.remove(id);
+                let level = &state.levels[level_index];
+                let rejection = Rejection::Timeout {
+                    tier: level.tier.clone(),
+                    waited: level.max_wait,
+                    retry_after: level.expected_wait(),
+                };
+                drop(state);
+                drop(removed);
+                Err(rejection)
+            }
+        }
+    }
+
+    /// Hands free seats to waiters. Grants that found their receiver gone come back as
+    /// seats, returned to the caller to drop once the lock is released.
+    fn dispatch(self: &Arc<Self>, state: &mut State) -> Vec<Grant> {
+        let mut refused = Vec::new();
+        while state.in_use < state.seats {
+            // A level under its own share first, then any level borrowing an idle seat.
+            let pick = state
+                .levels
+                .iter()
+                .position(|l| l.in_use < l.nominal && !l.queue.is_empty())
+                .or_else(|| state.levels.iter().position(|l| !l.queue.is_empty()));
+            let Some(index) = pick else { break };
+            let now = Instant::now();
+            let level = &mut state.levels[index];
+            let Some(((tag, id), waiter)) = level.queue.pop_first() else {
+                break;
+            };
+            level.vtime = level.vtime.max(tag);
+            level.in_use += 1;
+            level.dispatched += 1;
+            if let Some(last) = level.last_dispatch {
+                let gap = now.saturating_duration_since(last);
+                level.interval = Some(match level.interval {
+                    Some(i) => i.mul_f64(0.8) + gap.mul_f64(0.2),
+                    None => gap,
+                });
+            }
+            level.last_dispatch = Some(now);
+            state.in_use += 1;
+            state.queued.remove(&id);
+            let seat = Seat {
+                scheduler: self.clone(),
+                level: index,
+                tenant: waiter.tenant,
+                estimate: waiter.cost,
+                actual: None,
+            };
+            if let Err(grant) = waiter.grant.send(Ok(seat)) {
+                refused.push(grant);
+            }
+        }
+        refused
+    }
+
+    fn release(
+        self: &Arc<Self>,
+        level: usize,
+        tenant: &str,
+        estimate: u64,
+        actual: Option<u64>,
+    ) -> Vec<Grant> {
+        let mut state = self.lock();
+        state.in_use = state.in_use.saturating_sub(1);
+        if let Some(l) = state.levels.get_mut(level) {
+            l.in_use = l.in_use.saturating_sub(1);
+            if let (Some(actual), Some(flow)) = (actual, l.flows.get_mut(tenant)) {
+                // The flow was charged its estimate; correct it by what it really used.
+                let corrected = flow.last_finish as i128 + actual as i128 - estimate as i128;
+                flow.last_finish = corrected.max(0) as u128;
+            }
+        }
+        self.dispatch(&mut state)
+    }
+
+    /// Refuses every waiting request of a tenant (it was paused).
+    pub fn reject_tenant(self: &Arc<Self>, tenant: &str) -> usize {
+        let mut state = self.lock();
+        let ids: Vec<u64> = state
+            .levels
+            .iter()
+            .flat_map(|l| l.queue.values())
+            .filter(|w| w.tenant == tenant)
+            .map(|w| w.id)
+            .collect();
+        let mut rejected = Vec::new();
+        for id in &ids {
+            if let Some(waiter) = state.remove(*id) {
+                rejected.push(waiter);
+            }
+        }
+        let refused = self.dispatch(&mut state);
+        drop(state);
+        for waiter in rejected {
+            let _ = waiter.grant.send(Err(Rejection::Paused));
+        }
+        drop(refused);
+        ids.len()
+    }
+
+    /// Moves a tenant's waiting requests to another tier's level, in arrival order.
+    pub fn move_tenant(self: &Arc<Self>, tenant: &str, tier: &str) -> usize {
+        let mut state = self.lock();
+        let Some(target) = state.levels.iter().position(|l| l.tier == tier) else {
+            return 0;
+        };
+        let mut ids: Vec<u64> = state
+            .levels
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != target)
+            .flat_map(|(_, l)| l.queue.values())
+            .filter(|w| w.tenant == tenant)
+            .map(|w| w.id)
+            .collect();
+        ids.sort_unstable();
+        for id in &ids {
+            if let Some(waiter) = state.remove(*id) {
+                state.enqueue(target, waiter);
+            }
+        }
+        let refused = self.dispatch(&mut state);
+        drop(state);
+        drop(refused);
+        ids.len()
+    }
+
+    pub fn levels(&self) -> Vec<LevelView> {
+        let state = self.lock();
+        let now = Instant::now();
+        state
+            .levels
+            .iter()
+            .map(|l| LevelView {
+                tier: l.tier.clone(),
+                share: l.share,
+                seats: l.nominal,
+                in_use: l.in_use,
+                borrowed: l.in_use.saturating_sub(l.nominal),
+                queued: l.queue.len(),
+                oldest_wait_ms: l
+                    .queue
+                    .values()
+                    .map(|w| now.saturating_duration_since(w.enqueued))
+                    .max()
+                    .unwrap_or_default()
+                    .as_millis() as u64,
+                dispatched: l.dispatched,
+            })
+            .collect()
+    }
+
+    /// Requests waiting in all levels.
+    pub fn queued(&self) -> usize {
+        self.lock().queued.len()
+    }
+}
+
+impl State {
+    fn enqueue(&mut self, level: usize, waiter: Waiter) {
+        let l = &mut self.levels[level];
+        let tag = l.tag(&waiter.tenant, waiter.cost);
+        let key = (tag, waiter.id);
+        self.queued.insert(waiter.id, (level, key));
+        l.queue.insert(key, waiter);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Waiter> {
+        let (level, key) = self.queued.remove(&id)?;
+        self.levels.get_mut(level)?.queue.remove(&key)
+    }
+}
+
+/// Removes a waiter from the queue if its future is dropped before a seat came.
+struct Queued<'a> {
+    scheduler: &'a Arc<Scheduler>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.scheduler.lock();
+            let removed = state.remove(self.id);
+            drop(state);
+            drop(removed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
