@@ -72,6 +72,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Keep the in-process servers alive for the whole run.
     let mut _mock = None;
     let mut _gateway = None;
+    let bench_dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
     let (mock_url, gateway_url, key) = match (&args.mock_url, &args.gateway_url) {
         (Some(m), Some(g)) => (m.clone(), g.clone(), args.key.clone()),
         _ => {
@@ -82,7 +83,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .spawn_local()
                 .await
                 .context("cannot start the mock upstream")?;
-            let config = Config::from_toml(&bench_config(&mock.url(), &args.model))?;
+            let mut config = Config::from_toml(&bench_config(&mock.url(), &args.model))?;
+            config.server.data_dir = bench_dir.clone();
             let daemon = Daemon::start(config).await?;
             let urls = (mock.url(), format!("{}/v1", daemon.url()));
             _mock = Some(mock);
@@ -101,6 +103,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let direct = load(&args, &mock_url, "unused").await?;
     let gateway = load(&args, &gateway_url, &key).await?;
     print(&args, &direct, &gateway);
+    if let Some(daemon) = _gateway.take() {
+        daemon.stop(Duration::from_secs(1)).await;
+        let _ = std::fs::remove_dir_all(&bench_dir);
+    }
     Ok(())
 }
 
@@ -109,7 +115,6 @@ fn bench_config(mock_url: &str, model: &str) -> String {
         r#"
 [server]
 listen = "127.0.0.1:0"
-data_dir = "{data}"
 
 [tiers.bench]
 
@@ -128,7 +133,6 @@ name = "local"
 [[models]]
 alias = "{model}"
 "#,
-        data = std::env::temp_dir().join("switchyard-bench").display(),
         key = crate::auth::hash_key(BENCH_KEY),
     )
 }

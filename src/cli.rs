@@ -40,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Operate a running daemon through its admin API.
+    Ctl(crate::ctl::CtlArgs),
     /// Measure the gateway's overhead: the same load straight to a mock, then through the gateway.
     Bench(crate::bench::BenchArgs),
 }
@@ -126,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Hash { key },
         } => hash(key),
+        Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
         Command::Bench(args) => {
             let _logs = crate::telemetry::init_stderr("warn");
             runtime()?.block_on(crate::bench::run(args))

@@ -1,10 +1,13 @@
-//! Builds the gateway from a validated config, binds the public listener, and shuts down
-//! gracefully: in-flight requests and streams get a grace period, then are cut.
+//! Builds the gateway from a validated config: opens the store and restores usage, loads
+//! the tokenizers, starts the ledger, binds the public and admin listeners, and shuts
+//! down gracefully: in-flight requests and streams get a grace period, then are cut, and
+//! the ledger writes what is left before the store closes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -12,66 +15,98 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::ledger::Ledger;
 use crate::providers::SetupError;
+use crate::store::{Store, StoreError};
 
 /// How long a shutdown waits for in-flight requests before cutting them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error(
-        "cannot listen on {addr}: {source}; is another process using the port? (server.listen)"
-    )]
+    #[error("cannot listen on {addr}: {source}; is another process using the port? ({key})")]
     Bind {
         addr: SocketAddr,
+        key: &'static str,
         source: std::io::Error,
     },
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the start-up task failed: {0}")]
+    Task(String),
 }
 
 /// A running gateway.
 pub struct Daemon {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    servers: Vec<JoinHandle<()>>,
+    ledger: Ledger,
 }
 
 impl Daemon {
-    /// Builds the gateway and starts serving on `server.listen`.
+    /// Builds the gateway and starts serving on `server.listen` (and the admin API on
+    /// `server.admin_listen` when the admin token is set).
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
-        let listen = config.server.listen;
-        let gateway = Arc::new(Gateway::new(config)?);
-        let listener = TcpListener::bind(listen)
+        let data_dir = config.server.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
             .await
-            .map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: listen,
-            source,
-        })?;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let (stop, mut stopped) = watch::channel(false);
-        let app = crate::api::router(gateway.clone());
-        let task = tokio::spawn(async move {
-            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            });
-            if let Err(error) = server.await {
-                tracing::error!(%error, "public listener failed");
-            }
-        });
+            .map_err(|e| StartError::Task(e.to_string()))??;
+        let store = Arc::new(store);
+        let usage = store.load_usage()?;
+        tokio::task::spawn_blocking(crate::admission::estimate::warm_up)
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))?;
+
+        let admin_token = std::env::var(&config.admin.token_env)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let (listen, admin_listen) = (config.server.listen, config.admin.listen);
+        let checkpoint = config.checkpoint_interval;
+        let token_env = config.admin.token_env.clone();
+        let gateway = Arc::new(Gateway::new(config)?);
+        gateway.admission().restore(&usage);
+        let ledger = Ledger::spawn(gateway.admission().clone(), store, checkpoint);
+
+        let (stop, stopped) = watch::channel(false);
+        let mut servers = Vec::new();
+        let (addr, task) = serve(
+            listen,
+            "server.listen",
+            crate::api::router(gateway.clone()),
+            stopped.clone(),
+        )
+        .await?;
+        servers.push(task);
         tracing::info!(%addr, "switchyard is listening");
+
+        let admin_addr = match admin_token {
+            Some(token) => {
+                let app = crate::admin::router(gateway.clone(), &token);
+                let (admin_addr, task) =
+                    serve(admin_listen, "server.admin_listen", app, stopped).await?;
+                servers.push(task);
+                tracing::info!(addr = %admin_addr, "admin API is listening");
+                Some(admin_addr)
+            }
+            None => {
+                tracing::warn!(
+                    "the admin API is off: set {token_env} to a secret token to turn it on"
+                );
+                None
+            }
+        };
         Ok(Daemon {
             addr,
+            admin_addr,
             gateway,
             stop,
-            task,
+            servers,
+            ledger,
         })
     }
 
@@ -84,23 +119,61 @@ impl Daemon {
         format!("http://{}", self.addr)
     }
 
+    /// `http://ADDR` of the admin API, when it runs.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr.map(|a| format!("http://{a}"))
+    }
+
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }
 
-    /// Stops accepting, lets in-flight work finish within the grace period, then cuts it.
+    /// Stops accepting, lets in-flight work finish within the grace period, then cuts it;
+    /// then writes the last usage to the store and flushes it.
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
-        let mut task = self.task;
-        if tokio::time::timeout(grace, &mut task).await.is_err() {
-            tracing::warn!(
-                ?grace,
-                "in-flight requests outlived the shutdown grace period; cutting them"
-            );
-            task.abort();
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut task in self.servers {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight requests outlived the shutdown grace period; cutting them"
+                );
+                task.abort();
+                let _ = task.await;
+            }
         }
+        drop(self.gateway);
+        self.ledger.stop().await;
         tracing::info!("switchyard stopped");
     }
+}
+
+async fn serve(
+    listen: SocketAddr,
+    key: &'static str,
+    app: Router,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let bind = |source| StartError::Bind {
+        addr: listen,
+        key,
+        source,
+    };
+    let listener = TcpListener::bind(listen).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        if let Err(error) = server.await {
+            tracing::error!(%error, listener = key, "listener failed");
+        }
+    });
+    Ok((addr, task))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -4,18 +4,22 @@
 //! `api` → `auth` → `gateway` → `router` → `providers`, with `streams` relaying SSE back.
 //! See ARCHITECTURE.md for the map and the invariants.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod domain;
 pub mod gateway;
+pub mod ledger;
 pub mod mock;
 pub mod providers;
 pub mod router;
 pub mod scheduler;
+pub mod store;
 pub mod streams;
 pub mod telemetry;

@@ -506,6 +506,13 @@ impl Admission {
         out
     }
 
+    /// Marks every tenant for the next checkpoint (after a failed write).
+    pub fn mark_all_dirty(&self) {
+        for account in self.tenants.values() {
+            account.lock().dirty = true;
+        }
+    }
+
     /// Puts stored usage back after a restart; records of other periods are ignored.
     pub fn restore(&self, records: &[(String, UsageRecord)]) {
         let wall = SystemTime::now();

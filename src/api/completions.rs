@@ -11,9 +11,10 @@ use axum::response::Response;
 use base64::Engine;
 use serde_json::Value;
 
-use super::{ApiError, RequestId, authorization};
+use super::{ApiError, RequestId, authorization, rate_headers};
+use crate::admission::{Demand, estimate};
 use crate::domain::ModelKind;
-use crate::gateway::{AnswerBody, Call, Fields, Gateway};
+use crate::gateway::{AnswerBody, Call, Fields, Gateway, StreamAccount, usage_of_answer};
 use crate::streams;
 
 pub async fn chat(
@@ -95,6 +96,31 @@ async fn proxy(
     let wants_base64 = object
         .get("encoding_format")
         .is_some_and(|raw| raw.get() == "\"base64\"");
+    let field = |name: &str| object.get(name).map(|raw| &**raw);
+    let demand = Demand {
+        prompt_tokens: match kind {
+            ModelKind::Chat => estimate::chat_prompt(model.tokenizer, field("messages")),
+            ModelKind::Embeddings => estimate::embeddings_input(model.tokenizer, field("input")),
+        },
+        max_tokens: field("max_completion_tokens")
+            .or(field("max_tokens"))
+            .and_then(|raw| raw.get().parse().ok()),
+        completion: kind == ModelKind::Chat,
+        price: model.price,
+    };
+
+    let ticket = gateway
+        .admit(&tenant.name, &demand)
+        .await
+        .map_err(|refused| {
+            tracing::debug!(request_id = %id.0, tenant = %tenant.name, ?refused, "request refused");
+            ApiError::from(refused)
+        })?;
+    let mut extra = rate_headers(ticket.headers());
+    extra.push((
+        "x-switchyard-queue-ms",
+        ticket.queued.as_millis().to_string(),
+    ));
 
     let started = tokio::time::Instant::now();
     let answer = gateway
@@ -105,8 +131,9 @@ async fn proxy(
             stream,
         })
         .await
-        .inspect_err(|error| {
+        .map_err(|error| {
             tracing::warn!(request_id = %id.0, tenant = %tenant.name, model = %model.alias, %error, "request failed");
+            ApiError::from(error).with_headers(extra.clone())
         })?;
     tracing::debug!(
         request_id = %id.0,
@@ -122,6 +149,13 @@ async fn proxy(
 
     let mut response = match answer.body {
         AnswerBody::Whole(bytes) => {
+            if answer.status.is_success() {
+                let usage = usage_of_answer(kind, &bytes, &ticket, model.tokenizer);
+                ticket.settle(usage);
+            } else {
+                // The upstream refused the request itself: nothing was used.
+                drop(ticket);
+            }
             let bytes = if kind == ModelKind::Embeddings && answer.status.is_success() {
                 encode_embeddings(bytes, wants_base64)
             } else {
@@ -141,7 +175,9 @@ async fn proxy(
         }
         AnswerBody::Stream { response, slot } => {
             let describe = format!("{}/{}", answer.region, answer.instance);
-            let relay = streams::relay(response.bytes_stream(), slot, describe, id.0.to_string());
+            let account = StreamAccount::new(ticket, slot, model.tokenizer);
+            let relay =
+                streams::relay(response.bytes_stream(), account, describe, id.0.to_string());
             let mut response = Response::new(Body::from_stream(relay));
             *response.status_mut() = StatusCode::OK;
             let headers = response.headers_mut();
@@ -154,12 +190,11 @@ async fn proxy(
             response
         }
     };
+    extra.push(("x-switchyard-region", answer.region));
+    extra.push(("x-switchyard-instance", answer.instance));
     let headers = response.headers_mut();
-    for (name, value) in [
-        ("x-switchyard-region", &answer.region),
-        ("x-switchyard-instance", &answer.instance),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
+    for (name, value) in extra {
+        if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     }

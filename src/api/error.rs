@@ -6,8 +6,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use std::time::Duration;
+
+use crate::admission::{Refusal, Window};
 use crate::auth::AuthError;
-use crate::gateway::GatewayError;
+use crate::gateway::{GatewayError, Refused};
+use crate::scheduler::Rejection;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -16,6 +20,8 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     pub param: Option<&'static str>,
     pub message: String,
+    /// Extra response headers: `retry-after`, `x-should-retry`, `x-ratelimit-*`.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 const INVALID_REQUEST: &str = "invalid_request_error";
@@ -28,7 +34,41 @@ impl ApiError {
             code: Some(code),
             param: None,
             message,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+
+    /// Tells SDKs when to retry: both `retry-after-ms` and `retry-after` (whole seconds,
+    /// rounded up), which they honour up to a limit.
+    fn retry_after(mut self, wait: Duration) -> Self {
+        let ms = wait.as_millis().max(1);
+        self.headers.push(("retry-after-ms", ms.to_string()));
+        self.headers
+            .push(("retry-after", ms.div_ceil(1000).to_string()));
+        self
+    }
+
+    /// Tells SDKs that retrying cannot help.
+    fn never_retry(mut self) -> Self {
+        self.headers.push(("x-should-retry", "false".into()));
+        self
+    }
+
+    fn paused(tenant: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            INVALID_REQUEST,
+            "tenant_paused",
+            format!(
+                "tenant {tenant} is paused by an operator; requests are refused until it is resumed"
+            ),
+        )
+        .never_retry()
     }
 
     fn param(mut self, param: &'static str) -> Self {
@@ -159,6 +199,117 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Limits(refusal) => refusal.into(),
+            Refused::Queue { rejection, headers } => {
+                let error = match rejection {
+                    Rejection::QueueFull {
+                        tier,
+                        depth,
+                        retry_after,
+                    } => Self::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "requests",
+                        "queue_full",
+                        format!(
+                            "the {tier} queue is full ({depth} requests waiting); try again in {}",
+                            super::openai_duration(retry_after)
+                        ),
+                    )
+                    .retry_after(retry_after),
+                    Rejection::Timeout {
+                        tier,
+                        waited,
+                        retry_after,
+                    } => Self::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "requests",
+                        "queue_timeout",
+                        format!(
+                            "no upstream capacity freed up within {} in the {tier} queue; try again in {}",
+                            super::openai_duration(waited),
+                            super::openai_duration(retry_after)
+                        ),
+                    )
+                    .retry_after(retry_after),
+                    Rejection::Paused => Self::paused("this tenant"),
+                    Rejection::UnknownTier(_) => Self::internal(),
+                };
+                error.with_headers(super::rate_headers(&headers))
+            }
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::UnknownTenant => AuthError::Invalid.into(),
+            Refusal::Paused { tenant } => Self::paused(&tenant),
+            Refusal::RateLimited {
+                window,
+                limit,
+                requested,
+                retry_after,
+                headers,
+            } => {
+                let (kind, what) = match window {
+                    Window::Requests => ("requests", "requests per minute (RPM)"),
+                    Window::Tokens => ("tokens", "tokens per minute (TPM)"),
+                    Window::Concurrency => ("requests", "concurrent requests"),
+                };
+                let advice = match retry_after {
+                    Some(wait) => format!("try again in {}", super::openai_duration(wait)),
+                    None => "the request is larger than the limit; make it smaller".to_string(),
+                };
+                let error = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    kind,
+                    "rate_limit_exceeded",
+                    format!("rate limit reached for {what}: limit {limit}, requested {requested}; {advice}"),
+                )
+                .with_headers(super::rate_headers(&headers));
+                match retry_after {
+                    Some(wait) => error.retry_after(wait),
+                    None => error.never_retry(),
+                }
+            }
+            Refusal::BudgetSpent {
+                tenant,
+                period,
+                unit,
+                limit,
+                used,
+                renews_in,
+            } => {
+                let amount = |v: f64| {
+                    if unit == "USD" {
+                        format!("${v:.2}")
+                    } else {
+                        format!("{v:.0} tokens")
+                    }
+                };
+                Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    "insufficient_quota",
+                    format!(
+                        "the {} budget of tenant {tenant} is spent ({} used of {}, counting requests in flight); it renews in {}",
+                        period.label(),
+                        amount(used),
+                        amount(limit),
+                        super::openai_duration(renews_in)
+                    ),
+                )
+                .retry_after(renews_in)
+                .never_retry()
+            }
+        }
+    }
+}
+
 impl From<GatewayError> for ApiError {
     fn from(error: GatewayError) -> Self {
         let status = error.status();
@@ -181,6 +332,12 @@ impl IntoResponse for ApiError {
                 "code": self.code,
             }
         });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
     }
 }

@@ -10,6 +10,7 @@ mod error;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -20,6 +21,7 @@ use axum::routing::{get, post};
 use futures_util::FutureExt;
 use serde_json::json;
 
+use crate::admission::RateHeaders;
 use crate::gateway::Gateway;
 
 pub use error::ApiError;
@@ -120,4 +122,50 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         "models": gateway.config().models.len(),
     }))
     .into_response()
+}
+
+/// OpenAI's `x-ratelimit-*` headers for the limits a tenant has.
+pub(crate) fn rate_headers(headers: &RateHeaders) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(r) = &headers.requests {
+        out.push(("x-ratelimit-limit-requests", r.limit.to_string()));
+        out.push(("x-ratelimit-remaining-requests", r.remaining.to_string()));
+        out.push(("x-ratelimit-reset-requests", openai_duration(r.reset)));
+    }
+    if let Some(t) = &headers.tokens {
+        out.push(("x-ratelimit-limit-tokens", t.limit.to_string()));
+        out.push(("x-ratelimit-remaining-tokens", t.remaining.to_string()));
+        out.push(("x-ratelimit-reset-tokens", openai_duration(t.reset)));
+    }
+    out
+}
+
+/// Durations as OpenAI writes them in headers and messages: `20ms`, `1.5s`, `6m0s`.
+pub(crate) fn openai_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (minutes, rest) = (rest / 60_000, rest % 60_000);
+    let seconds = format!("{}.{:03}", rest / 1000, rest % 1000);
+    let seconds = seconds.trim_end_matches('0').trim_end_matches('.');
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, m) => format!("{m}m{seconds}s"),
+        (h, m) => format!("{h}h{m}m{seconds}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_the_way_openai_writes_them() {
+        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(openai_duration(Duration::from_secs(3723)), "1h2m3s");
+    }
 }

@@ -85,6 +85,25 @@ fn events_contain_done(events: &[u8]) -> bool {
     })
 }
 
+/// Sees every batch of whole events a relay passes on; dropped when the relay ends, which
+/// is where it settles whatever it accounts for.
+pub trait Watch: Send + 'static {
+    fn events(&mut self, events: &[u8]);
+}
+
+impl Watch for () {
+    fn events(&mut self, _: &[u8]) {}
+}
+
+/// The `data:` payloads of whole SSE events, in order.
+pub fn data_payloads(events: &[u8]) -> impl Iterator<Item = &[u8]> {
+    events.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.strip_prefix(b"data:")
+            .map(|d| d.strip_prefix(b" ").unwrap_or(d))
+    })
+}
+
 /// An SSE frame carrying an error in OpenAI's shape, as the SDKs expect mid-stream.
 pub fn error_frame(message: &str, code: &str) -> Bytes {
     let body = serde_json::json!({
@@ -93,24 +112,24 @@ pub fn error_frame(message: &str, code: &str) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
-/// Relays an upstream SSE body to the client. `hold` lives as long as the relay (an
-/// in-flight slot, for instance); `describe` names the upstream in error messages.
-pub fn relay<S, E, H>(
+/// Relays an upstream SSE body to the client. `watch` sees every event passed on and
+/// lives as long as the relay; `describe` names the upstream in error messages.
+pub fn relay<S, E, W>(
     upstream: S,
-    hold: H,
+    watch: W,
     describe: String,
     request_id: String,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::error::Error + 'static,
-    H: Send + 'static,
+    W: Watch,
 {
-    struct Relay<S, H> {
+    struct Relay<S, W> {
         upstream: S,
         framer: SseFramer,
         finished: bool,
-        _hold: H,
+        watch: W,
         describe: String,
         request_id: String,
     }
@@ -120,7 +139,7 @@ where
             upstream,
             framer: SseFramer::default(),
             finished: false,
-            _hold: hold,
+            watch,
             describe,
             request_id,
         },
@@ -131,7 +150,10 @@ where
             loop {
                 let failure = match relay.upstream.next().await {
                     Some(Ok(bytes)) => match relay.framer.push(bytes) {
-                        Some(events) => return Some((Ok(events), relay)),
+                        Some(events) => {
+                            relay.watch.events(&events);
+                            return Some((Ok(events), relay));
+                        }
                         None => continue,
                     },
                     Some(Err(error)) => {

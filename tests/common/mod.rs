@@ -77,6 +77,8 @@ order = {order}
 pub struct TestGateway {
     pub daemon: Daemon,
     pub client: reqwest::Client,
+    /// The data directory (logs, database); removed when the gateway is dropped.
+    pub data: tempfile::TempDir,
 }
 
 impl TestGateway {
@@ -92,12 +94,25 @@ impl TestGateway {
     }
 
     pub async fn from_toml(toml: &str) -> TestGateway {
-        let config = Config::from_toml(toml).expect("test config is valid");
+        Self::from_toml_in(toml, tempfile::tempdir().unwrap()).await
+    }
+
+    /// A gateway whose data directory is `data`, e.g. the one a stopped gateway left.
+    pub async fn from_toml_in(toml: &str, data: tempfile::TempDir) -> TestGateway {
+        let mut config = Config::from_toml(toml).expect("test config is valid");
+        config.server.data_dir = data.path().to_owned();
         let daemon = Daemon::start(config).await.expect("gateway starts");
         TestGateway {
             daemon,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            data,
         }
+    }
+
+    /// Stops the gateway cleanly and hands back its data directory.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.daemon.stop(Duration::from_secs(5)).await;
+        self.data
     }
 
     pub fn url(&self, path: &str) -> String {

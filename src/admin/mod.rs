@@ -1,0 +1,221 @@
+//! The admin API, on its own listener: tenants' live state and the operator's controls
+//! (tier, limits, pause, resume, budget reset) and the scheduler's queues.
+//!
+//! Every call needs the admin token as a bearer token; it is compared as a SHA-256 digest
+//! in constant time, and a tenant key is never accepted. Every change is logged with the
+//! operator who made it (`x-switchyard-operator`, as `switchyard ctl` sends it).
+
+pub mod client;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::admission::{ControlError, TenantView};
+use crate::auth::hash_key;
+use crate::domain::{KeyHash, Limits};
+use crate::gateway::Gateway;
+use crate::scheduler::LevelView;
+
+#[derive(Clone)]
+struct Admin {
+    gateway: Arc<Gateway>,
+    token: KeyHash,
+}
+
+pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
+    let state = Admin {
+        gateway,
+        token: hash_key(token),
+    };
+    Router::new()
+        .route("/admin/tenants", get(tenants))
+        .route("/admin/tenants/{name}", get(tenant))
+        .route("/admin/tenants/{name}/tier", post(set_tier))
+        .route("/admin/tenants/{name}/limits", post(set_limits))
+        .route("/admin/tenants/{name}/pause", post(pause))
+        .route("/admin/tenants/{name}/resume", post(resume))
+        .route("/admin/tenants/{name}/reset-budget", post(reset_budget))
+        .route("/admin/queues", get(queues))
+        .fallback(|req: Request| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                "unknown_url",
+                format!("no admin endpoint at {} {}", req.method(), req.uri().path()),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    let body = json!({
+        "error": { "message": message, "type": "admin_error", "param": null, "code": code }
+    });
+    (status, Json(body)).into_response()
+}
+
+fn control_error(e: ControlError) -> Response {
+    let status = match e {
+        ControlError::UnknownTenant(_) => StatusCode::NOT_FOUND,
+        ControlError::UnknownTier(..) | ControlError::BadLimits(_) => StatusCode::BAD_REQUEST,
+    };
+    error(status, "invalid_control", e.to_string())
+}
+
+async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    if presented.is_empty() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing_admin_token",
+            "the admin API needs the admin token as `Authorization: Bearer <token>`".into(),
+        );
+    }
+    if !bool::from(hash_key(presented).0.ct_eq(&admin.token.0)) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_admin_token",
+            "the admin token is not valid (tenant API keys are not admin tokens)".into(),
+        );
+    }
+    next.run(req).await
+}
+
+/// Who made a change: the operator `switchyard ctl` names, or just "admin".
+fn operator(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-switchyard-operator")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "admin".into())
+}
+
+async fn tenants(State(admin): State<Admin>) -> Response {
+    let tenants: Vec<TenantView> = admin.gateway.admission().views();
+    Json(json!({ "tenants": tenants })).into_response()
+}
+
+async fn tenant(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.gateway.admission().view(&name) {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => control_error(e),
+    }
+}
+
+async fn queues(State(admin): State<Admin>) -> Response {
+    let levels: Vec<LevelView> = admin.gateway.scheduler().levels();
+    Json(json!({ "levels": levels })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierChange {
+    tier: String,
+}
+
+/// Parses a JSON body into `T`, or answers 400 naming what was wrong.
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the request body is not what this endpoint takes: {e}"),
+        ))
+    })
+}
+
+/// Runs a control on a tenant and answers with its state afterwards.
+fn changed(
+    admin: &Admin,
+    name: &str,
+    who: &str,
+    action: &str,
+    result: Result<(), ControlError>,
+) -> Response {
+    match result.and_then(|()| admin.gateway.admission().view(name)) {
+        Ok(view) => {
+            tracing::info!(operator = %who, %action, tenant = %name, "operator action");
+            Json(view).into_response()
+        }
+        Err(e) => control_error(e),
+    }
+}
+
+async fn set_tier(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let change: TierChange = match parse(&body) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let result = admin.gateway.set_tier(&name, &change.tier);
+    changed(&admin, &name, &operator(&headers), "set tier", result)
+}
+
+async fn set_limits(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let change: Limits = match parse(&body) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let result = admin.gateway.set_limits(&name, &change).map(|_| ());
+    changed(&admin, &name, &operator(&headers), "set limits", result)
+}
+
+async fn pause(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let result = admin.gateway.pause(&name).map(|_| ());
+    changed(&admin, &name, &operator(&headers), "pause", result)
+}
+
+async fn resume(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let result = admin.gateway.resume(&name);
+    changed(&admin, &name, &operator(&headers), "resume", result)
+}
+
+async fn reset_budget(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let result = admin.gateway.reset_budget(&name);
+    changed(&admin, &name, &operator(&headers), "reset budget", result)
+}

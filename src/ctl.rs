@@ -1,0 +1,232 @@
+//! `switchyard ctl`: operator commands against a running daemon's admin API, for scripts
+//! and terminals. It finds the daemon through `--url`, `SWITCHYARD_ADMIN_URL` or the
+//! config file's `server.admin_listen`, and the token through `--token` or the variable
+//! the config names (`SWITCHYARD_ADMIN_TOKEN` by default).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::admin::client::AdminClient;
+use crate::config::Config;
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The admin API's URL, e.g. http://127.0.0.1:8081.
+    #[arg(long, env = "SWITCHYARD_ADMIN_URL")]
+    url: Option<String>,
+    /// The admin token; prefer the environment variable, which `ps` does not show.
+    #[arg(long)]
+    token: Option<String>,
+    /// Configuration file to take the admin address and token variable from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// List tenants with their tier, limits and usage.
+    Tenants,
+    /// Show one tenant in full (JSON).
+    Tenant { name: String },
+    /// Show the priority levels' queues.
+    Queues,
+    /// Move a tenant to another tier; its waiting requests move too.
+    Tier { tenant: String, tier: String },
+    /// Change a tenant's limits (only the ones given).
+    Limits {
+        tenant: String,
+        #[arg(long)]
+        rpm: Option<u64>,
+        #[arg(long)]
+        tpm: Option<u64>,
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        #[arg(long)]
+        monthly_tokens: Option<u64>,
+        #[arg(long)]
+        daily_usd: Option<f64>,
+        #[arg(long)]
+        monthly_usd: Option<f64>,
+        #[arg(long)]
+        max_tokens_cap: Option<u64>,
+    },
+    /// Refuse a tenant's requests, the waiting ones included, until it is resumed.
+    Pause { tenant: String },
+    /// Let a paused tenant's requests in again.
+    Resume { tenant: String },
+    /// Forget what a tenant spent this day and month.
+    ResetBudget { tenant: String },
+}
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Some(
+            Config::load(path)
+                .with_context(|| format!("{} is not a valid configuration", path.display()))?,
+        ),
+        None => None,
+    };
+    let url = args
+        .url
+        .clone()
+        .or_else(|| {
+            config
+                .as_ref()
+                .map(|c| format!("http://{}", c.admin.listen))
+        })
+        .unwrap_or_else(|| "http://127.0.0.1:8081".to_string());
+    let token_env = config
+        .as_ref()
+        .map(|c| c.admin.token_env.clone())
+        .unwrap_or_else(|| "SWITCHYARD_ADMIN_TOKEN".to_string());
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var(&token_env).ok())
+        .filter(|t| !t.is_empty())
+        .with_context(|| format!("no admin token: set {token_env} or pass --token"))?;
+    let operator = std::env::var("USER").unwrap_or_else(|_| "ctl".into());
+    let client = AdminClient::new(&url, &token, &operator)?;
+
+    let tenant_path = |name: &str, action: &str| format!("/admin/tenants/{name}/{action}");
+    match args.command {
+        CtlCommand::Tenants => print_tenants(&client.get("/admin/tenants").await?),
+        CtlCommand::Tenant { name } => {
+            let view = client.get(&format!("/admin/tenants/{name}")).await?;
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        CtlCommand::Queues => print_queues(&client.get("/admin/queues").await?),
+        CtlCommand::Tier { tenant, tier } => {
+            let view = client
+                .post(&tenant_path(&tenant, "tier"), &json!({ "tier": tier }))
+                .await?;
+            println!(
+                "{tenant} is now in tier {}",
+                view["tier"].as_str().unwrap_or("?")
+            );
+        }
+        CtlCommand::Limits {
+            tenant,
+            rpm,
+            tpm,
+            max_concurrency,
+            daily_tokens,
+            monthly_tokens,
+            daily_usd,
+            monthly_usd,
+            max_tokens_cap,
+        } => {
+            let mut change = serde_json::Map::new();
+            let mut set = |key: &str, value: Option<Value>| {
+                if let Some(v) = value {
+                    change.insert(key.to_string(), v);
+                }
+            };
+            set("rpm", rpm.map(Value::from));
+            set("tpm", tpm.map(Value::from));
+            set("max_concurrency", max_concurrency.map(Value::from));
+            set("daily_tokens", daily_tokens.map(Value::from));
+            set("monthly_tokens", monthly_tokens.map(Value::from));
+            set("daily_usd", daily_usd.map(Value::from));
+            set("monthly_usd", monthly_usd.map(Value::from));
+            set("max_tokens_cap", max_tokens_cap.map(Value::from));
+            anyhow::ensure!(
+                !change.is_empty(),
+                "give at least one limit, e.g. --rpm 600"
+            );
+            let view = client
+                .post(&tenant_path(&tenant, "limits"), &Value::Object(change))
+                .await?;
+            println!(
+                "{tenant}'s limits now: {}",
+                serde_json::to_string(&view["limits"])?
+            );
+        }
+        CtlCommand::Pause { tenant } => {
+            client
+                .post(&tenant_path(&tenant, "pause"), &json!({}))
+                .await?;
+            println!(
+                "{tenant} is paused; its requests get 403 tenant_paused until `ctl resume {tenant}`"
+            );
+        }
+        CtlCommand::Resume { tenant } => {
+            client
+                .post(&tenant_path(&tenant, "resume"), &json!({}))
+                .await?;
+            println!("{tenant} is resumed");
+        }
+        CtlCommand::ResetBudget { tenant } => {
+            client
+                .post(&tenant_path(&tenant, "reset-budget"), &json!({}))
+                .await?;
+            println!("{tenant}'s daily and monthly usage is reset");
+        }
+    }
+    Ok(())
+}
+
+fn limit(available: &Value, limit: &Value) -> String {
+    match (available.as_u64(), limit.as_u64()) {
+        (Some(a), Some(l)) => format!("{a}/{l}"),
+        _ => "-".into(),
+    }
+}
+
+fn print_tenants(reply: &Value) {
+    println!(
+        "{:<16} {:<12} {:<6} {:>9} {:>15} {:>19} {:>12} {:>12}",
+        "TENANT",
+        "TIER",
+        "PAUSED",
+        "IN-FLIGHT",
+        "RPM LEFT/LIMIT",
+        "TPM LEFT/LIMIT",
+        "DAY TOKENS",
+        "MONTH TOKENS"
+    );
+    for t in reply["tenants"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:<12} {:<6} {:>9} {:>15} {:>19} {:>12} {:>12}",
+            t["name"].as_str().unwrap_or("?"),
+            t["tier"].as_str().unwrap_or("?"),
+            if t["paused"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            t["in_flight"],
+            limit(&t["requests_available"], &t["limits"]["rpm"]),
+            limit(&t["tokens_available"], &t["limits"]["tpm"]),
+            t["day"]["tokens"],
+            t["month"]["tokens"],
+        );
+    }
+}
+
+fn print_queues(reply: &Value) {
+    println!(
+        "{:<12} {:>5} {:>6} {:>7} {:>9} {:>7} {:>12} {:>11}",
+        "TIER", "SHARE", "SEATS", "IN-USE", "BORROWED", "QUEUED", "OLDEST WAIT", "DISPATCHED"
+    );
+    for l in reply["levels"].as_array().into_iter().flatten() {
+        println!(
+            "{:<12} {:>5} {:>6} {:>7} {:>9} {:>7} {:>10}ms {:>11}",
+            l["tier"].as_str().unwrap_or("?"),
+            l["share"],
+            l["seats"],
+            l["in_use"],
+            l["borrowed"],
+            l["queued"],
+            l["oldest_wait_ms"],
+            l["dispatched"],
+        );
+    }
+}

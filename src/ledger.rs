@@ -1,0 +1,73 @@
+//! The usage ledger: a named task that takes the counters admission changed and writes
+//! them to the store every `checkpoint_interval`, off the request path (in a blocking
+//! task), and once more, flushed, at shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admission::Admission;
+use crate::store::Store;
+
+pub struct Ledger {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Ledger {
+    pub fn spawn(admission: Arc<Admission>, store: Arc<Store>, interval: Duration) -> Ledger {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => checkpoint(&admission, &store, false).await,
+                    _ = async { drop(stopped.wait_for(|s| *s).await) } => {
+                        checkpoint(&admission, &store, true).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ledger { stop, task }
+    }
+
+    /// Writes what is left and flushes; returns when the data is on disk.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "the ledger task failed at shutdown");
+        }
+    }
+}
+
+async fn checkpoint(admission: &Arc<Admission>, store: &Arc<Store>, flush: bool) {
+    let records = admission.take_dirty();
+    if records.is_empty() && !flush {
+        return;
+    }
+    let store = store.clone();
+    let count = records.len();
+    let written = tokio::task::spawn_blocking(move || {
+        store.save_usage(&records)?;
+        if flush {
+            store.flush()?;
+        }
+        Ok::<_, crate::store::StoreError>(records)
+    })
+    .await;
+    match written {
+        Ok(Ok(_)) => tracing::debug!(records = count, flush, "usage checkpointed"),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "usage checkpoint failed; the counters stay in memory and are retried");
+            admission.mark_all_dirty();
+        }
+        Err(error) => {
+            tracing::error!(%error, "usage checkpoint task failed");
+            admission.mark_all_dirty();
+        }
+    }
+}
