@@ -49,9 +49,20 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Builds the gateway and starts serving on `server.listen` (and the admin API on
-    /// `server.admin_listen` when the admin token is set).
+    /// Builds the gateway and starts serving on `server.listen`, and the admin API on
+    /// `server.admin_listen` when the variable `server.admin_token_env` names is set.
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        let admin_token = std::env::var(&config.admin.token_env)
+            .ok()
+            .filter(|t| !t.is_empty());
+        Daemon::start_with_admin_token(config, admin_token).await
+    }
+
+    /// Same, with the admin token given rather than read from the environment.
+    pub async fn start_with_admin_token(
+        config: Config,
+        admin_token: Option<String>,
+    ) -> Result<Daemon, StartError> {
         let data_dir = config.server.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
             .await
@@ -62,9 +73,6 @@ impl Daemon {
             .await
             .map_err(|e| StartError::Task(e.to_string()))?;
 
-        let admin_token = std::env::var(&config.admin.token_env)
-            .ok()
-            .filter(|t| !t.is_empty());
         let (listen, admin_listen) = (config.server.listen, config.admin.listen);
         let checkpoint = config.checkpoint_interval;
         let token_env = config.admin.token_env.clone();

@@ -10,6 +10,7 @@ use switchyard::mock::{MockHandle, MockUpstream};
 
 pub const KEY_A: &str = "sy-test-tenant-a";
 pub const KEY_B: &str = "sy-test-tenant-b";
+pub const ADMIN_TOKEN: &str = "sy-test-admin-token";
 
 /// A mock that answers at once: no first-token delay, no pacing.
 pub fn quick_mock() -> MockUpstream {
@@ -101,7 +102,10 @@ impl TestGateway {
     pub async fn from_toml_in(toml: &str, data: tempfile::TempDir) -> TestGateway {
         let mut config = Config::from_toml(toml).expect("test config is valid");
         config.server.data_dir = data.path().to_owned();
-        let daemon = Daemon::start(config).await.expect("gateway starts");
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        let daemon = Daemon::start_with_admin_token(config, Some(ADMIN_TOKEN.into()))
+            .await
+            .expect("gateway starts");
         TestGateway {
             daemon,
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
@@ -131,6 +135,34 @@ impl TestGateway {
 
     pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
         self.post("/v1/chat/completions", key, body).await
+    }
+
+    /// Calls the admin API with the admin token.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let url = format!("{}{path}", self.daemon.admin_url().expect("admin API runs"));
+        let mut request = self.client.request(method, url).bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("admin API answers")
+    }
+
+    /// A tenant's state as the admin API shows it.
+    pub async fn tenant(&self, name: &str) -> Value {
+        self.admin(
+            reqwest::Method::GET,
+            &format!("/admin/tenants/{name}"),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap()
     }
 }
 
