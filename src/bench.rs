@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::cli::say;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -93,7 +94,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
 
-    println!(
+    say!(
         "switchyard bench: {} requests at concurrency {}, {}, model {}",
         args.requests,
         args.concurrency,
@@ -285,16 +286,22 @@ fn ms(micros: u64) -> String {
 
 fn print(args: &BenchArgs, direct: &Report, gateway: &Report) {
     let quantiles = [0.5, 0.9, 0.99, 0.999];
-    println!(
+    say!(
         "{:<10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
-        "target", "req/s", "errors", "p50", "p90", "p99", "p99.9"
+        "target",
+        "req/s",
+        "errors",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9"
     );
     for (name, r) in [("direct", direct), ("gateway", gateway)] {
         let q: Vec<String> = quantiles
             .iter()
             .map(|&q| ms(r.total.value_at_quantile(q)))
             .collect();
-        println!(
+        say!(
             "{:<10} {:>10.1} {:>7} {:>10} {:>10} {:>10} {:>10}",
             name,
             r.rate(),
@@ -313,7 +320,7 @@ fn print(args: &BenchArgs, direct: &Report, gateway: &Report) {
             format!("{:+.3}ms", d / 1000.0)
         })
         .collect();
-    println!(
+    say!(
         "{:<10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
         "added",
         format!("{:.2}x", gateway.rate() / direct.rate().max(f64::EPSILON)),
@@ -324,9 +331,9 @@ fn print(args: &BenchArgs, direct: &Report, gateway: &Report) {
         added[3]
     );
     if args.stream {
-        println!("time to first token:");
+        say!("time to first token:");
         for (name, r) in [("direct", direct), ("gateway", gateway)] {
-            println!(
+            say!(
                 "{:<10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
                 name,
                 "",
@@ -340,7 +347,7 @@ fn print(args: &BenchArgs, direct: &Report, gateway: &Report) {
     }
     for (name, r) in [("direct", direct), ("gateway", gateway)] {
         if let Some(e) = &r.first_error {
-            println!("{name}: {} errors, the first: {e}", r.errors);
+            say!("{name}: {} errors, the first: {e}", r.errors);
         }
     }
 }

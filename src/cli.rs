@@ -13,6 +13,20 @@ use crate::config::{Config, parse_duration};
 use crate::daemon::{Daemon, SHUTDOWN_GRACE, shutdown_signal};
 use crate::mock::{Knobs, MockUpstream};
 
+/// `println!` for command output: when the reader went away (`| head`), stop quietly
+/// instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+pub(crate) use say;
+
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about = "An OpenAI-compatible LLM gateway", long_about = None)]
 struct Cli {
@@ -189,23 +203,39 @@ fn mock(args: MockArgs) -> anyhow::Result<()> {
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = load(&path)?;
     let instances: Vec<_> = config.regions.iter().flat_map(|r| &r.instances).collect();
-    println!("{} is valid:", path.display());
-    println!(
+    say!("{} is valid:", path.display());
+    say!(
         "  listen    {} (data in {})",
         config.server.listen,
         config.server.data_dir.display()
     );
     for region in &config.regions {
         let names: Vec<_> = region.instances.iter().map(|i| i.name.as_str()).collect();
-        println!(
+        say!(
             "  region    {} (order {}): {}",
             region.name,
             region.order,
             names.join(", ")
         );
     }
+    say!(
+        "  admin     {} (token from {})",
+        config.admin.listen,
+        config.admin.token_env
+    );
+    say!("  seats     {} upstream at once", config.seats);
+    for tier in &config.tiers {
+        say!(
+            "  tier      {}: share {}, queue {} for {:?}, limits {}",
+            tier.name,
+            tier.share,
+            tier.max_queue,
+            tier.max_wait,
+            describe_limits(&tier.limits)
+        );
+    }
     for tenant in &config.tenants {
-        println!(
+        say!(
             "  tenant    {} ({}, {} key{})",
             tenant.name,
             tenant.tier,
@@ -219,7 +249,7 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
             .iter()
             .map(|d| format!("{}→{}", d.region, d.upstream_model))
             .collect();
-        println!(
+        say!(
             "  model     {} ({}): {}",
             model.alias,
             model.kind,
@@ -232,12 +262,35 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         .filter(|(_, var)| std::env::var_os(var).is_none())
         .collect();
     for (instance, var) in &missing {
-        println!(
+        say!(
             "  warning   instance {}: {var} is not set in this environment; `serve` will refuse to start without it",
             instance.name
         );
     }
     Ok(())
+}
+
+fn describe_limits(limits: &crate::domain::Limits) -> String {
+    let set: Vec<String> = [
+        ("rpm", limits.rpm.map(|v| v.to_string())),
+        ("tpm", limits.tpm.map(|v| v.to_string())),
+        ("concurrency", limits.max_concurrency.map(|v| v.to_string())),
+        ("daily tokens", limits.daily_tokens.map(|v| v.to_string())),
+        (
+            "monthly tokens",
+            limits.monthly_tokens.map(|v| v.to_string()),
+        ),
+        ("daily $", limits.daily_usd.map(|v| v.to_string())),
+        ("monthly $", limits.monthly_usd.map(|v| v.to_string())),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some(format!("{name} {}", value?)))
+    .collect();
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.join(", ")
+    }
 }
 
 fn hash(key: Option<String>) -> anyhow::Result<()> {
@@ -252,6 +305,6 @@ fn hash(key: Option<String>) -> anyhow::Result<()> {
         }
     };
     anyhow::ensure!(!key.is_empty(), "the key is empty");
-    println!("{}", crate::auth::hash_key(&key));
+    say!("{}", crate::auth::hash_key(&key));
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use crate::cli::say;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -100,14 +101,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Tenants => print_tenants(&client.get("/admin/tenants").await?),
         CtlCommand::Tenant { name } => {
             let view = client.get(&format!("/admin/tenants/{name}")).await?;
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            say!("{}", serde_json::to_string_pretty(&view)?);
         }
         CtlCommand::Queues => print_queues(&client.get("/admin/queues").await?),
         CtlCommand::Tier { tenant, tier } => {
             let view = client
                 .post(&tenant_path(&tenant, "tier"), &json!({ "tier": tier }))
                 .await?;
-            println!(
+            say!(
                 "{tenant} is now in tier {}",
                 view["tier"].as_str().unwrap_or("?")
             );
@@ -144,7 +145,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let view = client
                 .post(&tenant_path(&tenant, "limits"), &Value::Object(change))
                 .await?;
-            println!(
+            say!(
                 "{tenant}'s limits now: {}",
                 serde_json::to_string(&view["limits"])?
             );
@@ -153,7 +154,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             client
                 .post(&tenant_path(&tenant, "pause"), &json!({}))
                 .await?;
-            println!(
+            say!(
                 "{tenant} is paused; its requests get 403 tenant_paused until `ctl resume {tenant}`"
             );
         }
@@ -161,13 +162,13 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             client
                 .post(&tenant_path(&tenant, "resume"), &json!({}))
                 .await?;
-            println!("{tenant} is resumed");
+            say!("{tenant} is resumed");
         }
         CtlCommand::ResetBudget { tenant } => {
             client
                 .post(&tenant_path(&tenant, "reset-budget"), &json!({}))
                 .await?;
-            println!("{tenant}'s daily and monthly usage is reset");
+            say!("{tenant}'s daily and monthly usage is reset");
         }
     }
     Ok(())
@@ -181,7 +182,7 @@ fn limit(available: &Value, limit: &Value) -> String {
 }
 
 fn print_tenants(reply: &Value) {
-    println!(
+    say!(
         "{:<16} {:<12} {:<6} {:>9} {:>15} {:>19} {:>12} {:>12}",
         "TENANT",
         "TIER",
@@ -193,7 +194,7 @@ fn print_tenants(reply: &Value) {
         "MONTH TOKENS"
     );
     for t in reply["tenants"].as_array().into_iter().flatten() {
-        println!(
+        say!(
             "{:<16} {:<12} {:<6} {:>9} {:>15} {:>19} {:>12} {:>12}",
             t["name"].as_str().unwrap_or("?"),
             t["tier"].as_str().unwrap_or("?"),
@@ -212,12 +213,19 @@ fn print_tenants(reply: &Value) {
 }
 
 fn print_queues(reply: &Value) {
-    println!(
+    say!(
         "{:<12} {:>5} {:>6} {:>7} {:>9} {:>7} {:>12} {:>11}",
-        "TIER", "SHARE", "SEATS", "IN-USE", "BORROWED", "QUEUED", "OLDEST WAIT", "DISPATCHED"
+        "TIER",
+        "SHARE",
+        "SEATS",
+        "IN-USE",
+        "BORROWED",
+        "QUEUED",
+        "OLDEST WAIT",
+        "DISPATCHED"
     );
     for l in reply["levels"].as_array().into_iter().flatten() {
-        println!(
+        say!(
             "{:<12} {:>5} {:>6} {:>7} {:>9} {:>7} {:>10}ms {:>11}",
             l["tier"].as_str().unwrap_or("?"),
             l["share"],

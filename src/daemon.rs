@@ -55,6 +55,12 @@ impl Daemon {
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()
             .filter(|t| !t.is_empty());
+        if admin_token.is_none() {
+            tracing::warn!(
+                "the admin API is off: set {} to a secret token to turn it on",
+                config.admin.token_env
+            );
+        }
         Daemon::start_with_admin_token(config, admin_token).await
     }
 
@@ -75,7 +81,6 @@ impl Daemon {
 
         let (listen, admin_listen) = (config.server.listen, config.admin.listen);
         let checkpoint = config.checkpoint_interval;
-        let token_env = config.admin.token_env.clone();
         let gateway = Arc::new(Gateway::new(config)?);
         gateway.admission().restore(&usage);
         let ledger = Ledger::spawn(gateway.admission().clone(), store, checkpoint);
@@ -101,12 +106,7 @@ impl Daemon {
                 tracing::info!(addr = %admin_addr, "admin API is listening");
                 Some(admin_addr)
             }
-            None => {
-                tracing::warn!(
-                    "the admin API is off: set {token_env} to a secret token to turn it on"
-                );
-                None
-            }
+            None => None,
         };
         Ok(Daemon {
             addr,
