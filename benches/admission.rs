@@ -54,6 +54,7 @@ fn tenants() -> Vec<Tenant> {
             tier: ["enterprise", "pro", "free"][i % 3].into(),
             keys: vec![],
             overrides: Limits::default(),
+            regions: None,
         })
         .collect()
 }

@@ -70,12 +70,14 @@ mod tests {
                 tier: "pro".into(),
                 keys: vec![hash_key("sy-acme")],
                 overrides: Default::default(),
+                regions: None,
             },
             Tenant {
                 name: "globex".into(),
                 tier: "free".into(),
                 keys: vec![hash_key("sy-globex-1"), hash_key("sy-globex-2")],
                 overrides: Default::default(),
+                regions: None,
             },
         ])
     }

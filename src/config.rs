@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::{
-    DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, Instance, KeyHash, Limits, Model, ModelKind,
-    Price, Region, Tenant, Tier, TokenizerKind, UpstreamTimeouts,
+    DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, HealthCheck, Instance, KeyHash, Limits, Model,
+    ModelKind, Price, Region, RoutingPolicy, Tenant, Tier, TokenizerKind, UpstreamTimeouts,
 };
 
 /// Environment variable that overrides `server.data_dir`.
@@ -29,6 +29,8 @@ pub struct Config {
     pub seats: u32,
     /// How often in-memory usage counters are written to the database.
     pub checkpoint_interval: Duration,
+    pub health: HealthCheck,
+    pub routing: RoutingPolicy,
     pub tiers: Vec<Tier>,
     pub tenants: Vec<Tenant>,
     /// Sorted by failover order (then by position in the file).
@@ -144,6 +146,10 @@ struct RawConfig {
     #[serde(default)]
     ledger: RawLedger,
     #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
     tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
@@ -193,6 +199,154 @@ struct RawScheduler {
 struct RawLedger {
     /// How often usage counters are written to the database.
     checkpoint_interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealth {
+    probe_path: String,
+    interval: String,
+    timeout: String,
+    unhealthy_after: u32,
+    healthy_after: u32,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            probe_path: "/models".into(),
+            interval: "2s".into(),
+            timeout: "1s".into(),
+            unhealthy_after: 2,
+            healthy_after: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    overprovisioning: f64,
+    panic_threshold: f64,
+    consecutive_failures: u32,
+    base_ejection: String,
+    max_ejection: String,
+    max_ejected_share: f64,
+    retry_budget: f64,
+    min_retries: u32,
+    deadline: String,
+    session_header: String,
+    session_ttl: String,
+    drain_grace: String,
+    drain_deadline: String,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        RawRouting {
+            overprovisioning: 1.4,
+            panic_threshold: 0.5,
+            consecutive_failures: 5,
+            base_ejection: "30s".into(),
+            max_ejection: "300s".into(),
+            max_ejected_share: 0.5,
+            retry_budget: 0.2,
+            min_retries: 3,
+            deadline: "600s".into(),
+            session_header: "x-session-id".into(),
+            session_ttl: "30m".into(),
+            drain_grace: "30s".into(),
+            drain_deadline: "5m".into(),
+        }
+    }
+}
+
+impl RawHealth {
+    fn validate(self) -> Result<HealthCheck, ConfigError> {
+        if !self.probe_path.starts_with('/') {
+            return Err(invalid(
+                "health.probe_path",
+                format!(
+                    "\"{}\" must start with '/' (it is appended to each instance's url)",
+                    self.probe_path
+                ),
+            ));
+        }
+        for (key, n) in [
+            ("health.unhealthy_after", self.unhealthy_after),
+            ("health.healthy_after", self.healthy_after),
+        ] {
+            if n == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        Ok(HealthCheck {
+            probe_path: self.probe_path,
+            interval: positive_duration("health.interval", &self.interval)?,
+            timeout: positive_duration("health.timeout", &self.timeout)?,
+            unhealthy_after: self.unhealthy_after,
+            healthy_after: self.healthy_after,
+        })
+    }
+}
+
+impl RawRouting {
+    fn validate(self) -> Result<RoutingPolicy, ConfigError> {
+        let share = |key: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{v} is not a share between 0.0 and 1.0"),
+                ))
+            }
+        };
+        if !(self.overprovisioning >= 1.0 && self.overprovisioning.is_finite()) {
+            return Err(invalid(
+                "routing.overprovisioning",
+                "must be 1.0 or more (Envoy's default is 1.4)",
+            ));
+        }
+        if self.consecutive_failures == 0 {
+            return Err(invalid(
+                "routing.consecutive_failures",
+                "must be at least 1",
+            ));
+        }
+        if self.session_header.trim().is_empty()
+            || axum::http::HeaderName::from_bytes(self.session_header.as_bytes()).is_err()
+        {
+            return Err(invalid(
+                "routing.session_header",
+                format!("\"{}\" is not a header name", self.session_header),
+            ));
+        }
+        Ok(RoutingPolicy {
+            overprovisioning: self.overprovisioning,
+            panic_threshold: share("routing.panic_threshold", self.panic_threshold)?,
+            consecutive_failures: self.consecutive_failures,
+            base_ejection: positive_duration("routing.base_ejection", &self.base_ejection)?,
+            max_ejection: positive_duration("routing.max_ejection", &self.max_ejection)?,
+            max_ejected_share: share("routing.max_ejected_share", self.max_ejected_share)?,
+            retry_budget: share("routing.retry_budget", self.retry_budget)?,
+            min_retries: self.min_retries,
+            deadline: positive_duration("routing.deadline", &self.deadline)?,
+            session_header: self.session_header.to_ascii_lowercase(),
+            session_ttl: positive_duration("routing.session_ttl", &self.session_ttl)?,
+            drain_grace: parse_duration(&self.drain_grace)
+                .map_err(|m| invalid("routing.drain_grace", m))?,
+            drain_deadline: positive_duration("routing.drain_deadline", &self.drain_deadline)?,
+        })
+    }
+}
+
+fn positive_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(text).map_err(|m| invalid(key, m))?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(d)
 }
 
 impl Default for RawLedger {
@@ -257,6 +411,8 @@ struct RawTenant {
     tier: String,
     #[serde(default)]
     keys: Vec<String>,
+    /// Data residency: the only regions this tenant may be routed to.
+    regions: Option<Vec<String>>,
     rpm: Option<u64>,
     tpm: Option<u64>,
     max_concurrency: Option<u32>,
@@ -419,6 +575,7 @@ impl RawConfig {
                 tier: raw.tier,
                 keys,
                 overrides,
+                regions: raw.regions,
             });
         }
 
@@ -566,6 +723,25 @@ impl RawConfig {
             });
         }
 
+        for (i, tenant) in tenants.iter().enumerate() {
+            for (k, name) in tenant.regions.iter().flatten().enumerate() {
+                if !region_names.contains(name) {
+                    return Err(unknown_region(
+                        &format!("tenants[{i}].regions[{k}]"),
+                        name,
+                        &regions,
+                    ));
+                }
+            }
+            if tenant.regions.as_ref().is_some_and(Vec::is_empty) {
+                return Err(invalid(
+                    format!("tenants[{i}].regions"),
+                    "must name at least one region (leave it out to allow all)",
+                ));
+            }
+        }
+        let health = self.health.validate()?;
+        let routing = self.routing.validate()?;
         let seats = match self.scheduler.seats {
             Some(0) => return Err(invalid("scheduler.seats", "must be at least 1")),
             Some(seats) => seats,
@@ -586,6 +762,8 @@ impl RawConfig {
             upstream,
             seats,
             checkpoint_interval,
+            health,
+            routing,
             tiers,
             tenants,
             regions,

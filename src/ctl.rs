@@ -64,6 +64,29 @@ enum CtlCommand {
     Resume { tenant: String },
     /// Forget what a tenant spent this day and month.
     ResetBudget { tenant: String },
+    /// Show regions and instances: health, ejections, in flight, latency.
+    Regions,
+    /// Drain a region (or, with --instance, one instance): no new requests; what still
+    /// runs at the deadline is cut.
+    Drain {
+        /// Region name, or instance name with --instance.
+        target: String,
+        #[arg(long)]
+        instance: bool,
+        /// When to cut what still runs, e.g. "60s" (default: routing.drain_deadline).
+        #[arg(long)]
+        deadline: Option<String>,
+    },
+    /// End a drain at once.
+    Undrain {
+        target: String,
+        #[arg(long)]
+        instance: bool,
+    },
+    /// Take an instance out of rotation until restored.
+    Eject { instance: String },
+    /// Return an ejected instance (manually or automatically ejected) to rotation.
+    Restore { instance: String },
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -164,6 +187,44 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .await?;
             say!("{tenant} is resumed");
         }
+        CtlCommand::Regions => print_regions(&client.get("/admin/regions").await?),
+        CtlCommand::Drain {
+            target,
+            instance,
+            deadline,
+        } => {
+            let kind = if instance { "instances" } else { "regions" };
+            let body = match &deadline {
+                Some(d) => json!({ "deadline": d }),
+                None => json!({}),
+            };
+            let reply = client
+                .post(&format!("/admin/{kind}/{target}/drain"), &body)
+                .await?;
+            say!(
+                "{target} is draining: no new requests; {} in flight finish or are cut at the deadline",
+                reply["in_flight"]
+            );
+        }
+        CtlCommand::Undrain { target, instance } => {
+            let kind = if instance { "instances" } else { "regions" };
+            client
+                .post(&format!("/admin/{kind}/{target}/undrain"), &json!({}))
+                .await?;
+            say!("{target} takes requests again");
+        }
+        CtlCommand::Eject { instance } => {
+            client
+                .post(&format!("/admin/instances/{instance}/eject"), &json!({}))
+                .await?;
+            say!("{instance} is out of rotation until `ctl restore {instance}`");
+        }
+        CtlCommand::Restore { instance } => {
+            client
+                .post(&format!("/admin/instances/{instance}/restore"), &json!({}))
+                .await?;
+            say!("{instance} is back in rotation");
+        }
         CtlCommand::ResetBudget { tenant } => {
             client
                 .post(&tenant_path(&tenant, "reset-budget"), &json!({}))
@@ -209,6 +270,41 @@ fn print_tenants(reply: &Value) {
             t["day"]["tokens"],
             t["month"]["tokens"],
         );
+    }
+}
+
+fn print_regions(reply: &Value) {
+    say!(
+        "{:<12} {:<10} {:<16} {:<20} {:>9} {:>11} {:>9}",
+        "REGION",
+        "STATE",
+        "INSTANCE",
+        "HEALTH",
+        "IN-FLIGHT",
+        "LATENCY",
+        "EJECTIONS"
+    );
+    for r in reply["regions"].as_array().into_iter().flatten() {
+        for (n, i) in r["instances"].as_array().into_iter().flatten().enumerate() {
+            let (region, state) = if n == 0 {
+                (
+                    r["name"].as_str().unwrap_or("?"),
+                    r["state"].as_str().unwrap_or("?"),
+                )
+            } else {
+                ("", "")
+            };
+            say!(
+                "{:<12} {:<10} {:<16} {:<20} {:>9} {:>9.1}ms {:>9}",
+                region,
+                state,
+                i["name"].as_str().unwrap_or("?"),
+                i["health"]["state"].as_str().unwrap_or("?"),
+                i["in_flight"],
+                i["latency_ms"].as_f64().unwrap_or(0.0),
+                i["health"]["ejections"],
+            );
+        }
     }
 }
 

@@ -86,7 +86,10 @@ impl Daemon {
         let ledger = Ledger::spawn(gateway.admission().clone(), store, checkpoint);
 
         let (stop, stopped) = watch::channel(false);
-        let mut servers = Vec::new();
+        let mut servers = vec![
+            tokio::spawn(health_probes(gateway.clone(), stopped.clone())),
+            tokio::spawn(drain_deadlines(gateway.clone(), stopped.clone())),
+        ];
         let (addr, task) = serve(
             listen,
             "server.listen",
@@ -154,6 +157,33 @@ impl Daemon {
         drop(self.gateway);
         self.ledger.stop().await;
         tracing::info!("switchyard stopped");
+    }
+}
+
+/// Probes every instance each `health.interval` until stopped.
+async fn health_probes(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    // Instances start up; the first probe comes one interval after start.
+    let interval = gateway.config().health.interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => gateway.probe_all().await,
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Cuts what still runs on drained instances once their deadline passes.
+async fn drain_deadlines(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                gateway.router().enforce_drains();
+            }
+            _ = stopped.changed() => return,
+        }
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Tenant {
     pub keys: Vec<KeyHash>,
     /// Limits that replace the tier's.
     pub overrides: Limits,
+    /// Data residency: the only regions this tenant's requests may go to (`None`: any).
+    pub regions: Option<Vec<String>>,
 }
 
 /// A group of upstream instances tried together; regions are tried in failover order.
@@ -259,4 +261,47 @@ impl fmt::Debug for KeyHash {
             self.0[0], self.0[1], self.0[2], self.0[3]
         )
     }
+}
+
+/// Active health checking of instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path below the instance's base URL that answers 200 when it is up.
+    pub probe_path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes that mark an instance down.
+    pub unhealthy_after: u32,
+    /// Consecutive good probes that mark it up again.
+    pub healthy_after: u32,
+}
+
+/// How requests are spread over regions and instances, and when instances are set aside.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingPolicy {
+    /// A region at this share of healthy capacity takes all traffic (Envoy's 1.4).
+    pub overprovisioning: f64,
+    /// Below this share of routable instances, and with no better region, a region
+    /// routes to all its instances rather than overload the few left.
+    pub panic_threshold: f64,
+    /// Consecutive failures (connect, timeout, 5xx) that eject an instance.
+    pub consecutive_failures: u32,
+    /// Ejection time for a first ejection; it grows with each repeat.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// Most of a region's instances that may be ejected at once (one always may).
+    pub max_ejected_share: f64,
+    /// Retries allowed as a share of requests, over a ten-second window.
+    pub retry_budget: f64,
+    /// Retries always allowed per window, however few the requests.
+    pub min_retries: u32,
+    /// Longest a request may spend on attempts, all retries included.
+    pub deadline: Duration,
+    /// Header carrying a session key; the body's `user` is the fallback.
+    pub session_header: String,
+    pub session_ttl: Duration,
+    /// How long sessions stay on a draining instance before moving.
+    pub drain_grace: Duration,
+    /// When a drain cuts what is still running, unless the operator says otherwise.
+    pub drain_deadline: Duration,
 }

@@ -26,7 +26,7 @@ use crate::auth::{AuthError, Keyring};
 use crate::config::Config;
 use crate::domain::{Limits, Model, ModelKind, Tenant, TokenizerKind};
 use crate::providers::{SendError, SetupError, Upstreams};
-use crate::router::{Candidate, InFlight, Router};
+use crate::router::{Candidate, InFlight, Outcome, RouteControlError, Router};
 use crate::scheduler::{Rejection, Scheduler, Seat};
 use crate::streams::{Watch, data_payloads};
 
@@ -67,6 +67,11 @@ impl Ticket {
         self.reservation.prompt_tokens()
     }
 
+    /// Tokens reserved: the load this request puts on an upstream.
+    pub fn tokens(&self) -> u64 {
+        self.reservation.tokens()
+    }
+
     pub fn settle(self, usage: Usage) {
         let Ticket {
             reservation,
@@ -90,6 +95,12 @@ pub struct Call<'a> {
     /// The client's body, every field kept; `model` is rewritten per deployment.
     pub body: Fields,
     pub stream: bool,
+    /// Estimated tokens, the load the request puts on an instance.
+    pub tokens: u64,
+    /// Data residency: the only regions allowed (`None`: any).
+    pub regions: Option<&'a [String]>,
+    /// A session key that keeps the conversation on one instance.
+    pub session: Option<&'a str>,
 }
 
 /// What an upstream answered, and who answered it.
@@ -98,6 +109,8 @@ pub struct Answer {
     pub instance: String,
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// Why the request went where it went.
+    pub reason: String,
     pub body: AnswerBody,
 }
 
@@ -122,8 +135,13 @@ pub struct Attempt {
 #[derive(Debug, Clone)]
 pub enum Failure {
     AtCapacity,
+    /// No more attempts: the retry budget or the deadline.
+    Stopped(&'static str),
     Send(SendError),
-    Status { status: u16, message: String },
+    Status {
+        status: u16,
+        message: String,
+    },
 }
 
 impl fmt::Display for Attempt {
@@ -136,6 +154,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::AtCapacity => f.write_str("at max_concurrency"),
+            Failure::Stopped(why) => write!(f, "not tried: {why}"),
             Failure::Send(e) => write!(f, "{e}"),
             Failure::Status { status, message } if message.is_empty() => {
                 write!(f, "answered {status}")
@@ -147,6 +166,8 @@ impl fmt::Display for Failure {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    #[error("{reason}")]
+    NoRoute { reason: String },
     #[error("no upstream could answer for model \"{model}\": {}", list(.attempts))]
     Exhausted {
         model: String,
@@ -169,14 +190,17 @@ impl GatewayError {
     /// 504 when every attempt timed out, 503 when nothing could be reached or had room,
     /// 502 when upstreams answered badly.
     pub fn status(&self) -> StatusCode {
-        let GatewayError::Exhausted { attempts, .. } = self;
+        let attempts = match self {
+            GatewayError::NoRoute { .. } => return StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Exhausted { attempts, .. } => attempts,
+        };
         let all = |p: fn(&Failure) -> bool| attempts.iter().all(|a| p(&a.failure));
         if !attempts.is_empty() && all(|f| matches!(f, Failure::Send(SendError::Timeout(_)))) {
             StatusCode::GATEWAY_TIMEOUT
         } else if all(|f| {
             matches!(
                 f,
-                Failure::AtCapacity | Failure::Send(SendError::Connect(_))
+                Failure::AtCapacity | Failure::Stopped(_) | Failure::Send(SendError::Connect(_))
             )
         }) {
             StatusCode::SERVICE_UNAVAILABLE
@@ -195,7 +219,7 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, SetupError> {
         Ok(Gateway {
             keyring: Keyring::new(&config.tenants),
-            router: Router::new(&config.regions),
+            router: Router::new(&config.regions, config.routing.clone()),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
             admission: Arc::new(Admission::new(&config.tiers, &config.tenants)),
             scheduler: Scheduler::new(config.seats, &config.tiers),
@@ -264,6 +288,48 @@ impl Gateway {
         Ok(())
     }
 
+    /// Drains a region (`region`) or one instance: no new requests; sessions move after
+    /// the grace period; what still runs at the deadline is cut. Returns requests in flight.
+    pub fn drain(
+        &self,
+        region: Option<&str>,
+        instance: Option<&str>,
+        deadline: Option<Duration>,
+    ) -> Result<u32, RouteControlError> {
+        let targets = self.router.targets(region, instance)?;
+        let in_flight = self.router.drain(&targets, deadline);
+        let deadline = deadline.unwrap_or(self.router.policy().drain_deadline);
+        tracing::info!(region = ?region, instance = ?instance, in_flight, ?deadline, "drain started");
+        Ok(in_flight)
+    }
+
+    pub fn undrain(
+        &self,
+        region: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<(), RouteControlError> {
+        let targets = self.router.targets(region, instance)?;
+        self.router.undrain(&targets);
+        tracing::info!(region = ?region, instance = ?instance, "drain ended");
+        Ok(())
+    }
+
+    /// Takes an instance out of rotation until restored.
+    pub fn eject(&self, instance: &str) -> Result<(), RouteControlError> {
+        let targets = self.router.targets(None, Some(instance))?;
+        self.router.eject(&targets);
+        tracing::info!(%instance, "instance ejected by operator");
+        Ok(())
+    }
+
+    /// Ends an instance's manual or automatic ejection and cool-down.
+    pub fn restore(&self, instance: &str) -> Result<(), RouteControlError> {
+        let targets = self.router.targets(None, Some(instance))?;
+        self.router.restore(&targets);
+        tracing::info!(%instance, "instance restored by operator");
+        Ok(())
+    }
+
     pub fn reset_budget(&self, tenant: &str) -> Result<(), ControlError> {
         let before = self.admission.view(tenant)?;
         self.admission.reset_budget(tenant)?;
@@ -279,27 +345,61 @@ impl Gateway {
         &self.router
     }
 
+    /// Probes every instance once, concurrently, and records the results.
+    pub async fn probe_all(&self) {
+        let check = &self.config.health;
+        let probes = self.router.instances().map(|instance| async move {
+            let result = self
+                .upstreams
+                .probe(&instance.instance, &check.probe_path, check.timeout)
+                .await;
+            if let Err(reason) = &result {
+                tracing::debug!(instance = %instance.name(), %reason, "health probe failed");
+            }
+            self.router.probed(
+                instance,
+                result.is_ok(),
+                check.unhealthy_after,
+                check.healthy_after,
+            );
+        });
+        futures_util::future::join_all(probes).await;
+    }
+
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<&Tenant, AuthError> {
         let index = self.keyring.authenticate(authorization)?;
         self.config.tenants.get(index).ok_or(AuthError::Invalid)
     }
 
-    /// Tries candidates in order until one answers with something the client should see.
+    /// Routes the call and tries its candidates in order until one answers with something
+    /// the client should see. Retries (beyond the first attempt) come out of the retry
+    /// budget and stop at the routing deadline.
     pub async fn forward(&self, call: Call<'_>) -> Result<Answer, GatewayError> {
         let Call {
             request_id,
             model,
             mut body,
             stream,
+            tokens,
+            regions,
+            session,
         } = call;
+        let route = self
+            .router
+            .route(model, regions, session)
+            .map_err(|reason| GatewayError::NoRoute { reason })?;
+        tracing::debug!(%request_id, reason = %route.reason, "routed");
+        self.router.count_request();
         let timeouts = self.upstreams.timeouts();
+        let give_up = Instant::now() + self.router.policy().deadline;
         let mut attempts = Vec::new();
+        let mut sent = 0;
         let mut encoded: Option<(String, Bytes)> = None;
 
         for Candidate {
             instance,
             upstream_model,
-        } in self.router.candidates(model)
+        } in route.candidates
         {
             let region = instance.region.clone();
             let name = instance.instance.name.clone();
@@ -311,10 +411,21 @@ impl Gateway {
                     failure,
                 }
             };
-            let Some(slot) = instance.try_acquire() else {
+            if sent > 0 {
+                if Instant::now() >= give_up {
+                    attempts.push(fail(Failure::Stopped("the routing deadline passed")));
+                    break;
+                }
+                if !self.router.try_retry() {
+                    attempts.push(fail(Failure::Stopped("the retry budget is spent")));
+                    break;
+                }
+            }
+            let Some(slot) = instance.try_acquire(tokens) else {
                 attempts.push(fail(Failure::AtCapacity));
                 continue;
             };
+            sent += 1;
             let payload = match &encoded {
                 Some((model, bytes)) if *model == upstream_model => bytes.clone(),
                 _ => {
@@ -324,50 +435,76 @@ impl Gateway {
                     bytes
                 }
             };
-            let deadline = Instant::now() + timeouts.response;
+            let started = Instant::now();
+            let deadline = started + timeouts.response;
+            let cut = instance.cut_signal();
+            tokio::pin!(cut);
 
             // A connection that broke before an answer is most often a pooled keep-alive
             // connection the upstream had closed: try the same instance once more, on a
             // fresh connection, before moving on.
-            let mut sent = self
-                .upstreams
-                .send(&instance.instance, model.kind, request_id, payload.clone())
-                .await;
-            if let Err(SendError::Broken(reason)) = &sent {
-                tracing::debug!(%request_id, instance = %name, %reason, "retrying on a fresh connection");
-                sent = self
+            let attempt = async {
+                let first = self
                     .upstreams
-                    .send(&instance.instance, model.kind, request_id, payload)
+                    .send(&instance.instance, model.kind, request_id, payload.clone())
                     .await;
-            }
-            let response = match sent {
+                if let Err(SendError::Broken(reason)) = &first {
+                    tracing::debug!(%request_id, instance = %name, %reason, "retrying on a fresh connection");
+                    return self
+                        .upstreams
+                        .send(&instance.instance, model.kind, request_id, payload)
+                        .await;
+                }
+                first
+            };
+            let outcome = tokio::select! {
+                outcome = attempt => outcome,
+                _ = &mut cut => Err(SendError::Broken("cut by a drain deadline".into())),
+            };
+            let response = match outcome {
                 Ok(response) => response,
                 Err(e) => {
+                    self.router.report(&instance, Outcome::Failure, None);
                     attempts.push(fail(Failure::Send(e)));
                     continue;
                 }
             };
+            let latency = started.elapsed();
 
             let status = response.status();
             let headers = response.headers().clone();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                self.router
+                    .report(&instance, Outcome::RateLimited(retry_after(&headers)), None);
+            } else if status.is_success() || request_fault(status) {
+                self.router
+                    .report(&instance, Outcome::Success, Some(latency));
+            } else {
+                self.router.report(&instance, Outcome::Failure, None);
+            }
             if status.is_success() && stream {
                 return Ok(Answer {
                     region,
                     instance: name,
                     status,
                     headers,
+                    reason: route.reason,
                     body: AnswerBody::Stream { response, slot },
                 });
             }
-            let whole = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(e)) => {
-                    let reason = crate::providers::root_cause(&e);
-                    attempts.push(fail(Failure::Send(SendError::Broken(reason))));
-                    continue;
-                }
-                Err(_) => {
-                    attempts.push(fail(Failure::Send(SendError::Timeout(timeouts.response))));
+            let whole = tokio::select! {
+                whole = tokio::time::timeout_at(deadline, response.bytes()) => match whole {
+                    Ok(Ok(bytes)) => Ok(bytes),
+                    Ok(Err(e)) => Err(SendError::Broken(crate::providers::root_cause(&e))),
+                    Err(_) => Err(SendError::Timeout(timeouts.response)),
+                },
+                _ = &mut cut => Err(SendError::Broken("cut by a drain deadline".into())),
+            };
+            let whole = match whole {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    self.router.report(&instance, Outcome::Failure, None);
+                    attempts.push(fail(Failure::Send(e)));
                     continue;
                 }
             };
@@ -378,6 +515,7 @@ impl Gateway {
                     instance: name,
                     status,
                     headers,
+                    reason: route.reason,
                     body: AnswerBody::Whole(whole),
                 });
             }
@@ -391,6 +529,24 @@ impl Gateway {
             attempts,
         })
     }
+}
+
+/// How long an upstream's 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds),
+/// or OpenAI's `x-ratelimit-reset-requests`; one second when it says nothing.
+fn retry_after(headers: &HeaderMap) -> Duration {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0));
+    }
+    if let Some(secs) = text("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Duration::from_secs_f64(secs.clamp(0.0, 3600.0));
+    }
+    if let Some(reset) =
+        text("x-ratelimit-reset-requests").and_then(|v| crate::config::parse_duration(v).ok())
+    {
+        return reset.min(Duration::from_secs(3600));
+    }
+    Duration::from_secs(1)
 }
 
 /// The `error.message` of an OpenAI-shaped error body, shortened; empty if there is none.

@@ -25,6 +25,9 @@ listen = "127.0.0.1:0"
 [scheduler]
 seats = {seats}
 
+[health]
+interval = "1h"
+
 [tiers.pro]
 {tier}
 

@@ -34,6 +34,9 @@ async fn sdk_gateway() -> (MockHandle, MockHandle, TestGateway) {
 listen = "127.0.0.1:0"
 data_dir = "{data}"
 
+[health]
+interval = "1h"
+
 [tiers.pro]
 
 [[tenants]]

@@ -23,6 +23,7 @@ use crate::admission::{ControlError, TenantView};
 use crate::auth::hash_key;
 use crate::domain::{KeyHash, Limits};
 use crate::gateway::Gateway;
+use crate::router::RouteControlError;
 use crate::scheduler::LevelView;
 
 #[derive(Clone)]
@@ -45,6 +46,13 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
         .route("/admin/tenants/{name}/resume", post(resume))
         .route("/admin/tenants/{name}/reset-budget", post(reset_budget))
         .route("/admin/queues", get(queues))
+        .route("/admin/regions", get(regions))
+        .route("/admin/regions/{name}/drain", post(drain_region))
+        .route("/admin/regions/{name}/undrain", post(undrain_region))
+        .route("/admin/instances/{name}/drain", post(drain_instance))
+        .route("/admin/instances/{name}/undrain", post(undrain_instance))
+        .route("/admin/instances/{name}/eject", post(eject))
+        .route("/admin/instances/{name}/restore", post(restore))
         .fallback(|req: Request| async move {
             error(
                 StatusCode::NOT_FOUND,
@@ -209,6 +217,126 @@ async fn resume(
 ) -> Response {
     let result = admin.gateway.resume(&name);
     changed(&admin, &name, &operator(&headers), "resume", result)
+}
+
+async fn regions(State(admin): State<Admin>) -> Response {
+    Json(json!({ "regions": admin.gateway.router().views() })).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    /// When to cut what still runs, e.g. "60s"; default `routing.drain_deadline`.
+    deadline: Option<String>,
+}
+
+fn routed(
+    admin: &Admin,
+    who: &str,
+    action: &str,
+    target: &str,
+    result: Result<serde_json::Value, RouteControlError>,
+) -> Response {
+    match result {
+        Ok(mut detail) => {
+            tracing::info!(operator = %who, %action, %target, "operator action");
+            detail["regions"] = json!(admin.gateway.router().views());
+            Json(detail).into_response()
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, "unknown_target", e.to_string()),
+    }
+}
+
+async fn drain(
+    admin: Admin,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+    region: Option<String>,
+    instance: Option<String>,
+) -> Response {
+    let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        match parse(&body) {
+            Ok(r) => r,
+            Err(r) => return *r,
+        }
+    };
+    let deadline = match request
+        .deadline
+        .as_deref()
+        .map(crate::config::parse_duration)
+    {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(m)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("deadline: {m}"),
+            );
+        }
+    };
+    let target = region.clone().or(instance.clone()).unwrap_or_default();
+    let result = admin
+        .gateway
+        .drain(region.as_deref(), instance.as_deref(), deadline)
+        .map(|in_flight| json!({ "in_flight": in_flight }));
+    routed(&admin, &operator(&headers), "drain", &target, result)
+}
+
+async fn drain_region(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    drain(admin, headers, body, Some(name), None).await
+}
+
+async fn drain_instance(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    drain(admin, headers, body, None, Some(name)).await
+}
+
+async fn undrain_region(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let result = admin.gateway.undrain(Some(&name), None).map(|()| json!({}));
+    routed(&admin, &operator(&headers), "undrain", &name, result)
+}
+
+async fn undrain_instance(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let result = admin.gateway.undrain(None, Some(&name)).map(|()| json!({}));
+    routed(&admin, &operator(&headers), "undrain", &name, result)
+}
+
+async fn eject(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let result = admin.gateway.eject(&name).map(|()| json!({}));
+    routed(&admin, &operator(&headers), "eject", &name, result)
+}
+
+async fn restore(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let result = admin.gateway.restore(&name).map(|()| json!({}));
+    routed(&admin, &operator(&headers), "restore", &name, result)
 }
 
 async fn reset_budget(

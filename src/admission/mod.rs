@@ -642,6 +642,7 @@ mod tests {
             tier: "pro".into(),
             keys: vec![],
             overrides: Limits::default(),
+            regions: None,
         };
         Admission::new(&[tier(limits)], &[tenant])
     }

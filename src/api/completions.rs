@@ -122,13 +122,26 @@ async fn proxy(
         ticket.queued.as_millis().to_string(),
     ));
 
+    let session = headers
+        .get(gateway.router().policy().session_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            let user = object.get("user")?;
+            serde_json::from_str::<String>(user.get()).ok()
+        })
+        .filter(|key| !key.is_empty());
     let started = tokio::time::Instant::now();
+    let tokens = ticket.tokens();
     let answer = gateway
         .forward(Call {
             request_id: &id.0,
             model,
             body: object,
             stream,
+            tokens,
+            regions: tenant.regions.as_deref(),
+            session: session.as_deref(),
         })
         .await
         .map_err(|error| {
@@ -175,9 +188,15 @@ async fn proxy(
         }
         AnswerBody::Stream { response, slot } => {
             let describe = format!("{}/{}", answer.region, answer.instance);
+            let cut = slot.instance().cut_signal();
             let account = StreamAccount::new(ticket, slot, model.tokenizer);
-            let relay =
-                streams::relay(response.bytes_stream(), account, describe, id.0.to_string());
+            let relay = streams::relay(
+                response.bytes_stream(),
+                account,
+                cut,
+                describe,
+                id.0.to_string(),
+            );
             let mut response = Response::new(Body::from_stream(relay));
             *response.status_mut() = StatusCode::OK;
             let headers = response.headers_mut();
@@ -192,6 +211,7 @@ async fn proxy(
     };
     extra.push(("x-switchyard-region", answer.region));
     extra.push(("x-switchyard-instance", answer.instance));
+    extra.push(("x-switchyard-route", answer.reason));
     let headers = response.headers_mut();
     for (name, value) in extra {
         if let Ok(value) = HeaderValue::from_str(&value) {

@@ -94,6 +94,19 @@ impl Upstreams {
     pub fn timeouts(&self) -> UpstreamTimeouts {
         self.openai.timeouts()
     }
+
+    /// An active health probe: `GET {url}{path}` must answer 2xx within `timeout`.
+    pub async fn probe(
+        &self,
+        instance: &Instance,
+        path: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let key = self.keys.get(&instance.name);
+        match instance.dialect {
+            Dialect::OpenAi => self.openai.probe(instance, path, key, timeout).await,
+        }
+    }
 }
 
 /// Installs rustls' ring provider for the process. Safe to call more than once.

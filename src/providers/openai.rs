@@ -56,6 +56,31 @@ impl OpenAi {
             Ok(Err(error)) => Err(classify(&error)),
         }
     }
+
+    pub async fn probe(
+        &self,
+        instance: &Instance,
+        path: &str,
+        key: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let mut request = self.client.get(format!("{}{path}", instance.url));
+        if let Some(key) = key {
+            request = request.header(header::AUTHORIZATION, key.clone());
+        }
+        let response = tokio::time::timeout(timeout, request.send())
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|e| root_cause(&e))?;
+        let status = response.status();
+        // Read the body so the connection goes back to the pool.
+        let _ = tokio::time::timeout(timeout, response.bytes()).await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {status}"))
+        }
+    }
 }
 
 fn classify(error: &reqwest::Error) -> SendError {

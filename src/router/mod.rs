@@ -1,39 +1,125 @@
-//! Which instance gets a request: model alias → deployments → instances.
+//! Which instance gets a request, and in what order the others are tried.
 //!
-//! For now regions are tried strictly in failover order and instances inside a region
-//! round-robin; health, drain, stickiness and power-of-two-choices come with the routing
-//! work. The router also owns each instance's in-flight count and enforces
-//! `max_concurrency`. It does no I/O.
+//! Regions are priority levels (Envoy): all traffic goes to the first region while it is
+//! healthy enough (routable share × overprovisioning ≥ 100%), and spills to the next as
+//! it degrades. A region too sick to matter, when no other can take up the slack, routes
+//! to all its instances (the panic threshold) rather than crush the few left. Inside a
+//! region: a session's instance while it can keep it (rendezvous hashing with bounded
+//! load picks it), otherwise the less loaded of two random instances by outstanding
+//! estimated tokens, with peak-EWMA latency breaking ties. Instances report every
+//! attempt; failures eject them for growing times, 429s cool them down. Operators drain
+//! and eject. This module does no I/O; probes and deadlines are driven from outside.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+pub mod health;
 
-use crate::domain::{Instance, Model, Region};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-/// One instance and its live counters.
-#[derive(Debug)]
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use health::{Change, Drain, Health, HealthView, Outcome};
+
+use crate::domain::{Instance, Model, Region, RoutingPolicy};
+
+/// One instance and its live state.
 pub struct InstanceState {
     pub region: String,
     pub instance: Instance,
     in_flight: AtomicU32,
+    /// Estimated tokens of the requests in flight: the load that balancing compares.
+    outstanding: AtomicU64,
+    /// Peak-EWMA of time to response headers, microseconds.
+    latency_us: AtomicU64,
+    health: Mutex<Health>,
+    /// Bumped when a drain deadline cuts what still runs here.
+    cut: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceState")
+            .field("name", &self.instance.name)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
 }
 
 impl InstanceState {
+    fn new(region: &str, instance: &Instance) -> InstanceState {
+        InstanceState {
+            region: region.to_string(),
+            instance: instance.clone(),
+            in_flight: AtomicU32::new(0),
+            outstanding: AtomicU64::new(0),
+            latency_us: AtomicU64::new(0),
+            health: Mutex::new(Health::default()),
+            cut: watch::channel(0).0,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.instance.name
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Takes a concurrency slot, or `None` when the instance is at `max_concurrency`.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<InFlight> {
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Load per unit of weight, for comparing instances.
+    fn load(&self) -> f64 {
+        (self.outstanding.load(Ordering::Relaxed) as f64 + f64::from(self.in_flight()))
+            / f64::from(self.instance.weight.max(1))
+    }
+
+    fn latency(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+
+    /// Takes a concurrency slot carrying `tokens` of estimated load, or `None` when the
+    /// instance is at `max_concurrency`.
+    pub fn try_acquire(self: &Arc<Self>, tokens: u64) -> Option<InFlight> {
         let max = self.instance.max_concurrency;
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| InFlight {
-                instance: self.clone(),
-            })
+            .ok()?;
+        self.outstanding.fetch_add(tokens, Ordering::Relaxed);
+        Some(InFlight {
+            instance: self.clone(),
+            tokens,
+        })
+    }
+
+    /// Resolves when a drain deadline cuts this instance's in-flight requests.
+    pub fn cut_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut cut = self.cut.subscribe();
+        async move {
+            let _ = cut.changed().await;
+        }
+    }
+
+    fn record_latency(&self, sample: Duration) {
+        let sample = sample.as_micros() as u64;
+        let _ = self
+            .latency_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                // Peak-EWMA: jump to a slower sample at once, decay towards faster ones.
+                Some(if sample >= current || current == 0 {
+                    sample
+                } else {
+                    (current * 9 + sample) / 10
+                })
+            });
     }
 }
 
@@ -41,21 +127,28 @@ impl InstanceState {
 #[derive(Debug)]
 pub struct InFlight {
     instance: Arc<InstanceState>,
+    tokens: u64,
+}
+
+impl InFlight {
+    pub fn instance(&self) -> &Arc<InstanceState> {
+        &self.instance
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.instance.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.instance
+            .outstanding
+            .fetch_sub(self.tokens, Ordering::Relaxed);
     }
 }
 
 struct RegionState {
     name: String,
+    order: u32,
     instances: Vec<Arc<InstanceState>>,
-    /// Instance indexes, each repeated `weight` times: the weighted round-robin wheel.
-    wheel: Vec<usize>,
-    /// Position on the wheel.
-    next: AtomicUsize,
 }
 
 /// A place to send one attempt.
@@ -66,153 +159,651 @@ pub struct Candidate {
     pub upstream_model: String,
 }
 
+/// Where a request goes, in order, and why.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub candidates: Vec<Candidate>,
+    pub reason: String,
+}
+
+struct Session {
+    instance: Arc<InstanceState>,
+    expires: Instant,
+}
+
+/// Retries allowed over a ten-second window.
+struct RetryWindow {
+    started: Instant,
+    requests: u64,
+    retries: u64,
+    previous_requests: u64,
+    previous_retries: u64,
+}
+
+/// Errors of the operator's controls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteControlError {
+    #[error("no region is named \"{0}\"; regions: {1}")]
+    UnknownRegion(String, String),
+    #[error("no instance is named \"{0}\"; instances: {1}")]
+    UnknownInstance(String, String),
+}
+
+/// A region's state, for the admin API and the console.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionView {
+    pub name: String,
+    pub order: u32,
+    pub state: &'static str,
+    /// Share of instance weight that takes new requests.
+    pub routable: f64,
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub name: String,
+    pub url: String,
+    pub weight: u32,
+    pub max_concurrency: u32,
+    pub in_flight: u32,
+    pub outstanding_tokens: u64,
+    pub latency_ms: f64,
+    pub health: HealthView,
+}
+
 pub struct Router {
     regions: Vec<RegionState>,
+    policy: RoutingPolicy,
+    sessions: Mutex<HashMap<String, Session>>,
+    retries: Mutex<RetryWindow>,
 }
+
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
+const MAX_SESSIONS: usize = 100_000;
 
 impl Router {
     /// `regions` must already be in failover order, as `Config` keeps them.
-    pub fn new(regions: &[Region]) -> Router {
+    pub fn new(regions: &[Region], policy: RoutingPolicy) -> Router {
         let regions = regions
             .iter()
             .map(|r| RegionState {
                 name: r.name.clone(),
+                order: r.order,
                 instances: r
                     .instances
                     .iter()
-                    .map(|i| {
-                        Arc::new(InstanceState {
-                            region: r.name.clone(),
-                            instance: i.clone(),
-                            in_flight: AtomicU32::new(0),
-                        })
-                    })
+                    .map(|i| Arc::new(InstanceState::new(&r.name, i)))
                     .collect(),
-                wheel: r
-                    .instances
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, inst)| std::iter::repeat_n(i, inst.weight as usize))
-                    .collect(),
-                next: AtomicUsize::new(0),
             })
             .collect();
-        Router { regions }
+        Router {
+            regions,
+            policy,
+            sessions: Mutex::new(HashMap::new()),
+            retries: Mutex::new(RetryWindow {
+                started: Instant::now(),
+                requests: 0,
+                retries: 0,
+                previous_requests: 0,
+                previous_retries: 0,
+            }),
+        }
     }
 
-    /// Every instance that may serve `model`, best first: regions in failover order, and
-    /// inside a region each instance once, the first picked by weighted round-robin.
-    pub fn candidates(&self, model: &Model) -> Vec<Candidate> {
-        let mut out = Vec::new();
-        for deployment in &model.deployments {
-            let Some(region) = self.regions.iter().find(|r| r.name == deployment.region) else {
-                continue;
-            };
-            let n = region.instances.len();
-            let turn = region.next.fetch_add(1, Ordering::Relaxed);
-            let start = region.wheel[turn % region.wheel.len()];
-            out.extend((0..n).map(|i| Candidate {
-                instance: region.instances[(start + i) % n].clone(),
-                upstream_model: deployment.upstream_model.clone(),
-            }));
-        }
-        out
+    pub fn policy(&self) -> &RoutingPolicy {
+        &self.policy
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Arc<InstanceState>> {
         self.regions.iter().flat_map(|r| &r.instances)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Deployment, Dialect, ModelKind};
+    /// Plans a request: candidates best first, or why there are none.
+    /// `allowed` restricts regions (data residency); `session` keeps a session in place.
+    pub fn route(
+        &self,
+        model: &Model,
+        allowed: Option<&[String]>,
+        session: Option<&str>,
+    ) -> Result<Route, String> {
+        let now = Instant::now();
+        let serving: Vec<(&RegionState, &str)> = model
+            .deployments
+            .iter()
+            .filter(|d| allowed.is_none_or(|a| a.contains(&d.region)))
+            .filter_map(|d| {
+                let region = self.regions.iter().find(|r| r.name == d.region)?;
+                Some((region, d.upstream_model.as_str()))
+            })
+            .collect();
+        if serving.is_empty() {
+            return Err(match allowed {
+                Some(allowed) => format!(
+                    "this tenant may use only {}, and model \"{}\" is not deployed there",
+                    allowed.join(", "),
+                    model.alias
+                ),
+                None => format!("model \"{}\" is deployed in no region", model.alias),
+            });
+        }
 
-    fn instance(name: &str, max: u32) -> Instance {
-        Instance {
-            name: name.into(),
-            url: format!("http://{name}/v1"),
-            dialect: Dialect::OpenAi,
-            api_key_env: None,
-            max_concurrency: max,
-            weight: 1,
+        // Each region's routable share, and the traffic it should take.
+        let healths: Vec<Vec<(Arc<InstanceState>, bool, bool)>> = serving
+            .iter()
+            .map(|(region, _)| {
+                region
+                    .instances
+                    .iter()
+                    .map(|i| {
+                        let h = i.health();
+                        (i.clone(), h.routable(now), h.panic_routable())
+                    })
+                    .collect()
+            })
+            .collect();
+        let routable_share: Vec<f64> = healths
+            .iter()
+            .map(|instances| {
+                let total: u32 = instances.iter().map(|(i, ..)| i.instance.weight).sum();
+                let up: u32 = instances
+                    .iter()
+                    .filter(|(_, routable, _)| *routable)
+                    .map(|(i, ..)| i.instance.weight)
+                    .sum();
+                if total == 0 {
+                    0.0
+                } else {
+                    f64::from(up) / f64::from(total)
+                }
+            })
+            .collect();
+        let level_health: Vec<f64> = routable_share
+            .iter()
+            .map(|h| (h * self.policy.overprovisioning).min(1.0))
+            .collect();
+        let total_health: f64 = level_health.iter().sum();
+        let panic_all = total_health <= 0.0;
+
+        let chosen = if panic_all {
+            healths
+                .iter()
+                .position(|instances| instances.iter().any(|(_, _, p)| *p))
+        } else {
+            Some(pick_level(&level_health, total_health, fastrand::f64()))
+        };
+        let Some(chosen) = chosen else {
+            return Err(self.nothing_routable(model, &serving, now));
+        };
+        let in_panic = panic_all
+            || (total_health < 1.0 && routable_share[chosen] < self.policy.panic_threshold);
+        let eligible: Vec<Arc<InstanceState>> = healths[chosen]
+            .iter()
+            .filter(|(_, routable, panic_ok)| if in_panic { *panic_ok } else { *routable })
+            .map(|(i, ..)| i.clone())
+            .collect();
+        if eligible.is_empty() {
+            return Err(self.nothing_routable(model, &serving, now));
+        }
+
+        let (primary, reason) = match session {
+            Some(key) => self.sticky(key, &eligible, &serving, now),
+            None => {
+                let pick = power_of_two(&eligible);
+                let reason = format!(
+                    "{}{}: least loaded of two in {}",
+                    if in_panic { "panic: " } else { "" },
+                    pick.name(),
+                    pick.region
+                );
+                (pick, reason)
+            }
+        };
+        let reason = if chosen > 0 && !reason.starts_with("session") {
+            let skipped: Vec<String> = serving[..chosen]
+                .iter()
+                .zip(&routable_share)
+                .map(|((r, _), share)| format!("{} at {:.0}%", r.name, share * 100.0))
+                .collect();
+            format!("{} (spilled over from {})", reason, skipped.join(", "))
+        } else {
+            reason
+        };
+
+        let mut candidates = Vec::new();
+        let model_in = |region: &str| {
+            serving
+                .iter()
+                .find(|(r, _)| r.name == region)
+                .map(|(_, m)| m.to_string())
+                .unwrap_or_default()
+        };
+        candidates.push(Candidate {
+            upstream_model: model_in(&primary.region),
+            instance: primary.clone(),
+        });
+        let mut rest: Vec<&Arc<InstanceState>> = eligible
+            .iter()
+            .filter(|i| !Arc::ptr_eq(i, &primary))
+            .collect();
+        rest.sort_by(|a, b| a.load().total_cmp(&b.load()));
+        for instance in rest {
+            candidates.push(Candidate {
+                instance: instance.clone(),
+                upstream_model: model_in(&instance.region),
+            });
+        }
+        for (index, instances) in healths.iter().enumerate() {
+            if index == chosen {
+                continue;
+            }
+            let mut routable: Vec<&Arc<InstanceState>> = instances
+                .iter()
+                .filter(|(_, routable, _)| *routable)
+                .map(|(i, ..)| i)
+                .filter(|i| !Arc::ptr_eq(i, &primary))
+                .collect();
+            routable.sort_by(|a, b| a.load().total_cmp(&b.load()));
+            candidates.extend(routable.into_iter().map(|i| Candidate {
+                instance: i.clone(),
+                upstream_model: serving[index].1.to_string(),
+            }));
+        }
+        Ok(Route { candidates, reason })
+    }
+
+    fn nothing_routable(
+        &self,
+        model: &Model,
+        serving: &[(&RegionState, &str)],
+        now: Instant,
+    ) -> String {
+        let states: Vec<String> = serving
+            .iter()
+            .flat_map(|(r, _)| &r.instances)
+            .map(|i| {
+                let view = i.health().view(now, i.in_flight());
+                format!("{}/{}: {}", i.region, i.name(), view.state)
+            })
+            .collect();
+        format!(
+            "no instance can take requests for model \"{}\" now ({})",
+            model.alias,
+            states.join("; ")
+        )
+    }
+
+    /// The session's instance while it can keep it; otherwise a new one by rendezvous
+    /// hashing with bounded load among `eligible`.
+    fn sticky(
+        &self,
+        key: &str,
+        eligible: &[Arc<InstanceState>],
+        serving: &[(&RegionState, &str)],
+        now: Instant,
+    ) -> (Arc<InstanceState>, String) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = sessions
+            .get(key)
+            .filter(|s| now < s.expires)
+            .map(|s| s.instance.clone());
+        if let Some(instance) = &previous {
+            let allowed = serving.iter().any(|(r, _)| r.name == instance.region);
+            if allowed
+                && instance
+                    .health()
+                    .keeps_sessions(now, self.policy.drain_grace)
+            {
+                if let Some(s) = sessions.get_mut(key) {
+                    s.expires = now + self.policy.session_ttl;
+                }
+                let reason = format!("session sticky on {}", instance.name());
+                return (instance.clone(), reason);
+            }
+        }
+        let pick = rendezvous(key, eligible);
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.retain(|_, s| now < s.expires);
+        }
+        sessions.insert(
+            key.to_string(),
+            Session {
+                instance: pick.clone(),
+                expires: now + self.policy.session_ttl,
+            },
+        );
+        let reason = match previous {
+            Some(old) => {
+                let why = old.health().view(now, old.in_flight()).state;
+                format!(
+                    "session moved from {} ({why}) to {}",
+                    old.name(),
+                    pick.name()
+                )
+            }
+            None => format!("session placed on {} by rendezvous hash", pick.name()),
+        };
+        (pick, reason)
+    }
+
+    /// Records an attempt's outcome on its instance.
+    pub fn report(
+        &self,
+        instance: &Arc<InstanceState>,
+        outcome: Outcome,
+        latency: Option<Duration>,
+    ) {
+        let now = Instant::now();
+        if let (Outcome::Success, Some(latency)) = (outcome, latency) {
+            instance.record_latency(latency);
+        }
+        let may_eject = match outcome {
+            Outcome::Failure => self.may_eject(instance, now),
+            _ => true,
+        };
+        let change = instance
+            .health()
+            .report(outcome, now, &self.policy, may_eject);
+        match change {
+            Change::Ejected(length) => tracing::warn!(
+                instance = %instance.name(),
+                region = %instance.region,
+                ?length,
+                "instance ejected after consecutive failures"
+            ),
+            Change::CoolingDown(wait) => tracing::info!(
+                instance = %instance.name(),
+                ?wait,
+                "instance answered 429; cooling down"
+            ),
+            Change::None => {}
         }
     }
 
-    fn router() -> (Router, Model) {
-        let regions = vec![
-            Region {
-                name: "us-east".into(),
-                order: 0,
-                instances: vec![instance("a", 1), instance("b", 1)],
-            },
-            Region {
-                name: "eu-west".into(),
-                order: 1,
-                instances: vec![instance("c", 1)],
-            },
-        ];
-        let model = Model {
-            alias: "m".into(),
-            kind: ModelKind::Chat,
-            deployments: vec![
-                Deployment {
-                    region: "us-east".into(),
-                    upstream_model: "m-us".into(),
-                },
-                Deployment {
-                    region: "eu-west".into(),
-                    upstream_model: "m-eu".into(),
-                },
-            ],
-            tokenizer: crate::domain::TokenizerKind::Heuristic,
-            price: None,
+    fn may_eject(&self, instance: &Arc<InstanceState>, now: Instant) -> bool {
+        let Some(region) = self.regions.iter().find(|r| r.name == instance.region) else {
+            return true;
         };
-        (Router::new(&regions), model)
+        let others_ejected = region
+            .instances
+            .iter()
+            .filter(|i| !Arc::ptr_eq(i, instance))
+            .filter(|i| i.health().ejected(now))
+            .count();
+        others_ejected == 0
+            || (others_ejected + 1) as f64 / region.instances.len() as f64
+                <= self.policy.max_ejected_share
     }
 
-    fn names(candidates: &[Candidate]) -> Vec<&str> {
-        candidates
+    /// Records an active probe's result.
+    pub fn probed(
+        &self,
+        instance: &InstanceState,
+        ok: bool,
+        unhealthy_after: u32,
+        healthy_after: u32,
+    ) {
+        if let Some(up) = instance.health().probe(ok, unhealthy_after, healthy_after) {
+            if up {
+                tracing::info!(instance = %instance.name(), "health probes pass again");
+            } else {
+                tracing::warn!(instance = %instance.name(), "health probes failing; instance marked down");
+            }
+        }
+    }
+
+    /// Counts a request for the retry budget.
+    pub fn count_request(&self) {
+        self.retry_window(|w| w.requests += 1);
+    }
+
+    /// Takes one retry from the budget, if there is one left.
+    pub fn try_retry(&self) -> bool {
+        let (budget, floor) = (self.policy.retry_budget, u64::from(self.policy.min_retries));
+        self.retry_window(|w| {
+            let requests = w.requests + w.previous_requests;
+            let allowed = ((requests as f64 * budget) as u64).max(floor);
+            if w.retries + w.previous_retries < allowed {
+                w.retries += 1;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    fn retry_window<T>(&self, f: impl FnOnce(&mut RetryWindow) -> T) -> T {
+        let mut w = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.saturating_duration_since(w.started) >= RETRY_WINDOW {
+            let stale = now.saturating_duration_since(w.started) >= RETRY_WINDOW * 2;
+            w.previous_requests = if stale { 0 } else { w.requests };
+            w.previous_retries = if stale { 0 } else { w.retries };
+            w.requests = 0;
+            w.retries = 0;
+            w.started = now;
+        }
+        f(&mut w)
+    }
+
+    fn region(&self, name: &str) -> Result<&RegionState, RouteControlError> {
+        self.regions.iter().find(|r| r.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.regions.iter().map(|r| r.name.as_str()).collect();
+            RouteControlError::UnknownRegion(name.to_string(), names.join(", "))
+        })
+    }
+
+    fn instance(&self, name: &str) -> Result<&Arc<InstanceState>, RouteControlError> {
+        self.instances().find(|i| i.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = self.instances().map(|i| i.name()).collect();
+            RouteControlError::UnknownInstance(name.to_string(), names.join(", "))
+        })
+    }
+
+    /// The instances a control names: a region's, or one.
+    pub fn targets(
+        &self,
+        region: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<Vec<Arc<InstanceState>>, RouteControlError> {
+        match (region, instance) {
+            (Some(r), _) => Ok(self.region(r)?.instances.clone()),
+            (None, Some(i)) => Ok(vec![self.instance(i)?.clone()]),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+
+    /// Drains instances: no new requests; what runs is cut at the deadline.
+    pub fn drain(&self, targets: &[Arc<InstanceState>], deadline: Option<Duration>) -> u32 {
+        let now = Instant::now();
+        let deadline = now + deadline.unwrap_or(self.policy.drain_deadline);
+        let mut in_flight = 0;
+        for i in targets {
+            let mut h = i.health();
+            if !h.draining() {
+                h.drain = Drain::Draining {
+                    since: now,
+                    deadline,
+                };
+            }
+            in_flight += i.in_flight();
+        }
+        in_flight
+    }
+
+    pub fn undrain(&self, targets: &[Arc<InstanceState>]) {
+        for i in targets {
+            i.health().drain = Drain::Active;
+        }
+    }
+
+    pub fn eject(&self, targets: &[Arc<InstanceState>]) {
+        for i in targets {
+            i.health().manual_eject = true;
+        }
+    }
+
+    pub fn restore(&self, targets: &[Arc<InstanceState>]) {
+        for i in targets {
+            i.health().restore();
+        }
+    }
+
+    /// Cuts what still runs on instances whose drain deadline passed; returns their names.
+    pub fn enforce_drains(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut cut = Vec::new();
+        for i in self.instances() {
+            let due =
+                matches!(i.health().drain, Drain::Draining { deadline, .. } if now >= deadline);
+            if due && i.in_flight() > 0 {
+                i.cut.send_modify(|n| *n += 1);
+                tracing::warn!(instance = %i.name(), in_flight = i.in_flight(), "drain deadline passed; cutting what still runs");
+                cut.push(i.name().to_string());
+            }
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| now < s.expires);
+        cut
+    }
+
+    pub fn views(&self) -> Vec<RegionView> {
+        let now = Instant::now();
+        self.regions
             .iter()
-            .map(|c| c.instance.instance.name.as_str())
+            .map(|r| {
+                let instances: Vec<InstanceView> = r
+                    .instances
+                    .iter()
+                    .map(|i| InstanceView {
+                        name: i.name().to_string(),
+                        url: i.instance.url.clone(),
+                        weight: i.instance.weight,
+                        max_concurrency: i.instance.max_concurrency,
+                        in_flight: i.in_flight(),
+                        outstanding_tokens: i.outstanding.load(Ordering::Relaxed),
+                        latency_ms: i.latency() as f64 / 1000.0,
+                        health: i.health().view(now, i.in_flight()),
+                    })
+                    .collect();
+                let total: u32 = r.instances.iter().map(|i| i.instance.weight).sum();
+                let up: u32 = r
+                    .instances
+                    .iter()
+                    .filter(|i| i.health().routable(now))
+                    .map(|i| i.instance.weight)
+                    .sum();
+                let routable = if total == 0 {
+                    0.0
+                } else {
+                    f64::from(up) / f64::from(total)
+                };
+                let draining = instances
+                    .iter()
+                    .filter(|i| i.health.state.starts_with("drain"))
+                    .count();
+                let state = if draining == instances.len() {
+                    if instances.iter().all(|i| i.in_flight == 0) {
+                        "drained"
+                    } else {
+                        "draining"
+                    }
+                } else if routable >= 1.0 {
+                    "healthy"
+                } else if routable > 0.0 {
+                    "degraded"
+                } else {
+                    "down"
+                };
+                RegionView {
+                    name: r.name.clone(),
+                    order: r.order,
+                    state,
+                    routable,
+                    instances,
+                }
+            })
             .collect()
     }
-
-    #[test]
-    fn regions_come_in_failover_order_and_instances_rotate() {
-        let (router, model) = router();
-        assert_eq!(names(&router.candidates(&model)), ["a", "b", "c"]);
-        assert_eq!(names(&router.candidates(&model)), ["b", "a", "c"]);
-        assert_eq!(router.candidates(&model)[2].upstream_model, "m-eu");
-    }
-
-    #[test]
-    fn weights_set_how_often_an_instance_goes_first() {
-        let (_, model) = router();
-        let mut heavy = instance("a", 1);
-        heavy.weight = 3;
-        let router = Router::new(&[Region {
-            name: "us-east".into(),
-            order: 0,
-            instances: vec![heavy, instance("b", 1)],
-        }]);
-        let firsts: Vec<String> = (0..8)
-            .map(|_| router.candidates(&model)[0].instance.instance.name.clone())
-            .collect();
-        assert_eq!(firsts.iter().filter(|n| *n == "a").count(), 6);
-        assert_eq!(router.candidates(&model).len(), 2, "each instance once");
-    }
-
-    #[test]
-    fn concurrency_slots_are_capped_and_released_on_drop() {
-        let (router, model) = router();
-        let a = router.candidates(&model)[0].instance.clone();
-        let slot = a.try_acquire();
-        assert!(slot.is_some());
-        assert!(a.try_acquire().is_none());
-        drop(slot);
-        assert_eq!(a.in_flight(), 0);
-        assert!(a.try_acquire().is_some());
-    }
 }
+
+/// Envoy's priority load: level `i` takes its health (capped at 100%) of what the levels
+/// before it left, normalised when the total health is short of 100%. `draw` in [0, 1).
+fn pick_level(health: &[f64], total: f64, draw: f64) -> usize {
+    let mut remaining = 1.0;
+    let mut cumulative = 0.0;
+    for (i, h) in health.iter().enumerate() {
+        let share = if total < 1.0 {
+            h / total
+        } else {
+            h.min(remaining)
+        };
+        remaining -= share;
+        cumulative += share;
+        if draw < cumulative {
+            return i;
+        }
+    }
+    health.iter().rposition(|h| *h > 0.0).unwrap_or(0)
+}
+
+/// The less loaded of two instances drawn by weight.
+fn power_of_two(eligible: &[Arc<InstanceState>]) -> Arc<InstanceState> {
+    if eligible.len() == 1 {
+        return eligible[0].clone();
+    }
+    let total: u32 = eligible.iter().map(|i| i.instance.weight.max(1)).sum();
+    let draw = |skip: Option<usize>| -> usize {
+        loop {
+            let mut ticket = fastrand::u32(0..total);
+            for (index, i) in eligible.iter().enumerate() {
+                let w = i.instance.weight.max(1);
+                if ticket < w {
+                    if Some(index) != skip {
+                        return index;
+                    }
+                    break;
+                }
+                ticket -= w;
+            }
+        }
+    };
+    let a = draw(None);
+    let b = draw(Some(a));
+    let (x, y) = (&eligible[a], &eligible[b]);
+    let better = match x.load().total_cmp(&y.load()) {
+        std::cmp::Ordering::Less => x,
+        std::cmp::Ordering::Greater => y,
+        std::cmp::Ordering::Equal if x.latency() <= y.latency() => x,
+        std::cmp::Ordering::Equal => y,
+    };
+    better.clone()
+}
+
+/// Weighted rendezvous hashing with bounded load: the highest-scoring instance whose
+/// in-flight count is within 25% (plus one) of the average.
+fn rendezvous(key: &str, eligible: &[Arc<InstanceState>]) -> Arc<InstanceState> {
+    let mut scored: Vec<(f64, &Arc<InstanceState>)> = eligible
+        .iter()
+        .map(|i| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            i.name().hash(&mut hasher);
+            let unit = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
+            let score = -f64::from(i.instance.weight.max(1)) / unit.max(f64::MIN_POSITIVE).ln();
+            (score, i)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total: u32 = eligible.iter().map(|i| i.in_flight()).sum();
+    let bound = (f64::from(total) / eligible.len() as f64 * 1.25).ceil() as u32 + 1;
+    scored
+        .iter()
+        .find(|(_, i)| i.in_flight() < bound)
+        .or(scored.first())
+        .map(|(_, i)| (*i).clone())
+        .unwrap_or_else(|| eligible[0].clone())
+}
+
+#[cfg(test)]
+mod tests;

@@ -114,9 +114,10 @@ pub fn error_frame(message: &str, code: &str) -> Bytes {
 
 /// Relays an upstream SSE body to the client. `watch` sees every event passed on and
 /// lives as long as the relay; `describe` names the upstream in error messages.
-pub fn relay<S, E, W>(
+pub fn relay<S, E, W, C>(
     upstream: S,
     watch: W,
+    cut: C,
     describe: String,
     request_id: String,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
@@ -124,12 +125,14 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::error::Error + 'static,
     W: Watch,
+    C: std::future::Future<Output = ()> + Send + 'static,
 {
     struct Relay<S, W> {
         upstream: S,
         framer: SseFramer,
         finished: bool,
         watch: W,
+        cut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
         describe: String,
         request_id: String,
     }
@@ -140,6 +143,7 @@ where
             framer: SseFramer::default(),
             finished: false,
             watch,
+            cut: Box::pin(cut),
             describe,
             request_id,
         },
@@ -148,7 +152,19 @@ where
                 return None;
             }
             loop {
-                let failure = match relay.upstream.next().await {
+                let next = tokio::select! {
+                    next = relay.upstream.next() => next,
+                    _ = &mut relay.cut => {
+                        relay.finished = true;
+                        tracing::warn!(request_id = %relay.request_id, upstream = %relay.describe, "stream cut by a drain deadline");
+                        let message = format!(
+                            "the upstream {} was drained by an operator and this stream outlived the drain deadline; the answer is incomplete",
+                            relay.describe
+                        );
+                        return Some((Ok(error_frame(&message, "upstream_drained")), relay));
+                    }
+                };
+                let failure = match next {
                     Some(Ok(bytes)) => match relay.framer.push(bytes) {
                         Some(events) => {
                             relay.watch.events(&events);
@@ -234,10 +250,16 @@ mod tests {
             Ok(Bytes::from_static(b"data: {\"n\":1}\n\ndata: {\"n\"")),
             Err(std::io::Error::other("reset")),
         ]);
-        let frames: Vec<Bytes> = relay(upstream, (), "us-east-a".into(), "req_1".into())
-            .map(|r| r.unwrap_or_else(|e| match e {}))
-            .collect()
-            .await;
+        let frames: Vec<Bytes> = relay(
+            upstream,
+            (),
+            std::future::pending(),
+            "us-east-a".into(),
+            "req_1".into(),
+        )
+        .map(|r| r.unwrap_or_else(|e| match e {}))
+        .collect()
+        .await;
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0], Bytes::from_static(b"data: {\"n\":1}\n\n"));
         let last = String::from_utf8_lossy(&frames[1]);
@@ -251,10 +273,11 @@ mod tests {
             Ok::<_, std::io::Error>(Bytes::from_static(b"data: {\"n\":1}\n\n")),
             Ok(Bytes::from_static(b"data: [DONE]\n\n")),
         ]);
-        let frames: Vec<Bytes> = relay(upstream, (), "x".into(), "r".into())
-            .map(|r| r.unwrap_or_else(|e| match e {}))
-            .collect()
-            .await;
+        let frames: Vec<Bytes> =
+            relay(upstream, (), std::future::pending(), "x".into(), "r".into())
+                .map(|r| r.unwrap_or_else(|e| match e {}))
+                .collect()
+                .await;
         assert_eq!(
             frames.concat(),
             b"data: {\"n\":1}\n\ndata: [DONE]\n\n".to_vec()

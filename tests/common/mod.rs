@@ -33,6 +33,9 @@ listen = "127.0.0.1:0"
 data_dir = "{data}"
 {extra}
 
+[health]
+interval = "1h"
+
 [tiers.pro]
 
 [[tenants]]
