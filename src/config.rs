@@ -249,7 +249,7 @@ impl Default for RawRouting {
             consecutive_failures: 5,
             base_ejection: "30s".into(),
             max_ejection: "300s".into(),
-            max_ejected_share: 0.5,
+            max_ejected_share: 1.0,
             retry_budget: 0.2,
             min_retries: 3,
             deadline: "600s".into(),

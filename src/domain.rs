@@ -289,11 +289,13 @@ pub struct RoutingPolicy {
     /// Ejection time for a first ejection; it grows with each repeat.
     pub base_ejection: Duration,
     pub max_ejection: Duration,
-    /// Most of a region's instances that may be ejected at once (one always may).
+    /// Most of a region's instances that may be ejected at once (one always may). The
+    /// default, all, lets a dead region be ejected whole; the panic threshold, not this
+    /// cap, keeps a sick region from being emptied when nothing better exists.
     pub max_ejected_share: f64,
     /// Retries allowed as a share of requests, over a ten-second window.
     pub retry_budget: f64,
-    /// Retries always allowed per window, however few the requests.
+    /// Retries always allowed per second, however few the requests.
     pub min_retries: u32,
     /// Longest a request may spend on attempts, all retries included.
     pub deadline: Duration,

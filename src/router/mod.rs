@@ -559,7 +559,9 @@ impl Router {
 
     /// Takes one retry from the budget, if there is one left.
     pub fn try_retry(&self) -> bool {
-        let (budget, floor) = (self.policy.retry_budget, u64::from(self.policy.min_retries));
+        // The floor is per second (like Linkerd's minRetriesPerSecond), over the window.
+        let floor = u64::from(self.policy.min_retries) * RETRY_WINDOW.as_secs();
+        let budget = self.policy.retry_budget;
         self.retry_window(|w| {
             let requests = w.requests + w.previous_requests;
             let allowed = ((requests as f64 * budget) as u64).max(floor);

@@ -236,15 +236,18 @@ async fn a_429_cools_an_instance_down_and_traffic_goes_around_it() {
 #[tokio::test(start_paused = true)]
 async fn the_retry_budget_has_a_floor_and_grows_with_traffic() {
     let router = router(&[region("us", 0, 1)]);
-    let granted = (0..10).filter(|_| router.try_retry()).count();
-    assert_eq!(granted, 3, "the floor");
-    for _ in 0..100 {
+    let granted = (0..100).filter(|_| router.try_retry()).count();
+    assert_eq!(
+        granted, 30,
+        "the floor: three a second over the ten-second window"
+    );
+    for _ in 0..1000 {
         router.count_request();
     }
-    let granted = (0..50).filter(|_| router.try_retry()).count();
-    assert_eq!(granted, 17, "20% of 100, three already spent");
+    let granted = (0..500).filter(|_| router.try_retry()).count();
+    assert_eq!(granted, 170, "20% of 1000, thirty already spent");
     tokio::time::advance(RETRY_WINDOW * 3).await;
-    assert_eq!((0..10).filter(|_| router.try_retry()).count(), 3);
+    assert_eq!((0..100).filter(|_| router.try_retry()).count(), 30);
 }
 
 #[tokio::test(start_paused = true)]
