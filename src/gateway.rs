@@ -394,7 +394,7 @@ impl Gateway {
         let give_up = Instant::now() + self.router.policy().deadline;
         let mut attempts = Vec::new();
         let mut sent = 0;
-        let mut encoded: Option<(String, Bytes)> = None;
+        let mut encoded: Option<(&str, Bytes)> = None;
 
         for Candidate {
             instance,
@@ -429,9 +429,9 @@ impl Gateway {
             let payload = match &encoded {
                 Some((model, bytes)) if *model == upstream_model => bytes.clone(),
                 _ => {
-                    body.insert("model".into(), json_string(&upstream_model));
+                    body.insert("model".into(), json_string(upstream_model));
                     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-                    encoded = Some((upstream_model.clone(), bytes.clone()));
+                    encoded = Some((upstream_model, bytes.clone()));
                     bytes
                 }
             };

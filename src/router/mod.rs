@@ -153,18 +153,22 @@ struct RegionState {
 
 /// A place to send one attempt.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub struct Candidate<'m> {
     pub instance: Arc<InstanceState>,
     /// The model name this region's upstream knows the alias by.
-    pub upstream_model: String,
+    pub upstream_model: &'m str,
 }
 
 /// Where a request goes, in order, and why.
 #[derive(Debug, Clone)]
-pub struct Route {
-    pub candidates: Vec<Candidate>,
+pub struct Route<'m> {
+    pub candidates: Vec<Candidate<'m>>,
     pub reason: String,
 }
+
+/// Instances a request may try: the first choice and the best fallbacks. More attempts
+/// than this would only spend the retry budget on a gateway-wide outage.
+const MAX_CANDIDATES: usize = 6;
 
 struct Session {
     instance: Arc<InstanceState>,
@@ -261,14 +265,14 @@ impl Router {
 
     /// Plans a request: candidates best first, or why there are none.
     /// `allowed` restricts regions (data residency); `session` keeps a session in place.
-    pub fn route(
+    pub fn route<'m>(
         &self,
-        model: &Model,
+        model: &'m Model,
         allowed: Option<&[String]>,
         session: Option<&str>,
-    ) -> Result<Route, String> {
+    ) -> Result<Route<'m>, String> {
         let now = Instant::now();
-        let serving: Vec<(&RegionState, &str)> = model
+        let serving: Vec<(&RegionState, &'m str)> = model
             .deployments
             .iter()
             .filter(|d| allowed.is_none_or(|a| a.contains(&d.region)))
@@ -289,7 +293,7 @@ impl Router {
         }
 
         // Each region's routable share, and the traffic it should take.
-        let healths: Vec<Vec<(Arc<InstanceState>, bool, bool)>> = serving
+        let healths: Vec<Vec<(&Arc<InstanceState>, bool, bool)>> = serving
             .iter()
             .map(|(region, _)| {
                 region
@@ -297,7 +301,7 @@ impl Router {
                     .iter()
                     .map(|i| {
                         let h = i.health();
-                        (i.clone(), h.routable(now), h.panic_routable())
+                        (i, h.routable(now), h.panic_routable())
                     })
                     .collect()
             })
@@ -337,10 +341,10 @@ impl Router {
         };
         let in_panic = panic_all
             || (total_health < 1.0 && routable_share[chosen] < self.policy.panic_threshold);
-        let eligible: Vec<Arc<InstanceState>> = healths[chosen]
+        let eligible: Vec<&Arc<InstanceState>> = healths[chosen]
             .iter()
             .filter(|(_, routable, panic_ok)| if in_panic { *panic_ok } else { *routable })
-            .map(|(i, ..)| i.clone())
+            .map(|(i, ..)| *i)
             .collect();
         if eligible.is_empty() {
             return Err(self.nothing_routable(model, &serving, now));
@@ -370,43 +374,37 @@ impl Router {
             reason
         };
 
-        let mut candidates = Vec::new();
-        let model_in = |region: &str| {
-            serving
-                .iter()
-                .find(|(r, _)| r.name == region)
-                .map(|(_, m)| m.to_string())
-                .unwrap_or_default()
-        };
+        // The primary (possibly a sticky session's, in another region), then the least
+        // loaded of the chosen region, then the other regions in failover order.
+        let mut candidates = Vec::with_capacity(MAX_CANDIDATES);
+        let primary_region = serving
+            .iter()
+            .find(|(r, _)| r.name == primary.region)
+            .map_or(serving[chosen].1, |(_, m)| *m);
         candidates.push(Candidate {
-            upstream_model: model_in(&primary.region),
+            upstream_model: primary_region,
             instance: primary.clone(),
         });
-        let mut rest: Vec<&Arc<InstanceState>> = eligible
-            .iter()
-            .filter(|i| !Arc::ptr_eq(i, &primary))
-            .collect();
-        rest.sort_by(|a, b| a.load().total_cmp(&b.load()));
-        for instance in rest {
-            candidates.push(Candidate {
-                instance: instance.clone(),
-                upstream_model: model_in(&instance.region),
-            });
-        }
-        for (index, instances) in healths.iter().enumerate() {
-            if index == chosen {
-                continue;
+        let order = std::iter::once(chosen).chain((0..serving.len()).filter(|i| *i != chosen));
+        for index in order {
+            if candidates.len() >= MAX_CANDIDATES {
+                break;
             }
-            let mut routable: Vec<&Arc<InstanceState>> = instances
-                .iter()
-                .filter(|(_, routable, _)| *routable)
-                .map(|(i, ..)| i)
-                .filter(|i| !Arc::ptr_eq(i, &primary))
-                .collect();
-            routable.sort_by(|a, b| a.load().total_cmp(&b.load()));
-            candidates.extend(routable.into_iter().map(|i| Candidate {
+            let mut fallbacks: Vec<&Arc<InstanceState>> = if index == chosen {
+                eligible.clone()
+            } else {
+                healths[index]
+                    .iter()
+                    .filter(|(_, routable, _)| *routable)
+                    .map(|(i, ..)| *i)
+                    .collect()
+            };
+            fallbacks.retain(|i| !Arc::ptr_eq(i, &primary));
+            fallbacks.sort_by(|a, b| a.load().total_cmp(&b.load()));
+            let room = MAX_CANDIDATES - candidates.len();
+            candidates.extend(fallbacks.into_iter().take(room).map(|i| Candidate {
                 instance: i.clone(),
-                upstream_model: serving[index].1.to_string(),
+                upstream_model: serving[index].1,
             }));
         }
         Ok(Route { candidates, reason })
@@ -438,7 +436,7 @@ impl Router {
     fn sticky(
         &self,
         key: &str,
-        eligible: &[Arc<InstanceState>],
+        eligible: &[&Arc<InstanceState>],
         serving: &[(&RegionState, &str)],
         now: Instant,
     ) -> (Arc<InstanceState>, String) {
@@ -750,9 +748,9 @@ fn pick_level(health: &[f64], total: f64, draw: f64) -> usize {
 }
 
 /// The less loaded of two instances drawn by weight.
-fn power_of_two(eligible: &[Arc<InstanceState>]) -> Arc<InstanceState> {
+fn power_of_two(eligible: &[&Arc<InstanceState>]) -> Arc<InstanceState> {
     if eligible.len() == 1 {
-        return eligible[0].clone();
+        return Arc::clone(eligible[0]);
     }
     let total: u32 = eligible.iter().map(|i| i.instance.weight.max(1)).sum();
     let draw = |skip: Option<usize>| -> usize {
@@ -779,12 +777,12 @@ fn power_of_two(eligible: &[Arc<InstanceState>]) -> Arc<InstanceState> {
         std::cmp::Ordering::Equal if x.latency() <= y.latency() => x,
         std::cmp::Ordering::Equal => y,
     };
-    better.clone()
+    Arc::clone(better)
 }
 
 /// Weighted rendezvous hashing with bounded load: the highest-scoring instance whose
 /// in-flight count is within 25% (plus one) of the average.
-fn rendezvous(key: &str, eligible: &[Arc<InstanceState>]) -> Arc<InstanceState> {
+fn rendezvous(key: &str, eligible: &[&Arc<InstanceState>]) -> Arc<InstanceState> {
     let mut scored: Vec<(f64, &Arc<InstanceState>)> = eligible
         .iter()
         .map(|i| {
@@ -793,7 +791,7 @@ fn rendezvous(key: &str, eligible: &[Arc<InstanceState>]) -> Arc<InstanceState> 
             i.name().hash(&mut hasher);
             let unit = (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64;
             let score = -f64::from(i.instance.weight.max(1)) / unit.max(f64::MIN_POSITIVE).ln();
-            (score, i)
+            (score, *i)
         })
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -803,8 +801,8 @@ fn rendezvous(key: &str, eligible: &[Arc<InstanceState>]) -> Arc<InstanceState> 
         .iter()
         .find(|(_, i)| i.in_flight() < bound)
         .or(scored.first())
-        .map(|(_, i)| (*i).clone())
-        .unwrap_or_else(|| eligible[0].clone())
+        .map(|(_, i)| Arc::clone(i))
+        .unwrap_or_else(|| Arc::clone(eligible[0]))
 }
 
 #[cfg(test)]

@@ -142,7 +142,8 @@ async fn the_panic_threshold_spreads_load_over_every_instance_when_nothing_bette
     for name in ["us-1", "us-2"] {
         fail(&router, name);
     }
-    let route = router.route(&model(&["us", "eu"]), None, None).unwrap();
+    let both = model(&["us", "eu"]);
+    let route = router.route(&both, None, None).unwrap();
     assert!(!route.reason.starts_with("panic"), "{}", route.reason);
 }
 
