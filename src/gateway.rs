@@ -187,8 +187,8 @@ fn list(attempts: &[Attempt]) -> String {
 }
 
 impl GatewayError {
-    /// 504 when every attempt timed out, 503 when nothing could be reached or had room,
-    /// 502 when upstreams answered badly.
+    /// 504 when every attempt timed out, 503 when nothing could be reached (refused or
+    /// dropped connections) or had room, 502 when upstreams answered badly.
     pub fn status(&self) -> StatusCode {
         let attempts = match self {
             GatewayError::NoRoute { .. } => return StatusCode::SERVICE_UNAVAILABLE,
@@ -200,7 +200,9 @@ impl GatewayError {
         } else if all(|f| {
             matches!(
                 f,
-                Failure::AtCapacity | Failure::Stopped(_) | Failure::Send(SendError::Connect(_))
+                Failure::AtCapacity
+                    | Failure::Stopped(_)
+                    | Failure::Send(SendError::Connect(_) | SendError::Broken(_))
             )
         }) {
             StatusCode::SERVICE_UNAVAILABLE

@@ -268,12 +268,18 @@ async fn a_session_sticks_to_its_instance_and_moves_when_it_is_drained() {
                 .await
                 .unwrap();
             assert_eq!(reply.status(), 200);
-            header(&reply, "x-switchyard-instance").to_string()
+            (
+                header(&reply, "x-switchyard-instance").to_string(),
+                header(&reply, "x-switchyard-route").to_string(),
+            )
         }
     };
-    let home = ask("conversation-42").await;
+    let (home, route) = ask("conversation-42").await;
+    assert!(route.starts_with("session placed on"), "{route}");
     for _ in 0..10 {
-        assert_eq!(ask("conversation-42").await, home);
+        let (again, route) = ask("conversation-42").await;
+        assert_eq!(again, home);
+        assert_eq!(route, format!("session sticky on {home}"));
     }
     // The body's `user` is a session key too.
     let mut by_user = hello("gpt-4o-mini");
@@ -291,11 +297,15 @@ async fn a_session_sticks_to_its_instance_and_moves_when_it_is_drained() {
         None,
     )
     .await;
-    let moved = ask("conversation-42").await;
+    let (moved, route) = ask("conversation-42").await;
+    assert!(
+        route.starts_with(&format!("session moved from {home} (drained) to ")),
+        "{route}"
+    );
     assert_ne!(moved, home);
     for _ in 0..5 {
         assert_eq!(
-            ask("conversation-42").await,
+            ask("conversation-42").await.0,
             moved,
             "and stays where it moved"
         );
@@ -385,11 +395,13 @@ async fn a_residency_restricted_tenant_never_leaves_its_regions() {
     }
     eu[0].start_outage(Outage::Drop);
     let reply = gw.chat(KEY_B, &hello_stream("gpt-4o-mini")).await;
-    assert_eq!(reply.status(), 502);
+    assert_eq!(reply.status(), 503);
     let error = error_of(reply).await;
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("eu-west/eu-west-0"), "{message}");
     assert!(
-        error["message"].as_str().unwrap().contains("eu-west"),
-        "{error}"
+        message.contains("restricted to eu-west by data residency"),
+        "{message}"
     );
     gw.admin(Method::POST, "/admin/instances/eu-west-0/eject", None)
         .await;

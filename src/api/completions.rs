@@ -146,7 +146,15 @@ async fn proxy(
         .await
         .map_err(|error| {
             tracing::warn!(request_id = %id.0, tenant = %tenant.name, model = %model.alias, %error, "request failed");
-            ApiError::from(error).with_headers(extra.clone())
+            let mut api = ApiError::from(error).with_headers(extra.clone());
+            if let Some(regions) = &tenant.regions {
+                api.message.push_str(&format!(
+                    " (tenant {} is restricted to {} by data residency)",
+                    tenant.name,
+                    regions.join(", ")
+                ));
+            }
+            api
         })?;
     tracing::debug!(
         request_id = %id.0,
