@@ -437,6 +437,11 @@ impl Gateway {
                     bytes
                 }
             };
+            // A send that failed counts against the instance's health.
+            let send_failed = |e: SendError| {
+                self.router.report(&instance, Outcome::Failure, None);
+                fail(Failure::Send(e))
+            };
             let started = Instant::now();
             let deadline = started + timeouts.response;
             let cut = instance.cut_signal();
@@ -466,8 +471,7 @@ impl Gateway {
             let response = match outcome {
                 Ok(response) => response,
                 Err(e) => {
-                    self.router.report(&instance, Outcome::Failure, None);
-                    attempts.push(fail(Failure::Send(e)));
+                    attempts.push(send_failed(e));
                     continue;
                 }
             };
@@ -505,8 +509,7 @@ impl Gateway {
             let whole = match whole {
                 Ok(bytes) => bytes,
                 Err(e) => {
-                    self.router.report(&instance, Outcome::Failure, None);
-                    attempts.push(fail(Failure::Send(e)));
+                    attempts.push(send_failed(e));
                     continue;
                 }
             };

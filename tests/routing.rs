@@ -418,4 +418,10 @@ async fn a_residency_restricted_tenant_never_leaves_its_regions() {
     assert_eq!(us[0].stats().chat_requests, 0, "nothing leaked to us-east");
     // The unrestricted tenant is still served from us-east.
     assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 200);
+    let ready = gw.client.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "us-east still takes requests");
+    gw.admin(Method::POST, "/admin/instances/us-east-0/eject", None)
+        .await;
+    let ready = gw.client.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "no instance takes requests");
 }

@@ -112,16 +112,28 @@ async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-/// Readiness: the gateway is configured and serving.
+/// Readiness: at least one instance takes requests. A load balancer in front of several
+/// gateways takes this one out while every upstream is ejected, drained or failing probes.
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
-    let instances = gateway.router().instances().count();
-    axum::Json(json!({
-        "status": "ready",
-        "regions": gateway.config().regions.len(),
+    let regions = gateway.router().views();
+    let routable: usize = regions
+        .iter()
+        .flat_map(|r| &r.instances)
+        .filter(|i| i.health.state == "healthy")
+        .count();
+    let instances: usize = regions.iter().map(|r| r.instances.len()).sum();
+    let status = if routable > 0 {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if routable > 0 { "ready" } else { "not ready: no instance takes requests" },
         "instances": instances,
-        "models": gateway.config().models.len(),
-    }))
-    .into_response()
+        "routable_instances": routable,
+        "regions": regions.iter().map(|r| json!({ "name": r.name, "state": r.state })).collect::<Vec<_>>(),
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 /// OpenAI's `x-ratelimit-*` headers for the limits a tenant has.

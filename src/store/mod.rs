@@ -40,11 +40,26 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(open)?;
+        // sled releases its file lock from a background thread after the last handle is
+        // dropped: a restart in the same process (or right after the previous one) may
+        // find it still held for a moment.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(&path)
+                .flush_every_ms(Some(1000))
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if tries < 50 && e.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(open(e)),
+            }
+        };
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             None => {
