@@ -44,7 +44,7 @@ fn pick_cost() {
         "[tiers.t]\n[[regions]]\nname = \"x\"\n  [[regions.instances]]\n  name = \"x\"\n  url = \"http://x/v1\"\n[[models]]\nalias = \"m\"\n",
     )
     .unwrap();
-    let router = Router::new(&regions, config.routing.clone());
+    let router = Router::new(&regions, config.routing.clone(), Default::default());
     let model = Model {
         alias: "m".into(),
         kind: ModelKind::Chat,

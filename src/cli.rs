@@ -42,6 +42,33 @@ enum Command {
         #[arg(long, short, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Run the daemon with the operations console in this terminal (logs go to files).
+    Up {
+        /// The TOML configuration file.
+        #[arg(long, short, default_value = "config.toml")]
+        config: PathBuf,
+        /// Show, never act.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Attach the operations console to a running daemon's admin API.
+    Console {
+        /// The admin API's URL, e.g. http://127.0.0.1:8081.
+        #[arg(
+            long,
+            env = "SWITCHYARD_ADMIN_URL",
+            default_value = "http://127.0.0.1:8081"
+        )]
+        connect: String,
+        /// The admin token (or set SWITCHYARD_ADMIN_TOKEN).
+        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Show, never act.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Everything embedded: simulated regions, tenants, traffic and outages, with the console.
+    Demo(crate::demo::DemoArgs),
     /// Run a simulated OpenAI-compatible upstream.
     Mock(MockArgs),
     /// Work with configuration files.
@@ -143,6 +170,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: KeysCommand::Hash { key },
         } => hash(key),
         Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
+        Command::Up { config, read_only } => up(config, read_only),
+        Command::Console {
+            connect,
+            token,
+            read_only,
+        } => {
+            let operator = std::env::var("USER").unwrap_or_else(|_| "console".into());
+            let control = crate::control::Remote::new(&connect, &token, &operator)
+                .map_err(anyhow::Error::msg)?;
+            runtime()?.block_on(crate::console::run(std::sync::Arc::new(control), read_only))?;
+            Ok(())
+        }
+        Command::Demo(args) => runtime()?.block_on(crate::demo::run(args)),
         Command::Bench(args) => {
             let _logs = crate::telemetry::init_stderr("warn");
             runtime()?.block_on(crate::bench::run(args))
@@ -162,6 +202,21 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         shutdown_signal().await;
         tracing::info!("shutting down");
         daemon.stop(SHUTDOWN_GRACE).await;
+        Ok(())
+    })
+}
+
+fn up(path: PathBuf, read_only: bool) -> anyhow::Result<()> {
+    let config = load(&path)?;
+    // The console owns the terminal: logs go to files only.
+    let _logs = crate::telemetry::init(&config.server.data_dir, false)?;
+    runtime()?.block_on(async {
+        let daemon = Daemon::start(config).await?;
+        let operator = std::env::var("USER").unwrap_or_else(|_| "console".into());
+        let control = crate::control::InProcess::new(daemon.gateway().clone(), &operator);
+        let result = crate::console::run(std::sync::Arc::new(control), read_only).await;
+        daemon.stop(SHUTDOWN_GRACE).await;
+        result?;
         Ok(())
     })
 }

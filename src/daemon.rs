@@ -89,6 +89,7 @@ impl Daemon {
         let mut servers = vec![
             tokio::spawn(health_probes(gateway.clone(), stopped.clone())),
             tokio::spawn(drain_deadlines(gateway.clone(), stopped.clone())),
+            tokio::spawn(sample_meters(gateway.clone(), stopped.clone())),
         ];
         let (addr, task) = serve(
             listen,
@@ -182,6 +183,17 @@ async fn drain_deadlines(gateway: Arc<Gateway>, mut stopped: watch::Receiver<boo
             _ = tick.tick() => {
                 gateway.router().enforce_drains();
             }
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// Samples the request counters and queue depth once a second, for rates and sparklines.
+async fn sample_meters(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => gateway.meter().sample(gateway.scheduler().queued() as u64),
             _ = stopped.changed() => return,
         }
     }

@@ -24,11 +24,15 @@ use crate::admission::{
 };
 use crate::auth::{AuthError, Keyring};
 use crate::config::Config;
+use crate::domain::snapshot::{Action, EventKind, Snapshot, Totals};
 use crate::domain::{Limits, Model, ModelKind, Tenant, TokenizerKind};
 use crate::providers::{SendError, SetupError, Upstreams};
 use crate::router::{Candidate, InFlight, Outcome, RouteControlError, Router};
 use crate::scheduler::{Rejection, Scheduler, Seat};
+use crate::streams::live::{LiveStreams, StreamHandle};
 use crate::streams::{Watch, data_payloads};
+use crate::telemetry::events::EventLog;
+use crate::telemetry::meter::Meter;
 
 pub struct Gateway {
     config: Config,
@@ -37,6 +41,10 @@ pub struct Gateway {
     upstreams: Upstreams,
     admission: Arc<Admission>,
     scheduler: Arc<Scheduler>,
+    events: Arc<EventLog>,
+    meter: Arc<Meter>,
+    streams: Arc<LiveStreams>,
+    started: Instant,
 }
 
 /// Why a request was refused before it went upstream.
@@ -219,9 +227,14 @@ fn request_fault(status: StatusCode) -> bool {
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, SetupError> {
+        let events = Arc::new(EventLog::default());
         Ok(Gateway {
             keyring: Keyring::new(&config.tenants),
-            router: Router::new(&config.regions, config.routing.clone()),
+            router: Router::new(&config.regions, config.routing.clone(), events.clone()),
+            events,
+            meter: Arc::default(),
+            streams: Arc::default(),
+            started: Instant::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
             admission: Arc::new(Admission::new(&config.tiers, &config.tenants)),
             scheduler: Scheduler::new(config.seats, &config.tiers),
@@ -231,6 +244,138 @@ impl Gateway {
 
     pub fn admission(&self) -> &Arc<Admission> {
         &self.admission
+    }
+
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
+    }
+
+    pub fn meter(&self) -> &Arc<Meter> {
+        &self.meter
+    }
+
+    pub fn streams(&self) -> &Arc<LiveStreams> {
+        &self.streams
+    }
+
+    /// The whole gateway now, for the console and `GET /admin/snapshot`. Each part is read
+    /// under its own short lock; the request path never waits for a snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        let reading = self.meter.read(120);
+        let queued_by_tenant = self.scheduler.queued_by_tenant();
+        let tenants = self
+            .admission
+            .views()
+            .into_iter()
+            .map(|mut t| {
+                t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
+                t
+            })
+            .collect::<Vec<_>>();
+        let regions = self.router.views();
+        let in_flight = regions
+            .iter()
+            .flat_map(|r| &r.instances)
+            .map(|i| u64::from(i.in_flight))
+            .sum();
+        Snapshot {
+            taken_at_ms: crate::telemetry::now_ms(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            totals: Totals {
+                requests: reading.requests,
+                errors: reading.errors,
+                tokens: reading.tokens,
+                requests_per_sec: reading.requests_per_sec,
+                tokens_per_sec: reading.tokens_per_sec,
+                error_rate: reading.error_rate,
+                queued: self.scheduler.queued() as u64,
+                in_flight,
+            },
+            regions,
+            tenants,
+            levels: self.scheduler.levels(),
+            streams: self.streams.views(),
+            events: self.events.recent(200),
+            queue_history: reading.queue_history,
+            latency: Vec::new(),
+        }
+    }
+
+    /// Carries out an operator's action and records it; the answer says what happened.
+    pub fn act(&self, action: &Action, actor: &str) -> Result<String, String> {
+        let deadline = |secs: &Option<u64>| secs.map(Duration::from_secs);
+        let outcome = match action {
+            Action::DrainRegion {
+                region,
+                deadline_secs,
+            } => self
+                .drain(Some(region), None, deadline(deadline_secs))
+                .map(|n| {
+                    format!("{region} is draining; {n} in flight finish or are cut at the deadline")
+                })
+                .map_err(|e| e.to_string()),
+            Action::DrainInstance {
+                instance,
+                deadline_secs,
+            } => self
+                .drain(None, Some(instance), deadline(deadline_secs))
+                .map(|n| format!("{instance} is draining; {n} in flight"))
+                .map_err(|e| e.to_string()),
+            Action::UndrainRegion { region } => self
+                .undrain(Some(region), None)
+                .map(|()| format!("{region} takes requests again"))
+                .map_err(|e| e.to_string()),
+            Action::UndrainInstance { instance } => self
+                .undrain(None, Some(instance))
+                .map(|()| format!("{instance} takes requests again"))
+                .map_err(|e| e.to_string()),
+            Action::EjectInstance { instance } => self
+                .eject(instance)
+                .map(|()| format!("{instance} is out of rotation"))
+                .map_err(|e| e.to_string()),
+            Action::RestoreInstance { instance } => self
+                .restore(instance)
+                .map(|()| format!("{instance} is back in rotation"))
+                .map_err(|e| e.to_string()),
+            Action::SetTier { tenant, tier } => self
+                .set_tier(tenant, tier)
+                .map(|()| format!("{tenant} is now in tier {tier}"))
+                .map_err(|e| e.to_string()),
+            Action::SetLimits { tenant, limits } => self
+                .set_limits(tenant, limits)
+                .map(|l| format!("{tenant}'s limits: rpm {:?}, tpm {:?}", l.rpm, l.tpm))
+                .map_err(|e| e.to_string()),
+            Action::PauseTenant { tenant } => self
+                .pause(tenant)
+                .map(|n| format!("{tenant} is paused; {n} waiting requests refused"))
+                .map_err(|e| e.to_string()),
+            Action::ResumeTenant { tenant } => self
+                .resume(tenant)
+                .map(|()| format!("{tenant} is resumed"))
+                .map_err(|e| e.to_string()),
+            Action::ResetBudget { tenant } => self
+                .reset_budget(tenant)
+                .map(|()| format!("{tenant}'s budget is reset"))
+                .map_err(|e| e.to_string()),
+            Action::KillStream { id } => {
+                if self.streams.kill(id) {
+                    Ok(format!("stream {id} is ended"))
+                } else {
+                    Err(format!("no live stream is named {id}"))
+                }
+            }
+        };
+        match &outcome {
+            Ok(done) => self
+                .events
+                .record(EventKind::Operator, Some(actor), done.clone()),
+            Err(why) => self.events.record(
+                EventKind::Operator,
+                Some(actor),
+                format!("{} refused: {why}", action.describe()),
+            ),
+        }
+        outcome
     }
 
     pub fn scheduler(&self) -> &Arc<Scheduler> {
@@ -637,20 +782,31 @@ pub fn usage_of_answer(
 /// gone), the ticket is settled with what was produced.
 pub struct StreamAccount {
     ticket: Option<Ticket>,
-    _slot: InFlight,
+    /// Released before the ticket: a freed seat must find a free slot.
+    slot: Option<InFlight>,
     tokenizer: TokenizerKind,
     content: String,
     usage: Option<Usage>,
+    live: StreamHandle,
+    meter: Arc<Meter>,
 }
 
 impl StreamAccount {
-    pub fn new(ticket: Ticket, slot: InFlight, tokenizer: TokenizerKind) -> StreamAccount {
+    pub fn new(
+        ticket: Ticket,
+        slot: InFlight,
+        tokenizer: TokenizerKind,
+        live: StreamHandle,
+        meter: Arc<Meter>,
+    ) -> StreamAccount {
         StreamAccount {
             ticket: Some(ticket),
-            _slot: slot,
+            slot: Some(slot),
             tokenizer,
             content: String::new(),
             usage: None,
+            live,
+            meter,
         }
     }
 }
@@ -671,6 +827,7 @@ impl Watch for StreamAccount {
             for choice in &chunk.choices {
                 if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
                     self.content.push_str(text);
+                    self.live.text(text);
                 }
             }
         }
@@ -679,6 +836,9 @@ impl Watch for StreamAccount {
 
 impl Drop for StreamAccount {
     fn drop(&mut self) {
+        // The slot goes first: settling frees the seat, and whoever gets it next must
+        // find the instance's slot free.
+        drop(self.slot.take());
         let Some(ticket) = self.ticket.take() else {
             return;
         };
@@ -687,6 +847,7 @@ impl Drop for StreamAccount {
             completion_tokens: estimate::count(self.tokenizer, &self.content),
             estimated: true,
         });
+        self.meter.tokens(usage.total());
         ticket.settle(usage);
     }
 }

@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::admission::{ControlError, TenantView};
 use crate::auth::hash_key;
+use crate::domain::snapshot::Action;
 use crate::domain::{KeyHash, Limits};
 use crate::gateway::Gateway;
 use crate::router::RouteControlError;
@@ -46,6 +47,10 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
         .route("/admin/tenants/{name}/resume", post(resume))
         .route("/admin/tenants/{name}/reset-budget", post(reset_budget))
         .route("/admin/queues", get(queues))
+        .route("/admin/snapshot", get(snapshot))
+        .route("/admin/events", get(events))
+        .route("/admin/actions", post(act))
+        .route("/metrics", get(metrics))
         .route("/admin/regions", get(regions))
         .route("/admin/regions/{name}/drain", post(drain_region))
         .route("/admin/regions/{name}/undrain", post(undrain_region))
@@ -217,6 +222,75 @@ async fn resume(
 ) -> Response {
     let result = admin.gateway.resume(&name);
     changed(&admin, &name, &operator(&headers), "resume", result)
+}
+
+async fn snapshot(State(admin): State<Admin>) -> Response {
+    Json(admin.gateway.snapshot()).into_response()
+}
+
+/// Server-sent events: a `snapshot` event every second and an `event` for each event as
+/// it happens. A console attached remotely lives on this.
+async fn events(State(admin): State<Admin>) -> Response {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    let gateway = admin.gateway.clone();
+    let live = gateway.events().subscribe();
+    let stream = futures_util::stream::unfold(
+        (
+            gateway,
+            live,
+            tokio::time::interval(std::time::Duration::from_secs(1)),
+        ),
+        |(gateway, mut live, mut tick)| async move {
+            let event = tokio::select! {
+                _ = tick.tick() => {
+                    let data = serde_json::to_string(&gateway.snapshot()).unwrap_or_default();
+                    Sse::default().event("snapshot").data(data)
+                }
+                received = live.recv() => match received {
+                    Ok(event) => Sse::default()
+                        .event("event")
+                        .data(serde_json::to_string(&event).unwrap_or_default()),
+                    Err(_) => Sse::default().comment("events skipped"),
+                },
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (gateway, live, tick),
+            ))
+        },
+    );
+    axum::response::sse::Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `POST /admin/actions` with an `Action` as JSON, e.g. `{"action":"drain_region","region":"us-east"}`.
+async fn act(
+    State(admin): State<Admin>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let action: Action = match parse(&body) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    match admin.gateway.act(&action, &operator(&headers)) {
+        Ok(done) => Json(json!({ "ok": done })).into_response(),
+        Err(why) => error(StatusCode::BAD_REQUEST, "action_refused", why),
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(State(admin): State<Admin>) -> Response {
+    let text = crate::telemetry::prometheus(&admin.gateway.snapshot());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn regions(State(admin): State<Admin>) -> Response {

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 pub use bucket::Bucket;
 pub use period::{Period, PeriodKey};
 
+pub use crate::domain::snapshot::{PeriodView, TenantView};
+
 use crate::domain::{DEFAULT_MAX_TOKENS_CAP, Limits, Price, Tenant, Tier};
 
 /// What a request asks for, as estimated before it runs.
@@ -96,30 +98,6 @@ pub struct WindowState {
     pub limit: u64,
     pub remaining: u64,
     pub reset: Duration,
-}
-
-/// A tenant's live state, for listings and the console.
-#[derive(Debug, Clone, Serialize)]
-pub struct TenantView {
-    pub name: String,
-    pub tier: String,
-    pub paused: bool,
-    /// The limits in force: the tier's, with the tenant's overrides applied.
-    pub limits: Limits,
-    pub overrides: Limits,
-    pub in_flight: u32,
-    pub requests_available: Option<u64>,
-    pub tokens_available: Option<u64>,
-    pub day: PeriodView,
-    pub month: PeriodView,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct PeriodView {
-    pub tokens: u64,
-    pub cost_usd: f64,
-    pub requests: u64,
-    pub reserved_tokens: u64,
 }
 
 impl From<&Period> for PeriodView {
@@ -419,6 +397,8 @@ impl Admission {
             tokens_available,
             day: PeriodView::from(&a.day),
             month: PeriodView::from(&a.month),
+            queued: 0,
+            p99_ms: None,
         })
     }
 

@@ -43,6 +43,24 @@ async fn proxy(
     body: Body,
 ) -> Result<Response, ApiError> {
     let tenant = gateway.authenticate(authorization(headers))?;
+    gateway.meter().request();
+    let outcome = answer(gateway, kind, id, headers, body, tenant).await;
+    if outcome.as_ref().is_err_and(|e| e.status.is_server_error())
+        || outcome.as_ref().is_ok_and(|r| r.status().is_server_error())
+    {
+        gateway.meter().error();
+    }
+    outcome
+}
+
+async fn answer(
+    gateway: &Gateway,
+    kind: ModelKind,
+    id: &RequestId,
+    headers: &HeaderMap,
+    body: Body,
+    tenant: &crate::domain::Tenant,
+) -> Result<Response, ApiError> {
     let bytes = read_body(body, gateway.config().server.max_body).await?;
     let object: Fields = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::not_an_object(),
@@ -172,6 +190,7 @@ async fn proxy(
         AnswerBody::Whole(bytes) => {
             if answer.status.is_success() {
                 let usage = usage_of_answer(kind, &bytes, &ticket, model.tokenizer);
+                gateway.meter().tokens(usage.total());
                 ticket.settle(usage);
             } else {
                 // The upstream refused the request itself: nothing was used.
@@ -196,8 +215,32 @@ async fn proxy(
         }
         AnswerBody::Stream { response, slot } => {
             let describe = format!("{}/{}", answer.region, answer.instance);
-            let cut = slot.instance().cut_signal();
-            let account = StreamAccount::new(ticket, slot, model.tokenizer);
+            let live = gateway.streams().register(
+                &tenant.name,
+                &model.alias,
+                &answer.region,
+                &answer.instance,
+            );
+            extra.push(("x-switchyard-stream-id", live.id().to_string()));
+            let drained = slot.instance().cut_signal();
+            let killed = live.killed();
+            let upstream = describe.clone();
+            let cut = async move {
+                tokio::select! {
+                    () = drained => streams::Cut {
+                        code: "upstream_drained",
+                        message: format!(
+                            "the upstream {upstream} was drained by an operator and this stream outlived the drain deadline; the answer is incomplete"
+                        ),
+                    },
+                    () = killed => streams::Cut {
+                        code: "stream_killed",
+                        message: "an operator ended this stream; the answer is incomplete".into(),
+                    },
+                }
+            };
+            let account =
+                StreamAccount::new(ticket, slot, model.tokenizer, live, gateway.meter().clone());
             let relay = streams::relay(
                 response.bytes_stream(),
                 account,

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::domain::RoutingPolicy;
+pub use crate::domain::snapshot::HealthView;
 
 /// An instance's drain state. Drained is `Draining` with nothing left in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,18 +48,6 @@ pub enum Change {
     None,
     Ejected(Duration),
     CoolingDown(Duration),
-}
-
-/// A summary for the admin API and the console.
-#[derive(Debug, Clone, Serialize)]
-pub struct HealthView {
-    pub state: &'static str,
-    pub probe_ok: bool,
-    pub consecutive_failures: u32,
-    pub ejections: u32,
-    pub ejected_for_ms: Option<u64>,
-    pub cooling_for_ms: Option<u64>,
-    pub manual_eject: bool,
 }
 
 impl Default for Health {
@@ -209,7 +197,7 @@ impl Health {
             "healthy"
         };
         HealthView {
-            state,
+            state: state.to_string(),
             probe_ok: self.probe_ok,
             consecutive_failures: self.consecutive_failures,
             ejections: self.ejections,

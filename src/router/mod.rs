@@ -18,13 +18,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use health::{Change, Drain, Health, HealthView, Outcome};
 
+use crate::domain::snapshot::{EventKind, InstanceView, RegionView};
 use crate::domain::{Instance, Model, Region, RoutingPolicy};
+use crate::telemetry::events::EventLog;
 
 /// One instance and its live state.
 pub struct InstanceState {
@@ -193,32 +194,10 @@ pub enum RouteControlError {
     UnknownInstance(String, String),
 }
 
-/// A region's state, for the admin API and the console.
-#[derive(Debug, Clone, Serialize)]
-pub struct RegionView {
-    pub name: String,
-    pub order: u32,
-    pub state: &'static str,
-    /// Share of instance weight that takes new requests.
-    pub routable: f64,
-    pub instances: Vec<InstanceView>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceView {
-    pub name: String,
-    pub url: String,
-    pub weight: u32,
-    pub max_concurrency: u32,
-    pub in_flight: u32,
-    pub outstanding_tokens: u64,
-    pub latency_ms: f64,
-    pub health: HealthView,
-}
-
 pub struct Router {
     regions: Vec<RegionState>,
     policy: RoutingPolicy,
+    events: Arc<EventLog>,
     sessions: Mutex<HashMap<String, Session>>,
     retries: Mutex<RetryWindow>,
 }
@@ -228,7 +207,7 @@ const MAX_SESSIONS: usize = 100_000;
 
 impl Router {
     /// `regions` must already be in failover order, as `Config` keeps them.
-    pub fn new(regions: &[Region], policy: RoutingPolicy) -> Router {
+    pub fn new(regions: &[Region], policy: RoutingPolicy, events: Arc<EventLog>) -> Router {
         let regions = regions
             .iter()
             .map(|r| RegionState {
@@ -244,6 +223,7 @@ impl Router {
         Router {
             regions,
             policy,
+            events,
             sessions: Mutex::new(HashMap::new()),
             retries: Mutex::new(RetryWindow {
                 started: Instant::now(),
@@ -503,11 +483,16 @@ impl Router {
             .health()
             .report(outcome, now, &self.policy, may_eject);
         match change {
-            Change::Ejected(length) => tracing::warn!(
-                instance = %instance.name(),
-                region = %instance.region,
-                ?length,
-                "instance ejected after consecutive failures"
+            Change::Ejected(length) => self.events.record(
+                EventKind::Routing,
+                None,
+                format!(
+                    "{}/{} ejected for {:?} after {} consecutive failures",
+                    instance.region,
+                    instance.name(),
+                    length,
+                    self.policy.consecutive_failures
+                ),
             ),
             Change::CoolingDown(wait) => tracing::info!(
                 instance = %instance.name(),
@@ -541,12 +526,22 @@ impl Router {
         unhealthy_after: u32,
         healthy_after: u32,
     ) {
-        if let Some(up) = instance.health().probe(ok, unhealthy_after, healthy_after) {
-            if up {
-                tracing::info!(instance = %instance.name(), "health probes pass again");
+        let change = instance.health().probe(ok, unhealthy_after, healthy_after);
+        if let Some(up) = change {
+            let message = if up {
+                format!(
+                    "{}/{} passes its health probes again",
+                    instance.region,
+                    instance.name()
+                )
             } else {
-                tracing::warn!(instance = %instance.name(), "health probes failing; instance marked down");
-            }
+                format!(
+                    "{}/{} fails its health probes; out of rotation",
+                    instance.region,
+                    instance.name()
+                )
+            };
+            self.events.record(EventKind::Routing, None, message);
         }
     }
 
@@ -658,7 +653,15 @@ impl Router {
                 matches!(i.health().drain, Drain::Draining { deadline, .. } if now >= deadline);
             if due && i.in_flight() > 0 {
                 i.cut.send_modify(|n| *n += 1);
-                tracing::warn!(instance = %i.name(), in_flight = i.in_flight(), "drain deadline passed; cutting what still runs");
+                self.events.record(
+                    EventKind::Routing,
+                    None,
+                    format!(
+                        "{}: drain deadline passed; cutting {} in flight",
+                        i.name(),
+                        i.in_flight()
+                    ),
+                );
                 cut.push(i.name().to_string());
             }
         }
@@ -718,7 +721,7 @@ impl Router {
                 RegionView {
                     name: r.name.clone(),
                     order: r.order,
-                    state,
+                    state: state.to_string(),
                     routable,
                     instances,
                 }

@@ -58,7 +58,7 @@ fn model(regions: &[&str]) -> Model {
 }
 
 fn router(regions: &[Region]) -> Router {
-    Router::new(regions, policy())
+    Router::new(regions, policy(), Default::default())
 }
 
 fn instance<'a>(router: &'a Router, name: &str) -> &'a Arc<InstanceState> {

@@ -13,11 +13,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::domain::Tier;
+pub use crate::domain::snapshot::LevelView;
 
 /// Why a request got no seat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,20 +126,6 @@ impl Level {
             None => self.max_wait.max(Duration::from_secs(1)),
         }
     }
-}
-
-/// A level's state, for the console and the admin API.
-#[derive(Debug, Clone, Serialize)]
-pub struct LevelView {
-    pub tier: String,
-    pub share: u32,
-    pub seats: u32,
-    pub in_use: u32,
-    /// Seats in use beyond the level's own share.
-    pub borrowed: u32,
-    pub queued: usize,
-    pub oldest_wait_ms: u64,
-    pub dispatched: u64,
 }
 
 struct State {
@@ -395,6 +381,16 @@ impl Scheduler {
                 dispatched: l.dispatched,
             })
             .collect()
+    }
+
+    /// Requests waiting, by tenant.
+    pub fn queued_by_tenant(&self) -> HashMap<String, u64> {
+        let state = self.lock();
+        let mut counts = HashMap::new();
+        for waiter in state.levels.iter().flat_map(|l| l.queue.values()) {
+            *counts.entry(waiter.tenant.clone()).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Requests waiting in all levels.

@@ -6,6 +6,8 @@
 //! for success. Dropping the relay (the client went away) drops the upstream response and
 //! with it the upstream connection, which cancels the generation.
 
+pub mod live;
+
 use std::convert::Infallible;
 
 use bytes::{Bytes, BytesMut};
@@ -104,6 +106,13 @@ pub fn data_payloads(events: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Why a relay was ended from outside: a drain deadline, or an operator.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub code: &'static str,
+    pub message: String,
+}
+
 /// An SSE frame carrying an error in OpenAI's shape, as the SDKs expect mid-stream.
 pub fn error_frame(message: &str, code: &str) -> Bytes {
     let body = serde_json::json!({
@@ -125,14 +134,14 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::error::Error + 'static,
     W: Watch,
-    C: std::future::Future<Output = ()> + Send + 'static,
+    C: std::future::Future<Output = Cut> + Send + 'static,
 {
     struct Relay<S, W> {
         upstream: S,
         framer: SseFramer,
         finished: bool,
         watch: W,
-        cut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        cut: std::pin::Pin<Box<dyn std::future::Future<Output = Cut> + Send>>,
         describe: String,
         request_id: String,
     }
@@ -154,14 +163,10 @@ where
             loop {
                 let next = tokio::select! {
                     next = relay.upstream.next() => next,
-                    _ = &mut relay.cut => {
+                    cut = &mut relay.cut => {
                         relay.finished = true;
-                        tracing::warn!(request_id = %relay.request_id, upstream = %relay.describe, "stream cut by a drain deadline");
-                        let message = format!(
-                            "the upstream {} was drained by an operator and this stream outlived the drain deadline; the answer is incomplete",
-                            relay.describe
-                        );
-                        return Some((Ok(error_frame(&message, "upstream_drained")), relay));
+                        tracing::warn!(request_id = %relay.request_id, upstream = %relay.describe, code = cut.code, "stream cut");
+                        return Some((Ok(error_frame(&cut.message, cut.code)), relay));
                     }
                 };
                 let failure = match next {
@@ -273,11 +278,16 @@ mod tests {
             Ok::<_, std::io::Error>(Bytes::from_static(b"data: {\"n\":1}\n\n")),
             Ok(Bytes::from_static(b"data: [DONE]\n\n")),
         ]);
-        let frames: Vec<Bytes> =
-            relay(upstream, (), std::future::pending(), "x".into(), "r".into())
-                .map(|r| r.unwrap_or_else(|e| match e {}))
-                .collect()
-                .await;
+        let frames: Vec<Bytes> = relay(
+            upstream,
+            (),
+            std::future::pending::<Cut>(),
+            "x".into(),
+            "r".into(),
+        )
+        .map(|r| r.unwrap_or_else(|e| match e {}))
+        .collect()
+        .await;
         assert_eq!(
             frames.concat(),
             b"data: {\"n\":1}\n\ndata: [DONE]\n\n".to_vec()

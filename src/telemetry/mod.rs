@@ -1,6 +1,12 @@
-//! Logging setup: structured events to a daily rolling file in the data directory
+//! Telemetry: logging setup, the operator's event log (`events`), and request counters
+//! with per-second samples (`meter`).
+//!
+//! Logging: structured events to a daily rolling file in the data directory
 //! and, unless a console owns the terminal, to stderr; both are written by background
 //! threads, so the request path never waits on a disk or a terminal. `RUST_LOG` filters.
+
+pub mod events;
+pub mod meter;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -77,4 +83,126 @@ where
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     (layer, guard)
+}
+
+/// Wall-clock milliseconds since the Unix epoch, for events and snapshots.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The snapshot in Prometheus' text exposition format.
+pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP switchyard_{name} {help}");
+        let _ = writeln!(out, "# TYPE switchyard_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "switchyard_{name}{labels} {value}");
+        }
+    };
+    let t = &s.totals;
+    metric(
+        "requests_total",
+        "counter",
+        "Requests received.",
+        vec![(String::new(), t.requests as f64)],
+    );
+    metric(
+        "errors_total",
+        "counter",
+        "Requests that ended in a 5xx.",
+        vec![(String::new(), t.errors as f64)],
+    );
+    metric(
+        "tokens_total",
+        "counter",
+        "Tokens used (prompt and completion).",
+        vec![(String::new(), t.tokens as f64)],
+    );
+    metric(
+        "in_flight",
+        "gauge",
+        "Requests upstream now.",
+        vec![(String::new(), t.in_flight as f64)],
+    );
+    metric(
+        "queue_depth",
+        "gauge",
+        "Requests waiting for a seat, by tier.",
+        s.levels
+            .iter()
+            .map(|l| (format!("{{tier=\"{}\"}}", l.tier), l.queued as f64))
+            .collect(),
+    );
+    metric(
+        "queue_oldest_wait_seconds",
+        "gauge",
+        "Wait of the oldest queued request, by tier.",
+        s.levels
+            .iter()
+            .map(|l| {
+                (
+                    format!("{{tier=\"{}\"}}", l.tier),
+                    l.oldest_wait_ms as f64 / 1000.0,
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "instance_up",
+        "gauge",
+        "1 when the instance takes new requests.",
+        s.regions
+            .iter()
+            .flat_map(|r| r.instances.iter().map(move |i| (r, i)))
+            .map(|(r, i)| {
+                (
+                    format!(
+                        "{{region=\"{}\",instance=\"{}\",state=\"{}\"}}",
+                        r.name, i.name, i.health.state
+                    ),
+                    if i.health.state == "healthy" {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "instance_in_flight",
+        "gauge",
+        "Requests in flight per instance.",
+        s.regions
+            .iter()
+            .flat_map(|r| r.instances.iter().map(move |i| (r, i)))
+            .map(|(r, i)| {
+                (
+                    format!("{{region=\"{}\",instance=\"{}\"}}", r.name, i.name),
+                    f64::from(i.in_flight),
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "tenant_tokens_today",
+        "gauge",
+        "Tokens a tenant used today (UTC).",
+        s.tenants
+            .iter()
+            .map(|t| (format!("{{tenant=\"{}\"}}", t.name), t.day.tokens as f64))
+            .collect(),
+    );
+    metric(
+        "streams_live",
+        "gauge",
+        "Streams being relayed now.",
+        vec![(String::new(), s.streams.len() as f64)],
+    );
+    out
 }

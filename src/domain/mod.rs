@@ -3,6 +3,8 @@
 //! Nothing here does I/O, holds locks or knows about HTTP; these are the nouns the
 //! config produces and the rest of the gateway reads.
 
+pub mod snapshot;
+
 use std::fmt;
 use std::time::Duration;
 

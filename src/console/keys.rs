@@ -1,0 +1,266 @@
+//! The key map: one table that drives dispatch, the `?` overlay and the footer hints.
+
+use super::model::View;
+
+/// What a key does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Does {
+    Quit,
+    Help,
+    NextView,
+    PrevView,
+    GoTo(View),
+    Down,
+    Up,
+    Filter,
+    Command,
+    Pause,
+    Sort,
+    Drain,
+    Undrain,
+    Eject,
+    Restore,
+    PauseTenant,
+    ResumeTenant,
+    Tier,
+    Limits,
+    ResetBudget,
+    Kill,
+    Tail,
+}
+
+pub struct Binding {
+    /// Key names as `key_name` spells them.
+    pub keys: &'static [&'static str],
+    pub label: &'static str,
+    pub help: &'static str,
+    /// The views where it applies; `None`: everywhere.
+    pub views: Option<&'static [View]>,
+    pub does: Does,
+}
+
+const REGIONS: &[View] = &[View::Regions, View::Overview];
+const TENANTS: &[View] = &[View::Tenants];
+const STREAMS: &[View] = &[View::Streams];
+
+pub const KEYMAP: &[Binding] = &[
+    Binding {
+        keys: &["q"],
+        label: "q",
+        help: "quit",
+        views: None,
+        does: Does::Quit,
+    },
+    Binding {
+        keys: &["?"],
+        label: "?",
+        help: "help: every key",
+        views: None,
+        does: Does::Help,
+    },
+    Binding {
+        keys: &["tab"],
+        label: "Tab",
+        help: "next view",
+        views: None,
+        does: Does::NextView,
+    },
+    Binding {
+        keys: &["backtab"],
+        label: "S-Tab",
+        help: "previous view",
+        views: None,
+        does: Does::PrevView,
+    },
+    Binding {
+        keys: &["1"],
+        label: "1",
+        help: "overview",
+        views: None,
+        does: Does::GoTo(View::Overview),
+    },
+    Binding {
+        keys: &["2"],
+        label: "2",
+        help: "tenants",
+        views: None,
+        does: Does::GoTo(View::Tenants),
+    },
+    Binding {
+        keys: &["3"],
+        label: "3",
+        help: "regions",
+        views: None,
+        does: Does::GoTo(View::Regions),
+    },
+    Binding {
+        keys: &["4"],
+        label: "4",
+        help: "queues",
+        views: None,
+        does: Does::GoTo(View::Queues),
+    },
+    Binding {
+        keys: &["5"],
+        label: "5",
+        help: "streams",
+        views: None,
+        does: Does::GoTo(View::Streams),
+    },
+    Binding {
+        keys: &["6"],
+        label: "6",
+        help: "latency",
+        views: None,
+        does: Does::GoTo(View::Latency),
+    },
+    Binding {
+        keys: &["7"],
+        label: "7",
+        help: "events",
+        views: None,
+        does: Does::GoTo(View::Events),
+    },
+    Binding {
+        keys: &["j", "down"],
+        label: "j/↓",
+        help: "select next",
+        views: None,
+        does: Does::Down,
+    },
+    Binding {
+        keys: &["k", "up"],
+        label: "k/↑",
+        help: "select previous",
+        views: None,
+        does: Does::Up,
+    },
+    Binding {
+        keys: &["/"],
+        label: "/",
+        help: "filter rows",
+        views: None,
+        does: Does::Filter,
+    },
+    Binding {
+        keys: &[":"],
+        label: ":",
+        help: "command line (:drain us-east, :tier globex pro)",
+        views: None,
+        does: Does::Command,
+    },
+    Binding {
+        keys: &["space"],
+        label: "Space",
+        help: "pause the view (data keeps flowing in)",
+        views: None,
+        does: Does::Pause,
+    },
+    Binding {
+        keys: &["s"],
+        label: "s",
+        help: "sort by the next column",
+        views: Some(TENANTS),
+        does: Does::Sort,
+    },
+    Binding {
+        keys: &["d"],
+        label: "d",
+        help: "drain the selected region or instance",
+        views: Some(REGIONS),
+        does: Does::Drain,
+    },
+    Binding {
+        keys: &["u"],
+        label: "u",
+        help: "undrain the selected region or instance",
+        views: Some(REGIONS),
+        does: Does::Undrain,
+    },
+    Binding {
+        keys: &["e"],
+        label: "e",
+        help: "eject the selected instance",
+        views: Some(REGIONS),
+        does: Does::Eject,
+    },
+    Binding {
+        keys: &["r"],
+        label: "r",
+        help: "restore the selected instance",
+        views: Some(REGIONS),
+        does: Does::Restore,
+    },
+    Binding {
+        keys: &["p"],
+        label: "p",
+        help: "pause the selected tenant",
+        views: Some(TENANTS),
+        does: Does::PauseTenant,
+    },
+    Binding {
+        keys: &["P"],
+        label: "P",
+        help: "resume the selected tenant",
+        views: Some(TENANTS),
+        does: Does::ResumeTenant,
+    },
+    Binding {
+        keys: &["t"],
+        label: "t",
+        help: "change the selected tenant's tier",
+        views: Some(TENANTS),
+        does: Does::Tier,
+    },
+    Binding {
+        keys: &["l"],
+        label: "l",
+        help: "change the selected tenant's limits",
+        views: Some(TENANTS),
+        does: Does::Limits,
+    },
+    Binding {
+        keys: &["b"],
+        label: "b",
+        help: "reset the selected tenant's budget",
+        views: Some(TENANTS),
+        does: Does::ResetBudget,
+    },
+    Binding {
+        keys: &["x"],
+        label: "x",
+        help: "kill the selected stream",
+        views: Some(STREAMS),
+        does: Does::Kill,
+    },
+    Binding {
+        keys: &["enter"],
+        label: "Enter",
+        help: "tail the selected stream's text",
+        views: Some(STREAMS),
+        does: Does::Tail,
+    },
+];
+
+/// The binding for a key in a view, if any.
+pub fn lookup(key: &str, view: View) -> Option<&'static Binding> {
+    KEYMAP
+        .iter()
+        .find(|b| b.keys.contains(&key) && b.views.is_none_or(|vs| vs.contains(&view)))
+}
+
+/// The hints for the footer: the view's own keys first, then the common ones.
+pub fn hints(view: View) -> Vec<(&'static str, &'static str)> {
+    let own = KEYMAP
+        .iter()
+        .filter(|b| b.views.is_some_and(|vs| vs.contains(&view)));
+    let common = KEYMAP.iter().filter(|b| {
+        matches!(
+            b.does,
+            Does::Quit | Does::Help | Does::Filter | Does::Command
+        )
+    });
+    own.chain(common)
+        .map(|b| (b.label, b.help.split(':').next().unwrap_or(b.help)))
+        .collect()
+}

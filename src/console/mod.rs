@@ -1,0 +1,129 @@
+//! The operations console: a ratatui dashboard over a `Control`, the same in-process
+//! (`switchyard up`, `demo`) and attached to a remote daemon (`switchyard console`).
+//!
+//! The Elm architecture: `model::update` turns messages (keys, snapshots, action results)
+//! into a new model and commands; `view::render` draws the model. Only this loop does
+//! I/O. Keys are read first, snapshots after; a frame is drawn at most ten times a
+//! second and only when something changed. The terminal is restored on exit and on panic.
+//! The console knows `control` and `domain` only, never the gateway.
+
+pub mod keys;
+pub mod model;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::control::Control;
+use model::{Cmd, Model, Msg};
+
+/// Frames per second at most.
+const FRAME: Duration = Duration::from_millis(100);
+
+/// The name `keys` uses for a key press.
+pub fn key_name(key: &KeyEvent) -> Option<String> {
+    let name = match key.code {
+        KeyCode::Char(' ') => "space".to_string(),
+        KeyCode::Char(c) => c.to_string(),
+        KeyCode::Tab => "tab".into(),
+        KeyCode::BackTab => "backtab".into(),
+        KeyCode::Up => "up".into(),
+        KeyCode::Down => "down".into(),
+        KeyCode::Enter => "enter".into(),
+        KeyCode::Esc => "esc".into(),
+        KeyCode::Backspace => "backspace".into(),
+        _ => return None,
+    };
+    if key.modifiers.contains(KeyModifiers::CONTROL) && name == "c" {
+        return Some("q".into());
+    }
+    Some(name)
+}
+
+/// Runs the console until the operator quits.
+pub async fn run(control: Arc<dyn Control>, read_only: bool) -> std::io::Result<()> {
+    let mut terminal = ratatui::try_init()?;
+    let result = run_loop(&mut terminal, control, read_only).await;
+    ratatui::restore();
+    result
+}
+
+async fn run_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    control: Arc<dyn Control>,
+    read_only: bool,
+) -> std::io::Result<()> {
+    let mut model = Model::new(&control.describe(), read_only);
+    let mut feed = control.subscribe();
+    let (key_sender, mut keys) = mpsc::channel::<String>(64);
+    let (acted_sender, mut acted) = mpsc::channel::<Result<String, String>>(16);
+
+    // Terminal input is blocking: read it on its own thread.
+    let reader = tokio::task::spawn_blocking(move || {
+        loop {
+            if key_sender.is_closed() {
+                return;
+            }
+            match event::poll(Duration::from_millis(100)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(_) => return,
+            }
+            if let Ok(Event::Key(key)) = event::read()
+                && key.kind != KeyEventKind::Release
+                && let Some(name) = key_name(&key)
+                && key_sender.blocking_send(name).is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    let mut last_snapshot = Instant::now();
+    let mut dirty = true;
+    let mut frame = tokio::time::interval(FRAME);
+    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !model.quit {
+        let msg = tokio::select! {
+            biased;
+            Some(key) = keys.recv() => Msg::Key(key),
+            Some(result) = acted.recv() => Msg::Acted(result),
+            Some(item) = feed.recv() => {
+                if matches!(item, crate::control::Feed::Snapshot(_)) {
+                    last_snapshot = Instant::now();
+                }
+                Msg::Feed(item)
+            }
+            _ = frame.tick() => {
+                if dirty {
+                    terminal.draw(|f| view::render(&model, f))?;
+                    dirty = false;
+                }
+                let silence = last_snapshot.elapsed().as_secs();
+                let was_stale = model.stale;
+                model::update(&mut model, Msg::Silence(silence));
+                dirty |= was_stale != model.stale;
+                continue;
+            }
+        };
+        for cmd in model::update(&mut model, msg) {
+            match cmd {
+                Cmd::Act(action) => {
+                    let control = control.clone();
+                    let sender = acted_sender.clone();
+                    tokio::spawn(async move {
+                        let _ = sender.send(control.act(action).await).await;
+                    });
+                }
+            }
+        }
+        dirty = true;
+    }
+    drop(keys);
+    let _ = reader.await;
+    Ok(())
+}

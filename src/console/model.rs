@@ -1,0 +1,698 @@
+//! The console's state and its one way to change: `update(&mut Model, Msg) -> Vec<Cmd>`.
+//! No I/O, no locks, no awaiting: keys and snapshots come in as messages, actions go out
+//! as commands for the loop to carry through `Control`.
+
+use crate::control::{Feed, Link};
+use crate::domain::Limits;
+use crate::domain::snapshot::{Action, Snapshot};
+
+use super::keys::{self, Does};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Overview,
+    Tenants,
+    Regions,
+    Queues,
+    Streams,
+    Latency,
+    Events,
+}
+
+impl View {
+    pub const ALL: [View; 7] = [
+        View::Overview,
+        View::Tenants,
+        View::Regions,
+        View::Queues,
+        View::Streams,
+        View::Latency,
+        View::Events,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Overview => "Overview",
+            View::Tenants => "Tenants",
+            View::Regions => "Regions",
+            View::Queues => "Queues",
+            View::Streams => "Streams",
+            View::Latency => "Latency",
+            View::Events => "Events",
+        }
+    }
+
+    fn index(self) -> usize {
+        View::ALL.iter().position(|v| *v == self).unwrap_or(0)
+    }
+}
+
+/// What the keyboard is doing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    Normal,
+    Filter(String),
+    Command(String),
+    /// Asking before a destructive action: the action and what it will affect.
+    Confirm {
+        action: Action,
+        impact: String,
+    },
+    Help,
+}
+
+/// How tenants are sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Name,
+    TokensToday,
+    Queued,
+    InFlight,
+}
+
+impl Sort {
+    fn next(self) -> Sort {
+        match self {
+            Sort::Name => Sort::TokensToday,
+            Sort::TokensToday => Sort::Queued,
+            Sort::Queued => Sort::InFlight,
+            Sort::InFlight => Sort::Name,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Sort::Name => "name",
+            Sort::TokensToday => "tokens today",
+            Sort::Queued => "queued",
+            Sort::InFlight => "in flight",
+        }
+    }
+}
+
+/// A line in the status bar, and whether it reports a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub text: String,
+    pub error: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub view: View,
+    pub mode: Mode,
+    pub snapshot: Option<Snapshot>,
+    /// A snapshot that arrived while the view was paused.
+    pub held: Option<Snapshot>,
+    pub link: Link,
+    /// No snapshot for a while although the link looks up.
+    pub stale: bool,
+    pub paused: bool,
+    pub read_only: bool,
+    /// Selected row in each view.
+    pub selected: [usize; 7],
+    pub filter: String,
+    pub sort: Sort,
+    pub status: Option<Status>,
+    /// The stream whose text is tailed in the Streams view.
+    pub tailing: Option<String>,
+    /// Where the gateway is, for the title.
+    pub target: String,
+    pub quit: bool,
+}
+
+pub enum Msg {
+    /// A key, named as `key_name` names it ("q", "tab", "down", "P").
+    Key(String),
+    Feed(Feed),
+    /// What an action came to.
+    Acted(Result<String, String>),
+    /// Seconds since the last snapshot, checked on every frame tick.
+    Silence(u64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cmd {
+    Act(Action),
+}
+
+/// A row of the Regions view: a region, or one of its instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionRow {
+    Region(String),
+    Instance { region: String, name: String },
+}
+
+impl Model {
+    pub fn new(target: &str, read_only: bool) -> Model {
+        Model {
+            view: View::Overview,
+            mode: Mode::Normal,
+            snapshot: None,
+            held: None,
+            link: Link::Reconnecting {
+                attempt: 0,
+                reason: "connecting".into(),
+            },
+            stale: false,
+            paused: false,
+            read_only,
+            selected: [0; 7],
+            filter: String::new(),
+            sort: Sort::Name,
+            status: None,
+            tailing: None,
+            target: target.to_string(),
+            quit: false,
+        }
+    }
+
+    fn selected(&self) -> usize {
+        self.selected[self.view.index()]
+    }
+
+    fn matches(&self, text: &str) -> bool {
+        self.filter.is_empty() || text.to_lowercase().contains(&self.filter.to_lowercase())
+    }
+
+    /// Tenant names in display order (filtered, sorted).
+    pub fn tenant_rows(&self) -> Vec<usize> {
+        let Some(s) = &self.snapshot else {
+            return Vec::new();
+        };
+        let mut rows: Vec<usize> = (0..s.tenants.len())
+            .filter(|i| self.matches(&s.tenants[*i].name) || self.matches(&s.tenants[*i].tier))
+            .collect();
+        let t = &s.tenants;
+        match self.sort {
+            Sort::Name => rows.sort_by(|a, b| t[*a].name.cmp(&t[*b].name)),
+            Sort::TokensToday => rows.sort_by(|a, b| t[*b].day.tokens.cmp(&t[*a].day.tokens)),
+            Sort::Queued => rows.sort_by(|a, b| t[*b].queued.cmp(&t[*a].queued)),
+            Sort::InFlight => rows.sort_by(|a, b| t[*b].in_flight.cmp(&t[*a].in_flight)),
+        }
+        rows
+    }
+
+    pub fn region_rows(&self) -> Vec<RegionRow> {
+        let Some(s) = &self.snapshot else {
+            return Vec::new();
+        };
+        let mut rows = Vec::new();
+        for r in &s.regions {
+            let instances: Vec<&str> = r
+                .instances
+                .iter()
+                .filter(|i| self.matches(&i.name) || self.matches(&r.name))
+                .map(|i| i.name.as_str())
+                .collect();
+            if instances.is_empty() {
+                continue;
+            }
+            rows.push(RegionRow::Region(r.name.clone()));
+            rows.extend(instances.into_iter().map(|name| RegionRow::Instance {
+                region: r.name.clone(),
+                name: name.to_string(),
+            }));
+        }
+        rows
+    }
+
+    pub fn stream_rows(&self) -> Vec<usize> {
+        let Some(s) = &self.snapshot else {
+            return Vec::new();
+        };
+        (0..s.streams.len())
+            .filter(|i| {
+                let st = &s.streams[*i];
+                self.matches(&st.tenant) || self.matches(&st.model) || self.matches(&st.region)
+            })
+            .collect()
+    }
+
+    pub fn event_rows(&self) -> Vec<usize> {
+        let Some(s) = &self.snapshot else {
+            return Vec::new();
+        };
+        (0..s.events.len())
+            .rev()
+            .filter(|i| self.matches(&s.events[*i].message))
+            .collect()
+    }
+
+    fn row_count(&self) -> usize {
+        match self.view {
+            View::Tenants => self.tenant_rows().len(),
+            View::Regions | View::Overview => self.region_rows().len(),
+            View::Streams => self.stream_rows().len(),
+            View::Events => self.event_rows().len(),
+            View::Queues => self.snapshot.as_ref().map_or(0, |s| s.levels.len()),
+            View::Latency => self.snapshot.as_ref().map_or(0, |s| s.latency.len()),
+        }
+    }
+
+    fn selected_tenant(&self) -> Option<String> {
+        let rows = self.tenant_rows();
+        let s = self.snapshot.as_ref()?;
+        rows.get(self.selected())
+            .map(|i| s.tenants[*i].name.clone())
+    }
+
+    fn selected_region_row(&self) -> Option<RegionRow> {
+        self.region_rows().get(self.selected()).cloned()
+    }
+
+    fn selected_stream(&self) -> Option<String> {
+        let s = self.snapshot.as_ref()?;
+        self.stream_rows()
+            .get(self.selected())
+            .map(|i| s.streams[*i].id.clone())
+    }
+
+    /// What an action will affect, for the confirmation line.
+    fn impact(&self, action: &Action) -> String {
+        let Some(s) = &self.snapshot else {
+            return String::new();
+        };
+        match action {
+            Action::DrainRegion { region, .. } => {
+                let n: u32 = s
+                    .regions
+                    .iter()
+                    .filter(|r| &r.name == region)
+                    .flat_map(|r| &r.instances)
+                    .map(|i| i.in_flight)
+                    .sum();
+                format!("{n} requests in flight")
+            }
+            Action::DrainInstance { instance, .. } | Action::EjectInstance { instance } => {
+                let n: u32 = s
+                    .regions
+                    .iter()
+                    .flat_map(|r| &r.instances)
+                    .filter(|i| &i.name == instance)
+                    .map(|i| i.in_flight)
+                    .sum();
+                format!("{n} requests in flight")
+            }
+            Action::PauseTenant { tenant }
+            | Action::ResetBudget { tenant }
+            | Action::SetTier { tenant, .. }
+            | Action::SetLimits { tenant, .. } => {
+                match s.tenants.iter().find(|t| &t.name == tenant) {
+                    Some(t) => format!("{} in flight, {} queued", t.in_flight, t.queued),
+                    None => String::new(),
+                }
+            }
+            Action::KillStream { id } => match s.streams.iter().find(|st| &st.id == id) {
+                Some(st) => format!("{} of {}, {} tokens so far", st.model, st.tenant, st.tokens),
+                None => String::new(),
+            },
+            _ => String::new(),
+        }
+    }
+
+    fn flash(&mut self, text: impl Into<String>, error: bool) {
+        self.status = Some(Status {
+            text: text.into(),
+            error,
+        });
+    }
+
+    /// Asks first when the action is destructive; otherwise sends it at once.
+    fn request(&mut self, action: Action) -> Vec<Cmd> {
+        if self.read_only {
+            self.flash("read-only console: actions are disabled", true);
+            return Vec::new();
+        }
+        if action.is_destructive() {
+            let impact = self.impact(&action);
+            self.mode = Mode::Confirm { action, impact };
+            Vec::new()
+        } else {
+            self.flash(format!("{}…", action.describe()), false);
+            vec![Cmd::Act(action)]
+        }
+    }
+}
+
+pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
+    match msg {
+        Msg::Feed(Feed::Snapshot(snapshot)) => {
+            model.stale = false;
+            if model.paused {
+                model.held = Some(*snapshot);
+            } else {
+                model.snapshot = Some(*snapshot);
+                clamp_selection(model);
+            }
+            Vec::new()
+        }
+        Msg::Feed(Feed::Link(link)) => {
+            model.link = link;
+            Vec::new()
+        }
+        Msg::Silence(seconds) => {
+            model.stale = seconds >= 5;
+            Vec::new()
+        }
+        Msg::Acted(Ok(done)) => {
+            model.flash(done, false);
+            Vec::new()
+        }
+        Msg::Acted(Err(why)) => {
+            model.flash(why, true);
+            Vec::new()
+        }
+        Msg::Key(key) => on_key(model, &key),
+    }
+}
+
+fn clamp_selection(model: &mut Model) {
+    let rows = model.row_count();
+    let i = model.view.index();
+    if model.selected[i] >= rows {
+        model.selected[i] = rows.saturating_sub(1);
+    }
+}
+
+fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
+    match model.mode.clone() {
+        Mode::Help => {
+            model.mode = Mode::Normal;
+            Vec::new()
+        }
+        Mode::Confirm { action, .. } => {
+            model.mode = Mode::Normal;
+            if key == "y" || key == "Y" {
+                model.flash(format!("{}…", action.describe()), false);
+                vec![Cmd::Act(action)]
+            } else {
+                model.flash("cancelled", false);
+                Vec::new()
+            }
+        }
+        Mode::Filter(mut text) => {
+            match key {
+                "esc" => {
+                    model.filter.clear();
+                    model.mode = Mode::Normal;
+                }
+                "enter" => model.mode = Mode::Normal,
+                "backspace" => {
+                    text.pop();
+                    model.filter = text.clone();
+                    model.mode = Mode::Filter(text);
+                }
+                k if k.chars().count() == 1 => {
+                    text.push_str(k);
+                    model.filter = text.clone();
+                    model.mode = Mode::Filter(text);
+                }
+                "space" => {
+                    text.push(' ');
+                    model.filter = text.clone();
+                    model.mode = Mode::Filter(text);
+                }
+                _ => {}
+            }
+            clamp_selection(model);
+            Vec::new()
+        }
+        Mode::Command(mut text) => match key {
+            "esc" => {
+                model.mode = Mode::Normal;
+                Vec::new()
+            }
+            "enter" => {
+                model.mode = Mode::Normal;
+                match parse_command(&text) {
+                    Ok(Some(action)) => model.request(action),
+                    Ok(None) => {
+                        model.quit = true;
+                        Vec::new()
+                    }
+                    Err(why) => {
+                        model.flash(why, true);
+                        Vec::new()
+                    }
+                }
+            }
+            "backspace" => {
+                text.pop();
+                model.mode = Mode::Command(text);
+                Vec::new()
+            }
+            "space" => {
+                text.push(' ');
+                model.mode = Mode::Command(text);
+                Vec::new()
+            }
+            k if k.chars().count() == 1 => {
+                text.push_str(k);
+                model.mode = Mode::Command(text);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        },
+        Mode::Normal => {
+            let Some(binding) = keys::lookup(key, model.view) else {
+                return Vec::new();
+            };
+            on_binding(model, binding.does)
+        }
+    }
+}
+
+fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
+    let index = model.view.index();
+    match does {
+        Does::Quit => model.quit = true,
+        Does::Help => model.mode = Mode::Help,
+        Does::NextView => model.view = View::ALL[(index + 1) % View::ALL.len()],
+        Does::PrevView => model.view = View::ALL[(index + View::ALL.len() - 1) % View::ALL.len()],
+        Does::GoTo(view) => model.view = view,
+        Does::Down => {
+            let rows = model.row_count();
+            if model.selected[index] + 1 < rows {
+                model.selected[index] += 1;
+            }
+        }
+        Does::Up => model.selected[index] = model.selected[index].saturating_sub(1),
+        Does::Filter => model.mode = Mode::Filter(model.filter.clone()),
+        Does::Command => model.mode = Mode::Command(String::new()),
+        Does::Pause => {
+            model.paused = !model.paused;
+            if !model.paused
+                && let Some(held) = model.held.take()
+            {
+                model.snapshot = Some(held);
+            }
+            model.flash(
+                if model.paused {
+                    "view paused"
+                } else {
+                    "view live"
+                },
+                false,
+            );
+        }
+        Does::Sort => {
+            model.sort = model.sort.next();
+            model.flash(format!("sorted by {}", model.sort.label()), false);
+        }
+        Does::Drain | Does::Undrain | Does::Eject | Does::Restore => {
+            let Some(row) = model.selected_region_row() else {
+                model.flash("select a region or instance first", true);
+                return Vec::new();
+            };
+            let action = match (does, row) {
+                (Does::Drain, RegionRow::Region(region)) => Action::DrainRegion {
+                    region,
+                    deadline_secs: None,
+                },
+                (Does::Drain, RegionRow::Instance { name, .. }) => Action::DrainInstance {
+                    instance: name,
+                    deadline_secs: None,
+                },
+                (Does::Undrain, RegionRow::Region(region)) => Action::UndrainRegion { region },
+                (Does::Undrain, RegionRow::Instance { name, .. }) => {
+                    Action::UndrainInstance { instance: name }
+                }
+                (Does::Eject, RegionRow::Instance { name, .. }) => {
+                    Action::EjectInstance { instance: name }
+                }
+                (Does::Restore, RegionRow::Instance { name, .. }) => {
+                    Action::RestoreInstance { instance: name }
+                }
+                _ => {
+                    model.flash(
+                        "select an instance (not a region) to eject or restore",
+                        true,
+                    );
+                    return Vec::new();
+                }
+            };
+            return model.request(action);
+        }
+        Does::PauseTenant | Does::ResumeTenant | Does::ResetBudget => {
+            let Some(tenant) = model.selected_tenant() else {
+                model.flash("select a tenant first", true);
+                return Vec::new();
+            };
+            let action = match does {
+                Does::PauseTenant => Action::PauseTenant { tenant },
+                Does::ResumeTenant => Action::ResumeTenant { tenant },
+                _ => Action::ResetBudget { tenant },
+            };
+            return model.request(action);
+        }
+        Does::Tier | Does::Limits => {
+            let Some(tenant) = model.selected_tenant() else {
+                model.flash("select a tenant first", true);
+                return Vec::new();
+            };
+            let prefill = if does == Does::Tier {
+                format!("tier {tenant} ")
+            } else {
+                format!("limits {tenant} rpm=")
+            };
+            model.mode = Mode::Command(prefill);
+        }
+        Does::Kill => {
+            let Some(id) = model.selected_stream() else {
+                model.flash("select a stream first", true);
+                return Vec::new();
+            };
+            return model.request(Action::KillStream { id });
+        }
+        Does::Tail => {
+            model.tailing = model.selected_stream();
+        }
+    }
+    Vec::new()
+}
+
+/// Parses a command line: `drain us-east [60]`, `undrain us-east`, `drain-instance X`,
+/// `eject X`, `restore X`, `pause T`, `resume T`, `tier T TIER`, `limits T rpm=N tpm=N`,
+/// `reset T`, `kill ID`, `q`. `Ok(None)` means quit.
+pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let need = |n: usize, usage: &str| {
+        if words.len() == n + 1 {
+            Ok(())
+        } else {
+            Err(format!("usage: :{usage}"))
+        }
+    };
+    let Some(verb) = words.first() else {
+        return Err("type a command, e.g. :drain us-east".into());
+    };
+    let arg = |i: usize| words.get(i).map(|w| w.to_string()).unwrap_or_default();
+    let action = match *verb {
+        "q" | "quit" => return Ok(None),
+        "drain" => {
+            if words.len() != 2 && words.len() != 3 {
+                return Err("usage: :drain REGION [DEADLINE_SECS]".into());
+            }
+            let deadline_secs = match words.get(2) {
+                Some(s) => Some(
+                    s.parse()
+                        .map_err(|_| format!("{s} is not a number of seconds"))?,
+                ),
+                None => None,
+            };
+            Action::DrainRegion {
+                region: arg(1),
+                deadline_secs,
+            }
+        }
+        "undrain" => {
+            need(1, "undrain REGION")?;
+            Action::UndrainRegion { region: arg(1) }
+        }
+        "drain-instance" => {
+            need(1, "drain-instance INSTANCE")?;
+            Action::DrainInstance {
+                instance: arg(1),
+                deadline_secs: None,
+            }
+        }
+        "undrain-instance" => {
+            need(1, "undrain-instance INSTANCE")?;
+            Action::UndrainInstance { instance: arg(1) }
+        }
+        "eject" => {
+            need(1, "eject INSTANCE")?;
+            Action::EjectInstance { instance: arg(1) }
+        }
+        "restore" => {
+            need(1, "restore INSTANCE")?;
+            Action::RestoreInstance { instance: arg(1) }
+        }
+        "pause" => {
+            need(1, "pause TENANT")?;
+            Action::PauseTenant { tenant: arg(1) }
+        }
+        "resume" => {
+            need(1, "resume TENANT")?;
+            Action::ResumeTenant { tenant: arg(1) }
+        }
+        "reset" => {
+            need(1, "reset TENANT")?;
+            Action::ResetBudget { tenant: arg(1) }
+        }
+        "kill" => {
+            need(1, "kill STREAM_ID")?;
+            Action::KillStream { id: arg(1) }
+        }
+        "tier" => {
+            need(2, "tier TENANT TIER")?;
+            Action::SetTier {
+                tenant: arg(1),
+                tier: arg(2),
+            }
+        }
+        "limits" => {
+            if words.len() < 3 {
+                return Err(
+                    "usage: :limits TENANT rpm=N tpm=N max_concurrency=N daily_tokens=N …".into(),
+                );
+            }
+            let mut limits = Limits::default();
+            for pair in &words[2..] {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("{pair}: write limits as key=value"))?;
+                let int = || {
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| format!("{key}: {value} is not a whole number"))
+                };
+                let float = || {
+                    value
+                        .parse::<f64>()
+                        .map_err(|_| format!("{key}: {value} is not a number"))
+                };
+                match key {
+                    "rpm" => limits.rpm = Some(int()?),
+                    "tpm" => limits.tpm = Some(int()?),
+                    "max_concurrency" => limits.max_concurrency = Some(int()? as u32),
+                    "daily_tokens" => limits.daily_tokens = Some(int()?),
+                    "monthly_tokens" => limits.monthly_tokens = Some(int()?),
+                    "daily_usd" => limits.daily_usd = Some(float()?),
+                    "monthly_usd" => limits.monthly_usd = Some(float()?),
+                    "max_tokens_cap" => limits.max_tokens_cap = Some(int()?),
+                    other => {
+                        return Err(format!("{other} is not a limit; see config.toml.example"));
+                    }
+                }
+            }
+            Action::SetLimits {
+                tenant: arg(1),
+                limits,
+            }
+        }
+        other => return Err(format!("unknown command :{other}; press ? for help")),
+    };
+    Ok(Some(action))
+}

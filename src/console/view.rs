@@ -1,0 +1,689 @@
+//! `render(&Model, &mut Frame)`: the whole screen from the model, nothing else. No I/O,
+//! no locks, no clocks: what is drawn depends only on the model, so it can be tested
+//! against a fixed snapshot.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Tabs, Wrap};
+
+use super::keys::{self, KEYMAP};
+use super::model::{Mode, Model, RegionRow, View};
+use crate::control::Link;
+use crate::domain::snapshot::{EventKind, Snapshot};
+
+const ACCENT: Color = Color::Cyan;
+const SELECTED: Style = Style::new().add_modifier(Modifier::REVERSED);
+
+pub fn render(model: &Model, frame: &mut Frame) {
+    let [header, tabs, body, status, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    render_header(model, frame, header);
+    render_tabs(model, frame, tabs);
+    match &model.snapshot {
+        None => frame.render_widget(
+            Paragraph::new("waiting for the first snapshot…").block(Block::bordered()),
+            body,
+        ),
+        Some(snapshot) => match model.view {
+            View::Overview => overview(model, snapshot, frame, body),
+            View::Tenants => tenants(model, snapshot, frame, body),
+            View::Regions => regions(model, snapshot, frame, body),
+            View::Queues => queues(model, snapshot, frame, body),
+            View::Streams => streams(model, snapshot, frame, body),
+            View::Latency => latency(model, snapshot, frame, body),
+            View::Events => events(model, snapshot, frame, body),
+        },
+    }
+    render_status(model, frame, status);
+    render_footer(model, frame, footer);
+    match &model.mode {
+        Mode::Help => help(frame, body),
+        Mode::Confirm { action, impact } => {
+            let question = if impact.is_empty() {
+                format!("{}?  y/N", capitalise(&action.describe()))
+            } else {
+                format!("{}? {impact}  y/N", capitalise(&action.describe()))
+            };
+            dialog(frame, body, "confirm", &question);
+        }
+        _ => {}
+    }
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>() + chars.as_str())
+        .unwrap_or_default()
+}
+
+fn render_header(model: &Model, frame: &mut Frame, area: Rect) {
+    let (link, style) = match (&model.link, model.stale) {
+        (Link::Connected, false) => ("connected".to_string(), Style::new().fg(Color::Green)),
+        (Link::Connected, true) => (
+            "stale: no snapshot for 5 s".to_string(),
+            Style::new().fg(Color::Yellow),
+        ),
+        (Link::Reconnecting { attempt, reason }, _) => (
+            format!("reconnecting (attempt {attempt}: {reason})"),
+            Style::new().fg(Color::Red),
+        ),
+    };
+    let mut spans = vec![
+        Span::styled(" switchyard ", Style::new().fg(Color::Black).bg(ACCENT)),
+        Span::raw(format!(" {}  ", model.target)),
+        Span::styled(link, style),
+    ];
+    if let Some(s) = &model.snapshot {
+        spans.push(Span::raw(format!("  up {}", duration(s.uptime_secs))));
+    }
+    if model.paused {
+        spans.push(Span::styled(
+            "  PAUSED",
+            Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        ));
+    }
+    if model.read_only {
+        spans.push(Span::styled("  read-only", Style::new().fg(Color::Yellow)));
+    }
+    frame.render_widget(Line::from(spans), area);
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn render_tabs(model: &Model, frame: &mut Frame, area: Rect) {
+    let titles: Vec<String> = View::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{} {}", i + 1, v.title()))
+        .collect();
+    let selected = View::ALL.iter().position(|v| *v == model.view).unwrap_or(0);
+    let tabs = Tabs::new(titles)
+        .select(selected)
+        .highlight_style(Style::new().fg(ACCENT).add_modifier(Modifier::BOLD))
+        .divider("│");
+    frame.render_widget(tabs, area);
+}
+
+fn render_status(model: &Model, frame: &mut Frame, area: Rect) {
+    let line = match &model.mode {
+        Mode::Filter(text) => Line::from(format!("/{text}▏")),
+        Mode::Command(text) => Line::from(format!(":{text}▏")),
+        _ => match &model.status {
+            Some(status) => Line::styled(
+                status.text.clone(),
+                Style::new().fg(if status.error {
+                    Color::Red
+                } else {
+                    Color::Green
+                }),
+            ),
+            None if !model.filter.is_empty() => Line::from(format!("filter: {}", model.filter)),
+            None => Line::default(),
+        },
+    };
+    frame.render_widget(line, area);
+}
+
+fn render_footer(model: &Model, frame: &mut Frame, area: Rect) {
+    let mut spans = Vec::new();
+    for (key, help) in keys::hints(model.view) {
+        spans.push(Span::styled(
+            format!(" {key} "),
+            Style::new().fg(Color::Black).bg(Color::Gray),
+        ));
+        spans.push(Span::raw(format!(" {help} ")));
+    }
+    frame.render_widget(Line::from(spans), area);
+}
+
+fn block(title: &str) -> Block<'static> {
+    Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(format!(" {title} "), Style::new().fg(ACCENT)))
+}
+
+fn region_style(state: &str) -> Style {
+    match state {
+        "healthy" => Style::new().fg(Color::Green),
+        "degraded" | "cooling down" | "draining" => Style::new().fg(Color::Yellow),
+        "drained" => Style::new().fg(Color::DarkGray),
+        _ => Style::new().fg(Color::Red),
+    }
+}
+
+fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    let [top, middle, bottom] = Layout::vertical([
+        Constraint::Length(3 + s.regions.len() as u16),
+        Constraint::Length(5),
+        Constraint::Min(3),
+    ])
+    .areas(area);
+    let rows = s.regions.iter().map(|r| {
+        let in_flight: u32 = r.instances.iter().map(|i| i.in_flight).sum();
+        let ejected = r
+            .instances
+            .iter()
+            .filter(|i| i.health.state != "healthy")
+            .count();
+        Row::new(vec![
+            Cell::from(r.name.clone()),
+            Cell::from(r.state.clone()).style(region_style(&r.state)),
+            Cell::from(format!("{:.0}%", r.routable * 100.0)),
+            Cell::from(format!(
+                "{}/{}",
+                r.instances.len() - ejected,
+                r.instances.len()
+            )),
+            Cell::from(in_flight.to_string()),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(14),
+            Constraint::Length(10),
+            Constraint::Length(9),
+            Constraint::Length(10),
+            Constraint::Length(10),
+        ],
+    )
+    .header(
+        Row::new(["REGION", "STATE", "ROUTABLE", "INSTANCES", "IN FLIGHT"])
+            .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(block("regions"));
+    frame.render_widget(table, top);
+
+    let [numbers, spark] =
+        Layout::horizontal([Constraint::Length(48), Constraint::Min(10)]).areas(middle);
+    let t = &s.totals;
+    let text = vec![
+        Line::from(format!(
+            "requests/s {:>8.1}   tokens/s {:>10.1}",
+            t.requests_per_sec, t.tokens_per_sec
+        )),
+        Line::from(format!(
+            "error rate {:>7.2}%   in flight {:>9}",
+            t.error_rate * 100.0,
+            t.in_flight
+        )),
+        Line::from(format!(
+            "queued     {:>8}   streams   {:>9}",
+            t.queued,
+            s.streams.len()
+        )),
+    ];
+    frame.render_widget(Paragraph::new(text).block(block("traffic")), numbers);
+    let history: Vec<u64> = s.queue_history.clone();
+    frame.render_widget(
+        Sparkline::default()
+            .block(block("queue depth, last 2 minutes"))
+            .data(&history)
+            .style(Style::new().fg(Color::Yellow)),
+        spark,
+    );
+
+    let height = bottom.height.saturating_sub(2) as usize;
+    let lines: Vec<Line> = s.events.iter().rev().take(height).map(event_line).collect();
+    let _ = model;
+    frame.render_widget(Paragraph::new(lines).block(block("latest events")), bottom);
+}
+
+fn event_line(e: &crate::domain::snapshot::Event) -> Line<'static> {
+    let secs = e.at_ms / 1000;
+    let clock = format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    );
+    let (kind, color) = match e.kind {
+        EventKind::Routing => ("routing ", Color::Yellow),
+        EventKind::Operator => ("operator", ACCENT),
+        EventKind::Traffic => ("traffic ", Color::Magenta),
+    };
+    let mut spans = vec![
+        Span::styled(clock, Style::new().fg(Color::DarkGray)),
+        Span::raw(" "),
+        Span::styled(kind, Style::new().fg(color)),
+        Span::raw(" "),
+    ];
+    if let Some(actor) = &e.actor {
+        spans.push(Span::styled(
+            format!("{actor}: "),
+            Style::new().add_modifier(Modifier::BOLD),
+        ));
+    }
+    spans.push(Span::raw(e.message.clone()));
+    Line::from(spans)
+}
+
+/// `used/limit` as an eight-cell bar and a percentage.
+fn gauge(used: u64, limit: Option<u64>) -> String {
+    match limit {
+        None => "unlimited".to_string(),
+        Some(0) => "-".to_string(),
+        Some(limit) => {
+            let share = (used as f64 / limit as f64).clamp(0.0, 1.0);
+            let filled = (share * 8.0).round() as usize;
+            format!(
+                "{}{} {:>3.0}%",
+                "█".repeat(filled),
+                "░".repeat(8 - filled),
+                share * 100.0
+            )
+        }
+    }
+}
+
+fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    let rows = model.tenant_rows();
+    let selected = model.selected[1];
+    let table_rows = rows.iter().enumerate().map(|(n, i)| {
+        let t = &s.tenants[*i];
+        let rpm_used = t
+            .limits
+            .rpm
+            .map(|l| l.saturating_sub(t.requests_available.unwrap_or(l)));
+        let tpm_used = t
+            .limits
+            .tpm
+            .map(|l| l.saturating_sub(t.tokens_available.unwrap_or(l)));
+        let row = Row::new(vec![
+            Cell::from(t.name.clone()),
+            Cell::from(t.tier.clone()),
+            Cell::from(if t.paused { "PAUSED" } else { "" }).style(Style::new().fg(Color::Red)),
+            Cell::from(gauge(rpm_used.unwrap_or(0), t.limits.rpm)),
+            Cell::from(gauge(tpm_used.unwrap_or(0), t.limits.tpm)),
+            Cell::from(gauge(
+                t.day.tokens + t.day.reserved_tokens,
+                t.limits.daily_tokens,
+            )),
+            Cell::from(gauge(
+                t.month.tokens + t.month.reserved_tokens,
+                t.limits.monthly_tokens,
+            )),
+            Cell::from(t.queued.to_string()),
+            Cell::from(t.in_flight.to_string()),
+            Cell::from(
+                t.p99_ms
+                    .map(|p| format!("{p:.0}ms"))
+                    .unwrap_or_else(|| "-".into()),
+            ),
+        ]);
+        if n == selected {
+            row.style(SELECTED)
+        } else {
+            row
+        }
+    });
+    let title = format!(
+        "tenants ({} shown, sorted by {})",
+        rows.len(),
+        model.sort.label()
+    );
+    let table = Table::new(
+        table_rows,
+        [
+            Constraint::Length(12),
+            Constraint::Length(10),
+            Constraint::Length(6),
+            Constraint::Length(13),
+            Constraint::Length(13),
+            Constraint::Length(13),
+            Constraint::Length(13),
+            Constraint::Length(6),
+            Constraint::Length(9),
+            Constraint::Length(7),
+        ],
+    )
+    .header(
+        Row::new([
+            "TENANT",
+            "TIER",
+            "",
+            "RPM",
+            "TPM",
+            "TODAY",
+            "MONTH",
+            "QUEUED",
+            "IN FLIGHT",
+            "P99",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(block(&title));
+    frame.render_widget(table, area);
+}
+
+fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    let selected = model.selected[2];
+    let rows = model.region_rows().into_iter().enumerate().map(|(n, row)| {
+        let cells = match row {
+            RegionRow::Region(name) => {
+                let r = s.regions.iter().find(|r| r.name == name);
+                let state = r.map(|r| r.state.clone()).unwrap_or_default();
+                vec![
+                    Cell::from(name).style(Style::new().add_modifier(Modifier::BOLD)),
+                    Cell::from(""),
+                    Cell::from(state.clone()).style(region_style(&state)),
+                    Cell::from(
+                        r.map(|r| format!("{:.0}% routable", r.routable * 100.0))
+                            .unwrap_or_default(),
+                    ),
+                    Cell::from(""),
+                    Cell::from(""),
+                    Cell::from(""),
+                ]
+            }
+            RegionRow::Instance { region, name } => {
+                let i = s
+                    .regions
+                    .iter()
+                    .filter(|r| r.name == region)
+                    .flat_map(|r| &r.instances)
+                    .find(|i| i.name == name);
+                match i {
+                    None => vec![Cell::from("")],
+                    Some(i) => {
+                        let detail = match (i.health.ejected_for_ms, i.health.cooling_for_ms) {
+                            (Some(ms), _) => format!("back in {:.0}s", ms as f64 / 1000.0),
+                            (_, Some(ms)) => format!("cool {:.1}s", ms as f64 / 1000.0),
+                            _ => String::new(),
+                        };
+                        vec![
+                            Cell::from(""),
+                            Cell::from(i.name.clone()),
+                            Cell::from(i.health.state.clone()).style(region_style(&i.health.state)),
+                            Cell::from(detail),
+                            Cell::from(format!("{}/{}", i.in_flight, i.max_concurrency)),
+                            Cell::from(format!("{:.1}ms", i.latency_ms)),
+                            Cell::from(i.health.ejections.to_string()),
+                        ]
+                    }
+                }
+            }
+        };
+        let row = Row::new(cells);
+        if n == selected {
+            row.style(SELECTED)
+        } else {
+            row
+        }
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(12),
+            Constraint::Length(14),
+            Constraint::Length(20),
+            Constraint::Length(16),
+            Constraint::Length(10),
+            Constraint::Length(10),
+            Constraint::Length(9),
+        ],
+    )
+    .header(
+        Row::new([
+            "REGION",
+            "INSTANCE",
+            "HEALTH",
+            "",
+            "IN FLIGHT",
+            "LATENCY",
+            "EJECTIONS",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(block("regions and instances"));
+    frame.render_widget(table, area);
+}
+
+fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    let selected = model.selected[3];
+    let rows = s.levels.iter().enumerate().map(|(n, l)| {
+        let row = Row::new(vec![
+            Cell::from(l.tier.clone()),
+            Cell::from(l.share.to_string()),
+            Cell::from(l.seats.to_string()),
+            Cell::from(l.in_use.to_string()),
+            Cell::from(l.borrowed.to_string()),
+            Cell::from(l.queued.to_string()),
+            Cell::from(format!("{}ms", l.oldest_wait_ms)),
+            Cell::from(l.dispatched.to_string()),
+        ]);
+        if n == selected {
+            row.style(SELECTED)
+        } else {
+            row
+        }
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(12),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(7),
+            Constraint::Length(9),
+            Constraint::Length(7),
+            Constraint::Length(12),
+            Constraint::Length(11),
+        ],
+    )
+    .header(
+        Row::new([
+            "TIER",
+            "SHARE",
+            "SEATS",
+            "IN USE",
+            "BORROWED",
+            "QUEUED",
+            "OLDEST WAIT",
+            "DISPATCHED",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(block("priority levels"));
+    frame.render_widget(table, area);
+}
+
+fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    let [list, tail] =
+        Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
+    let selected = model.selected[4];
+    let rows = model.stream_rows().into_iter().enumerate().map(|(n, i)| {
+        let st = &s.streams[i];
+        let row = Row::new(vec![
+            Cell::from(st.id.clone()),
+            Cell::from(st.tenant.clone()),
+            Cell::from(st.model.clone()),
+            Cell::from(format!("{}/{}", st.region, st.instance)),
+            Cell::from(st.tokens.to_string()),
+            Cell::from(format!("{:.1}", st.tokens_per_sec)),
+            Cell::from(format!("{:.1}s", st.age_ms as f64 / 1000.0)),
+        ]);
+        if n == selected {
+            row.style(SELECTED)
+        } else {
+            row
+        }
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(20),
+            Constraint::Length(10),
+            Constraint::Length(14),
+            Constraint::Length(22),
+            Constraint::Length(7),
+            Constraint::Length(8),
+            Constraint::Length(7),
+        ],
+    )
+    .header(
+        Row::new([
+            "STREAM", "TENANT", "MODEL", "WHERE", "TOKENS", "TOK/S", "AGE",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(block(&format!("live streams ({})", s.streams.len())));
+    frame.render_widget(table, list);
+    let (title, text) = match model
+        .tailing
+        .as_ref()
+        .and_then(|id| s.streams.iter().find(|st| &st.id == id))
+    {
+        Some(st) => (format!("tail of {}", st.id), st.tail.clone()),
+        None if model.tailing.is_some() => ("tail".to_string(), "the stream ended".to_string()),
+        None => (
+            "tail".to_string(),
+            "Enter on a stream tails its text".to_string(),
+        ),
+    };
+    frame.render_widget(
+        Paragraph::new(text)
+            .wrap(Wrap { trim: false })
+            .block(block(&title)),
+        tail,
+    );
+}
+
+fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    let selected = model.selected[5];
+    if s.latency.is_empty() {
+        frame.render_widget(
+            Paragraph::new("no latency recorded yet").block(block("latency")),
+            area,
+        );
+        return;
+    }
+    let rows = s.latency.iter().enumerate().map(|(n, l)| {
+        let row = Row::new(vec![
+            Cell::from(l.metric.clone()),
+            Cell::from(l.scope.clone()),
+            Cell::from(l.window.clone()),
+            Cell::from(l.count.to_string()),
+            Cell::from(format!("{:.1}", l.p50_ms)),
+            Cell::from(format!("{:.1}", l.p90_ms)),
+            Cell::from(format!("{:.1}", l.p99_ms)),
+            Cell::from(format!("{:.1}", l.p999_ms)),
+            Cell::from(format!("{:.1}", l.max_ms)),
+        ]);
+        if n == selected {
+            row.style(SELECTED)
+        } else {
+            row
+        }
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(9),
+            Constraint::Length(22),
+            Constraint::Length(6),
+            Constraint::Length(7),
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(8),
+        ],
+    )
+    .header(
+        Row::new([
+            "METRIC", "SCOPE", "WINDOW", "COUNT", "P50 ms", "P90 ms", "P99 ms", "P99.9 ms",
+            "MAX ms",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
+    )
+    .block(block("latency percentiles"));
+    frame.render_widget(table, area);
+}
+
+fn events(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    let selected = model.selected[6];
+    let lines: Vec<Line> = model
+        .event_rows()
+        .into_iter()
+        .enumerate()
+        .map(|(n, i)| {
+            let line = event_line(&s.events[i]);
+            if n == selected {
+                line.style(SELECTED)
+            } else {
+                line
+            }
+        })
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(block("events, newest first")),
+        area,
+    );
+}
+
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let width = width.min(area.width);
+    let height = height.min(area.height);
+    Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    }
+}
+
+fn dialog(frame: &mut Frame, area: Rect, title: &str, text: &str) {
+    let width = (text.chars().count() as u16 + 4).max(30);
+    let rect = centered(area, width, 3);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(text.to_string()).block(block(title).style(Style::new().fg(Color::Yellow))),
+        rect,
+    );
+}
+
+fn help(frame: &mut Frame, area: Rect) {
+    let lines: Vec<Line> = KEYMAP
+        .iter()
+        .map(|b| {
+            let scope = match b.views {
+                None => String::new(),
+                Some(views) => format!(
+                    " ({})",
+                    views
+                        .iter()
+                        .map(|v| v.title())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            Line::from(vec![
+                Span::styled(format!("{:>8}  ", b.label), Style::new().fg(ACCENT)),
+                Span::raw(format!("{}{scope}", b.help)),
+            ])
+        })
+        .collect();
+    let rect = centered(area, 76, lines.len() as u16 + 2);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(block("keys (any key closes)")),
+        rect,
+    );
+}

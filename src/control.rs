@@ -1,0 +1,245 @@
+//! `Control`: how a console sees a gateway and acts on it, the same whether the gateway
+//! runs in this process or behind a remote admin API.
+//!
+//! A control feeds snapshots (about once a second) and the state of its link into a
+//! channel, and carries out actions. The in-process one builds snapshots from the
+//! `Gateway`; the remote one lives on `GET /admin/events` (server-sent events) and
+//! reconnects with capped backoff, reporting *reconnecting* meanwhile.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::admin::client::AdminClient;
+use crate::domain::snapshot::{Action, Snapshot};
+use crate::gateway::Gateway;
+
+/// What a control sends a console.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    Snapshot(Box<Snapshot>),
+    Link(Link),
+}
+
+/// The state of the connection to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    Connected,
+    /// Lost; trying again (attempt number, and why it was lost).
+    Reconnecting {
+        attempt: u32,
+        reason: String,
+    },
+}
+
+pub type Acted<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
+pub trait Control: Send + Sync + 'static {
+    /// Starts feeding snapshots and link changes; the feed stops when the receiver drops.
+    fn subscribe(&self) -> mpsc::Receiver<Feed>;
+    /// Carries out an action; the answer says what happened, or why not.
+    fn act(&self, action: Action) -> Acted<'_>;
+    /// Where the gateway is, for the console's title.
+    fn describe(&self) -> String;
+}
+
+/// A gateway in this process.
+pub struct InProcess {
+    gateway: Arc<Gateway>,
+    operator: String,
+    every: Duration,
+}
+
+impl InProcess {
+    pub fn new(gateway: Arc<Gateway>, operator: &str) -> InProcess {
+        InProcess {
+            gateway,
+            operator: operator.to_string(),
+            every: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Control for InProcess {
+    fn subscribe(&self) -> mpsc::Receiver<Feed> {
+        let (sender, receiver) = mpsc::channel(4);
+        let gateway = self.gateway.clone();
+        let every = self.every;
+        tokio::spawn(async move {
+            let _ = sender.send(Feed::Link(Link::Connected)).await;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                // Building a snapshot takes short locks only; off the runtime's way anyway.
+                let gateway = gateway.clone();
+                let Ok(snapshot) = tokio::task::spawn_blocking(move || gateway.snapshot()).await
+                else {
+                    return;
+                };
+                if sender
+                    .send(Feed::Snapshot(Box::new(snapshot)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+
+    fn act(&self, action: Action) -> Acted<'_> {
+        Box::pin(async move { self.gateway.act(&action, &self.operator) })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "in-process gateway on {}",
+            self.gateway.config().server.listen
+        )
+    }
+}
+
+/// A gateway behind its admin API.
+pub struct Remote {
+    url: String,
+    token: String,
+    client: AdminClient,
+}
+
+impl Remote {
+    pub fn new(url: &str, token: &str, operator: &str) -> Result<Remote, String> {
+        let client = AdminClient::new(url, token, operator).map_err(|e| e.to_string())?;
+        Ok(Remote {
+            url: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            client,
+        })
+    }
+}
+
+/// Backoff between reconnection attempts: 250 ms doubling to at most 5 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5))
+}
+
+impl Control for Remote {
+    fn subscribe(&self) -> mpsc::Receiver<Feed> {
+        let (sender, receiver) = mpsc::channel(4);
+        let url = format!("{}/admin/events", self.url);
+        let token = self.token.clone();
+        tokio::spawn(async move {
+            let http = match reqwest::Client::builder().no_proxy().build() {
+                Ok(h) => h,
+                Err(_) => return,
+            };
+            let mut attempt = 0u32;
+            loop {
+                let reason = match follow(&http, &url, &token, &sender, &mut attempt).await {
+                    Ok(()) => return, // the console went away
+                    Err(reason) => reason,
+                };
+                attempt += 1;
+                let link = Link::Reconnecting { attempt, reason };
+                if sender.send(Feed::Link(link)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        });
+        receiver
+    }
+
+    fn act(&self, action: Action) -> Acted<'_> {
+        Box::pin(async move {
+            let body = serde_json::to_value(&action).map_err(|e| e.to_string())?;
+            let reply = self
+                .client
+                .post("/admin/actions", &body)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(reply["ok"].as_str().unwrap_or("done").to_string())
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("remote gateway at {}", self.url)
+    }
+}
+
+/// Reads the event stream until it breaks (`Err` with why) or the console is gone (`Ok`).
+async fn follow(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    sender: &mpsc::Sender<Feed>,
+    attempt: &mut u32,
+) -> Result<(), String> {
+    let response = http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| crate::providers::root_cause(&e))?;
+    if !response.status().is_success() {
+        return Err(format!("the admin API answered {}", response.status()));
+    }
+    if sender.send(Feed::Link(Link::Connected)).await.is_err() {
+        return Ok(());
+    }
+    *attempt = 0;
+    let mut body = response.bytes_stream();
+    let mut framer = crate::streams::SseFramer::default();
+    // No snapshot for this long means the link is dead even if TCP says otherwise.
+    let silence = Duration::from_secs(10);
+    loop {
+        let chunk = match tokio::time::timeout(silence, body.next()).await {
+            Err(_) => return Err("no snapshot for 10 s".into()),
+            Ok(None) => return Err("the daemon closed the stream".into()),
+            Ok(Some(Err(e))) => return Err(crate::providers::root_cause(&e)),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        let Some(events) = framer.push(chunk) else {
+            continue;
+        };
+        for event in String::from_utf8_lossy(&events).split("\n\n") {
+            let mut kind = "";
+            let mut data = String::new();
+            for line in event.lines() {
+                if let Some(k) = line.strip_prefix("event:") {
+                    kind = k.trim();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            if kind == "snapshot" {
+                let snapshot: Snapshot =
+                    serde_json::from_str(&data).map_err(|e| format!("unreadable snapshot: {e}"))?;
+                if sender
+                    .send(Feed::Snapshot(Box::new(snapshot)))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(250));
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(4), Duration::from_secs(4));
+        assert_eq!(backoff(9), Duration::from_secs(5));
+    }
+}

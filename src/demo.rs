@@ -1,0 +1,347 @@
+//! `switchyard demo`: everything embedded, nothing to set up. Three simulated regions, six
+//! tenants over three tiers, synthetic traffic (plain and streamed) from all of them, and
+//! a region outage every couple of minutes that heals, so that failover, queues and
+//! budgets can be watched live in the console, or summarised with `--headless`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::sync::Mutex;
+
+use crate::cli::say;
+use crate::config::Config;
+use crate::control::InProcess;
+use crate::daemon::Daemon;
+use crate::mock::{Knobs, MockHandle, MockUpstream, Outage};
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Run without the console and print a summary at the end.
+    #[arg(long)]
+    pub headless: bool,
+    /// How long a headless demo runs, e.g. "60s".
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    pub duration: Duration,
+    /// Time between region outages, e.g. "2m".
+    #[arg(long, default_value = "2m", value_parser = crate::config::parse_duration)]
+    pub outage_every: Duration,
+    /// How long an outage lasts.
+    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub outage_for: Duration,
+    /// Public API address; the demo falls back to a free port if it is taken.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+}
+
+/// The demo's tenants: name, tier, requests per second, share of streamed requests.
+const TENANTS: &[(&str, &str, f64, f64)] = &[
+    ("acme", "enterprise", 12.0, 0.5),
+    ("umbrella", "enterprise", 8.0, 0.3),
+    ("globex", "pro", 8.0, 0.5),
+    ("hooli", "pro", 5.0, 0.4),
+    ("initech", "free", 4.0, 0.5),
+    ("vandelay", "free", 3.0, 0.2),
+];
+
+const REGIONS: &[&str] = &["us-east", "eu-west", "ap-south"];
+
+fn key(tenant: &str) -> String {
+    format!("sy-demo-{tenant}")
+}
+
+fn config(mocks: &[MockHandle], listen: SocketAddr, data_dir: &std::path::Path) -> String {
+    let mut toml = format!(
+        r#"
+[server]
+listen = "{listen}"
+admin_listen = "127.0.0.1:0"
+data_dir = "{data}"
+
+[health]
+interval = "1s"
+timeout = "500ms"
+
+[routing]
+consecutive_failures = 3
+base_ejection = "10s"
+drain_grace = "5s"
+drain_deadline = "30s"
+
+[scheduler]
+seats = 24
+
+[tiers.enterprise]
+share = 60
+max_wait = "20s"
+rpm = 3000
+
+[tiers.pro]
+share = 30
+max_wait = "10s"
+rpm = 600
+tpm = 60000
+
+[tiers.free]
+share = 10
+max_queue = 40
+max_wait = "5s"
+rpm = 180
+tpm = 12000
+max_concurrency = 4
+daily_tokens = 400000
+"#,
+        data = data_dir.display()
+    );
+    for (name, tier, _, _) in TENANTS {
+        toml.push_str(&format!(
+            "\n[[tenants]]\nname = \"{name}\"\ntier = \"{tier}\"\nkeys = [\"{}\"]\n",
+            crate::auth::hash_key(&key(name))
+        ));
+    }
+    for (order, (name, mock)) in REGIONS.iter().zip(mocks).enumerate() {
+        toml.push_str(&format!(
+            "\n[[regions]]\nname = \"{name}\"\norder = {order}\n  [[regions.instances]]\n  name = \"{name}-a\"\n  url = \"{}\"\n  max_concurrency = 12\n",
+            mock.url()
+        ));
+    }
+    toml.push_str(
+        "\n[[models]]\nalias = \"gpt-4o-mini\"\nprice = { input_per_mtok = 0.15, output_per_mtok = 0.60 }\n\n[[models]]\nalias = \"gpt-4o\"\nprice = { input_per_mtok = 2.50, output_per_mtok = 10.00 }\n",
+    );
+    toml
+}
+
+/// What the synthetic clients saw, by status.
+#[derive(Default)]
+struct Tally {
+    by_status: BTreeMap<u16, u64>,
+    by_region: BTreeMap<String, u64>,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(format!("switchyard-demo-{}", std::process::id()));
+    let _logs = crate::telemetry::init(&data_dir, false)?;
+    let mut mocks = Vec::new();
+    for _ in REGIONS {
+        let mock = MockUpstream::builder()
+            .knobs(Knobs {
+                ttft_ms: 120,
+                tokens_per_sec: 40.0,
+                answer_tokens: 24,
+                dimensions: 256,
+                ..Knobs::default()
+            })
+            .spawn_local()
+            .await
+            .context("cannot start a simulated region")?;
+        mocks.push(mock);
+    }
+    let listen = match std::net::TcpListener::bind(args.listen) {
+        Ok(probe) => {
+            drop(probe);
+            args.listen
+        }
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let config = Config::from_toml(&config(&mocks, listen, &data_dir))?;
+    let token = format!("sy-admin-{:016x}", fastrand::u64(..));
+    let daemon = Daemon::start_with_admin_token(config, Some(token.clone())).await?;
+    let base = format!("{}/v1", daemon.url());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut tasks = Vec::new();
+    for (name, _, rate, streamed) in TENANTS {
+        tasks.push(tokio::spawn(client(
+            base.clone(),
+            key(name),
+            *rate,
+            *streamed,
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    let mocks = Arc::new(mocks);
+    tasks.push(tokio::spawn(outages(
+        mocks.clone(),
+        args.outage_every,
+        args.outage_for,
+        stop.clone(),
+        daemon.gateway().clone(),
+    )));
+
+    if args.headless {
+        say!(
+            "switchyard demo: gateway on {base}, admin on {}",
+            daemon.admin_url().unwrap_or_default()
+        );
+        say!(
+            "attach a console: switchyard console --connect {} --token {token}",
+            daemon.admin_url().unwrap_or_default()
+        );
+        say!(
+            "running for {:?} (outage every {:?} for {:?})",
+            args.duration,
+            args.outage_every,
+            args.outage_for
+        );
+        tokio::time::sleep(args.duration).await;
+    } else {
+        let control = Arc::new(InProcess::new(daemon.gateway().clone(), "operator"));
+        crate::console::run(control, false).await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let snapshot = daemon.gateway().snapshot();
+    daemon.stop(Duration::from_secs(2)).await;
+    let tally = tally.lock().await;
+    say!("demo summary:");
+    say!(
+        "  {} requests, {} tokens, {} upstream errors seen by the gateway",
+        snapshot.totals.requests,
+        snapshot.totals.tokens,
+        snapshot.totals.errors
+    );
+    let statuses: Vec<String> = tally
+        .by_status
+        .iter()
+        .map(|(s, n)| format!("{s}: {n}"))
+        .collect();
+    say!("  clients saw: {}", statuses.join(", "));
+    let regions: Vec<String> = tally
+        .by_region
+        .iter()
+        .map(|(r, n)| format!("{r}: {n}"))
+        .collect();
+    say!("  served by: {}", regions.join(", "));
+    for t in &snapshot.tenants {
+        say!(
+            "  {:<9} {:<10} {:>7} requests today, {:>8} tokens",
+            t.name,
+            t.tier,
+            t.day.requests,
+            t.day.tokens
+        );
+    }
+    let routing = snapshot
+        .events
+        .iter()
+        .filter(|e| e.kind == crate::domain::snapshot::EventKind::Routing)
+        .count();
+    say!(
+        "  {routing} routing events (ejections, probes, failovers); logs in {}",
+        data_dir.join("logs").display()
+    );
+    let _ = std::fs::remove_dir_all(data_dir.join("db"));
+    Ok(())
+}
+
+/// One tenant's synthetic client: requests at `rate` per second, `streamed` of them streams.
+async fn client(
+    base: String,
+    key: String,
+    rate: f64,
+    streamed: f64,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Tally>>,
+) {
+    let Ok(http) = reqwest::Client::builder().no_proxy().build() else {
+        return;
+    };
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        // Jitter the gaps so the load is not a metronome.
+        tokio::time::sleep(gap.mul_f64(0.5 + fastrand::f64())).await;
+        n += 1;
+        let stream = fastrand::f64() < streamed;
+        let model = if n % 5 == 0 { "gpt-4o" } else { "gpt-4o-mini" };
+        let body = serde_json::json!({
+            "model": model,
+            "stream": stream,
+            "max_tokens": 64,
+            "user": format!("{key}-conversation-{}", n % 7),
+            "messages": [{"role": "user", "content": format!("Tell me about switchyard number {n}.")}],
+        });
+        let http = http.clone();
+        let key = key.clone();
+        let base = base.clone();
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let reply = http
+                .post(format!("{base}/chat/completions"))
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            let Ok(reply) = reply else { return };
+            let status = reply.status().as_u16();
+            let region = reply
+                .headers()
+                .get("x-switchyard-region")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let _ = reply.bytes().await;
+            let mut tally = tally.lock().await;
+            *tally.by_status.entry(status).or_insert(0) += 1;
+            if !region.is_empty() {
+                *tally.by_region.entry(region).or_insert(0) += 1;
+            }
+        });
+    }
+}
+
+/// Takes one region down every `every` for `length`, in turn, then heals it.
+async fn outages(
+    mocks: Arc<Vec<MockHandle>>,
+    every: Duration,
+    length: Duration,
+    stop: Arc<AtomicBool>,
+    gateway: Arc<crate::gateway::Gateway>,
+) {
+    let mut which = 0;
+    loop {
+        if sleep_unless_stopped(every, &stop).await {
+            return;
+        }
+        let region = REGIONS[which % REGIONS.len()];
+        let mock = &mocks[which % mocks.len()];
+        mock.start_outage(Outage::Drop);
+        gateway.events().record(
+            crate::domain::snapshot::EventKind::Traffic,
+            Some("demo"),
+            format!("simulated outage: {region} goes dark for {length:?}"),
+        );
+        let stopped = sleep_unless_stopped(length, &stop).await;
+        mock.stop_outage();
+        gateway.events().record(
+            crate::domain::snapshot::EventKind::Traffic,
+            Some("demo"),
+            format!("simulated outage over: {region} is back"),
+        );
+        if stopped {
+            return;
+        }
+        which += 1;
+    }
+}
+
+/// Sleeps for `length`; true when the demo stopped meanwhile.
+async fn sleep_unless_stopped(length: Duration, stop: &AtomicBool) -> bool {
+    let deadline = tokio::time::Instant::now() + length;
+    while tokio::time::Instant::now() < deadline {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.load(Ordering::Relaxed)
+}

@@ -1,0 +1,263 @@
+//! What the console sees and says: a `Snapshot` of the whole gateway, the `Event`s that
+//! explain changes, and the `Action`s an operator can take. The same types travel
+//! in-process and, as JSON, between a remote daemon and its console.
+
+use serde::{Deserialize, Serialize};
+
+use super::Limits;
+
+/// The whole gateway at one moment, as the daemon acts on it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Wall-clock time of the snapshot, milliseconds since the Unix epoch.
+    pub taken_at_ms: u64,
+    pub uptime_secs: u64,
+    pub totals: Totals,
+    pub regions: Vec<RegionView>,
+    pub tenants: Vec<TenantView>,
+    pub levels: Vec<LevelView>,
+    pub streams: Vec<StreamView>,
+    /// The most recent events, oldest first.
+    pub events: Vec<Event>,
+    /// Requests queued, one sample a second, oldest first (for sparklines).
+    pub queue_history: Vec<u64>,
+    pub latency: Vec<LatencyView>,
+}
+
+/// Counters since start, and rates over the last few seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub tokens: u64,
+    pub requests_per_sec: f64,
+    pub tokens_per_sec: f64,
+    /// Share of recent requests that ended in an error the gateway or upstream caused.
+    pub error_rate: f64,
+    pub queued: u64,
+    pub in_flight: u64,
+}
+
+/// A tenant's live state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantView {
+    pub name: String,
+    pub tier: String,
+    pub paused: bool,
+    /// The limits in force: the tier's, with the tenant's overrides applied.
+    pub limits: Limits,
+    pub overrides: Limits,
+    pub in_flight: u32,
+    pub requests_available: Option<u64>,
+    pub tokens_available: Option<u64>,
+    pub day: PeriodView,
+    pub month: PeriodView,
+    /// Requests of this tenant waiting for a seat.
+    #[serde(default)]
+    pub queued: u64,
+    /// p99 of end-to-end latency over the last minute, milliseconds.
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeriodView {
+    pub tokens: u64,
+    pub cost_usd: f64,
+    pub requests: u64,
+    pub reserved_tokens: u64,
+}
+
+/// A priority level's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelView {
+    pub tier: String,
+    pub share: u32,
+    pub seats: u32,
+    pub in_use: u32,
+    /// Seats in use beyond the level's own share.
+    pub borrowed: u32,
+    pub queued: usize,
+    pub oldest_wait_ms: u64,
+    pub dispatched: u64,
+}
+
+/// A region and its instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionView {
+    pub name: String,
+    pub order: u32,
+    /// "healthy", "degraded", "down", "draining" or "drained".
+    pub state: String,
+    /// Share of instance weight that takes new requests.
+    pub routable: f64,
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub name: String,
+    pub url: String,
+    pub weight: u32,
+    pub max_concurrency: u32,
+    pub in_flight: u32,
+    pub outstanding_tokens: u64,
+    pub latency_ms: f64,
+    pub health: HealthView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// "healthy", "cooling down", "ejected", "probe failing", "draining", "drained" or
+    /// "ejected by operator".
+    pub state: String,
+    pub probe_ok: bool,
+    pub consecutive_failures: u32,
+    pub ejections: u32,
+    pub ejected_for_ms: Option<u64>,
+    pub cooling_for_ms: Option<u64>,
+    pub manual_eject: bool,
+}
+
+/// A live streamed answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamView {
+    pub id: String,
+    pub tenant: String,
+    pub model: String,
+    pub region: String,
+    pub instance: String,
+    /// Content tokens relayed so far (by the model's tokenizer).
+    pub tokens: u64,
+    pub tokens_per_sec: f64,
+    pub age_ms: u64,
+    /// The end of the text so far, for tailing.
+    pub tail: String,
+}
+
+/// Percentiles of one latency series over one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyView {
+    /// "ttft", "e2e", "queue" or "overhead".
+    pub metric: String,
+    /// What the series is about: "region:us-east", "model:gpt-4o-mini", "tier:pro".
+    pub scope: String,
+    /// "10s", "1m" or "5m".
+    pub window: String,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// Counts per bucket, for a bar chart; bucket upper bounds in `bucket_ms`.
+    pub buckets: Vec<u64>,
+    pub bucket_ms: Vec<f64>,
+    /// p99 per ten seconds over the last five minutes, oldest first.
+    pub p99_history_ms: Vec<f64>,
+}
+
+/// Something that happened that an operator should see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_ms: u64,
+    pub kind: EventKind,
+    /// Who did it, for operator actions.
+    pub actor: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Ejections, cool-downs, probes, failover.
+    Routing,
+    /// An operator changed something.
+    Operator,
+    /// Streams cut, budgets spent, queues overflowing.
+    Traffic,
+}
+
+/// Everything an operator can do, from the console, `ctl` or the admin API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    DrainRegion {
+        region: String,
+        /// Seconds until what still runs is cut; default `routing.drain_deadline`.
+        #[serde(default)]
+        deadline_secs: Option<u64>,
+    },
+    UndrainRegion {
+        region: String,
+    },
+    DrainInstance {
+        instance: String,
+        #[serde(default)]
+        deadline_secs: Option<u64>,
+    },
+    UndrainInstance {
+        instance: String,
+    },
+    EjectInstance {
+        instance: String,
+    },
+    RestoreInstance {
+        instance: String,
+    },
+    SetTier {
+        tenant: String,
+        tier: String,
+    },
+    SetLimits {
+        tenant: String,
+        limits: Limits,
+    },
+    PauseTenant {
+        tenant: String,
+    },
+    ResumeTenant {
+        tenant: String,
+    },
+    ResetBudget {
+        tenant: String,
+    },
+    KillStream {
+        id: String,
+    },
+}
+
+impl Action {
+    /// Whether the action takes capacity or service away, and so asks first.
+    pub fn is_destructive(&self) -> bool {
+        matches!(
+            self,
+            Action::DrainRegion { .. }
+                | Action::DrainInstance { .. }
+                | Action::EjectInstance { .. }
+                | Action::PauseTenant { .. }
+                | Action::KillStream { .. }
+                | Action::SetTier { .. }
+                | Action::SetLimits { .. }
+                | Action::ResetBudget { .. }
+        )
+    }
+
+    /// A short description naming the target: "drain us-east".
+    pub fn describe(&self) -> String {
+        match self {
+            Action::DrainRegion { region, .. } => format!("drain {region}"),
+            Action::UndrainRegion { region } => format!("undrain {region}"),
+            Action::DrainInstance { instance, .. } => format!("drain instance {instance}"),
+            Action::UndrainInstance { instance } => format!("undrain instance {instance}"),
+            Action::EjectInstance { instance } => format!("eject {instance}"),
+            Action::RestoreInstance { instance } => format!("restore {instance}"),
+            Action::SetTier { tenant, tier } => format!("move {tenant} to tier {tier}"),
+            Action::SetLimits { tenant, .. } => format!("change {tenant}'s limits"),
+            Action::PauseTenant { tenant } => format!("pause {tenant}"),
+            Action::ResumeTenant { tenant } => format!("resume {tenant}"),
+            Action::ResetBudget { tenant } => format!("reset {tenant}'s budget"),
+            Action::KillStream { id } => format!("kill stream {id}"),
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! The console: every view rendered into ratatui's TestBackend from a fixed snapshot and
+//! compared with insta snapshots; the update logic without a terminal; and the controls
+//! it drives, end to end through the admin API, in-process and remote.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use reqwest::Method;
+use serde_json::json;
+use switchyard::console::model::{Cmd, Mode, Model, Msg, View, update};
+use switchyard::console::view::render;
+use switchyard::control::{Control, Feed, Link, Remote};
+use switchyard::domain::Limits;
+use switchyard::domain::snapshot::*;
+
+fn health(state: &str) -> HealthView {
+    HealthView {
+        state: state.into(),
+        probe_ok: state != "probe failing",
+        consecutive_failures: 0,
+        ejections: u32::from(state == "ejected"),
+        ejected_for_ms: (state == "ejected").then_some(12_000),
+        cooling_for_ms: None,
+        manual_eject: false,
+    }
+}
+
+fn instance(name: &str, state: &str, in_flight: u32) -> InstanceView {
+    InstanceView {
+        name: name.into(),
+        url: format!("http://{name}/v1"),
+        weight: 1,
+        max_concurrency: 64,
+        in_flight,
+        outstanding_tokens: u64::from(in_flight) * 300,
+        latency_ms: 180.5,
+        health: health(state),
+    }
+}
+
+fn tenant(name: &str, tier: &str, day_tokens: u64, queued: u64, paused: bool) -> TenantView {
+    TenantView {
+        name: name.into(),
+        tier: tier.into(),
+        paused,
+        limits: Limits {
+            rpm: Some(600),
+            tpm: Some(100_000),
+            daily_tokens: Some(1_000_000),
+            ..Limits::default()
+        },
+        overrides: Limits::default(),
+        in_flight: 3,
+        requests_available: Some(450),
+        tokens_available: Some(25_000),
+        day: PeriodView {
+            tokens: day_tokens,
+            cost_usd: 1.25,
+            requests: 900,
+            reserved_tokens: 0,
+        },
+        month: PeriodView {
+            tokens: day_tokens * 10,
+            cost_usd: 12.5,
+            requests: 9000,
+            reserved_tokens: 0,
+        },
+        queued,
+        p99_ms: Some(840.0),
+    }
+}
+
+/// A fixed moment in a gateway's life: us-east degraded, a paused tenant, two streams.
+fn fixture() -> Snapshot {
+    Snapshot {
+        taken_at_ms: 1_795_896_000_000,
+        uptime_secs: 3725,
+        totals: Totals {
+            requests: 120_400,
+            errors: 310,
+            tokens: 9_800_000,
+            requests_per_sec: 42.5,
+            tokens_per_sec: 3150.0,
+            error_rate: 0.012,
+            queued: 7,
+            in_flight: 19,
+        },
+        regions: vec![
+            RegionView {
+                name: "us-east".into(),
+                order: 0,
+                state: "degraded".into(),
+                routable: 0.5,
+                instances: vec![
+                    instance("us-east-a", "healthy", 11),
+                    instance("us-east-b", "ejected", 0),
+                ],
+            },
+            RegionView {
+                name: "eu-west".into(),
+                order: 1,
+                state: "healthy".into(),
+                routable: 1.0,
+                instances: vec![instance("eu-west-a", "healthy", 8)],
+            },
+            RegionView {
+                name: "ap-south".into(),
+                order: 2,
+                state: "draining".into(),
+                routable: 0.0,
+                instances: vec![instance("ap-south-a", "draining", 0)],
+            },
+        ],
+        tenants: vec![
+            tenant("acme", "enterprise", 450_000, 0, false),
+            tenant("globex", "pro", 900_000, 5, false),
+            tenant("initech", "free", 120_000, 2, true),
+        ],
+        levels: vec![
+            LevelView {
+                tier: "enterprise".into(),
+                share: 60,
+                seats: 115,
+                in_use: 12,
+                borrowed: 0,
+                queued: 0,
+                oldest_wait_ms: 0,
+                dispatched: 80_000,
+            },
+            LevelView {
+                tier: "pro".into(),
+                share: 30,
+                seats: 57,
+                in_use: 6,
+                borrowed: 0,
+                queued: 5,
+                oldest_wait_ms: 1200,
+                dispatched: 30_000,
+            },
+            LevelView {
+                tier: "free".into(),
+                share: 10,
+                seats: 19,
+                in_use: 1,
+                borrowed: 0,
+                queued: 2,
+                oldest_wait_ms: 3400,
+                dispatched: 10_400,
+            },
+        ],
+        streams: vec![
+            StreamView {
+                id: "str_1".into(),
+                tenant: "acme".into(),
+                model: "gpt-4o-mini".into(),
+                region: "us-east".into(),
+                instance: "us-east-a".into(),
+                tokens: 120,
+                tokens_per_sec: 48.0,
+                age_ms: 2500,
+                tail: "Switchyards sort freight cars onto tracks.".into(),
+            },
+            StreamView {
+                id: "str_2".into(),
+                tenant: "globex".into(),
+                model: "gpt-4o".into(),
+                region: "eu-west".into(),
+                instance: "eu-west-a".into(),
+                tokens: 12,
+                tokens_per_sec: 24.0,
+                age_ms: 500,
+                tail: "A marshalling yard".into(),
+            },
+        ],
+        events: vec![
+            Event {
+                at_ms: 1_795_895_990_000,
+                kind: EventKind::Routing,
+                actor: None,
+                message: "us-east/us-east-b ejected for 30s after 5 consecutive failures".into(),
+            },
+            Event {
+                at_ms: 1_795_895_995_000,
+                kind: EventKind::Operator,
+                actor: Some("alice".into()),
+                message: "ap-south is draining; 3 in flight finish or are cut at the deadline"
+                    .into(),
+            },
+        ],
+        queue_history: vec![0, 1, 3, 7, 12, 9, 7],
+        latency: vec![LatencyView {
+            metric: "e2e".into(),
+            scope: "region:us-east".into(),
+            window: "1m".into(),
+            count: 2400,
+            p50_ms: 420.0,
+            p90_ms: 700.0,
+            p99_ms: 840.0,
+            p999_ms: 990.0,
+            max_ms: 1200.0,
+            buckets: vec![10, 40, 30, 5],
+            bucket_ms: vec![250.0, 500.0, 1000.0, 2000.0],
+            p99_history_ms: vec![800.0, 840.0],
+        }],
+    }
+}
+
+fn model_with_fixture() -> Model {
+    let mut model = Model::new("test gateway", false);
+    update(&mut model, Msg::Feed(Feed::Link(Link::Connected)));
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    model
+}
+
+fn draw(model: &Model) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(120, 26)).unwrap();
+    terminal.draw(|f| render(model, f)).unwrap();
+    let buffer = terminal.backend().buffer();
+    let mut text = String::new();
+    for y in 0..buffer.area.height {
+        let line: String = (0..buffer.area.width)
+            .map(|x| buffer[(x, y)].symbol().to_string())
+            .collect();
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+fn key(model: &mut Model, key: &str) -> Vec<Cmd> {
+    update(model, Msg::Key(key.into()))
+}
+
+#[test]
+fn every_view_renders_the_snapshot() {
+    let mut model = model_with_fixture();
+    for view in View::ALL {
+        model.view = view;
+        insta::assert_snapshot!(view.title().to_lowercase(), draw(&model));
+    }
+}
+
+#[test]
+fn the_help_overlay_and_a_confirmation_render_over_the_view() {
+    let mut model = model_with_fixture();
+    key(&mut model, "?");
+    insta::assert_snapshot!("help", draw(&model));
+    key(&mut model, "esc");
+    key(&mut model, "3");
+    key(&mut model, "d");
+    insta::assert_snapshot!("confirm_drain", draw(&model));
+}
+
+#[test]
+fn d_then_y_on_a_region_drains_it() {
+    let mut model = model_with_fixture();
+    key(&mut model, "3");
+    assert!(key(&mut model, "d").is_empty(), "asks first");
+    let Mode::Confirm { action, impact } = &model.mode else {
+        panic!("expected a confirmation, got {:?}", model.mode);
+    };
+    assert_eq!(
+        action,
+        &Action::DrainRegion {
+            region: "us-east".into(),
+            deadline_secs: None
+        }
+    );
+    assert_eq!(impact, "11 requests in flight");
+    let cmds = key(&mut model, "y");
+    assert_eq!(
+        cmds,
+        [Cmd::Act(Action::DrainRegion {
+            region: "us-east".into(),
+            deadline_secs: None
+        })]
+    );
+}
+
+#[test]
+fn anything_but_y_cancels_and_undrain_needs_no_confirmation() {
+    let mut model = model_with_fixture();
+    key(&mut model, "3");
+    key(&mut model, "j");
+    key(&mut model, "e");
+    assert!(key(&mut model, "n").is_empty());
+    assert_eq!(model.status.as_ref().unwrap().text, "cancelled");
+    let cmds = key(&mut model, "u");
+    assert_eq!(
+        cmds,
+        [Cmd::Act(Action::UndrainInstance {
+            instance: "us-east-a".into()
+        })]
+    );
+}
+
+#[test]
+fn the_command_line_parses_tier_and_limits() {
+    let mut model = model_with_fixture();
+    key(&mut model, ":");
+    for c in "tier globex enterprise".chars() {
+        key(
+            &mut model,
+            &if c == ' ' {
+                "space".to_string()
+            } else {
+                c.to_string()
+            },
+        );
+    }
+    key(&mut model, "enter");
+    assert!(matches!(model.mode, Mode::Confirm { .. }));
+    let cmds = key(&mut model, "y");
+    assert_eq!(
+        cmds,
+        [Cmd::Act(Action::SetTier {
+            tenant: "globex".into(),
+            tier: "enterprise".into()
+        })]
+    );
+
+    let parsed =
+        switchyard::console::model::parse_command("limits initech rpm=10 tpm=5000").unwrap();
+    let Some(Action::SetLimits { tenant, limits }) = parsed else {
+        panic!("{parsed:?}")
+    };
+    assert_eq!(tenant, "initech");
+    assert_eq!((limits.rpm, limits.tpm), (Some(10), Some(5000)));
+    assert!(switchyard::console::model::parse_command("drain").is_err());
+    assert!(switchyard::console::model::parse_command("limits x rpm=many").is_err());
+}
+
+#[test]
+fn tenants_sort_filter_and_pause_from_the_keyboard() {
+    let mut model = model_with_fixture();
+    key(&mut model, "2");
+    key(&mut model, "s");
+    let first = model.tenant_rows()[0];
+    assert_eq!(
+        model.snapshot.as_ref().unwrap().tenants[first].name,
+        "globex",
+        "most tokens today first"
+    );
+    key(&mut model, "/");
+    for c in "init".chars() {
+        key(&mut model, &c.to_string());
+    }
+    key(&mut model, "enter");
+    assert_eq!(model.tenant_rows().len(), 1);
+    key(&mut model, "p");
+    assert!(
+        matches!(&model.mode, Mode::Confirm { action: Action::PauseTenant { tenant }, .. } if tenant == "initech")
+    );
+}
+
+#[test]
+fn a_read_only_console_never_acts() {
+    let mut model = Model::new("ro", true);
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    key(&mut model, "3");
+    assert!(key(&mut model, "d").is_empty());
+    assert!(key(&mut model, "y").is_empty());
+    assert!(model.status.as_ref().unwrap().error);
+}
+
+#[test]
+fn space_pauses_the_view_while_snapshots_keep_arriving() {
+    let mut model = model_with_fixture();
+    key(&mut model, "space");
+    let mut newer = fixture();
+    newer.uptime_secs += 10;
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(newer))));
+    assert_eq!(
+        model.snapshot.as_ref().unwrap().uptime_secs,
+        3725,
+        "held while paused"
+    );
+    key(&mut model, "space");
+    assert_eq!(model.snapshot.as_ref().unwrap().uptime_secs, 3735);
+}
+
+#[test]
+fn a_silent_link_is_shown_as_stale() {
+    let mut model = model_with_fixture();
+    update(&mut model, Msg::Silence(6));
+    assert!(draw(&model).contains("stale: no snapshot for 5 s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_actions_change_routing_and_admission_through_the_admin_api() {
+    let us = quick_mock().spawn_local().await.unwrap();
+    let eu = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &us), ("eu-west", &eu)]).await;
+    let remote = Remote::new(&gw.daemon.admin_url().unwrap(), ADMIN_TOKEN, "alice").unwrap();
+
+    let done = remote
+        .act(Action::DrainRegion {
+            region: "us-east".into(),
+            deadline_secs: Some(30),
+        })
+        .await
+        .unwrap();
+    assert!(done.contains("us-east is draining"), "{done}");
+    let reply = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    assert_eq!(header(&reply, "x-switchyard-region"), "eu-west");
+
+    remote
+        .act(Action::PauseTenant {
+            tenant: "tenant-a".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 403);
+    let refused = remote
+        .act(Action::SetTier {
+            tenant: "tenant-a".into(),
+            tier: "gold".into(),
+        })
+        .await;
+    assert!(refused.unwrap_err().contains("gold"));
+
+    // The snapshot feed shows it, and the event log names who did it.
+    let mut feed = remote.subscribe();
+    let snapshot = loop {
+        match tokio::time::timeout(Duration::from_secs(10), feed.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Feed::Snapshot(s) => break s,
+            Feed::Link(_) => continue,
+        }
+    };
+    assert_eq!(snapshot.regions[0].state, "drained");
+    assert!(
+        snapshot
+            .tenants
+            .iter()
+            .any(|t| t.name == "tenant-a" && t.paused)
+    );
+    assert!(
+        snapshot.events.iter().any(
+            |e| e.actor.as_deref() == Some("alice") && e.message.contains("tenant-a is paused")
+        )
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_a_missing_or_wrong_token_and_tenant_keys() {
+    let us = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &us)]).await;
+    let base = gw.daemon.admin_url().unwrap();
+    for path in ["/admin/snapshot", "/admin/events", "/metrics"] {
+        let none = gw.client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        for wrong in ["not-the-token", KEY_A] {
+            let reply = gw
+                .client
+                .get(format!("{base}{path}"))
+                .bearer_auth(wrong)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 401, "{path} with {wrong}");
+        }
+    }
+    let action = gw
+        .client
+        .post(format!("{base}/admin/actions"))
+        .bearer_auth(KEY_A)
+        .json(&json!({ "action": "pause_tenant", "tenant": "tenant-b" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(action.status(), 401);
+    assert_eq!(
+        gw.chat(KEY_B, &hello("gpt-4o-mini")).await.status(),
+        200,
+        "nothing was paused"
+    );
+    let metrics = gw
+        .admin(Method::GET, "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("switchyard_requests_total 1"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "switchyard_instance_up{region=\"us-east\",instance=\"us-east-a\",state=\"healthy\"} 1"
+        ),
+        "{metrics}"
+    );
+    let _ = Arc::new(());
+}
