@@ -27,6 +27,9 @@ pub struct Config {
     pub upstream: UpstreamTimeouts,
     /// Requests sent upstream at once, over all tiers: the scheduler's seats.
     pub seats: u32,
+    /// Whether `seats` was set in the file; otherwise it follows the routable instances'
+    /// capacity as health changes.
+    pub seats_fixed: bool,
     /// How often in-memory usage counters are written to the database.
     pub checkpoint_interval: Duration,
     pub health: HealthCheck,
@@ -761,6 +764,7 @@ impl RawConfig {
             admin,
             upstream,
             seats,
+            seats_fixed: self.scheduler.seats.is_some(),
             checkpoint_interval,
             health,
             routing,

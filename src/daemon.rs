@@ -175,13 +175,17 @@ async fn health_probes(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>
     }
 }
 
-/// Cuts what still runs on drained instances once their deadline passes.
+/// Cuts what still runs on drained instances once their deadline passes, and keeps the
+/// scheduler's seats equal to what the routable instances can take.
 async fn drain_deadlines(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 gateway.router().enforce_drains();
+                if !gateway.config().seats_fixed {
+                    gateway.scheduler().set_seats(gateway.router().routable_capacity());
+                }
             }
             _ = stopped.changed() => return,
         }

@@ -72,9 +72,6 @@ base_ejection = "10s"
 drain_grace = "5s"
 drain_deadline = "30s"
 
-[scheduler]
-seats = 24
-
 [tiers.enterprise]
 share = 60
 max_wait = "20s"

@@ -464,6 +464,23 @@ impl Router {
         (pick, reason)
     }
 
+    /// Requests the routable instances can take at once: the scheduler's seats.
+    /// When nothing is routable, routing panics onto every instance not set aside by an
+    /// operator, and so does the capacity.
+    pub fn routable_capacity(&self) -> u32 {
+        let now = Instant::now();
+        let sum = |routable: &dyn Fn(&Health) -> bool| {
+            self.instances()
+                .filter(|i| routable(&i.health()))
+                .map(|i| i.instance.max_concurrency)
+                .fold(0u32, u32::saturating_add)
+        };
+        match sum(&|h| h.routable(now)) {
+            0 => sum(&|h| h.panic_routable()),
+            capacity => capacity,
+        }
+    }
+
     /// Records an attempt's outcome on its instance.
     pub fn report(
         &self,

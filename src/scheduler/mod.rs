@@ -383,6 +383,34 @@ impl Scheduler {
             .collect()
     }
 
+    /// Changes the number of seats (upstream capacity came or went) and shares them out
+    /// again; new seats go to waiters at once.
+    pub fn set_seats(self: &Arc<Self>, seats: u32) {
+        let mut state = self.lock();
+        let seats = seats.max(1);
+        if state.seats == seats {
+            return;
+        }
+        state.seats = seats;
+        let total_share: u64 = state
+            .levels
+            .iter()
+            .map(|l| u64::from(l.share))
+            .sum::<u64>()
+            .max(1);
+        for level in &mut state.levels {
+            level.nominal =
+                ((u64::from(seats) * u64::from(level.share) / total_share) as u32).max(1);
+        }
+        let refused = self.dispatch(&mut state);
+        drop(state);
+        drop(refused);
+    }
+
+    pub fn seats(&self) -> u32 {
+        self.lock().seats
+    }
+
     /// Requests waiting, by tenant.
     pub fn queued_by_tenant(&self) -> HashMap<String, u64> {
         let state = self.lock();

@@ -314,3 +314,17 @@ async fn pausing_a_tenant_refuses_its_waiting_requests() {
     assert_eq!(scheduler.queued(), 1);
     other.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn more_seats_go_to_waiters_at_once() {
+    let scheduler = one_level(1);
+    let _holder = scheduler.acquire("x", "pro", 1).await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let waiting = waiter(&scheduler, "a", "pro", 1, Duration::from_secs(60), &order);
+    until_queued(&scheduler, 1).await;
+    scheduler.set_seats(2);
+    until_queued(&scheduler, 0).await;
+    assert_eq!(scheduler.seats(), 2);
+    assert_eq!(scheduler.levels()[0].in_use, 2);
+    waiting.abort();
+}
