@@ -32,6 +32,7 @@ use crate::scheduler::{Rejection, Scheduler, Seat};
 use crate::streams::live::{LiveStreams, StreamHandle};
 use crate::streams::{Watch, data_payloads};
 use crate::telemetry::events::EventLog;
+use crate::telemetry::latency::{Latency, Metric};
 use crate::telemetry::meter::Meter;
 
 pub struct Gateway {
@@ -43,6 +44,7 @@ pub struct Gateway {
     scheduler: Arc<Scheduler>,
     events: Arc<EventLog>,
     meter: Arc<Meter>,
+    latency: Arc<Latency>,
     streams: Arc<LiveStreams>,
     started: Instant,
 }
@@ -78,6 +80,11 @@ impl Ticket {
     /// Tokens reserved: the load this request puts on an upstream.
     pub fn tokens(&self) -> u64 {
         self.reservation.tokens()
+    }
+
+    /// The tenant's tier when the request was admitted.
+    pub fn tier(&self) -> &str {
+        self.reservation.tier()
     }
 
     pub fn settle(self, usage: Usage) {
@@ -233,6 +240,7 @@ impl Gateway {
             router: Router::new(&config.regions, config.routing.clone(), events.clone()),
             events,
             meter: Arc::default(),
+            latency: Arc::default(),
             streams: Arc::default(),
             started: Instant::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
@@ -252,6 +260,10 @@ impl Gateway {
 
     pub fn meter(&self) -> &Arc<Meter> {
         &self.meter
+    }
+
+    pub fn latency(&self) -> &Arc<Latency> {
+        &self.latency
     }
 
     pub fn streams(&self) -> &Arc<LiveStreams> {
@@ -297,7 +309,7 @@ impl Gateway {
             streams: self.streams.views(),
             events: self.events.recent(200),
             queue_history: reading.queue_history,
-            latency: Vec::new(),
+            latency: self.latency.views(),
         }
     }
 
@@ -789,6 +801,15 @@ pub struct StreamAccount {
     usage: Option<Usage>,
     live: StreamHandle,
     meter: Arc<Meter>,
+    timing: Option<Timing>,
+}
+
+/// Where and since when a stream's latency is recorded.
+struct Timing {
+    latency: Arc<Latency>,
+    arrival: Instant,
+    scopes: Vec<String>,
+    first_token: bool,
 }
 
 impl StreamAccount {
@@ -807,6 +828,25 @@ impl StreamAccount {
             usage: None,
             live,
             meter,
+            timing: None,
+        }
+    }
+
+    /// Records time to first token and end to end under `scopes`, from `arrival`.
+    pub fn timed(mut self, latency: Arc<Latency>, arrival: Instant, scopes: Vec<String>) -> Self {
+        self.timing = Some(Timing {
+            latency,
+            arrival,
+            scopes,
+            first_token: false,
+        });
+        self
+    }
+
+    fn record(&mut self, metric: Metric) {
+        if let Some(t) = &self.timing {
+            let scopes: Vec<&str> = t.scopes.iter().map(String::as_str).collect();
+            t.latency.record(metric, &scopes, t.arrival.elapsed());
         }
     }
 }
@@ -828,6 +868,12 @@ impl Watch for StreamAccount {
                 if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
                     self.content.push_str(text);
                     self.live.text(text);
+                    if self.timing.as_ref().is_some_and(|t| !t.first_token) {
+                        self.record(Metric::Ttft);
+                        if let Some(t) = self.timing.as_mut() {
+                            t.first_token = true;
+                        }
+                    }
                 }
             }
         }
@@ -839,6 +885,7 @@ impl Drop for StreamAccount {
         // The slot goes first: settling frees the seat, and whoever gets it next must
         // find the instance's slot free.
         drop(self.slot.take());
+        self.record(Metric::EndToEnd);
         let Some(ticket) = self.ticket.take() else {
             return;
         };

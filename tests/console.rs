@@ -410,6 +410,9 @@ async fn console_actions_change_routing_and_admission_through_the_admin_api() {
     let reply = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
     assert_eq!(header(&reply, "x-switchyard-region"), "eu-west");
 
+    let mut streamed = gw.chat(KEY_B, &hello_stream("gpt-4o-mini")).await;
+    while streamed.chunk().await.unwrap().is_some() {}
+
     remote
         .act(Action::PauseTenant {
             tenant: "tenant-a".into(),
@@ -427,16 +430,21 @@ async fn console_actions_change_routing_and_admission_through_the_admin_api() {
 
     // The snapshot feed shows it, and the event log names who did it.
     let mut feed = remote.subscribe();
-    let snapshot = loop {
-        match tokio::time::timeout(Duration::from_secs(10), feed.recv())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Feed::Snapshot(s) => break s,
-            Feed::Link(_) => continue,
+    let first = async {
+        loop {
+            match feed.recv().await {
+                Some(Feed::Snapshot(s)) => break s,
+                Some(Feed::Link(Link::Reconnecting { reason, .. })) if reason != "connecting" => {
+                    panic!("the feed broke: {reason}")
+                }
+                Some(Feed::Link(_)) => continue,
+                None => panic!("the feed ended"),
+            }
         }
     };
+    let snapshot = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .unwrap();
     assert_eq!(snapshot.regions[0].state, "drained");
     assert!(
         snapshot
@@ -448,6 +456,18 @@ async fn console_actions_change_routing_and_admission_through_the_admin_api() {
         snapshot.events.iter().any(
             |e| e.actor.as_deref() == Some("alice") && e.message.contains("tenant-a is paused")
         )
+    );
+    let ttft = snapshot
+        .latency
+        .iter()
+        .find(|l| l.metric == "ttft" && l.scope == "region:eu-west" && l.window == "1m")
+        .expect("the stream's time to first token was recorded");
+    assert_eq!(ttft.count, 1);
+    assert!(
+        snapshot
+            .latency
+            .iter()
+            .any(|l| l.metric == "overhead" && l.scope == "tier:pro")
     );
 }
 

@@ -16,6 +16,7 @@ use crate::admission::{Demand, estimate};
 use crate::domain::ModelKind;
 use crate::gateway::{AnswerBody, Call, Fields, Gateway, StreamAccount, usage_of_answer};
 use crate::streams;
+use crate::telemetry::latency::Metric;
 
 pub async fn chat(
     State(gateway): State<Arc<Gateway>>,
@@ -61,6 +62,7 @@ async fn answer(
     body: Body,
     tenant: &crate::domain::Tenant,
 ) -> Result<Response, ApiError> {
+    let arrival = tokio::time::Instant::now();
     let bytes = read_body(body, gateway.config().server.max_body).await?;
     let object: Fields = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::not_an_object(),
@@ -189,8 +191,20 @@ async fn answer(
     let mut response = match answer.body {
         AnswerBody::Whole(bytes) => {
             if answer.status.is_success() {
+                let upstream = started.elapsed();
                 let usage = usage_of_answer(kind, &bytes, &ticket, model.tokenizer);
                 gateway.meter().tokens(usage.total());
+                let scopes = scopes(&answer.region, &model.alias, ticket.tier());
+                let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+                let latency = gateway.latency();
+                let total = arrival.elapsed();
+                latency.record(Metric::Queue, &scopes, ticket.queued);
+                latency.record(Metric::EndToEnd, &scopes, total);
+                latency.record(
+                    Metric::Overhead,
+                    &scopes,
+                    total.saturating_sub(ticket.queued).saturating_sub(upstream),
+                );
                 ticket.settle(usage);
             } else {
                 // The upstream refused the request itself: nothing was used.
@@ -239,8 +253,15 @@ async fn answer(
                     },
                 }
             };
+            let scopes = scopes(&answer.region, &model.alias, ticket.tier());
+            gateway.latency().record(
+                Metric::Queue,
+                &scopes.iter().map(String::as_str).collect::<Vec<_>>(),
+                ticket.queued,
+            );
             let account =
-                StreamAccount::new(ticket, slot, model.tokenizer, live, gateway.meter().clone());
+                StreamAccount::new(ticket, slot, model.tokenizer, live, gateway.meter().clone())
+                    .timed(gateway.latency().clone(), arrival, scopes);
             let relay = streams::relay(
                 response.bytes_stream(),
                 account,
@@ -270,6 +291,15 @@ async fn answer(
         }
     }
     Ok(response)
+}
+
+/// The series a request's latency is recorded under.
+fn scopes(region: &str, model: &str, tier: &str) -> Vec<String> {
+    vec![
+        format!("region:{region}"),
+        format!("model:{model}"),
+        format!("tier:{tier}"),
+    ]
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {

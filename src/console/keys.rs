@@ -27,6 +27,7 @@ pub enum Does {
     ResetBudget,
     Kill,
     Tail,
+    Window,
 }
 
 pub struct Binding {
@@ -39,9 +40,10 @@ pub struct Binding {
     pub does: Does,
 }
 
-const REGIONS: &[View] = &[View::Regions, View::Overview];
+const REGIONS: &[View] = &[View::Regions];
 const TENANTS: &[View] = &[View::Tenants];
 const STREAMS: &[View] = &[View::Streams];
+const LATENCY: &[View] = &[View::Latency];
 
 pub const KEYMAP: &[Binding] = &[
     Binding {
@@ -239,6 +241,13 @@ pub const KEYMAP: &[Binding] = &[
         help: "tail the selected stream's text",
         views: Some(STREAMS),
         does: Does::Tail,
+    },
+    Binding {
+        keys: &["w"],
+        label: "w",
+        help: "latency window: 10 s, 1 m, 5 m",
+        views: Some(LATENCY),
+        does: Does::Window,
     },
 ];
 

@@ -116,6 +116,8 @@ pub struct Model {
     pub status: Option<Status>,
     /// The stream whose text is tailed in the Streams view.
     pub tailing: Option<String>,
+    /// The latency window shown: "10s", "1m" or "5m".
+    pub window: &'static str,
     /// Where the gateway is, for the title.
     pub target: String,
     pub quit: bool,
@@ -162,6 +164,7 @@ impl Model {
             sort: Sort::Name,
             status: None,
             tailing: None,
+            window: "1m",
             target: target.to_string(),
             quit: false,
         }
@@ -229,6 +232,19 @@ impl Model {
             .collect()
     }
 
+    /// Latency series of the chosen window, filtered.
+    pub fn latency_rows(&self) -> Vec<usize> {
+        let Some(s) = &self.snapshot else {
+            return Vec::new();
+        };
+        (0..s.latency.len())
+            .filter(|i| {
+                let l = &s.latency[*i];
+                l.window == self.window && (self.matches(&l.scope) || self.matches(&l.metric))
+            })
+            .collect()
+    }
+
     pub fn event_rows(&self) -> Vec<usize> {
         let Some(s) = &self.snapshot else {
             return Vec::new();
@@ -246,7 +262,7 @@ impl Model {
             View::Streams => self.stream_rows().len(),
             View::Events => self.event_rows().len(),
             View::Queues => self.snapshot.as_ref().map_or(0, |s| s.levels.len()),
-            View::Latency => self.snapshot.as_ref().map_or(0, |s| s.latency.len()),
+            View::Latency => self.latency_rows().len(),
         }
     }
 
@@ -567,6 +583,15 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
         }
         Does::Tail => {
             model.tailing = model.selected_stream();
+        }
+        Does::Window => {
+            model.window = match model.window {
+                "10s" => "1m",
+                "1m" => "5m",
+                _ => "10s",
+            };
+            model.flash(format!("latency over the last {}", model.window), false);
+            clamp_selection(model);
         }
     }
     Vec::new()

@@ -567,54 +567,104 @@ fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 
 fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let selected = model.selected[5];
-    if s.latency.is_empty() {
+    let shown = model.latency_rows();
+    if shown.is_empty() {
         frame.render_widget(
-            Paragraph::new("no latency recorded yet").block(block("latency")),
+            Paragraph::new(format!("no latency recorded in the last {}", model.window))
+                .block(block("latency")),
             area,
         );
         return;
     }
-    let rows = s.latency.iter().enumerate().map(|(n, l)| {
-        let row = Row::new(vec![
-            Cell::from(l.metric.clone()),
-            Cell::from(l.scope.clone()),
-            Cell::from(l.window.clone()),
-            Cell::from(l.count.to_string()),
-            Cell::from(format!("{:.1}", l.p50_ms)),
-            Cell::from(format!("{:.1}", l.p90_ms)),
-            Cell::from(format!("{:.1}", l.p99_ms)),
-            Cell::from(format!("{:.1}", l.p999_ms)),
-            Cell::from(format!("{:.1}", l.max_ms)),
-        ]);
-        if n == selected {
-            row.style(SELECTED)
-        } else {
-            row
-        }
-    });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(9),
-            Constraint::Length(22),
-            Constraint::Length(6),
-            Constraint::Length(7),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(8),
-            Constraint::Length(8),
-        ],
-    )
-    .header(
-        Row::new([
-            "METRIC", "SCOPE", "WINDOW", "COUNT", "P50 ms", "P90 ms", "P99 ms", "P99.9 ms",
-            "MAX ms",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(block("latency percentiles"));
-    frame.render_widget(table, area);
+    let [table_area, charts] =
+        Layout::vertical([Constraint::Min(5), Constraint::Length(9)]).areas(area);
+    let rows = shown
+        .iter()
+        .map(|i| &s.latency[*i])
+        .enumerate()
+        .map(|(n, l)| {
+            let row = Row::new(vec![
+                Cell::from(l.metric.clone()),
+                Cell::from(l.scope.clone()),
+                Cell::from(l.count.to_string()),
+                Cell::from(format!("{:.1}", l.p50_ms)),
+                Cell::from(format!("{:.1}", l.p90_ms)),
+                Cell::from(format!("{:.1}", l.p99_ms)),
+                Cell::from(format!("{:.1}", l.p999_ms)),
+                Cell::from(format!("{:.1}", l.max_ms)),
+            ]);
+            if n == selected {
+                row.style(SELECTED)
+            } else {
+                row
+            }
+        });
+    let widths = [
+        Constraint::Length(9),
+        Constraint::Length(24),
+        Constraint::Length(7),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
+    ];
+    let table = Table::new(rows, widths)
+        .header(
+            Row::new([
+                "METRIC", "SCOPE", "COUNT", "P50 ms", "P90 ms", "P99 ms", "P99.9 ms", "MAX ms",
+            ])
+            .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
+        .block(block(&format!(
+            "latency percentiles, last {} (w: window)",
+            model.window
+        )));
+    frame.render_widget(table, table_area);
+
+    let Some(l) = shown.get(selected).map(|i| &s.latency[*i]) else {
+        return;
+    };
+    let [bars, spark] =
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(charts);
+    let last = l.bucket_ms.len().saturating_sub(1);
+    let labels: Vec<String> = l
+        .bucket_ms
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if i == last {
+                "more".into()
+            } else {
+                format!("{b}")
+            }
+        })
+        .collect();
+    let data: Vec<(&str, u64)> = labels
+        .iter()
+        .map(String::as_str)
+        .zip(l.buckets.iter().copied())
+        .collect();
+    frame.render_widget(
+        ratatui::widgets::BarChart::default()
+            .block(block(&format!(
+                "{} {}: requests up to N ms",
+                l.metric, l.scope
+            )))
+            .data(data.as_slice())
+            .bar_width(5)
+            .bar_gap(1)
+            .bar_style(Style::new().fg(ACCENT)),
+        bars,
+    );
+    let history: Vec<u64> = l.p99_history_ms.iter().map(|v| v.round() as u64).collect();
+    frame.render_widget(
+        Sparkline::default()
+            .block(block("p99 per 10 s, last 5 m"))
+            .data(&history)
+            .style(Style::new().fg(Color::Magenta)),
+        spark,
+    );
 }
 
 fn events(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {

@@ -6,6 +6,7 @@
 //! threads, so the request path never waits on a disk or a terminal. `RUST_LOG` filters.
 
 pub mod events;
+pub mod latency;
 pub mod meter;
 
 use std::io::IsTerminal;
@@ -196,6 +197,33 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
         s.tenants
             .iter()
             .map(|t| (format!("{{tenant=\"{}\"}}", t.name), t.day.tokens as f64))
+            .collect(),
+    );
+    metric(
+        "latency_seconds",
+        "gauge",
+        "Latency percentiles over the last minute, by metric (ttft, e2e, queue, overhead) and scope.",
+        s.latency
+            .iter()
+            .filter(|l| l.window == "1m")
+            .flat_map(|l| {
+                [
+                    ("0.5", l.p50_ms),
+                    ("0.9", l.p90_ms),
+                    ("0.99", l.p99_ms),
+                    ("0.999", l.p999_ms),
+                ]
+                .into_iter()
+                .map(move |(q, ms)| {
+                    (
+                        format!(
+                            "{{metric=\"{}\",scope=\"{}\",quantile=\"{q}\"}}",
+                            l.metric, l.scope
+                        ),
+                        ms / 1000.0,
+                    )
+                })
+            })
             .collect(),
     );
     metric(
