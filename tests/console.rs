@@ -519,3 +519,20 @@ async fn the_admin_api_refuses_a_missing_or_wrong_token_and_tenant_keys() {
     );
     let _ = Arc::new(());
 }
+
+#[test]
+fn the_selected_row_scrolls_into_view_in_a_long_list() {
+    let mut snapshot = fixture();
+    snapshot.tenants = (0..300)
+        .map(|i| tenant(&format!("tenant-{i:03}"), "pro", 10, 0, false))
+        .collect();
+    let mut model = Model::new("test gateway", false);
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(snapshot))));
+    key(&mut model, "2");
+    for _ in 0..150 {
+        key(&mut model, "j");
+    }
+    let screen = draw(&model);
+    assert!(screen.contains("tenant-150"), "{screen}");
+    assert!(!screen.contains("tenant-000"), "scrolled past the top");
+}

@@ -6,7 +6,9 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Tabs, Wrap};
+use ratatui::widgets::{
+    Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Tabs, Wrap,
+};
 
 use super::keys::{self, KEYMAP};
 use super::model::{Mode, Model, RegionRow, View};
@@ -369,7 +371,7 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(block(&title));
-    frame.render_widget(table, area);
+    scrolled(frame, table, area, selected);
 }
 
 fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
@@ -452,7 +454,7 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(block("regions and instances"));
-    frame.render_widget(table, area);
+    scrolled(frame, table, area, selected);
 }
 
 fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
@@ -501,7 +503,7 @@ fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(block("priority levels"));
-    frame.render_widget(table, area);
+    scrolled(frame, table, area, selected);
 }
 
 fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
@@ -544,7 +546,7 @@ fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .block(block(&format!("live streams ({})", s.streams.len())));
-    frame.render_widget(table, list);
+    scrolled(frame, table, list, selected);
     let (title, text) = match model
         .tailing
         .as_ref()
@@ -620,7 +622,7 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             "latency percentiles, last {} (w: window)",
             model.window
         )));
-    frame.render_widget(table, table_area);
+    scrolled(frame, table, table_area, selected);
 
     let Some(l) = shown.get(selected).map(|i| &s.latency[*i]) else {
         return;
@@ -686,6 +688,12 @@ fn events(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         Paragraph::new(lines).block(block("events, newest first")),
         area,
     );
+}
+
+/// Renders a table scrolled so that the selected row is in view.
+fn scrolled(frame: &mut Frame, table: Table, area: Rect, selected: usize) {
+    let mut state = TableState::default().with_selected(Some(selected));
+    frame.render_stateful_widget(table, area, &mut state);
 }
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
