@@ -87,6 +87,14 @@ enum CtlCommand {
     Eject { instance: String },
     /// Return an ejected instance (manually or automatically ejected) to rotation.
     Restore { instance: String },
+    /// List live streams.
+    Streams,
+    /// End a live stream (its client gets an SSE error event).
+    Kill { stream: String },
+    /// Print the whole state as JSON (what the console shows).
+    Snapshot,
+    /// Print the recent events: routing changes and operator actions.
+    Events,
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -224,6 +232,64 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 .post(&format!("/admin/instances/{instance}/restore"), &json!({}))
                 .await?;
             say!("{instance} is back in rotation");
+        }
+        CtlCommand::Streams => {
+            let snapshot = client.get("/admin/snapshot").await?;
+            say!(
+                "{:<22} {:<12} {:<14} {:<24} {:>7} {:>7}",
+                "STREAM",
+                "TENANT",
+                "MODEL",
+                "WHERE",
+                "TOKENS",
+                "AGE"
+            );
+            for s in snapshot["streams"].as_array().into_iter().flatten() {
+                say!(
+                    "{:<22} {:<12} {:<14} {:<24} {:>7} {:>6.1}s",
+                    s["id"].as_str().unwrap_or("?"),
+                    s["tenant"].as_str().unwrap_or("?"),
+                    s["model"].as_str().unwrap_or("?"),
+                    format!(
+                        "{}/{}",
+                        s["region"].as_str().unwrap_or("?"),
+                        s["instance"].as_str().unwrap_or("?")
+                    ),
+                    s["tokens"],
+                    s["age_ms"].as_f64().unwrap_or(0.0) / 1000.0,
+                );
+            }
+        }
+        CtlCommand::Kill { stream } => {
+            let reply = client
+                .post(
+                    "/admin/actions",
+                    &json!({ "action": "kill_stream", "id": stream }),
+                )
+                .await?;
+            say!("{}", reply["ok"].as_str().unwrap_or("done"));
+        }
+        CtlCommand::Snapshot => {
+            let snapshot = client.get("/admin/snapshot").await?;
+            say!("{}", serde_json::to_string_pretty(&snapshot)?);
+        }
+        CtlCommand::Events => {
+            let snapshot = client.get("/admin/snapshot").await?;
+            for e in snapshot["events"].as_array().into_iter().flatten() {
+                let secs = e["at_ms"].as_u64().unwrap_or(0) / 1000;
+                say!(
+                    "{:02}:{:02}:{:02} {:<9} {}{}",
+                    (secs / 3600) % 24,
+                    (secs / 60) % 60,
+                    secs % 60,
+                    e["kind"].as_str().unwrap_or("?"),
+                    e["actor"]
+                        .as_str()
+                        .map(|a| format!("{a}: "))
+                        .unwrap_or_default(),
+                    e["message"].as_str().unwrap_or("")
+                );
+            }
         }
         CtlCommand::ResetBudget { tenant } => {
             client

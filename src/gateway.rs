@@ -32,7 +32,7 @@ use crate::scheduler::{Rejection, Scheduler, Seat};
 use crate::streams::live::{LiveStreams, StreamHandle};
 use crate::streams::{Watch, data_payloads};
 use crate::telemetry::events::EventLog;
-use crate::telemetry::latency::{Latency, Metric};
+use crate::telemetry::latency::{Latency, Metric, Recent};
 use crate::telemetry::meter::Meter;
 
 pub struct Gateway {
@@ -45,6 +45,8 @@ pub struct Gateway {
     events: Arc<EventLog>,
     meter: Arc<Meter>,
     latency: Arc<Latency>,
+    /// Recent end-to-end latency per tenant and per instance.
+    recent: Arc<Recent>,
     streams: Arc<LiveStreams>,
     started: Instant,
 }
@@ -241,6 +243,7 @@ impl Gateway {
             events,
             meter: Arc::default(),
             latency: Arc::default(),
+            recent: Arc::default(),
             streams: Arc::default(),
             started: Instant::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
@@ -266,6 +269,10 @@ impl Gateway {
         &self.latency
     }
 
+    pub fn recent(&self) -> &Arc<Recent> {
+        &self.recent
+    }
+
     pub fn streams(&self) -> &Arc<LiveStreams> {
         &self.streams
     }
@@ -275,16 +282,24 @@ impl Gateway {
     pub fn snapshot(&self) -> Snapshot {
         let reading = self.meter.read(120);
         let queued_by_tenant = self.scheduler.queued_by_tenant();
+        let recent = self.recent.percentiles();
         let tenants = self
             .admission
             .views()
             .into_iter()
             .map(|mut t| {
                 t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
+                t.p99_ms = recent.get(&format!("tenant:{}", t.name)).map(|p| p.1);
                 t
             })
             .collect::<Vec<_>>();
-        let regions = self.router.views();
+        let mut regions = self.router.views();
+        for instance in regions.iter_mut().flat_map(|r| r.instances.iter_mut()) {
+            if let Some((p50, p99)) = recent.get(&format!("instance:{}", instance.name)) {
+                instance.p50_ms = Some(*p50);
+                instance.p99_ms = Some(*p99);
+            }
+        }
         let in_flight = regions
             .iter()
             .flat_map(|r| &r.instances)
@@ -310,6 +325,7 @@ impl Gateway {
             events: self.events.recent(200),
             queue_history: reading.queue_history,
             latency: self.latency.views(),
+            errors_by_code: self.meter.codes(),
         }
     }
 
@@ -807,6 +823,9 @@ pub struct StreamAccount {
 /// Where and since when a stream's latency is recorded.
 struct Timing {
     latency: Arc<Latency>,
+    recent: Arc<Recent>,
+    /// "tenant:NAME" and "instance:NAME".
+    recent_names: Vec<String>,
     arrival: Instant,
     scopes: Vec<String>,
     first_token: bool,
@@ -833,9 +852,17 @@ impl StreamAccount {
     }
 
     /// Records time to first token and end to end under `scopes`, from `arrival`.
-    pub fn timed(mut self, latency: Arc<Latency>, arrival: Instant, scopes: Vec<String>) -> Self {
+    pub fn timed(
+        mut self,
+        latency: Arc<Latency>,
+        recent: (Arc<Recent>, Vec<String>),
+        arrival: Instant,
+        scopes: Vec<String>,
+    ) -> Self {
         self.timing = Some(Timing {
             latency,
+            recent: recent.0,
+            recent_names: recent.1,
             arrival,
             scopes,
             first_token: false,
@@ -846,7 +873,13 @@ impl StreamAccount {
     fn record(&mut self, metric: Metric) {
         if let Some(t) = &self.timing {
             let scopes: Vec<&str> = t.scopes.iter().map(String::as_str).collect();
-            t.latency.record(metric, &scopes, t.arrival.elapsed());
+            let elapsed = t.arrival.elapsed();
+            t.latency.record(metric, &scopes, elapsed);
+            if metric == Metric::EndToEnd {
+                for name in &t.recent_names {
+                    t.recent.record(name, elapsed);
+                }
+            }
         }
     }
 }

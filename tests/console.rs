@@ -40,6 +40,9 @@ fn instance(name: &str, state: &str, in_flight: u32) -> InstanceView {
         in_flight,
         outstanding_tokens: u64::from(in_flight) * 300,
         latency_ms: 180.5,
+        p50_ms: Some(420.0),
+        p99_ms: Some(910.0),
+        error_rate: if state == "ejected" { 0.5 } else { 0.01 },
         health: health(state),
     }
 }
@@ -208,6 +211,7 @@ fn fixture() -> Snapshot {
             bucket_ms: vec![250.0, 500.0, 1000.0, 2000.0],
             p99_history_ms: vec![800.0, 840.0],
         }],
+        errors_by_code: vec![("rate_limit_exceeded".into(), 12)],
     }
 }
 
@@ -535,4 +539,66 @@ fn the_selected_row_scrolls_into_view_in_a_long_list() {
     let screen = draw(&model);
     assert!(screen.contains("tenant-150"), "{screen}");
     assert!(!screen.contains("tenant-000"), "scrolled past the top");
+}
+
+#[tokio::test]
+async fn an_operator_kills_a_live_stream_and_its_client_is_told() {
+    let slow = switchyard::mock::MockUpstream::builder()
+        .ttft(Duration::ZERO)
+        .tokens_per_sec(10.0)
+        .answer_tokens(200)
+        .spawn_local()
+        .await
+        .unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &slow)]).await;
+    let mut reply = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
+    let id = header(&reply, "x-switchyard-stream-id").to_string();
+    assert!(id.starts_with("str_"), "{id}");
+    let mut seen = String::new();
+    while streamed_text(&seen).is_empty() {
+        seen.push_str(&String::from_utf8_lossy(
+            &reply.chunk().await.unwrap().unwrap(),
+        ));
+    }
+    let listed: serde_json::Value = gw
+        .admin(Method::GET, "/admin/snapshot", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == id.as_str())
+    );
+    let killed = gw
+        .admin(
+            Method::POST,
+            "/admin/actions",
+            Some(json!({ "action": "kill_stream", "id": id })),
+        )
+        .await;
+    assert_eq!(killed.status(), 200);
+    while let Some(chunk) = reply.chunk().await.unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last: serde_json::Value = serde_json::from_str(sse_data(&seen).last().unwrap()).unwrap();
+    assert_eq!(last.pointer("/error/code"), Some(&json!("stream_killed")));
+    let stats = slow
+        .wait_for(Duration::from_secs(5), |s| s.streams_cancelled == 1)
+        .await;
+    assert_eq!(
+        stats.streams_cancelled, 1,
+        "the upstream generation was cancelled too"
+    );
+    let again = gw
+        .admin(
+            Method::POST,
+            "/admin/actions",
+            Some(json!({ "action": "kill_stream", "id": id })),
+        )
+        .await;
+    assert_eq!(again.status(), 400, "the stream is gone");
 }

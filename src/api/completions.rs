@@ -46,6 +46,9 @@ async fn proxy(
     let tenant = gateway.authenticate(authorization(headers))?;
     gateway.meter().request();
     let outcome = answer(gateway, kind, id, headers, body, tenant).await;
+    if let Err(error) = &outcome {
+        gateway.meter().code(error.code.unwrap_or("error"));
+    }
     if outcome.as_ref().is_err_and(|e| e.status.is_server_error())
         || outcome.as_ref().is_ok_and(|r| r.status().is_server_error())
     {
@@ -200,6 +203,9 @@ async fn answer(
                 let total = arrival.elapsed();
                 latency.record(Metric::Queue, &scopes, ticket.queued);
                 latency.record(Metric::EndToEnd, &scopes, total);
+                let recent = gateway.recent();
+                recent.record(&format!("tenant:{}", tenant.name), total);
+                recent.record(&format!("instance:{}", answer.instance), total);
                 latency.record(
                     Metric::Overhead,
                     &scopes,
@@ -261,7 +267,18 @@ async fn answer(
             );
             let account =
                 StreamAccount::new(ticket, slot, model.tokenizer, live, gateway.meter().clone())
-                    .timed(gateway.latency().clone(), arrival, scopes);
+                    .timed(
+                        gateway.latency().clone(),
+                        (
+                            gateway.recent().clone(),
+                            vec![
+                                format!("tenant:{}", tenant.name),
+                                format!("instance:{}", answer.instance),
+                            ],
+                        ),
+                        arrival,
+                        scopes,
+                    );
             let relay = streams::relay(
                 response.bytes_stream(),
                 account,

@@ -416,6 +416,11 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                             Cell::from(detail),
                             Cell::from(format!("{}/{}", i.in_flight, i.max_concurrency)),
                             Cell::from(format!("{:.1}ms", i.latency_ms)),
+                            Cell::from(match (i.p50_ms, i.p99_ms) {
+                                (Some(p50), Some(p99)) => format!("{p50:.0}/{p99:.0}ms"),
+                                _ => "-".into(),
+                            }),
+                            Cell::from(format!("{:.1}%", i.error_rate * 100.0)),
                             Cell::from(i.health.ejections.to_string()),
                         ]
                     }
@@ -432,12 +437,14 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(12),
+            Constraint::Length(10),
+            Constraint::Length(13),
+            Constraint::Length(19),
             Constraint::Length(14),
-            Constraint::Length(20),
-            Constraint::Length(16),
-            Constraint::Length(10),
-            Constraint::Length(10),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(13),
+            Constraint::Length(6),
             Constraint::Length(9),
         ],
     )
@@ -448,7 +455,9 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             "HEALTH",
             "",
             "IN FLIGHT",
-            "LATENCY",
+            "TTFB",
+            "P50/P99",
+            "ERR",
             "EJECTIONS",
         ])
         .style(Style::new().add_modifier(Modifier::BOLD)),

@@ -22,6 +22,9 @@ pub struct Snapshot {
     /// Requests queued, one sample a second, oldest first (for sparklines).
     pub queue_history: Vec<u64>,
     pub latency: Vec<LatencyView>,
+    /// Error answers by OpenAI error code, since start.
+    #[serde(default)]
+    pub errors_by_code: Vec<(String, u64)>,
 }
 
 /// Counters since start, and rates over the last few seconds.
@@ -55,7 +58,7 @@ pub struct TenantView {
     /// Requests of this tenant waiting for a seat.
     #[serde(default)]
     pub queued: u64,
-    /// p99 of end-to-end latency over the last minute, milliseconds.
+    /// p99 of end-to-end latency over the tenant's last few hundred requests, milliseconds.
     #[serde(default)]
     pub p99_ms: Option<f64>,
 }
@@ -102,7 +105,16 @@ pub struct InstanceView {
     pub max_concurrency: u32,
     pub in_flight: u32,
     pub outstanding_tokens: u64,
+    /// Peak-EWMA of time to response headers, as the balancer sees it.
     pub latency_ms: f64,
+    /// End-to-end percentiles over the instance's last few hundred requests.
+    #[serde(default)]
+    pub p50_ms: Option<f64>,
+    #[serde(default)]
+    pub p99_ms: Option<f64>,
+    /// Share of attempts that failed (connect, timeout, 5xx), since start.
+    #[serde(default)]
+    pub error_rate: f64,
     pub health: HealthView,
 }
 

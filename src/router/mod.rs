@@ -36,6 +36,8 @@ pub struct InstanceState {
     outstanding: AtomicU64,
     /// Peak-EWMA of time to response headers, microseconds.
     latency_us: AtomicU64,
+    attempts: AtomicU64,
+    failures: AtomicU64,
     health: Mutex<Health>,
     /// Bumped when a drain deadline cuts what still runs here.
     cut: watch::Sender<u64>,
@@ -58,6 +60,8 @@ impl InstanceState {
             in_flight: AtomicU32::new(0),
             outstanding: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
             cut: watch::channel(0).0,
         }
@@ -492,6 +496,10 @@ impl Router {
         if let (Outcome::Success, Some(latency)) = (outcome, latency) {
             instance.record_latency(latency);
         }
+        instance.attempts.fetch_add(1, Ordering::Relaxed);
+        if outcome == Outcome::Failure {
+            instance.failures.fetch_add(1, Ordering::Relaxed);
+        }
         let may_eject = match outcome {
             Outcome::Failure => self.may_eject(instance, now),
             _ => true,
@@ -703,6 +711,17 @@ impl Router {
                         in_flight: i.in_flight(),
                         outstanding_tokens: i.outstanding.load(Ordering::Relaxed),
                         latency_ms: i.latency() as f64 / 1000.0,
+                        p50_ms: None,
+                        p99_ms: None,
+                        error_rate: {
+                            let attempts = i.attempts.load(Ordering::Relaxed);
+                            let failures = i.failures.load(Ordering::Relaxed);
+                            if attempts == 0 {
+                                0.0
+                            } else {
+                                failures as f64 / attempts as f64
+                            }
+                        },
                         health: i.health().view(now, i.in_flight()),
                     })
                     .collect();

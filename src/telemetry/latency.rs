@@ -222,3 +222,67 @@ mod tests {
         );
     }
 }
+
+/// The last few hundred end-to-end latencies per tenant or instance, for their p50/p99
+/// in listings: cheap enough to keep for thousands of names, unlike histogram rings.
+#[derive(Default)]
+pub struct Recent {
+    samples: Mutex<HashMap<String, VecDeque<u32>>>,
+}
+
+/// Samples kept per name.
+const RECENT: usize = 512;
+
+impl Recent {
+    pub fn record(&self, name: &str, value: Duration) {
+        let micros = value.as_micros().min(u128::from(u32::MAX)) as u32;
+        let Ok(mut samples) = self.samples.lock() else {
+            return;
+        };
+        let ring = match samples.get_mut(name) {
+            Some(ring) => ring,
+            None => samples.entry(name.to_string()).or_default(),
+        };
+        if ring.len() == RECENT {
+            ring.pop_front();
+        }
+        ring.push_back(micros);
+    }
+
+    /// (p50, p99) in milliseconds over the recent samples, per name.
+    pub fn percentiles(&self) -> HashMap<String, (f64, f64)> {
+        let Ok(samples) = self.samples.lock() else {
+            return HashMap::new();
+        };
+        samples
+            .iter()
+            .filter(|(_, ring)| !ring.is_empty())
+            .map(|(name, ring)| {
+                let mut sorted: Vec<u32> = ring.iter().copied().collect();
+                sorted.sort_unstable();
+                let at = |q: f64| {
+                    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+                    f64::from(sorted[i]) / 1000.0
+                };
+                (name.clone(), (at(0.5), at(0.99)))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    #[test]
+    fn recent_percentiles_keep_the_last_samples() {
+        let recent = Recent::default();
+        for ms in 1..=1000u64 {
+            recent.record("acme", Duration::from_millis(ms));
+        }
+        let (p50, p99) = recent.percentiles()["acme"];
+        // The last 512 samples are 489..=1000 ms.
+        assert_eq!(p50, 744.0);
+        assert_eq!(p99, 995.0);
+    }
+}

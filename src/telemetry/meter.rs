@@ -16,6 +16,8 @@ pub struct Meter {
     errors: AtomicU64,
     tokens: AtomicU64,
     samples: Mutex<VecDeque<Sample>>,
+    /// Refusals and failures by their OpenAI error code.
+    codes: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,6 +47,21 @@ impl Meter {
 
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an error answer by its code (`rate_limit_exceeded`, `upstream_error`, …).
+    pub fn code(&self, code: &'static str) {
+        if let Ok(mut codes) = self.codes.lock() {
+            *codes.entry(code).or_insert(0) += 1;
+        }
+    }
+
+    /// Error answers by code, since start.
+    pub fn codes(&self) -> Vec<(String, u64)> {
+        self.codes
+            .lock()
+            .map(|c| c.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default()
     }
 
     pub fn tokens(&self, n: u64) {

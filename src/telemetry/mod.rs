@@ -125,6 +125,15 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
         vec![(String::new(), t.tokens as f64)],
     );
     metric(
+        "error_answers_total",
+        "counter",
+        "Error answers to clients, by OpenAI error code.",
+        s.errors_by_code
+            .iter()
+            .map(|(code, n)| (format!("{{code=\"{code}\"}}"), *n as f64))
+            .collect(),
+    );
+    metric(
         "in_flight",
         "gauge",
         "Requests upstream now.",
