@@ -602,3 +602,20 @@ async fn an_operator_kills_a_live_stream_and_its_client_is_told() {
         .await;
     assert_eq!(again.status(), 400, "the stream is gone");
 }
+
+#[test]
+fn dispatch_rates_come_from_consecutive_snapshots() {
+    let mut model = model_with_fixture();
+    let mut later = fixture();
+    later.taken_at_ms += 2000;
+    later.levels[1].dispatched += 30;
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(later))));
+    let pro = model
+        .dispatch_rates
+        .iter()
+        .find(|(t, _)| t == "pro")
+        .unwrap();
+    assert_eq!(pro.1, 15.0);
+    key(&mut model, "4");
+    assert!(draw(&model).contains("15.0"));
+}

@@ -118,6 +118,8 @@ pub struct Model {
     pub tailing: Option<String>,
     /// The latency window shown: "10s", "1m" or "5m".
     pub window: &'static str,
+    /// Seats handed out per second by each priority level, from the last two snapshots.
+    pub dispatch_rates: Vec<(String, f64)>,
     /// Where the gateway is, for the title.
     pub target: String,
     pub quit: bool,
@@ -165,6 +167,7 @@ impl Model {
             status: None,
             tailing: None,
             window: "1m",
+            dispatch_rates: Vec::new(),
             target: target.to_string(),
             quit: false,
         }
@@ -355,6 +358,27 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
     match msg {
         Msg::Feed(Feed::Snapshot(snapshot)) => {
             model.stale = false;
+            if let Some(previous) = model.held.as_ref().or(model.snapshot.as_ref()) {
+                let seconds =
+                    snapshot.taken_at_ms.saturating_sub(previous.taken_at_ms) as f64 / 1000.0;
+                if seconds > 0.0 {
+                    model.dispatch_rates = snapshot
+                        .levels
+                        .iter()
+                        .map(|level| {
+                            let before = previous
+                                .levels
+                                .iter()
+                                .find(|l| l.tier == level.tier)
+                                .map_or(level.dispatched, |l| l.dispatched);
+                            (
+                                level.tier.clone(),
+                                level.dispatched.saturating_sub(before) as f64 / seconds,
+                            )
+                        })
+                        .collect();
+                }
+            }
             if model.paused {
                 model.held = Some(*snapshot);
             } else {

@@ -478,6 +478,13 @@ fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             Cell::from(l.queued.to_string()),
             Cell::from(format!("{}ms", l.oldest_wait_ms)),
             Cell::from(l.dispatched.to_string()),
+            Cell::from(
+                model
+                    .dispatch_rates
+                    .iter()
+                    .find(|(tier, _)| *tier == l.tier)
+                    .map_or("-".to_string(), |(_, rate)| format!("{rate:.1}")),
+            ),
         ]);
         if n == selected {
             row.style(SELECTED)
@@ -496,6 +503,7 @@ fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             Constraint::Length(7),
             Constraint::Length(12),
             Constraint::Length(11),
+            Constraint::Length(8),
         ],
     )
     .header(
@@ -508,6 +516,7 @@ fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             "QUEUED",
             "OLDEST WAIT",
             "DISPATCHED",
+            "PER SEC",
         ])
         .style(Style::new().add_modifier(Modifier::BOLD)),
     )
