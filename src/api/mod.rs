@@ -61,7 +61,8 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(id.clone());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut response = match AssertUnwindSafe(next.run(req)).catch_unwind().await {
+    let handler = crate::telemetry::RequestScope::new(next.run(req));
+    let mut response = match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
             let what = panic

@@ -47,6 +47,16 @@ pub fn key_name(key: &KeyEvent) -> Option<String> {
 /// Runs the console until the operator quits.
 pub async fn run(control: Arc<dyn Control>, read_only: bool) -> std::io::Result<()> {
     let mut terminal = ratatui::try_init()?;
+    // ratatui's hook restores the terminal on a panic. A request handler's panic is caught,
+    // answered with a 500 and logged: it must not take the terminal from the console.
+    let restore = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if crate::telemetry::in_request() {
+            tracing::error!(panic = %info, "a request handler panicked");
+        } else {
+            restore(info);
+        }
+    }));
     let result = run_loop(&mut terminal, control, read_only).await;
     ratatui::restore();
     result
@@ -73,9 +83,13 @@ async fn run_loop(
                 Ok(false) => continue,
                 Err(_) => return,
             }
-            if let Ok(Event::Key(key)) = event::read()
-                && key.kind != KeyEventKind::Release
-                && let Some(name) = key_name(&key)
+            let name = match event::read() {
+                Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => key_name(&key),
+                // Not a key, but the screen must be drawn again at the new size.
+                Ok(Event::Resize(..)) => Some("resize".to_string()),
+                _ => None,
+            };
+            if let Some(name) = name
                 && key_sender.blocking_send(name).is_err()
             {
                 return;

@@ -243,3 +243,53 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
     );
     out
 }
+
+thread_local! {
+    static IN_REQUEST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is polling a request handler now. A panic hook uses it to tell a
+/// request's panic (caught, answered 500, logged) from one that must restore the terminal.
+pub fn in_request() -> bool {
+    IN_REQUEST.with(|flag| flag.get())
+}
+
+/// Marks the thread as inside a request handler for the duration of each poll.
+pub struct RequestScope<F> {
+    inner: std::pin::Pin<Box<F>>,
+}
+
+impl<F> RequestScope<F> {
+    pub fn new(inner: F) -> Self {
+        RequestScope {
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for RequestScope<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let outer = IN_REQUEST.with(|flag| flag.replace(true));
+        let result = self.inner.as_mut().poll(cx);
+        IN_REQUEST.with(|flag| flag.set(outer));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_scope_marks_only_the_polls_of_its_future() {
+        assert!(!in_request());
+        let inside = RequestScope::new(async { in_request() }).await;
+        assert!(inside);
+        assert!(!in_request());
+    }
+}
