@@ -409,3 +409,33 @@ async fn a_client_that_gives_up_on_a_plain_request_cancels_the_upstream_request(
     assert_eq!(stats.plain_cancelled, 1, "{stats:?}");
     assert_eq!(stats.plain_completed, 0);
 }
+
+#[tokio::test]
+async fn streams_ask_upstream_for_usage_but_only_those_who_asked_get_the_usage_chunk() {
+    let us = quick_mock().answer_tokens(6).spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &us)]).await;
+
+    let plain_stream = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
+    let body = plain_stream.text().await.unwrap();
+    let seen = us.last_request().unwrap();
+    assert_eq!(
+        seen.pointer("/stream_options/include_usage"),
+        Some(&json!(true))
+    );
+    let events = sse_data(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        !events.iter().any(|e| e.contains("\"choices\":[]")),
+        "no usage chunk for a client that did not ask: {body}"
+    );
+    assert_eq!(streamed_text(&body).split(' ').count(), 6);
+
+    let mut asked = hello_stream("gpt-4o-mini");
+    asked["stream_options"] = json!({ "include_usage": true });
+    let body = gw.chat(KEY_B, &asked).await.text().await.unwrap();
+    assert!(
+        body.contains("\"choices\":[]"),
+        "the usage chunk for one that asked"
+    );
+    assert!(body.contains("\"completion_tokens\":6"));
+}

@@ -423,3 +423,23 @@ async fn switchyard_ctl_drives_the_admin_api() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no tier is named \"gold\""));
 }
+
+#[tokio::test]
+async fn a_completed_stream_is_charged_the_upstreams_exact_usage() {
+    // Each mock word is one token in its usage; the BPE would count the final period as
+    // a token of its own, so an estimate would charge one more.
+    let us = mock_of(4).spawn_local().await.unwrap();
+    let gw = gateway(&us, "tpm = 1000\nmax_tokens_cap = 100", 4).await;
+    let body = gw
+        .chat(KEY_A, &hello_stream("gpt-4o-mini"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let tenant = gw.tenant("tenant-a").await;
+    assert_eq!(
+        tenant["day"]["tokens"], 12,
+        "8 prompt + 4 completion, from the usage chunk"
+    );
+}

@@ -67,7 +67,7 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let arrival = tokio::time::Instant::now();
     let bytes = read_body(body, gateway.config().server.max_body).await?;
-    let object: Fields = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+    let mut object: Fields = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::not_an_object(),
         _ => ApiError::bad_json(&e),
     })?;
@@ -119,6 +119,9 @@ async fn answer(
     let wants_base64 = object
         .get("encoding_format")
         .is_some_and(|raw| raw.get() == "\"base64\"");
+    // Streams always ask the upstream for usage, so they are charged exactly; clients
+    // that did not ask for the usage chunk do not get it.
+    let strip_usage = stream && !ask_for_usage(&mut object);
     let field = |name: &str| object.get(name).map(|raw| &**raw);
     let demand = Demand {
         prompt_tokens: match kind {
@@ -283,6 +286,7 @@ async fn answer(
                 response.bytes_stream(),
                 account,
                 cut,
+                strip_usage,
                 describe,
                 id.0.to_string(),
             );
@@ -308,6 +312,23 @@ async fn answer(
         }
     }
     Ok(response)
+}
+
+/// Makes sure the request asks for `stream_options.include_usage`; returns whether the
+/// client had asked for it itself.
+fn ask_for_usage(object: &mut Fields) -> bool {
+    let mut options = object
+        .get("stream_options")
+        .and_then(|raw| serde_json::from_str::<serde_json::Map<String, Value>>(raw.get()).ok())
+        .unwrap_or_default();
+    if options.get("include_usage") == Some(&Value::Bool(true)) {
+        return true;
+    }
+    options.insert("include_usage".into(), Value::Bool(true));
+    if let Ok(raw) = serde_json::value::to_raw_value(&options) {
+        object.insert("stream_options".into(), raw);
+    }
+    false
 }
 
 /// The series a request's latency is recorded under.

@@ -106,6 +106,38 @@ pub fn data_payloads(events: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Drops the usage-only chunk (`choices: []` with `usage`) that the gateway asked for on
+/// behalf of a client that did not. Only events mentioning usage are parsed.
+pub fn without_usage_chunk(events: Bytes) -> Bytes {
+    if !events.windows(9).any(|w| w == b"\"usage\":{") {
+        return events;
+    }
+    let is_usage_chunk = |event: &[u8]| {
+        data_payloads(event).any(|data| {
+            serde_json::from_slice::<serde_json::Value>(data).is_ok_and(|v| {
+                v.get("choices")
+                    .and_then(|c| c.as_array())
+                    .is_some_and(|c| c.is_empty())
+                    && v.get("usage").is_some_and(|u| u.is_object())
+            })
+        })
+    };
+    let mut kept = BytesMut::with_capacity(events.len());
+    let mut rest = &events[..];
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map_or(rest.len(), |i| i + 2);
+        let (event, tail) = rest.split_at(end);
+        if !is_usage_chunk(event) {
+            kept.extend_from_slice(event);
+        }
+        rest = tail;
+    }
+    kept.freeze()
+}
+
 /// Why a relay was ended from outside: a drain deadline, or an operator.
 #[derive(Debug, Clone)]
 pub struct Cut {
@@ -127,6 +159,7 @@ pub fn relay<S, E, W, C>(
     upstream: S,
     watch: W,
     cut: C,
+    strip_usage: bool,
     describe: String,
     request_id: String,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
@@ -142,6 +175,7 @@ where
         finished: bool,
         watch: W,
         cut: std::pin::Pin<Box<dyn std::future::Future<Output = Cut> + Send>>,
+        strip_usage: bool,
         describe: String,
         request_id: String,
     }
@@ -153,6 +187,7 @@ where
             finished: false,
             watch,
             cut: Box::pin(cut),
+            strip_usage,
             describe,
             request_id,
         },
@@ -173,6 +208,14 @@ where
                     Some(Ok(bytes)) => match relay.framer.push(bytes) {
                         Some(events) => {
                             relay.watch.events(&events);
+                            let events = if relay.strip_usage {
+                                without_usage_chunk(events)
+                            } else {
+                                events
+                            };
+                            if events.is_empty() {
+                                continue;
+                            }
                             return Some((Ok(events), relay));
                         }
                         None => continue,
@@ -249,6 +292,21 @@ mod tests {
         assert!(!framer.done());
     }
 
+    #[test]
+    fn only_the_usage_only_chunk_is_stripped() {
+        let events = Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\ndata: [DONE]\n\n",
+        );
+        assert_eq!(
+            without_usage_chunk(events),
+            Bytes::from_static(
+                b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: [DONE]\n\n"
+            )
+        );
+        let untouched = Bytes::from_static(b"data: {\"choices\":[]}\n\n");
+        assert_eq!(without_usage_chunk(untouched.clone()), untouched);
+    }
+
     #[tokio::test]
     async fn a_broken_stream_ends_with_an_error_frame() {
         let upstream = futures_util::stream::iter(vec![
@@ -259,6 +317,7 @@ mod tests {
             upstream,
             (),
             std::future::pending(),
+            false,
             "us-east-a".into(),
             "req_1".into(),
         )
@@ -282,6 +341,7 @@ mod tests {
             upstream,
             (),
             std::future::pending::<Cut>(),
+            false,
             "x".into(),
             "r".into(),
         )
