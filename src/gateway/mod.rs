@@ -6,7 +6,9 @@
 //! handed to the API layer once its headers arrived, a plain answer once it arrived whole.
 //! A 4xx that the request itself caused is the answer, never a reason to try elsewhere.
 
-use std::borrow::Cow;
+mod accounting;
+mod control;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,21 +21,19 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::admission::{
-    Admission, ControlError, Demand, RateHeaders, Refusal, Reservation, Usage, estimate,
-};
+use crate::admission::{Admission, Demand, RateHeaders, Refusal};
 use crate::auth::{AuthError, Keyring};
 use crate::config::Config;
-use crate::domain::snapshot::{Action, EventKind, Snapshot, Totals};
-use crate::domain::{Limits, Model, ModelKind, Tenant, TokenizerKind};
+use crate::domain::{Model, Tenant};
 use crate::providers::{SendError, SetupError, Upstreams};
-use crate::router::{Candidate, InFlight, Outcome, RouteControlError, Router};
-use crate::scheduler::{Rejection, Scheduler, Seat};
-use crate::streams::live::{LiveStreams, StreamHandle};
-use crate::streams::{Watch, data_payloads};
+use crate::router::{Candidate, InFlight, Outcome, Router};
+use crate::scheduler::{Rejection, Scheduler};
+use crate::streams::live::LiveStreams;
 use crate::telemetry::events::EventLog;
-use crate::telemetry::latency::{Latency, Metric, Recent};
+use crate::telemetry::latency::{Latency, Recent};
 use crate::telemetry::meter::Meter;
+
+pub use accounting::{StreamAccount, Ticket, usage_of_answer};
 
 pub struct Gateway {
     config: Config,
@@ -59,46 +59,6 @@ pub enum Refused {
         rejection: Rejection,
         headers: RateHeaders,
     },
-}
-
-/// An admitted request: its reservation and its seat upstream. Settle it with the real
-/// usage; dropping it unsettled refunds the reservation.
-pub struct Ticket {
-    reservation: Reservation,
-    seat: Seat,
-    /// Time spent waiting for the seat.
-    pub queued: Duration,
-}
-
-impl Ticket {
-    pub fn headers(&self) -> &RateHeaders {
-        self.reservation.headers()
-    }
-
-    pub fn prompt_tokens(&self) -> u64 {
-        self.reservation.prompt_tokens()
-    }
-
-    /// Tokens reserved: the load this request puts on an upstream.
-    pub fn tokens(&self) -> u64 {
-        self.reservation.tokens()
-    }
-
-    /// The tenant's tier when the request was admitted.
-    pub fn tier(&self) -> &str {
-        self.reservation.tier()
-    }
-
-    pub fn settle(self, usage: Usage) {
-        let Ticket {
-            reservation,
-            mut seat,
-            ..
-        } = self;
-        seat.set_actual(usage.total());
-        reservation.settle(usage);
-        drop(seat);
-    }
 }
 
 /// A request body's top-level fields, each value kept as the exact JSON text the client
@@ -277,135 +237,6 @@ impl Gateway {
         &self.streams
     }
 
-    /// The whole gateway now, for the console and `GET /admin/snapshot`. Each part is read
-    /// under its own short lock; the request path never waits for a snapshot.
-    pub fn snapshot(&self) -> Snapshot {
-        let reading = self.meter.read(120);
-        let queued_by_tenant = self.scheduler.queued_by_tenant();
-        let recent = self.recent.percentiles();
-        let tenants = self
-            .admission
-            .views()
-            .into_iter()
-            .map(|mut t| {
-                t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
-                t.p99_ms = recent.get(&format!("tenant:{}", t.name)).map(|p| p.1);
-                t
-            })
-            .collect::<Vec<_>>();
-        let mut regions = self.router.views();
-        for instance in regions.iter_mut().flat_map(|r| r.instances.iter_mut()) {
-            if let Some((p50, p99)) = recent.get(&format!("instance:{}", instance.name)) {
-                instance.p50_ms = Some(*p50);
-                instance.p99_ms = Some(*p99);
-            }
-        }
-        let in_flight = regions
-            .iter()
-            .flat_map(|r| &r.instances)
-            .map(|i| u64::from(i.in_flight))
-            .sum();
-        Snapshot {
-            taken_at_ms: crate::telemetry::now_ms(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            totals: Totals {
-                requests: reading.requests,
-                errors: reading.errors,
-                tokens: reading.tokens,
-                requests_per_sec: reading.requests_per_sec,
-                tokens_per_sec: reading.tokens_per_sec,
-                error_rate: reading.error_rate,
-                queued: self.scheduler.queued() as u64,
-                in_flight,
-            },
-            regions,
-            tenants,
-            levels: self.scheduler.levels(),
-            streams: self.streams.views(),
-            events: self.events.recent(200),
-            queue_history: reading.queue_history,
-            latency: self.latency.views(),
-            errors_by_code: self.meter.codes(),
-        }
-    }
-
-    /// Carries out an operator's action and records it; the answer says what happened.
-    pub fn act(&self, action: &Action, actor: &str) -> Result<String, String> {
-        let deadline = |secs: &Option<u64>| secs.map(Duration::from_secs);
-        let outcome = match action {
-            Action::DrainRegion {
-                region,
-                deadline_secs,
-            } => self
-                .drain(Some(region), None, deadline(deadline_secs))
-                .map(|n| {
-                    format!("{region} is draining; {n} in flight finish or are cut at the deadline")
-                })
-                .map_err(|e| e.to_string()),
-            Action::DrainInstance {
-                instance,
-                deadline_secs,
-            } => self
-                .drain(None, Some(instance), deadline(deadline_secs))
-                .map(|n| format!("{instance} is draining; {n} in flight"))
-                .map_err(|e| e.to_string()),
-            Action::UndrainRegion { region } => self
-                .undrain(Some(region), None)
-                .map(|()| format!("{region} takes requests again"))
-                .map_err(|e| e.to_string()),
-            Action::UndrainInstance { instance } => self
-                .undrain(None, Some(instance))
-                .map(|()| format!("{instance} takes requests again"))
-                .map_err(|e| e.to_string()),
-            Action::EjectInstance { instance } => self
-                .eject(instance)
-                .map(|()| format!("{instance} is out of rotation"))
-                .map_err(|e| e.to_string()),
-            Action::RestoreInstance { instance } => self
-                .restore(instance)
-                .map(|()| format!("{instance} is back in rotation"))
-                .map_err(|e| e.to_string()),
-            Action::SetTier { tenant, tier } => self
-                .set_tier(tenant, tier)
-                .map(|()| format!("{tenant} is now in tier {tier}"))
-                .map_err(|e| e.to_string()),
-            Action::SetLimits { tenant, limits } => self
-                .set_limits(tenant, limits)
-                .map(|l| format!("{tenant}'s limits: rpm {:?}, tpm {:?}", l.rpm, l.tpm))
-                .map_err(|e| e.to_string()),
-            Action::PauseTenant { tenant } => self
-                .pause(tenant)
-                .map(|n| format!("{tenant} is paused; {n} waiting requests refused"))
-                .map_err(|e| e.to_string()),
-            Action::ResumeTenant { tenant } => self
-                .resume(tenant)
-                .map(|()| format!("{tenant} is resumed"))
-                .map_err(|e| e.to_string()),
-            Action::ResetBudget { tenant } => self
-                .reset_budget(tenant)
-                .map(|()| format!("{tenant}'s budget is reset"))
-                .map_err(|e| e.to_string()),
-            Action::KillStream { id } => {
-                if self.streams.kill(id) {
-                    Ok(format!("stream {id} is ended"))
-                } else {
-                    Err(format!("no live stream is named {id}"))
-                }
-            }
-        };
-        match &outcome {
-            Ok(done) => self
-                .events
-                .record(EventKind::Operator, Some(actor), done.clone()),
-            Err(why) => self.events.record(
-                EventKind::Operator,
-                Some(actor),
-                format!("{} refused: {why}", action.describe()),
-            ),
-        }
-        outcome
-    }
-
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.scheduler
     }
@@ -430,86 +261,6 @@ impl Gateway {
             seat,
             queued: waiting.elapsed(),
         })
-    }
-
-    /// Moves a tenant to another tier; its waiting requests move with it.
-    pub fn set_tier(&self, tenant: &str, tier: &str) -> Result<(), ControlError> {
-        let before = self.admission.tier_of(tenant);
-        self.admission.set_tier(tenant, tier)?;
-        let moved = self.scheduler.move_tenant(tenant, tier);
-        tracing::info!(%tenant, before = ?before, after = %tier, moved, "tenant tier changed");
-        Ok(())
-    }
-
-    /// Overrides some of a tenant's limits; returns the limits now in force.
-    pub fn set_limits(&self, tenant: &str, change: &Limits) -> Result<Limits, ControlError> {
-        let before = self.admission.view(tenant)?.limits;
-        let after = self.admission.set_limits(tenant, change)?;
-        tracing::info!(%tenant, ?before, ?after, "tenant limits changed");
-        Ok(after)
-    }
-
-    /// Refuses the tenant's new requests and the ones waiting; returns how many waited.
-    pub fn pause(&self, tenant: &str) -> Result<usize, ControlError> {
-        self.admission.set_paused(tenant, true)?;
-        let refused = self.scheduler.reject_tenant(tenant);
-        tracing::info!(%tenant, refused_waiting = refused, "tenant paused");
-        Ok(refused)
-    }
-
-    pub fn resume(&self, tenant: &str) -> Result<(), ControlError> {
-        self.admission.set_paused(tenant, false)?;
-        tracing::info!(%tenant, "tenant resumed");
-        Ok(())
-    }
-
-    /// Drains a region (`region`) or one instance: no new requests; sessions move after
-    /// the grace period; what still runs at the deadline is cut. Returns requests in flight.
-    pub fn drain(
-        &self,
-        region: Option<&str>,
-        instance: Option<&str>,
-        deadline: Option<Duration>,
-    ) -> Result<u32, RouteControlError> {
-        let targets = self.router.targets(region, instance)?;
-        let in_flight = self.router.drain(&targets, deadline);
-        let deadline = deadline.unwrap_or(self.router.policy().drain_deadline);
-        tracing::info!(region = ?region, instance = ?instance, in_flight, ?deadline, "drain started");
-        Ok(in_flight)
-    }
-
-    pub fn undrain(
-        &self,
-        region: Option<&str>,
-        instance: Option<&str>,
-    ) -> Result<(), RouteControlError> {
-        let targets = self.router.targets(region, instance)?;
-        self.router.undrain(&targets);
-        tracing::info!(region = ?region, instance = ?instance, "drain ended");
-        Ok(())
-    }
-
-    /// Takes an instance out of rotation until restored.
-    pub fn eject(&self, instance: &str) -> Result<(), RouteControlError> {
-        let targets = self.router.targets(None, Some(instance))?;
-        self.router.eject(&targets);
-        tracing::info!(%instance, "instance ejected by operator");
-        Ok(())
-    }
-
-    /// Ends an instance's manual or automatic ejection and cool-down.
-    pub fn restore(&self, instance: &str) -> Result<(), RouteControlError> {
-        let targets = self.router.targets(None, Some(instance))?;
-        self.router.restore(&targets);
-        tracing::info!(%instance, "instance restored by operator");
-        Ok(())
-    }
-
-    pub fn reset_budget(&self, tenant: &str) -> Result<(), ControlError> {
-        let before = self.admission.view(tenant)?;
-        self.admission.reset_budget(tenant)?;
-        tracing::info!(%tenant, day_tokens = before.day.tokens, month_tokens = before.month.tokens, "tenant budget reset");
-        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -743,191 +494,4 @@ fn error_message(body: &[u8]) -> String {
 fn json_string(text: &str) -> Box<RawValue> {
     let literal = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_string());
     RawValue::from_string(literal).unwrap_or_else(|_| Box::<RawValue>::default())
-}
-
-#[derive(serde::Deserialize)]
-struct UsageView {
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct ChunkView<'a> {
-    #[serde(default, borrow)]
-    choices: Vec<ChoiceView<'a>>,
-    usage: Option<UsageView>,
-}
-
-#[derive(serde::Deserialize)]
-struct ChoiceView<'a> {
-    #[serde(borrow)]
-    delta: Option<TextView<'a>>,
-    #[serde(borrow)]
-    message: Option<TextView<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct TextView<'a> {
-    #[serde(borrow)]
-    content: Option<Cow<'a, str>>,
-}
-
-/// What a whole answer used: the upstream's `usage`, or else the prompt estimate plus
-/// the answer's text counted with the model's tokenizer, marked as estimated.
-pub fn usage_of_answer(
-    kind: ModelKind,
-    body: &[u8],
-    ticket: &Ticket,
-    tokenizer: TokenizerKind,
-) -> Usage {
-    let parsed = serde_json::from_slice::<ChunkView<'_>>(body).ok();
-    if let Some(usage) = parsed.as_ref().and_then(|p| p.usage.as_ref()) {
-        return Usage {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            estimated: false,
-        };
-    }
-    let completion = match kind {
-        ModelKind::Embeddings => 0,
-        ModelKind::Chat => parsed
-            .iter()
-            .flat_map(|p| &p.choices)
-            .filter_map(|c| c.message.as_ref()?.content.as_deref())
-            .map(|text| estimate::count(tokenizer, text))
-            .sum(),
-    };
-    Usage {
-        prompt_tokens: ticket.prompt_tokens(),
-        completion_tokens: completion,
-        estimated: true,
-    }
-}
-
-/// Accounts a stream as it passes: the upstream's usage chunk when there is one, the
-/// content otherwise. When the relay ends, however it ends (done, broken, or the client
-/// gone), the ticket is settled with what was produced.
-pub struct StreamAccount {
-    ticket: Option<Ticket>,
-    /// Released before the ticket: a freed seat must find a free slot.
-    slot: Option<InFlight>,
-    tokenizer: TokenizerKind,
-    content: String,
-    usage: Option<Usage>,
-    live: StreamHandle,
-    meter: Arc<Meter>,
-    timing: Option<Timing>,
-}
-
-/// Where and since when a stream's latency is recorded.
-struct Timing {
-    latency: Arc<Latency>,
-    recent: Arc<Recent>,
-    /// "tenant:NAME" and "instance:NAME".
-    recent_names: Vec<String>,
-    arrival: Instant,
-    scopes: Vec<String>,
-    first_token: bool,
-}
-
-impl StreamAccount {
-    pub fn new(
-        ticket: Ticket,
-        slot: InFlight,
-        tokenizer: TokenizerKind,
-        live: StreamHandle,
-        meter: Arc<Meter>,
-    ) -> StreamAccount {
-        StreamAccount {
-            ticket: Some(ticket),
-            slot: Some(slot),
-            tokenizer,
-            content: String::new(),
-            usage: None,
-            live,
-            meter,
-            timing: None,
-        }
-    }
-
-    /// Records time to first token and end to end under `scopes`, from `arrival`.
-    pub fn timed(
-        mut self,
-        latency: Arc<Latency>,
-        recent: (Arc<Recent>, Vec<String>),
-        arrival: Instant,
-        scopes: Vec<String>,
-    ) -> Self {
-        self.timing = Some(Timing {
-            latency,
-            recent: recent.0,
-            recent_names: recent.1,
-            arrival,
-            scopes,
-            first_token: false,
-        });
-        self
-    }
-
-    fn record(&mut self, metric: Metric) {
-        if let Some(t) = &self.timing {
-            let scopes: Vec<&str> = t.scopes.iter().map(String::as_str).collect();
-            let elapsed = t.arrival.elapsed();
-            t.latency.record(metric, &scopes, elapsed);
-            if metric == Metric::EndToEnd {
-                for name in &t.recent_names {
-                    t.recent.record(name, elapsed);
-                }
-            }
-        }
-    }
-}
-
-impl Watch for StreamAccount {
-    fn events(&mut self, events: &[u8]) {
-        for data in data_payloads(events) {
-            let Ok(chunk) = serde_json::from_slice::<ChunkView<'_>>(data) else {
-                continue;
-            };
-            if let Some(usage) = chunk.usage {
-                self.usage = Some(Usage {
-                    prompt_tokens: usage.prompt_tokens,
-                    completion_tokens: usage.completion_tokens,
-                    estimated: false,
-                });
-            }
-            for choice in &chunk.choices {
-                if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
-                    self.content.push_str(text);
-                    self.live.text(text);
-                    if self.timing.as_ref().is_some_and(|t| !t.first_token) {
-                        self.record(Metric::Ttft);
-                        if let Some(t) = self.timing.as_mut() {
-                            t.first_token = true;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Drop for StreamAccount {
-    fn drop(&mut self) {
-        // The slot goes first: settling frees the seat, and whoever gets it next must
-        // find the instance's slot free.
-        drop(self.slot.take());
-        self.record(Metric::EndToEnd);
-        let Some(ticket) = self.ticket.take() else {
-            return;
-        };
-        let usage = self.usage.unwrap_or_else(|| Usage {
-            prompt_tokens: ticket.prompt_tokens(),
-            completion_tokens: estimate::count(self.tokenizer, &self.content),
-            estimated: true,
-        });
-        self.meter.tokens(usage.total());
-        ticket.settle(usage);
-    }
 }

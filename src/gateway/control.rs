@@ -1,0 +1,222 @@
+//! The operator's side of the gateway: the snapshot the console and the admin API read,
+//! and every control (`act`, and the methods it calls), each logged and recorded as an
+//! event with who made it.
+
+use std::time::Duration;
+
+use super::Gateway;
+use crate::admission::ControlError;
+use crate::domain::Limits;
+use crate::domain::snapshot::{Action, EventKind, Snapshot, Totals};
+use crate::router::RouteControlError;
+
+impl Gateway {
+    /// The whole gateway now, for the console and `GET /admin/snapshot`. Each part is read
+    /// under its own short lock; the request path never waits for a snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        let reading = self.meter.read(120);
+        let queued_by_tenant = self.scheduler.queued_by_tenant();
+        let recent = self.recent.percentiles();
+        let tenants = self
+            .admission
+            .views()
+            .into_iter()
+            .map(|mut t| {
+                t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
+                t.p99_ms = recent.get(&format!("tenant:{}", t.name)).map(|p| p.1);
+                t
+            })
+            .collect::<Vec<_>>();
+        let mut regions = self.router.views();
+        for instance in regions.iter_mut().flat_map(|r| r.instances.iter_mut()) {
+            if let Some((p50, p99)) = recent.get(&format!("instance:{}", instance.name)) {
+                instance.p50_ms = Some(*p50);
+                instance.p99_ms = Some(*p99);
+            }
+        }
+        let in_flight = regions
+            .iter()
+            .flat_map(|r| &r.instances)
+            .map(|i| u64::from(i.in_flight))
+            .sum();
+        Snapshot {
+            taken_at_ms: crate::telemetry::now_ms(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            totals: Totals {
+                requests: reading.requests,
+                errors: reading.errors,
+                tokens: reading.tokens,
+                requests_per_sec: reading.requests_per_sec,
+                tokens_per_sec: reading.tokens_per_sec,
+                error_rate: reading.error_rate,
+                queued: self.scheduler.queued() as u64,
+                in_flight,
+            },
+            regions,
+            tenants,
+            levels: self.scheduler.levels(),
+            streams: self.streams.views(),
+            events: self.events.recent(200),
+            queue_history: reading.queue_history,
+            latency: self.latency.views(),
+            errors_by_code: self.meter.codes(),
+        }
+    }
+
+    /// Carries out an operator's action and records it; the answer says what happened.
+    pub fn act(&self, action: &Action, actor: &str) -> Result<String, String> {
+        let deadline = |secs: &Option<u64>| secs.map(Duration::from_secs);
+        let outcome = match action {
+            Action::DrainRegion {
+                region,
+                deadline_secs,
+            } => self
+                .drain(Some(region), None, deadline(deadline_secs))
+                .map(|n| {
+                    format!("{region} is draining; {n} in flight finish or are cut at the deadline")
+                })
+                .map_err(|e| e.to_string()),
+            Action::DrainInstance {
+                instance,
+                deadline_secs,
+            } => self
+                .drain(None, Some(instance), deadline(deadline_secs))
+                .map(|n| format!("{instance} is draining; {n} in flight"))
+                .map_err(|e| e.to_string()),
+            Action::UndrainRegion { region } => self
+                .undrain(Some(region), None)
+                .map(|()| format!("{region} takes requests again"))
+                .map_err(|e| e.to_string()),
+            Action::UndrainInstance { instance } => self
+                .undrain(None, Some(instance))
+                .map(|()| format!("{instance} takes requests again"))
+                .map_err(|e| e.to_string()),
+            Action::EjectInstance { instance } => self
+                .eject(instance)
+                .map(|()| format!("{instance} is out of rotation"))
+                .map_err(|e| e.to_string()),
+            Action::RestoreInstance { instance } => self
+                .restore(instance)
+                .map(|()| format!("{instance} is back in rotation"))
+                .map_err(|e| e.to_string()),
+            Action::SetTier { tenant, tier } => self
+                .set_tier(tenant, tier)
+                .map(|()| format!("{tenant} is now in tier {tier}"))
+                .map_err(|e| e.to_string()),
+            Action::SetLimits { tenant, limits } => self
+                .set_limits(tenant, limits)
+                .map(|l| format!("{tenant}'s limits: rpm {:?}, tpm {:?}", l.rpm, l.tpm))
+                .map_err(|e| e.to_string()),
+            Action::PauseTenant { tenant } => self
+                .pause(tenant)
+                .map(|n| format!("{tenant} is paused; {n} waiting requests refused"))
+                .map_err(|e| e.to_string()),
+            Action::ResumeTenant { tenant } => self
+                .resume(tenant)
+                .map(|()| format!("{tenant} is resumed"))
+                .map_err(|e| e.to_string()),
+            Action::ResetBudget { tenant } => self
+                .reset_budget(tenant)
+                .map(|()| format!("{tenant}'s budget is reset"))
+                .map_err(|e| e.to_string()),
+            Action::KillStream { id } => {
+                if self.streams.kill(id) {
+                    Ok(format!("stream {id} is ended"))
+                } else {
+                    Err(format!("no live stream is named {id}"))
+                }
+            }
+        };
+        match &outcome {
+            Ok(done) => self
+                .events
+                .record(EventKind::Operator, Some(actor), done.clone()),
+            Err(why) => self.events.record(
+                EventKind::Operator,
+                Some(actor),
+                format!("{} refused: {why}", action.describe()),
+            ),
+        }
+        outcome
+    }
+
+    /// Moves a tenant to another tier; its waiting requests move with it.
+    pub fn set_tier(&self, tenant: &str, tier: &str) -> Result<(), ControlError> {
+        let before = self.admission.tier_of(tenant);
+        self.admission.set_tier(tenant, tier)?;
+        let moved = self.scheduler.move_tenant(tenant, tier);
+        tracing::info!(%tenant, before = ?before, after = %tier, moved, "tenant tier changed");
+        Ok(())
+    }
+
+    /// Overrides some of a tenant's limits; returns the limits now in force.
+    pub fn set_limits(&self, tenant: &str, change: &Limits) -> Result<Limits, ControlError> {
+        let before = self.admission.view(tenant)?.limits;
+        let after = self.admission.set_limits(tenant, change)?;
+        tracing::info!(%tenant, ?before, ?after, "tenant limits changed");
+        Ok(after)
+    }
+
+    /// Refuses the tenant's new requests and the ones waiting; returns how many waited.
+    pub fn pause(&self, tenant: &str) -> Result<usize, ControlError> {
+        self.admission.set_paused(tenant, true)?;
+        let refused = self.scheduler.reject_tenant(tenant);
+        tracing::info!(%tenant, refused_waiting = refused, "tenant paused");
+        Ok(refused)
+    }
+
+    pub fn resume(&self, tenant: &str) -> Result<(), ControlError> {
+        self.admission.set_paused(tenant, false)?;
+        tracing::info!(%tenant, "tenant resumed");
+        Ok(())
+    }
+
+    /// Drains a region (`region`) or one instance: no new requests; sessions move after
+    /// the grace period; what still runs at the deadline is cut. Returns requests in flight.
+    pub fn drain(
+        &self,
+        region: Option<&str>,
+        instance: Option<&str>,
+        deadline: Option<Duration>,
+    ) -> Result<u32, RouteControlError> {
+        let targets = self.router.targets(region, instance)?;
+        let in_flight = self.router.drain(&targets, deadline);
+        let deadline = deadline.unwrap_or(self.router.policy().drain_deadline);
+        tracing::info!(region = ?region, instance = ?instance, in_flight, ?deadline, "drain started");
+        Ok(in_flight)
+    }
+
+    pub fn undrain(
+        &self,
+        region: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<(), RouteControlError> {
+        let targets = self.router.targets(region, instance)?;
+        self.router.undrain(&targets);
+        tracing::info!(region = ?region, instance = ?instance, "drain ended");
+        Ok(())
+    }
+
+    /// Takes an instance out of rotation until restored.
+    pub fn eject(&self, instance: &str) -> Result<(), RouteControlError> {
+        let targets = self.router.targets(None, Some(instance))?;
+        self.router.eject(&targets);
+        tracing::info!(%instance, "instance ejected by operator");
+        Ok(())
+    }
+
+    /// Ends an instance's manual or automatic ejection and cool-down.
+    pub fn restore(&self, instance: &str) -> Result<(), RouteControlError> {
+        let targets = self.router.targets(None, Some(instance))?;
+        self.router.restore(&targets);
+        tracing::info!(%instance, "instance restored by operator");
+        Ok(())
+    }
+
+    pub fn reset_budget(&self, tenant: &str) -> Result<(), ControlError> {
+        let before = self.admission.view(tenant)?;
+        self.admission.reset_budget(tenant)?;
+        tracing::info!(%tenant, day_tokens = before.day.tokens, month_tokens = before.month.tokens, "tenant budget reset");
+        Ok(())
+    }
+}
