@@ -34,6 +34,10 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub health: HealthCheck,
     pub routing: RoutingPolicy,
+    /// How long a finished stream stays readable by watchers.
+    pub streams_keep: Duration,
+    /// Events a stream reader may fall behind before it is cut off.
+    pub streams_max_lag: usize,
     pub tiers: Vec<Tier>,
     pub tenants: Vec<Tenant>,
     /// Sorted by failover order (then by position in the file).
@@ -151,6 +155,8 @@ struct RawConfig {
     #[serde(default)]
     health: RawHealth,
     #[serde(default)]
+    streams: RawStreams,
+    #[serde(default)]
     routing: RawRouting,
     #[serde(default)]
     tiers: BTreeMap<String, RawTier>,
@@ -202,6 +208,24 @@ struct RawScheduler {
 struct RawLedger {
     /// How often usage counters are written to the database.
     checkpoint_interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStreams {
+    /// How long a finished stream stays readable at GET /v1/streams/{id}.
+    keep_finished: String,
+    /// Events a reader may fall behind before it is cut off alone.
+    max_lag_events: usize,
+}
+
+impl Default for RawStreams {
+    fn default() -> Self {
+        RawStreams {
+            keep_finished: "60s".into(),
+            max_lag_events: 2048,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -743,6 +767,12 @@ impl RawConfig {
                 ));
             }
         }
+        let streams_keep = parse_duration(&self.streams.keep_finished)
+            .map_err(|m| invalid("streams.keep_finished", m))?;
+        if self.streams.max_lag_events == 0 {
+            return Err(invalid("streams.max_lag_events", "must be at least 1"));
+        }
+        let streams_max_lag = self.streams.max_lag_events;
         let health = self.health.validate()?;
         let routing = self.routing.validate()?;
         let seats = match self.scheduler.seats {
@@ -768,6 +798,8 @@ impl RawConfig {
             checkpoint_interval,
             health,
             routing,
+            streams_keep,
+            streams_max_lag,
             tiers,
             tenants,
             regions,

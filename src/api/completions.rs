@@ -244,7 +244,8 @@ async fn answer(
                 &answer.region,
                 &answer.instance,
             );
-            extra.push(("x-switchyard-stream-id", live.id().to_string()));
+            let stream_id = live.id().to_string();
+            extra.push(("x-switchyard-stream-id", stream_id.clone()));
             let drained = slot.instance().cut_signal();
             let killed = live.killed();
             let upstream = describe.clone();
@@ -286,11 +287,16 @@ async fn answer(
                 response.bytes_stream(),
                 account,
                 cut,
-                strip_usage,
+                false,
                 describe,
                 id.0.to_string(),
             );
-            let mut response = Response::new(Body::from_stream(relay));
+            // The relay belongs to the stream's chunk log; this client is its first reader.
+            let log = gateway
+                .hub()
+                .publish(&stream_id, &tenant.name, strip_usage, relay);
+            let reader = gateway.hub().reader(&log, 0, false);
+            let mut response = Response::new(Body::from_stream(reader));
             *response.status_mut() = StatusCode::OK;
             let headers = response.headers_mut();
             headers.insert(

@@ -155,6 +155,15 @@ impl ApiError {
         )
     }
 
+    pub fn stream_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            "stream_not_found",
+            format!("no stream {id} is live or recently finished for this key"),
+        )
+    }
+
     pub fn not_found(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

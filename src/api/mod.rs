@@ -42,6 +42,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/embeddings", post(completions::embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/streams/{id}", get(watch_stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|req: Request| async move {
@@ -106,6 +107,39 @@ async fn models(
         })
         .collect();
     Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+/// `GET /v1/streams/{id}`: follow a live (or recently finished) stream of the same tenant
+/// from the start, or after `Last-Event-ID`. Events carry their index as the SSE id.
+async fn watch_stream(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant = gateway.authenticate(authorization(&headers))?;
+    // Another tenant's stream does not exist, as far as this tenant can tell.
+    let log = gateway
+        .hub()
+        .get(&id)
+        .filter(|log| log.tenant == tenant.name)
+        .ok_or_else(|| ApiError::stream_not_found(&id))?;
+    let from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(0, |last| last + 1);
+    let reader = gateway.hub().reader(&log, from, true);
+    let mut response = Response::new(axum::body::Body::from_stream(reader));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert("x-switchyard-stream-id", value);
+    }
+    Ok(response)
 }
 
 /// Liveness: the process answers.

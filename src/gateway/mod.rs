@@ -28,6 +28,7 @@ use crate::domain::{Model, Tenant};
 use crate::providers::{SendError, SetupError, Upstreams};
 use crate::router::{Candidate, InFlight, Outcome, Router};
 use crate::scheduler::{Rejection, Scheduler};
+use crate::streams::hub::Hub;
 use crate::streams::live::LiveStreams;
 use crate::telemetry::events::EventLog;
 use crate::telemetry::latency::{Latency, Recent};
@@ -48,6 +49,7 @@ pub struct Gateway {
     /// Recent end-to-end latency per tenant and per instance.
     recent: Arc<Recent>,
     streams: Arc<LiveStreams>,
+    hub: Hub,
     started: Instant,
 }
 
@@ -205,6 +207,7 @@ impl Gateway {
             latency: Arc::default(),
             recent: Arc::default(),
             streams: Arc::default(),
+            hub: Hub::new(config.streams_keep, config.streams_max_lag),
             started: Instant::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
             admission: Arc::new(Admission::new(&config.tiers, &config.tenants)),
@@ -231,6 +234,10 @@ impl Gateway {
 
     pub fn recent(&self) -> &Arc<Recent> {
         &self.recent
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
     }
 
     pub fn streams(&self) -> &Arc<LiveStreams> {

@@ -6,6 +6,7 @@
 //! for success. Dropping the relay (the client went away) drops the upstream response and
 //! with it the upstream connection, which cancels the generation.
 
+pub mod hub;
 pub mod live;
 
 use std::convert::Infallible;
