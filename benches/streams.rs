@@ -1,0 +1,189 @@
+//! Sustained concurrent streams through the gateway, and the cost of fan-out.
+//! Run with `cargo bench --bench streams` (`STREAMS=N` to choose how many).
+//!
+//! The mock and the gateway run as separate `switchyard` processes, so each has its own
+//! file-descriptor budget: every stream costs the gateway two sockets (client and
+//! upstream). Memory is the gateway's resident set from /proc; CPU its user+system time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn main() {
+    let streams: usize = std::env::var("STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9_500);
+    switchyard::providers::install_crypto();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data =
+        std::env::temp_dir().join(format!("switchyard-streams-bench-{}", std::process::id()));
+    let (mock_port, gw_port) = (free_port(), free_port());
+    let _mock = Process(
+        Command::new(BIN)
+            .args([
+                "mock",
+                "--listen",
+                &format!("127.0.0.1:{mock_port}"),
+                "--ttft",
+                "0ms",
+                "--tokens-per-sec",
+                "1",
+                "--answer-tokens",
+                "60",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{gw_port}\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[health]\ninterval = \"1h\"\n[tiers.t]\nmax_queue = 100000\n[[tenants]]\nname = \"bench\"\ntier = \"t\"\nkeys = [\"{}\"]\n[[regions]]\nname = \"local\"\n  [[regions.instances]]\n  name = \"local-mock\"\n  url = \"http://127.0.0.1:{mock_port}/v1\"\n  max_concurrency = 100000\n[[models]]\nalias = \"gpt-4o-mini\"\n",
+        data.display(),
+        switchyard::auth::hash_key("sy-bench")
+    );
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("config.toml"), config).unwrap();
+    let gateway = Process(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--config",
+                data.join("config.toml").to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = gateway.0.id();
+    wait_for(mock_port);
+    wait_for(gw_port);
+    let idle_rss = rss_kib(pid);
+
+    runtime.block_on(async move {
+        let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+        let url = format!("http://127.0.0.1:{gw_port}/v1/chat/completions");
+        let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
+        let started = Instant::now();
+        let mut open = Vec::with_capacity(streams);
+        let mut failed = 0;
+        for chunk in (0..streams).collect::<Vec<_>>().chunks(500) {
+            let batch = futures_util::future::join_all(chunk.iter().map(|_| {
+                client.post(&url).bearer_auth("sy-bench").header("content-type", "application/json").body(body).send()
+            }))
+            .await;
+            for reply in batch {
+                match reply {
+                    Ok(mut r) if r.status().is_success() => {
+                        // Wait for the first event so the stream is really flowing.
+                        if r.chunk().await.is_ok() {
+                            open.push(r);
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                    _ => failed += 1,
+                }
+            }
+        }
+        let ramp = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = rss_kib(pid);
+        let cpu_before = cpu_secs(pid);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let cpu = cpu_secs(pid) - cpu_before;
+        println!(
+            "{} streams open through the gateway ({failed} failed) after {:.1?}; gateway RSS {} MiB idle, {} MiB with them: {:.1} KiB per stream; {:.2} CPU cores relaying one token per second each",
+            open.len(),
+            ramp,
+            idle_rss / 1024,
+            rss / 1024,
+            (rss.saturating_sub(idle_rss)) as f64 / open.len().max(1) as f64,
+            cpu / 5.0
+        );
+        drop(open);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // Fan-out: one fast stream and W watchers; CPU per watcher.
+        for watchers in [0usize, 100] {
+            let cpu_before = cpu_secs(pid);
+            let mut runs = Vec::new();
+            for _ in 0..20 {
+                let origin = client.post(&url).bearer_auth("sy-bench").header("content-type", "application/json").body(body).send().await.unwrap();
+                let id = origin.headers().get("x-switchyard-stream-id").unwrap().to_str().unwrap().to_string();
+                let mut readers = Vec::new();
+                for _ in 0..watchers {
+                    readers.push(client.get(format!("http://127.0.0.1:{gw_port}/v1/streams/{id}")).bearer_auth("sy-bench").send());
+                }
+                let readers = futures_util::future::join_all(readers).await;
+                runs.push((origin, readers));
+            }
+            for (origin, readers) in runs {
+                let _ = origin.bytes().await;
+                for r in readers.into_iter().flatten() {
+                    let _ = r.bytes().await;
+                }
+            }
+            println!(
+                "fan-out: 20 streams of 60 tokens with {watchers} watchers each: gateway CPU {:.3} s",
+                cpu_secs(pid) - cpu_before
+            );
+        }
+    });
+    let _ = std::fs::remove_dir_all(&data);
+}
