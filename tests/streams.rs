@@ -119,3 +119,28 @@ async fn a_watcher_keeps_the_generation_alive_and_the_last_to_leave_cancels_it()
         .unwrap();
     assert!(charged > 8, "{charged}");
 }
+
+#[tokio::test]
+async fn an_operator_can_follow_any_tenants_stream() {
+    let us = paced(0.0, 5).spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &us)]).await;
+    let origin = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
+    let id = header(&origin, "x-switchyard-stream-id").to_string();
+    let all = payloads(&origin.text().await.unwrap());
+    let reply = gw
+        .admin(reqwest::Method::GET, &format!("/admin/streams/{id}"), None)
+        .await;
+    assert_eq!(reply.status(), 200);
+    assert_eq!(payloads(&reply.text().await.unwrap()), all);
+    let tenant_key = gw
+        .client
+        .get(format!(
+            "{}/admin/streams/{id}",
+            gw.daemon.admin_url().unwrap()
+        ))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tenant_key.status(), 401);
+}

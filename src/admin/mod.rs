@@ -50,6 +50,7 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
         .route("/admin/snapshot", get(snapshot))
         .route("/admin/events", get(events))
         .route("/admin/actions", post(act))
+        .route("/admin/streams/{id}", get(watch_stream))
         .route("/metrics", get(metrics))
         .route("/admin/regions", get(regions))
         .route("/admin/regions/{name}/drain", post(drain_region))
@@ -261,6 +262,36 @@ async fn events(State(admin): State<Admin>) -> Response {
     );
     axum::response::sse::Sse::new(stream)
         .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `GET /admin/streams/{id}`: an operator follows any tenant's stream, from the start or
+/// after `Last-Event-ID`, like the tenant's own watchers do.
+async fn watch_stream(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let Some(log) = admin.gateway.hub().get(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "stream_not_found",
+            format!("no stream {id} is live or recently finished"),
+        );
+    };
+    let from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(0, |last| last + 1);
+    let reader = admin.gateway.hub().reader(&log, from, true);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/event-stream; charset=utf-8",
+        )],
+        axum::body::Body::from_stream(reader),
+    )
         .into_response()
 }
 
