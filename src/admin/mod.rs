@@ -279,11 +279,7 @@ async fn watch_stream(
             format!("no stream {id} is live or recently finished"),
         );
     };
-    let from = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .map_or(0, |last| last + 1);
+    let from = crate::streams::resume_from(&headers);
     let reader = admin.gateway.hub().reader(&log, from, true);
     (
         [(

@@ -287,7 +287,6 @@ async fn answer(
                 response.bytes_stream(),
                 account,
                 cut,
-                false,
                 describe,
                 id.0.to_string(),
             );

@@ -123,11 +123,7 @@ async fn watch_stream(
         .get(&id)
         .filter(|log| log.tenant == tenant.name)
         .ok_or_else(|| ApiError::stream_not_found(&id))?;
-    let from = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .map_or(0, |last| last + 1);
+    let from = crate::streams::resume_from(&headers);
     let reader = gateway.hub().reader(&log, from, true);
     let mut response = Response::new(axum::body::Body::from_stream(reader));
     let headers = response.headers_mut();

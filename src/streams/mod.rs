@@ -139,6 +139,15 @@ pub fn without_usage_chunk(events: Bytes) -> Bytes {
     kept.freeze()
 }
 
+/// Where a watcher resumes: the event after its `Last-Event-ID`, or the start.
+pub fn resume_from(headers: &axum::http::HeaderMap) -> usize {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(0, |last| last + 1)
+}
+
 /// Why a relay was ended from outside: a drain deadline, or an operator.
 #[derive(Debug, Clone)]
 pub struct Cut {
@@ -160,7 +169,6 @@ pub fn relay<S, E, W, C>(
     upstream: S,
     watch: W,
     cut: C,
-    strip_usage: bool,
     describe: String,
     request_id: String,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
@@ -176,7 +184,6 @@ where
         finished: bool,
         watch: W,
         cut: std::pin::Pin<Box<dyn std::future::Future<Output = Cut> + Send>>,
-        strip_usage: bool,
         describe: String,
         request_id: String,
     }
@@ -188,7 +195,6 @@ where
             finished: false,
             watch,
             cut: Box::pin(cut),
-            strip_usage,
             describe,
             request_id,
         },
@@ -209,14 +215,6 @@ where
                     Some(Ok(bytes)) => match relay.framer.push(bytes) {
                         Some(events) => {
                             relay.watch.events(&events);
-                            let events = if relay.strip_usage {
-                                without_usage_chunk(events)
-                            } else {
-                                events
-                            };
-                            if events.is_empty() {
-                                continue;
-                            }
                             return Some((Ok(events), relay));
                         }
                         None => continue,
@@ -318,7 +316,6 @@ mod tests {
             upstream,
             (),
             std::future::pending(),
-            false,
             "us-east-a".into(),
             "req_1".into(),
         )
@@ -342,7 +339,6 @@ mod tests {
             upstream,
             (),
             std::future::pending::<Cut>(),
-            false,
             "x".into(),
             "r".into(),
         )
