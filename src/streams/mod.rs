@@ -3,8 +3,10 @@
 //! An upstream stream is relayed event by event: bytes are held only until an event is
 //! complete, never the whole answer. A stream that breaks, or ends without `data: [DONE]`,
 //! is closed with an SSE error frame in OpenAI's shape, because SDKs take a clean close
-//! for success. Dropping the relay (the client went away) drops the upstream response and
-//! with it the upstream connection, which cancels the generation.
+//! for success. The relay feeds a chunk log (`hub`) that the client and any watchers read;
+//! dropping the relay (nobody listens any more) drops the upstream response and with it
+//! the upstream connection, which cancels the generation. `live` lists the streams being
+//! relayed now, for the console.
 
 pub mod hub;
 pub mod live;
