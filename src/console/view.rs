@@ -297,7 +297,7 @@ fn gauge(used: u64, limit: Option<u64>) -> String {
 fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let rows = model.tenant_rows();
     let selected = model.selected[1];
-    let table_rows = rows.iter().enumerate().map(|(n, i)| {
+    let table_rows = rows.iter().map(|i| {
         let t = &s.tenants[*i];
         let rpm_used = t
             .limits
@@ -307,7 +307,7 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             .limits
             .tpm
             .map(|l| l.saturating_sub(t.tokens_available.unwrap_or(l)));
-        let row = Row::new(vec![
+        Row::new(vec![
             Cell::from(t.name.clone()),
             Cell::from(t.tier.clone()),
             Cell::from(if t.paused { "PAUSED" } else { "" }).style(Style::new().fg(Color::Red)),
@@ -328,12 +328,7 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                     .map(|p| format!("{p:.0}ms"))
                     .unwrap_or_else(|| "-".into()),
             ),
-        ]);
-        if n == selected {
-            row.style(SELECTED)
-        } else {
-            row
-        }
+        ])
     });
     let title = format!(
         "tenants ({} shown, sorted by {})",
@@ -376,7 +371,7 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 
 fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let selected = model.selected[2];
-    let rows = model.region_rows().into_iter().enumerate().map(|(n, row)| {
+    let rows = model.region_rows().into_iter().map(|row| {
         let cells = match row {
             RegionRow::Region(name) => {
                 let r = s.regions.iter().find(|r| r.name == name);
@@ -427,12 +422,7 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                 }
             }
         };
-        let row = Row::new(cells);
-        if n == selected {
-            row.style(SELECTED)
-        } else {
-            row
-        }
+        Row::new(cells)
     });
     let table = Table::new(
         rows,
@@ -468,8 +458,8 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 
 fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let selected = model.selected[3];
-    let rows = s.levels.iter().enumerate().map(|(n, l)| {
-        let row = Row::new(vec![
+    let rows = s.levels.iter().map(|l| {
+        Row::new(vec![
             Cell::from(l.tier.clone()),
             Cell::from(l.share.to_string()),
             Cell::from(l.seats.to_string()),
@@ -485,12 +475,7 @@ fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                     .find(|(tier, _)| *tier == l.tier)
                     .map_or("-".to_string(), |(_, rate)| format!("{rate:.1}")),
             ),
-        ]);
-        if n == selected {
-            row.style(SELECTED)
-        } else {
-            row
-        }
+        ])
     });
     let table = Table::new(
         rows,
@@ -528,9 +513,9 @@ fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let [list, tail] =
         Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
     let selected = model.selected[4];
-    let rows = model.stream_rows().into_iter().enumerate().map(|(n, i)| {
+    let rows = model.stream_rows().into_iter().map(|i| {
         let st = &s.streams[i];
-        let row = Row::new(vec![
+        Row::new(vec![
             Cell::from(st.id.clone()),
             Cell::from(st.tenant.clone()),
             Cell::from(st.model.clone()),
@@ -538,12 +523,7 @@ fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             Cell::from(st.tokens.to_string()),
             Cell::from(format!("{:.1}", st.tokens_per_sec)),
             Cell::from(format!("{:.1}s", st.age_ms as f64 / 1000.0)),
-        ]);
-        if n == selected {
-            row.style(SELECTED)
-        } else {
-            row
-        }
+        ])
     });
     let table = Table::new(
         rows,
@@ -598,27 +578,18 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     }
     let [table_area, charts] =
         Layout::vertical([Constraint::Min(5), Constraint::Length(9)]).areas(area);
-    let rows = shown
-        .iter()
-        .map(|i| &s.latency[*i])
-        .enumerate()
-        .map(|(n, l)| {
-            let row = Row::new(vec![
-                Cell::from(l.metric.clone()),
-                Cell::from(l.scope.clone()),
-                Cell::from(l.count.to_string()),
-                Cell::from(format!("{:.1}", l.p50_ms)),
-                Cell::from(format!("{:.1}", l.p90_ms)),
-                Cell::from(format!("{:.1}", l.p99_ms)),
-                Cell::from(format!("{:.1}", l.p999_ms)),
-                Cell::from(format!("{:.1}", l.max_ms)),
-            ]);
-            if n == selected {
-                row.style(SELECTED)
-            } else {
-                row
-            }
-        });
+    let rows = shown.iter().map(|i| &s.latency[*i]).map(|l| {
+        Row::new(vec![
+            Cell::from(l.metric.clone()),
+            Cell::from(l.scope.clone()),
+            Cell::from(l.count.to_string()),
+            Cell::from(format!("{:.1}", l.p50_ms)),
+            Cell::from(format!("{:.1}", l.p90_ms)),
+            Cell::from(format!("{:.1}", l.p99_ms)),
+            Cell::from(format!("{:.1}", l.p999_ms)),
+            Cell::from(format!("{:.1}", l.max_ms)),
+        ])
+    });
     let widths = [
         Constraint::Length(9),
         Constraint::Length(24),
@@ -708,10 +679,10 @@ fn events(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     );
 }
 
-/// Renders a table scrolled so that the selected row is in view.
+/// Renders a table with the selected row highlighted and scrolled into view.
 fn scrolled(frame: &mut Frame, table: Table, area: Rect, selected: usize) {
     let mut state = TableState::default().with_selected(Some(selected));
-    frame.render_stateful_widget(table, area, &mut state);
+    frame.render_stateful_widget(table.row_highlight_style(SELECTED), area, &mut state);
 }
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
