@@ -395,11 +395,7 @@ impl Gateway {
                 }
                 first
             };
-            let outcome = tokio::select! {
-                outcome = attempt => outcome,
-                _ = &mut cut => Err(SendError::Broken("cut by a drain deadline".into())),
-            };
-            let response = match outcome {
+            let response = match unless_cut(attempt, &mut cut).await {
                 Ok(response) => response,
                 Err(e) => {
                     attempts.push(send_failed(e));
@@ -429,15 +425,14 @@ impl Gateway {
                     body: AnswerBody::Stream { response, slot },
                 });
             }
-            let whole = tokio::select! {
-                whole = tokio::time::timeout_at(deadline, response.bytes()) => match whole {
+            let read = async {
+                match tokio::time::timeout_at(deadline, response.bytes()).await {
                     Ok(Ok(bytes)) => Ok(bytes),
                     Ok(Err(e)) => Err(SendError::Broken(crate::providers::root_cause(&e))),
                     Err(_) => Err(SendError::Timeout(timeouts.response)),
-                },
-                _ = &mut cut => Err(SendError::Broken("cut by a drain deadline".into())),
+                }
             };
-            let whole = match whole {
+            let whole = match unless_cut(read, &mut cut).await {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     attempts.push(send_failed(e));
@@ -464,6 +459,17 @@ impl Gateway {
             model: model.alias.clone(),
             attempts,
         })
+    }
+}
+
+/// Runs `work` unless a drain deadline cuts the instance first.
+async fn unless_cut<T>(
+    work: impl std::future::Future<Output = Result<T, SendError>>,
+    cut: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Result<T, SendError> {
+    tokio::select! {
+        done = work => done,
+        () = cut => Err(SendError::Broken("cut by a drain deadline".into())),
     }
 }
 
