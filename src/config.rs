@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::{
-    DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, HealthCheck, Instance, KeyHash, Limits, Model,
-    ModelKind, Price, Region, RoutingPolicy, Tenant, Tier, TokenizerKind, UpstreamTimeouts,
+    CachePolicy, CacheScope, DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, HealthCheck, Instance,
+    KeyHash, Limits, Model, ModelKind, Price, Region, RoutingPolicy, Tenant, Tier, TokenizerKind,
+    UpstreamTimeouts,
 };
 
 /// Environment variable that overrides `server.data_dir`.
@@ -38,6 +39,7 @@ pub struct Config {
     pub streams_keep: Duration,
     /// Events a stream reader may fall behind before it is cut off.
     pub streams_max_lag: usize,
+    pub cache: CachePolicy,
     pub tiers: Vec<Tier>,
     pub tenants: Vec<Tenant>,
     /// Sorted by failover order (then by position in the file).
@@ -159,6 +161,8 @@ struct RawConfig {
     #[serde(default)]
     routing: RawRouting,
     #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
     tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
@@ -225,6 +229,62 @@ impl Default for RawStreams {
             keep_finished: "60s".into(),
             max_lag_events: 2048,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    enabled: bool,
+    ttl: String,
+    max_size: String,
+    max_entry_size: String,
+    scope: CacheScope,
+    hits_use_tokens: bool,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            enabled: true,
+            ttl: "10m".into(),
+            max_size: "64MiB".into(),
+            max_entry_size: "1MiB".into(),
+            scope: CacheScope::Tenant,
+            hits_use_tokens: false,
+        }
+    }
+}
+
+impl RawCache {
+    fn validate(self) -> Result<CachePolicy, ConfigError> {
+        let ttl = parse_duration(&self.ttl).map_err(|m| invalid("cache.ttl", m))?;
+        if ttl.is_zero() {
+            return Err(invalid(
+                "cache.ttl",
+                "must be longer than 0s (set cache.enabled = false to turn the cache off)",
+            ));
+        }
+        let max_bytes = parse_size(&self.max_size).map_err(|m| invalid("cache.max_size", m))?;
+        let max_entry_bytes =
+            parse_size(&self.max_entry_size).map_err(|m| invalid("cache.max_entry_size", m))?;
+        if max_entry_bytes > max_bytes {
+            return Err(invalid(
+                "cache.max_entry_size",
+                format!(
+                    "\"{}\" is larger than cache.max_size \"{}\"; no answer that size could be kept",
+                    self.max_entry_size, self.max_size
+                ),
+            ));
+        }
+        Ok(CachePolicy {
+            enabled: self.enabled,
+            ttl,
+            max_bytes,
+            max_entry_bytes,
+            scope: self.scope,
+            hits_use_tokens: self.hits_use_tokens,
+        })
     }
 }
 
@@ -773,6 +833,7 @@ impl RawConfig {
             return Err(invalid("streams.max_lag_events", "must be at least 1"));
         }
         let streams_max_lag = self.streams.max_lag_events;
+        let cache = self.cache.validate()?;
         let health = self.health.validate()?;
         let routing = self.routing.validate()?;
         let seats = match self.scheduler.seats {
@@ -800,6 +861,7 @@ impl RawConfig {
             routing,
             streams_keep,
             streams_max_lag,
+            cache,
             tiers,
             tenants,
             regions,

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::admin::client::AdminClient;
 use crate::config::Config;
+use crate::domain::snapshot::CacheView;
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -95,6 +96,20 @@ enum CtlCommand {
     Snapshot,
     /// Print the recent events: routing changes and operator actions.
     Events,
+    /// Show the response cache (`ctl cache purge [--tenant NAME]` empties it).
+    Cache {
+        #[command(subcommand)]
+        command: Option<CacheCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Drop kept answers: one tenant's, or all of them.
+    Purge {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -291,6 +306,19 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        CtlCommand::Cache { command: None } => {
+            print_cache(&serde_json::from_value(client.get("/admin/cache").await?)?);
+        }
+        CtlCommand::Cache {
+            command: Some(CacheCommand::Purge { tenant }),
+        } => {
+            let body = match &tenant {
+                Some(tenant) => json!({ "tenant": tenant }),
+                None => json!({}),
+            };
+            let reply = client.post("/admin/cache/purge", &body).await?;
+            say!("{}", reply["ok"].as_str().unwrap_or("done"));
+        }
         CtlCommand::ResetBudget { tenant } => {
             client
                 .post(&tenant_path(&tenant, "reset-budget"), &json!({}))
@@ -299,6 +327,47 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_cache(view: &CacheView) {
+    if !view.enabled {
+        say!("the cache is off (cache.enabled = false)");
+    }
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    say!(
+        "{} kept, {:.1} of {:.1} MiB",
+        crate::domain::snapshot::answers(view.entries),
+        mib(view.bytes),
+        mib(view.max_bytes)
+    );
+    let ratio = view
+        .hit_ratio()
+        .map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
+    say!(
+        "hits {}, coalesced {}, misses {} (hit ratio {ratio}); bypassed {}; evicted {}, expired {}",
+        view.hits,
+        view.coalesced,
+        view.misses,
+        view.bypasses,
+        view.evictions,
+        view.expirations
+    );
+    say!(
+        "{:<20} {:>8} {:>12} {:>8}",
+        "SCOPE",
+        "ANSWERS",
+        "BYTES",
+        "HITS"
+    );
+    for s in &view.scopes {
+        say!(
+            "{:<20} {:>8} {:>12} {:>8}",
+            s.scope,
+            s.entries,
+            s.bytes,
+            s.hits
+        );
+    }
 }
 
 fn limit(available: &Value, limit: &Value) -> String {

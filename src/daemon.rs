@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cache::persist::Writer as CacheWriter;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::ledger::Ledger;
@@ -46,6 +47,7 @@ pub struct Daemon {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     ledger: Ledger,
+    cache_writer: CacheWriter,
 }
 
 impl Daemon {
@@ -75,6 +77,7 @@ impl Daemon {
             .map_err(|e| StartError::Task(e.to_string()))??;
         let store = Arc::new(store);
         let usage = store.load_usage()?;
+        let cached = crate::cache::persist::load(&store)?;
         tokio::task::spawn_blocking(crate::admission::estimate::warm_up)
             .await
             .map_err(|e| StartError::Task(e.to_string()))?;
@@ -83,6 +86,8 @@ impl Daemon {
         let checkpoint = config.checkpoint_interval;
         let gateway = Arc::new(Gateway::new(config)?);
         gateway.admission().restore(&usage);
+        gateway.cache().restore(cached);
+        let cache_writer = CacheWriter::spawn(gateway.cache().clone(), store.clone());
         let ledger = Ledger::spawn(gateway.admission().clone(), store, checkpoint);
 
         let (stop, stopped) = watch::channel(false);
@@ -119,6 +124,7 @@ impl Daemon {
             stop,
             servers,
             ledger,
+            cache_writer,
         })
     }
 
@@ -156,6 +162,7 @@ impl Daemon {
             }
         }
         drop(self.gateway);
+        self.cache_writer.stop().await;
         self.ledger.stop().await;
         tracing::info!("switchyard stopped");
     }

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -212,6 +212,24 @@ fn fixture() -> Snapshot {
             p99_history_ms: vec![800.0, 840.0],
         }],
         errors_by_code: vec![("rate_limit_exceeded".into(), 12)],
+        cache: CacheView {
+            enabled: true,
+            entries: 1_520,
+            bytes: 14_200_000,
+            max_bytes: 64 << 20,
+            hits: 8_100,
+            misses: 2_900,
+            bypasses: 109_400,
+            coalesced: 240,
+            evictions: 0,
+            expirations: 310,
+            scopes: vec![CacheScopeView {
+                scope: "acme".into(),
+                entries: 1_200,
+                bytes: 11_000_000,
+                hits: 7_000,
+            }],
+        },
     }
 }
 
@@ -235,6 +253,22 @@ fn draw(model: &Model) -> String {
         text.push('\n');
     }
     text
+}
+
+/// Types `:LINE` and Enter.
+fn command(model: &mut Model, line: &str) -> Vec<Cmd> {
+    key(model, ":");
+    for c in line.chars() {
+        key(
+            model,
+            &if c == ' ' {
+                "space".to_string()
+            } else {
+                c.to_string()
+            },
+        );
+    }
+    key(model, "enter")
 }
 
 fn key(model: &mut Model, key: &str) -> Vec<Cmd> {
@@ -305,20 +339,32 @@ fn anything_but_y_cancels_and_undrain_needs_no_confirmation() {
 }
 
 #[test]
+fn purging_the_cache_asks_first_and_names_what_goes() {
+    let mut model = model_with_fixture();
+    command(&mut model, "purge-cache acme");
+    let Mode::Confirm { action, impact } = &model.mode else {
+        panic!("{:?}", model.mode)
+    };
+    assert_eq!(action.describe(), "purge acme's cache");
+    assert_eq!(impact, "1200 answers kept, 10.5 MiB");
+    let cmds = key(&mut model, "y");
+    assert_eq!(
+        cmds,
+        [Cmd::Act(Action::PurgeCache {
+            tenant: Some("acme".into())
+        })]
+    );
+    assert_eq!(
+        switchyard::console::model::parse_command("purge-cache").unwrap(),
+        Some(Action::PurgeCache { tenant: None })
+    );
+    assert!(switchyard::console::model::parse_command("purge-cache a b").is_err());
+}
+
+#[test]
 fn the_command_line_parses_tier_and_limits() {
     let mut model = model_with_fixture();
-    key(&mut model, ":");
-    for c in "tier globex enterprise".chars() {
-        key(
-            &mut model,
-            &if c == ' ' {
-                "space".to_string()
-            } else {
-                c.to_string()
-            },
-        );
-    }
-    key(&mut model, "enter");
+    command(&mut model, "tier globex enterprise");
     assert!(matches!(model.mode, Mode::Confirm { .. }));
     let cmds = key(&mut model, "y");
     assert_eq!(

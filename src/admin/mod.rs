@@ -51,6 +51,8 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
         .route("/admin/events", get(events))
         .route("/admin/actions", post(act))
         .route("/admin/streams/{id}", get(watch_stream))
+        .route("/admin/cache", get(cache))
+        .route("/admin/cache/purge", post(purge_cache))
         .route("/metrics", get(metrics))
         .route("/admin/regions", get(regions))
         .route("/admin/regions/{name}/drain", post(drain_region))
@@ -280,7 +282,10 @@ async fn watch_stream(
         );
     };
     let from = crate::streams::resume_from(&headers);
-    let reader = admin.gateway.hub().reader(&log, from, true);
+    let reader = admin
+        .gateway
+        .hub()
+        .reader(&log, from, true, log.origin_strips_usage);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -303,6 +308,42 @@ async fn act(
     };
     match admin.gateway.act(&action, &operator(&headers)) {
         Ok(done) => Json(json!({ "ok": done })).into_response(),
+        Err(why) => error(StatusCode::BAD_REQUEST, "action_refused", why),
+    }
+}
+
+async fn cache(State(admin): State<Admin>) -> Response {
+    Json(admin.gateway.cache().view()).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    /// Only this tenant's answers; all when left out.
+    tenant: Option<String>,
+}
+
+/// `POST /admin/cache/purge`, optionally with `{"tenant": "acme"}`.
+async fn purge_cache(
+    State(admin): State<Admin>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: PurgeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PurgeRequest::default()
+    } else {
+        match parse(&body) {
+            Ok(r) => r,
+            Err(r) => return *r,
+        }
+    };
+    let action = Action::PurgeCache {
+        tenant: request.tenant,
+    };
+    match admin.gateway.act(&action, &operator(&headers)) {
+        Ok(done) => {
+            Json(json!({ "ok": done, "cache": admin.gateway.cache().view() })).into_response()
+        }
         Err(why) => error(StatusCode::BAD_REQUEST, "action_refused", why),
     }
 }

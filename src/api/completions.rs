@@ -6,16 +6,18 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use base64::Engine;
 use serde_json::Value;
 
 use super::{ApiError, RequestId, authorization, rate_headers};
-use crate::admission::{Demand, estimate};
-use crate::domain::ModelKind;
+use crate::admission::{Demand, Usage, estimate};
+use crate::cache::{self, Directives, Entry, Landing, Lookup, Stored};
+use crate::domain::{Model, ModelKind, Tenant};
 use crate::gateway::{AnswerBody, Call, Fields, Gateway, StreamAccount, usage_of_answer};
 use crate::streams;
+use crate::streams::hub::ChunkLog;
 use crate::telemetry::latency::Metric;
 
 pub async fn chat(
@@ -63,7 +65,7 @@ async fn answer(
     id: &RequestId,
     headers: &HeaderMap,
     body: Body,
-    tenant: &crate::domain::Tenant,
+    tenant: &Tenant,
 ) -> Result<Response, ApiError> {
     let arrival = tokio::time::Instant::now();
     let bytes = read_body(body, gateway.config().server.max_body).await?;
@@ -122,6 +124,33 @@ async fn answer(
     // Streams always ask the upstream for usage, so they are charged exactly; clients
     // that did not ask for the usage chunk do not get it.
     let strip_usage = stream && !ask_for_usage(&mut object);
+
+    // The read side: a kept answer, or an identical request in flight, may serve it.
+    let cache = gateway.cache();
+    let ask = cache.ask(
+        &tenant.name,
+        kind,
+        &object,
+        Directives::from_headers(headers),
+    );
+    let flight = loop {
+        match cache.lookup(&ask) {
+            Lookup::Bypass => break None,
+            Lookup::Lead(flight) => break Some(flight),
+            Lookup::Hit(entry) => {
+                return from_cache(gateway, tenant, model, &entry, strip_usage, "cache");
+            }
+            Lookup::Follow(follower) => match follower.landed().await {
+                Landing::Whole(entry) => {
+                    return from_cache(gateway, tenant, model, &entry, strip_usage, "coalesced");
+                }
+                Landing::Stream(log) => return follow(gateway, tenant, model, log, strip_usage),
+                // The leader got no answer to share: try again, perhaps leading.
+                Landing::Pending | Landing::Failed => {}
+            },
+        }
+    };
+    let cache_result = if flight.is_some() { "miss" } else { "bypass" };
     let field = |name: &str| object.get(name).map(|raw| &**raw);
     let demand = Demand {
         prompt_tokens: match kind {
@@ -147,6 +176,7 @@ async fn answer(
         "x-switchyard-queue-ms",
         ticket.queued.as_millis().to_string(),
     ));
+    extra.push((cache::HEADER, cache_result.to_string()));
 
     let session = headers
         .get(gateway.router().policy().session_header.as_str())
@@ -194,11 +224,13 @@ async fn answer(
         "request answered"
     );
 
+    let mut stored_usage = None;
     let mut response = match answer.body {
         AnswerBody::Whole(bytes) => {
             if answer.status.is_success() {
                 let upstream = started.elapsed();
                 let usage = usage_of_answer(kind, &bytes, &ticket, model.tokenizer);
+                stored_usage = Some(usage);
                 gateway.meter().tokens(usage.total());
                 let scopes = scopes(&answer.region, &model.alias, ticket.tier());
                 let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
@@ -229,6 +261,10 @@ async fn answer(
                 .get(header::CONTENT_TYPE)
                 .cloned()
                 .unwrap_or(HeaderValue::from_static("application/json"));
+            if let (Some(flight), Some(usage)) = (flight, stored_usage) {
+                let kept_type = content_type.to_str().unwrap_or("application/json");
+                flight.land_whole(kept_type.to_string(), bytes.clone(), usage);
+            }
             let mut response = Response::new(Body::from(bytes));
             *response.status_mut() = answer.status;
             response
@@ -294,29 +330,113 @@ async fn answer(
             let log = gateway
                 .hub()
                 .publish(&stream_id, &tenant.name, strip_usage, relay);
-            let reader = gateway.hub().reader(&log, 0, false);
-            let mut response = Response::new(Body::from_stream(reader));
-            *response.status_mut() = StatusCode::OK;
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream; charset=utf-8"),
-            );
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            response
+            if let Some(flight) = flight {
+                flight.land_stream(log.clone());
+            }
+            let reader = gateway.hub().reader(&log, 0, false, strip_usage);
+            event_stream(Body::from_stream(reader))
         }
     };
     extra.push(("x-switchyard-region", answer.region));
     extra.push(("x-switchyard-instance", answer.instance));
     extra.push(("x-switchyard-route", answer.reason));
+    add_headers(&mut response, extra);
+    Ok(response)
+}
+
+/// Answers from a kept answer (or one an identical request just got): counted as a
+/// request, its tokens as `cache.hits_use_tokens` says; a kept stream is replayed as one.
+fn from_cache(
+    gateway: &Gateway,
+    tenant: &Tenant,
+    model: &Model,
+    entry: &Entry,
+    strip_usage: bool,
+    route: &str,
+) -> Result<Response, ApiError> {
+    let ticket = gateway.admit_cached(&tenant.name, model)?;
+    let mut extra = rate_headers(ticket.headers());
+    ticket.settle(entry.usage);
+    let mut response = match &entry.body {
+        Stored::Whole {
+            content_type,
+            bytes,
+        } => {
+            let mut response = Response::new(Body::from(bytes.clone()));
+            if let Ok(value) = HeaderValue::from_str(content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            response
+        }
+        Stored::Events(events) => {
+            let events = events.clone().into_iter().map(move |event| {
+                Ok::<_, std::convert::Infallible>(if strip_usage {
+                    streams::without_usage_chunk(event)
+                } else {
+                    event
+                })
+            });
+            event_stream(Body::from_stream(futures_util::stream::iter(events)))
+        }
+    };
+    extra.push((cache::HEADER, "hit".into()));
+    extra.push(("age", entry.age_secs().to_string()));
+    extra.push(("x-switchyard-route", route.into()));
+    add_headers(&mut response, extra);
+    Ok(response)
+}
+
+/// Answers with the chunk log of an identical stream in flight, from its start. The
+/// follower is charged when the stream ends, like a hit.
+fn follow(
+    gateway: &Gateway,
+    tenant: &Tenant,
+    model: &Model,
+    log: Arc<ChunkLog>,
+    strip_usage: bool,
+) -> Result<Response, ApiError> {
+    let ticket = gateway.admit_cached(&tenant.name, model)?;
+    let mut extra = rate_headers(ticket.headers());
+    let reader = gateway.hub().reader(&log, 0, false, strip_usage);
+    if log.tenant == tenant.name {
+        extra.push(("x-switchyard-stream-id", log.id.clone()));
+    }
+    tokio::spawn(async move {
+        log.wait_finished().await;
+        let usage = streams::usage_in_events(&log.events()).unwrap_or(Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            estimated: false,
+        });
+        ticket.settle(usage);
+    });
+    let mut response = event_stream(Body::from_stream(reader));
+    extra.push((cache::HEADER, "hit".into()));
+    extra.push(("x-switchyard-route", "coalesced".into()));
+    add_headers(&mut response, extra);
+    Ok(response)
+}
+
+/// A `text/event-stream` response.
+fn event_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn add_headers(response: &mut Response, extra: Vec<(&'static str, String)>) {
     let headers = response.headers_mut();
     for (name, value) in extra {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     }
-    Ok(response)
 }
 
 /// Makes sure the request asks for `stream_options.include_usage`; returns whether the

@@ -124,7 +124,9 @@ async fn watch_stream(
         .filter(|log| log.tenant == tenant.name)
         .ok_or_else(|| ApiError::stream_not_found(&id))?;
     let from = crate::streams::resume_from(&headers);
-    let reader = gateway.hub().reader(&log, from, true);
+    let reader = gateway
+        .hub()
+        .reader(&log, from, true, log.origin_strips_usage);
     let mut response = Response::new(axum::body::Body::from_stream(reader));
     let headers = response.headers_mut();
     headers.insert(

@@ -326,6 +326,22 @@ impl Model {
                 Some(st) => format!("{} of {}, {} tokens so far", st.model, st.tenant, st.tokens),
                 None => String::new(),
             },
+            Action::PurgeCache { tenant } => {
+                let (entries, bytes) = match tenant {
+                    None => (s.cache.entries, s.cache.bytes),
+                    Some(tenant) => s
+                        .cache
+                        .scopes
+                        .iter()
+                        .find(|c| &c.scope == tenant)
+                        .map_or((0, 0), |c| (c.entries, c.bytes)),
+                };
+                format!(
+                    "{} kept, {}",
+                    crate::domain::snapshot::answers(entries),
+                    human_bytes(bytes)
+                )
+            }
             _ => String::new(),
         }
     }
@@ -623,7 +639,7 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
 
 /// Parses a command line: `drain us-east [60]`, `undrain us-east`, `drain-instance X`,
 /// `eject X`, `restore X`, `pause T`, `resume T`, `tier T TIER`, `limits T rpm=N tpm=N`,
-/// `reset T`, `kill ID`, `q`. `Ok(None)` means quit.
+/// `reset T`, `kill ID`, `purge-cache [T]`, `q`. `Ok(None)` means quit.
 pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let need = |n: usize, usage: &str| {
@@ -690,6 +706,13 @@ pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
             need(1, "reset TENANT")?;
             Action::ResetBudget { tenant: arg(1) }
         }
+        "purge-cache" => match words.len() {
+            1 => Action::PurgeCache { tenant: None },
+            2 => Action::PurgeCache {
+                tenant: Some(arg(1)),
+            },
+            _ => return Err("usage: :purge-cache [TENANT]".into()),
+        },
         "kill" => {
             need(1, "kill STREAM_ID")?;
             Action::KillStream { id: arg(1) }
@@ -744,4 +767,20 @@ pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
         other => return Err(format!("unknown command :{other}; press ? for help")),
     };
     Ok(Some(action))
+}
+
+/// Bytes as B, KiB, MiB or GiB with one decimal.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

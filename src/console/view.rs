@@ -11,7 +11,7 @@ use ratatui::widgets::{
 };
 
 use super::keys::{self, KEYMAP};
-use super::model::{Mode, Model, RegionRow, View};
+use super::model::{Mode, Model, RegionRow, View, human_bytes};
 use crate::control::Link;
 use crate::domain::snapshot::{EventKind, Snapshot};
 
@@ -172,7 +172,7 @@ fn region_style(state: &str) -> Style {
 fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let [top, middle, bottom] = Layout::vertical([
         Constraint::Length(3 + s.regions.len() as u16),
-        Constraint::Length(5),
+        Constraint::Length(6),
         Constraint::Min(3),
     ])
     .areas(area);
@@ -229,6 +229,13 @@ fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             "queued     {:>8}   streams   {:>9}",
             t.queued,
             s.streams.len()
+        )),
+        Line::from(format!(
+            "cache hit  {:>8}   cached    {:>9}",
+            s.cache
+                .hit_ratio()
+                .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+            human_bytes(s.cache.bytes)
         )),
     ];
     frame.render_widget(Paragraph::new(text).block(block("traffic")), numbers);

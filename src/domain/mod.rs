@@ -309,3 +309,28 @@ pub struct RoutingPolicy {
     /// When a drain cuts what is still running, unless the operator says otherwise.
     pub drain_deadline: Duration,
 }
+
+/// The response cache: which answers may be kept, for how long, and in how much room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachePolicy {
+    pub enabled: bool,
+    /// How long an answer may be served from the cache after it was stored.
+    pub ttl: Duration,
+    /// Bytes of answers kept at most; the least recently used go first.
+    pub max_bytes: usize,
+    /// Larger answers are served but not kept.
+    pub max_entry_bytes: usize,
+    pub scope: CacheScope,
+    /// Whether cache hits count against token limits and budgets, not only requests.
+    pub hits_use_tokens: bool,
+}
+
+/// Who may be answered from whose cached answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// Each tenant has its own entries (the default).
+    Tenant,
+    /// One cache for all tenants: identical requests share answers across tenants.
+    Shared,
+}

@@ -25,6 +25,51 @@ pub struct Snapshot {
     /// Error answers by OpenAI error code, since start.
     #[serde(default)]
     pub errors_by_code: Vec<(String, u64)>,
+    #[serde(default)]
+    pub cache: CacheView,
+}
+
+/// The response cache: what it holds and what it did since start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheView {
+    pub enabled: bool,
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    /// Answered from a kept answer.
+    pub hits: u64,
+    /// Cacheable, went upstream.
+    pub misses: u64,
+    /// Not cacheable, or the client opted out.
+    pub bypasses: u64,
+    /// Answered by joining an identical request in flight.
+    pub coalesced: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    /// Per scope (a tenant, or "*" when the cache is shared), largest first.
+    pub scopes: Vec<CacheScopeView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheScopeView {
+    pub scope: String,
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+}
+
+/// "1 answer", "2 answers": for messages about the cache.
+pub fn answers(n: u64) -> String {
+    format!("{n} answer{}", if n == 1 { "" } else { "s" })
+}
+
+impl CacheView {
+    /// Hits (coalesced included) over cacheable requests, when there were any.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let served = self.hits + self.coalesced;
+        let cacheable = served + self.misses;
+        (cacheable > 0).then(|| served as f64 / cacheable as f64)
+    }
 }
 
 /// Counters since start, and rates over the last few seconds.
@@ -237,6 +282,11 @@ pub enum Action {
     KillStream {
         id: String,
     },
+    /// Drops kept answers: one tenant's, or all of them.
+    PurgeCache {
+        #[serde(default)]
+        tenant: Option<String>,
+    },
 }
 
 impl Action {
@@ -252,6 +302,7 @@ impl Action {
                 | Action::SetTier { .. }
                 | Action::SetLimits { .. }
                 | Action::ResetBudget { .. }
+                | Action::PurgeCache { .. }
         )
     }
 
@@ -270,6 +321,10 @@ impl Action {
             Action::ResumeTenant { tenant } => format!("resume {tenant}"),
             Action::ResetBudget { tenant } => format!("reset {tenant}'s budget"),
             Action::KillStream { id } => format!("kill stream {id}"),
+            Action::PurgeCache {
+                tenant: Some(tenant),
+            } => format!("purge {tenant}'s cache"),
+            Action::PurgeCache { tenant: None } => "purge the whole cache".to_string(),
         }
     }
 }

@@ -57,6 +57,33 @@ impl Ticket {
     }
 }
 
+/// A request answered from the cache, or by an identical request in flight: it counts
+/// as a request, and its tokens count only when `cache.hits_use_tokens` says so.
+pub struct CachedTicket {
+    pub(super) reservation: Reservation,
+    pub(super) use_tokens: bool,
+}
+
+impl CachedTicket {
+    pub fn headers(&self) -> &RateHeaders {
+        self.reservation.headers()
+    }
+
+    /// Charges the answer's usage (or none), keeping the request counted.
+    pub fn settle(self, usage: Usage) {
+        let charged = if self.use_tokens {
+            usage
+        } else {
+            Usage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                estimated: false,
+            }
+        };
+        self.reservation.settle(charged);
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct UsageView {
     prompt_tokens: u64,

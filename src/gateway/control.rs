@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::Gateway;
 use crate::admission::ControlError;
 use crate::domain::Limits;
+use crate::domain::snapshot::answers;
 use crate::domain::snapshot::{Action, EventKind, Snapshot, Totals};
 use crate::router::RouteControlError;
 
@@ -60,7 +61,31 @@ impl Gateway {
             queue_history: reading.queue_history,
             latency: self.latency.views(),
             errors_by_code: self.meter.codes(),
+            cache: self.cache.view(),
         }
+    }
+
+    /// Drops one tenant's kept answers, or all of them.
+    fn purge_cache(&self, tenant: Option<&str>) -> Result<String, String> {
+        let Some(tenant) = tenant else {
+            let n = self.cache.purge(None) as u64;
+            return Ok(format!("the cache is purged: {} dropped", answers(n)));
+        };
+        if self.config.tenants.iter().all(|t| t.name != tenant) {
+            return Err(format!(
+                "no tenant is named {tenant}; `switchyard ctl tenants` lists them"
+            ));
+        }
+        if self.cache.policy().scope == crate::domain::CacheScope::Shared {
+            return Err(format!(
+                "the cache is shared by all tenants (cache.scope = \"shared\"), so {tenant} has no answers of its own; purge the whole cache instead"
+            ));
+        }
+        let n = self.cache.purge(Some(tenant)) as u64;
+        Ok(format!(
+            "{tenant}'s cache is purged: {} dropped",
+            answers(n)
+        ))
     }
 
     /// Carries out an operator's action and records it; the answer says what happened.
@@ -119,6 +144,7 @@ impl Gateway {
                 .reset_budget(tenant)
                 .map(|()| format!("{tenant}'s budget is reset"))
                 .map_err(|e| e.to_string()),
+            Action::PurgeCache { tenant } => self.purge_cache(tenant.as_deref()),
             Action::KillStream { id } => {
                 if self.streams.kill(id) {
                     Ok(format!("stream {id} is ended"))

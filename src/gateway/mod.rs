@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::admission::{Admission, Demand, RateHeaders, Refusal};
 use crate::auth::{AuthError, Keyring};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::domain::{Model, Tenant};
 use crate::providers::{SendError, SetupError, Upstreams};
@@ -34,7 +35,7 @@ use crate::telemetry::events::EventLog;
 use crate::telemetry::latency::{Latency, Recent};
 use crate::telemetry::meter::Meter;
 
-pub use accounting::{StreamAccount, Ticket, usage_of_answer};
+pub use accounting::{CachedTicket, StreamAccount, Ticket, usage_of_answer};
 
 pub struct Gateway {
     config: Config,
@@ -50,6 +51,7 @@ pub struct Gateway {
     recent: Arc<Recent>,
     streams: Arc<LiveStreams>,
     hub: Hub,
+    cache: Arc<Cache>,
     started: Instant,
 }
 
@@ -208,6 +210,7 @@ impl Gateway {
             recent: Arc::default(),
             streams: Arc::default(),
             hub: Hub::new(config.streams_keep, config.streams_max_lag),
+            cache: Arc::new(Cache::new(config.cache.clone())),
             started: Instant::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
             admission: Arc::new(Admission::new(&config.tiers, &config.tenants)),
@@ -246,6 +249,30 @@ impl Gateway {
 
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.scheduler
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Admits a request answered without going upstream (a cache hit, or a follower of
+    /// an identical request in flight): it counts against the request limits, and takes
+    /// no seat.
+    pub fn admit_cached(&self, tenant: &str, model: &Model) -> Result<CachedTicket, Refused> {
+        let demand = Demand {
+            prompt_tokens: 0,
+            max_tokens: Some(0),
+            completion: false,
+            price: model.price,
+        };
+        let reservation = self
+            .admission
+            .reserve(tenant, &demand)
+            .map_err(Refused::Limits)?;
+        Ok(CachedTicket {
+            reservation,
+            use_tokens: self.cache.policy().hits_use_tokens,
+        })
     }
 
     /// Reserves the request's estimated cost, then waits for a seat upstream.

@@ -1,8 +1,9 @@
 //! Durable state in one sled database under the data directory. This is the only module
 //! that knows sled; everything else hands it plain records.
 //!
-//! Trees: `meta` (schema version) and `usage` (per tenant and budget period). Writes are
-//! batched by the caller (the ledger) and never made from the request path.
+//! Trees: `meta` (schema version), `usage` (per tenant and budget period) and `cache`
+//! (kept answers, by key, encoded by the cache). Writes are batched by their callers (the
+//! ledger, the cache writer) and never made from the request path.
 
 use std::path::{Path, PathBuf};
 
@@ -27,9 +28,13 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// A stored key and its value, as written.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 pub struct Store {
     db: sled::Db,
     usage: sled::Tree,
+    cache: sled::Tree,
 }
 
 impl Store {
@@ -75,7 +80,8 @@ impl Store {
             }
         }
         let usage = db.open_tree("usage")?;
-        Ok(Store { db, usage })
+        let cache = db.open_tree("cache")?;
+        Ok(Store { db, usage, cache })
     }
 
     /// Writes usage records as one batch; durable after the next `flush` (or sled's own
@@ -105,6 +111,34 @@ impl Store {
             out.push((tenant, record));
         }
         Ok(out)
+    }
+
+    /// Writes and removes kept answers as one batch.
+    pub fn save_cache(
+        &self,
+        puts: &[([u8; 32], Vec<u8>)],
+        removes: &[[u8; 32]],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in removes {
+            batch.remove(key.as_slice());
+        }
+        for (key, value) in puts {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        self.cache.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every kept answer, as written.
+    pub fn load_cache(&self) -> Result<Vec<Pair>, StoreError> {
+        self.cache
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {

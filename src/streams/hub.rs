@@ -23,8 +23,8 @@ use super::{error_frame, without_usage_chunk};
 pub struct ChunkLog {
     pub id: String,
     pub tenant: String,
-    /// Whether readers get the usage-only chunk (the client that asked did not want it).
-    strip_usage: bool,
+    /// Whether the client that asked wanted the usage-only chunk; watchers see what it saw.
+    pub origin_strips_usage: bool,
     events: Mutex<Vec<Bytes>>,
     /// Events appended so far; `usize::MAX` once the log is complete.
     progress: watch::Sender<(usize, bool)>,
@@ -68,6 +68,47 @@ impl ChunkLog {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Returns once the log is complete (the upstream ended, or was cancelled).
+    pub async fn wait_finished(&self) {
+        let mut progress = self.progress.subscribe();
+        let _ = progress.wait_for(|(_, finished)| *finished).await;
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Bytes> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Whether the log is complete and its last event is `data: [DONE]`: the answer is
+    /// whole, not cut by an error.
+    pub fn completed_cleanly(&self) -> bool {
+        self.finished() && self.last_event().is_some_and(|last| is_done(&last))
+    }
+
+    fn last_event(&self) -> Option<Bytes> {
+        self.events.lock().ok().and_then(|e| e.last().cloned())
+    }
+}
+
+fn is_done(event: &[u8]) -> bool {
+    event.trim_ascii() == b"data: [DONE]"
+}
+
+/// Completes a log whose producer was aborted before its relay ended (every reader
+/// left), with an error event for anyone who reads it later.
+struct Completes(Arc<ChunkLog>);
+
+impl Drop for Completes {
+    fn drop(&mut self) {
+        if !self.0.finished() {
+            self.0.append(&error_frame(
+                "this stream was cancelled because every reader left; the answer is incomplete",
+                "stream_cancelled",
+            ));
+            self.0.finish();
+        }
+    }
 }
 
 /// Every chunk log, live or recently finished.
@@ -89,27 +130,33 @@ impl Hub {
     }
 
     /// Starts a log fed by `relay`, in a task of its own, and returns the log.
-    pub fn publish<R>(&self, id: &str, tenant: &str, strip_usage: bool, relay: R) -> Arc<ChunkLog>
+    pub fn publish<R>(
+        &self,
+        id: &str,
+        tenant: &str,
+        origin_strips_usage: bool,
+        relay: R,
+    ) -> Arc<ChunkLog>
     where
         R: Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
     {
         let log = Arc::new(ChunkLog {
             id: id.to_string(),
             tenant: tenant.to_string(),
-            strip_usage,
+            origin_strips_usage,
             events: Mutex::new(Vec::new()),
             progress: watch::channel((0, false)).0,
             readers: AtomicUsize::new(0),
             producer: Mutex::new(None),
             finished_at: Mutex::new(None),
         });
-        let feeding = log.clone();
+        let feeding = Completes(log.clone());
         let task = tokio::spawn(async move {
             let mut relay = std::pin::pin!(relay);
             while let Some(Ok(batch)) = relay.next().await {
-                feeding.append(&batch);
+                feeding.0.append(&batch);
             }
-            feeding.finish();
+            feeding.0.finish();
         });
         if let Ok(mut producer) = log.producer.lock() {
             *producer = Some(task.abort_handle());
@@ -140,12 +187,14 @@ impl Hub {
     }
 
     /// A reader from event `from` (0: the start). With `ids`, each event carries its index
-    /// as the SSE `id`, for `Last-Event-ID` resumption.
+    /// as the SSE `id`, for `Last-Event-ID` resumption; with `strip_usage` the usage-only
+    /// chunk is left out.
     pub fn reader(
         &self,
         log: &Arc<ChunkLog>,
         from: usize,
         ids: bool,
+        strip_usage: bool,
     ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
         log.readers.fetch_add(1, Ordering::AcqRel);
         // A late joiner replaying from the start is not slow: it is allowed the lag it
@@ -155,6 +204,7 @@ impl Hub {
             log: log.clone(),
             next: from,
             ids,
+            strip_usage,
             max_lag: self.max_lag + behind_at_start,
             progress: log.progress.subscribe(),
             done: false,
@@ -183,7 +233,7 @@ impl Hub {
                         .unwrap_or_default();
                     let index = cursor.next;
                     cursor.next += 1;
-                    let event = if cursor.log.strip_usage {
+                    let event = if cursor.strip_usage {
                         without_usage_chunk(event)
                     } else {
                         event
@@ -215,6 +265,7 @@ struct Cursor {
     log: Arc<ChunkLog>,
     next: usize,
     ids: bool,
+    strip_usage: bool,
     max_lag: usize,
     progress: watch::Receiver<(usize, bool)>,
     done: bool,
@@ -256,8 +307,8 @@ mod tests {
                 Ok(event(20))
             }));
         let log = hub.publish("str_t", "acme", false, relay);
-        let mut keen = Box::pin(hub.reader(&log, 0, false));
-        let mut slow = Box::pin(hub.reader(&log, 0, false));
+        let mut keen = Box::pin(hub.reader(&log, 0, false, false));
+        let mut slow = Box::pin(hub.reader(&log, 0, false, false));
         // The keen reader keeps up; the slow one has not read anything.
         for n in 0..20 {
             assert_eq!(keen.next().await, Some(Ok(event(n))));
@@ -279,7 +330,7 @@ mod tests {
         ))]);
         let log = hub.publish("str_u", "acme", false, relay);
         let frames: Vec<Bytes> = hub
-            .reader(&log, 1, true)
+            .reader(&log, 1, true, false)
             .map(|r| r.unwrap_or_default())
             .collect()
             .await;

@@ -248,6 +248,31 @@ where
     )
 }
 
+/// The upstream's usage in a stream's events (its usage chunk), if it sent one.
+pub fn usage_in_events(events: &[Bytes]) -> Option<crate::admission::Usage> {
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        usage: Option<Counts>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Counts {
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+    }
+    events
+        .iter()
+        .rev()
+        .filter(|event| event.windows(9).any(|w| w == b"\"usage\":{"))
+        .flat_map(|event| data_payloads(event))
+        .find_map(|data| serde_json::from_slice::<Chunk>(data).ok()?.usage)
+        .map(|counts| crate::admission::Usage {
+            prompt_tokens: counts.prompt_tokens,
+            completion_tokens: counts.completion_tokens,
+            estimated: false,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,39 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
             .map(|(code, n)| (format!("{{code=\"{code}\"}}"), *n as f64))
             .collect(),
     );
+    let c = &s.cache;
+    metric(
+        "cache_lookups_total",
+        "counter",
+        "Requests by what the response cache did: hit, coalesced, miss or bypass.",
+        [
+            ("hit", c.hits),
+            ("coalesced", c.coalesced),
+            ("miss", c.misses),
+            ("bypass", c.bypasses),
+        ]
+        .into_iter()
+        .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n as f64))
+        .collect(),
+    );
+    metric(
+        "cache_bytes",
+        "gauge",
+        "Bytes of answers kept in the response cache.",
+        vec![(String::new(), c.bytes as f64)],
+    );
+    metric(
+        "cache_entries",
+        "gauge",
+        "Answers kept in the response cache.",
+        vec![(String::new(), c.entries as f64)],
+    );
+    metric(
+        "cache_evictions_total",
+        "counter",
+        "Answers dropped from the response cache to make room.",
+        vec![(String::new(), c.evictions as f64)],
+    );
     metric(
         "in_flight",
         "gauge",
