@@ -36,6 +36,7 @@ fn pick_cost() {
                     api_key_env: None,
                     max_concurrency: 64,
                     weight: 1 + (i % 3),
+                    http2: false,
                 })
                 .collect(),
         })

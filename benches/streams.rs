@@ -1,9 +1,12 @@
 //! Sustained concurrent streams through the gateway, and the cost of fan-out.
-//! Run with `cargo bench --bench streams` (`STREAMS=N` to choose how many).
+//! Run with `cargo bench --bench streams` (`STREAMS=N` to choose how many, `HTTP1=1` to
+//! reach the upstream over HTTP/1.1 instead of HTTP/2).
 //!
 //! The mock and the gateway run as separate `switchyard` processes, so each has its own
-//! file-descriptor budget: every stream costs the gateway two sockets (client and
-//! upstream). Memory is the gateway's resident set from /proc; CPU its user+system time.
+//! file-descriptor budget. Over HTTP/1.1 every stream costs the gateway two sockets
+//! (client and upstream), which caps it near half the open-file limit; over HTTP/2 the
+//! upstream streams share one connection. Memory is the gateway's resident set from
+//! /proc; CPU its user+system time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -65,7 +68,8 @@ fn main() {
     let streams: usize = std::env::var("STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(9_500);
+        .unwrap_or(10_000);
+    let http2 = std::env::var_os("HTTP1").is_none();
     switchyard::providers::install_crypto();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -92,7 +96,7 @@ fn main() {
             .unwrap(),
     );
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{gw_port}\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[health]\ninterval = \"1h\"\n[tiers.t]\nmax_queue = 100000\n[[tenants]]\nname = \"bench\"\ntier = \"t\"\nkeys = [\"{}\"]\n[[regions]]\nname = \"local\"\n  [[regions.instances]]\n  name = \"local-mock\"\n  url = \"http://127.0.0.1:{mock_port}/v1\"\n  max_concurrency = 100000\n[[models]]\nalias = \"gpt-4o-mini\"\n",
+        "[server]\nlisten = \"127.0.0.1:{gw_port}\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[health]\ninterval = \"1h\"\n[tiers.t]\nmax_queue = 100000\n[[tenants]]\nname = \"bench\"\ntier = \"t\"\nkeys = [\"{}\"]\n[[regions]]\nname = \"local\"\n  [[regions.instances]]\n  name = \"local-mock\"\n  url = \"http://127.0.0.1:{mock_port}/v1\"\n  max_concurrency = 100000\n  http2 = {http2}\n[[models]]\nalias = \"gpt-4o-mini\"\n",
         data.display(),
         switchyard::auth::hash_key("sy-bench")
     );
@@ -148,8 +152,9 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let cpu = cpu_secs(pid) - cpu_before;
         println!(
-            "{} streams open through the gateway ({failed} failed) after {:.1?}; gateway RSS {} MiB idle, {} MiB with them: {:.1} KiB per stream; {:.2} CPU cores relaying one token per second each",
+            "{} streams open through the gateway (upstream over {}; {failed} failed) after {:.1?}; gateway RSS {} MiB idle, {} MiB with them: {:.1} KiB per stream; {:.2} CPU cores relaying one token per second each",
             open.len(),
+            if http2 { "HTTP/2" } else { "HTTP/1.1" },
             ramp,
             idle_rss / 1024,
             rss / 1024,

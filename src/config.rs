@@ -532,6 +532,8 @@ struct RawInstance {
     max_concurrency: u32,
     #[serde(default = "default_weight")]
     weight: u32,
+    #[serde(default)]
+    http2: bool,
 }
 
 fn default_dialect() -> String {
@@ -956,6 +958,7 @@ impl RawInstance {
             api_key_env: self.api_key_env,
             max_concurrency: self.max_concurrency,
             weight: self.weight,
+            http2: self.http2,
         })
     }
 }

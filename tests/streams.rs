@@ -144,3 +144,33 @@ async fn an_operator_can_follow_any_tenants_stream() {
         .unwrap();
     assert_eq!(tenant_key.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_to_an_http2_upstream_share_one_connection() {
+    let us = paced(50.0, 20).spawn_local().await.unwrap();
+    let url = us.url();
+    let toml = config_for(&[("us-east", url.clone())], "").replace(
+        &format!("url = \"{url}\""),
+        &format!("url = \"{url}\"\n  http2 = true"),
+    );
+    assert!(toml.contains("http2 = true"));
+    let gw = TestGateway::from_toml(&toml).await;
+    let bodies = futures_util::future::join_all((0..20).map(|_| async {
+        let reply = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
+        assert_eq!(reply.status(), 200);
+        reply.text().await.unwrap()
+    }))
+    .await;
+    for body in &bodies {
+        assert_eq!(payloads(body).last().map(String::as_str), Some("[DONE]"));
+    }
+    let stats = us.stats();
+    assert_eq!(stats.streams_completed, 20);
+    assert_eq!(
+        stats.connections, 1,
+        "twenty streams, one HTTP/2 connection"
+    );
+    // Plain requests use it too.
+    assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 200);
+    assert_eq!(us.stats().connections, 1);
+}

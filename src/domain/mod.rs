@@ -95,6 +95,8 @@ pub struct Instance {
     pub api_key_env: Option<String>,
     pub max_concurrency: u32,
     pub weight: u32,
+    /// Speak HTTP/2 from the first byte (h2c on `http://`), many requests per connection.
+    pub http2: bool,
 }
 
 /// The wire protocol an upstream speaks.

@@ -407,9 +407,13 @@ async fn accept_loop(
                     Ok::<_, DropConnection>(response.unwrap_or_else(|e| match e {}))
                 }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
+            // HTTP/1.1, or HTTP/2 for clients that start with its preface (h2c), with no
+            // cap on concurrent streams: one connection may carry thousands.
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http1().keep_alive(true);
+            builder.http2().max_concurrent_streams(None);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = connection => {}
                 _ = stop.changed() => {}

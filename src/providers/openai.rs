@@ -10,22 +10,45 @@ use super::{SendError, SetupError};
 use crate::domain::{Instance, ModelKind, UpstreamTimeouts};
 
 pub struct OpenAi {
+    /// HTTP/1.1, or HTTP/2 where TLS negotiates it.
     client: reqwest::Client,
+    /// HTTP/2 from the first byte, for instances with `http2 = true`.
+    h2: reqwest::Client,
     timeouts: UpstreamTimeouts,
 }
 
 impl OpenAi {
     pub fn new(timeouts: UpstreamTimeouts) -> Result<OpenAi, SetupError> {
         super::install_crypto();
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .no_proxy()
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| SetupError::Client(e.to_string()))?;
-        Ok(OpenAi { client, timeouts })
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(timeouts.connect)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .no_proxy()
+                .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+        };
+        let build =
+            |b: reqwest::ClientBuilder| b.build().map_err(|e| SetupError::Client(e.to_string()));
+        Ok(OpenAi {
+            client: build(builder())?,
+            h2: build(
+                builder()
+                    .http2_prior_knowledge()
+                    .http2_adaptive_window(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .http2_keep_alive_while_idle(true),
+            )?,
+            timeouts,
+        })
+    }
+
+    fn client(&self, instance: &Instance) -> &reqwest::Client {
+        if instance.http2 {
+            &self.h2
+        } else {
+            &self.client
+        }
     }
 
     pub fn timeouts(&self) -> UpstreamTimeouts {
@@ -42,7 +65,7 @@ impl OpenAi {
     ) -> Result<reqwest::Response, SendError> {
         let url = format!("{}{}", instance.url, kind.upstream_path());
         let mut request = self
-            .client
+            .client(instance)
             .post(url)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id)
@@ -64,7 +87,7 @@ impl OpenAi {
         key: Option<&HeaderValue>,
         timeout: Duration,
     ) -> Result<(), String> {
-        let mut request = self.client.get(format!("{}{path}", instance.url));
+        let mut request = self.client(instance).get(format!("{}{path}", instance.url));
         if let Some(key) = key {
             request = request.header(header::AUTHORIZATION, key.clone());
         }

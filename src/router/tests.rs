@@ -36,6 +36,7 @@ fn region(name: &str, order: u32, instances: usize) -> Region {
                 api_key_env: None,
                 max_concurrency: 100,
                 weight: 1,
+                http2: false,
             })
             .collect(),
     }
