@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Stream the answers and time the first token as well.
     #[arg(long)]
     pub stream: bool,
+    /// Send deterministic requests (temperature 0): after the warm-up the gateway
+    /// answers them from its cache, so this measures a cache hit against the upstream.
+    #[arg(long)]
+    pub cached: bool,
     /// Tokens in each answer (in-process mock only).
     #[arg(long, default_value_t = 16)]
     pub answer_tokens: u32,
@@ -98,7 +102,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "switchyard bench: {} requests at concurrency {}, {}, model {}",
         args.requests,
         args.concurrency,
-        if args.stream { "streaming" } else { "plain" },
+        match (args.stream, args.cached) {
+            (false, false) => "plain",
+            (true, false) => "streaming",
+            (false, true) => "plain, cacheable (the gateway answers hits)",
+            (true, true) => "streaming, cacheable (the gateway replays hits)",
+        },
         args.model
     );
     let direct = load(&args, &mock_url, "unused").await?;
@@ -149,12 +158,15 @@ async fn load(args: &BenchArgs, base: &str, key: &str) -> anyhow::Result<Report>
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|prompt| {
-            serde_json::json!({
+            let mut body = serde_json::json!({
                 "model": args.model,
                 "messages": [{"role": "user", "content": prompt}],
                 "stream": args.stream,
-            })
-            .to_string()
+            });
+            if args.cached {
+                body["temperature"] = serde_json::json!(0);
+            }
+            body.to_string()
         })
         .collect();
     let shared = Arc::new(Target {
