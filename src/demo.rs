@@ -217,6 +217,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .map(|(r, n)| format!("{r}: {n}"))
         .collect();
     say!("  served by: {}", regions.join(", "));
+    let cache = &snapshot.cache;
+    say!(
+        "  cache: {} hits, {} coalesced, {} misses, {} bypassed; {} kept",
+        cache.hits,
+        cache.coalesced,
+        cache.misses,
+        cache.bypasses,
+        crate::domain::snapshot::answers(cache.entries)
+    );
     for t in &snapshot.tenants {
         say!(
             "  {:<9} {:<10} {:>7} requests today, {:>8} tokens",
@@ -259,13 +268,20 @@ async fn client(
         n += 1;
         let stream = fastrand::f64() < streamed;
         let model = if n % 5 == 0 { "gpt-4o" } else { "gpt-4o-mini" };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "model": model,
             "stream": stream,
             "max_tokens": 64,
             "user": format!("{key}-conversation-{}", n % 7),
             "messages": [{"role": "user", "content": format!("Tell me about switchyard number {n}.")}],
         });
+        // One request in four is a settled question from a short list: the cache's share.
+        if n % 4 == 0 {
+            body["model"] = serde_json::json!("gpt-4o-mini");
+            body["temperature"] = serde_json::json!(0);
+            body["messages"][0]["content"] =
+                serde_json::json!(format!("What is the answer to question {}?", n / 4 % 5));
+        }
         let http = http.clone();
         let key = key.clone();
         let base = base.clone();

@@ -64,8 +64,10 @@ pub fn deterministic(kind: ModelKind, body: &Fields) -> bool {
 }
 
 /// The key of a request: its scope, its endpoint, and its body with every object's keys
-/// sorted, so that the same request written differently is the same entry.
-/// `stream_options` is left out: usage is always asked upstream and stripped per reader.
+/// sorted, so that the same request written differently is the same entry. Left out:
+/// `stream_options` (usage is always asked upstream and stripped per reader) and `user`
+/// (it names the end user for abuse tracking and sessions; it does not change the
+/// answer, and the scope already keeps tenants apart).
 pub fn key(scope: &str, kind: ModelKind, body: &Fields) -> Key {
     let mut canonical = Vec::with_capacity(256);
     canonical.extend_from_slice(scope.as_bytes());
@@ -74,7 +76,7 @@ pub fn key(scope: &str, kind: ModelKind, body: &Fields) -> Key {
     canonical.push(0);
     let mut fields: Vec<(&String, &serde_json::value::RawValue)> = body
         .iter()
-        .filter(|(name, _)| name.as_str() != "stream_options")
+        .filter(|(name, _)| !matches!(name.as_str(), "stream_options" | "user"))
         .map(|(name, raw)| (name, &**raw))
         .collect();
     fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -145,7 +147,7 @@ mod tests {
             fields(r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#);
         let b = fields(
             r#"{ "messages": [ {"content":"hi", "role":"user"} ], "temperature": 0, "model": "m",
-                "stream_options": {"include_usage": true} }"#,
+                "stream_options": {"include_usage": true}, "user": "end-user-7" }"#,
         );
         assert_eq!(
             key("acme", ModelKind::Chat, &a),
