@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::ledger::Ledger;
 use crate::providers::SetupError;
-use crate::store::{Store, StoreError};
+use crate::store::{SledStore, Store, StoreError};
 
 /// How long a shutdown waits for in-flight requests before cutting them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -72,12 +72,12 @@ impl Daemon {
         admin_token: Option<String>,
     ) -> Result<Daemon, StartError> {
         let data_dir = config.server.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
-        let store = Arc::new(store);
+        let store: Arc<dyn Store> = Arc::new(store);
         let usage = store.load_usage()?;
-        let cached = crate::cache::persist::load(&store)?;
+        let cached = crate::cache::persist::load(store.as_ref())?;
         tokio::task::spawn_blocking(crate::admission::estimate::warm_up)
             .await
             .map_err(|e| StartError::Task(e.to_string()))?;

@@ -17,7 +17,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn spawn(admission: Arc<Admission>, store: Arc<Store>, interval: Duration) -> Ledger {
+    pub fn spawn(admission: Arc<Admission>, store: Arc<dyn Store>, interval: Duration) -> Ledger {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -44,7 +44,7 @@ impl Ledger {
     }
 }
 
-async fn checkpoint(admission: &Arc<Admission>, store: &Arc<Store>, flush: bool) {
+async fn checkpoint(admission: &Arc<Admission>, store: &Arc<dyn Store>, flush: bool) {
     let records = admission.take_dirty();
     if records.is_empty() && !flush {
         return;

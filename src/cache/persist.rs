@@ -89,7 +89,7 @@ fn decode(raw: &[u8]) -> Option<Entry> {
 
 /// Reads the kept answers back from the store; unreadable ones are skipped (and logged),
 /// never fatal: the cache only ever saves work.
-pub fn load(store: &Store) -> Result<Vec<(Key, Entry)>, StoreError> {
+pub fn load(store: &dyn Store) -> Result<Vec<(Key, Entry)>, StoreError> {
     let mut kept = Vec::new();
     let mut unreadable = 0;
     for (key, raw) in store.load_cache()? {
@@ -114,7 +114,7 @@ pub struct Writer {
 
 impl Writer {
     /// Connects the cache to the store and starts writing its changes.
-    pub fn spawn(cache: Arc<Cache>, store: Arc<Store>) -> Writer {
+    pub fn spawn(cache: Arc<Cache>, store: Arc<dyn Store>) -> Writer {
         let (sender, mut changes) = mpsc::unbounded_channel();
         cache.persist_to(sender);
         let (stop, mut stopped) = watch::channel(false);
@@ -155,7 +155,7 @@ impl Writer {
     }
 }
 
-async fn write(store: &Arc<Store>, changes: Vec<Write>, flush: bool) {
+async fn write(store: &Arc<dyn Store>, changes: Vec<Write>, flush: bool) {
     let mut puts = Vec::new();
     let mut removes = Vec::new();
     for change in changes {

@@ -3,6 +3,7 @@
 //! Nothing here does I/O, holds locks or knows about HTTP; these are the nouns the
 //! config produces and the rest of the gateway reads.
 
+pub mod records;
 pub mod snapshot;
 
 use std::fmt;
@@ -56,6 +57,23 @@ impl Limits {
             monthly_usd: over.monthly_usd.or(self.monthly_usd),
             max_tokens_cap: over.max_tokens_cap.or(self.max_tokens_cap),
         }
+    }
+
+    /// The names of the limits that are set.
+    pub fn set_fields(&self) -> Vec<&'static str> {
+        [
+            ("rpm", self.rpm.is_some()),
+            ("tpm", self.tpm.is_some()),
+            ("max_concurrency", self.max_concurrency.is_some()),
+            ("daily_tokens", self.daily_tokens.is_some()),
+            ("monthly_tokens", self.monthly_tokens.is_some()),
+            ("daily_usd", self.daily_usd.is_some()),
+            ("monthly_usd", self.monthly_usd.is_some()),
+            ("max_tokens_cap", self.max_tokens_cap.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
     }
 }
 

@@ -1,16 +1,24 @@
 //! Durable state in one sled database under the data directory. This is the only module
 //! that knows sled; everything else hands it plain records.
 //!
-//! Trees: `meta` (schema version), `usage` (per tenant and budget period) and `cache`
-//! (kept answers, by key, encoded by the cache). Writes are batched by their callers (the
-//! ledger, the cache writer) and never made from the request path.
+//! `Store` is what the rest of the gateway sees; `SledStore` keeps it in trees: `meta`
+//! (schema version), `usage` (per tenant and budget period), `cache` (kept answers, by
+//! key, encoded by the cache), `keys` (managed tenant keys, by public id), `tenants`
+//! (operators' run-time overrides) and `audit` (records by time). Writes are batched by
+//! their callers and never made from the request path.
 
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
 use crate::admission::{PeriodKey, UsageRecord};
+use crate::domain::records::{AuditQuery, AuditRecord, KeyRecord, Overrides};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2 added the keys, tenants and audit trees.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,15 +39,52 @@ pub enum StoreError {
 /// A stored key and its value, as written.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
-pub struct Store {
+/// Durable state. Writes are made by background tasks (the ledger, the cache writer, the
+/// audit writer) or, for what must survive before it is acknowledged (a key revoked, an
+/// override), by the admin path followed by `flush`; never from the request path.
+pub trait Store: Send + Sync + 'static {
+    /// Writes usage records as one batch.
+    fn save_usage(&self, records: &[(String, UsageRecord)]) -> Result<(), StoreError>;
+    fn load_usage(&self) -> Result<Vec<(String, UsageRecord)>, StoreError>;
+    /// Writes and removes kept answers (encoded by the cache) as one batch.
+    fn save_cache(
+        &self,
+        puts: &[([u8; 32], Vec<u8>)],
+        removes: &[[u8; 32]],
+    ) -> Result<(), StoreError>;
+    fn load_cache(&self) -> Result<Vec<Pair>, StoreError>;
+    fn save_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    fn save_overrides(&self, overrides: &Overrides) -> Result<(), StoreError>;
+    fn load_overrides(&self) -> Result<Overrides, StoreError>;
+    /// Appends audit records, in order, as one batch.
+    fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
+    /// The newest records that match, oldest first.
+    fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Drops audit records older than `before_ms`, then the oldest until at most
+    /// `max_bytes` remain; returns how many were dropped.
+    fn trim_audit(&self, before_ms: u64, max_bytes: u64) -> Result<u64, StoreError>;
+    /// Audit records and their bytes.
+    fn audit_size(&self) -> (u64, u64);
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The store in one sled database under the data directory.
+pub struct SledStore {
     db: sled::Db,
     usage: sled::Tree,
     cache: sled::Tree,
+    keys: sled::Tree,
+    tenants: sled::Tree,
+    audit: sled::Tree,
+    audit_records: AtomicU64,
+    audit_bytes: AtomicU64,
 }
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) `<data_dir>/db`, checking the schema version.
-    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
         let path = data_dir.join("db");
         let open = |source| StoreError::Open {
             path: path.clone(),
@@ -77,27 +122,47 @@ impl Store {
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::Newer { path, found });
                 }
+                if found < SCHEMA_VERSION {
+                    // Every change so far only added trees: record the new version.
+                    meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                }
             }
         }
-        let usage = db.open_tree("usage")?;
-        let cache = db.open_tree("cache")?;
-        Ok(Store { db, usage, cache })
+        let audit = db.open_tree("audit")?;
+        let (mut records, mut bytes) = (0, 0);
+        for entry in audit.iter() {
+            let (key, value) = entry?;
+            records += 1;
+            bytes += (key.len() + value.len()) as u64;
+        }
+        Ok(SledStore {
+            usage: db.open_tree("usage")?,
+            cache: db.open_tree("cache")?,
+            keys: db.open_tree("keys")?,
+            tenants: db.open_tree("tenants")?,
+            audit,
+            audit_records: AtomicU64::new(records),
+            audit_bytes: AtomicU64::new(bytes),
+            db,
+        })
     }
+}
 
-    /// Writes usage records as one batch; durable after the next `flush` (or sled's own
-    /// periodic flush).
-    pub fn save_usage(&self, records: &[(String, UsageRecord)]) -> Result<(), StoreError> {
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store for SledStore {
+    fn save_usage(&self, records: &[(String, UsageRecord)]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (tenant, record) in records {
-            let value =
-                serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            batch.insert(usage_key(tenant, record.period), value);
+            batch.insert(usage_key(tenant, record.period), encode(record)?);
         }
         self.usage.apply_batch(batch)?;
         Ok(())
     }
 
-    pub fn load_usage(&self) -> Result<Vec<(String, UsageRecord)>, StoreError> {
+    fn load_usage(&self) -> Result<Vec<(String, UsageRecord)>, StoreError> {
         let mut out = Vec::new();
         for entry in self.usage.iter() {
             let (key, value) = entry?;
@@ -113,8 +178,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes and removes kept answers as one batch.
-    pub fn save_cache(
+    fn save_cache(
         &self,
         puts: &[([u8; 32], Vec<u8>)],
         removes: &[[u8; 32]],
@@ -130,8 +194,7 @@ impl Store {
         Ok(())
     }
 
-    /// Every kept answer, as written.
-    pub fn load_cache(&self) -> Result<Vec<Pair>, StoreError> {
+    fn load_cache(&self) -> Result<Vec<Pair>, StoreError> {
         self.cache
             .iter()
             .map(|entry| {
@@ -141,7 +204,104 @@ impl Store {
             .collect()
     }
 
-    pub fn flush(&self) -> Result<(), StoreError> {
+    fn save_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.keys.insert(key.id.as_bytes(), encode(key)?)?;
+        Ok(())
+    }
+
+    fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.keys
+            .iter()
+            .map(|entry| {
+                let (id, value) = entry?;
+                serde_json::from_slice(&value).map_err(|e| {
+                    StoreError::Corrupt(format!("key {}: {e}", String::from_utf8_lossy(&id)))
+                })
+            })
+            .collect()
+    }
+
+    fn save_overrides(&self, overrides: &Overrides) -> Result<(), StoreError> {
+        self.tenants.insert("overrides", encode(overrides)?)?;
+        Ok(())
+    }
+
+    fn load_overrides(&self) -> Result<Overrides, StoreError> {
+        match self.tenants.get("overrides")? {
+            None => Ok(Overrides::default()),
+            Some(raw) => serde_json::from_slice(&raw)
+                .map_err(|e| StoreError::Corrupt(format!("run-time overrides: {e}"))),
+        }
+    }
+
+    fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut bytes = 0;
+        for record in records {
+            let mut key = Vec::with_capacity(16);
+            key.extend_from_slice(&record.at_ms.to_be_bytes());
+            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            let value = encode(record)?;
+            bytes += (key.len() + value.len()) as u64;
+            batch.insert(key, value);
+        }
+        self.audit.apply_batch(batch)?;
+        self.audit_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.audit_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let from = query.since_ms.unwrap_or(0).to_be_bytes();
+        let to = query.until_ms.unwrap_or(u64::MAX).to_be_bytes();
+        let mut out = Vec::new();
+        for entry in self.audit.range(from..to).rev() {
+            let (_, value) = entry?;
+            let Ok(record) = serde_json::from_slice::<AuditRecord>(&value) else {
+                continue;
+            };
+            if query.matches(&record) {
+                out.push(record);
+                if query.limit > 0 && out.len() == query.limit {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn trim_audit(&self, before_ms: u64, max_bytes: u64) -> Result<u64, StoreError> {
+        let mut dropped = 0;
+        loop {
+            let Some((key, value)) = self.audit.first()? else {
+                break;
+            };
+            let at = key
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes);
+            if at >= before_ms && self.audit_bytes.load(Ordering::Relaxed) <= max_bytes {
+                break;
+            }
+            self.audit.remove(&key)?;
+            self.audit_records.fetch_sub(1, Ordering::Relaxed);
+            self.audit_bytes
+                .fetch_sub((key.len() + value.len()) as u64, Ordering::Relaxed);
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
+    fn audit_size(&self) -> (u64, u64) {
+        (
+            self.audit_records.load(Ordering::Relaxed),
+            self.audit_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
@@ -175,11 +335,11 @@ mod tests {
             requests: 7,
         };
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
             store.save_usage(&[("acme".into(), record)]).unwrap();
             store.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(
             store.load_usage().unwrap(),
             vec![("acme".to_string(), record)]
@@ -197,8 +357,106 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let error = Store::open(dir.path()).err().unwrap();
+        let error = SledStore::open(dir.path()).err().unwrap();
         assert!(matches!(error, StoreError::Newer { found: 99, .. }));
         assert!(error.to_string().contains("newer switchyard"));
+    }
+
+    fn record(at_ms: u64, tenant: &str, status: u16) -> AuditRecord {
+        AuditRecord {
+            at_ms,
+            kind: Some(crate::domain::records::AuditKind::Request),
+            tenant: Some(tenant.into()),
+            status: Some(status),
+            ..AuditRecord::default()
+        }
+    }
+
+    #[test]
+    fn audit_is_read_by_time_and_filters_and_trimmed_by_age_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let records: Vec<AuditRecord> = (0..100)
+            .map(|i| {
+                record(
+                    1_000 + i,
+                    if i % 2 == 0 { "acme" } else { "globex" },
+                    200 + (i % 3) as u16 * 100,
+                )
+            })
+            .collect();
+        store.append_audit(&records).unwrap();
+        assert_eq!(store.audit_size().0, 100);
+        let acme = store
+            .read_audit(&AuditQuery {
+                since_ms: Some(1_050),
+                tenant: Some("acme".into()),
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(acme.len(), 25);
+        assert!(
+            acme.windows(2).all(|w| w[0].at_ms < w[1].at_ms),
+            "oldest first"
+        );
+        let newest = store
+            .read_audit(&AuditQuery {
+                status: Some("4xx".into()),
+                limit: 3,
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(
+            newest.iter().map(|r| r.at_ms).collect::<Vec<_>>(),
+            [1_092, 1_095, 1_098]
+        );
+
+        assert_eq!(store.trim_audit(1_010, u64::MAX).unwrap(), 10);
+        let (_, bytes) = store.audit_size();
+        let dropped = store.trim_audit(0, bytes / 2).unwrap();
+        let (left, left_bytes) = store.audit_size();
+        assert!(left_bytes <= bytes / 2 && (40..=50).contains(&dropped));
+        assert_eq!(left, 90 - dropped);
+        // The oldest went first.
+        let all = store.read_audit(&AuditQuery::default()).unwrap();
+        assert_eq!(all.first().map(|r| r.at_ms), Some(1_010 + dropped));
+        drop(store);
+        // The counts are rebuilt on open.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.audit_size(), (left, left_bytes));
+    }
+
+    #[test]
+    fn keys_and_overrides_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyRecord {
+            id: "key_00aa11bb".into(),
+            tenant: "acme".into(),
+            name: "ci".into(),
+            hash: crate::auth::hash_key("sy-secret"),
+            created_ms: 5,
+            expires_ms: Some(10),
+            revoked_ms: None,
+            replaces: None,
+        };
+        let mut overrides = Overrides::default();
+        overrides.tenants.insert(
+            "acme".into(),
+            crate::domain::records::TenantOverride {
+                tier: Some("pro".into()),
+                paused: true,
+                ..Default::default()
+            },
+        );
+        overrides.drained_regions.push("us-east".into());
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.save_key(&key).unwrap();
+            store.save_overrides(&overrides).unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_keys().unwrap(), vec![key]);
+        assert_eq!(store.load_overrides().unwrap(), overrides);
     }
 }
