@@ -55,6 +55,7 @@ fn tenants() -> Vec<Tenant> {
             keys: vec![],
             overrides: Limits::default(),
             regions: None,
+            audit_content: false,
         })
         .collect()
 }

@@ -3,8 +3,12 @@
 //!
 //! Lookup goes by digest, and the digest found is then compared with the presented one
 //! in constant time, so the comparison itself leaks nothing about stored hashes.
+//!
+//! Keys from the config file and keys made at run time (`KeyRecord`s) live in one ring;
+//! run-time keys can be added, expire, and be removed (revoked) while the gateway runs.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -16,18 +20,42 @@ pub fn hash_key(key: &str) -> KeyHash {
     KeyHash(Sha256::digest(key.as_bytes()).into())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("no API key was provided; send it as `Authorization: Bearer <key>`")]
     Missing,
     #[error("the API key is not valid")]
     Invalid,
+    #[error("the API key {id} has expired; ask your operator for a new one")]
+    Expired { id: Arc<str> },
 }
 
-/// Every accepted key, by digest, pointing at the index of its tenant.
+/// Who is calling: the tenant (by index in the config) and the key's public id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: usize,
+    pub key_id: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    tenant: usize,
+    id: Arc<str>,
+    expires_ms: Option<u64>,
+}
+
+/// Every accepted key, by digest.
 #[derive(Debug, Default)]
 pub struct Keyring {
-    by_hash: HashMap<KeyHash, usize>,
+    by_hash: RwLock<HashMap<KeyHash, Held>>,
+}
+
+/// The public id of a key written in the config file: `config:` and a digest prefix.
+pub fn config_key_id(hash: &KeyHash) -> String {
+    format!(
+        "config:{:02x}{:02x}{:02x}{:02x}",
+        hash.0[0], hash.0[1], hash.0[2], hash.0[3]
+    )
 }
 
 impl Keyring {
@@ -35,13 +63,45 @@ impl Keyring {
         let by_hash = tenants
             .iter()
             .enumerate()
-            .flat_map(|(i, t)| t.keys.iter().map(move |k| (*k, i)))
+            .flat_map(|(i, t)| {
+                t.keys.iter().map(move |k| {
+                    let held = Held {
+                        tenant: i,
+                        id: config_key_id(k).into(),
+                        expires_ms: None,
+                    };
+                    (*k, held)
+                })
+            })
             .collect();
-        Keyring { by_hash }
+        Keyring {
+            by_hash: RwLock::new(by_hash),
+        }
     }
 
-    /// Authenticates the value of an `Authorization` header, returning the tenant index.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<usize, AuthError> {
+    /// Accepts a key from now on, for `tenant` (an index), until `expires_ms` if given.
+    pub fn insert(&self, hash: KeyHash, tenant: usize, id: &str, expires_ms: Option<u64>) {
+        if let Ok(mut keys) = self.by_hash.write() {
+            keys.insert(
+                hash,
+                Held {
+                    tenant,
+                    id: id.into(),
+                    expires_ms,
+                },
+            );
+        }
+    }
+
+    /// Stops accepting a key at once.
+    pub fn remove(&self, hash: &KeyHash) {
+        if let Ok(mut keys) = self.by_hash.write() {
+            keys.remove(hash);
+        }
+    }
+
+    /// Authenticates the value of an `Authorization` header.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
         let header = authorization.map(str::trim).unwrap_or_default();
         let key = header
             .strip_prefix("Bearer ")
@@ -52,8 +112,22 @@ impl Keyring {
             return Err(AuthError::Missing);
         }
         let presented = hash_key(key);
-        match self.by_hash.get_key_value(&presented) {
-            Some((stored, &tenant)) if bool::from(stored.0.ct_eq(&presented.0)) => Ok(tenant),
+        let keys = self.by_hash.read().map_err(|_| AuthError::Invalid)?;
+        match keys.get_key_value(&presented) {
+            Some((stored, held)) if bool::from(stored.0.ct_eq(&presented.0)) => {
+                if held
+                    .expires_ms
+                    .is_some_and(|at| crate::telemetry::now_ms() >= at)
+                {
+                    return Err(AuthError::Expired {
+                        id: held.id.clone(),
+                    });
+                }
+                Ok(Caller {
+                    tenant: held.tenant,
+                    key_id: held.id.clone(),
+                })
+            }
             _ => Err(AuthError::Invalid),
         }
     }
@@ -71,6 +145,7 @@ mod tests {
                 keys: vec![hash_key("sy-acme")],
                 overrides: Default::default(),
                 regions: None,
+                audit_content: false,
             },
             Tenant {
                 name: "globex".into(),
@@ -78,6 +153,7 @@ mod tests {
                 keys: vec![hash_key("sy-globex-1"), hash_key("sy-globex-2")],
                 overrides: Default::default(),
                 regions: None,
+                audit_content: false,
             },
         ])
     }
@@ -85,8 +161,35 @@ mod tests {
     #[test]
     fn bearer_keys_map_to_their_tenant() {
         let ring = keyring();
-        assert_eq!(ring.authenticate(Some("Bearer sy-acme")), Ok(0));
-        assert_eq!(ring.authenticate(Some("Bearer sy-globex-2")), Ok(1));
+        let tenant = |key: &str| ring.authenticate(Some(key)).map(|c| c.tenant);
+        assert_eq!(tenant("Bearer sy-acme"), Ok(0));
+        assert_eq!(tenant("Bearer sy-globex-2"), Ok(1));
+        let caller = ring.authenticate(Some("Bearer sy-acme"));
+        assert_eq!(
+            caller.map(|c| c.key_id.to_string()),
+            Ok(config_key_id(&hash_key("sy-acme")))
+        );
+    }
+
+    #[test]
+    fn run_time_keys_come_expire_and_go() {
+        let ring = keyring();
+        ring.insert(hash_key("sy-new"), 1, "key_1", None);
+        ring.insert(hash_key("sy-old"), 1, "key_2", Some(1));
+        let caller = ring.authenticate(Some("Bearer sy-new"));
+        assert_eq!(
+            caller.map(|c| (c.tenant, c.key_id.to_string())),
+            Ok((1, "key_1".into()))
+        );
+        assert_eq!(
+            ring.authenticate(Some("Bearer sy-old")),
+            Err(AuthError::Expired { id: "key_2".into() })
+        );
+        ring.remove(&hash_key("sy-new"));
+        assert_eq!(
+            ring.authenticate(Some("Bearer sy-new")),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

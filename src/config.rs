@@ -12,9 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::{
-    CachePolicy, CacheScope, DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, HealthCheck, Instance,
-    KeyHash, Limits, Model, ModelKind, Price, Region, RoutingPolicy, Tenant, Tier, TokenizerKind,
-    UpstreamTimeouts,
+    AuditPolicy, CachePolicy, CacheScope, DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, HealthCheck,
+    Instance, KeyHash, Limits, Model, ModelKind, Price, Region, RoutingPolicy, Tenant, Tier,
+    TokenizerKind, UpstreamTimeouts,
 };
 
 /// Environment variable that overrides `server.data_dir`.
@@ -40,6 +40,7 @@ pub struct Config {
     /// Events a stream reader may fall behind before it is cut off.
     pub streams_max_lag: usize,
     pub cache: CachePolicy,
+    pub audit: AuditPolicy,
     pub tiers: Vec<Tier>,
     pub tenants: Vec<Tenant>,
     /// Sorted by failover order (then by position in the file).
@@ -163,6 +164,8 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
@@ -229,6 +232,44 @@ impl Default for RawStreams {
             keep_finished: "60s".into(),
             max_lag_events: 2048,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAudit {
+    enabled: bool,
+    keep: String,
+    max_size: String,
+    flush_interval: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            enabled: true,
+            keep: "30d".into(),
+            max_size: "1GiB".into(),
+            flush_interval: "1s".into(),
+        }
+    }
+}
+
+impl RawAudit {
+    fn validate(self) -> Result<AuditPolicy, ConfigError> {
+        let keep = parse_duration(&self.keep).map_err(|m| invalid("audit.keep", m))?;
+        let max_bytes = parse_size(&self.max_size).map_err(|m| invalid("audit.max_size", m))?;
+        let flush_interval =
+            parse_duration(&self.flush_interval).map_err(|m| invalid("audit.flush_interval", m))?;
+        if flush_interval.is_zero() {
+            return Err(invalid("audit.flush_interval", "must be longer than 0s"));
+        }
+        Ok(AuditPolicy {
+            enabled: self.enabled,
+            keep,
+            max_bytes,
+            flush_interval,
+        })
     }
 }
 
@@ -500,6 +541,8 @@ struct RawTenant {
     keys: Vec<String>,
     /// Data residency: the only regions this tenant may be routed to.
     regions: Option<Vec<String>>,
+    #[serde(default)]
+    audit_content: bool,
     rpm: Option<u64>,
     tpm: Option<u64>,
     max_concurrency: Option<u32>,
@@ -665,6 +708,7 @@ impl RawConfig {
                 keys,
                 overrides,
                 regions: raw.regions,
+                audit_content: raw.audit_content,
             });
         }
 
@@ -836,6 +880,7 @@ impl RawConfig {
         }
         let streams_max_lag = self.streams.max_lag_events;
         let cache = self.cache.validate()?;
+        let audit = self.audit.validate()?;
         let health = self.health.validate()?;
         let routing = self.routing.validate()?;
         let seats = match self.scheduler.seats {
@@ -864,6 +909,7 @@ impl RawConfig {
             streams_keep,
             streams_max_lag,
             cache,
+            audit,
             tiers,
             tenants,
             regions,
@@ -1072,7 +1118,7 @@ fn names<'a>(items: impl Iterator<Item = &'a str>) -> String {
     items.collect::<Vec<_>>().join(", ")
 }
 
-/// Parses durations written as `"250ms"`, `"2s"`, `"1.5s"`, `"5m"` or `"1h"`.
+/// Parses durations written as `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"1h"` or `"30d"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -1087,9 +1133,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         _ => {
             return Err(format!(
-                "\"{text}\" has an unknown unit \"{unit}\"; use ms, s, m or h"
+                "\"{text}\" has an unknown unit \"{unit}\"; use ms, s, m, h or d"
             ));
         }
     };
@@ -1135,7 +1182,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::Writer as AuditWriter;
 use crate::cache::persist::Writer as CacheWriter;
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -48,6 +49,7 @@ pub struct Daemon {
     servers: Vec<JoinHandle<()>>,
     ledger: Ledger,
     cache_writer: CacheWriter,
+    audit_writer: AuditWriter,
 }
 
 impl Daemon {
@@ -88,6 +90,7 @@ impl Daemon {
         gateway.admission().restore(&usage);
         gateway.cache().restore(cached);
         let cache_writer = CacheWriter::spawn(gateway.cache().clone(), store.clone());
+        let audit_writer = AuditWriter::spawn(gateway.audit().clone(), store.clone());
         let ledger = Ledger::spawn(gateway.admission().clone(), store, checkpoint);
 
         let (stop, stopped) = watch::channel(false);
@@ -125,6 +128,7 @@ impl Daemon {
             servers,
             ledger,
             cache_writer,
+            audit_writer,
         })
     }
 
@@ -163,6 +167,7 @@ impl Daemon {
         }
         drop(self.gateway);
         self.cache_writer.stop().await;
+        self.audit_writer.stop().await;
         self.ledger.stop().await;
         tracing::info!("switchyard stopped");
     }

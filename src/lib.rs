@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod admission;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod cache;

@@ -452,7 +452,7 @@ async fn console_actions_change_routing_and_admission_through_the_admin_api() {
     let done = remote
         .act(Action::DrainRegion {
             region: "us-east".into(),
-            deadline_secs: Some(30),
+            deadline_secs: Some(30.0),
         })
         .await
         .unwrap();

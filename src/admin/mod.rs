@@ -24,7 +24,6 @@ use crate::auth::hash_key;
 use crate::domain::snapshot::Action;
 use crate::domain::{KeyHash, Limits};
 use crate::gateway::Gateway;
-use crate::router::RouteControlError;
 use crate::scheduler::LevelView;
 
 #[derive(Clone)]
@@ -164,19 +163,17 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> 
     })
 }
 
-/// Runs a control on a tenant and answers with its state afterwards.
-fn changed(
-    admin: &Admin,
-    name: &str,
-    who: &str,
-    action: &str,
-    result: Result<(), ControlError>,
-) -> Response {
-    match result.and_then(|()| admin.gateway.admission().view(name)) {
-        Ok(view) => {
-            tracing::info!(operator = %who, %action, tenant = %name, "operator action");
-            Json(view).into_response()
-        }
+/// Carries out an action on a tenant (through `Gateway::act`, so it is recorded and
+/// kept) and answers with the tenant's state afterwards.
+fn changed(admin: &Admin, name: &str, who: &str, action: &Action) -> Response {
+    if let Err(e) = admin.gateway.admission().view(name) {
+        return control_error(e);
+    }
+    if let Err(why) = admin.gateway.act(action, who) {
+        return error(StatusCode::BAD_REQUEST, "invalid_control", why);
+    }
+    match admin.gateway.admission().view(name) {
+        Ok(view) => Json(view).into_response(),
         Err(e) => control_error(e),
     }
 }
@@ -191,8 +188,11 @@ async fn set_tier(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    let result = admin.gateway.set_tier(&name, &change.tier);
-    changed(&admin, &name, &operator(&headers), "set tier", result)
+    let action = Action::SetTier {
+        tenant: name.clone(),
+        tier: change.tier,
+    };
+    changed(&admin, &name, &operator(&headers), &action)
 }
 
 async fn set_limits(
@@ -205,8 +205,11 @@ async fn set_limits(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    let result = admin.gateway.set_limits(&name, &change).map(|_| ());
-    changed(&admin, &name, &operator(&headers), "set limits", result)
+    let action = Action::SetLimits {
+        tenant: name.clone(),
+        limits: change,
+    };
+    changed(&admin, &name, &operator(&headers), &action)
 }
 
 async fn pause(
@@ -214,8 +217,10 @@ async fn pause(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let result = admin.gateway.pause(&name).map(|_| ());
-    changed(&admin, &name, &operator(&headers), "pause", result)
+    let action = Action::PauseTenant {
+        tenant: name.clone(),
+    };
+    changed(&admin, &name, &operator(&headers), &action)
 }
 
 async fn resume(
@@ -223,8 +228,10 @@ async fn resume(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let result = admin.gateway.resume(&name);
-    changed(&admin, &name, &operator(&headers), "resume", result)
+    let action = Action::ResumeTenant {
+        tenant: name.clone(),
+    };
+    changed(&admin, &name, &operator(&headers), &action)
 }
 
 async fn snapshot(State(admin): State<Admin>) -> Response {
@@ -372,20 +379,35 @@ struct DrainRequest {
     deadline: Option<String>,
 }
 
+/// Carries out an action on a region or instance (through `Gateway::act`) and answers
+/// with the requests that were in flight there and every region's state afterwards.
 fn routed(
     admin: &Admin,
     who: &str,
-    action: &str,
-    target: &str,
-    result: Result<serde_json::Value, RouteControlError>,
+    action: &Action,
+    region: Option<&str>,
+    instance: Option<&str>,
 ) -> Response {
-    match result {
-        Ok(mut detail) => {
-            tracing::info!(operator = %who, %action, %target, "operator action");
-            detail["regions"] = json!(admin.gateway.router().views());
-            Json(detail).into_response()
-        }
-        Err(e) => error(StatusCode::NOT_FOUND, "unknown_target", e.to_string()),
+    if let Err(e) = admin.gateway.router().targets(region, instance) {
+        return error(StatusCode::NOT_FOUND, "unknown_target", e.to_string());
+    }
+    let in_flight: u32 = admin
+        .gateway
+        .router()
+        .views()
+        .iter()
+        .filter(|r| region.is_none_or(|name| r.name == name))
+        .flat_map(|r| &r.instances)
+        .filter(|i| instance.is_none_or(|name| i.name == name))
+        .map(|i| i.in_flight)
+        .sum();
+    match admin.gateway.act(action, who) {
+        Ok(_) => Json(json!({
+            "in_flight": in_flight,
+            "regions": admin.gateway.router().views(),
+        }))
+        .into_response(),
+        Err(why) => error(StatusCode::BAD_REQUEST, "invalid_control", why),
     }
 }
 
@@ -419,12 +441,24 @@ async fn drain(
             );
         }
     };
-    let target = region.clone().or(instance.clone()).unwrap_or_default();
-    let result = admin
-        .gateway
-        .drain(region.as_deref(), instance.as_deref(), deadline)
-        .map(|in_flight| json!({ "in_flight": in_flight }));
-    routed(&admin, &operator(&headers), "drain", &target, result)
+    let deadline_secs = deadline.map(|d| d.as_secs_f64());
+    let action = match (&region, &instance) {
+        (Some(region), _) => Action::DrainRegion {
+            region: region.clone(),
+            deadline_secs,
+        },
+        (None, instance) => Action::DrainInstance {
+            instance: instance.clone().unwrap_or_default(),
+            deadline_secs,
+        },
+    };
+    routed(
+        &admin,
+        &operator(&headers),
+        &action,
+        region.as_deref(),
+        instance.as_deref(),
+    )
 }
 
 async fn drain_region(
@@ -450,8 +484,10 @@ async fn undrain_region(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let result = admin.gateway.undrain(Some(&name), None).map(|()| json!({}));
-    routed(&admin, &operator(&headers), "undrain", &name, result)
+    let action = Action::UndrainRegion {
+        region: name.clone(),
+    };
+    routed(&admin, &operator(&headers), &action, Some(&name), None)
 }
 
 async fn undrain_instance(
@@ -459,8 +495,10 @@ async fn undrain_instance(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let result = admin.gateway.undrain(None, Some(&name)).map(|()| json!({}));
-    routed(&admin, &operator(&headers), "undrain", &name, result)
+    let action = Action::UndrainInstance {
+        instance: name.clone(),
+    };
+    routed(&admin, &operator(&headers), &action, None, Some(&name))
 }
 
 async fn eject(
@@ -468,8 +506,10 @@ async fn eject(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let result = admin.gateway.eject(&name).map(|()| json!({}));
-    routed(&admin, &operator(&headers), "eject", &name, result)
+    let action = Action::EjectInstance {
+        instance: name.clone(),
+    };
+    routed(&admin, &operator(&headers), &action, None, Some(&name))
 }
 
 async fn restore(
@@ -477,8 +517,10 @@ async fn restore(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let result = admin.gateway.restore(&name).map(|()| json!({}));
-    routed(&admin, &operator(&headers), "restore", &name, result)
+    let action = Action::RestoreInstance {
+        instance: name.clone(),
+    };
+    routed(&admin, &operator(&headers), &action, None, Some(&name))
 }
 
 async fn reset_budget(
@@ -486,6 +528,8 @@ async fn reset_budget(
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let result = admin.gateway.reset_budget(&name);
-    changed(&admin, &name, &operator(&headers), "reset budget", result)
+    let action = Action::ResetBudget {
+        tenant: name.clone(),
+    };
+    changed(&admin, &name, &operator(&headers), &action)
 }

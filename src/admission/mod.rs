@@ -623,6 +623,7 @@ mod tests {
             keys: vec![],
             overrides: Limits::default(),
             regions: None,
+            audit_content: false,
         };
         Admission::new(&[tier(limits)], &[tenant])
     }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{ApiError, RequestId, authorization, rate_headers};
 use crate::admission::{Demand, Usage, estimate};
 use crate::cache::{self, Directives, Entry, Landing, Lookup, Stored};
+use crate::domain::records::{AuditKind, AuditRecord};
 use crate::domain::{Model, ModelKind, Tenant};
 use crate::gateway::{AnswerBody, Call, Fields, Gateway, StreamAccount, usage_of_answer};
 use crate::streams;
@@ -45,9 +46,37 @@ async fn proxy(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let tenant = gateway.authenticate(authorization(headers))?;
-    gateway.meter().request();
-    let outcome = answer(gateway, kind, id, headers, body, tenant).await;
+    let started = tokio::time::Instant::now();
+    let mut record = Some(AuditRecord {
+        at_ms: crate::telemetry::now_ms(),
+        kind: Some(AuditKind::Request),
+        request_id: Some(id.0.to_string()),
+        endpoint: Some(format!("/v1{}", kind.upstream_path())),
+        ..AuditRecord::default()
+    });
+    let outcome = match gateway.authenticate(authorization(headers)) {
+        Err(error) => Err(ApiError::from(error)),
+        Ok((tenant, key_id)) => {
+            note(&mut record, |r| {
+                r.tenant = Some(tenant.name.clone());
+                r.key_id = Some(key_id.to_string());
+            });
+            gateway.meter().request();
+            answer(gateway, kind, id, headers, body, tenant, &mut record).await
+        }
+    };
+    // A stream's record was handed to its account, which writes it when the stream ends.
+    if let Some(mut record) = record {
+        match &outcome {
+            Ok(response) => record.status = Some(response.status().as_u16()),
+            Err(error) => {
+                record.status = Some(error.status.as_u16());
+                record.error = error.code.map(str::to_string);
+            }
+        }
+        record.latency_ms = Some(started.elapsed().as_millis() as u64);
+        gateway.audit().record(record);
+    }
     if let Err(error) = &outcome {
         gateway.meter().code(error.code.unwrap_or("error"));
     }
@@ -66,6 +95,7 @@ async fn answer(
     headers: &HeaderMap,
     body: Body,
     tenant: &Tenant,
+    record: &mut Option<AuditRecord>,
 ) -> Result<Response, ApiError> {
     let arrival = tokio::time::Instant::now();
     let bytes = read_body(body, gateway.config().server.max_body).await?;
@@ -118,6 +148,14 @@ async fn answer(
             ));
         }
     };
+    note(record, |r| {
+        r.model = Some(model.alias.clone());
+        r.stream = Some(stream);
+        if tenant.audit_content {
+            let content = object.get("messages").or(object.get("input"));
+            r.prompt = content.and_then(|raw| serde_json::from_str(raw.get()).ok());
+        }
+    });
     let wants_base64 = object
         .get("encoding_format")
         .is_some_and(|raw| raw.get() == "\"base64\"");
@@ -138,19 +176,25 @@ async fn answer(
             Lookup::Bypass => break None,
             Lookup::Lead(flight) => break Some(flight),
             Lookup::Hit(entry) => {
+                note_hit(record, "cache", Some(entry.usage));
                 return from_cache(gateway, tenant, model, &entry, strip_usage, "cache");
             }
             Lookup::Follow(follower) => match follower.landed().await {
                 Landing::Whole(entry) => {
+                    note_hit(record, "coalesced", Some(entry.usage));
                     return from_cache(gateway, tenant, model, &entry, strip_usage, "coalesced");
                 }
-                Landing::Stream(log) => return follow(gateway, tenant, model, log, strip_usage),
+                Landing::Stream(log) => {
+                    note_hit(record, "coalesced", None);
+                    return follow(gateway, tenant, model, log, strip_usage);
+                }
                 // The leader got no answer to share: try again, perhaps leading.
                 Landing::Pending | Landing::Failed => {}
             },
         }
     };
     let cache_result = if flight.is_some() { "miss" } else { "bypass" };
+    note(record, |r| r.cache = Some(cache_result.to_string()));
     let field = |name: &str| object.get(name).map(|raw| &**raw);
     let demand = Demand {
         prompt_tokens: match kind {
@@ -171,6 +215,10 @@ async fn answer(
             tracing::debug!(request_id = %id.0, tenant = %tenant.name, ?refused, "request refused");
             ApiError::from(refused)
         })?;
+    note(record, |r| {
+        r.tokens_reserved = Some(ticket.tokens());
+        r.queue_ms = Some(ticket.queued.as_millis() as u64);
+    });
     let mut extra = rate_headers(ticket.headers());
     extra.push((
         "x-switchyard-queue-ms",
@@ -223,6 +271,11 @@ async fn answer(
         upstream_ms = started.elapsed().as_millis() as u64,
         "request answered"
     );
+    note(record, |r| {
+        r.region = Some(answer.region.clone());
+        r.instance = Some(answer.instance.clone());
+        r.route = Some(answer.reason.clone());
+    });
 
     let mut stored_usage = None;
     let mut response = match answer.body {
@@ -231,6 +284,12 @@ async fn answer(
                 let upstream = started.elapsed();
                 let usage = usage_of_answer(kind, &bytes, &ticket, model.tokenizer);
                 stored_usage = Some(usage);
+                note(record, |r| {
+                    note_usage(r, usage);
+                    if tenant.audit_content {
+                        r.answer = answer_text(&bytes);
+                    }
+                });
                 gateway.meter().tokens(usage.total());
                 let scopes = scopes(&answer.region, &model.alias, ticket.tier());
                 let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
@@ -318,7 +377,8 @@ async fn answer(
                         ),
                         arrival,
                         scopes,
-                    );
+                    )
+                    .audited(gateway.audit().clone(), record.take(), tenant.audit_content);
             let relay = streams::relay(
                 response.bytes_stream(),
                 account,
@@ -342,6 +402,42 @@ async fn answer(
     extra.push(("x-switchyard-route", answer.reason));
     add_headers(&mut response, extra);
     Ok(response)
+}
+
+/// Fills the audit record, when there is one.
+fn note(record: &mut Option<AuditRecord>, fill: impl FnOnce(&mut AuditRecord)) {
+    if let Some(record) = record.as_mut() {
+        fill(record);
+    }
+}
+
+fn note_usage(record: &mut AuditRecord, usage: Usage) {
+    record.prompt_tokens = Some(usage.prompt_tokens);
+    record.completion_tokens = Some(usage.completion_tokens);
+    record.estimated = Some(usage.estimated);
+}
+
+/// A request answered without going upstream: the cache's answer, or a leader's.
+fn note_hit(record: &mut Option<AuditRecord>, route: &str, usage: Option<Usage>) {
+    note(record, |r| {
+        r.cache = Some("hit".into());
+        r.route = Some(route.into());
+        if let Some(usage) = usage {
+            note_usage(r, usage);
+        }
+    });
+}
+
+/// The text of a whole chat answer (every choice's message), for tenants that opted in.
+fn answer_text(body: &[u8]) -> Option<String> {
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    let text: Vec<&str> = answer
+        .get("choices")?
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.pointer("/message/content")?.as_str())
+        .collect();
+    (!text.is_empty()).then(|| text.join("\n"))
 }
 
 /// Answers from a kept answer (or one an identical request just got): counted as a

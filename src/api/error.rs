@@ -198,6 +198,7 @@ impl From<AuthError> for ApiError {
         let code = match error {
             AuthError::Missing => "missing_api_key",
             AuthError::Invalid => "invalid_api_key",
+            AuthError::Expired { .. } => "expired_api_key",
         };
         Self::new(
             StatusCode::UNAUTHORIZED,

@@ -116,7 +116,7 @@ async fn watch_stream(
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tenant = gateway.authenticate(authorization(&headers))?;
+    let (tenant, _) = gateway.authenticate(authorization(&headers))?;
     // Another tenant's stream does not exist, as far as this tenant can tell.
     let log = gateway
         .hub()

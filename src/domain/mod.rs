@@ -91,6 +91,8 @@ pub struct Tenant {
     pub overrides: Limits,
     /// Data residency: the only regions this tenant's requests may go to (`None`: any).
     pub regions: Option<Vec<String>>,
+    /// Whether audit records keep this tenant's prompts and answers (off by default).
+    pub audit_content: bool,
 }
 
 /// A group of upstream instances tried together; regions are tried in failover order.
@@ -353,4 +355,16 @@ pub enum CacheScope {
     Tenant,
     /// One cache for all tenants: identical requests share answers across tenants.
     Shared,
+}
+
+/// The audit log's switches and retention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditPolicy {
+    pub enabled: bool,
+    /// Records older than this are dropped.
+    pub keep: Duration,
+    /// The oldest records are dropped beyond this many bytes.
+    pub max_bytes: usize,
+    /// Records are on disk at most this long after they were made.
+    pub flush_interval: Duration,
 }

@@ -243,7 +243,7 @@ pub enum Action {
         region: String,
         /// Seconds until what still runs is cut; default `routing.drain_deadline`.
         #[serde(default)]
-        deadline_secs: Option<u64>,
+        deadline_secs: Option<f64>,
     },
     UndrainRegion {
         region: String,
@@ -251,7 +251,7 @@ pub enum Action {
     DrainInstance {
         instance: String,
         #[serde(default)]
-        deadline_secs: Option<u64>,
+        deadline_secs: Option<f64>,
     },
     UndrainInstance {
         instance: String,
@@ -304,6 +304,33 @@ impl Action {
                 | Action::ResetBudget { .. }
                 | Action::PurgeCache { .. }
         )
+    }
+
+    /// What the action is done to: a region, instance, tenant or stream (`None`: the
+    /// whole cache).
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Action::DrainRegion { region, .. } | Action::UndrainRegion { region } => Some(region),
+            Action::DrainInstance { instance, .. }
+            | Action::UndrainInstance { instance }
+            | Action::EjectInstance { instance }
+            | Action::RestoreInstance { instance } => Some(instance),
+            Action::SetTier { tenant, .. }
+            | Action::SetLimits { tenant, .. }
+            | Action::PauseTenant { tenant }
+            | Action::ResumeTenant { tenant }
+            | Action::ResetBudget { tenant } => Some(tenant),
+            Action::PurgeCache { tenant } => tenant.as_deref(),
+            Action::KillStream { id } => Some(id),
+        }
+    }
+
+    /// The action's name as the admin API takes it: "drain_region".
+    pub fn name(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("action")?.as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 
     /// A short description naming the target: "drain us-east".

@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::admission::{RateHeaders, Reservation, Usage, estimate};
+use crate::audit::Audit;
+use crate::domain::records::AuditRecord;
 use crate::domain::{ModelKind, TokenizerKind};
 use crate::router::InFlight;
 use crate::scheduler::Seat;
@@ -157,6 +159,14 @@ pub struct StreamAccount {
     live: StreamHandle,
     meter: Arc<Meter>,
     timing: Option<Timing>,
+    audit: Option<Audited>,
+}
+
+/// The audit record a stream writes when it ends.
+struct Audited {
+    audit: Arc<Audit>,
+    record: AuditRecord,
+    keep_answer: bool,
 }
 
 /// Where and since when a stream's latency is recorded.
@@ -187,7 +197,24 @@ impl StreamAccount {
             live,
             meter,
             timing: None,
+            audit: None,
         }
+    }
+
+    /// Writes `record` to the audit log when the stream ends, with what it used (and,
+    /// with `keep_answer`, its text).
+    pub fn audited(
+        mut self,
+        audit: Arc<Audit>,
+        record: Option<AuditRecord>,
+        keep_answer: bool,
+    ) -> Self {
+        self.audit = record.map(|record| Audited {
+            audit,
+            record,
+            keep_answer,
+        });
+        self
     }
 
     /// Records time to first token and end to end under `scopes`, from `arrival`.
@@ -267,6 +294,27 @@ impl Drop for StreamAccount {
             estimated: true,
         });
         self.meter.tokens(usage.total());
+        let reserved = ticket.tokens();
         ticket.settle(usage);
+        if let Some(Audited {
+            audit,
+            mut record,
+            keep_answer,
+        }) = self.audit.take()
+        {
+            record.status = Some(200);
+            record.tokens_reserved = Some(reserved);
+            record.prompt_tokens = Some(usage.prompt_tokens);
+            record.completion_tokens = Some(usage.completion_tokens);
+            record.estimated = Some(usage.estimated);
+            record.latency_ms = self
+                .timing
+                .as_ref()
+                .map(|t| t.arrival.elapsed().as_millis() as u64);
+            if keep_answer {
+                record.answer = Some(std::mem::take(&mut self.content));
+            }
+            audit.record(record);
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::Gateway;
 use crate::admission::ControlError;
 use crate::domain::Limits;
+use crate::domain::records::{AuditKind, AuditRecord};
 use crate::domain::snapshot::answers;
 use crate::domain::snapshot::{Action, EventKind, Snapshot, Totals};
 use crate::router::RouteControlError;
@@ -90,8 +91,114 @@ impl Gateway {
 
     /// Carries out an operator's action and records it; the answer says what happened.
     pub fn act(&self, action: &Action, actor: &str) -> Result<String, String> {
-        let deadline = |secs: &Option<u64>| secs.map(Duration::from_secs);
-        let outcome = match action {
+        let before = self.state_of(action);
+        let outcome = self.carry_out(action);
+        self.audit.record(AuditRecord {
+            at_ms: crate::telemetry::now_ms(),
+            kind: Some(AuditKind::Operator),
+            actor: Some(actor.to_string()),
+            action: Some(action.name()),
+            target: action.target().map(str::to_owned),
+            tenant: self.tenant_of(action),
+            before,
+            after: self.state_of(action),
+            outcome: Some(match &outcome {
+                Ok(done) => done.clone(),
+                Err(why) => format!("refused: {why}"),
+            }),
+            ..AuditRecord::default()
+        });
+        match &outcome {
+            Ok(done) => self
+                .events
+                .record(EventKind::Operator, Some(actor), done.clone()),
+            Err(why) => self.events.record(
+                EventKind::Operator,
+                Some(actor),
+                format!("{} refused: {why}", action.describe()),
+            ),
+        }
+        outcome
+    }
+
+    /// The tenant an action concerns, so a tenant's audit query finds it.
+    fn tenant_of(&self, action: &Action) -> Option<String> {
+        match action {
+            Action::SetTier { tenant, .. }
+            | Action::SetLimits { tenant, .. }
+            | Action::PauseTenant { tenant }
+            | Action::ResumeTenant { tenant }
+            | Action::ResetBudget { tenant } => Some(tenant.clone()),
+            Action::PurgeCache { tenant } => tenant.clone(),
+            Action::KillStream { id } => self
+                .streams
+                .views()
+                .into_iter()
+                .find(|s| &s.id == id)
+                .map(|s| s.tenant),
+            _ => None,
+        }
+    }
+
+    /// The state an action changes, as JSON, for the audit record's before and after.
+    fn state_of(&self, action: &Action) -> Option<serde_json::Value> {
+        let region = |name: &str| {
+            let views = self.router.views();
+            let view = views.into_iter().find(|r| r.name == name)?;
+            Some(serde_json::json!({ "state": view.state }))
+        };
+        let instance = |name: &str| {
+            let views = self.router.views();
+            let view = views
+                .into_iter()
+                .flat_map(|r| r.instances)
+                .find(|i| i.name == name)?;
+            Some(serde_json::json!({ "health": view.health }))
+        };
+        match action {
+            Action::DrainRegion { region: name, .. } | Action::UndrainRegion { region: name } => {
+                region(name)
+            }
+            Action::DrainInstance { instance: name, .. }
+            | Action::UndrainInstance { instance: name }
+            | Action::EjectInstance { instance: name }
+            | Action::RestoreInstance { instance: name } => instance(name),
+            Action::SetTier { tenant, .. }
+            | Action::SetLimits { tenant, .. }
+            | Action::PauseTenant { tenant }
+            | Action::ResumeTenant { tenant }
+            | Action::ResetBudget { tenant } => {
+                let view = self.admission.view(tenant).ok()?;
+                Some(serde_json::json!({
+                    "tier": view.tier,
+                    "paused": view.paused,
+                    "limits": view.limits,
+                    "day_tokens": view.day.tokens,
+                    "month_tokens": view.month.tokens,
+                }))
+            }
+            Action::PurgeCache { tenant } => {
+                let cache = self.cache.view();
+                let entries = match tenant {
+                    None => cache.entries,
+                    Some(t) => cache
+                        .scopes
+                        .iter()
+                        .find(|s| &s.scope == t)
+                        .map_or(0, |s| s.entries),
+                };
+                Some(serde_json::json!({ "entries": entries }))
+            }
+            Action::KillStream { id } => {
+                let live = self.streams.views().into_iter().any(|s| &s.id == id);
+                Some(serde_json::json!({ "live": live }))
+            }
+        }
+    }
+
+    fn carry_out(&self, action: &Action) -> Result<String, String> {
+        let deadline = |secs: &Option<f64>| secs.and_then(|s| Duration::try_from_secs_f64(s).ok());
+        match action {
             Action::DrainRegion {
                 region,
                 deadline_secs,
@@ -152,18 +259,7 @@ impl Gateway {
                     Err(format!("no live stream is named {id}"))
                 }
             }
-        };
-        match &outcome {
-            Ok(done) => self
-                .events
-                .record(EventKind::Operator, Some(actor), done.clone()),
-            Err(why) => self.events.record(
-                EventKind::Operator,
-                Some(actor),
-                format!("{} refused: {why}", action.describe()),
-            ),
         }
-        outcome
     }
 
     /// Moves a tenant to another tier; its waiting requests move with it.

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, Demand, RateHeaders, Refusal};
+use crate::audit::Audit;
 use crate::auth::{AuthError, Keyring};
 use crate::cache::Cache;
 use crate::config::Config;
@@ -52,6 +53,7 @@ pub struct Gateway {
     streams: Arc<LiveStreams>,
     hub: Hub,
     cache: Arc<Cache>,
+    audit: Arc<Audit>,
     started: Instant,
 }
 
@@ -211,6 +213,7 @@ impl Gateway {
             streams: Arc::default(),
             hub: Hub::new(config.streams_keep, config.streams_max_lag),
             cache: Arc::new(Cache::new(config.cache.clone())),
+            audit: Arc::new(Audit::new(config.audit.clone())),
             started: Instant::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
             admission: Arc::new(Admission::new(&config.tiers, &config.tenants)),
@@ -253,6 +256,10 @@ impl Gateway {
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
     }
 
     /// Admits a request answered without going upstream (a cache hit, or a follower of
@@ -326,9 +333,18 @@ impl Gateway {
         futures_util::future::join_all(probes).await;
     }
 
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<&Tenant, AuthError> {
-        let index = self.keyring.authenticate(authorization)?;
-        self.config.tenants.get(index).ok_or(AuthError::Invalid)
+    /// The tenant a request's key belongs to, and the key's public id.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(&Tenant, Arc<str>), AuthError> {
+        let caller = self.keyring.authenticate(authorization)?;
+        let tenant = self
+            .config
+            .tenants
+            .get(caller.tenant)
+            .ok_or(AuthError::Invalid)?;
+        Ok((tenant, caller.key_id))
     }
 
     /// Routes the call and tries its candidates in order until one answers with something

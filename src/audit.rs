@@ -1,0 +1,182 @@
+//! The audit log: one record per request (answered or refused) and per operator action,
+//! handed to a channel on the request path and written to the store in batches by a
+//! writer task, which also flushes every `audit.flush_interval` and applies retention
+//! (age and size) every minute. The most recent records stay in memory for the console.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::domain::AuditPolicy;
+use crate::domain::records::AuditRecord;
+use crate::store::{Store, StoreError};
+use crate::telemetry::now_ms;
+
+/// Records kept in memory for snapshots.
+const RECENT: usize = 200;
+/// Records written to the store in one batch at most.
+const BATCH: usize = 4096;
+/// How often retention runs.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Audit {
+    policy: AuditPolicy,
+    records: OnceLock<mpsc::UnboundedSender<AuditRecord>>,
+    recent: Mutex<VecDeque<AuditRecord>>,
+    queued: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Audit {
+    pub fn new(policy: AuditPolicy) -> Audit {
+        Audit {
+            policy,
+            records: OnceLock::new(),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            queued: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        }
+    }
+
+    pub fn policy(&self) -> &AuditPolicy {
+        &self.policy
+    }
+
+    /// Puts a record on its way to the store; never waits.
+    pub fn record(&self, record: AuditRecord) {
+        if !self.policy.enabled {
+            return;
+        }
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(record.clone());
+        }
+        if let Some(records) = self.records.get()
+            && records.send(record).is_ok()
+        {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The most recent records, oldest first.
+    pub fn recent(&self, limit: usize) -> Vec<AuditRecord> {
+        self.recent
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .skip(r.len().saturating_sub(limit))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records handed over and not yet written.
+    pub fn backlog(&self) -> u64 {
+        self.queued
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.written.load(Ordering::Relaxed))
+    }
+
+    /// Records written since start.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// The task that writes audit records.
+pub struct Writer {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn spawn(audit: Arc<Audit>, store: Arc<dyn Store>) -> Writer {
+        let (sender, mut records) = mpsc::unbounded_channel();
+        let _ = audit.records.set(sender);
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut flush = tokio::time::interval(audit.policy.flush_interval);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut trim = tokio::time::interval(TRIM_EVERY);
+            trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut dirty = false;
+            loop {
+                tokio::select! {
+                    n = records.recv_many(&mut batch, BATCH) => {
+                        if n == 0 {
+                            return;
+                        }
+                        write(&audit, &store, std::mem::take(&mut batch), false).await;
+                        dirty = true;
+                    }
+                    _ = flush.tick() => {
+                        if std::mem::take(&mut dirty) {
+                            write(&audit, &store, Vec::new(), true).await;
+                        }
+                    }
+                    _ = trim.tick() => retain(&audit, &store).await,
+                    _ = async { drop(stopped.wait_for(|s| *s).await) } => {
+                        while let Ok(record) = records.try_recv() {
+                            batch.push(record);
+                        }
+                        write(&audit, &store, batch, true).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Writer { stop, task }
+    }
+
+    /// Writes what is queued and flushes.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "the audit writer failed at shutdown");
+        }
+    }
+}
+
+async fn write(audit: &Arc<Audit>, store: &Arc<dyn Store>, batch: Vec<AuditRecord>, flush: bool) {
+    let count = batch.len() as u64;
+    let writing = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        if !batch.is_empty() {
+            writing.append_audit(&batch)?;
+        }
+        if flush {
+            writing.flush()?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {
+            audit.written.fetch_add(count, Ordering::Relaxed);
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, records = count, "audit records could not be written")
+        }
+        Err(error) => tracing::error!(%error, "the audit writer task failed"),
+    }
+}
+
+async fn retain(audit: &Arc<Audit>, store: &Arc<dyn Store>) {
+    let before = now_ms().saturating_sub(audit.policy.keep.as_millis() as u64);
+    let max = audit.policy.max_bytes as u64;
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.trim_audit(before, max)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(dropped)) => tracing::info!(dropped, "old audit records dropped by retention"),
+        Ok(Err(error)) => tracing::error!(%error, "audit retention failed"),
+        Err(error) => tracing::error!(%error, "the audit retention task failed"),
+    }
+}
