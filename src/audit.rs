@@ -88,6 +88,18 @@ impl Audit {
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
+
+    /// Waits (up to `patience`) until every record handed over before this call is
+    /// written, so that a query sees them.
+    pub async fn caught_up(&self, patience: Duration) {
+        let target = self.queued.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.written.load(Ordering::Relaxed) < target
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// The task that writes audit records.

@@ -93,7 +93,7 @@ impl Control for InProcess {
     }
 
     fn act(&self, action: Action) -> Acted<'_> {
-        Box::pin(async move { self.gateway.act(&action, &self.operator) })
+        Box::pin(async move { self.gateway.act(&action, &self.operator).await })
     }
 
     fn describe(&self) -> String {

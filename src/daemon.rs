@@ -89,6 +89,9 @@ impl Daemon {
         let gateway = Arc::new(Gateway::new(config)?);
         gateway.admission().restore(&usage);
         gateway.cache().restore(cached);
+        gateway.attach_store(store.clone());
+        gateway.restore_keys(store.load_keys()?);
+        gateway.restore_overrides(store.load_overrides()?);
         let cache_writer = CacheWriter::spawn(gateway.cache().clone(), store.clone());
         let audit_writer = AuditWriter::spawn(gateway.audit().clone(), store.clone());
         let ledger = Ledger::spawn(gateway.admission().clone(), store, checkpoint);

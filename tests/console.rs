@@ -76,6 +76,11 @@ fn tenant(name: &str, tier: &str, day_tokens: u64, queued: u64, paused: bool) ->
         },
         queued,
         p99_ms: Some(840.0),
+        changed: if paused {
+            vec!["tier".into(), "paused".into()]
+        } else {
+            Vec::new()
+        },
     }
 }
 

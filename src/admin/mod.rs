@@ -6,6 +6,7 @@
 //! operator who made it (`x-switchyard-operator`, as `switchyard ctl` sends it).
 
 pub mod client;
+mod records;
 
 use std::sync::Arc;
 
@@ -50,6 +51,10 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
         .route("/admin/events", get(events))
         .route("/admin/actions", post(act))
         .route("/admin/streams/{id}", get(watch_stream))
+        .route("/admin/keys", get(records::list).post(records::create))
+        .route("/admin/keys/{id}/revoke", post(records::revoke))
+        .route("/admin/keys/{id}/rotate", post(records::rotate))
+        .route("/admin/audit", get(records::audit))
         .route("/admin/cache", get(cache))
         .route("/admin/cache/purge", post(purge_cache))
         .route("/metrics", get(metrics))
@@ -130,13 +135,19 @@ fn operator(headers: &axum::http::HeaderMap) -> String {
 }
 
 async fn tenants(State(admin): State<Admin>) -> Response {
-    let tenants: Vec<TenantView> = admin.gateway.admission().views();
+    let mut tenants: Vec<TenantView> = admin.gateway.admission().views();
+    for t in &mut tenants {
+        t.changed = admin.gateway.tenant_override(&t.name).changed();
+    }
     Json(json!({ "tenants": tenants })).into_response()
 }
 
 async fn tenant(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
     match admin.gateway.admission().view(&name) {
-        Ok(view) => Json(view).into_response(),
+        Ok(mut view) => {
+            view.changed = admin.gateway.tenant_override(&name).changed();
+            Json(view).into_response()
+        }
         Err(e) => control_error(e),
     }
 }
@@ -165,11 +176,11 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> 
 
 /// Carries out an action on a tenant (through `Gateway::act`, so it is recorded and
 /// kept) and answers with the tenant's state afterwards.
-fn changed(admin: &Admin, name: &str, who: &str, action: &Action) -> Response {
+async fn changed(admin: &Admin, name: &str, who: &str, action: &Action) -> Response {
     if let Err(e) = admin.gateway.admission().view(name) {
         return control_error(e);
     }
-    if let Err(why) = admin.gateway.act(action, who) {
+    if let Err(why) = admin.gateway.act(action, who).await {
         return error(StatusCode::BAD_REQUEST, "invalid_control", why);
     }
     match admin.gateway.admission().view(name) {
@@ -192,7 +203,7 @@ async fn set_tier(
         tenant: name.clone(),
         tier: change.tier,
     };
-    changed(&admin, &name, &operator(&headers), &action)
+    changed(&admin, &name, &operator(&headers), &action).await
 }
 
 async fn set_limits(
@@ -209,7 +220,7 @@ async fn set_limits(
         tenant: name.clone(),
         limits: change,
     };
-    changed(&admin, &name, &operator(&headers), &action)
+    changed(&admin, &name, &operator(&headers), &action).await
 }
 
 async fn pause(
@@ -220,7 +231,7 @@ async fn pause(
     let action = Action::PauseTenant {
         tenant: name.clone(),
     };
-    changed(&admin, &name, &operator(&headers), &action)
+    changed(&admin, &name, &operator(&headers), &action).await
 }
 
 async fn resume(
@@ -231,7 +242,7 @@ async fn resume(
     let action = Action::ResumeTenant {
         tenant: name.clone(),
     };
-    changed(&admin, &name, &operator(&headers), &action)
+    changed(&admin, &name, &operator(&headers), &action).await
 }
 
 async fn snapshot(State(admin): State<Admin>) -> Response {
@@ -313,7 +324,7 @@ async fn act(
         Ok(a) => a,
         Err(r) => return *r,
     };
-    match admin.gateway.act(&action, &operator(&headers)) {
+    match admin.gateway.act(&action, &operator(&headers)).await {
         Ok(done) => Json(json!({ "ok": done })).into_response(),
         Err(why) => error(StatusCode::BAD_REQUEST, "action_refused", why),
     }
@@ -347,7 +358,7 @@ async fn purge_cache(
     let action = Action::PurgeCache {
         tenant: request.tenant,
     };
-    match admin.gateway.act(&action, &operator(&headers)) {
+    match admin.gateway.act(&action, &operator(&headers)).await {
         Ok(done) => {
             Json(json!({ "ok": done, "cache": admin.gateway.cache().view() })).into_response()
         }
@@ -381,7 +392,7 @@ struct DrainRequest {
 
 /// Carries out an action on a region or instance (through `Gateway::act`) and answers
 /// with the requests that were in flight there and every region's state afterwards.
-fn routed(
+async fn routed(
     admin: &Admin,
     who: &str,
     action: &Action,
@@ -401,7 +412,7 @@ fn routed(
         .filter(|i| instance.is_none_or(|name| i.name == name))
         .map(|i| i.in_flight)
         .sum();
-    match admin.gateway.act(action, who) {
+    match admin.gateway.act(action, who).await {
         Ok(_) => Json(json!({
             "in_flight": in_flight,
             "regions": admin.gateway.router().views(),
@@ -459,6 +470,7 @@ async fn drain(
         region.as_deref(),
         instance.as_deref(),
     )
+    .await
 }
 
 async fn drain_region(
@@ -487,7 +499,7 @@ async fn undrain_region(
     let action = Action::UndrainRegion {
         region: name.clone(),
     };
-    routed(&admin, &operator(&headers), &action, Some(&name), None)
+    routed(&admin, &operator(&headers), &action, Some(&name), None).await
 }
 
 async fn undrain_instance(
@@ -498,7 +510,7 @@ async fn undrain_instance(
     let action = Action::UndrainInstance {
         instance: name.clone(),
     };
-    routed(&admin, &operator(&headers), &action, None, Some(&name))
+    routed(&admin, &operator(&headers), &action, None, Some(&name)).await
 }
 
 async fn eject(
@@ -509,7 +521,7 @@ async fn eject(
     let action = Action::EjectInstance {
         instance: name.clone(),
     };
-    routed(&admin, &operator(&headers), &action, None, Some(&name))
+    routed(&admin, &operator(&headers), &action, None, Some(&name)).await
 }
 
 async fn restore(
@@ -520,7 +532,7 @@ async fn restore(
     let action = Action::RestoreInstance {
         instance: name.clone(),
     };
-    routed(&admin, &operator(&headers), &action, None, Some(&name))
+    routed(&admin, &operator(&headers), &action, None, Some(&name)).await
 }
 
 async fn reset_budget(
@@ -531,5 +543,5 @@ async fn reset_budget(
     let action = Action::ResetBudget {
         tenant: name.clone(),
     };
-    changed(&admin, &name, &operator(&headers), &action)
+    changed(&admin, &name, &operator(&headers), &action).await
 }

@@ -399,6 +399,7 @@ impl Admission {
             month: PeriodView::from(&a.month),
             queued: 0,
             p99_ms: None,
+            changed: Vec::new(),
         })
     }
 

@@ -316,7 +316,12 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             .map(|l| l.saturating_sub(t.tokens_available.unwrap_or(l)));
         Row::new(vec![
             Cell::from(t.name.clone()),
-            Cell::from(t.tier.clone()),
+            // `*`: changed at run time, no longer the config file's.
+            Cell::from(if t.changed.iter().any(|c| c == "tier") {
+                format!("{}*", t.tier)
+            } else {
+                t.tier.clone()
+            }),
             Cell::from(if t.paused { "PAUSED" } else { "" }).style(Style::new().fg(Color::Red)),
             Cell::from(gauge(rpm_used.unwrap_or(0), t.limits.rpm)),
             Cell::from(gauge(tpm_used.unwrap_or(0), t.limits.tpm)),
@@ -335,6 +340,8 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                     .map(|p| format!("{p:.0}ms"))
                     .unwrap_or_else(|| "-".into()),
             ),
+            // What differs from the config file, set by an operator at run time.
+            Cell::from(t.changed.join(",")).style(Style::new().fg(Color::Yellow)),
         ])
     });
     let title = format!(
@@ -355,6 +362,7 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             Constraint::Length(6),
             Constraint::Length(9),
             Constraint::Length(7),
+            Constraint::Fill(1),
         ],
     )
     .header(
@@ -369,6 +377,7 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             "QUEUED",
             "IN FLIGHT",
             "P99",
+            "OVERRIDES",
         ])
         .style(Style::new().add_modifier(Modifier::BOLD)),
     )

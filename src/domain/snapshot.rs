@@ -106,6 +106,10 @@ pub struct TenantView {
     /// p99 of end-to-end latency over the tenant's last few hundred requests, milliseconds.
     #[serde(default)]
     pub p99_ms: Option<f64>,
+    /// What an operator changed at run time, differing from the config file: "tier",
+    /// "rpm", "paused", ….
+    #[serde(default)]
+    pub changed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ impl Gateway {
             .map(|mut t| {
                 t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
                 t.p99_ms = recent.get(&format!("tenant:{}", t.name)).map(|p| p.1);
+                t.changed = self.tenant_override(&t.name).changed();
                 t
             })
             .collect::<Vec<_>>();
@@ -90,9 +91,19 @@ impl Gateway {
     }
 
     /// Carries out an operator's action and records it; the answer says what happened.
-    pub fn act(&self, action: &Action, actor: &str) -> Result<String, String> {
+    pub async fn act(&self, action: &Action, actor: &str) -> Result<String, String> {
         let before = self.state_of(action);
-        let outcome = self.carry_out(action);
+        let mut outcome = self.carry_out(action);
+        // A change that lasts is kept before it is acknowledged.
+        if outcome.is_ok()
+            && self.remember(action)
+            && let Err(error) = self.keep_overrides().await
+        {
+            outcome = Err(format!(
+                "{} took effect but could not be kept, and will not survive a restart: {error}",
+                action.describe()
+            ));
+        }
         self.audit.record(AuditRecord {
             at_ms: crate::telemetry::now_ms(),
             kind: Some(AuditKind::Operator),

@@ -8,9 +8,11 @@
 
 mod accounting;
 mod control;
+mod keeping;
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,10 +28,12 @@ use crate::audit::Audit;
 use crate::auth::{AuthError, Keyring};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::domain::records::{KeyRecord, Overrides};
 use crate::domain::{Model, Tenant};
 use crate::providers::{SendError, SetupError, Upstreams};
 use crate::router::{Candidate, InFlight, Outcome, Router};
 use crate::scheduler::{Rejection, Scheduler};
+use crate::store::Store;
 use crate::streams::hub::Hub;
 use crate::streams::live::LiveStreams;
 use crate::telemetry::events::EventLog;
@@ -37,6 +41,7 @@ use crate::telemetry::latency::{Latency, Recent};
 use crate::telemetry::meter::Meter;
 
 pub use accounting::{CachedTicket, StreamAccount, Ticket, usage_of_answer};
+pub use keeping::{KeyError, NewKey};
 
 pub struct Gateway {
     config: Config,
@@ -54,6 +59,11 @@ pub struct Gateway {
     hub: Hub,
     cache: Arc<Cache>,
     audit: Arc<Audit>,
+    /// Where keys and overrides are kept; attached by the daemon.
+    store: OnceLock<Arc<dyn Store>>,
+    /// Keys made at run time, by id (revoked and expired ones included).
+    keys: Mutex<BTreeMap<String, KeyRecord>>,
+    overrides: Mutex<Overrides>,
     started: Instant,
 }
 
@@ -214,6 +224,9 @@ impl Gateway {
             hub: Hub::new(config.streams_keep, config.streams_max_lag),
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
+            store: OnceLock::new(),
+            keys: Mutex::default(),
+            overrides: Mutex::default(),
             started: Instant::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
             admission: Arc::new(Admission::new(&config.tiers, &config.tenants)),
