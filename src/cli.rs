@@ -83,6 +83,8 @@ enum Command {
     },
     /// Operate a running daemon through its admin API.
     Ctl(crate::ctl::CtlArgs),
+    /// Read a running daemon's audit log: requests and operator actions.
+    Audit(crate::records::AuditArgs),
     /// Measure the gateway's overhead: the same load straight to a mock, then through the gateway.
     Bench(crate::bench::BenchArgs),
 }
@@ -98,6 +100,8 @@ enum KeysCommand {
     /// Print the `sha256:...` hash of a key, for a tenant's `keys` in the config.
     /// Reads the key from standard input when it is not given.
     Hash { key: Option<String> },
+    #[command(flatten)]
+    Managed(crate::records::KeyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +173,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Hash { key },
         } => hash(key),
+        Command::Keys {
+            command: KeysCommand::Managed(command),
+        } => runtime()?.block_on(crate::records::keys(command)),
+        Command::Audit(args) => runtime()?.block_on(crate::records::audit(args)),
         Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
         Command::Up { config, read_only } => up(config, read_only),
         Command::Console {

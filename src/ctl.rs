@@ -14,17 +14,59 @@ use crate::admin::client::AdminClient;
 use crate::config::Config;
 use crate::domain::snapshot::CacheView;
 
+/// Where a running daemon's admin API is, and the token for it.
 #[derive(Debug, Args)]
-pub struct CtlArgs {
+pub struct AdminTarget {
     /// The admin API's URL, e.g. http://127.0.0.1:8081.
-    #[arg(long, env = "SWITCHYARD_ADMIN_URL")]
+    #[arg(long, env = "SWITCHYARD_ADMIN_URL", global = true)]
     url: Option<String>,
     /// The admin token; prefer the environment variable, which `ps` does not show.
-    #[arg(long)]
+    #[arg(long, global = true)]
     token: Option<String>,
     /// Configuration file to take the admin address and token variable from.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+}
+
+impl AdminTarget {
+    /// A client for the daemon, found through --url, SWITCHYARD_ADMIN_URL or the config
+    /// file's admin_listen, with the token from --token or the config's variable.
+    pub fn connect(&self) -> anyhow::Result<AdminClient> {
+        let config = match &self.config {
+            Some(path) => Some(
+                Config::load(path)
+                    .with_context(|| format!("{} is not a valid configuration", path.display()))?,
+            ),
+            None => None,
+        };
+        let url = self
+            .url
+            .clone()
+            .or_else(|| {
+                config
+                    .as_ref()
+                    .map(|c| format!("http://{}", c.admin.listen))
+            })
+            .unwrap_or_else(|| "http://127.0.0.1:8081".to_string());
+        let token_env = config
+            .as_ref()
+            .map(|c| c.admin.token_env.clone())
+            .unwrap_or_else(|| "SWITCHYARD_ADMIN_TOKEN".to_string());
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::env::var(&token_env).ok())
+            .filter(|t| !t.is_empty())
+            .with_context(|| format!("no admin token: set {token_env} or pass --token"))?;
+        let operator = std::env::var("USER").unwrap_or_else(|_| "ctl".into());
+        Ok(AdminClient::new(&url, &token, &operator)?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    target: AdminTarget,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -113,34 +155,7 @@ enum CacheCommand {
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
-        Some(path) => Some(
-            Config::load(path)
-                .with_context(|| format!("{} is not a valid configuration", path.display()))?,
-        ),
-        None => None,
-    };
-    let url = args
-        .url
-        .clone()
-        .or_else(|| {
-            config
-                .as_ref()
-                .map(|c| format!("http://{}", c.admin.listen))
-        })
-        .unwrap_or_else(|| "http://127.0.0.1:8081".to_string());
-    let token_env = config
-        .as_ref()
-        .map(|c| c.admin.token_env.clone())
-        .unwrap_or_else(|| "SWITCHYARD_ADMIN_TOKEN".to_string());
-    let token = args
-        .token
-        .clone()
-        .or_else(|| std::env::var(&token_env).ok())
-        .filter(|t| !t.is_empty())
-        .with_context(|| format!("no admin token: set {token_env} or pass --token"))?;
-    let operator = std::env::var("USER").unwrap_or_else(|_| "ctl".into());
-    let client = AdminClient::new(&url, &token, &operator)?;
+    let client = args.target.connect()?;
 
     let tenant_path = |name: &str, action: &str| format!("/admin/tenants/{name}/{action}");
     match args.command {

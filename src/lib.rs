@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod ledger;
 pub mod mock;
 pub mod providers;
+pub mod records;
 pub mod router;
 pub mod scheduler;
 pub mod store;

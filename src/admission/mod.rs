@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use bucket::Bucket;
-pub use period::{Period, PeriodKey};
+pub use period::{Period, PeriodKey, utc_text};
 
 pub use crate::domain::snapshot::{PeriodView, TenantView};
 

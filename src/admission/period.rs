@@ -55,17 +55,36 @@ fn secs(now: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Year and month (1-12) of a day number (Howard Hinnant's civil-from-days).
+/// Year and month (1-12) of a day number.
 fn civil_month(days: u64) -> (u32, u32) {
+    let (year, month, _) = civil_date(days);
+    (year, month)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, for milliseconds since the epoch.
+pub fn utc_text(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (year, month, day) = civil_date(secs / 86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Year, month (1-12) and day (1-31) of a day number (Howard Hinnant's civil-from-days).
+fn civil_date(days: u64) -> (u32, u32, u32) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as u32, month as u32)
+    (year as u32, month as u32, day as u32)
 }
 
 /// Day number of the first day of a month.
@@ -117,6 +136,13 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn times_print_as_utc_dates() {
+        assert_eq!(utc_text(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_text(1_795_896_000_000), "2026-11-28 20:00:00");
+        assert_eq!(utc_text(951_782_400_000), "2000-02-29 00:00:00");
     }
 
     #[test]
