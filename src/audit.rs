@@ -1,11 +1,10 @@
 //! The audit log: one record per request (answered or refused) and per operator action,
 //! handed to a channel on the request path and written to the store in batches by a
 //! writer task, which also flushes every `audit.flush_interval` and applies retention
-//! (age and size) every minute. The most recent records stay in memory for the console.
+//! (age and size) every minute.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -16,17 +15,17 @@ use crate::domain::records::AuditRecord;
 use crate::store::{Store, StoreError};
 use crate::telemetry::now_ms;
 
-/// Records kept in memory for snapshots.
-const RECENT: usize = 200;
 /// Records written to the store in one batch at most.
 const BATCH: usize = 4096;
+/// How long the writer gathers records before a write: few large batches cost far less
+/// (one hand-off to a blocking thread, one sled batch) than many small ones.
+const GATHER: Duration = Duration::from_millis(25);
 /// How often retention runs.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Audit {
     policy: AuditPolicy,
     records: OnceLock<mpsc::UnboundedSender<AuditRecord>>,
-    recent: Mutex<VecDeque<AuditRecord>>,
     queued: AtomicU64,
     written: AtomicU64,
 }
@@ -36,7 +35,6 @@ impl Audit {
         Audit {
             policy,
             records: OnceLock::new(),
-            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             queued: AtomicU64::new(0),
             written: AtomicU64::new(0),
         }
@@ -51,30 +49,11 @@ impl Audit {
         if !self.policy.enabled {
             return;
         }
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(record.clone());
-        }
         if let Some(records) = self.records.get()
             && records.send(record).is_ok()
         {
             self.queued.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// The most recent records, oldest first.
-    pub fn recent(&self, limit: usize) -> Vec<AuditRecord> {
-        self.recent
-            .lock()
-            .map(|r| {
-                r.iter()
-                    .skip(r.len().saturating_sub(limit))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Records handed over and not yet written.
@@ -125,6 +104,15 @@ impl Writer {
                     n = records.recv_many(&mut batch, BATCH) => {
                         if n == 0 {
                             return;
+                        }
+                        if batch.len() < BATCH {
+                            tokio::time::sleep(GATHER).await;
+                            while batch.len() < BATCH {
+                                match records.try_recv() {
+                                    Ok(record) => batch.push(record),
+                                    Err(_) => break,
+                                }
+                            }
                         }
                         write(&audit, &store, std::mem::take(&mut batch), false).await;
                         dirty = true;

@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// answers them from its cache, so this measures a cache hit against the upstream.
     #[arg(long)]
     pub cached: bool,
+    /// Run the in-process gateway with the audit log off, to measure what it costs.
+    #[arg(long)]
+    pub no_audit: bool,
     /// Tokens in each answer (in-process mock only).
     #[arg(long, default_value_t = 16)]
     pub answer_tokens: u32,
@@ -89,6 +92,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .await
                 .context("cannot start the mock upstream")?;
             let mut config = Config::from_toml(&bench_config(&mock.url(), &args.model))?;
+            config.audit.enabled = !args.no_audit;
             config.server.data_dir = bench_dir.clone();
             let daemon = Daemon::start(config).await?;
             let urls = (mock.url(), format!("{}/v1", daemon.url()));
