@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::admin::client::AdminClient;
+use crate::domain::records::{AuditQuery, AuditRecord};
 use crate::domain::snapshot::{Action, Snapshot};
 use crate::gateway::Gateway;
 
@@ -37,12 +38,15 @@ pub enum Link {
 }
 
 pub type Acted<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+pub type Audited<'a> = Pin<Box<dyn Future<Output = Result<Vec<AuditRecord>, String>> + Send + 'a>>;
 
 pub trait Control: Send + Sync + 'static {
     /// Starts feeding snapshots and link changes; the feed stops when the receiver drops.
     fn subscribe(&self) -> mpsc::Receiver<Feed>;
     /// Carries out an action; the answer says what happened, or why not.
     fn act(&self, action: Action) -> Acted<'_>;
+    /// Reads the audit log.
+    fn audit(&self, query: AuditQuery) -> Audited<'_>;
     /// Where the gateway is, for the console's title.
     fn describe(&self) -> String;
 }
@@ -94,6 +98,15 @@ impl Control for InProcess {
 
     fn act(&self, action: Action) -> Acted<'_> {
         Box::pin(async move { self.gateway.act(&action, &self.operator).await })
+    }
+
+    fn audit(&self, query: AuditQuery) -> Audited<'_> {
+        Box::pin(async move {
+            self.gateway
+                .read_audit(query)
+                .await
+                .map_err(|e| format!("the audit log cannot be read: {e}"))
+        })
     }
 
     fn describe(&self) -> String {
@@ -163,6 +176,17 @@ impl Control for Remote {
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(reply["ok"].as_str().unwrap_or("done").to_string())
+        })
+    }
+
+    fn audit(&self, query: AuditQuery) -> Audited<'_> {
+        Box::pin(async move {
+            let mut path = format!("/admin/audit?limit={}", query.limit);
+            if let Some(since) = query.since_ms {
+                path.push_str(&format!("&since={since}"));
+            }
+            let reply = self.client.get(&path).await.map_err(|e| e.to_string())?;
+            serde_json::from_value(reply["records"].clone()).map_err(|e| e.to_string())
         })
     }
 

@@ -367,6 +367,47 @@ fn purging_the_cache_asks_first_and_names_what_goes() {
 }
 
 #[test]
+fn the_events_view_switches_to_the_audit_log() {
+    let mut model = model_with_fixture();
+    key(&mut model, "7");
+    assert_eq!(key(&mut model, "a"), [Cmd::ReadAudit]);
+    let record = |at_ms, status, tenant: &str| switchyard::domain::records::AuditRecord {
+        at_ms,
+        kind: Some(switchyard::domain::records::AuditKind::Request),
+        tenant: Some(tenant.into()),
+        status: Some(status),
+        model: Some("gpt-4o-mini".into()),
+        prompt_tokens: Some(12),
+        completion_tokens: Some(30),
+        latency_ms: Some(410),
+        instance: Some("us-east-a".into()),
+        ..Default::default()
+    };
+    update(
+        &mut model,
+        Msg::Audit(Ok(vec![
+            record(1_795_895_990_000, 200, "acme"),
+            record(1_795_895_995_000, 429, "initech"),
+        ])),
+    );
+    let screen = draw(&model);
+    assert!(screen.contains("audit log, newest first"), "{screen}");
+    let newest = screen.find("initech 429").unwrap();
+    let older = screen
+        .find("acme 200 gpt-4o-mini 12+30 tokens 410ms via us-east-a")
+        .unwrap();
+    assert!(newest < older, "newest first: {screen}");
+    // Every other snapshot asks again; `a` goes back to the events.
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    let cmds = update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    assert_eq!(cmds, [Cmd::ReadAudit]);
+    key(&mut model, "a");
+    assert!(draw(&model).contains("events, newest first"));
+    let cmds = update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    assert!(cmds.is_empty());
+}
+
+#[test]
 fn the_command_line_parses_tier_and_limits() {
     let mut model = model_with_fixture();
     command(&mut model, "tier globex enterprise");
@@ -482,6 +523,32 @@ async fn console_actions_change_routing_and_admission_through_the_admin_api() {
         })
         .await;
     assert!(refused.unwrap_err().contains("gold"));
+
+    // The audit log through the same control: the requests and alice's actions.
+    let records = remote
+        .audit(switchyard::domain::records::AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let lines: Vec<String> = records.iter().map(|r| r.summary()).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("operator alice: us-east is draining")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("operator alice: move tenant-a to tier gold refused")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("request  tenant-a 403")),
+        "{lines:#?}"
+    );
 
     // The snapshot feed shows it, and the event log names who did it.
     let mut feed = remote.subscribe();

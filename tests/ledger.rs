@@ -615,3 +615,40 @@ async fn after_kill_9_budgets_audit_keys_and_overrides_are_all_there() {
     assert_eq!(chat(revoked_key).await.unwrap().status(), 401);
     assert_eq!(chat(kept_key).await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn retention_drops_records_older_than_keep() {
+    let us = quick_mock().spawn_local().await.unwrap();
+    let toml = config_for(&[("us-east", us.url())], "") + "\n[audit]\nkeep = \"400ms\"\n";
+    let gw = TestGateway::from_toml(&toml).await;
+    for _ in 0..3 {
+        gw.chat(KEY_A, &hello("gpt-4o-mini"))
+            .await
+            .text()
+            .await
+            .unwrap();
+    }
+    assert_eq!(audit(&gw, "kind=request").await.len(), 3);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Retention runs when the writer starts, and every minute after.
+    let data = gw.stop().await;
+    let gw = TestGateway::from_toml_in(&toml, data).await;
+    gw.chat(KEY_A, &hello("gpt-4o-mini"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = audit(&gw, "kind=request").await;
+        if left.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        left.len(),
+        1,
+        "only the record made after the restart is left"
+    );
+}

@@ -28,6 +28,7 @@ pub enum Does {
     Kill,
     Tail,
     Window,
+    Audit,
 }
 
 pub struct Binding {
@@ -44,6 +45,7 @@ const REGIONS: &[View] = &[View::Regions];
 const TENANTS: &[View] = &[View::Tenants];
 const STREAMS: &[View] = &[View::Streams];
 const LATENCY: &[View] = &[View::Latency];
+const EVENTS: &[View] = &[View::Events];
 
 pub const KEYMAP: &[Binding] = &[
     Binding {
@@ -248,6 +250,13 @@ pub const KEYMAP: &[Binding] = &[
         help: "latency window: 10 s, 1 m, 5 m",
         views: Some(LATENCY),
         does: Does::Window,
+    },
+    Binding {
+        keys: &["a"],
+        label: "a",
+        help: "audit log: switch between events and audit records",
+        views: Some(EVENTS),
+        does: Does::Audit,
     },
 ];
 

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::control::Control;
+use crate::domain::records::AuditQuery;
 use model::{Cmd, Model, Msg};
 
 /// Frames per second at most.
@@ -71,6 +72,7 @@ async fn run_loop(
     let mut feed = control.subscribe();
     let (key_sender, mut keys) = mpsc::channel::<String>(64);
     let (acted_sender, mut acted) = mpsc::channel::<Result<String, String>>(16);
+    let (audited_sender, mut audited) = mpsc::channel(4);
 
     // Terminal input is blocking: read it on its own thread.
     let reader = tokio::task::spawn_blocking(move || {
@@ -106,6 +108,7 @@ async fn run_loop(
             biased;
             Some(key) = keys.recv() => Msg::Key(key),
             Some(result) = acted.recv() => Msg::Acted(result),
+            Some(records) = audited.recv() => Msg::Audit(records),
             Some(item) = feed.recv() => {
                 if matches!(item, crate::control::Feed::Snapshot(_)) {
                     last_snapshot = Instant::now();
@@ -131,6 +134,18 @@ async fn run_loop(
                     let sender = acted_sender.clone();
                     tokio::spawn(async move {
                         let _ = sender.send(control.act(action).await).await;
+                    });
+                }
+                Cmd::ReadAudit => {
+                    let control = control.clone();
+                    let sender = audited_sender.clone();
+                    tokio::spawn(async move {
+                        let query = AuditQuery {
+                            since_ms: None,
+                            limit: model::AUDIT_ROWS,
+                            ..AuditQuery::default()
+                        };
+                        let _ = sender.send(control.audit(query).await).await;
                     });
                 }
             }

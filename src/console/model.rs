@@ -4,6 +4,7 @@
 
 use crate::control::{Feed, Link};
 use crate::domain::Limits;
+use crate::domain::records::AuditRecord;
 use crate::domain::snapshot::{Action, Snapshot};
 
 use super::keys::{self, Does};
@@ -122,6 +123,11 @@ pub struct Model {
     pub dispatch_rates: Vec<(String, f64)>,
     /// Where the gateway is, for the title.
     pub target: String,
+    /// The Events view shows the audit log instead of the event log (`a`): the newest
+    /// records, refreshed every few snapshots.
+    pub audit: Option<Vec<AuditRecord>>,
+    /// Snapshots since the audit log was last asked for.
+    pub audit_age: u32,
     pub quit: bool,
 }
 
@@ -131,6 +137,8 @@ pub enum Msg {
     Feed(Feed),
     /// What an action came to.
     Acted(Result<String, String>),
+    /// The audit log's newest records, or why they could not be read.
+    Audit(Result<Vec<AuditRecord>, String>),
     /// Seconds since the last snapshot, checked on every frame tick.
     Silence(u64),
 }
@@ -138,7 +146,14 @@ pub enum Msg {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cmd {
     Act(Action),
+    /// Read the newest audit records.
+    ReadAudit,
 }
+
+/// Audit records the Events view shows at most.
+pub const AUDIT_ROWS: usize = 500;
+/// Snapshots between two reads of the audit log while it is shown.
+const AUDIT_EVERY: u32 = 2;
 
 /// A row of the Regions view: a region, or one of its instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +184,8 @@ impl Model {
             window: "1m",
             dispatch_rates: Vec::new(),
             target: target.to_string(),
+            audit: None,
+            audit_age: 0,
             quit: false,
         }
     }
@@ -249,6 +266,12 @@ impl Model {
     }
 
     pub fn event_rows(&self) -> Vec<usize> {
+        if let Some(records) = &self.audit {
+            return (0..records.len())
+                .rev()
+                .filter(|i| self.matches(&records[*i].summary()))
+                .collect();
+        }
         let Some(s) = &self.snapshot else {
             return Vec::new();
         };
@@ -401,6 +424,22 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
                 model.snapshot = Some(*snapshot);
                 clamp_selection(model);
             }
+            model.audit_age += 1;
+            if model.audit.is_some() && model.audit_age >= AUDIT_EVERY && !model.paused {
+                model.audit_age = 0;
+                return vec![Cmd::ReadAudit];
+            }
+            Vec::new()
+        }
+        Msg::Audit(Ok(records)) => {
+            if model.audit.is_some() {
+                model.audit = Some(records);
+                clamp_selection(model);
+            }
+            Vec::new()
+        }
+        Msg::Audit(Err(why)) => {
+            model.flash(why, true);
             Vec::new()
         }
         Msg::Feed(Feed::Link(link)) => {
@@ -623,6 +662,17 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
         }
         Does::Tail => {
             model.tailing = model.selected_stream();
+        }
+        Does::Audit => {
+            if model.audit.take().is_none() {
+                model.audit = Some(Vec::new());
+                model.audit_age = 0;
+                model.flash("the audit log: requests and operator actions", false);
+                clamp_selection(model);
+                return vec![Cmd::ReadAudit];
+            }
+            model.flash("the event log", false);
+            clamp_selection(model);
         }
         Does::Window => {
             model.window = match model.window {

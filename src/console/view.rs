@@ -13,6 +13,7 @@ use ratatui::widgets::{
 use super::keys::{self, KEYMAP};
 use super::model::{Mode, Model, RegionRow, View, human_bytes};
 use crate::control::Link;
+use crate::domain::records::AuditRecord;
 use crate::domain::snapshot::{EventKind, Snapshot};
 
 const ACCENT: Color = Color::Cyan;
@@ -676,12 +677,22 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 
 fn events(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let selected = model.selected[6];
+    let (title, line_of): (&str, Box<dyn Fn(usize) -> Line<'static>>) = match &model.audit {
+        Some(records) => (
+            "audit log, newest first (a: events)",
+            Box::new(move |i| audit_line(&records[i])),
+        ),
+        None => (
+            "events, newest first (a: audit log)",
+            Box::new(|i| event_line(&s.events[i])),
+        ),
+    };
     let lines: Vec<Line> = model
         .event_rows()
         .into_iter()
         .enumerate()
         .map(|(n, i)| {
-            let line = event_line(&s.events[i]);
+            let line = line_of(i);
             if n == selected {
                 line.style(SELECTED)
             } else {
@@ -689,10 +700,28 @@ fn events(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             }
         })
         .collect();
-    frame.render_widget(
-        Paragraph::new(lines).block(block("events, newest first")),
-        area,
+    frame.render_widget(Paragraph::new(lines).block(block(title)), area);
+}
+
+fn audit_line(r: &AuditRecord) -> Line<'static> {
+    let secs = r.at_ms / 1000;
+    let clock = format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
     );
+    let color = match r.status {
+        Some(s) if s >= 500 => Color::Red,
+        Some(s) if s >= 400 => Color::Yellow,
+        None => ACCENT,
+        _ => Color::Reset,
+    };
+    Line::from(vec![
+        Span::styled(clock, Style::new().fg(Color::DarkGray)),
+        Span::raw(" "),
+        Span::styled(r.summary(), Style::new().fg(color)),
+    ])
 }
 
 /// Renders a table with the selected row highlighted and scrolled into view.

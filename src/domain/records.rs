@@ -141,6 +141,45 @@ pub struct AuditRecord {
     pub outcome: Option<String>,
 }
 
+impl AuditRecord {
+    /// One line for a person: what happened, to whom, how it ended.
+    pub fn summary(&self) -> String {
+        if self.kind == Some(AuditKind::Operator) {
+            return format!(
+                "operator {}: {}",
+                self.actor.as_deref().unwrap_or("?"),
+                self.outcome.as_deref().unwrap_or("")
+            );
+        }
+        let mut line = format!(
+            "request  {} {} {}",
+            self.tenant.as_deref().unwrap_or("(no tenant)"),
+            self.status.map_or("-".into(), |s| s.to_string()),
+            self.model.as_deref().unwrap_or("-"),
+        );
+        if let Some(error) = &self.error {
+            line.push_str(&format!(" {error}"));
+        }
+        if let (Some(p), Some(c)) = (self.prompt_tokens, self.completion_tokens) {
+            let estimated = if self.estimated == Some(true) {
+                " (estimated)"
+            } else {
+                ""
+            };
+            line.push_str(&format!(" {p}+{c} tokens{estimated}"));
+        }
+        if let Some(ms) = self.latency_ms {
+            line.push_str(&format!(" {ms}ms"));
+        }
+        if self.cache.as_deref() == Some("hit") {
+            line.push_str(" cache hit");
+        } else if let Some(instance) = &self.instance {
+            line.push_str(&format!(" via {instance}"));
+        }
+        line
+    }
+}
+
 /// Which audit records to read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditQuery {

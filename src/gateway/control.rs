@@ -115,7 +115,7 @@ impl Gateway {
             after: self.state_of(action),
             outcome: Some(match &outcome {
                 Ok(done) => done.clone(),
-                Err(why) => format!("refused: {why}"),
+                Err(why) => format!("{} refused: {why}", action.describe()),
             }),
             ..AuditRecord::default()
         });
