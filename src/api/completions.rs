@@ -47,7 +47,8 @@ async fn proxy(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = tokio::time::Instant::now();
-    let mut record = Some(AuditRecord {
+    // The audit record, filled as the request goes (none when the audit log is off).
+    let mut record = gateway.audit().policy().enabled.then(|| AuditRecord {
         at_ms: crate::telemetry::now_ms(),
         kind: Some(AuditKind::Request),
         request_id: Some(id.0.to_string()),
