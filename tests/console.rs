@@ -719,6 +719,16 @@ async fn an_operator_kills_a_live_stream_and_its_client_is_told() {
         )
         .await;
     assert_eq!(again.status(), 400, "the stream is gone");
+    // The audit record of the stream says how it ended, and the kill names its stream.
+    let audit: serde_json::Value = gw
+        .admin(Method::GET, "/admin/audit?kind=request", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stream = &audit["records"][0];
+    assert_eq!(stream["stream"], true);
+    assert_eq!(stream["error"], "stream_killed", "{audit}");
 }
 
 #[test]

@@ -160,6 +160,8 @@ pub struct StreamAccount {
     meter: Arc<Meter>,
     timing: Option<Timing>,
     audit: Option<Audited>,
+    /// The error code the relay ended the stream with, if it did.
+    ended_with: Option<&'static str>,
 }
 
 /// The audit record a stream writes when it ends.
@@ -198,6 +200,7 @@ impl StreamAccount {
             meter,
             timing: None,
             audit: None,
+            ended_with: None,
         }
     }
 
@@ -251,6 +254,10 @@ impl StreamAccount {
 }
 
 impl Watch for StreamAccount {
+    fn ended_with(&mut self, code: &'static str) {
+        self.ended_with = Some(code);
+    }
+
     fn events(&mut self, events: &[u8]) {
         for data in data_payloads(events) {
             let Ok(chunk) = serde_json::from_slice::<ChunkView<'_>>(data) else {
@@ -303,6 +310,7 @@ impl Drop for StreamAccount {
         }) = self.audit.take()
         {
             record.status = Some(200);
+            record.error = self.ended_with.map(str::to_string);
             record.tokens_reserved = Some(reserved);
             record.prompt_tokens = Some(usage.prompt_tokens);
             record.completion_tokens = Some(usage.completion_tokens);

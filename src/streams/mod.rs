@@ -94,6 +94,8 @@ fn events_contain_done(events: &[u8]) -> bool {
 /// is where it settles whatever it accounts for.
 pub trait Watch: Send + 'static {
     fn events(&mut self, events: &[u8]);
+    /// The relay ended the stream with an error event carrying `code`.
+    fn ended_with(&mut self, _code: &'static str) {}
 }
 
 impl Watch for () {
@@ -209,6 +211,7 @@ where
                     next = relay.upstream.next() => next,
                     cut = &mut relay.cut => {
                         relay.finished = true;
+                        relay.watch.ended_with(cut.code);
                         tracing::warn!(request_id = %relay.request_id, upstream = %relay.describe, code = cut.code, "stream cut");
                         return Some((Ok(error_frame(&cut.message, cut.code)), relay));
                     }
@@ -242,6 +245,7 @@ where
                     "the upstream {} failed mid-stream ({failure}); the answer is incomplete",
                     relay.describe
                 );
+                relay.watch.ended_with("upstream_stream_error");
                 return Some((Ok(error_frame(&message, "upstream_stream_error")), relay));
             }
         },
