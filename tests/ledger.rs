@@ -21,6 +21,10 @@ async fn admin_json(
     (status, reply.json().await.unwrap_or(Value::Null))
 }
 
+async fn admin_post(gw: &TestGateway, path: &str, body: Value) -> (u16, Value) {
+    admin_json(gw, reqwest::Method::POST, path, Some(body)).await
+}
+
 async fn audit(gw: &TestGateway, query: &str) -> Vec<Value> {
     let (status, body) = admin_json(
         gw,
@@ -38,11 +42,10 @@ async fn keys_are_made_rotated_and_revoked_at_run_time_and_survive_a_restart() {
     let us = quick_mock().spawn_local().await.unwrap();
     let toml = config_for(&[("us-east", us.url())], "");
     let gw = TestGateway::from_toml(&toml).await;
-    let (status, made) = admin_json(
+    let (status, made) = admin_post(
         &gw,
-        reqwest::Method::POST,
         "/admin/keys",
-        Some(json!({ "tenant": "tenant-a", "name": "ci", "expires": "1h" })),
+        json!({ "tenant": "tenant-a", "name": "ci", "expires": "1h" }),
     )
     .await;
     assert_eq!(status, 201, "{made}");
@@ -63,21 +66,14 @@ async fn keys_are_made_rotated_and_revoked_at_run_time_and_survive_a_restart() {
     let text = listed.to_string();
     assert!(text.contains(&id) && text.contains("\"active\""));
     assert!(!text.contains(&key) && !text.contains("sha256:"), "{text}");
-    let (status, _) = admin_json(
-        &gw,
-        reqwest::Method::POST,
-        "/admin/keys",
-        Some(json!({ "tenant": "nobody" })),
-    )
-    .await;
+    let (status, _) = admin_post(&gw, "/admin/keys", json!({ "tenant": "nobody" })).await;
     assert_eq!(status, 404);
 
     // Rotation with a grace: both work, then only the new one.
-    let (status, rotated) = admin_json(
+    let (status, rotated) = admin_post(
         &gw,
-        reqwest::Method::POST,
         &format!("/admin/keys/{id}/rotate"),
-        Some(json!({ "grace": "300ms" })),
+        json!({ "grace": "300ms" }),
     )
     .await;
     assert_eq!(status, 201, "{rotated}");
@@ -94,37 +90,19 @@ async fn keys_are_made_rotated_and_revoked_at_run_time_and_survive_a_restart() {
     assert!(error["message"].as_str().unwrap().contains(&id));
 
     // A second key, revoked: it stops at once.
-    let (_, other) = admin_json(
-        &gw,
-        reqwest::Method::POST,
-        "/admin/keys",
-        Some(json!({ "tenant": "tenant-b" })),
-    )
-    .await;
+    let (_, other) = admin_post(&gw, "/admin/keys", json!({ "tenant": "tenant-b" })).await;
     let other_key = other["key"].as_str().unwrap().to_string();
     let other_id = other["id"].as_str().unwrap().to_string();
     assert_eq!(
         gw.chat(&other_key, &hello("gpt-4o-mini")).await.status(),
         200
     );
-    let (status, _) = admin_json(
-        &gw,
-        reqwest::Method::POST,
-        &format!("/admin/keys/{other_id}/revoke"),
-        None,
-    )
-    .await;
+    let (status, _) = admin_post(&gw, &format!("/admin/keys/{other_id}/revoke"), json!({})).await;
     assert_eq!(status, 200);
     let refused = gw.chat(&other_key, &hello("gpt-4o-mini")).await;
     assert_eq!(refused.status(), 401);
     assert_eq!(error_of(refused).await["code"], "invalid_api_key");
-    let (status, _) = admin_json(
-        &gw,
-        reqwest::Method::POST,
-        &format!("/admin/keys/{other_id}/revoke"),
-        None,
-    )
-    .await;
+    let (status, _) = admin_post(&gw, &format!("/admin/keys/{other_id}/revoke"), json!({})).await;
     assert_eq!(status, 409, "revoking twice says so");
 
     // The audit names the key, never the key itself.
@@ -335,7 +313,7 @@ async fn operator_overrides_survive_a_restart_and_show_as_overrides() {
         ("/admin/tenants/tenant-b/pause", json!({})),
         ("/admin/regions/us-east/drain", json!({})),
     ] {
-        let (status, body) = admin_json(&gw, reqwest::Method::POST, path, Some(body)).await;
+        let (status, body) = admin_post(&gw, path, body).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
     let data = gw.stop().await;
@@ -357,11 +335,10 @@ async fn operator_overrides_survive_a_restart_and_show_as_overrides() {
     );
 
     // Putting a value back to the file's clears the override.
-    let (status, _) = admin_json(
+    let (status, _) = admin_post(
         &gw,
-        reqwest::Method::POST,
         "/admin/tenants/tenant-a/tier",
-        Some(json!({ "tier": "pro" })),
+        json!({ "tier": "pro" }),
     )
     .await;
     assert_eq!(status, 200);
@@ -370,21 +347,9 @@ async fn operator_overrides_survive_a_restart_and_show_as_overrides() {
 
 #[tokio::test]
 async fn a_tenant_cannot_reach_across_by_id() {
-    let us = MockUpstream::builder()
-        .ttft(Duration::ZERO)
-        .tokens_per_sec(0.0)
-        .answer_tokens(5)
-        .spawn_local()
-        .await
-        .unwrap();
+    let us = quick_mock().spawn_local().await.unwrap();
     let gw = TestGateway::with_regions(&[("us-east", &us)]).await;
-    let (_, made) = admin_json(
-        &gw,
-        reqwest::Method::POST,
-        "/admin/keys",
-        Some(json!({ "tenant": "tenant-a" })),
-    )
-    .await;
+    let (_, made) = admin_post(&gw, "/admin/keys", json!({ "tenant": "tenant-a" })).await;
     let key_id = made["id"].as_str().unwrap().to_string();
     let origin = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
     let stream_id = header(&origin, "x-switchyard-stream-id").to_string();
@@ -436,16 +401,6 @@ async fn a_tenant_cannot_reach_across_by_id() {
     // The key is still there and working: nothing above reached it.
     let (_, listed) = admin_json(&gw, reqwest::Method::GET, "/admin/keys", None).await;
     assert_eq!(listed["keys"][0]["state"], "active");
-}
-
-use switchyard::mock::MockUpstream;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A `switchyard serve` process, killed with SIGKILL when dropped.

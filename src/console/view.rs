@@ -255,14 +255,19 @@ fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(lines).block(block("latest events")), bottom);
 }
 
-fn event_line(e: &crate::domain::snapshot::Event) -> Line<'static> {
-    let secs = e.at_ms / 1000;
-    let clock = format!(
+/// `HH:MM:SS` (UTC) of milliseconds since the epoch.
+fn clock(at_ms: u64) -> String {
+    let secs = at_ms / 1000;
+    format!(
         "{:02}:{:02}:{:02}",
         (secs / 3600) % 24,
         (secs / 60) % 60,
         secs % 60
-    );
+    )
+}
+
+fn event_line(e: &crate::domain::snapshot::Event) -> Line<'static> {
+    let clock = clock(e.at_ms);
     let (kind, color) = match e.kind {
         EventKind::Routing => ("routing ", Color::Yellow),
         EventKind::Operator => ("operator", ACCENT),
@@ -704,13 +709,7 @@ fn events(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 }
 
 fn audit_line(r: &AuditRecord) -> Line<'static> {
-    let secs = r.at_ms / 1000;
-    let clock = format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    );
+    let clock = clock(r.at_ms);
     let color = match r.status {
         Some(s) if s >= 500 => Color::Red,
         Some(s) if s >= 400 => Color::Yellow,

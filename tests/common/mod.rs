@@ -20,6 +20,15 @@ pub fn quick_mock() -> MockUpstream {
         .answer_tokens(8)
 }
 
+/// A port nothing listens on now, for a process that must be told its address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
