@@ -235,6 +235,7 @@ fn fixture() -> Snapshot {
                 hits: 7_000,
             }],
         },
+        audit: AuditView::default(),
     }
 }
 
@@ -633,6 +634,11 @@ async fn the_admin_api_refuses_a_missing_or_wrong_token_and_tenant_keys() {
         .await
         .unwrap();
     assert!(metrics.contains("switchyard_requests_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("switchyard_cache_lookups_total{result=\"bypass\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchyard_audit_backlog "), "{metrics}");
     assert!(
         metrics.contains(
             "switchyard_instance_up{region=\"us-east\",instance=\"us-east-a\",state=\"healthy\"} 1"

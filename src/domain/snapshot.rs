@@ -27,6 +27,18 @@ pub struct Snapshot {
     pub errors_by_code: Vec<(String, u64)>,
     #[serde(default)]
     pub cache: CacheView,
+    #[serde(default)]
+    pub audit: AuditView,
+}
+
+/// The audit log's writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditView {
+    pub enabled: bool,
+    /// Records written since start.
+    pub written: u64,
+    /// Records handed over and not yet written.
+    pub backlog: u64,
 }
 
 /// The response cache: what it holds and what it did since start.

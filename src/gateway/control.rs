@@ -9,7 +9,7 @@ use crate::admission::ControlError;
 use crate::domain::Limits;
 use crate::domain::records::{AuditKind, AuditRecord};
 use crate::domain::snapshot::answers;
-use crate::domain::snapshot::{Action, EventKind, Snapshot, Totals};
+use crate::domain::snapshot::{Action, AuditView, EventKind, Snapshot, Totals};
 use crate::router::RouteControlError;
 
 impl Gateway {
@@ -64,6 +64,11 @@ impl Gateway {
             latency: self.latency.views(),
             errors_by_code: self.meter.codes(),
             cache: self.cache.view(),
+            audit: AuditView {
+                enabled: self.audit.policy().enabled,
+                written: self.audit.written(),
+                backlog: self.audit.backlog(),
+            },
         }
     }
 

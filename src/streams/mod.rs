@@ -182,7 +182,7 @@ where
     W: Watch,
     C: std::future::Future<Output = Cut> + Send + 'static,
 {
-    struct Relay<S, W> {
+    struct Relay<S, W: Watch> {
         upstream: S,
         framer: SseFramer,
         finished: bool,
@@ -190,6 +190,15 @@ where
         cut: std::pin::Pin<Box<dyn std::future::Future<Output = Cut> + Send>>,
         describe: String,
         request_id: String,
+    }
+
+    impl<S, W: Watch> Drop for Relay<S, W> {
+        fn drop(&mut self) {
+            // Dropped before the end: nobody listened any more and the relay was aborted.
+            if !self.finished && !self.framer.done() {
+                self.watch.ended_with("stream_cancelled");
+            }
+        }
     }
 
     futures_util::stream::unfold(

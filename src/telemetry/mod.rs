@@ -133,6 +133,18 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
             .map(|(code, n)| (format!("{{code=\"{code}\"}}"), *n as f64))
             .collect(),
     );
+    metric(
+        "audit_records_written_total",
+        "counter",
+        "Audit records written to the database.",
+        vec![(String::new(), s.audit.written as f64)],
+    );
+    metric(
+        "audit_backlog",
+        "gauge",
+        "Audit records waiting to be written; growing means the disk cannot keep up.",
+        vec![(String::new(), s.audit.backlog as f64)],
+    );
     let c = &s.cache;
     metric(
         "cache_lookups_total",
