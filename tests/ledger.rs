@@ -343,6 +343,9 @@ async fn operator_overrides_survive_a_restart_and_show_as_overrides() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(gw.tenant("tenant-a").await["changed"], json!(["rpm"]));
+    let (status, _) = admin_post(&gw, "/admin/tenants/tenant-b/resume", json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(gw.tenant("tenant-b").await["changed"], json!([]));
 }
 
 #[tokio::test]

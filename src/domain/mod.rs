@@ -59,6 +59,30 @@ impl Limits {
         }
     }
 
+    /// These run-time overrides after `change`, where a value equal to the file's
+    /// (`file`) is no override at all.
+    pub fn apply_change(&self, change: &Limits, file: &Limits) -> Limits {
+        let mut out = *self;
+        macro_rules! each {
+            ($($field:ident),*) => {$(
+                if change.$field.is_some() {
+                    out.$field = change.$field.filter(|_| change.$field != file.$field);
+                }
+            )*};
+        }
+        each!(
+            rpm,
+            tpm,
+            max_concurrency,
+            daily_tokens,
+            monthly_tokens,
+            daily_usd,
+            monthly_usd,
+            max_tokens_cap
+        );
+        out
+    }
+
     /// The names of the limits that are set.
     pub fn set_fields(&self) -> Vec<&'static str> {
         [

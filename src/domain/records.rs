@@ -294,6 +294,24 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_put_back_to_the_files_value_is_no_override() {
+        let file = Limits {
+            rpm: Some(600),
+            ..Limits::default()
+        };
+        let set = |rpm, tpm| Limits {
+            rpm,
+            tpm,
+            ..Limits::default()
+        };
+        let changed = Limits::default().apply_change(&set(Some(10), Some(5_000)), &file);
+        assert_eq!(changed.set_fields(), ["rpm", "tpm"]);
+        let back = changed.apply_change(&set(Some(600), None), &file);
+        assert_eq!(back.set_fields(), ["tpm"]);
+        assert_eq!(back.tpm, Some(5_000));
+    }
+
+    #[test]
     fn a_key_stops_at_revocation_or_expiry() {
         let mut key = KeyRecord {
             id: "key_1".into(),

@@ -314,8 +314,9 @@ impl Gateway {
                 entry.tier = (file_tier(tenant).as_deref() != Some(tier)).then(|| tier.clone());
             }
             Action::SetLimits { tenant, limits } => {
+                let file = self.file_limits(tenant);
                 let entry = overrides.tenants.entry(tenant.clone()).or_default();
-                entry.limits = entry.limits.overlay(limits);
+                entry.limits = entry.limits.apply_change(limits, &file);
             }
             Action::PauseTenant { tenant } | Action::ResumeTenant { tenant } => {
                 let entry = overrides.tenants.entry(tenant.clone()).or_default();
@@ -341,6 +342,18 @@ impl Gateway {
         }
         overrides.tenants.retain(|_, o| !o.is_empty());
         true
+    }
+
+    /// A tenant's limits as the config file sets them: its tier's, then its own.
+    fn file_limits(&self, tenant: &str) -> crate::domain::Limits {
+        let Some(t) = self.config.tenants.iter().find(|t| t.name == tenant) else {
+            return crate::domain::Limits::default();
+        };
+        self.config
+            .tier(&t.tier)
+            .map(|tier| tier.limits)
+            .unwrap_or_default()
+            .overlay(&t.overrides)
     }
 
     /// Writes the overrides to the store and flushes.
