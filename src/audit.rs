@@ -15,6 +15,8 @@ use crate::domain::records::AuditRecord;
 use crate::store::{Store, StoreError};
 use crate::telemetry::now_ms;
 
+/// Records waiting for the writer at most (about 100 MiB); more are dropped and counted.
+const BACKLOG: usize = 200_000;
 /// Records written to the store in one batch at most.
 const BATCH: usize = 4096;
 /// How long the writer gathers records before a write: few large batches cost far less
@@ -25,8 +27,10 @@ const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Audit {
     policy: AuditPolicy,
-    records: OnceLock<mpsc::UnboundedSender<AuditRecord>>,
+    records: OnceLock<mpsc::Sender<AuditRecord>>,
     queued: AtomicU64,
+    /// Records dropped because the writer was `BACKLOG` records behind.
+    dropped: AtomicU64,
     written: AtomicU64,
 }
 
@@ -36,6 +40,7 @@ impl Audit {
             policy,
             records: OnceLock::new(),
             queued: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
         }
     }
@@ -44,16 +49,35 @@ impl Audit {
         &self.policy
     }
 
-    /// Puts a record on its way to the store; never waits.
+    /// Puts a record on its way to the store; never waits. When the writer is a whole
+    /// `BACKLOG` behind (the disk stalled), the record is dropped and counted rather than
+    /// let memory grow without bound.
     pub fn record(&self, record: AuditRecord) {
         if !self.policy.enabled {
             return;
         }
-        if let Some(records) = self.records.get()
-            && records.send(record).is_ok()
-        {
-            self.queued.fetch_add(1, Ordering::Relaxed);
+        let Some(records) = self.records.get() else {
+            return;
+        };
+        match records.try_send(record) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+                    tracing::error!(
+                        backlog = BACKLOG,
+                        "the audit writer is too far behind; audit records are being dropped (switchyard_audit_dropped_total)"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Records dropped since start because the writer fell too far behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Records handed over and not yet written.
@@ -89,7 +113,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn spawn(audit: Arc<Audit>, store: Arc<dyn Store>) -> Writer {
-        let (sender, mut records) = mpsc::unbounded_channel();
+        let (sender, mut records) = mpsc::channel(BACKLOG);
         let _ = audit.records.set(sender);
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {

@@ -39,6 +39,9 @@ pub struct AuditView {
     pub written: u64,
     /// Records handed over and not yet written.
     pub backlog: u64,
+    /// Records dropped because the writer fell too far behind.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// The response cache: what it holds and what it did since start.

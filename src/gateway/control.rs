@@ -68,6 +68,7 @@ impl Gateway {
                 enabled: self.audit.policy().enabled,
                 written: self.audit.written(),
                 backlog: self.audit.backlog(),
+                dropped: self.audit.dropped(),
             },
         }
     }

@@ -145,6 +145,12 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
         "Audit records waiting to be written; growing means the disk cannot keep up.",
         vec![(String::new(), s.audit.backlog as f64)],
     );
+    metric(
+        "audit_dropped_total",
+        "counter",
+        "Audit records dropped because the writer fell too far behind.",
+        vec![(String::new(), s.audit.dropped as f64)],
+    );
     let c = &s.cache;
     metric(
         "cache_lookups_total",
