@@ -240,13 +240,13 @@ async fn hits_count_as_requests_but_not_as_tokens() {
         .await;
     assert_eq!(reply.status(), 200);
     answer(gw.chat(KEY_A, &settled("hi")).await).await;
-    let after_miss = gw.tenant("tenant-a").await["day"].clone();
+    let after_miss = gw.tenant("tenant-a").await["month"].clone();
     for _ in 0..2 {
         assert_eq!(answer(gw.chat(KEY_A, &settled("hi")).await).await.1, "hit");
     }
-    let day = gw.tenant("tenant-a").await["day"].clone();
-    assert_eq!(day["requests"], 3);
-    assert_eq!(day["tokens"], after_miss["tokens"], "hits used no tokens");
+    let month = gw.tenant("tenant-a").await["month"].clone();
+    assert_eq!(month["requests"], 3);
+    assert_eq!(month["tokens"], after_miss["tokens"], "hits used no tokens");
     let refused = gw.chat(KEY_A, &settled("hi")).await;
     assert_eq!(refused.status(), 429, "the fourth request is over the RPM");
     assert_eq!(error_of(refused).await["code"], "rate_limit_exceeded");
@@ -258,12 +258,12 @@ async fn with_hits_use_tokens_hits_are_charged_their_tokens() {
     let gw =
         TestGateway::with_regions_and(&[("us-east", &us)], "[cache]\nhits_use_tokens = true").await;
     answer(gw.chat(KEY_A, &settled("hi")).await).await;
-    let once = gw.tenant("tenant-a").await["day"]["tokens"]
+    let once = gw.tenant("tenant-a").await["month"]["tokens"]
         .as_u64()
         .unwrap();
     assert!(once > 0);
     assert_eq!(answer(gw.chat(KEY_A, &settled("hi")).await).await.1, "hit");
-    let twice = gw.tenant("tenant-a").await["day"]["tokens"]
+    let twice = gw.tenant("tenant-a").await["month"]["tokens"]
         .as_u64()
         .unwrap();
     assert_eq!(twice, 2 * once);

@@ -725,7 +725,7 @@ async fn an_operator_kills_a_live_stream_and_its_client_is_told() {
         )
         .await;
     assert_eq!(again.status(), 400, "the stream is gone");
-    // The audit record of the stream says how it ended, and the kill names its stream.
+    // The audit record of the stream says how it ended.
     let audit: serde_json::Value = gw
         .admin(Method::GET, "/admin/audit?kind=request", None)
         .await

@@ -538,10 +538,10 @@ async fn after_kill_9_budgets_audit_keys_and_overrides_are_all_there() {
         .await
         .unwrap();
     assert_eq!(
-        after["day"]["tokens"], before["day"]["tokens"],
+        after["month"]["tokens"], before["month"]["tokens"],
         "the budget is whole"
     );
-    assert_eq!(after["day"]["requests"], requests);
+    assert_eq!(after["month"]["requests"], requests);
     assert_eq!(
         after["tier"], "free",
         "the tier change was acknowledged, so it is kept"
