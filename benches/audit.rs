@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard::audit::{Audit, Writer};
+use switchyard::audit::{Audit, spawn_writer};
 use switchyard::domain::AuditPolicy;
 use switchyard::domain::records::{AuditKind, AuditRecord};
 use switchyard::store::{SledStore, Store};
@@ -49,7 +49,7 @@ fn main() {
             max_bytes: usize::MAX,
             flush_interval: Duration::from_secs(1),
         }));
-        let writer = Writer::spawn(audit.clone(), store.clone());
+        let writer = spawn_writer(audit.clone(), store.clone());
         // Within the writer's backlog, so nothing is dropped.
         let total = 150_000u64;
         let records: Vec<AuditRecord> = (0..total).map(record).collect();

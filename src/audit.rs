@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
+use crate::background::Background;
 use crate::domain::AuditPolicy;
 use crate::domain::records::AuditRecord;
 use crate::store::{Store, StoreError};
@@ -105,68 +105,52 @@ impl Audit {
     }
 }
 
-/// The task that writes audit records.
-pub struct Writer {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Writer {
-    pub fn spawn(audit: Arc<Audit>, store: Arc<dyn Store>) -> Writer {
-        let (sender, mut records) = mpsc::channel(BACKLOG);
-        let _ = audit.records.set(sender);
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut flush = tokio::time::interval(audit.policy.flush_interval);
-            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut trim = tokio::time::interval(TRIM_EVERY);
-            trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut dirty = false;
-            loop {
-                tokio::select! {
-                    n = records.recv_many(&mut batch, BATCH) => {
-                        if n == 0 {
-                            return;
-                        }
-                        if batch.len() < BATCH {
-                            tokio::time::sleep(GATHER).await;
-                            while batch.len() < BATCH {
-                                match records.try_recv() {
-                                    Ok(record) => batch.push(record),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                        write(&audit, &store, std::mem::take(&mut batch), false).await;
-                        dirty = true;
-                    }
-                    _ = flush.tick() => {
-                        if std::mem::take(&mut dirty) {
-                            write(&audit, &store, Vec::new(), true).await;
-                        }
-                    }
-                    _ = trim.tick() => retain(&audit, &store).await,
-                    _ = async { drop(stopped.wait_for(|s| *s).await) } => {
-                        while let Ok(record) = records.try_recv() {
-                            batch.push(record);
-                        }
-                        write(&audit, &store, batch, true).await;
+/// Starts the task that writes audit records; stopping it writes what is queued and
+/// flushes.
+pub fn spawn_writer(audit: Arc<Audit>, store: Arc<dyn Store>) -> Background {
+    let (sender, mut records) = mpsc::channel(BACKLOG);
+    let _ = audit.records.set(sender);
+    Background::spawn("audit writer", move |mut stopping| async move {
+        let mut flush = tokio::time::interval(audit.policy.flush_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trim = tokio::time::interval(TRIM_EVERY);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut dirty = false;
+        loop {
+            tokio::select! {
+                n = records.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
                         return;
                     }
+                    if batch.len() < BATCH {
+                        tokio::time::sleep(GATHER).await;
+                        while batch.len() < BATCH {
+                            match records.try_recv() {
+                                Ok(record) => batch.push(record),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    write(&audit, &store, std::mem::take(&mut batch), false).await;
+                    dirty = true;
+                }
+                _ = flush.tick() => {
+                    if std::mem::take(&mut dirty) {
+                        write(&audit, &store, Vec::new(), true).await;
+                    }
+                }
+                _ = trim.tick() => retain(&audit, &store).await,
+                () = stopping.requested() => {
+                    while let Ok(record) = records.try_recv() {
+                        batch.push(record);
+                    }
+                    write(&audit, &store, batch, true).await;
+                    return;
                 }
             }
-        });
-        Writer { stop, task }
-    }
-
-    /// Writes what is queued and flushes.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "the audit writer failed at shutdown");
         }
-    }
+    })
 }
 
 async fn write(audit: &Arc<Audit>, store: &Arc<dyn Store>, batch: Vec<AuditRecord>, flush: bool) {

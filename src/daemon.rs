@@ -13,11 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::audit::Writer as AuditWriter;
-use crate::cache::persist::Writer as CacheWriter;
+use crate::background::Background;
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::ledger::Ledger;
 use crate::providers::SetupError;
 use crate::store::{SledStore, Store, StoreError};
 
@@ -47,9 +45,9 @@ pub struct Daemon {
     gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
-    ledger: Ledger,
-    cache_writer: CacheWriter,
-    audit_writer: AuditWriter,
+    ledger: Background,
+    cache_writer: Background,
+    audit_writer: Background,
 }
 
 impl Daemon {
@@ -92,9 +90,10 @@ impl Daemon {
         gateway.attach_store(store.clone());
         gateway.restore_keys(store.load_keys()?);
         gateway.restore_overrides(store.load_overrides()?);
-        let cache_writer = CacheWriter::spawn(gateway.cache().clone(), store.clone());
-        let audit_writer = AuditWriter::spawn(gateway.audit().clone(), store.clone());
-        let ledger = Ledger::spawn(gateway.admission().clone(), store, checkpoint);
+        let cache_writer =
+            crate::cache::persist::spawn_writer(gateway.cache().clone(), store.clone());
+        let audit_writer = crate::audit::spawn_writer(gateway.audit().clone(), store.clone());
+        let ledger = crate::ledger::spawn(gateway.admission().clone(), store, checkpoint);
 
         let (stop, stopped) = watch::channel(false);
         let mut servers = vec![

@@ -5,43 +5,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
 use crate::admission::Admission;
+use crate::background::Background;
 use crate::store::Store;
 
-pub struct Ledger {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Ledger {
-    pub fn spawn(admission: Arc<Admission>, store: Arc<dyn Store>, interval: Duration) -> Ledger {
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => checkpoint(&admission, &store, false).await,
-                    _ = async { drop(stopped.wait_for(|s| *s).await) } => {
-                        checkpoint(&admission, &store, true).await;
-                        return;
-                    }
+/// Starts the ledger; stopping it writes what is left and flushes.
+pub fn spawn(admission: Arc<Admission>, store: Arc<dyn Store>, interval: Duration) -> Background {
+    Background::spawn("ledger", move |mut stopping| async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => checkpoint(&admission, &store, false).await,
+                () = stopping.requested() => {
+                    checkpoint(&admission, &store, true).await;
+                    return;
                 }
             }
-        });
-        Ledger { stop, task }
-    }
-
-    /// Writes what is left and flushes; returns when the data is on disk.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "the ledger task failed at shutdown");
         }
-    }
+    })
 }
 
 async fn checkpoint(admission: &Arc<Admission>, store: &Arc<dyn Store>, flush: bool) {

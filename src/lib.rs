@@ -9,6 +9,7 @@ pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod background;
 pub mod bench;
 pub mod cache;
 pub mod cli;

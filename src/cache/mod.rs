@@ -144,6 +144,8 @@ struct Entries {
 struct Slot {
     entry: Arc<Entry>,
     used: u64,
+    /// `entry.size()`, counted once.
+    size: usize,
 }
 
 impl Entries {
@@ -160,20 +162,22 @@ impl Entries {
     fn remove(&mut self, key: &Key) -> Option<Arc<Entry>> {
         let slot = self.map.remove(key)?;
         self.by_use.remove(&slot.used);
-        self.bytes -= slot.entry.size();
+        self.bytes -= slot.size;
         Some(slot.entry)
     }
 
     fn insert(&mut self, key: Key, entry: Arc<Entry>) {
         self.remove(&key);
         self.clock += 1;
-        self.bytes += entry.size();
+        let size = entry.size();
+        self.bytes += size;
         self.by_use.insert(self.clock, key);
         self.map.insert(
             key,
             Slot {
                 entry,
                 used: self.clock,
+                size,
             },
         );
     }
@@ -186,7 +190,7 @@ impl Entries {
                 break;
             };
             if let Some(slot) = self.map.remove(&key) {
-                self.bytes -= slot.entry.size();
+                self.bytes -= slot.size;
             }
             evicted.push(key);
         }
@@ -225,18 +229,23 @@ impl Cache {
 
     /// How a request meets the cache.
     pub fn ask(&self, tenant: &str, kind: ModelKind, body: &Fields, directives: Directives) -> Ask {
-        let scope = match self.policy.scope {
-            CacheScope::Tenant => tenant.to_string(),
-            CacheScope::Shared => "*".to_string(),
-        };
         let wanted = match directives.opt_in {
             Some(choice) => choice,
             None => key::deterministic(kind, body),
         };
-        let key = (self.policy.enabled && wanted && !directives.no_store)
-            .then(|| key::key(&scope, kind, body));
+        if !(self.policy.enabled && wanted && !directives.no_store) {
+            return Ask {
+                key: None,
+                scope: String::new(),
+                read: false,
+            };
+        }
+        let scope = match self.policy.scope {
+            CacheScope::Tenant => tenant.to_string(),
+            CacheScope::Shared => "*".to_string(),
+        };
         Ask {
-            key,
+            key: Some(key::key(&scope, kind, body)),
             scope,
             read: !directives.no_cache,
         }
@@ -381,7 +390,7 @@ impl Cache {
                     ..CacheScopeView::default()
                 });
             scope.entries += 1;
-            scope.bytes += slot.entry.size() as u64;
+            scope.bytes += slot.size as u64;
         }
         let mut scopes: Vec<CacheScopeView> = scopes.into_values().collect();
         for (scope, hits) in &entries.hits {

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 use super::{Cache, Entry, Key, Stored, Write};
 use crate::admission::Usage;
+use crate::background::Background;
 use crate::store::{Store, StoreError};
 
 /// How often expired entries are swept out.
@@ -107,52 +107,36 @@ pub fn load(store: &dyn Store) -> Result<Vec<(Key, Entry)>, StoreError> {
     Ok(kept)
 }
 
-pub struct Writer {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Writer {
-    /// Connects the cache to the store and starts writing its changes.
-    pub fn spawn(cache: Arc<Cache>, store: Arc<dyn Store>) -> Writer {
-        let (sender, mut changes) = mpsc::unbounded_channel();
-        cache.persist_to(sender);
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut sweep = tokio::time::interval(SWEEP_EVERY);
-            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut batch = Vec::new();
-            loop {
-                tokio::select! {
-                    n = changes.recv_many(&mut batch, 1024) => {
-                        if n == 0 {
-                            return;
-                        }
-                        write(&store, std::mem::take(&mut batch), false).await;
-                    }
-                    _ = sweep.tick() => {
-                        cache.sweep();
-                    }
-                    _ = async { drop(stopped.wait_for(|s| *s).await) } => {
-                        while let Ok(change) = changes.try_recv() {
-                            batch.push(change);
-                        }
-                        write(&store, batch, true).await;
+/// Connects the cache to the store and starts writing its changes; stopping the writer
+/// writes what is left and flushes.
+pub fn spawn_writer(cache: Arc<Cache>, store: Arc<dyn Store>) -> Background {
+    let (sender, mut changes) = mpsc::unbounded_channel();
+    cache.persist_to(sender);
+    Background::spawn("cache writer", move |mut stopping| async move {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                n = changes.recv_many(&mut batch, 1024) => {
+                    if n == 0 {
                         return;
                     }
+                    write(&store, std::mem::take(&mut batch), false).await;
+                }
+                _ = sweep.tick() => {
+                    cache.sweep();
+                }
+                () = stopping.requested() => {
+                    while let Ok(change) = changes.try_recv() {
+                        batch.push(change);
+                    }
+                    write(&store, batch, true).await;
+                    return;
                 }
             }
-        });
-        Writer { stop, task }
-    }
-
-    /// Writes what is left and flushes.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "the cache writer failed at shutdown");
         }
-    }
+    })
 }
 
 async fn write(store: &Arc<dyn Store>, changes: Vec<Write>, flush: bool) {
