@@ -34,16 +34,7 @@ interval = "1h"
 [tiers.enterprise]
 share = 60
 
-[[tenants]]
-name = "tenant-a"
-tier = "pro"
-keys = ["{a}"]
-
-[[tenants]]
-name = "tenant-b"
-tier = "pro"
-keys = ["{b}"]
-
+{tenants}
 [[regions]]
 name = "us-east"
   [[regions.instances]]
@@ -53,8 +44,7 @@ name = "us-east"
 [[models]]
 alias = "gpt-4o-mini"
 "#,
-        a = switchyard::auth::hash_key(KEY_A),
-        b = switchyard::auth::hash_key(KEY_B),
+        tenants = two_tenants(),
     )
 }
 

@@ -30,22 +30,12 @@ drain_grace = "0s"
 
 [tiers.pro]
 
-[[tenants]]
-name = "tenant-a"
-tier = "pro"
-keys = ["{a}"]
-
-[[tenants]]
-name = "tenant-b"
-tier = "pro"
-keys = ["{b}"]
-{residency}
+{tenants}{residency}
 
 [[models]]
 alias = "gpt-4o-mini"
 "#,
-        a = switchyard::auth::hash_key(KEY_A),
-        b = switchyard::auth::hash_key(KEY_B),
+        tenants = two_tenants(),
         residency = if regions.iter().any(|(name, _)| *name == "eu-west") {
             "regions = [\"eu-west\"]"
         } else {

@@ -33,6 +33,24 @@ pub fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// `tenant-a` (KEY_A) and `tenant-b` (KEY_B), both in tier `pro`, as config tables.
+pub fn two_tenants() -> String {
+    format!(
+        r#"[[tenants]]
+name = "tenant-a"
+tier = "pro"
+keys = ["{a}"]
+
+[[tenants]]
+name = "tenant-b"
+tier = "pro"
+keys = ["{b}"]
+"#,
+        a = switchyard::auth::hash_key(KEY_A),
+        b = switchyard::auth::hash_key(KEY_B),
+    )
+}
+
 /// The config for a gateway whose regions, in failover order, are at these base URLs.
 pub fn config_for(regions: &[(&str, String)], extra: &str) -> String {
     let mut toml = format!(
@@ -47,16 +65,7 @@ interval = "1h"
 
 [tiers.pro]
 
-[[tenants]]
-name = "tenant-a"
-tier = "pro"
-keys = ["{a}"]
-
-[[tenants]]
-name = "tenant-b"
-tier = "pro"
-keys = ["{b}"]
-
+{tenants}
 [[models]]
 alias = "gpt-4o-mini"
 
@@ -69,8 +78,7 @@ alias = "text-embedding-3-small"
 kind = "embeddings"
 "#,
         data = std::env::temp_dir().join("switchyard-tests").display(),
-        a = switchyard::auth::hash_key(KEY_A),
-        b = switchyard::auth::hash_key(KEY_B),
+        tenants = two_tenants(),
     );
     for (order, (name, url)) in regions.iter().enumerate() {
         toml.push_str(&format!(
