@@ -16,7 +16,9 @@ use crate::admission::{Demand, Usage, estimate};
 use crate::cache::{self, Directives, Entry, Landing, Lookup, Stored};
 use crate::domain::records::{AuditKind, AuditRecord};
 use crate::domain::{Model, ModelKind, Tenant};
-use crate::gateway::{AnswerBody, Call, Fields, Gateway, StreamAccount, usage_of_answer};
+use crate::gateway::{
+    AnswerBody, Call, Fields, Gateway, StreamAccount, audit_usage, usage_of_answer,
+};
 use crate::streams;
 use crate::streams::hub::ChunkLog;
 use crate::telemetry::latency::Metric;
@@ -278,15 +280,16 @@ async fn answer(
         r.route = Some(answer.reason.clone());
     });
 
-    let mut stored_usage = None;
     let mut response = match answer.body {
         AnswerBody::Whole(bytes) => {
+            // What the answer used, when it is one to keep.
+            let mut kept_usage = None;
             if answer.status.is_success() {
                 let upstream = started.elapsed();
                 let usage = usage_of_answer(kind, &bytes, &ticket, model.tokenizer);
-                stored_usage = Some(usage);
+                kept_usage = Some(usage);
                 note(record, |r| {
-                    note_usage(r, usage);
+                    audit_usage(r, usage);
                     if tenant.audit_content {
                         r.answer = answer_text(&bytes);
                     }
@@ -321,7 +324,7 @@ async fn answer(
                 .get(header::CONTENT_TYPE)
                 .cloned()
                 .unwrap_or(HeaderValue::from_static("application/json"));
-            if let (Some(flight), Some(usage)) = (flight, stored_usage) {
+            if let (Some(flight), Some(usage)) = (flight, kept_usage) {
                 let kept_type = content_type.to_str().unwrap_or("application/json");
                 flight.land_whole(kept_type.to_string(), bytes.clone(), usage);
             }
@@ -412,19 +415,13 @@ fn note(record: &mut Option<AuditRecord>, fill: impl FnOnce(&mut AuditRecord)) {
     }
 }
 
-fn note_usage(record: &mut AuditRecord, usage: Usage) {
-    record.prompt_tokens = Some(usage.prompt_tokens);
-    record.completion_tokens = Some(usage.completion_tokens);
-    record.estimated = Some(usage.estimated);
-}
-
 /// A request answered without going upstream: the cache's answer, or a leader's.
 fn note_hit(record: &mut Option<AuditRecord>, route: &str, usage: Option<Usage>) {
     note(record, |r| {
         r.cache = Some("hit".into());
         r.route = Some(route.into());
         if let Some(usage) = usage {
-            note_usage(r, usage);
+            audit_usage(r, usage);
         }
     });
 }

@@ -59,6 +59,13 @@ impl Ticket {
     }
 }
 
+/// Puts what a request used on its audit record.
+pub fn audit_usage(record: &mut AuditRecord, usage: Usage) {
+    record.prompt_tokens = Some(usage.prompt_tokens);
+    record.completion_tokens = Some(usage.completion_tokens);
+    record.estimated = Some(usage.estimated);
+}
+
 /// A request answered from the cache, or by an identical request in flight: it counts
 /// as a request, and its tokens count only when `cache.hits_use_tokens` says so.
 pub struct CachedTicket {
@@ -312,9 +319,7 @@ impl Drop for StreamAccount {
             record.status = Some(200);
             record.error = self.ended_with.map(str::to_string);
             record.tokens_reserved = Some(reserved);
-            record.prompt_tokens = Some(usage.prompt_tokens);
-            record.completion_tokens = Some(usage.completion_tokens);
-            record.estimated = Some(usage.estimated);
+            audit_usage(&mut record, usage);
             record.latency_ms = self
                 .timing
                 .as_ref()

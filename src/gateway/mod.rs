@@ -40,7 +40,7 @@ use crate::telemetry::events::EventLog;
 use crate::telemetry::latency::{Latency, Recent};
 use crate::telemetry::meter::Meter;
 
-pub use accounting::{CachedTicket, StreamAccount, Ticket, usage_of_answer};
+pub use accounting::{CachedTicket, StreamAccount, Ticket, audit_usage, usage_of_answer};
 pub use keeping::{KeyError, NewKey};
 
 pub struct Gateway {
