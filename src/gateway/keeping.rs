@@ -62,16 +62,42 @@ impl Gateway {
 
     /// Puts back keys read from the store: the valid ones are accepted again.
     pub fn restore_keys(&self, records: Vec<KeyRecord>) {
-        let now = now_ms();
-        let mut keys = self.lock_keys();
         for record in records {
-            if record.valid_at(now)
-                && let Some(index) = self.tenant_index(&record.tenant)
-            {
+            self.hold_key(record);
+        }
+    }
+
+    /// Makes the keyring follow a key's record (accepted while valid, refused once
+    /// revoked or expired) and remembers the record.
+    fn hold_key(&self, record: KeyRecord) {
+        match self.tenant_index(&record.tenant) {
+            Some(index) if record.valid_at(now_ms()) => {
                 self.keyring
                     .insert(record.hash, index, &record.id, record.expires_ms);
             }
-            keys.insert(record.id.clone(), record);
+            _ => self.keyring.remove(&record.hash),
+        }
+        self.lock_keys().insert(record.id.clone(), record);
+    }
+
+    /// Keeps a key's record (written and flushed), then acts on it.
+    async fn put_key(&self, record: &KeyRecord) -> Result<(), KeyError> {
+        let kept = record.clone();
+        self.keep(move |store| store.save_key(&kept)).await?;
+        self.hold_key(record.clone());
+        Ok(())
+    }
+
+    /// A key that exists and is not revoked.
+    fn live_key(&self, id: &str) -> Result<KeyRecord, KeyError> {
+        let record = self
+            .lock_keys()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| KeyError::UnknownKey(id.to_string()))?;
+        match record.revoked_ms {
+            Some(_) => Err(KeyError::Revoked(id.to_string())),
+            None => Ok(record),
         }
     }
 
@@ -116,9 +142,9 @@ impl Gateway {
         replaces: Option<String>,
         actor: &str,
     ) -> Result<NewKey, KeyError> {
-        let index = self
-            .tenant_index(tenant)
-            .ok_or_else(|| KeyError::UnknownTenant(tenant.to_string()))?;
+        if self.tenant_index(tenant).is_none() {
+            return Err(KeyError::UnknownTenant(tenant.to_string()));
+        }
         let secret = format!("sy-{}", hex(&random::<24>()?));
         let id = loop {
             let id = format!("key_{}", hex(&random::<4>()?));
@@ -137,11 +163,7 @@ impl Gateway {
             revoked_ms: None,
             replaces,
         };
-        let kept = record.clone();
-        self.keep(move |store| store.save_key(&kept)).await?;
-        self.keyring
-            .insert(record.hash, index, &record.id, record.expires_ms);
-        self.lock_keys().insert(record.id.clone(), record.clone());
+        self.put_key(&record).await?;
         let expiry = match record.expires_ms {
             Some(at) => format!(", expires in {}", human(at - created_ms)),
             None => String::new(),
@@ -166,20 +188,10 @@ impl Gateway {
 
     /// Stops a key at once, kept before it is returned.
     pub async fn revoke_key(&self, id: &str, actor: &str) -> Result<KeyRecord, KeyError> {
-        let before = self
-            .lock_keys()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| KeyError::UnknownKey(id.to_string()))?;
-        if before.revoked_ms.is_some() {
-            return Err(KeyError::Revoked(id.to_string()));
-        }
+        let before = self.live_key(id)?;
         let mut record = before.clone();
         record.revoked_ms = Some(now_ms());
-        let kept = record.clone();
-        self.keep(move |store| store.save_key(&kept)).await?;
-        self.keyring.remove(&record.hash);
-        self.lock_keys().insert(record.id.clone(), record.clone());
+        self.put_key(&record).await?;
         self.record_key_action(
             actor,
             "revoke_key",
@@ -198,14 +210,7 @@ impl Gateway {
         grace: Option<Duration>,
         actor: &str,
     ) -> Result<NewKey, KeyError> {
-        let old = self
-            .lock_keys()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| KeyError::UnknownKey(id.to_string()))?;
-        if old.revoked_ms.is_some() {
-            return Err(KeyError::Revoked(id.to_string()));
-        }
+        let old = self.live_key(id)?;
         let expires_in = old
             .expires_ms
             .map(|at| Duration::from_millis(at.saturating_sub(old.created_ms)));
@@ -226,13 +231,7 @@ impl Gateway {
                 let mut record = old.clone();
                 let until = now_ms() + grace.as_millis() as u64;
                 record.expires_ms = Some(record.expires_ms.map_or(until, |at| at.min(until)));
-                let kept = record.clone();
-                self.keep(move |store| store.save_key(&kept)).await?;
-                if let Some(index) = self.tenant_index(&record.tenant) {
-                    self.keyring
-                        .insert(record.hash, index, &record.id, record.expires_ms);
-                }
-                self.lock_keys().insert(record.id.clone(), record.clone());
+                self.put_key(&record).await?;
                 self.record_key_action(
                     actor,
                     "expire_key",
