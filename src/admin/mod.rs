@@ -174,6 +174,15 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> 
     })
 }
 
+/// Like `parse`, for endpoints whose body may be left out: no body is `T::default()`.
+fn parse_optional<T: for<'de> Deserialize<'de> + Default>(body: &[u8]) -> Result<T, Box<Response>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        parse(body)
+    }
+}
+
 /// Carries out an action on a tenant (through `Gateway::act`, so it is recorded and
 /// kept) and answers with the tenant's state afterwards.
 async fn changed(admin: &Admin, name: &str, who: &str, action: &Action) -> Response {
@@ -347,13 +356,9 @@ async fn purge_cache(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: PurgeRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        PurgeRequest::default()
-    } else {
-        match parse(&body) {
-            Ok(r) => r,
-            Err(r) => return *r,
-        }
+    let request: PurgeRequest = match parse_optional(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
     };
     let action = Action::PurgeCache {
         tenant: request.tenant,
@@ -429,13 +434,9 @@ async fn drain(
     region: Option<String>,
     instance: Option<String>,
 ) -> Response {
-    let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        DrainRequest::default()
-    } else {
-        match parse(&body) {
-            Ok(r) => r,
-            Err(r) => return *r,
-        }
+    let request: DrainRequest = match parse_optional(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
     };
     let deadline = match request
         .deadline

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Admin, error, operator, parse};
+use super::{Admin, error, operator, parse, parse_optional};
 use crate::domain::records::{AuditKind, AuditQuery, KeyRecord};
 use crate::gateway::{KeyError, NewKey};
 use crate::telemetry::now_ms;
@@ -127,13 +127,9 @@ pub(super) async fn rotate(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        RotateRequest::default()
-    } else {
-        match parse(&body) {
-            Ok(r) => r,
-            Err(r) => return *r,
-        }
+    let request: RotateRequest = match parse_optional(&body) {
+        Ok(r) => r,
+        Err(r) => return *r,
     };
     let grace = match duration("grace", request.grace.as_deref()) {
         Ok(d) => d,
