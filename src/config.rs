@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::domain::{
     AuditPolicy, CachePolicy, CacheScope, DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, HealthCheck,
-    Instance, KeyHash, Limits, Model, ModelKind, Price, Region, RoutingPolicy, Tenant, Tier,
-    TokenizerKind, UpstreamTimeouts,
+    Instance, KeyHash, Limits, Model, ModelKind, Price, Region, RoutingPolicy, StreamPolicy,
+    Tenant, Tier, TokenizerKind, UpstreamTimeouts,
 };
 
 /// Environment variable that overrides `server.data_dir`.
@@ -35,10 +35,7 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub health: HealthCheck,
     pub routing: RoutingPolicy,
-    /// How long a finished stream stays readable by watchers.
-    pub streams_keep: Duration,
-    /// Events a stream reader may fall behind before it is cut off.
-    pub streams_max_lag: usize,
+    pub streams: StreamPolicy,
     pub cache: CachePolicy,
     pub audit: AuditPolicy,
     pub tiers: Vec<Tier>,
@@ -222,14 +219,38 @@ struct RawLedger {
 struct RawStreams {
     /// How long a finished stream stays readable at GET /v1/streams/{id}.
     keep_finished: String,
+    /// Finished streams kept readable at most; the oldest go first.
+    max_finished: usize,
+    /// Bytes of finished streams kept readable at most; the oldest go first.
+    max_finished_size: String,
     /// Events a reader may fall behind before it is cut off alone.
     max_lag_events: usize,
+}
+
+impl RawStreams {
+    fn validate(self) -> Result<StreamPolicy, ConfigError> {
+        let keep_finished =
+            parse_duration(&self.keep_finished).map_err(|m| invalid("streams.keep_finished", m))?;
+        let max_finished_bytes = parse_size(&self.max_finished_size)
+            .map_err(|m| invalid("streams.max_finished_size", m))?;
+        if self.max_lag_events == 0 {
+            return Err(invalid("streams.max_lag_events", "must be at least 1"));
+        }
+        Ok(StreamPolicy {
+            keep_finished,
+            max_finished: self.max_finished,
+            max_finished_bytes,
+            max_lag: self.max_lag_events,
+        })
+    }
 }
 
 impl Default for RawStreams {
     fn default() -> Self {
         RawStreams {
             keep_finished: "60s".into(),
+            max_finished: 10_000,
+            max_finished_size: "64MiB".into(),
             max_lag_events: 2048,
         }
     }
@@ -492,6 +513,10 @@ struct RawUpstream {
     connect_timeout: String,
     /// Time allowed until the upstream's response headers (non-streaming: the whole answer).
     timeout: String,
+    /// Time a stream may take from its headers to its first event.
+    stream_first_event_timeout: String,
+    /// Time a stream may go without an event once it has started.
+    stream_idle_timeout: String,
 }
 
 impl Default for RawUpstream {
@@ -499,6 +524,8 @@ impl Default for RawUpstream {
         RawUpstream {
             connect_timeout: "2s".into(),
             timeout: "300s".into(),
+            stream_first_event_timeout: "120s".into(),
+            stream_idle_timeout: "60s".into(),
         }
     }
 }
@@ -873,12 +900,7 @@ impl RawConfig {
                 ));
             }
         }
-        let streams_keep = parse_duration(&self.streams.keep_finished)
-            .map_err(|m| invalid("streams.keep_finished", m))?;
-        if self.streams.max_lag_events == 0 {
-            return Err(invalid("streams.max_lag_events", "must be at least 1"));
-        }
-        let streams_max_lag = self.streams.max_lag_events;
+        let streams = self.streams.validate()?;
         let cache = self.cache.validate()?;
         let audit = self.audit.validate()?;
         let health = self.health.validate()?;
@@ -906,8 +928,7 @@ impl RawConfig {
             checkpoint_interval,
             health,
             routing,
-            streams_keep,
-            streams_max_lag,
+            streams,
             cache,
             audit,
             tiers,
@@ -956,6 +977,11 @@ impl RawUpstream {
         Ok(UpstreamTimeouts {
             connect: positive("upstream.connect_timeout", &self.connect_timeout)?,
             response: positive("upstream.timeout", &self.timeout)?,
+            stream_first_event: positive(
+                "upstream.stream_first_event_timeout",
+                &self.stream_first_event_timeout,
+            )?,
+            stream_idle: positive("upstream.stream_idle_timeout", &self.stream_idle_timeout)?,
         })
     }
 }
@@ -1143,6 +1169,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("\"{text}\" is out of range"))
 }
 
+/// Writes a duration the way `parse_duration` reads it, in the largest unit that keeps it
+/// exact: `"30d"`, `"2h"`, `"90s"`, `"250ms"`, `"1.5ms"`.
+pub fn format_duration(duration: Duration) -> String {
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    for (unit, size) in [
+        ("d", 86_400_000_000_000u128),
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+    ] {
+        if nanos % size == 0 {
+            return format!("{}{unit}", nanos / size);
+        }
+    }
+    format!("{}ms", nanos as f64 / 1e6)
+}
+
 /// Parses sizes written as `"4MiB"`, `"512KiB"`, `"1GiB"`, `"10MB"`, `"100B"` or a plain number of bytes.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();
@@ -1189,6 +1236,11 @@ mod tests {
     #[test]
     fn sizes_parse_with_units() {
         assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        for text in ["30d", "2h", "90m", "45s", "250ms", "1.5ms"] {
+            let parsed = parse_duration(text).unwrap_or_default();
+            assert_eq!(format_duration(parsed), text);
+        }
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
         assert_eq!(parse_size("100"), Ok(100));
         assert_eq!(parse_size("2KB"), Ok(2000));
         assert!(parse_size("4 parsecs").is_err());

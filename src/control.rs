@@ -217,7 +217,7 @@ async fn follow(
     }
     *attempt = 0;
     let mut body = response.bytes_stream();
-    let mut framer = crate::streams::SseFramer::default();
+    let mut parser = crate::streams::SseParser::default();
     // No snapshot for this long means the link is dead even if TCP says otherwise.
     let silence = Duration::from_secs(10);
     loop {
@@ -227,19 +227,8 @@ async fn follow(
             Ok(Some(Err(e))) => return Err(crate::providers::root_cause(&e)),
             Ok(Some(Ok(chunk))) => chunk,
         };
-        let Some(events) = framer.push(chunk) else {
-            continue;
-        };
-        for event in String::from_utf8_lossy(&events).split("\n\n") {
-            let mut kind = "";
-            let mut data = String::new();
-            for line in event.lines() {
-                if let Some(k) = line.strip_prefix("event:") {
-                    kind = k.trim();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
-                }
-            }
+        for event in parser.push(&chunk) {
+            let (kind, data) = (event.kind.as_deref().unwrap_or(""), event.data);
             if kind == "snapshot" {
                 let snapshot: Snapshot =
                     serde_json::from_str(&data).map_err(|e| format!("unreadable snapshot: {e}"))?;

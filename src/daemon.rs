@@ -99,7 +99,7 @@ impl Daemon {
         let mut servers = vec![
             tokio::spawn(health_probes(gateway.clone(), stopped.clone())),
             tokio::spawn(drain_deadlines(gateway.clone(), stopped.clone())),
-            tokio::spawn(sample_meters(gateway.clone(), stopped.clone())),
+            tokio::spawn(every_second(gateway.clone(), stopped.clone())),
         ];
         let (addr, task) = serve(
             listen,
@@ -206,12 +206,16 @@ async fn drain_deadlines(gateway: Arc<Gateway>, mut stopped: watch::Receiver<boo
     }
 }
 
-/// Samples the request counters and queue depth once a second, for rates and sparklines.
-async fn sample_meters(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+/// Once a second: samples the request counters and queue depth (for rates and
+/// sparklines) and sweeps finished streams past their keep.
+async fn every_second(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tick.tick() => gateway.meter().sample(gateway.scheduler().queued() as u64),
+            _ = tick.tick() => {
+                gateway.meter().sample(gateway.scheduler().queued() as u64);
+                gateway.hub().sweep();
+            }
             _ = stopped.changed() => return,
         }
     }

@@ -308,11 +308,11 @@ async fn watch_stream(
             format!("no stream {id} is live or recently finished"),
         );
     };
-    let from = crate::streams::resume_from(&headers);
+    let from = crate::streams::resume_from(crate::api::last_event_id(&headers));
     let reader = admin
         .gateway
         .hub()
-        .reader(&log, from, true, log.origin_strips_usage);
+        .reader(&log, from, true, log.meta.strips_usage);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -10,7 +10,7 @@
 
 mod bucket;
 pub mod estimate;
-mod period;
+pub(crate) mod period;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,20 +37,7 @@ pub struct Demand {
     pub price: Option<Price>,
 }
 
-/// What a request really used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    /// Counted by the gateway because the upstream reported nothing.
-    pub estimated: bool,
-}
-
-impl Usage {
-    pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
-    }
-}
+pub use crate::domain::Usage;
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,7 +88,8 @@ fn civil_date(days: u64) -> (u32, u32, u32) {
 }
 
 /// Day number of the first day of a month.
-fn days_from_civil(year: u32, month: u32) -> u64 {
+/// Days from 1970-01-01 to the first of `month` in `year`.
+pub(crate) fn days_from_civil(year: u32, month: u32) -> u64 {
     let y = i64::from(year) - i64::from(month <= 2);
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);

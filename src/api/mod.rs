@@ -1,16 +1,15 @@
-//! The OpenAI-compatible front: routes, request ids, body limits, and turning gateway
-//! answers into HTTP responses.
+//! The OpenAI-compatible front, an HTTP adapter over `Gateway::serve`: routes, request
+//! ids, body limits, authentication, and rendering replies as HTTP.
 //!
-//! Handlers parse only what routing needs (`model`, `stream`, `encoding_format`) and pass
-//! every other field through untouched. Every response carries `x-request-id`; every
-//! error is OpenAI-shaped (see `error`), including unknown paths, wrong methods and panics.
+//! Handlers read the body as top-level fields and pass them on untouched; the pipeline
+//! decides. Every response carries `x-request-id`; every error is OpenAI-shaped (see
+//! `error`), including unknown paths, wrong methods and panics.
 
 mod completions;
 mod error;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -21,10 +20,9 @@ use axum::routing::{get, post};
 use futures_util::FutureExt;
 use serde_json::json;
 
-use crate::admission::RateHeaders;
 use crate::gateway::Gateway;
 
-pub use error::ApiError;
+pub use error::Refusal;
 
 /// A request's id, generated on arrival and echoed as `x-request-id`.
 #[derive(Debug, Clone)]
@@ -42,14 +40,15 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/embeddings", post(completions::embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
         .route("/v1/streams/{id}", get(watch_stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|req: Request| async move {
-            ApiError::not_found(req.method().as_str(), req.uri().path())
+            Refusal::not_found(req.method().as_str(), req.uri().path())
         })
         .method_not_allowed_fallback(|req: Request| async move {
-            ApiError::method_not_allowed(req.method().as_str(), req.uri().path())
+            Refusal::method_not_allowed(req.method().as_str(), req.uri().path())
         })
         .layer(axum::middleware::from_fn(request_context))
         .with_state(gateway)
@@ -72,7 +71,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(request_id = %id.0, %method, %path, panic = %what, "request handler panicked");
-            ApiError::internal().into_response()
+            Refusal::internal().into_response()
         }
     };
     if let Ok(value) = HeaderValue::from_str(&id.0) {
@@ -91,7 +90,7 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 async fn models(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal> {
     gateway.authenticate(authorization(&headers))?;
     let data: Vec<_> = gateway
         .config()
@@ -109,33 +108,50 @@ async fn models(
     Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
 }
 
+/// `GET /v1/models/{id}`: one configured alias in OpenAI's shape, or 404 `model_not_found`.
+async fn model(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    gateway.authenticate(authorization(&headers))?;
+    let config = gateway.config();
+    let Some(model) = config.model(&id) else {
+        let known: Vec<&str> = config.models.iter().map(|m| m.alias.as_str()).collect();
+        return Err(Refusal::unknown_model(&id, &known));
+    };
+    Ok(axum::Json(json!({
+        "id": model.alias,
+        "object": "model",
+        "created": 0,
+        "owned_by": "switchyard",
+    }))
+    .into_response())
+}
+
 /// `GET /v1/streams/{id}`: follow a live (or recently finished) stream of the same tenant
 /// from the start, or after `Last-Event-ID`. Events carry their index as the SSE id.
 async fn watch_stream(
     State(gateway): State<Arc<Gateway>>,
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Refusal> {
     let (tenant, _) = gateway.authenticate(authorization(&headers))?;
     // Another tenant's stream does not exist, as far as this tenant can tell.
     let log = gateway
         .hub()
         .get(&id)
-        .filter(|log| log.tenant == tenant.name)
-        .ok_or_else(|| ApiError::stream_not_found(&id))?;
-    let from = crate::streams::resume_from(&headers);
+        .filter(|log| log.meta.tenant == tenant.name)
+        .ok_or_else(|| Refusal::stream_not_found(&id))?;
+    let from = crate::streams::resume_from(last_event_id(&headers));
     let reader = gateway
         .hub()
-        .reader(&log, from, true, log.origin_strips_usage);
-    let mut response = Response::new(axum::body::Body::from_stream(reader));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        .reader(&log, from, true, log.meta.strips_usage);
+    let mut response = completions::event_stream(axum::body::Body::from_stream(reader));
     if let Ok(value) = HeaderValue::from_str(&id) {
-        headers.insert("x-switchyard-stream-id", value);
+        response
+            .headers_mut()
+            .insert("x-switchyard-stream-id", value);
     }
     Ok(response)
 }
@@ -169,48 +185,7 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// OpenAI's `x-ratelimit-*` headers for the limits a tenant has.
-pub(crate) fn rate_headers(headers: &RateHeaders) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(r) = &headers.requests {
-        out.push(("x-ratelimit-limit-requests", r.limit.to_string()));
-        out.push(("x-ratelimit-remaining-requests", r.remaining.to_string()));
-        out.push(("x-ratelimit-reset-requests", openai_duration(r.reset)));
-    }
-    if let Some(t) = &headers.tokens {
-        out.push(("x-ratelimit-limit-tokens", t.limit.to_string()));
-        out.push(("x-ratelimit-remaining-tokens", t.remaining.to_string()));
-        out.push(("x-ratelimit-reset-tokens", openai_duration(t.reset)));
-    }
-    out
-}
-
-/// Durations as OpenAI writes them in headers and messages: `20ms`, `1.5s`, `6m0s`.
-pub(crate) fn openai_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
-    let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let seconds = format!("{}.{:03}", rest / 1000, rest % 1000);
-    let seconds = seconds.trim_end_matches('0').trim_end_matches('.');
-    match (hours, minutes) {
-        (0, 0) => format!("{seconds}s"),
-        (0, m) => format!("{m}m{seconds}s"),
-        (h, m) => format!("{h}h{m}m{seconds}s"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_are_written_the_way_openai_writes_them() {
-        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
-        assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
-        assert_eq!(openai_duration(Duration::from_secs(3723)), "1h2m3s");
-    }
+/// A watcher's `Last-Event-ID`.
+pub(crate) fn last_event_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("last-event-id").and_then(|v| v.to_str().ok())
 }

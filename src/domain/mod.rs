@@ -263,6 +263,10 @@ pub struct UpstreamTimeouts {
     /// Time allowed until the response headers arrive; for non-streaming requests, until
     /// the whole answer has arrived.
     pub response: Duration,
+    /// Time a stream may take from its headers to its first event.
+    pub stream_first_event: Duration,
+    /// Time a stream may go without an event once it has started.
+    pub stream_idle: Duration,
 }
 
 /// The SHA-256 digest of a tenant API key. The key itself is never stored.
@@ -354,6 +358,49 @@ pub struct RoutingPolicy {
     pub drain_grace: Duration,
     /// When a drain cuts what is still running, unless the operator says otherwise.
     pub drain_deadline: Duration,
+}
+
+/// What a request really used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Counted by the gateway because the upstream reported nothing.
+    pub estimated: bool,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+}
+
+/// A request body's top-level fields, each value kept as the exact JSON text the client
+/// sent: fields the gateway does not read are never parsed, and pass through verbatim.
+pub type Fields = indexmap::IndexMap<String, Box<serde_json::value::RawValue>>;
+
+/// How live and finished streams are kept for their readers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamPolicy {
+    /// How long a finished stream stays readable by watchers.
+    pub keep_finished: Duration,
+    /// Finished streams kept at most; the oldest go first.
+    pub max_finished: usize,
+    /// Bytes of finished streams' events kept at most; the oldest go first.
+    pub max_finished_bytes: usize,
+    /// Events a reader may fall behind before it is cut off.
+    pub max_lag: usize,
+}
+
+impl Default for StreamPolicy {
+    fn default() -> Self {
+        StreamPolicy {
+            keep_finished: Duration::from_secs(60),
+            max_finished: 10_000,
+            max_finished_bytes: 64 << 20,
+            max_lag: 2048,
+        }
+    }
 }
 
 /// The response cache: which answers may be kept, for how long, and in how much room.

@@ -58,7 +58,7 @@ impl Gateway {
             regions,
             tenants,
             levels: self.scheduler.levels(),
-            streams: self.streams.views(),
+            streams: self.hub.views(),
             events: self.events.recent(200),
             queue_history: reading.queue_history,
             latency: self.latency.views(),
@@ -147,12 +147,7 @@ impl Gateway {
             | Action::ResumeTenant { tenant }
             | Action::ResetBudget { tenant } => Some(tenant.clone()),
             Action::PurgeCache { tenant } => tenant.clone(),
-            Action::KillStream { id } => self
-                .streams
-                .views()
-                .into_iter()
-                .find(|s| &s.id == id)
-                .map(|s| s.tenant),
+            Action::KillStream { id } => self.hub.get(id).map(|log| log.meta.tenant.clone()),
             _ => None,
         }
     }
@@ -207,7 +202,7 @@ impl Gateway {
                 Some(serde_json::json!({ "entries": entries }))
             }
             Action::KillStream { id } => {
-                let live = self.streams.views().into_iter().any(|s| &s.id == id);
+                let live = self.hub.views().into_iter().any(|s| &s.id == id);
                 Some(serde_json::json!({ "live": live }))
             }
         }
@@ -270,7 +265,7 @@ impl Gateway {
                 .map_err(|e| e.to_string()),
             Action::PurgeCache { tenant } => self.purge_cache(tenant.as_deref()),
             Action::KillStream { id } => {
-                if self.streams.kill(id) {
+                if self.hub.kill(id) {
                     Ok(format!("stream {id} is ended"))
                 } else {
                     Err(format!("no live stream is named {id}"))

@@ -1,14 +1,18 @@
-//! The pipeline that carries one call from an authenticated tenant to an upstream answer:
-//! admit (limits and budgets), wait for a seat (the scheduler), route, then attempt
-//! candidates in order until one answers, and settle the real usage at the end.
+//! The pipeline, `Gateway::serve`: one call that carries a parsed request from an
+//! authenticated tenant to an answer, for every front (the OpenAI routes, and whatever
+//! else builds an `Inbound`). In order: cache (hit, follow, lead), estimate, admission,
+//! seat, route, attempts, then the answer relayed or returned whole, settled, recorded.
 //!
 //! Retries happen only here and only before anything reached the client: a stream is
-//! handed to the API layer once its headers arrived, a plain answer once it arrived whole.
+//! relayed once its headers arrived, a plain answer returned once it arrived whole.
 //! A 4xx that the request itself caused is the answer, never a reason to try elsewhere.
 
 mod accounting;
 mod control;
 mod keeping;
+mod record;
+mod refusal;
+mod serve;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,14 +20,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use indexmap::IndexMap;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::admission::{Admission, Demand, RateHeaders, Refusal};
+use crate::admission::{self, Admission, Demand, RateHeaders};
 use crate::audit::Audit;
 use crate::auth::{AuthError, Keyring};
 use crate::cache::Cache;
@@ -35,18 +38,20 @@ use crate::router::{Candidate, InFlight, Outcome, Router};
 use crate::scheduler::{Rejection, Scheduler};
 use crate::store::Store;
 use crate::streams::hub::Hub;
-use crate::streams::live::LiveStreams;
 use crate::telemetry::events::EventLog;
 use crate::telemetry::latency::{Latency, Recent};
 use crate::telemetry::meter::Meter;
 
-pub use accounting::{CachedTicket, StreamAccount, Ticket, audit_usage, usage_of_answer};
+pub use crate::domain::Fields;
+pub use accounting::{CachedTicket, Ticket};
 pub use keeping::{KeyError, NewKey};
+pub use refusal::{Refusal, openai_duration, rate_headers};
+pub use serve::{Inbound, Reply, ReplyBody};
 
 pub struct Gateway {
     config: Config,
     keyring: Keyring,
-    router: Router,
+    router: Arc<Router>,
     upstreams: Upstreams,
     admission: Arc<Admission>,
     scheduler: Arc<Scheduler>,
@@ -55,7 +60,7 @@ pub struct Gateway {
     latency: Arc<Latency>,
     /// Recent end-to-end latency per tenant and per instance.
     recent: Arc<Recent>,
-    streams: Arc<LiveStreams>,
+    /// Every stream, live or recently finished.
     hub: Hub,
     cache: Arc<Cache>,
     audit: Arc<Audit>,
@@ -70,19 +75,15 @@ pub struct Gateway {
 /// Why a request was refused before it went upstream.
 #[derive(Debug)]
 pub enum Refused {
-    Limits(Refusal),
+    Limits(admission::Refusal),
     Queue {
         rejection: Rejection,
         headers: RateHeaders,
     },
 }
 
-/// A request body's top-level fields, each value kept as the exact JSON text the client
-/// sent: fields the gateway does not read are never parsed, and pass through verbatim.
-pub type Fields = IndexMap<String, Box<RawValue>>;
-
 /// One client request on its way upstream.
-pub struct Call<'a> {
+struct Call<'a> {
     pub request_id: &'a str,
     pub model: &'a Model,
     /// The client's body, every field kept; `model` is rewritten per deployment.
@@ -97,17 +98,19 @@ pub struct Call<'a> {
 }
 
 /// What an upstream answered, and who answered it.
-pub struct Answer {
+struct Answer {
     pub region: String,
     pub instance: String,
     pub status: StatusCode,
     pub headers: HeaderMap,
     /// Why the request went where it went.
     pub reason: String,
+    /// When the attempt that answered was sent.
+    pub started: Instant,
     pub body: AnswerBody,
 }
 
-pub enum AnswerBody {
+enum AnswerBody {
     /// A whole answer (plain requests, and every error status).
     Whole(Bytes),
     /// A stream whose headers arrived; the slot is held until the stream ends.
@@ -128,6 +131,10 @@ pub struct Attempt {
 #[derive(Debug, Clone)]
 pub enum Failure {
     AtCapacity,
+    /// A 429: the upstream asked to wait this long.
+    RateLimited(Duration),
+    /// A drain deadline cut the attempt; the instance did nothing wrong.
+    Drained,
     /// No more attempts: the retry budget or the deadline.
     Stopped(&'static str),
     Send(SendError),
@@ -147,6 +154,10 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::AtCapacity => f.write_str("at max_concurrency"),
+            Failure::RateLimited(wait) => {
+                write!(f, "rate limited (retry after {})", openai_duration(*wait))
+            }
+            Failure::Drained => f.write_str("cut by a drain deadline"),
             Failure::Stopped(why) => write!(f, "not tried: {why}"),
             Failure::Send(e) => write!(f, "{e}"),
             Failure::Status { status, message } if message.is_empty() => {
@@ -180,13 +191,39 @@ fn list(attempts: &[Attempt]) -> String {
 }
 
 impl GatewayError {
-    /// 504 when every attempt timed out, 503 when nothing could be reached (refused or
-    /// dropped connections) or had room, 502 when upstreams answered badly.
+    /// When every upstream that was tried refused with 429 (others being full or not
+    /// tried), the soonest any of them asked to wait.
+    pub fn rate_limited_for(&self) -> Option<Duration> {
+        let GatewayError::Exhausted { attempts, .. } = self else {
+            return None;
+        };
+        let only_waiting = attempts.iter().all(|a| {
+            matches!(
+                a.failure,
+                Failure::RateLimited(_) | Failure::AtCapacity | Failure::Stopped(_)
+            )
+        });
+        let soonest = attempts
+            .iter()
+            .filter_map(|a| match a.failure {
+                Failure::RateLimited(wait) => Some(wait),
+                _ => None,
+            })
+            .min()?;
+        only_waiting.then_some(soonest)
+    }
+
+    /// 429 when every upstream asked to wait, 504 when every attempt timed out, 503 when
+    /// nothing could be reached (refused or dropped connections) or had room, 502 when
+    /// upstreams answered badly.
     pub fn status(&self) -> StatusCode {
         let attempts = match self {
             GatewayError::NoRoute { .. } => return StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Exhausted { attempts, .. } => attempts,
         };
+        if self.rate_limited_for().is_some() {
+            return StatusCode::TOO_MANY_REQUESTS;
+        }
         let all = |p: fn(&Failure) -> bool| attempts.iter().all(|a| p(&a.failure));
         if !attempts.is_empty() && all(|f| matches!(f, Failure::Send(SendError::Timeout(_)))) {
             StatusCode::GATEWAY_TIMEOUT
@@ -195,6 +232,7 @@ impl GatewayError {
                 f,
                 Failure::AtCapacity
                     | Failure::Stopped(_)
+                    | Failure::Drained
                     | Failure::Send(SendError::Connect(_) | SendError::Broken(_))
             )
         }) {
@@ -215,13 +253,16 @@ impl Gateway {
         let events = Arc::new(EventLog::default());
         Ok(Gateway {
             keyring: Keyring::new(&config.tenants),
-            router: Router::new(&config.regions, config.routing.clone(), events.clone()),
+            router: Arc::new(Router::new(
+                &config.regions,
+                config.routing.clone(),
+                events.clone(),
+            )),
             events,
             meter: Arc::default(),
             latency: Arc::default(),
             recent: Arc::default(),
-            streams: Arc::default(),
-            hub: Hub::new(config.streams_keep, config.streams_max_lag),
+            hub: Hub::new(config.streams.clone()),
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
             store: OnceLock::new(),
@@ -257,10 +298,6 @@ impl Gateway {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
-    }
-
-    pub fn streams(&self) -> &Arc<LiveStreams> {
-        &self.streams
     }
 
     pub fn scheduler(&self) -> &Arc<Scheduler> {
@@ -363,7 +400,7 @@ impl Gateway {
     /// Routes the call and tries its candidates in order until one answers with something
     /// the client should see. Retries (beyond the first attempt) come out of the retry
     /// budget and stop at the routing deadline.
-    pub async fn forward(&self, call: Call<'_>) -> Result<Answer, GatewayError> {
+    async fn forward(&self, call: Call<'_>) -> Result<Answer, GatewayError> {
         let Call {
             request_id,
             model,
@@ -424,10 +461,14 @@ impl Gateway {
                     bytes
                 }
             };
-            // A send that failed counts against the instance's health.
-            let send_failed = |e: SendError| {
-                self.router.report(&instance, Outcome::Failure, None);
-                fail(Failure::Send(e))
+            // A send that failed counts against the instance's health; a drain
+            // deadline's cut does not.
+            let send_failed = |e: Option<SendError>| match e {
+                Some(e) => {
+                    self.router.report(&instance, Outcome::Failure, None);
+                    fail(Failure::Send(e))
+                }
+                None => fail(Failure::Drained),
             };
             let started = Instant::now();
             let deadline = started + timeouts.response;
@@ -462,9 +503,10 @@ impl Gateway {
 
             let status = response.status();
             let headers = response.headers().clone();
+            let wait = retry_after(&headers);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.router
-                    .report(&instance, Outcome::RateLimited(retry_after(&headers)), None);
+                    .report(&instance, Outcome::RateLimited(wait), None);
             } else if status.is_success() || request_fault(status) {
                 self.router
                     .report(&instance, Outcome::Success, Some(latency));
@@ -478,6 +520,7 @@ impl Gateway {
                     status,
                     headers,
                     reason: route.reason,
+                    started,
                     body: AnswerBody::Stream { response, slot },
                 });
             }
@@ -503,12 +546,17 @@ impl Gateway {
                     status,
                     headers,
                     reason: route.reason,
+                    started,
                     body: AnswerBody::Whole(whole),
                 });
             }
-            attempts.push(fail(Failure::Status {
-                status: status.as_u16(),
-                message: error_message(&whole),
+            attempts.push(fail(if status == StatusCode::TOO_MANY_REQUESTS {
+                Failure::RateLimited(wait)
+            } else {
+                Failure::Status {
+                    status: status.as_u16(),
+                    message: error_message(&whole),
+                }
             }));
         }
         Err(GatewayError::Exhausted {
@@ -518,33 +566,100 @@ impl Gateway {
     }
 }
 
-/// Runs `work` unless a drain deadline cuts the instance first.
+/// Runs `work` unless a drain deadline cuts the instance first (`Err(None)`).
 async fn unless_cut<T>(
     work: impl std::future::Future<Output = Result<T, SendError>>,
     cut: &mut (impl std::future::Future<Output = ()> + Unpin),
-) -> Result<T, SendError> {
+) -> Result<T, Option<SendError>> {
     tokio::select! {
-        done = work => done,
-        () = cut => Err(SendError::Broken("cut by a drain deadline".into())),
+        done = work => done.map_err(Some),
+        () = cut => Err(None),
     }
 }
 
-/// How long an upstream's 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds),
-/// or OpenAI's `x-ratelimit-reset-requests`; one second when it says nothing.
+/// Longest wait an upstream may ask for; anything beyond (or nonsense) is capped here.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How long an upstream's 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds
+/// or an HTTP date), or OpenAI's `x-ratelimit-reset-requests` (`6m0s`); one second when
+/// it says nothing readable. Never panics, whatever the values: NaN, negative, huge.
 fn retry_after(headers: &HeaderMap) -> Duration {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0));
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let seconds = |v: &str| -> Option<Duration> {
+        let secs = v
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)?;
+        Some(Duration::from_secs_f64(
+            secs.clamp(0.0, MAX_RETRY_AFTER.as_secs_f64()),
+        ))
+    };
+    text("retry-after-ms")
+        .and_then(|ms| seconds(ms).map(|d| d / 1000))
+        .or_else(|| {
+            let value = text("retry-after")?;
+            seconds(value).or_else(|| http_date_from_now(value))
+        })
+        .or_else(|| text("x-ratelimit-reset-requests").and_then(go_duration))
+        .unwrap_or(Duration::from_secs(1))
+        .min(MAX_RETRY_AFTER)
+}
+
+/// A duration as OpenAI and Go write them: `20ms`, `1.5s`, `6m0s`, `1h2m3s`.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(split);
+        let number: f64 = number.parse().ok()?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        total += number
+            * match unit {
+                "ms" => 0.001,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            };
+        rest = tail;
     }
-    if let Some(secs) = text("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return Duration::from_secs_f64(secs.clamp(0.0, 3600.0));
-    }
-    if let Some(reset) =
-        text("x-ratelimit-reset-requests").and_then(|v| crate::config::parse_duration(v).ok())
-    {
-        return reset.min(Duration::from_secs(3600));
-    }
-    Duration::from_secs(1)
+    (total.is_finite() && total >= 0.0)
+        .then(|| Duration::from_secs_f64(total.min(MAX_RETRY_AFTER.as_secs_f64())))
+}
+
+/// The time from now until an HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`); zero if past.
+fn http_date_from_now(text: &str) -> Option<Duration> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut parts = text.split_whitespace().skip(1);
+    let day: u64 = parts
+        .next()?
+        .parse()
+        .ok()
+        .filter(|d| (1..=31).contains(d))?;
+    let month = parts.next()?;
+    let month = MONTHS.iter().position(|m| *m == month)? as u32 + 1;
+    let year: u32 = parts
+        .next()?
+        .parse()
+        .ok()
+        .filter(|y| (1970..=9999).contains(y))?;
+    let mut clock = parts.next()?.split(':').map(|n| n.parse::<u64>().ok());
+    let (h, m, s) = (clock.next()??, clock.next()??, clock.next()??);
+    let days = crate::admission::period::days_from_civil(year, month) + day - 1;
+    let at_secs = days * 86_400 + h * 3600 + m * 60 + s;
+    let now_secs = crate::telemetry::now_ms() / 1000;
+    Some(Duration::from_secs(at_secs.saturating_sub(now_secs)))
 }
 
 /// The `error.message` of an OpenAI-shaped error body, shortened; empty if there is none.
@@ -563,4 +678,58 @@ fn error_message(body: &[u8]) -> String {
 fn json_string(text: &str) -> Box<RawValue> {
     let literal = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_string());
     RawValue::from_string(literal).unwrap_or_else(|_| Box::<RawValue>::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            if let Ok(value) = value.parse() {
+                map.insert(*name, value);
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn retry_after_survives_whatever_upstreams_write() {
+        let wait = |pairs: &[(&'static str, &str)]| retry_after(&headers(pairs));
+        assert_eq!(wait(&[("retry-after", "2")]), Duration::from_secs(2));
+        assert_eq!(wait(&[("retry-after", "1.5")]), Duration::from_millis(1500));
+        assert_eq!(
+            wait(&[("retry-after-ms", "250")]),
+            Duration::from_millis(250)
+        );
+        for nonsense in ["NaN", "-3", "inf", "soon", ""] {
+            assert_eq!(
+                wait(&[("retry-after", nonsense)]),
+                Duration::from_secs(1),
+                "{nonsense}"
+            );
+        }
+        assert_eq!(wait(&[("retry-after", "1e300")]), MAX_RETRY_AFTER);
+        assert_eq!(wait(&[("retry-after-ms", "NaN")]), Duration::from_secs(1));
+        assert_eq!(
+            wait(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            Duration::ZERO
+        );
+        let future = wait(&[("retry-after", "Fri, 01 Jan 9999 00:00:00 GMT")]);
+        assert_eq!(future, MAX_RETRY_AFTER);
+        // What the gateway itself writes, read back.
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-requests", "6m0s")]),
+            Duration::from_secs(360)
+        );
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-requests", "2m3.5s")]),
+            Duration::from_secs_f64(123.5)
+        );
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-requests", "20ms")]),
+            Duration::from_millis(20)
+        );
+    }
 }

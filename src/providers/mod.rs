@@ -22,7 +22,7 @@ pub(crate) use openai::root_cause;
 pub enum SendError {
     #[error("could not connect: {0}")]
     Connect(String),
-    #[error("timed out after {0:?}")]
+    #[error("timed out after {}", crate::config::format_duration(*.0))]
     Timeout(std::time::Duration),
     #[error("connection broke: {0}")]
     Broken(String),

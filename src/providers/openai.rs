@@ -76,7 +76,7 @@ impl OpenAi {
         match tokio::time::timeout(self.timeouts.response, request.send()).await {
             Err(_) => Err(SendError::Timeout(self.timeouts.response)),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(classify(&error)),
+            Ok(Err(error)) => Err(classify(&error, self.timeouts)),
         }
     }
 
@@ -106,12 +106,20 @@ impl OpenAi {
     }
 }
 
-fn classify(error: &reqwest::Error) -> SendError {
+/// A connect timeout is a failure to connect (503: nothing could be reached), not a slow
+/// upstream (504).
+fn classify(error: &reqwest::Error, timeouts: UpstreamTimeouts) -> SendError {
     let detail = root_cause(error);
-    if error.is_timeout() {
-        SendError::Timeout(Duration::ZERO)
-    } else if error.is_connect() {
+    if error.is_connect() {
+        if error.is_timeout() {
+            return SendError::Connect(format!(
+                "no connection within {}",
+                crate::config::format_duration(timeouts.connect)
+            ));
+        }
         SendError::Connect(detail)
+    } else if error.is_timeout() {
+        SendError::Timeout(timeouts.response)
     } else {
         SendError::Broken(detail)
     }

@@ -1,16 +1,20 @@
-//! One append-only chunk log per streamed answer, read through a cursor per subscriber.
+//! The one registry of streams: an append-only chunk log per streamed answer, read
+//! through a cursor per subscriber, carrying what the console shows of it (tokens, tail)
+//! and its kill switch.
 //!
 //! The upstream relay runs in a task that belongs to the log, not to the first client: it
-//! appends whole SSE events, and every reader (the client that asked, and any watchers)
-//! reads them at its own pace. Nothing is dropped from the middle for anyone; a reader
-//! that falls too far behind is cut off alone with an error event. When the last reader
-//! leaves before the answer is complete, the upstream task is aborted, which cancels the
-//! generation and settles what was produced. Finished logs stay readable for a while.
+//! appends whole events, and every reader (the client that asked, and any watchers) reads
+//! them at its own pace. Nothing is dropped from the middle for anyone; a reader that
+//! falls too far behind is cut off alone with an error event. When the last reader leaves
+//! before the answer is complete, the upstream task is aborted, which cancels the
+//! generation and settles what was produced. Finished logs stay readable for a while,
+//! bounded by age, count and bytes; `sweep`, run on a timer, drops the rest.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -18,39 +22,61 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::{error_frame, without_usage_chunk};
+use super::{Relayed, error_frame};
+use crate::domain::StreamPolicy;
+use crate::domain::snapshot::StreamView;
+
+/// A stream of SSE frames for a client.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
+
+/// Characters of text kept per stream for tailing.
+const TAIL: usize = 400;
+
+/// Who a stream belongs to and where it comes from.
+#[derive(Debug, Clone)]
+pub struct StreamMeta {
+    pub tenant: String,
+    pub model: String,
+    pub region: String,
+    pub instance: String,
+    /// Whether the client that asked left out the usage-only chunk; watchers see what
+    /// it saw.
+    pub strips_usage: bool,
+}
 
 pub struct ChunkLog {
     pub id: String,
-    pub tenant: String,
-    /// Whether the client that asked wanted the usage-only chunk; watchers see what it saw.
-    pub origin_strips_usage: bool,
-    events: Mutex<Vec<Bytes>>,
-    /// Events appended so far; `usize::MAX` once the log is complete.
+    pub meta: StreamMeta,
+    started: Instant,
+    events: Mutex<Vec<Relayed>>,
+    bytes: AtomicUsize,
+    /// Events appended so far, and whether the log is complete.
     progress: watch::Sender<(usize, bool)>,
     readers: AtomicUsize,
     producer: Mutex<Option<AbortHandle>>,
     finished_at: Mutex<Option<Instant>>,
+    /// Content deltas seen (about one token each), and the end of the text.
+    tokens: AtomicU64,
+    tail: Mutex<String>,
+    kill: watch::Sender<bool>,
 }
 
 impl ChunkLog {
-    fn append(&self, batch: &Bytes) {
+    fn append(&self, event: Relayed) {
+        self.bytes.fetch_add(event.bytes.len(), Ordering::Relaxed);
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rest = batch.clone();
-        while !rest.is_empty() {
-            let end = rest
-                .windows(2)
-                .position(|w| w == b"\n\n")
-                .map_or(rest.len(), |i| i + 2);
-            events.push(rest.split_to(end));
-        }
+        events.push(event);
         let count = events.len();
         drop(events);
         self.progress.send_replace((count, false));
     }
 
     fn finish(&self) {
-        let count = self.events.lock().map(|e| e.len()).unwrap_or(0);
+        let count = {
+            let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            events.shrink_to_fit();
+            events.len()
+        };
         if let Ok(mut at) = self.finished_at.lock() {
             *at = Some(Instant::now());
         }
@@ -69,30 +95,82 @@ impl ChunkLog {
         self.len() == 0
     }
 
+    /// Bytes of events kept.
+    pub fn size(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Returns once the log is complete (the upstream ended, or was cancelled).
     pub async fn wait_finished(&self) {
         let mut progress = self.progress.subscribe();
         let _ = progress.wait_for(|(_, finished)| *finished).await;
     }
 
-    /// Every event so far.
+    /// Every event so far, as relayed.
     pub fn events(&self) -> Vec<Bytes> {
-        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+        self.events
+            .lock()
+            .map(|e| e.iter().map(|r| r.bytes.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Whether the log is complete and its last event is `data: [DONE]`: the answer is
     /// whole, not cut by an error.
     pub fn completed_cleanly(&self) -> bool {
-        self.finished() && self.last_event().is_some_and(|last| is_done(&last))
+        self.finished()
+            && self
+                .events
+                .lock()
+                .ok()
+                .and_then(|e| {
+                    e.last()
+                        .map(|last| last.bytes.trim_ascii() == b"data: [DONE]")
+                })
+                .unwrap_or(false)
     }
 
-    fn last_event(&self) -> Option<Bytes> {
-        self.events.lock().ok().and_then(|e| e.last().cloned())
+    /// Records a content delta (about one token), for the console.
+    pub fn text(&self, delta: &str) {
+        self.tokens.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut tail) = self.tail.lock() {
+            tail.push_str(delta);
+            if tail.len() > TAIL * 2 {
+                let cut = tail.len() - TAIL;
+                let cut = (cut..tail.len())
+                    .find(|i| tail.is_char_boundary(*i))
+                    .unwrap_or(0);
+                tail.drain(..cut);
+            }
+        }
     }
-}
 
-fn is_done(event: &[u8]) -> bool {
-    event.trim_ascii() == b"data: [DONE]"
+    /// Resolves when an operator kills the stream.
+    pub fn killed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut kill = self.kill.subscribe();
+        async move {
+            let _ = kill.wait_for(|k| *k).await;
+        }
+    }
+
+    fn view(&self, now: Instant) -> StreamView {
+        let age = now.saturating_duration_since(self.started);
+        let tokens = self.tokens.load(Ordering::Relaxed);
+        StreamView {
+            id: self.id.clone(),
+            tenant: self.meta.tenant.clone(),
+            model: self.meta.model.clone(),
+            region: self.meta.region.clone(),
+            instance: self.meta.instance.clone(),
+            tokens,
+            tokens_per_sec: tokens as f64 / age.as_secs_f64().max(0.001),
+            age_ms: age.as_millis() as u64,
+            tail: self.tail.lock().map(|t| t.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        self.finished_at.lock().ok().and_then(|at| *at)
+    }
 }
 
 /// Completes a log whose producer was aborted before its relay ended (every reader
@@ -102,10 +180,13 @@ struct Completes(Arc<ChunkLog>);
 impl Drop for Completes {
     fn drop(&mut self) {
         if !self.0.finished() {
-            self.0.append(&error_frame(
-                "this stream was cancelled because every reader left; the answer is incomplete",
-                "stream_cancelled",
-            ));
+            self.0.append(Relayed {
+                bytes: error_frame(
+                    "this stream was cancelled because every reader left; the answer is incomplete",
+                    "stream_cancelled",
+                ),
+                usage_only: false,
+            });
             self.0.finish();
         }
     }
@@ -114,76 +195,158 @@ impl Drop for Completes {
 /// Every chunk log, live or recently finished.
 pub struct Hub {
     logs: Mutex<HashMap<String, Arc<ChunkLog>>>,
-    /// How long finished logs stay readable.
-    keep: Duration,
-    /// Events a reader may fall behind before it is cut off.
-    max_lag: usize,
+    policy: StreamPolicy,
+    next: AtomicU64,
 }
 
 impl Hub {
-    pub fn new(keep: Duration, max_lag: usize) -> Hub {
+    pub fn new(policy: StreamPolicy) -> Hub {
         Hub {
             logs: Mutex::new(HashMap::new()),
-            keep,
-            max_lag,
+            policy,
+            next: AtomicU64::new(0),
         }
     }
 
-    /// Starts a log fed by `relay`, in a task of its own, and returns the log.
-    pub fn publish<R>(
-        &self,
-        id: &str,
-        tenant: &str,
-        origin_strips_usage: bool,
-        relay: R,
-    ) -> Arc<ChunkLog>
-    where
-        R: Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
-    {
+    /// Opens a log for a stream about to be relayed; it is live (listed, killable) from
+    /// now on, and readable once `start`ed.
+    pub fn open(&self, meta: StreamMeta) -> Arc<ChunkLog> {
+        let id = format!(
+            "str_{:x}{:04x}",
+            crate::telemetry::now_ms(),
+            self.next.fetch_add(1, Ordering::Relaxed) & 0xffff
+        );
         let log = Arc::new(ChunkLog {
-            id: id.to_string(),
-            tenant: tenant.to_string(),
-            origin_strips_usage,
+            id: id.clone(),
+            meta,
+            started: Instant::now(),
             events: Mutex::new(Vec::new()),
+            bytes: AtomicUsize::new(0),
             progress: watch::channel((0, false)).0,
             readers: AtomicUsize::new(0),
             producer: Mutex::new(None),
             finished_at: Mutex::new(None),
+            tokens: AtomicU64::new(0),
+            tail: Mutex::new(String::new()),
+            kill: watch::channel(false).0,
         });
+        if let Ok(mut logs) = self.logs.lock() {
+            logs.insert(id, log.clone());
+        }
+        log
+    }
+
+    /// Feeds `log` from `relay` in a task of its own, and returns the publisher's reader.
+    /// The reader exists before the task starts, so no other reader coming and going can
+    /// leave the log without one and cancel the upstream.
+    pub fn start<R>(&self, log: &Arc<ChunkLog>, relay: R) -> EventStream
+    where
+        R: Stream<Item = Relayed> + Send + 'static,
+    {
+        let reader = self.reader(log, 0, false, log.meta.strips_usage);
         let feeding = Completes(log.clone());
         let task = tokio::spawn(async move {
             let mut relay = std::pin::pin!(relay);
-            while let Some(Ok(batch)) = relay.next().await {
-                feeding.0.append(&batch);
+            while let Some(event) = relay.next().await {
+                feeding.0.append(event);
             }
             feeding.0.finish();
         });
         if let Ok(mut producer) = log.producer.lock() {
             *producer = Some(task.abort_handle());
         }
-        let now = Instant::now();
-        if let Ok(mut logs) = self.logs.lock() {
-            let keep = self.keep;
-            logs.retain(|_, l| {
-                l.finished_at
-                    .lock()
-                    .map(|at| at.is_none_or(|at| now.saturating_duration_since(at) < keep))
-                    .unwrap_or(true)
-            });
-            logs.insert(id.to_string(), log.clone());
-        }
-        log
+        reader
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<ChunkLog>> {
         let log = self.logs.lock().ok()?.get(id).cloned()?;
         let expired = log
-            .finished_at
-            .lock()
-            .ok()
-            .and_then(|at| *at)
-            .is_some_and(|at| at.elapsed() >= self.keep);
+            .finished_at()
+            .is_some_and(|at| at.elapsed() >= self.policy.keep_finished);
         (!expired).then_some(log)
+    }
+
+    /// Ends a live stream; false when there is no such stream.
+    pub fn kill(&self, id: &str) -> bool {
+        match self.get(id).filter(|log| !log.finished()) {
+            Some(log) => {
+                log.kill.send_replace(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every live stream, oldest first.
+    pub fn views(&self) -> Vec<StreamView> {
+        let now = Instant::now();
+        let mut views: Vec<StreamView> = self
+            .logs
+            .lock()
+            .map(|logs| {
+                logs.values()
+                    .filter(|log| !log.finished())
+                    .map(|log| log.view(now))
+                    .collect()
+            })
+            .unwrap_or_default();
+        views.sort_by_key(|v| std::cmp::Reverse(v.age_ms));
+        views
+    }
+
+    /// Streams being relayed now.
+    pub fn live(&self) -> usize {
+        self.logs
+            .lock()
+            .map(|logs| logs.values().filter(|log| !log.finished()).count())
+            .unwrap_or(0)
+    }
+
+    /// Finished streams kept, and the bytes of their events.
+    pub fn kept(&self) -> (usize, usize) {
+        self.logs
+            .lock()
+            .map(|logs| {
+                logs.values()
+                    .filter(|log| log.finished())
+                    .fold((0, 0), |(n, bytes), log| (n + 1, bytes + log.size()))
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// Drops finished logs past `keep_finished`, then the oldest until the rest fit in
+    /// `max_finished` and `max_finished_bytes`. Returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let Ok(mut logs) = self.logs.lock() else {
+            return 0;
+        };
+        let before = logs.len();
+        let keep = self.policy.keep_finished;
+        logs.retain(|_, log| {
+            log.finished_at()
+                .is_none_or(|at| now.saturating_duration_since(at) < keep)
+        });
+        let mut finished: Vec<(Instant, usize, String)> = logs
+            .values()
+            .filter_map(|log| Some((log.finished_at()?, log.size(), log.id.clone())))
+            .collect();
+        let mut count = finished.len();
+        let mut bytes: usize = finished.iter().map(|(_, size, _)| size).sum();
+        if count > self.policy.max_finished || bytes > self.policy.max_finished_bytes {
+            finished.sort_unstable_by_key(|(at, _, _)| *at);
+            for (_, size, id) in finished {
+                if count <= self.policy.max_finished && bytes <= self.policy.max_finished_bytes {
+                    break;
+                }
+                logs.remove(&id);
+                count -= 1;
+                bytes -= size;
+            }
+        }
+        let room = logs.len() * 2;
+        logs.shrink_to(room);
+        before - logs.len()
     }
 
     /// A reader from event `from` (0: the start). With `ids`, each event carries its index
@@ -195,7 +358,7 @@ impl Hub {
         from: usize,
         ids: bool,
         strip_usage: bool,
-    ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    ) -> EventStream {
         log.readers.fetch_add(1, Ordering::AcqRel);
         // A late joiner replaying from the start is not slow: it is allowed the lag it
         // starts with, plus `max_lag` more.
@@ -205,59 +368,57 @@ impl Hub {
             next: from,
             ids,
             strip_usage,
-            max_lag: self.max_lag + behind_at_start,
+            max_lag: self.policy.max_lag + behind_at_start,
             progress: log.progress.subscribe(),
             done: false,
         };
-        futures_util::stream::unfold(cursor, |mut cursor| async move {
-            loop {
-                if cursor.done {
-                    return None;
-                }
-                let (count, finished) = *cursor.progress.borrow_and_update();
-                if cursor.next < count {
-                    if count - cursor.next > cursor.max_lag && !finished {
-                        cursor.done = true;
-                        let frame = error_frame(
-                            "this reader fell too far behind the stream and was cut off; the others continue",
-                            "reader_too_slow",
-                        );
+        Box::pin(futures_util::stream::unfold(
+            cursor,
+            |mut cursor| async move {
+                loop {
+                    if cursor.done {
+                        return None;
+                    }
+                    let (count, finished) = *cursor.progress.borrow_and_update();
+                    if cursor.next < count {
+                        if count - cursor.next > cursor.max_lag && !finished {
+                            cursor.done = true;
+                            let frame = error_frame(
+                                "this reader fell too far behind the stream and was cut off; the others continue",
+                                "reader_too_slow",
+                            );
+                            return Some((Ok(frame), cursor));
+                        }
+                        let event = cursor
+                            .log
+                            .events
+                            .lock()
+                            .ok()
+                            .and_then(|e| e.get(cursor.next).cloned());
+                        let index = cursor.next;
+                        cursor.next += 1;
+                        let Some(event) = event else { continue };
+                        if cursor.strip_usage && event.usage_only {
+                            continue;
+                        }
+                        let frame = if cursor.ids {
+                            let mut framed = format!("id: {index}\n").into_bytes();
+                            framed.extend_from_slice(&event.bytes);
+                            Bytes::from(framed)
+                        } else {
+                            event.bytes
+                        };
                         return Some((Ok(frame), cursor));
                     }
-                    let event = cursor
-                        .log
-                        .events
-                        .lock()
-                        .ok()
-                        .and_then(|e| e.get(cursor.next).cloned())
-                        .unwrap_or_default();
-                    let index = cursor.next;
-                    cursor.next += 1;
-                    let event = if cursor.strip_usage {
-                        without_usage_chunk(event)
-                    } else {
-                        event
-                    };
-                    if event.is_empty() {
-                        continue;
+                    if finished {
+                        return None;
                     }
-                    let frame = if cursor.ids {
-                        let mut framed = format!("id: {index}\n").into_bytes();
-                        framed.extend_from_slice(&event);
-                        Bytes::from(framed)
-                    } else {
-                        event
-                    };
-                    return Some((Ok(frame), cursor));
+                    if cursor.progress.changed().await.is_err() {
+                        return None;
+                    }
                 }
-                if finished {
-                    return None;
-                }
-                if cursor.progress.changed().await.is_err() {
-                    return None;
-                }
-            }
-        })
+            },
+        ))
     }
 }
 
@@ -286,51 +447,85 @@ impl Drop for Cursor {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn event(n: usize) -> Bytes {
-        Bytes::from(format!("data: {{\"n\":{n}}}\n\n"))
+    fn event(n: usize) -> Relayed {
+        Relayed {
+            bytes: Bytes::from(format!("data: {{\"n\":{n}}}\n\n")),
+            usage_only: false,
+        }
+    }
+
+    fn meta() -> StreamMeta {
+        StreamMeta {
+            tenant: "acme".into(),
+            model: "m".into(),
+            region: "r".into(),
+            instance: "i".into(),
+            strips_usage: false,
+        }
+    }
+
+    fn hub(max_lag: usize) -> Hub {
+        Hub::new(StreamPolicy {
+            max_lag,
+            ..StreamPolicy::default()
+        })
     }
 
     #[tokio::test]
     async fn a_reader_that_falls_behind_is_cut_off_alone() {
-        let hub = Hub::new(Duration::from_secs(60), 5);
+        let hub = hub(5);
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
         // Paced: the producer yields between events, as a real upstream does.
         let relay = futures_util::stream::iter(0..20)
             .then(|n| async move {
                 tokio::task::yield_now().await;
-                Ok(event(n))
+                event(n)
             })
             .chain(futures_util::stream::once(async move {
                 let _ = gate.await;
-                Ok(event(20))
+                event(20)
             }));
-        let log = hub.publish("str_t", "acme", false, relay);
-        let mut keen = Box::pin(hub.reader(&log, 0, false, false));
-        let mut slow = Box::pin(hub.reader(&log, 0, false, false));
+        let log = hub.open(meta());
+        let mut keen = hub.start(&log, relay);
+        let mut slow = hub.reader(&log, 0, false, false);
         // The keen reader keeps up; the slow one has not read anything.
         for n in 0..20 {
-            assert_eq!(keen.next().await, Some(Ok(event(n))));
+            assert_eq!(keen.next().await, Some(Ok(event(n).bytes)));
         }
         let cut = slow.next().await.and_then(Result::ok).unwrap_or_default();
         assert!(String::from_utf8_lossy(&cut).contains("reader_too_slow"));
         assert_eq!(slow.next().await, None);
         let _ = release.send(());
-        assert_eq!(keen.next().await, Some(Ok(event(20))));
+        assert_eq!(keen.next().await, Some(Ok(event(20).bytes)));
         assert_eq!(keen.next().await, None);
         assert!(log.finished());
     }
 
     #[tokio::test]
-    async fn readers_start_where_they_ask_and_number_events_when_asked() {
-        let hub = Hub::new(Duration::from_secs(60), 100);
-        let relay = futures_util::stream::iter(vec![Ok(Bytes::from_static(
-            b"data: {\"n\":0}\n\ndata: {\"n\":1}\n\ndata: [DONE]\n\n",
-        ))]);
-        let log = hub.publish("str_u", "acme", false, relay);
+    async fn readers_start_where_they_ask_and_skip_usage_when_asked() {
+        let hub = hub(100);
+        let usage = Relayed {
+            bytes: Bytes::from_static(b"data: {\"choices\":[],\"usage\":{}}\n\n"),
+            usage_only: true,
+        };
+        let done = Relayed {
+            bytes: Bytes::from_static(b"data: [DONE]\n\n"),
+            usage_only: false,
+        };
+        let relay = futures_util::stream::iter(vec![event(0), event(1), usage, done]);
+        let log = hub.open(meta());
+        let origin: Vec<Bytes> = hub
+            .start(&log, relay)
+            .map(|r| r.unwrap_or_default())
+            .collect()
+            .await;
+        assert_eq!(origin.len(), 4);
         let frames: Vec<Bytes> = hub
-            .reader(&log, 1, true, false)
+            .reader(&log, 1, true, true)
             .map(|r| r.unwrap_or_default())
             .collect()
             .await;
@@ -338,9 +533,58 @@ mod tests {
             frames,
             [
                 Bytes::from_static(b"id: 1\ndata: {\"n\":1}\n\n"),
-                Bytes::from_static(b"id: 2\ndata: [DONE]\n\n")
+                Bytes::from_static(b"id: 3\ndata: [DONE]\n\n")
             ]
         );
-        assert!(hub.get("str_u").is_some());
+        assert!(log.completed_cleanly());
+        assert!(hub.get(&log.id).is_some());
+    }
+
+    /// Regression: a follower attaching and leaving between publishing and the
+    /// publisher's first read cancelled the upstream.
+    #[tokio::test]
+    async fn a_reader_leaving_before_the_publisher_reads_cancels_nothing() {
+        let hub = hub(100);
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let relay = futures_util::stream::once(async move {
+            let _ = gate.await;
+            event(0)
+        });
+        let log = hub.open(meta());
+        let mut origin = hub.start(&log, relay);
+        drop(hub.reader(&log, 0, false, false));
+        let _ = release.send(());
+        assert_eq!(origin.next().await, Some(Ok(event(0).bytes)));
+        assert_eq!(origin.next().await, None);
+        assert!(!String::from_utf8_lossy(&log.events().concat()).contains("stream_cancelled"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_streams_are_bounded_by_age_count_and_bytes() {
+        let hub = Hub::new(StreamPolicy {
+            keep_finished: Duration::from_secs(60),
+            max_finished: 3,
+            max_finished_bytes: 1 << 20,
+            max_lag: 100,
+        });
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let log = hub.open(meta());
+            let reader = hub.start(&log, futures_util::stream::iter(vec![event(n)]));
+            let _: Vec<_> = reader.collect().await;
+            log.wait_finished().await;
+            ids.push(log.id.clone());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        let live = hub.open(meta());
+        assert_eq!(hub.sweep(), 2, "the two oldest beyond max_finished");
+        assert!(hub.get(&ids[0]).is_none() && hub.get(&ids[1]).is_none());
+        assert!(hub.get(&ids[4]).is_some());
+        assert_eq!(hub.kept().0, 3);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(hub.sweep(), 3, "expired");
+        assert!(hub.get(&live.id).is_some(), "a live stream is never swept");
+        assert_eq!(hub.views().len(), 1);
+        assert!(hub.kill(&live.id));
     }
 }

@@ -1,155 +1,162 @@
 //! Server-sent event streams from upstream to client.
 //!
-//! An upstream stream is relayed event by event: bytes are held only until an event is
-//! complete, never the whole answer. A stream that breaks, or ends without `data: [DONE]`,
-//! is closed with an SSE error frame in OpenAI's shape, because SDKs take a clean close
-//! for success. The relay feeds a chunk log (`hub`) that the client and any watchers read;
-//! dropping the relay (nobody listens any more) drops the upstream response and with it
-//! the upstream connection, which cancels the generation. `live` lists the streams being
-//! relayed now, for the console.
+//! An upstream stream is parsed once (`sse`), event by event, and each event is relayed
+//! in canonical framing as soon as it is whole; bytes are held only until an event is
+//! complete, never the whole answer. Each event's JSON is read once (`Chunk`), for what
+//! decisions need: content, usage, whether it is the usage-only chunk, an upstream error.
+//! A stream that breaks, stalls, or ends without `data: [DONE]` is closed with an SSE
+//! error frame in OpenAI's shape, because SDKs take a clean close for success. The relay
+//! feeds a chunk log (`hub`) that the client and any watchers read; dropping the relay
+//! (nobody listens any more) drops the upstream response and with it the upstream
+//! connection, which cancels the generation.
 
 pub mod hub;
-pub mod live;
+pub mod sse;
 
-use std::convert::Infallible;
+use std::collections::VecDeque;
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::time::Instant;
 
-/// Splits a byte stream into whole SSE events and notices the `[DONE]` sentinel.
-#[derive(Debug, Default)]
-pub struct SseFramer {
-    pending: BytesMut,
-    done: bool,
+pub use sse::{SseEvent, SseParser};
+
+use crate::domain::Usage;
+
+/// What the gateway reads of a chunk (or of a whole chat answer): borrowed where it can.
+#[derive(Debug, Default, Deserialize)]
+pub struct Chunk<'a> {
+    #[serde(default, borrow)]
+    pub choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageView>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
 }
 
-impl SseFramer {
-    /// Adds bytes and returns every event completed by them, terminators included.
-    pub fn push(&mut self, bytes: Bytes) -> Option<Bytes> {
-        // The common case: whole events in, the same bytes out, nothing copied.
-        if self.pending.is_empty() && ends_an_event(&bytes) {
-            if !self.done {
-                self.done = events_contain_done(&bytes);
-            }
-            return Some(bytes);
+#[derive(Debug, Deserialize)]
+pub struct Choice<'a> {
+    #[serde(default, borrow)]
+    pub delta: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    pub message: Option<Text<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Text<'a> {
+    #[serde(default, borrow)]
+    pub content: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageView {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+impl<'a> Chunk<'a> {
+    /// The chunk in an event's data, when it is a JSON object.
+    pub fn parse(data: &'a str) -> Option<Chunk<'a>> {
+        serde_json::from_str(data).ok()
+    }
+
+    /// The upstream's usage, when it reports one.
+    pub fn usage(&self) -> Option<Usage> {
+        let usage = self.usage.as_ref()?;
+        if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
+            return None;
         }
-        let scan_from = self.pending.len().saturating_sub(3);
-        self.pending.extend_from_slice(&bytes);
-        let end = last_event_end(&self.pending, scan_from)?;
-        let events = self.pending.split_to(end).freeze();
-        if !self.done {
-            self.done = events_contain_done(&events);
+        Some(Usage {
+            prompt_tokens: usage.prompt_tokens.unwrap_or(0),
+            completion_tokens: usage.completion_tokens.unwrap_or(0),
+            estimated: false,
+        })
+    }
+
+    /// The chunk the gateway asked for on a client's behalf: no choices, only usage.
+    pub fn is_usage_only(&self) -> bool {
+        self.usage.is_some() && self.choices.as_ref().is_some_and(Vec::is_empty)
+    }
+
+    /// An error object the upstream sent in place of a chunk.
+    pub fn is_error(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// The text of every choice's delta (streams) or message (whole answers).
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.choices
+            .iter()
+            .flatten()
+            .filter_map(|c| c.delta.as_ref().or(c.message.as_ref())?.content.as_deref())
+    }
+}
+
+/// One event as relayed: canonical bytes, and whether it is the usage-only chunk that
+/// readers who did not ask for usage skip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    pub bytes: Bytes,
+    pub usage_only: bool,
+}
+
+impl Relayed {
+    fn plain(bytes: Bytes) -> Relayed {
+        Relayed {
+            bytes,
+            usage_only: false,
         }
-        Some(events)
-    }
-
-    /// Whether `data: [DONE]` has been seen.
-    pub fn done(&self) -> bool {
-        self.done
-    }
-
-    /// Bytes of an event that never completed.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
     }
 }
 
-/// The end (exclusive) of the last complete event in `buf`, looking for a blank line
-/// (`\n\n` or `\r\n\r\n`) at or after `from`.
-fn last_event_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut end = None;
-    let mut i = from;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                end = Some(i + 2);
-                i += 2;
-                continue;
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                end = Some(i + 3);
-                i += 3;
-                continue;
-            }
-        }
-        i += 1;
-    }
-    end
-}
-
-fn ends_an_event(bytes: &[u8]) -> bool {
-    bytes.ends_with(b"\n\n") || bytes.ends_with(b"\r\n\r\n")
-}
-
-fn events_contain_done(events: &[u8]) -> bool {
-    events.split(|&b| b == b'\n').any(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        line.strip_prefix(b"data:")
-            .map(|data| data.trim_ascii() == b"[DONE]")
-            .unwrap_or(false)
-    })
-}
-
-/// Sees every batch of whole events a relay passes on; dropped when the relay ends, which
-/// is where it settles whatever it accounts for.
+/// Sees every event a relay passes on; dropped when the relay ends, which is where it
+/// settles whatever it accounts for.
 pub trait Watch: Send + 'static {
-    fn events(&mut self, events: &[u8]);
+    fn event(&mut self, event: &SseEvent, chunk: Option<&Chunk<'_>>);
     /// The relay ended the stream with an error event carrying `code`.
     fn ended_with(&mut self, _code: &'static str) {}
 }
 
 impl Watch for () {
-    fn events(&mut self, _: &[u8]) {}
+    fn event(&mut self, _: &SseEvent, _: Option<&Chunk<'_>>) {}
 }
 
-/// The `data:` payloads of whole SSE events, in order.
-pub fn data_payloads(events: &[u8]) -> impl Iterator<Item = &[u8]> {
-    events.split(|&b| b == b'\n').filter_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        line.strip_prefix(b"data:")
-            .map(|d| d.strip_prefix(b" ").unwrap_or(d))
-    })
+/// Drops the usage-only chunk from canonical events (a kept stream replayed to a client
+/// that did not ask for usage). Only events that mention usage are parsed.
+pub fn without_usage_chunk(event: Bytes) -> Bytes {
+    let usage_only = parse_events(&event).iter().any(|e| {
+        e.data.contains("usage") && Chunk::parse(&e.data).is_some_and(|c| c.is_usage_only())
+    });
+    if usage_only { Bytes::new() } else { event }
 }
 
-/// Drops the usage-only chunk (`choices: []` with `usage`) that the gateway asked for on
-/// behalf of a client that did not. Only events mentioning usage are parsed.
-pub fn without_usage_chunk(events: Bytes) -> Bytes {
-    if !events.windows(9).any(|w| w == b"\"usage\":{") {
-        return events;
-    }
-    let is_usage_chunk = |event: &[u8]| {
-        data_payloads(event).any(|data| {
-            serde_json::from_slice::<serde_json::Value>(data).is_ok_and(|v| {
-                v.get("choices")
-                    .and_then(|c| c.as_array())
-                    .is_some_and(|c| c.is_empty())
-                    && v.get("usage").is_some_and(|u| u.is_object())
-            })
-        })
-    };
-    let mut kept = BytesMut::with_capacity(events.len());
-    let mut rest = &events[..];
-    while !rest.is_empty() {
-        let end = rest
-            .windows(2)
-            .position(|w| w == b"\n\n")
-            .map_or(rest.len(), |i| i + 2);
-        let (event, tail) = rest.split_at(end);
-        if !is_usage_chunk(event) {
-            kept.extend_from_slice(event);
-        }
-        rest = tail;
-    }
-    kept.freeze()
+/// The events in canonical (or any) SSE bytes.
+pub fn parse_events(bytes: &[u8]) -> Vec<SseEvent> {
+    let mut parser = SseParser::default();
+    let mut events = parser.push(bytes);
+    events.extend(parser.push(b"\n\n"));
+    events
+}
+
+/// The upstream's usage in a stream's events (its usage chunk), if it sent one.
+pub fn usage_in_events(events: &[Bytes]) -> Option<Usage> {
+    events
+        .iter()
+        .rev()
+        .flat_map(|bytes| parse_events(bytes))
+        .filter(|event| event.data.contains("usage"))
+        .find_map(|event| Chunk::parse(&event.data)?.usage())
 }
 
 /// Where a watcher resumes: the event after its `Last-Event-ID`, or the start.
-pub fn resume_from(headers: &axum::http::HeaderMap) -> usize {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+pub fn resume_from(last_event_id: Option<&str>) -> usize {
+    last_event_id
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .map_or(0, |last| last + 1)
+        .map_or(0, |last| last.saturating_add(1))
 }
 
 /// Why a relay was ended from outside: a drain deadline, or an operator.
@@ -157,6 +164,13 @@ pub fn resume_from(headers: &axum::http::HeaderMap) -> usize {
 pub struct Cut {
     pub code: &'static str,
     pub message: String,
+}
+
+/// How long an upstream stream may be silent: before its first event, and between events.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    pub first_event: Duration,
+    pub idle: Duration,
 }
 
 /// An SSE frame carrying an error in OpenAI's shape, as the SDKs expect mid-stream.
@@ -167,15 +181,16 @@ pub fn error_frame(message: &str, code: &str) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
-/// Relays an upstream SSE body to the client. `watch` sees every event passed on and
-/// lives as long as the relay; `describe` names the upstream in error messages.
+/// Relays an upstream SSE body. `watch` sees every event passed on and lives as long as
+/// the relay; `cut` ends it from outside; `describe` names the upstream in messages.
 pub fn relay<S, E, W, C>(
     upstream: S,
     watch: W,
     cut: C,
+    patience: Patience,
     describe: String,
     request_id: String,
-) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
+) -> impl Stream<Item = Relayed> + Send + 'static
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::error::Error + 'static,
@@ -184,210 +199,271 @@ where
 {
     struct Relay<S, W: Watch> {
         upstream: S,
-        framer: SseFramer,
+        parser: SseParser,
+        ready: VecDeque<Relayed>,
+        /// No more from upstream: done, failed or cut.
         finished: bool,
+        done: bool,
+        seen_event: bool,
+        upstream_error: bool,
+        silent_until: Instant,
+        patience: Patience,
         watch: W,
         cut: std::pin::Pin<Box<dyn std::future::Future<Output = Cut> + Send>>,
         describe: String,
         request_id: String,
     }
 
+    impl<S, W: Watch> Relay<S, W> {
+        fn take(&mut self, events: Vec<SseEvent>) {
+            if events.is_empty() {
+                // Comments and partial events keep the connection busy, not the stream.
+                return;
+            }
+            self.seen_event = true;
+            for event in events {
+                if self.done {
+                    return;
+                }
+                let chunk = Chunk::parse(&event.data);
+                self.watch.event(&event, chunk.as_ref());
+                self.done = event.is_done();
+                self.upstream_error |= chunk.as_ref().is_some_and(Chunk::is_error);
+                self.ready.push_back(Relayed {
+                    bytes: event.encode(),
+                    usage_only: chunk.as_ref().is_some_and(Chunk::is_usage_only),
+                });
+            }
+            self.silent_until = Instant::now() + self.patience.idle;
+        }
+
+        fn fail(&mut self, code: &'static str, message: String) {
+            self.finished = true;
+            self.watch.ended_with(code);
+            self.ready
+                .push_back(Relayed::plain(error_frame(&message, code)));
+        }
+    }
+
     impl<S, W: Watch> Drop for Relay<S, W> {
         fn drop(&mut self) {
             // Dropped before the end: nobody listened any more and the relay was aborted.
-            if !self.finished && !self.framer.done() {
+            if !self.finished && !self.done {
                 self.watch.ended_with("stream_cancelled");
             }
         }
     }
 
-    futures_util::stream::unfold(
-        Relay {
-            upstream,
-            framer: SseFramer::default(),
-            finished: false,
-            watch,
-            cut: Box::pin(cut),
-            describe,
-            request_id,
-        },
-        |mut relay| async move {
-            if relay.finished {
+    let relay = Relay {
+        upstream,
+        parser: SseParser::default(),
+        ready: VecDeque::new(),
+        finished: false,
+        done: false,
+        seen_event: false,
+        upstream_error: false,
+        silent_until: Instant::now() + patience.first_event,
+        patience,
+        watch,
+        cut: Box::pin(cut),
+        describe,
+        request_id,
+    };
+    futures_util::stream::unfold(relay, |mut relay| async move {
+        loop {
+            if let Some(next) = relay.ready.pop_front() {
+                return Some((next, relay));
+            }
+            if relay.finished || relay.done {
                 return None;
             }
-            loop {
-                let next = tokio::select! {
-                    next = relay.upstream.next() => next,
-                    cut = &mut relay.cut => {
-                        relay.finished = true;
-                        relay.watch.ended_with(cut.code);
-                        tracing::warn!(request_id = %relay.request_id, upstream = %relay.describe, code = cut.code, "stream cut");
-                        return Some((Ok(error_frame(&cut.message, cut.code)), relay));
-                    }
-                };
-                let failure = match next {
-                    Some(Ok(bytes)) => match relay.framer.push(bytes) {
-                        Some(events) => {
-                            relay.watch.events(&events);
-                            return Some((Ok(events), relay));
-                        }
-                        None => continue,
-                    },
-                    Some(Err(error)) => {
-                        format!("connection lost: {}", crate::providers::root_cause(&error))
-                    }
-                    None if relay.framer.done() => return None,
-                    None => "the stream ended without [DONE]".to_string(),
-                };
-                relay.finished = true;
-                if relay.framer.done() {
-                    // The answer was complete; whatever broke afterwards does not matter.
-                    return None;
+            let silent_until = relay.silent_until;
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(silent_until, relay.upstream.next()) => next,
+                cut = &mut relay.cut => {
+                    tracing::warn!(request_id = %relay.request_id, upstream = %relay.describe, code = cut.code, "stream cut");
+                    relay.fail(cut.code, cut.message);
+                    continue;
                 }
-                tracing::warn!(
-                    request_id = %relay.request_id,
-                    upstream = %relay.describe,
-                    reason = %failure,
-                    "upstream stream failed mid-way"
-                );
-                let message = format!(
-                    "the upstream {} failed mid-stream ({failure}); the answer is incomplete",
-                    relay.describe
-                );
-                relay.watch.ended_with("upstream_stream_error");
-                return Some((Ok(error_frame(&message, "upstream_stream_error")), relay));
-            }
-        },
-    )
-}
-
-/// The upstream's usage in a stream's events (its usage chunk), if it sent one.
-pub fn usage_in_events(events: &[Bytes]) -> Option<crate::admission::Usage> {
-    #[derive(serde::Deserialize)]
-    struct Chunk {
-        usage: Option<Counts>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Counts {
-        prompt_tokens: u64,
-        #[serde(default)]
-        completion_tokens: u64,
-    }
-    events
-        .iter()
-        .rev()
-        .filter(|event| event.windows(9).any(|w| w == b"\"usage\":{"))
-        .flat_map(|event| data_payloads(event))
-        .find_map(|data| serde_json::from_slice::<Chunk>(data).ok()?.usage)
-        .map(|counts| crate::admission::Usage {
-            prompt_tokens: counts.prompt_tokens,
-            completion_tokens: counts.completion_tokens,
-            estimated: false,
-        })
+            };
+            let (code, failure) = match next {
+                Ok(Some(Ok(bytes))) => {
+                    let events = relay.parser.push(&bytes);
+                    relay.take(events);
+                    continue;
+                }
+                Err(_) => {
+                    let waited = if relay.seen_event {
+                        relay.patience.idle
+                    } else {
+                        relay.patience.first_event
+                    };
+                    (
+                        "upstream_stream_stalled",
+                        format!(
+                            "it sent nothing for {}",
+                            crate::config::format_duration(waited)
+                        ),
+                    )
+                }
+                Ok(Some(Err(error))) => (
+                    "upstream_stream_error",
+                    format!("connection lost: {}", crate::providers::root_cause(&error)),
+                ),
+                Ok(None) => {
+                    // A last event without its blank line still counts.
+                    let events = relay.parser.push(b"\n\n");
+                    relay.take(events);
+                    if relay.done {
+                        continue;
+                    }
+                    if relay.upstream_error {
+                        // The upstream said what went wrong; its error event is the end.
+                        relay.finished = true;
+                        relay.watch.ended_with("upstream_stream_error");
+                        continue;
+                    }
+                    (
+                        "upstream_stream_error",
+                        "the stream ended without [DONE]".to_string(),
+                    )
+                }
+            };
+            tracing::warn!(
+                request_id = %relay.request_id,
+                upstream = %relay.describe,
+                reason = %failure,
+                code,
+                "upstream stream failed mid-way"
+            );
+            let message = format!(
+                "the upstream {} failed mid-stream ({failure}); the answer is incomplete",
+                relay.describe
+            );
+            relay.fail(code, message);
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn framer_holds_partial_events_until_complete() {
-        let mut framer = SseFramer::default();
-        assert_eq!(framer.push(Bytes::from_static(b"data: {\"a\":")), None);
-        assert_eq!(
-            framer.push(Bytes::from_static(b"1}\n\ndata: {\"b\"")),
-            Some(Bytes::from_static(b"data: {\"a\":1}\n\n"))
-        );
-        assert_eq!(framer.pending(), 10);
-        assert_eq!(
-            framer.push(Bytes::from_static(b":2}\n")),
-            None,
-            "one newline does not end an event"
-        );
-        assert_eq!(
-            framer.push(Bytes::from_static(b"\ndata: [DONE]\n\n")),
-            Some(Bytes::from_static(b"data: {\"b\":2}\n\ndata: [DONE]\n\n"))
-        );
-        assert!(framer.done());
-    }
+    const PATIENT: Patience = Patience {
+        first_event: Duration::from_secs(60),
+        idle: Duration::from_secs(60),
+    };
 
-    #[test]
-    fn framer_accepts_crlf_and_a_blank_line_split_across_reads() {
-        let mut framer = SseFramer::default();
-        assert_eq!(framer.push(Bytes::from_static(b"data: x\r\n\r")), None);
-        assert_eq!(
-            framer.push(Bytes::from_static(b"\n")),
-            Some(Bytes::from_static(b"data: x\r\n\r\n"))
-        );
-        assert!(!framer.done());
-    }
-
-    #[test]
-    fn done_inside_content_is_not_the_sentinel() {
-        let mut framer = SseFramer::default();
-        framer.push(Bytes::from_static(
-            b"data: {\"content\":\"data: [DONE]\"}\n\n",
-        ));
-        assert!(!framer.done());
-    }
-
-    #[test]
-    fn only_the_usage_only_chunk_is_stripped() {
-        let events = Bytes::from_static(
-            b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"total_tokens\":3}}\n\ndata: [DONE]\n\n",
-        );
-        assert_eq!(
-            without_usage_chunk(events),
-            Bytes::from_static(
-                b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: [DONE]\n\n"
-            )
-        );
-        let untouched = Bytes::from_static(b"data: {\"choices\":[]}\n\n");
-        assert_eq!(without_usage_chunk(untouched.clone()), untouched);
+    async fn relayed<E: std::error::Error + Send + 'static>(
+        upstream: Vec<Result<Bytes, E>>,
+    ) -> Vec<Relayed> {
+        relay(
+            futures_util::stream::iter(upstream),
+            (),
+            std::future::pending::<Cut>(),
+            PATIENT,
+            "us-east-a".into(),
+            "req_1".into(),
+        )
+        .collect()
+        .await
     }
 
     #[tokio::test]
     async fn a_broken_stream_ends_with_an_error_frame() {
-        let upstream = futures_util::stream::iter(vec![
+        let frames = relayed(vec![
             Ok(Bytes::from_static(b"data: {\"n\":1}\n\ndata: {\"n\"")),
             Err(std::io::Error::other("reset")),
-        ]);
-        let frames: Vec<Bytes> = relay(
-            upstream,
-            (),
-            std::future::pending(),
-            "us-east-a".into(),
-            "req_1".into(),
-        )
-        .map(|r| r.unwrap_or_else(|e| match e {}))
-        .collect()
+        ])
         .await;
         assert_eq!(frames.len(), 2);
-        assert_eq!(frames[0], Bytes::from_static(b"data: {\"n\":1}\n\n"));
-        let last = String::from_utf8_lossy(&frames[1]);
+        assert_eq!(frames[0].bytes, Bytes::from_static(b"data: {\"n\":1}\n\n"));
+        let last = String::from_utf8_lossy(&frames[1].bytes);
         assert!(last.starts_with("data: {\"error\":"), "{last}");
         assert!(last.contains("upstream_stream_error"), "{last}");
     }
 
     #[tokio::test]
-    async fn a_complete_stream_passes_through_untouched() {
-        let upstream = futures_util::stream::iter(vec![
-            Ok::<_, std::io::Error>(Bytes::from_static(b"data: {\"n\":1}\n\n")),
-            Ok(Bytes::from_static(b"data: [DONE]\n\n")),
-        ]);
-        let frames: Vec<Bytes> = relay(
-            upstream,
+    async fn any_framing_is_relayed_canonically_and_usage_is_found_by_json() {
+        let frames = relayed(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(
+                b": keep-alive\r\n\r\ndata: {\"choices\": [{\"delta\": {\"content\": \"hi\"}}]}\r\n\r\n",
+            )),
+            Ok(Bytes::from_static(
+                b"data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 1}}\r\n\r\ndata: [DONE]\r\n\r\n",
+            )),
+        ])
+        .await;
+        let bytes: Vec<&[u8]> = frames.iter().map(|f| &f.bytes[..]).collect();
+        assert_eq!(
+            bytes,
+            [
+                &b"data: {\"choices\": [{\"delta\": {\"content\": \"hi\"}}]}\n\n"[..],
+                &b"data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 1}}\n\n"[..],
+                &b"data: [DONE]\n\n"[..],
+            ]
+        );
+        let flags: Vec<bool> = frames.iter().map(|f| f.usage_only).collect();
+        assert_eq!(flags, [false, true, false]);
+        let events: Vec<Bytes> = frames.into_iter().map(|f| f.bytes).collect();
+        assert_eq!(
+            usage_in_events(&events),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+                estimated: false
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_after_done_is_read() {
+        let frames = relayed(vec![
+            Ok::<_, std::io::Error>(Bytes::from_static(
+                b"data: [DONE]\n\ndata: {\"late\":1}\n\n",
+            )),
+            Err(std::io::Error::other("reset after the end")),
+        ])
+        .await;
+        assert_eq!(
+            frames,
+            [Relayed::plain(Bytes::from_static(b"data: [DONE]\n\n"))]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_upstream_is_ended_as_stalled() {
+        let upstream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
+            Bytes::from_static(b"data: {\"n\":1}\n\n"),
+        )])
+        .chain(futures_util::stream::pending());
+        let patience = Patience {
+            first_event: Duration::from_secs(5),
+            idle: Duration::from_secs(2),
+        };
+        let frames: Vec<Relayed> = relay(
+            Box::pin(upstream),
             (),
             std::future::pending::<Cut>(),
+            patience,
             "x".into(),
             "r".into(),
         )
-        .map(|r| r.unwrap_or_else(|e| match e {}))
         .collect()
         .await;
-        assert_eq!(
-            frames.concat(),
-            b"data: {\"n\":1}\n\ndata: [DONE]\n\n".to_vec()
+        assert_eq!(frames.len(), 2);
+        let last = String::from_utf8_lossy(&frames[1].bytes);
+        assert!(last.contains("upstream_stream_stalled"), "{last}");
+        assert!(last.contains("sent nothing for 2s"), "{last}");
+    }
+
+    #[test]
+    fn only_the_usage_only_chunk_is_stripped() {
+        let usage = Bytes::from_static(
+            b"data: {\"choices\": [], \"usage\": {\"total_tokens\": 3, \"prompt_tokens\": 2}}\n\n",
         );
+        assert_eq!(without_usage_chunk(usage), Bytes::new());
+        let kept = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\n");
+        assert_eq!(without_usage_chunk(kept.clone()), kept);
     }
 }

@@ -1,0 +1,208 @@
+//! The one recorder of a request: its audit record, its latencies and its counters, the
+//! same for whole answers, cache hits, followers, refusals and streams. A whole answer
+//! is recorded as `serve` returns; a stream's recorder moves into its account and is
+//! recorded when the stream ends, however it ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::audit::Audit;
+use crate::domain::Usage;
+use crate::domain::records::{AuditKind, AuditRecord};
+use crate::telemetry::latency::{Latency, Metric, Recent};
+use crate::telemetry::meter::Meter;
+
+use super::Gateway;
+
+pub(crate) struct Recorder {
+    /// The audit record, filled as the request goes (none when the audit log is off).
+    record: Option<(Arc<Audit>, AuditRecord)>,
+    meter: Arc<Meter>,
+    latency: Arc<Latency>,
+    recent: Arc<Recent>,
+    arrival: Instant,
+    tenant: String,
+    keep_content: bool,
+    /// `region:…`, `model:…`, `tier:…`, once routed.
+    scopes: Vec<String>,
+    instance: Option<String>,
+    first_token: bool,
+    done: bool,
+}
+
+impl Recorder {
+    /// Starts recording a request of `tenant` that arrived at `arrival`.
+    pub fn new(
+        gateway: &Gateway,
+        request_id: &str,
+        endpoint: &str,
+        arrival: Instant,
+        tenant: Option<(&str, &str)>,
+    ) -> Recorder {
+        let audit = gateway.audit();
+        let record = audit.policy().enabled.then(|| {
+            (
+                audit.clone(),
+                AuditRecord {
+                    at_ms: crate::telemetry::now_ms(),
+                    kind: Some(AuditKind::Request),
+                    request_id: Some(request_id.to_string()),
+                    endpoint: Some(endpoint.to_string()),
+                    tenant: tenant.map(|(name, _)| name.to_string()),
+                    key_id: tenant.map(|(_, key)| key.to_string()),
+                    ..AuditRecord::default()
+                },
+            )
+        });
+        if tenant.is_some() {
+            gateway.meter().request();
+        }
+        Recorder {
+            record,
+            meter: gateway.meter().clone(),
+            latency: gateway.latency().clone(),
+            recent: gateway.recent().clone(),
+            arrival,
+            tenant: tenant.map(|(name, _)| name.to_string()).unwrap_or_default(),
+            keep_content: false,
+            scopes: Vec::new(),
+            instance: None,
+            first_token: false,
+            done: false,
+        }
+    }
+
+    /// Fills the audit record, when there is one.
+    pub fn note(&mut self, fill: impl FnOnce(&mut AuditRecord)) {
+        if let Some((_, record)) = self.record.as_mut() {
+            fill(record);
+        }
+    }
+
+    /// Keep prompts and answers on the audit record (the tenant opted in).
+    pub fn keep_content(&mut self, keep: bool) {
+        self.keep_content = keep;
+    }
+
+    pub fn keeps_content(&self) -> bool {
+        self.keep_content && self.record.is_some()
+    }
+
+    /// Answered without going upstream: from the cache, or by an identical request.
+    pub fn hit(&mut self, route: &str, usage: Option<Usage>) {
+        self.note(|r| {
+            r.cache = Some("hit".into());
+            r.route = Some(route.into());
+        });
+        if let Some(usage) = usage {
+            self.used(usage);
+        }
+    }
+
+    /// Admitted after `queued`; went to `instance` in `region`.
+    pub fn routed(
+        &mut self,
+        (region, instance, reason): (&str, &str, &str),
+        model: &str,
+        tier: &str,
+        queued: Duration,
+    ) {
+        self.note(|r| {
+            r.region = Some(region.to_string());
+            r.instance = Some(instance.to_string());
+            r.route = Some(reason.to_string());
+        });
+        self.scopes = vec![
+            format!("region:{region}"),
+            format!("model:{model}"),
+            format!("tier:{tier}"),
+        ];
+        self.instance = Some(instance.to_string());
+        self.record_latency(Metric::Queue, queued);
+    }
+
+    /// A stream's first content arrived.
+    pub fn first_token(&mut self) {
+        if !self.first_token {
+            self.first_token = true;
+            self.record_latency(Metric::Ttft, self.arrival.elapsed());
+        }
+    }
+
+    /// What the request used, counted and put on the record.
+    pub fn used(&mut self, usage: Usage) {
+        self.meter.tokens(usage.total());
+        self.note(|r| {
+            r.prompt_tokens = Some(usage.prompt_tokens);
+            r.completion_tokens = Some(usage.completion_tokens);
+            r.estimated = Some(usage.estimated);
+        });
+    }
+
+    /// An upstream answered after `upstream` of the request's time: end to end and the
+    /// gateway's own overhead (total less queue and upstream), when one is known.
+    pub fn answered(&mut self, queued: Duration, upstream: Option<Duration>) {
+        let total = self.arrival.elapsed();
+        self.record_latency(Metric::EndToEnd, total);
+        if let Some(upstream) = upstream {
+            let overhead = total.saturating_sub(queued).saturating_sub(upstream);
+            self.record_latency(Metric::Overhead, overhead);
+        }
+        if !self.tenant.is_empty() {
+            self.recent
+                .record(&format!("tenant:{}", self.tenant), total);
+        }
+        if let Some(instance) = &self.instance {
+            self.recent.record(&format!("instance:{instance}"), total);
+        }
+    }
+
+    fn record_latency(&self, metric: Metric, value: Duration) {
+        if self.scopes.is_empty() {
+            return;
+        }
+        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+        self.latency.record(metric, &scopes, value);
+    }
+
+    /// Ends the request: the client got `status`, with `error` as its code (a refusal, or
+    /// the error event that ended a stream). Writes the audit record and counts errors.
+    pub fn finish(&mut self, status: u16, error: Option<&'static str>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if let Some(code) = error.filter(|_| status >= 400) {
+            self.meter.code(code);
+        }
+        if status >= 500 {
+            self.meter.error();
+        }
+        let latency_ms = self.arrival.elapsed().as_millis() as u64;
+        if let Some((audit, mut record)) = self.record.take() {
+            record.status = Some(status);
+            record.error = error.map(str::to_string);
+            record.latency_ms = Some(latency_ms);
+            audit.record(record);
+        }
+    }
+
+    /// Hands the recording over to whoever finishes the request (a stream's account),
+    /// leaving this one with nothing to record.
+    pub fn hand_over(&mut self) -> Recorder {
+        Recorder {
+            record: self.record.take(),
+            meter: self.meter.clone(),
+            latency: self.latency.clone(),
+            recent: self.recent.clone(),
+            arrival: self.arrival,
+            tenant: std::mem::take(&mut self.tenant),
+            keep_content: self.keep_content,
+            scopes: std::mem::take(&mut self.scopes),
+            instance: self.instance.take(),
+            first_token: self.first_token,
+            done: std::mem::replace(&mut self.done, true),
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Every way a request is refused, as the one error value a client sees: status, OpenAI's
+//! `type`, `code`, `param`, a message a person can act on, and headers (`retry-after`,
+//! `x-ratelimit-*`). Fronts render it (`api::error` in OpenAI's shape); the pipeline
+//! records its status and code. Messages never carry keys or internals beyond what the
+//! client needs to act.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::admission::{self, RateHeaders, Window};
+use crate::auth::AuthError;
+use crate::gateway::{GatewayError, Refused};
+use crate::scheduler::Rejection;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub code: Option<&'static str>,
+    pub param: Option<&'static str>,
+    pub message: String,
+    /// Extra response headers: `retry-after`, `x-should-retry`, `x-ratelimit-*`.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+const INVALID_REQUEST: &str = "invalid_request_error";
+
+impl Refusal {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> Self {
+        Refusal {
+            status,
+            kind,
+            code: Some(code),
+            param: None,
+            message,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+
+    /// Tells SDKs when to retry: both `retry-after-ms` and `retry-after` (whole seconds,
+    /// rounded up), which they honour up to a limit.
+    fn retry_after(mut self, wait: Duration) -> Self {
+        let ms = wait.as_millis().max(1);
+        self.headers.push(("retry-after-ms", ms.to_string()));
+        self.headers
+            .push(("retry-after", ms.div_ceil(1000).to_string()));
+        self
+    }
+
+    /// Tells SDKs that retrying cannot help.
+    fn never_retry(mut self) -> Self {
+        self.headers.push(("x-should-retry", "false".into()));
+        self
+    }
+
+    fn paused(tenant: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            INVALID_REQUEST,
+            "tenant_paused",
+            format!(
+                "tenant {tenant} is paused by an operator; requests are refused until it is resumed"
+            ),
+        )
+        .never_retry()
+    }
+
+    fn param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn bad_json(detail: &serde_json::Error) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "invalid_json",
+            format!("the request body is not valid JSON: {detail}"),
+        )
+    }
+
+    pub fn not_an_object() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "invalid_json",
+            "the request body must be a JSON object".into(),
+        )
+    }
+
+    pub fn missing_model() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "missing_required_parameter",
+            "missing required parameter: 'model'".into(),
+        )
+        .param("model")
+    }
+
+    pub fn bad_parameter(param: &'static str, message: String) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "invalid_parameter",
+            message,
+        )
+        .param(param)
+    }
+
+    pub fn unknown_model(alias: &str, known: &[&str]) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            "model_not_found",
+            format!(
+                "the model `{alias}` does not exist on this gateway; available: {}",
+                known.join(", ")
+            ),
+        )
+        .param("model")
+    }
+
+    pub fn wrong_endpoint(alias: &str, kind: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "model_not_supported",
+            format!("the model `{alias}` is a {kind} model; send it to {path}"),
+        )
+        .param("model")
+    }
+
+    /// OpenAI's answer to a chat request without messages.
+    pub fn empty_messages() -> Self {
+        Self {
+            code: None,
+            ..Self::bad_parameter("messages", "[] is too short - 'messages'".into())
+        }
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            INVALID_REQUEST,
+            "request_too_large",
+            format!("the request body is larger than this gateway accepts ({limit} bytes)"),
+        )
+    }
+
+    pub fn unreadable_body(detail: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "invalid_body",
+            format!("the request body could not be read: {detail}"),
+        )
+    }
+
+    pub fn stream_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            "stream_not_found",
+            format!("no stream {id} is live or recently finished for this key"),
+        )
+    }
+
+    pub fn not_found(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            "unknown_url",
+            format!("invalid URL ({method} {path})"),
+        )
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            INVALID_REQUEST,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            "the gateway failed while handling this request; it has been logged with the request id"
+                .into(),
+        )
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(error: AuthError) -> Self {
+        let code = match error {
+            AuthError::Missing => "missing_api_key",
+            AuthError::Invalid => "invalid_api_key",
+            AuthError::Expired { .. } => "expired_api_key",
+        };
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            INVALID_REQUEST,
+            code,
+            error.to_string(),
+        )
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Limits(refusal) => refusal.into(),
+            Refused::Queue { rejection, headers } => {
+                let error = match rejection {
+                    Rejection::QueueFull {
+                        tier,
+                        depth,
+                        retry_after,
+                    } => Self::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "requests",
+                        "queue_full",
+                        format!(
+                            "the {tier} queue is full ({depth} requests waiting); try again in {}",
+                            openai_duration(retry_after)
+                        ),
+                    )
+                    .retry_after(retry_after),
+                    Rejection::Timeout {
+                        tier,
+                        waited,
+                        retry_after,
+                    } => Self::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "requests",
+                        "queue_timeout",
+                        format!(
+                            "no upstream capacity freed up within {} in the {tier} queue; try again in {}",
+                            openai_duration(waited),
+                            openai_duration(retry_after)
+                        ),
+                    )
+                    .retry_after(retry_after),
+                    Rejection::Paused => Self::paused("this tenant"),
+                    Rejection::UnknownTier(_) => Self::internal(),
+                };
+                error.with_headers(rate_headers(&headers))
+            }
+        }
+    }
+}
+
+impl From<admission::Refusal> for Refusal {
+    fn from(refusal: admission::Refusal) -> Self {
+        match refusal {
+            admission::Refusal::UnknownTenant => AuthError::Invalid.into(),
+            admission::Refusal::Paused { tenant } => Self::paused(&tenant),
+            admission::Refusal::RateLimited {
+                window,
+                limit,
+                requested,
+                retry_after,
+                headers,
+            } => {
+                let (kind, what) = match window {
+                    Window::Requests => ("requests", "requests per minute (RPM)"),
+                    Window::Tokens => ("tokens", "tokens per minute (TPM)"),
+                    Window::Concurrency => ("requests", "concurrent requests"),
+                };
+                let advice = match retry_after {
+                    Some(wait) => format!("try again in {}", openai_duration(wait)),
+                    None => "the request is larger than the limit; make it smaller".to_string(),
+                };
+                let error = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    kind,
+                    "rate_limit_exceeded",
+                    format!("rate limit reached for {what}: limit {limit}, requested {requested}; {advice}"),
+                )
+                .with_headers(rate_headers(&headers));
+                match retry_after {
+                    Some(wait) => error.retry_after(wait),
+                    None => error.never_retry(),
+                }
+            }
+            admission::Refusal::BudgetSpent {
+                tenant,
+                period,
+                unit,
+                limit,
+                used,
+                renews_in,
+            } => {
+                let amount = |v: f64| {
+                    if unit == "USD" {
+                        format!("${v:.2}")
+                    } else {
+                        format!("{v:.0} tokens")
+                    }
+                };
+                Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    "insufficient_quota",
+                    format!(
+                        "the {} budget of tenant {tenant} is spent ({} used of {}, counting requests in flight); it renews in {}",
+                        period.label(),
+                        amount(used),
+                        amount(limit),
+                        openai_duration(renews_in)
+                    ),
+                )
+                .retry_after(renews_in)
+                .never_retry()
+            }
+        }
+    }
+}
+
+impl From<GatewayError> for Refusal {
+    fn from(error: GatewayError) -> Self {
+        let status = error.status();
+        if let Some(wait) = error.rate_limited_for() {
+            return Self::new(
+                status,
+                "requests",
+                "upstream_rate_limited",
+                format!(
+                    "every upstream that serves this model is rate limiting; try again in {} ({error})",
+                    openai_duration(wait)
+                ),
+            )
+            .retry_after(wait);
+        }
+        let code = match status {
+            StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",
+            StatusCode::SERVICE_UNAVAILABLE => "upstream_unavailable",
+            _ => "upstream_error",
+        };
+        Self::new(status, "server_error", code, error.to_string())
+    }
+}
+
+/// OpenAI's `x-ratelimit-*` headers for the limits a tenant has.
+pub fn rate_headers(headers: &RateHeaders) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(r) = &headers.requests {
+        out.push(("x-ratelimit-limit-requests", r.limit.to_string()));
+        out.push(("x-ratelimit-remaining-requests", r.remaining.to_string()));
+        out.push(("x-ratelimit-reset-requests", openai_duration(r.reset)));
+    }
+    if let Some(t) = &headers.tokens {
+        out.push(("x-ratelimit-limit-tokens", t.limit.to_string()));
+        out.push(("x-ratelimit-remaining-tokens", t.remaining.to_string()));
+        out.push(("x-ratelimit-reset-tokens", openai_duration(t.reset)));
+    }
+    out
+}
+
+/// Durations as OpenAI writes them in headers and messages: `20ms`, `1.5s`, `6m0s`.
+pub fn openai_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (minutes, rest) = (rest / 60_000, rest % 60_000);
+    let seconds = format!("{}.{:03}", rest / 1000, rest % 1000);
+    let seconds = seconds.trim_end_matches('0').trim_end_matches('.');
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, m) => format!("{m}m{seconds}s"),
+        (h, m) => format!("{h}h{m}m{seconds}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_the_way_openai_writes_them() {
+        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(openai_duration(Duration::from_secs(3723)), "1h2m3s");
+    }
+}

@@ -1,0 +1,540 @@
+//! `Gateway::serve`: the whole request path as one call. A front builds an `Inbound`
+//! (an authenticated tenant, the endpoint, the body's fields, cache directives, a
+//! session) and renders the `Reply` or the `Refusal`; everything between happens here,
+//! in the order `ARCHITECTURE.md` draws: parse, cache (hit, follow, lead), estimate,
+//! admission and seat, route and attempts, then the answer returned whole or relayed
+//! through the stream hub, settled and recorded.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::accounting::{StreamAccount, usage_of_answer};
+use super::record::Recorder;
+use super::{Answer, AnswerBody, Call, Gateway, Refusal, Ticket, rate_headers};
+use crate::admission::{Demand, estimate};
+use crate::cache::{self, Directives, Entry, Flight, Landing, Lookup, Stored};
+use crate::domain::{Fields, Model, ModelKind, Tenant, Usage};
+use crate::streams::hub::{ChunkLog, EventStream, StreamMeta};
+use crate::streams::{self, Cut, Patience};
+
+/// A parsed request from any front, on its way into the pipeline.
+pub struct Inbound {
+    pub request_id: Arc<str>,
+    /// The authenticated tenant's name, and the public id of the key it used.
+    pub tenant: String,
+    pub key_id: Arc<str>,
+    pub kind: ModelKind,
+    /// The body's top-level fields; those the gateway does not read pass through as sent.
+    pub fields: Fields,
+    pub directives: Directives,
+    /// A session key from the front (e.g. `x-session-id`); the body's `user` otherwise.
+    pub session: Option<String>,
+    pub arrival: Instant,
+}
+
+/// An answer for the client: its status, the gateway's headers, and the body.
+pub struct Reply {
+    pub status: StatusCode,
+    /// `x-ratelimit-*`, `x-switchyard-*`, `age`.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: ReplyBody,
+}
+
+pub enum ReplyBody {
+    Whole {
+        content_type: String,
+        bytes: Bytes,
+    },
+    /// SSE frames, canonical, ready to send.
+    Stream(EventStream),
+}
+
+/// What the pipeline read of the body before deciding anything.
+struct Parsed<'g> {
+    tenant: &'g Tenant,
+    model: &'g Model,
+    stream: bool,
+    /// The client did not ask for the usage chunk, which the gateway asks for anyway.
+    strip_usage: bool,
+}
+
+impl Gateway {
+    /// Serves one request, from the cache or an upstream, within the tenant's limits.
+    /// Every outcome is recorded (audit, latency, counters) once: whole answers and
+    /// refusals as this returns, streams when they end.
+    pub async fn serve(&self, inbound: Inbound) -> Result<Reply, Refusal> {
+        let endpoint = format!("/v1{}", inbound.kind.upstream_path());
+        let mut recorder = Recorder::new(
+            self,
+            &inbound.request_id,
+            &endpoint,
+            inbound.arrival,
+            Some((&inbound.tenant, &inbound.key_id)),
+        );
+        let outcome = self.walk(inbound, &mut recorder).await;
+        match &outcome {
+            Ok(reply) => recorder.finish(reply.status.as_u16(), None),
+            Err(refusal) => recorder.finish(refusal.status.as_u16(), refusal.code),
+        }
+        outcome
+    }
+
+    /// Records a request refused before it could be served (no key, a body that is not
+    /// JSON, …), so the audit log and the counters see every request.
+    pub fn refused_early(
+        &self,
+        request_id: &str,
+        endpoint: &str,
+        tenant: Option<(&str, &str)>,
+        refusal: &Refusal,
+    ) {
+        let mut recorder = Recorder::new(self, request_id, endpoint, Instant::now(), tenant);
+        recorder.finish(refusal.status.as_u16(), refusal.code);
+    }
+
+    async fn walk(&self, mut inbound: Inbound, recorder: &mut Recorder) -> Result<Reply, Refusal> {
+        let parsed = self.parse(&mut inbound, recorder)?;
+        let flight = match self.read_cache(&inbound, &parsed, recorder).await? {
+            Ok(reply) => return Ok(reply),
+            Err(flight) => flight,
+        };
+        let cache_result = if flight.is_some() { "miss" } else { "bypass" };
+        recorder.note(|r| r.cache = Some(cache_result.to_string()));
+
+        let Parsed { tenant, model, .. } = parsed;
+        let field = |name: &str| inbound.fields.get(name).map(|raw| &**raw);
+        let demand = Demand {
+            prompt_tokens: match inbound.kind {
+                ModelKind::Chat => estimate::chat_prompt(model.tokenizer, field("messages")),
+                ModelKind::Embeddings => {
+                    estimate::embeddings_input(model.tokenizer, field("input"))
+                }
+            },
+            max_tokens: field("max_completion_tokens")
+                .or(field("max_tokens"))
+                .and_then(|raw| raw.get().parse().ok()),
+            completion: inbound.kind == ModelKind::Chat,
+            price: model.price,
+        };
+        let ticket = self.admit(&tenant.name, &demand).await.map_err(|refused| {
+            tracing::debug!(request_id = %inbound.request_id, tenant = %tenant.name, ?refused, "request refused");
+            Refusal::from(refused)
+        })?;
+        recorder.note(|r| {
+            r.tokens_reserved = Some(ticket.tokens());
+            r.queue_ms = Some(ticket.queued.as_millis() as u64);
+        });
+        let mut headers = rate_headers(ticket.headers());
+        headers.push((
+            "x-switchyard-queue-ms",
+            ticket.queued.as_millis().to_string(),
+        ));
+        headers.push((cache::HEADER, cache_result.to_string()));
+        let answer = self
+            .upstream(&mut inbound, &parsed, &ticket)
+            .await
+            .map_err(|refusal| refusal.with_headers(headers.clone()))?;
+        recorder.routed(
+            (&answer.region, &answer.instance, &answer.reason),
+            &model.alias,
+            ticket.tier(),
+            ticket.queued,
+        );
+        headers.push(("x-switchyard-region", answer.region.clone()));
+        headers.push(("x-switchyard-instance", answer.instance.clone()));
+        headers.push(("x-switchyard-route", answer.reason.clone()));
+        let kind = inbound.kind;
+        match answer.body {
+            AnswerBody::Whole(ref bytes) => {
+                let (status, bytes) = (answer.status, bytes.clone());
+                let content_type = answer
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json")
+                    .to_string();
+                let upstream = answer.started.elapsed();
+                let kept =
+                    self.settle_whole(kind, &parsed, ticket, &bytes, status, recorder, upstream);
+                if let (Some(flight), Some(usage)) = (flight, kept) {
+                    flight.land_whole(content_type.clone(), bytes.clone(), usage);
+                }
+                Ok(Reply {
+                    status,
+                    headers,
+                    body: ReplyBody::Whole {
+                        content_type,
+                        bytes,
+                    },
+                })
+            }
+            AnswerBody::Stream { response, slot } => {
+                let (log, reader) = self.relay(
+                    &inbound.request_id,
+                    (&answer.region, &answer.instance),
+                    response,
+                    StreamAccount {
+                        ticket: Some(ticket),
+                        slot: Some(slot),
+                        router: self.router.clone(),
+                        tokenizer: model.tokenizer,
+                        log: self.hub.open(StreamMeta {
+                            tenant: tenant.name.clone(),
+                            model: model.alias.clone(),
+                            region: answer.region.clone(),
+                            instance: answer.instance.clone(),
+                            strips_usage: parsed.strip_usage,
+                        }),
+                        recorder: recorder.hand_over(),
+                        content: String::new(),
+                        usage: None,
+                        ended_with: None,
+                    },
+                );
+                headers.push(("x-switchyard-stream-id", log.id.clone()));
+                if let Some(flight) = flight {
+                    flight.land_stream(log);
+                }
+                Ok(Reply {
+                    status: answer.status,
+                    headers,
+                    body: ReplyBody::Stream(reader),
+                })
+            }
+        }
+    }
+
+    /// Reads what the pipeline decides on: the tenant, the model (known, and served at
+    /// this endpoint), whether to stream, and chat's messages.
+    fn parse(&self, inbound: &mut Inbound, recorder: &mut Recorder) -> Result<Parsed<'_>, Refusal> {
+        let tenant = self
+            .config
+            .tenants
+            .iter()
+            .find(|t| t.name == inbound.tenant)
+            .ok_or_else(|| Refusal::from(crate::auth::AuthError::Invalid))?;
+        let fields = &mut inbound.fields;
+        let alias = match fields
+            .get("model")
+            .map(|raw| serde_json::from_str(raw.get()))
+        {
+            Some(Ok(Value::String(alias))) if !alias.is_empty() => alias,
+            None | Some(Ok(Value::Null | Value::String(_))) => return Err(Refusal::missing_model()),
+            Some(_) => {
+                return Err(Refusal::bad_parameter(
+                    "model",
+                    "'model' must be a string".into(),
+                ));
+            }
+        };
+        let model = self.config.model(&alias).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .config
+                .models
+                .iter()
+                .filter(|m| m.kind == inbound.kind)
+                .map(|m| m.alias.as_str())
+                .collect();
+            Refusal::unknown_model(&alias, &known)
+        })?;
+        if model.kind != inbound.kind {
+            let path = format!("/v1{}", model.kind.upstream_path());
+            return Err(Refusal::wrong_endpoint(
+                &alias,
+                &model.kind.to_string(),
+                &path,
+            ));
+        }
+        let stream = match fields.get("stream").map(|raw| raw.get().trim()) {
+            None | Some("null" | "false") => false,
+            Some("true") => inbound.kind == ModelKind::Chat,
+            Some(_) => {
+                return Err(Refusal::bad_parameter(
+                    "stream",
+                    "'stream' must be a boolean".into(),
+                ));
+            }
+        };
+        if inbound.kind == ModelKind::Chat
+            && fields.get("messages").is_some_and(|raw| {
+                serde_json::from_str::<Vec<serde::de::IgnoredAny>>(raw.get())
+                    .is_ok_and(|m| m.is_empty())
+            })
+        {
+            return Err(Refusal::empty_messages());
+        }
+        recorder.keep_content(tenant.audit_content);
+        let keep_prompt = recorder.keeps_content();
+        recorder.note(|r| {
+            r.model = Some(model.alias.clone());
+            r.stream = Some(stream);
+            if keep_prompt {
+                let content = fields.get("messages").or(fields.get("input"));
+                r.prompt = content.and_then(|raw| serde_json::from_str(raw.get()).ok());
+            }
+        });
+        // Streams always ask the upstream for usage, so they are charged exactly; clients
+        // that did not ask for the usage chunk do not get it.
+        let strip_usage = stream && !ask_for_usage(fields);
+        Ok(Parsed {
+            tenant,
+            model,
+            stream,
+            strip_usage,
+        })
+    }
+
+    /// The read side: a kept answer, or an identical request in flight, may serve this
+    /// one (`Ok`); otherwise it goes upstream, leading a flight when it is cacheable.
+    async fn read_cache(
+        &self,
+        inbound: &Inbound,
+        parsed: &Parsed<'_>,
+        recorder: &mut Recorder,
+    ) -> Result<Result<Reply, Option<Flight>>, Refusal> {
+        let ask = self.cache.ask(
+            &parsed.tenant.name,
+            inbound.kind,
+            &inbound.fields,
+            inbound.directives,
+        );
+        loop {
+            match self.cache.lookup(&ask) {
+                Lookup::Bypass => return Ok(Err(None)),
+                Lookup::Lead(flight) => return Ok(Err(Some(flight))),
+                Lookup::Hit(entry) => {
+                    recorder.hit("cache", Some(entry.usage));
+                    return self.answer_kept(parsed, &entry, "cache").map(Ok);
+                }
+                Lookup::Follow(follower) => match follower.landed().await {
+                    Landing::Whole(entry) => {
+                        recorder.hit("coalesced", Some(entry.usage));
+                        return self.answer_kept(parsed, &entry, "coalesced").map(Ok);
+                    }
+                    Landing::Stream(log) => {
+                        recorder.hit("coalesced", None);
+                        return self.follow(parsed, log).map(Ok);
+                    }
+                    // The leader got no answer to share: try again, perhaps leading.
+                    Landing::Pending | Landing::Failed => {}
+                },
+            }
+        }
+    }
+
+    /// Routes and attempts the request upstream.
+    async fn upstream(
+        &self,
+        inbound: &mut Inbound,
+        parsed: &Parsed<'_>,
+        ticket: &Ticket,
+    ) -> Result<Answer, Refusal> {
+        let session = inbound
+            .session
+            .clone()
+            .or_else(|| {
+                let user = inbound.fields.get("user")?;
+                serde_json::from_str::<String>(user.get()).ok()
+            })
+            .filter(|key| !key.is_empty());
+        let tenant = parsed.tenant;
+        let model = parsed.model;
+        self.forward(Call {
+            request_id: &inbound.request_id,
+            model,
+            body: std::mem::take(&mut inbound.fields),
+            stream: parsed.stream,
+            tokens: ticket.tokens(),
+            regions: tenant.regions.as_deref(),
+            session: session.as_deref(),
+        })
+        .await
+        .map_err(|error| {
+            tracing::warn!(request_id = %inbound.request_id, tenant = %tenant.name, model = %model.alias, %error, "request failed");
+            let mut refusal = Refusal::from(error);
+            if let Some(regions) = &tenant.regions {
+                refusal.message.push_str(&format!(
+                    " (tenant {} is restricted to {} by data residency)",
+                    tenant.name,
+                    regions.join(", ")
+                ));
+            }
+            refusal
+        })
+    }
+
+    /// Settles a whole answer: what it used (when the upstream answered 2xx; a refusal
+    /// of the request itself used nothing), recorded. Returns the usage of one to keep.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_whole(
+        &self,
+        kind: ModelKind,
+        parsed: &Parsed<'_>,
+        ticket: Ticket,
+        bytes: &[u8],
+        status: StatusCode,
+        recorder: &mut Recorder,
+        upstream: std::time::Duration,
+    ) -> Option<Usage> {
+        if !status.is_success() {
+            drop(ticket);
+            return None;
+        }
+        let usage = usage_of_answer(kind, bytes, &ticket, parsed.model.tokenizer);
+        recorder.used(usage);
+        if recorder.keeps_content() {
+            recorder.note(|r| r.answer = answer_text(bytes));
+        }
+        recorder.answered(ticket.queued, Some(upstream));
+        ticket.settle(usage);
+        Some(usage)
+    }
+
+    /// Relays an upstream stream into a new chunk log; returns the log and the client's
+    /// reader.
+    fn relay(
+        &self,
+        request_id: &str,
+        (region, instance): (&str, &str),
+        response: reqwest::Response,
+        account: StreamAccount,
+    ) -> (Arc<ChunkLog>, EventStream) {
+        let log = account.log.clone();
+        let upstream = format!("{region}/{instance}");
+        let drained = account
+            .slot
+            .as_ref()
+            .map(|slot| slot.instance().cut_signal());
+        let killed = log.killed();
+        let describe = upstream.clone();
+        let cut = async move {
+            let drained = async move {
+                match drained {
+                    Some(drained) => drained.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = drained => Cut {
+                    code: "upstream_drained",
+                    message: format!(
+                        "the upstream {upstream} was drained by an operator and this stream outlived the drain deadline; the answer is incomplete"
+                    ),
+                },
+                () = killed => Cut {
+                    code: "stream_killed",
+                    message: "an operator ended this stream; the answer is incomplete".into(),
+                },
+            }
+        };
+        let timeouts = self.upstreams.timeouts();
+        let patience = Patience {
+            first_event: timeouts.stream_first_event,
+            idle: timeouts.stream_idle,
+        };
+        let relay = streams::relay(
+            response.bytes_stream(),
+            account,
+            cut,
+            patience,
+            describe,
+            request_id.to_string(),
+        );
+        let reader = self.hub.start(&log, relay);
+        (log, reader)
+    }
+
+    /// Answers from a kept answer (or one an identical request just got): counted as a
+    /// request, its tokens as `cache.hits_use_tokens` says; a kept stream is replayed as one.
+    fn answer_kept(
+        &self,
+        parsed: &Parsed<'_>,
+        entry: &Entry,
+        route: &str,
+    ) -> Result<Reply, Refusal> {
+        let ticket = self.admit_cached(&parsed.tenant.name, parsed.model)?;
+        let mut headers = rate_headers(ticket.headers());
+        ticket.settle(entry.usage);
+        let body = match &entry.body {
+            Stored::Whole {
+                content_type,
+                bytes,
+            } => ReplyBody::Whole {
+                content_type: content_type.clone(),
+                bytes: bytes.clone(),
+            },
+            Stored::Events(events) => {
+                let strip = parsed.strip_usage;
+                let events = events.clone().into_iter().filter_map(move |event| {
+                    let event = if strip {
+                        streams::without_usage_chunk(event)
+                    } else {
+                        event
+                    };
+                    (!event.is_empty()).then_some(Ok(event))
+                });
+                ReplyBody::Stream(Box::pin(futures_util::stream::iter(events)))
+            }
+        };
+        headers.push((cache::HEADER, "hit".into()));
+        headers.push(("age", entry.age_secs().to_string()));
+        headers.push(("x-switchyard-route", route.into()));
+        Ok(Reply {
+            status: StatusCode::OK,
+            headers,
+            body,
+        })
+    }
+
+    /// Answers with the chunk log of an identical stream in flight, from its start. The
+    /// follower is charged when the stream ends, like a hit.
+    fn follow(&self, parsed: &Parsed<'_>, log: Arc<ChunkLog>) -> Result<Reply, Refusal> {
+        let ticket = self.admit_cached(&parsed.tenant.name, parsed.model)?;
+        let mut headers = rate_headers(ticket.headers());
+        let reader = self.hub.reader(&log, 0, false, parsed.strip_usage);
+        if log.meta.tenant == parsed.tenant.name {
+            headers.push(("x-switchyard-stream-id", log.id.clone()));
+        }
+        tokio::spawn(async move {
+            log.wait_finished().await;
+            let usage = streams::usage_in_events(&log.events()).unwrap_or_default();
+            ticket.settle(usage);
+        });
+        headers.push((cache::HEADER, "hit".into()));
+        headers.push(("x-switchyard-route", "coalesced".into()));
+        Ok(Reply {
+            status: StatusCode::OK,
+            headers,
+            body: ReplyBody::Stream(reader),
+        })
+    }
+}
+
+/// The text of a whole chat answer (every choice's message), for tenants that opted in.
+fn answer_text(body: &[u8]) -> Option<String> {
+    let chunk = streams::Chunk::parse(std::str::from_utf8(body).ok()?)?;
+    let text: Vec<&str> = chunk.texts().collect();
+    (!text.is_empty()).then(|| text.join("\n"))
+}
+
+/// Makes sure the request asks for `stream_options.include_usage`; returns whether the
+/// client had asked for it itself.
+fn ask_for_usage(fields: &mut Fields) -> bool {
+    let mut options = fields
+        .get("stream_options")
+        .and_then(|raw| serde_json::from_str::<serde_json::Map<String, Value>>(raw.get()).ok())
+        .unwrap_or_default();
+    if options.get("include_usage") == Some(&Value::Bool(true)) {
+        return true;
+    }
+    options.insert("include_usage".into(), Value::Bool(true));
+    if let Ok(raw) = serde_json::value::to_raw_value(&options) {
+        fields.insert("stream_options".into(), raw);
+    }
+    false
+}

@@ -1,0 +1,204 @@
+//! Server-sent events parsed once, by the WHATWG rules, whatever the upstream's framing:
+//! LF, CRLF or lone CR line ends, `:` comments (keep-alives), multi-line `data:`, `id:`,
+//! `event:` and `retry:` fields, a byte-order mark, and events split at any byte (a
+//! UTF-8 character included: lines are decoded only once they are whole).
+//!
+//! Every event leaves in one canonical form, `event:` (if any) then one `data:` line per
+//! line of data, then a blank line, so whatever reads the gateway's streams (clients,
+//! watchers, the cache) sees the same framing from every upstream.
+
+use bytes::{Bytes, BytesMut};
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    /// The `event:` field; `None` for the default type (`message`).
+    pub kind: Option<String>,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn data(data: impl Into<String>) -> SseEvent {
+        SseEvent {
+            kind: None,
+            data: data.into(),
+        }
+    }
+
+    /// Whether this is OpenAI's end-of-stream sentinel.
+    pub fn is_done(&self) -> bool {
+        self.kind.is_none() && self.data.trim() == "[DONE]"
+    }
+
+    /// The event in canonical framing.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.data.len() + 16);
+        if let Some(kind) = &self.kind {
+            out.extend_from_slice(b"event: ");
+            out.extend_from_slice(kind.as_bytes());
+            out.extend_from_slice(b"\n");
+        }
+        for line in self.data.split('\n') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\n");
+        }
+        out.extend_from_slice(b"\n");
+        out.freeze()
+    }
+}
+
+/// Parses a byte stream into events. Holds at most one incomplete line and the fields
+/// of one incomplete event.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    /// The last byte seen was a CR: a following LF belongs to the same line end.
+    after_cr: bool,
+    started: bool,
+    kind: Option<String>,
+    data: String,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events they completed, in order.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        if !self.started && !bytes.is_empty() {
+            self.started = true;
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        for &byte in bytes {
+            match byte {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' | b'\r' => {
+                    self.after_cr = byte == b'\r';
+                    let line = std::mem::take(&mut self.line);
+                    if let Some(event) = self.line_ended(&line) {
+                        events.push(event);
+                    }
+                }
+                _ => {
+                    self.after_cr = false;
+                    self.line.push(byte);
+                }
+            }
+        }
+        events
+    }
+
+    /// Bytes held for an event that has not ended yet.
+    pub fn pending(&self) -> usize {
+        self.line.len() + self.data.len()
+    }
+
+    fn line_ended(&mut self, line: &[u8]) -> Option<SseEvent> {
+        if line.is_empty() {
+            return self.dispatch();
+        }
+        if line[0] == b':' {
+            return None;
+        }
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        match name {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(&String::from_utf8_lossy(value));
+                self.has_data = true;
+            }
+            b"event" => self.kind = Some(String::from_utf8_lossy(value).into_owned()),
+            // `id` and `retry` steer a browser's reconnection; the gateway numbers its own
+            // events for watchers and never reconnects to an upstream.
+            _ => {}
+        }
+        None
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        let kind = self.kind.take().filter(|k| !k.is_empty() && k != "message");
+        if !self.has_data {
+            return None;
+        }
+        self.has_data = false;
+        Some(SseEvent {
+            kind,
+            data: std::mem::take(&mut self.data),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_in_pieces(text: &[u8], piece: usize) -> Vec<SseEvent> {
+        let mut parser = SseParser::default();
+        text.chunks(piece).flat_map(|p| parser.push(p)).collect()
+    }
+
+    #[test]
+    fn every_framing_gives_the_same_events() {
+        let expected = vec![
+            SseEvent::data("{\"a\": 1}"),
+            SseEvent::data("line one\nline two"),
+            SseEvent {
+                kind: Some("error".into()),
+                data: "x".into(),
+            },
+            SseEvent::data("[DONE]"),
+        ];
+        let lf = b": keep-alive\n\ndata: {\"a\": 1}\n\ndata: line one\ndata:line two\n\nid: 7\nretry: 10\nevent: error\ndata: x\n\ndata: [DONE]\n\n";
+        let crlf = String::from_utf8_lossy(lf).replace('\n', "\r\n");
+        let cr = String::from_utf8_lossy(lf).replace('\n', "\r");
+        for text in [lf.to_vec(), crlf.into_bytes(), cr.into_bytes()] {
+            for piece in [1, 2, 3, 7, text.len()] {
+                assert_eq!(parse_in_pieces(&text, piece), expected, "piece {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_character_split_across_reads_is_whole() {
+        let text = "data: {\"content\":\"héllo 👋\"}\n\n".as_bytes();
+        for piece in 1..6 {
+            let events = parse_in_pieces(text, piece);
+            assert_eq!(events, vec![SseEvent::data("{\"content\":\"héllo 👋\"}")]);
+        }
+    }
+
+    #[test]
+    fn a_bom_and_an_event_without_data_are_ignored() {
+        let events = parse_in_pieces(b"\xEF\xBB\xBFevent: ping\n\ndata: x\n\n", 4);
+        assert_eq!(events, vec![SseEvent::data("x")]);
+    }
+
+    #[test]
+    fn done_is_recognised_only_as_the_whole_data() {
+        assert!(SseEvent::data(" [DONE] ").is_done());
+        assert!(!SseEvent::data("{\"content\":\"data: [DONE]\"}").is_done());
+    }
+
+    #[test]
+    fn canonical_framing_round_trips() {
+        let event = SseEvent {
+            kind: Some("response.created".into()),
+            data: "a\nb".into(),
+        };
+        let encoded = event.encode();
+        assert_eq!(
+            &encoded[..],
+            b"event: response.created\ndata: a\ndata: b\n\n"
+        );
+        assert_eq!(parse_in_pieces(&encoded, 3), vec![event]);
+    }
+}
