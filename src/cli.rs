@@ -136,6 +136,19 @@ struct MockArgs {
     /// Drop a kept-alive connection when a second request arrives on it.
     #[arg(long)]
     drop_reused_connections: bool,
+    /// Go silent (connection kept open) after this many tokens of every stream.
+    #[arg(long)]
+    hang_after_tokens: Option<u32>,
+    /// How streams are framed, to stand in for other servers: any of `spaced` (Python's
+    /// JSON spacing), `crlf`, `keepalive` (comments between events), comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = ["spaced", "crlf", "keepalive"])]
+    wire: Vec<String>,
+    /// Write streams in pieces of this many bytes, split anywhere (0: whole events).
+    #[arg(long, default_value_t = 0)]
+    wire_chunk_bytes: usize,
+    /// Answer every streamed chat request with this recorded stream, byte for byte.
+    #[arg(long)]
+    transcript: Option<std::path::PathBuf>,
     /// Models served (comma-separated); others get 404 model_not_found.
     #[arg(long, value_delimiter = ',')]
     models: Option<Vec<String>>,
@@ -241,8 +254,18 @@ fn mock(args: MockArgs) -> anyhow::Result<()> {
         fail_after_tokens: args.fail_after_tokens,
         embeddings_floats_only: args.embeddings_floats_only,
         drop_reused_connections: args.drop_reused_connections,
+        hang_after_tokens: args.hang_after_tokens,
+        wire_spaced: args.wire.iter().any(|w| w == "spaced"),
+        wire_crlf: args.wire.iter().any(|w| w == "crlf"),
+        wire_keepalive: args.wire.iter().any(|w| w == "keepalive"),
+        wire_chunk_bytes: args.wire_chunk_bytes,
         ..Knobs::default()
     });
+    if let Some(path) = &args.transcript {
+        let transcript = std::fs::read(path)
+            .with_context(|| format!("--transcript: cannot read {}", path.display()))?;
+        builder = builder.transcript(transcript);
+    }
     if let Some(models) = args.models {
         builder = builder.models(models);
     }

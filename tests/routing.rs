@@ -415,3 +415,48 @@ async fn a_residency_restricted_tenant_never_leaves_its_regions() {
     let ready = gw.client.get(gw.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503, "no instance takes requests");
 }
+
+/// Regression: `ctl drain us-east --deadline 2s` in the demo cut 11 requests and got
+/// `us-east-a` ejected, as if the cut requests had been the instance's failures.
+#[tokio::test]
+async fn a_drain_deadline_cut_is_not_held_against_the_instance() {
+    let slow = || {
+        MockUpstream::builder()
+            .ttft(Duration::from_secs(30))
+            .tokens_per_sec(0.0)
+    };
+    let us = mocks(1, slow).await;
+    let gw = TestGateway::from_toml(&config(&[("us-east", urls(&us))], "")).await;
+    let body = hello("gpt-4o-mini");
+    let waiting = async {
+        let requests = (0..3).map(|_| gw.chat(KEY_A, &body));
+        futures_util::future::join_all(requests).await
+    };
+    let drain = async {
+        us[0]
+            .wait_for(Duration::from_secs(10), |s| s.chat_requests == 3)
+            .await;
+        gw.admin(
+            Method::POST,
+            "/admin/instances/us-east-0/drain",
+            Some(json!({ "deadline": "100ms" })),
+        )
+        .await
+    };
+    let (answers, drained) = tokio::join!(waiting, drain);
+    assert_eq!(drained.status(), 200);
+    for answer in answers {
+        assert_eq!(answer.status(), 503, "cut by the drain deadline");
+        let error = error_of(answer).await;
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("cut by a drain deadline"), "{message}");
+    }
+    let view = regions(&gw).await;
+    let instance = &view["regions"][0]["instances"][0];
+    assert_eq!(instance["health"]["consecutive_failures"], 0);
+    assert_eq!(instance["health"]["ejections"], 0);
+    assert_eq!(instance_state(&view, "us-east-0"), "drained");
+    gw.admin(Method::POST, "/admin/instances/us-east-0/undrain", None)
+        .await;
+    assert_eq!(instance_state(&regions(&gw).await, "us-east-0"), "healthy");
+}

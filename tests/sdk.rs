@@ -147,3 +147,61 @@ async fn the_official_node_sdk_works_through_the_gateway() {
         run_check("node", "tests/sdk/node/check.mjs").await;
     }
 }
+
+/// When every upstream answers 429 with `retry-after: 2`, the gateway says 429 with that
+/// wait, the official SDK waits it out and retries, and succeeds once the upstream has
+/// stopped refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_waits_out_upstream_rate_limits_and_succeeds() {
+    if !available(
+        "python3",
+        &["-c", "import openai"],
+        "pip install -r tests/sdk/requirements.txt",
+    ) {
+        return;
+    }
+    let mock = quick_mock().errors(1.0, 429).spawn_local().await.unwrap();
+    mock.update_knobs(|k| k.retry_after_secs = 2);
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let script = r#"
+import os, time, openai
+client = openai.OpenAI(base_url=os.environ["SWITCHYARD_BASE_URL"], api_key=os.environ["SWITCHYARD_KEY"], max_retries=2)
+started = time.monotonic()
+answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+print("waited", round(time.monotonic() - started, 2))
+print("answer", answer.choices[0].message.content)
+"#;
+    let child = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .env("SWITCHYARD_BASE_URL", gw.url("/v1"))
+        .env("SWITCHYARD_KEY", KEY_A)
+        .kill_on_drop(true)
+        .output();
+    let stop_refusing = async {
+        mock.wait_for(Duration::from_secs(30), |s| s.errors_injected >= 1)
+            .await;
+        mock.update_knobs(|k| k.error_rate = 0.0);
+    };
+    let (output, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(60), child),
+        stop_refusing
+    );
+    let output = output.expect("the SDK finishes").expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let waited: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("waited "))
+        .and_then(|w| w.parse().ok())
+        .unwrap();
+    assert!(
+        waited >= 1.9,
+        "the SDK honoured retry-after: 2 ({waited} s)"
+    );
+    assert!(stdout.contains("answer "), "{stdout}");
+    assert_eq!(mock.stats().errors_injected, 1, "one refusal, then success");
+}

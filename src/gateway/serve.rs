@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
@@ -500,17 +501,20 @@ impl Gateway {
         if log.meta.tenant == parsed.tenant.name {
             headers.push(("x-switchyard-stream-id", log.id.clone()));
         }
-        tokio::spawn(async move {
-            log.wait_finished().await;
-            let usage = streams::usage_in_events(&log.events()).unwrap_or_default();
-            ticket.settle(usage);
-        });
+        // Settled as the reader ends: the stream is complete by then, usage chunk included.
+        let mut ticket = Some(ticket);
+        let reader = reader.chain(futures_util::stream::poll_fn(move |_| {
+            if let Some(ticket) = ticket.take() {
+                ticket.settle(streams::usage_in_events(&log.events()).unwrap_or_default());
+            }
+            std::task::Poll::Ready(None)
+        }));
         headers.push((cache::HEADER, "hit".into()));
         headers.push(("x-switchyard-route", "coalesced".into()));
         Ok(Reply {
             status: StatusCode::OK,
             headers,
-            body: ReplyBody::Stream(reader),
+            body: ReplyBody::Stream(Box::pin(reader)),
         })
     }
 }

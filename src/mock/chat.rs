@@ -7,7 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -26,6 +26,9 @@ struct Plan {
     /// Time between tokens; zero sends as fast as possible.
     gap: Duration,
     fail_after: Option<u32>,
+    hang_after: Option<u32>,
+    framing: wire::Framing,
+    chunk_bytes: usize,
 }
 
 impl Plan {
@@ -114,6 +117,9 @@ pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Re
             Duration::ZERO
         },
         fail_after: knobs.fail_after_tokens,
+        hang_after: knobs.hang_after_tokens,
+        framing: knobs.framing(),
+        chunk_bytes: knobs.wire_chunk_bytes,
     };
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         stream_answer(state, plan, arrived)
@@ -207,10 +213,6 @@ struct Event {
     tokens_after: u32,
 }
 
-fn sse(data: &str) -> Bytes {
-    Bytes::from(format!("data: {data}\n\n"))
-}
-
 /// The fields every `chat.completion.chunk` of a stream shares.
 fn envelope(plan: &Plan, choices: Value) -> Value {
     json!({
@@ -231,7 +233,7 @@ fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
     if plan.include_usage {
         chunk["usage"] = Value::Null;
     }
-    sse(&chunk.to_string())
+    plan.framing.event(&chunk)
 }
 
 fn events(plan: &Plan) -> Vec<Event> {
@@ -264,13 +266,13 @@ fn events(plan: &Plan) -> Vec<Event> {
         usage["usage"] = plan.usage();
         events.push(Event {
             due: end,
-            data: sse(&usage.to_string()),
+            data: plan.framing.event(&usage),
             tokens_after: sent,
         });
     }
     events.push(Event {
         due: end,
-        data: sse("[DONE]"),
+        data: plan.framing.frame("[DONE]"),
         tokens_after: sent,
     });
     events
@@ -278,9 +280,18 @@ fn events(plan: &Plan) -> Vec<Event> {
 
 fn stream_answer(state: Arc<MockState>, plan: Plan, arrived: Instant) -> Response {
     state.bump(&state.counters.streams_started);
-    let events = events(&plan);
+    let events = match &state.transcript {
+        Some(transcript) => vec![Event {
+            due: plan.ttft,
+            data: transcript.clone(),
+            tokens_after: 0,
+        }],
+        None => events(&plan),
+    };
     let end = AnswerEnd::new(&state, Kind::Stream);
     let fail_after = plan.fail_after;
+    let hang_after = plan.hang_after;
+    let chunk_bytes = plan.chunk_bytes;
     let body = stream::unfold(
         (events.into_iter(), end),
         move |(mut events, mut end)| async move {
@@ -299,9 +310,23 @@ fn stream_answer(state: Arc<MockState>, plan: Plan, arrived: Instant) -> Respons
                 end.outcome = Some(Outcome::Failed);
                 return Some((Err(StreamCut), (events, end)));
             }
+            if hang_after.is_some_and(|n| event.tokens_after > n) {
+                // Stuck: the connection stays open and nothing more comes.
+                std::future::pending::<()>().await;
+            }
             Some((Ok::<_, StreamCut>(event.data), (events, end)))
         },
-    );
+    )
+    .flat_map(move |piece| {
+        let pieces = match piece {
+            Ok(bytes) => wire::pieces(bytes, chunk_bytes)
+                .into_iter()
+                .map(Ok)
+                .collect(),
+            Err(cut) => vec![Err(cut)],
+        };
+        stream::iter(pieces)
+    });
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -51,6 +52,29 @@ pub struct Knobs {
     /// Close a kept-alive connection when a second request arrives on it, without an
     /// answer, as some upstreams do after a streamed answer.
     pub drop_reused_connections: bool,
+    /// Go silent (connection open, nothing sent) after this many content tokens, as a
+    /// stuck generation does.
+    pub hang_after_tokens: Option<u32>,
+    /// Stream JSON with Python's spacing (`{"a": 1}`), as LiteLLM and other Python
+    /// servers write it.
+    pub wire_spaced: bool,
+    /// Stream with CRLF line ends.
+    pub wire_crlf: bool,
+    /// Send a `: keep-alive` comment before every event.
+    pub wire_keepalive: bool,
+    /// Write streams in pieces of this many bytes, split anywhere (inside an event or a
+    /// UTF-8 character); 0 writes whole events.
+    pub wire_chunk_bytes: usize,
+}
+
+impl Knobs {
+    pub fn framing(&self) -> wire::Framing {
+        wire::Framing {
+            spaced: self.wire_spaced,
+            crlf: self.wire_crlf,
+            keepalive: self.wire_keepalive,
+        }
+    }
 }
 
 impl Default for Knobs {
@@ -66,6 +90,11 @@ impl Default for Knobs {
             embeddings_floats_only: false,
             dimensions: 1536,
             drop_reused_connections: false,
+            hang_after_tokens: None,
+            wire_spaced: false,
+            wire_crlf: false,
+            wire_keepalive: false,
+            wire_chunk_bytes: 0,
         }
     }
 }
@@ -126,6 +155,8 @@ struct MockState {
     models: Vec<String>,
     api_key: Option<String>,
     counters: Counters,
+    /// A recorded upstream stream, replayed byte for byte as every streamed answer.
+    transcript: Option<Bytes>,
     /// The last JSON body received on an API path, for tests that check what arrived.
     last_body: Mutex<Option<serde_json::Value>>,
     /// Bumped on every counter change so waiters wake up.
@@ -187,6 +218,7 @@ pub struct MockUpstream {
     knobs: Knobs,
     models: Vec<String>,
     api_key: Option<String>,
+    transcript: Option<Bytes>,
 }
 
 impl Default for MockUpstream {
@@ -195,6 +227,7 @@ impl Default for MockUpstream {
             knobs: Knobs::default(),
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
             api_key: None,
+            transcript: None,
         }
     }
 }
@@ -251,6 +284,18 @@ impl MockUpstream {
         self
     }
 
+    /// Answers every streamed chat request with `transcript`, the bytes a real server
+    /// sent (its framing, spacing and usage as recorded), in `wire_chunk_bytes` pieces.
+    pub fn transcript(mut self, transcript: impl Into<Bytes>) -> Self {
+        self.transcript = Some(transcript.into());
+        self
+    }
+
+    pub fn hang_after_tokens(mut self, tokens: u32) -> Self {
+        self.knobs.hang_after_tokens = Some(tokens);
+        self
+    }
+
     /// Binds `127.0.0.1:0` and serves in the background.
     pub async fn spawn_local(self) -> std::io::Result<MockHandle> {
         self.spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await
@@ -266,6 +311,7 @@ impl MockUpstream {
             models: self.models,
             api_key: self.api_key,
             counters: Counters::default(),
+            transcript: self.transcript,
             last_body: Mutex::new(None),
             changed: watch::channel(0).0,
         });

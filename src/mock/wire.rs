@@ -1,6 +1,7 @@
 //! What the mock's answers are made of: OpenAI error bodies, ids, answer text and the
 //! token counts that go with it.
 
+use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -156,6 +157,94 @@ fn message_text(message: &Value) -> Option<&str> {
     }
 }
 
+/// How the mock frames its streams, to stand in for servers other than OpenAI's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Framing {
+    /// JSON with Python's `json.dumps` spacing (`{"a": 1, "b": 2}`), as LiteLLM and
+    /// other Python servers write it.
+    pub spaced: bool,
+    /// CRLF line ends.
+    pub crlf: bool,
+    /// A `: keep-alive` comment before every event.
+    pub keepalive: bool,
+}
+
+impl Framing {
+    /// One SSE event carrying `data`.
+    pub fn event(&self, data: &Value) -> Bytes {
+        let text = if self.spaced {
+            spaced_json(data)
+        } else {
+            data.to_string()
+        };
+        self.frame(&text)
+    }
+
+    /// One SSE event carrying `text` as it is (e.g. `[DONE]`).
+    pub fn frame(&self, text: &str) -> Bytes {
+        let end = if self.crlf { "\r\n" } else { "\n" };
+        let comment = if self.keepalive {
+            format!(": keep-alive{end}{end}")
+        } else {
+            String::new()
+        };
+        Bytes::from(format!("{comment}data: {text}{end}{end}"))
+    }
+}
+
+/// JSON on one line with `", "` and `": "` between items, as Python writes it.
+pub fn spaced_json(value: &Value) -> String {
+    struct Spaced;
+    fn comma<W: ?Sized + std::io::Write>(writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            comma(writer, first)
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            comma(writer, first)
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+        ) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    let _ = serde::Serialize::serialize(value, &mut serializer);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Cuts `bytes` into pieces of `size` bytes, wherever that falls (inside a UTF-8
+/// character too), as a slow network or a small write buffer would; 0 keeps it whole.
+pub fn pieces(bytes: Bytes, size: usize) -> Vec<Bytes> {
+    if size == 0 {
+        return vec![bytes];
+    }
+    let mut pieces = Vec::with_capacity(bytes.len() / size + 1);
+    let mut rest = bytes;
+    while rest.len() > size {
+        pieces.push(rest.split_to(size));
+    }
+    pieces.push(rest);
+    pieces
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +263,23 @@ mod tests {
     fn prompt_tokens_count_text_and_framing() {
         let messages = vec![json!({"role": "user", "content": "12345678"})];
         assert_eq!(prompt_tokens(&messages), 3 + 2 + 3);
+    }
+
+    #[test]
+    fn spaced_json_is_written_the_way_python_writes_it() {
+        let value = json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}});
+        assert_eq!(
+            spaced_json(&value),
+            r#"{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}"#
+        );
+        let framing = Framing {
+            spaced: true,
+            crlf: true,
+            keepalive: true,
+        };
+        assert_eq!(
+            &framing.event(&json!([1, 2]))[..],
+            b": keep-alive\r\n\r\ndata: [1, 2]\r\n\r\n"
+        );
     }
 }

@@ -1,0 +1,163 @@
+//! Real upstreams' wire formats, end to end: each recorded stream in
+//! `tests/transcripts/` is replayed by the mock in 5-byte pieces (events and UTF-8
+//! characters split anywhere) and must come out of the gateway whole, in canonical
+//! framing, with the usage chunk only for clients that asked, cached, coalesced, and
+//! charged exactly what the upstream reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard::mock::MockUpstream;
+use switchyard::streams::parse_events;
+
+/// What every transcript says, and what it reports using.
+const TEXT: &str = "Café au lait, s'il vous plaît ☕!";
+const PROMPT_TOKENS: u64 = 14;
+const COMPLETION_TOKENS: u64 = 11;
+
+/// A streamed answer as the client got it.
+struct Streamed {
+    cache: String,
+    text: String,
+    usage: Option<Value>,
+    last: String,
+}
+
+async fn stream(gw: &TestGateway, seed: u64, include_usage: bool) -> Streamed {
+    let mut body = hello_stream("gpt-4o-mini");
+    body["temperature"] = json!(0);
+    body["seed"] = json!(seed);
+    if include_usage {
+        body["stream_options"] = json!({ "include_usage": true });
+    }
+    let response = gw.chat(KEY_A, &body).await;
+    assert_eq!(response.status(), 200);
+    let cache = header(&response, "x-switchyard-cache").to_string();
+    let bytes = response.bytes().await.unwrap();
+    let events = parse_events(&bytes);
+    assert!(!events.is_empty());
+    let mut text = String::new();
+    let mut usage = None;
+    for event in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(&event.data)
+            .unwrap_or_else(|e| panic!("every event but the last is JSON ({e}): {}", event.data));
+        assert!(chunk.get("error").is_none(), "an error event: {chunk}");
+        if let Some(content) = chunk
+            .pointer("/choices/0/delta/content")
+            .and_then(Value::as_str)
+        {
+            text.push_str(content);
+        }
+        if chunk["choices"].as_array().is_some_and(Vec::is_empty) {
+            usage = Some(chunk["usage"].clone());
+        }
+    }
+    Streamed {
+        cache,
+        text,
+        usage,
+        last: events[events.len() - 1].data.clone(),
+    }
+}
+
+async fn month_tokens(gw: &TestGateway) -> u64 {
+    gw.tenant("tenant-a").await["month"]["tokens"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn check(file: &str) {
+    let transcript = std::fs::read(format!("tests/transcripts/{file}")).unwrap();
+    let mock = MockUpstream::builder()
+        .transcript(transcript)
+        .ttft(Duration::from_millis(1500))
+        .spawn_local()
+        .await
+        .unwrap();
+    mock.update_knobs(|k| k.wire_chunk_bytes = 5);
+    let gw =
+        TestGateway::with_regions_and(&[("us-east", &mock)], "[cache]\nhits_use_tokens = true")
+            .await;
+    let used = PROMPT_TOKENS + COMPLETION_TOKENS;
+
+    // Relayed without the usage chunk, which was asked for upstream all the same.
+    let first = stream(&gw, 1, false).await;
+    assert_eq!(first.cache, "miss");
+    assert_eq!(first.text, TEXT);
+    assert_eq!(first.usage, None, "{file}: the usage chunk leaked");
+    assert_eq!(first.last, "[DONE]");
+    assert_eq!(
+        month_tokens(&gw).await,
+        used,
+        "{file}: charged what it reported"
+    );
+
+    // Kept, and replayed with the usage chunk to a client that asks for it.
+    let again = stream(&gw, 1, true).await;
+    assert_eq!(again.cache, "hit", "{file}: a clean stream is kept");
+    assert_eq!(again.text, TEXT);
+    let usage = again.usage.expect("the usage chunk");
+    assert_eq!(usage["prompt_tokens"], PROMPT_TOKENS);
+    assert_eq!(usage["completion_tokens"], COMPLETION_TOKENS);
+    assert_eq!(month_tokens(&gw).await, 2 * used);
+
+    // Two identical requests in flight: one upstream call; the follower is charged too.
+    let before = mock.stats().streams_started;
+    let leader = {
+        let gw = &gw;
+        async move { stream(gw, 2, true).await }
+    };
+    let follower = async {
+        mock.wait_for(Duration::from_secs(10), |s| s.streams_started > before)
+            .await;
+        stream(&gw, 2, false).await
+    };
+    let (leader, follower) = tokio::join!(leader, follower);
+    assert_eq!(
+        mock.stats().streams_started,
+        before + 1,
+        "{file}: coalesced"
+    );
+    assert_eq!(follower.cache, "hit");
+    assert_eq!((leader.text.as_str(), follower.text.as_str()), (TEXT, TEXT));
+    assert!(leader.usage.is_some() && follower.usage.is_none());
+    assert_eq!(
+        month_tokens(&gw).await,
+        4 * used,
+        "{file}: the follower is charged"
+    );
+}
+
+#[tokio::test]
+async fn openai() {
+    check("openai.sse").await;
+}
+
+#[tokio::test]
+async fn vllm() {
+    check("vllm.sse").await;
+}
+
+#[tokio::test]
+async fn llama_cpp() {
+    check("llamacpp.sse").await;
+}
+
+#[tokio::test]
+async fn ollama() {
+    check("ollama.sse").await;
+}
+
+#[tokio::test]
+async fn litellm_with_python_spacing() {
+    check("litellm.sse").await;
+}
+
+#[tokio::test]
+async fn crlf_keepalive_comments_and_multiline_data() {
+    check("crlf-keepalive.sse").await;
+}

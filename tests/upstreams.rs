@@ -1,0 +1,150 @@
+//! What real upstreams do that the happy path never shows: streams that stall, every
+//! instance rate limiting, and the small parts of the surface clients probe first.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+use switchyard::streams::parse_events;
+
+async fn instance(gw: &TestGateway) -> Value {
+    let view: Value = gw
+        .admin(Method::GET, "/admin/regions", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    view["regions"][0]["instances"][0].clone()
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_ended_settled_and_held_against_its_instance() {
+    let mock = quick_mock()
+        .answer_tokens(20)
+        .hang_after_tokens(3)
+        .spawn_local()
+        .await
+        .unwrap();
+    let gw = TestGateway::with_regions_and(
+        &[("us-east", &mock)],
+        "[upstream]\nstream_idle_timeout = \"1s\"",
+    )
+    .await;
+    let response = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
+    assert_eq!(response.status(), 200);
+    let events = parse_events(&response.bytes().await.unwrap());
+    let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_stream_stalled");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(message.contains("sent nothing for 1s"), "{message}");
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+        .filter_map(|c| Some(c.pointer("/choices/0/delta/content")?.as_str()?.to_string()))
+        .collect();
+    assert_eq!(streamed.split_whitespace().count(), 3, "{streamed}");
+
+    // Settled: seat, slot and reservation are free; what was produced is charged.
+    let tenant = gw.tenant("tenant-a").await;
+    assert_eq!(tenant["in_flight"], 0);
+    assert!(tenant["day"]["tokens"].as_u64().unwrap() > 3);
+    let instance = instance(&gw).await;
+    assert_eq!(instance["in_flight"], 0);
+    assert_eq!(instance["health"]["consecutive_failures"], 1);
+    // The upstream's connection was closed: its generation is cancelled.
+    let stats = mock
+        .wait_for(Duration::from_secs(5), |s| s.streams_cancelled == 1)
+        .await;
+    assert_eq!(stats.streams_cancelled, 1);
+}
+
+#[tokio::test]
+async fn every_upstream_rate_limiting_is_a_429_with_the_soonest_wait() {
+    let mock = quick_mock().errors(1.0, 429).spawn_local().await.unwrap();
+    mock.update_knobs(|k| k.retry_after_secs = 2);
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let response = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "2");
+    assert_eq!(header(&response, "retry-after-ms"), "2000");
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "upstream_rate_limited");
+    assert_eq!(error["type"], "requests");
+    assert_eq!(instance(&gw).await["health"]["ejections"], 0);
+}
+
+#[tokio::test]
+async fn an_upstream_retry_after_of_any_shape_never_fails_the_gateway() {
+    // A hand-written upstream that answers 429 with a nonsense retry-after, then 200.
+    use axum::response::IntoResponse;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let wait = ["NaN", "-1", "1e999", "Wed, 21 Oct 2015 07:28:00 GMT", "0.5"][n % 5];
+                (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", wait)],
+                    axum::Json(json!({"error": {"message": "slow down", "type": "requests", "param": null, "code": null}})),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = TestGateway::from_toml(&config_for(&[("us-east", url)], "")).await;
+    for _ in 0..5 {
+        let response = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+        assert_eq!(response.status(), 429);
+        let wait: f64 = header(&response, "retry-after").parse().unwrap();
+        assert!((0.0..=3600.0).contains(&wait));
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_model_is_retrieved_by_its_alias() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let get = |path: &str| gw.client.get(gw.url(path)).bearer_auth(KEY_A).send();
+    let found = get("/v1/models/chat-small").await.unwrap();
+    assert_eq!(found.status(), 200);
+    let model: Value = found.json().await.unwrap();
+    assert_eq!(model["id"], "chat-small");
+    assert_eq!(model["object"], "model");
+    let missing = get("/v1/models/gpt-5-turbo").await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let error = error_of(missing).await;
+    assert_eq!(error["code"], "model_not_found");
+    let anonymous = gw
+        .client
+        .get(gw.url("/v1/models/chat-small"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test]
+async fn a_chat_without_messages_is_refused_as_openai_refuses_it() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let response = gw
+        .chat(KEY_A, &json!({ "model": "gpt-4o-mini", "messages": [] }))
+        .await;
+    assert_eq!(response.status(), 400);
+    let error = error_of(response).await;
+    assert_eq!(error["message"], "[] is too short - 'messages'");
+    assert_eq!(error["param"], "messages");
+    assert_eq!(error["type"], "invalid_request_error");
+    assert_eq!(mock.stats().chat_requests, 0, "nothing went upstream");
+}
