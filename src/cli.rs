@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, parse_duration};
-use crate::daemon::{Daemon, SHUTDOWN_GRACE, shutdown_signal};
+use crate::daemon::{Daemon, shutdown_signal};
 use crate::mock::{Knobs, MockUpstream};
 
 /// `println!` for command output: when the reader went away (`| head`), stop quietly
@@ -222,7 +222,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         let daemon = Daemon::start(config).await?;
         shutdown_signal().await;
         tracing::info!("shutting down");
-        daemon.stop(SHUTDOWN_GRACE).await;
+        daemon.shutdown().await;
         Ok(())
     })
 }
@@ -236,7 +236,7 @@ fn up(path: PathBuf, read_only: bool) -> anyhow::Result<()> {
         let operator = std::env::var("USER").unwrap_or_else(|_| "console".into());
         let control = crate::control::InProcess::new(daemon.gateway().clone(), &operator);
         let result = crate::console::run(std::sync::Arc::new(control), read_only).await;
-        daemon.stop(SHUTDOWN_GRACE).await;
+        daemon.shutdown().await;
         result?;
         Ok(())
     })

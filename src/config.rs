@@ -51,6 +51,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Time in-flight requests and streams get to finish when the daemon stops.
+    pub shutdown_grace: Duration,
 }
 
 /// The admin listener: run-time control, for operators and `switchyard ctl`.
@@ -185,6 +187,8 @@ struct RawServer {
     admin_listen: String,
     /// Environment variable that holds the admin token.
     admin_token_env: String,
+    /// Time in-flight requests and streams get to finish when the daemon stops.
+    shutdown_grace: String,
 }
 
 impl Default for RawServer {
@@ -195,6 +199,7 @@ impl Default for RawServer {
             max_body: "4MiB".into(),
             admin_listen: "127.0.0.1:8081".into(),
             admin_token_env: "SWITCHYARD_ADMIN_TOKEN".into(),
+            shutdown_grace: "30s".into(),
         }
     }
 }
@@ -957,10 +962,13 @@ impl RawServer {
         if max_body == 0 {
             return Err(invalid("server.max_body", "must be larger than zero"));
         }
+        let shutdown_grace = parse_duration(&self.shutdown_grace)
+            .map_err(|m| invalid("server.shutdown_grace", m))?;
         Ok(Server {
             listen,
             data_dir: PathBuf::from(self.data_dir),
             max_body,
+            shutdown_grace,
         })
     }
 }

@@ -20,7 +20,8 @@ use crate::providers::SetupError;
 use crate::store::{SledStore, Store, StoreError};
 
 /// How long a shutdown waits for in-flight requests before cutting them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Time cut work gets to write its last frames and records.
+const CUT_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -152,17 +153,39 @@ impl Daemon {
         &self.gateway
     }
 
-    /// Stops accepting, lets in-flight work finish within the grace period, then cuts it;
-    /// then writes the last usage to the store and flushes it.
+    /// Stops as `server.shutdown_grace` says.
+    pub async fn shutdown(self) {
+        let grace = self.gateway.config().server.shutdown_grace;
+        self.stop(grace).await;
+    }
+
+    /// Stops accepting, lets requests and streams in flight finish within `grace`, then
+    /// cuts what remains (streams end with an SSE error, requests get 503), waits for
+    /// all of it to be settled and recorded, and only then flushes the writers: usage,
+    /// cache and audit records of everything that ran are kept.
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + grace;
-        for mut task in self.servers {
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                tracing::warn!(
-                    ?grace,
-                    "in-flight requests outlived the shutdown grace period; cutting them"
+        let shutdown = self.gateway.shutdown().clone();
+        if tokio::time::timeout(grace, shutdown.idle()).await.is_err() {
+            tracing::warn!(
+                running = shutdown.running(),
+                grace = %crate::config::format_duration(grace),
+                "requests and streams outlived the shutdown grace period; cutting them"
+            );
+            shutdown.cut();
+            if tokio::time::timeout(CUT_WAIT, shutdown.idle())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    running = shutdown.running(),
+                    "work still running after the cut; stopping without it"
                 );
+            }
+        }
+        for mut task in self.servers {
+            // Connections end once their last response has been written.
+            if tokio::time::timeout(CUT_WAIT, &mut task).await.is_err() {
                 task.abort();
                 let _ = task.await;
             }

@@ -27,6 +27,7 @@ pub mod providers;
 pub mod records;
 pub mod router;
 pub mod scheduler;
+pub mod shutdown;
 pub mod store;
 pub mod streams;
 pub mod telemetry;

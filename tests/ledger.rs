@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
+use switchyard::mock::MockUpstream;
 
 async fn admin_json(
     gw: &TestGateway,
@@ -609,4 +610,114 @@ async fn retention_drops_records_older_than_keep() {
         1,
         "only the record made after the restart is left"
     );
+}
+
+/// Regression: streams still running at shutdown were settled after the last
+/// checkpoint, and their audit records dropped.
+#[tokio::test]
+async fn streams_in_flight_at_shutdown_are_cut_settled_audited_and_kept() {
+    let crawl = MockUpstream::builder()
+        .ttft(Duration::ZERO)
+        .tokens_per_sec(5.0)
+        .answer_tokens(200)
+        .spawn_local()
+        .await
+        .unwrap();
+    let toml = config_for(&[("us-east", crawl.url())], "shutdown_grace = \"1s\"");
+    let gw = TestGateway::from_toml(&toml).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut response = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
+        assert_eq!(response.status(), 200);
+        let first = response.chunk().await.unwrap().unwrap();
+        streams.push((response, first));
+    }
+    let read_all =
+        futures_util::future::join_all(streams.into_iter().map(|(response, first)| async move {
+            let rest = response.bytes().await.unwrap();
+            let events = switchyard::streams::parse_events(&[&first[..], &rest[..]].concat());
+            let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+            last["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }));
+    let (endings, data) = tokio::join!(read_all, gw.shutdown());
+    assert_eq!(endings, ["server_shutting_down"; 3]);
+
+    let gw = TestGateway::from_toml_in(&toml, data).await;
+    let charged = gw.tenant("tenant-a").await["month"]["tokens"]
+        .as_u64()
+        .unwrap();
+    let records = audit(&gw, "kind=request").await;
+    let cut: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["error"] == "server_shutting_down")
+        .collect();
+    assert_eq!(cut.len(), 3, "{records:?}");
+    let audited: u64 = cut
+        .iter()
+        .map(|r| r["prompt_tokens"].as_u64().unwrap() + r["completion_tokens"].as_u64().unwrap())
+        .sum();
+    assert!(audited > 3 * 8, "each produced something: {audited}");
+    assert_eq!(charged, audited, "what was audited is what was charged");
+}
+
+/// Regression: a rotation racing a revoke could write the key back unrevoked, because
+/// each read the key, then wrote what it had read, in either order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_racing_a_revoke_never_brings_the_key_back() {
+    let us = quick_mock().spawn_local().await.unwrap();
+    let toml = config_for(&[("us-east", us.url())], "");
+    let gw = TestGateway::from_toml(&toml).await;
+    let mut keys = Vec::new();
+    for _ in 0..12 {
+        let (_, made) = admin_post(&gw, "/admin/keys", json!({ "tenant": "tenant-a" })).await;
+        keys.push((
+            made["id"].as_str().unwrap().to_string(),
+            made["key"].as_str().unwrap().to_string(),
+        ));
+    }
+    let races = keys.iter().map(|(id, _)| {
+        let gw = &gw;
+        async move {
+            let (rotate, revoke) = (
+                format!("/admin/keys/{id}/rotate"),
+                format!("/admin/keys/{id}/revoke"),
+            );
+            let rotate = admin_post(gw, &rotate, json!({ "grace": "1h" }));
+            let revoke = admin_post(gw, &revoke, json!({}));
+            let ((rotated, _), (revoked, _)) = tokio::join!(rotate, revoke);
+            assert!(matches!(rotated, 201 | 409), "{rotated}");
+            assert_eq!(
+                revoked, 200,
+                "the revoke of {id} lands, before or after the rotation"
+            );
+        }
+    });
+    futures_util::future::join_all(races).await;
+    let states = |listed: Value| -> Vec<(String, String)> {
+        listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["id"].as_str().unwrap().to_string(),
+                    k["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (_, listed) = admin_json(&gw, reqwest::Method::GET, "/admin/keys", None).await;
+    let before = states(listed);
+    let data = gw.stop().await;
+    let gw = TestGateway::from_toml_in(&toml, data).await;
+    let (_, listed) = admin_json(&gw, reqwest::Method::GET, "/admin/keys", None).await;
+    assert_eq!(states(listed), before, "kept as acknowledged");
+    for (id, key) in &keys {
+        let state = &before.iter().find(|(k, _)| k == id).unwrap().1;
+        assert_eq!(state, "revoked", "{id}");
+        assert_eq!(gw.chat(key, &hello("gpt-4o-mini")).await.status(), 401);
+    }
 }

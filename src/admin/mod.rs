@@ -76,7 +76,28 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
             state.clone(),
             authorize,
         ))
+        .layer(axum::middleware::from_fn(catch_panics))
         .with_state(state)
+}
+
+/// Turns a panic in an admin handler into a 500 instead of a dropped connection (and
+/// keeps it from the console's terminal hook), as the public API does.
+async fn catch_panics(req: Request, next: axum::middleware::Next) -> Response {
+    use futures_util::FutureExt;
+    let path = req.uri().path().to_owned();
+    let handler = crate::telemetry::RequestScope::new(next.run(req));
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = crate::telemetry::panic_text(panic.as_ref());
+            tracing::error!(%path, panic = %what, "admin handler panicked");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("the admin API failed while handling {path}; it has been logged"),
+            )
+        }
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {

@@ -65,11 +65,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     let mut response = match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = crate::telemetry::panic_text(panic.as_ref());
             tracing::error!(request_id = %id.0, %method, %path, panic = %what, "request handler panicked");
             Refusal::internal().into_response()
         }

@@ -131,6 +131,7 @@ impl Gateway {
         expires_in: Option<Duration>,
         actor: &str,
     ) -> Result<NewKey, KeyError> {
+        let _turn = self.writes.lock().await;
         self.make_key(tenant, name, expires_in, None, actor).await
     }
 
@@ -188,6 +189,12 @@ impl Gateway {
 
     /// Stops a key at once, kept before it is returned.
     pub async fn revoke_key(&self, id: &str, actor: &str) -> Result<KeyRecord, KeyError> {
+        let _turn = self.writes.lock().await;
+        self.revoke(id, actor).await
+    }
+
+    /// Revokes a key; the caller holds the write turn.
+    async fn revoke(&self, id: &str, actor: &str) -> Result<KeyRecord, KeyError> {
         let before = self.live_key(id)?;
         let mut record = before.clone();
         record.revoked_ms = Some(now_ms());
@@ -210,6 +217,9 @@ impl Gateway {
         grace: Option<Duration>,
         actor: &str,
     ) -> Result<NewKey, KeyError> {
+        // One turn for the whole rotation: a revoke racing it waits, and then finds
+        // (and keeps) the key as the rotation left it, never the other way round.
+        let _turn = self.writes.lock().await;
         let old = self.live_key(id)?;
         let expires_in = old
             .expires_ms
@@ -225,7 +235,7 @@ impl Gateway {
             .await?;
         match grace.filter(|g| !g.is_zero()) {
             None => {
-                self.revoke_key(id, actor).await?;
+                self.revoke(id, actor).await?;
             }
             Some(grace) => {
                 let mut record = old.clone();
@@ -357,6 +367,8 @@ impl Gateway {
 
     /// Writes the overrides to the store and flushes.
     pub(super) async fn keep_overrides(&self) -> Result<(), StoreError> {
+        // In turn, so the last write is always of the latest overrides.
+        let _turn = self.writes.lock().await;
         let overrides = self.overrides().clone();
         self.keep(move |store| store.save_overrides(&overrides))
             .await

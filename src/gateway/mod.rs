@@ -36,6 +36,7 @@ use crate::domain::{Model, Tenant};
 use crate::providers::{SendError, SetupError, Upstreams};
 use crate::router::{Candidate, InFlight, Outcome, Router};
 use crate::scheduler::{Rejection, Scheduler};
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 use crate::streams::hub::Hub;
 use crate::telemetry::events::EventLog;
@@ -62,6 +63,11 @@ pub struct Gateway {
     recent: Arc<Recent>,
     /// Every stream, live or recently finished.
     hub: Hub,
+    /// The drain signal every request and relay watches.
+    shutdown: Arc<Shutdown>,
+    /// Operators' writes (keys, overrides) take turns, so they are kept in the order
+    /// they are acknowledged.
+    writes: tokio::sync::Mutex<()>,
     cache: Arc<Cache>,
     audit: Arc<Audit>,
     /// Where keys and overrides are kept; attached by the daemon.
@@ -251,6 +257,7 @@ fn request_fault(status: StatusCode) -> bool {
 impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, SetupError> {
         let events = Arc::new(EventLog::default());
+        let shutdown = Arc::new(Shutdown::default());
         Ok(Gateway {
             keyring: Keyring::new(&config.tenants),
             router: Arc::new(Router::new(
@@ -262,7 +269,9 @@ impl Gateway {
             meter: Arc::default(),
             latency: Arc::default(),
             recent: Arc::default(),
-            hub: Hub::new(config.streams.clone()),
+            hub: Hub::new(config.streams.clone(), shutdown.clone()),
+            shutdown,
+            writes: tokio::sync::Mutex::new(()),
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
             store: OnceLock::new(),
@@ -310,6 +319,10 @@ impl Gateway {
 
     pub fn audit(&self) -> &Arc<Audit> {
         &self.audit
+    }
+
+    pub fn shutdown(&self) -> &Arc<Shutdown> {
+        &self.shutdown
     }
 
     /// Admits a request answered without going upstream (a cache hit, or a follower of

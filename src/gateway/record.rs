@@ -206,3 +206,11 @@ impl Recorder {
         }
     }
 }
+
+impl Drop for Recorder {
+    /// A request dropped before it finished: its client went away (or a shutdown cut
+    /// the connection). Recorded as nginx does, 499.
+    fn drop(&mut self) {
+        self.finish(499, Some("request_cancelled"));
+    }
+}

@@ -145,6 +145,18 @@ impl Refusal {
         }
     }
 
+    /// The gateway is stopping and cut this request at the end of its grace period.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "server_shutting_down",
+            "the gateway is shutting down and could not finish this request in time; send it again"
+                .into(),
+        )
+        .retry_after(Duration::from_secs(1))
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

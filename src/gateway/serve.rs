@@ -77,7 +77,12 @@ impl Gateway {
             inbound.arrival,
             Some((&inbound.tenant, &inbound.key_id)),
         );
-        let outcome = self.walk(inbound, &mut recorder).await;
+        let _work = self.shutdown.work();
+        let cut = self.shutdown.cut_signal();
+        let outcome = tokio::select! {
+            outcome = self.walk(inbound, &mut recorder) => outcome,
+            () = cut => Err(Refusal::shutting_down()),
+        };
         match &outcome {
             Ok(reply) => recorder.finish(reply.status.as_u16(), None),
             Err(refusal) => recorder.finish(refusal.status.as_u16(), refusal.code),
@@ -412,6 +417,7 @@ impl Gateway {
             .as_ref()
             .map(|slot| slot.instance().cut_signal());
         let killed = log.killed();
+        let shutting_down = self.shutdown.cut_signal();
         let describe = upstream.clone();
         let cut = async move {
             let drained = async move {
@@ -430,6 +436,10 @@ impl Gateway {
                 () = killed => Cut {
                     code: "stream_killed",
                     message: "an operator ended this stream; the answer is incomplete".into(),
+                },
+                () = shutting_down => Cut {
+                    code: "server_shutting_down",
+                    message: "the gateway is shutting down and this stream outlived its grace period; the answer is incomplete".into(),
                 },
             }
         };

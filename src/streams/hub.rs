@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::{Relayed, error_frame};
 use crate::domain::StreamPolicy;
 use crate::domain::snapshot::StreamView;
+use crate::shutdown::Shutdown;
 
 /// A stream of SSE frames for a client.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
@@ -197,14 +198,17 @@ pub struct Hub {
     logs: Mutex<HashMap<String, Arc<ChunkLog>>>,
     policy: StreamPolicy,
     next: AtomicU64,
+    /// Every relay counts as work that shutdown waits for.
+    shutdown: Arc<Shutdown>,
 }
 
 impl Hub {
-    pub fn new(policy: StreamPolicy) -> Hub {
+    pub fn new(policy: StreamPolicy, shutdown: Arc<Shutdown>) -> Hub {
         Hub {
             logs: Mutex::new(HashMap::new()),
             policy,
             next: AtomicU64::new(0),
+            shutdown,
         }
     }
 
@@ -245,7 +249,10 @@ impl Hub {
     {
         let reader = self.reader(log, 0, false, log.meta.strips_usage);
         let feeding = Completes(log.clone());
+        let work = self.shutdown.work();
+        let relay = crate::telemetry::guarded(relay, "relay", internal_error);
         let task = tokio::spawn(async move {
+            let _work = work;
             let mut relay = std::pin::pin!(relay);
             while let Some(event) = relay.next().await {
                 feeding.0.append(event);
@@ -372,53 +379,64 @@ impl Hub {
             progress: log.progress.subscribe(),
             done: false,
         };
-        Box::pin(futures_util::stream::unfold(
-            cursor,
-            |mut cursor| async move {
-                loop {
-                    if cursor.done {
-                        return None;
-                    }
-                    let (count, finished) = *cursor.progress.borrow_and_update();
-                    if cursor.next < count {
-                        if count - cursor.next > cursor.max_lag && !finished {
-                            cursor.done = true;
-                            let frame = error_frame(
-                                "this reader fell too far behind the stream and was cut off; the others continue",
-                                "reader_too_slow",
-                            );
-                            return Some((Ok(frame), cursor));
-                        }
-                        let event = cursor
-                            .log
-                            .events
-                            .lock()
-                            .ok()
-                            .and_then(|e| e.get(cursor.next).cloned());
-                        let index = cursor.next;
-                        cursor.next += 1;
-                        let Some(event) = event else { continue };
-                        if cursor.strip_usage && event.usage_only {
-                            continue;
-                        }
-                        let frame = if cursor.ids {
-                            let mut framed = format!("id: {index}\n").into_bytes();
-                            framed.extend_from_slice(&event.bytes);
-                            Bytes::from(framed)
-                        } else {
-                            event.bytes
-                        };
+        let reader = futures_util::stream::unfold(cursor, |mut cursor| async move {
+            loop {
+                if cursor.done {
+                    return None;
+                }
+                let (count, finished) = *cursor.progress.borrow_and_update();
+                if cursor.next < count {
+                    if count - cursor.next > cursor.max_lag && !finished {
+                        cursor.done = true;
+                        let frame = error_frame(
+                            "this reader fell too far behind the stream and was cut off; the others continue",
+                            "reader_too_slow",
+                        );
                         return Some((Ok(frame), cursor));
                     }
-                    if finished {
-                        return None;
+                    let event = cursor
+                        .log
+                        .events
+                        .lock()
+                        .ok()
+                        .and_then(|e| e.get(cursor.next).cloned());
+                    let index = cursor.next;
+                    cursor.next += 1;
+                    let Some(event) = event else { continue };
+                    if cursor.strip_usage && event.usage_only {
+                        continue;
                     }
-                    if cursor.progress.changed().await.is_err() {
-                        return None;
-                    }
+                    let frame = if cursor.ids {
+                        let mut framed = format!("id: {index}\n").into_bytes();
+                        framed.extend_from_slice(&event.bytes);
+                        Bytes::from(framed)
+                    } else {
+                        event.bytes
+                    };
+                    return Some((Ok(frame), cursor));
                 }
-            },
-        ))
+                if finished {
+                    return None;
+                }
+                if cursor.progress.changed().await.is_err() {
+                    return None;
+                }
+            }
+        });
+        Box::pin(crate::telemetry::guarded(reader, "stream reader", || {
+            Ok(internal_error().bytes)
+        }))
+    }
+}
+
+/// The event that ends a stream whose relay or reader panicked.
+fn internal_error() -> Relayed {
+    Relayed {
+        bytes: error_frame(
+            "the gateway failed while relaying this stream; it has been logged",
+            "internal_error",
+        ),
+        usage_only: false,
     }
 }
 
@@ -469,10 +487,13 @@ mod tests {
     }
 
     fn hub(max_lag: usize) -> Hub {
-        Hub::new(StreamPolicy {
-            max_lag,
-            ..StreamPolicy::default()
-        })
+        Hub::new(
+            StreamPolicy {
+                max_lag,
+                ..StreamPolicy::default()
+            },
+            Arc::default(),
+        )
     }
 
     #[tokio::test]
@@ -559,14 +580,39 @@ mod tests {
         assert!(!String::from_utf8_lossy(&log.events().concat()).contains("stream_cancelled"));
     }
 
+    #[tokio::test]
+    async fn a_relay_that_panics_ends_its_stream_with_an_error_and_frees_its_work() {
+        let shutdown = Arc::new(Shutdown::default());
+        let hub = Hub::new(StreamPolicy::default(), shutdown.clone());
+        let relay = futures_util::stream::iter(0..3).map(|n| {
+            assert!(n < 1, "a bug in the relay");
+            event(n)
+        });
+        let log = hub.open(meta());
+        let frames: Vec<Bytes> = hub
+            .start(&log, relay)
+            .map(|r| r.unwrap_or_default())
+            .collect()
+            .await;
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0], event(0).bytes);
+        assert!(String::from_utf8_lossy(&frames[1]).contains("internal_error"));
+        log.wait_finished().await;
+        shutdown.idle().await;
+        assert_eq!(shutdown.running(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn finished_streams_are_bounded_by_age_count_and_bytes() {
-        let hub = Hub::new(StreamPolicy {
-            keep_finished: Duration::from_secs(60),
-            max_finished: 3,
-            max_finished_bytes: 1 << 20,
-            max_lag: 100,
-        });
+        let hub = Hub::new(
+            StreamPolicy {
+                keep_finished: Duration::from_secs(60),
+                max_finished: 3,
+                max_finished_bytes: 1 << 20,
+                max_lag: 100,
+            },
+            Arc::default(),
+        );
         let mut ids = Vec::new();
         for n in 0..5 {
             let log = hub.open(meta());

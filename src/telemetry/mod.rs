@@ -332,9 +332,85 @@ impl<F: std::future::Future> std::future::Future for RequestScope<F> {
     }
 }
 
+/// The text of a caught panic's payload.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// A stream polled on a request's behalf (a relay, a reader, a response body): each poll
+/// counts as inside a request, and a panic ends the stream with `last` (an error event)
+/// instead of unwinding into the runtime, the connection or the terminal.
+pub struct Guarded<S, F> {
+    inner: std::pin::Pin<Box<S>>,
+    last: Option<F>,
+    what: &'static str,
+}
+
+/// Guards `stream`; `what` names it in the log when it panics.
+pub fn guarded<S, F>(stream: S, what: &'static str, last: F) -> Guarded<S, F>
+where
+    S: futures_util::Stream,
+    F: FnOnce() -> S::Item,
+{
+    Guarded {
+        inner: Box::pin(stream),
+        last: Some(last),
+        what,
+    }
+}
+
+impl<S, F> futures_util::Stream for Guarded<S, F>
+where
+    S: futures_util::Stream,
+    F: FnOnce() -> S::Item + Unpin,
+{
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if self.last.is_none() {
+            return std::task::Poll::Ready(None);
+        }
+        let outer = IN_REQUEST.with(|flag| flag.replace(true));
+        let inner = &mut self.inner;
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.as_mut().poll_next(cx)
+        }));
+        IN_REQUEST.with(|flag| flag.set(outer));
+        match polled {
+            Ok(std::task::Poll::Ready(None)) => {
+                self.last = None;
+                std::task::Poll::Ready(None)
+            }
+            Ok(poll) => poll,
+            Err(panic) => {
+                tracing::error!(stream = self.what, panic = %panic_text(panic.as_ref()), "a stream panicked; it is ended with an error");
+                std::task::Poll::Ready(self.last.take().map(|last| last()))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_guarded_stream_ends_with_its_last_item_when_it_panics() {
+        use futures_util::StreamExt;
+        let stream = futures_util::stream::iter([1, 2, 3]).map(|n| {
+            assert!(n < 3, "boom at {n}");
+            n
+        });
+        let items: Vec<i32> = guarded(stream, "test", || -1).collect().await;
+        assert_eq!(items, [1, 2, -1]);
+    }
 
     #[tokio::test]
     async fn request_scope_marks_only_the_polls_of_its_future() {

@@ -139,6 +139,12 @@ impl TestGateway {
         self.data
     }
 
+    /// Stops the gateway as SIGTERM does (`server.shutdown_grace`); hands back its data.
+    pub async fn shutdown(self) -> tempfile::TempDir {
+        self.daemon.shutdown().await;
+        self.data
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.daemon.url())
     }
