@@ -10,14 +10,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::domain::{KeyHash, Tenant};
 
 /// Hashes a key the way config files and the key store expect.
 pub fn hash_key(key: &str) -> KeyHash {
-    KeyHash(Sha256::digest(key.as_bytes()).into())
+    KeyHash::of(key)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::cli::say;
+use crate::say::say;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use hdrhistogram::Histogram;

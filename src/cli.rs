@@ -12,20 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, parse_duration};
 use crate::daemon::{Daemon, shutdown_signal};
 use crate::mock::{Knobs, MockUpstream};
-
-/// `println!` for command output: when the reader went away (`| head`), stop quietly
-/// instead of panicking on the broken pipe.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-        }
-    }};
-}
-pub(crate) use say;
+use crate::say::say;
 
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about = "An OpenAI-compatible LLM gateway", long_about = None)]

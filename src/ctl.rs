@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::say;
+use crate::say::say;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};

@@ -13,11 +13,11 @@ use anyhow::Context as _;
 use clap::Args;
 use tokio::sync::Mutex;
 
-use crate::cli::say;
 use crate::config::Config;
 use crate::control::InProcess;
 use crate::daemon::Daemon;
 use crate::mock::{Knobs, MockHandle, MockUpstream, Outage};
+use crate::say::say;
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {

@@ -26,6 +26,7 @@ pub mod mock;
 pub mod providers;
 pub mod records;
 pub mod router;
+pub mod say;
 pub mod scheduler;
 pub mod shutdown;
 pub mod store;

@@ -5,9 +5,9 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::admission::utc_text;
-use crate::cli::say;
 use crate::ctl::AdminTarget;
 use crate::domain::records::AuditRecord;
+use crate::say::say;
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {

@@ -19,19 +19,19 @@ use switchyard::control::{Control, Feed, Link, Remote};
 use switchyard::domain::Limits;
 use switchyard::domain::snapshot::*;
 
-fn health(state: &str) -> HealthView {
+fn health(state: InstanceState) -> HealthView {
     HealthView {
-        state: state.into(),
-        probe_ok: state != "probe failing",
+        state,
+        probe_ok: state != InstanceState::ProbeFailing,
         consecutive_failures: 0,
-        ejections: u32::from(state == "ejected"),
-        ejected_for_ms: (state == "ejected").then_some(12_000),
+        ejections: u32::from(state == InstanceState::Ejected),
+        ejected_for_ms: (state == InstanceState::Ejected).then_some(12_000),
         cooling_for_ms: None,
         manual_eject: false,
     }
 }
 
-fn instance(name: &str, state: &str, in_flight: u32) -> InstanceView {
+fn instance(name: &str, state: InstanceState, in_flight: u32) -> InstanceView {
     InstanceView {
         name: name.into(),
         url: format!("http://{name}/v1"),
@@ -42,7 +42,11 @@ fn instance(name: &str, state: &str, in_flight: u32) -> InstanceView {
         latency_ms: 180.5,
         p50_ms: Some(420.0),
         p99_ms: Some(910.0),
-        error_rate: if state == "ejected" { 0.5 } else { 0.01 },
+        error_rate: if state == InstanceState::Ejected {
+            0.5
+        } else {
+            0.01
+        },
         health: health(state),
     }
 }
@@ -103,26 +107,26 @@ fn fixture() -> Snapshot {
             RegionView {
                 name: "us-east".into(),
                 order: 0,
-                state: "degraded".into(),
+                state: RegionState::Degraded,
                 routable: 0.5,
                 instances: vec![
-                    instance("us-east-a", "healthy", 11),
-                    instance("us-east-b", "ejected", 0),
+                    instance("us-east-a", InstanceState::Healthy, 11),
+                    instance("us-east-b", InstanceState::Ejected, 0),
                 ],
             },
             RegionView {
                 name: "eu-west".into(),
                 order: 1,
-                state: "healthy".into(),
+                state: RegionState::Healthy,
                 routable: 1.0,
-                instances: vec![instance("eu-west-a", "healthy", 8)],
+                instances: vec![instance("eu-west-a", InstanceState::Healthy, 8)],
             },
             RegionView {
                 name: "ap-south".into(),
                 order: 2,
-                state: "draining".into(),
+                state: RegionState::Draining,
                 routable: 0.0,
-                instances: vec![instance("ap-south-a", "draining", 0)],
+                instances: vec![instance("ap-south-a", InstanceState::Draining, 0)],
             },
         ],
         tenants: vec![
@@ -568,7 +572,7 @@ async fn console_actions_change_routing_and_admission_through_the_admin_api() {
     let snapshot = tokio::time::timeout(Duration::from_secs(10), first)
         .await
         .unwrap();
-    assert_eq!(snapshot.regions[0].state, "drained");
+    assert_eq!(snapshot.regions[0].state, RegionState::Drained);
     assert!(
         snapshot
             .tenants

@@ -329,7 +329,7 @@ async fn watch_stream(
             format!("no stream {id} is live or recently finished"),
         );
     };
-    let from = crate::streams::resume_from(crate::api::last_event_id(&headers));
+    let from = crate::api::resume_from(&headers);
     let reader = admin
         .gateway
         .hub()

@@ -10,17 +10,18 @@
 
 mod bucket;
 pub mod estimate;
-pub(crate) mod period;
+mod period;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+pub use crate::domain::UsageRecord;
+pub use crate::domain::period::{PeriodKey, utc_text};
 pub use bucket::Bucket;
-pub use period::{Period, PeriodKey, utc_text};
+pub use period::Period;
 
 pub use crate::domain::snapshot::{PeriodView, TenantView};
 
@@ -96,15 +97,6 @@ impl From<&Period> for PeriodView {
             reserved_tokens: p.reserved_tokens,
         }
     }
-}
-
-/// A period's usage, as the ledger stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct UsageRecord {
-    pub period: PeriodKey,
-    pub tokens: u64,
-    pub cost: f64,
-    pub requests: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -12,8 +12,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use super::{Refusal, RequestId, authorization};
-use crate::cache::Directives;
-use crate::domain::{Fields, ModelKind};
+use crate::domain::{CACHE_HEADER, Directives, Fields, ModelKind};
 use crate::gateway::{Gateway, Inbound, Reply, ReplyBody};
 
 pub async fn chat(
@@ -72,12 +71,36 @@ async fn proxy(
             key_id,
             kind,
             fields,
-            directives: Directives::from_headers(headers),
+            directives: cache_directives(headers),
             session,
             arrival,
         })
         .await?;
     Ok(render(reply, kind == ModelKind::Embeddings, wants_base64))
+}
+
+/// What the client's headers say about caching: `Cache-Control` and
+/// `x-switchyard-cache`.
+fn cache_directives(headers: &HeaderMap) -> Directives {
+    let mut directives = Directives::default();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        for directive in value.to_str().unwrap_or_default().split(',') {
+            match directive.trim().to_ascii_lowercase().as_str() {
+                "no-store" => directives.no_store = true,
+                "no-cache" => directives.no_cache = true,
+                _ => {}
+            }
+        }
+    }
+    directives.opt_in = headers
+        .get(CACHE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => Some(true),
+            "off" | "false" | "0" => Some(false),
+            _ => None,
+        });
+    directives
 }
 
 /// The body as top-level fields, each kept as the client wrote it.
@@ -211,6 +234,25 @@ mod tests {
             v.pointer("/data/0/embedding"),
             Some(&serde_json::json!([0.5, -1.0]))
         );
+    }
+
+    #[test]
+    fn directives_come_from_cache_control_and_the_opt_in_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "cache-control",
+            "max-age=0, No-Store"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+        );
+        headers.insert(
+            CACHE_HEADER,
+            "on".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        let d = cache_directives(&headers);
+        assert!(d.no_store && !d.no_cache);
+        assert_eq!(d.opt_in, Some(true));
+        assert_eq!(cache_directives(&HeaderMap::new()), Directives::default());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use futures_util::FutureExt;
 use serde_json::json;
 
+use crate::domain::snapshot::InstanceState;
 use crate::gateway::Gateway;
 
 pub use error::Refusal;
@@ -139,7 +140,7 @@ async fn watch_stream(
         .get(&id)
         .filter(|log| log.meta.tenant == tenant.name)
         .ok_or_else(|| Refusal::stream_not_found(&id))?;
-    let from = crate::streams::resume_from(last_event_id(&headers));
+    let from = resume_from(&headers);
     let reader = gateway
         .hub()
         .reader(&log, from, true, log.meta.strips_usage);
@@ -164,7 +165,7 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     let routable: usize = regions
         .iter()
         .flat_map(|r| &r.instances)
-        .filter(|i| i.health.state == "healthy")
+        .filter(|i| i.health.state == InstanceState::Healthy)
         .count();
     let instances: usize = regions.iter().map(|r| r.instances.len()).sum();
     let status = if routable > 0 {
@@ -181,7 +182,11 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// A watcher's `Last-Event-ID`.
-pub(crate) fn last_event_id(headers: &HeaderMap) -> Option<&str> {
-    headers.get("last-event-id").and_then(|v| v.to_str().ok())
+/// Where a watcher resumes: the event after its `Last-Event-ID`, or the start.
+pub(crate) fn resume_from(headers: &HeaderMap) -> usize {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(0, |last| last.saturating_add(1))
 }

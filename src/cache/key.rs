@@ -1,53 +1,14 @@
 //! Which requests may be answered from the cache, and the key they are kept under.
 
-use axum::http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::domain::Fields;
 use crate::domain::ModelKind;
-use crate::gateway::Fields;
+pub use crate::domain::{CACHE_HEADER as HEADER, Directives};
 
 /// A request's identity in the cache: SHA-256 over its scope, endpoint and body.
 pub type Key = [u8; 32];
-
-/// What the client's headers say about caching.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Directives {
-    /// `Cache-Control: no-store`: neither read nor keep.
-    pub no_store: bool,
-    /// `Cache-Control: no-cache`: a fresh answer, which may be kept.
-    pub no_cache: bool,
-    /// `x-switchyard-cache: on | off`: the client's explicit choice.
-    pub opt_in: Option<bool>,
-}
-
-/// The request header a client uses to opt in or out, and the response header that says
-/// what the cache did.
-pub const HEADER: &str = "x-switchyard-cache";
-
-impl Directives {
-    pub fn from_headers(headers: &HeaderMap) -> Directives {
-        let mut directives = Directives::default();
-        for value in headers.get_all(axum::http::header::CACHE_CONTROL) {
-            for directive in value.to_str().unwrap_or_default().split(',') {
-                match directive.trim().to_ascii_lowercase().as_str() {
-                    "no-store" => directives.no_store = true,
-                    "no-cache" => directives.no_cache = true,
-                    _ => {}
-                }
-            }
-        }
-        directives.opt_in = headers
-            .get(HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
-                "on" | "true" | "1" => Some(true),
-                "off" | "false" | "0" => Some(false),
-                _ => None,
-            });
-        directives
-    }
-}
 
 /// Whether the body alone determines the answer: embeddings always; chat at temperature
 /// 0 or with a seed.
@@ -175,24 +136,5 @@ mod tests {
         assert!(!chat(r#"{"seed":null}"#));
         assert!(!chat(r#"{}"#));
         assert!(deterministic(ModelKind::Embeddings, &fields("{}")));
-    }
-
-    #[test]
-    fn directives_come_from_cache_control_and_the_opt_in_header() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "cache-control",
-            "max-age=0, No-Store"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
-        );
-        headers.insert(HEADER, "on".parse().unwrap_or_else(|_| unreachable!()));
-        let d = Directives::from_headers(&headers);
-        assert!(d.no_store && !d.no_cache);
-        assert_eq!(d.opt_in, Some(true));
-        assert_eq!(
-            Directives::from_headers(&HeaderMap::new()),
-            Directives::default()
-        );
     }
 }

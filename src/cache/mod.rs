@@ -28,9 +28,9 @@ use tokio::sync::{mpsc, watch};
 pub use key::{Directives, HEADER, Key};
 
 use crate::admission::Usage;
+use crate::domain::Fields;
 use crate::domain::snapshot::{CacheScopeView, CacheView};
 use crate::domain::{CachePolicy, CacheScope, ModelKind};
-use crate::gateway::Fields;
 use crate::streams::hub::ChunkLog;
 use crate::streams::usage_in_events;
 use crate::telemetry::now_ms;

@@ -1,6 +1,44 @@
 //! The key map: one table that drives dispatch, the `?` overlay and the footer hints.
 
-use super::model::View;
+/// The console's views, in the order `Tab` and `1`..`7` go through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Overview,
+    Tenants,
+    Regions,
+    Queues,
+    Streams,
+    Latency,
+    Events,
+}
+
+impl View {
+    pub const ALL: [View; 7] = [
+        View::Overview,
+        View::Tenants,
+        View::Regions,
+        View::Queues,
+        View::Streams,
+        View::Latency,
+        View::Events,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Overview => "Overview",
+            View::Tenants => "Tenants",
+            View::Regions => "Regions",
+            View::Queues => "Queues",
+            View::Streams => "Streams",
+            View::Latency => "Latency",
+            View::Events => "Events",
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        View::ALL.iter().position(|v| *v == self).unwrap_or(0)
+    }
+}
 
 /// What a key does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,46 +7,8 @@ use crate::domain::Limits;
 use crate::domain::records::AuditRecord;
 use crate::domain::snapshot::{Action, Snapshot};
 
+pub use super::keys::View;
 use super::keys::{self, Does};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
-    Overview,
-    Tenants,
-    Regions,
-    Queues,
-    Streams,
-    Latency,
-    Events,
-}
-
-impl View {
-    pub const ALL: [View; 7] = [
-        View::Overview,
-        View::Tenants,
-        View::Regions,
-        View::Queues,
-        View::Streams,
-        View::Latency,
-        View::Events,
-    ];
-
-    pub fn title(self) -> &'static str {
-        match self {
-            View::Overview => "Overview",
-            View::Tenants => "Tenants",
-            View::Regions => "Regions",
-            View::Queues => "Queues",
-            View::Streams => "Streams",
-            View::Latency => "Latency",
-            View::Events => "Events",
-        }
-    }
-
-    fn index(self) -> usize {
-        View::ALL.iter().position(|v| *v == self).unwrap_or(0)
-    }
-}
 
 /// What the keyboard is doing.
 #[derive(Debug, Clone, PartialEq)]

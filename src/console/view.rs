@@ -14,7 +14,7 @@ use super::keys::{self, KEYMAP};
 use super::model::{Mode, Model, RegionRow, View, human_bytes};
 use crate::control::Link;
 use crate::domain::records::AuditRecord;
-use crate::domain::snapshot::{EventKind, Snapshot};
+use crate::domain::snapshot::{EventKind, InstanceState, RegionState, Snapshot};
 
 const ACCENT: Color = Color::Cyan;
 const SELECTED: Style = Style::new().add_modifier(Modifier::REVERSED);
@@ -161,11 +161,20 @@ fn block(title: &str) -> Block<'static> {
         .title(Span::styled(format!(" {title} "), Style::new().fg(ACCENT)))
 }
 
-fn region_style(state: &str) -> Style {
+fn region_style(state: RegionState) -> Style {
     match state {
-        "healthy" => Style::new().fg(Color::Green),
-        "degraded" | "cooling down" | "draining" => Style::new().fg(Color::Yellow),
-        "drained" => Style::new().fg(Color::DarkGray),
+        RegionState::Healthy => Style::new().fg(Color::Green),
+        RegionState::Degraded | RegionState::Draining => Style::new().fg(Color::Yellow),
+        RegionState::Drained => Style::new().fg(Color::DarkGray),
+        RegionState::Down => Style::new().fg(Color::Red),
+    }
+}
+
+fn instance_style(state: InstanceState) -> Style {
+    match state {
+        InstanceState::Healthy => Style::new().fg(Color::Green),
+        InstanceState::CoolingDown | InstanceState::Draining => Style::new().fg(Color::Yellow),
+        InstanceState::Drained => Style::new().fg(Color::DarkGray),
         _ => Style::new().fg(Color::Red),
     }
 }
@@ -182,11 +191,11 @@ fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         let ejected = r
             .instances
             .iter()
-            .filter(|i| i.health.state != "healthy")
+            .filter(|i| i.health.state != InstanceState::Healthy)
             .count();
         Row::new(vec![
             Cell::from(r.name.clone()),
-            Cell::from(r.state.clone()).style(region_style(&r.state)),
+            Cell::from(r.state.as_str()).style(region_style(r.state)),
             Cell::from(format!("{:.0}%", r.routable * 100.0)),
             Cell::from(format!(
                 "{}/{}",
@@ -397,11 +406,11 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         let cells = match row {
             RegionRow::Region(name) => {
                 let r = s.regions.iter().find(|r| r.name == name);
-                let state = r.map(|r| r.state.clone()).unwrap_or_default();
+                let state = r.map(|r| r.state).unwrap_or_default();
                 vec![
                     Cell::from(name).style(Style::new().add_modifier(Modifier::BOLD)),
                     Cell::from(""),
-                    Cell::from(state.clone()).style(region_style(&state)),
+                    Cell::from(state.as_str()).style(region_style(state)),
                     Cell::from(
                         r.map(|r| format!("{:.0}% routable", r.routable * 100.0))
                             .unwrap_or_default(),
@@ -429,7 +438,8 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                         vec![
                             Cell::from(""),
                             Cell::from(i.name.clone()),
-                            Cell::from(i.health.state.clone()).style(region_style(&i.health.state)),
+                            Cell::from(i.health.state.as_str())
+                                .style(instance_style(i.health.state)),
                             Cell::from(detail),
                             Cell::from(format!("{}/{}", i.in_flight, i.max_concurrency)),
                             Cell::from(format!("{:.1}ms", i.latency_ms)),

@@ -3,8 +3,11 @@
 //! Nothing here does I/O, holds locks or knows about HTTP; these are the nouns the
 //! config produces and the rest of the gateway reads.
 
+pub mod period;
 pub mod records;
 pub mod snapshot;
+
+use period::PeriodKey;
 
 use std::fmt;
 use std::time::Duration;
@@ -274,6 +277,12 @@ pub struct UpstreamTimeouts {
 pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {
+    /// The digest of a key.
+    pub fn of(key: &str) -> KeyHash {
+        use sha2::Digest;
+        KeyHash(sha2::Sha256::digest(key.as_bytes()).into())
+    }
+
     /// Parses the `sha256:<64 hex digits>` form that config files and `keys hash` use.
     pub fn parse(text: &str) -> Result<KeyHash, String> {
         let hex = text
@@ -359,6 +368,30 @@ pub struct RoutingPolicy {
     /// When a drain cuts what is still running, unless the operator says otherwise.
     pub drain_deadline: Duration,
 }
+
+/// A period's usage, as the ledger stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub period: PeriodKey,
+    pub tokens: u64,
+    pub cost: f64,
+    pub requests: u64,
+}
+
+/// What the client's headers say about caching.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directives {
+    /// `Cache-Control: no-store`: neither read nor keep.
+    pub no_store: bool,
+    /// `Cache-Control: no-cache`: a fresh answer, which may be kept.
+    pub no_cache: bool,
+    /// `x-switchyard-cache: on | off`: the client's explicit choice.
+    pub opt_in: Option<bool>,
+}
+
+/// The request header a client uses to opt in or out, and the response header that says
+/// what the cache did.
+pub const CACHE_HEADER: &str = "x-switchyard-cache";
 
 /// What a request really used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

@@ -149,13 +149,97 @@ pub struct LevelView {
     pub dispatched: u64,
 }
 
+/// Where a region stands, as its instances add up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RegionState {
+    /// Every instance takes requests.
+    #[default]
+    #[serde(rename = "healthy")]
+    Healthy,
+    /// Some instances take requests.
+    #[serde(rename = "degraded")]
+    Degraded,
+    /// No instance takes requests.
+    #[serde(rename = "down")]
+    Down,
+    /// An operator drained every instance; some still finish work.
+    #[serde(rename = "draining")]
+    Draining,
+    #[serde(rename = "drained")]
+    Drained,
+}
+
+/// Where one instance stands, most important first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum InstanceState {
+    #[default]
+    #[serde(rename = "healthy")]
+    Healthy,
+    /// A 429 asked it to be left alone for a while.
+    #[serde(rename = "cooling down")]
+    CoolingDown,
+    /// Outlier ejection after consecutive failures.
+    #[serde(rename = "ejected")]
+    Ejected,
+    #[serde(rename = "probe failing")]
+    ProbeFailing,
+    #[serde(rename = "draining")]
+    Draining,
+    #[serde(rename = "drained")]
+    Drained,
+    #[serde(rename = "ejected by operator")]
+    EjectedByOperator,
+}
+
+impl RegionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionState::Healthy => "healthy",
+            RegionState::Degraded => "degraded",
+            RegionState::Down => "down",
+            RegionState::Draining => "draining",
+            RegionState::Drained => "drained",
+        }
+    }
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Healthy => "healthy",
+            InstanceState::CoolingDown => "cooling down",
+            InstanceState::Ejected => "ejected",
+            InstanceState::ProbeFailing => "probe failing",
+            InstanceState::Draining => "draining",
+            InstanceState::Drained => "drained",
+            InstanceState::EjectedByOperator => "ejected by operator",
+        }
+    }
+
+    /// Set aside by an operator's drain, finishing or finished.
+    pub fn drained(self) -> bool {
+        matches!(self, InstanceState::Draining | InstanceState::Drained)
+    }
+}
+
+impl std::fmt::Display for RegionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A region and its instances.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegionView {
     pub name: String,
     pub order: u32,
-    /// "healthy", "degraded", "down", "draining" or "drained".
-    pub state: String,
+    pub state: RegionState,
     /// Share of instance weight that takes new requests.
     pub routable: f64,
     pub instances: Vec<InstanceView>,
@@ -184,9 +268,7 @@ pub struct InstanceView {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthView {
-    /// "healthy", "cooling down", "ejected", "probe failing", "draining", "drained" or
-    /// "ejected by operator".
-    pub state: String,
+    pub state: InstanceState,
     pub probe_ok: bool,
     pub consecutive_failures: u32,
     pub ejections: u32,

@@ -669,7 +669,7 @@ fn http_date_from_now(text: &str) -> Option<Duration> {
         .filter(|y| (1970..=9999).contains(y))?;
     let mut clock = parts.next()?.split(':').map(|n| n.parse::<u64>().ok());
     let (h, m, s) = (clock.next()??, clock.next()??, clock.next()??);
-    let days = crate::admission::period::days_from_civil(year, month) + day - 1;
+    let days = crate::domain::period::days_from_civil(year, month) + day - 1;
     let at_secs = days * 86_400 + h * 3600 + m * 60 + s;
     let now_secs = crate::telemetry::now_ms() / 1000;
     Some(Duration::from_secs(at_secs.saturating_sub(now_secs)))

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::domain::RoutingPolicy;
 pub use crate::domain::snapshot::HealthView;
+use crate::domain::snapshot::InstanceState;
 
 /// An instance's drain state. Drained is `Draining` with nothing left in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,22 +183,22 @@ impl Health {
                 .map(|t| t.saturating_duration_since(now).as_millis() as u64)
         };
         let state = if self.manual_eject {
-            "ejected by operator"
+            InstanceState::EjectedByOperator
         } else if self.draining() && in_flight == 0 {
-            "drained"
+            InstanceState::Drained
         } else if self.draining() {
-            "draining"
+            InstanceState::Draining
         } else if !self.probe_ok {
-            "probe failing"
+            InstanceState::ProbeFailing
         } else if self.ejected(now) {
-            "ejected"
+            InstanceState::Ejected
         } else if self.cooling(now) {
-            "cooling down"
+            InstanceState::CoolingDown
         } else {
-            "healthy"
+            InstanceState::Healthy
         };
         HealthView {
-            state: state.to_string(),
+            state,
             probe_ok: self.probe_ok,
             consecutive_failures: self.consecutive_failures,
             ejections: self.ejections,

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 pub use health::{Change, Drain, Health, HealthView, Outcome};
 
-use crate::domain::snapshot::{EventKind, InstanceView, RegionView};
+use crate::domain::snapshot::{EventKind, InstanceView, RegionState as RegionStanding, RegionView};
 use crate::domain::{Instance, Model, Region, RoutingPolicy};
 use crate::telemetry::events::EventLog;
 
@@ -739,25 +739,25 @@ impl Router {
                 };
                 let draining = instances
                     .iter()
-                    .filter(|i| i.health.state.starts_with("drain"))
+                    .filter(|i| i.health.state.drained())
                     .count();
                 let state = if draining == instances.len() {
                     if instances.iter().all(|i| i.in_flight == 0) {
-                        "drained"
+                        RegionStanding::Drained
                     } else {
-                        "draining"
+                        RegionStanding::Draining
                     }
                 } else if routable >= 1.0 {
-                    "healthy"
+                    RegionStanding::Healthy
                 } else if routable > 0.0 {
-                    "degraded"
+                    RegionStanding::Degraded
                 } else {
-                    "down"
+                    RegionStanding::Down
                 };
                 RegionView {
                     name: r.name.clone(),
                     order: r.order,
-                    state: state.to_string(),
+                    state,
                     routable,
                     instances,
                 }

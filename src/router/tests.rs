@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::*;
+use crate::domain::snapshot::{InstanceState as Standing, RegionState};
 use crate::domain::{Deployment, Dialect, ModelKind, TokenizerKind};
 
 fn policy() -> RoutingPolicy {
@@ -229,10 +230,13 @@ async fn a_429_cools_an_instance_down_and_traffic_goes_around_it() {
         assert_eq!(route.candidates[0].instance.name(), "us-1");
     }
     let views = router.views();
-    assert_eq!(views[0].instances[0].health.state, "cooling down");
+    assert_eq!(views[0].instances[0].health.state, Standing::CoolingDown);
     assert_eq!(views[0].instances[0].health.ejections, 0);
     tokio::time::advance(Duration::from_secs(5)).await;
-    assert_eq!(router.views()[0].instances[0].health.state, "healthy");
+    assert_eq!(
+        router.views()[0].instances[0].health.state,
+        Standing::Healthy
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -262,7 +266,7 @@ async fn a_drain_deadline_cuts_what_still_runs() {
         router.drain(std::slice::from_ref(&target), Some(Duration::from_secs(5))),
         1
     );
-    assert_eq!(router.views()[0].state, "draining");
+    assert_eq!(router.views()[0].state, RegionState::Draining);
     assert!(router.enforce_drains().is_empty(), "before the deadline");
     tokio::time::advance(Duration::from_secs(5)).await;
     assert_eq!(router.enforce_drains(), ["us-0"]);
@@ -270,9 +274,9 @@ async fn a_drain_deadline_cuts_what_still_runs() {
         .await
         .unwrap();
     drop(slot);
-    assert_eq!(router.views()[0].state, "drained");
+    assert_eq!(router.views()[0].state, RegionState::Drained);
     router.undrain(&[target]);
-    assert_eq!(router.views()[0].state, "healthy");
+    assert_eq!(router.views()[0].state, RegionState::Healthy);
 }
 
 #[test]

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::admission::{PeriodKey, UsageRecord};
+use crate::domain::UsageRecord;
+use crate::domain::period::PeriodKey;
 use crate::domain::records::{AuditQuery, AuditRecord, KeyRecord, Overrides};
 
 /// The layout this build reads and writes.
@@ -433,7 +434,7 @@ mod tests {
             id: "key_00aa11bb".into(),
             tenant: "acme".into(),
             name: "ci".into(),
-            hash: crate::auth::hash_key("sy-secret"),
+            hash: crate::domain::KeyHash::of("sy-secret"),
             created_ms: 5,
             expires_ms: Some(10),
             revoked_ms: None,

@@ -152,13 +152,6 @@ pub fn usage_in_events(events: &[Bytes]) -> Option<Usage> {
         .find_map(|event| Chunk::parse(&event.data)?.usage())
 }
 
-/// Where a watcher resumes: the event after its `Last-Event-ID`, or the start.
-pub fn resume_from(last_event_id: Option<&str>) -> usize {
-    last_event_id
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .map_or(0, |last| last.saturating_add(1))
-}
-
 /// Why a relay was ended from outside: a drain deadline, or an operator.
 #[derive(Debug, Clone)]
 pub struct Cut {

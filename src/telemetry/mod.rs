@@ -226,7 +226,7 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
                         "{{region=\"{}\",instance=\"{}\",state=\"{}\"}}",
                         r.name, i.name, i.health.state
                     ),
-                    if i.health.state == "healthy" {
+                    if i.health.state == crate::domain::snapshot::InstanceState::Healthy {
                         1.0
                     } else {
                         0.0
