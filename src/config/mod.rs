@@ -1,0 +1,223 @@
+//! The TOML configuration: a raw serde schema (`raw`), then `validate` into the types
+//! the rest of the gateway uses, so nothing downstream re-checks an `Option`. Durations
+//! and sizes have one parser and one formatter each (`units`), which round-trip.
+//!
+//! Every error names the key path (`regions[1].instances[0].url: ...`). This module never
+//! opens sockets or spawns tasks; reading the file is the only I/O it does.
+
+mod raw;
+mod units;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::domain::{
+    AuditPolicy, CachePolicy, HealthCheck, Limits, Model, Region, RoutingPolicy, StreamPolicy,
+    Tenant, Tier, UpstreamTimeouts,
+};
+
+use raw::RawConfig;
+pub use units::{format_duration, format_size, parse_duration, parse_size};
+
+/// Environment variable that overrides `server.data_dir`.
+pub const DATA_DIR_ENV: &str = "SWITCHYARD_DATA_DIR";
+
+/// A configuration that passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Admin,
+    pub upstream: UpstreamTimeouts,
+    /// Requests sent upstream at once, over all tiers: the scheduler's seats.
+    pub seats: u32,
+    /// Whether `seats` was set in the file; otherwise it follows the routable instances'
+    /// capacity as health changes.
+    pub seats_fixed: bool,
+    /// How often in-memory usage counters are written to the database.
+    pub checkpoint_interval: Duration,
+    pub health: HealthCheck,
+    pub routing: RoutingPolicy,
+    pub streams: StreamPolicy,
+    pub cache: CachePolicy,
+    pub audit: AuditPolicy,
+    pub tiers: Vec<Tier>,
+    pub tenants: Vec<Tenant>,
+    /// Sorted by failover order (then by position in the file).
+    pub regions: Vec<Region>,
+    pub models: Vec<Model>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Time in-flight requests and streams get to finish when the daemon stops.
+    pub shutdown_grace: Duration,
+}
+
+/// The admin listener: run-time control, for operators and `switchyard ctl`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Environment variable holding the admin token.
+    pub token_env: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{}{}{message}",
+        line.map(|l| format!("line {l}: ")).unwrap_or_default(),
+        if key.is_empty() { String::new() } else { format!("{key}: ") }
+    )]
+    Syntax {
+        /// The key path, empty when the error is in the TOML syntax itself.
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file, then applies `SWITCHYARD_DATA_DIR`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&text)?;
+        if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
+            config.server.data_dir = PathBuf::from(dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; reads no environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::de::Deserializer::parse(text).map_err(|e| syntax(text, "", &e))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            syntax(text, &key, e.inner())
+        })?;
+        raw.validate()
+    }
+
+    pub fn model(&self, alias: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.alias == alias)
+    }
+
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.name == name)
+    }
+}
+
+fn syntax(text: &str, key: &str, error: &toml::de::Error) -> ConfigError {
+    let line = error
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    ConfigError::Syntax {
+        key: if key == "." {
+            String::new()
+        } else {
+            key.to_string()
+        },
+        line,
+        message: error.message().trim().to_string(),
+    }
+}
+
+fn check_env_name(key: &str, var: &str) -> Result<(), ConfigError> {
+    let valid = !var.is_empty()
+        && !var.starts_with(|c: char| c.is_ascii_digit())
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "\"{var}\" is not an environment variable name; give the variable's name, never the secret itself"
+            ),
+        ))
+    }
+}
+
+/// Zero limits would refuse everything; pausing a tenant is the way to do that.
+pub fn check_limits(at: &str, limits: &Limits) -> Result<(), ConfigError> {
+    let counts = [
+        ("rpm", limits.rpm),
+        ("tpm", limits.tpm),
+        ("max_concurrency", limits.max_concurrency.map(u64::from)),
+        ("daily_tokens", limits.daily_tokens),
+        ("monthly_tokens", limits.monthly_tokens),
+        ("max_tokens_cap", limits.max_tokens_cap),
+    ];
+    for (key, value) in counts {
+        if value == Some(0) {
+            return Err(invalid(
+                format!("{at}.{key}"),
+                "must be at least 1 (leave it out for no limit; pause a tenant to stop it)",
+            ));
+        }
+    }
+    for (key, value) in [
+        ("daily_usd", limits.daily_usd),
+        ("monthly_usd", limits.monthly_usd),
+    ] {
+        if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            return Err(invalid(
+                format!("{at}.{key}"),
+                "must be more than zero (leave it out for no limit)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("\"{name}\" is not a valid name; use 1 to 64 letters, digits, '-', '_' or '.'"),
+        ))
+    }
+}
+
+fn unknown_region(key: &str, name: &str, regions: &[Region]) -> ConfigError {
+    invalid(
+        key,
+        format!(
+            "unknown region \"{name}\"; defined regions: {}",
+            names(regions.iter().map(|r| r.name.as_str()))
+        ),
+    )
+}
+
+fn names<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
