@@ -112,23 +112,10 @@ impl Gateway {
         let cache_result = if flight.is_some() { "miss" } else { "bypass" };
         recorder.note(|r| r.cache = Some(cache_result.to_string()));
 
-        let Parsed { tenant, model, .. } = parsed;
-        let field = |name: &str| inbound.fields.get(name).map(|raw| &**raw);
-        let demand = Demand {
-            prompt_tokens: match inbound.kind {
-                ModelKind::Chat => estimate::chat_prompt(model.tokenizer, field("messages")),
-                ModelKind::Embeddings => {
-                    estimate::embeddings_input(model.tokenizer, field("input"))
-                }
-            },
-            max_tokens: field("max_completion_tokens")
-                .or(field("max_tokens"))
-                .and_then(|raw| raw.get().parse().ok()),
-            completion: inbound.kind == ModelKind::Chat,
-            price: model.price,
-        };
-        let ticket = self.admit(&tenant.name, &demand).await.map_err(|refused| {
-            tracing::debug!(request_id = %inbound.request_id, tenant = %tenant.name, ?refused, "request refused");
+        let demand = demand(inbound.kind, parsed.model, &inbound.fields);
+        let tenant = &parsed.tenant.name;
+        let ticket = self.admit(tenant, &demand).await.map_err(|refused| {
+            tracing::debug!(request_id = %inbound.request_id, %tenant, ?refused, "request refused");
             Refusal::from(refused)
         })?;
         recorder.note(|r| {
@@ -145,19 +132,18 @@ impl Gateway {
             .upstream(&mut inbound, &parsed, &ticket)
             .await
             .map_err(|refusal| refusal.with_headers(headers.clone()))?;
-        recorder.routed(
-            (&answer.region, &answer.instance, &answer.reason),
-            &model.alias,
-            ticket.tier(),
-            ticket.queued,
+        let route = (
+            answer.region.as_str(),
+            answer.instance.as_str(),
+            answer.reason.as_str(),
         );
+        recorder.routed(route, &parsed.model.alias, ticket.tier(), ticket.queued);
         headers.push(("x-switchyard-region", answer.region.clone()));
         headers.push(("x-switchyard-instance", answer.instance.clone()));
         headers.push(("x-switchyard-route", answer.reason.clone()));
         let kind = inbound.kind;
         match answer.body {
             AnswerBody::Whole(ref bytes) => {
-                let (status, bytes) = (answer.status, bytes.clone());
                 let content_type = answer
                     .headers
                     .get(CONTENT_TYPE)
@@ -165,51 +151,52 @@ impl Gateway {
                     .unwrap_or("application/json")
                     .to_string();
                 let upstream = answer.started.elapsed();
+                let (status, bytes) = (answer.status, bytes.clone());
                 let kept =
                     self.settle_whole(kind, &parsed, ticket, &bytes, status, recorder, upstream);
                 if let (Some(flight), Some(usage)) = (flight, kept) {
                     flight.land_whole(content_type.clone(), bytes.clone(), usage);
                 }
+                let body = ReplyBody::Whole {
+                    content_type,
+                    bytes,
+                };
                 Ok(Reply {
                     status,
                     headers,
-                    body: ReplyBody::Whole {
-                        content_type,
-                        bytes,
-                    },
+                    body,
                 })
             }
             AnswerBody::Stream { response, slot } => {
-                let (log, reader) = self.relay(
-                    &inbound.request_id,
-                    (&answer.region, &answer.instance),
-                    response,
-                    StreamAccount {
-                        ticket: Some(ticket),
-                        slot: Some(slot),
-                        router: self.router.clone(),
-                        tokenizer: model.tokenizer,
-                        log: self.hub.open(StreamMeta {
-                            tenant: tenant.name.clone(),
-                            model: model.alias.clone(),
-                            region: answer.region.clone(),
-                            instance: answer.instance.clone(),
-                            strips_usage: parsed.strip_usage,
-                        }),
-                        recorder: recorder.hand_over(),
-                        content: String::new(),
-                        usage: None,
-                        ended_with: None,
-                    },
-                );
+                let log = self.hub.open(StreamMeta {
+                    tenant: tenant.clone(),
+                    model: parsed.model.alias.clone(),
+                    region: answer.region.clone(),
+                    instance: answer.instance.clone(),
+                    strips_usage: parsed.strip_usage,
+                });
+                let account = StreamAccount {
+                    ticket: Some(ticket),
+                    slot: Some(slot),
+                    router: self.router.clone(),
+                    tokenizer: parsed.model.tokenizer,
+                    log: log.clone(),
+                    recorder: recorder.hand_over(),
+                    content: String::new(),
+                    usage: None,
+                    ended_with: None,
+                };
+                let upstream = format!("{}/{}", answer.region, answer.instance);
+                let reader = self.relay(&inbound.request_id, upstream, response, account);
                 headers.push(("x-switchyard-stream-id", log.id.clone()));
                 if let Some(flight) = flight {
                     flight.land_stream(log);
                 }
+                let body = ReplyBody::Stream(reader);
                 Ok(Reply {
                     status: answer.status,
                     headers,
-                    body: ReplyBody::Stream(reader),
+                    body,
                 })
             }
         }
@@ -401,17 +388,16 @@ impl Gateway {
         Some(usage)
     }
 
-    /// Relays an upstream stream into a new chunk log; returns the log and the client's
-    /// reader.
+    /// Relays an upstream stream into its account's chunk log; returns the client's
+    /// reader. The relay ends at a drain deadline, an operator's kill or a shutdown cut.
     fn relay(
         &self,
         request_id: &str,
-        (region, instance): (&str, &str),
+        upstream: String,
         response: reqwest::Response,
         account: StreamAccount,
-    ) -> (Arc<ChunkLog>, EventStream) {
+    ) -> EventStream {
         let log = account.log.clone();
-        let upstream = format!("{region}/{instance}");
         let drained = account
             .slot
             .as_ref()
@@ -456,8 +442,7 @@ impl Gateway {
             describe,
             request_id.to_string(),
         );
-        let reader = self.hub.start(&log, relay);
-        (log, reader)
+        self.hub.start(&log, relay)
     }
 
     /// Answers from a kept answer (or one an identical request just got): counted as a
@@ -526,6 +511,23 @@ impl Gateway {
             headers,
             body: ReplyBody::Stream(Box::pin(reader)),
         })
+    }
+}
+
+/// What admission reserves for a request: its prompt counted with the model's BPE, and
+/// its completion as capped.
+fn demand(kind: ModelKind, model: &Model, fields: &Fields) -> Demand {
+    let field = |name: &str| fields.get(name).map(|raw| &**raw);
+    Demand {
+        prompt_tokens: match kind {
+            ModelKind::Chat => estimate::chat_prompt(model.tokenizer, field("messages")),
+            ModelKind::Embeddings => estimate::embeddings_input(model.tokenizer, field("input")),
+        },
+        max_tokens: field("max_completion_tokens")
+            .or(field("max_tokens"))
+            .and_then(|raw| raw.get().parse().ok()),
+        completion: kind == ModelKind::Chat,
+        price: model.price,
     }
 }
 
