@@ -6,7 +6,8 @@
 //!
 //! `cargo bench --bench stream_memory`; `SWITCHYARD_BIN=path` measures another build of
 //! the gateway (e.g. an older commit's) against the same upstream and load;
-//! `ROUNDS`, `STREAMS`, `CONCURRENCY` and `KEEP` (seconds) change the shape.
+//! `ROUNDS`, `STREAMS`, `CONCURRENCY` and `KEEP` (seconds) change the shape; `AUDIT=off`
+//! leaves the audit log (and its database writes) out.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
@@ -67,6 +68,7 @@ fn main() {
         env("CONCURRENCY", 200),
         env("KEEP", 10),
     );
+    switchyard::providers::install_crypto();
     let gateway_bin = std::env::var("SWITCHYARD_BIN").unwrap_or_else(|_| BIN.to_string());
     let data = std::env::temp_dir().join(format!("switchyard-memory-bench-{}", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();
@@ -87,9 +89,10 @@ fn main() {
             .unwrap(),
     );
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{gw_port}\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[streams]\nkeep_finished = \"{keep}s\"\n[health]\ninterval = \"1h\"\n[tiers.t]\nmax_queue = 100000\n[[tenants]]\nname = \"bench\"\ntier = \"t\"\nkeys = [\"{}\"]\n[[regions]]\nname = \"local\"\n  [[regions.instances]]\n  name = \"local-mock\"\n  url = \"http://127.0.0.1:{mock_port}/v1\"\n  max_concurrency = 100000\n[[models]]\nalias = \"gpt-4o-mini\"\n",
+        "[server]\nlisten = \"127.0.0.1:{gw_port}\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[streams]\nkeep_finished = \"{keep}s\"\n[audit]\nenabled = {audit}\n[health]\ninterval = \"1h\"\n[tiers.t]\nmax_queue = 100000\n[[tenants]]\nname = \"bench\"\ntier = \"t\"\nkeys = [\"{}\"]\n[[regions]]\nname = \"local\"\n  [[regions.instances]]\n  name = \"local-mock\"\n  url = \"http://127.0.0.1:{mock_port}/v1\"\n  max_concurrency = 100000\n[[models]]\nalias = \"gpt-4o-mini\"\n",
         data.display(),
-        switchyard::auth::hash_key("sy-bench")
+        switchyard::auth::hash_key("sy-bench"),
+        audit = std::env::var("AUDIT").map_or(true, |v| v != "off"),
     );
     std::fs::write(data.join("config.toml"), config).unwrap();
     let gateway = Process(
@@ -166,11 +169,19 @@ fn main() {
                 rss_mib(pid)
             );
         }
-        // The keep expires, and the sweep (every second) drops what it held.
+        // The clients go, the keep expires, and the sweep (every second) drops what the
+        // hub held; pooled upstream connections close after 60 s idle.
+        drop(client);
         tokio::time::sleep(Duration::from_secs(keep as u64 + 3)).await;
-        println!("after the kept streams expired ({keep}s): RSS {:.0} MiB", rss_mib(pid));
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        println!("10 s later: RSS {:.0} MiB", rss_mib(pid));
+        println!(
+            "clients gone, kept streams expired ({keep}s): RSS {:.0} MiB",
+            rss_mib(pid)
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        println!(
+            "a minute later (idle upstream connections closed): RSS {:.0} MiB",
+            rss_mib(pid)
+        );
     });
     drop(gateway);
     let _ = std::fs::remove_dir_all(&data);
