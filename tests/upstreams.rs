@@ -148,3 +148,38 @@ async fn a_chat_without_messages_is_refused_as_openai_refuses_it() {
     assert_eq!(error["type"], "invalid_request_error");
     assert_eq!(mock.stats().chat_requests, 0, "nothing went upstream");
 }
+
+/// Regression: a connect timeout was a 504 saying "timed out after 0ns". Nothing could
+/// be reached: that is a 503 that says how long the gateway tried.
+#[tokio::test]
+async fn an_upstream_that_never_accepts_is_unavailable_not_slow() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so a
+    // connection attempt hangs until the gateway's connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let gw = TestGateway::from_toml(&config_for(
+        &[("us-east", format!("http://{addr}/v1"))],
+        "[upstream]\nconnect_timeout = \"300ms\"",
+    ))
+    .await;
+    let response = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    assert_eq!(response.status(), 503);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "upstream_unavailable");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("no connection within 300ms"), "{message}");
+    drop((listener, fillers));
+}
