@@ -58,6 +58,7 @@ fn pick_cost() {
             .collect(),
         tokenizer: TokenizerKind::Heuristic,
         price: None,
+        limit_field: "max_tokens",
     };
     let rounds = 200_000;
     for (label, session) in [("no session", false), ("sticky session (10k keys)", true)] {

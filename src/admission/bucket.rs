@@ -72,8 +72,10 @@ impl Bucket {
         Duration::from_secs_f64(((self.capacity - self.level) / self.per_sec).max(0.0))
     }
 
+    /// Takes `n` units, into debt if need be, but never more than one capacity deep: a
+    /// request that used far more than it reserved waits out a minute, not forever.
     pub fn take(&mut self, n: u64) {
-        self.level -= n as f64;
+        self.level = (self.level - n as f64).max(-self.capacity);
     }
 
     /// Returns `n` units; never beyond the capacity.

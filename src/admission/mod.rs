@@ -237,7 +237,7 @@ impl Admission {
             (true, Some(max)) => max.min(cap),
             (true, None) => cap,
         };
-        let tokens = demand.prompt_tokens + completion;
+        let tokens = demand.prompt_tokens.saturating_add(completion);
         let cost = demand
             .price
             .map(|p| p.cost(demand.prompt_tokens, completion))
@@ -520,6 +520,11 @@ impl Reservation {
         self.prompt_tokens
     }
 
+    /// The completion reserved: the client's `max_tokens` within the tier's cap, or the cap.
+    pub fn completion_tokens(&self) -> u64 {
+        self.tokens.saturating_sub(self.prompt_tokens)
+    }
+
     pub fn tenant(&self) -> &str {
         &self.account.name
     }
@@ -569,8 +574,10 @@ impl Reservation {
                     period.requests = period.requests.saturating_sub(1);
                 }
             }
-            period.tokens += tokens;
-            period.cost += cost;
+            period.tokens = period.tokens.saturating_add(tokens);
+            if cost.is_finite() {
+                period.cost += cost;
+            }
         }
         a.dirty = true;
     }

@@ -377,6 +377,9 @@ pub(super) struct RawModel {
     /// "o200k_base", "cl100k_base" or "heuristic"; default: chosen from the upstream name.
     pub(super) tokenizer: Option<String>,
     pub(super) price: Option<Price>,
+    /// "max_tokens" (default) or "max_completion_tokens": the field that limits an
+    /// answer's length upstream when the client sets none.
+    pub(super) limit_field: Option<String>,
 }
 
 pub(super) fn default_kind() -> String {

@@ -389,12 +389,25 @@ impl RawConfig {
                     }
                 }
             }
+            let limit_field = match raw.limit_field.as_deref() {
+                None | Some("max_tokens") => "max_tokens",
+                Some("max_completion_tokens") => "max_completion_tokens",
+                Some(other) => {
+                    return Err(invalid(
+                        format!("{at}.limit_field"),
+                        format!(
+                            "unknown field \"{other}\"; use \"max_tokens\" or \"max_completion_tokens\""
+                        ),
+                    ));
+                }
+            };
             models.push(Model {
                 alias: raw.alias,
                 kind,
                 deployments,
                 tokenizer,
                 price: raw.price,
+                limit_field,
             });
         }
 

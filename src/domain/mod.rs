@@ -197,6 +197,9 @@ pub struct Model {
     pub tokenizer: TokenizerKind,
     /// Per-token prices, for cost budgets.
     pub price: Option<Price>,
+    /// The body field that limits a chat answer's length upstream, when the client set
+    /// none: `max_tokens` (most servers) or `max_completion_tokens` (OpenAI's o-series).
+    pub limit_field: &'static str,
 }
 
 /// A byte-pair encoding of the OpenAI model families, or the fallback for unknown models.

@@ -109,6 +109,10 @@ pub struct AuditRecord {
     /// The usage was counted by the gateway, not reported by the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated: Option<bool>,
+    /// The upstream reported more than is plausible for the request; what was charged
+    /// was capped (see the log for what it reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_capped: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

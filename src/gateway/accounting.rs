@@ -11,7 +11,15 @@ use crate::domain::{ModelKind, TokenizerKind};
 use crate::router::{InFlight, Outcome, Router};
 use crate::scheduler::Seat;
 use crate::streams::hub::ChunkLog;
-use crate::streams::{Chunk, SseEvent, Watch};
+use crate::streams::{Chunk, Cut, SseEvent, Watch};
+
+/// Usage beyond this many times the reservation, plus the slack, is not believed. Prompt
+/// estimates miss images and tool schemas, hence the room.
+const PLAUSIBLE_FACTOR: u64 = 8;
+const PLAUSIBLE_SLACK: u64 = 16_384;
+/// No request is charged more than this, whatever was reported (a shared answer has no
+/// reservation of its own to compare with).
+const MAX_REQUEST_TOKENS: u64 = 10_000_000;
 
 /// An admitted request: its reservation and its seat upstream. Settle it with the real
 /// usage; dropping it unsettled refunds the reservation.
@@ -34,6 +42,39 @@ impl Ticket {
     /// Tokens reserved: the load this request puts on an upstream.
     pub fn tokens(&self) -> u64 {
         self.reservation.tokens()
+    }
+
+    /// The completion reserved, which is also the limit sent upstream.
+    pub fn completion_tokens(&self) -> u64 {
+        self.reservation.completion_tokens()
+    }
+
+    /// `usage` within what is plausible for this request: the upstream's numbers are
+    /// input like any other. Returns the usage to charge, and whether it was capped.
+    pub fn plausible(&self, usage: Usage) -> (Usage, bool) {
+        let prompt = self
+            .prompt_tokens()
+            .saturating_mul(PLAUSIBLE_FACTOR)
+            .saturating_add(PLAUSIBLE_SLACK);
+        let completion = self
+            .completion_tokens()
+            .saturating_mul(PLAUSIBLE_FACTOR)
+            .saturating_add(PLAUSIBLE_SLACK);
+        let capped = Usage {
+            prompt_tokens: usage.prompt_tokens.min(prompt),
+            completion_tokens: usage.completion_tokens.min(completion),
+            estimated: usage.estimated,
+        };
+        if capped != usage {
+            tracing::warn!(
+                reported_prompt = usage.prompt_tokens,
+                reported_completion = usage.completion_tokens,
+                reserved = self.tokens(),
+                charged = capped.total(),
+                "the upstream reported implausible usage; charging the plausible most"
+            );
+        }
+        (capped, capped != usage)
     }
 
     /// The tenant's tier when the request was admitted.
@@ -68,7 +109,11 @@ impl CachedTicket {
     /// Charges the answer's usage (or none), keeping the request counted.
     pub fn settle(self, usage: Usage) {
         let charged = if self.use_tokens {
-            usage
+            Usage {
+                prompt_tokens: usage.prompt_tokens.min(MAX_REQUEST_TOKENS),
+                completion_tokens: usage.completion_tokens.min(MAX_REQUEST_TOKENS),
+                estimated: usage.estimated,
+            }
         } else {
             Usage::default()
         };
@@ -118,8 +163,15 @@ pub(super) struct StreamAccount {
     pub recorder: Recorder,
     pub content: String,
     pub usage: Option<Usage>,
+    /// Completion tokens seen so far, by the model's tokenizer.
+    pub completion: u64,
     /// The error code the relay ended the stream with, if it did.
     pub ended_with: Option<&'static str>,
+}
+
+/// Tokenizers differ: a stream is cut only this far past its limit.
+fn limit_with_slack(limit: u64) -> u64 {
+    limit.saturating_add(limit / 4).saturating_add(16)
 }
 
 impl Watch for StreamAccount {
@@ -127,18 +179,30 @@ impl Watch for StreamAccount {
         self.ended_with = Some(code);
     }
 
-    fn event(&mut self, _: &SseEvent, chunk: Option<&Chunk<'_>>) {
-        let Some(chunk) = chunk else {
-            return;
-        };
+    fn event(&mut self, _: &SseEvent, chunk: Option<&Chunk<'_>>) -> Option<Cut> {
+        let chunk = chunk?;
         if let Some(usage) = chunk.usage() {
             self.usage = Some(usage);
         }
         for text in chunk.texts() {
+            // A delta is at least one token; the heuristic counts characters, which would
+            // overcount short deltas and cut honest streams.
+            let tokens = match self.tokenizer {
+                TokenizerKind::Heuristic => u64::from(!text.is_empty()),
+                bpe => estimate::count(bpe, text),
+            };
+            self.completion = self.completion.saturating_add(tokens);
             self.content.push_str(text);
             self.log.text(text);
             self.recorder.first_token();
         }
+        let limit = self.ticket.as_ref()?.completion_tokens();
+        (self.completion > limit_with_slack(limit)).then(|| Cut {
+            code: "completion_limit_exceeded",
+            message: format!(
+                "the upstream went past the {limit}-token completion limit this request reserved; the answer is cut there"
+            ),
+        })
     }
 }
 
@@ -155,14 +219,15 @@ impl Drop for StreamAccount {
         let Some(ticket) = self.ticket.take() else {
             return;
         };
-        let usage = self.usage.unwrap_or_else(|| Usage {
+        let reported = self.usage.unwrap_or_else(|| Usage {
             prompt_tokens: ticket.prompt_tokens(),
             completion_tokens: estimate::count(self.tokenizer, &self.content),
             estimated: true,
         });
+        let (usage, capped) = ticket.plausible(reported);
         let queued = ticket.queued;
         ticket.settle(usage);
-        self.recorder.used(usage);
+        self.recorder.used(usage, capped);
         self.recorder.answered(queued, None);
         if self.recorder.keeps_content() {
             let answer = std::mem::take(&mut self.content);

@@ -97,7 +97,7 @@ impl Recorder {
             r.route = Some(route.into());
         });
         if let Some(usage) = usage {
-            self.used(usage);
+            self.used(usage, false);
         }
     }
 
@@ -131,13 +131,15 @@ impl Recorder {
         }
     }
 
-    /// What the request used, counted and put on the record.
-    pub fn used(&mut self, usage: Usage) {
+    /// What the request used (as charged; `capped` when the upstream reported more than
+    /// was plausible), counted and put on the record.
+    pub fn used(&mut self, usage: Usage, capped: bool) {
         self.meter.tokens(usage.total());
         self.note(|r| {
             r.prompt_tokens = Some(usage.prompt_tokens);
             r.completion_tokens = Some(usage.completion_tokens);
             r.estimated = Some(usage.estimated);
+            r.usage_capped = capped.then_some(true);
         });
     }
 

@@ -184,6 +184,7 @@ impl Gateway {
                     recorder: recorder.hand_over(),
                     content: String::new(),
                     usage: None,
+                    completion: 0,
                     ended_with: None,
                 };
                 let upstream = format!("{}/{}", answer.region, answer.instance);
@@ -337,6 +338,13 @@ impl Gateway {
             .filter(|key| !key.is_empty());
         let tenant = parsed.tenant;
         let model = parsed.model;
+        if inbound.kind == ModelKind::Chat {
+            limit_completion(
+                &mut inbound.fields,
+                model.limit_field,
+                ticket.completion_tokens(),
+            );
+        }
         self.forward(Call {
             request_id: &inbound.request_id,
             model,
@@ -378,8 +386,9 @@ impl Gateway {
             drop(ticket);
             return None;
         }
-        let usage = usage_of_answer(kind, bytes, &ticket, parsed.model.tokenizer);
-        recorder.used(usage);
+        let reported = usage_of_answer(kind, bytes, &ticket, parsed.model.tokenizer);
+        let (usage, capped) = ticket.plausible(reported);
+        recorder.used(usage, capped);
         if recorder.keeps_content() {
             recorder.note(|r| r.answer = answer_text(bytes));
         }
@@ -511,6 +520,23 @@ impl Gateway {
             headers,
             body: ReplyBody::Stream(Box::pin(reader)),
         })
+    }
+}
+
+/// Sends upstream the completion limit admission reserved: the client's own when it is
+/// within it, otherwise the reservation, in the field the client used (or the model's),
+/// so an answer can never run past what the budget holds for it.
+fn limit_completion(fields: &mut Fields, model_field: &'static str, limit: u64) {
+    let field = ["max_completion_tokens", "max_tokens"]
+        .into_iter()
+        .find(|f| fields.get(*f).is_some_and(|raw| raw.get().trim() != "null"))
+        .unwrap_or(model_field);
+    let within = fields
+        .get(field)
+        .and_then(|raw| raw.get().trim().parse::<u64>().ok())
+        .is_some_and(|asked| asked <= limit);
+    if !within && let Ok(raw) = serde_json::value::to_raw_value(&limit) {
+        fields.insert(field.to_string(), raw);
     }
 }
 

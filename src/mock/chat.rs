@@ -86,7 +86,7 @@ pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Re
         .and_then(Value::as_u64);
     let wanted = u64::from(knobs.answer_tokens);
     let (count, finish_reason) = match limit {
-        Some(limit) if limit < wanted => (limit, "length"),
+        Some(limit) if limit < wanted && !knobs.ignore_max_tokens => (limit, "length"),
         _ => (wanted, "stop"),
     };
     let seed = wire::fnv(

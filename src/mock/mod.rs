@@ -55,6 +55,9 @@ pub struct Knobs {
     /// Go silent (connection open, nothing sent) after this many content tokens, as a
     /// stuck generation does.
     pub hang_after_tokens: Option<u32>,
+    /// Answer `answer_tokens` whatever `max_tokens` says, as a misconfigured or lying
+    /// upstream does.
+    pub ignore_max_tokens: bool,
     /// Stream JSON with Python's spacing (`{"a": 1}`), as LiteLLM and other Python
     /// servers write it.
     pub wire_spaced: bool,
@@ -91,6 +94,7 @@ impl Default for Knobs {
             dimensions: 1536,
             drop_reused_connections: false,
             hang_after_tokens: None,
+            ignore_max_tokens: false,
             wire_spaced: false,
             wire_crlf: false,
             wire_keepalive: false,

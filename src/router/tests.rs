@@ -56,6 +56,7 @@ fn model(regions: &[&str]) -> Model {
             .collect(),
         tokenizer: TokenizerKind::Heuristic,
         price: None,
+        limit_field: "max_tokens",
     }
 }
 

@@ -116,13 +116,16 @@ impl Relayed {
 /// Sees every event a relay passes on; dropped when the relay ends, which is where it
 /// settles whatever it accounts for.
 pub trait Watch: Send + 'static {
-    fn event(&mut self, event: &SseEvent, chunk: Option<&Chunk<'_>>);
+    /// Sees an event before it is relayed; a `Cut` ends the stream there instead.
+    fn event(&mut self, event: &SseEvent, chunk: Option<&Chunk<'_>>) -> Option<Cut>;
     /// The relay ended the stream with an error event carrying `code`.
     fn ended_with(&mut self, _code: &'static str) {}
 }
 
 impl Watch for () {
-    fn event(&mut self, _: &SseEvent, _: Option<&Chunk<'_>>) {}
+    fn event(&mut self, _: &SseEvent, _: Option<&Chunk<'_>>) -> Option<Cut> {
+        None
+    }
 }
 
 /// Drops the usage-only chunk from canonical events (a kept stream replayed to a client
@@ -219,7 +222,11 @@ where
                     return;
                 }
                 let chunk = Chunk::parse(&event.data);
-                self.watch.event(&event, chunk.as_ref());
+                if let Some(cut) = self.watch.event(&event, chunk.as_ref()) {
+                    tracing::warn!(request_id = %self.request_id, upstream = %self.describe, code = cut.code, "stream cut");
+                    self.fail(cut.code, cut.message);
+                    return;
+                }
                 self.done = event.is_done();
                 self.upstream_error |= chunk.as_ref().is_some_and(Chunk::is_error);
                 self.ready.push_back(Relayed {
