@@ -15,6 +15,16 @@ use subtle::ConstantTimeEq;
 use crate::domain::{KeyHash, Tenant};
 
 /// Hashes a key the way config files and the key store expect.
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110), surrounding whitespace ignored.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(char::is_whitespace)?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 pub fn hash_key(key: &str) -> KeyHash {
     KeyHash::of(key)
 }
@@ -101,12 +111,7 @@ impl Keyring {
 
     /// Authenticates the value of an `Authorization` header.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
-        let header = authorization.map(str::trim).unwrap_or_default();
-        let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
+        let key = authorization.and_then(bearer).unwrap_or_default();
         if key.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -135,6 +140,16 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer("Bearer sy-1"), Some("sy-1"));
+        assert_eq!(bearer("  bearer \t sy-1  "), Some("sy-1"));
+        assert_eq!(bearer("BEARER sy-1"), Some("sy-1"));
+        assert_eq!(bearer("Basic c3k="), None);
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("Bearer   "), None);
+    }
 
     fn keyring() -> Keyring {
         Keyring::new(&[

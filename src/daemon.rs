@@ -37,7 +37,14 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("the start-up task failed: {0}")]
     Task(String),
+    #[error(
+        "the admin token in {var} is {why}; use at least {MIN_ADMIN_TOKEN} characters, e.g. `openssl rand -hex 16`, or unset {var} to run without the admin API"
+    )]
+    WeakAdminToken { var: String, why: &'static str },
 }
+
+/// Admin tokens shorter than this are refused: the admin API can stop every tenant.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// A running gateway.
 pub struct Daemon {
@@ -58,6 +65,21 @@ impl Daemon {
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()
             .filter(|t| !t.is_empty());
+        if let Some(token) = &admin_token {
+            let why = if token.trim().is_empty() {
+                Some("only whitespace")
+            } else if token.trim().chars().count() < MIN_ADMIN_TOKEN {
+                Some("too short")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(StartError::WeakAdminToken {
+                    var: config.admin.token_env.clone(),
+                    why,
+                });
+            }
+        }
         if admin_token.is_none() {
             tracing::warn!(
                 "the admin API is off: set {} to a secret token to turn it on",

@@ -155,9 +155,9 @@ pub struct AuditArgs {
     /// A status (429), a class (5xx) or "error" (400 and above).
     #[arg(long)]
     status: Option<String>,
-    /// At most this many, the newest (0: all).
-    #[arg(long, default_value_t = 100)]
-    limit: usize,
+    /// At most this many, the newest (0: all). Default: 100 in the table, all with --json.
+    #[arg(long)]
+    limit: Option<usize>,
     /// One JSON record per line (JSONL), e.g. to export.
     #[arg(long)]
     json: bool,
@@ -166,10 +166,8 @@ pub struct AuditArgs {
 }
 
 pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
-    let mut query = vec![
-        format!("since={}", args.since),
-        format!("limit={}", args.limit),
-    ];
+    let limit = args.limit.unwrap_or(if args.json { 0 } else { 100 });
+    let mut query = vec![format!("since={}", args.since), format!("limit={limit}")];
     for (name, value) in [
         ("until", &args.until),
         ("tenant", &args.tenant),
@@ -244,6 +242,9 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             tokens,
             r.latency_ms.map_or("-".into(), |ms| ms.to_string()),
         );
+    }
+    if limit > 0 && records.len() == limit {
+        say!("(the newest {limit} shown; --limit N or --limit 0 for more)");
     }
     Ok(())
 }

@@ -178,3 +178,29 @@ fn serve_answers_through_a_mock_logs_to_the_data_dir_and_stops_on_sigterm() {
     assert!(text.contains("switchyard is listening"), "{text}");
     assert!(text.contains("switchyard stopped"), "{text}");
 }
+
+#[test]
+fn serve_refuses_a_weak_admin_token_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let toml = std::fs::read_to_string("config.toml.example")
+        .unwrap()
+        .replace("./data", dir.path().to_str().unwrap())
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", free_port()));
+    std::fs::write(&config, toml).unwrap();
+    for (token, why) in [("   ", "only whitespace"), ("short", "too short")] {
+        let output = Command::new(BIN)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("SWITCHYARD_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("SWITCHYARD_ADMIN_TOKEN is {why}"))
+                && stderr.contains("at least 16 characters"),
+            "{stderr}"
+        );
+    }
+}

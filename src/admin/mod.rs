@@ -72,6 +72,13 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
                 format!("no admin endpoint at {} {}", req.method(), req.uri().path()),
             )
         })
+        .method_not_allowed_fallback(|req: Request| async move {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {}", req.method(), req.uri().path()),
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -87,7 +94,7 @@ async fn catch_panics(req: Request, next: axum::middleware::Next) -> Response {
     let path = req.uri().path().to_owned();
     let handler = crate::telemetry::RequestScope::new(next.run(req));
     match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(response) => response,
+        Ok(response) => crate::api::error::openai_shaped(response, "admin_error").await,
         Err(panic) => {
             let what = crate::telemetry::panic_text(panic.as_ref());
             tracing::error!(%path, panic = %what, "admin handler panicked");
@@ -120,8 +127,7 @@ async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Resp
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(crate::auth::bearer)
         .unwrap_or_default();
     if presented.is_empty() {
         return error(

@@ -74,6 +74,9 @@ fn duration(field: &str, text: Option<&str>) -> Result<Option<std::time::Duratio
         .map_err(|m| format!("{field}: {m}"))
 }
 
+/// The furthest a key's expiry may be set.
+const MAX_EXPIRY: std::time::Duration = std::time::Duration::from_secs(36_500 * 86_400);
+
 /// `POST /admin/keys` with `{"tenant": "acme", "name": "ci", "expires": "30d"}`: the key
 /// is in the answer, once.
 pub(super) async fn create(
@@ -86,6 +89,15 @@ pub(super) async fn create(
         Err(r) => return *r,
     };
     let expires = match duration("expires", request.expires.as_deref()) {
+        Ok(Some(d)) if d.is_zero() => {
+            let m = "expires: a key that expires at once is no key; leave it out for one that never expires";
+            return error(StatusCode::BAD_REQUEST, "invalid_body", m.into());
+        }
+        Ok(Some(d)) if d > MAX_EXPIRY => {
+            let m =
+                "expires: at most 36500d (100 years); leave it out for a key that never expires";
+            return error(StatusCode::BAD_REQUEST, "invalid_body", m.into());
+        }
         Ok(d) => d,
         Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_body", m),
     };

@@ -71,6 +71,7 @@ pub enum Refusal {
         limit: f64,
         used: f64,
         renews_in: Duration,
+        headers: Box<RateHeaders>,
     },
 }
 
@@ -315,6 +316,7 @@ impl Admission {
                     limit,
                     used,
                     renews_in: period.remaining(wall),
+                    headers: Box::new(headers),
                 });
             }
         }

@@ -6,7 +6,7 @@
 //! `error`), including unknown paths, wrong methods and panics.
 
 mod completions;
-mod error;
+pub(crate) mod error;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let handler = crate::telemetry::RequestScope::new(next.run(req));
     let mut response = match AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(response) => response,
+        Ok(response) => error::openai_shaped(response, "invalid_request_error").await,
         Err(panic) => {
             let what = crate::telemetry::panic_text(panic.as_ref());
             tracing::error!(request_id = %id.0, %method, %path, panic = %what, "request handler panicked");

@@ -70,8 +70,9 @@ impl Gateway {
     /// Makes the keyring follow a key's record (accepted while valid, refused once
     /// revoked or expired) and remembers the record.
     fn hold_key(&self, record: KeyRecord) {
+        // Expired keys stay known, so they are refused as expired, not as unknown.
         match self.tenant_index(&record.tenant) {
-            Some(index) if record.valid_at(now_ms()) => {
+            Some(index) if record.revoked_ms.is_none() => {
                 self.keyring
                     .insert(record.hash, index, &record.id, record.expires_ms);
             }
@@ -160,7 +161,9 @@ impl Gateway {
             name: name.to_string(),
             hash: hash_key(&secret),
             created_ms,
-            expires_ms: expires_in.map(|d| created_ms + d.as_millis() as u64),
+            expires_ms: expires_in.map(|d| {
+                created_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }),
             revoked_ms: None,
             replaces,
         };

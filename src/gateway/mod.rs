@@ -553,6 +553,16 @@ impl Gateway {
             };
             drop(slot);
             if status.is_success() || request_fault(status) {
+                let mut headers = headers;
+                let whole = if status.is_success() {
+                    whole
+                } else {
+                    headers.insert(
+                        reqwest::header::CONTENT_TYPE,
+                        reqwest::header::HeaderValue::from_static("application/json"),
+                    );
+                    openai_error_body(status, whole)
+                };
                 return Ok(Answer {
                     region,
                     instance: name,
@@ -568,7 +578,7 @@ impl Gateway {
             } else {
                 Failure::Status {
                     status: status.as_u16(),
-                    message: error_message(&whole),
+                    message: error_message(&whole, 120),
                 }
             }));
         }
@@ -676,15 +686,45 @@ fn http_date_from_now(text: &str) -> Option<Duration> {
 }
 
 /// The `error.message` of an OpenAI-shaped error body, shortened; empty if there is none.
-fn error_message(body: &[u8]) -> String {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.pointer("/error/message")?.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    match message.char_indices().nth(120) {
+/// The message of an upstream's error body: OpenAI's `error.message`, or else the body's
+/// text (a plain-text 413 from a proxy), shortened to `limit` characters.
+fn error_message(body: &[u8], limit: usize) -> String {
+    let message = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .or_else(|| v.get("detail").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(body)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    match message.char_indices().nth(limit) {
         Some((cut, _)) => format!("{}…", &message[..cut]),
         None => message,
     }
+}
+
+/// An upstream's refusal of the request, in OpenAI's shape whatever the upstream wrote:
+/// kept as it is when it already is, otherwise its status and message wrapped.
+fn openai_error_body(status: StatusCode, body: Bytes) -> Bytes {
+    let shaped = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some_and(Value::is_object));
+    if shaped {
+        return body;
+    }
+    let message = match error_message(&body, 500) {
+        m if m.is_empty() => format!("the upstream answered {status}"),
+        m => m,
+    };
+    let error = serde_json::json!({
+        "error": { "message": message, "type": "invalid_request_error", "param": null, "code": null }
+    });
+    Bytes::from(error.to_string())
 }
 
 /// A JSON string literal as a raw value.

@@ -313,6 +313,7 @@ impl From<admission::Refusal> for Refusal {
                 limit,
                 used,
                 renews_in,
+                headers,
             } => {
                 let amount = |v: f64| {
                     if unit == "USD" {
@@ -335,6 +336,7 @@ impl From<admission::Refusal> for Refusal {
                 )
                 .retry_after(renews_in)
                 .never_retry()
+                .with_headers(rate_headers(&headers))
             }
         }
     }

@@ -335,7 +335,9 @@ impl Gateway {
                 let user = inbound.fields.get("user")?;
                 serde_json::from_str::<String>(user.get()).ok()
             })
-            .filter(|key| !key.is_empty());
+            .filter(|key| !key.is_empty())
+            // Kept for up to the session TTL: a fixed-size digest, whatever the client sent.
+            .map(|key| session_digest(&parsed.tenant.name, &key));
         let tenant = parsed.tenant;
         let model = parsed.model;
         if inbound.kind == ModelKind::Chat {
@@ -538,6 +540,19 @@ fn limit_completion(fields: &mut Fields, model_field: &'static str, limit: u64) 
     if !within && let Ok(raw) = serde_json::value::to_raw_value(&limit) {
         fields.insert(field.to_string(), raw);
     }
+}
+
+/// A session key as the router keeps it: 32 hex digits of SHA-256 over the tenant and
+/// the client's key, so a megabyte of `user` costs what any other session does, and
+/// tenants never share a session.
+fn session_digest(tenant: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(tenant.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What admission reserves for a request: its prompt counted with the model's BPE, and

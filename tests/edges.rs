@@ -1,0 +1,133 @@
+//! The edges of the surface: every error JSON in OpenAI's shape whatever layer wrote it,
+//! keys whose expiry survives restarts, and the admin API's own edges.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn errors_from_any_layer_are_json_in_openai_shape() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    // A path that does not decode as UTF-8.
+    let response = gw
+        .client
+        .get(gw.url("/v1/streams/%ff"))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    error_of(response).await;
+    // The admin API's wrong method and unknown path.
+    let response = gw.admin(Method::GET, "/admin/actions", None).await;
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn an_upstream_error_that_is_not_json_reaches_the_client_in_openai_shape() {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "<html><body>413 Request Entity Too Large</body></html>",
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = TestGateway::from_toml(&config_for(&[("us-east", url)], "")).await;
+    let response = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    assert_eq!(response.status(), 413, "the upstream's status is kept");
+    assert_eq!(header(&response, "content-type"), "application/json");
+    let error = error_of(response).await;
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("413 Request Entity Too Large"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_key_stays_expired_after_a_restart() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let toml = config_for(&[("us-east", mock.url())], "");
+    let gw = TestGateway::from_toml(&toml).await;
+    let made: Value = gw
+        .admin(
+            Method::POST,
+            "/admin/keys",
+            Some(json!({ "tenant": "tenant-a", "expires": "1s" })),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap().to_string();
+    for expires in ["0s", "99999999d"] {
+        let refused = gw
+            .admin(
+                Method::POST,
+                "/admin/keys",
+                Some(json!({ "tenant": "tenant-a", "expires": expires })),
+            )
+            .await;
+        assert_eq!(refused.status(), 400, "expires {expires}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let response = gw.chat(&key, &hello("gpt-4o-mini")).await;
+    assert_eq!(error_of(response).await["code"], "expired_api_key");
+    let data = gw.stop().await;
+    let gw = TestGateway::from_toml_in(&toml, data).await;
+    let response = gw.chat(&key, &hello("gpt-4o-mini")).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(error_of(response).await["code"], "expired_api_key");
+}
+
+#[tokio::test]
+async fn the_admin_api_takes_the_bearer_scheme_in_any_case() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let url = format!("{}/admin/regions", gw.daemon.admin_url().unwrap());
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = gw
+            .client
+            .get(&url)
+            .header("authorization", format!("{scheme}  {ADMIN_TOKEN} "))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+}
+
+#[tokio::test]
+async fn a_spent_budget_still_says_where_the_rate_limits_stand() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let toml = config_for(&[("us-east", mock.url())], "").replace(
+        "[tiers.pro]",
+        "[tiers.pro]\nrpm = 100\ndaily_tokens = 50\nmax_tokens_cap = 10",
+    );
+    let gw = TestGateway::from_toml(&toml).await;
+    let mut last = None;
+    for _ in 0..10 {
+        let response = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+        if response.status() == 429 {
+            last = Some(response);
+            break;
+        }
+    }
+    let response = last.expect("the budget runs out");
+    assert_eq!(header(&response, "x-ratelimit-limit-requests"), "100");
+    assert!(!header(&response, "x-ratelimit-remaining-requests").is_empty());
+    assert_eq!(error_of(response).await["code"], "insufficient_quota");
+}
