@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::listener::ConnectionLimits;
 use axum::Router;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -124,10 +124,12 @@ impl Daemon {
             tokio::spawn(drain_deadlines(gateway.clone(), stopped.clone())),
             tokio::spawn(every_second(gateway.clone(), stopped.clone())),
         ];
+        let connections = gateway.config().server.connections;
         let (addr, task) = serve(
             listen,
             "server.listen",
             crate::api::router(gateway.clone()),
+            connections,
             stopped.clone(),
         )
         .await?;
@@ -137,8 +139,13 @@ impl Daemon {
         let admin_addr = match admin_token {
             Some(token) => {
                 let app = crate::admin::router(gateway.clone(), &token);
+                let limits = ConnectionLimits {
+                    max_connections: ADMIN_CONNECTIONS,
+                    max_per_address: ADMIN_CONNECTIONS_PER_ADDRESS,
+                    ..connections
+                };
                 let (admin_addr, task) =
-                    serve(admin_listen, "server.admin_listen", app, stopped).await?;
+                    serve(admin_listen, "server.admin_listen", app, limits, stopped).await?;
                 servers.push(task);
                 tracing::info!(addr = %admin_addr, "admin API is listening");
                 Some(admin_addr)
@@ -266,11 +273,17 @@ async fn every_second(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>)
     }
 }
 
+/// The admin API's own connection caps: a few operators and scrapers, kept apart from
+/// the public listener's so a flood there never locks operators out.
+const ADMIN_CONNECTIONS: usize = 256;
+const ADMIN_CONNECTIONS_PER_ADDRESS: usize = 64;
+
 async fn serve(
     listen: SocketAddr,
     key: &'static str,
     app: Router,
-    mut stopped: watch::Receiver<bool>,
+    limits: ConnectionLimits,
+    stopped: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
     let bind = |source| StartError::Bind {
         addr: listen,
@@ -279,18 +292,11 @@ async fn serve(
     };
     let listener = TcpListener::bind(listen).await.map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let task = tokio::spawn(async move {
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        });
-        if let Err(error) = server.await {
-            tracing::error!(%error, listener = key, "listener failed");
-        }
-    });
-    Ok((addr, task))
+    let limits = limits.within_descriptors(key);
+    Ok((
+        addr,
+        crate::listener::spawn(listener, app, limits, stopped, key),
+    ))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

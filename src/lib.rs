@@ -22,6 +22,7 @@ pub mod demo;
 pub mod domain;
 pub mod gateway;
 pub mod ledger;
+pub mod listener;
 pub mod mock;
 pub mod providers;
 pub mod records;

@@ -3,6 +3,7 @@
 //! whole answer with embeddings in the encoding the client asked for).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
@@ -50,7 +51,8 @@ async fn proxy(
             return Err(refusal);
         }
     };
-    let fields = match read_fields(body, gateway.config().server.max_body).await {
+    let server = &gateway.config().server;
+    let fields = match read_fields(body, server.max_body, server.body_timeout).await {
         Ok(fields) => fields,
         Err(refusal) => {
             gateway.refused_early(&id.0, &endpoint, Some((&tenant, &key_id)), &refusal);
@@ -104,8 +106,10 @@ fn cache_directives(headers: &HeaderMap) -> Directives {
 }
 
 /// The body as top-level fields, each kept as the client wrote it.
-async fn read_fields(body: Body, limit: usize) -> Result<Fields, Refusal> {
-    let bytes = read_body(body, limit).await?;
+async fn read_fields(body: Body, limit: usize, timeout: Duration) -> Result<Fields, Refusal> {
+    let bytes = tokio::time::timeout(timeout, read_body(body, limit))
+        .await
+        .map_err(|_| Refusal::body_timeout(timeout))??;
     serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Refusal::not_an_object(),
         _ => Refusal::bad_json(&e),

@@ -57,6 +57,10 @@ pub struct Server {
     pub max_body: usize,
     /// Time in-flight requests and streams get to finish when the daemon stops.
     pub shutdown_grace: Duration,
+    /// How client connections are capped and timed out.
+    pub connections: crate::listener::ConnectionLimits,
+    /// Time a client has to send a request's body.
+    pub body_timeout: Duration,
 }
 
 /// The admin listener: run-time control, for operators and `switchyard ctl`.

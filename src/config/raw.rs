@@ -53,6 +53,15 @@ pub(super) struct RawServer {
     pub(super) admin_token_env: String,
     /// Time in-flight requests and streams get to finish when the daemon stops.
     pub(super) shutdown_grace: String,
+    /// Time a client has to send a request's headers (and to start the next one on a
+    /// kept-alive connection).
+    pub(super) header_read_timeout: String,
+    /// Time a client has to send a request's body.
+    pub(super) body_timeout: String,
+    /// Open client connections at most (also bounded by the open-file limit).
+    pub(super) max_connections: usize,
+    /// Open client connections from one address at most.
+    pub(super) max_connections_per_address: usize,
 }
 
 impl Default for RawServer {
@@ -64,6 +73,10 @@ impl Default for RawServer {
             admin_listen: "127.0.0.1:8081".into(),
             admin_token_env: "SWITCHYARD_ADMIN_TOKEN".into(),
             shutdown_grace: "30s".into(),
+            header_read_timeout: "30s".into(),
+            body_timeout: "60s".into(),
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
         }
     }
 }

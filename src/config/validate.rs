@@ -487,11 +487,31 @@ impl RawServer {
         }
         let shutdown_grace = parse_duration(&self.shutdown_grace)
             .map_err(|m| invalid("server.shutdown_grace", m))?;
+        let header_read_timeout =
+            positive_duration("server.header_read_timeout", &self.header_read_timeout)?;
+        let body_timeout = positive_duration("server.body_timeout", &self.body_timeout)?;
+        for (key, value) in [
+            ("server.max_connections", self.max_connections),
+            (
+                "server.max_connections_per_address",
+                self.max_connections_per_address,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         Ok(Server {
             listen,
             data_dir: PathBuf::from(self.data_dir),
             max_body,
             shutdown_grace,
+            connections: crate::listener::ConnectionLimits {
+                max_connections: self.max_connections,
+                max_per_address: self.max_connections_per_address,
+                header_read_timeout,
+            },
+            body_timeout,
         })
     }
 }

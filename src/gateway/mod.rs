@@ -239,7 +239,9 @@ impl GatewayError {
                 Failure::AtCapacity
                     | Failure::Stopped(_)
                     | Failure::Drained
-                    | Failure::Send(SendError::Connect(_) | SendError::Broken(_))
+                    | Failure::Send(
+                        SendError::Connect(_) | SendError::Broken(_) | SendError::Local(_)
+                    )
             )
         }) {
             StatusCode::SERVICE_UNAVAILABLE
@@ -477,6 +479,10 @@ impl Gateway {
             // A send that failed counts against the instance's health; a drain
             // deadline's cut does not.
             let send_failed = |e: Option<SendError>| match e {
+                Some(e @ SendError::Local(_)) => {
+                    tracing::error!(%request_id, error = %e, "out of local resources; the upstream is not held to account");
+                    fail(Failure::Send(e))
+                }
                 Some(e) => {
                     self.router.report(&instance, Outcome::Failure, None);
                     fail(Failure::Send(e))

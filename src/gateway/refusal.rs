@@ -157,6 +157,20 @@ impl Refusal {
         .retry_after(Duration::from_secs(1))
     }
 
+    /// The client did not send its whole body in time (a slow-body attack, or a stalled
+    /// client).
+    pub fn body_timeout(timeout: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            INVALID_REQUEST,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {}",
+                crate::config::format_duration(timeout)
+            ),
+        )
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -26,6 +26,10 @@ pub enum SendError {
     Timeout(std::time::Duration),
     #[error("connection broke: {0}")]
     Broken(String),
+    /// This machine ran out of something (descriptors, buffers, memory): the upstream
+    /// did nothing wrong and is never held to account for it.
+    #[error("the gateway is out of local resources: {0}")]
+    Local(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -110,6 +110,9 @@ impl OpenAi {
 /// upstream (504).
 fn classify(error: &reqwest::Error, timeouts: UpstreamTimeouts) -> SendError {
     let detail = root_cause(error);
+    if out_of_local_resources(error) {
+        return SendError::Local(detail);
+    }
     if error.is_connect() {
         if error.is_timeout() {
             return SendError::Connect(format!(
@@ -123,6 +126,22 @@ fn classify(error: &reqwest::Error, timeouts: UpstreamTimeouts) -> SendError {
     } else {
         SendError::Broken(detail)
     }
+}
+
+/// Whether an error comes from this machine's limits (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+/// rather than from the upstream.
+fn out_of_local_resources(error: &(dyn std::error::Error + 'static)) -> bool {
+    const LOCAL: [i32; 4] = [24, 23, 105, 12];
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|code| LOCAL.contains(&code))
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The innermost error's message: "connection refused" rather than "error sending request".

@@ -1,0 +1,266 @@
+//! Accepting client connections as Envoy and nginx do: a cap on open connections, over
+//! all and per source address, that sheds new ones (a short 503) before descriptors run
+//! out; a timeout for a request's headers that also closes keep-alive connections left
+//! idle; graceful shutdown that lets each connection finish its response. What a
+//! request does once it is read is the router's business, not this module's.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tower::ServiceExt;
+
+/// Descriptors kept free of client connections: upstream connections, the database,
+/// logs, and the admin API's own connections.
+const FD_RESERVE: usize = 256;
+
+/// How a listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open client connections at most; new ones beyond are shed.
+    pub max_connections: usize,
+    /// Open connections from one source address at most.
+    pub max_per_address: usize,
+    /// Time a client has to send a request's headers, and to start the next request on
+    /// a kept-alive connection.
+    pub header_read_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// Brings `max_connections` within what the process's open-file limit allows with
+    /// a reserve for everything else (each client connection may need an upstream one);
+    /// says so when it had to.
+    pub fn within_descriptors(mut self, listener: &str) -> ConnectionLimits {
+        if let Some(soft) = open_file_limit() {
+            let room = soft.saturating_sub(FD_RESERVE) / 2;
+            if self.max_connections > room {
+                tracing::warn!(
+                    listener,
+                    configured = self.max_connections,
+                    allowed = room,
+                    open_file_limit = soft,
+                    "the open-file limit caps client connections below server.max_connections; raise `ulimit -n` to allow more"
+                );
+                self.max_connections = room.max(1);
+            }
+        }
+        self
+    }
+}
+
+/// The soft `RLIMIT_NOFILE`, read from /proc (Linux); `None` elsewhere or unlimited.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Open connections, over all and by source address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; frees its place when dropped.
+struct Place {
+    open: Arc<Mutex<Open>>,
+    address: IpAddr,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Takes a place for a connection from `address`, or says which cap is reached.
+fn admit(
+    open: &Arc<Mutex<Open>>,
+    address: IpAddr,
+    limits: &ConnectionLimits,
+) -> Result<Place, &'static str> {
+    let mut state = open.lock().unwrap_or_else(|e| e.into_inner());
+    if state.total >= limits.max_connections {
+        return Err("the gateway is at its connection limit");
+    }
+    let from = state.by_address.entry(address).or_insert(0);
+    if *from >= limits.max_per_address {
+        return Err("too many connections from this address");
+    }
+    *from += 1;
+    state.total += 1;
+    Ok(Place {
+        open: open.clone(),
+        address,
+    })
+}
+
+/// Serves `app` on `listener` until `stopped`; then stops accepting and lets each open
+/// connection finish its response before the task ends. Aborting the task closes them.
+pub fn spawn(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    mut stopped: watch::Receiver<bool>,
+    name: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let open = Arc::new(Mutex::new(Open::default()));
+        let (closing, closed) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut shed = 0u64;
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of descriptors, most likely: wait for some to free up.
+                        tracing::warn!(%error, listener = name, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stopped_signal(&mut stopped) => break,
+            };
+            while connections.try_join_next().is_some() {}
+            match admit(&open, peer.ip(), &limits) {
+                Ok(place) => {
+                    let (app, closed) = (app.clone(), closed.clone());
+                    connections.spawn(serve_connection(stream, peer, app, limits, closed, place));
+                }
+                Err(why) => {
+                    shed += 1;
+                    if shed.is_power_of_two() {
+                        tracing::warn!(listener = name, %peer, why, shed, "connection shed");
+                    }
+                    refuse(stream, why);
+                }
+            }
+        }
+        drop(listener);
+        closing.send_replace(true);
+        while connections.join_next().await.is_some() {}
+    })
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: ConnectionLimits,
+    mut closing: watch::Receiver<bool>,
+    _place: Place,
+) {
+    let _ = stream.set_nodelay(true);
+    // A client that sends nothing at all is closed here: telling HTTP/1 from HTTP/2
+    // needs its first bytes, and hyper's header timer starts only after that.
+    let mut first = [0u8; 1];
+    if !matches!(
+        tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await,
+        Ok(Ok(1))
+    ) {
+        return;
+    }
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let closing = async move {
+        let _ = closing.wait_for(|c| *c).await;
+    };
+    let finished = tokio::select! {
+        _ = connection.as_mut() => true,
+        () = closing => false,
+    };
+    if !finished {
+        // Finish the response in progress, then close; idle connections close at once.
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+}
+
+async fn stopped_signal(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Tells a shed client why, in one non-blocking write, and closes.
+fn refuse(stream: TcpStream, why: &str) {
+    let body = serde_json::json!({
+        "error": { "message": format!("{why}; try again shortly"), "type": "server_error", "param": null, "code": "too_many_connections" }
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(response.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_capped_over_all_and_per_address_and_freed_on_drop() {
+        let open = Arc::new(Mutex::new(Open::default()));
+        let limits = ConnectionLimits {
+            max_connections: 3,
+            max_per_address: 2,
+            header_read_timeout: Duration::from_secs(1),
+        };
+        let a: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let b: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let first = admit(&open, a, &limits);
+        let second = admit(&open, a, &limits);
+        assert!(first.is_ok() && second.is_ok());
+        assert_eq!(
+            admit(&open, a, &limits).err(),
+            Some("too many connections from this address")
+        );
+        let third = admit(&open, b, &limits);
+        assert!(third.is_ok());
+        assert_eq!(
+            admit(&open, b, &limits).err(),
+            Some("the gateway is at its connection limit")
+        );
+        drop(first);
+        assert!(admit(&open, a, &limits).is_ok());
+        drop((second, third));
+        assert_eq!(open.lock().map(|o| o.total).unwrap_or(99), 0);
+        assert!(
+            open.lock()
+                .map(|o| o.by_address.is_empty())
+                .unwrap_or(false)
+        );
+    }
+}
