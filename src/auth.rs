@@ -37,6 +37,20 @@ pub enum AuthError {
     Invalid,
     #[error("the API key {id} has expired; ask your operator for a new one")]
     Expired { id: Arc<str> },
+    #[error("too many failed authentications from this address; try again in {} s", .retry_after.as_secs().max(1))]
+    TooManyFailures { retry_after: std::time::Duration },
+}
+
+impl AuthError {
+    /// The OpenAI-style code a client sees.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_api_key",
+            AuthError::Invalid => "invalid_api_key",
+            AuthError::Expired { .. } => "expired_api_key",
+            AuthError::TooManyFailures { .. } => "too_many_failed_authentications",
+        }
+    }
 }
 
 /// Who is calling: the tenant (by index in the config) and the key's public id.
@@ -226,5 +240,105 @@ mod tests {
         let hash = hash_key("sy-demo-acme");
         assert_eq!(KeyHash::parse(&hash.to_string()), Ok(hash));
         assert!(!format!("{hash:?}").contains(&hash.to_string()[12..]));
+    }
+}
+
+/// Failed authentications per source address, counted in fixed windows: a source that
+/// fails too often is refused (429) until its window ends, and each window's failures
+/// become one audit record per source and code (with a count) instead of one per
+/// request, so a flood of bad keys can neither hammer the keyring nor flush the audit
+/// log. The number of sources tracked is bounded; beyond it, failures are counted under
+/// one "other sources" entry.
+pub struct FailedAuth {
+    max_failures: u32,
+    window: std::time::Duration,
+    tallies: std::sync::Mutex<FailedAuthWindow>,
+}
+
+struct FailedAuthWindow {
+    started: tokio::time::Instant,
+    by_source: std::collections::HashMap<Option<std::net::IpAddr>, Tally>,
+}
+
+#[derive(Default)]
+struct Tally {
+    failures: u32,
+    by_code: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// One source's failures in a window, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAuthReport {
+    /// `None`: sources beyond the bound, counted together.
+    pub source: Option<std::net::IpAddr>,
+    pub code: &'static str,
+    pub count: u64,
+}
+
+/// Sources tracked in one window at most.
+const MAX_SOURCES: usize = 10_000;
+
+impl FailedAuth {
+    pub fn new(max_failures: u32, window: std::time::Duration) -> FailedAuth {
+        FailedAuth {
+            max_failures,
+            window,
+            tallies: std::sync::Mutex::new(FailedAuthWindow {
+                started: tokio::time::Instant::now(),
+                by_source: std::collections::HashMap::new(),
+            }),
+        }
+    }
+
+    /// `Err(wait)` when `source` failed too often in this window.
+    pub fn check(&self, source: Option<std::net::IpAddr>) -> Result<(), std::time::Duration> {
+        let tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
+        match tallies.by_source.get(&source) {
+            Some(t) if source.is_some() && t.failures >= self.max_failures => Err(self
+                .window
+                .saturating_sub(tallies.started.elapsed())
+                .max(std::time::Duration::from_secs(1))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failure with `code` from `source`.
+    pub fn failed(&self, source: Option<std::net::IpAddr>, code: &'static str) {
+        let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
+        let key =
+            if tallies.by_source.len() >= MAX_SOURCES && !tallies.by_source.contains_key(&source) {
+                None
+            } else {
+                source
+            };
+        let tally = tallies.by_source.entry(key).or_default();
+        tally.failures = tally.failures.saturating_add(1);
+        *tally.by_code.entry(code).or_default() += 1;
+    }
+
+    /// Ends the window: what failed in it, by source and code, and a fresh count.
+    pub fn take(&self) -> Vec<FailedAuthReport> {
+        let mut tallies = self.tallies.lock().unwrap_or_else(|e| e.into_inner());
+        tallies.started = tokio::time::Instant::now();
+        let ended = std::mem::take(&mut tallies.by_source);
+        drop(tallies);
+        ended
+            .into_iter()
+            .flat_map(|(source, tally)| {
+                tally
+                    .by_code
+                    .into_iter()
+                    .map(move |(code, count)| FailedAuthReport {
+                        source,
+                        code,
+                        count,
+                    })
+            })
+            .collect()
+    }
+
+    /// How long a window lasts.
+    pub fn window(&self) -> std::time::Duration {
+        self.window
     }
 }

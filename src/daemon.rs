@@ -219,6 +219,7 @@ impl Daemon {
                 let _ = task.await;
             }
         }
+        self.gateway.audit_failed_auth();
         drop(self.gateway);
         self.cache_writer.stop().await;
         self.audit_writer.stop().await;
@@ -259,14 +260,21 @@ async fn drain_deadlines(gateway: Arc<Gateway>, mut stopped: watch::Receiver<boo
 }
 
 /// Once a second: samples the request counters and queue depth (for rates and
-/// sparklines) and sweeps finished streams past their keep.
+/// sparklines) and sweeps finished streams past their keep; every failed-authentication
+/// window, audits its failures.
 async fn every_second(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let window = gateway.failed_auth_window().as_secs().max(1);
+    let mut seconds = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 gateway.meter().sample(gateway.scheduler().queued() as u64);
                 gateway.hub().sweep();
+                seconds += 1;
+                if seconds % window == 0 {
+                    gateway.audit_failed_auth();
+                }
             }
             _ = stopped.changed() => return,
         }

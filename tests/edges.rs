@@ -131,3 +131,74 @@ async fn a_spent_budget_still_says_where_the_rate_limits_stand() {
     assert!(!header(&response, "x-ratelimit-remaining-requests").is_empty());
     assert_eq!(error_of(response).await["code"], "insufficient_quota");
 }
+
+/// Regression: ~8,600 unauthenticated 401s a second flushed operator actions and real
+/// request records out of the audit log.
+#[tokio::test]
+async fn failed_authentications_are_limited_per_address_and_audited_in_aggregate() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(
+            gw.chat("sy-guess", &hello("gpt-4o-mini"))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+    let refused = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "even a good key, from this address, this window"
+    );
+    assert!(!header(&refused, "retry-after").is_empty());
+    assert_eq!(
+        error_of(refused).await["code"],
+        "too_many_failed_authentications"
+    );
+    assert_eq!(mock.stats().chat_requests, 0);
+
+    gw.daemon.gateway().audit_failed_auth();
+    assert_eq!(
+        gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(),
+        200,
+        "a new window"
+    );
+    // The audit writer lands records within its flush interval: wait for them, bounded.
+    let mut counts: Vec<(String, u64)> = Vec::new();
+    for _ in 0..100 {
+        let records: Value = gw
+            .admin(Method::GET, "/admin/audit?status=error", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        counts = records["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["error"].as_str().unwrap().to_string(),
+                    r["count"].as_u64().unwrap_or(1),
+                )
+            })
+            .collect();
+        counts.sort();
+        if counts.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        counts,
+        [
+            ("invalid_api_key".to_string(), 20),
+            ("too_many_failed_authentications".to_string(), 11)
+        ]
+    );
+}

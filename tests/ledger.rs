@@ -161,6 +161,8 @@ async fn every_request_and_action_is_on_the_record() {
         gw.chat("sy-wrong", &hello("gpt-4o-mini")).await.status(),
         401
     );
+    // Failed authentications are recorded once per source and window; end the window.
+    gw.daemon.gateway().audit_failed_auth();
     // Streams write their record when they end; give the last one a moment.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -206,6 +208,8 @@ async fn every_request_and_action_is_on_the_record() {
     assert_eq!(missing["error"], "model_not_found");
     let unknown = records.iter().find(|r| r["status"] == 401).unwrap();
     assert!(unknown["tenant"].is_null());
+    assert_eq!(unknown["source"], "127.0.0.1");
+    assert_eq!(unknown["count"], 1);
     // No prompt or answer text: the tenant did not opt in.
     assert!(
         records

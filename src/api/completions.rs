@@ -12,45 +12,50 @@ use axum::response::Response;
 use base64::Engine;
 use serde_json::Value;
 
-use super::{Refusal, RequestId, authorization};
+use super::{Refusal, RequestId, Source, authorization};
 use crate::domain::{CACHE_HEADER, Directives, Fields, ModelKind};
 use crate::gateway::{Gateway, Inbound, Reply, ReplyBody};
 
 pub async fn chat(
     State(gateway): State<Arc<Gateway>>,
     Extension(id): Extension<RequestId>,
+    Extension(source): Extension<Source>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
-    proxy(&gateway, ModelKind::Chat, id, &headers, body).await
+    proxy(&gateway, ModelKind::Chat, (id, source), &headers, body).await
 }
 
 pub async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(id): Extension<RequestId>,
+    Extension(source): Extension<Source>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
-    proxy(&gateway, ModelKind::Embeddings, id, &headers, body).await
+    proxy(
+        &gateway,
+        ModelKind::Embeddings,
+        (id, source),
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn proxy(
     gateway: &Gateway,
     kind: ModelKind,
-    id: RequestId,
+    (id, Source(source)): (RequestId, Source),
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
     let arrival = tokio::time::Instant::now();
     let endpoint = format!("/v1{}", kind.upstream_path());
-    let (tenant, key_id) = match gateway.authenticate(authorization(headers)) {
-        Ok((tenant, key_id)) => (tenant.name.clone(), key_id),
-        Err(error) => {
-            let refusal = Refusal::from(error);
-            gateway.refused_early(&id.0, &endpoint, None, &refusal);
-            return Err(refusal);
-        }
-    };
+    // Failed authentications are counted and audited per source and window, not here.
+    let (tenant, key_id) = gateway
+        .authenticate(authorization(headers), source)
+        .map(|(tenant, key_id)| (tenant.name.clone(), key_id))?;
     let server = &gateway.config().server;
     let fields = match read_fields(body, server.max_body, server.body_timeout).await {
         Ok(fields) => fields,

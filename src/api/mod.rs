@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,10 @@ use crate::domain::snapshot::InstanceState;
 use crate::gateway::Gateway;
 
 pub use error::Refusal;
+
+/// The address a request came from, when the listener knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub Option<std::net::IpAddr>);
 
 /// A request's id, generated on arrival and echoed as `x-request-id`.
 #[derive(Debug, Clone)]
@@ -59,7 +63,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 /// instead of a dropped connection.
 async fn request_context(mut req: Request, next: Next) -> Response {
     let id = RequestId::generate();
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
     req.extensions_mut().insert(id.clone());
+    req.extensions_mut().insert(Source(source));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let handler = crate::telemetry::RequestScope::new(next.run(req));
@@ -86,9 +95,10 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 /// `GET /v1/models`: the configured aliases, in OpenAI's list shape.
 async fn models(
     State(gateway): State<Arc<Gateway>>,
+    Extension(Source(source)): Extension<Source>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    gateway.authenticate(authorization(&headers))?;
+    gateway.authenticate(authorization(&headers), source)?;
     let data: Vec<_> = gateway
         .config()
         .models
@@ -108,10 +118,11 @@ async fn models(
 /// `GET /v1/models/{id}`: one configured alias in OpenAI's shape, or 404 `model_not_found`.
 async fn model(
     State(gateway): State<Arc<Gateway>>,
+    Extension(Source(source)): Extension<Source>,
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    gateway.authenticate(authorization(&headers))?;
+    gateway.authenticate(authorization(&headers), source)?;
     let config = gateway.config();
     let Some(model) = config.model(&id) else {
         let known: Vec<&str> = config.models.iter().map(|m| m.alias.as_str()).collect();
@@ -130,10 +141,11 @@ async fn model(
 /// from the start, or after `Last-Event-ID`. Events carry their index as the SSE id.
 async fn watch_stream(
     State(gateway): State<Arc<Gateway>>,
+    Extension(Source(source)): Extension<Source>,
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let (tenant, _) = gateway.authenticate(authorization(&headers))?;
+    let (tenant, _) = gateway.authenticate(authorization(&headers), source)?;
     // Another tenant's stream does not exist, as far as this tenant can tell.
     let log = gateway
         .hub()

@@ -113,6 +113,13 @@ pub struct AuditRecord {
     /// was capped (see the log for what it reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_capped: Option<bool>,
+    /// The client's address, on records that stand for requests without a tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// How many requests this one record stands for (failed authentications are
+    /// recorded once per source and interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

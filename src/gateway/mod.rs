@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::admission::{self, Admission, Demand, RateHeaders};
 use crate::audit::Audit;
-use crate::auth::{AuthError, Keyring};
+use crate::auth::{AuthError, FailedAuth, Keyring};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::domain::records::{KeyRecord, Overrides};
@@ -52,6 +52,8 @@ pub use serve::{Inbound, Reply, ReplyBody};
 pub struct Gateway {
     config: Config,
     keyring: Keyring,
+    /// Failed authentications per source address.
+    failed_auth: FailedAuth,
     router: Arc<Router>,
     upstreams: Upstreams,
     admission: Arc<Admission>,
@@ -251,6 +253,10 @@ impl GatewayError {
     }
 }
 
+/// Failed authentications one address may make per window before it is refused.
+const FAILED_AUTH_LIMIT: u32 = 20;
+const FAILED_AUTH_WINDOW: Duration = Duration::from_secs(10);
+
 /// Statuses that say the request itself is wrong; the same request fails everywhere.
 fn request_fault(status: StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 413 | 422)
@@ -262,6 +268,7 @@ impl Gateway {
         let shutdown = Arc::new(Shutdown::default());
         Ok(Gateway {
             keyring: Keyring::new(&config.tenants),
+            failed_auth: FailedAuth::new(FAILED_AUTH_LIMIT, FAILED_AUTH_WINDOW),
             router: Arc::new(Router::new(
                 &config.regions,
                 config.routing.clone(),
@@ -398,18 +405,58 @@ impl Gateway {
         futures_util::future::join_all(probes).await;
     }
 
-    /// The tenant a request's key belongs to, and the key's public id.
+    /// The tenant a request's key belongs to, and the key's public id. Failures are
+    /// counted per `source` address; a source that fails too often is refused for the
+    /// rest of the window without its key being looked at.
     pub fn authenticate(
         &self,
         authorization: Option<&str>,
+        source: Option<std::net::IpAddr>,
     ) -> Result<(&Tenant, Arc<str>), AuthError> {
-        let caller = self.keyring.authenticate(authorization)?;
-        let tenant = self
-            .config
-            .tenants
-            .get(caller.tenant)
-            .ok_or(AuthError::Invalid)?;
-        Ok((tenant, caller.key_id))
+        if let Err(retry_after) = self.failed_auth.check(source) {
+            let error = AuthError::TooManyFailures { retry_after };
+            self.failed_auth.failed(source, error.code());
+            self.meter.code(error.code());
+            return Err(error);
+        }
+        let found = self.keyring.authenticate(authorization).and_then(|caller| {
+            let tenant = self
+                .config
+                .tenants
+                .get(caller.tenant)
+                .ok_or(AuthError::Invalid)?;
+            Ok((tenant, caller.key_id))
+        });
+        if let Err(error) = &found {
+            self.failed_auth.failed(source, error.code());
+            self.meter.code(error.code());
+        }
+        found
+    }
+
+    /// Ends the window of failed authentications: one audit record per source and code,
+    /// with how many there were. Called by the daemon every window.
+    pub fn audit_failed_auth(&self) {
+        let now = crate::telemetry::now_ms();
+        for report in self.failed_auth.take() {
+            let source = report
+                .source
+                .map_or_else(|| "other sources".to_string(), |ip| ip.to_string());
+            tracing::info!(%source, code = report.code, count = report.count, "failed authentications");
+            self.audit.record(crate::domain::records::AuditRecord {
+                at_ms: now,
+                kind: Some(crate::domain::records::AuditKind::Request),
+                status: Some(401),
+                error: Some(report.code.to_string()),
+                source: Some(source),
+                count: Some(report.count),
+                ..Default::default()
+            });
+        }
+    }
+
+    pub fn failed_auth_window(&self) -> Duration {
+        self.failed_auth.window()
     }
 
     /// Routes the call and tries its candidates in order until one answers with something

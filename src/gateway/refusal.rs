@@ -229,15 +229,19 @@ impl Refusal {
 
 impl From<AuthError> for Refusal {
     fn from(error: AuthError) -> Self {
-        let code = match error {
-            AuthError::Missing => "missing_api_key",
-            AuthError::Invalid => "invalid_api_key",
-            AuthError::Expired { .. } => "expired_api_key",
-        };
+        if let AuthError::TooManyFailures { retry_after } = error {
+            return Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                error.code(),
+                error.to_string(),
+            )
+            .retry_after(retry_after);
+        }
         Self::new(
             StatusCode::UNAUTHORIZED,
             INVALID_REQUEST,
-            code,
+            error.code(),
             error.to_string(),
         )
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::domain::UsageRecord;
 use crate::domain::period::PeriodKey;
-use crate::domain::records::{AuditQuery, AuditRecord, KeyRecord, Overrides};
+use crate::domain::records::{AuditKind, AuditQuery, AuditRecord, KeyRecord, Overrides};
 
 /// The layout this build reads and writes.
 /// 2 added the keys, tenants and audit trees.
@@ -84,6 +84,15 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    fn remove_audit(&self, key: &[u8], value_len: usize) -> Result<(), StoreError> {
+        if self.audit.remove(key)?.is_some() {
+            self.audit_records.fetch_sub(1, Ordering::Relaxed);
+            self.audit_bytes
+                .fetch_sub((key.len() + value_len) as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// Opens (or creates) `<data_dir>/db`, checking the schema version.
     pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
         let path = data_dir.join("db");
@@ -275,21 +284,40 @@ impl Store for SledStore {
 
     fn trim_audit(&self, before_ms: u64, max_bytes: u64) -> Result<u64, StoreError> {
         let mut dropped = 0;
-        loop {
-            let Some((key, value)) = self.audit.first()? else {
-                break;
-            };
+        let over = |store: &SledStore| store.audit_bytes.load(Ordering::Relaxed) > max_bytes;
+        // Past `keep`, everything goes.
+        while let Some((key, value)) = self.audit.first()? {
             let at = key
                 .get(..8)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map_or(0, u64::from_be_bytes);
-            if at >= before_ms && self.audit_bytes.load(Ordering::Relaxed) <= max_bytes {
+            if at >= before_ms {
                 break;
             }
-            self.audit.remove(&key)?;
-            self.audit_records.fetch_sub(1, Ordering::Relaxed);
-            self.audit_bytes
-                .fetch_sub((key.len() + value.len()) as u64, Ordering::Relaxed);
+            self.remove_audit(&key, value.len())?;
+            dropped += 1;
+        }
+        // Over the size, records of no tenant (failed authentications) go first, oldest
+        // first, so operator actions and tenants' requests are never evicted for them.
+        if over(self) {
+            for entry in self.audit.iter() {
+                let (key, value) = entry?;
+                if !over(self) {
+                    break;
+                }
+                let anonymous = serde_json::from_slice::<AuditRecord>(&value)
+                    .is_ok_and(|r| r.tenant.is_none() && r.kind != Some(AuditKind::Operator));
+                if anonymous {
+                    self.remove_audit(&key, value.len())?;
+                    dropped += 1;
+                }
+            }
+        }
+        while over(self) {
+            let Some((key, value)) = self.audit.first()? else {
+                break;
+            };
+            self.remove_audit(&key, value.len())?;
             dropped += 1;
         }
         Ok(dropped)
@@ -425,6 +453,32 @@ mod tests {
         // The counts are rebuilt on open.
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.audit_size(), (left, left_bytes));
+    }
+
+    #[test]
+    fn over_its_size_the_audit_log_drops_records_of_no_tenant_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut records: Vec<AuditRecord> =
+            (0..50).map(|i| record(1_000 + i, "acme", 200)).collect();
+        records.extend((0..50).map(|i| AuditRecord {
+            tenant: None,
+            status: Some(401),
+            ..record(2_000 + i, "", 401)
+        }));
+        store.append_audit(&records).unwrap();
+        let (_, bytes) = store.audit_size();
+        store.trim_audit(0, bytes * 2 / 3).unwrap();
+        let left = store.read_audit(&AuditQuery::default()).unwrap();
+        assert_eq!(
+            left.iter().filter(|r| r.tenant.is_some()).count(),
+            50,
+            "every tenant's record kept"
+        );
+        assert!(
+            left.iter().any(|r| r.tenant.is_none()),
+            "anonymous ones trimmed as needed"
+        );
     }
 
     #[test]
