@@ -183,3 +183,30 @@ async fn an_upstream_that_never_accepts_is_unavailable_not_slow() {
     assert!(message.contains("no connection within 300ms"), "{message}");
     drop((listener, fillers));
 }
+
+/// Regression: a hung instance (no response headers) cost its in-flight requests the
+/// whole `upstream.timeout` (300 s) even after probes marked it down within seconds.
+#[tokio::test]
+async fn a_request_waiting_on_an_instance_that_leaves_rotation_goes_elsewhere() {
+    let hung = quick_mock().spawn_local().await.unwrap();
+    let healthy = quick_mock().spawn_local().await.unwrap();
+    let toml = config_for(&[("us-east", hung.url()), ("eu-west", healthy.url())], "").replace(
+        "interval = \"1h\"",
+        "interval = \"300ms\"\ntimeout = \"200ms\"\nunhealthy_after = 1",
+    );
+    let gw = TestGateway::from_toml(&toml).await;
+    hung.start_outage(switchyard::mock::Outage::Hang);
+    let response = tokio::time::timeout(
+        Duration::from_secs(30),
+        gw.chat(KEY_A, &hello("gpt-4o-mini")),
+    )
+    .await
+    .expect("answered long before upstream.timeout");
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-switchyard-region"), "eu-west");
+    let route = header(&response, "x-switchyard-route");
+    assert!(
+        route.contains("us-east-a"),
+        "it was tried there first: {route}"
+    );
+}

@@ -239,6 +239,8 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout: String,
     /// Time allowed until the upstream's response headers (non-streaming: the whole answer).
     pub(super) timeout: String,
+    /// Time a streamed request may wait for the upstream's response headers.
+    pub(super) first_byte_timeout: String,
     /// Time a stream may take from its headers to its first event.
     pub(super) stream_first_event_timeout: String,
     /// Time a stream may go without an event once it has started.
@@ -250,6 +252,7 @@ impl Default for RawUpstream {
         RawUpstream {
             connect_timeout: "2s".into(),
             timeout: "300s".into(),
+            first_byte_timeout: "30s".into(),
             stream_first_event_timeout: "120s".into(),
             stream_idle_timeout: "60s".into(),
         }

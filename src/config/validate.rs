@@ -528,6 +528,7 @@ impl RawUpstream {
         Ok(UpstreamTimeouts {
             connect: positive("upstream.connect_timeout", &self.connect_timeout)?,
             response: positive("upstream.timeout", &self.timeout)?,
+            first_byte: positive("upstream.first_byte_timeout", &self.first_byte_timeout)?,
             stream_first_event: positive(
                 "upstream.stream_first_event_timeout",
                 &self.stream_first_event_timeout,

@@ -269,6 +269,8 @@ pub struct UpstreamTimeouts {
     /// Time allowed until the response headers arrive; for non-streaming requests, until
     /// the whole answer has arrived.
     pub response: Duration,
+    /// Time a streamed request may wait for the upstream's response headers.
+    pub first_byte: Duration,
     /// Time a stream may take from its headers to its first event.
     pub stream_first_event: Duration,
     /// Time a stream may go without an event once it has started.

@@ -143,6 +143,8 @@ pub enum Failure {
     RateLimited(Duration),
     /// A drain deadline cut the attempt; the instance did nothing wrong.
     Drained,
+    /// The instance left rotation while the attempt waited on it.
+    TakenOut,
     /// No more attempts: the retry budget or the deadline.
     Stopped(&'static str),
     Send(SendError),
@@ -166,6 +168,7 @@ impl fmt::Display for Failure {
                 write!(f, "rate limited (retry after {})", openai_duration(*wait))
             }
             Failure::Drained => f.write_str("cut by a drain deadline"),
+            Failure::TakenOut => f.write_str("taken out of rotation while waiting on it"),
             Failure::Stopped(why) => write!(f, "not tried: {why}"),
             Failure::Send(e) => write!(f, "{e}"),
             Failure::Status { status, message } if message.is_empty() => {
@@ -241,6 +244,7 @@ impl GatewayError {
                 Failure::AtCapacity
                     | Failure::Stopped(_)
                     | Failure::Drained
+                    | Failure::TakenOut
                     | Failure::Send(
                         SendError::Connect(_) | SendError::Broken(_) | SendError::Local(_)
                     )
@@ -524,22 +528,36 @@ impl Gateway {
                 }
             };
             // A send that failed counts against the instance's health; a drain
-            // deadline's cut does not.
-            let send_failed = |e: Option<SendError>| match e {
-                Some(e @ SendError::Local(_)) => {
+            // deadline's cut, or the instance leaving rotation, does not (again).
+            let send_failed = |stop: Stop| match stop {
+                Stop::Failed(e @ SendError::Local(_)) => {
                     tracing::error!(%request_id, error = %e, "out of local resources; the upstream is not held to account");
                     fail(Failure::Send(e))
                 }
-                Some(e) => {
+                Stop::Failed(e) => {
                     self.router.report(&instance, Outcome::Failure, None);
                     fail(Failure::Send(e))
                 }
-                None => fail(Failure::Drained),
+                Stop::Drained => fail(Failure::Drained),
+                Stop::TakenOut => fail(Failure::TakenOut),
             };
             let started = Instant::now();
             let deadline = started + timeouts.response;
+            // Streams send their headers at once; a plain answer's come with the answer.
+            let wait = if stream {
+                timeouts.first_byte
+            } else {
+                timeouts.response
+            };
             let cut = instance.cut_signal();
-            tokio::pin!(cut);
+            let taken_out = instance.taken_out_signal();
+            let interrupt = async move {
+                tokio::select! {
+                    () = cut => Stop::Drained,
+                    () = taken_out => Stop::TakenOut,
+                }
+            };
+            tokio::pin!(interrupt);
 
             // A connection that broke before an answer is most often a pooled keep-alive
             // connection the upstream had closed: try the same instance once more, on a
@@ -547,18 +565,24 @@ impl Gateway {
             let attempt = async {
                 let first = self
                     .upstreams
-                    .send(&instance.instance, model.kind, request_id, payload.clone())
+                    .send(
+                        &instance.instance,
+                        model.kind,
+                        request_id,
+                        payload.clone(),
+                        wait,
+                    )
                     .await;
                 if let Err(SendError::Broken(reason)) = &first {
                     tracing::debug!(%request_id, instance = %name, %reason, "retrying on a fresh connection");
                     return self
                         .upstreams
-                        .send(&instance.instance, model.kind, request_id, payload)
+                        .send(&instance.instance, model.kind, request_id, payload, wait)
                         .await;
                 }
                 first
             };
-            let response = match unless_cut(attempt, &mut cut).await {
+            let response = match unless_interrupted(attempt, &mut interrupt).await {
                 Ok(response) => response,
                 Err(e) => {
                     attempts.push(send_failed(e));
@@ -597,7 +621,7 @@ impl Gateway {
                     Err(_) => Err(SendError::Timeout(timeouts.response)),
                 }
             };
-            let whole = match unless_cut(read, &mut cut).await {
+            let whole = match unless_interrupted(read, &mut interrupt).await {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     attempts.push(send_failed(e));
@@ -642,14 +666,24 @@ impl Gateway {
     }
 }
 
-/// Runs `work` unless a drain deadline cuts the instance first (`Err(None)`).
-async fn unless_cut<T>(
+/// Why an attempt stopped before it had an answer.
+enum Stop {
+    Failed(SendError),
+    /// A drain deadline cut the instance.
+    Drained,
+    /// The instance left rotation (ejected, failing probes, an operator) while the
+    /// attempt waited on it.
+    TakenOut,
+}
+
+/// Runs `work` unless the instance is cut or taken out of rotation first.
+async fn unless_interrupted<T>(
     work: impl std::future::Future<Output = Result<T, SendError>>,
-    cut: &mut (impl std::future::Future<Output = ()> + Unpin),
-) -> Result<T, Option<SendError>> {
+    interrupt: &mut (impl std::future::Future<Output = Stop> + Unpin),
+) -> Result<T, Stop> {
     tokio::select! {
-        done = work => done.map_err(Some),
-        () = cut => Err(None),
+        done = work => done.map_err(Stop::Failed),
+        stop = interrupt => Err(stop),
     }
 }
 

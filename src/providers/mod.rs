@@ -77,19 +77,21 @@ impl Upstreams {
         })
     }
 
-    /// Sends one request body to one instance and waits for the response headers.
+    /// Sends one request body to one instance and waits up to `wait` for the response
+    /// headers.
     pub async fn send(
         &self,
         instance: &Instance,
         kind: ModelKind,
         request_id: &str,
         body: Bytes,
+        wait: std::time::Duration,
     ) -> Result<reqwest::Response, SendError> {
         let key = self.keys.get(&instance.name);
         match instance.dialect {
             Dialect::OpenAi => {
                 self.openai
-                    .send(instance, kind, request_id, key, body)
+                    .send(instance, kind, request_id, key, body, wait)
                     .await
             }
         }

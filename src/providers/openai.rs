@@ -62,6 +62,7 @@ impl OpenAi {
         request_id: &str,
         key: Option<&HeaderValue>,
         body: Bytes,
+        wait: Duration,
     ) -> Result<reqwest::Response, SendError> {
         let url = format!("{}{}", instance.url, kind.upstream_path());
         let mut request = self
@@ -73,8 +74,8 @@ impl OpenAi {
         if let Some(key) = key {
             request = request.header(header::AUTHORIZATION, key.clone());
         }
-        match tokio::time::timeout(self.timeouts.response, request.send()).await {
-            Err(_) => Err(SendError::Timeout(self.timeouts.response)),
+        match tokio::time::timeout(wait, request.send()).await {
+            Err(_) => Err(SendError::Timeout(wait)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(classify(&error, self.timeouts)),
         }

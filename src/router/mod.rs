@@ -41,6 +41,9 @@ pub struct InstanceState {
     health: Mutex<Health>,
     /// Bumped when a drain deadline cuts what still runs here.
     cut: watch::Sender<u64>,
+    /// Bumped when the instance is taken out of rotation (ejected, failing probes, or
+    /// by an operator): attempts still waiting on it go elsewhere.
+    taken_out: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for InstanceState {
@@ -64,6 +67,7 @@ impl InstanceState {
             failures: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
             cut: watch::channel(0).0,
+            taken_out: watch::channel(0).0,
         }
     }
 
@@ -111,6 +115,18 @@ impl InstanceState {
         async move {
             let _ = cut.changed().await;
         }
+    }
+
+    /// Resolves when the instance is taken out of rotation after this call.
+    pub fn taken_out_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut out = self.taken_out.subscribe();
+        async move {
+            let _ = out.changed().await;
+        }
+    }
+
+    fn take_out(&self) {
+        self.taken_out.send_modify(|n| *n += 1);
     }
 
     fn record_latency(&self, sample: Duration) {
@@ -508,17 +524,20 @@ impl Router {
             .health()
             .report(outcome, now, &self.policy, may_eject);
         match change {
-            Change::Ejected(length) => self.events.record(
-                EventKind::Routing,
-                None,
-                format!(
-                    "{}/{} ejected for {:?} after {} consecutive failures",
-                    instance.region,
-                    instance.name(),
-                    length,
-                    self.policy.consecutive_failures
-                ),
-            ),
+            Change::Ejected(length) => {
+                instance.take_out();
+                self.events.record(
+                    EventKind::Routing,
+                    None,
+                    format!(
+                        "{}/{} ejected for {:?} after {} consecutive failures",
+                        instance.region,
+                        instance.name(),
+                        length,
+                        self.policy.consecutive_failures
+                    ),
+                );
+            }
             Change::CoolingDown(wait) => tracing::info!(
                 instance = %instance.name(),
                 ?wait,
@@ -560,6 +579,7 @@ impl Router {
                     instance.name()
                 )
             } else {
+                instance.take_out();
                 format!(
                     "{}/{} fails its health probes; out of rotation",
                     instance.region,
@@ -660,6 +680,7 @@ impl Router {
     pub fn eject(&self, targets: &[Arc<InstanceState>]) {
         for i in targets {
             i.health().manual_eject = true;
+            i.take_out();
         }
     }
 
