@@ -402,3 +402,55 @@ async fn ctl_shows_the_cache_and_purges_it() {
     );
     assert_eq!(answer(gw.chat(KEY_A, &settled("hi")).await).await.1, "miss");
 }
+
+/// Regression: ten identical requests behind a failing leader waited one failure time
+/// each (6, 8, … 24 s), one new leader after another, outside every queue bound.
+#[tokio::test]
+async fn followers_of_a_failed_leader_go_upstream_together() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // An upstream whose every answer fails after 2 s: one after another, seven take 14 s.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}})),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = TestGateway::from_toml(&config_for(&[("us-east", url)], "")).await;
+    let body = settled("doomed");
+    let leader = gw.chat(KEY_A, &body);
+    let followers = async {
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let requests = (0..6).map(|_| gw.chat(KEY_A, &body));
+        futures_util::future::join_all(requests).await
+    };
+    let together = async { tokio::join!(leader, followers) };
+    let (leader, followers) = tokio::time::timeout(Duration::from_secs(10), together)
+        .await
+        .expect("the followers retried together, not one after another");
+    assert_eq!(leader.status(), 502);
+    for follower in followers {
+        // Each went on its own: upstream (502), or refused once the instance was
+        // ejected for the failures (503).
+        assert!(follower.status().is_server_error(), "{}", follower.status());
+        error_of(follower).await;
+    }
+    assert!(
+        calls.load(Ordering::SeqCst) >= 2,
+        "the followers went upstream themselves"
+    );
+}

@@ -297,28 +297,40 @@ impl Gateway {
             &inbound.fields,
             inbound.directives,
         );
-        loop {
-            match self.cache.lookup(&ask) {
-                Lookup::Bypass => return Ok(Err(None)),
-                Lookup::Lead(flight) => return Ok(Err(Some(flight))),
-                Lookup::Hit(entry) => {
-                    recorder.hit("cache", Some(entry.usage));
-                    return self.answer_kept(parsed, &entry, "cache").map(Ok);
-                }
-                Lookup::Follow(follower) => match follower.landed().await {
-                    Landing::Whole(entry) => {
+        match self.cache.lookup(&ask) {
+            Lookup::Bypass => Ok(Err(None)),
+            Lookup::Lead(flight) => Ok(Err(Some(flight))),
+            Lookup::Hit(entry) => {
+                recorder.hit("cache", Some(entry.usage));
+                self.answer_kept(parsed, &entry, "cache").map(Ok)
+            }
+            Lookup::Follow(follower) => {
+                // A follower waits no longer than anyone waits for a seat.
+                let wait = self.follow_wait(&parsed.tenant.name);
+                match tokio::time::timeout(wait, follower.landed()).await {
+                    Ok(Landing::Whole(entry)) => {
                         recorder.hit("coalesced", Some(entry.usage));
-                        return self.answer_kept(parsed, &entry, "coalesced").map(Ok);
+                        self.answer_kept(parsed, &entry, "coalesced").map(Ok)
                     }
-                    Landing::Stream(log) => {
+                    Ok(Landing::Stream(log)) => {
                         recorder.hit("coalesced", None);
-                        return self.follow(parsed, log).map(Ok);
+                        self.follow(parsed, log).map(Ok)
                     }
-                    // The leader got no answer to share: try again, perhaps leading.
-                    Landing::Pending | Landing::Failed => {}
-                },
+                    // The leader got no answer to share, or took too long: every
+                    // follower goes upstream on its own now, together, rather than
+                    // one new leader at a time.
+                    Ok(Landing::Pending | Landing::Failed) | Err(_) => Ok(Err(None)),
+                }
             }
         }
+    }
+
+    /// How long a follower waits for its leader: its tier's `max_wait`.
+    fn follow_wait(&self, tenant: &str) -> std::time::Duration {
+        self.admission
+            .tier_of(tenant)
+            .and_then(|tier| self.config.tier(&tier).map(|t| t.max_wait))
+            .unwrap_or(std::time::Duration::from_secs(30))
     }
 
     /// Routes and attempts the request upstream.
