@@ -41,6 +41,7 @@ fn tiers() -> Vec<Tier> {
             name: name.into(),
             share,
             max_queue: QUEUED * 2,
+            max_queue_per_tenant: QUEUED * 2,
             max_wait: Duration::from_secs(3600),
             limits,
         })

@@ -600,6 +600,7 @@ mod tests {
             name: "pro".into(),
             share: 10,
             max_queue: 10,
+            max_queue_per_tenant: 10,
             max_wait: Duration::from_secs(1),
             limits,
         }

@@ -306,6 +306,8 @@ with_limits! {
         share: u32,
         #[serde(default = "default_max_queue")]
         max_queue: usize,
+        /// Requests of one tenant waiting at once; default half of `max_queue`.
+        max_queue_per_tenant: Option<usize>,
         #[serde(default = "default_max_wait")]
         max_wait: String,
     }

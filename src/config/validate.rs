@@ -606,6 +606,10 @@ impl RawTier {
             name,
             share: self.share,
             max_queue: self.max_queue,
+            max_queue_per_tenant: self
+                .max_queue_per_tenant
+                .unwrap_or(self.max_queue.div_ceil(2))
+                .clamp(1, self.max_queue),
             max_wait,
             limits,
         })

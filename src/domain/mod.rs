@@ -23,6 +23,8 @@ pub struct Tier {
     pub share: u32,
     /// Requests that may wait in this tier's queue at once.
     pub max_queue: usize,
+    /// Requests of one tenant that may wait in it at once, so no tenant fills it alone.
+    pub max_queue_per_tenant: usize,
     /// Longest a request waits for a seat before it is refused.
     pub max_wait: Duration,
     pub limits: Limits,

@@ -267,6 +267,20 @@ impl From<Refused> for Refusal {
                         ),
                     )
                     .retry_after(retry_after),
+                    Rejection::TenantQueueFull {
+                        tier,
+                        depth,
+                        retry_after,
+                    } => Self::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "requests",
+                        "tenant_queue_full",
+                        format!(
+                            "this tenant already has {depth} requests waiting in the {tier} queue, its most; try again in {}",
+                            openai_duration(retry_after)
+                        ),
+                    )
+                    .retry_after(retry_after),
                     Rejection::Timeout {
                         tier,
                         waited,

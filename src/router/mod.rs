@@ -463,13 +463,17 @@ impl Router {
         if sessions.len() >= MAX_SESSIONS {
             sessions.retain(|_, s| now < s.expires);
         }
-        sessions.insert(
-            key.to_string(),
-            Session {
-                instance: pick.clone(),
-                expires: now + self.policy.session_ttl,
-            },
-        );
+        // Full of live sessions: this one is not remembered, and rendezvous hashing still
+        // sends it to the same instance while the eligible set stays the same.
+        if sessions.len() < MAX_SESSIONS {
+            sessions.insert(
+                key.to_string(),
+                Session {
+                    instance: pick.clone(),
+                    expires: now + self.policy.session_ttl,
+                },
+            );
+        }
         let reason = match previous {
             Some(old) => {
                 let why = old.health().view(now, old.in_flight()).state;

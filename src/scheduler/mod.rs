@@ -28,6 +28,12 @@ pub enum Rejection {
         depth: usize,
         retry_after: Duration,
     },
+    /// The tenant has `max_queue_per_tenant` requests waiting in the level already.
+    TenantQueueFull {
+        tier: String,
+        depth: usize,
+        retry_after: Duration,
+    },
     /// The request waited `max_wait` without a seat.
     Timeout {
         tier: String,
@@ -87,6 +93,8 @@ struct Waiter {
 struct Flow {
     /// Finish tag of the flow's latest request.
     last_finish: u128,
+    /// The flow's requests waiting now.
+    queued: usize,
 }
 
 struct Level {
@@ -96,6 +104,7 @@ struct Level {
     nominal: u32,
     in_use: u32,
     max_queue: usize,
+    max_queue_per_tenant: usize,
     max_wait: Duration,
     queue: BTreeMap<(u128, u64), Waiter>,
     flows: HashMap<String, Flow>,
@@ -108,6 +117,13 @@ struct Level {
 }
 
 impl Level {
+    /// A waiter of `tenant` left the queue (granted, gone, timed out).
+    fn left_queue(&mut self, tenant: &str) {
+        if let Some(flow) = self.flows.get_mut(tenant) {
+            flow.queued = flow.queued.saturating_sub(1);
+        }
+    }
+
     fn tag(&mut self, tenant: &str, cost: u64) -> u128 {
         let vtime = self.vtime;
         let flow = self.flows.entry(tenant.to_string()).or_default();
@@ -156,6 +172,7 @@ impl Scheduler {
                 nominal: ((u64::from(seats) * u64::from(t.share) / total_share) as u32).max(1),
                 in_use: 0,
                 max_queue: t.max_queue,
+                max_queue_per_tenant: t.max_queue_per_tenant,
                 max_wait: t.max_wait,
                 queue: BTreeMap::new(),
                 flows: HashMap::new(),
@@ -193,6 +210,14 @@ impl Scheduler {
                 return Err(Rejection::QueueFull {
                     tier: tier.to_string(),
                     depth: l.queue.len(),
+                    retry_after: l.expected_wait(),
+                });
+            }
+            let own = l.flows.get(tenant).map_or(0, |f| f.queued);
+            if own >= l.max_queue_per_tenant {
+                return Err(Rejection::TenantQueueFull {
+                    tier: tier.to_string(),
+                    depth: own,
                     retry_after: l.expected_wait(),
                 });
             }
@@ -259,6 +284,7 @@ impl Scheduler {
             let Some(((tag, id), waiter)) = level.queue.pop_first() else {
                 break;
             };
+            level.left_queue(&waiter.tenant);
             level.vtime = level.vtime.max(tag);
             level.in_use += 1;
             level.dispatched += 1;
@@ -433,12 +459,16 @@ impl State {
         let tag = l.tag(&waiter.tenant, waiter.cost);
         let key = (tag, waiter.id);
         self.queued.insert(waiter.id, (level, key));
+        l.flows.entry(waiter.tenant.clone()).or_default().queued += 1;
         l.queue.insert(key, waiter);
     }
 
     fn remove(&mut self, id: u64) -> Option<Waiter> {
         let (level, key) = self.queued.remove(&id)?;
-        self.levels.get_mut(level)?.queue.remove(&key)
+        let l = self.levels.get_mut(level)?;
+        let waiter = l.queue.remove(&key)?;
+        l.left_queue(&waiter.tenant);
+        Some(waiter)
     }
 }
 

@@ -13,6 +13,7 @@ fn tier(name: &str, share: u32, max_queue: usize, max_wait: Duration) -> Tier {
         name: name.into(),
         share,
         max_queue,
+        max_queue_per_tenant: max_queue,
         max_wait,
         limits: Limits::default(),
     }
@@ -327,4 +328,34 @@ async fn more_seats_go_to_waiters_at_once() {
     assert_eq!(scheduler.seats(), 2);
     assert_eq!(scheduler.levels()[0].in_use, 2);
     waiting.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_tenant_cannot_fill_its_tiers_queue_alone() {
+    let mut pro = tier("pro", 10, 10, Duration::from_secs(60));
+    pro.max_queue_per_tenant = 3;
+    let scheduler = Scheduler::new(1, &[pro]);
+    let _seat = scheduler.acquire("a", "pro", 1).await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let s = scheduler.clone();
+        waiting.push(tokio::spawn(async move {
+            s.acquire("a", "pro", 1).await.map(|_| ())
+        }));
+    }
+    tokio::task::yield_now().await;
+    let refused = scheduler.acquire("a", "pro", 1).await;
+    assert!(
+        matches!(refused, Err(Rejection::TenantQueueFull { depth: 3, .. })),
+        "{refused:?}"
+    );
+    // Another tenant still gets in line.
+    let other = scheduler.clone();
+    let queued = tokio::spawn(async move { other.acquire("b", "pro", 1).await.map(|_| ()) });
+    tokio::task::yield_now().await;
+    assert_eq!(scheduler.queued(), 4);
+    for w in waiting {
+        w.abort();
+    }
+    queued.abort();
 }
