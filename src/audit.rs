@@ -116,6 +116,8 @@ pub fn spawn_writer(audit: Arc<Audit>, store: Arc<dyn Store>) -> Background {
         let mut trim = tokio::time::interval(TRIM_EVERY);
         trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(BATCH);
+        // Records a failed write gave back, written again with the next batch or tick.
+        let mut pending: Vec<AuditRecord> = Vec::new();
         let mut dirty = false;
         loop {
             tokio::select! {
@@ -132,20 +134,27 @@ pub fn spawn_writer(audit: Arc<Audit>, store: Arc<dyn Store>) -> Background {
                             }
                         }
                     }
-                    write(&audit, &store, std::mem::take(&mut batch), false).await;
+                    pending.append(&mut batch);
+                    pending = write(&audit, &store, std::mem::take(&mut pending), false).await;
                     dirty = true;
                 }
                 _ = flush.tick() => {
-                    if std::mem::take(&mut dirty) {
-                        write(&audit, &store, Vec::new(), true).await;
+                    if std::mem::take(&mut dirty) || !pending.is_empty() {
+                        pending = write(&audit, &store, std::mem::take(&mut pending), true).await;
+                        dirty = !pending.is_empty();
                     }
                 }
                 _ = trim.tick() => retain(&audit, &store).await,
                 () = stopping.requested() => {
+                    pending.append(&mut batch);
                     while let Ok(record) = records.try_recv() {
-                        batch.push(record);
+                        pending.push(record);
                     }
-                    write(&audit, &store, batch, true).await;
+                    let lost = write(&audit, &store, pending, true).await;
+                    if !lost.is_empty() {
+                        audit.dropped.fetch_add(lost.len() as u64, Ordering::Relaxed);
+                        tracing::error!(records = lost.len(), "audit records could not be written before stopping");
+                    }
                     return;
                 }
             }
@@ -153,27 +162,48 @@ pub fn spawn_writer(audit: Arc<Audit>, store: Arc<dyn Store>) -> Background {
     })
 }
 
-async fn write(audit: &Arc<Audit>, store: &Arc<dyn Store>, batch: Vec<AuditRecord>, flush: bool) {
+/// Writes `batch` (and flushes, with `flush`); returns what could not be written, to
+/// be tried again, beyond `BACKLOG` records the oldest dropped and counted.
+async fn write(
+    audit: &Arc<Audit>,
+    store: &Arc<dyn Store>,
+    batch: Vec<AuditRecord>,
+    flush: bool,
+) -> Vec<AuditRecord> {
     let count = batch.len() as u64;
     let writing = store.clone();
     let written = tokio::task::spawn_blocking(move || {
-        if !batch.is_empty() {
-            writing.append_audit(&batch)?;
-        }
-        if flush {
-            writing.flush()?;
-        }
-        Ok::<_, StoreError>(())
+        let result = (|| {
+            if !batch.is_empty() {
+                writing.append_audit(&batch)?;
+            }
+            if flush {
+                writing.flush()?;
+            }
+            Ok::<_, StoreError>(())
+        })();
+        (result, batch)
     })
     .await;
     match written {
-        Ok(Ok(())) => {
+        Ok((Ok(()), _)) => {
             audit.written.fetch_add(count, Ordering::Relaxed);
+            Vec::new()
         }
-        Ok(Err(error)) => {
-            tracing::error!(%error, records = count, "audit records could not be written")
+        Ok((Err(error), mut batch)) => {
+            tracing::error!(%error, records = count, "audit records could not be written; trying again");
+            let excess = batch.len().saturating_sub(BACKLOG);
+            if excess > 0 {
+                batch.drain(..excess);
+                audit.dropped.fetch_add(excess as u64, Ordering::Relaxed);
+            }
+            batch
         }
-        Err(error) => tracing::error!(%error, "the audit writer task failed"),
+        Err(error) => {
+            tracing::error!(%error, records = count, "the audit writer task failed; records lost");
+            audit.dropped.fetch_add(count, Ordering::Relaxed);
+            Vec::new()
+        }
     }
 }
 
@@ -186,5 +216,125 @@ async fn retain(audit: &Arc<Audit>, store: &Arc<dyn Store>) {
         Ok(Ok(dropped)) => tracing::info!(dropped, "old audit records dropped by retention"),
         Ok(Err(error)) => tracing::error!(%error, "audit retention failed"),
         Err(error) => tracing::error!(%error, "the audit retention task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::domain::records::{AuditQuery, KeyRecord, Overrides};
+    use crate::domain::{AuditPolicy, UsageRecord};
+    use crate::store::{Pair, Persistence, SledStore, Watched};
+
+    /// A store whose writes fail while `failing` is set, as a full or failing disk does.
+    struct Flaky {
+        inner: SledStore,
+        failing: AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(StoreError::Corrupt("no space left on device".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for Flaky {
+        fn save_usage(&self, r: &[(String, UsageRecord)]) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.save_usage(r)
+        }
+        fn load_usage(&self) -> Result<Vec<(String, UsageRecord)>, StoreError> {
+            self.inner.load_usage()
+        }
+        fn save_cache(&self, p: &[([u8; 32], Vec<u8>)], r: &[[u8; 32]]) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.save_cache(p, r)
+        }
+        fn load_cache(&self) -> Result<Vec<Pair>, StoreError> {
+            self.inner.load_cache()
+        }
+        fn save_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.save_key(k)
+        }
+        fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+            self.inner.load_keys()
+        }
+        fn save_overrides(&self, o: &Overrides) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.save_overrides(o)
+        }
+        fn load_overrides(&self) -> Result<Overrides, StoreError> {
+            self.inner.load_overrides()
+        }
+        fn append_audit(&self, r: &[AuditRecord]) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.append_audit(r)
+        }
+        fn read_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+            self.inner.read_audit(q)
+        }
+        fn trim_audit(&self, before: u64, max: u64) -> Result<u64, StoreError> {
+            self.check()?;
+            self.inner.trim_audit(before, max)
+        }
+        fn audit_size(&self) -> (u64, u64) {
+            self.inner.audit_size()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.flush()
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_a_failing_disk_and_persistence_shows_it_while_it_lasts() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let flaky = Arc::new(Watched {
+            inner: Flaky {
+                inner: SledStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}")),
+                failing: AtomicBool::new(true),
+            },
+            health: Arc::new(Persistence::default()),
+        });
+        let store: Arc<dyn Store> = flaky.clone();
+        let audit = Arc::new(Audit::new(AuditPolicy {
+            enabled: true,
+            keep: Duration::from_secs(3600),
+            max_bytes: 1 << 30,
+            flush_interval: Duration::from_millis(50),
+        }));
+        let writer = spawn_writer(audit.clone(), store.clone());
+        for n in 0..10 {
+            audit.record(AuditRecord {
+                at_ms: 1_000 + n,
+                ..AuditRecord::default()
+            });
+        }
+        // The disk fails: nothing is written, nothing is lost, and it shows.
+        let mut degraded = None;
+        for _ in 0..200 {
+            degraded = flaky.health.degraded();
+            if degraded.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let degraded = degraded.unwrap_or_default();
+        assert!(degraded.contains("no space left"), "{degraded}");
+        assert_eq!(audit.written(), 0);
+        // The disk recovers: everything is written, the state clears.
+        flaky.inner.failing.store(false, Ordering::Relaxed);
+        audit.caught_up(Duration::from_secs(10)).await;
+        writer.stop().await;
+        assert_eq!(audit.written(), 10);
+        assert_eq!(audit.dropped(), 0);
+        assert_eq!(flaky.health.degraded(), None);
+        assert_eq!(store.audit_size().0, 10);
     }
 }

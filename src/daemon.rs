@@ -17,7 +17,7 @@ use crate::background::Background;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::providers::SetupError;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{SledStore, Store, StoreError, Watched};
 
 /// How long a shutdown waits for in-flight requests before cutting them.
 /// Time cut work gets to write its last frames and records.
@@ -95,12 +95,11 @@ impl Daemon {
         admin_token: Option<String>,
     ) -> Result<Daemon, StartError> {
         let data_dir = config.server.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
+        let sled = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
-        let store: Arc<dyn Store> = Arc::new(store);
-        let usage = store.load_usage()?;
-        let cached = crate::cache::persist::load(store.as_ref())?;
+        let usage = sled.load_usage()?;
+        let cached = crate::cache::persist::load(&sled)?;
         tokio::task::spawn_blocking(crate::admission::estimate::warm_up)
             .await
             .map_err(|e| StartError::Task(e.to_string()))?;
@@ -108,6 +107,10 @@ impl Daemon {
         let (listen, admin_listen) = (config.server.listen, config.admin.listen);
         let checkpoint = config.checkpoint_interval;
         let gateway = Arc::new(Gateway::new(config)?);
+        let store: Arc<dyn Store> = Arc::new(Watched {
+            inner: sled,
+            health: gateway.persistence().clone(),
+        });
         gateway.admission().restore(&usage);
         gateway.cache().restore(cached);
         gateway.attach_store(store.clone());

@@ -240,6 +240,7 @@ fn fixture() -> Snapshot {
             }],
         },
         audit: AuditView::default(),
+        persistence_degraded: None,
     }
 }
 

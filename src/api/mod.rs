@@ -180,13 +180,21 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         .filter(|i| i.health.state == InstanceState::Healthy)
         .count();
     let instances: usize = regions.iter().map(|r| r.instances.len()).sum();
-    let status = if routable > 0 {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    let degraded = gateway.persistence().degraded();
+    let (status, text) = match (routable, &degraded) {
+        (0, _) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no instance takes requests".to_string(),
+        ),
+        (_, Some(what)) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: persistence degraded ({what})"),
+        ),
+        _ => (axum::http::StatusCode::OK, "ready".to_string()),
     };
     let body = json!({
-        "status": if routable > 0 { "ready" } else { "not ready: no instance takes requests" },
+        "status": text,
+        "persistence": if degraded.is_some() { "degraded" } else { "ok" },
         "instances": instances,
         "routable_instances": routable,
         "regions": regions.iter().map(|r| json!({ "name": r.name, "state": r.state })).collect::<Vec<_>>(),

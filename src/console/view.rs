@@ -89,6 +89,16 @@ fn render_header(model: &Model, frame: &mut Frame, area: Rect) {
     if let Some(s) = &model.snapshot {
         spans.push(Span::raw(format!("  up {}", duration(s.uptime_secs))));
     }
+    if let Some(what) = model
+        .snapshot
+        .as_ref()
+        .and_then(|s| s.persistence_degraded.as_ref())
+    {
+        spans.push(Span::styled(
+            format!("  PERSISTENCE DEGRADED ({what})"),
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        ));
+    }
     if model.paused {
         spans.push(Span::styled(
             "  PAUSED",

@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub cache: CacheView,
     #[serde(default)]
     pub audit: AuditView,
+    /// `Some(what failed last)` while writes to the database fail.
+    #[serde(default)]
+    pub persistence_degraded: Option<String>,
 }
 
 /// The audit log's writer.

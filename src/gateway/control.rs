@@ -70,6 +70,7 @@ impl Gateway {
                 backlog: self.audit.backlog(),
                 dropped: self.audit.dropped(),
             },
+            persistence_degraded: self.persistence.degraded(),
         }
     }
 

@@ -37,7 +37,7 @@ use crate::providers::{SendError, SetupError, Upstreams};
 use crate::router::{Candidate, InFlight, Outcome, Router};
 use crate::scheduler::{Rejection, Scheduler};
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{Persistence, Store};
 use crate::streams::hub::Hub;
 use crate::telemetry::events::EventLog;
 use crate::telemetry::latency::{Latency, Recent};
@@ -67,6 +67,8 @@ pub struct Gateway {
     hub: Hub,
     /// The drain signal every request and relay watches.
     shutdown: Arc<Shutdown>,
+    /// Whether writes to the store succeed.
+    persistence: Arc<Persistence>,
     /// Operators' writes (keys, overrides) take turns, so they are kept in the order
     /// they are acknowledged.
     writes: tokio::sync::Mutex<()>,
@@ -284,6 +286,7 @@ impl Gateway {
             recent: Arc::default(),
             hub: Hub::new(config.streams.clone(), shutdown.clone()),
             shutdown,
+            persistence: Arc::default(),
             writes: tokio::sync::Mutex::new(()),
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
@@ -336,6 +339,10 @@ impl Gateway {
 
     pub fn shutdown(&self) -> &Arc<Shutdown> {
         &self.shutdown
+    }
+
+    pub fn persistence(&self) -> &Arc<Persistence> {
+        &self.persistence
     }
 
     /// Admits a request answered without going upstream (a cache hit, or a follower of

@@ -7,6 +7,10 @@
 //! (operators' run-time overrides) and `audit` (records by time). Writes are batched by
 //! their callers and never made from the request path.
 
+mod watched;
+
+pub use watched::{Persistence, Watched};
+
 use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -151,6 +151,15 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
         "Audit records dropped because the writer fell too far behind.",
         vec![(String::new(), s.audit.dropped as f64)],
     );
+    metric(
+        "persistence_degraded",
+        "gauge",
+        "1 while writes to the database fail.",
+        vec![(
+            String::new(),
+            f64::from(u8::from(s.persistence_degraded.is_some())),
+        )],
+    );
     let c = &s.cache;
     metric(
         "cache_lookups_total",

@@ -1,0 +1,111 @@
+//! A store that keeps account of its own health: every write that fails marks
+//! persistence degraded (what failed, since when, how often), the next that succeeds
+//! clears it. Readiness, `/metrics` and the console read it, so a failing disk is seen
+//! while it lasts instead of found in the logs afterwards.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{AuditQuery, AuditRecord, KeyRecord, Overrides, Pair, Store, StoreError};
+use crate::domain::UsageRecord;
+
+/// What persistence looks like now.
+#[derive(Debug, Default)]
+pub struct Persistence {
+    /// Writes that failed since the last one that succeeded.
+    failing: AtomicU64,
+    /// Writes that failed since start.
+    failures: AtomicU64,
+    /// The last failure: what was written, and the error.
+    last: Mutex<Option<String>>,
+}
+
+impl Persistence {
+    /// `Some(what failed last)` while writes fail.
+    pub fn degraded(&self) -> Option<String> {
+        if self.failing.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Writes that failed since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn note<T>(&self, what: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Ok(_) => {
+                if self.failing.swap(0, Ordering::Relaxed) > 0 {
+                    tracing::info!(what, "persistence works again");
+                }
+            }
+            Err(error) => {
+                self.failing.fetch_add(1, Ordering::Relaxed);
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = self.last.lock() {
+                    *last = Some(format!("{what}: {error}"));
+                }
+            }
+        }
+        result
+    }
+}
+
+/// `inner`, with every write's outcome noted in `health`.
+pub struct Watched<S> {
+    pub inner: S,
+    pub health: std::sync::Arc<Persistence>,
+}
+
+impl<S: Store> Store for Watched<S> {
+    fn save_usage(&self, records: &[(String, UsageRecord)]) -> Result<(), StoreError> {
+        self.health.note("usage", self.inner.save_usage(records))
+    }
+    fn load_usage(&self) -> Result<Vec<(String, UsageRecord)>, StoreError> {
+        self.inner.load_usage()
+    }
+    fn save_cache(
+        &self,
+        puts: &[([u8; 32], Vec<u8>)],
+        removes: &[[u8; 32]],
+    ) -> Result<(), StoreError> {
+        self.health
+            .note("cache", self.inner.save_cache(puts, removes))
+    }
+    fn load_cache(&self) -> Result<Vec<Pair>, StoreError> {
+        self.inner.load_cache()
+    }
+    fn save_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.health.note("keys", self.inner.save_key(key))
+    }
+    fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.load_keys()
+    }
+    fn save_overrides(&self, overrides: &Overrides) -> Result<(), StoreError> {
+        self.health
+            .note("overrides", self.inner.save_overrides(overrides))
+    }
+    fn load_overrides(&self) -> Result<Overrides, StoreError> {
+        self.inner.load_overrides()
+    }
+    fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        self.health.note("audit", self.inner.append_audit(records))
+    }
+    fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.read_audit(query)
+    }
+    fn trim_audit(&self, before_ms: u64, max_bytes: u64) -> Result<u64, StoreError> {
+        self.health.note(
+            "audit retention",
+            self.inner.trim_audit(before_ms, max_bytes),
+        )
+    }
+    fn audit_size(&self) -> (u64, u64) {
+        self.inner.audit_size()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.health.note("flush", self.inner.flush())
+    }
+}
