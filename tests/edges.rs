@@ -202,3 +202,30 @@ async fn failed_authentications_are_limited_per_address_and_audited_in_aggregate
         ]
     );
 }
+
+#[tokio::test]
+async fn a_last_event_id_beyond_any_stream_never_wraps() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let response = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
+    let id = header(&response, "x-switchyard-stream-id").to_string();
+    response.bytes().await.unwrap();
+    for last in ["18446744073709551615", "99999999999999999999999", "-1"] {
+        let watched = gw
+            .client
+            .get(gw.url(&format!("/v1/streams/{id}")))
+            .bearer_auth(KEY_A)
+            .header("last-event-id", last)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(watched.status(), 200, "{last}");
+        let body = watched.text().await.unwrap();
+        // Past the end: nothing more to send. Unreadable: from the start.
+        if last == "18446744073709551615" {
+            assert!(body.is_empty(), "{body}");
+        } else {
+            assert!(body.contains("data: [DONE]"), "{last}: {body}");
+        }
+    }
+}
