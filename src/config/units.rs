@@ -10,22 +10,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("\"{text}\" has no unit; write e.g. \"250ms\", \"2s\" or \"5m\""))?;
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("\"{text}\" is not a duration like \"250ms\", \"2s\" or \"5m\""))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86_400.0,
+    let not_a_duration =
+        || format!("\"{text}\" is not a duration like \"250ms\", \"2s\" or \"5m\"");
+    let value: f64 = number.parse().map_err(|_| not_a_duration())?;
+    let unit_nanos: u64 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "d" => 86_400_000_000_000,
         _ => {
             return Err(format!(
                 "\"{text}\" has an unknown unit \"{unit}\"; use ms, s, m, h or d"
             ));
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("\"{text}\" is out of range"))
+    let out_of_range = || format!("\"{text}\" is out of range");
+    // Whole numbers exactly; fractions through f64.
+    if let Ok(whole) = number.parse::<u64>() {
+        let nanos = u128::from(whole) * u128::from(unit_nanos);
+        let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| out_of_range())?;
+        return Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32));
+    }
+    Duration::try_from_secs_f64(value * unit_nanos as f64 / 1e9).map_err(|_| out_of_range())
 }
 
 /// Writes a duration the way `parse_duration` reads it, in the largest unit that keeps it
