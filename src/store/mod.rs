@@ -75,6 +75,11 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// Memory sled may keep of the database's pages. Its default is 1 GiB, which a daemon
+/// that writes an audit record per request would grow into over weeks; the hot state
+/// lives in memory anyway, and reads of old audit records may go to disk.
+const PAGE_CACHE: u64 = 64 << 20;
+
 /// The store in one sled database under the data directory.
 pub struct SledStore {
     db: sled::Db,
@@ -112,6 +117,7 @@ impl SledStore {
             match sled::Config::new()
                 .path(&path)
                 .flush_every_ms(Some(1000))
+                .cache_capacity(PAGE_CACHE)
                 .open()
             {
                 Ok(db) => break db,
