@@ -336,10 +336,14 @@ async fn watch_stream(
         );
     };
     let from = crate::api::resume_from(&headers);
-    let reader = admin
-        .gateway
-        .hub()
-        .reader(&log, from, true, log.meta.strips_usage);
+    // Operators are not counted against a tenant's watchers.
+    let Ok(reader) = admin.gateway.hub().watch(&log, from, None) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an operator's watcher was refused".into(),
+        );
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -155,7 +155,8 @@ async fn watch_stream(
     let from = resume_from(&headers);
     let reader = gateway
         .hub()
-        .reader(&log, from, true, log.meta.strips_usage);
+        .watch(&log, from, Some(&tenant.name))
+        .map_err(Refusal::too_many_watchers)?;
     let mut response = completions::event_stream(axum::body::Body::from_stream(reader));
     if let Ok(value) = HeaderValue::from_str(&id) {
         response

@@ -105,6 +105,10 @@ pub(super) struct RawStreams {
     pub(super) max_finished: usize,
     /// Bytes of finished streams kept readable at most; the oldest go first.
     pub(super) max_finished_size: String,
+    /// Bytes of one tenant's finished streams kept at most.
+    pub(super) max_finished_size_per_tenant: String,
+    /// Watchers one tenant may have at once.
+    pub(super) max_watchers_per_tenant: usize,
     /// Events a reader may fall behind before it is cut off alone.
     pub(super) max_lag_events: usize,
 }
@@ -115,6 +119,8 @@ impl Default for RawStreams {
             keep_finished: "60s".into(),
             max_finished: 10_000,
             max_finished_size: "64MiB".into(),
+            max_finished_size_per_tenant: "16MiB".into(),
+            max_watchers_per_tenant: 100,
             max_lag_events: 2048,
         }
     }

@@ -15,6 +15,8 @@ impl RawStreams {
             parse_duration(&self.keep_finished).map_err(|m| invalid("streams.keep_finished", m))?;
         let max_finished_bytes = parse_size(&self.max_finished_size)
             .map_err(|m| invalid("streams.max_finished_size", m))?;
+        let max_finished_bytes_per_tenant = parse_size(&self.max_finished_size_per_tenant)
+            .map_err(|m| invalid("streams.max_finished_size_per_tenant", m))?;
         if self.max_lag_events == 0 {
             return Err(invalid("streams.max_lag_events", "must be at least 1"));
         }
@@ -22,6 +24,8 @@ impl RawStreams {
             keep_finished,
             max_finished: self.max_finished,
             max_finished_bytes,
+            max_finished_bytes_per_tenant,
+            max_watchers_per_tenant: self.max_watchers_per_tenant,
             max_lag: self.max_lag_events,
         })
     }

@@ -428,6 +428,11 @@ pub struct StreamPolicy {
     pub max_finished: usize,
     /// Bytes of finished streams' events kept at most; the oldest go first.
     pub max_finished_bytes: usize,
+    /// Bytes of one tenant's finished streams kept at most, so no tenant crowds out the
+    /// others' watchers.
+    pub max_finished_bytes_per_tenant: usize,
+    /// Watchers one tenant may have following streams at once.
+    pub max_watchers_per_tenant: usize,
     /// Events a reader may fall behind before it is cut off.
     pub max_lag: usize,
 }
@@ -438,6 +443,8 @@ impl Default for StreamPolicy {
             keep_finished: Duration::from_secs(60),
             max_finished: 10_000,
             max_finished_bytes: 64 << 20,
+            max_finished_bytes_per_tenant: 16 << 20,
+            max_watchers_per_tenant: 100,
             max_lag: 2048,
         }
     }

@@ -171,6 +171,19 @@ impl Refusal {
         )
     }
 
+    /// The tenant already has `watching` watchers following streams, its most.
+    pub fn too_many_watchers(watching: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            "too_many_watchers",
+            format!(
+                "this tenant already has {watching} watchers following streams, its most (streams.max_watchers_per_tenant); close one first"
+            ),
+        )
+        .retry_after(Duration::from_secs(1))
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -196,6 +196,8 @@ impl Drop for Completes {
 /// Every chunk log, live or recently finished.
 pub struct Hub {
     logs: Mutex<HashMap<String, Arc<ChunkLog>>>,
+    /// Watchers following streams now, by tenant.
+    watchers: Arc<Mutex<HashMap<String, usize>>>,
     policy: StreamPolicy,
     next: AtomicU64,
     /// Every relay counts as work that shutdown waits for.
@@ -206,6 +208,7 @@ impl Hub {
     pub fn new(policy: StreamPolicy, shutdown: Arc<Shutdown>) -> Hub {
         Hub {
             logs: Mutex::new(HashMap::new()),
+            watchers: Arc::default(),
             policy,
             next: AtomicU64::new(0),
             shutdown,
@@ -338,10 +341,29 @@ impl Hub {
             .values()
             .filter_map(|log| Some((log.finished_at()?, log.size(), log.id.clone())))
             .collect();
+        // Oldest first: each tenant within its own bytes, then everyone within the bounds.
+        finished.sort_unstable_by_key(|(at, _, _)| *at);
+        let mut by_tenant: HashMap<String, usize> = HashMap::new();
+        for (_, size, id) in &finished {
+            if let Some(log) = logs.get(id) {
+                *by_tenant.entry(log.meta.tenant.clone()).or_default() += size;
+            }
+        }
+        finished.retain(|(_, size, id)| {
+            let Some(tenant) = logs.get(id).map(|l| l.meta.tenant.clone()) else {
+                return false;
+            };
+            let held = by_tenant.entry(tenant).or_default();
+            if *held > self.policy.max_finished_bytes_per_tenant {
+                *held -= size;
+                logs.remove(id);
+                return false;
+            }
+            true
+        });
         let mut count = finished.len();
         let mut bytes: usize = finished.iter().map(|(_, size, _)| size).sum();
         if count > self.policy.max_finished || bytes > self.policy.max_finished_bytes {
-            finished.sort_unstable_by_key(|(at, _, _)| *at);
             for (_, size, id) in finished {
                 if count <= self.policy.max_finished && bytes <= self.policy.max_finished_bytes {
                     break;
@@ -354,6 +376,37 @@ impl Hub {
         let room = logs.len() * 2;
         logs.shrink_to(room);
         before - logs.len()
+    }
+
+    /// A watcher for `tenant` (a tenant's own, or an operator's with `None`): a reader
+    /// numbered for resumption, seeing what the client saw. `Err(n)` when the tenant
+    /// already has `n` watchers, its most.
+    pub fn watch(
+        &self,
+        log: &Arc<ChunkLog>,
+        from: usize,
+        tenant: Option<&str>,
+    ) -> Result<EventStream, usize> {
+        let reader = self.reader(log, from, true, log.meta.strips_usage);
+        let Some(tenant) = tenant else {
+            return Ok(reader);
+        };
+        {
+            let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            let n = watchers.entry(tenant.to_string()).or_default();
+            if *n >= self.policy.max_watchers_per_tenant {
+                return Err(*n);
+            }
+            *n += 1;
+        }
+        let slot = WatcherSlot {
+            watchers: self.watchers.clone(),
+            tenant: tenant.to_string(),
+        };
+        Ok(Box::pin(reader.map(move |frame| {
+            let _held = &slot;
+            frame
+        })))
     }
 
     /// A reader from event `from` (0: the start). With `ids`, each event carries its index
@@ -437,6 +490,24 @@ fn internal_error() -> Relayed {
             "internal_error",
         ),
         usage_only: false,
+    }
+}
+
+/// A tenant's place among its watchers, given back when the watcher's stream drops.
+struct WatcherSlot {
+    watchers: Arc<Mutex<HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = watchers.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                watchers.remove(&self.tenant);
+            }
+        }
     }
 }
 
@@ -610,6 +681,7 @@ mod tests {
                 max_finished: 3,
                 max_finished_bytes: 1 << 20,
                 max_lag: 100,
+                ..StreamPolicy::default()
             },
             Arc::default(),
         );
@@ -632,5 +704,62 @@ mod tests {
         assert!(hub.get(&live.id).is_some(), "a live stream is never swept");
         assert_eq!(hub.views().len(), 1);
         assert!(hub.kill(&live.id));
+    }
+
+    #[tokio::test]
+    async fn no_tenant_keeps_more_than_its_share_of_finished_bytes() {
+        let hub = Hub::new(
+            StreamPolicy {
+                max_finished_bytes_per_tenant: 40,
+                ..StreamPolicy::default()
+            },
+            Arc::default(),
+        );
+        let finish = |tenant: &str| {
+            let log = hub.open(StreamMeta {
+                tenant: tenant.into(),
+                ..meta()
+            });
+            let reader = hub.start(&log, futures_util::stream::iter(vec![event(0), event(1)]));
+            (log, reader)
+        };
+        let mut kept = Vec::new();
+        for tenant in ["greedy", "greedy", "greedy", "modest"] {
+            let (log, reader) = finish(tenant);
+            let _: Vec<_> = reader.collect().await;
+            log.wait_finished().await;
+            kept.push(log.id.clone());
+        }
+        // Each log holds 30 bytes of events: within 40, the greedy tenant keeps its newest.
+        assert_eq!(hub.sweep(), 2);
+        assert!(hub.get(&kept[0]).is_none() && hub.get(&kept[1]).is_none());
+        assert!(hub.get(&kept[2]).is_some() && hub.get(&kept[3]).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_tenant_has_at_most_its_watchers_and_a_closed_one_frees_its_place() {
+        let hub = Hub::new(
+            StreamPolicy {
+                max_watchers_per_tenant: 2,
+                ..StreamPolicy::default()
+            },
+            Arc::default(),
+        );
+        let log = hub.open(meta());
+        let _origin = hub.start(&log, futures_util::stream::pending());
+        let first = hub.watch(&log, 0, Some("acme"));
+        let second = hub.watch(&log, 0, Some("acme"));
+        assert!(first.is_ok() && second.is_ok());
+        assert_eq!(hub.watch(&log, 0, Some("acme")).err(), Some(2));
+        assert!(
+            hub.watch(&log, 0, Some("globex")).is_ok(),
+            "another tenant's own count"
+        );
+        assert!(
+            hub.watch(&log, 0, None).is_ok(),
+            "operators are not counted"
+        );
+        drop(first);
+        assert!(hub.watch(&log, 0, Some("acme")).is_ok());
     }
 }
