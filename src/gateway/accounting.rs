@@ -184,17 +184,25 @@ impl Watch for StreamAccount {
         if let Some(usage) = chunk.usage() {
             self.usage = Some(usage);
         }
+        let allowed = self
+            .ticket
+            .as_ref()
+            .map_or(u64::MAX, |t| limit_with_slack(t.completion_tokens()));
         for text in chunk.texts() {
-            // A delta is at least one token; the heuristic counts characters, which would
-            // overcount short deltas and cut honest streams.
-            let tokens = match self.tokenizer {
-                TokenizerKind::Heuristic => u64::from(!text.is_empty()),
-                bpe => estimate::count(bpe, text),
-            };
-            self.completion = self.completion.saturating_add(tokens);
             self.content.push_str(text);
             self.log.text(text);
             self.recorder.first_token();
+            self.completion = match self.tokenizer {
+                // A delta is at least one token; the heuristic counts characters, which
+                // would overcount short deltas and cut honest streams.
+                TokenizerKind::Heuristic => self.completion + u64::from(!text.is_empty()),
+                // A token is at least a byte: while the text is within the limit in bytes
+                // it cannot be over it in tokens, and nothing needs counting. Past that,
+                // the BPE count (once for what came before, then per delta).
+                _ if (self.content.len() as u64) <= allowed => 0,
+                bpe if self.completion == 0 => estimate::count(bpe, &self.content),
+                bpe => self.completion.saturating_add(estimate::count(bpe, text)),
+            };
         }
         let limit = self.ticket.as_ref()?.completion_tokens();
         (self.completion > limit_with_slack(limit)).then(|| Cut {
