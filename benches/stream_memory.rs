@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Process, free_port, rss_kib, wait_for};
+use support::{Process, free_port, rss_kib, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -66,22 +66,9 @@ fn main() {
         switchyard::auth::hash_key("sy-bench"),
         audit = std::env::var("AUDIT").map_or(true, |v| v != "off"),
     );
-    std::fs::write(data.join("config.toml"), config).unwrap();
-    let gateway = Process(
-        Command::new(&gateway_bin)
-            .args([
-                "serve",
-                "--config",
-                data.join("config.toml").to_str().unwrap(),
-            ])
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let gateway = serve(&gateway_bin, &data, &config, gw_port);
     let pid = gateway.0.id();
     wait_for(mock_port);
-    wait_for(gw_port);
     std::thread::sleep(Duration::from_secs(1));
     println!("gateway {gateway_bin}");
     println!("idle: {:.0} MiB", rss_mib(pid));

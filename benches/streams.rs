@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Process, free_port, rss_kib, wait_for};
+use support::{Process, free_port, rss_kib, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -65,27 +65,13 @@ fn main() {
             .unwrap(),
     );
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{gw_port}\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[health]\ninterval = \"1h\"\n[tiers.t]\nmax_queue = 100000\n[[tenants]]\nname = \"bench\"\ntier = \"t\"\nkeys = [\"{}\"]\n[[regions]]\nname = \"local\"\n  [[regions.instances]]\n  name = \"local-mock\"\n  url = \"http://127.0.0.1:{mock_port}/v1\"\n  max_concurrency = 100000\n  http2 = {http2}\n[[models]]\nalias = \"gpt-4o-mini\"\n",
+        "[server]\nlisten = \"127.0.0.1:{gw_port}\"\nmax_connections_per_address = 100000\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[streams]\nmax_watchers_per_tenant = 100000\n[health]\ninterval = \"1h\"\n[tiers.t]\nmax_queue = 100000\n[[tenants]]\nname = \"bench\"\ntier = \"t\"\nkeys = [\"{}\"]\n[[regions]]\nname = \"local\"\n  [[regions.instances]]\n  name = \"local-mock\"\n  url = \"http://127.0.0.1:{mock_port}/v1\"\n  max_concurrency = 100000\n  http2 = {http2}\n[[models]]\nalias = \"gpt-4o-mini\"\n",
         data.display(),
         switchyard::auth::hash_key("sy-bench")
     );
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("config.toml"), config).unwrap();
-    let gateway = Process(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--config",
-                data.join("config.toml").to_str().unwrap(),
-            ])
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let gateway = serve(BIN, &data, &config, gw_port);
     let pid = gateway.0.id();
     wait_for(mock_port);
-    wait_for(gw_port);
     let idle_rss = rss_kib(pid);
 
     runtime.block_on(async move {

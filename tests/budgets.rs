@@ -22,6 +22,17 @@ fn capped(url: String, cap: u64, daily: u64) -> String {
         )
 }
 
+/// The newest request record in the audit log.
+async fn newest_record(gw: &TestGateway) -> Value {
+    let records: Value = gw
+        .admin(reqwest::Method::GET, "/admin/audit?kind=request", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    records["records"][0].clone()
+}
+
 async fn day_tokens(gw: &TestGateway) -> u64 {
     gw.tenant("tenant-a").await["day"]["tokens"]
         .as_u64()
@@ -76,13 +87,10 @@ async fn a_stream_that_runs_past_its_limit_is_cut_and_charged_what_it_produced()
         (40..=120).contains(&used),
         "charged what it produced: {used}"
     );
-    let records: Value = gw
-        .admin(reqwest::Method::GET, "/admin/audit?kind=request", None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(records["records"][0]["error"], "completion_limit_exceeded");
+    assert_eq!(
+        newest_record(&gw).await["error"],
+        "completion_limit_exceeded"
+    );
 }
 
 /// Regression: `prompt_tokens = 2^64-1` wrapped the day's counter, set the month's cost
@@ -116,11 +124,5 @@ async fn implausible_usage_is_capped_flagged_and_never_wraps() {
     assert!(tokens < 200_000, "capped, not wrapped: {tokens}");
     let cost = tenant["month"]["cost_usd"].as_f64().unwrap();
     assert!(cost < 1.0, "a plausible cost: {cost}");
-    let records: Value = gw
-        .admin(reqwest::Method::GET, "/admin/audit?kind=request", None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(records["records"][0]["usage_capped"], true);
+    assert_eq!(newest_record(&gw).await["usage_capped"], true);
 }

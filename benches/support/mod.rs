@@ -43,3 +43,21 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Starts `switchyard serve` (the binary at `bin`) on `config`, written into `data`,
+/// logging warnings only; returns once it listens on `port`.
+pub fn serve(bin: &str, data: &std::path::Path, config: &str, port: u16) -> Process {
+    std::fs::create_dir_all(data).unwrap();
+    let path = data.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let gateway = Process(
+        std::process::Command::new(bin)
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(port);
+    gateway
+}
