@@ -40,7 +40,7 @@ enum Command {
     },
     /// Attach the operations console to a running daemon's admin API.
     Console {
-        /// The admin API's URL, e.g. http://127.0.0.1:8081.
+        /// The admin API's URL, e.g. http://127.0.0.1:8081 or https://gateway:8081.
         #[arg(
             long,
             env = "SWITCHYARD_ADMIN_URL",
@@ -50,6 +50,9 @@ enum Command {
         /// The admin token (or set SWITCHYARD_ADMIN_TOKEN).
         #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
+        /// Trust an https:// admin API only if this CA (PEM) signed its certificate.
+        #[arg(long, env = "SWITCHYARD_ADMIN_CA")]
+        ca_file: Option<PathBuf>,
         /// Show, never act.
         #[arg(long)]
         read_only: bool,
@@ -182,11 +185,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Console {
             connect,
             token,
+            ca_file,
             read_only,
         } => {
             let operator = std::env::var("USER").unwrap_or_else(|_| "console".into());
-            let control = crate::control::Remote::new(&connect, &token, &operator)
-                .map_err(anyhow::Error::msg)?;
+            let control =
+                crate::control::Remote::new(&connect, &token, &operator, ca_file.as_deref())
+                    .map_err(anyhow::Error::msg)?;
             runtime()?.block_on(crate::console::run(std::sync::Arc::new(control), read_only))?;
             Ok(())
         }
@@ -275,11 +280,25 @@ fn mock(args: MockArgs) -> anyhow::Result<()> {
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = load(&path)?;
+    // The certificates are read as the daemon would read them.
+    for (files, prefix) in [
+        (&config.server.tls, "server.tls"),
+        (&config.admin.tls, "server.admin_tls"),
+    ] {
+        if let Some(files) = files {
+            crate::tls::acceptor(files, prefix)?;
+        }
+    }
+    let scheme = |tls: &Option<crate::tls::TlsFiles>| match tls {
+        Some(files) => format!("https://, certificate {}", files.cert.display()),
+        None => "http://".to_string(),
+    };
     let instances: Vec<_> = config.regions.iter().flat_map(|r| &r.instances).collect();
     say!("{} is valid:", path.display());
     say!(
-        "  listen    {} (data in {})",
+        "  listen    {} ({}; data in {})",
         config.server.listen,
+        scheme(&config.server.tls),
         config.server.data_dir.display()
     );
     for region in &config.regions {
@@ -292,8 +311,9 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
         );
     }
     say!(
-        "  admin     {} (token from {})",
+        "  admin     {} ({}; token from {})",
         config.admin.listen,
+        scheme(&config.admin.tls),
         config.admin.token_env
     );
     say!("  seats     {} upstream at once", config.seats);

@@ -120,16 +120,20 @@ impl Control for InProcess {
 /// A gateway behind its admin API.
 pub struct Remote {
     url: String,
-    token: String,
     client: AdminClient,
 }
 
 impl Remote {
-    pub fn new(url: &str, token: &str, operator: &str) -> Result<Remote, String> {
-        let client = AdminClient::new(url, token, operator).map_err(|e| e.to_string())?;
+    /// `ca_file`: trust an HTTPS admin API only if this CA signed its certificate.
+    pub fn new(
+        url: &str,
+        token: &str,
+        operator: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Remote, String> {
+        let client = AdminClient::new(url, token, operator, ca_file).map_err(|e| e.to_string())?;
         Ok(Remote {
             url: url.trim_end_matches('/').to_string(),
-            token: token.to_string(),
             client,
         })
     }
@@ -143,16 +147,11 @@ pub fn backoff(attempt: u32) -> Duration {
 impl Control for Remote {
     fn subscribe(&self) -> mpsc::Receiver<Feed> {
         let (sender, receiver) = mpsc::channel(4);
-        let url = format!("{}/admin/events", self.url);
-        let token = self.token.clone();
+        let client = self.client.clone();
         tokio::spawn(async move {
-            let http = match reqwest::Client::builder().no_proxy().build() {
-                Ok(h) => h,
-                Err(_) => return,
-            };
             let mut attempt = 0u32;
             loop {
-                let reason = match follow(&http, &url, &token, &sender, &mut attempt).await {
+                let reason = match follow(&client, &sender, &mut attempt).await {
                     Ok(()) => return, // the console went away
                     Err(reason) => reason,
                 };
@@ -197,18 +196,15 @@ impl Control for Remote {
 
 /// Reads the event stream until it breaks (`Err` with why) or the console is gone (`Ok`).
 async fn follow(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
+    client: &AdminClient,
     sender: &mpsc::Sender<Feed>,
     attempt: &mut u32,
 ) -> Result<(), String> {
-    let response = http
-        .get(url)
-        .bearer_auth(token)
+    let response = client
+        .stream("/admin/events")
         .send()
         .await
-        .map_err(|e| crate::providers::root_cause(&e))?;
+        .map_err(|e| client.why(&e))?;
     if !response.status().is_success() {
         return Err(format!("the admin API answered {}", response.status()));
     }

@@ -26,6 +26,9 @@ pub struct AdminTarget {
     /// Configuration file to take the admin address and token variable from.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// Trust an https:// admin API only if this CA (PEM) signed its certificate.
+    #[arg(long, env = "SWITCHYARD_ADMIN_CA", global = true)]
+    ca_file: Option<PathBuf>,
 }
 
 impl AdminTarget {
@@ -43,9 +46,14 @@ impl AdminTarget {
             .url
             .clone()
             .or_else(|| {
-                config
-                    .as_ref()
-                    .map(|c| format!("http://{}", c.admin.listen))
+                config.as_ref().map(|c| {
+                    let scheme = if c.admin.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    format!("{scheme}://{}", c.admin.listen)
+                })
             })
             .unwrap_or_else(|| "http://127.0.0.1:8081".to_string());
         let token_env = config
@@ -59,7 +67,12 @@ impl AdminTarget {
             .filter(|t| !t.is_empty())
             .with_context(|| format!("no admin token: set {token_env} or pass --token"))?;
         let operator = std::env::var("USER").unwrap_or_else(|_| "ctl".into());
-        Ok(AdminClient::new(&url, &token, &operator)?)
+        Ok(AdminClient::new(
+            &url,
+            &token,
+            &operator,
+            self.ca_file.as_deref(),
+        )?)
     }
 }
 

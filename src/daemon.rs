@@ -35,6 +35,8 @@ pub enum StartError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}; give a readable PEM file, or remove the setting to serve plain HTTP")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the start-up task failed: {0}")]
     Task(String),
     #[error(
@@ -50,6 +52,8 @@ pub const MIN_ADMIN_TOKEN: usize = 16;
 pub struct Daemon {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    /// `https` or `http`, for the public and the admin listener.
+    schemes: (&'static str, &'static str),
     gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
@@ -94,6 +98,24 @@ impl Daemon {
         config: Config,
         admin_token: Option<String>,
     ) -> Result<Daemon, StartError> {
+        // Certificates first: a bad file stops the start before anything is opened.
+        let tls = match &config.server.tls {
+            Some(files) => Some(crate::tls::acceptor(files, "server.tls")?),
+            None => None,
+        };
+        let admin_tls = match &config.admin.tls {
+            Some(files) if admin_token.is_some() => {
+                Some(crate::tls::acceptor(files, "server.admin_tls")?)
+            }
+            _ => None,
+        };
+        if admin_token.is_some() && admin_tls.is_none() && !config.admin.listen.ip().is_loopback() {
+            tracing::warn!(
+                addr = %config.admin.listen,
+                "the admin API listens beyond this machine without TLS, so its token crosses the network in clear; set server.admin_tls_cert and server.admin_tls_key"
+            );
+        }
+        let schemes = (scheme(&tls), scheme(&admin_tls));
         let data_dir = config.server.data_dir.clone();
         let sled = tokio::task::spawn_blocking(move || SledStore::open(&data_dir))
             .await
@@ -133,6 +155,7 @@ impl Daemon {
             "server.listen",
             crate::api::router(gateway.clone()),
             connections,
+            tls,
             stopped.clone(),
         )
         .await?;
@@ -147,8 +170,15 @@ impl Daemon {
                     max_per_address: ADMIN_CONNECTIONS_PER_ADDRESS,
                     ..connections
                 };
-                let (admin_addr, task) =
-                    serve(admin_listen, "server.admin_listen", app, limits, stopped).await?;
+                let (admin_addr, task) = serve(
+                    admin_listen,
+                    "server.admin_listen",
+                    app,
+                    limits,
+                    admin_tls,
+                    stopped,
+                )
+                .await?;
                 servers.push(task);
                 tracing::info!(addr = %admin_addr, "admin API is listening");
                 Some(admin_addr)
@@ -158,6 +188,7 @@ impl Daemon {
         Ok(Daemon {
             addr,
             admin_addr,
+            schemes,
             gateway,
             stop,
             servers,
@@ -171,14 +202,14 @@ impl Daemon {
         self.addr
     }
 
-    /// `http://ADDR`, the base for clients (`/v1` is appended by them).
+    /// `http://ADDR` (or `https://`), the base for clients (`/v1` is appended by them).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.schemes.0, self.addr)
     }
 
-    /// `http://ADDR` of the admin API, when it runs.
+    /// `http://ADDR` (or `https://`) of the admin API, when it runs.
     pub fn admin_url(&self) -> Option<String> {
-        self.admin_addr.map(|a| format!("http://{a}"))
+        self.admin_addr.map(|a| format!("{}://{a}", self.schemes.1))
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -289,11 +320,16 @@ async fn every_second(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>)
 const ADMIN_CONNECTIONS: usize = 256;
 const ADMIN_CONNECTIONS_PER_ADDRESS: usize = 64;
 
+fn scheme(tls: &Option<tokio_rustls::TlsAcceptor>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
+}
+
 async fn serve(
     listen: SocketAddr,
     key: &'static str,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stopped: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
     let bind = |source| StartError::Bind {
@@ -306,7 +342,7 @@ async fn serve(
     let limits = limits.within_descriptors(key);
     Ok((
         addr,
-        crate::listener::spawn(listener, app, limits, stopped, key),
+        crate::listener::spawn(listener, app, limits, tls, stopped, key),
     ))
 }
 

@@ -33,3 +33,4 @@ pub mod shutdown;
 pub mod store;
 pub mod streams;
 pub mod telemetry;
+pub mod tls;

@@ -1,8 +1,9 @@
 //! Accepting client connections as Envoy and nginx do: a cap on open connections, over
 //! all and per source address, that sheds new ones (a short 503) before descriptors run
 //! out; a timeout for a request's headers that also closes keep-alive connections left
-//! idle; graceful shutdown that lets each connection finish its response. What a
-//! request does once it is read is the router's business, not this module's.
+//! idle; TLS when the listener has a certificate; graceful shutdown that lets each
+//! connection finish its response. What a request does once it is read is the router's
+//! business, not this module's.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,9 +14,11 @@ use axum::Router;
 use axum::body::Body;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// Descriptors kept free of client connections: upstream connections, the database,
@@ -111,12 +114,14 @@ fn admit(
     })
 }
 
-/// Serves `app` on `listener` until `stopped`; then stops accepting and lets each open
-/// connection finish its response before the task ends. Aborting the task closes them.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `stopped`; then stops
+/// accepting and lets each open connection finish its response before the task ends.
+/// Aborting the task closes them.
 pub fn spawn(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
     name: &'static str,
 ) -> JoinHandle<()> {
@@ -141,15 +146,26 @@ pub fn spawn(
             while connections.try_join_next().is_some() {}
             match admit(&open, peer.ip(), &limits) {
                 Ok(place) => {
-                    let (app, closed) = (app.clone(), closed.clone());
-                    connections.spawn(serve_connection(stream, peer, app, limits, closed, place));
+                    let (app, tls, closed) = (app.clone(), tls.clone(), closed.clone());
+                    let accepted = Accepted {
+                        stream,
+                        peer,
+                        app,
+                        limits,
+                        closing: closed,
+                        _place: place,
+                    };
+                    connections.spawn(accepted.serve(tls));
                 }
                 Err(why) => {
                     shed += 1;
                     if shed.is_power_of_two() {
                         tracing::warn!(listener = name, %peer, why, shed, "connection shed");
                     }
-                    refuse(stream, why);
+                    // A TLS client could not read a plain answer: it is only closed.
+                    if tls.is_none() {
+                        refuse(stream, why);
+                    }
                 }
             }
         }
@@ -159,24 +175,58 @@ pub fn spawn(
     })
 }
 
-async fn serve_connection(
+/// A connection that has its place, before a byte is read.
+struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
     limits: ConnectionLimits,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
     _place: Place,
-) {
-    let _ = stream.set_nodelay(true);
-    // A client that sends nothing at all is closed here: telling HTTP/1 from HTTP/2
-    // needs its first bytes, and hyper's header timer starts only after that.
-    let mut first = [0u8; 1];
-    if !matches!(
-        tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await,
-        Ok(Ok(1))
-    ) {
-        return;
+}
+
+impl Accepted {
+    async fn serve(self, tls: Option<TlsAcceptor>) {
+        let _ = self.stream.set_nodelay(true);
+        // A client that sends nothing at all is closed here: telling HTTP/1 from HTTP/2
+        // (or a TLS hello) needs its first bytes, and hyper's header timer starts only
+        // after that.
+        let wait = self.limits.header_read_timeout;
+        let mut first = [0u8; 1];
+        if !matches!(
+            tokio::time::timeout(wait, self.stream.peek(&mut first)).await,
+            Ok(Ok(1))
+        ) {
+            return;
+        }
+        let Accepted {
+            stream,
+            peer,
+            app,
+            limits,
+            closing,
+            _place,
+        } = self;
+        match tls {
+            None => serve_http(stream, peer, app, limits, closing).await,
+            Some(tls) => match tokio::time::timeout(wait, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_http(stream, peer, app, limits, closing).await,
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        }
     }
+}
+
+async fn serve_http<Io>(
+    io: Io,
+    peer: SocketAddr,
+    app: Router,
+    limits: ConnectionLimits,
+    mut closing: watch::Receiver<bool>,
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
@@ -193,7 +243,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let closing = async move {
         let _ = closing.wait_for(|c| *c).await;

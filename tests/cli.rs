@@ -204,3 +204,78 @@ fn serve_refuses_a_weak_admin_token_with_a_clear_message() {
         );
     }
 }
+
+#[test]
+fn ctl_reaches_an_https_admin_api_found_through_the_config_with_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let (gw_port, admin_port) = (free_port(), free_port());
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let toml = std::fs::read_to_string("config.toml.example")
+        .unwrap()
+        .replace("./data", dir.path().to_str().unwrap())
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{gw_port}"))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{admin_port}"))
+        .replace(
+            "# admin_tls_cert = \"/etc/switchyard/tls/admin.pem\"",
+            &format!(
+                "admin_tls_cert = \"{}\"",
+                fixtures.join("server.pem").display()
+            ),
+        )
+        .replace(
+            "# admin_tls_key = \"/etc/switchyard/tls/admin.key\"",
+            &format!(
+                "admin_tls_key = \"{}\"",
+                fixtures.join("server.key").display()
+            ),
+        );
+    std::fs::write(&config, toml).unwrap();
+    let config = config.to_str().unwrap();
+
+    let checked = run(&["config", "check", config]);
+    let text = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        text.contains(&format!("admin     127.0.0.1:{admin_port} (https://")),
+        "{text}"
+    );
+
+    let token = "sy-cli-test-admin-token";
+    let _gateway = Running(
+        Command::new(BIN)
+            .args(["serve", "--config", config])
+            .env("SWITCHYARD_ADMIN_TOKEN", token)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_listening(admin_port);
+    let ca = fixtures.join("ca.pem");
+    let ctl = |ca: &std::path::Path| {
+        Command::new(BIN)
+            .args([
+                "ctl",
+                "--config",
+                config,
+                "--ca-file",
+                ca.to_str().unwrap(),
+                "tenants",
+            ])
+            .env("SWITCHYARD_ADMIN_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let listed = ctl(&ca);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && stdout.contains("acme"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let refused = ctl(&fixtures.join("other-ca.pem"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("--ca-file"),
+        "{stderr}"
+    );
+}

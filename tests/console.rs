@@ -499,7 +499,7 @@ async fn console_actions_change_routing_and_admission_through_the_admin_api() {
     let us = quick_mock().spawn_local().await.unwrap();
     let eu = quick_mock().spawn_local().await.unwrap();
     let gw = TestGateway::with_regions(&[("us-east", &us), ("eu-west", &eu)]).await;
-    let remote = Remote::new(&gw.daemon.admin_url().unwrap(), ADMIN_TOKEN, "alice").unwrap();
+    let remote = Remote::new(&gw.daemon.admin_url().unwrap(), ADMIN_TOKEN, "alice", None).unwrap();
 
     let done = remote
         .act(Action::DrainRegion {

@@ -61,6 +61,8 @@ pub struct Server {
     pub connections: crate::listener::ConnectionLimits,
     /// Time a client has to send a request's body.
     pub body_timeout: Duration,
+    /// The public API speaks HTTPS with these.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// The admin listener: run-time control, for operators and `switchyard ctl`.
@@ -69,6 +71,8 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Environment variable holding the admin token.
     pub token_env: String,
+    /// The admin API speaks HTTPS with these.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -62,6 +62,14 @@ pub(super) struct RawServer {
     pub(super) max_connections: usize,
     /// Open client connections from one address at most.
     pub(super) max_connections_per_address: usize,
+    /// PEM certificate chain for the public API; with `tls_key`, it speaks HTTPS.
+    pub(super) tls_cert: Option<String>,
+    /// PEM private key for the public API.
+    pub(super) tls_key: Option<String>,
+    /// PEM certificate chain for the admin API; with `admin_tls_key`, it speaks HTTPS.
+    pub(super) admin_tls_cert: Option<String>,
+    /// PEM private key for the admin API.
+    pub(super) admin_tls_key: Option<String>,
 }
 
 impl Default for RawServer {
@@ -77,6 +85,10 @@ impl Default for RawServer {
             body_timeout: "60s".into(),
             max_connections: 10_000,
             max_connections_per_address: 1_000,
+            tls_cert: None,
+            tls_key: None,
+            admin_tls_cert: None,
+            admin_tls_key: None,
         }
     }
 }

@@ -170,7 +170,7 @@ fn positive_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
 }
 
 impl RawConfig {
-    pub(super) fn validate(self) -> Result<Config, ConfigError> {
+    pub(super) fn validate(mut self) -> Result<Config, ConfigError> {
         let admin_listen = self.server.admin_listen.parse().map_err(|_| {
             invalid(
                 "server.admin_listen",
@@ -182,6 +182,11 @@ impl RawConfig {
         })?;
         let admin_token_env = self.server.admin_token_env.clone();
         check_env_name("server.admin_token_env", &admin_token_env)?;
+        let admin_tls = tls_files(
+            "server.admin_tls",
+            self.server.admin_tls_cert.take(),
+            self.server.admin_tls_key.take(),
+        )?;
         let server = self.server.validate()?;
         let upstream = self.upstream.validate()?;
 
@@ -449,6 +454,7 @@ impl RawConfig {
         let admin = Admin {
             listen: admin_listen,
             token_env: admin_token_env,
+            tls: admin_tls,
         };
 
         Ok(Config {
@@ -494,6 +500,7 @@ impl RawServer {
         let header_read_timeout =
             positive_duration("server.header_read_timeout", &self.header_read_timeout)?;
         let body_timeout = positive_duration("server.body_timeout", &self.body_timeout)?;
+        let tls = tls_files("server.tls", self.tls_cert, self.tls_key)?;
         for (key, value) in [
             ("server.max_connections", self.max_connections),
             (
@@ -516,7 +523,37 @@ impl RawServer {
                 header_read_timeout,
             },
             body_timeout,
+            tls,
         })
+    }
+}
+
+/// A listener's certificate and key: both or neither (`prefix` is `server.tls` or
+/// `server.admin_tls`). The files are read when the daemon starts.
+fn tls_files(
+    prefix: &str,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+    let given = |name: &str, value: Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+        match value {
+            Some(v) if v.trim().is_empty() => {
+                Err(invalid(format!("{prefix}_{name}"), "must not be empty"))
+            }
+            v => Ok(v.map(PathBuf::from)),
+        }
+    };
+    match (given("cert", cert)?, given("key", key)?) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(
+            format!("{prefix}_key"),
+            format!("{prefix}_cert is set, so the private key's file is needed too"),
+        )),
+        (None, Some(_)) => Err(invalid(
+            format!("{prefix}_cert"),
+            format!("{prefix}_key is set, so the certificate's file is needed too"),
+        )),
     }
 }
 
