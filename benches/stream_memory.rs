@@ -40,7 +40,7 @@ fn main() {
         env("CONCURRENCY", 200),
         env("KEEP", 10),
     );
-    switchyard::providers::install_crypto();
+    switchyard::tls::install_crypto();
     let gateway_bin = std::env::var("SWITCHYARD_BIN").unwrap_or_else(|_| BIN.to_string());
     let data = std::env::temp_dir().join(format!("switchyard-memory-bench-{}", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();

@@ -39,7 +39,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let http2 = std::env::var_os("HTTP1").is_none();
-    switchyard::providers::install_crypto();
+    switchyard::tls::install_crypto();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

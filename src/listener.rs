@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use http_body_util::BodyExt;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -227,10 +228,24 @@ async fn serve_http<Io>(
 ) where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Requests in progress on this connection, a response's body included: HTTP/2 has
+    // no header timer between requests, so idleness is watched here for both.
+    let (active, mut idle) = watch::channel(0usize);
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
-        app.clone().oneshot(req.map(Body::new))
+        let busy = Busy::start(&active);
+        let response = app.clone().oneshot(req.map(Body::new));
+        async move {
+            let response = response.await?;
+            // The request stays in progress until its body is sent or dropped.
+            Ok::<_, std::convert::Infallible>(response.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _ = &busy;
+                    frame
+                }))
+            }))
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -248,14 +263,60 @@ async fn serve_http<Io>(
     let closing = async move {
         let _ = closing.wait_for(|c| *c).await;
     };
-    let finished = tokio::select! {
-        _ = connection.as_mut() => true,
-        () = closing => false,
+    enum Ended {
+        Finished,
+        Closing,
+        Idle,
+    }
+    let ended = tokio::select! {
+        _ = connection.as_mut() => Ended::Finished,
+        () = closing => Ended::Closing,
+        () = idle_for(&mut idle, limits.header_read_timeout) => Ended::Idle,
     };
-    if !finished {
-        // Finish the response in progress, then close; idle connections close at once.
-        connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+    match ended {
+        Ended::Finished => {}
+        // Finish the response in progress, then close (HTTP/2: GOAWAY); idle
+        // connections close at once.
+        Ended::Closing => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+        // An HTTP/2 client that never acknowledges the GOAWAY's ping is not waited for.
+        Ended::Idle => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.header_read_timeout, connection).await;
+        }
+    }
+}
+
+/// One request in progress on a connection; done when dropped.
+struct Busy(watch::Sender<usize>);
+
+impl Busy {
+    fn start(active: &watch::Sender<usize>) -> Busy {
+        active.send_modify(|n| *n += 1);
+        Busy(active.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Resolves once a connection has had no request in progress for `timeout`.
+async fn idle_for(active: &mut watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if active.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        if tokio::time::timeout(timeout, active.wait_for(|n| *n > 0))
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

@@ -9,6 +9,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+/// Installs rustls' ring provider for the process (for the upstream client, the
+/// listeners and the admin client alike). Safe to call more than once.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A listener's certificate chain and private key, as PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -30,7 +36,7 @@ pub struct TlsError {
 /// A TLS acceptor for a listener whose config keys start with `prefix` (`server.tls` or
 /// `server.admin_tls`): reads and checks the files now, so a bad one stops the start.
 pub fn acceptor(files: &TlsFiles, prefix: &str) -> Result<TlsAcceptor, TlsError> {
-    crate::providers::install_crypto();
+    install_crypto();
     let cert_error = |reason: String| TlsError {
         setting: format!("{prefix}_cert"),
         path: files.cert.clone(),

@@ -56,6 +56,64 @@ async fn a_kept_alive_connection_left_idle_is_closed() {
     assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 }
 
+/// The HTTP/2 frames (type, stream id) a server sends until it closes (bounded wait).
+async fn h2_frames_until_closed(stream: &mut TcpStream) -> Vec<(u8, u32)> {
+    let bytes = read_until_closed_bytes(stream).await;
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let length = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let stream_id =
+            u32::from_be_bytes([bytes[at + 5], bytes[at + 6], bytes[at + 7], bytes[at + 8]])
+                & 0x7fff_ffff;
+        frames.push((bytes[at + 3], stream_id));
+        at += 9 + length;
+    }
+    frames
+}
+
+async fn read_until_closed_bytes(stream: &mut TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return seen,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection was never closed; got {} bytes", seen.len()),
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+const GOAWAY: u8 = 7;
+const HEADERS: u8 = 1;
+
+#[tokio::test]
+async fn an_http2_connection_left_idle_is_closed_with_goaway() {
+    let (_mock, gw) = gateway().await;
+    // Never a request.
+    let mut silent = TcpStream::connect(gw.daemon.addr()).await.unwrap();
+    silent.write_all(H2_PREFACE).await.unwrap();
+    silent.write_all(&H2_SETTINGS).await.unwrap();
+    let frames = h2_frames_until_closed(&mut silent).await;
+    assert!(frames.contains(&(GOAWAY, 0)), "{frames:?}");
+
+    // One request (GET /healthz, HPACK: :method GET, :scheme http, :path literal), then
+    // idle.
+    let mut stream = TcpStream::connect(gw.daemon.addr()).await.unwrap();
+    stream.write_all(H2_PREFACE).await.unwrap();
+    stream.write_all(&H2_SETTINGS).await.unwrap();
+    let mut block = vec![0x82, 0x86, 0x04, 8];
+    block.extend_from_slice(b"/healthz");
+    let mut headers = vec![0, 0, block.len() as u8, HEADERS, 0x05, 0, 0, 0, 1];
+    headers.extend_from_slice(&block);
+    stream.write_all(&headers).await.unwrap();
+    let frames = h2_frames_until_closed(&mut stream).await;
+    assert!(frames.contains(&(HEADERS, 1)), "answered first: {frames:?}");
+    assert!(frames.contains(&(GOAWAY, 0)), "{frames:?}");
+}
+
 #[tokio::test]
 async fn a_body_that_never_finishes_is_refused_with_408() {
     let (_mock, gw) = gateway().await;
@@ -108,4 +166,42 @@ async fn one_address_cannot_take_every_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(answered, "a freed place is taken again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_the_idle_timeout_is_not_idle() {
+    // 25 tokens at 10 a second: well past the 1 s idle timeout, with nothing but the
+    // response body moving.
+    let slow = switchyard::mock::MockUpstream::builder()
+        .ttft(Duration::ZERO)
+        .tokens_per_sec(10.0)
+        .answer_tokens(25)
+        .spawn_local()
+        .await
+        .unwrap();
+    let gw = TestGateway::with_regions_and(&[("us-east", &slow)], LIMITS).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut reply = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_A)
+        .json(&hello_stream("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.version(), reqwest::Version::HTTP_2);
+    let mut body = Vec::new();
+    while let Some(chunk) = reply.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(
+        streamed_text(&text).split_whitespace().count(),
+        25,
+        "{text}"
+    );
 }

@@ -460,7 +460,7 @@ async fn after_kill_9_budgets_audit_keys_and_overrides_are_all_there() {
         + "\n[ledger]\ncheckpoint_interval = \"200ms\"\n[audit]\nflush_interval = \"200ms\"\n";
     let config = data.path().join("config.toml");
     std::fs::write(&config, &toml).unwrap();
-    switchyard::providers::install_crypto();
+    switchyard::tls::install_crypto();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let api = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let admin = format!("http://127.0.0.1:{admin_port}");

@@ -40,7 +40,7 @@ fn tls_settings(public: bool) -> String {
 
 /// A client that trusts the test CA and nothing else.
 fn trusting(ca: &str) -> reqwest::Client {
-    switchyard::providers::install_crypto();
+    switchyard::tls::install_crypto();
     let pem = std::fs::read(fixture(ca)).unwrap();
     reqwest::Client::builder()
         .no_proxy()

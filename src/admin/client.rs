@@ -41,7 +41,7 @@ impl AdminClient {
         operator: &str,
         ca_file: Option<&Path>,
     ) -> Result<AdminClient, ClientError> {
-        crate::providers::install_crypto();
+        crate::tls::install_crypto();
         let mut builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(REQUEST_TIMEOUT);

@@ -71,6 +71,14 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(Source(source));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if let Some(coding) = unsupported_transfer_coding(req.headers()) {
+        let mut response = Refusal::unsupported_transfer_coding(&coding).into_response();
+        // The body's length cannot be known, so the connection cannot be reused.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     let handler = crate::telemetry::RequestScope::new(next.run(req));
     let mut response = match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(response) => error::openai_shaped(response, "invalid_request_error").await,
@@ -84,6 +92,18 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// The first transfer coding other than `chunked` (which HTTP/1.1 decodes), if any.
+fn unsupported_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(|value| value.to_str().unwrap_or("(not text)"))
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+        .map(str::to_owned)
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {

@@ -33,7 +33,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::domain::records::{KeyRecord, Overrides};
 use crate::domain::{Model, Tenant};
-use crate::providers::{SendError, SetupError, Upstreams};
+use crate::providers::{ProbeFailure, SendError, SetupError, Upstreams};
 use crate::router::{Candidate, InFlight, Outcome, Router};
 use crate::scheduler::{Rejection, Scheduler};
 use crate::shutdown::Shutdown;
@@ -403,8 +403,15 @@ impl Gateway {
                 .upstreams
                 .probe(&instance.instance, &check.probe_path, check.timeout)
                 .await;
-            if let Err(reason) = &result {
-                tracing::debug!(instance = %instance.name(), %reason, "health probe failed");
+            match &result {
+                Err(ProbeFailure::Local(reason)) => {
+                    tracing::error!(instance = %instance.name(), %reason, "health probe could not be sent; the instance is not held to account");
+                    return;
+                }
+                Err(ProbeFailure::Upstream(reason)) => {
+                    tracing::debug!(instance = %instance.name(), %reason, "health probe failed");
+                }
+                Ok(()) => {}
             }
             self.router.probed(
                 instance,

@@ -229,6 +229,18 @@ impl Refusal {
         )
     }
 
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1: 501).
+    pub fn unsupported_transfer_coding(coding: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            INVALID_REQUEST,
+            "unsupported_transfer_encoding",
+            format!(
+                "transfer coding \"{coding}\" is not supported; send the body with content-length or transfer-encoding: chunked alone"
+            ),
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -107,7 +107,7 @@ impl Upstreams {
         instance: &Instance,
         path: &str,
         timeout: std::time::Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbeFailure> {
         let key = self.keys.get(&instance.name);
         match instance.dialect {
             Dialect::OpenAi => self.openai.probe(instance, path, key, timeout).await,
@@ -115,7 +115,15 @@ impl Upstreams {
     }
 }
 
-/// Installs rustls' ring provider for the process. Safe to call more than once.
-pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// Why a health probe did not pass.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProbeFailure {
+    /// The instance answered badly, late or not at all: it counts against its health.
+    #[error("{0}")]
+    Upstream(String),
+    /// This machine could not even try (out of descriptors or buffers): it says nothing
+    /// about the instance.
+    #[error("the gateway is out of local resources: {0}")]
+    Local(String),
 }
+

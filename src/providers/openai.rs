@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderValue};
 
-use super::{SendError, SetupError};
+use super::{ProbeFailure, SendError, SetupError};
 use crate::domain::{Instance, ModelKind, UpstreamTimeouts};
 
 pub struct OpenAi {
@@ -19,7 +19,7 @@ pub struct OpenAi {
 
 impl OpenAi {
     pub fn new(timeouts: UpstreamTimeouts) -> Result<OpenAi, SetupError> {
-        super::install_crypto();
+        crate::tls::install_crypto();
         let builder = || {
             reqwest::Client::builder()
                 .connect_timeout(timeouts.connect)
@@ -87,22 +87,28 @@ impl OpenAi {
         path: &str,
         key: Option<&HeaderValue>,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbeFailure> {
         let mut request = self.client(instance).get(format!("{}{path}", instance.url));
         if let Some(key) = key {
             request = request.header(header::AUTHORIZATION, key.clone());
         }
         let response = tokio::time::timeout(timeout, request.send())
             .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
-            .map_err(|e| root_cause(&e))?;
+            .map_err(|_| ProbeFailure::Upstream(format!("no answer within {timeout:?}")))?
+            .map_err(|e| {
+                if out_of_local_resources(&e) {
+                    ProbeFailure::Local(root_cause(&e))
+                } else {
+                    ProbeFailure::Upstream(root_cause(&e))
+                }
+            })?;
         let status = response.status();
         // Read the body so the connection goes back to the pool.
         let _ = tokio::time::timeout(timeout, response.bytes()).await;
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("answered {status}"))
+            Err(ProbeFailure::Upstream(format!("answered {status}")))
         }
     }
 }
