@@ -29,6 +29,58 @@ async fn errors_from_any_layer_are_json_in_openai_shape() {
     assert_eq!(response.status(), 405);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "method_not_allowed");
+
+    // Requests hyper cannot parse, and a transfer coding the gateway does not decode.
+    let cases: [(&str, u16, &str); 4] = [
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n",
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET /v1/models HTTP/1.1\r\nhost: x\r\nnot a header\r\n\r\n",
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "unsupported_transfer_encoding",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: br\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "unsupported_transfer_encoding",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let (got, body) = raw_exchange(gw.daemon.addr(), request).await;
+        assert_eq!(got, status, "{request:?}: {body}");
+        assert_eq!(body["error"]["code"], code, "{request:?}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    }
+}
+
+/// Sends raw bytes, reads the answer until the server closes, and parses its status and
+/// JSON body (checking the content-length it declared).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes after an unparseable request")
+        .unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let declared = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap();
+    assert_eq!(declared.parse::<usize>().unwrap(), body.len(), "{text}");
+    (status, serde_json::from_str(body).unwrap())
 }
 
 #[tokio::test]

@@ -126,4 +126,3 @@ pub enum ProbeFailure {
     #[error("the gateway is out of local resources: {0}")]
     Local(String),
 }
-

@@ -5,6 +5,8 @@
 //! connection finish its response. What a request does once it is read is the router's
 //! business, not this module's.
 
+mod json_errors;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -258,6 +260,7 @@ async fn serve_http<Io>(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
+    let io = json_errors::JsonErrors::new(io);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let closing = async move {
