@@ -7,6 +7,8 @@
 //! (operators' run-time overrides) and `audit` (records by time). Writes are batched by
 //! their callers and never made from the request path.
 
+#[cfg(test)]
+pub(crate) mod flaky;
 mod watched;
 
 pub use watched::{Persistence, Watched};
