@@ -758,3 +758,141 @@ fn dispatch_rates_come_from_consecutive_snapshots() {
     key(&mut model, "4");
     assert!(draw(&model).contains("15.0"));
 }
+
+#[test]
+fn control_keys_never_pass_for_their_bare_letter() {
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use switchyard::console::key_name;
+    let ctrl = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL);
+    assert_eq!(key_name(&ctrl('u')).as_deref(), Some("ctrl-u"));
+    assert_eq!(key_name(&ctrl('c')).as_deref(), Some("ctrl-c"));
+    assert_eq!(
+        key_name(&KeyEvent::new(KeyCode::Char('u'), KeyModifiers::ALT)),
+        None
+    );
+    assert_eq!(
+        key_name(&KeyEvent::new(KeyCode::PageDown, KeyModifiers::NONE)).as_deref(),
+        Some("pgdn")
+    );
+
+    // Ctrl-U in Regions pages up; it never undrains ap-south (which `u` would).
+    let mut model = model_with_fixture();
+    key(&mut model, "3");
+    key(&mut model, "G");
+    let last = model.selected[2];
+    assert!(last > 0);
+    assert!(key(&mut model, "ctrl-u").is_empty());
+    assert_eq!(model.mode, Mode::Normal);
+    assert!(model.selected[2] < last, "paged up");
+    key(&mut model, "ctrl-d");
+    assert_eq!(model.selected[2], last, "paged down to the end");
+    key(&mut model, "g");
+    assert_eq!(model.selected[2], 0);
+
+    // Inside a prompt Ctrl-C cancels; it never types.
+    key(&mut model, ":");
+    key(&mut model, "d");
+    key(&mut model, "ctrl-c");
+    assert_eq!(model.mode, Mode::Normal);
+    // And outside one it quits.
+    key(&mut model, "ctrl-c");
+    assert!(model.quit);
+}
+
+#[test]
+fn the_selection_follows_its_tenant_when_rows_move() {
+    let mut model = model_with_fixture();
+    key(&mut model, "2");
+    // Sorted by name: acme, globex, initech. Select globex.
+    key(&mut model, "j");
+    // Sort by tokens today: globex first now, and still selected.
+    key(&mut model, "s");
+    assert_eq!(model.selected[1], 0);
+    // A refresh where acme overtakes globex moves globex down; the selection goes along.
+    let mut next = fixture();
+    next.tenants[0].day.tokens = 5_000_000;
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(next))));
+    assert_eq!(model.selected[1], 1);
+    key(&mut model, "p");
+    assert!(
+        matches!(&model.mode, Mode::Confirm { action: Action::PauseTenant { tenant }, .. } if tenant == "globex"),
+        "{:?}",
+        model.mode
+    );
+    // A tenant that disappears leaves the selection on a row that exists.
+    key(&mut model, "n");
+    let mut fewer = fixture();
+    fewer.tenants.retain(|t| t.name != "globex");
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fewer))));
+    assert!(model.selected[1] < model.tenant_rows().len());
+}
+
+#[test]
+fn commands_are_checked_before_asking_and_confirmations_show_the_change() {
+    let mut model = model_with_fixture();
+    assert!(command(&mut model, "drain mars").is_empty());
+    assert_eq!(
+        model.mode,
+        Mode::Normal,
+        "no prompt for a region that is not there"
+    );
+    let status = model.status.clone().unwrap();
+    assert!(
+        status.error && status.text.contains("no region mars"),
+        "{status:?}"
+    );
+    assert!(
+        status.text.contains("us-east"),
+        "names the regions there are"
+    );
+    command(&mut model, "tier acme platinum");
+    assert!(
+        model
+            .status
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("no tier platinum")
+    );
+    command(&mut model, "kill str_404");
+    assert!(
+        model
+            .status
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("no live stream str_404")
+    );
+
+    command(&mut model, "limits acme rpm=10 daily_usd=5");
+    let Mode::Confirm { impact, .. } = &model.mode else {
+        panic!("{:?}", model.mode)
+    };
+    assert_eq!(impact, "rpm 600 → 10, daily_usd none → $5.00");
+    key(&mut model, "n");
+    command(&mut model, "reset globex");
+    let Mode::Confirm { impact, .. } = &model.mode else {
+        panic!("{:?}", model.mode)
+    };
+    assert!(impact.contains("forgives 900.0 k tokens today"), "{impact}");
+    let screen = draw(&model);
+    assert!(screen.contains("forgives 900.0 k tokens today"), "{screen}");
+    assert!(!screen.contains("Some("), "{screen}");
+}
+
+#[test]
+fn the_help_overlay_scrolls_to_every_key() {
+    let mut model = model_with_fixture();
+    key(&mut model, "?");
+    let top = draw(&model);
+    assert!(top.contains("keys 1-"), "{top}");
+    assert!(
+        !top.contains("audit log: switch"),
+        "the last key is below: {top}"
+    );
+    key(&mut model, "G");
+    let bottom = draw(&model);
+    assert!(bottom.contains("audit log: switch"), "{bottom}");
+    key(&mut model, "x");
+    assert_eq!(model.mode, Mode::Normal);
+}

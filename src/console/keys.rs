@@ -50,6 +50,10 @@ pub enum Does {
     GoTo(View),
     Down,
     Up,
+    PageDown,
+    PageUp,
+    First,
+    Last,
     Filter,
     Command,
     Pause,
@@ -87,8 +91,8 @@ const EVENTS: &[View] = &[View::Events];
 
 pub const KEYMAP: &[Binding] = &[
     Binding {
-        keys: &["q"],
-        label: "q",
+        keys: &["q", "ctrl-c"],
+        label: "q/^C",
         help: "quit",
         views: None,
         does: Does::Quit,
@@ -176,6 +180,34 @@ pub const KEYMAP: &[Binding] = &[
         help: "select previous",
         views: None,
         does: Does::Up,
+    },
+    Binding {
+        keys: &["pgdn", "ctrl-d"],
+        label: "PgDn/^D",
+        help: "page down",
+        views: None,
+        does: Does::PageDown,
+    },
+    Binding {
+        keys: &["pgup", "ctrl-u"],
+        label: "PgUp/^U",
+        help: "page up",
+        views: None,
+        does: Does::PageUp,
+    },
+    Binding {
+        keys: &["home", "g"],
+        label: "g/Home",
+        help: "first row",
+        views: None,
+        does: Does::First,
+    },
+    Binding {
+        keys: &["end", "G"],
+        label: "G/End",
+        help: "last row",
+        views: None,
+        does: Does::Last,
     },
     Binding {
         keys: &["/"],

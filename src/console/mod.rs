@@ -25,8 +25,16 @@ use model::{Cmd, Model, Msg};
 /// Frames per second at most.
 const FRAME: Duration = Duration::from_millis(100);
 
-/// The name `keys` uses for a key press.
+/// The name `keys` uses for a key press: `q`, `P`, `tab`, `pgdn`, and with Control held
+/// `ctrl-c`, `ctrl-d`: a modified key never passes for the bare one, so Ctrl-U cannot
+/// undrain a region. Alt and Super combinations are ignored.
 pub fn key_name(key: &KeyEvent) -> Option<String> {
+    if key
+        .modifiers
+        .intersects(KeyModifiers::ALT | KeyModifiers::SUPER | KeyModifiers::META)
+    {
+        return None;
+    }
     let name = match key.code {
         KeyCode::Char(' ') => "space".to_string(),
         KeyCode::Char(c) => c.to_string(),
@@ -34,13 +42,17 @@ pub fn key_name(key: &KeyEvent) -> Option<String> {
         KeyCode::BackTab => "backtab".into(),
         KeyCode::Up => "up".into(),
         KeyCode::Down => "down".into(),
+        KeyCode::PageUp => "pgup".into(),
+        KeyCode::PageDown => "pgdn".into(),
+        KeyCode::Home => "home".into(),
+        KeyCode::End => "end".into(),
         KeyCode::Enter => "enter".into(),
         KeyCode::Esc => "esc".into(),
         KeyCode::Backspace => "backspace".into(),
         _ => return None,
     };
-    if key.modifiers.contains(KeyModifiers::CONTROL) && name == "c" {
-        return Some("q".into());
+    if key.modifiers.contains(KeyModifiers::CONTROL) {
+        return Some(format!("ctrl-{}", name.to_lowercase()));
     }
     Some(name)
 }
@@ -100,6 +112,7 @@ async fn run_loop(
     });
 
     let mut last_snapshot = Instant::now();
+    let mut last_height = 0u16;
     let mut dirty = true;
     let mut frame = tokio::time::interval(FRAME);
     frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -116,6 +129,12 @@ async fn run_loop(
                 Msg::Feed(item)
             }
             _ = frame.tick() => {
+                let height = terminal.size()?.height;
+                if height != last_height {
+                    last_height = height;
+                    model::update(&mut model, Msg::Height(height));
+                    dirty = true;
+                }
                 if dirty {
                     terminal.draw(|f| view::render(&model, f))?;
                     dirty = false;

@@ -21,7 +21,8 @@ pub enum Mode {
         action: Action,
         impact: String,
     },
-    Help,
+    /// The key list, scrolled this many lines down.
+    Help(usize),
 }
 
 /// How tenants are sorted.
@@ -74,6 +75,12 @@ pub struct Model {
     pub read_only: bool,
     /// Selected row in each view.
     pub selected: [usize; 7],
+    /// What is selected in each view, by identity (a tenant's name, a stream's id): the
+    /// selection follows it when rows re-sort or refresh, so `p y` pauses the tenant
+    /// that was highlighted, not whichever moved into its row.
+    pub anchors: [Option<String>; 7],
+    /// Rows a page (PgDn, Ctrl-D) moves, from the terminal's height.
+    pub page: usize,
     pub filter: String,
     pub sort: Sort,
     pub status: Option<Status>,
@@ -103,6 +110,8 @@ pub enum Msg {
     Audit(Result<Vec<AuditRecord>, String>),
     /// Seconds since the last snapshot, checked on every frame tick.
     Silence(u64),
+    /// The terminal's height in rows.
+    Height(u16),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +148,8 @@ impl Model {
             paused: false,
             read_only,
             selected: [0; 7],
+            anchors: Default::default(),
+            page: 10,
             filter: String::new(),
             sort: Sort::Name,
             status: None,
@@ -243,6 +254,74 @@ impl Model {
             .collect()
     }
 
+    /// The identity of each row of `view`, in display order; `None` where rows have no
+    /// identity of their own (events), so the selection stays on its position.
+    fn row_ids(&self, view: View) -> Option<Vec<String>> {
+        let s = self.snapshot.as_ref()?;
+        Some(match view {
+            View::Tenants => self
+                .tenant_rows()
+                .into_iter()
+                .map(|i| s.tenants[i].name.clone())
+                .collect(),
+            View::Regions | View::Overview => self
+                .region_rows()
+                .into_iter()
+                .map(|row| match row {
+                    RegionRow::Region(name) => name,
+                    RegionRow::Instance { region, name } => format!("{region}/{name}"),
+                })
+                .collect(),
+            View::Streams => self
+                .stream_rows()
+                .into_iter()
+                .map(|i| s.streams[i].id.clone())
+                .collect(),
+            View::Queues => s.levels.iter().map(|l| l.tier.clone()).collect(),
+            View::Latency => self
+                .latency_rows()
+                .into_iter()
+                .map(|i| format!("{}/{}", s.latency[i].scope, s.latency[i].metric))
+                .collect(),
+            View::Events => return None,
+        })
+    }
+
+    /// Puts each view's selection back on the row it names after rows changed; a row
+    /// that is gone leaves the selection where it was (within the rows).
+    fn follow_selection(&mut self) {
+        let current = self.view;
+        for view in View::ALL {
+            let i = view.index();
+            self.view = view;
+            let rows = self.row_count();
+            match self.row_ids(view) {
+                Some(ids) => {
+                    if let Some(at) = self.anchors[i]
+                        .as_ref()
+                        .and_then(|anchor| ids.iter().position(|id| id == anchor))
+                    {
+                        self.selected[i] = at;
+                    } else {
+                        self.selected[i] = self.selected[i].min(rows.saturating_sub(1));
+                        self.anchors[i] = ids.get(self.selected[i]).cloned();
+                    }
+                }
+                None => self.selected[i] = self.selected[i].min(rows.saturating_sub(1)),
+            }
+        }
+        self.view = current;
+    }
+
+    /// Moves the current view's selection to row `to` (kept within the rows).
+    fn select(&mut self, to: usize) {
+        let i = self.view.index();
+        self.selected[i] = to.min(self.row_count().saturating_sub(1));
+        self.anchors[i] = self
+            .row_ids(self.view)
+            .and_then(|ids| ids.get(self.selected[i]).cloned());
+    }
+
     fn row_count(&self) -> usize {
         match self.view {
             View::Tenants => self.tenant_rows().len(),
@@ -272,12 +351,120 @@ impl Model {
             .map(|i| s.streams[*i].id.clone())
     }
 
+    /// Refuses an action that names what the gateway does not have, before asking.
+    /// Without a snapshot there is nothing to check against; the gateway decides.
+    fn check(&self, action: &Action) -> Result<(), String> {
+        let Some(s) = &self.snapshot else {
+            return Ok(());
+        };
+        let region = |name: &String| {
+            if s.regions.iter().any(|r| &r.name == name) {
+                Ok(())
+            } else {
+                let known: Vec<&str> = s.regions.iter().map(|r| r.name.as_str()).collect();
+                Err(format!(
+                    "there is no region {name}; regions: {}",
+                    known.join(", ")
+                ))
+            }
+        };
+        let instance = |name: &String| {
+            if s.regions
+                .iter()
+                .flat_map(|r| &r.instances)
+                .any(|i| &i.name == name)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "there is no instance {name}; see the Regions view (3)"
+                ))
+            }
+        };
+        let tenant = |name: &String| {
+            if s.tenants.iter().any(|t| &t.name == name) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "there is no tenant {name}; see the Tenants view (2)"
+                ))
+            }
+        };
+        match action {
+            Action::DrainRegion { region: r, .. } | Action::UndrainRegion { region: r } => {
+                region(r)
+            }
+            Action::DrainInstance { instance: i, .. }
+            | Action::UndrainInstance { instance: i }
+            | Action::EjectInstance { instance: i }
+            | Action::RestoreInstance { instance: i } => instance(i),
+            Action::SetTier { tenant: t, tier } => {
+                tenant(t)?;
+                if s.levels.iter().any(|l| &l.tier == tier) {
+                    Ok(())
+                } else {
+                    let known: Vec<&str> = s.levels.iter().map(|l| l.tier.as_str()).collect();
+                    Err(format!(
+                        "there is no tier {tier}; tiers: {}",
+                        known.join(", ")
+                    ))
+                }
+            }
+            Action::SetLimits { tenant: t, .. }
+            | Action::PauseTenant { tenant: t }
+            | Action::ResumeTenant { tenant: t }
+            | Action::ResetBudget { tenant: t }
+            | Action::PurgeCache { tenant: Some(t) } => tenant(t),
+            Action::KillStream { id } => {
+                if s.streams.iter().any(|st| &st.id == id) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "there is no live stream {id}; see the Streams view (5)"
+                    ))
+                }
+            }
+            Action::PurgeCache { tenant: None } => Ok(()),
+        }
+    }
+
     /// What an action will affect, for the confirmation line.
     fn impact(&self, action: &Action) -> String {
         let Some(s) = &self.snapshot else {
             return String::new();
         };
+        let tenant = |name: &String| s.tenants.iter().find(|t| &t.name == name);
         match action {
+            Action::SetLimits {
+                tenant: name,
+                limits,
+            } => {
+                let Some(t) = tenant(name) else {
+                    return String::new();
+                };
+                let changes = t.limits.changes_to(limits);
+                if changes.is_empty() {
+                    "no limit given".into()
+                } else {
+                    changes.join(", ")
+                }
+            }
+            Action::SetTier { tenant: name, tier } => match tenant(name) {
+                Some(t) => format!(
+                    "tier {} → {tier}; {} in flight, {} queued",
+                    t.tier, t.in_flight, t.queued
+                ),
+                None => String::new(),
+            },
+            Action::ResetBudget { tenant: name } => match tenant(name) {
+                Some(t) => format!(
+                    "forgives {} tokens today and {} this month (${:.2})",
+                    human_count(t.day.tokens),
+                    human_count(t.month.tokens),
+                    t.month.cost_usd
+                ),
+                None => String::new(),
+            },
             Action::DrainRegion { region, .. } => {
                 let n: u32 = s
                     .regions
@@ -298,15 +485,10 @@ impl Model {
                     .sum();
                 format!("{n} requests in flight")
             }
-            Action::PauseTenant { tenant }
-            | Action::ResetBudget { tenant }
-            | Action::SetTier { tenant, .. }
-            | Action::SetLimits { tenant, .. } => {
-                match s.tenants.iter().find(|t| &t.name == tenant) {
-                    Some(t) => format!("{} in flight, {} queued", t.in_flight, t.queued),
-                    None => String::new(),
-                }
-            }
+            Action::PauseTenant { tenant: name } => match tenant(name) {
+                Some(t) => format!("{} in flight, {} queued", t.in_flight, t.queued),
+                None => String::new(),
+            },
             Action::KillStream { id } => match s.streams.iter().find(|st| &st.id == id) {
                 Some(st) => format!("{} of {}, {} tokens so far", st.model, st.tenant, st.tokens),
                 None => String::new(),
@@ -338,13 +520,23 @@ impl Model {
         });
     }
 
-    /// Asks first when the action is destructive; otherwise sends it at once.
+    /// Checks the action names what exists, then asks first when it takes service away
+    /// or changes what a tenant may use; otherwise sends it at once.
     fn request(&mut self, action: Action) -> Vec<Cmd> {
         if self.read_only {
             self.flash("read-only console: actions are disabled", true);
             return Vec::new();
         }
-        if action.is_destructive() {
+        if let Err(why) = self.check(&action) {
+            self.flash(why, true);
+            return Vec::new();
+        }
+        let asks = action.is_destructive()
+            || matches!(
+                action,
+                Action::SetLimits { .. } | Action::SetTier { .. } | Action::ResetBudget { .. }
+            );
+        if asks {
             let impact = self.impact(&action);
             self.mode = Mode::Confirm { action, impact };
             Vec::new()
@@ -384,7 +576,7 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
                 model.held = Some(*snapshot);
             } else {
                 model.snapshot = Some(*snapshot);
-                clamp_selection(model);
+                model.follow_selection();
             }
             model.audit_age += 1;
             if model.audit.is_some() && model.audit_age >= AUDIT_EVERY && !model.paused {
@@ -396,7 +588,7 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
         Msg::Audit(Ok(records)) => {
             if model.audit.is_some() {
                 model.audit = Some(records);
-                clamp_selection(model);
+                model.follow_selection();
             }
             Vec::new()
         }
@@ -412,6 +604,11 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
             model.stale = seconds >= 5;
             Vec::new()
         }
+        Msg::Height(rows) => {
+            // The header, tabs, table borders and footer take about ten rows.
+            model.page = usize::from(rows).saturating_sub(10).max(1);
+            Vec::new()
+        }
         Msg::Acted(Ok(done)) => {
             model.flash(done, false);
             Vec::new()
@@ -424,18 +621,20 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
     }
 }
 
-fn clamp_selection(model: &mut Model) {
-    let rows = model.row_count();
-    let i = model.view.index();
-    if model.selected[i] >= rows {
-        model.selected[i] = rows.saturating_sub(1);
-    }
-}
-
 fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
     match model.mode.clone() {
-        Mode::Help => {
-            model.mode = Mode::Normal;
+        Mode::Help(top) => {
+            let last = keys::KEYMAP.len().saturating_sub(1);
+            model.mode = match key {
+                "j" | "down" => Mode::Help((top + 1).min(last)),
+                "k" | "up" => Mode::Help(top.saturating_sub(1)),
+                "pgdn" | "ctrl-d" | "space" => Mode::Help((top + model.page).min(last)),
+                "pgup" | "ctrl-u" => Mode::Help(top.saturating_sub(model.page)),
+                "g" | "home" => Mode::Help(0),
+                "G" | "end" => Mode::Help(last),
+                "resize" => Mode::Help(top),
+                _ => Mode::Normal,
+            };
             Vec::new()
         }
         Mode::Confirm { action, .. } => {
@@ -450,7 +649,7 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
         }
         Mode::Filter(mut text) => {
             match key {
-                "esc" => {
+                "esc" | "ctrl-c" => {
                     model.filter.clear();
                     model.mode = Mode::Normal;
                 }
@@ -472,11 +671,11 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
                 }
                 _ => {}
             }
-            clamp_selection(model);
+            model.follow_selection();
             Vec::new()
         }
         Mode::Command(mut text) => match key {
-            "esc" => {
+            "esc" | "ctrl-c" => {
                 model.mode = Mode::Normal;
                 Vec::new()
             }
@@ -524,17 +723,16 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
     let index = model.view.index();
     match does {
         Does::Quit => model.quit = true,
-        Does::Help => model.mode = Mode::Help,
+        Does::Help => model.mode = Mode::Help(0),
         Does::NextView => model.view = View::ALL[(index + 1) % View::ALL.len()],
         Does::PrevView => model.view = View::ALL[(index + View::ALL.len() - 1) % View::ALL.len()],
         Does::GoTo(view) => model.view = view,
-        Does::Down => {
-            let rows = model.row_count();
-            if model.selected[index] + 1 < rows {
-                model.selected[index] += 1;
-            }
-        }
-        Does::Up => model.selected[index] = model.selected[index].saturating_sub(1),
+        Does::Down => model.select(model.selected[index] + 1),
+        Does::Up => model.select(model.selected[index].saturating_sub(1)),
+        Does::PageDown => model.select(model.selected[index] + model.page),
+        Does::PageUp => model.select(model.selected[index].saturating_sub(model.page)),
+        Does::First => model.select(0),
+        Does::Last => model.select(usize::MAX),
         Does::Filter => model.mode = Mode::Filter(model.filter.clone()),
         Does::Command => model.mode = Mode::Command(String::new()),
         Does::Pause => {
@@ -543,6 +741,7 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
                 && let Some(held) = model.held.take()
             {
                 model.snapshot = Some(held);
+                model.follow_selection();
             }
             model.flash(
                 if model.paused {
@@ -555,6 +754,7 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
         }
         Does::Sort => {
             model.sort = model.sort.next();
+            model.follow_selection();
             model.flash(format!("sorted by {}", model.sort.label()), false);
         }
         Does::Drain | Does::Undrain | Does::Eject | Does::Restore => {
@@ -630,11 +830,11 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
                 model.audit = Some(Vec::new());
                 model.audit_age = 0;
                 model.flash("the audit log: requests and operator actions", false);
-                clamp_selection(model);
+                model.follow_selection();
                 return vec![Cmd::ReadAudit];
             }
             model.flash("the event log", false);
-            clamp_selection(model);
+            model.follow_selection();
         }
         Does::Window => {
             model.window = match model.window {
@@ -643,7 +843,7 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
                 _ => "10s",
             };
             model.flash(format!("latency over the last {}", model.window), false);
-            clamp_selection(model);
+            model.follow_selection();
         }
     }
     Vec::new()
@@ -779,6 +979,16 @@ pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
         other => return Err(format!("unknown command :{other}; press ? for help")),
     };
     Ok(Some(action))
+}
+
+/// A count as 950, 12.3 k, 1.2 M or 3.4 G.
+pub fn human_count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1} k", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} M", n as f64 / 1e6),
+        _ => format!("{:.1} G", n as f64 / 1e9),
+    }
 }
 
 /// Bytes as B, KiB, MiB or GiB with one decimal.

@@ -48,7 +48,7 @@ pub fn render(model: &Model, frame: &mut Frame) {
     render_status(model, frame, status);
     render_footer(model, frame, footer);
     match &model.mode {
-        Mode::Help => help(frame, body),
+        Mode::Help(top) => help(frame, body, *top),
         Mode::Confirm { action, impact } => {
             let question = if impact.is_empty() {
                 format!("{}?  y/N", capitalise(&action.describe()))
@@ -770,9 +770,11 @@ fn dialog(frame: &mut Frame, area: Rect, title: &str, text: &str) {
     );
 }
 
-fn help(frame: &mut Frame, area: Rect) {
+/// The key list from line `top`, scrolling when it is taller than the screen.
+fn help(frame: &mut Frame, area: Rect, top: usize) {
     let lines: Vec<Line> = KEYMAP
         .iter()
+        .skip(top)
         .map(|b| {
             let scope = match b.views {
                 None => String::new(),
@@ -792,9 +794,17 @@ fn help(frame: &mut Frame, area: Rect) {
         })
         .collect();
     let rect = centered(area, 76, lines.len() as u16 + 2);
+    let shown = usize::from(rect.height.saturating_sub(2));
+    let title = if top > 0 || lines.len() > shown {
+        format!(
+            "keys {}-{} of {} (j/k scroll, any other key closes)",
+            top + 1,
+            (top + shown).min(KEYMAP.len()),
+            KEYMAP.len()
+        )
+    } else {
+        "keys (any key closes)".to_string()
+    };
     frame.render_widget(Clear, rect);
-    frame.render_widget(
-        Paragraph::new(lines).block(block("keys (any key closes)")),
-        rect,
-    );
+    frame.render_widget(Paragraph::new(lines).block(block(&title)), rect);
 }

@@ -64,6 +64,55 @@ impl Limits {
         }
     }
 
+    /// Every limit by name, with its value as text when set: for messages and
+    /// confirmations that read `rpm 600`, never `Some(600)`.
+    pub fn fields(&self) -> [(&'static str, Option<String>); 8] {
+        let whole = |v: Option<u64>| v.map(|v| v.to_string());
+        let usd = |v: Option<f64>| v.map(|v| format!("${v:.2}"));
+        [
+            ("rpm", whole(self.rpm)),
+            ("tpm", whole(self.tpm)),
+            (
+                "max_concurrency",
+                whole(self.max_concurrency.map(u64::from)),
+            ),
+            ("daily_tokens", whole(self.daily_tokens)),
+            ("monthly_tokens", whole(self.monthly_tokens)),
+            ("daily_usd", usd(self.daily_usd)),
+            ("monthly_usd", usd(self.monthly_usd)),
+            ("max_tokens_cap", whole(self.max_tokens_cap)),
+        ]
+    }
+
+    /// The limits set, as `rpm 600, tpm 100000`; "no limits" when none is.
+    pub fn summary(&self) -> String {
+        let set: Vec<String> = self
+            .fields()
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| format!("{name} {v}")))
+            .collect();
+        if set.is_empty() {
+            "no limits".into()
+        } else {
+            set.join(", ")
+        }
+    }
+
+    /// What `change` would do to these limits, as `rpm 600 → 10`, one per limit it sets.
+    pub fn changes_to(&self, change: &Limits) -> Vec<String> {
+        self.fields()
+            .into_iter()
+            .zip(change.fields())
+            .filter_map(|((name, now), (_, to))| {
+                let to = to?;
+                Some(format!(
+                    "{name} {} → {to}",
+                    now.unwrap_or_else(|| "none".into())
+                ))
+            })
+            .collect()
+    }
+
     /// These run-time overrides after `change`, where a value equal to the file's
     /// (`file`) is no override at all.
     pub fn apply_change(&self, change: &Limits, file: &Limits) -> Limits {

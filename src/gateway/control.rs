@@ -250,7 +250,7 @@ impl Gateway {
                 .map_err(|e| e.to_string()),
             Action::SetLimits { tenant, limits } => self
                 .set_limits(tenant, limits)
-                .map(|l| format!("{tenant}'s limits: rpm {:?}, tpm {:?}", l.rpm, l.tpm))
+                .map(|l| format!("{tenant}'s limits: {}", l.summary()))
                 .map_err(|e| e.to_string()),
             Action::PauseTenant { tenant } => self
                 .pause(tenant)
