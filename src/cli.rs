@@ -37,6 +37,9 @@ enum Command {
         /// Show, never act.
         #[arg(long)]
         read_only: bool,
+        /// Who acts, as audit records name them (default: $USER).
+        #[arg(long, env = "SWITCHYARD_OPERATOR")]
+        operator: Option<String>,
     },
     /// Attach the operations console to a running daemon's admin API.
     Console {
@@ -56,6 +59,9 @@ enum Command {
         /// Show, never act.
         #[arg(long)]
         read_only: bool,
+        /// Who acts, as audit records name them (default: $USER).
+        #[arg(long, env = "SWITCHYARD_OPERATOR")]
+        operator: Option<String>,
     },
     /// Everything embedded: simulated regions, tenants, traffic and outages, with the console.
     Demo(crate::demo::DemoArgs),
@@ -181,14 +187,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime()?.block_on(crate::records::keys(command)),
         Command::Audit(args) => runtime()?.block_on(crate::records::audit(args)),
         Command::Ctl(args) => runtime()?.block_on(crate::ctl::run(args)),
-        Command::Up { config, read_only } => up(config, read_only),
+        Command::Up {
+            config,
+            read_only,
+            operator,
+        } => up(config, read_only, operator_name(operator)),
         Command::Console {
             connect,
             token,
             ca_file,
             read_only,
+            operator,
         } => {
-            let operator = std::env::var("USER").unwrap_or_else(|_| "console".into());
+            let operator = operator_name(operator);
             let control =
                 crate::control::Remote::new(&connect, &token, &operator, ca_file.as_deref())
                     .map_err(anyhow::Error::msg)?;
@@ -219,16 +230,43 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-fn up(path: PathBuf, read_only: bool) -> anyhow::Result<()> {
+/// The person acting, for audit records: `--operator`, else `$USER`, else "operator".
+pub(crate) fn operator_name(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "operator".into())
+}
+
+fn up(path: PathBuf, read_only: bool, operator: String) -> anyhow::Result<()> {
     let config = load(&path)?;
     // The console owns the terminal: logs go to files only.
     let _logs = crate::telemetry::init(&config.server.data_dir, false)?;
     runtime()?.block_on(async {
         let daemon = Daemon::start(config).await?;
-        let operator = std::env::var("USER").unwrap_or_else(|_| "console".into());
-        let control = crate::control::InProcess::new(daemon.gateway().clone(), &operator);
-        let result = crate::console::run(std::sync::Arc::new(control), read_only).await;
-        daemon.shutdown().await;
+        // Quitting the console asks, then stops the daemon while the console shows the
+        // requests and streams still finishing; it leaves once the daemon has stopped.
+        let requested = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (done, stopped) = tokio::sync::watch::channel(false);
+        let control = crate::control::InProcess::new(daemon.gateway().clone(), &operator)
+            .stopping_with(crate::control::Stopper {
+                requested: requested.clone(),
+                done: stopped,
+            });
+        let console = async {
+            let result = crate::console::run(std::sync::Arc::new(control), read_only).await;
+            // Quit without the question (a signal, or leaving during the stop): the
+            // daemon stops all the same.
+            requested.notify_one();
+            result
+        };
+        let stop = async {
+            requested.notified().await;
+            daemon.shutdown().await;
+            done.send_replace(true);
+        };
+        let (result, ()) = tokio::join!(console, stop);
         result?;
         Ok(())
     })

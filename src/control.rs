@@ -35,6 +35,11 @@ pub enum Link {
         attempt: u32,
         reason: String,
     },
+    /// The admin API refused this console (a wrong or revoked token): trying again
+    /// cannot help, so the console stops and says why.
+    Refused(String),
+    /// The gateway this console runs with has stopped.
+    Stopped,
 }
 
 pub type Acted<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
@@ -49,6 +54,20 @@ pub trait Control: Send + Sync + 'static {
     fn audit(&self, query: AuditQuery) -> Audited<'_>;
     /// Where the gateway is, for the console's title.
     fn describe(&self) -> String;
+    /// Whether quitting the console stops the gateway (`switchyard up`), so it asks first.
+    fn quitting_stops_gateway(&self) -> bool {
+        false
+    }
+    /// Starts stopping the gateway; the feed reports `Link::Stopped` once it has.
+    fn stop_gateway(&self) {}
+}
+
+/// How `switchyard up` stops its gateway from the console: the console asks through
+/// `requested`, `up` stops the daemon and says so through `done`.
+#[derive(Clone)]
+pub struct Stopper {
+    pub requested: Arc<tokio::sync::Notify>,
+    pub done: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A gateway in this process.
@@ -56,6 +75,7 @@ pub struct InProcess {
     gateway: Arc<Gateway>,
     operator: String,
     every: Duration,
+    stopper: Option<Stopper>,
 }
 
 impl InProcess {
@@ -64,7 +84,14 @@ impl InProcess {
             gateway,
             operator: operator.to_string(),
             every: Duration::from_millis(500),
+            stopper: None,
         }
+    }
+
+    /// Quitting the console stops the gateway, through `stopper`.
+    pub fn stopping_with(mut self, stopper: Stopper) -> InProcess {
+        self.stopper = Some(stopper);
+        self
     }
 }
 
@@ -73,11 +100,26 @@ impl Control for InProcess {
         let (sender, receiver) = mpsc::channel(4);
         let gateway = self.gateway.clone();
         let every = self.every;
+        let mut done = self.stopper.as_ref().map(|s| s.done.clone());
         tokio::spawn(async move {
             let _ = sender.send(Feed::Link(Link::Connected)).await;
             let mut tick = tokio::time::interval(every);
             loop {
-                tick.tick().await;
+                let stopped = async {
+                    match done.as_mut() {
+                        Some(done) => {
+                            let _ = done.wait_for(|d| *d).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stopped => {
+                        let _ = sender.send(Feed::Link(Link::Stopped)).await;
+                        return;
+                    }
+                }
                 // Building a snapshot takes short locks only; off the runtime's way anyway.
                 let gateway = gateway.clone();
                 let Ok(snapshot) = tokio::task::spawn_blocking(move || gateway.snapshot()).await
@@ -114,6 +156,16 @@ impl Control for InProcess {
             "in-process gateway on {}",
             self.gateway.config().server.listen
         )
+    }
+
+    fn quitting_stops_gateway(&self) -> bool {
+        self.stopper.is_some()
+    }
+
+    fn stop_gateway(&self) {
+        if let Some(stopper) = &self.stopper {
+            stopper.requested.notify_one();
+        }
     }
 }
 
@@ -153,7 +205,11 @@ impl Control for Remote {
             loop {
                 let reason = match follow(&client, &sender, &mut attempt).await {
                     Ok(()) => return, // the console went away
-                    Err(reason) => reason,
+                    Err(Lost::Refused(reason)) => {
+                        let _ = sender.send(Feed::Link(Link::Refused(reason))).await;
+                        return;
+                    }
+                    Err(Lost::Retry(reason)) => reason,
                 };
                 attempt += 1;
                 let link = Link::Reconnecting { attempt, reason };
@@ -194,19 +250,41 @@ impl Control for Remote {
     }
 }
 
+/// Why the event stream ended.
+enum Lost {
+    /// Worth trying again: the network, a restart.
+    Retry(String),
+    /// The admin API refused the token: trying again cannot help.
+    Refused(String),
+}
+
+impl<T: Into<String>> From<T> for Lost {
+    fn from(reason: T) -> Lost {
+        Lost::Retry(reason.into())
+    }
+}
+
 /// Reads the event stream until it breaks (`Err` with why) or the console is gone (`Ok`).
 async fn follow(
     client: &AdminClient,
     sender: &mpsc::Sender<Feed>,
     attempt: &mut u32,
-) -> Result<(), String> {
+) -> Result<(), Lost> {
     let response = client
         .stream("/admin/events")
         .send()
         .await
         .map_err(|e| client.why(&e))?;
-    if !response.status().is_success() {
-        return Err(format!("the admin API answered {}", response.status()));
+    let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(Lost::Refused(format!(
+            "the admin API refused the token (HTTP {}); check --token or SWITCHYARD_ADMIN_TOKEN against the daemon's {}",
+            status.as_u16(),
+            "server.admin_token_env"
+        )));
+    }
+    if !status.is_success() {
+        return Err(Lost::Retry(format!("the admin API answered {status}")));
     }
     if sender.send(Feed::Link(Link::Connected)).await.is_err() {
         return Ok(());
@@ -220,7 +298,7 @@ async fn follow(
         let chunk = match tokio::time::timeout(silence, body.next()).await {
             Err(_) => return Err("no snapshot for 10 s".into()),
             Ok(None) => return Err("the daemon closed the stream".into()),
-            Ok(Some(Err(e))) => return Err(crate::providers::root_cause(&e)),
+            Ok(Some(Err(e))) => return Err(crate::providers::root_cause(&e).into()),
             Ok(Some(Ok(chunk))) => chunk,
         };
         for event in parser.push(&chunk) {

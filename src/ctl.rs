@@ -29,6 +29,9 @@ pub struct AdminTarget {
     /// Trust an https:// admin API only if this CA (PEM) signed its certificate.
     #[arg(long, env = "SWITCHYARD_ADMIN_CA", global = true)]
     ca_file: Option<PathBuf>,
+    /// Who acts, as audit records name them (default: $USER).
+    #[arg(long, env = "SWITCHYARD_OPERATOR", global = true)]
+    operator: Option<String>,
 }
 
 impl AdminTarget {
@@ -66,7 +69,7 @@ impl AdminTarget {
             .or_else(|| std::env::var(&token_env).ok())
             .filter(|t| !t.is_empty())
             .with_context(|| format!("no admin token: set {token_env} or pass --token"))?;
-        let operator = std::env::var("USER").unwrap_or_else(|_| "ctl".into());
+        let operator = crate::cli::operator_name(self.operator.clone());
         Ok(AdminClient::new(
             &url,
             &token,

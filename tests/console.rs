@@ -896,3 +896,127 @@ fn the_help_overlay_scrolls_to_every_key() {
     key(&mut model, "x");
     assert_eq!(model.mode, Mode::Normal);
 }
+
+#[test]
+fn quitting_up_asks_naming_what_is_in_flight_then_shows_the_stop() {
+    let mut model = model_with_fixture();
+    model.stops_gateway = true;
+    for quit in ["q", "ctrl-c"] {
+        key(&mut model, quit);
+        let Mode::ConfirmQuit { impact } = &model.mode else {
+            panic!("{quit}: {:?}", model.mode)
+        };
+        assert_eq!(impact, "19 requests in flight, 2 streams");
+        assert!(draw(&model).contains("Stop the gateway? 19 requests in flight, 2 streams  y/N"));
+        assert!(key(&mut model, "n").is_empty());
+        assert!(!model.quit && !model.stopping);
+    }
+    assert!(command(&mut model, "q").is_empty());
+    assert!(
+        matches!(model.mode, Mode::ConfirmQuit { .. }),
+        ":q asks too"
+    );
+    assert_eq!(key(&mut model, "y"), [Cmd::StopGateway]);
+    assert!(
+        model.stopping && !model.quit,
+        "the console stays to show the stop"
+    );
+    assert!(draw(&model).contains("STOPPING: 19 in flight, 2 streams"));
+    update(&mut model, Msg::Feed(Feed::Link(Link::Stopped)));
+    assert!(model.quit && model.exit_message.is_none());
+
+    // A console attached to a remote daemon only detaches: no question.
+    let mut remote = model_with_fixture();
+    key(&mut remote, "q");
+    assert!(remote.quit);
+}
+
+#[test]
+fn a_refused_token_ends_the_console_with_the_reason() {
+    let mut model = model_with_fixture();
+    let reason = "the admin API refused the token (HTTP 401)".to_string();
+    update(
+        &mut model,
+        Msg::Feed(Feed::Link(Link::Refused(reason.clone()))),
+    );
+    assert!(model.quit);
+    assert_eq!(model.exit_message, Some(reason));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_admin_token_is_refused_once_not_retried_for_ever() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let remote = Remote::new(
+        &gw.daemon.admin_url().unwrap(),
+        "not-the-admin-token",
+        "mallory",
+        None,
+    )
+    .unwrap();
+    let mut feed = remote.subscribe();
+    let first = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+        .await
+        .expect("an answer")
+        .expect("a link state");
+    let Feed::Link(Link::Refused(reason)) = first else {
+        panic!("{first:?}")
+    };
+    assert!(reason.contains("refused the token (HTTP 401)"), "{reason}");
+    let after = tokio::time::timeout(Duration::from_secs(10), feed.recv()).await;
+    assert!(matches!(after, Ok(None)), "the feed ends: {after:?}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_that_changes_nothing_says_so_and_is_not_on_the_record() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let remote = Remote::new(&gw.daemon.admin_url().unwrap(), ADMIN_TOKEN, "alice", None).unwrap();
+    let done = remote
+        .act(Action::RestoreInstance {
+            instance: "us-east-a".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(done, "restore us-east-a: nothing to change");
+    let done = remote
+        .act(Action::ResumeTenant {
+            tenant: "tenant-a".into(),
+        })
+        .await
+        .unwrap();
+    assert!(done.ends_with("nothing to change"), "{done}");
+    let done = remote
+        .act(Action::EjectInstance {
+            instance: "us-east-a".into(),
+        })
+        .await
+        .unwrap();
+    assert!(done.contains("out of rotation"), "{done}");
+    // The change is on the record, under the person who made it; the no-ops are not.
+    let records = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let records = remote
+                .audit(switchyard::domain::records::AuditQuery {
+                    limit: 50,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if records
+                .iter()
+                .any(|r| r.action.as_deref() == Some("eject_instance"))
+            {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the eject is audited");
+    let operator: Vec<_> = records.iter().filter(|r| r.actor.is_some()).collect();
+    assert_eq!(operator.len(), 1, "{operator:?}");
+    assert_eq!(operator[0].actor.as_deref(), Some("alice"));
+    gw.stop().await;
+}

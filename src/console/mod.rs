@@ -72,15 +72,46 @@ pub async fn run(control: Arc<dyn Control>, read_only: bool) -> std::io::Result<
     }));
     let result = run_loop(&mut terminal, control, read_only).await;
     ratatui::restore();
-    result
+    match result {
+        Ok(Some(why)) => Err(std::io::Error::other(why)),
+        Ok(None) => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
+/// Resolves when the process is told to end: SIGTERM, or SIGHUP (the ssh session or
+/// terminal closed). The console then restores the terminal as `q` does.
+async fn ended_by_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut term), Ok(mut hup)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await
+}
+
+/// Runs until the console quits; `Some(why)` when it was not the operator's choice.
 async fn run_loop(
     terminal: &mut ratatui::DefaultTerminal,
     control: Arc<dyn Control>,
     read_only: bool,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<String>> {
     let mut model = Model::new(&control.describe(), read_only);
+    model.stops_gateway = control.quitting_stops_gateway();
+    let signalled = ended_by_signal();
+    tokio::pin!(signalled);
     let mut feed = control.subscribe();
     let (key_sender, mut keys) = mpsc::channel::<String>(64);
     let (acted_sender, mut acted) = mpsc::channel::<Result<String, String>>(16);
@@ -119,6 +150,7 @@ async fn run_loop(
     while !model.quit {
         let msg = tokio::select! {
             biased;
+            () = &mut signalled => break,
             Some(key) = keys.recv() => Msg::Key(key),
             Some(result) = acted.recv() => Msg::Acted(result),
             Some(records) = audited.recv() => Msg::Audit(records),
@@ -148,6 +180,7 @@ async fn run_loop(
         };
         for cmd in model::update(&mut model, msg) {
             match cmd {
+                Cmd::StopGateway => control.stop_gateway(),
                 Cmd::Act(action) => {
                     let control = control.clone();
                     let sender = acted_sender.clone();
@@ -173,5 +206,5 @@ async fn run_loop(
     }
     drop(keys);
     let _ = reader.await;
-    Ok(())
+    Ok(model.exit_message)
 }

@@ -23,6 +23,10 @@ pub enum Mode {
     },
     /// The key list, scrolled this many lines down.
     Help(usize),
+    /// Asking before quitting stops the gateway (`up`): what is in flight.
+    ConfirmQuit {
+        impact: String,
+    },
 }
 
 /// How tenants are sorted.
@@ -97,6 +101,12 @@ pub struct Model {
     pub audit: Option<Vec<AuditRecord>>,
     /// Snapshots since the audit log was last asked for.
     pub audit_age: u32,
+    /// Quitting stops the gateway (`switchyard up`), so it asks first.
+    pub stops_gateway: bool,
+    /// The gateway is stopping: the console shows its progress until it has.
+    pub stopping: bool,
+    /// Why the console stopped, when it was not the operator's choice.
+    pub exit_message: Option<String>,
     pub quit: bool,
 }
 
@@ -117,6 +127,8 @@ pub enum Msg {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cmd {
     Act(Action),
+    /// Stop the gateway this console runs with.
+    StopGateway,
     /// Read the newest audit records.
     ReadAudit,
 }
@@ -159,6 +171,9 @@ impl Model {
             target: target.to_string(),
             audit: None,
             audit_age: 0,
+            stops_gateway: false,
+            stopping: false,
+            exit_message: None,
             quit: false,
         }
     }
@@ -597,6 +612,14 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
             Vec::new()
         }
         Msg::Feed(Feed::Link(link)) => {
+            match &link {
+                Link::Stopped => model.quit = true,
+                Link::Refused(reason) => {
+                    model.exit_message = Some(reason.clone());
+                    model.quit = true;
+                }
+                Link::Connected | Link::Reconnecting { .. } => {}
+            }
             model.link = link;
             Vec::new()
         }
@@ -636,6 +659,20 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
                 _ => Mode::Normal,
             };
             Vec::new()
+        }
+        Mode::ConfirmQuit { .. } => {
+            model.mode = Mode::Normal;
+            if key == "y" || key == "Y" {
+                model.stopping = true;
+                model.flash(
+                    "stopping the gateway: requests in flight finish, then it exits",
+                    false,
+                );
+                vec![Cmd::StopGateway]
+            } else {
+                model.flash("cancelled; the gateway keeps running", false);
+                Vec::new()
+            }
         }
         Mode::Confirm { action, .. } => {
             model.mode = Mode::Normal;
@@ -683,10 +720,7 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
                 model.mode = Mode::Normal;
                 match parse_command(&text) {
                     Ok(Some(action)) => model.request(action),
-                    Ok(None) => {
-                        model.quit = true;
-                        Vec::new()
-                    }
+                    Ok(None) => quit(model),
                     Err(why) => {
                         model.flash(why, true);
                         Vec::new()
@@ -719,10 +753,29 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
     }
 }
 
+/// Quits; when that stops the gateway, asks first, naming what is in flight. Once it
+/// is stopping, quitting leaves it finishing on its own.
+fn quit(model: &mut Model) -> Vec<Cmd> {
+    if !model.stops_gateway || model.stopping {
+        model.quit = true;
+        return Vec::new();
+    }
+    let impact = match &model.snapshot {
+        Some(s) => format!(
+            "{} requests in flight, {} streams",
+            s.totals.in_flight,
+            s.streams.len()
+        ),
+        None => "it stops serving".into(),
+    };
+    model.mode = Mode::ConfirmQuit { impact };
+    Vec::new()
+}
+
 fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
     let index = model.view.index();
     match does {
-        Does::Quit => model.quit = true,
+        Does::Quit => return quit(model),
         Does::Help => model.mode = Mode::Help(0),
         Does::NextView => model.view = View::ALL[(index + 1) % View::ALL.len()],
         Does::PrevView => model.view = View::ALL[(index + View::ALL.len() - 1) % View::ALL.len()],

@@ -57,6 +57,10 @@ pub fn render(model: &Model, frame: &mut Frame) {
             };
             dialog(frame, body, "confirm", &question);
         }
+        Mode::ConfirmQuit { impact } => {
+            let question = format!("Stop the gateway? {impact}  y/N");
+            dialog(frame, body, "confirm", &question);
+        }
         _ => {}
     }
 }
@@ -80,6 +84,8 @@ fn render_header(model: &Model, frame: &mut Frame, area: Rect) {
             format!("reconnecting (attempt {attempt}: {reason})"),
             Style::new().fg(Color::Red),
         ),
+        (Link::Refused(reason), _) => (reason.clone(), Style::new().fg(Color::Red)),
+        (Link::Stopped, _) => ("stopped".to_string(), Style::new().fg(Color::Red)),
     };
     let mut spans = vec![
         Span::styled(" switchyard ", Style::new().fg(Color::Black).bg(ACCENT)),
@@ -96,6 +102,16 @@ fn render_header(model: &Model, frame: &mut Frame, area: Rect) {
     {
         spans.push(Span::styled(
             format!("  PERSISTENCE DEGRADED ({what})"),
+            Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        ));
+    }
+    if model.stopping {
+        let (in_flight, streams) = model
+            .snapshot
+            .as_ref()
+            .map_or((0, 0), |s| (s.totals.in_flight, s.streams.len()));
+        spans.push(Span::styled(
+            format!("  STOPPING: {in_flight} in flight, {streams} streams (q leaves it finishing)"),
             Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
         ));
     }

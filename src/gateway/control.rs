@@ -101,6 +101,15 @@ impl Gateway {
     pub async fn act(&self, action: &Action, actor: &str) -> Result<String, String> {
         let before = self.state_of(action);
         let mut outcome = self.carry_out(action);
+        // An action that finds things already as it would leave them changes nothing and
+        // is no change on the record (a drain may still move its deadline).
+        let redrain = matches!(
+            action,
+            Action::DrainRegion { .. } | Action::DrainInstance { .. }
+        );
+        if outcome.is_ok() && !redrain && before.is_some() && before == self.state_of(action) {
+            return Ok(format!("{}: nothing to change", action.describe()));
+        }
         // A change that lasts is kept before it is acknowledged.
         if outcome.is_ok()
             && self.remember(action)
