@@ -191,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             read_only,
             operator,
-        } => up(config, read_only, operator_name(operator)),
+        } => up(config, read_only, crate::ctl::operator_name(operator)),
         Command::Console {
             connect,
             token,
@@ -199,7 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             read_only,
             operator,
         } => {
-            let operator = operator_name(operator);
+            let operator = crate::ctl::operator_name(operator);
             let control =
                 crate::control::Remote::new(&connect, &token, &operator, ca_file.as_deref())
                     .map_err(anyhow::Error::msg)?;
@@ -228,15 +228,6 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         daemon.shutdown().await;
         Ok(())
     })
-}
-
-/// The person acting, for audit records: `--operator`, else `$USER`, else "operator".
-pub(crate) fn operator_name(given: Option<String>) -> String {
-    given
-        .or_else(|| std::env::var("USER").ok())
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "operator".into())
 }
 
 fn up(path: PathBuf, read_only: bool, operator: String) -> anyhow::Result<()> {

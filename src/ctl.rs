@@ -69,7 +69,7 @@ impl AdminTarget {
             .or_else(|| std::env::var(&token_env).ok())
             .filter(|t| !t.is_empty())
             .with_context(|| format!("no admin token: set {token_env} or pass --token"))?;
-        let operator = crate::cli::operator_name(self.operator.clone());
+        let operator = operator_name(self.operator.clone());
         Ok(AdminClient::new(
             &url,
             &token,
@@ -77,6 +77,15 @@ impl AdminTarget {
             self.ca_file.as_deref(),
         )?)
     }
+}
+
+/// The person acting, for audit records: `--operator`, else `$USER`, else "operator".
+pub fn operator_name(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "operator".into())
 }
 
 #[derive(Debug, Args)]
