@@ -85,6 +85,13 @@ fn tenant(name: &str, tier: &str, day_tokens: u64, queued: u64, paused: bool) ->
         } else {
             Vec::new()
         },
+        requests_last_minute: 450,
+        tokens_last_minute: 52_000,
+        refused: if paused {
+            vec![("tenant_paused".into(), 12)]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -100,6 +107,7 @@ fn fixture() -> Snapshot {
             requests_per_sec: 42.5,
             tokens_per_sec: 3150.0,
             error_rate: 0.012,
+            refusal_rate: 0.085,
             queued: 7,
             in_flight: 19,
         },
@@ -490,8 +498,35 @@ fn space_pauses_the_view_while_snapshots_keep_arriving() {
 #[test]
 fn a_silent_link_is_shown_as_stale() {
     let mut model = model_with_fixture();
+    assert!(!draw(&model).contains("not live"));
     update(&mut model, Msg::Silence(6));
-    assert!(draw(&model).contains("stale: no snapshot for 5 s"));
+    let screen = draw(&model);
+    assert!(screen.contains("stale: no snapshot for 5 s"));
+    assert!(
+        screen.contains("not live: last data from 20:00:00 UTC"),
+        "{screen}"
+    );
+    // The body's numbers are dimmed, not shown as live.
+    let mut terminal = Terminal::new(TestBackend::new(120, 26)).unwrap();
+    terminal.draw(|f| render(&model, f)).unwrap();
+    let cell = &terminal.backend().buffer()[(3, 4)];
+    assert!(
+        cell.modifier.contains(ratatui::style::Modifier::DIM),
+        "{cell:?}"
+    );
+    // A lost link too; a fresh snapshot makes it live again.
+    update(
+        &mut model,
+        Msg::Feed(Feed::Link(Link::Reconnecting {
+            attempt: 1,
+            reason: "connection refused".into(),
+        })),
+    );
+    update(&mut model, Msg::Silence(0));
+    assert!(draw(&model).contains("not live"));
+    update(&mut model, Msg::Feed(Feed::Link(Link::Connected)));
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    assert!(!draw(&model).contains("not live"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -874,9 +909,9 @@ fn commands_are_checked_before_asking_and_confirmations_show_the_change() {
     let Mode::Confirm { impact, .. } = &model.mode else {
         panic!("{:?}", model.mode)
     };
-    assert!(impact.contains("forgives 900.0 k tokens today"), "{impact}");
+    assert!(impact.contains("forgives 900k tokens today"), "{impact}");
     let screen = draw(&model);
-    assert!(screen.contains("forgives 900.0 k tokens today"), "{screen}");
+    assert!(screen.contains("forgives 900k tokens today"), "{screen}");
     assert!(!screen.contains("Some("), "{screen}");
 }
 
@@ -1018,5 +1053,61 @@ async fn an_action_that_changes_nothing_says_so_and_is_not_on_the_record() {
     let operator: Vec<_> = records.iter().filter(|r| r.actor.is_some()).collect();
     assert_eq!(operator.len(), 1, "{operator:?}");
     assert_eq!(operator[0].actor.as_deref(), Some("alice"));
+    gw.stop().await;
+}
+
+/// What the console shows is what clients got: refusals by code overall and per tenant,
+/// and requests in the last minute against the limit, in absolute numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_numbers_an_operator_reads_are_what_clients_saw() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let toml =
+        config_for(&[("us-east", mock.url())], "").replace("[tiers.pro]", "[tiers.pro]\nrpm = 5");
+    let gw = TestGateway::from_toml(&toml).await;
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..8 {
+        let status = gw
+            .chat(KEY_A, &hello("gpt-4o-mini"))
+            .await
+            .status()
+            .as_u16();
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(200, 5), (429, 3)].into_iter().collect());
+    gw.admin(Method::POST, "/admin/tenants/tenant-b/pause", None)
+        .await;
+    for _ in 0..2 {
+        assert_eq!(gw.chat(KEY_B, &hello("gpt-4o-mini")).await.status(), 403);
+    }
+
+    let snapshot = gw.daemon.gateway().snapshot();
+    let tenant = |name: &str| snapshot.tenants.iter().find(|t| t.name == name).unwrap();
+    assert_eq!(
+        tenant("tenant-a").refused,
+        [("rate_limit_exceeded".to_string(), 3)]
+    );
+    assert_eq!(tenant("tenant-a").requests_last_minute, 8);
+    assert_eq!(
+        tenant("tenant-b").refused,
+        [("tenant_paused".to_string(), 2)]
+    );
+    let by_code: std::collections::BTreeMap<_, _> =
+        snapshot.errors_by_code.iter().cloned().collect();
+    assert_eq!(by_code.get("rate_limit_exceeded"), Some(&3));
+    assert_eq!(by_code.get("tenant_paused"), Some(&2));
+
+    let mut model = Model::new("test gateway", false);
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(snapshot))));
+    key(&mut model, "2");
+    let screen = draw(&model);
+    let row = screen.lines().find(|l| l.contains("tenant-a")).unwrap();
+    assert!(row.contains("8/5 160%"), "{row}");
+    assert!(row.contains("3 rate"), "{row}");
+    let row = screen.lines().find(|l| l.contains("tenant-b")).unwrap();
+    assert!(row.contains("2 paused") && row.contains("PAUSED"), "{row}");
+    key(&mut model, "1");
+    let screen = draw(&model);
+    assert!(screen.contains("3  rate_limit_exceeded"), "{screen}");
+    assert!(screen.contains("2  tenant_paused"), "{screen}");
     gw.stop().await;
 }

@@ -381,6 +381,9 @@ impl Admission {
             queued: 0,
             p99_ms: None,
             changed: Vec::new(),
+            requests_last_minute: 0,
+            tokens_last_minute: 0,
+            refused: Vec::new(),
         })
     }
 

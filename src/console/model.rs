@@ -178,6 +178,12 @@ impl Model {
         }
     }
 
+    /// Whether the numbers shown are old: no snapshot for a while, or the link is down
+    /// (a paused view is old on purpose, and says so itself).
+    pub fn data_is_old(&self) -> bool {
+        self.stale || !matches!(self.link, Link::Connected)
+    }
+
     fn selected(&self) -> usize {
         self.selected[self.view.index()]
     }
@@ -1034,13 +1040,20 @@ pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
     Ok(Some(action))
 }
 
-/// A count as 950, 12.3 k, 1.2 M or 3.4 G.
+/// A count in at most four characters: 950, 1.2k, 52k, 1.2M, 340M, 3.4G.
 pub fn human_count(n: u64) -> String {
+    let scaled = |value: f64, unit: &str| {
+        if value < 9.95 {
+            format!("{value:.1}{unit}")
+        } else {
+            format!("{value:.0}{unit}")
+        }
+    };
     match n {
         0..1_000 => n.to_string(),
-        1_000..1_000_000 => format!("{:.1} k", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} M", n as f64 / 1e6),
-        _ => format!("{:.1} G", n as f64 / 1e9),
+        1_000..999_500 => scaled(n as f64 / 1e3, "k"),
+        999_500..999_500_000 => scaled(n as f64 / 1e6, "M"),
+        _ => scaled(n as f64 / 1e9, "G"),
     }
 }
 

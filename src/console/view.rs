@@ -11,7 +11,7 @@ use ratatui::widgets::{
 };
 
 use super::keys::{self, KEYMAP};
-use super::model::{Mode, Model, RegionRow, View, human_bytes};
+use super::model::{Mode, Model, RegionRow, View, human_bytes, human_count};
 use crate::control::Link;
 use crate::domain::records::AuditRecord;
 use crate::domain::snapshot::{EventKind, InstanceState, RegionState, Snapshot};
@@ -44,6 +44,30 @@ pub fn render(model: &Model, frame: &mut Frame) {
             View::Latency => latency(model, snapshot, frame, body),
             View::Events => events(model, snapshot, frame, body),
         },
+    }
+    // Numbers that stopped arriving are shown as old, never as live.
+    if let Some(snapshot) = &model.snapshot
+        && model.data_is_old()
+    {
+        frame.buffer_mut().set_style(
+            body,
+            Style::new().fg(Color::DarkGray).add_modifier(Modifier::DIM),
+        );
+        let note = format!(
+            " not live: last data from {} UTC ",
+            clock(snapshot.taken_at_ms)
+        );
+        let width = (note.chars().count() as u16).min(body.width);
+        let corner = Rect {
+            x: body.x + body.width.saturating_sub(width + 1),
+            y: body.y,
+            width,
+            height: 1,
+        };
+        frame.render_widget(
+            Span::styled(note, Style::new().fg(Color::Black).bg(Color::Yellow)),
+            corner,
+        );
     }
     render_status(model, frame, status);
     render_footer(model, frame, footer);
@@ -248,38 +272,75 @@ fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     .block(block("regions"));
     frame.render_widget(table, top);
 
-    let [numbers, spark] =
-        Layout::horizontal([Constraint::Length(48), Constraint::Min(10)]).areas(middle);
+    let [numbers, refusals, spark] = Layout::horizontal([
+        Constraint::Length(50),
+        Constraint::Length(34),
+        Constraint::Min(10),
+    ])
+    .areas(middle);
     let t = &s.totals;
+    let served_from_cache = s.cache.hits + s.cache.coalesced;
+    let cache = match s.cache.hit_ratio() {
+        Some(cacheable) if t.requests > 0 => format!(
+            "cache hits {}/{} ({:.0}%), {:.0}% of cacheable",
+            human_count(served_from_cache),
+            human_count(t.requests),
+            served_from_cache as f64 * 100.0 / t.requests as f64,
+            cacheable * 100.0
+        ),
+        _ => "cache: no cacheable requests yet".to_string(),
+    };
     let text = vec![
         Line::from(format!(
             "requests/s {:>8.1}   tokens/s {:>10.1}",
             t.requests_per_sec, t.tokens_per_sec
         )),
+        Line::from(vec![
+            Span::raw(format!("errors {:>6.2}%   ", t.error_rate * 100.0)),
+            Span::styled(
+                format!("refused {:>6.2}%", t.refusal_rate * 100.0),
+                if t.refusal_rate > 0.0 {
+                    Style::new().fg(Color::Red)
+                } else {
+                    Style::new()
+                },
+            ),
+            Span::raw(format!("   in flight {}", t.in_flight)),
+        ]),
         Line::from(format!(
-            "error rate {:>7.2}%   in flight {:>9}",
-            t.error_rate * 100.0,
-            t.in_flight
-        )),
-        Line::from(format!(
-            "queued     {:>8}   streams   {:>9}",
+            "queued {:>8}   streams {:>6}   kept {}",
             t.queued,
-            s.streams.len()
-        )),
-        Line::from(format!(
-            "cache hit  {:>8}   cached    {:>9}",
-            s.cache
-                .hit_ratio()
-                .map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+            s.streams.len(),
             human_bytes(s.cache.bytes)
         )),
+        Line::from(cache),
     ];
-    frame.render_widget(Paragraph::new(text).block(block("traffic")), numbers);
+    frame.render_widget(
+        Paragraph::new(text).block(block("traffic (rates over the last 5 s)")),
+        numbers,
+    );
+    let mut by_code: Vec<&(String, u64)> = s.errors_by_code.iter().collect();
+    by_code.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let lines: Vec<Line> = if by_code.is_empty() {
+        vec![Line::from("none")]
+    } else {
+        by_code
+            .iter()
+            .take(usize::from(refusals.height.saturating_sub(2)))
+            .map(|(code, n)| Line::from(format!("{:>7}  {code}", human_count(*n))))
+            .collect()
+    };
+    frame.render_widget(
+        Paragraph::new(lines).block(block("refused and failed, by code")),
+        refusals,
+    );
     let history: Vec<u64> = s.queue_history.clone();
+    let peak = history.iter().copied().max().unwrap_or(0);
     frame.render_widget(
         Sparkline::default()
-            .block(block("queue depth, last 2 minutes"))
+            .block(block(&format!("queue depth, last 2 min (0 to {peak})")))
             .data(&history)
+            .max(peak.max(1))
             .style(Style::new().fg(Color::Yellow)),
         spark,
     );
@@ -324,38 +385,170 @@ fn event_line(e: &crate::domain::snapshot::Event) -> Line<'static> {
     Line::from(spans)
 }
 
-/// `used/limit` as an eight-cell bar and a percentage.
-fn gauge(used: u64, limit: Option<u64>) -> String {
+/// `used/limit` in absolute numbers with their ratio (`720/3.0k 24%`), coloured as the
+/// ratio nears the limit; `720/∞` without one.
+fn against(used: u64, limit: Option<u64>, show: fn(u64) -> String) -> Cell<'static> {
     match limit {
-        None => "unlimited".to_string(),
-        Some(0) => "-".to_string(),
+        None => Cell::from(format!("{}/∞", show(used))).style(Style::new().fg(Color::DarkGray)),
         Some(limit) => {
-            let share = (used as f64 / limit as f64).clamp(0.0, 1.0);
-            let filled = (share * 8.0).round() as usize;
-            format!(
-                "{}{} {:>3.0}%",
-                "█".repeat(filled),
-                "░".repeat(8 - filled),
-                share * 100.0
-            )
+            let share = if limit == 0 {
+                1.0
+            } else {
+                used as f64 / limit as f64
+            };
+            let style = match share {
+                s if s >= 0.9 => Style::new().fg(Color::Red),
+                s if s >= 0.7 => Style::new().fg(Color::Yellow),
+                _ => Style::new(),
+            };
+            Cell::from(format!(
+                "{}/{} {:.0}%",
+                show(used),
+                show(limit),
+                (share * 100.0).min(999.0)
+            ))
+            .style(style)
         }
     }
 }
 
+/// Dollars from cents, short: $1.25, $12, $1.2k.
+fn dollars(cents: u64) -> String {
+    match cents {
+        0..1_000 => format!("${:.2}", cents as f64 / 100.0),
+        _ => format!("${}", human_count(cents / 100)),
+    }
+}
+
+/// What a refusal code is called in a narrow column.
+fn refusal_label(code: &str) -> &str {
+    match code {
+        "rate_limit_exceeded" => "rate",
+        "insufficient_quota" => "budget",
+        "tenant_paused" => "paused",
+        "queue_full" | "queue_timeout" | "tenant_queue_full" => "queue",
+        "request_cancelled" => "gone",
+        code if code.starts_with("upstream_") => "upstream",
+        code => code,
+    }
+}
+
+/// A tenant's refusals since start: the count and its most frequent kind.
+fn refused_cell(refused: &[(String, u64)]) -> Cell<'static> {
+    let total: u64 = refused.iter().map(|(_, n)| n).sum();
+    match refused.iter().max_by_key(|(_, n)| *n) {
+        Some((code, _)) if total > 0 => {
+            Cell::from(format!("{} {}", human_count(total), refusal_label(code)))
+                .style(Style::new().fg(Color::Red))
+        }
+        _ => Cell::from("0"),
+    }
+}
+
+/// A table column: its header, its width, and how much it matters when the terminal is
+/// too narrow for all (lower goes first).
+struct Column {
+    header: &'static str,
+    width: u16,
+    keep: u8,
+}
+
+/// The columns that fit in `width`, in their order: the least needed go first.
+fn fitting(columns: &[Column], width: u16) -> Vec<usize> {
+    let mut shown: Vec<usize> = (0..columns.len()).collect();
+    let needed =
+        |shown: &[usize]| -> u16 { shown.iter().map(|i| columns[*i].width + 1).sum::<u16>() + 2 };
+    while needed(&shown) > width && shown.len() > 1 {
+        let Some(drop) = shown
+            .iter()
+            .enumerate()
+            .min_by_key(|(at, i)| (columns[**i].keep, usize::MAX - at))
+            .map(|(at, _)| at)
+        else {
+            break;
+        };
+        shown.remove(drop);
+    }
+    shown
+}
+
+const TENANT_COLUMNS: [Column; 11] = [
+    Column {
+        header: "TENANT",
+        width: 12,
+        keep: 9,
+    },
+    Column {
+        header: "TIER",
+        width: 10,
+        keep: 6,
+    },
+    Column {
+        header: "",
+        width: 6,
+        keep: 8,
+    },
+    Column {
+        header: "RPM",
+        width: 12,
+        keep: 7,
+    },
+    Column {
+        header: "TPM",
+        width: 13,
+        keep: 7,
+    },
+    Column {
+        header: "CONC",
+        width: 8,
+        keep: 4,
+    },
+    Column {
+        header: "TODAY",
+        width: 14,
+        keep: 5,
+    },
+    Column {
+        header: "MONTH",
+        width: 13,
+        keep: 3,
+    },
+    Column {
+        header: "REFUSED",
+        width: 11,
+        keep: 8,
+    },
+    Column {
+        header: "QUEUED",
+        width: 6,
+        keep: 5,
+    },
+    Column {
+        header: "OVERRIDES",
+        width: 12,
+        keep: 2,
+    },
+];
+
 fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let rows = model.tenant_rows();
     let selected = model.selected[1];
+    let shown = fitting(&TENANT_COLUMNS, area.width);
     let table_rows = rows.iter().map(|i| {
         let t = &s.tenants[*i];
-        let rpm_used = t
-            .limits
-            .rpm
-            .map(|l| l.saturating_sub(t.requests_available.unwrap_or(l)));
-        let tpm_used = t
-            .limits
-            .tpm
-            .map(|l| l.saturating_sub(t.tokens_available.unwrap_or(l)));
-        Row::new(vec![
+        let month = match t.limits.monthly_usd {
+            Some(budget) => against(
+                (t.month.cost_usd * 100.0) as u64,
+                Some((budget * 100.0) as u64),
+                dollars,
+            ),
+            None => against(
+                t.month.tokens + t.month.reserved_tokens,
+                t.limits.monthly_tokens,
+                human_count,
+            ),
+        };
+        let mut cells = vec![
             Cell::from(t.name.clone()),
             // `*`: changed at run time, no longer the config file's.
             Cell::from(if t.changed.iter().any(|c| c == "tier") {
@@ -364,65 +557,45 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                 t.tier.clone()
             }),
             Cell::from(if t.paused { "PAUSED" } else { "" }).style(Style::new().fg(Color::Red)),
-            Cell::from(gauge(rpm_used.unwrap_or(0), t.limits.rpm)),
-            Cell::from(gauge(tpm_used.unwrap_or(0), t.limits.tpm)),
-            Cell::from(gauge(
+            against(t.requests_last_minute, t.limits.rpm, human_count),
+            against(t.tokens_last_minute, t.limits.tpm, human_count),
+            against(
+                u64::from(t.in_flight),
+                t.limits.max_concurrency.map(u64::from),
+                human_count,
+            ),
+            against(
                 t.day.tokens + t.day.reserved_tokens,
                 t.limits.daily_tokens,
-            )),
-            Cell::from(gauge(
-                t.month.tokens + t.month.reserved_tokens,
-                t.limits.monthly_tokens,
-            )),
-            Cell::from(t.queued.to_string()),
-            Cell::from(t.in_flight.to_string()),
-            Cell::from(
-                t.p99_ms
-                    .map(|p| format!("{p:.0}ms"))
-                    .unwrap_or_else(|| "-".into()),
+                human_count,
             ),
+            month,
+            refused_cell(&t.refused),
+            Cell::from(t.queued.to_string()),
             // What differs from the config file, set by an operator at run time.
             Cell::from(t.changed.join(",")).style(Style::new().fg(Color::Yellow)),
-        ])
+        ];
+        let mut kept = Vec::with_capacity(shown.len());
+        for (at, cell) in cells.drain(..).enumerate() {
+            if shown.contains(&at) {
+                kept.push(cell);
+            }
+        }
+        Row::new(kept)
     });
     let title = format!(
-        "tenants ({} shown, sorted by {})",
+        "tenants ({} shown, sorted by {}; rpm and tpm over the last minute)",
         rows.len(),
         model.sort.label()
     );
-    let table = Table::new(
-        table_rows,
-        [
-            Constraint::Length(12),
-            Constraint::Length(10),
-            Constraint::Length(6),
-            Constraint::Length(13),
-            Constraint::Length(13),
-            Constraint::Length(13),
-            Constraint::Length(13),
-            Constraint::Length(6),
-            Constraint::Length(9),
-            Constraint::Length(7),
-            Constraint::Fill(1),
-        ],
-    )
-    .header(
-        Row::new([
-            "TENANT",
-            "TIER",
-            "",
-            "RPM",
-            "TPM",
-            "TODAY",
-            "MONTH",
-            "QUEUED",
-            "IN FLIGHT",
-            "P99",
-            "OVERRIDES",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(block(&title));
+    let widths: Vec<Constraint> = shown
+        .iter()
+        .map(|i| Constraint::Length(TENANT_COLUMNS[*i].width))
+        .collect();
+    let headers: Vec<&str> = shown.iter().map(|i| TENANT_COLUMNS[*i].header).collect();
+    let table = Table::new(table_rows, widths)
+        .header(Row::new(headers).style(Style::new().add_modifier(Modifier::BOLD)))
+        .block(block(&title));
     scrolled(frame, table, area, selected);
 }
 

@@ -100,6 +100,9 @@ pub struct Totals {
     pub tokens_per_sec: f64,
     /// Share of recent requests that ended in an error the gateway or upstream caused.
     pub error_rate: f64,
+    /// Share of recent requests refused: limits, budgets, pauses, full queues.
+    #[serde(default)]
+    pub refusal_rate: f64,
     pub queued: u64,
     pub in_flight: u64,
 }
@@ -128,6 +131,14 @@ pub struct TenantView {
     /// "rpm", "paused", ….
     #[serde(default)]
     pub changed: Vec<String>,
+    /// Requests and tokens over the last minute, to read against `rpm` and `tpm`.
+    #[serde(default)]
+    pub requests_last_minute: u64,
+    #[serde(default)]
+    pub tokens_last_minute: u64,
+    /// Answers refused or failed, by error code, since start.
+    #[serde(default)]
+    pub refused: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

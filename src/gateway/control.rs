@@ -27,6 +27,10 @@ impl Gateway {
                 t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
                 t.p99_ms = recent.get(&format!("tenant:{}", t.name)).map(|p| p.1);
                 t.changed = self.tenant_override(&t.name).changed();
+                let used = self.meter.tenant_reading(&t.name);
+                t.requests_last_minute = used.requests_per_min;
+                t.tokens_last_minute = used.tokens_per_min;
+                t.refused = used.refused;
                 t
             })
             .collect::<Vec<_>>();
@@ -52,6 +56,7 @@ impl Gateway {
                 requests_per_sec: reading.requests_per_sec,
                 tokens_per_sec: reading.tokens_per_sec,
                 error_rate: reading.error_rate,
+                refusal_rate: reading.refusal_rate,
                 queued: self.scheduler.queued() as u64,
                 in_flight,
             },

@@ -12,7 +12,7 @@ use crate::audit::Audit;
 use crate::domain::Usage;
 use crate::domain::records::{AuditKind, AuditRecord};
 use crate::telemetry::latency::{Latency, Metric, Recent};
-use crate::telemetry::meter::Meter;
+use crate::telemetry::meter::{Meter, TenantMeter};
 
 use super::Gateway;
 
@@ -24,6 +24,8 @@ pub(crate) struct Recorder {
     recent: Arc<Recent>,
     arrival: Instant,
     tenant: String,
+    /// The tenant's own counters (none before authentication).
+    tenant_meter: Option<Arc<TenantMeter>>,
     keep_content: bool,
     /// `region:…`, `model:…`, `tier:…`, once routed.
     scopes: Vec<String>,
@@ -56,8 +58,10 @@ impl Recorder {
                 },
             )
         });
-        if tenant.is_some() {
+        let tenant_meter = tenant.map(|(name, _)| gateway.meter().tenant(name));
+        if let Some(meter) = &tenant_meter {
             gateway.meter().request();
+            meter.request();
         }
         Recorder {
             record,
@@ -66,6 +70,7 @@ impl Recorder {
             recent: gateway.recent().clone(),
             arrival,
             tenant: tenant.map(|(name, _)| name.to_string()).unwrap_or_default(),
+            tenant_meter,
             keep_content: false,
             scopes: Vec::new(),
             instance: None,
@@ -135,6 +140,9 @@ impl Recorder {
     /// was plausible), counted and put on the record.
     pub fn used(&mut self, usage: Usage, capped: bool) {
         self.meter.tokens(usage.total());
+        if let Some(meter) = &self.tenant_meter {
+            meter.tokens(usage.total());
+        }
         self.note(|r| {
             r.prompt_tokens = Some(usage.prompt_tokens);
             r.completion_tokens = Some(usage.completion_tokens);
@@ -177,6 +185,9 @@ impl Recorder {
         }
         if let Some(code) = error.filter(|_| status >= 400) {
             self.meter.code(code);
+            if let Some(meter) = &self.tenant_meter {
+                meter.code(code);
+            }
         }
         if status >= 500 {
             self.meter.error();
@@ -200,6 +211,7 @@ impl Recorder {
             recent: self.recent.clone(),
             arrival: self.arrival,
             tenant: std::mem::take(&mut self.tenant),
+            tenant_meter: self.tenant_meter.take(),
             keep_content: self.keep_content,
             scopes: std::mem::take(&mut self.scopes),
             instance: self.instance.take(),

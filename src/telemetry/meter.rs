@@ -1,9 +1,9 @@
 //! Request, token and error counters, and per-second samples of them for rates and
 //! sparklines. Counting is a few relaxed atomic adds; a once-a-second task takes samples.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Seconds of samples kept (five minutes).
 const KEEP: usize = 300;
@@ -16,14 +16,93 @@ pub struct Meter {
     errors: AtomicU64,
     tokens: AtomicU64,
     samples: Mutex<VecDeque<Sample>>,
+    /// Answers that carried an error code: refusals (4xx) and failures (5xx).
+    coded: AtomicU64,
     /// Refusals and failures by their OpenAI error code.
-    codes: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    codes: Mutex<BTreeMap<&'static str, u64>>,
+    /// Each tenant's own counters, made on its first request.
+    tenants: RwLock<HashMap<String, Arc<TenantMeter>>>,
+}
+
+/// One tenant's counters: what it used over the last minute (to show next to its rpm and
+/// tpm limits) and what it was refused, by code.
+#[derive(Default)]
+pub struct TenantMeter {
+    requests: AtomicU64,
+    tokens: AtomicU64,
+    codes: Mutex<BTreeMap<&'static str, u64>>,
+    /// (requests, tokens) at each of the last 61 one-second samples: a minute apart.
+    minute: Mutex<VecDeque<(u64, u64)>>,
+}
+
+impl TenantMeter {
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn tokens(&self, n: u64) {
+        self.tokens.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn code(&self, code: &'static str) {
+        if let Ok(mut codes) = self.codes.lock() {
+            *codes.entry(code).or_insert(0) += 1;
+        }
+    }
+
+    fn sample(&self) {
+        let now = (
+            self.requests.load(Ordering::Relaxed),
+            self.tokens.load(Ordering::Relaxed),
+        );
+        if let Ok(mut minute) = self.minute.lock() {
+            if minute.len() == 61 {
+                minute.pop_front();
+            }
+            minute.push_back(now);
+        }
+    }
+
+    /// Requests and tokens since the sample a minute ago (everything, while the tenant
+    /// is younger than a minute), and refusals by code since start.
+    pub fn read(&self) -> TenantReading {
+        let oldest = self
+            .minute
+            .lock()
+            .ok()
+            .and_then(|m| m.front().copied())
+            .unwrap_or((0, 0));
+        let (requests_per_min, tokens_per_min) = (
+            self.requests
+                .load(Ordering::Relaxed)
+                .saturating_sub(oldest.0),
+            self.tokens.load(Ordering::Relaxed).saturating_sub(oldest.1),
+        );
+        TenantReading {
+            requests_per_min,
+            tokens_per_min,
+            refused: self
+                .codes
+                .lock()
+                .map(|c| c.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// What a tenant used and was refused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantReading {
+    pub requests_per_min: u64,
+    pub tokens_per_min: u64,
+    pub refused: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Sample {
     requests: u64,
     errors: u64,
+    coded: u64,
     tokens: u64,
     queued: u64,
 }
@@ -37,6 +116,8 @@ pub struct Reading {
     pub requests_per_sec: f64,
     pub tokens_per_sec: f64,
     pub error_rate: f64,
+    /// Share of recent requests refused (4xx with a code: limits, budgets, pauses).
+    pub refusal_rate: f64,
     pub queue_history: Vec<u64>,
 }
 
@@ -49,8 +130,38 @@ impl Meter {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A tenant's counters, made on first use.
+    pub fn tenant(&self, name: &str) -> Arc<TenantMeter> {
+        if let Some(found) = self.tenants.read().ok().and_then(|t| t.get(name).cloned()) {
+            return found;
+        }
+        let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        // Its minute starts at zero: the requests before its first sample count too.
+        tenants
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let fresh = TenantMeter::default();
+                if let Ok(mut minute) = fresh.minute.lock() {
+                    minute.push_back((0, 0));
+                }
+                Arc::new(fresh)
+            })
+            .clone()
+    }
+
+    /// What `name` used over the last minute and was refused; zeros before its first
+    /// request.
+    pub fn tenant_reading(&self, name: &str) -> TenantReading {
+        self.tenants
+            .read()
+            .ok()
+            .and_then(|t| t.get(name).map(|m| m.read()))
+            .unwrap_or_default()
+    }
+
     /// Counts an error answer by its code (`rate_limit_exceeded`, `upstream_error`, …).
     pub fn code(&self, code: &'static str) {
+        self.coded.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut codes) = self.codes.lock() {
             *codes.entry(code).or_insert(0) += 1;
         }
@@ -73,9 +184,15 @@ impl Meter {
         let sample = Sample {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            coded: self.coded.load(Ordering::Relaxed),
             tokens: self.tokens.load(Ordering::Relaxed),
             queued,
         };
+        if let Ok(tenants) = self.tenants.read() {
+            for tenant in tenants.values() {
+                tenant.sample();
+            }
+        }
         if let Ok(mut samples) = self.samples.lock() {
             if samples.len() == KEEP {
                 samples.pop_front();
@@ -89,26 +206,36 @@ impl Meter {
         let now = Sample {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            coded: self.coded.load(Ordering::Relaxed),
             tokens: self.tokens.load(Ordering::Relaxed),
             queued: 0,
         };
         let span = samples.len().min(RATE_WINDOW);
-        let (requests_per_sec, tokens_per_sec, error_rate) = match samples.len() {
-            0 => (0.0, 0.0, 0.0),
+        let (requests_per_sec, tokens_per_sec, error_rate, refusal_rate) = match samples.len() {
+            0 => (0.0, 0.0, 0.0, 0.0),
             n => {
                 let last = samples[n - 1];
                 let first = samples[n - span];
                 let secs = (span.max(2) - 1) as f64;
                 let requests = last.requests.saturating_sub(first.requests);
                 let errors = last.errors.saturating_sub(first.errors);
-                (
-                    requests as f64 / secs,
-                    last.tokens.saturating_sub(first.tokens) as f64 / secs,
+                // Coded answers that were not failures are refusals.
+                let refused = last
+                    .coded
+                    .saturating_sub(first.coded)
+                    .saturating_sub(errors);
+                let share = |n: u64| {
                     if requests == 0 {
                         0.0
                     } else {
-                        errors as f64 / requests as f64
-                    },
+                        (n as f64 / requests as f64).min(1.0)
+                    }
+                };
+                (
+                    requests as f64 / secs,
+                    last.tokens.saturating_sub(first.tokens) as f64 / secs,
+                    share(errors),
+                    share(refused),
                 )
             }
         };
@@ -119,6 +246,7 @@ impl Meter {
             requests_per_sec,
             tokens_per_sec,
             error_rate,
+            refusal_rate,
             queue_history: samples
                 .iter()
                 .skip(samples.len().saturating_sub(history))
@@ -150,5 +278,39 @@ mod tests {
         assert_eq!(reading.tokens_per_sec, 1000.0);
         assert!((reading.error_rate - 0.1).abs() < 1e-9);
         assert_eq!(reading.queue_history, [3, 4, 5]);
+    }
+
+    #[test]
+    fn a_tenant_reads_its_last_minute_and_its_refusals_by_code() {
+        let meter = Meter::default();
+        let acme = meter.tenant("acme");
+        assert!(Arc::ptr_eq(&acme, &meter.tenant("acme")));
+        // Younger than a minute: everything so far.
+        acme.request();
+        meter.sample(0);
+        acme.request();
+        assert_eq!(meter.tenant_reading("acme").requests_per_min, 2);
+        // 12 requests a second for 90 seconds: a steady 720 a minute.
+        for _ in 0..90 {
+            for _ in 0..12 {
+                acme.request();
+                acme.tokens(50);
+            }
+            meter.sample(0);
+        }
+        acme.code("rate_limit_exceeded");
+        acme.code("rate_limit_exceeded");
+        acme.code("tenant_paused");
+        let reading = meter.tenant_reading("acme");
+        assert_eq!(reading.requests_per_min, 720);
+        assert_eq!(reading.tokens_per_min, 720 * 50);
+        assert_eq!(
+            reading.refused,
+            [
+                ("rate_limit_exceeded".to_string(), 2),
+                ("tenant_paused".to_string(), 1)
+            ]
+        );
+        assert_eq!(meter.tenant_reading("nobody"), TenantReading::default());
     }
 }
