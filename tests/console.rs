@@ -260,7 +260,11 @@ fn model_with_fixture() -> Model {
 }
 
 fn draw(model: &Model) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(120, 26)).unwrap();
+    draw_at(model, 120, 26)
+}
+
+fn draw_at(model: &Model, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
     terminal.draw(|f| render(model, f)).unwrap();
     let buffer = terminal.backend().buffer();
     let mut text = String::new();
@@ -1110,4 +1114,87 @@ async fn the_numbers_an_operator_reads_are_what_clients_saw() {
     assert!(screen.contains("3  rate_limit_exceeded"), "{screen}");
     assert!(screen.contains("2  tenant_paused"), "{screen}");
     gw.stop().await;
+}
+
+#[test]
+fn each_view_keeps_its_own_filter_always_shown_and_esc_clears_it() {
+    let mut model = model_with_fixture();
+    key(&mut model, "2");
+    key(&mut model, "/");
+    for c in "init".chars() {
+        key(&mut model, &c.to_string());
+    }
+    key(&mut model, "enter");
+    assert_eq!(model.tenant_rows().len(), 1);
+    // Another action's message does not hide the filter.
+    key(&mut model, "s");
+    let screen = draw(&model);
+    assert!(screen.contains("filter: init (Esc clears)"), "{screen}");
+
+    // Streams has its own, and matches ids.
+    key(&mut model, "5");
+    assert_eq!(model.stream_rows().len(), 2);
+    assert!(!draw(&model).contains("filter: init"));
+    key(&mut model, "/");
+    for c in "str_2".chars() {
+        key(&mut model, &c.to_string());
+    }
+    key(&mut model, "enter");
+    assert_eq!(model.stream_rows().len(), 1);
+
+    key(&mut model, "2");
+    assert_eq!(
+        model.tenant_rows().len(),
+        1,
+        "the tenants' filter is still set"
+    );
+    key(&mut model, "esc");
+    assert_eq!(model.tenant_rows().len(), 3);
+    assert!(!draw(&model).contains("filter:"));
+    key(&mut model, "5");
+    assert_eq!(
+        model.stream_rows().len(),
+        1,
+        "only the current view's is cleared"
+    );
+}
+
+/// Every view at the smallest terminal an operator may have (80x24) and a large one
+/// (200x60): names whole, ids told apart, the footer within the width.
+#[test]
+fn every_view_reads_at_80x24_and_at_200x60() {
+    let mut model = model_with_fixture();
+    for (width, height) in [(80u16, 24u16), (200, 60)] {
+        for view in View::ALL {
+            model.view = view;
+            let screen = draw_at(&model, width, height);
+            insta::assert_snapshot!(
+                format!("{width}x{height}_{}", view.title().to_lowercase()),
+                screen
+            );
+            let footer = screen.lines().last().unwrap_or_default();
+            assert!(footer.chars().count() <= usize::from(width), "{footer}");
+            match view {
+                View::Tenants => {
+                    for name in ["acme", "globex", "initech"] {
+                        assert!(screen.contains(name), "{width}x{height}: {screen}");
+                    }
+                    assert!(screen.contains("REFUSED"), "{screen}");
+                }
+                View::Streams => {
+                    assert!(
+                        screen.contains("str_1") && screen.contains("str_2"),
+                        "{screen}"
+                    );
+                }
+                View::Regions => {
+                    assert!(
+                        screen.contains("us-east-a") && screen.contains("ap-south-a"),
+                        "{screen}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
 }

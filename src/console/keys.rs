@@ -55,6 +55,7 @@ pub enum Does {
     First,
     Last,
     Filter,
+    ClearFilter,
     Command,
     Pause,
     Sort,
@@ -78,6 +79,8 @@ pub struct Binding {
     pub keys: &'static [&'static str],
     pub label: &'static str,
     pub help: &'static str,
+    /// A word or two for the footer; empty: not in the footer.
+    pub hint: &'static str,
     /// The views where it applies; `None`: everywhere.
     pub views: Option<&'static [View]>,
     pub does: Does,
@@ -95,6 +98,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "q/^C",
         help: "quit",
         views: None,
+        hint: "quit",
         does: Does::Quit,
     },
     Binding {
@@ -102,6 +106,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "?",
         help: "help: every key",
         views: None,
+        hint: "help",
         does: Does::Help,
     },
     Binding {
@@ -109,6 +114,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "Tab",
         help: "next view",
         views: None,
+        hint: "",
         does: Does::NextView,
     },
     Binding {
@@ -116,6 +122,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "S-Tab",
         help: "previous view",
         views: None,
+        hint: "",
         does: Does::PrevView,
     },
     Binding {
@@ -123,6 +130,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "1",
         help: "overview",
         views: None,
+        hint: "",
         does: Does::GoTo(View::Overview),
     },
     Binding {
@@ -130,6 +138,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "2",
         help: "tenants",
         views: None,
+        hint: "",
         does: Does::GoTo(View::Tenants),
     },
     Binding {
@@ -137,6 +146,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "3",
         help: "regions",
         views: None,
+        hint: "",
         does: Does::GoTo(View::Regions),
     },
     Binding {
@@ -144,6 +154,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "4",
         help: "queues",
         views: None,
+        hint: "",
         does: Does::GoTo(View::Queues),
     },
     Binding {
@@ -151,6 +162,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "5",
         help: "streams",
         views: None,
+        hint: "",
         does: Does::GoTo(View::Streams),
     },
     Binding {
@@ -158,6 +170,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "6",
         help: "latency",
         views: None,
+        hint: "",
         does: Does::GoTo(View::Latency),
     },
     Binding {
@@ -165,6 +178,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "7",
         help: "events",
         views: None,
+        hint: "",
         does: Does::GoTo(View::Events),
     },
     Binding {
@@ -172,6 +186,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "j/↓",
         help: "select next",
         views: None,
+        hint: "",
         does: Does::Down,
     },
     Binding {
@@ -179,6 +194,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "k/↑",
         help: "select previous",
         views: None,
+        hint: "",
         does: Does::Up,
     },
     Binding {
@@ -186,6 +202,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "PgDn/^D",
         help: "page down",
         views: None,
+        hint: "",
         does: Does::PageDown,
     },
     Binding {
@@ -193,6 +210,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "PgUp/^U",
         help: "page up",
         views: None,
+        hint: "",
         does: Does::PageUp,
     },
     Binding {
@@ -200,6 +218,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "g/Home",
         help: "first row",
         views: None,
+        hint: "",
         does: Does::First,
     },
     Binding {
@@ -207,20 +226,31 @@ pub const KEYMAP: &[Binding] = &[
         label: "G/End",
         help: "last row",
         views: None,
+        hint: "",
         does: Does::Last,
     },
     Binding {
         keys: &["/"],
         label: "/",
-        help: "filter rows",
+        help: "filter this view's rows (each view keeps its own)",
         views: None,
+        hint: "filter",
         does: Does::Filter,
+    },
+    Binding {
+        keys: &["esc"],
+        label: "Esc",
+        help: "clear this view's filter",
+        views: None,
+        hint: "",
+        does: Does::ClearFilter,
     },
     Binding {
         keys: &[":"],
         label: ":",
         help: "command line (:drain us-east, :tier globex pro)",
         views: None,
+        hint: "command",
         does: Does::Command,
     },
     Binding {
@@ -228,6 +258,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "Space",
         help: "pause the view (data keeps flowing in)",
         views: None,
+        hint: "",
         does: Does::Pause,
     },
     Binding {
@@ -235,6 +266,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "s",
         help: "sort by the next column",
         views: Some(TENANTS),
+        hint: "sort",
         does: Does::Sort,
     },
     Binding {
@@ -242,6 +274,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "d",
         help: "drain the selected region or instance",
         views: Some(REGIONS),
+        hint: "drain",
         does: Does::Drain,
     },
     Binding {
@@ -249,6 +282,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "u",
         help: "undrain the selected region or instance",
         views: Some(REGIONS),
+        hint: "undrain",
         does: Does::Undrain,
     },
     Binding {
@@ -256,6 +290,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "e",
         help: "eject the selected instance",
         views: Some(REGIONS),
+        hint: "eject",
         does: Does::Eject,
     },
     Binding {
@@ -263,6 +298,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "r",
         help: "restore the selected instance",
         views: Some(REGIONS),
+        hint: "restore",
         does: Does::Restore,
     },
     Binding {
@@ -270,6 +306,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "p",
         help: "pause the selected tenant",
         views: Some(TENANTS),
+        hint: "pause",
         does: Does::PauseTenant,
     },
     Binding {
@@ -277,6 +314,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "P",
         help: "resume the selected tenant",
         views: Some(TENANTS),
+        hint: "resume",
         does: Does::ResumeTenant,
     },
     Binding {
@@ -284,6 +322,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "t",
         help: "change the selected tenant's tier",
         views: Some(TENANTS),
+        hint: "tier",
         does: Does::Tier,
     },
     Binding {
@@ -291,6 +330,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "l",
         help: "change the selected tenant's limits",
         views: Some(TENANTS),
+        hint: "limits",
         does: Does::Limits,
     },
     Binding {
@@ -298,6 +338,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "b",
         help: "reset the selected tenant's budget",
         views: Some(TENANTS),
+        hint: "reset budget",
         does: Does::ResetBudget,
     },
     Binding {
@@ -305,6 +346,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "x",
         help: "kill the selected stream",
         views: Some(STREAMS),
+        hint: "kill",
         does: Does::Kill,
     },
     Binding {
@@ -312,6 +354,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "Enter",
         help: "tail the selected stream's text",
         views: Some(STREAMS),
+        hint: "tail",
         does: Does::Tail,
     },
     Binding {
@@ -319,6 +362,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "w",
         help: "latency window: 10 s, 1 m, 5 m",
         views: Some(LATENCY),
+        hint: "window",
         does: Does::Window,
     },
     Binding {
@@ -326,6 +370,7 @@ pub const KEYMAP: &[Binding] = &[
         label: "a",
         help: "audit log: switch between events and audit records",
         views: Some(EVENTS),
+        hint: "audit log",
         does: Does::Audit,
     },
 ];
@@ -342,13 +387,9 @@ pub fn hints(view: View) -> Vec<(&'static str, &'static str)> {
     let own = KEYMAP
         .iter()
         .filter(|b| b.views.is_some_and(|vs| vs.contains(&view)));
-    let common = KEYMAP.iter().filter(|b| {
-        matches!(
-            b.does,
-            Does::Quit | Does::Help | Does::Filter | Does::Command
-        )
-    });
+    let common = KEYMAP.iter().filter(|b| b.views.is_none());
     own.chain(common)
-        .map(|b| (b.label, b.help.split(':').next().unwrap_or(b.help)))
+        .filter(|b| !b.hint.is_empty())
+        .map(|b| (b.label, b.hint))
         .collect()
 }

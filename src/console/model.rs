@@ -85,7 +85,8 @@ pub struct Model {
     pub anchors: [Option<String>; 7],
     /// Rows a page (PgDn, Ctrl-D) moves, from the terminal's height.
     pub page: usize,
-    pub filter: String,
+    /// Each view's filter: rows whose text contains it (case-insensitive).
+    pub filters: [String; 7],
     pub sort: Sort,
     pub status: Option<Status>,
     /// The stream whose text is tailed in the Streams view.
@@ -162,7 +163,7 @@ impl Model {
             selected: [0; 7],
             anchors: Default::default(),
             page: 10,
-            filter: String::new(),
+            filters: Default::default(),
             sort: Sort::Name,
             status: None,
             tailing: None,
@@ -188,8 +189,15 @@ impl Model {
         self.selected[self.view.index()]
     }
 
-    fn matches(&self, text: &str) -> bool {
-        self.filter.is_empty() || text.to_lowercase().contains(&self.filter.to_lowercase())
+    /// The current view's filter.
+    pub fn filter(&self) -> &str {
+        &self.filters[self.view.index()]
+    }
+
+    /// Whether `texts` (a row's) pass `view`'s filter.
+    fn matches(&self, view: View, texts: &[&str]) -> bool {
+        let filter = self.filters[view.index()].to_lowercase();
+        filter.is_empty() || texts.iter().any(|t| t.to_lowercase().contains(&filter))
     }
 
     /// Tenant names in display order (filtered, sorted).
@@ -198,7 +206,7 @@ impl Model {
             return Vec::new();
         };
         let mut rows: Vec<usize> = (0..s.tenants.len())
-            .filter(|i| self.matches(&s.tenants[*i].name) || self.matches(&s.tenants[*i].tier))
+            .filter(|i| self.matches(View::Tenants, &[&s.tenants[*i].name, &s.tenants[*i].tier]))
             .collect();
         let t = &s.tenants;
         match self.sort {
@@ -219,7 +227,7 @@ impl Model {
             let instances: Vec<&str> = r
                 .instances
                 .iter()
-                .filter(|i| self.matches(&i.name) || self.matches(&r.name))
+                .filter(|i| self.matches(View::Regions, &[&i.name, &r.name]))
                 .map(|i| i.name.as_str())
                 .collect();
             if instances.is_empty() {
@@ -241,7 +249,10 @@ impl Model {
         (0..s.streams.len())
             .filter(|i| {
                 let st = &s.streams[*i];
-                self.matches(&st.tenant) || self.matches(&st.model) || self.matches(&st.region)
+                self.matches(
+                    View::Streams,
+                    &[&st.id, &st.tenant, &st.model, &st.region, &st.instance],
+                )
             })
             .collect()
     }
@@ -254,7 +265,7 @@ impl Model {
         (0..s.latency.len())
             .filter(|i| {
                 let l = &s.latency[*i];
-                l.window == self.window && (self.matches(&l.scope) || self.matches(&l.metric))
+                l.window == self.window && self.matches(View::Latency, &[&l.scope, &l.metric])
             })
             .collect()
     }
@@ -263,7 +274,7 @@ impl Model {
         if let Some(records) = &self.audit {
             return (0..records.len())
                 .rev()
-                .filter(|i| self.matches(&records[*i].summary()))
+                .filter(|i| self.matches(View::Events, &[&records[*i].summary()]))
                 .collect();
         }
         let Some(s) = &self.snapshot else {
@@ -271,7 +282,7 @@ impl Model {
         };
         (0..s.events.len())
             .rev()
-            .filter(|i| self.matches(&s.events[*i].message))
+            .filter(|i| self.matches(View::Events, &[&s.events[*i].message]))
             .collect()
     }
 
@@ -691,25 +702,26 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
             }
         }
         Mode::Filter(mut text) => {
+            let view = model.view.index();
             match key {
                 "esc" | "ctrl-c" => {
-                    model.filter.clear();
+                    model.filters[view].clear();
                     model.mode = Mode::Normal;
                 }
                 "enter" => model.mode = Mode::Normal,
                 "backspace" => {
                     text.pop();
-                    model.filter = text.clone();
+                    model.filters[view] = text.clone();
                     model.mode = Mode::Filter(text);
                 }
                 k if k.chars().count() == 1 => {
                     text.push_str(k);
-                    model.filter = text.clone();
+                    model.filters[view] = text.clone();
                     model.mode = Mode::Filter(text);
                 }
                 "space" => {
                     text.push(' ');
-                    model.filter = text.clone();
+                    model.filters[view] = text.clone();
                     model.mode = Mode::Filter(text);
                 }
                 _ => {}
@@ -792,7 +804,14 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
         Does::PageUp => model.select(model.selected[index].saturating_sub(model.page)),
         Does::First => model.select(0),
         Does::Last => model.select(usize::MAX),
-        Does::Filter => model.mode = Mode::Filter(model.filter.clone()),
+        Does::Filter => model.mode = Mode::Filter(model.filter().to_string()),
+        Does::ClearFilter => {
+            if !model.filters[index].is_empty() {
+                model.filters[index].clear();
+                model.follow_selection();
+                model.flash("filter cleared", false);
+            }
+        }
         Does::Command => model.mode = Mode::Command(String::new()),
         Does::Pause => {
             model.paused = !model.paused;

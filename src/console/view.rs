@@ -169,7 +169,8 @@ fn render_tabs(model: &Model, frame: &mut Frame, area: Rect) {
     let tabs = Tabs::new(titles)
         .select(selected)
         .highlight_style(Style::new().fg(ACCENT).add_modifier(Modifier::BOLD))
-        .divider("│");
+        .padding("", "")
+        .divider(" │ ");
     frame.render_widget(tabs, area);
 }
 
@@ -177,30 +178,57 @@ fn render_status(model: &Model, frame: &mut Frame, area: Rect) {
     let line = match &model.mode {
         Mode::Filter(text) => Line::from(format!("/{text}▏")),
         Mode::Command(text) => Line::from(format!(":{text}▏")),
-        _ => match &model.status {
-            Some(status) => Line::styled(
-                status.text.clone(),
-                Style::new().fg(if status.error {
-                    Color::Red
-                } else {
-                    Color::Green
-                }),
-            ),
-            None if !model.filter.is_empty() => Line::from(format!("filter: {}", model.filter)),
-            None => Line::default(),
-        },
+        _ => {
+            // A filter set on this view is always shown, so rows never go missing
+            // silently.
+            let mut spans = Vec::new();
+            if !model.filter().is_empty() {
+                spans.push(Span::styled(
+                    format!(" filter: {} (Esc clears) ", model.filter()),
+                    Style::new().fg(Color::Black).bg(Color::Yellow),
+                ));
+                spans.push(Span::raw(" "));
+            }
+            if let Some(status) = &model.status {
+                spans.push(Span::styled(
+                    status.text.clone(),
+                    Style::new().fg(if status.error {
+                        Color::Red
+                    } else {
+                        Color::Green
+                    }),
+                ));
+            }
+            Line::from(spans)
+        }
     };
     frame.render_widget(line, area);
 }
 
+/// The view's keys, as many as fit the width; `? more` when some did not.
 fn render_footer(model: &Model, frame: &mut Frame, area: Rect) {
+    let hints = keys::hints(model.view);
+    let width = |key: &str, hint: &str| key.chars().count() + hint.chars().count() + 4;
+    let more = width("?", "more");
+    let mut room = usize::from(area.width);
     let mut spans = Vec::new();
-    for (key, help) in keys::hints(model.view) {
+    for (at, (key, hint)) in hints.iter().enumerate() {
+        let need = width(key, hint);
+        let last = at + 1 == hints.len();
+        if need + if last { 0 } else { more } > room {
+            spans.push(Span::styled(
+                " ? ",
+                Style::new().fg(Color::Black).bg(Color::Gray),
+            ));
+            spans.push(Span::raw(" more "));
+            break;
+        }
+        room -= need;
         spans.push(Span::styled(
             format!(" {key} "),
             Style::new().fg(Color::Black).bg(Color::Gray),
         ));
-        spans.push(Span::raw(format!(" {help} ")));
+        spans.push(Span::raw(format!(" {hint} ")));
     }
     frame.render_widget(Line::from(spans), area);
 }
@@ -472,6 +500,35 @@ fn fitting(columns: &[Column], width: u16) -> Vec<usize> {
     shown
 }
 
+/// A table of the columns that fit `width`; each row gives a cell for every column.
+fn fitted<'a>(
+    columns: &[Column],
+    rows: impl Iterator<Item = Vec<Cell<'a>>>,
+    width: u16,
+    title: &str,
+) -> Table<'a> {
+    let shown = fitting(columns, width);
+    let rows: Vec<Row> = rows
+        .map(|cells| {
+            Row::new(
+                cells
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(at, _)| shown.contains(at))
+                    .map(|(_, cell)| cell),
+            )
+        })
+        .collect();
+    let widths: Vec<Constraint> = shown
+        .iter()
+        .map(|i| Constraint::Length(columns[*i].width))
+        .collect();
+    let headers: Vec<&str> = shown.iter().map(|i| columns[*i].header).collect();
+    Table::new(rows, widths)
+        .header(Row::new(headers).style(Style::new().add_modifier(Modifier::BOLD)))
+        .block(block(title))
+}
+
 const TENANT_COLUMNS: [Column; 11] = [
     Column {
         header: "TENANT",
@@ -533,7 +590,6 @@ const TENANT_COLUMNS: [Column; 11] = [
 fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let rows = model.tenant_rows();
     let selected = model.selected[1];
-    let shown = fitting(&TENANT_COLUMNS, area.width);
     let table_rows = rows.iter().map(|i| {
         let t = &s.tenants[*i];
         let month = match t.limits.monthly_usd {
@@ -548,7 +604,7 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                 human_count,
             ),
         };
-        let mut cells = vec![
+        vec![
             Cell::from(t.name.clone()),
             // `*`: changed at run time, no longer the config file's.
             Cell::from(if t.changed.iter().any(|c| c == "tier") {
@@ -574,123 +630,130 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             Cell::from(t.queued.to_string()),
             // What differs from the config file, set by an operator at run time.
             Cell::from(t.changed.join(",")).style(Style::new().fg(Color::Yellow)),
-        ];
-        let mut kept = Vec::with_capacity(shown.len());
-        for (at, cell) in cells.drain(..).enumerate() {
-            if shown.contains(&at) {
-                kept.push(cell);
-            }
-        }
-        Row::new(kept)
+        ]
     });
     let title = format!(
         "tenants ({} shown, sorted by {}; rpm and tpm over the last minute)",
         rows.len(),
         model.sort.label()
     );
-    let widths: Vec<Constraint> = shown
-        .iter()
-        .map(|i| Constraint::Length(TENANT_COLUMNS[*i].width))
-        .collect();
-    let headers: Vec<&str> = shown.iter().map(|i| TENANT_COLUMNS[*i].header).collect();
-    let table = Table::new(table_rows, widths)
-        .header(Row::new(headers).style(Style::new().add_modifier(Modifier::BOLD)))
-        .block(block(&title));
+    let table = fitted(&TENANT_COLUMNS, table_rows, area.width, &title);
     scrolled(frame, table, area, selected);
 }
 
 fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let selected = model.selected[2];
-    let rows = model.region_rows().into_iter().map(|row| {
-        let cells = match row {
-            RegionRow::Region(name) => {
-                let r = s.regions.iter().find(|r| r.name == name);
-                let state = r.map(|r| r.state).unwrap_or_default();
-                vec![
-                    Cell::from(name).style(Style::new().add_modifier(Modifier::BOLD)),
-                    Cell::from(""),
-                    Cell::from(state.as_str()).style(region_style(state)),
-                    Cell::from(
-                        r.map(|r| format!("{:.0}% routable", r.routable * 100.0))
-                            .unwrap_or_default(),
-                    ),
-                    Cell::from(""),
-                    Cell::from(""),
-                    Cell::from(""),
-                ]
-            }
-            RegionRow::Instance { region, name } => {
-                let i = s
-                    .regions
-                    .iter()
-                    .filter(|r| r.name == region)
-                    .flat_map(|r| &r.instances)
-                    .find(|i| i.name == name);
-                match i {
-                    None => vec![Cell::from("")],
-                    Some(i) => {
-                        let detail = match (i.health.ejected_for_ms, i.health.cooling_for_ms) {
-                            (Some(ms), _) => format!("back in {:.0}s", ms as f64 / 1000.0),
-                            (_, Some(ms)) => format!("cool {:.1}s", ms as f64 / 1000.0),
-                            _ => String::new(),
-                        };
-                        vec![
-                            Cell::from(""),
-                            Cell::from(i.name.clone()),
-                            Cell::from(i.health.state.as_str())
-                                .style(instance_style(i.health.state)),
-                            Cell::from(detail),
-                            Cell::from(format!("{}/{}", i.in_flight, i.max_concurrency)),
-                            Cell::from(format!("{:.1}ms", i.latency_ms)),
-                            Cell::from(match (i.p50_ms, i.p99_ms) {
-                                (Some(p50), Some(p99)) => format!("{p50:.0}/{p99:.0}ms"),
-                                _ => "-".into(),
-                            }),
-                            Cell::from(format!("{:.1}%", i.error_rate * 100.0)),
-                            Cell::from(i.health.ejections.to_string()),
-                        ]
-                    }
+    let rows = model.region_rows().into_iter().map(|row| match row {
+        RegionRow::Region(name) => {
+            let r = s.regions.iter().find(|r| r.name == name);
+            let state = r.map(|r| r.state).unwrap_or_default();
+            vec![
+                Cell::from(name).style(Style::new().add_modifier(Modifier::BOLD)),
+                Cell::from(""),
+                Cell::from(state.as_str()).style(region_style(state)),
+                Cell::from(
+                    r.map(|r| format!("{:.0}% routable", r.routable * 100.0))
+                        .unwrap_or_default(),
+                ),
+                Cell::from(""),
+                Cell::from(""),
+                Cell::from(""),
+            ]
+        }
+        RegionRow::Instance { region, name } => {
+            let i = s
+                .regions
+                .iter()
+                .filter(|r| r.name == region)
+                .flat_map(|r| &r.instances)
+                .find(|i| i.name == name);
+            match i {
+                None => vec![Cell::from(""); REGION_COLUMNS.len()],
+                Some(i) => {
+                    let detail = match (i.health.ejected_for_ms, i.health.cooling_for_ms) {
+                        (Some(ms), _) => format!("back in {:.0}s", ms as f64 / 1000.0),
+                        (_, Some(ms)) => format!("cool {:.1}s", ms as f64 / 1000.0),
+                        _ => String::new(),
+                    };
+                    vec![
+                        Cell::from(""),
+                        Cell::from(i.name.clone()),
+                        Cell::from(i.health.state.as_str()).style(instance_style(i.health.state)),
+                        Cell::from(detail),
+                        Cell::from(format!("{}/{}", i.in_flight, i.max_concurrency)),
+                        Cell::from(format!("{:.1}ms", i.latency_ms)),
+                        Cell::from(match (i.p50_ms, i.p99_ms) {
+                            (Some(p50), Some(p99)) => format!("{p50:.0}/{p99:.0}ms"),
+                            _ => "-".into(),
+                        }),
+                        Cell::from(format!("{:.1}%", i.error_rate * 100.0)),
+                        Cell::from(i.health.ejections.to_string()),
+                    ]
                 }
             }
-        };
-        Row::new(cells)
+        }
     });
-    let table = Table::new(
+    let table = fitted(
+        &REGION_COLUMNS,
         rows,
-        [
-            Constraint::Length(10),
-            Constraint::Length(13),
-            Constraint::Length(19),
-            Constraint::Length(14),
-            Constraint::Length(9),
-            Constraint::Length(9),
-            Constraint::Length(13),
-            Constraint::Length(6),
-            Constraint::Length(9),
-        ],
-    )
-    .header(
-        Row::new([
-            "REGION",
-            "INSTANCE",
-            "HEALTH",
-            "",
-            "IN FLIGHT",
-            "TTFB",
-            "P50/P99",
-            "ERR",
-            "EJECTIONS",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(block("regions and instances"));
+        area.width,
+        "regions and instances (HDR EWMA: the balancer's average time to upstream headers; E2E: arrival to last byte)",
+    );
     scrolled(frame, table, area, selected);
 }
+
+const REGION_COLUMNS: [Column; 9] = [
+    Column {
+        header: "REGION",
+        width: 9,
+        keep: 8,
+    },
+    Column {
+        header: "INSTANCE",
+        width: 13,
+        keep: 9,
+    },
+    Column {
+        header: "HEALTH",
+        width: 13,
+        keep: 9,
+    },
+    Column {
+        header: "",
+        width: 14,
+        keep: 4,
+    },
+    Column {
+        header: "IN FLIGHT",
+        width: 9,
+        keep: 6,
+    },
+    Column {
+        header: "HDR EWMA",
+        width: 9,
+        keep: 3,
+    },
+    Column {
+        header: "E2E P50/99",
+        width: 12,
+        keep: 5,
+    },
+    Column {
+        header: "ERR",
+        width: 6,
+        keep: 7,
+    },
+    Column {
+        header: "EJECTIONS",
+        width: 9,
+        keep: 2,
+    },
+];
 
 fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let selected = model.selected[3];
     let rows = s.levels.iter().map(|l| {
-        Row::new(vec![
+        vec![
             Cell::from(l.tier.clone()),
             Cell::from(l.share.to_string()),
             Cell::from(l.seats.to_string()),
@@ -706,37 +769,56 @@ fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                     .find(|(tier, _)| *tier == l.tier)
                     .map_or("-".to_string(), |(_, rate)| format!("{rate:.1}")),
             ),
-        ])
+        ]
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(12),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(7),
-            Constraint::Length(9),
-            Constraint::Length(7),
-            Constraint::Length(12),
-            Constraint::Length(11),
-            Constraint::Length(8),
-        ],
-    )
-    .header(
-        Row::new([
-            "TIER",
-            "SHARE",
-            "SEATS",
-            "IN USE",
-            "BORROWED",
-            "QUEUED",
-            "OLDEST WAIT",
-            "DISPATCHED",
-            "PER SEC",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(block("priority levels"));
+    const COLUMNS: [Column; 9] = [
+        Column {
+            header: "TIER",
+            width: 12,
+            keep: 9,
+        },
+        Column {
+            header: "SHARE",
+            width: 5,
+            keep: 4,
+        },
+        Column {
+            header: "SEATS",
+            width: 5,
+            keep: 6,
+        },
+        Column {
+            header: "IN USE",
+            width: 6,
+            keep: 7,
+        },
+        Column {
+            header: "BORROWED",
+            width: 8,
+            keep: 3,
+        },
+        Column {
+            header: "QUEUED",
+            width: 6,
+            keep: 8,
+        },
+        Column {
+            header: "OLDEST WAIT",
+            width: 11,
+            keep: 7,
+        },
+        Column {
+            header: "DISPATCHED",
+            width: 10,
+            keep: 2,
+        },
+        Column {
+            header: "PER SEC",
+            width: 7,
+            keep: 5,
+        },
+    ];
+    let table = fitted(&COLUMNS, rows, area.width, "priority levels");
     scrolled(frame, table, area, selected);
 }
 
@@ -746,7 +828,7 @@ fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let selected = model.selected[4];
     let rows = model.stream_rows().into_iter().map(|i| {
         let st = &s.streams[i];
-        Row::new(vec![
+        vec![
             Cell::from(st.id.clone()),
             Cell::from(st.tenant.clone()),
             Cell::from(st.model.clone()),
@@ -754,27 +836,47 @@ fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             Cell::from(st.tokens.to_string()),
             Cell::from(format!("{:.1}", st.tokens_per_sec)),
             Cell::from(format!("{:.1}s", st.age_ms as f64 / 1000.0)),
-        ])
+        ]
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(20),
-            Constraint::Length(10),
-            Constraint::Length(14),
-            Constraint::Length(22),
-            Constraint::Length(7),
-            Constraint::Length(8),
-            Constraint::Length(7),
-        ],
-    )
-    .header(
-        Row::new([
-            "STREAM", "TENANT", "MODEL", "WHERE", "TOKENS", "TOK/S", "AGE",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD)),
-    )
-    .block(block(&format!("live streams ({})", s.streams.len())));
+    const COLUMNS: [Column; 7] = [
+        Column {
+            header: "STREAM",
+            width: 20,
+            keep: 9,
+        },
+        Column {
+            header: "TENANT",
+            width: 12,
+            keep: 8,
+        },
+        Column {
+            header: "MODEL",
+            width: 14,
+            keep: 6,
+        },
+        Column {
+            header: "WHERE",
+            width: 22,
+            keep: 3,
+        },
+        Column {
+            header: "TOKENS",
+            width: 7,
+            keep: 7,
+        },
+        Column {
+            header: "TOK/S",
+            width: 7,
+            keep: 4,
+        },
+        Column {
+            header: "AGE",
+            width: 7,
+            keep: 5,
+        },
+    ];
+    let title = format!("live streams ({})", s.streams.len());
+    let table = fitted(&COLUMNS, rows, list.width, &title);
     scrolled(frame, table, list, selected);
     let (title, text) = match model
         .tailing
@@ -810,7 +912,7 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let [table_area, charts] =
         Layout::vertical([Constraint::Min(5), Constraint::Length(9)]).areas(area);
     let rows = shown.iter().map(|i| &s.latency[*i]).map(|l| {
-        Row::new(vec![
+        vec![
             Cell::from(l.metric.clone()),
             Cell::from(l.scope.clone()),
             Cell::from(l.count.to_string()),
@@ -819,29 +921,52 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
             Cell::from(format!("{:.1}", l.p99_ms)),
             Cell::from(format!("{:.1}", l.p999_ms)),
             Cell::from(format!("{:.1}", l.max_ms)),
-        ])
+        ]
     });
-    let widths = [
-        Constraint::Length(9),
-        Constraint::Length(24),
-        Constraint::Length(7),
-        Constraint::Length(9),
-        Constraint::Length(9),
-        Constraint::Length(9),
-        Constraint::Length(9),
-        Constraint::Length(9),
+    const COLUMNS: [Column; 8] = [
+        Column {
+            header: "METRIC",
+            width: 8,
+            keep: 9,
+        },
+        Column {
+            header: "SCOPE",
+            width: 24,
+            keep: 9,
+        },
+        Column {
+            header: "COUNT",
+            width: 7,
+            keep: 6,
+        },
+        Column {
+            header: "P50 ms",
+            width: 8,
+            keep: 8,
+        },
+        Column {
+            header: "P90 ms",
+            width: 8,
+            keep: 4,
+        },
+        Column {
+            header: "P99 ms",
+            width: 8,
+            keep: 8,
+        },
+        Column {
+            header: "P99.9 ms",
+            width: 8,
+            keep: 3,
+        },
+        Column {
+            header: "MAX ms",
+            width: 8,
+            keep: 5,
+        },
     ];
-    let table = Table::new(rows, widths)
-        .header(
-            Row::new([
-                "METRIC", "SCOPE", "COUNT", "P50 ms", "P90 ms", "P99 ms", "P99.9 ms", "MAX ms",
-            ])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
-        )
-        .block(block(&format!(
-            "latency percentiles, last {} (w: window)",
-            model.window
-        )));
+    let title = format!("latency percentiles, last {} (w: window)", model.window);
+    let table = fitted(&COLUMNS, rows, table_area.width, &title);
     scrolled(frame, table, table_area, selected);
 
     let Some(l) = shown.get(selected).map(|i| &s.latency[*i]) else {
