@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::client::AdminClient;
 use crate::domain::records::{AuditQuery, AuditRecord};
-use crate::domain::snapshot::{Action, Snapshot};
+use crate::domain::snapshot::{Action, Snapshot, TenantDetail};
 use crate::gateway::Gateway;
 
 /// What a control sends a console.
@@ -44,6 +44,7 @@ pub enum Link {
 
 pub type Acted<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
 pub type Audited<'a> = Pin<Box<dyn Future<Output = Result<Vec<AuditRecord>, String>> + Send + 'a>>;
+pub type Detailed<'a> = Pin<Box<dyn Future<Output = Result<TenantDetail, String>> + Send + 'a>>;
 
 pub trait Control: Send + Sync + 'static {
     /// Starts feeding snapshots and link changes; the feed stops when the receiver drops.
@@ -52,6 +53,8 @@ pub trait Control: Send + Sync + 'static {
     fn act(&self, action: Action) -> Acted<'_>;
     /// Reads the audit log.
     fn audit(&self, query: AuditQuery) -> Audited<'_>;
+    /// One tenant in depth, for the drill-down.
+    fn tenant_detail(&self, tenant: String) -> Detailed<'_>;
     /// Where the gateway is, for the console's title.
     fn describe(&self) -> String;
     /// Whether quitting the console stops the gateway (`switchyard up`), so it asks first.
@@ -151,6 +154,10 @@ impl Control for InProcess {
         })
     }
 
+    fn tenant_detail(&self, tenant: String) -> Detailed<'_> {
+        Box::pin(async move { self.gateway.tenant_detail(&tenant).await })
+    }
+
     fn describe(&self) -> String {
         format!(
             "in-process gateway on {}",
@@ -189,6 +196,18 @@ impl Remote {
             client,
         })
     }
+}
+
+/// `text` as one URL path segment.
+fn url_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// Backoff between reconnection attempts: 250 ms doubling to at most 5 s.
@@ -242,6 +261,14 @@ impl Control for Remote {
             }
             let reply = self.client.get(&path).await.map_err(|e| e.to_string())?;
             serde_json::from_value(reply["records"].clone()).map_err(|e| e.to_string())
+        })
+    }
+
+    fn tenant_detail(&self, tenant: String) -> Detailed<'_> {
+        Box::pin(async move {
+            let path = format!("/admin/tenants/{}/detail", url_segment(&tenant));
+            let reply = self.client.get(&path).await.map_err(|e| e.to_string())?;
+            serde_json::from_value(reply).map_err(|e| format!("an unreadable detail: {e}"))
         })
     }
 

@@ -1198,3 +1198,94 @@ fn every_view_reads_at_80x24_and_at_200x60() {
         }
     }
 }
+
+fn detail_fixture() -> TenantDetail {
+    let tenant = fixture().tenants.remove(1);
+    TenantDetail {
+        tenant,
+        requests_per_sec: (0..300).map(|s| 5 + s % 7).collect(),
+        tokens_per_sec: (0..300).map(|s| 800 + (s % 5) * 100).collect(),
+        refused_per_sec: (0..300).map(|s| u64::from(s % 60 > 50)).collect(),
+        audit: vec![switchyard::domain::records::AuditRecord {
+            at_ms: 1_795_896_000_000,
+            kind: Some(switchyard::domain::records::AuditKind::Operator),
+            actor: Some("alice".into()),
+            outcome: Some("globex's limits: rpm 600, tpm 100000".into()),
+            ..Default::default()
+        }],
+        audit_unreadable: None,
+    }
+}
+
+#[test]
+fn enter_drills_into_a_tenant_and_esc_comes_back() {
+    let mut model = model_with_fixture();
+    key(&mut model, "2");
+    key(&mut model, "j");
+    assert_eq!(key(&mut model, "enter"), [Cmd::ReadDetail("globex".into())]);
+    assert!(draw(&model).contains("reading globex"));
+    // Every snapshot reads it again while it is open.
+    let cmds = update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    assert_eq!(cmds, [Cmd::ReadDetail("globex".into())]);
+    update(&mut model, Msg::Detail(Ok(Box::new(detail_fixture()))));
+    for (width, height) in [(80u16, 24u16), (200, 60)] {
+        let screen = draw_at(&model, width, height);
+        insta::assert_snapshot!(format!("{width}x{height}_tenant_detail"), screen);
+        assert!(screen.contains("globex (Esc returns)"), "{screen}");
+        assert!(screen.contains("requests/s (0 to 11)"), "{screen}");
+        assert!(screen.contains("refused/s (0 to 1)"), "{screen}");
+        assert!(
+            screen.contains("operator alice: globex's limits"),
+            "{screen}"
+        );
+    }
+    // Actions apply to the tenant shown.
+    key(&mut model, "p");
+    assert!(
+        matches!(&model.mode, Mode::Confirm { action: Action::PauseTenant { tenant }, .. } if tenant == "globex")
+    );
+    key(&mut model, "n");
+    key(&mut model, "esc");
+    assert!(model.detail.is_none());
+    assert!(draw(&model).contains("TENANT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_detail_comes_through_the_admin_api_with_its_seconds_and_records() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let toml =
+        config_for(&[("us-east", mock.url())], "").replace("[tiers.pro]", "[tiers.pro]\nrpm = 4");
+    let gw = TestGateway::from_toml(&toml).await;
+    for _ in 0..6 {
+        gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    }
+    let remote = Remote::new(&gw.daemon.admin_url().unwrap(), ADMIN_TOKEN, "alice", None).unwrap();
+    // The per-second history fills as the daemon samples, once a second.
+    let detail = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let detail = remote.tenant_detail("tenant-a".into()).await.unwrap();
+            if detail.requests_per_sec.iter().sum::<u64>() == 6 {
+                return detail;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("six requests in the history");
+    assert_eq!(detail.tenant.name, "tenant-a");
+    assert_eq!(detail.refused_per_sec.iter().sum::<u64>(), 2);
+    assert!(detail.tokens_per_sec.iter().sum::<u64>() > 0);
+    assert_eq!(
+        detail.tenant.refused,
+        [("rate_limit_exceeded".to_string(), 2)]
+    );
+    let requests = detail
+        .audit
+        .iter()
+        .filter(|r| r.tenant.as_deref() == Some("tenant-a"))
+        .count();
+    assert_eq!(requests, 6, "{:?}", detail.audit);
+    let missing = remote.tenant_detail("nobody".into()).await.unwrap_err();
+    assert!(missing.contains("no tenant"), "{missing}");
+    gw.stop().await;
+}

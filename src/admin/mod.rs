@@ -41,6 +41,7 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
     Router::new()
         .route("/admin/tenants", get(tenants))
         .route("/admin/tenants/{name}", get(tenant))
+        .route("/admin/tenants/{name}/detail", get(tenant_detail))
         .route("/admin/tenants/{name}/tier", post(set_tier))
         .route("/admin/tenants/{name}/limits", post(set_limits))
         .route("/admin/tenants/{name}/pause", post(pause))
@@ -176,6 +177,19 @@ async fn tenant(State(admin): State<Admin>, Path(name): Path<String>) -> Respons
             Json(view).into_response()
         }
         Err(e) => control_error(e),
+    }
+}
+
+/// One tenant in depth: its view, the last five minutes per second, its newest audit
+/// records (the console's drill-down).
+async fn tenant_detail(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.gateway.tenant_detail(&name).await {
+        Ok(detail) => Json(detail).into_response(),
+        Err(why) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"message": why, "type": "invalid_request_error", "param": null, "code": "not_found"}})),
+        )
+            .into_response(),
     }
 }
 

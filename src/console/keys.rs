@@ -56,6 +56,7 @@ pub enum Does {
     Last,
     Filter,
     ClearFilter,
+    Detail,
     Command,
     Pause,
     Sort,
@@ -240,7 +241,7 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &["esc"],
         label: "Esc",
-        help: "clear this view's filter",
+        help: "leave a tenant's detail, or clear this view's filter",
         views: None,
         hint: "",
         does: Does::ClearFilter,
@@ -340,6 +341,14 @@ pub const KEYMAP: &[Binding] = &[
         views: Some(TENANTS),
         hint: "reset budget",
         does: Does::ResetBudget,
+    },
+    Binding {
+        keys: &["enter"],
+        label: "Enter",
+        help: "the selected tenant in depth: its last five minutes, limits, audit records (Esc returns)",
+        hint: "detail",
+        views: Some(TENANTS),
+        does: Does::Detail,
     },
     Binding {
         keys: &["x"],

@@ -116,6 +116,7 @@ async fn run_loop(
     let (key_sender, mut keys) = mpsc::channel::<String>(64);
     let (acted_sender, mut acted) = mpsc::channel::<Result<String, String>>(16);
     let (audited_sender, mut audited) = mpsc::channel(4);
+    let (detailed_sender, mut detailed) = mpsc::channel(4);
 
     // Terminal input is blocking: read it on its own thread.
     let reader = tokio::task::spawn_blocking(move || {
@@ -154,6 +155,7 @@ async fn run_loop(
             Some(key) = keys.recv() => Msg::Key(key),
             Some(result) = acted.recv() => Msg::Acted(result),
             Some(records) = audited.recv() => Msg::Audit(records),
+            Some(detail) = detailed.recv() => Msg::Detail(detail),
             Some(item) = feed.recv() => {
                 if matches!(item, crate::control::Feed::Snapshot(_)) {
                     last_snapshot = Instant::now();
@@ -181,6 +183,14 @@ async fn run_loop(
         for cmd in model::update(&mut model, msg) {
             match cmd {
                 Cmd::StopGateway => control.stop_gateway(),
+                Cmd::ReadDetail(tenant) => {
+                    let control = control.clone();
+                    let sender = detailed_sender.clone();
+                    tokio::spawn(async move {
+                        let detail = control.tenant_detail(tenant).await.map(Box::new);
+                        let _ = sender.send(detail).await;
+                    });
+                }
                 Cmd::Act(action) => {
                     let control = control.clone();
                     let sender = acted_sender.clone();

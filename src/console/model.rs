@@ -5,7 +5,7 @@
 use crate::control::{Feed, Link};
 use crate::domain::Limits;
 use crate::domain::records::AuditRecord;
-use crate::domain::snapshot::{Action, Snapshot};
+use crate::domain::snapshot::{Action, Snapshot, TenantDetail};
 
 pub use super::keys::View;
 use super::keys::{self, Does};
@@ -102,6 +102,8 @@ pub struct Model {
     pub audit: Option<Vec<AuditRecord>>,
     /// Snapshots since the audit log was last asked for.
     pub audit_age: u32,
+    /// The tenant drilled into (Enter in Tenants), and what was last read of it.
+    pub detail: Option<(String, Option<Box<TenantDetail>>)>,
     /// Quitting stops the gateway (`switchyard up`), so it asks first.
     pub stops_gateway: bool,
     /// The gateway is stopping: the console shows its progress until it has.
@@ -123,6 +125,8 @@ pub enum Msg {
     Silence(u64),
     /// The terminal's height in rows.
     Height(u16),
+    /// A tenant in depth, or why it could not be read.
+    Detail(Result<Box<TenantDetail>, String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +136,8 @@ pub enum Cmd {
     StopGateway,
     /// Read the newest audit records.
     ReadAudit,
+    /// Read a tenant in depth.
+    ReadDetail(String),
 }
 
 /// Audit records the Events view shows at most.
@@ -172,6 +178,7 @@ impl Model {
             target: target.to_string(),
             audit: None,
             audit_age: 0,
+            detail: None,
             stops_gateway: false,
             stopping: false,
             exit_message: None,
@@ -611,10 +618,28 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
                 model.follow_selection();
             }
             model.audit_age += 1;
+            let mut cmds = Vec::new();
             if model.audit.is_some() && model.audit_age >= AUDIT_EVERY && !model.paused {
                 model.audit_age = 0;
-                return vec![Cmd::ReadAudit];
+                cmds.push(Cmd::ReadAudit);
             }
+            if let Some((tenant, _)) = &model.detail
+                && !model.paused
+            {
+                cmds.push(Cmd::ReadDetail(tenant.clone()));
+            }
+            cmds
+        }
+        Msg::Detail(Ok(detail)) => {
+            if let Some((tenant, shown)) = &mut model.detail
+                && *tenant == detail.tenant.name
+            {
+                *shown = Some(detail);
+            }
+            Vec::new()
+        }
+        Msg::Detail(Err(why)) => {
+            model.flash(why, true);
             Vec::new()
         }
         Msg::Audit(Ok(records)) => {
@@ -805,7 +830,19 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
         Does::First => model.select(0),
         Does::Last => model.select(usize::MAX),
         Does::Filter => model.mode = Mode::Filter(model.filter().to_string()),
+        Does::Detail => {
+            let Some(tenant) = model.selected_tenant() else {
+                model.flash("select a tenant first", true);
+                return Vec::new();
+            };
+            model.detail = Some((tenant.clone(), None));
+            return vec![Cmd::ReadDetail(tenant)];
+        }
         Does::ClearFilter => {
+            // Esc leaves a drill-down first, then clears the filter.
+            if model.view == View::Tenants && model.detail.take().is_some() {
+                return Vec::new();
+            }
             if !model.filters[index].is_empty() {
                 model.filters[index].clear();
                 model.follow_selection();

@@ -14,7 +14,7 @@ use super::keys::{self, KEYMAP};
 use super::model::{Mode, Model, RegionRow, View, human_bytes, human_count};
 use crate::control::Link;
 use crate::domain::records::AuditRecord;
-use crate::domain::snapshot::{EventKind, InstanceState, RegionState, Snapshot};
+use crate::domain::snapshot::{EventKind, InstanceState, RegionState, Snapshot, TenantDetail};
 
 const ACCENT: Color = Color::Cyan;
 const SELECTED: Style = Style::new().add_modifier(Modifier::REVERSED);
@@ -448,6 +448,118 @@ fn dollars(cents: u64) -> String {
     }
 }
 
+/// A tenant in depth: its state and limits against use, its last five minutes per
+/// second, its refusals by code and its newest audit records.
+fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
+    let t = &d.tenant;
+    let [top, charts, bottom] = Layout::vertical([
+        Constraint::Length(6),
+        Constraint::Length(6),
+        Constraint::Min(3),
+    ])
+    .areas(area);
+    let used = |name: &str, used: u64, limit: Option<u64>| {
+        let limit = limit.map_or("∞".to_string(), human_count);
+        format!("{name} {}/{limit}", human_count(used))
+    };
+    let mut state = vec![Span::styled(
+        format!("tier {}", t.tier),
+        Style::new().add_modifier(Modifier::BOLD),
+    )];
+    if t.paused {
+        state.push(Span::styled("  PAUSED", Style::new().fg(Color::Red)));
+    }
+    if !t.changed.is_empty() {
+        state.push(Span::styled(
+            format!("  changed at run time: {}", t.changed.join(", ")),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    let lines = vec![
+        Line::from(state),
+        Line::from(format!("limits: {}", t.limits.summary())),
+        Line::from(format!(
+            "last minute: {}, {}   now: {} in flight, {} queued, p99 {}",
+            used("requests", t.requests_last_minute, t.limits.rpm),
+            used("tokens", t.tokens_last_minute, t.limits.tpm),
+            t.in_flight,
+            t.queued,
+            t.p99_ms.map_or("-".to_string(), |p| format!("{p:.0}ms")),
+        )),
+        Line::from(format!(
+            "today: {} (${:.2})   month: {} (${:.2})",
+            used("tokens", t.day.tokens, t.limits.daily_tokens),
+            t.day.cost_usd,
+            used("tokens", t.month.tokens, t.limits.monthly_tokens),
+            t.month.cost_usd,
+        )),
+    ];
+    frame.render_widget(
+        Paragraph::new(lines).block(block(&format!("{} (Esc returns)", t.name))),
+        top,
+    );
+
+    let [requests, refused, tokens] = Layout::horizontal([
+        Constraint::Ratio(1, 3),
+        Constraint::Ratio(1, 3),
+        Constraint::Ratio(1, 3),
+    ])
+    .areas(charts);
+    // The newest seconds that fit, each chart with its scale in its title.
+    let chart = |frame: &mut Frame, area: Rect, name: &str, data: &[u64], color: Color| {
+        let fits = usize::from(area.width.saturating_sub(2));
+        let data = &data[data.len().saturating_sub(fits)..];
+        let peak = data.iter().copied().max().unwrap_or(0);
+        frame.render_widget(
+            Sparkline::default()
+                .block(block(&format!("{name} (0 to {})", human_count(peak))))
+                .data(data)
+                .max(peak.max(1))
+                .style(Style::new().fg(color)),
+            area,
+        );
+    };
+    chart(frame, requests, "requests/s", &d.requests_per_sec, ACCENT);
+    chart(frame, refused, "refused/s", &d.refused_per_sec, Color::Red);
+    chart(frame, tokens, "tokens/s", &d.tokens_per_sec, Color::Green);
+
+    let [codes, audit] =
+        Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(bottom);
+    let mut by_code: Vec<&(String, u64)> = t.refused.iter().collect();
+    by_code.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let lines: Vec<Line> = if by_code.is_empty() {
+        vec![Line::from("none")]
+    } else {
+        by_code
+            .iter()
+            .map(|(code, n)| Line::from(format!("{:>6}  {code}", human_count(*n))))
+            .collect()
+    };
+    frame.render_widget(
+        Paragraph::new(lines).block(block("refused, by code")),
+        codes,
+    );
+    let lines: Vec<Line> = match &d.audit_unreadable {
+        Some(why) => vec![Line::styled(why.clone(), Style::new().fg(Color::Red))],
+        None => d
+            .audit
+            .iter()
+            .rev()
+            .take(usize::from(audit.height.saturating_sub(2)))
+            .map(|r| {
+                Line::from(vec![
+                    Span::styled(clock(r.at_ms), Style::new().fg(Color::DarkGray)),
+                    Span::raw(format!(" {}", r.summary())),
+                ])
+            })
+            .collect(),
+    };
+    frame.render_widget(
+        Paragraph::new(lines).block(block("audit records, newest first")),
+        audit,
+    );
+}
+
 /// What a refusal code is called in a narrow column.
 fn refusal_label(code: &str) -> &str {
     match code {
@@ -588,6 +700,16 @@ const TENANT_COLUMNS: [Column; 11] = [
 ];
 
 fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    if let Some((tenant, detail)) = &model.detail {
+        match detail {
+            Some(detail) => tenant_detail(detail, frame, area),
+            None => frame.render_widget(
+                Paragraph::new(format!("reading {tenant}…")).block(block(tenant)),
+                area,
+            ),
+        }
+        return;
+    }
     let rows = model.tenant_rows();
     let selected = model.selected[1];
     let table_rows = rows.iter().map(|i| {

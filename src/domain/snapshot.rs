@@ -291,6 +291,22 @@ pub struct HealthView {
     pub manual_eject: bool,
 }
 
+/// One tenant in depth, for the console's drill-down: its state, the last five minutes
+/// second by second, and its newest audit records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantDetail {
+    pub tenant: TenantView,
+    /// Requests, tokens and refused answers in each of the last seconds, oldest first.
+    pub requests_per_sec: Vec<u64>,
+    pub tokens_per_sec: Vec<u64>,
+    pub refused_per_sec: Vec<u64>,
+    /// Its newest audit records (requests and operators' actions), newest last.
+    pub audit: Vec<super::records::AuditRecord>,
+    /// Why the audit records are missing, when the log could not be read.
+    #[serde(default)]
+    pub audit_unreadable: Option<String>,
+}
+
 /// A live streamed answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamView {

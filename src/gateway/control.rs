@@ -7,9 +7,14 @@ use std::time::Duration;
 use super::Gateway;
 use crate::admission::ControlError;
 use crate::domain::Limits;
-use crate::domain::records::{AuditKind, AuditRecord};
+use crate::domain::records::{AuditKind, AuditQuery, AuditRecord};
 use crate::domain::snapshot::answers;
-use crate::domain::snapshot::{Action, AuditView, EventKind, Snapshot, Totals};
+use crate::domain::snapshot::{
+    Action, AuditView, EventKind, Snapshot, TenantDetail, TenantView, Totals,
+};
+
+/// Audit records a tenant's drill-down shows.
+const DETAIL_AUDIT_RECORDS: usize = 50;
 use crate::router::RouteControlError;
 
 impl Gateway {
@@ -23,16 +28,7 @@ impl Gateway {
             .admission
             .views()
             .into_iter()
-            .map(|mut t| {
-                t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
-                t.p99_ms = recent.get(&format!("tenant:{}", t.name)).map(|p| p.1);
-                t.changed = self.tenant_override(&t.name).changed();
-                let used = self.meter.tenant_reading(&t.name);
-                t.requests_last_minute = used.requests_per_min;
-                t.tokens_last_minute = used.tokens_per_min;
-                t.refused = used.refused;
-                t
-            })
+            .map(|t| self.dress(t, &queued_by_tenant, &recent))
             .collect::<Vec<_>>();
         let mut regions = self.router.views();
         for instance in regions.iter_mut().flat_map(|r| r.instances.iter_mut()) {
@@ -77,6 +73,61 @@ impl Gateway {
             },
             persistence_degraded: self.persistence.degraded(),
         }
+    }
+
+    /// A tenant's view from admission, with what the scheduler, the latency recorder,
+    /// the overrides and the meter know of it.
+    fn dress(
+        &self,
+        mut t: TenantView,
+        queued_by_tenant: &std::collections::HashMap<String, u64>,
+        recent: &std::collections::HashMap<String, (f64, f64)>,
+    ) -> TenantView {
+        t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
+        t.p99_ms = recent.get(&format!("tenant:{}", t.name)).map(|p| p.1);
+        t.changed = self.tenant_override(&t.name).changed();
+        let used = self.meter.tenant_reading(&t.name);
+        t.requests_last_minute = used.requests_per_min;
+        t.tokens_last_minute = used.tokens_per_min;
+        t.refused = used.refused;
+        t
+    }
+
+    /// One tenant in depth: as the snapshot shows it, its last five minutes second by
+    /// second, and its newest audit records.
+    pub async fn tenant_detail(&self, name: &str) -> Result<TenantDetail, String> {
+        let tenant = self.admission.view(name).map_err(|e| e.to_string())?;
+        let tenant = self.dress(
+            tenant,
+            &self.scheduler.queued_by_tenant(),
+            &self.recent.percentiles(),
+        );
+        let (requests_per_sec, tokens_per_sec, refused_per_sec) = self
+            .meter
+            .tenant_if_seen(name)
+            .map(|m| m.per_second())
+            .unwrap_or_default();
+        let query = AuditQuery {
+            tenant: Some(name.to_string()),
+            limit: DETAIL_AUDIT_RECORDS,
+            ..AuditQuery::default()
+        };
+        // A failing disk costs the records, not the rest of the picture.
+        let (audit, audit_unreadable) = match self.read_audit(query).await {
+            Ok(records) => (records, None),
+            Err(e) => (
+                Vec::new(),
+                Some(format!("the audit log cannot be read: {e}")),
+            ),
+        };
+        Ok(TenantDetail {
+            tenant,
+            requests_per_sec,
+            tokens_per_sec,
+            refused_per_sec,
+            audit,
+            audit_unreadable,
+        })
     }
 
     /// Drops one tenant's kept answers, or all of them.

@@ -31,9 +31,14 @@ pub struct TenantMeter {
     requests: AtomicU64,
     tokens: AtomicU64,
     codes: Mutex<BTreeMap<&'static str, u64>>,
-    /// (requests, tokens) at each of the last 61 one-second samples: a minute apart.
-    minute: Mutex<VecDeque<(u64, u64)>>,
+    refused: AtomicU64,
+    /// (requests, tokens, refused) at each of the last one-second samples, oldest first:
+    /// five minutes of history for the console's drill-down, the last minute for rates.
+    history: Mutex<VecDeque<(u64, u64, u64)>>,
 }
+
+/// One-second samples kept per tenant: five minutes, and the one before.
+const TENANT_HISTORY: usize = 301;
 
 impl TenantMeter {
     pub fn request(&self) {
@@ -45,38 +50,57 @@ impl TenantMeter {
     }
 
     pub fn code(&self, code: &'static str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut codes) = self.codes.lock() {
             *codes.entry(code).or_insert(0) += 1;
         }
     }
 
-    fn sample(&self) {
-        let now = (
+    fn now(&self) -> (u64, u64, u64) {
+        (
             self.requests.load(Ordering::Relaxed),
             self.tokens.load(Ordering::Relaxed),
-        );
-        if let Ok(mut minute) = self.minute.lock() {
-            if minute.len() == 61 {
-                minute.pop_front();
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+
+    fn sample(&self) {
+        let now = self.now();
+        if let Ok(mut history) = self.history.lock() {
+            if history.len() == TENANT_HISTORY {
+                history.pop_front();
             }
-            minute.push_back(now);
+            history.push_back(now);
         }
+    }
+
+    /// Requests, tokens and refusals in each second sampled, oldest first (up to five
+    /// minutes).
+    pub fn per_second(&self) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+        let history = self.history.lock().map(|h| h.clone()).unwrap_or_default();
+        let steps = history.iter().zip(history.iter().skip(1));
+        let mut out = (Vec::new(), Vec::new(), Vec::new());
+        for (before, after) in steps {
+            out.0.push(after.0.saturating_sub(before.0));
+            out.1.push(after.1.saturating_sub(before.1));
+            out.2.push(after.2.saturating_sub(before.2));
+        }
+        out
     }
 
     /// Requests and tokens since the sample a minute ago (everything, while the tenant
     /// is younger than a minute), and refusals by code since start.
     pub fn read(&self) -> TenantReading {
         let oldest = self
-            .minute
+            .history
             .lock()
             .ok()
-            .and_then(|m| m.front().copied())
-            .unwrap_or((0, 0));
+            .and_then(|h| h.get(h.len().saturating_sub(61)).copied())
+            .unwrap_or((0, 0, 0));
+        let now = self.now();
         let (requests_per_min, tokens_per_min) = (
-            self.requests
-                .load(Ordering::Relaxed)
-                .saturating_sub(oldest.0),
-            self.tokens.load(Ordering::Relaxed).saturating_sub(oldest.1),
+            now.0.saturating_sub(oldest.0),
+            now.1.saturating_sub(oldest.1),
         );
         TenantReading {
             requests_per_min,
@@ -141,12 +165,17 @@ impl Meter {
             .entry(name.to_string())
             .or_insert_with(|| {
                 let fresh = TenantMeter::default();
-                if let Ok(mut minute) = fresh.minute.lock() {
-                    minute.push_back((0, 0));
+                if let Ok(mut history) = fresh.history.lock() {
+                    history.push_back((0, 0, 0));
                 }
                 Arc::new(fresh)
             })
             .clone()
+    }
+
+    /// `name`'s counters, if it made a request yet.
+    pub fn tenant_if_seen(&self, name: &str) -> Option<Arc<TenantMeter>> {
+        self.tenants.read().ok().and_then(|t| t.get(name).cloned())
     }
 
     /// What `name` used over the last minute and was refused; zeros before its first
@@ -312,5 +341,14 @@ mod tests {
             ]
         );
         assert_eq!(meter.tenant_reading("nobody"), TenantReading::default());
+        let (requests, tokens, refused) = acme.per_second();
+        assert_eq!(requests.len(), 91, "every second sampled");
+        assert!(requests[2..].iter().all(|n| *n == 12), "{requests:?}");
+        assert!(tokens[2..].iter().all(|n| *n == 600));
+        assert_eq!(
+            refused.iter().sum::<u64>(),
+            0,
+            "refused after the last sample"
+        );
     }
 }
