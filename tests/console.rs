@@ -13,7 +13,7 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use reqwest::Method;
 use serde_json::json;
-use switchyard::console::model::{Cmd, Mode, Model, Msg, View, update};
+use switchyard::console::model::{Cmd, Mode, Model, Msg, Sort, View, update};
 use switchyard::console::view::render;
 use switchyard::control::{Control, Feed, Link, Remote};
 use switchyard::domain::Limits;
@@ -294,6 +294,17 @@ fn command(model: &mut Model, line: &str) -> Vec<Cmd> {
     key(model, "enter")
 }
 
+/// Presses `s` until the tenants are sorted by `sort` (at most once round).
+fn sort_by(model: &mut Model, sort: Sort) {
+    for _ in 0..12 {
+        if model.sort == sort {
+            return;
+        }
+        key(model, "s");
+    }
+    panic!("s never sorts by {sort:?}");
+}
+
 fn key(model: &mut Model, key: &str) -> Vec<Cmd> {
     update(model, Msg::Key(key.into()))
 }
@@ -454,7 +465,7 @@ fn the_command_line_parses_tier_and_limits() {
 fn tenants_sort_filter_and_pause_from_the_keyboard() {
     let mut model = model_with_fixture();
     key(&mut model, "2");
-    key(&mut model, "s");
+    sort_by(&mut model, Sort::TokensToday);
     let first = model.tenant_rows()[0];
     assert_eq!(
         model.snapshot.as_ref().unwrap().tenants[first].name,
@@ -845,7 +856,7 @@ fn the_selection_follows_its_tenant_when_rows_move() {
     // Sorted by name: acme, globex, initech. Select globex.
     key(&mut model, "j");
     // Sort by tokens today: globex first now, and still selected.
-    key(&mut model, "s");
+    sort_by(&mut model, Sort::TokensToday);
     assert_eq!(model.selected[1], 0);
     // A refresh where acme overtakes globex moves globex down; the selection goes along.
     let mut next = fixture();
@@ -1288,4 +1299,37 @@ async fn a_tenants_detail_comes_through_the_admin_api_with_its_seconds_and_recor
     let missing = remote.tenant_detail("nobody".into()).await.unwrap_err();
     assert!(missing.contains("no tenant"), "{missing}");
     gw.stop().await;
+}
+
+#[test]
+fn tenants_sort_by_any_column_both_ways_marked_in_the_header() {
+    let mut model = model_with_fixture();
+    key(&mut model, "2");
+    let names = |model: &Model| -> Vec<String> {
+        let s = model.snapshot.as_ref().unwrap();
+        model
+            .tenant_rows()
+            .iter()
+            .map(|i| s.tenants[*i].name.clone())
+            .collect()
+    };
+    assert!(draw(&model).contains("TENANT▲"));
+    sort_by(&mut model, Sort::Queued);
+    assert_eq!(
+        names(&model),
+        ["globex", "initech", "acme"],
+        "most queued first"
+    );
+    assert!(draw(&model).contains("QUEUED▼"), "{}", draw(&model));
+    key(&mut model, "S");
+    assert_eq!(names(&model), ["acme", "initech", "globex"]);
+    assert!(draw(&model).contains("QUEUED▲"));
+    sort_by(&mut model, Sort::Refused);
+    assert_eq!(names(&model)[0], "initech", "the only one refused");
+    sort_by(&mut model, Sort::Tier);
+    assert_eq!(
+        names(&model),
+        ["acme", "initech", "globex"],
+        "enterprise, free, pro"
+    );
 }

@@ -60,6 +60,7 @@ pub enum Does {
     Command,
     Pause,
     Sort,
+    Reverse,
     Drain,
     Undrain,
     Eject,
@@ -265,10 +266,18 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &["s"],
         label: "s",
-        help: "sort by the next column",
+        help: "sort by the next column (marked ▲/▼ in the header)",
         views: Some(TENANTS),
         hint: "sort",
         does: Does::Sort,
+    },
+    Binding {
+        keys: &["S"],
+        label: "S",
+        help: "reverse the sort",
+        hint: "",
+        views: Some(TENANTS),
+        does: Does::Reverse,
     },
     Binding {
         keys: &["d"],

@@ -29,32 +29,74 @@ pub enum Mode {
     },
 }
 
-/// How tenants are sorted.
+/// The tenants column rows are sorted by; each matches a column of the Tenants view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
     Name,
+    Tier,
+    Paused,
+    Rpm,
+    Tpm,
+    Concurrency,
     TokensToday,
+    Month,
+    Refused,
     Queued,
-    InFlight,
 }
 
 impl Sort {
+    const ALL: [Sort; 10] = [
+        Sort::Name,
+        Sort::Tier,
+        Sort::Paused,
+        Sort::Rpm,
+        Sort::Tpm,
+        Sort::Concurrency,
+        Sort::TokensToday,
+        Sort::Month,
+        Sort::Refused,
+        Sort::Queued,
+    ];
+
     fn next(self) -> Sort {
-        match self {
-            Sort::Name => Sort::TokensToday,
-            Sort::TokensToday => Sort::Queued,
-            Sort::Queued => Sort::InFlight,
-            Sort::InFlight => Sort::Name,
-        }
+        let at = Sort::ALL.iter().position(|s| *s == self).unwrap_or(0);
+        Sort::ALL[(at + 1) % Sort::ALL.len()]
     }
 
     pub fn label(self) -> &'static str {
         match self {
             Sort::Name => "name",
+            Sort::Tier => "tier",
+            Sort::Paused => "paused",
+            Sort::Rpm => "requests last minute",
+            Sort::Tpm => "tokens last minute",
+            Sort::Concurrency => "in flight",
             Sort::TokensToday => "tokens today",
+            Sort::Month => "this month",
+            Sort::Refused => "refused",
             Sort::Queued => "queued",
-            Sort::InFlight => "in flight",
         }
+    }
+
+    /// The Tenants view's column header this sort is by.
+    pub fn header(self) -> &'static str {
+        match self {
+            Sort::Name => "TENANT",
+            Sort::Tier => "TIER",
+            Sort::Paused => "",
+            Sort::Rpm => "RPM",
+            Sort::Tpm => "TPM",
+            Sort::Concurrency => "CONC",
+            Sort::TokensToday => "TODAY",
+            Sort::Month => "MONTH",
+            Sort::Refused => "REFUSED",
+            Sort::Queued => "QUEUED",
+        }
+    }
+
+    /// Names and tiers read best A to Z; amounts largest first.
+    fn descends_first(self) -> bool {
+        !matches!(self, Sort::Name | Sort::Tier)
     }
 }
 
@@ -88,6 +130,8 @@ pub struct Model {
     /// Each view's filter: rows whose text contains it (case-insensitive).
     pub filters: [String; 7],
     pub sort: Sort,
+    /// Largest (or Z) first.
+    pub descending: bool,
     pub status: Option<Status>,
     /// The stream whose text is tailed in the Streams view.
     pub tailing: Option<String>,
@@ -171,6 +215,7 @@ impl Model {
             page: 10,
             filters: Default::default(),
             sort: Sort::Name,
+            descending: false,
             status: None,
             tailing: None,
             window: "1m",
@@ -216,12 +261,30 @@ impl Model {
             .filter(|i| self.matches(View::Tenants, &[&s.tenants[*i].name, &s.tenants[*i].tier]))
             .collect();
         let t = &s.tenants;
-        match self.sort {
-            Sort::Name => rows.sort_by(|a, b| t[*a].name.cmp(&t[*b].name)),
-            Sort::TokensToday => rows.sort_by(|a, b| t[*b].day.tokens.cmp(&t[*a].day.tokens)),
-            Sort::Queued => rows.sort_by(|a, b| t[*b].queued.cmp(&t[*a].queued)),
-            Sort::InFlight => rows.sort_by(|a, b| t[*b].in_flight.cmp(&t[*a].in_flight)),
-        }
+        let refused = |i: usize| t[i].refused.iter().map(|(_, n)| n).sum::<u64>();
+        let amount = |i: usize| -> u64 {
+            match self.sort {
+                Sort::Paused => u64::from(t[i].paused),
+                Sort::Rpm => t[i].requests_last_minute,
+                Sort::Tpm => t[i].tokens_last_minute,
+                Sort::Concurrency => u64::from(t[i].in_flight),
+                Sort::TokensToday => t[i].day.tokens,
+                Sort::Month => (t[i].month.cost_usd * 100.0) as u64 + t[i].month.tokens,
+                Sort::Refused => refused(i),
+                Sort::Queued => t[i].queued,
+                Sort::Name | Sort::Tier => 0,
+            }
+        };
+        // Ties go by name, so equal rows keep a stable order between refreshes.
+        rows.sort_by(|a, b| {
+            let by = match self.sort {
+                Sort::Name => t[*a].name.cmp(&t[*b].name),
+                Sort::Tier => t[*a].tier.cmp(&t[*b].tier),
+                _ => amount(*a).cmp(&amount(*b)),
+            };
+            let by = if self.descending { by.reverse() } else { by };
+            by.then_with(|| t[*a].name.cmp(&t[*b].name))
+        });
         rows
     }
 
@@ -869,8 +932,25 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
         }
         Does::Sort => {
             model.sort = model.sort.next();
+            model.descending = model.sort.descends_first();
             model.follow_selection();
             model.flash(format!("sorted by {}", model.sort.label()), false);
+        }
+        Does::Reverse => {
+            model.descending = !model.descending;
+            model.follow_selection();
+            model.flash(
+                format!(
+                    "sorted by {}, {}",
+                    model.sort.label(),
+                    if model.descending {
+                        "descending"
+                    } else {
+                        "ascending"
+                    }
+                ),
+                false,
+            );
         }
         Does::Drain | Does::Undrain | Does::Eject | Does::Restore => {
             let Some(row) = model.selected_region_row() else {

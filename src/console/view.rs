@@ -619,6 +619,17 @@ fn fitted<'a>(
     width: u16,
     title: &str,
 ) -> Table<'a> {
+    sorted_table(columns, rows, width, title, None)
+}
+
+/// The same, with the column rows are sorted by marked ▲ (ascending) or ▼.
+fn sorted_table<'a>(
+    columns: &[Column],
+    rows: impl Iterator<Item = Vec<Cell<'a>>>,
+    width: u16,
+    title: &str,
+    sorted: Option<(&str, bool)>,
+) -> Table<'a> {
     let shown = fitting(columns, width);
     let rows: Vec<Row> = rows
         .map(|cells| {
@@ -635,7 +646,15 @@ fn fitted<'a>(
         .iter()
         .map(|i| Constraint::Length(columns[*i].width))
         .collect();
-    let headers: Vec<&str> = shown.iter().map(|i| columns[*i].header).collect();
+    let headers: Vec<String> = shown
+        .iter()
+        .map(|i| match sorted {
+            Some((header, descending)) if header == columns[*i].header => {
+                format!("{header}{}", if descending { "▼" } else { "▲" })
+            }
+            _ => columns[*i].header.to_string(),
+        })
+        .collect();
     Table::new(rows, widths)
         .header(Row::new(headers).style(Style::new().add_modifier(Modifier::BOLD)))
         .block(block(title))
@@ -689,7 +708,7 @@ const TENANT_COLUMNS: [Column; 11] = [
     },
     Column {
         header: "QUEUED",
-        width: 6,
+        width: 7,
         keep: 5,
     },
     Column {
@@ -759,7 +778,13 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         rows.len(),
         model.sort.label()
     );
-    let table = fitted(&TENANT_COLUMNS, table_rows, area.width, &title);
+    let table = sorted_table(
+        &TENANT_COLUMNS,
+        table_rows,
+        area.width,
+        &title,
+        Some((model.sort.header(), model.descending)),
+    );
     scrolled(frame, table, area, selected);
 }
 
