@@ -63,7 +63,19 @@ pub trait Control: Send + Sync + 'static {
     }
     /// Starts stopping the gateway; the feed reports `Link::Stopped` once it has.
     fn stop_gateway(&self) {}
+    /// A line to greet the operator with (the demo's admin URL and token).
+    fn greeting(&self) -> Option<String> {
+        None
+    }
+    /// Takes a region's simulated upstreams down for a while: only the demo has them.
+    fn simulate_outage(&self, region: &str) -> Result<String, String> {
+        let _ = region;
+        Err("outages are simulated only in `switchyard demo`".into())
+    }
 }
+
+/// What the demo does when the operator asks for an outage.
+pub type OutageSwitch = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
 /// How `switchyard up` stops its gateway from the console: the console asks through
 /// `requested`, `up` stops the daemon and says so through `done`.
@@ -79,6 +91,8 @@ pub struct InProcess {
     operator: String,
     every: Duration,
     stopper: Option<Stopper>,
+    greeting: Option<String>,
+    outage: Option<OutageSwitch>,
 }
 
 impl InProcess {
@@ -88,7 +102,21 @@ impl InProcess {
             operator: operator.to_string(),
             every: Duration::from_millis(500),
             stopper: None,
+            greeting: None,
+            outage: None,
         }
+    }
+
+    /// Greets the operator with `line` when the console starts.
+    pub fn greeting(mut self, line: String) -> InProcess {
+        self.greeting = Some(line);
+        self
+    }
+
+    /// Lets the operator take a simulated region down (the demo).
+    pub fn simulating_outages(mut self, switch: OutageSwitch) -> InProcess {
+        self.outage = Some(switch);
+        self
     }
 
     /// Quitting the console stops the gateway, through `stopper`.
@@ -172,6 +200,17 @@ impl Control for InProcess {
     fn stop_gateway(&self) {
         if let Some(stopper) = &self.stopper {
             stopper.requested.notify_one();
+        }
+    }
+
+    fn greeting(&self) -> Option<String> {
+        self.greeting.clone()
+    }
+
+    fn simulate_outage(&self, region: &str) -> Result<String, String> {
+        match &self.outage {
+            Some(switch) => switch(region),
+            None => Err("outages are simulated only in `switchyard demo`".into()),
         }
     }
 }

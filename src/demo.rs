@@ -102,7 +102,7 @@ daily_tokens = 400000
     }
     for (order, (name, mock)) in REGIONS.iter().zip(mocks).enumerate() {
         toml.push_str(&format!(
-            "\n[[regions]]\nname = \"{name}\"\norder = {order}\n  [[regions.instances]]\n  name = \"{name}-a\"\n  url = \"{}\"\n  max_concurrency = 12\n",
+            "\n[[regions]]\nname = \"{name}\"\norder = {order}\n  [[regions.instances]]\n  name = \"{name}-a\"\n  url = \"{}\"\n  max_concurrency = 32\n",
             mock.url()
         ));
     }
@@ -128,7 +128,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .knobs(Knobs {
                 ttft_ms: 120,
                 tokens_per_sec: 40.0,
-                answer_tokens: 24,
+                // Answers are as long as requests ask (`max_tokens`); up to ten seconds.
+                answer_tokens: 400,
                 dimensions: 256,
                 ..Knobs::default()
             })
@@ -188,8 +189,45 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
         tokio::time::sleep(args.duration).await;
     } else {
-        let control = Arc::new(InProcess::new(daemon.gateway().clone(), "operator"));
-        crate::console::run(control, false).await?;
+        let attach = format!(
+            "attach: switchyard console --connect {} --token {token}  (or switchyard ctl --url …)",
+            daemon.admin_url().unwrap_or_default()
+        );
+        let switch: crate::control::OutageSwitch = {
+            let (mocks, gateway, length) =
+                (mocks.clone(), daemon.gateway().clone(), args.outage_for);
+            Arc::new(move |region: &str| {
+                let at = REGIONS
+                    .iter()
+                    .position(|r| *r == region)
+                    .ok_or_else(|| format!("the demo has no region {region}"))?;
+                mocks[at].start_outage(Outage::Drop);
+                let message = format!(
+                    "simulated outage: {region} goes dark for {length:?}, asked by the operator"
+                );
+                gateway.events().record(
+                    crate::domain::snapshot::EventKind::Traffic,
+                    Some("demo"),
+                    message.clone(),
+                );
+                let (mocks, gateway, region) = (mocks.clone(), gateway.clone(), region.to_string());
+                tokio::spawn(async move {
+                    tokio::time::sleep(length).await;
+                    mocks[at].stop_outage();
+                    gateway.events().record(
+                        crate::domain::snapshot::EventKind::Traffic,
+                        Some("demo"),
+                        format!("simulated outage over: {region} is back"),
+                    );
+                });
+                Ok(message)
+            })
+        };
+        let control = InProcess::new(daemon.gateway().clone(), "operator")
+            .greeting(attach.clone())
+            .simulating_outages(switch);
+        crate::console::run(Arc::new(control), false).await?;
+        say!("{attach}");
     }
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -268,10 +306,12 @@ async fn client(
         n += 1;
         let stream = fastrand::f64() < streamed;
         let model = if n % 5 == 0 { "gpt-4o" } else { "gpt-4o-mini" };
+        // One stream in ten is long (ten seconds): long enough to watch, or to kill.
+        let max_tokens = if stream && n % 10 == 3 { 400 } else { 24 };
         let mut body = serde_json::json!({
             "model": model,
             "stream": stream,
-            "max_tokens": 64,
+            "max_tokens": max_tokens,
             "user": format!("{key}-conversation-{}", n % 7),
             "messages": [{"role": "user", "content": format!("Tell me about switchyard number {n}.")}],
         });
@@ -322,10 +362,19 @@ async fn outages(
 ) {
     let mut which = 0;
     loop {
+        let region = REGIONS[which % REGIONS.len()];
+        let at = crate::telemetry::now_ms() + every.as_millis() as u64;
+        gateway.events().record(
+            crate::domain::snapshot::EventKind::Traffic,
+            Some("demo"),
+            format!(
+                "next simulated outage: {region} at {} UTC (in {every:?}; `o` in Regions for one now)",
+                crate::domain::period::utc_text(at)
+            ),
+        );
         if sleep_unless_stopped(every, &stop).await {
             return;
         }
-        let region = REGIONS[which % REGIONS.len()];
         let mock = &mocks[which % mocks.len()];
         mock.start_outage(Outage::Drop);
         gateway.events().record(

@@ -1333,3 +1333,23 @@ fn tenants_sort_by_any_column_both_ways_marked_in_the_header() {
         "enterprise, free, pro"
     );
 }
+
+#[test]
+fn o_in_regions_asks_the_demo_for_an_outage_in_the_selected_region() {
+    let mut model = model_with_fixture();
+    key(&mut model, "3");
+    assert_eq!(key(&mut model, "o"), [Cmd::Outage("us-east".into())]);
+    assert!(command(&mut model, "outage mars").is_empty());
+    assert!(
+        model
+            .status
+            .as_ref()
+            .unwrap()
+            .text
+            .contains("no region mars")
+    );
+    assert_eq!(
+        command(&mut model, "outage eu-west"),
+        [Cmd::Outage("eu-west".into())]
+    );
+}

@@ -170,3 +170,35 @@ fn sigterm_and_sighup_give_the_terminal_back_and_stop_the_gateway() {
         assert!(!listening(port), "SIG{signal}: the gateway stopped");
     }
 }
+
+#[test]
+fn the_demo_from_the_keyboard_outage_drain_and_a_tenant_in_depth() {
+    let port = free_port();
+    let tmux = Tmux::start(
+        "demo",
+        &format!("sh -c '{BIN} demo --listen 127.0.0.1:{port}; echo EXITED $?; sleep 60'"),
+    );
+    tmux.wait_for("attach: switchyard console --connect http://127.0.0.1:");
+    tmux.wait_for("requests/s");
+    // An outage now, in the selected region (the first).
+    tmux.keys(&["3"]);
+    tmux.wait_for("regions and instances");
+    tmux.keys(&["o"]);
+    tmux.wait_for("simulated outage: us-east goes dark");
+    // Drain the next region from the keyboard, confirmed.
+    tmux.keys(&["j", "j"]);
+    tmux.keys(&["d"]);
+    tmux.wait_for("Drain eu-west?");
+    tmux.keys(&["y"]);
+    tmux.wait_for("eu-west is draining");
+    // A tenant in depth, with its refusals column on the way.
+    tmux.keys(&["2"]);
+    tmux.wait_for("REFUSED");
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("(Esc returns)");
+    tmux.wait_for("requests/s (0 to");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("TENANT");
+    tmux.keys(&["q"]);
+    tmux.wait_for("EXITED 0");
+}

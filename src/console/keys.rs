@@ -57,6 +57,7 @@ pub enum Does {
     Filter,
     ClearFilter,
     Detail,
+    Outage,
     Command,
     Pause,
     Sort,
@@ -310,6 +311,14 @@ pub const KEYMAP: &[Binding] = &[
         views: Some(REGIONS),
         hint: "restore",
         does: Does::Restore,
+    },
+    Binding {
+        keys: &["o"],
+        label: "o",
+        help: "demo only: take the selected region's simulated upstreams down now (:outage REGION)",
+        hint: "",
+        views: Some(REGIONS),
+        does: Does::Outage,
     },
     Binding {
         keys: &["p"],

@@ -110,6 +110,9 @@ async fn run_loop(
 ) -> std::io::Result<Option<String>> {
     let mut model = Model::new(&control.describe(), read_only);
     model.stops_gateway = control.quitting_stops_gateway();
+    if let Some(line) = control.greeting() {
+        model::update(&mut model, Msg::Acted(Ok(line)));
+    }
     let signalled = ended_by_signal();
     tokio::pin!(signalled);
     let mut feed = control.subscribe();
@@ -183,6 +186,10 @@ async fn run_loop(
         for cmd in model::update(&mut model, msg) {
             match cmd {
                 Cmd::StopGateway => control.stop_gateway(),
+                Cmd::Outage(region) => {
+                    let result = control.simulate_outage(&region);
+                    model::update(&mut model, Msg::Acted(result));
+                }
                 Cmd::ReadDetail(tenant) => {
                     let control = control.clone();
                     let sender = detailed_sender.clone();

@@ -182,6 +182,8 @@ pub enum Cmd {
     ReadAudit,
     /// Read a tenant in depth.
     ReadDetail(String),
+    /// Take a region's simulated upstreams down (the demo).
+    Outage(String),
 }
 
 /// Audit records the Events view shows at most.
@@ -824,6 +826,9 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
             }
             "enter" => {
                 model.mode = Mode::Normal;
+                if let Some(region) = text.trim().strip_prefix("outage ") {
+                    return outage(model, region.trim().to_string());
+                }
                 match parse_command(&text) {
                     Ok(Some(action)) => model.request(action),
                     Ok(None) => quit(model),
@@ -857,6 +862,20 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
             on_binding(model, binding.does)
         }
     }
+}
+
+/// Asks the demo for an outage in `region`, once the region is known.
+fn outage(model: &mut Model, region: String) -> Vec<Cmd> {
+    let action = Action::DrainRegion {
+        region: region.clone(),
+        deadline_secs: None,
+    };
+    if let Err(why) = model.check(&action) {
+        model.flash(why, true);
+        return Vec::new();
+    }
+    model.flash(format!("simulating an outage in {region}…"), false);
+    vec![Cmd::Outage(region)]
 }
 
 /// Quits; when that stops the gateway, asks first, naming what is in flight. Once it
@@ -1016,6 +1035,18 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
                 return Vec::new();
             };
             return model.request(Action::KillStream { id });
+        }
+        Does::Outage => {
+            let region = match model.selected_region_row() {
+                Some(RegionRow::Region(region)) | Some(RegionRow::Instance { region, .. }) => {
+                    region
+                }
+                None => {
+                    model.flash("select a region first", true);
+                    return Vec::new();
+                }
+            };
+            return outage(model, region);
         }
         Does::Tail => {
             model.tailing = model.selected_stream();
