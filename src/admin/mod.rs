@@ -418,7 +418,8 @@ async fn purge_cache(
 
 /// Prometheus text format.
 async fn metrics(State(admin): State<Admin>) -> Response {
-    let text = crate::telemetry::prometheus(&admin.gateway.snapshot());
+    let mut text = crate::telemetry::prometheus(&admin.gateway.snapshot());
+    admin.gateway.histograms().render(&mut text);
     (
         [(
             axum::http::header::CONTENT_TYPE,

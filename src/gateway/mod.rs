@@ -61,6 +61,7 @@ pub struct Gateway {
     events: Arc<EventLog>,
     meter: Arc<Meter>,
     latency: Arc<Latency>,
+    histograms: Arc<crate::telemetry::histograms::Histograms>,
     /// Recent end-to-end latency per tenant and per instance.
     recent: Arc<Recent>,
     /// Every stream, live or recently finished.
@@ -283,6 +284,7 @@ impl Gateway {
             events,
             meter: Arc::default(),
             latency: Arc::default(),
+            histograms: Arc::default(),
             recent: Arc::default(),
             hub: Hub::new(config.streams.clone(), shutdown.clone()),
             shutdown,
@@ -311,6 +313,11 @@ impl Gateway {
 
     pub fn meter(&self) -> &Arc<Meter> {
         &self.meter
+    }
+
+    /// The histograms and answer counters `/metrics` exports.
+    pub fn histograms(&self) -> &Arc<crate::telemetry::histograms::Histograms> {
+        &self.histograms
     }
 
     pub fn latency(&self) -> &Arc<Latency> {

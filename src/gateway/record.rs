@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::audit::Audit;
 use crate::domain::Usage;
 use crate::domain::records::{AuditKind, AuditRecord};
+use crate::telemetry::histograms::{Histograms, Labels};
 use crate::telemetry::latency::{Latency, Metric, Recent};
 use crate::telemetry::meter::{Meter, TenantMeter};
 
@@ -29,6 +30,9 @@ pub(crate) struct Recorder {
     keep_content: bool,
     /// `region:…`, `model:…`, `tier:…`, once routed.
     scopes: Vec<String>,
+    histograms: Arc<Histograms>,
+    /// The same, as `/metrics` labels them.
+    labels: Option<Labels>,
     instance: Option<String>,
     first_token: bool,
     done: bool,
@@ -73,6 +77,8 @@ impl Recorder {
             tenant_meter,
             keep_content: false,
             scopes: Vec::new(),
+            histograms: gateway.histograms().clone(),
+            labels: None,
             instance: None,
             first_token: false,
             done: false,
@@ -124,6 +130,11 @@ impl Recorder {
             format!("model:{model}"),
             format!("tier:{tier}"),
         ];
+        self.labels = Some(Labels {
+            region: region.to_string(),
+            model: model.to_string(),
+            tier: tier.to_string(),
+        });
         self.instance = Some(instance.to_string());
         self.record_latency(Metric::Queue, queued);
     }
@@ -170,6 +181,9 @@ impl Recorder {
     }
 
     fn record_latency(&self, metric: Metric, value: Duration) {
+        if let Some(labels) = &self.labels {
+            self.histograms.observe(metric.name(), labels, value);
+        }
         if self.scopes.is_empty() {
             return;
         }
@@ -191,6 +205,11 @@ impl Recorder {
         }
         if status >= 500 {
             self.meter.error();
+        }
+        if !self.tenant.is_empty() {
+            let model = self.labels.as_ref().map_or("", |l| l.model.as_str());
+            let code = error.filter(|_| status >= 400).unwrap_or("");
+            self.histograms.answered(&self.tenant, model, code);
         }
         let latency_ms = self.arrival.elapsed().as_millis() as u64;
         if let Some((audit, mut record)) = self.record.take() {
@@ -214,6 +233,8 @@ impl Recorder {
             tenant_meter: self.tenant_meter.take(),
             keep_content: self.keep_content,
             scopes: std::mem::take(&mut self.scopes),
+            histograms: self.histograms.clone(),
+            labels: self.labels.take(),
             instance: self.instance.take(),
             first_token: self.first_token,
             done: std::mem::replace(&mut self.done, true),

@@ -36,7 +36,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Metric::Ttft => "ttft",
             Metric::EndToEnd => "e2e",

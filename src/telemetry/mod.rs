@@ -6,6 +6,7 @@
 //! threads, so the request path never waits on a disk or a terminal. `RUST_LOG` filters.
 
 pub mod events;
+pub mod histograms;
 pub mod latency;
 pub mod meter;
 
@@ -269,9 +270,9 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
             .collect(),
     );
     metric(
-        "latency_seconds",
+        "latency_last_minute_seconds",
         "gauge",
-        "Latency percentiles over the last minute, by metric (ttft, e2e, queue, overhead) and scope.",
+        "Latency percentiles over the last minute as the console shows them, by metric and scope; for dashboards and alerts use the *_seconds histograms, which aggregate.",
         s.latency
             .iter()
             .filter(|l| l.window == "1m")
@@ -286,7 +287,7 @@ pub fn prometheus(s: &crate::domain::snapshot::Snapshot) -> String {
                 .map(move |(q, ms)| {
                     (
                         format!(
-                            "{{metric=\"{}\",scope=\"{}\",quantile=\"{q}\"}}",
+                            "{{metric=\"{}\",scope=\"{}\",percentile=\"{q}\"}}",
                             l.metric, l.scope
                         ),
                         ms / 1000.0,

@@ -1,0 +1,196 @@
+//! What `/metrics` exports for Prometheus to aggregate across replicas and re-window:
+//! latency as cumulative histograms (`_bucket`, `_sum`, `_count`) by region, model and
+//! tier, and answers by tenant, model and code. Counting is a read lock and relaxed atomic
+//! adds; a series is made on its first observation (label sets are bounded by the config:
+//! regions, models, tiers, tenants, and the gateway's own codes).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Bucket bounds in seconds: from a cache hit's milliseconds to a long stream's minutes.
+const BOUNDS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// The latencies measured, as Prometheus names them, with their help text.
+pub const FAMILIES: [(&str, &str); 4] = [
+    (
+        "ttft",
+        "Time to the first token of a streamed answer, from arrival.",
+    ),
+    ("e2e", "Time from arrival to the last byte of the answer."),
+    ("queue", "Time waiting for an upstream seat."),
+    (
+        "overhead",
+        "The gateway's own share: end to end minus the queue and the upstream.",
+    ),
+];
+
+#[derive(Default)]
+struct Series {
+    /// Observations at or below each bound (not cumulative; summed when rendered).
+    buckets: [AtomicU64; BOUNDS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// (metric, region, model, tier).
+type Key = (&'static str, String, String, String);
+
+#[derive(Default)]
+pub struct Histograms {
+    series: RwLock<HashMap<Key, Arc<Series>>>,
+    /// Answers by (tenant, model, code); code "" for a success.
+    answers: RwLock<HashMap<(String, String, String), Arc<AtomicU64>>>,
+}
+
+impl Histograms {
+    /// Counts `value` of `metric` (one of `FAMILIES`) for a request routed as labelled.
+    pub fn observe(&self, metric: &'static str, labels: &Labels, value: Duration) {
+        let key = (
+            metric,
+            labels.region.clone(),
+            labels.model.clone(),
+            labels.tier.clone(),
+        );
+        let series = self.series.read().ok().and_then(|s| s.get(&key).cloned());
+        let series = match series {
+            Some(series) => series,
+            None => {
+                let mut all = self.series.write().unwrap_or_else(|e| e.into_inner());
+                all.entry(key).or_default().clone()
+            }
+        };
+        let seconds = value.as_secs_f64();
+        if let Some(at) = BOUNDS.iter().position(|b| seconds <= *b) {
+            series.buckets[at].fetch_add(1, Ordering::Relaxed);
+        }
+        series.count.fetch_add(1, Ordering::Relaxed);
+        series
+            .sum_micros
+            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts an answer to `tenant` for `model` with `code` ("" when it succeeded).
+    pub fn answered(&self, tenant: &str, model: &str, code: &str) {
+        let key = (tenant.to_string(), model.to_string(), code.to_string());
+        let counter = self.answers.read().ok().and_then(|a| a.get(&key).cloned());
+        let counter = match counter {
+            Some(counter) => counter,
+            None => {
+                let mut all = self.answers.write().unwrap_or_else(|e| e.into_inner());
+                all.entry(key).or_default().clone()
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The histograms and answer counters in Prometheus' text format.
+    pub fn render(&self, out: &mut String) {
+        let series = self.series.read().map(|s| s.clone()).unwrap_or_default();
+        let mut keys: Vec<&Key> = series.keys().collect();
+        keys.sort();
+        for (metric, help) in FAMILIES {
+            let name = format!("switchyard_{metric}_seconds");
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for key in keys.iter().filter(|k| k.0 == metric) {
+                let s = &series[*key];
+                let labels = format!(
+                    "region=\"{}\",model=\"{}\",tier=\"{}\"",
+                    escape(&key.1),
+                    escape(&key.2),
+                    escape(&key.3)
+                );
+                let mut cumulative = 0;
+                for (bound, bucket) in BOUNDS.iter().zip(&s.buckets) {
+                    cumulative += bucket.load(Ordering::Relaxed);
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+                }
+                let count = s.count.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+                let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+                let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+            }
+        }
+        let answers = self.answers.read().map(|a| a.clone()).unwrap_or_default();
+        let mut keys: Vec<_> = answers.keys().collect();
+        keys.sort();
+        let name = "switchyard_answers_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Answers to clients by tenant, model and OpenAI error code (empty when it succeeded)."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for key in keys {
+            let _ = writeln!(
+                out,
+                "{name}{{tenant=\"{}\",model=\"{}\",code=\"{}\"}} {}",
+                escape(&key.0),
+                escape(&key.1),
+                escape(&key.2),
+                answers[key].load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// Where a request went, as its metrics are labelled.
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    pub region: String,
+    pub model: String,
+    pub tier: String,
+}
+
+/// A label value as the text format needs it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_and_end_in_the_count() {
+        let histograms = Histograms::default();
+        let labels = Labels {
+            region: "us-east".into(),
+            model: "gpt-4o-mini".into(),
+            tier: "pro".into(),
+        };
+        for ms in [3, 30, 300, 3_000, 400_000] {
+            histograms.observe("e2e", &labels, Duration::from_millis(ms));
+        }
+        histograms.answered("acme", "gpt-4o-mini", "");
+        histograms.answered("acme", "gpt-4o-mini", "rate_limit_exceeded");
+        let mut out = String::new();
+        histograms.render(&mut out);
+        let labels = "region=\"us-east\",model=\"gpt-4o-mini\",tier=\"pro\"";
+        for (le, n) in [
+            ("0.005", 1),
+            ("0.05", 2),
+            ("0.5", 3),
+            ("5", 4),
+            ("300", 4),
+            ("+Inf", 5),
+        ] {
+            let line = format!("switchyard_e2e_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n");
+            assert!(out.contains(&line), "{line} in {out}");
+        }
+        assert!(out.contains(&format!("switchyard_e2e_seconds_count{{{labels}}} 5\n")));
+        assert!(out.contains(&format!("switchyard_e2e_seconds_sum{{{labels}}} 403.333\n")));
+        assert!(out.contains(
+            "switchyard_answers_total{tenant=\"acme\",model=\"gpt-4o-mini\",code=\"rate_limit_exceeded\"} 1\n"
+        ));
+        assert!(out.contains("# TYPE switchyard_ttft_seconds histogram\n"));
+    }
+}

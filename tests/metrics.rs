@@ -1,0 +1,158 @@
+//! `/metrics` as Prometheus reads it: real histograms (`_bucket`, `_sum`, `_count`) by
+//! region, model and tier, answers by tenant, model and code, HELP on every family, and
+//! `promtool check metrics` satisfied (`.ci/run` installs promtool from Debian's
+//! `prometheus` package).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+use reqwest::Method;
+
+async fn scrape(gw: &TestGateway) -> String {
+    let response = gw.admin(Method::GET, "/metrics", None).await;
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let toml =
+        config_for(&[("us-east", mock.url())], "").replace("[tiers.pro]", "[tiers.pro]\nrpm = 3");
+    let gw = TestGateway::from_toml(&toml).await;
+    for _ in 0..2 {
+        assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 200);
+    }
+    let mut streamed = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
+    while streamed.chunk().await.unwrap().is_some() {}
+    assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 429);
+
+    let text = scrape(&gw).await;
+    let labels = "region=\"us-east\",model=\"gpt-4o-mini\",tier=\"pro\"";
+    assert_eq!(
+        sample(&text, &format!("switchyard_e2e_seconds_count{{{labels}}}")),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("switchyard_e2e_seconds_bucket{{{labels},le=\"+Inf\"}}")
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, &format!("switchyard_ttft_seconds_count{{{labels}}}")),
+        Some(1.0),
+        "one stream"
+    );
+    assert!(sample(&text, &format!("switchyard_queue_seconds_sum{{{labels}}}")).is_some());
+    assert_eq!(
+        sample(
+            &text,
+            "switchyard_answers_total{tenant=\"tenant-a\",model=\"gpt-4o-mini\",code=\"\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "switchyard_answers_total{tenant=\"tenant-a\",model=\"\",code=\"rate_limit_exceeded\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Every family has its HELP and TYPE.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let family = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}"
+        );
+    }
+
+    // The dashboard only asks for what the gateway exports.
+    let dashboard = std::fs::read_to_string("assets/grafana/switchyard.json").unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 9);
+    for expr in &exprs {
+        for (at, _) in expr.match_indices("switchyard_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = name.trim_end_matches("_bucket");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the dashboard asks for {family}, which /metrics does not export: {expr}"
+            );
+        }
+    }
+
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut promtool) => {
+            promtool
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = promtool.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The scrape config too, with its token file where the check can find it.
+            let dir = tempfile::tempdir().unwrap();
+            let token = dir.path().join("token");
+            std::fs::write(&token, "sy-test-admin-token").unwrap();
+            let config = std::fs::read_to_string("assets/prometheus.yml")
+                .unwrap()
+                .replace("/etc/prometheus/switchyard-token", token.to_str().unwrap());
+            let path = dir.path().join("prometheus.yml");
+            std::fs::write(&path, config).unwrap();
+            let out = Command::new("promtool")
+                .args(["check", "config", path.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check config: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("promtool is needed in CI (.ci/run installs it): {e}")
+        }
+        Err(e) => eprintln!(
+            "promtool not installed ({e}); `apt-get install prometheus` to check the format too"
+        ),
+    }
+    gw.stop().await;
+}
