@@ -1142,8 +1142,10 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     frame.render_widget(
         ratatui::widgets::BarChart::default()
             .block(block(&format!(
-                "{} {}: requests up to N ms",
-                l.metric, l.scope
+                "{} {}: requests by latency, bars up to N ms (tallest {})",
+                l.metric,
+                l.scope,
+                l.buckets.iter().max().copied().unwrap_or(0)
             )))
             .data(data.as_slice())
             .bar_width(5)
@@ -1152,10 +1154,12 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         bars,
     );
     let history: Vec<u64> = l.p99_history_ms.iter().map(|v| v.round() as u64).collect();
+    let peak = history.iter().copied().max().unwrap_or(0);
     frame.render_widget(
         Sparkline::default()
-            .block(block("p99 per 10 s, last 5 m"))
+            .block(block(&format!("p99 per 10 s, last 5 m (0 to {peak} ms)")))
             .data(&history)
+            .max(peak.max(1))
             .style(Style::new().fg(Color::Magenta)),
         spark,
     );
