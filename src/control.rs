@@ -298,6 +298,22 @@ impl Control for Remote {
             if let Some(since) = query.since_ms {
                 path.push_str(&format!("&since={since}"));
             }
+            if let Some(until) = query.until_ms {
+                path.push_str(&format!("&until={until}"));
+            }
+            if let Some(tenant) = &query.tenant {
+                path.push_str(&format!("&tenant={}", url_segment(tenant)));
+            }
+            if let Some(status) = &query.status {
+                path.push_str(&format!("&status={}", url_segment(status)));
+            }
+            if let Some(kind) = query.kind {
+                let kind = match kind {
+                    crate::domain::records::AuditKind::Operator => "operator",
+                    crate::domain::records::AuditKind::Request => "request",
+                };
+                path.push_str(&format!("&kind={kind}"));
+            }
             let reply = self.client.get(&path).await.map_err(|e| e.to_string())?;
             serde_json::from_value(reply["records"].clone()).map_err(|e| e.to_string())
         })

@@ -305,6 +305,14 @@ fn sort_by(model: &mut Model, sort: Sort) {
     panic!("s never sorts by {sort:?}");
 }
 
+/// The audit view's query with no filter: the newest records.
+fn newest_records() -> switchyard::domain::records::AuditQuery {
+    switchyard::domain::records::AuditQuery {
+        limit: switchyard::console::model::AUDIT_ROWS,
+        ..Default::default()
+    }
+}
+
 fn key(model: &mut Model, key: &str) -> Vec<Cmd> {
     update(model, Msg::Key(key.into()))
 }
@@ -399,7 +407,7 @@ fn purging_the_cache_asks_first_and_names_what_goes() {
 fn the_events_view_switches_to_the_audit_log() {
     let mut model = model_with_fixture();
     key(&mut model, "7");
-    assert_eq!(key(&mut model, "a"), [Cmd::ReadAudit]);
+    assert_eq!(key(&mut model, "a"), [Cmd::ReadAudit(newest_records())]);
     let record = |at_ms, status, tenant: &str| switchyard::domain::records::AuditRecord {
         at_ms,
         kind: Some(switchyard::domain::records::AuditKind::Request),
@@ -429,7 +437,7 @@ fn the_events_view_switches_to_the_audit_log() {
     // Every other snapshot asks again; `a` goes back to the events.
     update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
     let cmds = update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
-    assert_eq!(cmds, [Cmd::ReadAudit]);
+    assert_eq!(cmds, [Cmd::ReadAudit(newest_records())]);
     key(&mut model, "a");
     assert!(draw(&model).contains("events, newest first"));
     let cmds = update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
@@ -942,7 +950,7 @@ fn the_help_overlay_scrolls_to_every_key() {
     );
     key(&mut model, "G");
     let bottom = draw(&model);
-    assert!(bottom.contains("audit log: switch"), "{bottom}");
+    assert!(bottom.contains("back to the newest records"), "{bottom}");
     key(&mut model, "x");
     assert_eq!(model.mode, Mode::Normal);
 }
@@ -1352,4 +1360,96 @@ fn o_in_regions_asks_the_demo_for_an_outage_in_the_selected_region() {
         command(&mut model, "outage eu-west"),
         [Cmd::Outage("eu-west".into())]
     );
+}
+
+#[test]
+fn the_audit_view_pages_back_through_the_store_and_filters_as_the_cli_does() {
+    use switchyard::domain::records::{AuditKind, AuditRecord};
+    let mut model = model_with_fixture();
+    key(&mut model, "7");
+    key(&mut model, "a");
+    let records: Vec<AuditRecord> = (0..3)
+        .map(|n| AuditRecord {
+            at_ms: 1_795_896_000_000 + n * 1000,
+            kind: Some(AuditKind::Request),
+            tenant: Some(if n == 1 { "globex" } else { "acme" }.into()),
+            status: Some(200),
+            ..Default::default()
+        })
+        .collect();
+    update(&mut model, Msg::Audit(Ok(records)));
+    // ] asks for what came before the oldest shown; [ returns to the newest.
+    let cmds = key(&mut model, "]");
+    let older = switchyard::domain::records::AuditQuery {
+        until_ms: Some(1_795_896_000_000),
+        ..newest_records()
+    };
+    assert_eq!(cmds, [Cmd::ReadAudit(older)]);
+    // While paged back, refreshes do not pull it forward.
+    let cmds = update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    let cmds2 = update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    assert!(cmds.is_empty() && cmds2.is_empty());
+    assert_eq!(key(&mut model, "["), [Cmd::ReadAudit(newest_records())]);
+
+    // key=value words go to the store, the rest match the text.
+    key(&mut model, "/");
+    for c in "tenant=acme status=5xx kind=operator drain".chars() {
+        key(
+            &mut model,
+            &if c == ' ' {
+                "space".to_string()
+            } else {
+                c.to_string()
+            },
+        );
+    }
+    let cmds = key(&mut model, "enter");
+    let filtered = switchyard::domain::records::AuditQuery {
+        tenant: Some("acme".into()),
+        status: Some("5xx".into()),
+        kind: Some(AuditKind::Operator),
+        ..newest_records()
+    };
+    assert_eq!(cmds, [Cmd::ReadAudit(filtered)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_console_reads_the_audit_log_by_tenant_and_pages_back() {
+    use switchyard::domain::records::AuditQuery;
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    for key in [KEY_A, KEY_B, KEY_A] {
+        assert_eq!(gw.chat(key, &hello("gpt-4o-mini")).await.status(), 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let remote = Remote::new(&gw.daemon.admin_url().unwrap(), ADMIN_TOKEN, "alice", None).unwrap();
+    let query = AuditQuery {
+        tenant: Some("tenant-a".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let records = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let records = remote.audit(query.clone()).await.unwrap();
+            if records.len() == 2 {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both of tenant-a's requests on the record");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.tenant.as_deref() == Some("tenant-a"))
+    );
+    let before_newest = AuditQuery {
+        until_ms: Some(records[1].at_ms),
+        ..query
+    };
+    let older = remote.audit(before_newest).await.unwrap();
+    assert_eq!(older.len(), 1);
+    assert_eq!(older[0].at_ms, records[0].at_ms);
+    gw.stop().await;
 }

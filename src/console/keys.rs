@@ -58,6 +58,8 @@ pub enum Does {
     ClearFilter,
     Detail,
     Outage,
+    Older,
+    Newest,
     Command,
     Pause,
     Sort,
@@ -399,6 +401,22 @@ pub const KEYMAP: &[Binding] = &[
         views: Some(EVENTS),
         hint: "audit log",
         does: Does::Audit,
+    },
+    Binding {
+        keys: &["]"],
+        label: "]",
+        help: "audit log: the records before the oldest shown",
+        hint: "older",
+        views: Some(EVENTS),
+        does: Does::Older,
+    },
+    Binding {
+        keys: &["["],
+        label: "[",
+        help: "audit log: back to the newest records",
+        hint: "",
+        views: Some(EVENTS),
+        does: Does::Newest,
     },
 ];
 

@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::control::Control;
-use crate::domain::records::AuditQuery;
 use model::{Cmd, Model, Msg};
 
 /// Frames per second at most.
@@ -205,15 +204,10 @@ async fn run_loop(
                         let _ = sender.send(control.act(action).await).await;
                     });
                 }
-                Cmd::ReadAudit => {
+                Cmd::ReadAudit(query) => {
                     let control = control.clone();
                     let sender = audited_sender.clone();
                     tokio::spawn(async move {
-                        let query = AuditQuery {
-                            since_ms: None,
-                            limit: model::AUDIT_ROWS,
-                            ..AuditQuery::default()
-                        };
                         let _ = sender.send(control.audit(query).await).await;
                     });
                 }

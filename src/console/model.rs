@@ -4,7 +4,7 @@
 
 use crate::control::{Feed, Link};
 use crate::domain::Limits;
-use crate::domain::records::AuditRecord;
+use crate::domain::records::{AuditKind, AuditQuery, AuditRecord};
 use crate::domain::snapshot::{Action, Snapshot, TenantDetail};
 
 pub use super::keys::View;
@@ -146,6 +146,9 @@ pub struct Model {
     pub audit: Option<Vec<AuditRecord>>,
     /// Snapshots since the audit log was last asked for.
     pub audit_age: u32,
+    /// Paging back through the audit log: records before this time (`]` goes further
+    /// back, `[` returns to the newest, which refresh as they come).
+    pub audit_until: Option<u64>,
     /// The tenant drilled into (Enter in Tenants), and what was last read of it.
     pub detail: Option<(String, Option<Box<TenantDetail>>)>,
     /// Quitting stops the gateway (`switchyard up`), so it asks first.
@@ -178,8 +181,8 @@ pub enum Cmd {
     Act(Action),
     /// Stop the gateway this console runs with.
     StopGateway,
-    /// Read the newest audit records.
-    ReadAudit,
+    /// Read audit records.
+    ReadAudit(AuditQuery),
     /// Read a tenant in depth.
     ReadDetail(String),
     /// Take a region's simulated upstreams down (the demo).
@@ -225,6 +228,7 @@ impl Model {
             target: target.to_string(),
             audit: None,
             audit_age: 0,
+            audit_until: None,
             detail: None,
             stops_gateway: false,
             stopping: false,
@@ -246,6 +250,36 @@ impl Model {
     /// The current view's filter.
     pub fn filter(&self) -> &str {
         &self.filters[self.view.index()]
+    }
+
+    /// The audit query the Events view's filter asks for: its `key=value` words (tenant,
+    /// status, kind) go to the store; the other words match the records' text.
+    pub fn audit_query(&self) -> AuditQuery {
+        let mut query = AuditQuery {
+            limit: AUDIT_ROWS,
+            until_ms: self.audit_until,
+            ..AuditQuery::default()
+        };
+        for word in self.filters[View::Events.index()].split_whitespace() {
+            match word.split_once('=') {
+                Some(("tenant", v)) => query.tenant = Some(v.to_string()),
+                Some(("status", v)) => query.status = Some(v.to_string()),
+                Some(("kind", "operator")) => query.kind = Some(AuditKind::Operator),
+                Some(("kind", "request")) => query.kind = Some(AuditKind::Request),
+                _ => {}
+            }
+        }
+        query
+    }
+
+    /// Whether an audit record's text has every word of the Events filter that is not
+    /// a `key=value` for the store.
+    fn matches_words(&self, text: &str) -> bool {
+        let text = text.to_lowercase();
+        self.filters[View::Events.index()]
+            .split_whitespace()
+            .filter(|w| !w.contains('='))
+            .all(|w| text.contains(&w.to_lowercase()))
     }
 
     /// Whether `texts` (a row's) pass `view`'s filter.
@@ -346,7 +380,7 @@ impl Model {
         if let Some(records) = &self.audit {
             return (0..records.len())
                 .rev()
-                .filter(|i| self.matches(View::Events, &[&records[*i].summary()]))
+                .filter(|i| self.matches_words(&records[*i].summary()))
                 .collect();
         }
         let Some(s) = &self.snapshot else {
@@ -684,9 +718,13 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
             }
             model.audit_age += 1;
             let mut cmds = Vec::new();
-            if model.audit.is_some() && model.audit_age >= AUDIT_EVERY && !model.paused {
+            if model.audit.is_some()
+                && model.audit_until.is_none()
+                && model.audit_age >= AUDIT_EVERY
+                && !model.paused
+            {
                 model.audit_age = 0;
-                cmds.push(Cmd::ReadAudit);
+                cmds.push(Cmd::ReadAudit(model.audit_query()));
             }
             if let Some((tenant, _)) = &model.detail
                 && !model.paused
@@ -798,7 +836,13 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
                     model.filters[view].clear();
                     model.mode = Mode::Normal;
                 }
-                "enter" => model.mode = Mode::Normal,
+                "enter" => {
+                    model.mode = Mode::Normal;
+                    if model.view == View::Events && model.audit.is_some() {
+                        model.follow_selection();
+                        return vec![Cmd::ReadAudit(model.audit_query())];
+                    }
+                }
                 "backspace" => {
                     text.pop();
                     model.filters[view] = text.clone();
@@ -1055,12 +1099,41 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
             if model.audit.take().is_none() {
                 model.audit = Some(Vec::new());
                 model.audit_age = 0;
-                model.flash("the audit log: requests and operator actions", false);
+                model.audit_until = None;
+                model.flash(
+                    "the audit log: filter with tenant=NAME status=429|5xx|error kind=operator|request and words; ] older, [ newest",
+                    false,
+                );
                 model.follow_selection();
-                return vec![Cmd::ReadAudit];
+                return vec![Cmd::ReadAudit(model.audit_query())];
             }
             model.flash("the event log", false);
             model.follow_selection();
+        }
+        Does::Older | Does::Newest => {
+            let Some(records) = &model.audit else {
+                model.flash("press a for the audit log first", true);
+                return Vec::new();
+            };
+            if does == Does::Older {
+                let Some(oldest) = records.first() else {
+                    model.flash("no older records", false);
+                    return Vec::new();
+                };
+                model.audit_until = Some(oldest.at_ms);
+                model.flash(
+                    format!(
+                        "records before {} UTC ([ for the newest)",
+                        crate::domain::period::utc_text(oldest.at_ms)
+                    ),
+                    false,
+                );
+            } else {
+                model.audit_until = None;
+                model.flash("the newest records", false);
+            }
+            model.select(0);
+            return vec![Cmd::ReadAudit(model.audit_query())];
         }
         Does::Window => {
             model.window = match model.window {
