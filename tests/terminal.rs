@@ -202,3 +202,25 @@ fn the_demo_from_the_keyboard_outage_drain_and_a_tenant_in_depth() {
     tmux.keys(&["q"]);
     tmux.wait_for("EXITED 0");
 }
+
+/// Regression: when the terminal itself goes away (ssh dropped, tmux killed), reading
+/// keys spun on end of input for ever, so the console never left and the daemon kept
+/// serving from a process nobody could see.
+#[test]
+fn a_terminal_that_goes_away_stops_up_and_the_process_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port) = config(dir.path());
+    let tmux = Tmux::start("hangup", &up_in_a_shell(&config));
+    tmux.wait_for("connected");
+    let pid = tmux.child_of_shell();
+    drop(tmux); // kill-server: the pane's terminal closes
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() > deadline {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("up (pid {pid}) kept running after its terminal went away");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!listening(port), "the gateway stopped");
+}

@@ -120,30 +120,35 @@ async fn run_loop(
     let (audited_sender, mut audited) = mpsc::channel(4);
     let (detailed_sender, mut detailed) = mpsc::channel(4);
 
-    // Terminal input is blocking: read it on its own thread.
-    let reader = tokio::task::spawn_blocking(move || {
-        loop {
-            if key_sender.is_closed() {
-                return;
+    // Terminal input is blocking: read it on a thread of its own, never joined. When
+    // the terminal hangs up (a dropped ssh session), crossterm's read can spin on end
+    // of input for ever; the console must still leave and the daemon still stop.
+    let reader = std::thread::Builder::new()
+        .name("console-keys".into())
+        .spawn(move || {
+            loop {
+                if key_sender.is_closed() {
+                    return;
+                }
+                match event::poll(Duration::from_millis(100)) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_) => return,
+                }
+                let name = match event::read() {
+                    Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => key_name(&key),
+                    // Not a key, but the screen must be drawn again at the new size.
+                    Ok(Event::Resize(..)) => Some("resize".to_string()),
+                    _ => None,
+                };
+                if let Some(name) = name
+                    && key_sender.blocking_send(name).is_err()
+                {
+                    return;
+                }
             }
-            match event::poll(Duration::from_millis(100)) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(_) => return,
-            }
-            let name = match event::read() {
-                Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => key_name(&key),
-                // Not a key, but the screen must be drawn again at the new size.
-                Ok(Event::Resize(..)) => Some("resize".to_string()),
-                _ => None,
-            };
-            if let Some(name) = name
-                && key_sender.blocking_send(name).is_err()
-            {
-                return;
-            }
-        }
-    });
+        })?;
+    drop(reader);
 
     let mut last_snapshot = Instant::now();
     let mut last_height = 0u16;
@@ -216,6 +221,5 @@ async fn run_loop(
         dirty = true;
     }
     drop(keys);
-    let _ = reader.await;
     Ok(model.exit_message)
 }
