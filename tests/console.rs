@@ -1453,3 +1453,52 @@ async fn a_remote_console_reads_the_audit_log_by_tenant_and_pages_back() {
     assert_eq!(older[0].at_ms, records[0].at_ms);
     gw.stop().await;
 }
+
+#[test]
+fn clicks_pick_tabs_and_rows_where_they_are_drawn_and_the_wheel_scrolls() {
+    let mut model = model_with_fixture();
+    update(&mut model, Msg::Height(26));
+    let screen = draw(&model);
+    let tabs = screen.lines().nth(1).unwrap();
+    let x = tabs.find("2 Tenants").unwrap() + 2;
+    key(&mut model, &format!("click:{x}:1"));
+    assert_eq!(model.view, View::Tenants);
+
+    let screen = draw(&model);
+    let y = screen.lines().position(|l| l.contains("initech")).unwrap();
+    key(&mut model, &format!("click:10:{y}"));
+    assert!(
+        matches!(key(&mut model, "p").as_slice(), [] if matches!(&model.mode, Mode::Confirm { action: Action::PauseTenant { tenant }, .. } if tenant == "initech")),
+        "{:?}",
+        model.mode
+    );
+    key(&mut model, "n");
+    key(&mut model, "wheel-up");
+    assert_eq!(model.selected[1], 1);
+    key(&mut model, "wheel-down");
+    assert_eq!(model.selected[1], 2);
+    // A click below the rows selects nothing new.
+    key(&mut model, "click:10:20");
+    assert_eq!(model.selected[1], 2);
+}
+
+#[test]
+fn mouse_events_have_names_and_the_rest_are_ignored() {
+    use ratatui::crossterm::event::{KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+    use switchyard::console::mouse_name;
+    let event = |kind| MouseEvent {
+        kind,
+        column: 7,
+        row: 3,
+        modifiers: KeyModifiers::NONE,
+    };
+    assert_eq!(
+        mouse_name(&event(MouseEventKind::Down(MouseButton::Left))).as_deref(),
+        Some("click:7:3")
+    );
+    assert_eq!(
+        mouse_name(&event(MouseEventKind::ScrollDown)).as_deref(),
+        Some("wheel-down")
+    );
+    assert_eq!(mouse_name(&event(MouseEventKind::Moved)), None);
+}

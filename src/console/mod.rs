@@ -14,7 +14,10 @@ pub mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::event::{
+    self, DisableMouseCapture, EnableMouseCapture, Event, KeyCode, KeyEvent, KeyEventKind,
+    KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -56,9 +59,24 @@ pub fn key_name(key: &KeyEvent) -> Option<String> {
     Some(name)
 }
 
+/// The name `keys` uses for a mouse event: `click:X:Y` (left button), `wheel-up`,
+/// `wheel-down`; others are ignored.
+pub fn mouse_name(mouse: &MouseEvent) -> Option<String> {
+    match mouse.kind {
+        MouseEventKind::Down(MouseButton::Left) => {
+            Some(format!("click:{}:{}", mouse.column, mouse.row))
+        }
+        MouseEventKind::ScrollUp => Some("wheel-up".into()),
+        MouseEventKind::ScrollDown => Some("wheel-down".into()),
+        _ => None,
+    }
+}
+
 /// Runs the console until the operator quits.
 pub async fn run(control: Arc<dyn Control>, read_only: bool) -> std::io::Result<()> {
     let mut terminal = ratatui::try_init()?;
+    // Clicks and the wheel; turned off again however the console ends.
+    let _ = ratatui::crossterm::execute!(std::io::stdout(), EnableMouseCapture);
     // ratatui's hook restores the terminal on a panic. A request handler's panic is caught,
     // answered with a 500 and logged: it must not take the terminal from the console.
     let restore = std::panic::take_hook();
@@ -66,10 +84,12 @@ pub async fn run(control: Arc<dyn Control>, read_only: bool) -> std::io::Result<
         if crate::telemetry::in_request() {
             tracing::error!(panic = %info, "a request handler panicked");
         } else {
+            let _ = ratatui::crossterm::execute!(std::io::stdout(), DisableMouseCapture);
             restore(info);
         }
     }));
     let result = run_loop(&mut terminal, control, read_only).await;
+    let _ = ratatui::crossterm::execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
     match result {
         Ok(Some(why)) => Err(std::io::Error::other(why)),

@@ -127,6 +127,8 @@ pub struct Model {
     pub anchors: [Option<String>; 7],
     /// Rows a page (PgDn, Ctrl-D) moves, from the terminal's height.
     pub page: usize,
+    /// The terminal's height, to tell which row a click landed on.
+    pub height: u16,
     /// Each view's filter: rows whose text contains it (case-insensitive).
     pub filters: [String; 7],
     pub sort: Sort,
@@ -218,6 +220,7 @@ impl Model {
             selected: [0; 7],
             anchors: Default::default(),
             page: 10,
+            height: 24,
             filters: Default::default(),
             sort: Sort::Name,
             descending: false,
@@ -775,6 +778,7 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
         Msg::Height(rows) => {
             // The header, tabs, table borders and footer take about ten rows.
             model.page = usize::from(rows).saturating_sub(10).max(1);
+            model.height = rows;
             Vec::new()
         }
         Msg::Acted(Ok(done)) => {
@@ -900,11 +904,51 @@ fn on_key(model: &mut Model, key: &str) -> Vec<Cmd> {
             _ => Vec::new(),
         },
         Mode::Normal => {
+            match key {
+                "wheel-down" => return on_binding(model, Does::Down),
+                "wheel-up" => return on_binding(model, Does::Up),
+                _ => {}
+            }
+            if let Some(at) = key.strip_prefix("click:") {
+                let mut xy = at.split(':').filter_map(|n| n.parse::<u16>().ok());
+                if let (Some(x), Some(y)) = (xy.next(), xy.next()) {
+                    click(model, x, y);
+                }
+                return Vec::new();
+            }
             let Some(binding) = keys::lookup(key, model.view) else {
                 return Vec::new();
             };
             on_binding(model, binding.does)
         }
+    }
+}
+
+/// A click: on a tab, that view; on a row of a full-screen table, that row. The
+/// layout is the view's: header, tabs, then the body's table (border, column headers).
+fn click(model: &mut Model, x: u16, y: u16) {
+    if y == 1 {
+        let mut left = 0u16;
+        for (i, view) in View::ALL.iter().enumerate() {
+            let width = format!("{} {}", i + 1, view.title()).chars().count() as u16;
+            if x >= left && x < left + width {
+                model.view = *view;
+                return;
+            }
+            left += width + 3; // " │ "
+        }
+        return;
+    }
+    let full_table = matches!(model.view, View::Tenants | View::Regions | View::Queues);
+    if !full_table || model.detail.is_some() || y < 4 {
+        return;
+    }
+    // ratatui scrolls a table just enough to show the selected row.
+    let visible = usize::from(model.height.saturating_sub(7)).max(1);
+    let first = model.selected().saturating_sub(visible - 1);
+    let row = first + usize::from(y - 4);
+    if row < model.row_count() {
+        model.select(row);
     }
 }
 
