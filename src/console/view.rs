@@ -730,8 +730,12 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         return;
     }
     let rows = model.tenant_rows();
-    let selected = model.selected[1];
-    let table_rows = rows.iter().map(|i| {
+    // Only the rows on screen are built: ratatui scrolls just enough to show the
+    // selected one, so the window ends at it (or starts at the top).
+    let visible = usize::from(area.height.saturating_sub(3)).max(1);
+    let first = model.selected[1].saturating_sub(visible - 1);
+    let selected = model.selected[1] - first;
+    let table_rows = rows.iter().skip(first).take(visible).map(|i| {
         let t = &s.tenants[*i];
         let month = match t.limits.monthly_usd {
             Some(budget) => against(
