@@ -1502,3 +1502,29 @@ fn mouse_events_have_names_and_the_rest_are_ignored() {
     );
     assert_eq!(mouse_name(&event(MouseEventKind::Moved)), None);
 }
+
+#[test]
+fn enter_drills_into_a_region_and_esc_comes_back() {
+    let mut model = model_with_fixture();
+    key(&mut model, "3");
+    key(&mut model, "j"); // us-east-a: its region opens
+    assert!(key(&mut model, "enter").is_empty());
+    assert_eq!(model.region_detail.as_deref(), Some("us-east"));
+    for (width, height) in [(80u16, 24u16), (200, 60)] {
+        let screen = draw_at(&model, width, height);
+        insta::assert_snapshot!(format!("{width}x{height}_region_detail"), screen);
+        assert!(
+            screen.contains("us-east (order 0): degraded, 50% routable (Esc returns)"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("us-east-b") && screen.contains("back in 12s"),
+            "{screen}"
+        );
+        assert!(screen.contains("e2e p99 per 10 s (0 to"), "{screen}");
+        assert!(screen.contains("us-east/us-east-b ejected"), "{screen}");
+    }
+    key(&mut model, "esc");
+    assert!(model.region_detail.is_none());
+    assert!(draw(&model).contains("regions and instances"));
+}

@@ -57,6 +57,7 @@ pub enum Does {
     Filter,
     ClearFilter,
     Detail,
+    RegionDetail,
     Outage,
     Older,
     Newest,
@@ -313,6 +314,14 @@ pub const KEYMAP: &[Binding] = &[
         views: Some(REGIONS),
         hint: "restore",
         does: Does::Restore,
+    },
+    Binding {
+        keys: &["enter"],
+        label: "Enter",
+        help: "the selected region in depth: its instances' health, latency over five minutes, its events (Esc returns)",
+        hint: "detail",
+        views: Some(REGIONS),
+        does: Does::RegionDetail,
     },
     Binding {
         keys: &["o"],

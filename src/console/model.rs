@@ -151,6 +151,8 @@ pub struct Model {
     /// Paging back through the audit log: records before this time (`]` goes further
     /// back, `[` returns to the newest, which refresh as they come).
     pub audit_until: Option<u64>,
+    /// The region drilled into (Enter in Regions).
+    pub region_detail: Option<String>,
     /// The tenant drilled into (Enter in Tenants), and what was last read of it.
     pub detail: Option<(String, Option<Box<TenantDetail>>)>,
     /// Quitting stops the gateway (`switchyard up`), so it asks first.
@@ -233,6 +235,7 @@ impl Model {
             audit_age: 0,
             audit_until: None,
             detail: None,
+            region_detail: None,
             stops_gateway: false,
             stopping: false,
             exit_message: None,
@@ -1008,9 +1011,23 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
             model.detail = Some((tenant.clone(), None));
             return vec![Cmd::ReadDetail(tenant)];
         }
+        Does::RegionDetail => {
+            model.region_detail = match model.selected_region_row() {
+                Some(RegionRow::Region(region)) | Some(RegionRow::Instance { region, .. }) => {
+                    Some(region)
+                }
+                None => {
+                    model.flash("select a region first", true);
+                    None
+                }
+            };
+        }
         Does::ClearFilter => {
             // Esc leaves a drill-down first, then clears the filter.
             if model.view == View::Tenants && model.detail.take().is_some() {
+                return Vec::new();
+            }
+            if model.view == View::Regions && model.region_detail.take().is_some() {
                 return Vec::new();
             }
             if !model.filters[index].is_empty() {

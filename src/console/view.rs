@@ -560,6 +560,145 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
     );
 }
 
+/// A region in depth: its state, each instance's health in full, its latency over the
+/// last five minutes, and the events that name it.
+fn region_detail(s: &Snapshot, name: &str, frame: &mut Frame, area: Rect) {
+    let Some(r) = s.regions.iter().find(|r| r.name == name) else {
+        frame.render_widget(
+            Paragraph::new(format!("{name} is no longer in the snapshot (Esc returns)"))
+                .block(block(name)),
+            area,
+        );
+        return;
+    };
+    let instances = r.instances.len() as u16;
+    let [top, charts, bottom] = Layout::vertical([
+        Constraint::Length(instances + 3),
+        Constraint::Length(6),
+        Constraint::Min(3),
+    ])
+    .areas(area);
+    let rows = r.instances.iter().map(|i| {
+        let h = &i.health;
+        let detail = match (h.ejected_for_ms, h.cooling_for_ms, h.manual_eject) {
+            (_, _, true) => "ejected by an operator".to_string(),
+            (Some(ms), _, _) => format!("back in {:.0}s", ms as f64 / 1000.0),
+            (_, Some(ms), _) => format!("cooling {:.1}s", ms as f64 / 1000.0),
+            _ => String::new(),
+        };
+        vec![
+            Cell::from(i.name.clone()),
+            Cell::from(h.state.as_str()).style(instance_style(h.state)),
+            Cell::from(detail),
+            Cell::from(if h.probe_ok { "ok" } else { "failing" }),
+            Cell::from(h.consecutive_failures.to_string()),
+            Cell::from(h.ejections.to_string()),
+            Cell::from(format!("{}/{}", i.in_flight, i.max_concurrency)),
+            Cell::from(format!("{:.1}%", i.error_rate * 100.0)),
+            Cell::from(match (i.p50_ms, i.p99_ms) {
+                (Some(p50), Some(p99)) => format!("{p50:.0}/{p99:.0}ms"),
+                _ => "-".into(),
+            }),
+        ]
+    });
+    const COLUMNS: [Column; 9] = [
+        Column {
+            header: "INSTANCE",
+            width: 13,
+            keep: 9,
+        },
+        Column {
+            header: "HEALTH",
+            width: 13,
+            keep: 9,
+        },
+        Column {
+            header: "",
+            width: 22,
+            keep: 6,
+        },
+        Column {
+            header: "PROBE",
+            width: 7,
+            keep: 7,
+        },
+        Column {
+            header: "FAILS",
+            width: 5,
+            keep: 5,
+        },
+        Column {
+            header: "EJECTIONS",
+            width: 9,
+            keep: 4,
+        },
+        Column {
+            header: "IN FLIGHT",
+            width: 9,
+            keep: 8,
+        },
+        Column {
+            header: "ERR",
+            width: 6,
+            keep: 7,
+        },
+        Column {
+            header: "E2E P50/99",
+            width: 12,
+            keep: 3,
+        },
+    ];
+    let title = format!(
+        "{} (order {}): {}, {:.0}% routable (Esc returns)",
+        r.name,
+        r.order,
+        r.state.as_str(),
+        r.routable * 100.0
+    );
+    frame.render_widget(fitted(&COLUMNS, rows, top.width, &title), top);
+
+    let [e2e, ttft] =
+        Layout::horizontal([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)]).areas(charts);
+    let scope = format!("region:{name}");
+    for (metric, area) in [("e2e", e2e), ("ttft", ttft)] {
+        let series = s
+            .latency
+            .iter()
+            .find(|l| l.metric == metric && l.scope == scope && l.window == "5m")
+            .or_else(|| {
+                s.latency
+                    .iter()
+                    .find(|l| l.metric == metric && l.scope == scope)
+            });
+        let history: Vec<u64> = series
+            .map(|l| l.p99_history_ms.iter().map(|v| v.round() as u64).collect())
+            .unwrap_or_default();
+        let peak = history.iter().copied().max().unwrap_or(0);
+        frame.render_widget(
+            Sparkline::default()
+                .block(block(&format!("{metric} p99 per 10 s (0 to {peak} ms)")))
+                .data(&history)
+                .max(peak.max(1))
+                .style(Style::new().fg(Color::Magenta)),
+            area,
+        );
+    }
+
+    let height = usize::from(bottom.height.saturating_sub(2));
+    let lines: Vec<Line> = s
+        .events
+        .iter()
+        .rev()
+        .filter(|e| e.message.contains(name))
+        .take(height)
+        .map(event_line)
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(block(&format!("events naming {name}, newest first"))),
+        bottom,
+    );
+}
+
 /// What a refusal code is called in a narrow column.
 fn refusal_label(code: &str) -> &str {
     match code {
@@ -793,6 +932,10 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 }
 
 fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    if let Some(name) = &model.region_detail {
+        region_detail(s, name, frame, area);
+        return;
+    }
     let selected = model.selected[2];
     let rows = model.region_rows().into_iter().map(|row| match row {
         RegionRow::Region(name) => {
