@@ -72,6 +72,16 @@ async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
         Some(1.0),
         "{text}"
     );
+    // Tokens per request as OpenTelemetry's GenAI conventions count them.
+    let chat = "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o-mini\"";
+    assert_eq!(
+        sample(
+            &text,
+            &format!("gen_ai_client_token_usage_count{{{chat},gen_ai_token_type=\"output\"}}")
+        ),
+        Some(3.0),
+        "{text}"
+    );
     // Every family has its HELP and TYPE.
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let family = line.split_whitespace().nth(2).unwrap();
@@ -91,19 +101,25 @@ async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
         .flat_map(|p| p["targets"].as_array().unwrap().iter())
         .map(|t| t["expr"].as_str().unwrap().to_string())
         .collect();
-    assert!(exprs.len() >= 9);
+    assert!(exprs.len() >= 10);
     for expr in &exprs {
-        for (at, _) in expr.match_indices("switchyard_") {
-            let name: String = expr[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let family = name.trim_end_matches("_bucket");
-            assert!(
-                text.contains(&format!("# TYPE {family} ")),
-                "the dashboard asks for {family}, which /metrics does not export: {expr}"
-            );
+        let mut asked = 0;
+        // Metric names; labels never start so (`gen_ai_request_model` is a label).
+        for prefix in ["switchyard_", "gen_ai_client_"] {
+            for (at, _) in expr.match_indices(prefix) {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                asked += 1;
+                let family = name.trim_end_matches("_bucket");
+                assert!(
+                    text.contains(&format!("# TYPE {family} ")),
+                    "the dashboard asks for {family}, which /metrics does not export: {expr}"
+                );
+            }
         }
+        assert!(asked > 0, "no metric found in {expr}");
     }
 
     match Command::new("promtool")

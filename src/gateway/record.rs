@@ -33,6 +33,8 @@ pub(crate) struct Recorder {
     histograms: Arc<Histograms>,
     /// The same, as `/metrics` labels them.
     labels: Option<Labels>,
+    /// OpenTelemetry's `gen_ai.operation.name`: "chat" or "embeddings".
+    operation: &'static str,
     instance: Option<String>,
     first_token: bool,
     done: bool,
@@ -79,6 +81,11 @@ impl Recorder {
             scopes: Vec::new(),
             histograms: gateway.histograms().clone(),
             labels: None,
+            operation: if endpoint.contains("embeddings") {
+                "embeddings"
+            } else {
+                "chat"
+            },
             instance: None,
             first_token: false,
             done: false,
@@ -153,6 +160,14 @@ impl Recorder {
         self.meter.tokens(usage.total());
         if let Some(meter) = &self.tenant_meter {
             meter.tokens(usage.total());
+        }
+        if let Some(labels) = &self.labels {
+            self.histograms.tokens_used(
+                self.operation,
+                &labels.model,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            );
         }
         self.note(|r| {
             r.prompt_tokens = Some(usage.prompt_tokens);
@@ -235,6 +250,7 @@ impl Recorder {
             scopes: std::mem::take(&mut self.scopes),
             histograms: self.histograms.clone(),
             labels: self.labels.take(),
+            operation: self.operation,
             instance: self.instance.take(),
             first_token: self.first_token,
             done: std::mem::replace(&mut self.done, true),

@@ -29,13 +29,54 @@ pub const FAMILIES: [(&str, &str); 4] = [
     ),
 ];
 
-#[derive(Default)]
+/// Bucket bounds for tokens per request, by powers of four.
+const TOKEN_BOUNDS: [f64; 10] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
+];
+
 struct Series {
     /// Observations at or below each bound (not cumulative; summed when rendered).
-    buckets: [AtomicU64; BOUNDS.len()],
+    buckets: Vec<AtomicU64>,
     count: AtomicU64,
-    sum_micros: AtomicU64,
+    /// Microseconds for latencies, tokens for token counts.
+    sum: AtomicU64,
 }
+
+impl Series {
+    fn new(bounds: usize) -> Series {
+        Series {
+            buckets: (0..bounds).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, bounds: &[f64], value: f64, sum: u64) {
+        if let Some(at) = bounds.iter().position(|b| value <= *b) {
+            self.buckets[at].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(sum, Ordering::Relaxed);
+    }
+
+    /// `name`'s `_bucket`, `_sum` and `_count` lines for this series; the sum is kept
+    /// in units `sum_per` to one of the metric's (microseconds: 1e6).
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64], sum_per: f64) {
+        let mut cumulative = 0;
+        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / sum_per;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// (operation, model, token type).
+type TokenKey = (&'static str, String, &'static str);
 
 /// (metric, region, model, tier).
 type Key = (&'static str, String, String, String);
@@ -45,6 +86,8 @@ pub struct Histograms {
     series: RwLock<HashMap<Key, Arc<Series>>>,
     /// Answers by (tenant, model, code); code "" for a success.
     answers: RwLock<HashMap<(String, String, String), Arc<AtomicU64>>>,
+    /// Tokens per request, as OpenTelemetry's GenAI conventions count them.
+    tokens: RwLock<HashMap<TokenKey, Arc<Series>>>,
 }
 
 impl Histograms {
@@ -61,17 +104,34 @@ impl Histograms {
             Some(series) => series,
             None => {
                 let mut all = self.series.write().unwrap_or_else(|e| e.into_inner());
-                all.entry(key).or_default().clone()
+                all.entry(key)
+                    .or_insert_with(|| Arc::new(Series::new(BOUNDS.len())))
+                    .clone()
             }
         };
-        let seconds = value.as_secs_f64();
-        if let Some(at) = BOUNDS.iter().position(|b| seconds <= *b) {
-            series.buckets[at].fetch_add(1, Ordering::Relaxed);
+        series.observe(&BOUNDS, value.as_secs_f64(), value.as_micros() as u64);
+    }
+
+    /// Counts a request's input and output tokens for `operation` ("chat",
+    /// "embeddings") on `model`.
+    pub fn tokens_used(&self, operation: &'static str, model: &str, input: u64, output: u64) {
+        for (kind, n) in [("input", input), ("output", output)] {
+            if kind == "output" && operation == "embeddings" {
+                continue;
+            }
+            let key = (operation, model.to_string(), kind);
+            let series = self.tokens.read().ok().and_then(|t| t.get(&key).cloned());
+            let series = match series {
+                Some(series) => series,
+                None => {
+                    let mut all = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+                    all.entry(key)
+                        .or_insert_with(|| Arc::new(Series::new(TOKEN_BOUNDS.len())))
+                        .clone()
+                }
+            };
+            series.observe(&TOKEN_BOUNDS, n as f64, n);
         }
-        series.count.fetch_add(1, Ordering::Relaxed);
-        series
-            .sum_micros
-            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Counts an answer to `tenant` for `model` with `code` ("" when it succeeded).
@@ -105,17 +165,26 @@ impl Histograms {
                     escape(&key.2),
                     escape(&key.3)
                 );
-                let mut cumulative = 0;
-                for (bound, bucket) in BOUNDS.iter().zip(&s.buckets) {
-                    cumulative += bucket.load(Ordering::Relaxed);
-                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-                }
-                let count = s.count.load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-                let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-                let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-                let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+                s.render(out, &name, &labels, &BOUNDS, 1e6);
             }
+        }
+        let tokens = self.tokens.read().map(|t| t.clone()).unwrap_or_default();
+        let mut keys: Vec<&TokenKey> = tokens.keys().collect();
+        keys.sort();
+        let name = "gen_ai_client_token_usage";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Tokens per request by type, as OpenTelemetry's GenAI semantic conventions count them (gen_ai.client.token.usage)."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for key in keys {
+            let labels = format!(
+                "gen_ai_operation_name=\"{}\",gen_ai_request_model=\"{}\",gen_ai_token_type=\"{}\"",
+                key.0,
+                escape(&key.1),
+                key.2
+            );
+            tokens[key].render(out, name, &labels, &TOKEN_BOUNDS, 1.0);
         }
         let answers = self.answers.read().map(|a| a.clone()).unwrap_or_default();
         let mut keys: Vec<_> = answers.keys().collect();
@@ -192,5 +261,20 @@ mod tests {
             "switchyard_answers_total{tenant=\"acme\",model=\"gpt-4o-mini\",code=\"rate_limit_exceeded\"} 1\n"
         ));
         assert!(out.contains("# TYPE switchyard_ttft_seconds histogram\n"));
+        histograms.tokens_used("chat", "gpt-4o-mini", 20, 300);
+        histograms.tokens_used("embeddings", "text-embedding-3-small", 8, 0);
+        let mut out = String::new();
+        histograms.render(&mut out);
+        let chat = "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o-mini\"";
+        assert!(out.contains(&format!(
+            "gen_ai_client_token_usage_bucket{{{chat},gen_ai_token_type=\"output\",le=\"256\"}} 0\n"
+        )));
+        assert!(out.contains(&format!(
+            "gen_ai_client_token_usage_bucket{{{chat},gen_ai_token_type=\"output\",le=\"1024\"}} 1\n"
+        )));
+        assert!(out.contains(&format!(
+            "gen_ai_client_token_usage_sum{{{chat},gen_ai_token_type=\"input\"}} 20\n"
+        )));
+        assert!(!out.contains("text-embedding-3-small\",gen_ai_token_type=\"output\""));
     }
 }
