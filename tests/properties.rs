@@ -328,21 +328,34 @@ fn chat_body() -> impl Strategy<Value = Value> {
         })
 }
 
-/// Whatever a client sends as a chat or embeddings request, the gateway answers: the
-/// upstream's answer, or a refusal in OpenAI's shape; never a 5xx of its own, never a
-/// dropped connection.
-#[test]
-fn any_request_body_gets_an_answer_or_an_openai_refusal() {
+/// A runtime, a mock and a gateway in front of it, and a runner for generated inputs
+/// against them: PROPTEST_CASES (default 256) sets how many; scripts/randomized.sh
+/// runs thousands.
+fn live_gateway() -> (
+    tokio::runtime::Runtime,
+    switchyard::mock::MockHandle,
+    TestGateway,
+    TestRunner,
+) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (mock, gw) = runtime.block_on(async {
         let mock = quick_mock().spawn_local().await.unwrap();
         let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
         (mock, gw)
     });
-    let mut runner = TestRunner::new(Cases {
+    let runner = TestRunner::new(Cases {
         failure_persistence: None,
         ..Cases::default()
     });
+    (runtime, mock, gw, runner)
+}
+
+/// Whatever a client sends as a chat or embeddings request, the gateway answers: the
+/// upstream's answer, or a refusal in OpenAI's shape; never a 5xx of its own, never a
+/// dropped connection.
+#[test]
+fn any_request_body_gets_an_answer_or_an_openai_refusal() {
+    let (runtime, mock, gw, mut runner) = live_gateway();
     let target = (
         prop::sample::select(vec!["/v1/chat/completions", "/v1/embeddings"]),
         chat_body(),
@@ -382,17 +395,7 @@ fn any_request_body_gets_an_answer_or_an_openai_refusal() {
 /// shape when refused; and the gateway still serves afterwards.
 #[test]
 fn the_admin_api_answers_any_input_without_failing() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (mock, gw) = runtime.block_on(async {
-        let mock = quick_mock().spawn_local().await.unwrap();
-        let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
-        (mock, gw)
-    });
-    // PROPTEST_CASES (default 256) sets how many; scripts/randomized.sh runs thousands.
-    let mut runner = TestRunner::new(Cases {
-        failure_persistence: None,
-        ..Cases::default()
-    });
+    let (runtime, mock, gw, mut runner) = live_gateway();
     let target = prop_oneof![
         admin_action().prop_map(|body| ("/admin/actions".to_string(), body)),
         admin_value().prop_map(|body| ("/admin/tenants/tenant-a/limits".to_string(), body)),

@@ -602,51 +602,15 @@ fn region_detail(s: &Snapshot, name: &str, frame: &mut Frame, area: Rect) {
         ]
     });
     const COLUMNS: [Column; 9] = [
-        Column {
-            header: "INSTANCE",
-            width: 13,
-            keep: 9,
-        },
-        Column {
-            header: "HEALTH",
-            width: 13,
-            keep: 9,
-        },
-        Column {
-            header: "",
-            width: 22,
-            keep: 6,
-        },
-        Column {
-            header: "PROBE",
-            width: 7,
-            keep: 7,
-        },
-        Column {
-            header: "FAILS",
-            width: 5,
-            keep: 5,
-        },
-        Column {
-            header: "EJECTIONS",
-            width: 9,
-            keep: 4,
-        },
-        Column {
-            header: "IN FLIGHT",
-            width: 9,
-            keep: 8,
-        },
-        Column {
-            header: "ERR",
-            width: 6,
-            keep: 7,
-        },
-        Column {
-            header: "E2E P50/99",
-            width: 12,
-            keep: 3,
-        },
+        col("INSTANCE", 13, 9),
+        col("HEALTH", 13, 9),
+        col("", 22, 6),
+        col("PROBE", 7, 7),
+        col("FAILS", 5, 5),
+        col("EJECTIONS", 9, 4),
+        col("IN FLIGHT", 9, 8),
+        col("ERR", 6, 7),
+        col("E2E P50/99", 12, 3),
     ];
     let title = format!(
         "{} (order {}): {}, {:.0}% routable (Esc returns)",
@@ -732,6 +696,14 @@ struct Column {
     keep: u8,
 }
 
+const fn col(header: &'static str, width: u16, keep: u8) -> Column {
+    Column {
+        header,
+        width,
+        keep,
+    }
+}
+
 /// The columns that fit in `width`, in their order: the least needed go first.
 fn fitting(columns: &[Column], width: u16) -> Vec<usize> {
     let mut shown: Vec<usize> = (0..columns.len()).collect();
@@ -800,61 +772,17 @@ fn sorted_table<'a>(
 }
 
 const TENANT_COLUMNS: [Column; 11] = [
-    Column {
-        header: "TENANT",
-        width: 12,
-        keep: 9,
-    },
-    Column {
-        header: "TIER",
-        width: 10,
-        keep: 6,
-    },
-    Column {
-        header: "",
-        width: 6,
-        keep: 8,
-    },
-    Column {
-        header: "RPM",
-        width: 12,
-        keep: 7,
-    },
-    Column {
-        header: "TPM",
-        width: 13,
-        keep: 7,
-    },
-    Column {
-        header: "CONC",
-        width: 8,
-        keep: 4,
-    },
-    Column {
-        header: "TODAY",
-        width: 14,
-        keep: 5,
-    },
-    Column {
-        header: "MONTH",
-        width: 13,
-        keep: 3,
-    },
-    Column {
-        header: "REFUSED",
-        width: 11,
-        keep: 8,
-    },
-    Column {
-        header: "QUEUED",
-        width: 7,
-        keep: 5,
-    },
-    Column {
-        header: "OVERRIDES",
-        width: 12,
-        keep: 2,
-    },
+    col("TENANT", 12, 9),
+    col("TIER", 10, 6),
+    col("", 6, 8),
+    col("RPM", 12, 7),
+    col("TPM", 13, 7),
+    col("CONC", 8, 4),
+    col("TODAY", 14, 5),
+    col("MONTH", 13, 3),
+    col("REFUSED", 11, 8),
+    col("QUEUED", 7, 5),
+    col("OVERRIDES", 12, 2),
 ];
 
 fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
@@ -997,51 +925,15 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 }
 
 const REGION_COLUMNS: [Column; 9] = [
-    Column {
-        header: "REGION",
-        width: 9,
-        keep: 8,
-    },
-    Column {
-        header: "INSTANCE",
-        width: 13,
-        keep: 9,
-    },
-    Column {
-        header: "HEALTH",
-        width: 13,
-        keep: 9,
-    },
-    Column {
-        header: "",
-        width: 14,
-        keep: 4,
-    },
-    Column {
-        header: "IN FLIGHT",
-        width: 9,
-        keep: 6,
-    },
-    Column {
-        header: "HDR EWMA",
-        width: 9,
-        keep: 3,
-    },
-    Column {
-        header: "E2E P50/99",
-        width: 12,
-        keep: 5,
-    },
-    Column {
-        header: "ERR",
-        width: 6,
-        keep: 7,
-    },
-    Column {
-        header: "EJECTIONS",
-        width: 9,
-        keep: 2,
-    },
+    col("REGION", 9, 8),
+    col("INSTANCE", 13, 9),
+    col("HEALTH", 13, 9),
+    col("", 14, 4),
+    col("IN FLIGHT", 9, 6),
+    col("HDR EWMA", 9, 3),
+    col("E2E P50/99", 12, 5),
+    col("ERR", 6, 7),
+    col("EJECTIONS", 9, 2),
 ];
 
 fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
@@ -1066,51 +958,15 @@ fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         ]
     });
     const COLUMNS: [Column; 9] = [
-        Column {
-            header: "TIER",
-            width: 12,
-            keep: 9,
-        },
-        Column {
-            header: "SHARE",
-            width: 5,
-            keep: 4,
-        },
-        Column {
-            header: "SEATS",
-            width: 5,
-            keep: 6,
-        },
-        Column {
-            header: "IN USE",
-            width: 6,
-            keep: 7,
-        },
-        Column {
-            header: "BORROWED",
-            width: 8,
-            keep: 3,
-        },
-        Column {
-            header: "QUEUED",
-            width: 6,
-            keep: 8,
-        },
-        Column {
-            header: "OLDEST WAIT",
-            width: 11,
-            keep: 7,
-        },
-        Column {
-            header: "DISPATCHED",
-            width: 10,
-            keep: 2,
-        },
-        Column {
-            header: "PER SEC",
-            width: 7,
-            keep: 5,
-        },
+        col("TIER", 12, 9),
+        col("SHARE", 5, 4),
+        col("SEATS", 5, 6),
+        col("IN USE", 6, 7),
+        col("BORROWED", 8, 3),
+        col("QUEUED", 6, 8),
+        col("OLDEST WAIT", 11, 7),
+        col("DISPATCHED", 10, 2),
+        col("PER SEC", 7, 5),
     ];
     let table = fitted(&COLUMNS, rows, area.width, "priority levels");
     scrolled(frame, table, area, selected);
@@ -1133,41 +989,13 @@ fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         ]
     });
     const COLUMNS: [Column; 7] = [
-        Column {
-            header: "STREAM",
-            width: 20,
-            keep: 9,
-        },
-        Column {
-            header: "TENANT",
-            width: 12,
-            keep: 8,
-        },
-        Column {
-            header: "MODEL",
-            width: 14,
-            keep: 6,
-        },
-        Column {
-            header: "WHERE",
-            width: 22,
-            keep: 3,
-        },
-        Column {
-            header: "TOKENS",
-            width: 7,
-            keep: 7,
-        },
-        Column {
-            header: "TOK/S",
-            width: 7,
-            keep: 4,
-        },
-        Column {
-            header: "AGE",
-            width: 7,
-            keep: 5,
-        },
+        col("STREAM", 20, 9),
+        col("TENANT", 12, 8),
+        col("MODEL", 14, 6),
+        col("WHERE", 22, 3),
+        col("TOKENS", 7, 7),
+        col("TOK/S", 7, 4),
+        col("AGE", 7, 5),
     ];
     let title = format!("live streams ({})", s.streams.len());
     let table = fitted(&COLUMNS, rows, list.width, &title);
@@ -1218,46 +1046,14 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         ]
     });
     const COLUMNS: [Column; 8] = [
-        Column {
-            header: "METRIC",
-            width: 8,
-            keep: 9,
-        },
-        Column {
-            header: "SCOPE",
-            width: 24,
-            keep: 9,
-        },
-        Column {
-            header: "COUNT",
-            width: 7,
-            keep: 6,
-        },
-        Column {
-            header: "P50 ms",
-            width: 8,
-            keep: 8,
-        },
-        Column {
-            header: "P90 ms",
-            width: 8,
-            keep: 4,
-        },
-        Column {
-            header: "P99 ms",
-            width: 8,
-            keep: 8,
-        },
-        Column {
-            header: "P99.9 ms",
-            width: 8,
-            keep: 3,
-        },
-        Column {
-            header: "MAX ms",
-            width: 8,
-            keep: 5,
-        },
+        col("METRIC", 8, 9),
+        col("SCOPE", 24, 9),
+        col("COUNT", 7, 6),
+        col("P50 ms", 8, 8),
+        col("P90 ms", 8, 4),
+        col("P99 ms", 8, 8),
+        col("P99.9 ms", 8, 3),
+        col("MAX ms", 8, 5),
     ];
     let title = format!("latency percentiles, last {} (w: window)", model.window);
     let table = fitted(&COLUMNS, rows, table_area.width, &title);
