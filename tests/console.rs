@@ -294,6 +294,22 @@ fn command(model: &mut Model, line: &str) -> Vec<Cmd> {
     key(model, "enter")
 }
 
+/// Types `/TEXT` and Enter.
+fn filter(model: &mut Model, text: &str) -> Vec<Cmd> {
+    key(model, "/");
+    for c in text.chars() {
+        key(
+            model,
+            &if c == ' ' {
+                "space".to_string()
+            } else {
+                c.to_string()
+            },
+        );
+    }
+    key(model, "enter")
+}
+
 /// Presses `s` until the tenants are sorted by `sort` (at most once round).
 fn sort_by(model: &mut Model, sort: Sort) {
     for _ in 0..12 {
@@ -480,11 +496,7 @@ fn tenants_sort_filter_and_pause_from_the_keyboard() {
         "globex",
         "most tokens today first"
     );
-    key(&mut model, "/");
-    for c in "init".chars() {
-        key(&mut model, &c.to_string());
-    }
-    key(&mut model, "enter");
+    filter(&mut model, "init");
     assert_eq!(model.tenant_rows().len(), 1);
     key(&mut model, "p");
     assert!(
@@ -1139,11 +1151,7 @@ async fn the_numbers_an_operator_reads_are_what_clients_saw() {
 fn each_view_keeps_its_own_filter_always_shown_and_esc_clears_it() {
     let mut model = model_with_fixture();
     key(&mut model, "2");
-    key(&mut model, "/");
-    for c in "init".chars() {
-        key(&mut model, &c.to_string());
-    }
-    key(&mut model, "enter");
+    filter(&mut model, "init");
     assert_eq!(model.tenant_rows().len(), 1);
     // Another action's message does not hide the filter.
     key(&mut model, "s");
@@ -1154,11 +1162,7 @@ fn each_view_keeps_its_own_filter_always_shown_and_esc_clears_it() {
     key(&mut model, "5");
     assert_eq!(model.stream_rows().len(), 2);
     assert!(!draw(&model).contains("filter: init"));
-    key(&mut model, "/");
-    for c in "str_2".chars() {
-        key(&mut model, &c.to_string());
-    }
-    key(&mut model, "enter");
+    filter(&mut model, "str_2");
     assert_eq!(model.stream_rows().len(), 1);
 
     key(&mut model, "2");

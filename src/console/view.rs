@@ -362,16 +362,8 @@ fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         Paragraph::new(lines).block(block("refused and failed, by code")),
         refusals,
     );
-    let history: Vec<u64> = s.queue_history.clone();
-    let peak = history.iter().copied().max().unwrap_or(0);
-    frame.render_widget(
-        Sparkline::default()
-            .block(block(&format!("queue depth, last 2 min (0 to {peak})")))
-            .data(&history)
-            .max(peak.max(1))
-            .style(Style::new().fg(Color::Yellow)),
-        spark,
-    );
+    let title = "queue depth, last 2 min";
+    chart(frame, spark, title, &s.queue_history, "", Color::Yellow);
 
     let height = bottom.height.saturating_sub(2) as usize;
     let lines: Vec<Line> = s.events.iter().rev().take(height).map(event_line).collect();
@@ -506,22 +498,30 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
     ])
     .areas(charts);
     // The newest seconds that fit, each chart with its scale in its title.
-    let chart = |frame: &mut Frame, area: Rect, name: &str, data: &[u64], color: Color| {
-        let fits = usize::from(area.width.saturating_sub(2));
-        let data = &data[data.len().saturating_sub(fits)..];
-        let peak = data.iter().copied().max().unwrap_or(0);
-        frame.render_widget(
-            Sparkline::default()
-                .block(block(&format!("{name} (0 to {})", human_count(peak))))
-                .data(data)
-                .max(peak.max(1))
-                .style(Style::new().fg(color)),
-            area,
-        );
-    };
-    chart(frame, requests, "requests/s", &d.requests_per_sec, ACCENT);
-    chart(frame, refused, "refused/s", &d.refused_per_sec, Color::Red);
-    chart(frame, tokens, "tokens/s", &d.tokens_per_sec, Color::Green);
+    chart(
+        frame,
+        requests,
+        "requests/s",
+        &d.requests_per_sec,
+        "",
+        ACCENT,
+    );
+    chart(
+        frame,
+        refused,
+        "refused/s",
+        &d.refused_per_sec,
+        "",
+        Color::Red,
+    );
+    chart(
+        frame,
+        tokens,
+        "tokens/s",
+        &d.tokens_per_sec,
+        "",
+        Color::Green,
+    );
 
     let [codes, audit] =
         Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(bottom);
@@ -637,15 +637,8 @@ fn region_detail(s: &Snapshot, name: &str, frame: &mut Frame, area: Rect) {
         let history: Vec<u64> = series
             .map(|l| l.p99_history_ms.iter().map(|v| v.round() as u64).collect())
             .unwrap_or_default();
-        let peak = history.iter().copied().max().unwrap_or(0);
-        frame.render_widget(
-            Sparkline::default()
-                .block(block(&format!("{metric} p99 per 10 s (0 to {peak} ms)")))
-                .data(&history)
-                .max(peak.max(1))
-                .style(Style::new().fg(Color::Magenta)),
-            area,
-        );
+        let title = format!("{metric} p99 per 10 s");
+        chart(frame, area, &title, &history, " ms", Color::Magenta);
     }
 
     let height = usize::from(bottom.height.saturating_sub(2));
@@ -660,6 +653,24 @@ fn region_detail(s: &Snapshot, name: &str, frame: &mut Frame, area: Rect) {
     frame.render_widget(
         Paragraph::new(lines).block(block(&format!("events naming {name}, newest first"))),
         bottom,
+    );
+}
+
+/// A sparkline of the newest `data` that fit, its scale in the title (`0 to 1.2k ms`).
+fn chart(frame: &mut Frame, area: Rect, title: &str, data: &[u64], unit: &str, color: Color) {
+    let fits = usize::from(area.width.saturating_sub(2));
+    let data = &data[data.len().saturating_sub(fits)..];
+    let peak = data.iter().copied().max().unwrap_or(0);
+    frame.render_widget(
+        Sparkline::default()
+            .block(block(&format!(
+                "{title} (0 to {}{unit})",
+                human_count(peak)
+            )))
+            .data(data)
+            .max(peak.max(1))
+            .style(Style::new().fg(color)),
+        area,
     );
 }
 
@@ -1097,14 +1108,13 @@ fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         bars,
     );
     let history: Vec<u64> = l.p99_history_ms.iter().map(|v| v.round() as u64).collect();
-    let peak = history.iter().copied().max().unwrap_or(0);
-    frame.render_widget(
-        Sparkline::default()
-            .block(block(&format!("p99 per 10 s, last 5 m (0 to {peak} ms)")))
-            .data(&history)
-            .max(peak.max(1))
-            .style(Style::new().fg(Color::Magenta)),
+    chart(
+        frame,
         spark,
+        "p99 per 10 s, last 5 m",
+        &history,
+        " ms",
+        Color::Magenta,
     );
 }
 
