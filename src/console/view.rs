@@ -347,21 +347,7 @@ fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         Paragraph::new(text).block(block("traffic (rates over the last 5 s)")),
         numbers,
     );
-    let mut by_code: Vec<&(String, u64)> = s.errors_by_code.iter().collect();
-    by_code.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    let lines: Vec<Line> = if by_code.is_empty() {
-        vec![Line::from("none")]
-    } else {
-        by_code
-            .iter()
-            .take(usize::from(refusals.height.saturating_sub(2)))
-            .map(|(code, n)| Line::from(format!("{:>7}  {code}", human_count(*n))))
-            .collect()
-    };
-    frame.render_widget(
-        Paragraph::new(lines).block(block("refused and failed, by code")),
-        refusals,
-    );
+    by_code(frame, refusals, "refused and failed, by code", &s.errors_by_code);
     let title = "queue depth, last 2 min";
     chart(frame, spark, title, &s.queue_history, "", Color::Yellow);
 
@@ -525,20 +511,7 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
 
     let [codes, audit] =
         Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(bottom);
-    let mut by_code: Vec<&(String, u64)> = t.refused.iter().collect();
-    by_code.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    let lines: Vec<Line> = if by_code.is_empty() {
-        vec![Line::from("none")]
-    } else {
-        by_code
-            .iter()
-            .map(|(code, n)| Line::from(format!("{:>6}  {code}", human_count(*n))))
-            .collect()
-    };
-    frame.render_widget(
-        Paragraph::new(lines).block(block("refused, by code")),
-        codes,
-    );
+    by_code(frame, codes, "refused, by code", &t.refused);
     let lines: Vec<Line> = match &d.audit_unreadable {
         Some(why) => vec![Line::styled(why.clone(), Style::new().fg(Color::Red))],
         None => d
@@ -654,6 +627,22 @@ fn region_detail(s: &Snapshot, name: &str, frame: &mut Frame, area: Rect) {
         Paragraph::new(lines).block(block(&format!("events naming {name}, newest first"))),
         bottom,
     );
+}
+
+/// Counts by error code, the most frequent first, as many as fit.
+fn by_code(frame: &mut Frame, area: Rect, title: &str, counts: &[(String, u64)]) {
+    let mut sorted: Vec<&(String, u64)> = counts.iter().collect();
+    sorted.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let lines: Vec<Line> = if sorted.is_empty() {
+        vec![Line::from("none")]
+    } else {
+        sorted
+            .iter()
+            .take(usize::from(area.height.saturating_sub(2)))
+            .map(|(code, n)| Line::from(format!("{:>7}  {code}", human_count(*n))))
+            .collect()
+    };
+    frame.render_widget(Paragraph::new(lines).block(block(title)), area);
 }
 
 /// A sparkline of the newest `data` that fit, its scale in the title (`0 to 1.2k ms`).
