@@ -347,7 +347,8 @@ fn overview(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         Paragraph::new(text).block(block("traffic (rates over the last 5 s)")),
         numbers,
     );
-    by_code(frame, refusals, "refused and failed, by code", &s.errors_by_code);
+    let title = "refused and failed, by code";
+    by_code(frame, refusals, title, &s.errors_by_code);
     let title = "queue depth, last 2 min";
     chart(frame, spark, title, &s.queue_history, "", Color::Yellow);
 
