@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::audit::Audit;
 use crate::domain::Usage;
 use crate::domain::records::{AuditKind, AuditRecord};
-use crate::telemetry::histograms::{Histograms, Labels};
+use crate::telemetry::histograms::{Histograms, Labels, LatencySeries};
 use crate::telemetry::latency::{Latency, Metric, Recent};
 use crate::telemetry::meter::{Meter, TenantMeter};
 
@@ -31,8 +31,9 @@ pub(crate) struct Recorder {
     /// `region:…`, `model:…`, `tier:…`, once routed.
     scopes: Vec<String>,
     histograms: Arc<Histograms>,
-    /// The same, as `/metrics` labels them.
+    /// The same, as `/metrics` labels them, and their latency histograms.
     labels: Option<Labels>,
+    series: Option<LatencySeries>,
     /// OpenTelemetry's `gen_ai.operation.name`: "chat" or "embeddings".
     operation: &'static str,
     instance: Option<String>,
@@ -81,6 +82,7 @@ impl Recorder {
             scopes: Vec::new(),
             histograms: gateway.histograms().clone(),
             labels: None,
+            series: None,
             operation: if endpoint.contains("embeddings") {
                 "embeddings"
             } else {
@@ -137,11 +139,13 @@ impl Recorder {
             format!("model:{model}"),
             format!("tier:{tier}"),
         ];
-        self.labels = Some(Labels {
+        let labels = Labels {
             region: region.to_string(),
             model: model.to_string(),
             tier: tier.to_string(),
-        });
+        };
+        self.series = Some(self.histograms.latency_series(&labels));
+        self.labels = Some(labels);
         self.instance = Some(instance.to_string());
         self.record_latency(Metric::Queue, queued);
     }
@@ -196,8 +200,8 @@ impl Recorder {
     }
 
     fn record_latency(&self, metric: Metric, value: Duration) {
-        if let Some(labels) = &self.labels {
-            self.histograms.observe(metric.name(), labels, value);
+        if let Some(series) = &self.series {
+            series.observe(metric.name(), value);
         }
         if self.scopes.is_empty() {
             return;
@@ -250,6 +254,7 @@ impl Recorder {
             scopes: std::mem::take(&mut self.scopes),
             histograms: self.histograms.clone(),
             labels: self.labels.take(),
+            series: self.series.take(),
             operation: self.operation,
             instance: self.instance.take(),
             first_token: self.first_token,

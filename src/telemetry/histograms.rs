@@ -75,141 +75,171 @@ impl Series {
     }
 }
 
-/// (operation, model, token type).
-type TokenKey = (&'static str, String, &'static str);
+/// A request's latency series, one per family in `FAMILIES` order, found once when it
+/// is routed so that each observation is a few relaxed adds.
+#[derive(Clone)]
+pub struct LatencySeries(Arc<[Series; FAMILIES.len()]>);
 
-/// (metric, region, model, tier).
-type Key = (&'static str, String, String, String);
+impl LatencySeries {
+    /// Counts `value` of `metric` (a name in `FAMILIES`).
+    pub fn observe(&self, metric: &str, value: Duration) {
+        if let Some(at) = FAMILIES.iter().position(|(name, _)| *name == metric) {
+            self.0[at].observe(&BOUNDS, value.as_secs_f64(), value.as_micros() as u64);
+        }
+    }
+}
+
+/// One tenant's answers: by model, then by code.
+type AnswersByModel = HashMap<String, HashMap<&'static str, AtomicU64>>;
+
+/// Token series per model: chat input, chat output, embeddings input.
+type TokenSeries = Arc<[Series; 3]>;
+const TOKEN_KINDS: [(&str, &str); 3] = [
+    ("chat", "input"),
+    ("chat", "output"),
+    ("embeddings", "input"),
+];
 
 #[derive(Default)]
 pub struct Histograms {
-    series: RwLock<HashMap<Key, Arc<Series>>>,
-    /// Answers by (tenant, model, code); code "" for a success.
-    answers: RwLock<HashMap<(String, String, String), Arc<AtomicU64>>>,
-    /// Tokens per request, as OpenTelemetry's GenAI conventions count them.
-    tokens: RwLock<HashMap<TokenKey, Arc<Series>>>,
+    /// Latency by the labels of where requests went.
+    series: RwLock<HashMap<Labels, LatencySeries>>,
+    /// Answers by tenant, model and code (code "" for a success); looked up by `&str`
+    /// at every level, so counting allocates nothing once a series exists.
+    answers: RwLock<HashMap<String, AnswersByModel>>,
+    /// Tokens per request by model, as OpenTelemetry's GenAI conventions count them.
+    tokens: RwLock<HashMap<String, TokenSeries>>,
 }
 
 impl Histograms {
-    /// Counts `value` of `metric` (one of `FAMILIES`) for a request routed as labelled.
-    pub fn observe(&self, metric: &'static str, labels: &Labels, value: Duration) {
-        let key = (
-            metric,
-            labels.region.clone(),
-            labels.model.clone(),
-            labels.tier.clone(),
-        );
-        let series = self.series.read().ok().and_then(|s| s.get(&key).cloned());
-        let series = match series {
-            Some(series) => series,
-            None => {
-                let mut all = self.series.write().unwrap_or_else(|e| e.into_inner());
-                all.entry(key)
-                    .or_insert_with(|| Arc::new(Series::new(BOUNDS.len())))
-                    .clone()
-            }
-        };
-        series.observe(&BOUNDS, value.as_secs_f64(), value.as_micros() as u64);
+    /// The latency series of requests routed as `labels`, made on first use.
+    pub fn latency_series(&self, labels: &Labels) -> LatencySeries {
+        if let Some(found) = self.series.read().ok().and_then(|s| s.get(labels).cloned()) {
+            return found;
+        }
+        let mut all = self.series.write().unwrap_or_else(|e| e.into_inner());
+        all.entry(labels.clone())
+            .or_insert_with(|| {
+                LatencySeries(Arc::new(std::array::from_fn(|_| Series::new(BOUNDS.len()))))
+            })
+            .clone()
     }
 
     /// Counts a request's input and output tokens for `operation` ("chat",
     /// "embeddings") on `model`.
     pub fn tokens_used(&self, operation: &'static str, model: &str, input: u64, output: u64) {
-        for (kind, n) in [("input", input), ("output", output)] {
-            if kind == "output" && operation == "embeddings" {
-                continue;
+        let found = self.tokens.read().ok().and_then(|t| t.get(model).cloned());
+        let series = match found {
+            Some(series) => series,
+            None => {
+                let mut all = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+                all.entry(model.to_string())
+                    .or_insert_with(|| {
+                        Arc::new(std::array::from_fn(|_| Series::new(TOKEN_BOUNDS.len())))
+                    })
+                    .clone()
             }
-            let key = (operation, model.to_string(), kind);
-            let series = self.tokens.read().ok().and_then(|t| t.get(&key).cloned());
-            let series = match series {
-                Some(series) => series,
-                None => {
-                    let mut all = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-                    all.entry(key)
-                        .or_insert_with(|| Arc::new(Series::new(TOKEN_BOUNDS.len())))
-                        .clone()
-                }
-            };
-            series.observe(&TOKEN_BOUNDS, n as f64, n);
+        };
+        for (at, (op, kind)) in TOKEN_KINDS.iter().enumerate() {
+            if *op == operation {
+                let n = if *kind == "input" { input } else { output };
+                series[at].observe(&TOKEN_BOUNDS, n as f64, n);
+            }
         }
     }
 
     /// Counts an answer to `tenant` for `model` with `code` ("" when it succeeded).
-    pub fn answered(&self, tenant: &str, model: &str, code: &str) {
-        let key = (tenant.to_string(), model.to_string(), code.to_string());
-        let counter = self.answers.read().ok().and_then(|a| a.get(&key).cloned());
-        let counter = match counter {
-            Some(counter) => counter,
-            None => {
-                let mut all = self.answers.write().unwrap_or_else(|e| e.into_inner());
-                all.entry(key).or_default().clone()
-            }
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub fn answered(&self, tenant: &str, model: &str, code: &'static str) {
+        if let Ok(answers) = self.answers.read()
+            && let Some(counter) = answers
+                .get(tenant)
+                .and_then(|models| models.get(model))
+                .and_then(|codes| codes.get(code))
+        {
+            counter.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut answers = self.answers.write().unwrap_or_else(|e| e.into_inner());
+        answers
+            .entry(tenant.to_string())
+            .or_default()
+            .entry(model.to_string())
+            .or_default()
+            .entry(code)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The histograms and answer counters in Prometheus' text format.
     pub fn render(&self, out: &mut String) {
         let series = self.series.read().map(|s| s.clone()).unwrap_or_default();
-        let mut keys: Vec<&Key> = series.keys().collect();
-        keys.sort();
-        for (metric, help) in FAMILIES {
+        let mut labelled: Vec<(&Labels, &LatencySeries)> = series.iter().collect();
+        labelled.sort_by(|a, b| a.0.cmp(b.0));
+        for (at, (metric, help)) in FAMILIES.iter().enumerate() {
             let name = format!("switchyard_{metric}_seconds");
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} histogram");
-            for key in keys.iter().filter(|k| k.0 == metric) {
-                let s = &series[*key];
+            for (labels, series) in &labelled {
                 let labels = format!(
                     "region=\"{}\",model=\"{}\",tier=\"{}\"",
-                    escape(&key.1),
-                    escape(&key.2),
-                    escape(&key.3)
+                    escape(&labels.region),
+                    escape(&labels.model),
+                    escape(&labels.tier)
                 );
-                s.render(out, &name, &labels, &BOUNDS, 1e6);
+                series.0[at].render(out, &name, &labels, &BOUNDS, 1e6);
             }
         }
         let tokens = self.tokens.read().map(|t| t.clone()).unwrap_or_default();
-        let mut keys: Vec<&TokenKey> = tokens.keys().collect();
-        keys.sort();
+        let mut models: Vec<(&String, &TokenSeries)> = tokens.iter().collect();
+        models.sort_by(|a, b| a.0.cmp(b.0));
         let name = "gen_ai_client_token_usage";
         let _ = writeln!(
             out,
             "# HELP {name} Tokens per request by type, as OpenTelemetry's GenAI semantic conventions count them (gen_ai.client.token.usage)."
         );
         let _ = writeln!(out, "# TYPE {name} histogram");
-        for key in keys {
-            let labels = format!(
-                "gen_ai_operation_name=\"{}\",gen_ai_request_model=\"{}\",gen_ai_token_type=\"{}\"",
-                key.0,
-                escape(&key.1),
-                key.2
-            );
-            tokens[key].render(out, name, &labels, &TOKEN_BOUNDS, 1.0);
+        for (model, series) in models {
+            for (at, (operation, kind)) in TOKEN_KINDS.iter().enumerate() {
+                if series[at].count.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
+                let labels = format!(
+                    "gen_ai_operation_name=\"{operation}\",gen_ai_request_model=\"{}\",gen_ai_token_type=\"{kind}\"",
+                    escape(model)
+                );
+                series[at].render(out, name, &labels, &TOKEN_BOUNDS, 1.0);
+            }
         }
-        let answers = self.answers.read().map(|a| a.clone()).unwrap_or_default();
-        let mut keys: Vec<_> = answers.keys().collect();
-        keys.sort();
         let name = "switchyard_answers_total";
         let _ = writeln!(
             out,
             "# HELP {name} Answers to clients by tenant, model and OpenAI error code (empty when it succeeded)."
         );
         let _ = writeln!(out, "# TYPE {name} counter");
-        for key in keys {
-            let _ = writeln!(
-                out,
-                "{name}{{tenant=\"{}\",model=\"{}\",code=\"{}\"}} {}",
-                escape(&key.0),
-                escape(&key.1),
-                escape(&key.2),
-                answers[key].load(Ordering::Relaxed)
-            );
+        let answers = self.answers.read().unwrap_or_else(|e| e.into_inner());
+        let mut lines = Vec::new();
+        for (tenant, models) in answers.iter() {
+            for (model, codes) in models {
+                for (code, n) in codes {
+                    lines.push(format!(
+                        "{name}{{tenant=\"{}\",model=\"{}\",code=\"{}\"}} {}",
+                        escape(tenant),
+                        escape(model),
+                        escape(code),
+                        n.load(Ordering::Relaxed)
+                    ));
+                }
+            }
+        }
+        lines.sort();
+        for line in lines {
+            let _ = writeln!(out, "{line}");
         }
     }
 }
 
 /// Where a request went, as its metrics are labelled.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Labels {
     pub region: String,
     pub model: String,
@@ -236,8 +266,9 @@ mod tests {
             model: "gpt-4o-mini".into(),
             tier: "pro".into(),
         };
+        let series = histograms.latency_series(&labels);
         for ms in [3, 30, 300, 3_000, 400_000] {
-            histograms.observe("e2e", &labels, Duration::from_millis(ms));
+            series.observe("e2e", Duration::from_millis(ms));
         }
         histograms.answered("acme", "gpt-4o-mini", "");
         histograms.answered("acme", "gpt-4o-mini", "rate_limit_exceeded");
