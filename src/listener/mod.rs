@@ -9,6 +9,7 @@ mod json_errors;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -232,7 +233,8 @@ async fn serve_http<Io>(
 {
     // Requests in progress on this connection, a response's body included: HTTP/2 has
     // no header timer between requests, so idleness is watched here for both.
-    let (active, mut idle) = watch::channel(0usize);
+    let activity = Arc::new(Activity::new());
+    let active = activity.clone();
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
@@ -274,7 +276,7 @@ async fn serve_http<Io>(
     let ended = tokio::select! {
         _ = connection.as_mut() => Ended::Finished,
         () = closing => Ended::Closing,
-        () = idle_for(&mut idle, limits.header_read_timeout) => Ended::Idle,
+        () = idle_for(&activity, limits.header_read_timeout) => Ended::Idle,
     };
     match ended {
         Ended::Finished => {}
@@ -292,32 +294,60 @@ async fn serve_http<Io>(
     }
 }
 
+/// What a connection is doing: requests in progress (response bodies included) and
+/// when the last one ended. Plain atomics: requests never wake the idle timer, which
+/// looks when its deadline comes.
+struct Activity {
+    opened: tokio::time::Instant,
+    active: AtomicUsize,
+    /// Milliseconds after `opened` that the last request ended.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: tokio::time::Instant::now(),
+            active: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
 /// One request in progress on a connection; done when dropped.
-struct Busy(watch::Sender<usize>);
+struct Busy(Arc<Activity>);
 
 impl Busy {
-    fn start(active: &watch::Sender<usize>) -> Busy {
-        active.send_modify(|n| *n += 1);
-        Busy(active.clone())
+    fn start(activity: &Arc<Activity>) -> Busy {
+        activity.active.fetch_add(1, Ordering::Relaxed);
+        Busy(activity.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        let activity = &self.0;
+        let now = activity.opened.elapsed().as_millis() as u64;
+        activity.last_ms.fetch_max(now, Ordering::Relaxed);
+        activity.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Resolves once a connection has had no request in progress for `timeout`.
-async fn idle_for(active: &mut watch::Receiver<usize>, timeout: Duration) {
+async fn idle_for(activity: &Activity, timeout: Duration) {
     loop {
-        if active.wait_for(|n| *n == 0).await.is_err() {
-            return std::future::pending().await;
+        let last = Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
+        let deadline = activity.opened + last + timeout;
+        tokio::time::sleep_until(deadline).await;
+        if activity.active.load(Ordering::Relaxed) > 0 {
+            // Busy now: look again a whole timeout after this moment at the earliest.
+            activity.last_ms.fetch_max(
+                activity.opened.elapsed().as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            continue;
         }
-        if tokio::time::timeout(timeout, active.wait_for(|n| *n > 0))
-            .await
-            .is_err()
-        {
+        if activity.last_ms.load(Ordering::Relaxed) <= last.as_millis() as u64 {
             return;
         }
     }
