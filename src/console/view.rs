@@ -484,15 +484,15 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
         Constraint::Ratio(1, 3),
     ])
     .areas(charts);
-    // The newest seconds that fit, each chart with its scale in its title.
-    chart(
-        frame,
-        requests,
-        "requests/s",
-        &d.requests_per_sec,
-        "",
-        ACCENT,
-    );
+    // The newest seconds that fit, each chart with its scale in its title, and the
+    // per-minute limits as the per-second rate they allow.
+    let allows = |limit: Option<u64>| {
+        limit.map_or(String::new(), |l| {
+            format!(", limit {}/s", human_count(l.div_ceil(60)))
+        })
+    };
+    let title = format!("requests/s{}", allows(t.limits.rpm));
+    chart(frame, requests, &title, &d.requests_per_sec, "", ACCENT);
     chart(
         frame,
         refused,
@@ -501,14 +501,8 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
         "",
         Color::Red,
     );
-    chart(
-        frame,
-        tokens,
-        "tokens/s",
-        &d.tokens_per_sec,
-        "",
-        Color::Green,
-    );
+    let title = format!("tokens/s{}", allows(t.limits.tpm));
+    chart(frame, tokens, &title, &d.tokens_per_sec, "", Color::Green);
 
     let [codes, audit] =
         Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(bottom);
