@@ -1255,14 +1255,15 @@ fn enter_drills_into_a_tenant_and_esc_comes_back() {
         let screen = draw_at(&model, width, height);
         insta::assert_snapshot!(format!("{width}x{height}_tenant_detail"), screen);
         assert!(screen.contains("globex (Esc returns)"), "{screen}");
+        assert!(screen.contains("requests/s (0 to 11)"), "{screen}");
         if width >= 200 {
             // rpm 600 and tpm 100000 as the per-second rates they allow.
             assert!(
-                screen.contains("requests/s, limit 10/s (0 to 11)"),
+                screen.contains("requests/s (0 to 11), limit 10/s"),
                 "{screen}"
             );
             assert!(
-                screen.contains("tokens/s, limit 1.7k/s (0 to 1.2k)"),
+                screen.contains("tokens/s (0 to 1.2k), limit 1.7k/s"),
                 "{screen}"
             );
         }

@@ -491,8 +491,16 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
             format!(", limit {}/s", human_count(l.div_ceil(60)))
         })
     };
-    let title = format!("requests/s{}", allows(t.limits.rpm));
-    chart(frame, requests, &title, &d.requests_per_sec, "", ACCENT);
+    let note = allows(t.limits.rpm);
+    noted_chart(
+        frame,
+        requests,
+        "requests/s",
+        &d.requests_per_sec,
+        "",
+        ACCENT,
+        &note,
+    );
     chart(
         frame,
         refused,
@@ -501,8 +509,16 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
         "",
         Color::Red,
     );
-    let title = format!("tokens/s{}", allows(t.limits.tpm));
-    chart(frame, tokens, &title, &d.tokens_per_sec, "", Color::Green);
+    let note = allows(t.limits.tpm);
+    noted_chart(
+        frame,
+        tokens,
+        "tokens/s",
+        &d.tokens_per_sec,
+        "",
+        Color::Green,
+        &note,
+    );
 
     let [codes, audit] =
         Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(bottom);
@@ -640,15 +656,28 @@ fn by_code(frame: &mut Frame, area: Rect, title: &str, counts: &[(String, u64)])
     frame.render_widget(Paragraph::new(lines).block(block(title)), area);
 }
 
-/// A sparkline of the newest `data` that fit, its scale in the title (`0 to 1.2k ms`).
+/// A sparkline of the newest `data` that fit, its scale in the title (`0 to 1.2k ms`)
+/// before any `note`, so a narrow chart loses the note first.
 fn chart(frame: &mut Frame, area: Rect, title: &str, data: &[u64], unit: &str, color: Color) {
+    noted_chart(frame, area, title, data, unit, color, "");
+}
+
+fn noted_chart(
+    frame: &mut Frame,
+    area: Rect,
+    title: &str,
+    data: &[u64],
+    unit: &str,
+    color: Color,
+    note: &str,
+) {
     let fits = usize::from(area.width.saturating_sub(2));
     let data = &data[data.len().saturating_sub(fits)..];
     let peak = data.iter().copied().max().unwrap_or(0);
     frame.render_widget(
         Sparkline::default()
             .block(block(&format!(
-                "{title} (0 to {}{unit})",
+                "{title} (0 to {}{unit}){note}",
                 human_count(peak)
             )))
             .data(data)
