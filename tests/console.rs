@@ -280,32 +280,24 @@ fn draw_at(model: &Model, width: u16, height: u16) -> String {
 
 /// Types `:LINE` and Enter.
 fn command(model: &mut Model, line: &str) -> Vec<Cmd> {
-    key(model, ":");
-    for c in line.chars() {
-        key(
-            model,
-            &if c == ' ' {
-                "space".to_string()
-            } else {
-                c.to_string()
-            },
-        );
-    }
-    key(model, "enter")
+    type_line(model, ":", line)
 }
 
 /// Types `/TEXT` and Enter.
 fn filter(model: &mut Model, text: &str) -> Vec<Cmd> {
-    key(model, "/");
+    type_line(model, "/", text)
+}
+
+/// Opens a prompt with `opener`, types `text` into it and presses Enter.
+fn type_line(model: &mut Model, opener: &str, text: &str) -> Vec<Cmd> {
+    key(model, opener);
     for c in text.chars() {
-        key(
-            model,
-            &if c == ' ' {
-                "space".to_string()
-            } else {
-                c.to_string()
-            },
-        );
+        let name = if c == ' ' {
+            "space".to_string()
+        } else {
+            c.to_string()
+        };
+        key(model, &name);
     }
     key(model, "enter")
 }

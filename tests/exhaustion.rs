@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// An upstream that closes every connection after answering, so each probe and request
 /// needs a new descriptor rather than a pooled connection.
@@ -72,16 +71,6 @@ fn set_soft_open_file_limit(soft: &str, hard: &str) {
         .status()
         .expect("prlimit (util-linux) runs");
     assert!(status.success());
-}
-
-async fn instance_health(gw: &TestGateway) -> Value {
-    let view: Value = gw
-        .admin(Method::GET, "/admin/regions", None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    view["regions"][0]["instances"][0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +137,7 @@ async fn running_out_of_descriptors_is_never_held_against_an_upstream() {
             .contains("out of local resources"),
         "{body}"
     );
-    let instance = instance_health(&gw).await;
+    let instance = gw.first_instance().await;
     assert_eq!(instance["health"]["state"], "healthy", "{instance}");
     assert_eq!(instance["health"]["consecutive_failures"], 0, "{instance}");
     assert_eq!(instance["health"]["ejections"], 0, "{instance}");

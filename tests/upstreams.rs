@@ -7,19 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use reqwest::Method;
 use serde_json::{Value, json};
 use switchyard::streams::parse_events;
-
-async fn instance(gw: &TestGateway) -> Value {
-    let view: Value = gw
-        .admin(Method::GET, "/admin/regions", None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    view["regions"][0]["instances"][0].clone()
-}
 
 #[tokio::test]
 async fn a_stalled_stream_is_ended_settled_and_held_against_its_instance() {
@@ -52,7 +41,7 @@ async fn a_stalled_stream_is_ended_settled_and_held_against_its_instance() {
     let tenant = gw.tenant("tenant-a").await;
     assert_eq!(tenant["in_flight"], 0);
     assert!(tenant["day"]["tokens"].as_u64().unwrap() > 3);
-    let instance = instance(&gw).await;
+    let instance = gw.first_instance().await;
     assert_eq!(instance["in_flight"], 0);
     assert_eq!(instance["health"]["consecutive_failures"], 1);
     // The upstream's connection was closed: its generation is cancelled.
@@ -74,7 +63,7 @@ async fn every_upstream_rate_limiting_is_a_429_with_the_soonest_wait() {
     let error = error_of(response).await;
     assert_eq!(error["code"], "upstream_rate_limited");
     assert_eq!(error["type"], "requests");
-    assert_eq!(instance(&gw).await["health"]["ejections"], 0);
+    assert_eq!(gw.first_instance().await["health"]["ejections"], 0);
 }
 
 #[tokio::test]

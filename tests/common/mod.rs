@@ -179,6 +179,17 @@ impl TestGateway {
     }
 
     /// A tenant's state as the admin API shows it.
+    /// The first instance of the first region, as the admin API shows it.
+    pub async fn first_instance(&self) -> Value {
+        let view: Value = self
+            .admin(reqwest::Method::GET, "/admin/regions", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        view["regions"][0]["instances"][0].clone()
+    }
+
     pub async fn tenant(&self, name: &str) -> Value {
         self.admin(
             reqwest::Method::GET,
