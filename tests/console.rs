@@ -1221,6 +1221,23 @@ fn detail_fixture() -> TenantDetail {
         requests_per_sec: (0..300).map(|s| 5 + s % 7).collect(),
         tokens_per_sec: (0..300).map(|s| 800 + (s % 5) * 100).collect(),
         refused_per_sec: (0..300).map(|s| u64::from(s % 60 > 50)).collect(),
+        refused_by_code_per_sec: vec![
+            (
+                "rate_limit_exceeded".into(),
+                (0..300).map(|s| u64::from(s % 60 > 50) * 3).collect(),
+            ),
+            (
+                "tenant_paused".into(),
+                (0..300).map(|s| u64::from(s % 60 < 5)).collect(),
+            ),
+        ],
+        e2e_p50_ms: (0..300)
+            .map(|s| (s % 9 != 0).then_some(40.0 + (s % 13) as f64))
+            .collect(),
+        e2e_p99_ms: (0..300)
+            .map(|s| (s % 9 != 0).then_some(180.0 + (s % 17) as f64 * 10.0))
+            .collect(),
+        queue_p99_ms: (0..300).map(|s| Some((s % 11) as f64 * 2.0)).collect(),
         audit: vec![switchyard::domain::records::AuditRecord {
             at_ms: 1_795_896_000_000,
             kind: Some(switchyard::domain::records::AuditKind::Operator),
@@ -1254,12 +1271,19 @@ fn enter_drills_into_a_tenant_and_esc_comes_back() {
                 screen.contains("requests/s (0 to 11), limit 10/s"),
                 "{screen}"
             );
+            // Tokens per minute against tpm 100000; refusals by kind, coloured.
             assert!(
-                screen.contains("tokens/s (0 to 1.2k), limit 1.7k/s"),
+                screen.contains("tokens/min (0 to 60k) tpm limit 100k"),
                 "{screen}"
             );
+            assert!(
+                screen.contains("refused/s (0 to 3) rate paused"),
+                "{screen}"
+            );
+            assert!(screen.contains("e2e (0 to 340 ms) p50 p99"), "{screen}");
+            assert!(screen.contains("queue wait p99 (0 to 20 ms)"), "{screen}");
         }
-        assert!(screen.contains("refused/s (0 to 1)"), "{screen}");
+        assert!(screen.contains("refused/s (0 to 3)"), "{screen}");
         assert!(
             screen.contains("operator alice: globex's limits"),
             "{screen}"
@@ -1290,7 +1314,11 @@ async fn a_tenants_detail_comes_through_the_admin_api_with_its_seconds_and_recor
     let detail = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let detail = remote.tenant_detail("tenant-a".into()).await.unwrap();
-            if detail.requests_per_sec.iter().sum::<u64>() == 6 {
+            // Counted as they arrive, refusals and latencies as they finish.
+            if detail.requests_per_sec.iter().sum::<u64>() == 6
+                && detail.refused_per_sec.iter().sum::<u64>() == 2
+                && detail.e2e_p99_ms.iter().flatten().count() > 0
+            {
                 return detail;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1299,8 +1327,24 @@ async fn a_tenants_detail_comes_through_the_admin_api_with_its_seconds_and_recor
     .await
     .expect("six requests in the history");
     assert_eq!(detail.tenant.name, "tenant-a");
-    assert_eq!(detail.refused_per_sec.iter().sum::<u64>(), 2);
     assert!(detail.tokens_per_sec.iter().sum::<u64>() > 0);
+    let by_code: Vec<(&str, u64)> = detail
+        .refused_by_code_per_sec
+        .iter()
+        .map(|(code, seconds)| (code.as_str(), seconds.iter().sum()))
+        .collect();
+    assert_eq!(by_code, [("rate_limit_exceeded", 2)]);
+    // Every series covers the same seconds.
+    let seconds = detail.requests_per_sec.len();
+    for len in [
+        detail.e2e_p50_ms.len(),
+        detail.e2e_p99_ms.len(),
+        detail.queue_p99_ms.len(),
+        detail.refused_by_code_per_sec[0].1.len(),
+    ] {
+        assert_eq!(len, seconds);
+    }
+    assert!(detail.e2e_p99_ms.iter().flatten().all(|ms| *ms > 0.0));
     assert_eq!(
         detail.tenant.refused,
         [("rate_limit_exceeded".to_string(), 2)]

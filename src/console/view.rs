@@ -431,9 +431,12 @@ fn dollars(cents: u64) -> String {
 /// second, its refusals by code and its newest audit records.
 fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
     let t = &d.tenant;
-    let [top, charts, bottom] = Layout::vertical([
+    // Two rows of charts: small ones on a small terminal, so the audit keeps a few lines.
+    let chart_height = if area.height >= 36 { 8 } else { 5 };
+    let [top, charts, latencies, audit] = Layout::vertical([
         Constraint::Length(6),
-        Constraint::Length(6),
+        Constraint::Length(chart_height),
+        Constraint::Length(chart_height),
         Constraint::Min(3),
     ])
     .areas(area);
@@ -478,20 +481,13 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
         top,
     );
 
-    let [requests, refused, tokens] = Layout::horizontal([
-        Constraint::Ratio(1, 3),
-        Constraint::Ratio(1, 3),
-        Constraint::Ratio(1, 3),
-    ])
-    .areas(charts);
-    // The newest seconds that fit, each chart with its scale in its title, and the
-    // per-minute limits as the per-second rate they allow.
-    let allows = |limit: Option<u64>| {
-        limit.map_or(String::new(), |l| {
-            format!(", limit {}/s", human_count(l.div_ceil(60)))
-        })
-    };
-    let note = allows(t.limits.rpm);
+    let [requests, refused, tokens] = thirds(charts);
+    let [e2e, queue, codes] = thirds(latencies);
+    // The newest seconds that fit, each chart with its scale in its title; requests
+    // against the per-second rate the rpm limit allows, tokens per minute against tpm.
+    let note = t.limits.rpm.map_or(String::new(), |l| {
+        format!(", limit {}/s", human_count(l.div_ceil(60)))
+    });
     noted_chart(
         frame,
         requests,
@@ -501,28 +497,56 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
         ACCENT,
         &note,
     );
-    chart(
-        frame,
-        refused,
-        "refused/s",
-        &d.refused_per_sec,
-        "",
-        Color::Red,
-    );
-    let note = allows(t.limits.tpm);
-    noted_chart(
+    let mut kinds: Vec<(&str, Vec<Option<f64>>)> = Vec::new();
+    for (code, seconds) in &d.refused_by_code_per_sec {
+        let label = refusal_label(code);
+        let at = match kinds.iter().position(|(k, _)| *k == label) {
+            Some(at) => at,
+            None => {
+                kinds.push((label, vec![Some(0.0); seconds.len()]));
+                kinds.len() - 1
+            }
+        };
+        for (sum, n) in kinds[at].1.iter_mut().zip(seconds) {
+            *sum = sum.map(|s| s + *n as f64);
+        }
+    }
+    let kinds: Vec<Series> = kinds
+        .iter()
+        .map(|(label, points)| Series::new(label, refusal_color(label), points))
+        .collect();
+    line_chart(frame, refused, "refused/s", "", &kinds, None);
+    let per_minute = per_minute(&d.tokens_per_sec);
+    let limit = t.limits.tpm.map(|l| (l as f64, "tpm limit"));
+    line_chart(
         frame,
         tokens,
-        "tokens/s",
-        &d.tokens_per_sec,
+        "tokens/min",
         "",
-        Color::Green,
-        &note,
+        &[Series::new("used", Color::Green, &per_minute)],
+        limit,
     );
-
-    let [codes, audit] =
-        Layout::horizontal([Constraint::Length(30), Constraint::Min(20)]).areas(bottom);
+    line_chart(
+        frame,
+        e2e,
+        "e2e",
+        " ms",
+        &[
+            Series::new("p50", ACCENT, &d.e2e_p50_ms),
+            Series::new("p99", Color::Magenta, &d.e2e_p99_ms),
+        ],
+        None,
+    );
+    line_chart(
+        frame,
+        queue,
+        "queue wait p99",
+        " ms",
+        &[Series::new("p99", Color::Yellow, &d.queue_p99_ms)],
+        None,
+    );
     by_code(frame, codes, "refused, by code", &t.refused);
+
     let lines: Vec<Line> = match &d.audit_unreadable {
         Some(why) => vec![Line::styled(why.clone(), Style::new().fg(Color::Red))],
         None => d
@@ -685,6 +709,145 @@ fn noted_chart(
             .style(Style::new().fg(color)),
         area,
     );
+}
+
+/// An area in three equal columns.
+fn thirds(area: Rect) -> [Rect; 3] {
+    Layout::horizontal([Constraint::Ratio(1, 3); 3]).areas(area)
+}
+
+/// Tokens in the minute up to each second: a rolling sum of per-second counts. A long
+/// history's first minute is left out, since its sums would miss the seconds before.
+fn per_minute(per_second: &[u64]) -> Vec<Option<f64>> {
+    let mut sum = 0u64;
+    let sums: Vec<Option<f64>> = per_second
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            sum += n;
+            if i >= 60 {
+                sum -= per_second[i - 60];
+            }
+            Some(sum as f64)
+        })
+        .collect();
+    let skip = if sums.len() >= 120 { 59 } else { 0 };
+    sums[skip..].to_vec()
+}
+
+/// One line of a `line_chart`: its name in the legend, its colour, a point per second
+/// (none where nothing was measured).
+struct Series<'a> {
+    name: &'a str,
+    color: Color,
+    points: &'a [Option<f64>],
+}
+
+impl<'a> Series<'a> {
+    fn new(name: &'a str, color: Color, points: &'a [Option<f64>]) -> Series<'a> {
+        Series {
+            name,
+            color,
+            points,
+        }
+    }
+}
+
+/// Lines over the newest seconds that fit (two a cell, in braille) from zero up, the
+/// scale and a coloured legend in the title, and a `limit` drawn across when given.
+fn line_chart(
+    frame: &mut Frame,
+    area: Rect,
+    title: &str,
+    unit: &str,
+    series: &[Series],
+    limit: Option<(f64, &str)>,
+) {
+    use ratatui::symbols::Marker;
+    use ratatui::widgets::{Axis, Chart, Dataset, GraphType};
+
+    let fits = usize::from(area.width.saturating_sub(2)) * 2;
+    let len = series.iter().map(|s| s.points.len()).max().unwrap_or(0);
+    let shown = len.min(fits);
+    let points: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            let newest = &s.points[s.points.len().saturating_sub(shown)..];
+            let offset = shown - newest.len();
+            newest
+                .iter()
+                .enumerate()
+                .filter_map(|(x, y)| y.map(|y| ((offset + x) as f64, y)))
+                .collect()
+        })
+        .collect();
+    let peak = points.iter().flatten().map(|p| p.1).fold(0.0, f64::max);
+    let top = peak.max(limit.map_or(0.0, |l| l.0)).max(1.0) * 1.05;
+    let mut heading = vec![Span::styled(
+        format!(" {title} (0 to {}{unit})", human_count(peak.round() as u64)),
+        Style::new().fg(ACCENT),
+    )];
+    if series.len() > 1 {
+        for s in series {
+            heading.push(Span::styled(
+                format!(" {}", s.name),
+                Style::new().fg(s.color),
+            ));
+        }
+    }
+    if let Some((value, name)) = limit {
+        heading.push(Span::styled(
+            format!(" {name} {}", human_count(value as u64)),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    let limit_line = limit.map(|(value, _)| vec![(0.0, value), (shown.max(2) as f64 - 1.0, value)]);
+    heading.push(Span::raw(" "));
+    let mut datasets: Vec<Dataset> = Vec::new();
+    if let Some(line) = &limit_line {
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(Color::Yellow))
+                .data(line),
+        );
+    }
+    for (s, data) in series.iter().zip(&points) {
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(s.color))
+                .data(data),
+        );
+    }
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Line::from(heading));
+    if shown == 0 {
+        frame.render_widget(Paragraph::new("nothing yet").block(block), area);
+        return;
+    }
+    frame.render_widget(
+        Chart::new(datasets)
+            .block(block)
+            .x_axis(Axis::default().bounds([0.0, shown.max(2) as f64 - 1.0]))
+            .y_axis(Axis::default().bounds([0.0, top])),
+        area,
+    );
+}
+
+/// How a refusal kind is coloured in charts.
+fn refusal_color(label: &str) -> Color {
+    match label {
+        "rate" => Color::Yellow,
+        "budget" => Color::Magenta,
+        "paused" => Color::Red,
+        "queue" => Color::Cyan,
+        "upstream" => Color::LightRed,
+        _ => Color::Gray,
+    }
 }
 
 /// What a refusal code is called in a narrow column.

@@ -300,6 +300,16 @@ pub struct TenantDetail {
     pub requests_per_sec: Vec<u64>,
     pub tokens_per_sec: Vec<u64>,
     pub refused_per_sec: Vec<u64>,
+    /// The same seconds: refusals per code, end-to-end p50 and p99 and queue-wait p99
+    /// (none in a second when no request finished).
+    #[serde(default)]
+    pub refused_by_code_per_sec: Vec<(String, Vec<u64>)>,
+    #[serde(default)]
+    pub e2e_p50_ms: Vec<Option<f64>>,
+    #[serde(default)]
+    pub e2e_p99_ms: Vec<Option<f64>>,
+    #[serde(default)]
+    pub queue_p99_ms: Vec<Option<f64>>,
     /// Its newest audit records (requests and operators' actions), newest last.
     pub audit: Vec<super::records::AuditRecord>,
     /// Why the audit records are missing, when the log could not be read.

@@ -102,10 +102,10 @@ impl Gateway {
             &self.scheduler.queued_by_tenant(),
             &self.recent.percentiles(),
         );
-        let (requests_per_sec, tokens_per_sec, refused_per_sec) = self
+        let seconds = self
             .meter
             .tenant_if_seen(name)
-            .map(|m| m.per_second())
+            .map(|m| m.seconds())
             .unwrap_or_default();
         let query = AuditQuery {
             tenant: Some(name.to_string()),
@@ -122,9 +122,13 @@ impl Gateway {
         };
         Ok(TenantDetail {
             tenant,
-            requests_per_sec,
-            tokens_per_sec,
-            refused_per_sec,
+            requests_per_sec: seconds.requests,
+            tokens_per_sec: seconds.tokens,
+            refused_per_sec: seconds.refused,
+            refused_by_code_per_sec: seconds.refused_by_code,
+            e2e_p50_ms: seconds.e2e_p50_ms,
+            e2e_p99_ms: seconds.e2e_p99_ms,
+            queue_p99_ms: seconds.queue_p99_ms,
             audit,
             audit_unreadable,
         })

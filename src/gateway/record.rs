@@ -148,6 +148,9 @@ impl Recorder {
         self.labels = Some(labels);
         self.instance = Some(instance.to_string());
         self.record_latency(Metric::Queue, queued);
+        if let Some(meter) = &self.tenant_meter {
+            meter.queued(queued);
+        }
     }
 
     /// A stream's first content arrived.
@@ -193,6 +196,9 @@ impl Recorder {
         if !self.tenant.is_empty() {
             self.recent
                 .record(&format!("tenant:{}", self.tenant), total);
+        }
+        if let Some(meter) = &self.tenant_meter {
+            meter.answered(total);
         }
         if let Some(instance) = &self.instance {
             self.recent.record(&format!("instance:{instance}"), total);
