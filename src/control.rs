@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::client::AdminClient;
 use crate::domain::records::{AuditQuery, AuditRecord};
-use crate::domain::snapshot::{Action, Snapshot, TenantDetail};
+use crate::domain::snapshot::{Action, InstanceDetail, Snapshot, TenantDetail};
 use crate::gateway::Gateway;
 
 /// What a control sends a console.
@@ -45,6 +45,8 @@ pub enum Link {
 pub type Acted<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
 pub type Audited<'a> = Pin<Box<dyn Future<Output = Result<Vec<AuditRecord>, String>> + Send + 'a>>;
 pub type Detailed<'a> = Pin<Box<dyn Future<Output = Result<TenantDetail, String>> + Send + 'a>>;
+pub type InstanceDetailed<'a> =
+    Pin<Box<dyn Future<Output = Result<InstanceDetail, String>> + Send + 'a>>;
 
 pub trait Control: Send + Sync + 'static {
     /// Starts feeding snapshots and link changes; the feed stops when the receiver drops.
@@ -55,6 +57,8 @@ pub trait Control: Send + Sync + 'static {
     fn audit(&self, query: AuditQuery) -> Audited<'_>;
     /// One tenant in depth, for the drill-down.
     fn tenant_detail(&self, tenant: String) -> Detailed<'_>;
+    /// One upstream instance in depth, for the drill-down.
+    fn instance_detail(&self, instance: String) -> InstanceDetailed<'_>;
     /// Where the gateway is, for the console's title.
     fn describe(&self) -> String;
     /// Whether quitting the console stops the gateway (`switchyard up`), so it asks first.
@@ -184,6 +188,10 @@ impl Control for InProcess {
 
     fn tenant_detail(&self, tenant: String) -> Detailed<'_> {
         Box::pin(async move { self.gateway.tenant_detail(&tenant).await })
+    }
+
+    fn instance_detail(&self, instance: String) -> InstanceDetailed<'_> {
+        Box::pin(async move { self.gateway.instance_detail(&instance) })
     }
 
     fn describe(&self) -> String {
@@ -322,6 +330,14 @@ impl Control for Remote {
     fn tenant_detail(&self, tenant: String) -> Detailed<'_> {
         Box::pin(async move {
             let path = format!("/admin/tenants/{}/detail", url_segment(&tenant));
+            let reply = self.client.get(&path).await.map_err(|e| e.to_string())?;
+            serde_json::from_value(reply).map_err(|e| format!("an unreadable detail: {e}"))
+        })
+    }
+
+    fn instance_detail(&self, instance: String) -> InstanceDetailed<'_> {
+        Box::pin(async move {
+            let path = format!("/admin/instances/{}/detail", url_segment(&instance));
             let reply = self.client.get(&path).await.map_err(|e| e.to_string())?;
             serde_json::from_value(reply).map_err(|e| format!("an unreadable detail: {e}"))
         })

@@ -304,6 +304,7 @@ async fn every_second(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>)
         tokio::select! {
             _ = tick.tick() => {
                 gateway.meter().sample(gateway.scheduler().queued() as u64);
+                gateway.router().sample();
                 gateway.hub().sweep();
                 seconds += 1;
                 if seconds % window == 0 {

@@ -1554,11 +1554,112 @@ fn mouse_events_have_names_and_the_rest_are_ignored() {
     assert_eq!(mouse_name(&event(MouseEventKind::Moved)), None);
 }
 
+fn instance_fixture() -> InstanceDetail {
+    let failed: Vec<u64> = (0..300).map(|s| u64::from(s % 50 > 44) * 4).collect();
+    InstanceDetail {
+        instance: "us-east-b".into(),
+        region: "us-east".into(),
+        history: History {
+            requests: (0..300).map(|s| 20 + s % 6).collect(),
+            refused: failed.clone(),
+            refused_by_code: vec![
+                ("failed".into(), failed),
+                (
+                    "rate_limited".into(),
+                    (0..300).map(|s| u64::from(s % 50 < 3)).collect(),
+                ),
+            ],
+            e2e_p50_ms: (0..300).map(|s| Some(90.0 + (s % 7) as f64)).collect(),
+            e2e_p99_ms: (0..300)
+                .map(|s| (s % 50 <= 44).then_some(400.0 + (s % 23) as f64 * 10.0))
+                .collect(),
+            ..History::default()
+        },
+    }
+}
+
+#[test]
+fn enter_drills_into_an_instance_with_its_own_history() {
+    let mut model = model_with_fixture();
+    key(&mut model, "3");
+    key(&mut model, "j");
+    key(&mut model, "j"); // us-east-b
+    assert_eq!(
+        key(&mut model, "enter"),
+        [Cmd::ReadInstance("us-east-b".into())]
+    );
+    assert!(draw(&model).contains("reading us-east-b"));
+    // Every snapshot reads it again while it is open.
+    let cmds = update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(fixture()))));
+    assert_eq!(cmds, [Cmd::ReadInstance("us-east-b".into())]);
+    // What was read of another instance is not shown as this one.
+    let mut other = instance_fixture();
+    other.instance = "us-east-a".into();
+    update(&mut model, Msg::Instance(Ok(Box::new(other))));
+    assert!(draw(&model).contains("reading us-east-b"));
+    update(&mut model, Msg::Instance(Ok(Box::new(instance_fixture()))));
+    for (width, height) in [(80u16, 24u16), (200, 60)] {
+        let screen = draw_at(&model, width, height);
+        insta::assert_snapshot!(format!("{width}x{height}_instance_detail"), screen);
+        assert!(
+            screen.contains("us-east/us-east-b (Esc returns)"),
+            "{screen}"
+        );
+        assert!(screen.contains("attempts/s (0 to 25)"), "{screen}");
+        assert!(screen.contains("failed/s (0 to 4)"), "{screen}");
+        assert!(screen.contains("us-east/us-east-b ejected"), "{screen}");
+        if width >= 200 {
+            assert!(screen.contains("failed/s (0 to 4) failed 429"), "{screen}");
+            assert!(
+                screen.contains("upstream time (0 to 620 ms) p50 p99"),
+                "{screen}"
+            );
+            assert!(screen.contains("back in 12s"), "{screen}");
+        }
+    }
+    key(&mut model, "esc");
+    assert!(model.instance_detail.is_none());
+    assert!(draw(&model).contains("regions and instances"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instances_detail_comes_through_the_admin_api_with_its_failures() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::from_toml(&config_for(&[("us-east", mock.url())], "")).await;
+    for _ in 0..3 {
+        gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    }
+    let instance = gw.first_instance().await["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let remote = Remote::new(&gw.daemon.admin_url().unwrap(), ADMIN_TOKEN, "alice", None).unwrap();
+    let detail = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let detail = remote.instance_detail(instance.clone()).await.unwrap();
+            if detail.history.requests.iter().sum::<u64>() == 3 {
+                return detail;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("three attempts in the history");
+    assert_eq!(detail.region, "us-east");
+    assert_eq!(detail.history.refused_by_code, []);
+    assert!(detail.history.e2e_p99_ms.iter().flatten().count() > 0);
+    let missing = remote.instance_detail("nowhere".into()).await.unwrap_err();
+    assert!(
+        missing.contains("no instance is named nowhere"),
+        "{missing}"
+    );
+    gw.stop().await;
+}
+
 #[test]
 fn enter_drills_into_a_region_and_esc_comes_back() {
     let mut model = model_with_fixture();
     key(&mut model, "3");
-    key(&mut model, "j"); // us-east-a: its region opens
     assert!(key(&mut model, "enter").is_empty());
     assert_eq!(model.region_detail.as_deref(), Some("us-east"));
     for (width, height) in [(80u16, 24u16), (200, 60)] {

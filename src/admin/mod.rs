@@ -42,6 +42,7 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
         .route("/admin/tenants", get(tenants))
         .route("/admin/tenants/{name}", get(tenant))
         .route("/admin/tenants/{name}/detail", get(tenant_detail))
+        .route("/admin/instances/{name}/detail", get(instance_detail))
         .route("/admin/tenants/{name}/tier", post(set_tier))
         .route("/admin/tenants/{name}/limits", post(set_limits))
         .route("/admin/tenants/{name}/pause", post(pause))
@@ -185,12 +186,23 @@ async fn tenant(State(admin): State<Admin>, Path(name): Path<String>) -> Respons
 async fn tenant_detail(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
     match admin.gateway.tenant_detail(&name).await {
         Ok(detail) => Json(detail).into_response(),
-        Err(why) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": {"message": why, "type": "invalid_request_error", "param": null, "code": "not_found"}})),
-        )
-            .into_response(),
+        Err(why) => not_found(why),
     }
+}
+
+async fn instance_detail(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.gateway.instance_detail(&name) {
+        Ok(detail) => Json(detail).into_response(),
+        Err(why) => not_found(why),
+    }
+}
+
+fn not_found(why: String) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {"message": why, "type": "invalid_request_error", "param": null, "code": "not_found"}})),
+    )
+        .into_response()
 }
 
 async fn queues(State(admin): State<Admin>) -> Response {

@@ -182,7 +182,7 @@ async fn run_loop(
             Some(key) = keys.recv() => Msg::Key(key),
             Some(result) = acted.recv() => Msg::Acted(result),
             Some(records) = audited.recv() => Msg::Audit(records),
-            Some(detail) = detailed.recv() => Msg::Detail(detail),
+            Some(detail) = detailed.recv() => detail,
             Some(item) = feed.recv() => {
                 if matches!(item, crate::control::Feed::Snapshot(_)) {
                     last_snapshot = Instant::now();
@@ -219,7 +219,15 @@ async fn run_loop(
                     let sender = detailed_sender.clone();
                     tokio::spawn(async move {
                         let detail = control.tenant_detail(tenant).await.map(Box::new);
-                        let _ = sender.send(detail).await;
+                        let _ = sender.send(Msg::Detail(detail)).await;
+                    });
+                }
+                Cmd::ReadInstance(instance) => {
+                    let control = control.clone();
+                    let sender = detailed_sender.clone();
+                    tokio::spawn(async move {
+                        let detail = control.instance_detail(instance).await.map(Box::new);
+                        let _ = sender.send(Msg::Instance(detail)).await;
                     });
                 }
                 Cmd::Act(action) => {

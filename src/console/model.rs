@@ -5,7 +5,7 @@
 use crate::control::{Feed, Link};
 use crate::domain::Limits;
 use crate::domain::records::{AuditKind, AuditQuery, AuditRecord};
-use crate::domain::snapshot::{Action, Snapshot, TenantDetail};
+use crate::domain::snapshot::{Action, InstanceDetail, Snapshot, TenantDetail};
 
 pub use super::keys::View;
 use super::keys::{self, Does};
@@ -151,8 +151,11 @@ pub struct Model {
     /// Paging back through the audit log: records before this time (`]` goes further
     /// back, `[` returns to the newest, which refresh as they come).
     pub audit_until: Option<u64>,
-    /// The region drilled into (Enter in Regions).
+    /// The region drilled into (Enter on a region in Regions).
     pub region_detail: Option<String>,
+    /// The instance drilled into (Enter on an instance in Regions), and what was last
+    /// read of it.
+    pub instance_detail: Option<(String, Option<Box<InstanceDetail>>)>,
     /// The tenant drilled into (Enter in Tenants), and what was last read of it.
     pub detail: Option<(String, Option<Box<TenantDetail>>)>,
     /// Quitting stops the gateway (`switchyard up`), so it asks first.
@@ -178,6 +181,8 @@ pub enum Msg {
     Height(u16),
     /// A tenant in depth, or why it could not be read.
     Detail(Result<Box<TenantDetail>, String>),
+    /// An instance in depth, or why it could not be read.
+    Instance(Result<Box<InstanceDetail>, String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -189,6 +194,8 @@ pub enum Cmd {
     ReadAudit(AuditQuery),
     /// Read a tenant in depth.
     ReadDetail(String),
+    /// Read an instance in depth.
+    ReadInstance(String),
     /// Take a region's simulated upstreams down (the demo).
     Outage(String),
 }
@@ -236,6 +243,7 @@ impl Model {
             audit_until: None,
             detail: None,
             region_detail: None,
+            instance_detail: None,
             stops_gateway: false,
             stopping: false,
             exit_message: None,
@@ -737,6 +745,11 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
             {
                 cmds.push(Cmd::ReadDetail(tenant.clone()));
             }
+            if let Some((instance, _)) = &model.instance_detail
+                && !model.paused
+            {
+                cmds.push(Cmd::ReadInstance(instance.clone()));
+            }
             cmds
         }
         Msg::Detail(Ok(detail)) => {
@@ -747,8 +760,16 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
             }
             Vec::new()
         }
-        Msg::Detail(Err(why)) => {
+        Msg::Detail(Err(why)) | Msg::Instance(Err(why)) => {
             model.flash(why, true);
+            Vec::new()
+        }
+        Msg::Instance(Ok(detail)) => {
+            if let Some((instance, shown)) = &mut model.instance_detail
+                && *instance == detail.instance
+            {
+                *shown = Some(detail);
+            }
             Vec::new()
         }
         Msg::Audit(Ok(records)) => {
@@ -1011,23 +1032,22 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
             model.detail = Some((tenant.clone(), None));
             return vec![Cmd::ReadDetail(tenant)];
         }
-        Does::RegionDetail => {
-            model.region_detail = match model.selected_region_row() {
-                Some(RegionRow::Region(region)) | Some(RegionRow::Instance { region, .. }) => {
-                    Some(region)
-                }
-                None => {
-                    model.flash("select a region first", true);
-                    None
-                }
-            };
-        }
+        Does::RegionDetail => match model.selected_region_row() {
+            Some(RegionRow::Region(region)) => model.region_detail = Some(region),
+            Some(RegionRow::Instance { name: instance, .. }) => {
+                model.instance_detail = Some((instance.clone(), None));
+                return vec![Cmd::ReadInstance(instance)];
+            }
+            None => model.flash("select a region or an instance first", true),
+        },
         Does::ClearFilter => {
             // Esc leaves a drill-down first, then clears the filter.
             if model.view == View::Tenants && model.detail.take().is_some() {
                 return Vec::new();
             }
-            if model.view == View::Regions && model.region_detail.take().is_some() {
+            if model.view == View::Regions
+                && (model.instance_detail.take().is_some() || model.region_detail.take().is_some())
+            {
                 return Vec::new();
             }
             if !model.filters[index].is_empty() {

@@ -14,7 +14,9 @@ use super::keys::{self, KEYMAP};
 use super::model::{Mode, Model, RegionRow, View, human_bytes, human_count};
 use crate::control::Link;
 use crate::domain::records::AuditRecord;
-use crate::domain::snapshot::{EventKind, InstanceState, RegionState, Snapshot, TenantDetail};
+use crate::domain::snapshot::{
+    EventKind, InstanceDetail, InstanceState, RegionState, Snapshot, TenantDetail,
+};
 
 const ACCENT: Color = Color::Cyan;
 const SELECTED: Style = Style::new().add_modifier(Modifier::REVERSED);
@@ -649,7 +651,12 @@ fn region_detail(s: &Snapshot, name: &str, frame: &mut Frame, area: Rect) {
         chart(frame, area, &title, &history, " ms", Color::Magenta);
     }
 
-    let height = usize::from(bottom.height.saturating_sub(2));
+    events_naming(s, name, frame, bottom);
+}
+
+/// The newest events whose message names `name`, as many as fit.
+fn events_naming(s: &Snapshot, name: &str, frame: &mut Frame, area: Rect) {
+    let height = usize::from(area.height.saturating_sub(2));
     let lines: Vec<Line> = s
         .events
         .iter()
@@ -660,8 +667,122 @@ fn region_detail(s: &Snapshot, name: &str, frame: &mut Frame, area: Rect) {
         .collect();
     frame.render_widget(
         Paragraph::new(lines).block(block(&format!("events naming {name}, newest first"))),
-        bottom,
+        area,
     );
+}
+
+/// An upstream instance in depth: its health and load now, its last five minutes second
+/// by second (attempts, failures by kind, the upstream's time) and the events naming it.
+fn instance_detail(s: &Snapshot, d: &InstanceDetail, frame: &mut Frame, area: Rect) {
+    let name = &d.instance;
+    let chart_height = match area.height {
+        30.. => 10,
+        17.. => 8,
+        _ => 5,
+    };
+    let [top, charts, bottom] = Layout::vertical([
+        Constraint::Length(5),
+        Constraint::Length(chart_height),
+        Constraint::Min(3),
+    ])
+    .areas(area);
+    let title = format!("{}/{name} (Esc returns)", d.region);
+    let now = s
+        .regions
+        .iter()
+        .flat_map(|r| &r.instances)
+        .find(|i| &i.name == name);
+    let lines = match now {
+        None => vec![Line::from("no longer in the snapshot")],
+        Some(i) => {
+            let h = &i.health;
+            let mut state = vec![Span::styled(
+                h.state.as_str().to_string(),
+                instance_style(h.state).add_modifier(Modifier::BOLD),
+            )];
+            if h.manual_eject {
+                state.push(Span::raw("  ejected by an operator"));
+            } else if let Some(ms) = h.ejected_for_ms {
+                state.push(Span::raw(format!("  back in {:.0}s", ms as f64 / 1000.0)));
+            }
+            state.push(Span::raw(format!(
+                "  probe {}, {} consecutive failures, {} ejections",
+                if h.probe_ok { "ok" } else { "failing" },
+                h.consecutive_failures,
+                h.ejections
+            )));
+            vec![
+                Line::from(state),
+                Line::from(format!(
+                    "{}  weight {}  in flight {}/{} ({} tokens)",
+                    i.url,
+                    i.weight,
+                    i.in_flight,
+                    i.max_concurrency,
+                    human_count(i.outstanding_tokens)
+                )),
+                Line::from(format!(
+                    "time to headers (peak EWMA) {:.0}ms   e2e p50/p99 {}   failed {:.1}% since start",
+                    i.latency_ms,
+                    match (i.p50_ms, i.p99_ms) {
+                        (Some(p50), Some(p99)) => format!("{p50:.0}/{p99:.0}ms"),
+                        _ => "-".into(),
+                    },
+                    i.error_rate * 100.0
+                )),
+            ]
+        }
+    };
+    frame.render_widget(Paragraph::new(lines).block(block(&title)), top);
+
+    let h = &d.history;
+    let [attempts, failures, latency] = thirds(charts);
+    chart(frame, attempts, "attempts/s", &h.requests, "", ACCENT);
+    let kinds: Vec<(&str, Color, Vec<Option<f64>>)> = h
+        .refused_by_code
+        .iter()
+        .map(|(code, seconds)| {
+            let (label, color) = match code.as_str() {
+                "rate_limited" => ("429", Color::Yellow),
+                _ => ("failed", Color::Red),
+            };
+            (
+                label,
+                color,
+                seconds.iter().map(|n| Some(*n as f64)).collect(),
+            )
+        })
+        .collect();
+    let kinds: Vec<Series> = kinds
+        .iter()
+        .map(|(label, color, points)| Series::new(label, *color, points))
+        .collect();
+    if kinds.is_empty() {
+        let zeros = vec![Some(0.0); h.requests.len()];
+        line_chart(
+            frame,
+            failures,
+            "failed/s",
+            "",
+            &[Series::new("failed", Color::Red, &zeros)],
+            None,
+        );
+    } else {
+        line_chart(frame, failures, "failed/s", "", &kinds, None);
+    }
+    line_chart(
+        frame,
+        latency,
+        "upstream time",
+        " ms",
+        &[
+            Series::new("p50", ACCENT, &h.e2e_p50_ms),
+            Series::new("p99", Color::Magenta, &h.e2e_p99_ms),
+        ],
+        None,
+    );
+
+    events_naming(s, name, frame, bottom);
 }
 
 /// Counts by error code, the most frequent first, as many as fit.
@@ -1047,6 +1168,16 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 }
 
 fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    if let Some((name, detail)) = &model.instance_detail {
+        match detail {
+            Some(detail) => instance_detail(s, detail, frame, area),
+            None => frame.render_widget(
+                Paragraph::new(format!("reading {name}…")).block(block(name)),
+                area,
+            ),
+        }
+        return;
+    }
     if let Some(name) = &model.region_detail {
         region_detail(s, name, frame, area);
         return;

@@ -317,6 +317,32 @@ pub struct TenantDetail {
     pub audit_unreadable: Option<String>,
 }
 
+/// A tenant's or an instance's seconds in full, aligned: element `i` of every series is
+/// the same second, oldest first (up to five minutes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub requests: Vec<u64>,
+    pub tokens: Vec<u64>,
+    /// Refusals (a tenant) or failed attempts (an instance).
+    pub refused: Vec<u64>,
+    /// The same, per code, in each second.
+    pub refused_by_code: Vec<(String, Vec<u64>)>,
+    /// End to end for a tenant, the upstream's time for an instance; none in a second
+    /// when nothing finished.
+    pub e2e_p50_ms: Vec<Option<f64>>,
+    pub e2e_p99_ms: Vec<Option<f64>>,
+    pub queue_p99_ms: Vec<Option<f64>>,
+}
+
+/// One upstream instance in depth, for the console's drill-down: its last five minutes,
+/// second by second (attempts, failures by kind, the upstream's latency).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceDetail {
+    pub instance: String,
+    pub region: String,
+    pub history: History,
+}
+
 /// A live streamed answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamView {

@@ -10,7 +10,7 @@ use crate::domain::Limits;
 use crate::domain::records::{AuditKind, AuditQuery, AuditRecord};
 use crate::domain::snapshot::answers;
 use crate::domain::snapshot::{
-    Action, AuditView, EventKind, Snapshot, TenantDetail, TenantView, Totals,
+    Action, AuditView, EventKind, InstanceDetail, Snapshot, TenantDetail, TenantView, Totals,
 };
 
 /// Audit records a tenant's drill-down shows.
@@ -131,6 +131,13 @@ impl Gateway {
             queue_p99_ms: seconds.queue_p99_ms,
             audit,
             audit_unreadable,
+        })
+    }
+
+    /// One instance's last five minutes, second by second.
+    pub fn instance_detail(&self, name: &str) -> Result<InstanceDetail, String> {
+        self.router.instance_detail(name).ok_or_else(|| {
+            format!("no instance is named {name}; `switchyard ctl regions` lists them")
         })
     }
 

@@ -13,7 +13,7 @@ use crate::domain::Usage;
 use crate::domain::records::{AuditKind, AuditRecord};
 use crate::telemetry::histograms::{Histograms, Labels, LatencySeries};
 use crate::telemetry::latency::{Latency, Metric, Recent};
-use crate::telemetry::meter::{Meter, TenantMeter};
+use crate::telemetry::meter::{Meter, Tally};
 
 use super::Gateway;
 
@@ -26,7 +26,7 @@ pub(crate) struct Recorder {
     arrival: Instant,
     tenant: String,
     /// The tenant's own counters (none before authentication).
-    tenant_meter: Option<Arc<TenantMeter>>,
+    tenant_meter: Option<Arc<Tally>>,
     keep_content: bool,
     /// `region:…`, `model:…`, `tier:…`, once routed.
     scopes: Vec<String>,

@@ -23,9 +23,12 @@ use tokio::time::Instant;
 
 pub use health::{Change, Drain, Health, HealthView, Outcome};
 
-use crate::domain::snapshot::{EventKind, InstanceView, RegionState as RegionStanding, RegionView};
+use crate::domain::snapshot::{
+    EventKind, InstanceDetail, InstanceView, RegionState as RegionStanding, RegionView,
+};
 use crate::domain::{Instance, Model, Region, RoutingPolicy};
 use crate::telemetry::events::EventLog;
+use crate::telemetry::meter::Tally;
 
 /// One instance and its live state.
 pub struct InstanceState {
@@ -38,6 +41,8 @@ pub struct InstanceState {
     latency_us: AtomicU64,
     attempts: AtomicU64,
     failures: AtomicU64,
+    /// Attempts, failures by kind and the upstream's time, second by second.
+    tally: Tally,
     health: Mutex<Health>,
     /// Bumped when a drain deadline cuts what still runs here.
     cut: watch::Sender<u64>,
@@ -65,6 +70,7 @@ impl InstanceState {
             latency_us: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            tally: Tally::new(),
             health: Mutex::new(Health::default()),
             cut: watch::channel(0).0,
             taken_out: watch::channel(0).0,
@@ -517,8 +523,18 @@ impl Router {
             instance.record_latency(latency);
         }
         instance.attempts.fetch_add(1, Ordering::Relaxed);
-        if outcome == Outcome::Failure {
-            instance.failures.fetch_add(1, Ordering::Relaxed);
+        instance.tally.request();
+        match outcome {
+            Outcome::Success => {
+                if let Some(latency) = latency {
+                    instance.tally.answered(latency);
+                }
+            }
+            Outcome::RateLimited(_) => instance.tally.code("rate_limited"),
+            Outcome::Failure => {
+                instance.failures.fetch_add(1, Ordering::Relaxed);
+                instance.tally.code("failed");
+            }
         }
         let may_eject = match outcome {
             Outcome::Failure => self.may_eject(instance, now),
@@ -718,6 +734,23 @@ impl Router {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|_, s| now < s.expires);
         cut
+    }
+
+    /// Takes this second's sample of every instance's tally.
+    pub fn sample(&self) {
+        for instance in self.instances() {
+            instance.tally.sample();
+        }
+    }
+
+    /// An instance's last five minutes, second by second.
+    pub fn instance_detail(&self, name: &str) -> Option<InstanceDetail> {
+        let instance = self.instances().find(|i| i.name() == name)?;
+        Some(InstanceDetail {
+            instance: name.to_string(),
+            region: instance.region.clone(),
+            history: instance.tally.seconds(),
+        })
     }
 
     pub fn views(&self) -> Vec<RegionView> {

@@ -291,3 +291,32 @@ fn envoy_priority_load_follows_health() {
     assert_eq!(pick_level(&[0.2, 0.2], 0.4, 0.49), 0);
     assert_eq!(pick_level(&[0.2, 0.2], 0.4, 0.51), 1);
 }
+
+#[test]
+fn an_instance_keeps_its_attempts_failures_and_upstream_time_second_by_second() {
+    let router = router(&[region("us", 0, 1)]);
+    let name = router.instances().next().unwrap().name().to_string();
+    let us = instance(&router, &name);
+    for ms in [10, 20, 30] {
+        router.report(us, Outcome::Success, Some(Duration::from_millis(ms)));
+    }
+    router.report(us, Outcome::RateLimited(Duration::from_secs(1)), None);
+    router.sample();
+    fail(&router, &name);
+    router.sample();
+    let detail = router.instance_detail(&name).expect("a detail");
+    assert_eq!(detail.region, "us");
+    let h = detail.history;
+    assert_eq!(h.requests, [4, 1]);
+    assert_eq!(
+        h.refused_by_code,
+        [
+            ("failed".to_string(), vec![0, 1]),
+            ("rate_limited".to_string(), vec![1, 0]),
+        ]
+    );
+    let p99 = h.e2e_p99_ms[0].expect("upstream time in the first second");
+    assert!((p99 - 30.0).abs() <= 3.0, "{p99}");
+    assert_eq!(h.e2e_p99_ms[1], None, "nothing succeeded in the second");
+    assert!(router.instance_detail("nowhere").is_none());
+}

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::domain::snapshot::History;
+
 /// Seconds of samples kept (five minutes).
 const KEEP: usize = 300;
 /// Seconds that rates are averaged over.
@@ -22,13 +24,14 @@ pub struct Meter {
     /// Refusals and failures by their OpenAI error code.
     codes: Mutex<BTreeMap<&'static str, u64>>,
     /// Each tenant's own counters, made on its first request.
-    tenants: RwLock<HashMap<String, Arc<TenantMeter>>>,
+    tenants: RwLock<HashMap<String, Arc<Tally>>>,
 }
 
-/// One tenant's counters: what it used over the last minute (to show next to its rpm and
-/// tpm limits) and what it was refused, by code.
+/// One tenant's or one instance's counters: what it used over the last minute (to show
+/// next to a tenant's rpm and tpm limits), what it was refused or failed, by code, and
+/// five minutes of its seconds for the console's drill-downs.
 #[derive(Default)]
-pub struct TenantMeter {
+pub struct Tally {
     requests: AtomicU64,
     tokens: AtomicU64,
     codes: Mutex<BTreeMap<&'static str, u64>>,
@@ -54,20 +57,6 @@ struct Second {
     queue_p99: Option<u32>,
     /// Refusals by code; empty (no allocation) in most seconds.
     refused: Vec<(&'static str, u32)>,
-}
-
-/// A tenant's seconds in full, aligned: element `i` of every series is the same second,
-/// oldest first.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TenantSeconds {
-    pub requests: Vec<u64>,
-    pub tokens: Vec<u64>,
-    pub refused: Vec<u64>,
-    /// Per refusal code, its count in each second.
-    pub refused_by_code: Vec<(String, Vec<u64>)>,
-    pub e2e_p50_ms: Vec<Option<f64>>,
-    pub e2e_p99_ms: Vec<Option<f64>>,
-    pub queue_p99_ms: Vec<Option<f64>>,
 }
 
 /// Quarter-octave buckets of microseconds (1 µs to 71 minutes): a second's percentiles
@@ -129,7 +118,17 @@ impl Quick {
 /// One-second samples kept per tenant: five minutes, and the one before.
 const TENANT_HISTORY: usize = 301;
 
-impl TenantMeter {
+impl Tally {
+    /// A tally starting at zero, so the requests before its first sample count in its
+    /// first second.
+    pub fn new() -> Tally {
+        let fresh = Tally::default();
+        if let Ok(mut history) = fresh.history.lock() {
+            history.push_back((0, 0, 0));
+        }
+        fresh
+    }
+
     pub fn request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -169,7 +168,8 @@ impl TenantMeter {
         )
     }
 
-    fn sample(&self) {
+    /// Takes this second's sample.
+    pub fn sample(&self) {
         let now = self.now();
         if let Ok(mut history) = self.history.lock() {
             if history.len() == TENANT_HISTORY {
@@ -196,7 +196,7 @@ impl TenantMeter {
 
     /// Every series of the sampled seconds, aligned and oldest first (up to five
     /// minutes).
-    pub fn seconds(&self) -> TenantSeconds {
+    pub fn seconds(&self) -> History {
         let (requests, tokens, refused) = self.per_second();
         let seconds = self.seconds.lock().map(|s| s.clone()).unwrap_or_default();
         // The first counter sample has no second before it; the seconds align with the
@@ -220,7 +220,7 @@ impl TenantMeter {
             }
         }
         by_code.sort_by(|a, b| a.0.cmp(&b.0));
-        TenantSeconds {
+        History {
             e2e_p50_ms: seconds.iter().map(|s| s.e2e.map(|e| ms(e.0))).collect(),
             e2e_p99_ms: seconds.iter().map(|s| s.e2e.map(|e| ms(e.1))).collect(),
             queue_p99_ms: seconds.iter().map(|s| s.queue_p99.map(ms)).collect(),
@@ -312,26 +312,19 @@ impl Meter {
     }
 
     /// A tenant's counters, made on first use.
-    pub fn tenant(&self, name: &str) -> Arc<TenantMeter> {
+    pub fn tenant(&self, name: &str) -> Arc<Tally> {
         if let Some(found) = self.tenants.read().ok().and_then(|t| t.get(name).cloned()) {
             return found;
         }
         let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-        // Its minute starts at zero: the requests before its first sample count too.
         tenants
             .entry(name.to_string())
-            .or_insert_with(|| {
-                let fresh = TenantMeter::default();
-                if let Ok(mut history) = fresh.history.lock() {
-                    history.push_back((0, 0, 0));
-                }
-                Arc::new(fresh)
-            })
+            .or_insert_with(|| Arc::new(Tally::new()))
             .clone()
     }
 
     /// `name`'s counters, if it made a request yet.
-    pub fn tenant_if_seen(&self, name: &str) -> Option<Arc<TenantMeter>> {
+    pub fn tenant_if_seen(&self, name: &str) -> Option<Arc<Tally>> {
         self.tenants.read().ok().and_then(|t| t.get(name).cloned())
     }
 
