@@ -1680,3 +1680,62 @@ fn enter_drills_into_a_region_and_esc_comes_back() {
     assert!(model.region_detail.is_none());
     assert!(draw(&model).contains("regions and instances"));
 }
+
+#[test]
+fn enter_drills_into_a_stream_charts_its_rate_and_x_kills_the_one_shown() {
+    let mut model = model_with_fixture();
+    key(&mut model, "5");
+    key(&mut model, "j"); // str_2 (globex)
+    assert!(key(&mut model, "enter").is_empty());
+    assert_eq!(model.tailing.as_deref(), Some("str_2"));
+    // It streams 20 tokens a second, then 40, as snapshots come every half second.
+    let mut snapshot = fixture();
+    for (age, tokens) in [(1000, 22), (1500, 32), (2000, 52), (2500, 72)] {
+        snapshot.streams[1].age_ms = age;
+        snapshot.streams[1].tokens = tokens;
+        snapshot.streams[1].tail.push_str(" sorts cars");
+        update(
+            &mut model,
+            Msg::Feed(Feed::Snapshot(Box::new(snapshot.clone()))),
+        );
+    }
+    assert_eq!(
+        model.stream_seen,
+        [(500, 12), (1000, 22), (1500, 32), (2000, 52), (2500, 72)]
+    );
+    for (width, height) in [(80u16, 24u16), (200, 60)] {
+        let screen = draw_at(&model, width, height);
+        insta::assert_snapshot!(format!("{width}x{height}_stream_detail"), screen);
+        assert!(screen.contains("stream str_2 (Esc returns)"), "{screen}");
+        assert!(screen.contains("tenant globex"), "{screen}");
+        assert!(
+            screen.contains("tokens/s, since opened (0 to 40)"),
+            "{screen}"
+        );
+        assert!(screen.contains("A marshalling yard sorts cars"), "{screen}");
+    }
+    // The list reorders under it (str_1 ends); x still names the stream shown.
+    snapshot.streams.remove(0);
+    update(
+        &mut model,
+        Msg::Feed(Feed::Snapshot(Box::new(snapshot.clone()))),
+    );
+    key(&mut model, "x");
+    assert!(
+        matches!(&model.mode, Mode::Confirm { action: Action::KillStream { id }, .. } if id == "str_2"),
+        "{:?}",
+        model.mode
+    );
+    key(&mut model, "n");
+    // Once it ends, what was last seen stays.
+    snapshot.streams.clear();
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(snapshot))));
+    let screen = draw(&model);
+    assert!(
+        screen.contains("ended: last seen with 72 tokens after 2.5s"),
+        "{screen}"
+    );
+    key(&mut model, "esc");
+    assert!(model.tailing.is_none());
+    assert!(draw(&model).contains("live streams (0)"));
+}

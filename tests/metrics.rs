@@ -82,6 +82,15 @@ async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
         Some(3.0),
         "{text}"
     );
+    // Durations under OpenTelemetry's GenAI server names.
+    assert_eq!(
+        sample(
+            &text,
+            &format!("gen_ai_server_request_duration_seconds_count{{{chat}}}")
+        ),
+        Some(3.0),
+        "{text}"
+    );
     // Every family has its HELP and TYPE.
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let family = line.split_whitespace().nth(2).unwrap();
@@ -105,7 +114,7 @@ async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
     for expr in &exprs {
         let mut asked = 0;
         // Metric names; labels never start so (`gen_ai_request_model` is a label).
-        for prefix in ["switchyard_", "gen_ai_client_"] {
+        for prefix in ["switchyard_", "gen_ai_client_", "gen_ai_server_"] {
             for (at, _) in expr.match_indices(prefix) {
                 let name: String = expr[at..]
                     .chars()

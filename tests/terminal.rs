@@ -197,6 +197,8 @@ fn the_demo_from_the_keyboard_outage_drain_and_a_tenant_in_depth() {
     tmux.keys(&["Enter"]);
     tmux.wait_for("(Esc returns)");
     tmux.wait_for("requests/s (0 to");
+    tmux.wait_for("tokens/min (0 to");
+    tmux.wait_for("queue wait p99 (0 to");
     tmux.keys(&["Escape"]);
     tmux.wait_for("TENANT");
     tmux.keys(&["q"]);

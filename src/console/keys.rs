@@ -390,9 +390,9 @@ pub const KEYMAP: &[Binding] = &[
     Binding {
         keys: &["enter"],
         label: "Enter",
-        help: "tail the selected stream's text",
+        help: "the selected stream in depth: its rate and its text as it comes (Esc returns)",
         views: Some(STREAMS),
-        hint: "tail",
+        hint: "detail",
         does: Does::Tail,
     },
     Binding {

@@ -135,8 +135,10 @@ pub struct Model {
     /// Largest (or Z) first.
     pub descending: bool,
     pub status: Option<Status>,
-    /// The stream whose text is tailed in the Streams view.
+    /// The stream drilled into (Enter in Streams): its text tailed, its rate charted.
     pub tailing: Option<String>,
+    /// What each snapshot saw of that stream while it was open: (age, tokens).
+    pub stream_seen: Vec<(u64, u64)>,
     /// The latency window shown: "10s", "1m" or "5m".
     pub window: &'static str,
     /// Seats handed out per second by each priority level, from the last two snapshots.
@@ -200,6 +202,9 @@ pub enum Cmd {
     Outage(String),
 }
 
+/// Snapshots of a drilled-into stream kept for its chart (ten minutes at two a second).
+const STREAM_SEEN: usize = 1200;
+
 /// Audit records the Events view shows at most.
 pub const AUDIT_ROWS: usize = 500;
 /// Snapshots between two reads of the audit log while it is shown.
@@ -235,6 +240,7 @@ impl Model {
             descending: false,
             status: None,
             tailing: None,
+            stream_seen: Vec::new(),
             window: "1m",
             dispatch_rates: Vec::new(),
             target: target.to_string(),
@@ -496,6 +502,26 @@ impl Model {
         self.region_rows().get(self.selected()).cloned()
     }
 
+    /// Notes what the snapshot shows of the stream drilled into, for its rate chart.
+    fn see_stream(&mut self) {
+        let Some(st) = self
+            .tailing
+            .as_ref()
+            .zip(self.snapshot.as_ref())
+            .and_then(|(id, s)| s.streams.iter().find(|st| &st.id == id))
+        else {
+            return;
+        };
+        let seen = (st.age_ms, st.tokens);
+        if self.stream_seen.last().is_some_and(|last| last.0 >= seen.0) {
+            return;
+        }
+        if self.stream_seen.len() == STREAM_SEEN {
+            self.stream_seen.remove(0);
+        }
+        self.stream_seen.push(seen);
+    }
+
     fn selected_stream(&self) -> Option<String> {
         let s = self.snapshot.as_ref()?;
         self.stream_rows()
@@ -729,6 +755,7 @@ pub fn update(model: &mut Model, msg: Msg) -> Vec<Cmd> {
             } else {
                 model.snapshot = Some(*snapshot);
                 model.follow_selection();
+                model.see_stream();
             }
             model.audit_age += 1;
             let mut cmds = Vec::new();
@@ -1050,6 +1077,9 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
             {
                 return Vec::new();
             }
+            if model.view == View::Streams && model.tailing.take().is_some() {
+                return Vec::new();
+            }
             if !model.filters[index].is_empty() {
                 model.filters[index].clear();
                 model.follow_selection();
@@ -1155,7 +1185,8 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
             model.mode = Mode::Command(prefill);
         }
         Does::Kill => {
-            let Some(id) = model.selected_stream() else {
+            // In a stream's detail, the stream shown, even when the list moved on.
+            let Some(id) = model.tailing.clone().or_else(|| model.selected_stream()) else {
                 model.flash("select a stream first", true);
                 return Vec::new();
             };
@@ -1175,6 +1206,8 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
         }
         Does::Tail => {
             model.tailing = model.selected_stream();
+            model.stream_seen.clear();
+            model.see_stream();
         }
         Does::Audit => {
             if model.audit.take().is_none() {

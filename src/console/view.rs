@@ -1291,8 +1291,10 @@ fn queues(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
 }
 
 fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
-    let [list, tail] =
-        Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(area);
+    if let Some(id) = &model.tailing {
+        stream_detail(model, s, id, frame, area);
+        return;
+    }
     let selected = model.selected[4];
     let rows = model.stream_rows().into_iter().map(|i| {
         let st = &s.streams[i];
@@ -1315,26 +1317,78 @@ fn streams(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         col("TOK/S", 7, 4),
         col("AGE", 7, 5),
     ];
-    let title = format!("live streams ({})", s.streams.len());
-    let table = fitted(&COLUMNS, rows, list.width, &title);
-    scrolled(frame, table, list, selected);
-    let (title, text) = match model
-        .tailing
-        .as_ref()
-        .and_then(|id| s.streams.iter().find(|st| &st.id == id))
-    {
-        Some(st) => (format!("tail of {}", st.id), st.tail.clone()),
-        None if model.tailing.is_some() => ("tail".to_string(), "the stream ended".to_string()),
-        None => (
-            "tail".to_string(),
-            "Enter on a stream tails its text".to_string(),
-        ),
+    let title = format!("live streams ({}); Enter for one in depth", s.streams.len());
+    let table = fitted(&COLUMNS, rows, area.width, &title);
+    scrolled(frame, table, area, selected);
+}
+
+/// A stream in depth: who and where, its rate since it was opened here, and its text as
+/// it comes; what was last seen once it has ended.
+fn stream_detail(model: &Model, s: &Snapshot, id: &str, frame: &mut Frame, area: Rect) {
+    let [top, rate, text] = Layout::vertical([
+        Constraint::Length(4),
+        Constraint::Length(if area.height >= 24 { 8 } else { 5 }),
+        Constraint::Min(3),
+    ])
+    .areas(area);
+    let live = s.streams.iter().find(|st| st.id == id);
+    let lines = match live {
+        Some(st) => vec![
+            Line::from(format!(
+                "tenant {}   model {}   via {}/{}",
+                st.tenant, st.model, st.region, st.instance
+            )),
+            Line::from(format!(
+                "{} tokens   {:.1} tokens/s   running {:.1}s   x kills it",
+                st.tokens,
+                st.tokens_per_sec,
+                st.age_ms as f64 / 1000.0
+            )),
+        ],
+        None => {
+            let last = model.stream_seen.last().copied().unwrap_or_default();
+            vec![Line::styled(
+                format!(
+                    "ended: last seen with {} tokens after {:.1}s",
+                    last.1,
+                    last.0 as f64 / 1000.0
+                ),
+                Style::new().fg(Color::Yellow),
+            )]
+        }
     };
     frame.render_widget(
-        Paragraph::new(text)
+        Paragraph::new(lines).block(block(&format!("stream {id} (Esc returns)"))),
+        top,
+    );
+    // Tokens per second between two snapshots.
+    let rates: Vec<u64> = model
+        .stream_seen
+        .windows(2)
+        .map(|w| {
+            let seconds = w[1].0.saturating_sub(w[0].0) as f64 / 1000.0;
+            (w[1].1.saturating_sub(w[0].1) as f64 / seconds.max(0.001)).round() as u64
+        })
+        .collect();
+    chart(
+        frame,
+        rate,
+        "tokens/s, since opened",
+        &rates,
+        "",
+        Color::Green,
+    );
+    // The newest text that fits, with room for wrapping at word boundaries.
+    let room =
+        usize::from(text.width.saturating_sub(2)) * usize::from(text.height.saturating_sub(2));
+    let tail = live.map_or("", |st| st.tail.as_str());
+    let skip = tail.chars().count().saturating_sub(room * 3 / 4);
+    let tail: String = tail.chars().skip(skip).collect();
+    frame.render_widget(
+        Paragraph::new(tail)
             .wrap(Wrap { trim: false })
-            .block(block(&title)),
-        tail,
+            .block(block("its text, newest last")),
+        text,
     );
 }
 

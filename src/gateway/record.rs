@@ -144,7 +144,7 @@ impl Recorder {
             model: model.to_string(),
             tier: tier.to_string(),
         };
-        self.series = Some(self.histograms.latency_series(&labels));
+        self.series = Some(self.histograms.latency_series(&labels, self.operation));
         self.labels = Some(labels);
         self.instance = Some(instance.to_string());
         self.record_latency(Metric::Queue, queued);

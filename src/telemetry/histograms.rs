@@ -29,6 +29,29 @@ pub const FAMILIES: [(&str, &str); 4] = [
     ),
 ];
 
+/// OpenTelemetry's GenAI server metrics, by operation and model, with the bucket
+/// boundaries its semantic conventions advise: the gateway is the GenAI server its
+/// clients call. (name, help, the `FAMILIES` entry measured, bounds)
+const GEN_AI: [(&str, &str, &str, &[f64]); 2] = [
+    (
+        "gen_ai_server_request_duration_seconds",
+        "Time from arrival to the last byte of a successful answer (gen_ai.server.request.duration).",
+        "e2e",
+        &[
+            0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+        ],
+    ),
+    (
+        "gen_ai_server_time_to_first_token_seconds",
+        "Time from arrival to the first token of a streamed answer (gen_ai.server.time_to_first_token).",
+        "ttft",
+        &[
+            0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+            10.0,
+        ],
+    ),
+];
+
 /// Bucket bounds for tokens per request, by powers of four.
 const TOKEN_BOUNDS: [f64; 10] = [
     1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
@@ -75,16 +98,26 @@ impl Series {
     }
 }
 
-/// A request's latency series, one per family in `FAMILIES` order, found once when it
-/// is routed so that each observation is a few relaxed adds.
+/// A request's latency series, one per family in `FAMILIES` order by where it went, and
+/// one per `GEN_AI` metric by operation and model; found once when it is routed so that
+/// each observation is a few relaxed adds.
 #[derive(Clone)]
-pub struct LatencySeries(Arc<[Series; FAMILIES.len()]>);
+pub struct LatencySeries {
+    ours: Arc<[Series; FAMILIES.len()]>,
+    gen_ai: GenAiSeries,
+}
+
+type GenAiSeries = Arc<[Series; GEN_AI.len()]>;
 
 impl LatencySeries {
     /// Counts `value` of `metric` (a name in `FAMILIES`).
     pub fn observe(&self, metric: &str, value: Duration) {
+        let (seconds, micros) = (value.as_secs_f64(), value.as_micros() as u64);
         if let Some(at) = FAMILIES.iter().position(|(name, _)| *name == metric) {
-            self.0[at].observe(&BOUNDS, value.as_secs_f64(), value.as_micros() as u64);
+            self.ours[at].observe(&BOUNDS, seconds, micros);
+        }
+        if let Some(at) = GEN_AI.iter().position(|g| g.2 == metric) {
+            self.gen_ai[at].observe(GEN_AI[at].3, seconds, micros);
         }
     }
 }
@@ -103,7 +136,9 @@ const TOKEN_KINDS: [(&str, &str); 3] = [
 #[derive(Default)]
 pub struct Histograms {
     /// Latency by the labels of where requests went.
-    series: RwLock<HashMap<Labels, LatencySeries>>,
+    series: RwLock<HashMap<Labels, Arc<[Series; FAMILIES.len()]>>>,
+    /// OpenTelemetry's latency metrics by operation and model.
+    gen_ai: RwLock<HashMap<(&'static str, String), GenAiSeries>>,
     /// Answers by tenant, model and code (code "" for a success); looked up by `&str`
     /// at every level, so counting allocates nothing once a series exists.
     answers: RwLock<HashMap<String, AnswersByModel>>,
@@ -112,17 +147,30 @@ pub struct Histograms {
 }
 
 impl Histograms {
-    /// The latency series of requests routed as `labels`, made on first use.
-    pub fn latency_series(&self, labels: &Labels) -> LatencySeries {
-        if let Some(found) = self.series.read().ok().and_then(|s| s.get(labels).cloned()) {
-            return found;
-        }
-        let mut all = self.series.write().unwrap_or_else(|e| e.into_inner());
-        all.entry(labels.clone())
-            .or_insert_with(|| {
-                LatencySeries(Arc::new(std::array::from_fn(|_| Series::new(BOUNDS.len()))))
-            })
-            .clone()
+    /// The latency series of `operation` ("chat", "embeddings") requests routed as
+    /// `labels`, made on first use.
+    pub fn latency_series(&self, labels: &Labels, operation: &'static str) -> LatencySeries {
+        let found = self.series.read().ok().and_then(|s| s.get(labels).cloned());
+        let ours = found.unwrap_or_else(|| {
+            let mut all = self.series.write().unwrap_or_else(|e| e.into_inner());
+            all.entry(labels.clone())
+                .or_insert_with(|| Arc::new(std::array::from_fn(|_| Series::new(BOUNDS.len()))))
+                .clone()
+        });
+        let found = self.gen_ai.read().ok().and_then(|g| {
+            g.iter()
+                .find(|((op, model), _)| *op == operation && *model == labels.model)
+                .map(|(_, series)| series.clone())
+        });
+        let gen_ai = found.unwrap_or_else(|| {
+            let mut all = self.gen_ai.write().unwrap_or_else(|e| e.into_inner());
+            all.entry((operation, labels.model.clone()))
+                .or_insert_with(|| {
+                    Arc::new(std::array::from_fn(|i| Series::new(GEN_AI[i].3.len())))
+                })
+                .clone()
+        });
+        LatencySeries { ours, gen_ai }
     }
 
     /// Counts a request's input and output tokens for `operation` ("chat",
@@ -173,7 +221,7 @@ impl Histograms {
     /// The histograms and answer counters in Prometheus' text format.
     pub fn render(&self, out: &mut String) {
         let series = self.series.read().map(|s| s.clone()).unwrap_or_default();
-        let mut labelled: Vec<(&Labels, &LatencySeries)> = series.iter().collect();
+        let mut labelled: Vec<(&Labels, &Arc<[Series; FAMILIES.len()]>)> = series.iter().collect();
         labelled.sort_by(|a, b| a.0.cmp(b.0));
         for (at, (metric, help)) in FAMILIES.iter().enumerate() {
             let name = format!("switchyard_{metric}_seconds");
@@ -186,7 +234,24 @@ impl Histograms {
                     escape(&labels.model),
                     escape(&labels.tier)
                 );
-                series.0[at].render(out, &name, &labels, &BOUNDS, 1e6);
+                series[at].render(out, &name, &labels, &BOUNDS, 1e6);
+            }
+        }
+        let gen_ai = self.gen_ai.read().map(|g| g.clone()).unwrap_or_default();
+        let mut by_model: Vec<(&(&str, String), &GenAiSeries)> = gen_ai.iter().collect();
+        by_model.sort_by(|a, b| a.0.cmp(b.0));
+        for (at, (name, help, _, bounds)) in GEN_AI.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for ((operation, model), series) in &by_model {
+                if series[at].count.load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
+                let labels = format!(
+                    "gen_ai_operation_name=\"{operation}\",gen_ai_request_model=\"{}\"",
+                    escape(model)
+                );
+                series[at].render(out, name, &labels, bounds, 1e6);
             }
         }
         let tokens = self.tokens.read().map(|t| t.clone()).unwrap_or_default();
@@ -266,7 +331,7 @@ mod tests {
             model: "gpt-4o-mini".into(),
             tier: "pro".into(),
         };
-        let series = histograms.latency_series(&labels);
+        let series = histograms.latency_series(&labels, "chat");
         for ms in [3, 30, 300, 3_000, 400_000] {
             series.observe("e2e", Duration::from_millis(ms));
         }
@@ -292,6 +357,28 @@ mod tests {
             "switchyard_answers_total{tenant=\"acme\",model=\"gpt-4o-mini\",code=\"rate_limit_exceeded\"} 1\n"
         ));
         assert!(out.contains("# TYPE switchyard_ttft_seconds histogram\n"));
+        // The same durations under OpenTelemetry's names, its buckets and attributes.
+        let otel = "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o-mini\"";
+        for (le, n) in [
+            ("0.01", 1),
+            ("0.04", 2),
+            ("0.16", 2),
+            ("0.32", 3),
+            ("5.12", 4),
+        ] {
+            let line = format!(
+                "gen_ai_server_request_duration_seconds_bucket{{{otel},le=\"{le}\"}} {n}\n"
+            );
+            assert!(out.contains(&line), "{line} in {out}");
+        }
+        assert!(out.contains(&format!(
+            "gen_ai_server_request_duration_seconds_count{{{otel}}} 5\n"
+        )));
+        assert!(out.contains("# TYPE gen_ai_server_time_to_first_token_seconds histogram\n"));
+        assert!(
+            !out.contains("gen_ai_server_time_to_first_token_seconds_count"),
+            "no first token was observed"
+        );
         histograms.tokens_used("chat", "gpt-4o-mini", 20, 300);
         histograms.tokens_used("embeddings", "text-embedding-3-small", 8, 0);
         let mut out = String::new();
