@@ -60,17 +60,52 @@ fn main() {
     let mut terminal = Terminal::new(TestBackend::new(200, 60)).unwrap();
     for view in [View::Overview, View::Tenants, View::Regions] {
         model.view = view;
-        let frames = 300;
-        let started = Instant::now();
-        for _ in 0..frames {
-            terminal.draw(|f| render(&model, f)).unwrap();
-        }
-        let per = started.elapsed() / frames;
-        println!(
-            "render {:<9} 200x60: {:.0} µs a frame; at the 10 frames/s cap {:.2}% of a core",
-            view.title(),
-            per.as_secs_f64() * 1e6,
-            per.as_secs_f64() * 10.0 * 100.0
-        );
+        frames(&mut terminal, &model, view.title());
     }
+
+    // A tenant's drill-down with five full minutes of seconds: its line charts.
+    let meter = switchyard::telemetry::meter::Meter::default();
+    let tally = meter.tenant("tenant-001");
+    for second in 0..300u64 {
+        for _ in 0..(5 + second % 7) {
+            tally.request();
+            tally.tokens(900);
+            tally.answered(std::time::Duration::from_millis(40 + second % 50));
+        }
+        if second % 60 > 50 {
+            tally.code("rate_limit_exceeded");
+        }
+        meter.sample(0);
+    }
+    let history = tally.seconds();
+    let detail = switchyard::domain::snapshot::TenantDetail {
+        tenant: model.snapshot.as_ref().unwrap().tenants[1].clone(),
+        requests_per_sec: history.requests,
+        tokens_per_sec: history.tokens,
+        refused_per_sec: history.refused,
+        refused_by_code_per_sec: history.refused_by_code,
+        e2e_p50_ms: history.e2e_p50_ms,
+        e2e_p99_ms: history.e2e_p99_ms,
+        queue_p99_ms: history.queue_p99_ms,
+        audit: Vec::new(),
+        audit_unreadable: None,
+    };
+    model.view = View::Tenants;
+    model.detail = Some(("tenant-001".into(), Some(Box::new(detail))));
+    frames(&mut terminal, &model, "Tenant detail");
+}
+
+/// Draws `model` a few hundred times and prints a frame's cost.
+fn frames(terminal: &mut Terminal<TestBackend>, model: &Model, name: &str) {
+    let frames = 300;
+    let started = Instant::now();
+    for _ in 0..frames {
+        terminal.draw(|f| render(model, f)).unwrap();
+    }
+    let per = started.elapsed() / frames;
+    println!(
+        "render {name:<13} 200x60: {:.0} µs a frame; at the 10 frames/s cap {:.2}% of a core",
+        per.as_secs_f64() * 1e6,
+        per.as_secs_f64() * 10.0 * 100.0
+    );
 }
