@@ -122,7 +122,8 @@ impl Daemon {
             .map_err(|e| StartError::Task(e.to_string()))??;
         let usage = sled.load_usage()?;
         let cached = crate::cache::persist::load(&sled)?;
-        tokio::task::spawn_blocking(crate::admission::estimate::warm_up)
+        let tokenizers: Vec<_> = config.models.iter().map(|m| m.tokenizer).collect();
+        tokio::task::spawn_blocking(move || crate::admission::estimate::warm_up(&tokenizers))
             .await
             .map_err(|e| StartError::Task(e.to_string()))?;
 

@@ -1,20 +1,52 @@
 //! Token counts for reservations: the prompt counted with the model family's real BPE
-//! (tiktoken's o200k_base or cl100k_base), plus OpenAI's framing overhead per message.
-//! Models of unknown vocabulary use the heuristic of one token per four characters.
+//! (o200k_base or cl100k_base, held compactly by `bpe`), plus OpenAI's framing overhead
+//! per message. Models of unknown vocabulary use the heuristic of one token per four
+//! characters.
+
+use std::sync::OnceLock;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::bpe::{CL100K_PATTERN, O200K_PATTERN, Vocabulary};
 use crate::domain::TokenizerKind;
 
 /// Tokens framing each chat message (role and separators), and priming the reply.
 const PER_MESSAGE: u64 = 3;
 const REPLY_PRIMING: u64 = 3;
 
-/// Loads the BPE tables, which takes a moment; call once at start-up, off the runtime.
-pub fn warm_up() {
-    let _ = tiktoken_rs::o200k_base_singleton();
-    let _ = tiktoken_rs::cl100k_base_singleton();
+static O200K: OnceLock<Option<Vocabulary>> = OnceLock::new();
+static CL100K: OnceLock<Option<Vocabulary>> = OnceLock::new();
+
+/// OpenAI's published vocabularies (SHA-256 checked in the tests).
+pub(crate) const O200K_FILE: &str = include_str!("../../assets/tokenizers/o200k_base.tiktoken");
+pub(crate) const CL100K_FILE: &str = include_str!("../../assets/tokenizers/cl100k_base.tiktoken");
+
+/// A vocabulary, read on first use (tens of milliseconds; `warm_up` does it at start).
+/// None only if the embedded file were broken, which the tests rule out; counting then
+/// falls back to the heuristic rather than failing requests.
+fn vocabulary(kind: TokenizerKind) -> Option<&'static Vocabulary> {
+    let (cell, file, pattern) = match kind {
+        TokenizerKind::O200kBase => (&O200K, O200K_FILE, O200K_PATTERN),
+        TokenizerKind::Cl100kBase => (&CL100K, CL100K_FILE, CL100K_PATTERN),
+        TokenizerKind::Heuristic => return None,
+    };
+    cell.get_or_init(|| match Vocabulary::parse(file, pattern) {
+        Ok(vocabulary) => Some(vocabulary),
+        Err(e) => {
+            tracing::error!(error = %e, "a tokenizer vocabulary cannot be read; counting by characters");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// Reads the vocabularies these models count with (and no others); call once at
+/// start-up, off the runtime.
+pub fn warm_up(kinds: &[TokenizerKind]) {
+    for kind in kinds {
+        let _ = vocabulary(*kind);
+    }
 }
 
 /// Tokens in a piece of text.
@@ -22,14 +54,9 @@ pub fn count(kind: TokenizerKind, text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    match kind {
-        TokenizerKind::O200kBase => tiktoken_rs::o200k_base_singleton()
-            .encode_ordinary(text)
-            .len() as u64,
-        TokenizerKind::Cl100kBase => tiktoken_rs::cl100k_base_singleton()
-            .encode_ordinary(text)
-            .len() as u64,
-        TokenizerKind::Heuristic => (text.chars().count() as u64).div_ceil(4),
+    match vocabulary(kind) {
+        Some(vocabulary) => vocabulary.count(text),
+        None => (text.chars().count() as u64).div_ceil(4),
     }
 }
 

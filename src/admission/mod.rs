@@ -8,6 +8,7 @@
 //! is refunded whole. Refill is lazy, from `tokio::time::Instant`; budgets follow the
 //! wall clock's UTC days and months. Nothing here spawns tasks or does I/O.
 
+pub mod bpe;
 mod bucket;
 pub mod estimate;
 mod period;
