@@ -3,8 +3,12 @@
 //!
 //! By default everything runs in this process (a mock answering instantly, a gateway in
 //! front of it, and the load generator), which measures the gateway's CPU cost on the
-//! request path. `--mock-url` and `--gateway-url` measure separately started processes.
-//! Streams are timed to the first content event as well as to the end.
+//! request path. `--mock-url` and `--gateway-url` measure separately started processes,
+//! and `--target NAME=URL` (repeated) any servers at all, the first being the baseline
+//! (benches/peers.sh loads an upstream simulator, a peer gateway and Switchyard so).
+//! Streams are timed to the first content event as well as to the end. `--rounds N`
+//! interleaves the targets N times and reports medians, so a noisy machine hurts every
+//! target alike.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,6 +57,16 @@ pub struct BenchArgs {
     /// Model alias to ask for.
     #[arg(long, default_value = "gpt-4o-mini")]
     pub model: String,
+    /// A server to load, as NAME=URL (base URL with /v1); repeat for more. The first is
+    /// the baseline the others are compared with. Replaces the mock and the gateway.
+    #[arg(long = "target", value_name = "NAME=URL", conflicts_with_all = ["mock_url", "gateway_url"])]
+    pub targets: Vec<String>,
+    /// The bearer key for a --target, as NAME=KEY; repeat for more.
+    #[arg(long = "target-key", value_name = "NAME=KEY")]
+    pub target_keys: Vec<String>,
+    /// Rounds over every target, interleaved; medians are reported.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 const BENCH_KEY: &str = "sy-bench";
@@ -81,29 +95,41 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut _mock = None;
     let mut _gateway = None;
     let bench_dir = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
-    let (mock_url, gateway_url, key) = match (&args.mock_url, &args.gateway_url) {
-        (Some(m), Some(g)) => (m.clone(), g.clone(), args.key.clone()),
-        _ => {
-            let mock = MockUpstream::builder()
-                .ttft(Duration::ZERO)
-                .tokens_per_sec(0.0)
-                .answer_tokens(args.answer_tokens)
-                .spawn_local()
-                .await
-                .context("cannot start the mock upstream")?;
-            let mut config = Config::from_toml(&bench_config(&mock.url(), &args.model))?;
-            config.audit.enabled = !args.no_audit;
-            config.server.data_dir = bench_dir.clone();
-            let daemon = Daemon::start(config).await?;
-            let urls = (mock.url(), format!("{}/v1", daemon.url()));
-            _mock = Some(mock);
-            _gateway = Some(daemon);
-            (urls.0, urls.1, BENCH_KEY.to_string())
-        }
+    let targets: Vec<(String, String, String)> = if !args.targets.is_empty() {
+        named_targets(&args.targets, &args.target_keys)?
+    } else if let (Some(m), Some(g)) = (&args.mock_url, &args.gateway_url) {
+        vec![
+            ("direct".into(), m.clone(), "unused".into()),
+            ("gateway".into(), g.clone(), args.key.clone()),
+        ]
+    } else {
+        let mock = MockUpstream::builder()
+            .ttft(Duration::ZERO)
+            .tokens_per_sec(0.0)
+            .answer_tokens(args.answer_tokens)
+            .spawn_local()
+            .await
+            .context("cannot start the mock upstream")?;
+        let mut config = Config::from_toml(&bench_config(&mock.url(), &args.model))?;
+        config.audit.enabled = !args.no_audit;
+        config.server.data_dir = bench_dir.clone();
+        let daemon = Daemon::start(config).await?;
+        let targets = vec![
+            ("direct".into(), mock.url(), "unused".into()),
+            (
+                "gateway".into(),
+                format!("{}/v1", daemon.url()),
+                BENCH_KEY.to_string(),
+            ),
+        ];
+        _mock = Some(mock);
+        _gateway = Some(daemon);
+        targets
     };
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
 
     say!(
-        "switchyard bench: {} requests at concurrency {}, {}, model {}",
+        "switchyard bench: {} requests at concurrency {}, {}, model {}, {} round{}",
         args.requests,
         args.concurrency,
         match (args.stream, args.cached) {
@@ -112,16 +138,78 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (false, true) => "plain, cacheable (the gateway answers hits)",
             (true, true) => "streaming, cacheable (the gateway replays hits)",
         },
-        args.model
+        args.model,
+        args.rounds,
+        if args.rounds == 1 {
+            ""
+        } else {
+            "s, interleaved"
+        }
     );
-    let direct = load(&args, &mock_url, "unused").await?;
-    let gateway = load(&args, &gateway_url, &key).await?;
-    print(&args, &direct, &gateway);
+    let mut rounds: Vec<Vec<Report>> = Vec::new();
+    for round in 0..args.rounds {
+        let mut reports = Vec::new();
+        for (name, url, key) in &targets {
+            let report = load(&args, url, key)
+                .await
+                .with_context(|| format!("loading {name} at {url}"))?;
+            reports.push(report);
+        }
+        if args.rounds > 1 {
+            say!("round {}:", round + 1);
+            print(&args, &targets, &reports);
+        }
+        rounds.push(reports);
+    }
+    if args.rounds > 1 {
+        say!("medians of {} rounds:", args.rounds);
+    }
+    print_medians(&args, &targets, &rounds);
     if let Some(daemon) = _gateway.take() {
         daemon.stop(Duration::from_secs(1)).await;
         let _ = std::fs::remove_dir_all(&bench_dir);
     }
     Ok(())
+}
+
+/// (name, url, key) of each `--target NAME=URL`, with its `--target-key NAME=KEY`.
+fn named_targets(
+    targets: &[String],
+    keys: &[String],
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    let pair = |text: &str, what: &str| -> anyhow::Result<(String, String)> {
+        match text.split_once('=') {
+            Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+                Ok((name.to_string(), value.trim_end_matches('/').to_string()))
+            }
+            _ => bail!("{what} \"{text}\" is not NAME=VALUE"),
+        }
+    };
+    let keys: Vec<(String, String)> = keys
+        .iter()
+        .map(|k| pair(k, "--target-key"))
+        .collect::<anyhow::Result<_>>()?;
+    let mut out = Vec::new();
+    for target in targets {
+        let (name, url) = pair(target, "--target")?;
+        if out
+            .iter()
+            .any(|(n, _, _): &(String, String, String)| *n == name)
+        {
+            bail!("--target {name} is named twice");
+        }
+        let key = keys
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or_else(|| "unused".to_string(), |(_, k)| k.clone());
+        out.push((name, url, key));
+    }
+    for (name, _) in &keys {
+        if !out.iter().any(|(n, _, _)| n == name) {
+            bail!("--target-key {name} names no --target");
+        }
+    }
+    Ok(out)
 }
 
 fn bench_config(mock_url: &str, model: &str) -> String {
@@ -296,72 +384,122 @@ impl Report {
     }
 }
 
-fn ms(micros: u64) -> String {
-    format!("{:.3}ms", micros as f64 / 1000.0)
+const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// One round: each target's rate and percentiles, and what each adds to the first.
+fn print(args: &BenchArgs, targets: &[(String, String, String)], reports: &[Report]) {
+    let rows: Vec<Row> = reports.iter().map(Row::of).collect();
+    print_rows(args, targets, &rows, reports);
 }
 
-fn print(args: &BenchArgs, direct: &Report, gateway: &Report) {
-    let quantiles = [0.5, 0.9, 0.99, 0.999];
-    say!(
-        "{:<10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
-        "target",
-        "req/s",
-        "errors",
-        "p50",
-        "p90",
-        "p99",
-        "p99.9"
-    );
-    for (name, r) in [("direct", direct), ("gateway", gateway)] {
-        let q: Vec<String> = quantiles
-            .iter()
-            .map(|&q| ms(r.total.value_at_quantile(q)))
-            .collect();
+/// The median over rounds of each target's rate and percentiles.
+fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds: &[Vec<Report>]) {
+    let rows: Vec<Row> = (0..targets.len())
+        .map(|t| {
+            let rows: Vec<Row> = rounds.iter().map(|r| Row::of(&r[t])).collect();
+            Row::median(&rows)
+        })
+        .collect();
+    let last = rounds.last().map(Vec::as_slice).unwrap_or_default();
+    print_rows(args, targets, &rows, last);
+}
+
+/// What one target did, in numbers: ok requests per second, whole-request and
+/// first-token percentiles (µs), errors.
+#[derive(Clone, Default)]
+struct Row {
+    rate: f64,
+    total: [f64; 4],
+    first: [f64; 4],
+    errors: usize,
+}
+
+impl Row {
+    fn of(r: &Report) -> Row {
+        Row {
+            rate: r.rate(),
+            total: QUANTILES.map(|q| r.total.value_at_quantile(q) as f64),
+            first: QUANTILES.map(|q| r.first_token.value_at_quantile(q) as f64),
+            errors: r.errors,
+        }
+    }
+
+    fn median(rows: &[Row]) -> Row {
+        let median = |pick: &dyn Fn(&Row) -> f64| {
+            let mut values: Vec<f64> = rows.iter().map(pick).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Row {
+            rate: median(&|r| r.rate),
+            total: std::array::from_fn(|i| median(&|r| r.total[i])),
+            first: std::array::from_fn(|i| median(&|r| r.first[i])),
+            errors: rows.iter().map(|r| r.errors).sum(),
+        }
+    }
+}
+
+fn print_rows(
+    args: &BenchArgs,
+    targets: &[(String, String, String)],
+    rows: &[Row],
+    reports: &[Report],
+) {
+    let ms = |micros: f64| format!("{:.3}ms", micros / 1000.0);
+    let line = |name: &str, rate: String, errors: String, q: [String; 4]| {
         say!(
-            "{:<10} {:>10.1} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            "{:<12} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
             name,
-            r.rate(),
-            r.errors,
+            rate,
+            errors,
             q[0],
             q[1],
             q[2],
             q[3]
         );
-    }
-    let added: Vec<String> = quantiles
-        .iter()
-        .map(|&q| {
-            let d = gateway.total.value_at_quantile(q) as f64
-                - direct.total.value_at_quantile(q) as f64;
-            format!("{:+.3}ms", d / 1000.0)
-        })
-        .collect();
-    say!(
-        "{:<10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
-        "added",
-        format!("{:.2}x", gateway.rate() / direct.rate().max(f64::EPSILON)),
-        "",
-        added[0],
-        added[1],
-        added[2],
-        added[3]
+    };
+    line(
+        "target",
+        "req/s".into(),
+        "errors".into(),
+        ["p50", "p90", "p99", "p99.9"].map(String::from),
     );
+    for ((name, _, _), row) in targets.iter().zip(rows) {
+        line(
+            name,
+            format!("{:.1}", row.rate),
+            row.errors.to_string(),
+            row.total.map(ms),
+        );
+    }
+    let Some(base) = rows.first() else {
+        return;
+    };
+    for ((name, _, _), row) in targets.iter().zip(rows).skip(1) {
+        line(
+            &format!("{name} adds"),
+            format!("{:.2}x", row.rate / base.rate.max(f64::EPSILON)),
+            String::new(),
+            std::array::from_fn(|i| format!("{:+.3}ms", (row.total[i] - base.total[i]) / 1000.0)),
+        );
+    }
     if args.stream {
         say!("time to first token:");
-        for (name, r) in [("direct", direct), ("gateway", gateway)] {
-            say!(
-                "{:<10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
-                name,
-                "",
-                "",
-                ms(r.first_token.value_at_quantile(0.5)),
-                ms(r.first_token.value_at_quantile(0.9)),
-                ms(r.first_token.value_at_quantile(0.99)),
-                ms(r.first_token.value_at_quantile(0.999))
+        for ((name, _, _), row) in targets.iter().zip(rows) {
+            line(name, String::new(), String::new(), row.first.map(ms));
+        }
+        for ((name, _, _), row) in targets.iter().zip(rows).skip(1) {
+            line(
+                &format!("{name} adds"),
+                String::new(),
+                String::new(),
+                std::array::from_fn(|i| {
+                    format!("{:+.3}ms", (row.first[i] - base.first[i]) / 1000.0)
+                }),
             );
         }
     }
-    for (name, r) in [("direct", direct), ("gateway", gateway)] {
+    for ((name, _, _), r) in targets.iter().zip(reports) {
         if let Some(e) = &r.first_error {
             say!("{name}: {} errors, the first: {e}", r.errors);
         }

@@ -156,6 +156,8 @@ struct MockArgs {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every command's HTTPS clients and servers use the same TLS provider.
+    crate::tls::install_crypto();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
