@@ -1,5 +1,5 @@
-//! Builds the gateway from a validated config: opens the store and restores usage, loads
-//! the tokenizers, starts the ledger, binds the public and admin listeners, and shuts
+//! Builds the gateway from a validated config: opens the store and restores usage
+//! (tokenizer vocabularies are read by the first request that needs one), starts the ledger, binds the public and admin listeners, and shuts
 //! down gracefully: in-flight requests and streams get a grace period, then are cut, and
 //! the ledger writes what is left before the store closes.
 
@@ -122,10 +122,6 @@ impl Daemon {
             .map_err(|e| StartError::Task(e.to_string()))??;
         let usage = sled.load_usage()?;
         let cached = crate::cache::persist::load(&sled)?;
-        let tokenizers: Vec<_> = config.models.iter().map(|m| m.tokenizer).collect();
-        tokio::task::spawn_blocking(move || crate::admission::estimate::warm_up(&tokenizers))
-            .await
-            .map_err(|e| StartError::Task(e.to_string()))?;
 
         let (listen, admin_listen) = (config.server.listen, config.admin.listen);
         let checkpoint = config.checkpoint_interval;

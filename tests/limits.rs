@@ -78,6 +78,35 @@ async fn answers_carry_openai_rate_limit_headers_and_the_queue_time() {
     );
 }
 
+/// A prompt too large to count where the request runs is counted on the blocking pool,
+/// and its first request reads the vocabulary there too: the reservation is the exact
+/// count all the same.
+#[tokio::test]
+async fn a_large_prompt_is_counted_exactly_off_the_runtime() {
+    use serde_json::value::RawValue;
+    use switchyard::admission::estimate::chat_prompt;
+    use switchyard::domain::TokenizerKind;
+
+    let us = mock_of(10).spawn_local().await.unwrap();
+    let gw = gateway(&us, "rpm = 10\ntpm = 10000000", 4).await;
+    let text = "The yard sorts freight cars onto tracks by destination. ".repeat(2000);
+    let mut body = ten_tokens();
+    body["messages"] = json!([{"role": "user", "content": text}]);
+    let messages = RawValue::from_string(body["messages"].to_string()).unwrap();
+    let expected = chat_prompt(TokenizerKind::O200kBase, Some(&messages));
+    assert!(expected > 20_000, "{expected}: really large");
+    let reply = gw.chat(KEY_A, &body).await;
+    assert_eq!(reply.status(), 200);
+    let remaining: u64 = header(&reply, "x-ratelimit-remaining-tokens")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        10_000_000 - remaining,
+        expected + 10,
+        "prompt and max_tokens"
+    );
+}
+
 #[tokio::test]
 async fn requests_over_the_rpm_get_429_with_an_honest_retry_after() {
     let us = mock_of(10).spawn_local().await.unwrap();

@@ -22,7 +22,8 @@ static CL100K: OnceLock<Option<Vocabulary>> = OnceLock::new();
 pub(crate) const O200K_FILE: &str = include_str!("../../assets/tokenizers/o200k_base.tiktoken");
 pub(crate) const CL100K_FILE: &str = include_str!("../../assets/tokenizers/cl100k_base.tiktoken");
 
-/// A vocabulary, read on first use (tens of milliseconds; `warm_up` does it at start).
+/// A vocabulary, read on first use (tens of milliseconds, on the blocking pool: see
+/// `ready`), so an idle gateway holds none and a busy one only those its models use.
 /// None only if the embedded file were broken, which the tests rule out; counting then
 /// falls back to the heuristic rather than failing requests.
 fn vocabulary(kind: TokenizerKind) -> Option<&'static Vocabulary> {
@@ -41,11 +42,12 @@ fn vocabulary(kind: TokenizerKind) -> Option<&'static Vocabulary> {
     .as_ref()
 }
 
-/// Reads the vocabularies these models count with (and no others); call once at
-/// start-up, off the runtime.
-pub fn warm_up(kinds: &[TokenizerKind]) {
-    for kind in kinds {
-        let _ = vocabulary(*kind);
+/// Whether counting with `kind` is ready now, without reading a vocabulary first.
+pub fn ready(kind: TokenizerKind) -> bool {
+    match kind {
+        TokenizerKind::O200kBase => O200K.get().is_some(),
+        TokenizerKind::Cl100kBase => CL100K.get().is_some(),
+        TokenizerKind::Heuristic => true,
     }
 }
 

@@ -112,7 +112,8 @@ impl Gateway {
         let cache_result = if flight.is_some() { "miss" } else { "bypass" };
         recorder.note(|r| r.cache = Some(cache_result.to_string()));
 
-        let demand = demand(inbound.kind, parsed.model, &inbound.fields);
+        let prompt_tokens = prompt_tokens(inbound.kind, parsed.model, &inbound.fields).await;
+        let demand = demand(inbound.kind, parsed.model, &inbound.fields, prompt_tokens);
         let tenant = &parsed.tenant.name;
         let ticket = self.admit(tenant, &demand).await.map_err(|refused| {
             tracing::debug!(request_id = %inbound.request_id, %tenant, ?refused, "request refused");
@@ -567,15 +568,41 @@ fn session_digest(tenant: &str, key: &str) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What admission reserves for a request: its prompt counted with the model's BPE, and
-/// its completion as capped.
-fn demand(kind: ModelKind, model: &Model, fields: &Fields) -> Demand {
+/// Prompts up to this size are counted where the request runs: tens of microseconds.
+/// Larger ones (a book pasted in costs milliseconds) are counted on the blocking pool,
+/// as is the first prompt of a vocabulary not read yet (tens of milliseconds, once), so
+/// no runtime thread stalls and other requests keep moving.
+const COUNT_INLINE: usize = 16 << 10;
+
+/// A request's prompt tokens, counted with the model's BPE.
+async fn prompt_tokens(kind: ModelKind, model: &Model, fields: &Fields) -> u64 {
+    let tokenizer = model.tokenizer;
+    let field = match kind {
+        ModelKind::Chat => "messages",
+        ModelKind::Embeddings => "input",
+    };
+    let raw = fields.get(field);
+    let count = move |raw: Option<&serde_json::value::RawValue>| match kind {
+        ModelKind::Chat => estimate::chat_prompt(tokenizer, raw),
+        ModelKind::Embeddings => estimate::embeddings_input(tokenizer, raw),
+    };
+    let size = raw.map_or(0, |r| r.get().len());
+    if size <= COUNT_INLINE && estimate::ready(tokenizer) {
+        return count(raw.map(|r| &**r));
+    }
+    let owned = raw.cloned();
+    tokio::task::spawn_blocking(move || count(owned.as_deref()))
+        .await
+        // Only a panic while counting gets here: a token per four bytes stands in.
+        .unwrap_or((size as u64).div_ceil(4))
+}
+
+/// What admission reserves for a request: its prompt as counted, and its completion as
+/// capped.
+fn demand(kind: ModelKind, model: &Model, fields: &Fields, prompt_tokens: u64) -> Demand {
     let field = |name: &str| fields.get(name).map(|raw| &**raw);
     Demand {
-        prompt_tokens: match kind {
-            ModelKind::Chat => estimate::chat_prompt(model.tokenizer, field("messages")),
-            ModelKind::Embeddings => estimate::embeddings_input(model.tokenizer, field("input")),
-        },
+        prompt_tokens,
         max_tokens: field("max_completion_tokens")
             .or(field("max_tokens"))
             .and_then(|raw| raw.get().parse().ok()),
