@@ -1327,6 +1327,11 @@ async fn a_tenants_detail_comes_through_the_admin_api_with_its_seconds_and_recor
     .await
     .expect("six requests in the history");
     assert_eq!(detail.tenant.name, "tenant-a");
+    assert!(
+        detail.tenant.p99_ms.is_some_and(|p| p > 0.0),
+        "{:?}",
+        detail.tenant
+    );
     assert!(detail.tokens_per_sec.iter().sum::<u64>() > 0);
     let by_code: Vec<(&str, u64)> = detail
         .refused_by_code_per_sec
@@ -1647,6 +1652,10 @@ async fn an_instances_detail_comes_through_the_admin_api_with_its_failures() {
     .expect("three attempts in the history");
     assert_eq!(detail.region, "us-east");
     assert_eq!(detail.history.refused_by_code, []);
+    // Its end-to-end p50/p99 over its last requests, as listings show them.
+    let view = gw.first_instance().await;
+    assert!(view["p50_ms"].as_f64().unwrap() > 0.0, "{view}");
+    assert!(view["p99_ms"].as_f64().unwrap() >= view["p50_ms"].as_f64().unwrap());
     assert!(detail.history.e2e_p99_ms.iter().flatten().count() > 0);
     let missing = remote.instance_detail("nowhere".into()).await.unwrap_err();
     assert!(

@@ -23,20 +23,13 @@ impl Gateway {
     pub fn snapshot(&self) -> Snapshot {
         let reading = self.meter.read(120);
         let queued_by_tenant = self.scheduler.queued_by_tenant();
-        let recent = self.recent.percentiles();
         let tenants = self
             .admission
             .views()
             .into_iter()
-            .map(|t| self.dress(t, &queued_by_tenant, &recent))
+            .map(|t| self.dress(t, &queued_by_tenant))
             .collect::<Vec<_>>();
-        let mut regions = self.router.views();
-        for instance in regions.iter_mut().flat_map(|r| r.instances.iter_mut()) {
-            if let Some((p50, p99)) = recent.get(&format!("instance:{}", instance.name)) {
-                instance.p50_ms = Some(*p50);
-                instance.p99_ms = Some(*p99);
-            }
-        }
+        let regions = self.router.views();
         let in_flight = regions
             .iter()
             .flat_map(|r| &r.instances)
@@ -81,10 +74,13 @@ impl Gateway {
         &self,
         mut t: TenantView,
         queued_by_tenant: &std::collections::HashMap<String, u64>,
-        recent: &std::collections::HashMap<String, (f64, f64)>,
     ) -> TenantView {
         t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
-        t.p99_ms = recent.get(&format!("tenant:{}", t.name)).map(|p| p.1);
+        t.p99_ms = self
+            .meter
+            .tenant_if_seen(&t.name)
+            .and_then(|m| m.recent_percentiles())
+            .map(|p| p.1);
         t.changed = self.tenant_override(&t.name).changed();
         let used = self.meter.tenant_reading(&t.name);
         t.requests_last_minute = used.requests_per_min;
@@ -97,11 +93,7 @@ impl Gateway {
     /// second, and its newest audit records.
     pub async fn tenant_detail(&self, name: &str) -> Result<TenantDetail, String> {
         let tenant = self.admission.view(name).map_err(|e| e.to_string())?;
-        let tenant = self.dress(
-            tenant,
-            &self.scheduler.queued_by_tenant(),
-            &self.recent.percentiles(),
-        );
+        let tenant = self.dress(tenant, &self.scheduler.queued_by_tenant());
         let seconds = self
             .meter
             .tenant_if_seen(name)

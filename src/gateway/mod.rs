@@ -40,7 +40,7 @@ use crate::shutdown::Shutdown;
 use crate::store::{Persistence, Store};
 use crate::streams::hub::Hub;
 use crate::telemetry::events::EventLog;
-use crate::telemetry::latency::{Latency, Recent};
+use crate::telemetry::latency::Latency;
 use crate::telemetry::meter::Meter;
 
 pub use crate::domain::Fields;
@@ -62,8 +62,6 @@ pub struct Gateway {
     meter: Arc<Meter>,
     latency: Arc<Latency>,
     histograms: Arc<crate::telemetry::histograms::Histograms>,
-    /// Recent end-to-end latency per tenant and per instance.
-    recent: Arc<Recent>,
     /// Every stream, live or recently finished.
     hub: Hub,
     /// The drain signal every request and relay watches.
@@ -285,7 +283,6 @@ impl Gateway {
             meter: Arc::default(),
             latency: Arc::default(),
             histograms: Arc::default(),
-            recent: Arc::default(),
             hub: Hub::new(config.streams.clone(), shutdown.clone()),
             shutdown,
             persistence: Arc::default(),
@@ -322,10 +319,6 @@ impl Gateway {
 
     pub fn latency(&self) -> &Arc<Latency> {
         &self.latency
-    }
-
-    pub fn recent(&self) -> &Arc<Recent> {
-        &self.recent
     }
 
     pub fn hub(&self) -> &Hub {

@@ -12,7 +12,7 @@ use crate::audit::Audit;
 use crate::domain::Usage;
 use crate::domain::records::{AuditKind, AuditRecord};
 use crate::telemetry::histograms::{Histograms, Labels, LatencySeries};
-use crate::telemetry::latency::{Latency, Metric, Recent};
+use crate::telemetry::latency::{Latency, Metric};
 use crate::telemetry::meter::{Meter, Tally};
 
 use super::Gateway;
@@ -22,7 +22,6 @@ pub(crate) struct Recorder {
     record: Option<(Arc<Audit>, AuditRecord)>,
     meter: Arc<Meter>,
     latency: Arc<Latency>,
-    recent: Arc<Recent>,
     arrival: Instant,
     tenant: String,
     /// The tenant's own counters (none before authentication).
@@ -36,7 +35,8 @@ pub(crate) struct Recorder {
     series: Option<LatencySeries>,
     /// OpenTelemetry's `gen_ai.operation.name`: "chat" or "embeddings".
     operation: &'static str,
-    instance: Option<String>,
+    /// The instance that answered, to record its end-to-end latency.
+    instance: Option<Arc<Tally>>,
     first_token: bool,
     done: bool,
 }
@@ -74,7 +74,6 @@ impl Recorder {
             record,
             meter: gateway.meter().clone(),
             latency: gateway.latency().clone(),
-            recent: gateway.recent().clone(),
             arrival,
             tenant: tenant.map(|(name, _)| name.to_string()).unwrap_or_default(),
             tenant_meter,
@@ -121,13 +120,15 @@ impl Recorder {
         }
     }
 
-    /// Admitted after `queued`; went to `instance` in `region`.
+    /// Admitted after `queued`; went to `instance` in `region`, whose tally is
+    /// `instance_tally`.
     pub fn routed(
         &mut self,
         (region, instance, reason): (&str, &str, &str),
         model: &str,
         tier: &str,
         queued: Duration,
+        instance_tally: Option<Arc<Tally>>,
     ) {
         self.note(|r| {
             r.region = Some(region.to_string());
@@ -146,7 +147,7 @@ impl Recorder {
         };
         self.series = Some(self.histograms.latency_series(&labels, self.operation));
         self.labels = Some(labels);
-        self.instance = Some(instance.to_string());
+        self.instance = instance_tally;
         self.record_latency(Metric::Queue, queued);
         if let Some(meter) = &self.tenant_meter {
             meter.queued(queued);
@@ -193,15 +194,12 @@ impl Recorder {
             let overhead = total.saturating_sub(queued).saturating_sub(upstream);
             self.record_latency(Metric::Overhead, overhead);
         }
-        if !self.tenant.is_empty() {
-            self.recent
-                .record(&format!("tenant:{}", self.tenant), total);
-        }
         if let Some(meter) = &self.tenant_meter {
             meter.answered(total);
+            meter.recent(total);
         }
         if let Some(instance) = &self.instance {
-            self.recent.record(&format!("instance:{instance}"), total);
+            instance.recent(total);
         }
     }
 
@@ -252,7 +250,6 @@ impl Recorder {
             record: self.record.take(),
             meter: self.meter.clone(),
             latency: self.latency.clone(),
-            recent: self.recent.clone(),
             arrival: self.arrival,
             tenant: std::mem::take(&mut self.tenant),
             tenant_meter: self.tenant_meter.take(),

@@ -138,7 +138,13 @@ impl Gateway {
             answer.instance.as_str(),
             answer.reason.as_str(),
         );
-        recorder.routed(route, &parsed.model.alias, ticket.tier(), ticket.queued);
+        recorder.routed(
+            route,
+            &parsed.model.alias,
+            ticket.tier(),
+            ticket.queued,
+            self.router.tally(&answer.instance),
+        );
         headers.push(("x-switchyard-region", answer.region.clone()));
         headers.push(("x-switchyard-instance", answer.instance.clone()));
         headers.push(("x-switchyard-route", answer.reason.clone()));

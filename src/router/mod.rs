@@ -41,8 +41,9 @@ pub struct InstanceState {
     latency_us: AtomicU64,
     attempts: AtomicU64,
     failures: AtomicU64,
-    /// Attempts, failures by kind and the upstream's time, second by second.
-    tally: Tally,
+    /// Attempts, failures by kind and the upstream's time, second by second; and
+    /// end-to-end latencies of what it answered.
+    tally: Arc<Tally>,
     health: Mutex<Health>,
     /// Bumped when a drain deadline cuts what still runs here.
     cut: watch::Sender<u64>,
@@ -70,7 +71,7 @@ impl InstanceState {
             latency_us: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            tally: Tally::new(),
+            tally: Arc::new(Tally::new()),
             health: Mutex::new(Health::default()),
             cut: watch::channel(0).0,
             taken_out: watch::channel(0).0,
@@ -743,6 +744,13 @@ impl Router {
         }
     }
 
+    /// The tally of the instance named so, to record what it answered.
+    pub fn tally(&self, name: &str) -> Option<Arc<Tally>> {
+        self.instances()
+            .find(|i| i.name() == name)
+            .map(|i| i.tally.clone())
+    }
+
     /// An instance's last five minutes, second by second.
     pub fn instance_detail(&self, name: &str) -> Option<InstanceDetail> {
         let instance = self.instances().find(|i| i.name() == name)?;
@@ -761,7 +769,8 @@ impl Router {
                 let instances: Vec<InstanceView> = r
                     .instances
                     .iter()
-                    .map(|i| InstanceView {
+                    .map(|i| (i, i.tally.recent_percentiles()))
+                    .map(|(i, recent)| InstanceView {
                         name: i.name().to_string(),
                         url: i.instance.url.clone(),
                         weight: i.instance.weight,
@@ -769,8 +778,8 @@ impl Router {
                         in_flight: i.in_flight(),
                         outstanding_tokens: i.outstanding.load(Ordering::Relaxed),
                         latency_ms: i.latency() as f64 / 1000.0,
-                        p50_ms: None,
-                        p99_ms: None,
+                        p50_ms: recent.map(|p| p.0),
+                        p99_ms: recent.map(|p| p.1),
                         error_rate: {
                             let attempts = i.attempts.load(Ordering::Relaxed);
                             let failures = i.failures.load(Ordering::Relaxed);

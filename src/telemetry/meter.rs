@@ -46,7 +46,12 @@ pub struct Tally {
     refused_now: Mutex<Vec<(&'static str, u32)>>,
     /// What each sampled second saw, oldest first, one per sample.
     seconds: Mutex<VecDeque<Second>>,
+    /// The last few hundred end-to-end latencies (µs), for p50/p99 in listings.
+    recent: Mutex<VecDeque<u32>>,
 }
+
+/// End-to-end latencies kept per tenant and instance for their listings.
+const RECENT: usize = 512;
 
 /// One second of a tenant's history beyond its counters.
 #[derive(Debug, Clone, Default)]
@@ -153,6 +158,31 @@ impl Tally {
     /// A request of this tenant finished after `value`, end to end.
     pub fn answered(&self, value: Duration) {
         self.e2e.record(value);
+    }
+
+    /// A request of this tenant, or to this instance, took `value` end to end.
+    pub fn recent(&self, value: Duration) {
+        let micros = value.as_micros().min(u128::from(u32::MAX)) as u32;
+        if let Ok(mut ring) = self.recent.lock() {
+            if ring.len() == RECENT {
+                ring.pop_front();
+            }
+            ring.push_back(micros);
+        }
+    }
+
+    /// (p50, p99) in milliseconds over the last few hundred latencies, if any.
+    pub fn recent_percentiles(&self) -> Option<(f64, f64)> {
+        let mut sorted: Vec<u32> = self.recent.lock().ok()?.iter().copied().collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_unstable();
+        let at = |q: f64| {
+            let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+            f64::from(sorted[i]) / 1000.0
+        };
+        Some((at(0.5), at(0.99)))
     }
 
     /// A request of this tenant waited `value` for a seat.
@@ -500,6 +530,17 @@ mod tests {
             0,
             "refused after the last sample"
         );
+    }
+
+    #[test]
+    fn recent_percentiles_keep_the_last_samples() {
+        let tally = Tally::new();
+        assert_eq!(tally.recent_percentiles(), None);
+        for ms in 1..=1000u64 {
+            tally.recent(Duration::from_millis(ms));
+        }
+        // The last 512 samples are 489..=1000 ms.
+        assert_eq!(tally.recent_percentiles(), Some((744.0, 995.0)));
     }
 
     #[test]
