@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Switchyard against third parties, side by side on this machine, in one run:
+#
+#   upstream   llmsim (crates.io), an OpenAI-compatible simulator nobody here wrote
+#   peer       onwards (crates.io), a Rust gateway that forwards with a key check
+#   load       oha (crates.io) for plain requests; `switchyard bench --stream` for
+#              streams, whose time to first token oha does not measure
+#
+# Every row is the median of interleaved rounds (direct, onwards, switchyard, then
+# again), so a noisy machine hurts all three alike. Switchyard runs the example config
+# with us-east pointed at llmsim, acme's limits raised out of the way and every feature
+# on (auth, admission with reservation, scheduling, routing, audit, cache, metrics).
+#
+#   benches/peers.sh                 # the whole table (about 6 minutes)
+#   ROUNDS=5 SECONDS_PER_RUN=20 benches/peers.sh
+#   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
+#
+# Tools are installed once with `cargo install --locked` into $SWITCHYARD_BENCH_TOOLS
+# (default ~/.cache/switchyard-bench). Not part of CI: it measures, it asserts nothing.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
+STREAMS=${STREAMS:-2000}
+TOOLS=${SWITCHYARD_BENCH_TOOLS:-$HOME/.cache/switchyard-bench}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d)
+KEY=sy-demo-acme
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say() { printf '%s\n' "$*" >&2; }
+
+for tool in llmsim onwards oha; do
+    if [ ! -x "$TOOLS/bin/$tool" ]; then
+        say "installing $tool into $TOOLS (once)"
+        cargo install --locked --quiet --root "$TOOLS" "$tool"
+    fi
+done
+export PATH="$TOOLS/bin:$PATH"
+if [ -n "${SWITCHYARD_BIN:-}" ]; then
+    SWITCHYARD=$SWITCHYARD_BIN
+else
+    say "building switchyard (release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+    SWITCHYARD="$ROOT/target/release/switchyard"
+fi
+# The stream load always comes from this tree's generator, so builds compare alike.
+BENCH="$ROOT/target/release/switchyard"
+[ -x "$BENCH" ] || (cd "$ROOT" && cargo build --release --quiet)
+
+# A free loopback port.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_for() { # URL
+    for _ in $(seq 1 100); do
+        if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    say "nothing answered at $1"
+    exit 1
+}
+
+# The upstream: llmsim with a latency profile, answers of N tokens.
+start_llmsim() { # PORT PROFILE TOKENS
+    local config="$WORK/llmsim-$1.toml"
+    case "$2" in
+        instant) latency='profile = "instant"' ;;
+        realistic) latency=$'ttft_mean_ms = 200\nttft_stddev_ms = 0\ntbt_mean_ms = 10\ntbt_stddev_ms = 0' ;;
+    esac
+    cat >"$config" <<EOF
+[server]
+port = $1
+host = "127.0.0.1"
+[latency]
+$latency
+[response]
+generator = "lorem"
+target_tokens = $3
+[errors]
+rate_limit_rate = 0.0
+server_error_rate = 0.0
+timeout_rate = 0.0
+EOF
+    RUST_LOG=warn llmsim serve --config "$config" >"$WORK/llmsim-$1.log" 2>&1 &
+    PIDS+=($!)
+    wait_for "http://127.0.0.1:$1/health"
+}
+
+# The peer: onwards in front of the upstream, checking one key.
+start_onwards() { # PORT UPSTREAM_PORT
+    cat >"$WORK/onwards-$1.json" <<EOF
+{
+  "auth": { "global_keys": ["$KEY"] },
+  "targets": { "gpt-4o-mini": { "url": "http://127.0.0.1:$2/openai", "onwards_model": "gpt-4o-mini" } },
+  "http_pool": { "max_idle_per_host": 1000, "idle_timeout_secs": 90 }
+}
+EOF
+    RUST_LOG=warn onwards --port "$1" --metrics-port "$(port)" --targets "$WORK/onwards-$1.json" \
+        >"$WORK/onwards-$1.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do
+        if curl -s -o /dev/null "http://127.0.0.1:$1/v1/models" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    say "onwards did not start; see $WORK/onwards-$1.log"
+    exit 1
+}
+
+# Switchyard: the example config, us-east at the upstream, acme unlimited.
+start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
+    local dir="$WORK/switchyard-$1"
+    mkdir -p "$dir"
+    sed -e "s|127.0.0.1:8080|127.0.0.1:$1|" \
+        -e "s|127.0.0.1:8081|127.0.0.1:$2|" \
+        -e "s|data_dir = \"./data\"|data_dir = \"$dir/data\"|" \
+        -e "s|http://127.0.0.1:9101/v1|http://127.0.0.1:$3/openai/v1|" \
+        -e "s|max_concurrency = 64 |max_concurrency = 100000 |" \
+        -e "s|^monthly_usd = 5000.0|rpm = 100_000_000\ntpm = 100_000_000_000\nmax_concurrency = 100_000|" \
+        "$ROOT/config.toml.example" >"$dir/config.toml"
+    SWITCHYARD_ADMIN_TOKEN=peer-bench-admin-token-0123456789abcdef \
+        "$SWITCHYARD" serve --config "$dir/config.toml" >"$dir/log" 2>&1 &
+    SWITCHYARD_PID=$!
+    PIDS+=($!)
+    wait_for "http://127.0.0.1:$1/healthz"
+}
+
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+peak_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
+
+# oha's ok requests per second, p50 and p99 (ms) for one target.
+oha_run() { # URL CONCURRENCY
+    oha --no-tui --output-format json -z "${SECONDS_PER_RUN}s" -c "$2" -m POST \
+        -H "authorization: Bearer $KEY" -H "content-type: application/json" -d "$BODY" \
+        "$1/chat/completions" >"$WORK/oha.json"
+    python3 - "$WORK/oha.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+codes = r.get("statusCodeDistribution", {})
+ok = int(codes.get("200", 0))
+total = r["summary"]["total"]
+p = r["latencyPercentiles"]
+print(f'{ok / total:.1f} {p["p50"] * 1000:.3f} {p["p99"] * 1000:.3f} {sum(codes.values()) - ok}')
+EOF
+}
+
+LLMSIM=$(port); ONWARDS=$(port); GATEWAY=$(port); ADMIN=$(port)
+start_llmsim "$LLMSIM" instant 16
+start_onwards "$ONWARDS" "$LLMSIM"
+start_switchyard "$GATEWAY" "$ADMIN" "$LLMSIM"
+sleep 3 # the first health probes
+IDLE=$(rss_mib "$SWITCHYARD_PID")
+
+declare -A TARGET=(
+    [direct]="http://127.0.0.1:$LLMSIM/openai/v1"
+    [onwards]="http://127.0.0.1:$ONWARDS/v1"
+    [switchyard]="http://127.0.0.1:$GATEWAY/v1"
+)
+ORDER=(direct onwards switchyard)
+for c in 50 1; do
+    for round in $(seq 1 "$ROUNDS"); do
+        for name in "${ORDER[@]}"; do
+            result=$(oha_run "${TARGET[$name]}" "$c")
+            say "plain c=$c round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok)"
+            if [ "${result%% *}" = "0.0" ]; then
+                say "$name answered nothing with 200; its log is in $WORK"
+                trap - EXIT
+                exit 1
+            fi
+            echo "$c $name $result" >>"$WORK/plain.txt"
+        done
+    done
+done
+AFTER_PLAIN=$(rss_mib "$SWITCHYARD_PID")
+PEAK_PLAIN=$(peak_mib "$SWITCHYARD_PID")
+
+# Streams against the realistic upstream: everything restarted in front of it.
+for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+wait 2>/dev/null || true
+PIDS=()
+LLMSIM=$(port); ONWARDS=$(port); GATEWAY=$(port); ADMIN=$(port)
+start_llmsim "$LLMSIM" realistic 32
+start_onwards "$ONWARDS" "$LLMSIM"
+start_switchyard "$GATEWAY" "$ADMIN" "$LLMSIM"
+sleep 3
+"$BENCH" bench --stream -n "$STREAMS" -c 200 --rounds "$ROUNDS" \
+    --target "direct=http://127.0.0.1:$LLMSIM/openai/v1" \
+    --target "onwards=http://127.0.0.1:$ONWARDS/v1" --target-key "onwards=$KEY" \
+    --target "switchyard=http://127.0.0.1:$GATEWAY/v1" --target-key "switchyard=$KEY" \
+    >"$WORK/streams.txt" 2>&1 || { cat "$WORK/streams.txt" >&2; exit 1; }
+AFTER_STREAMS=$(rss_mib "$SWITCHYARD_PID")
+sed -n '/^medians/,$p' "$WORK/streams.txt" >&2
+
+python3 - "$WORK/plain.txt" <<EOF
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    c, name, rate, p50, p99, bad = line.split()
+    rows.setdefault((int(c), name), []).append((float(rate), float(p50), float(p99), int(bad)))
+def med(c, name, i):
+    return statistics.median(r[i] for r in rows[(c, name)])
+def span(c, name, i):
+    v = [r[i] for r in rows[(c, name)]]
+    return f"{min(v):,.0f}–{max(v):,.0f}"
+d, o, s = (med(50, n, 0) for n in ("direct", "onwards", "switchyard"))
+print()
+print("| measure | direct to llmsim | onwards | Switchyard |")
+print("|---|---|---|---|")
+print(f"| plain, c=50: ok requests/s (median; range of $ROUNDS) | {d:,.0f} ({span(50,'direct',0)}) | {o:,.0f} ({span(50,'onwards',0)}), {o/d:.2f}x | {s:,.0f} ({span(50,'switchyard',0)}), {s/d:.2f}x direct, {s/o:.2f}x onwards |")
+print(f"| plain, c=50: p99 | {med(50,'direct',2):.1f} ms | {med(50,'onwards',2):.1f} ms | {med(50,'switchyard',2):.1f} ms |")
+d1 = med(1, "direct", 1)
+print(f"| plain, c=1: p50 (added) | {d1:.3f} ms | {med(1,'onwards',1):.3f} ms (+{med(1,'onwards',1)-d1:.3f}) | {med(1,'switchyard',1):.3f} ms (+{med(1,'switchyard',1)-d1:.3f}) |")
+bad = sum(r[3] for v in rows.values() for r in v)
+print(f"| not ok answers, all plain runs | {bad} | | |")
+print(f"| Switchyard resident memory | idle $IDLE MiB | after plain load $AFTER_PLAIN MiB (peak $PEAK_PLAIN) | after streams $AFTER_STREAMS MiB |")
+EOF
+echo
+echo "streams, c=200, realistic upstream (TTFT 200 ms, 10 ms a token, 32 tokens): medians of $ROUNDS rounds"
+sed -n '/^medians/,$p' "$WORK/streams.txt"
