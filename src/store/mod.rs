@@ -3,10 +3,12 @@
 //!
 //! `Store` is what the rest of the gateway sees; `SledStore` keeps it in trees: `meta`
 //! (schema version), `usage` (per tenant and budget period), `cache` (kept answers, by
-//! key, encoded by the cache), `keys` (managed tenant keys, by public id), `tenants`
-//! (operators' run-time overrides) and `audit` (records by time). Writes are batched by
-//! their callers and never made from the request path.
+//! key, encoded by the cache), `keys` (managed tenant keys, by public id) and `tenants`
+//! (operators' run-time overrides); the audit log is JSON lines in segment files beside
+//! the database (`audit_log.rs`). Writes are batched by their callers and never made
+//! from the request path.
 
+mod audit_log;
 #[cfg(test)]
 pub(crate) mod flaky;
 mod watched;
@@ -15,17 +17,16 @@ pub use watched::{Persistence, Watched};
 
 use std::path::{Path, PathBuf};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use serde::Serialize;
 
 use crate::domain::UsageRecord;
 use crate::domain::period::PeriodKey;
-use crate::domain::records::{AuditKind, AuditQuery, AuditRecord, KeyRecord, Overrides};
+use crate::domain::records::{AuditQuery, AuditRecord, KeyRecord, Overrides};
 
 /// The layout this build reads and writes.
-/// 2 added the keys, tenants and audit trees.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 2 added the keys, tenants and audit trees; 3 moved the audit log to files (a
+/// version-2 database's records are moved there when it is opened).
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,6 +42,11 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("a stored usage record is unreadable: {0}")]
     Corrupt(String),
+    #[error("the audit log in {path}: {source}")]
+    AuditLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A stored key and its value, as written.
@@ -89,19 +95,16 @@ pub struct SledStore {
     cache: sled::Tree,
     keys: sled::Tree,
     tenants: sled::Tree,
-    audit: sled::Tree,
-    audit_records: AtomicU64,
-    audit_bytes: AtomicU64,
+    audit: audit_log::AuditLog,
+    audit_dir: PathBuf,
 }
 
 impl SledStore {
-    fn remove_audit(&self, key: &[u8], value_len: usize) -> Result<(), StoreError> {
-        if self.audit.remove(key)?.is_some() {
-            self.audit_records.fetch_sub(1, Ordering::Relaxed);
-            self.audit_bytes
-                .fetch_sub((key.len() + value_len) as u64, Ordering::Relaxed);
+    fn audit_error(&self) -> impl Fn(std::io::Error) -> StoreError + '_ {
+        |source| StoreError::AuditLog {
+            path: self.audit_dir.clone(),
+            source,
         }
-        Ok(())
     }
 
     /// Opens (or creates) `<data_dir>/db`, checking the schema version.
@@ -150,23 +153,48 @@ impl SledStore {
                 }
             }
         }
-        let audit = db.open_tree("audit")?;
-        let (mut records, mut bytes) = (0, 0);
-        for entry in audit.iter() {
-            let (key, value) = entry?;
-            records += 1;
-            bytes += (key.len() + value.len()) as u64;
-        }
-        Ok(SledStore {
+        let audit_dir = data_dir.join("audit");
+        let audit =
+            audit_log::AuditLog::open(&audit_dir).map_err(|source| StoreError::AuditLog {
+                path: audit_dir.clone(),
+                source,
+            })?;
+        let store = SledStore {
             usage: db.open_tree("usage")?,
             cache: db.open_tree("cache")?,
             keys: db.open_tree("keys")?,
             tenants: db.open_tree("tenants")?,
             audit,
-            audit_records: AtomicU64::new(records),
-            audit_bytes: AtomicU64::new(bytes),
+            audit_dir,
             db,
-        })
+        };
+        store.move_audit_out_of_sled()?;
+        Ok(store)
+    }
+
+    /// Moves the records a version-2 database kept in its `audit` tree to the log files,
+    /// in order, then empties the tree: nothing is lost in the upgrade.
+    fn move_audit_out_of_sled(&self) -> Result<(), StoreError> {
+        let tree = self.db.open_tree("audit")?;
+        if tree.is_empty() {
+            return Ok(());
+        }
+        let mut records = Vec::with_capacity(1000);
+        for entry in tree.iter() {
+            let (_, value) = entry?;
+            if let Ok(record) = serde_json::from_slice::<AuditRecord>(&value) {
+                records.push(record);
+            }
+            if records.len() == 1000 {
+                self.audit.append(&records).map_err(self.audit_error())?;
+                records.clear();
+            }
+        }
+        self.audit.append(&records).map_err(self.audit_error())?;
+        self.audit.flush().map_err(self.audit_error())?;
+        tree.clear()?;
+        self.db.flush()?;
+        Ok(())
     }
 }
 
@@ -257,92 +285,25 @@ impl Store for SledStore {
     }
 
     fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0;
-        for record in records {
-            let mut key = Vec::with_capacity(16);
-            key.extend_from_slice(&record.at_ms.to_be_bytes());
-            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-            let value = encode(record)?;
-            bytes += (key.len() + value.len()) as u64;
-            batch.insert(key, value);
-        }
-        self.audit.apply_batch(batch)?;
-        self.audit_records
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        self.audit_bytes.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
+        self.audit.append(records).map_err(self.audit_error())
     }
 
     fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        let from = query.since_ms.unwrap_or(0).to_be_bytes();
-        let to = query.until_ms.unwrap_or(u64::MAX).to_be_bytes();
-        let mut out = Vec::new();
-        for entry in self.audit.range(from..to).rev() {
-            let (_, value) = entry?;
-            let Ok(record) = serde_json::from_slice::<AuditRecord>(&value) else {
-                continue;
-            };
-            if query.matches(&record) {
-                out.push(record);
-                if query.limit > 0 && out.len() == query.limit {
-                    break;
-                }
-            }
-        }
-        out.reverse();
-        Ok(out)
+        self.audit.read(query).map_err(self.audit_error())
     }
 
     fn trim_audit(&self, before_ms: u64, max_bytes: u64) -> Result<u64, StoreError> {
-        let mut dropped = 0;
-        let over = |store: &SledStore| store.audit_bytes.load(Ordering::Relaxed) > max_bytes;
-        // Past `keep`, everything goes.
-        while let Some((key, value)) = self.audit.first()? {
-            let at = key
-                .get(..8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, u64::from_be_bytes);
-            if at >= before_ms {
-                break;
-            }
-            self.remove_audit(&key, value.len())?;
-            dropped += 1;
-        }
-        // Over the size, records of no tenant (failed authentications) go first, oldest
-        // first, so operator actions and tenants' requests are never evicted for them.
-        if over(self) {
-            for entry in self.audit.iter() {
-                let (key, value) = entry?;
-                if !over(self) {
-                    break;
-                }
-                let anonymous = serde_json::from_slice::<AuditRecord>(&value)
-                    .is_ok_and(|r| r.tenant.is_none() && r.kind != Some(AuditKind::Operator));
-                if anonymous {
-                    self.remove_audit(&key, value.len())?;
-                    dropped += 1;
-                }
-            }
-        }
-        while over(self) {
-            let Some((key, value)) = self.audit.first()? else {
-                break;
-            };
-            self.remove_audit(&key, value.len())?;
-            dropped += 1;
-        }
-        Ok(dropped)
+        self.audit
+            .trim(before_ms, max_bytes)
+            .map_err(self.audit_error())
     }
 
     fn audit_size(&self) -> (u64, u64) {
-        (
-            self.audit_records.load(Ordering::Relaxed),
-            self.audit_bytes.load(Ordering::Relaxed),
-        )
+        self.audit.size()
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.audit.flush().map_err(self.audit_error())?;
         self.db.flush()?;
         Ok(())
     }
@@ -465,6 +426,34 @@ mod tests {
         // The counts are rebuilt on open.
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.audit_size(), (left, left_bytes));
+    }
+
+    #[test]
+    fn a_version_2_databases_audit_records_move_to_the_log_files() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert("schema_version", &2u32.to_be_bytes()).unwrap();
+            let tree = db.open_tree("audit").unwrap();
+            for i in 0..2500u64 {
+                let mut key = (1_000 + i).to_be_bytes().to_vec();
+                key.extend_from_slice(&i.to_be_bytes());
+                tree.insert(key, encode(&record(1_000 + i, "acme", 200)).unwrap())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.audit_size().0, 2500);
+        let all = store.read_audit(&AuditQuery::default()).unwrap();
+        assert_eq!(all.len(), 2500);
+        assert!(all.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
+        assert!(store.db.open_tree("audit").unwrap().is_empty());
+        drop(store);
+        // Opened again, nothing moves twice.
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.audit_size().0, 2500);
     }
 
     #[test]

@@ -1,0 +1,365 @@
+//! The audit log on disk: JSON lines appended to numbered segment files under
+//! `<data_dir>/audit/`, a new segment every 8 MiB and at every start.
+//!
+//! The audit log is the one thing written per request, and it is only ever appended,
+//! read newest first and trimmed oldest first. sled kept every record written to it in
+//! memory (measured: 245 MB resident after 110,000 records written at 11,000 a second,
+//! whatever its cache size), so a busy daemon's memory followed its traffic. Files cost
+//! the daemon no memory beyond a buffered line or two; the kernel's page cache holds
+//! what is read.
+//!
+//! Every call runs on a blocking thread (the audit writer's, the admin API's reads go
+//! through `spawn_blocking`), under one lock: appends, reads and trims never interleave.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::domain::records::{AuditKind, AuditQuery, AuditRecord};
+
+/// A segment is closed and a new one begun past this size.
+const SEGMENT_BYTES: u64 = 8 << 20;
+
+pub struct AuditLog {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Every segment, oldest first.
+    segments: Vec<Segment>,
+    /// Appending to the last segment, once this process has written to it.
+    writer: Option<BufWriter<File>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    seq: u64,
+    /// Complete lines, and every byte (a line cut by a crash counts its bytes only).
+    records: u64,
+    bytes: u64,
+}
+
+impl AuditLog {
+    /// Opens the log in `dir` (creating it), counting what each segment holds.
+    pub fn open(dir: &Path) -> io::Result<AuditLog> {
+        fs::create_dir_all(dir)?;
+        let mut segments = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".jsonl"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let content = fs::read(entry.path())?;
+            segments.push(Segment {
+                seq,
+                records: content.iter().filter(|b| **b == b'\n').count() as u64,
+                bytes: content.len() as u64,
+            });
+        }
+        segments.sort_by_key(|s| s.seq);
+        Ok(AuditLog {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                segments,
+                writer: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:010}.jsonl"))
+    }
+
+    /// Appends records, in order, handed to the kernel before it returns (`flush` makes
+    /// them durable).
+    pub fn append(&self, records: &[AuditRecord]) -> io::Result<()> {
+        let mut lines = Vec::with_capacity(records.len() * 400);
+        for record in records {
+            serde_json::to_writer(&mut lines, record)?;
+            lines.push(b'\n');
+        }
+        let mut inner = self.lock();
+        let full = inner
+            .segments
+            .last()
+            .is_none_or(|s| s.bytes >= SEGMENT_BYTES);
+        if inner.writer.is_none() || full {
+            let seq = inner.segments.last().map_or(0, |s| s.seq + 1);
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(self.path(seq))?;
+            inner.writer = Some(BufWriter::new(file));
+            inner.segments.push(Segment {
+                seq,
+                records: 0,
+                bytes: 0,
+            });
+        }
+        let Some(writer) = inner.writer.as_mut() else {
+            return Ok(());
+        };
+        writer.write_all(&lines)?;
+        writer.flush()?;
+        if let Some(last) = inner.segments.last_mut() {
+            last.records += records.len() as u64;
+            last.bytes += lines.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn flush(&self) -> io::Result<()> {
+        let mut inner = self.lock();
+        if let Some(writer) = inner.writer.as_mut() {
+            writer.flush()?;
+            writer.get_ref().sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Records and bytes held.
+    pub fn size(&self) -> (u64, u64) {
+        let inner = self.lock();
+        inner.segments.iter().fold((0, 0), |(records, bytes), s| {
+            (records + s.records, bytes + s.bytes)
+        })
+    }
+
+    /// The newest records that match, oldest first: segments are read newest first
+    /// until the limit is met.
+    pub fn read(&self, query: &AuditQuery) -> io::Result<Vec<AuditRecord>> {
+        let (since, until) = (
+            query.since_ms.unwrap_or(0),
+            query.until_ms.unwrap_or(u64::MAX),
+        );
+        let inner = self.lock();
+        let mut found = Vec::new();
+        for segment in inner.segments.iter().rev() {
+            for (_, record) in self.records(segment.seq)? {
+                let Some(record) = record else { continue };
+                if (since..until).contains(&record.at_ms) && query.matches(&record) {
+                    found.push(record);
+                }
+            }
+            if query.limit > 0 && found.len() >= query.limit {
+                break;
+            }
+        }
+        // Records are written as requests end, so a long one sits after shorter ones
+        // that began later: order by when each began, then keep the newest.
+        found.sort_by_key(|r| r.at_ms);
+        if query.limit > 0 && found.len() > query.limit {
+            found.drain(..found.len() - query.limit);
+        }
+        Ok(found)
+    }
+
+    /// A segment's lines, each with its record (none when the line cannot be read: cut
+    /// by a crash).
+    fn records(&self, seq: u64) -> io::Result<Vec<(Vec<u8>, Option<AuditRecord>)>> {
+        let content = match fs::read(self.path(seq)) {
+            Ok(content) => content,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(content
+            .split_inclusive(|b| *b == b'\n')
+            .map(|line| (line.to_vec(), serde_json::from_slice(line).ok()))
+            .collect())
+    }
+
+    /// Writes a segment again with only the lines `keep` chooses; returns how many
+    /// records went. An emptied segment is removed.
+    fn rewrite(
+        &self,
+        inner: &mut Inner,
+        at: usize,
+        mut keep: impl FnMut(&Option<AuditRecord>) -> bool,
+    ) -> io::Result<u64> {
+        let seq = inner.segments[at].seq;
+        let lines = self.records(seq)?;
+        let before = lines.len();
+        let kept: Vec<&Vec<u8>> = lines
+            .iter()
+            .filter(|(_, record)| keep(record))
+            .map(|(line, _)| line)
+            .collect();
+        if kept.len() == before {
+            return Ok(0);
+        }
+        // The segment being appended to is closed first; the next append begins another.
+        if at + 1 == inner.segments.len() {
+            inner.writer = None;
+        }
+        let path = self.path(seq);
+        if kept.is_empty() {
+            fs::remove_file(&path)?;
+        } else {
+            let temporary = path.with_extension("jsonl.tmp");
+            let mut out = BufWriter::new(File::create(&temporary)?);
+            for line in &kept {
+                out.write_all(line)?;
+            }
+            out.flush()?;
+            out.get_ref().sync_data()?;
+            fs::rename(&temporary, &path)?;
+        }
+        let segment = &mut inner.segments[at];
+        segment.records = kept.iter().filter(|l| l.ends_with(b"\n")).count() as u64;
+        segment.bytes = kept.iter().map(|l| l.len() as u64).sum();
+        Ok((before - kept.len()) as u64)
+    }
+
+    /// Drops records older than `before_ms`, then, while over `max_bytes`, records of
+    /// no tenant (failed authentications; operators' actions always stay) oldest first,
+    /// then the oldest; returns how many were dropped.
+    pub fn trim(&self, before_ms: u64, max_bytes: u64) -> io::Result<u64> {
+        let mut inner = self.lock();
+        let mut dropped = 0;
+        // Segments are in the order records were written: the old ones are in front.
+        let mut at = 0;
+        while at < inner.segments.len() {
+            let gone = self.rewrite(&mut inner, at, |r| {
+                r.as_ref().is_some_and(|r| r.at_ms >= before_ms)
+            })?;
+            dropped += gone;
+            if gone == 0 {
+                break;
+            }
+            at += 1;
+        }
+        let over = |inner: &Inner| inner.segments.iter().map(|s| s.bytes).sum::<u64>() > max_bytes;
+        for phase in [Phase::Anonymous, Phase::Oldest] {
+            let mut at = 0;
+            while over(&inner) && at < inner.segments.len() {
+                let mut excess = inner
+                    .segments
+                    .iter()
+                    .map(|s| s.bytes)
+                    .sum::<u64>()
+                    .saturating_sub(max_bytes);
+                let lines = self.records(inner.segments[at].seq)?;
+                // The oldest lines of the chosen kind, as many as make up the excess.
+                let mut going = vec![false; lines.len()];
+                for (i, (line, record)) in lines.iter().enumerate() {
+                    if excess == 0 {
+                        break;
+                    }
+                    let goes = match phase {
+                        Phase::Oldest => true,
+                        Phase::Anonymous => record.as_ref().is_none_or(|r| {
+                            r.tenant.is_none() && r.kind != Some(AuditKind::Operator)
+                        }),
+                    };
+                    if goes {
+                        going[i] = true;
+                        excess = excess.saturating_sub(line.len() as u64);
+                    }
+                }
+                let mut index = 0;
+                dropped += self.rewrite(&mut inner, at, |_| {
+                    index += 1;
+                    !going[index - 1]
+                })?;
+                at += 1;
+            }
+        }
+        inner.segments.retain(|s| s.bytes > 0 || s.records > 0);
+        Ok(dropped)
+    }
+}
+
+enum Phase {
+    Anonymous,
+    Oldest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(at_ms: u64, note: &str) -> AuditRecord {
+        AuditRecord {
+            at_ms,
+            kind: Some(AuditKind::Request),
+            tenant: Some("acme".into()),
+            outcome: Some(note.into()),
+            ..AuditRecord::default()
+        }
+    }
+
+    #[test]
+    fn records_span_segments_and_read_newest_first_within_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        // ~9 MiB of records: two segments.
+        let note = "x".repeat(400);
+        for batch in 0..20u64 {
+            let records: Vec<AuditRecord> =
+                (0..1000).map(|i| record(batch * 1000 + i, &note)).collect();
+            log.append(&records).unwrap();
+        }
+        let segments = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(segments, 2, "a new segment past 8 MiB");
+        assert_eq!(log.size().0, 20_000);
+        let newest = log
+            .read(&AuditQuery {
+                limit: 3,
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(
+            newest.iter().map(|r| r.at_ms).collect::<Vec<_>>(),
+            [19_997, 19_998, 19_999]
+        );
+        let window = log
+            .read(&AuditQuery {
+                since_ms: Some(100),
+                until_ms: Some(110),
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        assert_eq!(window.len(), 10, "from the older segment");
+    }
+
+    #[test]
+    fn a_line_cut_by_a_crash_is_skipped_and_the_next_start_writes_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = AuditLog::open(dir.path()).unwrap();
+            log.append(&[record(1, "a"), record(2, "b")]).unwrap();
+            log.flush().unwrap();
+        }
+        let first = dir.path().join(format!("{:010}.jsonl", 0));
+        let mut file = OpenOptions::new().append(true).open(&first).unwrap();
+        file.write_all(br#"{"at_ms":3,"ten"#).unwrap();
+        drop(file);
+        let log = AuditLog::open(dir.path()).unwrap();
+        assert_eq!(log.size().0, 2, "complete lines only");
+        log.append(&[record(4, "d")]).unwrap();
+        let all = log.read(&AuditQuery::default()).unwrap();
+        assert_eq!(all.iter().map(|r| r.at_ms).collect::<Vec<_>>(), [1, 2, 4]);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+        // Trimming by age rewrites what it keeps and leaves the cut line out.
+        assert_eq!(
+            log.trim(2, u64::MAX).unwrap(),
+            2,
+            "record 1 and the cut line"
+        );
+        let all = log.read(&AuditQuery::default()).unwrap();
+        assert_eq!(all.iter().map(|r| r.at_ms).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(log.size().0, 2);
+    }
+}
