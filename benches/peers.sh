@@ -58,9 +58,11 @@ BENCH="$ROOT/target/release/switchyard"
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-wait_for() { # URL
+wait_for() { # URL [any: an error status will do too]
+    local fail=-f
+    [ "${2:-}" = any ] && fail=
     for _ in $(seq 1 100); do
-        if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+        if curl $fail -sS -o /dev/null "$1" 2>/dev/null; then return 0; fi
         sleep 0.1
     done
     say "nothing answered at $1"
@@ -105,12 +107,7 @@ EOF
     RUST_LOG=warn onwards --port "$1" --metrics-port "$(port)" --targets "$WORK/onwards-$1.json" \
         >"$WORK/onwards-$1.log" 2>&1 &
     PIDS+=($!)
-    for _ in $(seq 1 100); do
-        if curl -s -o /dev/null "http://127.0.0.1:$1/v1/models" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    say "onwards did not start; see $WORK/onwards-$1.log"
-    exit 1
+    wait_for "http://127.0.0.1:$1/v1/models" any
 }
 
 # Switchyard: the example config, us-east at the upstream, acme unlimited.
