@@ -12,7 +12,7 @@ use crate::audit::Audit;
 use crate::domain::Usage;
 use crate::domain::records::{AuditKind, AuditRecord};
 use crate::telemetry::histograms::{Histograms, Labels, LatencySeries};
-use crate::telemetry::latency::{Latency, Metric};
+use crate::telemetry::latency::{Latency, Metric, ScopeSeries};
 use crate::telemetry::meter::{Meter, Tally};
 
 use super::Gateway;
@@ -27,8 +27,8 @@ pub(crate) struct Recorder {
     /// The tenant's own counters (none before authentication).
     tenant_meter: Option<Arc<Tally>>,
     keep_content: bool,
-    /// `region:…`, `model:…`, `tier:…`, once routed.
-    scopes: Vec<String>,
+    /// The latency series of `region:…`, `model:…`, `tier:…`, once routed.
+    scopes: Vec<Arc<ScopeSeries>>,
     histograms: Arc<Histograms>,
     /// The same, as `/metrics` labels them, and their latency histograms.
     labels: Option<Labels>,
@@ -135,11 +135,14 @@ impl Recorder {
             r.instance = Some(instance.to_string());
             r.route = Some(reason.to_string());
         });
-        self.scopes = vec![
+        self.scopes = [
             format!("region:{region}"),
             format!("model:{model}"),
             format!("tier:{tier}"),
-        ];
+        ]
+        .iter()
+        .map(|scope| self.latency.scope(scope))
+        .collect();
         let labels = Labels {
             region: region.to_string(),
             model: model.to_string(),
@@ -207,11 +210,9 @@ impl Recorder {
         if let Some(series) = &self.series {
             series.observe(metric.name(), value);
         }
-        if self.scopes.is_empty() {
-            return;
+        for scope in &self.scopes {
+            self.latency.record_in(scope, metric, value);
         }
-        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
-        self.latency.record(metric, &scopes, value);
     }
 
     /// Ends the request: the client got `status`, with `error` as its code (a refusal, or

@@ -46,16 +46,39 @@ impl Metric {
     }
 }
 
+#[derive(Default)]
 struct Series {
     /// (slot number, histogram of microseconds), oldest first.
     slots: VecDeque<(u64, Histogram<u32>)>,
 }
 
-type Key = (Metric, String);
+/// One scope's series, one per metric in `Metric` order. A request finds its scopes'
+/// once, when it is routed (`scope`), and records into them without further lookups.
+#[derive(Default)]
+pub struct ScopeSeries([Mutex<Series>; 4]);
+
+impl Metric {
+    const ALL: [Metric; 4] = [
+        Metric::Ttft,
+        Metric::EndToEnd,
+        Metric::Queue,
+        Metric::Overhead,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            Metric::Ttft => 0,
+            Metric::EndToEnd => 1,
+            Metric::Queue => 2,
+            Metric::Overhead => 3,
+        }
+    }
+}
 
 pub struct Latency {
     started: Instant,
-    series: RwLock<HashMap<Key, Arc<Mutex<Series>>>>,
+    /// By scope ("region:us-east", …), looked up by `&str`: no allocation per lookup.
+    series: RwLock<HashMap<String, Arc<ScopeSeries>>>,
 }
 
 impl Default for Latency {
@@ -79,56 +102,60 @@ impl Latency {
 
     /// Records one observation under each scope ("region:us-east", "model:gpt-4o", …).
     pub fn record(&self, metric: Metric, scopes: &[&str], value: Duration) {
-        let micros = (value.as_micros() as u64).clamp(1, 600_000_000);
-        let slot = self.slot(Instant::now());
         for scope in scopes {
-            let series = self.series_for(metric, scope);
-            let Ok(mut series) = series.lock() else {
-                continue;
-            };
-            if series.slots.back().is_none_or(|(s, _)| *s != slot) {
-                let Some(h) = histogram() else { continue };
-                series.slots.push_back((slot, h));
-                while series.slots.front().is_some_and(|(s, _)| slot - s >= SLOTS) {
-                    series.slots.pop_front();
-                }
-            }
-            if let Some((_, h)) = series.slots.back_mut() {
-                let _ = h.record(micros);
-            }
+            self.record_in(&self.scope(scope), metric, value);
         }
     }
 
-    fn series_for(&self, metric: Metric, scope: &str) -> Arc<Mutex<Series>> {
-        let key = (metric, scope.to_string());
-        if let Some(s) = self.series.read().ok().and_then(|m| m.get(&key).cloned()) {
+    /// Records one observation in a scope found before.
+    pub fn record_in(&self, scope: &ScopeSeries, metric: Metric, value: Duration) {
+        let micros = (value.as_micros() as u64).clamp(1, 600_000_000);
+        let slot = self.slot(Instant::now());
+        let Ok(mut series) = scope.0[metric.index()].lock() else {
+            return;
+        };
+        if series.slots.back().is_none_or(|(s, _)| *s != slot) {
+            let Some(h) = histogram() else { return };
+            series.slots.push_back((slot, h));
+            while series.slots.front().is_some_and(|(s, _)| slot - s >= SLOTS) {
+                series.slots.pop_front();
+            }
+        }
+        if let Some((_, h)) = series.slots.back_mut() {
+            let _ = h.record(micros);
+        }
+    }
+
+    /// A scope's series, made on first use.
+    pub fn scope(&self, scope: &str) -> Arc<ScopeSeries> {
+        if let Some(s) = self.series.read().ok().and_then(|m| m.get(scope).cloned()) {
             return s;
         }
         let mut map = match self.series.write() {
             Ok(m) => m,
             Err(e) => e.into_inner(),
         };
-        map.entry(key)
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Series {
-                    slots: VecDeque::new(),
-                }))
-            })
-            .clone()
+        map.entry(scope.to_string()).or_default().clone()
     }
 
     /// Every series over the 10 s, 1 m and 5 m windows, with data.
     pub fn views(&self) -> Vec<LatencyView> {
         let now = self.slot(Instant::now());
-        let mut keys: Vec<(Key, Arc<Mutex<Series>>)> = self
+        let scopes: Vec<(String, Arc<ScopeSeries>)> = self
             .series
             .read()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut keys: Vec<(Metric, &String, &ScopeSeries)> = scopes
+            .iter()
+            .flat_map(|(scope, series)| Metric::ALL.map(|m| (m, scope, &**series)))
+            .collect();
+        keys.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut out = Vec::new();
-        for ((metric, scope), series) in keys {
-            let Ok(series) = series.lock() else { continue };
+        for (metric, scope, series) in keys {
+            let Ok(series) = series.0[metric.index()].lock() else {
+                continue;
+            };
             let history: Vec<f64> = (0..SLOTS)
                 .rev()
                 .filter_map(|back| now.checked_sub(back))
