@@ -178,6 +178,9 @@ impl AuditLog {
                 }
             }
         }
+        // Back to the order written, then by when each began: records of the same
+        // millisecond keep the order they happened in.
+        found.reverse();
         found.sort_by_key(|r| r.at_ms);
         Ok(found)
     }
@@ -359,6 +362,17 @@ mod tests {
             [19_998, 19_999]
         );
         assert_eq!(log.read(&tenant("acm")).unwrap(), [], "whole names only");
+        // Records of one millisecond come back in the order they were written.
+        log.append(&[record(30_000, "first"), record(30_000, "second")])
+            .unwrap();
+        let same = log
+            .read(&AuditQuery {
+                since_ms: Some(30_000),
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        let notes: Vec<_> = same.iter().map(|r| r.outcome.as_deref()).collect();
+        assert_eq!(notes, [Some("first"), Some("second")]);
     }
 
     #[test]
