@@ -499,25 +499,15 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
         ACCENT,
         &note,
     );
-    let mut kinds: Vec<(&str, Vec<Option<f64>>)> = Vec::new();
-    for (code, seconds) in &d.refused_by_code_per_sec {
-        let label = refusal_label(code);
-        let at = match kinds.iter().position(|(k, _)| *k == label) {
-            Some(at) => at,
-            None => {
-                kinds.push((label, vec![Some(0.0); seconds.len()]));
-                kinds.len() - 1
-            }
-        };
-        for (sum, n) in kinds[at].1.iter_mut().zip(seconds) {
-            *sum = sum.map(|s| s + *n as f64);
-        }
-    }
-    let kinds: Vec<Series> = kinds
-        .iter()
-        .map(|(label, points)| Series::new(label, refusal_color(label), points))
-        .collect();
-    line_chart(frame, refused, "refused/s", "", &kinds, None);
+    let kinds = by_kind(
+        &d.refused_by_code_per_sec,
+        d.requests_per_sec.len(),
+        |code| {
+            let label = refusal_label(code);
+            (label.to_string(), refusal_color(label))
+        },
+    );
+    line_chart(frame, refused, "refused/s", "", &series_of(&kinds), None);
     let per_minute = per_minute(&d.tokens_per_sec);
     let limit = t.limits.tpm.map(|l| (l as f64, "tpm limit"));
     line_chart(
@@ -528,17 +518,7 @@ fn tenant_detail(d: &TenantDetail, frame: &mut Frame, area: Rect) {
         &[Series::new("used", Color::Green, &per_minute)],
         limit,
     );
-    line_chart(
-        frame,
-        e2e,
-        "e2e",
-        " ms",
-        &[
-            Series::new("p50", ACCENT, &d.e2e_p50_ms),
-            Series::new("p99", Color::Magenta, &d.e2e_p99_ms),
-        ],
-        None,
-    );
+    percentiles_chart(frame, e2e, "e2e", &d.e2e_p50_ms, &d.e2e_p99_ms);
     line_chart(
         frame,
         queue,
@@ -738,48 +718,17 @@ fn instance_detail(s: &Snapshot, d: &InstanceDetail, frame: &mut Frame, area: Re
     let h = &d.history;
     let [attempts, failures, latency] = thirds(charts);
     chart(frame, attempts, "attempts/s", &h.requests, "", ACCENT);
-    let kinds: Vec<(&str, Color, Vec<Option<f64>>)> = h
-        .refused_by_code
-        .iter()
-        .map(|(code, seconds)| {
-            let (label, color) = match code.as_str() {
-                "rate_limited" => ("429", Color::Yellow),
-                _ => ("failed", Color::Red),
-            };
-            (
-                label,
-                color,
-                seconds.iter().map(|n| Some(*n as f64)).collect(),
-            )
-        })
-        .collect();
-    let kinds: Vec<Series> = kinds
-        .iter()
-        .map(|(label, color, points)| Series::new(label, *color, points))
-        .collect();
-    if kinds.is_empty() {
-        let zeros = vec![Some(0.0); h.requests.len()];
-        line_chart(
-            frame,
-            failures,
-            "failed/s",
-            "",
-            &[Series::new("failed", Color::Red, &zeros)],
-            None,
-        );
-    } else {
-        line_chart(frame, failures, "failed/s", "", &kinds, None);
-    }
-    line_chart(
+    let kinds = by_kind(&h.refused_by_code, h.requests.len(), |code| match code {
+        "rate_limited" => ("429".to_string(), Color::Yellow),
+        _ => ("failed".to_string(), Color::Red),
+    });
+    line_chart(frame, failures, "failed/s", "", &series_of(&kinds), None);
+    percentiles_chart(
         frame,
         latency,
         "upstream time",
-        " ms",
-        &[
-            Series::new("p50", ACCENT, &h.e2e_p50_ms),
-            Series::new("p99", Color::Magenta, &h.e2e_p99_ms),
-        ],
-        None,
+        &h.e2e_p50_ms,
+        &h.e2e_p99_ms,
     );
 
     events_naming(s, name, frame, bottom);
@@ -956,6 +905,63 @@ fn line_chart(
             .x_axis(Axis::default().bounds([0.0, shown.max(2) as f64 - 1.0]))
             .y_axis(Axis::default().bounds([0.0, top])),
         area,
+    );
+}
+
+/// Per-second counts by code gathered into kinds (`kind` names and colours each code's),
+/// summed per second; a zero line named `none` when nothing was counted in `seconds`.
+type Kinds = Vec<(String, Color, Vec<Option<f64>>)>;
+
+fn by_kind(
+    by_code: &[(String, Vec<u64>)],
+    seconds: usize,
+    kind: impl Fn(&str) -> (String, Color),
+) -> Kinds {
+    let mut kinds: Kinds = Vec::new();
+    for (code, counts) in by_code {
+        let (label, color) = kind(code);
+        let at = match kinds.iter().position(|(l, _, _)| *l == label) {
+            Some(at) => at,
+            None => {
+                kinds.push((label, color, vec![Some(0.0); counts.len()]));
+                kinds.len() - 1
+            }
+        };
+        for (sum, n) in kinds[at].2.iter_mut().zip(counts) {
+            *sum = sum.map(|s| s + *n as f64);
+        }
+    }
+    if kinds.is_empty() {
+        kinds.push(("none".into(), Color::DarkGray, vec![Some(0.0); seconds]));
+    }
+    kinds
+}
+
+fn series_of(kinds: &Kinds) -> Vec<Series<'_>> {
+    kinds
+        .iter()
+        .map(|(label, color, points)| Series::new(label, *color, points))
+        .collect()
+}
+
+/// A p50 and a p99 line per second, in milliseconds.
+fn percentiles_chart(
+    frame: &mut Frame,
+    area: Rect,
+    title: &str,
+    p50: &[Option<f64>],
+    p99: &[Option<f64>],
+) {
+    line_chart(
+        frame,
+        area,
+        title,
+        " ms",
+        &[
+            Series::new("p50", ACCENT, p50),
+            Series::new("p99", Color::Magenta, p99),
+        ],
+        None,
     );
 }
 
