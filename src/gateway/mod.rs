@@ -110,6 +110,8 @@ struct Call<'a> {
 struct Answer {
     pub region: String,
     pub instance: String,
+    /// The answering instance's tally, for the end-to-end latency of what it answered.
+    pub tally: Arc<crate::telemetry::meter::Tally>,
     pub status: StatusCode,
     pub headers: HeaderMap,
     /// Why the request went where it went.
@@ -621,6 +623,7 @@ impl Gateway {
                 return Ok(Answer {
                     region,
                     instance: name,
+                    tally: instance.tally().clone(),
                     status,
                     headers,
                     reason: route.reason,
@@ -657,6 +660,7 @@ impl Gateway {
                 return Ok(Answer {
                     region,
                     instance: name,
+                    tally: instance.tally().clone(),
                     status,
                     headers,
                     reason: route.reason,

@@ -128,7 +128,7 @@ impl Recorder {
         model: &str,
         tier: &str,
         queued: Duration,
-        instance_tally: Option<Arc<Tally>>,
+        instance_tally: Arc<Tally>,
     ) {
         self.note(|r| {
             r.region = Some(region.to_string());
@@ -150,7 +150,7 @@ impl Recorder {
         };
         self.series = Some(self.histograms.latency_series(&labels, self.operation));
         self.labels = Some(labels);
-        self.instance = instance_tally;
+        self.instance = Some(instance_tally);
         self.record_latency(Metric::Queue, queued);
         if let Some(meter) = &self.tenant_meter {
             meter.queued(queued);

@@ -143,7 +143,7 @@ impl Gateway {
             &parsed.model.alias,
             ticket.tier(),
             ticket.queued,
-            self.router.tally(&answer.instance),
+            answer.tally.clone(),
         );
         headers.push(("x-switchyard-region", answer.region.clone()));
         headers.push(("x-switchyard-instance", answer.instance.clone()));

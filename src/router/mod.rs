@@ -82,6 +82,11 @@ impl InstanceState {
         &self.instance.name
     }
 
+    /// Its attempts, failures and latencies, second by second.
+    pub fn tally(&self) -> &Arc<Tally> {
+        &self.tally
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -742,13 +747,6 @@ impl Router {
         for instance in self.instances() {
             instance.tally.sample();
         }
-    }
-
-    /// The tally of the instance named so, to record what it answered.
-    pub fn tally(&self, name: &str) -> Option<Arc<Tally>> {
-        self.instances()
-            .find(|i| i.name() == name)
-            .map(|i| i.tally.clone())
     }
 
     /// An instance's last five minutes, second by second.
