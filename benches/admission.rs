@@ -75,7 +75,40 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    tokens();
     runtime.block_on(run());
+}
+
+/// Counting a prompt's tokens, as every request does to reserve them: a one-line chat
+/// prompt and a 4 KiB document, with the o200k_base vocabulary.
+fn tokens() {
+    use switchyard::admission::estimate;
+    use switchyard::domain::TokenizerKind;
+
+    let short = r#"[{"role":"user","content":"Say hello in one short sentence."}]"#;
+    let paragraph = "The gateway reserves a request's tokens before it is sent upstream, \
+        and settles them from the usage the answer reports.\n\n    Indented, with numbers \
+        like 1234567 and punctuation!? ";
+    let document = paragraph.repeat(4096 / paragraph.len() + 1);
+    let long =
+        serde_json::to_string(&serde_json::json!([{"role": "user", "content": document}])).unwrap();
+    for (what, messages) in [("one-line prompt", short), ("4 KiB prompt", long.as_str())] {
+        let raw = serde_json::value::RawValue::from_string(messages.to_string()).unwrap();
+        let rounds = if messages.len() < 100 { 200_000 } else { 2_000 };
+        let mut tokens = estimate::chat_prompt(TokenizerKind::O200kBase, Some(&raw));
+        let started = Instant::now();
+        for _ in 0..rounds {
+            tokens = std::hint::black_box(estimate::chat_prompt(
+                TokenizerKind::O200kBase,
+                Some(std::hint::black_box(&raw)),
+            ));
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "tokens: {what} ({tokens} tokens) counted in {:.2} µs",
+            elapsed.as_secs_f64() * 1e6 / rounds as f64
+        );
+    }
 }
 
 async fn run() {

@@ -86,7 +86,7 @@ fn counts_equal_tiktoken_over_generated_text() {
     let piece = prop_oneof![
         "[a-zA-Z]{1,12}",
         "[0-9]{1,8}",
-        "[ \t\r\n]{1,4}",
+        "[ \t\r\n\u{00a0}\u{2003}\u{3000}]{1,4}",
         "[!-/:-@\\[-`{-~]{1,6}",
         "'(s|t|re|ve|m|ll|d|S|LL)",
         "[\u{00c0}-\u{024f}\u{0370}-\u{03ff}\u{0400}-\u{04ff}]{1,8}",

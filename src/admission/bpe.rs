@@ -29,22 +29,31 @@ pub struct Vocabulary {
     slots: Vec<u32>,
     /// The pre-tokenizer: text is counted piece by piece, as the model's tokenizer
     /// splits it.
-    pattern: fancy_regex::Regex,
+    pattern: regex::Regex,
 }
 
-/// The pattern o200k_base splits text with (GPT-4o, 4.1, o-series).
+/// The pattern o200k_base splits text with (GPT-4o, 4.1, o-series), as a DFA can run it.
+///
+/// OpenAI's patterns end in `\s+(?!\S)|\s+` (o200k) or `\s+(?!\S)|\s` (cl100k): a run of
+/// whitespace followed by more text gives its last character to that text (" hello"
+/// stays one piece). Look-ahead needs a backtracking matcher, several times slower on
+/// every request; here both end in `\s+` and `count` gives the last character back
+/// itself (see `pieces`). cl100k's possessive quantifiers are written plainly: in those
+/// places they cannot change a match.
 pub const O200K_PATTERN: &str = concat!(
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
     r"|\p{N}{1,3}",
     r"| ?[^\s\p{L}\p{N}]+[\r\n/]*",
     r"|\s*[\r\n]+",
-    r"|\s+(?!\S)",
     r"|\s+",
 );
 
-/// The pattern cl100k_base splits text with (GPT-4, 3.5, text-embedding-3).
-pub const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+/// The pattern cl100k_base splits text with (GPT-4, 3.5, text-embedding-3), likewise.
+pub const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
+
+/// Pieces up to this many bytes are merged on the stack.
+const SHORT: usize = 48;
 
 /// A vocabulary file that cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +93,7 @@ impl Vocabulary {
             bytes,
             starts,
             slots: vec![0; capacity],
-            pattern: fancy_regex::Regex::new(pattern).map_err(|e| fail(0, e.to_string()))?,
+            pattern: regex::Regex::new(pattern).map_err(|e| fail(0, e.to_string()))?,
         };
         for rank in 0..lines {
             let mut slot = vocabulary.home(vocabulary.token(rank as u32));
@@ -140,24 +149,39 @@ impl Vocabulary {
     /// Tokens in `text`, as the model's tokenizer would encode it (special tokens count
     /// as the text they are written as).
     pub fn count(&self, text: &str) -> u64 {
-        let mut total = 0u64;
+        self.pieces(text)
+            .map(|piece| self.piece(piece.as_bytes()) as u64)
+            .sum()
+    }
+
+    /// `text` split as the model's tokenizer splits it. A piece of whitespace alone
+    /// (without a line break) that more text follows gives its last character to that
+    /// text, which is what OpenAI's look-ahead `\s+(?!\S)` does: earlier alternatives
+    /// take every run with a line break, and every other piece holds a non-space.
+    fn pieces<'t>(&self, text: &'t str) -> impl Iterator<Item = &'t str> {
         let mut at = 0;
-        while at < text.len() {
-            match self.pattern.find_from_pos(text, at) {
-                Ok(Some(piece)) if piece.end() > at => {
-                    total += self.piece(piece.as_str().as_bytes()) as u64;
-                    at = piece.end();
-                }
-                // Nothing matches ahead (the pattern matches every character, so never
-                // in practice) or the matcher gave up at its backtracking limit: the
-                // rest at a token per four characters, as for unknown vocabularies.
-                _ => {
-                    total += (text[at..].chars().count() as u64).div_ceil(4);
-                    break;
-                }
+        std::iter::from_fn(move || {
+            if at >= text.len() {
+                return None;
             }
-        }
-        total
+            let end = match self.pattern.find_at(text, at) {
+                Some(found) if found.start() == at && found.end() < text.len() => {
+                    let piece = found.as_str();
+                    let spaces =
+                        piece.chars().all(char::is_whitespace) && !piece.contains(['\r', '\n']);
+                    match piece.char_indices().last() {
+                        Some((last, _)) if spaces && last > 0 => at + last,
+                        _ => found.end(),
+                    }
+                }
+                Some(found) if found.start() == at => found.end(),
+                // The patterns match every character, so never in practice.
+                _ => text.len(),
+            };
+            let piece = &text[at..end];
+            at = end;
+            Some(piece)
+        })
     }
 
     /// Tokens one pre-tokenized piece becomes.
@@ -165,6 +189,59 @@ impl Vocabulary {
         if piece.len() <= 1 || self.rank(piece).is_some() {
             return piece.len().min(1);
         }
+        if piece.len() <= SHORT {
+            return self.short_piece(piece);
+        }
+        self.long_piece(piece)
+    }
+
+    /// A short piece, merged on the stack: after each merge only the merged part's pairs
+    /// are looked up again, and the lowest is found by a scan of at most `SHORT` ranks.
+    fn short_piece(&self, piece: &[u8]) -> usize {
+        let n = piece.len();
+        // starts[i] is where part i begins (starts[parts] == n); ranks[i] is the rank of
+        // parts i and i + 1 joined, u32::MAX when that is no token.
+        let mut starts = [0u8; SHORT + 1];
+        let mut ranks = [u32::MAX; SHORT];
+        for (i, start) in starts.iter_mut().enumerate().take(n + 1) {
+            *start = i as u8;
+        }
+        let pair = |starts: &[u8], i: usize, parts: usize| -> u32 {
+            if i + 2 > parts {
+                return u32::MAX;
+            }
+            let bytes = &piece[starts[i] as usize..starts[i + 2] as usize];
+            self.rank(bytes).unwrap_or(u32::MAX)
+        };
+        let mut parts = n;
+        for (i, rank) in ranks.iter_mut().enumerate().take(parts - 1) {
+            *rank = pair(&starts, i, parts);
+        }
+        loop {
+            let Some((i, _)) = ranks[..parts - 1]
+                .iter()
+                .enumerate()
+                .filter(|(_, rank)| **rank != u32::MAX)
+                .min_by_key(|(_, rank)| **rank)
+            else {
+                return parts;
+            };
+            // Part i + 1 joins part i.
+            starts.copy_within(i + 2..=parts, i + 1);
+            ranks.copy_within(i + 2..parts, i + 1);
+            parts -= 1;
+            if parts == 1 {
+                return 1;
+            }
+            ranks[i] = pair(&starts, i, parts);
+            if i > 0 {
+                ranks[i - 1] = pair(&starts, i - 1, parts);
+            }
+        }
+    }
+
+    /// A long piece: the merges kept in a heap over a linked list.
+    fn long_piece(&self, piece: &[u8]) -> usize {
         // A part is named by the byte it starts at, which merging never moves: part i
         // spans piece[i..next[i]]. `pair[i]` is the rank of part i joined with the part
         // after it, u32::MAX when that is no token.
@@ -240,6 +317,24 @@ mod tests {
         assert_eq!(v.piece(b"xyz"), 3);
         assert_eq!(v.count("abc abcab"), 1 + 1 + 2);
         assert_eq!(v.count(""), 0);
+    }
+
+    #[test]
+    fn short_and_long_pieces_merge_alike() {
+        let v = tiny();
+        // Every string of a, b, c and x up to seven long.
+        let mut pieces = vec![Vec::new()];
+        for _ in 0..7 {
+            pieces = pieces
+                .iter()
+                .flat_map(|p: &Vec<u8>| b"abcx".iter().map(move |c| [p.as_slice(), &[*c]].concat()))
+                .collect();
+            for piece in &pieces {
+                if piece.len() > 1 {
+                    assert_eq!(v.short_piece(piece), v.long_piece(piece), "{piece:?}");
+                }
+            }
+        }
     }
 
     #[test]
