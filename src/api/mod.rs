@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use futures_util::FutureExt;
 use serde_json::json;
 
+use crate::domain::headers;
 use crate::domain::snapshot::InstanceState;
 use crate::gateway::Gateway;
 
@@ -89,7 +90,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         }
     };
     if let Ok(value) = HeaderValue::from_str(&id.0) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(headers::REQUEST_ID, value);
     }
     response
 }
@@ -179,9 +180,7 @@ async fn watch_stream(
         .map_err(Refusal::too_many_watchers)?;
     let mut response = completions::event_stream(axum::body::Body::from_stream(reader));
     if let Ok(value) = HeaderValue::from_str(&id) {
-        response
-            .headers_mut()
-            .insert("x-switchyard-stream-id", value);
+        response.headers_mut().insert(headers::STREAM_ID, value);
     }
     Ok(response)
 }

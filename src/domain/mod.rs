@@ -449,6 +449,34 @@ pub struct Directives {
 /// what the cache did.
 pub const CACHE_HEADER: &str = "x-switchyard-cache";
 
+/// The response headers the gateway writes, named once: a name made from a string is
+/// checked byte by byte every time it is used.
+pub mod headers {
+    use reqwest::header::HeaderName;
+
+    const fn named(name: &'static str) -> HeaderName {
+        HeaderName::from_static(name)
+    }
+
+    pub const AGE: HeaderName = named("age");
+    pub const RETRY_AFTER: HeaderName = named("retry-after");
+    pub const RETRY_AFTER_MS: HeaderName = named("retry-after-ms");
+    pub const SHOULD_RETRY: HeaderName = named("x-should-retry");
+    pub const LIMIT_REQUESTS: HeaderName = named("x-ratelimit-limit-requests");
+    pub const REMAINING_REQUESTS: HeaderName = named("x-ratelimit-remaining-requests");
+    pub const RESET_REQUESTS: HeaderName = named("x-ratelimit-reset-requests");
+    pub const LIMIT_TOKENS: HeaderName = named("x-ratelimit-limit-tokens");
+    pub const REMAINING_TOKENS: HeaderName = named("x-ratelimit-remaining-tokens");
+    pub const RESET_TOKENS: HeaderName = named("x-ratelimit-reset-tokens");
+    pub const CACHE: HeaderName = named(super::CACHE_HEADER);
+    pub const QUEUE_MS: HeaderName = named("x-switchyard-queue-ms");
+    pub const REGION: HeaderName = named("x-switchyard-region");
+    pub const INSTANCE: HeaderName = named("x-switchyard-instance");
+    pub const ROUTE: HeaderName = named("x-switchyard-route");
+    pub const STREAM_ID: HeaderName = named("x-switchyard-stream-id");
+    pub const REQUEST_ID: HeaderName = named("x-request-id");
+}
+
 /// What a request really used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Usage {

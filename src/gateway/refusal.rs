@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use reqwest::header::HeaderName;
 
 use crate::admission::{self, RateHeaders, Window};
 use crate::auth::AuthError;
+use crate::domain::headers;
 use crate::gateway::{GatewayError, Refused};
 use crate::scheduler::Rejection;
 
@@ -21,7 +23,7 @@ pub struct Refusal {
     pub param: Option<&'static str>,
     pub message: String,
     /// Extra response headers: `retry-after`, `x-should-retry`, `x-ratelimit-*`.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, String)>,
 }
 
 const INVALID_REQUEST: &str = "invalid_request_error";
@@ -38,7 +40,7 @@ impl Refusal {
         }
     }
 
-    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+    pub fn with_headers(mut self, headers: Vec<(HeaderName, String)>) -> Self {
         self.headers.extend(headers);
         self
     }
@@ -47,15 +49,15 @@ impl Refusal {
     /// rounded up), which they honour up to a limit.
     fn retry_after(mut self, wait: Duration) -> Self {
         let ms = wait.as_millis().max(1);
-        self.headers.push(("retry-after-ms", ms.to_string()));
+        self.headers.push((headers::RETRY_AFTER_MS, ms.to_string()));
         self.headers
-            .push(("retry-after", ms.div_ceil(1000).to_string()));
+            .push((headers::RETRY_AFTER, ms.div_ceil(1000).to_string()));
         self
     }
 
     /// Tells SDKs that retrying cannot help.
     fn never_retry(mut self) -> Self {
-        self.headers.push(("x-should-retry", "false".into()));
+        self.headers.push((headers::SHOULD_RETRY, "false".into()));
         self
     }
 
@@ -424,17 +426,17 @@ impl From<GatewayError> for Refusal {
 }
 
 /// OpenAI's `x-ratelimit-*` headers for the limits a tenant has.
-pub fn rate_headers(headers: &RateHeaders) -> Vec<(&'static str, String)> {
+pub fn rate_headers(limits: &RateHeaders) -> Vec<(HeaderName, String)> {
     let mut out = Vec::new();
-    if let Some(r) = &headers.requests {
-        out.push(("x-ratelimit-limit-requests", r.limit.to_string()));
-        out.push(("x-ratelimit-remaining-requests", r.remaining.to_string()));
-        out.push(("x-ratelimit-reset-requests", openai_duration(r.reset)));
+    if let Some(r) = &limits.requests {
+        out.push((headers::LIMIT_REQUESTS, r.limit.to_string()));
+        out.push((headers::REMAINING_REQUESTS, r.remaining.to_string()));
+        out.push((headers::RESET_REQUESTS, openai_duration(r.reset)));
     }
-    if let Some(t) = &headers.tokens {
-        out.push(("x-ratelimit-limit-tokens", t.limit.to_string()));
-        out.push(("x-ratelimit-remaining-tokens", t.remaining.to_string()));
-        out.push(("x-ratelimit-reset-tokens", openai_duration(t.reset)));
+    if let Some(t) = &limits.tokens {
+        out.push((headers::LIMIT_TOKENS, t.limit.to_string()));
+        out.push((headers::REMAINING_TOKENS, t.remaining.to_string()));
+        out.push((headers::RESET_TOKENS, openai_duration(t.reset)));
     }
     out
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{CONTENT_TYPE, HeaderName};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -18,8 +18,8 @@ use super::accounting::{StreamAccount, usage_of_answer};
 use super::record::Recorder;
 use super::{Answer, AnswerBody, Call, Gateway, Refusal, Ticket, rate_headers};
 use crate::admission::{Demand, estimate};
-use crate::cache::{self, Directives, Entry, Flight, Landing, Lookup, Stored};
-use crate::domain::{Fields, Model, ModelKind, Tenant, Usage};
+use crate::cache::{Directives, Entry, Flight, Landing, Lookup, Stored};
+use crate::domain::{Fields, Model, ModelKind, Tenant, Usage, headers as header};
 use crate::streams::hub::{ChunkLog, EventStream, StreamMeta};
 use crate::streams::{self, Cut, Patience};
 
@@ -42,7 +42,7 @@ pub struct Inbound {
 pub struct Reply {
     pub status: StatusCode,
     /// `x-ratelimit-*`, `x-switchyard-*`, `age`.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, String)>,
     pub body: ReplyBody,
 }
 
@@ -79,8 +79,10 @@ impl Gateway {
         );
         let _work = self.shutdown.work();
         let cut = self.shutdown.cut_signal();
+        // Boxed, as are the upstream calls below: a future is moved whole into each
+        // caller's, and these are the large ones.
         let outcome = tokio::select! {
-            outcome = self.walk(inbound, &mut recorder) => outcome,
+            outcome = Box::pin(self.walk(inbound, &mut recorder)) => outcome,
             () = cut => Err(Refusal::shutting_down()),
         };
         match &outcome {
@@ -124,13 +126,9 @@ impl Gateway {
             r.queue_ms = Some(ticket.queued.as_millis() as u64);
         });
         let mut headers = rate_headers(ticket.headers());
-        headers.push((
-            "x-switchyard-queue-ms",
-            ticket.queued.as_millis().to_string(),
-        ));
-        headers.push((cache::HEADER, cache_result.to_string()));
-        let answer = self
-            .upstream(&mut inbound, &parsed, &ticket)
+        headers.push((header::QUEUE_MS, ticket.queued.as_millis().to_string()));
+        headers.push((header::CACHE, cache_result.to_string()));
+        let answer = Box::pin(self.upstream(&mut inbound, &parsed, &ticket))
             .await
             .map_err(|refusal| refusal.with_headers(headers.clone()))?;
         let route = (
@@ -145,9 +143,9 @@ impl Gateway {
             ticket.queued,
             answer.tally.clone(),
         );
-        headers.push(("x-switchyard-region", answer.region.clone()));
-        headers.push(("x-switchyard-instance", answer.instance.clone()));
-        headers.push(("x-switchyard-route", answer.reason.clone()));
+        headers.push((header::REGION, answer.region.clone()));
+        headers.push((header::INSTANCE, answer.instance.clone()));
+        headers.push((header::ROUTE, answer.reason.clone()));
         let kind = inbound.kind;
         match answer.body {
             AnswerBody::Whole(ref bytes) => {
@@ -196,7 +194,7 @@ impl Gateway {
                 };
                 let upstream = format!("{}/{}", answer.region, answer.instance);
                 let reader = self.relay(&inbound.request_id, upstream, response, account);
-                headers.push(("x-switchyard-stream-id", log.id.clone()));
+                headers.push((header::STREAM_ID, log.id.clone()));
                 if let Some(flight) = flight {
                     flight.land_stream(log);
                 }
@@ -507,9 +505,9 @@ impl Gateway {
                 ReplyBody::Stream(Box::pin(futures_util::stream::iter(events)))
             }
         };
-        headers.push((cache::HEADER, "hit".into()));
-        headers.push(("age", entry.age_secs().to_string()));
-        headers.push(("x-switchyard-route", route.into()));
+        headers.push((header::CACHE, "hit".into()));
+        headers.push((header::AGE, entry.age_secs().to_string()));
+        headers.push((header::ROUTE, route.into()));
         Ok(Reply {
             status: StatusCode::OK,
             headers,
@@ -524,7 +522,7 @@ impl Gateway {
         let mut headers = rate_headers(ticket.headers());
         let reader = self.hub.reader(&log, 0, false, parsed.strip_usage);
         if log.meta.tenant == parsed.tenant.name {
-            headers.push(("x-switchyard-stream-id", log.id.clone()));
+            headers.push((header::STREAM_ID, log.id.clone()));
         }
         // Settled as the reader ends: the stream is complete by then, usage chunk included.
         let mut ticket = Some(ticket);
@@ -534,8 +532,8 @@ impl Gateway {
             }
             std::task::Poll::Ready(None)
         }));
-        headers.push((cache::HEADER, "hit".into()));
-        headers.push(("x-switchyard-route", "coalesced".into()));
+        headers.push((header::CACHE, "hit".into()));
+        headers.push((header::ROUTE, "coalesced".into()));
         Ok(Reply {
             status: StatusCode::OK,
             headers,

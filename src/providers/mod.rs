@@ -47,14 +47,44 @@ pub enum SetupError {
 /// Every configured upstream instance, reachable through one pooled HTTP client.
 pub struct Upstreams {
     openai: OpenAi,
-    /// `Authorization` values by instance name, resolved once from the environment.
-    keys: HashMap<String, HeaderValue>,
+    /// What each instance is sent to and with, by name, worked out once.
+    targets: HashMap<String, Target>,
+}
+
+/// One instance's endpoints, parsed once rather than per request, and its key.
+#[derive(Default)]
+pub struct Target {
+    /// `Authorization`, resolved from the environment.
+    pub key: Option<HeaderValue>,
+    /// `{url}/chat/completions` and `{url}/embeddings`; none when the base URL does not
+    /// parse, and the request then reports that as it is sent.
+    pub chat: Option<reqwest::Url>,
+    pub embeddings: Option<reqwest::Url>,
+}
+
+impl Target {
+    pub fn url(&self, kind: ModelKind) -> Option<&reqwest::Url> {
+        match kind {
+            ModelKind::Chat => self.chat.as_ref(),
+            ModelKind::Embeddings => self.embeddings.as_ref(),
+        }
+    }
 }
 
 impl Upstreams {
     pub fn new(regions: &[Region], timeouts: UpstreamTimeouts) -> Result<Upstreams, SetupError> {
-        let mut keys = HashMap::new();
+        let mut targets = HashMap::new();
         for instance in regions.iter().flat_map(|r| &r.instances) {
+            let endpoint = |kind: ModelKind| {
+                format!("{}{}", instance.url, kind.upstream_path())
+                    .parse()
+                    .ok()
+            };
+            let target = targets.entry(instance.name.clone()).or_insert(Target {
+                key: None,
+                chat: endpoint(ModelKind::Chat),
+                embeddings: endpoint(ModelKind::Embeddings),
+            });
             let Some(var) = &instance.api_key_env else {
                 continue;
             };
@@ -69,11 +99,11 @@ impl Upstreams {
                 }
             })?;
             value.set_sensitive(true);
-            keys.insert(instance.name.clone(), value);
+            target.key = Some(value);
         }
         Ok(Upstreams {
             openai: OpenAi::new(timeouts)?,
-            keys,
+            targets,
         })
     }
 
@@ -87,11 +117,11 @@ impl Upstreams {
         body: Bytes,
         wait: std::time::Duration,
     ) -> Result<reqwest::Response, SendError> {
-        let key = self.keys.get(&instance.name);
+        let target = self.target(instance);
         match instance.dialect {
             Dialect::OpenAi => {
                 self.openai
-                    .send(instance, kind, request_id, key, body, wait)
+                    .send(instance, kind, request_id, target, body, wait)
                     .await
             }
         }
@@ -108,10 +138,19 @@ impl Upstreams {
         path: &str,
         timeout: std::time::Duration,
     ) -> Result<(), ProbeFailure> {
-        let key = self.keys.get(&instance.name);
+        let key = self.target(instance).key.as_ref();
         match instance.dialect {
             Dialect::OpenAi => self.openai.probe(instance, path, key, timeout).await,
         }
+    }
+
+    fn target(&self, instance: &Instance) -> &Target {
+        static NONE: Target = Target {
+            key: None,
+            chat: None,
+            embeddings: None,
+        };
+        self.targets.get(&instance.name).unwrap_or(&NONE)
     }
 }
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderValue};
 
-use super::{ProbeFailure, SendError, SetupError};
+use super::{ProbeFailure, SendError, SetupError, Target};
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 use crate::domain::{Instance, ModelKind, UpstreamTimeouts};
 
 pub struct OpenAi {
@@ -60,18 +63,20 @@ impl OpenAi {
         instance: &Instance,
         kind: ModelKind,
         request_id: &str,
-        key: Option<&HeaderValue>,
+        target: &Target,
         body: Bytes,
         wait: Duration,
     ) -> Result<reqwest::Response, SendError> {
-        let url = format!("{}{}", instance.url, kind.upstream_path());
-        let mut request = self
-            .client(instance)
-            .post(url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("x-request-id", request_id)
+        let client = self.client(instance);
+        let request = match target.url(kind) {
+            Some(url) => client.post(url.clone()),
+            None => client.post(format!("{}{}", instance.url, kind.upstream_path())),
+        };
+        let mut request = request
+            .header(header::CONTENT_TYPE, APPLICATION_JSON)
+            .header(X_REQUEST_ID, request_id)
             .body(body);
-        if let Some(key) = key {
+        if let Some(key) = &target.key {
             request = request.header(header::AUTHORIZATION, key.clone());
         }
         match tokio::time::timeout(wait, request.send()).await {
