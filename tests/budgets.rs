@@ -22,17 +22,6 @@ fn capped(url: String, cap: u64, daily: u64) -> String {
         )
 }
 
-/// The newest request record in the audit log.
-async fn newest_record(gw: &TestGateway) -> Value {
-    let records: Value = gw
-        .admin(reqwest::Method::GET, "/admin/audit?kind=request", None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    records["records"][0].clone()
-}
-
 async fn day_tokens(gw: &TestGateway) -> u64 {
     gw.tenant("tenant-a").await["day"]["tokens"]
         .as_u64()
@@ -88,7 +77,7 @@ async fn a_stream_that_runs_past_its_limit_is_cut_and_charged_what_it_produced()
         "charged what it produced: {used}"
     );
     assert_eq!(
-        newest_record(&gw).await["error"],
+        gw.newest_record().await["error"],
         "completion_limit_exceeded"
     );
 }
@@ -124,5 +113,5 @@ async fn implausible_usage_is_capped_flagged_and_never_wraps() {
     assert!(tokens < 200_000, "capped, not wrapped: {tokens}");
     let cost = tenant["month"]["cost_usd"].as_f64().unwrap();
     assert!(cost < 1.0, "a plausible cost: {cost}");
-    assert_eq!(newest_record(&gw).await["usage_capped"], true);
+    assert_eq!(gw.newest_record().await["usage_capped"], true);
 }

@@ -148,6 +148,21 @@ async fn the_official_node_sdk_works_through_the_gateway() {
     }
 }
 
+/// The Vercel AI SDK's default provider speaks the Responses API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vercel_ai_sdk_default_provider_works_through_the_gateway() {
+    if available(
+        "node",
+        &[
+            "-e",
+            "require.resolve('@ai-sdk/openai', { paths: ['tests/sdk/node'] })",
+        ],
+        "npm ci --prefix tests/sdk/node",
+    ) {
+        run_check("node", "tests/sdk/node/vercel.mjs").await;
+    }
+}
+
 /// When every upstream answers 429 with `retry-after: 2`, the gateway says 429 with that
 /// wait, the official SDK waits it out and retries, and succeeds once the upstream has
 /// stopped refusing.

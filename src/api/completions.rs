@@ -51,7 +51,10 @@ async fn proxy(
     body: Body,
 ) -> Result<Response, Refusal> {
     let arrival = tokio::time::Instant::now();
-    let endpoint = format!("/v1{}", kind.upstream_path());
+    let endpoint = match kind {
+        ModelKind::Chat => "/v1/chat/completions",
+        ModelKind::Embeddings => "/v1/embeddings",
+    };
     // Failed authentications are counted and audited per source and window, not here.
     let (tenant, key_id) = gateway
         .authenticate(authorization(headers), source)
@@ -60,7 +63,7 @@ async fn proxy(
     let fields = match read_fields(body, server.max_body, server.body_timeout).await {
         Ok(fields) => fields,
         Err(refusal) => {
-            gateway.refused_early(&id.0, &endpoint, Some((&tenant, &key_id)), &refusal);
+            gateway.refused_early(&id.0, endpoint, Some((&tenant, &key_id)), &refusal);
             return Err(refusal);
         }
     };
@@ -74,6 +77,7 @@ async fn proxy(
     let reply = gateway
         .serve(Inbound {
             request_id: id.0,
+            endpoint,
             tenant,
             key_id,
             kind,
@@ -88,7 +92,7 @@ async fn proxy(
 
 /// What the client's headers say about caching: `Cache-Control` and
 /// `x-switchyard-cache`.
-fn cache_directives(headers: &HeaderMap) -> Directives {
+pub(super) fn cache_directives(headers: &HeaderMap) -> Directives {
     let mut directives = Directives::default();
     for value in headers.get_all(header::CACHE_CONTROL) {
         for directive in value.to_str().unwrap_or_default().split(',') {
@@ -111,7 +115,11 @@ fn cache_directives(headers: &HeaderMap) -> Directives {
 }
 
 /// The body as top-level fields, each kept as the client wrote it.
-async fn read_fields(body: Body, limit: usize, timeout: Duration) -> Result<Fields, Refusal> {
+pub(super) async fn read_fields(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Fields, Refusal> {
     let bytes = tokio::time::timeout(timeout, read_body(body, limit))
         .await
         .map_err(|_| Refusal::body_timeout(timeout))??;

@@ -7,6 +7,7 @@
 
 mod completions;
 pub(crate) mod error;
+mod responses;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -45,6 +46,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/embeddings", post(completions::embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
+        .route("/v1/responses/{id}/cancel", post(responses::cancel))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/v1/streams/{id}", get(watch_stream))

@@ -9,6 +9,7 @@
 
 mod accounting;
 mod control;
+pub mod conversations;
 mod keeping;
 mod record;
 mod refusal;
@@ -73,6 +74,8 @@ pub struct Gateway {
     writes: tokio::sync::Mutex<()>,
     cache: Arc<Cache>,
     audit: Arc<Audit>,
+    /// Responses answered through chat upstreams, for follow-ups.
+    conversations: Arc<conversations::Conversations>,
     /// Where keys and overrides are kept; attached by the daemon.
     store: OnceLock<Arc<dyn Store>>,
     /// Keys made at run time, by id (revoked and expired ones included).
@@ -291,6 +294,7 @@ impl Gateway {
             writes: tokio::sync::Mutex::new(()),
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
+            conversations: Arc::new(conversations::Conversations::new()),
             store: OnceLock::new(),
             keys: Mutex::default(),
             overrides: Mutex::default(),
@@ -333,6 +337,10 @@ impl Gateway {
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    pub fn conversations(&self) -> &Arc<conversations::Conversations> {
+        &self.conversations
     }
 
     pub fn audit(&self) -> &Arc<Audit> {

@@ -243,6 +243,39 @@ impl Refusal {
         )
     }
 
+    pub fn response_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            "response_not_found",
+            format!(
+                "no response {id} is kept for this key's tenant; responses are kept for six hours, in memory"
+            ),
+        )
+    }
+
+    pub fn previous_response_not_found(message: &str) -> Self {
+        let mut refusal = Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "previous_response_not_found",
+            message.to_string(),
+        );
+        refusal.param = Some("previous_response_id");
+        refusal
+    }
+
+    /// An upstream answered 2xx with something that is not a chat completion, so it
+    /// cannot be given to the client in the shape it asked for.
+    pub fn untranslatable_answer() -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "upstream_bad_answer",
+            "the upstream's answer is not a chat completion, so it cannot be returned as a response; check that the instance speaks OpenAI chat completions".into(),
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -26,6 +26,8 @@ use crate::streams::{self, Cut, Patience};
 /// A parsed request from any front, on its way into the pipeline.
 pub struct Inbound {
     pub request_id: Arc<str>,
+    /// The path the client called, as the audit log names it (`/v1/responses`).
+    pub endpoint: &'static str,
     /// The authenticated tenant's name, and the public id of the key it used.
     pub tenant: String,
     pub key_id: Arc<str>,
@@ -69,11 +71,10 @@ impl Gateway {
     /// Every outcome is recorded (audit, latency, counters) once: whole answers and
     /// refusals as this returns, streams when they end.
     pub async fn serve(&self, inbound: Inbound) -> Result<Reply, Refusal> {
-        let endpoint = format!("/v1{}", inbound.kind.upstream_path());
         let mut recorder = Recorder::new(
             self,
             &inbound.request_id,
-            &endpoint,
+            inbound.endpoint,
             inbound.arrival,
             Some((&inbound.tenant, &inbound.key_id)),
         );
@@ -218,33 +219,11 @@ impl Gateway {
             .find(|t| t.name == inbound.tenant)
             .ok_or_else(|| Refusal::from(crate::auth::AuthError::Invalid))?;
         let fields = &mut inbound.fields;
-        let alias = match fields
-            .get("model")
-            .map(|raw| serde_json::from_str(raw.get()))
-        {
-            Some(Ok(Value::String(alias))) if !alias.is_empty() => alias,
-            None | Some(Ok(Value::Null | Value::String(_))) => return Err(Refusal::missing_model()),
-            Some(_) => {
-                return Err(Refusal::bad_parameter(
-                    "model",
-                    "'model' must be a string".into(),
-                ));
-            }
-        };
-        let model = self.config.model(&alias).ok_or_else(|| {
-            let known: Vec<&str> = self
-                .config
-                .models
-                .iter()
-                .filter(|m| m.kind == inbound.kind)
-                .map(|m| m.alias.as_str())
-                .collect();
-            Refusal::unknown_model(&alias, &known)
-        })?;
+        let model = self.model_of(fields, inbound.kind)?;
         if model.kind != inbound.kind {
             let path = format!("/v1{}", model.kind.upstream_path());
             return Err(Refusal::wrong_endpoint(
-                &alias,
+                &model.alias,
                 &model.kind.to_string(),
                 &path,
             ));
@@ -286,6 +265,46 @@ impl Gateway {
             stream,
             strip_usage,
         })
+    }
+
+    /// The configured model a request names in `model`; unknown aliases are refused with
+    /// those of `kind` listed.
+    fn model_of(&self, fields: &Fields, kind: ModelKind) -> Result<&Model, Refusal> {
+        let alias = match fields
+            .get("model")
+            .map(|raw| serde_json::from_str(raw.get()))
+        {
+            Some(Ok(Value::String(alias))) if !alias.is_empty() => alias,
+            None | Some(Ok(Value::Null | Value::String(_))) => return Err(Refusal::missing_model()),
+            Some(_) => {
+                return Err(Refusal::bad_parameter(
+                    "model",
+                    "'model' must be a string".into(),
+                ));
+            }
+        };
+        self.config.model(&alias).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .config
+                .models
+                .iter()
+                .filter(|m| m.kind == kind)
+                .map(|m| m.alias.as_str())
+                .collect();
+            Refusal::unknown_model(&alias, &known)
+        })
+    }
+
+    /// The tokens the prompt of a chat request counts, as admission estimates them for its
+    /// model (a front's `count_tokens`).
+    pub async fn count_prompt(&self, fields: &Fields) -> Result<u64, Refusal> {
+        let model = self.model_of(fields, ModelKind::Chat)?;
+        if model.kind != ModelKind::Chat {
+            let path = format!("/v1{}", model.kind.upstream_path());
+            let kind = model.kind.to_string();
+            return Err(Refusal::wrong_endpoint(&model.alias, &kind, &path));
+        }
+        Ok(prompt_tokens(ModelKind::Chat, model, fields).await)
     }
 
     /// The read side: a kept answer, or an identical request in flight, may serve this

@@ -178,7 +178,17 @@ impl TestGateway {
         request.send().await.expect("admin API answers")
     }
 
-    /// A tenant's state as the admin API shows it.
+    /// The newest request record in the audit log.
+    pub async fn newest_record(&self) -> Value {
+        let records: Value = self
+            .admin(reqwest::Method::GET, "/admin/audit?kind=request", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        records["records"][0].clone()
+    }
+
     /// The first instance of the first region, as the admin API shows it.
     pub async fn first_instance(&self) -> Value {
         let view: Value = self
@@ -221,10 +231,10 @@ pub fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// The `data:` payloads of an SSE body, in order.
+/// The `data:` payloads of an SSE body, in order (after an `event:` line, if any).
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
-        .filter_map(|event| event.strip_prefix("data: "))
+        .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
         .map(str::to_owned)
         .collect()
 }

@@ -93,4 +93,60 @@ except openai.APIError as e:
     check("a broken stream raises APIError", "failed mid-stream" in str(e.message), repr(e))
     check("a broken stream delivered what came before", len(got.split(" ")) == 3, repr(got))
 
+# The Responses API, translated to chat completions for this upstream: the same prompt
+# gives the same text, and usage comes back in the Responses API's names.
+resp = client.responses.create(model="gpt-4o-mini", input="Describe a switchyard.")
+check("responses: output_text", resp.output_text == text, f"{resp.output_text!r} != {text!r}")
+check("responses: status", resp.status == "completed", resp.status)
+check("responses: usage", resp.usage.output_tokens == len(text.split(" ")) and resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens, repr(resp.usage))
+check("responses: id", resp.id.startswith("resp_"), resp.id)
+short = client.responses.create(model="gpt-4o-mini", input="Describe a switchyard.", max_output_tokens=2)
+check("responses: max_output_tokens makes it incomplete", short.status == "incomplete" and short.usage.output_tokens == 2, repr(short))
+
+deltas, completed, kinds = "", None, []
+for event in client.responses.create(model="gpt-4o-mini", input=[{"role": "user", "content": "Describe a switchyard."}], stream=True):
+    kinds.append(event.type)
+    if event.type == "response.output_text.delta":
+        deltas += event.delta
+    elif event.type == "response.completed":
+        completed = event.response
+check("responses stream: deltas", deltas == text, f"{deltas!r} != {text!r}")
+check("responses stream: first and last events", kinds[0] == "response.created" and kinds[-1] == "response.completed", kinds)
+check("responses stream: completed carries usage", completed is not None and completed.usage.output_tokens == len(text.split(" ")), repr(completed))
+
+with client.responses.stream(model="gpt-4o-mini", input="Describe a switchyard.") as stream:
+    final = stream.get_final_response()
+check("responses stream helper: final text", final.output_text == text, repr(final.output_text))
+
+# A follow-up by previous_response_id, read back, deleted.
+follow = client.responses.create(model="gpt-4o-mini", input="And then?", previous_response_id=resp.id)
+check("responses: follow-up", follow.previous_response_id == resp.id and follow.output_text, repr(follow))
+check("responses: retrieve", client.responses.retrieve(follow.id).output_text == follow.output_text)
+client.responses.delete(resp.id)
+try:
+    client.responses.create(model="gpt-4o-mini", input="x", previous_response_id=resp.id)
+    check("a follow-up to a deleted response raises", False)
+except openai.BadRequestError as e:
+    check("a follow-up to a deleted response is previous_response_not_found", e.code == "previous_response_not_found", repr(e))
+try:
+    client.responses.retrieve(resp.id)
+    check("a deleted response is gone", False)
+except openai.NotFoundError as e:
+    check("a deleted response is 404", e.code == "response_not_found", repr(e))
+
+try:
+    client.responses.create(model="gpt-4o-mini", input="x", tools=[{"type": "web_search"}])
+    check("a built-in tool raises", False)
+except openai.BadRequestError as e:
+    check("a built-in tool is 400 naming tools", e.status_code == 400 and e.param == "tools", repr(e))
+
+got = ""
+try:
+    for event in client.responses.create(model="chat-broken", input="Describe a switchyard.", stream=True):
+        if event.type == "response.output_text.delta":
+            got += event.delta
+    check("a broken responses stream raises", False, f"ended quietly after {got!r}")
+except openai.APIError as e:
+    check("a broken responses stream raises APIError", "failed mid-stream" in str(e.message), repr(e))
+
 print(f"python openai {openai.__version__}: {passed} passed, 0 failed")

@@ -68,4 +68,19 @@ try {
   check('a broken stream throws APIError', e instanceof OpenAI.APIError && String(e.message).includes('failed mid-stream'), String(e));
 }
 
+// The Responses API (what the Vercel AI SDK's default provider speaks), translated to
+// chat completions for this upstream.
+const resp = await client.responses.create({ model: 'gpt-4o-mini', input: 'Describe a switchyard.' });
+check('responses: output_text', resp.output_text === text, `${resp.output_text} != ${text}`);
+check('responses: usage', resp.usage.output_tokens === text.split(' ').length, JSON.stringify(resp.usage));
+let deltas = '';
+let completed = null;
+const events = await client.responses.create({ model: 'gpt-4o-mini', input: 'Describe a switchyard.', stream: true });
+for await (const event of events) {
+  if (event.type === 'response.output_text.delta') deltas += event.delta;
+  if (event.type === 'response.completed') completed = event.response;
+}
+check('responses stream: deltas', deltas === text, `${deltas} != ${text}`);
+check('responses stream: completed with usage', completed?.usage?.output_tokens === text.split(' ').length, JSON.stringify(completed));
+
 console.log(`node openai: ${passed} passed, 0 failed`);

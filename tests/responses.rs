@@ -1,0 +1,232 @@
+//! The Responses API front: requests translated to chat completions go through the one
+//! pipeline, so limits, routing, streams and the audit log see them like chat.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// The audit writer batches; wait (up to ten seconds) until the newest record is the one
+/// for `request_id`.
+async fn record_of(gw: &TestGateway, request_id: &str) -> Value {
+    for _ in 0..500 {
+        let record = gw.newest_record().await;
+        if record["request_id"] == request_id {
+            return record;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    panic!("no audit record for {request_id}");
+}
+
+#[tokio::test]
+async fn a_response_is_served_through_the_pipeline_and_audited() {
+    let mock = quick_mock().answer_tokens(8).spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let body = json!({"model": "gpt-4o-mini", "instructions": "Be brief.", "input": "Describe a switchyard."});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-switchyard-region"), "us-east");
+    assert_eq!(header(&response, "x-switchyard-instance"), "us-east-a");
+    let request_id = header(&response, "x-request-id").to_string();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "response");
+    assert_eq!(answer["status"], "completed");
+    assert_eq!(answer["model"], "gpt-4o-mini");
+    let text = answer["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(text.split(' ').count(), 8, "{text}");
+    assert_eq!(answer["usage"]["output_tokens"], 8);
+
+    // Upstream it was a chat completion, limited by the pipeline like any other.
+    let sent = mock.last_request().unwrap();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Describe a switchyard."}])
+    );
+    assert!(sent["max_tokens"].as_u64().is_some(), "{sent}");
+
+    let record = record_of(&gw, &request_id).await;
+    assert_eq!(record["endpoint"], "/v1/responses");
+    assert_eq!(record["tenant"], "tenant-a");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["completion_tokens"], 8);
+}
+
+#[tokio::test]
+async fn a_streamed_response_is_relayed_through_the_hub() {
+    let mock = quick_mock().answer_tokens(6).spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let body = json!({"model": "gpt-4o-mini", "input": "Describe a switchyard.", "stream": true});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 200);
+    assert!(header(&response, "content-type").starts_with("text/event-stream"));
+    assert!(header(&response, "x-switchyard-stream-id").starts_with("str_"));
+    let request_id = header(&response, "x-request-id").to_string();
+    let text = response.text().await.unwrap();
+    let events: Vec<Value> = sse_data(&text)
+        .iter()
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "response.created");
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.completed");
+    assert_eq!(last["response"]["usage"]["output_tokens"], 6);
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, last["response"]["output"][0]["content"][0]["text"]);
+    assert!(
+        !text.contains("[DONE]"),
+        "the Responses API ends without [DONE]"
+    );
+
+    let record = record_of(&gw, &request_id).await;
+    assert_eq!(record["endpoint"], "/v1/responses");
+    assert_eq!(record["stream"], true);
+    assert_eq!(record["completion_tokens"], 6);
+}
+
+#[tokio::test]
+async fn a_request_the_gateway_cannot_translate_is_refused_and_audited() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let body = json!({"model": "gpt-4o-mini", "input": "x", "tools": [{"type": "file_search"}]});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 400);
+    let request_id = header(&response, "x-request-id").to_string();
+    let error = error_of(response).await;
+    assert_eq!(error["param"], "tools");
+    assert!(
+        error["message"].as_str().unwrap().contains("file_search"),
+        "{error}"
+    );
+    assert_eq!(mock.stats().chat_requests, 0, "nothing went upstream");
+    let record = record_of(&gw, &request_id).await;
+    assert_eq!(record["endpoint"], "/v1/responses");
+    assert_eq!(record["status"], 400);
+
+    // An unknown model is the pipeline's own refusal, as for chat.
+    let body = json!({"model": "gpt-9", "input": "x"});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(error_of(response).await["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn a_follow_up_names_the_previous_response_and_the_gateway_supplies_the_conversation() {
+    let mock = quick_mock().answer_tokens(4).spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let first: Value = gw
+        .post(
+            "/v1/responses",
+            KEY_A,
+            &json!({"model": "gpt-4o-mini", "input": "First question."}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first_id = first["id"].as_str().unwrap();
+    let first_text = first["output"][0]["content"][0]["text"].clone();
+
+    // The follow-up streams; upstream it carries the whole conversation.
+    let body = json!({"model": "gpt-4o-mini", "input": "Second question.", "previous_response_id": first_id, "stream": true});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 200);
+    let events = response.text().await.unwrap();
+    let completed: Value = serde_json::from_str(sse_data(&events).last().unwrap()).unwrap();
+    assert_eq!(completed["response"]["previous_response_id"], first_id);
+    let second_id = completed["response"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        mock.last_request().unwrap()["messages"],
+        json!([
+            {"role": "user", "content": "First question."},
+            {"role": "assistant", "content": first_text},
+            {"role": "user", "content": "Second question."},
+        ])
+    );
+
+    // A third turn after the streamed one walks both back.
+    let body =
+        json!({"model": "gpt-4o-mini", "input": "Third.", "previous_response_id": second_id});
+    assert_eq!(gw.post("/v1/responses", KEY_A, &body).await.status(), 200);
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 5, "{sent}");
+    assert_eq!(sent["messages"][3]["role"], "assistant");
+
+    // Read back by its tenant only.
+    let read = gw
+        .client
+        .get(gw.url(&format!("/v1/responses/{first_id}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.json::<Value>().await.unwrap()["id"], first_id);
+    let other = gw
+        .client
+        .get(gw.url(&format!("/v1/responses/{first_id}")))
+        .bearer_auth(KEY_B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    assert_eq!(error_of(other).await["code"], "response_not_found");
+    let body = json!({"model": "gpt-4o-mini", "input": "x", "previous_response_id": first_id});
+    let response = gw.post("/v1/responses", KEY_B, &body).await;
+    assert_eq!(response.status(), 400, "another tenant cannot continue it");
+
+    // Deleted, a follow-up to it, or to a turn after it, is refused, never answered
+    // without its context.
+    let deleted = gw
+        .client
+        .delete(gw.url(&format!("/v1/responses/{first_id}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.json::<Value>().await.unwrap()["deleted"], true);
+    let requests = mock.stats().chat_requests;
+    let body = json!({"model": "gpt-4o-mini", "input": "x", "previous_response_id": second_id});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 400);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "previous_response_not_found");
+    assert_eq!(error["param"], "previous_response_id");
+    assert!(
+        error["message"].as_str().unwrap().contains(first_id),
+        "{error}"
+    );
+    assert_eq!(
+        mock.stats().chat_requests,
+        requests,
+        "nothing went upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_response_sent_with_store_false_is_not_kept() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let body = json!({"model": "gpt-4o-mini", "input": "x", "store": false});
+    let answer: Value = gw
+        .post("/v1/responses", KEY_A, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["store"], false);
+    let id = answer["id"].as_str().unwrap();
+    let read = gw
+        .client
+        .get(gw.url(&format!("/v1/responses/{id}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 404);
+}
