@@ -100,10 +100,17 @@ fn available(program: &str, args: &[&str], install: &str) -> bool {
 }
 
 async fn run_check(program: &str, script: &str) {
+    run_check_at(program, script, "/v1").await;
+}
+
+/// Runs `script` with the gateway's URL at `base` (Anthropic's SDK adds `/v1` itself).
+async fn run_check_at(program: &str, script: &str, base: &str) {
     let (_good, _broken, gw) = sdk_gateway().await;
     let child = tokio::process::Command::new(program)
         .arg(script)
-        .env("SWITCHYARD_BASE_URL", gw.url("/v1"))
+        .env("SWITCHYARD_BASE_URL", gw.url(base))
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
         .env("SWITCHYARD_KEY", KEY_A)
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
@@ -145,6 +152,18 @@ async fn the_official_node_sdk_works_through_the_gateway() {
         "npm ci --prefix tests/sdk/node",
     ) {
         run_check("node", "tests/sdk/node/check.mjs").await;
+    }
+}
+
+/// Anthropic's SDK speaks the Messages API, translated to chat for these upstreams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_anthropic_sdk_works_through_the_gateway() {
+    if available(
+        "python3",
+        &["-c", "import anthropic"],
+        "pip install -r tests/sdk/requirements.txt",
+    ) {
+        run_check_at("python3", "tests/sdk/anthropic_python.py", "").await;
     }
 }
 

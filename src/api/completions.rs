@@ -10,6 +10,7 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
+use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::{Refusal, RequestId, Source, authorization};
@@ -70,10 +71,7 @@ async fn proxy(
     let wants_base64 = fields
         .get("encoding_format")
         .is_some_and(|raw| raw.get().trim() == "\"base64\"");
-    let session = headers
-        .get(gateway.router().policy().session_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let session = session(gateway, headers);
     let reply = gateway
         .serve(Inbound {
             request_id: id.0,
@@ -172,6 +170,173 @@ fn render(reply: Reply, embeddings: bool, wants_base64: bool) -> Response {
     response
 }
 
+/// How a front that speaks another API renders the pipeline's chat answers.
+pub(super) trait Translate: Send + 'static {
+    /// A whole 2xx answer (a chat completion) in the front's shape; none when it is not
+    /// a chat completion.
+    fn whole(&mut self, body: &[u8]) -> Option<Vec<u8>>;
+    /// An error answer (OpenAI-shaped) for the front.
+    fn error(&self, status: u16, body: Bytes) -> Bytes;
+    /// The front's events for one SSE frame of a chat stream (none, to skip it).
+    fn frame(&mut self, frame: &[u8]) -> Vec<u8>;
+}
+
+/// The `data:` payloads of SSE frames, in order.
+fn frame_data(frame: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(frame)
+        .split("\n\n")
+        .flat_map(|event| event.lines())
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| data.trim().to_string())
+        .collect()
+}
+
+/// The pipeline's request for a chat body that a front read (and translated) for
+/// `tenant`, with the client's session and cache headers.
+pub(super) fn chat_inbound(
+    gateway: &Gateway,
+    (request_id, endpoint): (Arc<str>, &'static str),
+    (tenant, key_id): (String, Arc<str>),
+    headers: &HeaderMap,
+    fields: Fields,
+    arrival: tokio::time::Instant,
+) -> Inbound {
+    Inbound {
+        request_id,
+        endpoint,
+        tenant,
+        key_id,
+        kind: ModelKind::Chat,
+        fields,
+        directives: cache_directives(headers),
+        session: session(gateway, headers),
+        arrival,
+    }
+}
+
+/// The session key a client sent in the configured header.
+fn session(gateway: &Gateway, headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(gateway.router().policy().session_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// What a chat stream says, for a front that answers in another API's events.
+pub(super) enum ChatEvent<'a> {
+    Text(&'a str),
+    /// A piece of tool call `index` (its id and name come with its first piece).
+    Call {
+        index: u64,
+        id: Option<&'a Value>,
+        name: Option<&'a Value>,
+        arguments: &'a str,
+    },
+    Finish(&'a str),
+    Usage(&'a Value),
+    /// `[DONE]`: the answer is complete.
+    Done,
+    /// The gateway's error frame: the stream broke or was cut.
+    Error(&'a Value),
+}
+
+/// Reads one frame of a chat stream (canonical SSE, as the hub relays it) into `on`.
+pub(super) fn read_chat_frame(frame: &[u8], mut on: impl FnMut(ChatEvent<'_>)) {
+    for data in frame_data(frame) {
+        if data == "[DONE]" {
+            on(ChatEvent::Done);
+            continue;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        if let Some(error) = chunk.get("error") {
+            on(ChatEvent::Error(error));
+            continue;
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            on(ChatEvent::Usage(usage));
+        }
+        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
+            continue;
+        };
+        let delta = choice.get("delta");
+        if let Some(text) = delta
+            .and_then(|d| d.get("content"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            on(ChatEvent::Text(text));
+        }
+        if let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) {
+            for call in calls {
+                let function = call.get("function");
+                on(ChatEvent::Call {
+                    index: call.get("index").and_then(Value::as_u64).unwrap_or(0),
+                    id: call.get("id"),
+                    name: function.and_then(|f| f.get("name")),
+                    arguments: function
+                        .and_then(|f| f.get("arguments"))
+                        .and_then(Value::as_str)
+                        .unwrap_or(""),
+                });
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            on(ChatEvent::Finish(reason));
+        }
+    }
+}
+
+/// A translated request as the pipeline takes it: fields as a client would have written
+/// them (written once, read back).
+pub(super) fn as_fields(chat: &serde_json::Map<String, Value>) -> Result<Fields, Refusal> {
+    serde_json::to_string(chat)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .ok_or_else(Refusal::internal)
+}
+
+/// A reply rendered through `translate`, with its status and the gateway's headers.
+pub(super) fn render_translated(
+    reply: Reply,
+    mut translate: impl Translate,
+) -> Result<Response, Refusal> {
+    let json = |bytes: Vec<u8>| {
+        let mut response = Response::new(Body::from(bytes));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    let status = reply.status.as_u16();
+    let mut response = match reply.body {
+        ReplyBody::Whole { bytes, .. } if reply.status.is_success() => json(
+            translate
+                .whole(&bytes)
+                .ok_or_else(Refusal::untranslatable_answer)?,
+        ),
+        ReplyBody::Whole { bytes, .. } => json(translate.error(status, bytes).to_vec()),
+        ReplyBody::Stream(frames) => {
+            let translated = frames
+                .map(move |frame| {
+                    let frame = frame.unwrap_or_default();
+                    Ok::<_, std::convert::Infallible>(Bytes::from(translate.frame(&frame)))
+                })
+                .filter(|frame| std::future::ready(!matches!(frame, Ok(b) if b.is_empty())));
+            event_stream(Body::from_stream(translated))
+        }
+    };
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in reply.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
 /// A `text/event-stream` response.
 pub(super) fn event_stream(body: Body) -> Response {
     let mut response = Response::new(body);
@@ -228,6 +393,39 @@ fn encode_embeddings(bytes: Bytes, base64: bool) -> Bytes {
     serde_json::to_vec(&answer)
         .map(Bytes::from)
         .unwrap_or(bytes)
+}
+
+/// What the translating fronts' tests share.
+#[cfg(test)]
+pub(super) mod testing {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::{Value, json};
+
+    /// OpenAI's recorded chat stream, frame by frame.
+    pub fn openai_frames() -> Vec<String> {
+        include_str!("../../tests/transcripts/openai.sse")
+            .split("\n\n")
+            .filter(|f| !f.trim().is_empty())
+            .map(|f| format!("{f}\n\n"))
+            .collect()
+    }
+
+    /// Named SSE events (`event:` then `data:`) as (name, data), checking that each
+    /// data's `type` is its name.
+    pub fn named_events(text: &str) -> Vec<(String, Value)> {
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (kind, data) = e.split_once('\n').unwrap();
+                let data: Value =
+                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                let kind = kind.strip_prefix("event: ").unwrap().to_string();
+                assert_eq!(data["type"], json!(kind));
+                (kind, data)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

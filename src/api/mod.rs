@@ -7,6 +7,7 @@
 
 mod completions;
 pub(crate) mod error;
+mod messages;
 mod responses;
 
 use std::panic::AssertUnwindSafe;
@@ -46,6 +47,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/embeddings", post(completions::embeddings))
+        .route("/v1/messages", post(messages::create))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/responses", post(responses::create))
         .route(
             "/v1/responses/{id}",

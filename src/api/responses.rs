@@ -14,18 +14,19 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
-use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
 use axum::extract::Path;
 
-use super::completions::{cache_directives, event_stream, read_fields};
+use super::completions::{
+    ChatEvent, Translate, as_fields, chat_inbound, read_chat_frame, read_fields, render_translated,
+};
 use super::{Refusal, RequestId, Source, authorization};
-use crate::domain::{Fields, ModelKind};
+use crate::domain::Fields;
+use crate::gateway::Gateway;
 use crate::gateway::conversations::{Conversations, Missing, Turn};
-use crate::gateway::{Gateway, Inbound, ReplyBody};
 
 const ENDPOINT: &str = "/v1/responses";
 
@@ -62,10 +63,6 @@ pub async fn create(
             return Err(refusal);
         }
     };
-    let session = headers
-        .get(gateway.router().policy().session_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let response_id = format!("resp_{}", id.0.trim_start_matches("req_"));
     let keeper = keep.then(|| Keeper {
         conversations: conversations.clone(),
@@ -73,60 +70,18 @@ pub async fn create(
         previous: echo.previous_response_id.as_str().map(str::to_string),
         input: turn,
     });
-    let reply = gateway
-        .serve(Inbound {
-            request_id: id.0,
-            endpoint: ENDPOINT,
-            tenant,
-            key_id,
-            kind: ModelKind::Chat,
-            fields: chat,
-            directives: cache_directives(&headers),
-            session,
-            arrival,
-        })
-        .await?;
-    let mut response = match reply.body {
-        ReplyBody::Whole { bytes, .. } if reply.status.is_success() => {
-            let Some((object, answer)) = from_chat(&bytes, &response_id, &echo) else {
-                return Err(Refusal::untranslatable_answer());
-            };
-            if let Some(keeper) = keeper {
-                keeper.keep(&response_id, answer, &object);
-            }
-            json_response(object)
-        }
-        // An error answer is already in OpenAI's shape, which the Responses API shares.
-        ReplyBody::Whole {
-            bytes,
-            content_type,
-        } => {
-            let mut response = Response::new(Body::from(bytes));
-            if let Ok(value) = HeaderValue::from_str(&content_type) {
-                response.headers_mut().insert(header::CONTENT_TYPE, value);
-            }
-            response
-        }
-        ReplyBody::Stream(frames) => {
-            let mut events = Events::new(response_id, echo);
-            events.keeper = keeper;
-            let translated = frames
-                .map(move |frame| {
-                    let frame = frame.unwrap_or_default();
-                    Ok::<_, std::convert::Infallible>(Bytes::from(events.translate(&frame)))
-                })
-                .filter(|frame| std::future::ready(!matches!(frame, Ok(b) if b.is_empty())));
-            event_stream(Body::from_stream(translated))
-        }
-    };
-    *response.status_mut() =
-        StatusCode::from_u16(reply.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (name, value) in reply.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, value);
-        }
-    }
-    Ok(response)
+    let inbound = chat_inbound(
+        &gateway,
+        (id.0, ENDPOINT),
+        (tenant, key_id),
+        &headers,
+        chat,
+        arrival,
+    );
+    let reply = gateway.serve(inbound).await?;
+    let mut events = Events::new(response_id, echo);
+    events.keeper = keeper;
+    render_translated(reply, events)
 }
 
 /// `GET /v1/responses/{id}`: a response this tenant was given, while it is kept.
@@ -452,12 +407,7 @@ pub fn to_chat(fields: &Fields, history: Vec<Value>) -> Result<(Fields, Vec<Valu
         put("stream", &Value::Bool(true));
         put("stream_options", &json!({"include_usage": true}));
     }
-    // The pipeline reads fields as the client wrote them: written once, read back.
-    let chat = serde_json::to_string(&chat)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .ok_or_else(Refusal::internal)?;
-    Ok((chat, turn))
+    Ok((as_fields(&chat)?, turn))
 }
 
 /// One item of `input`, appended to the chat messages.
@@ -798,51 +748,26 @@ impl Events {
                 json!({"response": response}),
             );
         }
-        let text = String::from_utf8_lossy(frame);
-        for data in text
-            .split("\n\n")
-            .flat_map(|event| event.lines())
-            .filter_map(|line| line.strip_prefix("data:"))
-            .map(str::trim)
-        {
-            if data == "[DONE]" {
-                self.finish(&mut out);
-                continue;
-            }
-            let Ok(chunk) = serde_json::from_str::<Value>(data) else {
-                continue;
-            };
-            if let Some(error) = chunk.get("error") {
-                self.fail(&mut out, error);
-                continue;
-            }
-            self.chunk(&mut out, &chunk);
-        }
+        read_chat_frame(frame, |event| self.on(&mut out, event));
         out
     }
 
-    fn chunk(&mut self, out: &mut Vec<u8>, chunk: &Value) {
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(usage.clone());
-        }
-        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
+    fn on(&mut self, out: &mut Vec<u8>, event: ChatEvent<'_>) {
+        if self.ended {
             return;
-        };
-        let delta = choice.get("delta");
-        if let Some(text) = delta
-            .and_then(|d| d.get("content"))
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            self.text_delta(out, text);
         }
-        if let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) {
-            for call in calls {
-                self.call_delta(out, call);
-            }
-        }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.finish_reason = Some(reason.to_string());
+        match event {
+            ChatEvent::Text(text) => self.text_delta(out, text),
+            ChatEvent::Call {
+                index,
+                id,
+                name,
+                arguments,
+            } => self.call_delta(out, index as usize, (id, name), arguments),
+            ChatEvent::Finish(reason) => self.finish_reason = Some(reason.to_string()),
+            ChatEvent::Usage(usage) => self.usage = Some(usage.clone()),
+            ChatEvent::Done => self.finish(out),
+            ChatEvent::Error(error) => self.fail(out, error),
         }
     }
 
@@ -881,13 +806,13 @@ impl Events {
         );
     }
 
-    fn call_delta(&mut self, out: &mut Vec<u8>, delta: &Value) {
-        let index = delta.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-        let function = delta.get("function");
-        let arguments = function
-            .and_then(|f| f.get("arguments"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
+    fn call_delta(
+        &mut self,
+        out: &mut Vec<u8>,
+        index: usize,
+        (id, name): (Option<&Value>, Option<&Value>),
+        arguments: &str,
+    ) {
         if index >= self.calls.len() {
             // A new call: the text before it is complete.
             self.close_text(out);
@@ -896,11 +821,8 @@ impl Events {
             let call = Call {
                 output_index,
                 id: format!("fc_{}_{index}", self.suffix()),
-                call_id: delta.get("id").cloned().unwrap_or(Value::Null),
-                name: function
-                    .and_then(|f| f.get("name"))
-                    .cloned()
-                    .unwrap_or(Value::Null),
+                call_id: id.cloned().unwrap_or(Value::Null),
+                name: name.cloned().unwrap_or(Value::Null),
                 arguments: String::new(),
                 done: false,
             };
@@ -1050,6 +972,25 @@ impl Events {
     }
 }
 
+impl Translate for Events {
+    fn whole(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        let (object, answer) = from_chat(body, &self.id, &self.echo)?;
+        if let Some(keeper) = self.keeper.take() {
+            keeper.keep(&self.id, answer, &object);
+        }
+        Some(object.to_string().into_bytes())
+    }
+
+    /// Already in OpenAI's shape, which the Responses API shares.
+    fn error(&self, _status: u16, body: Bytes) -> Bytes {
+        body
+    }
+
+    fn frame(&mut self, frame: &[u8]) -> Vec<u8> {
+        self.translate(frame)
+    }
+}
+
 fn call_item(call: &Call, status: &str) -> Value {
     json!({
         "type": "function_call",
@@ -1065,6 +1006,7 @@ fn call_item(call: &Call, status: &str) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use super::super::completions::testing::{named_events, openai_frames};
     use super::*;
 
     fn fields(body: Value) -> Fields {
@@ -1085,17 +1027,7 @@ mod tests {
             .iter()
             .map(|f| String::from_utf8(events.translate(f.as_bytes())).unwrap())
             .collect();
-        out.split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                let (kind, data) = e.split_once('\n').unwrap();
-                let data: Value =
-                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
-                let kind = kind.strip_prefix("event: ").unwrap().to_string();
-                assert_eq!(data["type"], json!(kind));
-                (kind, data)
-            })
-            .collect()
+        named_events(&out)
     }
 
     #[test]
@@ -1269,12 +1201,7 @@ mod tests {
 
     #[test]
     fn a_recorded_openai_chat_stream_becomes_responses_events() {
-        let transcript = include_str!("../../tests/transcripts/openai.sse");
-        let frames: Vec<String> = transcript
-            .split("\n\n")
-            .filter(|f| !f.trim().is_empty())
-            .map(|f| format!("{f}\n\n"))
-            .collect();
+        let frames = openai_frames();
         let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
         let events = events(&frames, Echo::default());
         let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
