@@ -174,7 +174,7 @@ fn render(reply: Reply, embeddings: bool, wants_base64: bool) -> Response {
 pub(super) trait Translate: Send + 'static {
     /// A whole 2xx answer (a chat completion) in the front's shape; none when it is not
     /// a chat completion.
-    fn whole(&mut self, body: &[u8]) -> Option<Vec<u8>>;
+    fn whole(&mut self, body: &[u8]) -> Option<Bytes>;
     /// An error answer (OpenAI-shaped) for the front.
     fn error(&self, status: u16, body: Bytes) -> Bytes;
     /// The front's events for one SSE frame of a chat stream (none, to skip it).
@@ -302,7 +302,7 @@ pub(super) fn render_translated(
     reply: Reply,
     mut translate: impl Translate,
 ) -> Result<Response, Refusal> {
-    let json = |bytes: Vec<u8>| {
+    let json = |bytes: Bytes| {
         let mut response = Response::new(Body::from(bytes));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -317,7 +317,7 @@ pub(super) fn render_translated(
                 .whole(&bytes)
                 .ok_or_else(Refusal::untranslatable_answer)?,
         ),
-        ReplyBody::Whole { bytes, .. } => json(translate.error(status, bytes).to_vec()),
+        ReplyBody::Whole { bytes, .. } => json(translate.error(status, bytes)),
         ReplyBody::Stream(frames) => {
             let translated = frames
                 .map(move |frame| {

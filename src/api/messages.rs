@@ -577,12 +577,10 @@ impl Events {
 }
 
 impl Translate for Events {
-    fn whole(&mut self, body: &[u8]) -> Option<Vec<u8>> {
-        Some(
-            from_chat(body, &self.id, &self.model)?
-                .to_string()
-                .into_bytes(),
-        )
+    fn whole(&mut self, body: &[u8]) -> Option<Bytes> {
+        Some(Bytes::from(
+            from_chat(body, &self.id, &self.model)?.to_string(),
+        ))
     }
 
     /// An upstream's refusal of the request, in Anthropic's shape.

@@ -93,7 +93,7 @@ pub async fn retrieve(
 ) -> Result<Response, Refusal> {
     let (tenant, _) = gateway.authenticate(authorization(&headers), source)?;
     match gateway.conversations().get(&tenant.name, &response_id) {
-        Some(object) => Ok(json_response(object)),
+        Some(object) => Ok(json_bytes(object)),
         None => Err(Refusal::response_not_found(&response_id)),
     }
 }
@@ -182,16 +182,20 @@ struct Keeper {
 }
 
 impl Keeper {
-    fn keep(self, id: &str, answer: Value, object: &Value) {
+    fn keep(self, id: &str, answer: Value, object: Bytes) {
         let mut messages = self.input;
         messages.push(answer);
-        let turn = Turn::new(&self.tenant, self.previous, messages, object.clone());
+        let turn = Turn::new(&self.tenant, self.previous, &messages, object);
         self.conversations.keep(id, turn);
     }
 }
 
 fn json_response(object: Value) -> Response {
-    let mut response = Response::new(Body::from(object.to_string()));
+    json_bytes(Bytes::from(object.to_string()))
+}
+
+fn json_bytes(bytes: Bytes) -> Response {
+    let mut response = Response::new(Body::from(bytes));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -945,7 +949,7 @@ impl Events {
                 .collect();
             let text = self.text.as_ref().map(|(_, text)| text.as_str());
             let answer = assistant_message(text, Some(Value::Array(calls)));
-            keeper.keep(&self.id, answer, &response);
+            keeper.keep(&self.id, answer, Bytes::from(response.to_string()));
         }
         self.emit(out, kind, json!({"response": response}));
         self.ended = true;
@@ -973,12 +977,13 @@ impl Events {
 }
 
 impl Translate for Events {
-    fn whole(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+    fn whole(&mut self, body: &[u8]) -> Option<Bytes> {
         let (object, answer) = from_chat(body, &self.id, &self.echo)?;
+        let object = Bytes::from(object.to_string());
         if let Some(keeper) = self.keeper.take() {
-            keeper.keep(&self.id, answer, &object);
+            keeper.keep(&self.id, answer, object.clone());
         }
-        Some(object.to_string().into_bytes())
+        Some(object)
     }
 
     /// Already in OpenAI's shape, which the Responses API shares.

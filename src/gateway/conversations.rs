@@ -13,48 +13,49 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 /// How long a response is kept.
 pub const KEEP: Duration = Duration::from_secs(6 * 3600);
 /// At most this many responses are kept, the oldest dropped first.
-pub const MAX_TURNS: usize = 50_000;
+pub const MAX_TURNS: usize = 20_000;
 /// At most this many bytes of them (their JSON), the oldest dropped first.
-pub const MAX_BYTES: usize = 256 << 20;
+pub const MAX_BYTES: usize = 64 << 20;
 /// A conversation longer than this many turns is refused rather than walked.
 const MAX_DEPTH: usize = 1_000;
 
-/// One kept response.
+/// One kept response, as text: kept often, read back rarely.
 #[derive(Debug, Clone)]
 pub struct Turn {
     pub tenant: String,
     /// The response this one followed, if any.
     pub previous: Option<String>,
-    /// The chat messages this turn added: its input, then the answer.
-    pub messages: Vec<Value>,
+    /// The chat messages this turn added (its input, then the answer), as a JSON array.
+    messages: String,
     /// The Response object as the client got it.
-    pub response: Value,
+    response: Bytes,
     kept_ms: u64,
-    bytes: usize,
 }
 
 impl Turn {
     pub fn new(
         tenant: &str,
         previous: Option<String>,
-        messages: Vec<Value>,
-        response: Value,
+        messages: &[Value],
+        response: Bytes,
     ) -> Turn {
-        let bytes = messages.iter().map(|m| m.to_string().len()).sum::<usize>()
-            + response.to_string().len();
         Turn {
             tenant: tenant.to_string(),
             previous,
-            messages,
+            messages: serde_json::to_string(messages).unwrap_or_else(|_| "[]".into()),
             response,
             kept_ms: 0,
-            bytes,
         }
+    }
+
+    fn bytes(&self) -> usize {
+        self.tenant.len() + self.messages.len() + self.response.len() + 64
     }
 }
 
@@ -112,9 +113,9 @@ impl Conversations {
     fn keep_at(&self, id: &str, turn: &mut Turn, now_ms: u64) {
         turn.kept_ms = now_ms;
         let mut kept = self.kept();
-        kept.bytes += turn.bytes;
+        kept.bytes += turn.bytes();
         if let Some(old) = kept.turns.insert(id.to_string(), turn.clone()) {
-            kept.bytes -= old.bytes;
+            kept.bytes -= old.bytes();
         } else {
             kept.order.push_back(id.to_string());
         }
@@ -133,17 +134,17 @@ impl Conversations {
             if let Some(id) = kept.order.pop_front()
                 && let Some(turn) = kept.turns.remove(&id)
             {
-                kept.bytes -= turn.bytes;
+                kept.bytes -= turn.bytes();
             }
         }
     }
 
     /// Response `id` of `tenant`, if kept.
-    pub fn get(&self, tenant: &str, id: &str) -> Option<Value> {
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Bytes> {
         self.get_at(tenant, id, crate::telemetry::now_ms())
     }
 
-    fn get_at(&self, tenant: &str, id: &str, now_ms: u64) -> Option<Value> {
+    fn get_at(&self, tenant: &str, id: &str, now_ms: u64) -> Option<Bytes> {
         let cutoff = now_ms.saturating_sub(KEEP.as_millis() as u64);
         let kept = self.kept();
         kept.turns
@@ -159,7 +160,7 @@ impl Conversations {
             return false;
         }
         if let Some(turn) = kept.turns.remove(id) {
-            kept.bytes -= turn.bytes;
+            kept.bytes -= turn.bytes();
         }
         kept.order.retain(|kept_id| kept_id != id);
         true
@@ -187,11 +188,12 @@ impl Conversations {
             turns.push(turn);
             next = turn.previous.clone();
         }
-        Ok(turns
-            .iter()
-            .rev()
-            .flat_map(|t| t.messages.iter().cloned())
-            .collect())
+        let mut messages = Vec::new();
+        for turn in turns.iter().rev() {
+            let added: Vec<Value> = serde_json::from_str(&turn.messages).unwrap_or_default();
+            messages.extend(added);
+        }
+        Ok(messages)
     }
 
     /// Responses kept, and their bytes.
@@ -213,11 +215,11 @@ mod tests {
         Turn::new(
             tenant,
             previous.map(str::to_string),
-            vec![
+            &[
                 json!({"role": "user", "content": text}),
                 json!({"role": "assistant", "content": format!("re: {text}")}),
             ],
-            json!({"id": text}),
+            Bytes::from(json!({"id": text}).to_string()),
         )
     }
 
@@ -236,7 +238,10 @@ mod tests {
             texts,
             ["one", "re: one", "two", "re: two", "three", "re: three"]
         );
-        assert_eq!(c.get_at("a", "r2", 4_000), Some(json!({"id": "two"})));
+        assert_eq!(
+            c.get_at("a", "r2", 4_000),
+            Some(Bytes::from(r#"{"id":"two"}"#))
+        );
     }
 
     #[test]
