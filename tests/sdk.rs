@@ -1,5 +1,7 @@
-//! The official OpenAI SDKs (Python and Node) against a live gateway. They are the
-//! independent judges of compatibility: if they are happy, applications will be.
+//! The clients people use against a live gateway: the official OpenAI SDKs (Python and
+//! Node), Anthropic's Python SDK (the Messages front), the Vercel AI SDK (the Responses
+//! API) and LangChain. They are the independent judges of compatibility: if they are
+//! happy, applications will be.
 //!
 //! `.ci/run` installs them (tests/sdk/requirements.txt, tests/sdk/node/package.json). Where
 //! they are missing these tests say so and pass, except under CI, where they must run.
@@ -152,6 +154,18 @@ async fn the_official_node_sdk_works_through_the_gateway() {
         "npm ci --prefix tests/sdk/node",
     ) {
         run_check("node", "tests/sdk/node/check.mjs").await;
+    }
+}
+
+/// LangChain's ChatOpenAI, over chat completions and the Responses API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn langchain_works_through_the_gateway() {
+    if available(
+        "python3",
+        &["-c", "import langchain_openai"],
+        "pip install -r tests/sdk/requirements.txt",
+    ) {
+        run_check("python3", "tests/sdk/langchain_python.py").await;
     }
 }
 
