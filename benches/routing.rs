@@ -33,6 +33,7 @@ fn pick_cost() {
                     name: format!("region-{r}-{i}"),
                     url: format!("http://10.0.{r}.{i}/v1"),
                     dialect: Dialect::OpenAi,
+                    api_version: String::new(),
                     api_key_env: None,
                     max_concurrency: 64,
                     weight: 1 + (i % 3),

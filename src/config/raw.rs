@@ -376,6 +376,8 @@ pub(super) struct RawInstance {
     pub(super) url: String,
     #[serde(default = "default_dialect")]
     pub(super) dialect: String,
+    /// Azure OpenAI's `api-version` query parameter.
+    pub(super) api_version: Option<String>,
     pub(super) api_key_env: Option<String>,
     #[serde(default = "default_max_concurrency")]
     pub(super) max_concurrency: u32,

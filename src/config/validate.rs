@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::raw::*;
 use super::*;
+use crate::domain::AZURE_API_VERSION;
 use crate::domain::{
     DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, Instance, KeyHash, ModelKind, TokenizerKind,
 };
@@ -597,12 +598,36 @@ impl RawInstance {
         }
         let dialect = match self.dialect.as_str() {
             "openai" => Dialect::OpenAi,
+            "azure" => Dialect::Azure,
             other => {
                 return Err(invalid(
                     format!("{at}.dialect"),
-                    format!("unknown dialect \"{other}\"; supported: \"openai\""),
+                    format!("unknown dialect \"{other}\"; supported: \"openai\", \"azure\""),
                 ));
             }
+        };
+        let api_version = match (&self.api_version, dialect) {
+            (Some(version), Dialect::Azure) => {
+                let fine = !version.is_empty()
+                    && version
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if !fine {
+                    return Err(invalid(
+                        format!("{at}.api_version"),
+                        "must be an Azure OpenAI API version, e.g. \"2024-10-21\"",
+                    ));
+                }
+                version.clone()
+            }
+            (None, Dialect::Azure) => AZURE_API_VERSION.to_string(),
+            (Some(_), _) => {
+                return Err(invalid(
+                    format!("{at}.api_version"),
+                    "applies only to dialect = \"azure\"",
+                ));
+            }
+            (None, _) => String::new(),
         };
         if let Some(var) = &self.api_key_env {
             check_env_name(&format!("{at}.api_key_env"), var)?;
@@ -620,6 +645,7 @@ impl RawInstance {
             name: self.name,
             url: self.url.trim_end_matches('/').to_string(),
             dialect,
+            api_version,
             api_key_env: self.api_key_env,
             max_concurrency: self.max_concurrency,
             weight: self.weight,

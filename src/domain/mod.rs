@@ -189,6 +189,8 @@ pub struct Instance {
     /// Base URL including the API prefix, without a trailing slash, e.g. `http://127.0.0.1:9101/v1`.
     pub url: String,
     pub dialect: Dialect,
+    /// Azure OpenAI's `api-version` (empty for other dialects).
+    pub api_version: String,
     /// Environment variable that holds the upstream API key, if the upstream wants one.
     pub api_key_env: Option<String>,
     pub max_concurrency: u32,
@@ -201,12 +203,20 @@ pub struct Instance {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     OpenAi,
+    /// Azure OpenAI: the OpenAI wire format at deployment URLs
+    /// (`{url}/openai/deployments/{deployment}/chat/completions?api-version=…`, the
+    /// deployment being the model's upstream name), keyed by an `api-key` header.
+    Azure,
 }
+
+/// The Azure OpenAI API version used when an instance names none (the newest GA).
+pub const AZURE_API_VERSION: &str = "2024-10-21";
 
 impl fmt::Display for Dialect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Dialect::OpenAi => f.write_str("openai"),
+            Dialect::Azure => f.write_str("azure"),
         }
     }
 }

@@ -591,7 +591,7 @@ impl Gateway {
                     .upstreams
                     .send(
                         &instance.instance,
-                        model.kind,
+                        (model.kind, upstream_model),
                         request_id,
                         payload.clone(),
                         wait,
@@ -601,7 +601,13 @@ impl Gateway {
                     tracing::debug!(%request_id, instance = %name, %reason, "retrying on a fresh connection");
                     return self
                         .upstreams
-                        .send(&instance.instance, model.kind, request_id, payload, wait)
+                        .send(
+                            &instance.instance,
+                            (model.kind, upstream_model),
+                            request_id,
+                            payload,
+                            wait,
+                        )
                         .await;
                 }
                 first

@@ -163,6 +163,8 @@ struct MockState {
     transcript: Option<Bytes>,
     /// The last JSON body received on an API path, for tests that check what arrived.
     last_body: Mutex<Option<serde_json::Value>>,
+    /// The path and query of the last API request.
+    last_path: Mutex<Option<String>>,
     /// Bumped on every counter change so waiters wake up.
     changed: watch::Sender<u64>,
 }
@@ -317,6 +319,7 @@ impl MockUpstream {
             counters: Counters::default(),
             transcript: self.transcript,
             last_body: Mutex::new(None),
+            last_path: Mutex::new(None),
             changed: watch::channel(0).0,
         });
         let (stop, stopped) = watch::channel(false);
@@ -348,6 +351,12 @@ impl MockHandle {
 
     pub fn last_request(&self) -> Option<serde_json::Value> {
         self.state.last_body.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// The path and query of the last API request (`/v1/chat/completions`, or Azure's
+    /// `/openai/deployments/…?api-version=…`).
+    pub fn last_path(&self) -> Option<String> {
+        self.state.last_path.lock().ok().and_then(|p| p.clone())
     }
 
     pub fn update_knobs(&self, change: impl FnOnce(&mut Knobs)) {
@@ -477,6 +486,16 @@ fn routes(state: Arc<MockState>) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/models", get(list_models))
+        // Azure OpenAI's deployment URLs: the same answers, keyed by `api-key`.
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(chat::completions),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(embeddings::create),
+        )
+        .route("/openai/models", get(list_models))
         .route("/_mock/stats", get(stats))
         .route("/_mock/knobs", get(get_knobs).post(patch_knobs))
         .route("/_mock/outage", post(start_outage).delete(stop_outage))
@@ -502,6 +521,19 @@ async fn gate(
         return next.run(req).await;
     }
     state.bump(&state.counters.requests);
+    if let Ok(mut last) = state.last_path.lock() {
+        *last = req.uri().path_and_query().map(|p| p.to_string());
+    }
+    let azure = req.uri().path().starts_with("/openai/");
+    if azure && !req.uri().query().unwrap_or("").contains("api-version=") {
+        // What Azure answers without an api-version.
+        return wire::error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("404"),
+            "Resource not found",
+        );
+    }
     match state.outage() {
         Some(Outage::Error) => {
             return wire::error(
@@ -515,11 +547,12 @@ async fn gate(
         Some(Outage::Drop) | None => {}
     }
     if let Some(expected) = &state.api_key {
-        let presented = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let presented = if azure {
+            header("api-key")
+        } else {
+            header("authorization").and_then(|v| v.strip_prefix("Bearer "))
+        };
         if presented != Some(expected.as_str()) {
             return wire::error(
                 StatusCode::UNAUTHORIZED,

@@ -10,7 +10,7 @@ mod openai;
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use reqwest::header::HeaderValue;
+use reqwest::header::{HeaderName, HeaderValue};
 
 use crate::domain::{Dialect, Instance, ModelKind, Region, UpstreamTimeouts};
 
@@ -54,10 +54,12 @@ pub struct Upstreams {
 /// One instance's endpoints, parsed once rather than per request, and its key.
 #[derive(Default)]
 pub struct Target {
-    /// `Authorization`, resolved from the environment.
-    pub key: Option<HeaderValue>,
+    /// The key's header, resolved from the environment: `Authorization: Bearer …`, or
+    /// Azure's `api-key`.
+    pub key: Option<(HeaderName, HeaderValue)>,
     /// `{url}/chat/completions` and `{url}/embeddings`; none when the base URL does not
-    /// parse, and the request then reports that as it is sent.
+    /// parse (the request then reports that as it is sent) and for Azure, whose URLs
+    /// name the deployment.
     pub chat: Option<reqwest::Url>,
     pub embeddings: Option<reqwest::Url>,
 }
@@ -80,10 +82,11 @@ impl Upstreams {
                     .parse()
                     .ok()
             };
+            let fixed = instance.dialect == Dialect::OpenAi;
             let target = targets.entry(instance.name.clone()).or_insert(Target {
                 key: None,
-                chat: endpoint(ModelKind::Chat),
-                embeddings: endpoint(ModelKind::Embeddings),
+                chat: endpoint(ModelKind::Chat).filter(|_| fixed),
+                embeddings: endpoint(ModelKind::Embeddings).filter(|_| fixed),
             });
             let Some(var) = &instance.api_key_env else {
                 continue;
@@ -92,14 +95,16 @@ impl Upstreams {
                 instance: instance.name.clone(),
                 var: var.clone(),
             })?;
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
-                SetupError::BadKey {
-                    instance: instance.name.clone(),
-                    var: var.clone(),
-                }
+            let (name, text) = match instance.dialect {
+                Dialect::OpenAi => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
+                Dialect::Azure => (HeaderName::from_static("api-key"), key),
+            };
+            let mut value = HeaderValue::from_str(&text).map_err(|_| SetupError::BadKey {
+                instance: instance.name.clone(),
+                var: var.clone(),
             })?;
             value.set_sensitive(true);
-            target.key = Some(value);
+            target.key = Some((name, value));
         }
         Ok(Upstreams {
             openai: OpenAi::new(timeouts)?,
@@ -107,24 +112,20 @@ impl Upstreams {
         })
     }
 
-    /// Sends one request body to one instance and waits up to `wait` for the response
-    /// headers.
+    /// Sends one request body, for the model the instance calls `deployment`, to one
+    /// instance and waits up to `wait` for the response headers.
     pub async fn send(
         &self,
         instance: &Instance,
-        kind: ModelKind,
+        (kind, deployment): (ModelKind, &str),
         request_id: &str,
         body: Bytes,
         wait: std::time::Duration,
     ) -> Result<reqwest::Response, SendError> {
         let target = self.target(instance);
-        match instance.dialect {
-            Dialect::OpenAi => {
-                self.openai
-                    .send(instance, kind, request_id, target, body, wait)
-                    .await
-            }
-        }
+        // Both speak OpenAI's wire format; they differ in URLs and the key's header.
+        let to = (instance, kind, deployment);
+        self.openai.send(to, request_id, target, body, wait).await
     }
 
     pub fn timeouts(&self) -> UpstreamTimeouts {
@@ -139,9 +140,7 @@ impl Upstreams {
         timeout: std::time::Duration,
     ) -> Result<(), ProbeFailure> {
         let key = self.target(instance).key.as_ref();
-        match instance.dialect {
-            Dialect::OpenAi => self.openai.probe(instance, path, key, timeout).await,
-        }
+        self.openai.probe(instance, path, key, timeout).await
     }
 
     fn target(&self, instance: &Instance) -> &Target {

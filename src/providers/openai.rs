@@ -10,7 +10,7 @@ use super::{ProbeFailure, SendError, SetupError, Target};
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-use crate::domain::{Instance, ModelKind, UpstreamTimeouts};
+use crate::domain::{Dialect, Instance, ModelKind, UpstreamTimeouts};
 
 pub struct OpenAi {
     /// HTTP/1.1, or HTTP/2 where TLS negotiates it.
@@ -60,24 +60,26 @@ impl OpenAi {
 
     pub async fn send(
         &self,
-        instance: &Instance,
-        kind: ModelKind,
+        (instance, kind, deployment): (&Instance, ModelKind, &str),
         request_id: &str,
         target: &Target,
         body: Bytes,
         wait: Duration,
     ) -> Result<reqwest::Response, SendError> {
         let client = self.client(instance);
-        let request = match target.url(kind) {
-            Some(url) => client.post(url.clone()),
-            None => client.post(format!("{}{}", instance.url, kind.upstream_path())),
+        let request = match (target.url(kind), instance.dialect) {
+            (Some(url), _) => client.post(url.clone()),
+            (None, Dialect::Azure) => client.post(azure_url(instance, deployment, kind)),
+            (None, Dialect::OpenAi) => {
+                client.post(format!("{}{}", instance.url, kind.upstream_path()))
+            }
         };
         let mut request = request
             .header(header::CONTENT_TYPE, APPLICATION_JSON)
             .header(X_REQUEST_ID, request_id)
             .body(body);
-        if let Some(key) = &target.key {
-            request = request.header(header::AUTHORIZATION, key.clone());
+        if let Some((name, key)) = &target.key {
+            request = request.header(name, key.clone());
         }
         match tokio::time::timeout(wait, request.send()).await {
             Err(_) => Err(SendError::Timeout(wait)),
@@ -90,12 +92,19 @@ impl OpenAi {
         &self,
         instance: &Instance,
         path: &str,
-        key: Option<&HeaderValue>,
+        key: Option<&(header::HeaderName, HeaderValue)>,
         timeout: Duration,
     ) -> Result<(), ProbeFailure> {
-        let mut request = self.client(instance).get(format!("{}{path}", instance.url));
-        if let Some(key) = key {
-            request = request.header(header::AUTHORIZATION, key.clone());
+        let url = match instance.dialect {
+            Dialect::OpenAi => format!("{}{path}", instance.url),
+            Dialect::Azure => format!(
+                "{}/openai{path}?api-version={}",
+                instance.url, instance.api_version
+            ),
+        };
+        let mut request = self.client(instance).get(url);
+        if let Some((name, key)) = key {
+            request = request.header(name, key.clone());
         }
         let response = tokio::time::timeout(timeout, request.send())
             .await
@@ -116,6 +125,18 @@ impl OpenAi {
             Err(ProbeFailure::Upstream(format!("answered {status}")))
         }
     }
+}
+
+/// Azure OpenAI's URL for a deployment:
+/// `{url}/openai/deployments/{deployment}/chat/completions?api-version=…`.
+fn azure_url(instance: &Instance, deployment: &str, kind: ModelKind) -> String {
+    let deployment: String = url::form_urlencoded::byte_serialize(deployment.as_bytes()).collect();
+    format!(
+        "{}/openai/deployments/{deployment}{}?api-version={}",
+        instance.url,
+        kind.upstream_path(),
+        instance.api_version
+    )
 }
 
 /// A connect timeout is a failure to connect (503: nothing could be reached), not a slow

@@ -34,6 +34,7 @@ fn region(name: &str, order: u32, instances: usize) -> Region {
                 name: format!("{name}-{i}"),
                 url: format!("http://{name}-{i}/v1"),
                 dialect: Dialect::OpenAi,
+                api_version: String::new(),
                 api_key_env: None,
                 max_concurrency: 100,
                 weight: 1,
