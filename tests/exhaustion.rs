@@ -113,13 +113,18 @@ async fn running_out_of_descriptors_is_never_held_against_an_upstream() {
     let hard = hard_open_file_limit();
     set_soft_open_file_limit(&(open_descriptors() + 64).to_string(), &hard);
     let mut held = Vec::new();
-    loop {
+    let use_up = |held: &mut Vec<std::fs::File>| loop {
         match std::fs::File::open("/dev/null") {
             Ok(file) => held.push(file),
             Err(e) if e.raw_os_error() == Some(24) => break,
             Err(e) => panic!("unexpected error while using up descriptors: {e}"),
         }
-    }
+    };
+    use_up(&mut held);
+    // A probe in flight as the table filled frees its socket when it ends; take that
+    // descriptor too, so the request below cannot have it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    use_up(&mut held);
     let refused = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
     let status = refused.status();
     let body = error_of(refused).await;

@@ -439,3 +439,71 @@ async fn streams_ask_upstream_for_usage_but_only_those_who_asked_get_the_usage_c
     );
     assert!(body.contains("\"completion_tokens\":6"));
 }
+
+/// Legacy text completions (llama-index's `OpenAILike` defaults to them) pass through
+/// the pipeline on chat aliases: limited, streamed, counted and audited like chat.
+#[tokio::test]
+async fn legacy_text_completions_pass_through_plain_and_streamed() {
+    let us = quick_mock().answer_tokens(9).spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &us)]).await;
+    let body = json!({"model": "gpt-4o-mini", "prompt": "Once upon a time", "max_tokens": 5});
+    let reply = gw.post("/v1/completions", KEY_A, &body).await;
+    if reply.status() != 200 {
+        panic!("{}", reply.text().await.unwrap());
+    }
+    assert_eq!(header(&reply, "x-switchyard-region"), "us-east");
+    let answer: Value = reply.json().await.unwrap();
+    assert_eq!(answer["object"], "text_completion");
+    assert_eq!(
+        answer["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        5
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "length");
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+    assert_eq!(us.last_path().unwrap(), "/v1/completions");
+
+    let mut body = body;
+    body["stream"] = json!(true);
+    let reply = gw.post("/v1/completions", KEY_A, &body).await;
+    assert_eq!(reply.status(), 200);
+    let text = reply.text().await.unwrap();
+    let chunks: Vec<Value> = sse_data(&text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(streamed.split(' ').count(), 5, "{streamed:?}");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.get("usage").is_none_or(Value::is_null)),
+        "the usage chunk is the client's to ask for"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    // Both were charged what they used, and audited at their endpoint.
+    let mut record = Value::Null;
+    for _ in 0..500 {
+        record = gw.newest_record().await;
+        if record["stream"] == true {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(record["stream"], true, "{record}");
+    assert_eq!(record["endpoint"], "/v1/completions");
+    assert_eq!(record["completion_tokens"], 5);
+
+    // An embeddings alias is not served here.
+    let body = json!({"model": "text-embedding-3-small", "prompt": "x"});
+    let reply = gw.post("/v1/completions", KEY_A, &body).await;
+    assert_eq!(reply.status(), 400);
+}

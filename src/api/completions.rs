@@ -27,6 +27,25 @@ pub async fn chat(
     proxy(&gateway, ModelKind::Chat, (id, source), &headers, body).await
 }
 
+/// `POST /v1/completions`: legacy text completions, which chat aliases serve, passed
+/// through for clients that still use them (llama-index's `OpenAILike` defaults to it).
+pub async fn text(
+    State(gateway): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
+    Extension(source): Extension<Source>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refusal> {
+    proxy(
+        &gateway,
+        ModelKind::Completions,
+        (id, source),
+        &headers,
+        body,
+    )
+    .await
+}
+
 pub async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
     Extension(id): Extension<RequestId>,
@@ -55,6 +74,7 @@ async fn proxy(
     let endpoint = match kind {
         ModelKind::Chat => "/v1/chat/completions",
         ModelKind::Embeddings => "/v1/embeddings",
+        ModelKind::Completions => "/v1/completions",
     };
     // Failed authentications are counted and audited per source and window, not here.
     let (tenant, key_id) = gateway

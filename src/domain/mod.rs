@@ -221,19 +221,36 @@ impl fmt::Display for Dialect {
     }
 }
 
-/// What an alias is used for; a chat alias cannot be asked for embeddings.
+/// What an alias is used for; a chat alias cannot be asked for embeddings. As a
+/// request's kind, `Completions` is the legacy text completions endpoint, which chat
+/// aliases serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
     Chat,
     Embeddings,
+    Completions,
 }
 
 impl ModelKind {
+    /// The kind of model that serves a request of this kind.
+    pub fn served_by(self) -> ModelKind {
+        match self {
+            ModelKind::Completions => ModelKind::Chat,
+            kind => kind,
+        }
+    }
+
+    /// Whether an answer of this kind has a completion (and so may stream).
+    pub fn completes(self) -> bool {
+        self != ModelKind::Embeddings
+    }
+
     /// The path below an instance's base URL that serves this kind.
     pub fn upstream_path(self) -> &'static str {
         match self {
             ModelKind::Chat => "/chat/completions",
             ModelKind::Embeddings => "/embeddings",
+            ModelKind::Completions => "/completions",
         }
     }
 }
@@ -243,6 +260,7 @@ impl fmt::Display for ModelKind {
         match self {
             ModelKind::Chat => f.write_str("chat"),
             ModelKind::Embeddings => f.write_str("embeddings"),
+            ModelKind::Completions => f.write_str("completions"),
         }
     }
 }

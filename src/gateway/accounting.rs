@@ -136,7 +136,7 @@ pub(super) fn usage_of_answer(
     }
     let completion = match kind {
         ModelKind::Embeddings => 0,
-        ModelKind::Chat => parsed
+        ModelKind::Chat | ModelKind::Completions => parsed
             .iter()
             .flat_map(Chunk::texts)
             .map(|text| estimate::count(tokenizer, text))

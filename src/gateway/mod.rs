@@ -98,6 +98,8 @@ pub enum Refused {
 struct Call<'a> {
     pub request_id: &'a str,
     pub model: &'a Model,
+    /// What is asked of the model (text completions are asked of chat models).
+    pub kind: crate::domain::ModelKind,
     /// The client's body, every field kept; `model` is rewritten per deployment.
     pub body: Fields,
     pub stream: bool,
@@ -494,6 +496,7 @@ impl Gateway {
         let Call {
             request_id,
             model,
+            kind,
             mut body,
             stream,
             tokens,
@@ -591,7 +594,7 @@ impl Gateway {
                     .upstreams
                     .send(
                         &instance.instance,
-                        (model.kind, upstream_model),
+                        (kind, upstream_model),
                         request_id,
                         payload.clone(),
                         wait,
@@ -603,7 +606,7 @@ impl Gateway {
                         .upstreams
                         .send(
                             &instance.instance,
-                            (model.kind, upstream_model),
+                            (kind, upstream_model),
                             request_id,
                             payload,
                             wait,

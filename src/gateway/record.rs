@@ -33,7 +33,7 @@ pub(crate) struct Recorder {
     /// The same, as `/metrics` labels them, and their latency histograms.
     labels: Option<Labels>,
     series: Option<LatencySeries>,
-    /// OpenTelemetry's `gen_ai.operation.name`: "chat" or "embeddings".
+    /// OpenTelemetry's `gen_ai.operation.name`: "chat", "embeddings" or "text_completion".
     operation: &'static str,
     /// The instance that answered, to record its end-to-end latency.
     instance: Option<Arc<Tally>>,
@@ -82,10 +82,10 @@ impl Recorder {
             histograms: gateway.histograms().clone(),
             labels: None,
             series: None,
-            operation: if endpoint.contains("embeddings") {
-                "embeddings"
-            } else {
-                "chat"
+            operation: match endpoint {
+                "/v1/embeddings" => "embeddings",
+                "/v1/completions" => "text_completion",
+                _ => "chat",
             },
             instance: None,
             first_token: false,

@@ -220,7 +220,7 @@ impl Gateway {
             .ok_or_else(|| Refusal::from(crate::auth::AuthError::Invalid))?;
         let fields = &mut inbound.fields;
         let model = self.model_of(fields, inbound.kind)?;
-        if model.kind != inbound.kind {
+        if model.kind != inbound.kind.served_by() {
             let path = format!("/v1{}", model.kind.upstream_path());
             return Err(Refusal::wrong_endpoint(
                 &model.alias,
@@ -230,7 +230,7 @@ impl Gateway {
         }
         let stream = match fields.get("stream").map(|raw| raw.get().trim()) {
             None | Some("null" | "false") => false,
-            Some("true") => inbound.kind == ModelKind::Chat,
+            Some("true") => inbound.kind.completes(),
             Some(_) => {
                 return Err(Refusal::bad_parameter(
                     "stream",
@@ -252,7 +252,9 @@ impl Gateway {
             r.model = Some(model.alias.clone());
             r.stream = Some(stream);
             if keep_prompt {
-                let content = fields.get("messages").or(fields.get("input"));
+                let content = ["messages", "input", "prompt"]
+                    .into_iter()
+                    .find_map(|field| fields.get(field));
                 r.prompt = content.and_then(|raw| serde_json::from_str(raw.get()).ok());
             }
         });
@@ -376,16 +378,18 @@ impl Gateway {
             .map(|key| session_digest(&parsed.tenant.name, &key));
         let tenant = parsed.tenant;
         let model = parsed.model;
-        if inbound.kind == ModelKind::Chat {
-            limit_completion(
-                &mut inbound.fields,
-                model.limit_field,
-                ticket.completion_tokens(),
-            );
+        // The legacy endpoint knows only `max_tokens`.
+        let limit_field = match inbound.kind {
+            ModelKind::Completions => "max_tokens",
+            _ => model.limit_field,
+        };
+        if inbound.kind.completes() {
+            limit_completion(&mut inbound.fields, limit_field, ticket.completion_tokens());
         }
         self.forward(Call {
             request_id: &inbound.request_id,
             model,
+            kind: inbound.kind,
             body: std::mem::take(&mut inbound.fields),
             stream: parsed.stream,
             tokens: ticket.tokens(),
@@ -603,11 +607,15 @@ async fn prompt_tokens(kind: ModelKind, model: &Model, fields: &Fields) -> u64 {
     let field = match kind {
         ModelKind::Chat => "messages",
         ModelKind::Embeddings => "input",
+        ModelKind::Completions => "prompt",
     };
     let raw = fields.get(field);
     let count = move |raw: Option<&serde_json::value::RawValue>| match kind {
         ModelKind::Chat => estimate::chat_prompt(tokenizer, raw),
-        ModelKind::Embeddings => estimate::embeddings_input(tokenizer, raw),
+        // A text, or a list of texts, as embeddings' input is.
+        ModelKind::Embeddings | ModelKind::Completions => {
+            estimate::embeddings_input(tokenizer, raw)
+        }
     };
     let size = raw.map_or(0, |r| r.get().len());
     if size <= COUNT_INLINE && estimate::ready(tokenizer) {
@@ -629,7 +637,7 @@ fn demand(kind: ModelKind, model: &Model, fields: &Fields, prompt_tokens: u64) -
         max_tokens: field("max_completion_tokens")
             .or(field("max_tokens"))
             .and_then(|raw| raw.get().parse().ok()),
-        completion: kind == ModelKind::Chat,
+        completion: kind.completes(),
         price: model.price,
     }
 }

@@ -29,6 +29,8 @@ struct Plan {
     hang_after: Option<u32>,
     framing: wire::Framing,
     chunk_bytes: usize,
+    /// A legacy text completion (`/v1/completions`) rather than a chat completion.
+    text: bool,
 }
 
 impl Plan {
@@ -55,6 +57,15 @@ impl Plan {
 }
 
 pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    answer(state, body, false).await
+}
+
+/// Legacy text completions: the same answers, as `text_completion` objects.
+pub async fn text_completions(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    answer(state, body, true).await
+}
+
+async fn answer(state: Arc<MockState>, body: Bytes, text: bool) -> Response {
     state.bump(&state.counters.chat_requests);
     let arrived = Instant::now();
     let request: Value = match serde_json::from_slice(&body) {
@@ -76,9 +87,13 @@ pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Re
     if !state.models.iter().any(|m| m == model) {
         return wire::unknown_model(model);
     }
-    let Some(messages) = request.get("messages").and_then(Value::as_array) else {
-        return wire::missing_parameter("messages");
+    let prompt = if text { "prompt" } else { "messages" };
+    let messages = match request.get(prompt) {
+        Some(Value::Array(messages)) => messages.clone(),
+        Some(Value::String(single)) if text => vec![Value::String(single.clone())],
+        _ => return wire::missing_parameter(prompt),
     };
+    let messages = &messages;
     let knobs = state.knobs();
     let limit = request
         .get("max_completion_tokens")
@@ -95,7 +110,7 @@ pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Re
             .as_bytes(),
     );
     let plan = Plan {
-        id: wire::id("chatcmpl-"),
+        id: wire::id(if text { "cmpl-" } else { "chatcmpl-" }),
         created: wire::now_secs(),
         model: model.to_string(),
         tokens: {
@@ -120,6 +135,7 @@ pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Re
         hang_after: knobs.hang_after_tokens,
         framing: knobs.framing(),
         chunk_bytes: knobs.wire_chunk_bytes,
+        text,
     };
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         stream_answer(state, plan, arrived)
@@ -133,6 +149,23 @@ pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Re
 }
 
 fn plain_answer(plan: &Plan) -> Response {
+    if plan.text {
+        return axum::Json(json!({
+            "id": plan.id,
+            "object": "text_completion",
+            "created": plan.created,
+            "model": plan.model,
+            "choices": [{
+                "text": plan.tokens.concat(),
+                "index": 0,
+                "logprobs": null,
+                "finish_reason": plan.finish_reason,
+            }],
+            "usage": plan.usage(),
+            "system_fingerprint": "fp_switchyard_mock",
+        }))
+        .into_response();
+    }
     let body = json!({
         "id": plan.id,
         "object": "chat.completion",
@@ -217,7 +250,7 @@ struct Event {
 fn envelope(plan: &Plan, choices: Value) -> Value {
     json!({
         "id": plan.id,
-        "object": "chat.completion.chunk",
+        "object": if plan.text { "text_completion" } else { "chat.completion.chunk" },
         "created": plan.created,
         "model": plan.model,
         "service_tier": "default",
@@ -227,8 +260,12 @@ fn envelope(plan: &Plan, choices: Value) -> Value {
 }
 
 fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
-    let choice =
-        json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }]);
+    let choice = if plan.text {
+        let text = delta.get("content").cloned().unwrap_or(json!(""));
+        json!([{ "text": text, "index": 0, "logprobs": null, "finish_reason": finish_reason }])
+    } else {
+        json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }])
+    };
     let mut chunk = envelope(plan, choice);
     if plan.include_usage {
         chunk["usage"] = Value::Null;

@@ -485,6 +485,7 @@ fn routes(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/completions", post(chat::text_completions))
         .route("/v1/models", get(list_models))
         // Azure OpenAI's deployment URLs: the same answers, keyed by `api-key`.
         .route(
@@ -494,6 +495,10 @@ fn routes(state: Arc<MockState>) -> Router {
         .route(
             "/openai/deployments/{deployment}/embeddings",
             post(embeddings::create),
+        )
+        .route(
+            "/openai/deployments/{deployment}/completions",
+            post(chat::text_completions),
         )
         .route("/openai/models", get(list_models))
         .route("/_mock/stats", get(stats))

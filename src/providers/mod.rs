@@ -62,6 +62,7 @@ pub struct Target {
     /// name the deployment.
     pub chat: Option<reqwest::Url>,
     pub embeddings: Option<reqwest::Url>,
+    pub completions: Option<reqwest::Url>,
 }
 
 impl Target {
@@ -69,6 +70,7 @@ impl Target {
         match kind {
             ModelKind::Chat => self.chat.as_ref(),
             ModelKind::Embeddings => self.embeddings.as_ref(),
+            ModelKind::Completions => self.completions.as_ref(),
         }
     }
 }
@@ -87,6 +89,7 @@ impl Upstreams {
                 key: None,
                 chat: endpoint(ModelKind::Chat).filter(|_| fixed),
                 embeddings: endpoint(ModelKind::Embeddings).filter(|_| fixed),
+                completions: endpoint(ModelKind::Completions).filter(|_| fixed),
             });
             let Some(var) = &instance.api_key_env else {
                 continue;
@@ -148,6 +151,7 @@ impl Upstreams {
             key: None,
             chat: None,
             embeddings: None,
+            completions: None,
         };
         self.targets.get(&instance.name).unwrap_or(&NONE)
     }

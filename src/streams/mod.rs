@@ -42,6 +42,9 @@ pub struct Choice<'a> {
     pub delta: Option<Text<'a>>,
     #[serde(default, borrow)]
     pub message: Option<Text<'a>>,
+    /// Legacy text completions carry their text here, streamed or whole.
+    #[serde(default, borrow)]
+    pub text: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,12 +90,15 @@ impl<'a> Chunk<'a> {
         self.error.is_some()
     }
 
-    /// The text of every choice's delta (streams) or message (whole answers).
+    /// The text of every choice's delta (streams) or message (whole answers), or of a
+    /// text completion.
     pub fn texts(&self) -> impl Iterator<Item = &str> {
-        self.choices
-            .iter()
-            .flatten()
-            .filter_map(|c| c.delta.as_ref().or(c.message.as_ref())?.content.as_deref())
+        self.choices.iter().flatten().filter_map(|c| {
+            match c.delta.as_ref().or(c.message.as_ref()) {
+                Some(text) => text.content.as_deref(),
+                None => c.text.as_deref(),
+            }
+        })
     }
 }
 

@@ -186,7 +186,12 @@ impl TestGateway {
             .json()
             .await
             .unwrap();
-        records["records"][0].clone()
+        // Oldest first: the newest is the last.
+        records["records"]
+            .as_array()
+            .and_then(|r| r.last())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The first instance of the first region, as the admin API shows it.
