@@ -180,6 +180,24 @@ async fn a_follow_up_names_the_previous_response_and_the_gateway_supplies_the_co
     let response = gw.post("/v1/responses", KEY_B, &body).await;
     assert_eq!(response.status(), 400, "another tenant cannot continue it");
 
+    // Only background responses can be cancelled; the gateway finishes every one first.
+    let cancel = |id: String| {
+        gw.client
+            .post(gw.url(&format!("/v1/responses/{id}/cancel")))
+            .bearer_auth(KEY_A)
+            .send()
+    };
+    let finished = cancel(first_id.to_string()).await.unwrap();
+    assert_eq!(finished.status(), 400);
+    assert!(
+        error_of(finished).await["message"]
+            .as_str()
+            .unwrap()
+            .contains("background")
+    );
+    let unknown = cancel("resp_unknown".to_string()).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+
     // Deleted, a follow-up to it, or to a turn after it, is refused, never answered
     // without its context.
     let deleted = gw
