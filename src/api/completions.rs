@@ -308,6 +308,13 @@ pub(super) fn read_chat_frame(frame: &[u8], mut on: impl FnMut(ChatEvent<'_>)) {
     }
 }
 
+/// Writes one named SSE event (`event: KIND`, then its data with `type` set to KIND), as
+/// the Responses and Messages APIs frame theirs.
+pub(super) fn named_event(out: &mut Vec<u8>, kind: &str, mut event: Value) {
+    event["type"] = Value::String(kind.to_string());
+    out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
+}
+
 /// A translated request as the pipeline takes it: fields as a client would have written
 /// them (written once, read back).
 pub(super) fn as_fields(chat: &serde_json::Map<String, Value>) -> Result<Fields, Refusal> {

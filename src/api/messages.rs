@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::completions::{
-    ChatEvent, Translate, as_fields, chat_inbound, read_chat_frame, read_fields, render_translated,
+    ChatEvent, Translate, as_fields, chat_inbound, named_event, read_chat_frame, read_fields,
+    render_translated,
 };
 use super::{Refusal, RequestId, Source};
 use crate::domain::Fields;
@@ -462,11 +463,6 @@ impl Events {
         }
     }
 
-    fn emit(out: &mut Vec<u8>, kind: &str, mut event: Value) {
-        event["type"] = json!(kind);
-        out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
-    }
-
     /// The events one chat frame becomes (none, for a frame that adds nothing).
     pub fn translate(&mut self, frame: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -482,7 +478,7 @@ impl Events {
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": {"input_tokens": 0, "output_tokens": 0},
             });
-            Self::emit(&mut out, "message_start", json!({"message": message}));
+            named_event(&mut out, "message_start", json!({"message": message}));
         }
         read_chat_frame(frame, |event| self.on(&mut out, event));
         out
@@ -496,7 +492,7 @@ impl Events {
             ChatEvent::Text(text) => {
                 let index = self.open(out, Block::Text, json!({"type": "text", "text": ""}));
                 let delta = json!({"type": "text_delta", "text": text});
-                Self::emit(
+                named_event(
                     out,
                     "content_block_delta",
                     json!({"index": index, "delta": delta}),
@@ -512,7 +508,7 @@ impl Events {
                 let index = self.open(out, Block::Tool(index), start);
                 if !arguments.is_empty() {
                     let delta = json!({"type": "input_json_delta", "partial_json": arguments});
-                    Self::emit(
+                    named_event(
                         out,
                         "content_block_delta",
                         json!({"index": index, "delta": delta}),
@@ -527,7 +523,7 @@ impl Events {
                     .as_str()
                     .unwrap_or("the upstream stream failed");
                 let body = json!({"error": {"type": "api_error", "message": message}});
-                Self::emit(out, "error", body);
+                named_event(out, "error", body);
                 self.ended = true;
             }
         }
@@ -544,7 +540,7 @@ impl Events {
         let index = self.next;
         self.next += 1;
         self.open = Some((block, index));
-        Self::emit(
+        named_event(
             out,
             "content_block_start",
             json!({"index": index, "content_block": start}),
@@ -554,7 +550,7 @@ impl Events {
 
     fn close(&mut self, out: &mut Vec<u8>) {
         if let Some((_, index)) = self.open.take() {
-            Self::emit(out, "content_block_stop", json!({"index": index}));
+            named_event(out, "content_block_stop", json!({"index": index}));
         }
     }
 
@@ -566,12 +562,12 @@ impl Events {
             "stop_sequence": null,
         });
         let usage = json!({"input_tokens": input, "output_tokens": output});
-        Self::emit(
+        named_event(
             out,
             "message_delta",
             json!({"delta": delta, "usage": usage}),
         );
-        Self::emit(out, "message_stop", json!({}));
+        named_event(out, "message_stop", json!({}));
         self.ended = true;
     }
 }

@@ -21,7 +21,8 @@ use serde_json::{Map, Value, json};
 use axum::extract::Path;
 
 use super::completions::{
-    ChatEvent, Translate, as_fields, chat_inbound, read_chat_frame, read_fields, render_translated,
+    ChatEvent, Translate, as_fields, chat_inbound, named_event, read_chat_frame, read_fields,
+    render_translated,
 };
 use super::{Refusal, RequestId, Source, authorization};
 use crate::domain::Fields;
@@ -729,10 +730,9 @@ impl Events {
     }
 
     fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut event: Value) {
-        event["type"] = json!(kind);
         event["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
-        out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
+        named_event(out, kind, event);
     }
 
     /// The events one chat frame becomes (none, for a frame that adds nothing).
