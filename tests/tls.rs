@@ -278,3 +278,28 @@ fn a_certificate_without_its_key_is_a_config_error() {
         "{error}"
     );
 }
+
+/// An HTTPS upstream is reached over TLS and its certificate checked against the
+/// system's roots: one signed by a CA this machine does not trust is refused, and the
+/// client is told why rather than getting an answer from an unverified server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_with_an_untrusted_certificate_is_refused_naming_the_certificate() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    // A real HTTPS server, certified by the test CA: another gateway in front of the mock.
+    let upstream = TestGateway::with_regions_and(&[("us-east", &mock)], &tls_settings(true)).await;
+    let url = format!("{}/v1", upstream.daemon.url());
+    let gw = TestGateway::from_toml(&config_for(&[("us-east", url)], "")).await;
+
+    let reply = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    let status = reply.status();
+    let error = error_of(reply).await;
+    let message = error["message"].as_str().unwrap();
+    assert_eq!(status, 503, "{error}");
+    assert!(message.contains("certificate"), "{message}");
+    assert!(
+        mock.last_request().is_none(),
+        "nothing reached the upstream behind TLS"
+    );
+    gw.stop().await;
+    upstream.stop().await;
+}

@@ -131,7 +131,7 @@ enum AnswerBody {
     Whole(Bytes),
     /// A stream whose headers arrived; the slot is held until the stream ends.
     Stream {
-        response: reqwest::Response,
+        response: crate::providers::Response,
         slot: InFlight,
     },
 }

@@ -445,7 +445,7 @@ impl Gateway {
         &self,
         request_id: &str,
         upstream: String,
-        response: reqwest::Response,
+        response: crate::providers::Response,
         account: StreamAccount,
     ) -> EventStream {
         let log = account.log.clone();

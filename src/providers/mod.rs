@@ -10,7 +10,10 @@ mod openai;
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use http_body_util::{BodyDataStream, BodyExt};
+use hyper::body::Incoming;
 
 use crate::domain::{Dialect, Instance, ModelKind, Region, UpstreamTimeouts};
 
@@ -60,13 +63,13 @@ pub struct Target {
     /// `{url}/chat/completions` and `{url}/embeddings`; none when the base URL does not
     /// parse (the request then reports that as it is sent) and for Azure, whose URLs
     /// name the deployment.
-    pub chat: Option<reqwest::Url>,
-    pub embeddings: Option<reqwest::Url>,
-    pub completions: Option<reqwest::Url>,
+    pub chat: Option<Uri>,
+    pub embeddings: Option<Uri>,
+    pub completions: Option<Uri>,
 }
 
 impl Target {
-    pub fn url(&self, kind: ModelKind) -> Option<&reqwest::Url> {
+    pub fn url(&self, kind: ModelKind) -> Option<&Uri> {
         match kind {
             ModelKind::Chat => self.chat.as_ref(),
             ModelKind::Embeddings => self.embeddings.as_ref(),
@@ -99,7 +102,7 @@ impl Upstreams {
                 var: var.clone(),
             })?;
             let (name, text) = match instance.dialect {
-                Dialect::OpenAi => (reqwest::header::AUTHORIZATION, format!("Bearer {key}")),
+                Dialect::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {key}")),
                 Dialect::Azure => (HeaderName::from_static("api-key"), key),
             };
             let mut value = HeaderValue::from_str(&text).map_err(|_| SetupError::BadKey {
@@ -124,7 +127,7 @@ impl Upstreams {
         request_id: &str,
         body: Bytes,
         wait: std::time::Duration,
-    ) -> Result<reqwest::Response, SendError> {
+    ) -> Result<Response, SendError> {
         let target = self.target(instance);
         // Both speak OpenAI's wire format; they differ in URLs and the key's header.
         let to = (instance, kind, deployment);
@@ -154,6 +157,29 @@ impl Upstreams {
             completions: None,
         };
         self.targets.get(&instance.name).unwrap_or(&NONE)
+    }
+}
+
+/// An upstream's answer: its status and headers, and a body read whole or as a stream.
+pub struct Response(http::Response<Incoming>);
+
+impl Response {
+    pub fn status(&self) -> StatusCode {
+        self.0.status()
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        self.0.headers()
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
+        Ok(self.0.into_body().collect().await?.to_bytes())
+    }
+
+    /// The body's bytes as they arrive.
+    pub fn bytes_stream(self) -> BodyDataStream<Incoming> {
+        BodyDataStream::new(self.0.into_body())
     }
 }
 

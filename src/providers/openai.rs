@@ -4,49 +4,72 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{self, HeaderValue};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Uri};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::{ProbeFailure, SendError, SetupError, Target};
+use super::{ProbeFailure, Response, SendError, SetupError, Target};
+use crate::domain::{Dialect, Instance, ModelKind, UpstreamTimeouts};
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-use crate::domain::{Dialect, Instance, ModelKind, UpstreamTimeouts};
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
+
+type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub struct OpenAi {
     /// HTTP/1.1, or HTTP/2 where TLS negotiates it.
-    client: reqwest::Client,
+    client: Http,
     /// HTTP/2 from the first byte, for instances with `http2 = true`.
-    h2: reqwest::Client,
+    h2: Http,
     timeouts: UpstreamTimeouts,
 }
 
 impl OpenAi {
     pub fn new(timeouts: UpstreamTimeouts) -> Result<OpenAi, SetupError> {
         crate::tls::install_crypto();
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(timeouts.connect)
-                .pool_idle_timeout(Duration::from_secs(60))
-                .tcp_nodelay(true)
-                .no_proxy()
-                .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+        let tls = {
+            use rustls_platform_verifier::ConfigVerifierExt;
+            rustls::ClientConfig::with_platform_verifier()
+                .map_err(|e| SetupError::Client(format!("the system's trust roots: {e}")))?
         };
-        let build =
-            |b: reqwest::ClientBuilder| b.build().map_err(|e| SetupError::Client(e.to_string()));
+        let connector = || {
+            let mut tcp = HttpConnector::new();
+            tcp.enforce_http(false);
+            tcp.set_nodelay(true);
+            tcp.set_connect_timeout(Some(timeouts.connect));
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_all_versions()
+                .wrap_connector(tcp)
+        };
+        let builder = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new());
+            builder
+        };
         Ok(OpenAi {
-            client: build(builder())?,
-            h2: build(
-                builder()
-                    .http2_prior_knowledge()
-                    .http2_adaptive_window(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .http2_keep_alive_while_idle(true),
-            )?,
+            client: builder().build(connector()),
+            h2: builder()
+                .http2_only(true)
+                .http2_adaptive_window(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_while_idle(true)
+                .build(connector()),
             timeouts,
         })
     }
 
-    fn client(&self, instance: &Instance) -> &reqwest::Client {
+    fn client(&self, instance: &Instance) -> &Http {
         if instance.http2 {
             &self.h2
         } else {
@@ -65,25 +88,30 @@ impl OpenAi {
         target: &Target,
         body: Bytes,
         wait: Duration,
-    ) -> Result<reqwest::Response, SendError> {
-        let client = self.client(instance);
-        let request = match (target.url(kind), instance.dialect) {
-            (Some(url), _) => client.post(url.clone()),
-            (None, Dialect::Azure) => client.post(azure_url(instance, deployment, kind)),
-            (None, Dialect::OpenAi) => {
-                client.post(format!("{}{}", instance.url, kind.upstream_path()))
-            }
+    ) -> Result<Response, SendError> {
+        let uri = match (target.url(kind), instance.dialect) {
+            (Some(uri), _) => uri.clone(),
+            (None, Dialect::Azure) => parse(azure_url(instance, deployment, kind))?,
+            (None, Dialect::OpenAi) => parse(format!("{}{}", instance.url, kind.upstream_path()))?,
         };
-        let mut request = request
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
             .header(header::CONTENT_TYPE, APPLICATION_JSON)
-            .header(X_REQUEST_ID, request_id)
-            .body(body);
+            .header(header::USER_AGENT, USER_AGENT);
+        // The id came in as a header value or was made here; it is one.
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            request = request.header(X_REQUEST_ID, id);
+        }
         if let Some((name, key)) = &target.key {
             request = request.header(name, key.clone());
         }
-        match tokio::time::timeout(wait, request.send()).await {
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        match tokio::time::timeout(wait, self.client(instance).request(request)).await {
             Err(_) => Err(SendError::Timeout(wait)),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(Response(response)),
             Ok(Err(error)) => Err(classify(&error, self.timeouts)),
         }
     }
@@ -102,11 +130,17 @@ impl OpenAi {
                 instance.url, instance.api_version
             ),
         };
-        let mut request = self.client(instance).get(url);
+        let uri = parse(url).map_err(|e| ProbeFailure::Upstream(e.to_string()))?;
+        let mut request = Request::builder()
+            .uri(uri)
+            .header(header::USER_AGENT, USER_AGENT);
         if let Some((name, key)) = key {
             request = request.header(name, key.clone());
         }
-        let response = tokio::time::timeout(timeout, request.send())
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ProbeFailure::Upstream(e.to_string()))?;
+        let response = tokio::time::timeout(timeout, self.client(instance).request(request))
             .await
             .map_err(|_| ProbeFailure::Upstream(format!("no answer within {timeout:?}")))?
             .map_err(|e| {
@@ -118,13 +152,20 @@ impl OpenAi {
             })?;
         let status = response.status();
         // Read the body so the connection goes back to the pool.
-        let _ = tokio::time::timeout(timeout, response.bytes()).await;
+        let _ = tokio::time::timeout(timeout, Response(response).bytes()).await;
         if status.is_success() {
             Ok(())
         } else {
             Err(ProbeFailure::Upstream(format!("answered {status}")))
         }
     }
+}
+
+/// An upstream URL made at request time (Azure's deployment URLs), or one that did not
+/// parse at start: the attempt fails before anything is sent, and says why.
+fn parse(url: String) -> Result<Uri, SendError> {
+    url.parse()
+        .map_err(|e| SendError::Connect(format!("{url} is not a usable URL: {e}")))
 }
 
 /// Azure OpenAI's URL for a deployment:
@@ -141,24 +182,36 @@ fn azure_url(instance: &Instance, deployment: &str, kind: ModelKind) -> String {
 
 /// A connect timeout is a failure to connect (503: nothing could be reached), not a slow
 /// upstream (504).
-fn classify(error: &reqwest::Error, timeouts: UpstreamTimeouts) -> SendError {
+fn classify(error: &hyper_util::client::legacy::Error, timeouts: UpstreamTimeouts) -> SendError {
     let detail = root_cause(error);
     if out_of_local_resources(error) {
         return SendError::Local(detail);
     }
     if error.is_connect() {
-        if error.is_timeout() {
+        if timed_out(error) {
             return SendError::Connect(format!(
                 "no connection within {}",
                 crate::config::format_duration(timeouts.connect)
             ));
         }
         SendError::Connect(detail)
-    } else if error.is_timeout() {
-        SendError::Timeout(timeouts.response)
     } else {
         SendError::Broken(detail)
     }
+}
+
+/// Whether a connect error is the connect timeout expiring.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Whether an error comes from this machine's limits (EMFILE, ENFILE, ENOBUFS, ENOMEM)
