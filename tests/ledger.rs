@@ -415,7 +415,9 @@ async fn a_tenant_cannot_reach_across_by_id() {
 struct Serve(std::process::Child);
 
 impl Serve {
-    fn start(config: &std::path::Path, port: u16) -> Serve {
+    /// Starts `switchyard serve` and waits until each of `ports` (public and admin, which
+    /// open one after the other) takes connections.
+    fn start(config: &std::path::Path, ports: &[u16]) -> Serve {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -424,9 +426,11 @@ impl Serve {
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "serve did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        for &port in ports {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(std::time::Instant::now() < deadline, "serve did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         Serve(child)
     }
@@ -465,7 +469,7 @@ async fn after_kill_9_budgets_audit_keys_and_overrides_are_all_there() {
     let api = format!("http://127.0.0.1:{port}/v1/chat/completions");
     let admin = format!("http://127.0.0.1:{admin_port}");
 
-    let serve = tokio::task::block_in_place(|| Serve::start(&config, port));
+    let serve = tokio::task::block_in_place(|| Serve::start(&config, &[port, admin_port]));
     let requests = 30;
     let mut load = Vec::new();
     for _ in 0..requests {
@@ -529,7 +533,7 @@ async fn after_kill_9_budgets_audit_keys_and_overrides_are_all_there() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(serve);
 
-    let _serve = tokio::task::block_in_place(|| Serve::start(&config, port));
+    let _serve = tokio::task::block_in_place(|| Serve::start(&config, &[port, admin_port]));
     let get = |path: &str| {
         client
             .get(format!("{admin}{path}"))

@@ -63,6 +63,7 @@ pub struct Gateway {
     meter: Arc<Meter>,
     latency: Arc<Latency>,
     histograms: Arc<crate::telemetry::histograms::Histograms>,
+    routes: Arc<record::Routes>,
     /// Every stream, live or recently finished.
     hub: Hub,
     /// The drain signal every request and relay watches.
@@ -290,6 +291,7 @@ impl Gateway {
             meter: Arc::default(),
             latency: Arc::default(),
             histograms: Arc::default(),
+            routes: Arc::default(),
             hub: Hub::new(config.streams.clone(), shutdown.clone()),
             shutdown,
             persistence: Arc::default(),

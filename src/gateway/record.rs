@@ -3,7 +3,9 @@
 //! is recorded as `serve` returns; a stream's recorder moves into its account and is
 //! recorded when the stream ends, however it ends.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,12 +29,10 @@ pub(crate) struct Recorder {
     /// The tenant's own counters (none before authentication).
     tenant_meter: Option<Arc<Tally>>,
     keep_content: bool,
-    /// The latency series of `region:…`, `model:…`, `tier:…`, once routed.
-    scopes: Vec<Arc<ScopeSeries>>,
     histograms: Arc<Histograms>,
-    /// The same, as `/metrics` labels them, and their latency histograms.
-    labels: Option<Labels>,
-    series: Option<LatencySeries>,
+    routes: Arc<Routes>,
+    /// The series of the route taken, once routed.
+    route: Option<Arc<RouteSeries>>,
     /// OpenTelemetry's `gen_ai.operation.name`: "chat", "embeddings" or "text_completion".
     operation: &'static str,
     /// The instance that answered, to record its end-to-end latency.
@@ -78,10 +78,9 @@ impl Recorder {
             tenant: tenant.map(|(name, _)| name.to_string()).unwrap_or_default(),
             tenant_meter,
             keep_content: false,
-            scopes: Vec::new(),
             histograms: gateway.histograms().clone(),
-            labels: None,
-            series: None,
+            routes: gateway.routes.clone(),
+            route: None,
             operation: match endpoint {
                 "/v1/embeddings" => "embeddings",
                 "/v1/completions" => "text_completion",
@@ -135,21 +134,8 @@ impl Recorder {
             r.instance = Some(instance.to_string());
             r.route = Some(reason.to_string());
         });
-        self.scopes = [
-            format!("region:{region}"),
-            format!("model:{model}"),
-            format!("tier:{tier}"),
-        ]
-        .iter()
-        .map(|scope| self.latency.scope(scope))
-        .collect();
-        let labels = Labels {
-            region: region.to_string(),
-            model: model.to_string(),
-            tier: tier.to_string(),
-        };
-        self.series = Some(self.histograms.latency_series(&labels, self.operation));
-        self.labels = Some(labels);
+        let place = (region, model, tier, self.operation);
+        self.route = Some(self.routes.get(place, &self.latency, &self.histograms));
         self.instance = Some(instance_tally);
         self.record_latency(Metric::Queue, queued);
         if let Some(meter) = &self.tenant_meter {
@@ -172,10 +158,10 @@ impl Recorder {
         if let Some(meter) = &self.tenant_meter {
             meter.tokens(usage.total());
         }
-        if let Some(labels) = &self.labels {
+        if let Some(route) = &self.route {
             self.histograms.tokens_used(
                 self.operation,
-                &labels.model,
+                &route.labels.model,
                 usage.prompt_tokens,
                 usage.completion_tokens,
             );
@@ -207,11 +193,9 @@ impl Recorder {
     }
 
     fn record_latency(&self, metric: Metric, value: Duration) {
-        if let Some(series) = &self.series {
-            series.observe(metric.name(), value);
-        }
-        for scope in &self.scopes {
-            self.latency.record_in(scope, metric, value);
+        if let Some(route) = &self.route {
+            route.series.observe(metric.name(), value);
+            self.latency.record_in(&route.scopes, metric, value);
         }
     }
 
@@ -231,7 +215,7 @@ impl Recorder {
             self.meter.error();
         }
         if !self.tenant.is_empty() {
-            let model = self.labels.as_ref().map_or("", |l| l.model.as_str());
+            let model = self.route.as_ref().map_or("", |r| r.labels.model.as_str());
             let code = error.filter(|_| status >= 400).unwrap_or("");
             self.histograms.answered(&self.tenant, model, code);
         }
@@ -255,14 +239,75 @@ impl Recorder {
             tenant: std::mem::take(&mut self.tenant),
             tenant_meter: self.tenant_meter.take(),
             keep_content: self.keep_content,
-            scopes: std::mem::take(&mut self.scopes),
             histograms: self.histograms.clone(),
-            labels: self.labels.take(),
-            series: self.series.take(),
+            routes: self.routes.clone(),
+            route: self.route.take(),
             operation: self.operation,
             instance: self.instance.take(),
             first_token: self.first_token,
             done: std::mem::replace(&mut self.done, true),
+        }
+    }
+}
+
+/// Where one route's requests are recorded: the console's `region:…`, `model:…` and
+/// `tier:…` latency scopes, and `/metrics`' labels and series.
+pub(crate) struct RouteSeries {
+    scopes: [Arc<ScopeSeries>; 3],
+    labels: Labels,
+    series: LatencySeries,
+    operation: &'static str,
+}
+
+/// Every route's series, found once per (region, model, tier, operation) rather than
+/// formatted, hashed and looked up in three maps on every request.
+#[derive(Default)]
+pub(crate) struct Routes(RwLock<HashMap<u64, Vec<Arc<RouteSeries>>>>);
+
+impl Routes {
+    fn get(
+        &self,
+        (region, model, tier, operation): (&str, &str, &str, &'static str),
+        latency: &Latency,
+        histograms: &Histograms,
+    ) -> Arc<RouteSeries> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (region, model, tier, operation).hash(&mut hasher);
+        let key = hasher.finish();
+        let same = |r: &&Arc<RouteSeries>| {
+            r.operation == operation
+                && r.labels.region == region
+                && r.labels.model == model
+                && r.labels.tier == tier
+        };
+        let known = self.0.read().ok();
+        if let Some(route) = known.as_ref().and_then(|m| m.get(&key)?.iter().find(same)) {
+            return route.clone();
+        }
+        drop(known);
+        let labels = Labels {
+            region: region.to_string(),
+            model: model.to_string(),
+            tier: tier.to_string(),
+        };
+        let route = Arc::new(RouteSeries {
+            scopes: [
+                latency.scope(&format!("region:{region}")),
+                latency.scope(&format!("model:{model}")),
+                latency.scope(&format!("tier:{tier}")),
+            ],
+            series: histograms.latency_series(&labels, operation),
+            labels,
+            operation,
+        });
+        let mut all = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let routes = all.entry(key).or_default();
+        match routes.iter().find(same) {
+            Some(raced) => raced.clone(),
+            None => {
+                routes.push(route.clone());
+                route
+            }
         }
     }
 }
@@ -272,5 +317,48 @@ impl Drop for Recorder {
     /// the connection). Recorded as nginx does, 499.
     fn drop(&mut self) {
         self.finish(499, Some("request_cancelled"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_route_is_found_once_and_kept_apart_from_its_neighbours() {
+        let (latency, histograms) = (Latency::default(), Histograms::default());
+        let routes = Routes::default();
+        let pro = routes.get(("us-east", "gpt-4o", "pro", "chat"), &latency, &histograms);
+        let again = routes.get(("us-east", "gpt-4o", "pro", "chat"), &latency, &histograms);
+        assert!(
+            Arc::ptr_eq(&pro, &again),
+            "the same route is looked up, not made again"
+        );
+        let free = routes.get(("us-east", "gpt-4o", "free", "chat"), &latency, &histograms);
+        assert!(!Arc::ptr_eq(&pro, &free));
+        assert_eq!(free.labels.tier, "free");
+        // Routes share the scopes they have in common, as the console shows them.
+        assert!(
+            Arc::ptr_eq(&pro.scopes[0], &free.scopes[0]),
+            "region:us-east"
+        );
+        assert!(
+            !Arc::ptr_eq(&pro.scopes[2], &free.scopes[2]),
+            "tier:pro, tier:free"
+        );
+
+        latency.record_in(&pro.scopes, Metric::EndToEnd, Duration::from_millis(5));
+        let mut scopes: Vec<String> = latency
+            .views()
+            .into_iter()
+            .filter(|v| v.metric == "e2e" && v.window == "10s")
+            .map(|v| format!("{} {}", v.scope, v.count))
+            .collect();
+        scopes.sort();
+        assert_eq!(
+            scopes,
+            ["model:gpt-4o 1", "region:us-east 1", "tier:pro 1"],
+            "one observation lands in each of the route's scopes"
+        );
     }
 }

@@ -102,27 +102,29 @@ impl Latency {
 
     /// Records one observation under each scope ("region:us-east", "model:gpt-4o", …).
     pub fn record(&self, metric: Metric, scopes: &[&str], value: Duration) {
-        for scope in scopes {
-            self.record_in(&self.scope(scope), metric, value);
-        }
+        let scopes: Vec<Arc<ScopeSeries>> = scopes.iter().map(|s| self.scope(s)).collect();
+        self.record_in(&scopes, metric, value);
     }
 
-    /// Records one observation in a scope found before.
-    pub fn record_in(&self, scope: &ScopeSeries, metric: Metric, value: Duration) {
+    /// Records one observation in each of the scopes found before (reading the clock
+    /// once for all of them).
+    pub fn record_in(&self, scopes: &[Arc<ScopeSeries>], metric: Metric, value: Duration) {
         let micros = (value.as_micros() as u64).clamp(1, 600_000_000);
         let slot = self.slot(Instant::now());
-        let Ok(mut series) = scope.0[metric.index()].lock() else {
-            return;
-        };
-        if series.slots.back().is_none_or(|(s, _)| *s != slot) {
-            let Some(h) = histogram() else { return };
-            series.slots.push_back((slot, h));
-            while series.slots.front().is_some_and(|(s, _)| slot - s >= SLOTS) {
-                series.slots.pop_front();
+        for scope in scopes {
+            let Ok(mut series) = scope.0[metric.index()].lock() else {
+                continue;
+            };
+            if series.slots.back().is_none_or(|(s, _)| *s != slot) {
+                let Some(h) = histogram() else { continue };
+                series.slots.push_back((slot, h));
+                while series.slots.front().is_some_and(|(s, _)| slot - s >= SLOTS) {
+                    series.slots.pop_front();
+                }
             }
-        }
-        if let Some((_, h)) = series.slots.back_mut() {
-            let _ = h.record(micros);
+            if let Some((_, h)) = series.slots.back_mut() {
+                let _ = h.record(micros);
+            }
         }
     }
 
