@@ -74,6 +74,7 @@ fn main() {
     wait_for(mock_port);
     let idle_rss = rss_kib(pid);
 
+    let gateway_log = data.join("stderr.log");
     runtime.block_on(async move {
         let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
         let url = format!("http://127.0.0.1:{gw_port}/v1/chat/completions");
@@ -81,6 +82,8 @@ fn main() {
         let started = Instant::now();
         let mut open = Vec::with_capacity(streams);
         let mut failed = 0;
+        // Why streams failed, by reason, so a failure says what ran out.
+        let mut reasons = std::collections::BTreeMap::<String, usize>::new();
         for chunk in (0..streams).collect::<Vec<_>>().chunks(500) {
             let batch = futures_util::future::join_all(chunk.iter().map(|_| {
                 client.post(&url).bearer_auth("sy-bench").header("content-type", "application/json").body(body).send()
@@ -90,17 +93,37 @@ fn main() {
                 match reply {
                     Ok(mut r) if r.status().is_success() => {
                         // Wait for the first event so the stream is really flowing.
-                        if r.chunk().await.is_ok() {
-                            open.push(r);
-                        } else {
-                            failed += 1;
+                        match r.chunk().await {
+                            Ok(_) => open.push(r),
+                            Err(e) => {
+                                failed += 1;
+                                *reasons.entry(format!("first event: {}", switchyard::providers::root_cause(&e))).or_default() += 1;
+                            }
                         }
                     }
-                    _ => failed += 1,
+                    Ok(r) => {
+                        failed += 1;
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        *reasons.entry(format!("status {status}: {}", body.chars().take(300).collect::<String>())).or_default() += 1;
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        *reasons.entry(switchyard::providers::root_cause(&e)).or_default() += 1;
+                    }
                 }
             }
         }
         let ramp = started.elapsed();
+        for (reason, count) in &reasons {
+            println!("failed: {count} x {reason}");
+        }
+        if !reasons.is_empty() {
+            let log = std::fs::read_to_string(&gateway_log).unwrap_or_default();
+            for line in log.lines().take(5) {
+                println!("gateway: {line}");
+            }
+        }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let rss = rss_kib(pid);
         let cpu_before = cpu_secs(pid);

@@ -54,7 +54,8 @@ pub fn serve(bin: &str, data: &std::path::Path, config: &str, port: u16) -> Proc
         std::process::Command::new(bin)
             .args(["serve", "--config", path.to_str().unwrap()])
             .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
+            // The gateway's warnings, for when a run goes wrong.
+            .stderr(std::fs::File::create(data.join("stderr.log")).unwrap())
             .spawn()
             .unwrap(),
     );

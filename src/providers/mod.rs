@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use crate::domain::{Dialect, Instance, ModelKind, Region, UpstreamTimeouts};
 
 pub use openai::OpenAi;
-pub(crate) use openai::root_cause;
+pub use openai::root_cause;
 
 /// Why an attempt produced no response.
 #[derive(Debug, Clone, thiserror::Error)]

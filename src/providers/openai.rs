@@ -20,6 +20,10 @@ const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-requ
 const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("switchyard/", env!("CARGO_PKG_VERSION")));
 
+/// HTTP/2 flow-control windows for upstream connections (see `OpenAi::new`).
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+const H2_STREAM_WINDOW: u32 = 256 << 10;
+
 type Http = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub struct OpenAi {
@@ -54,14 +58,23 @@ impl OpenAi {
             builder
                 .pool_idle_timeout(Duration::from_secs(60))
                 .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new());
+                .timer(TokioTimer::new())
+                // h2 closes a connection (ENHANCE_YOUR_CALM, "too_many_data_frames")
+                // when more small DATA frames wait unread than half its connection
+                // window allows. Token streams are nothing but small frames, thousands
+                // of them share one connection, and a burst of tokens lands at once:
+                // with the adaptive window's start (64 KiB) a few hundred waiting
+                // tokens killed every stream on the connection (benches/streams.rs,
+                // 10,000 streams). A fixed 16 MiB window lets ~100,000 wait; 256 KiB a
+                // stream still moves a large answer at 5 MB/s over a 50 ms round trip.
+                .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .http2_initial_stream_window_size(H2_STREAM_WINDOW);
             builder
         };
         Ok(OpenAi {
             client: builder().build(connector()),
             h2: builder()
                 .http2_only(true)
-                .http2_adaptive_window(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .http2_keep_alive_while_idle(true)
                 .build(connector()),
@@ -231,7 +244,7 @@ fn out_of_local_resources(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The innermost error's message: "connection refused" rather than "error sending request".
-pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(next) = cause.source() {
         cause = next;
