@@ -39,6 +39,9 @@ struct Segment {
     /// Complete lines, and every byte (a line cut by a crash counts its bytes only).
     records: u64,
     bytes: u64,
+    /// When the oldest record in it began, once known (appends keep it; a rewrite or a
+    /// start forgets it until retention reads the segment again).
+    oldest_ms: Option<u64>,
 }
 
 impl AuditLog {
@@ -61,6 +64,7 @@ impl AuditLog {
                 seq,
                 records: content.iter().filter(|b| **b == b'\n').count() as u64,
                 bytes: content.len() as u64,
+                oldest_ms: None,
             });
         }
         segments.sort_by_key(|s| s.seq);
@@ -104,6 +108,7 @@ impl AuditLog {
                 seq,
                 records: 0,
                 bytes: 0,
+                oldest_ms: Some(u64::MAX),
             });
         }
         let Some(writer) = inner.writer.as_mut() else {
@@ -122,6 +127,8 @@ impl AuditLog {
         if let Some(last) = inner.segments.last_mut() {
             last.records += records.len() as u64;
             last.bytes += bytes;
+            let oldest = records.iter().map(|r| r.at_ms).min().unwrap_or(u64::MAX);
+            last.oldest_ms = last.oldest_ms.map(|known| known.min(oldest));
         }
         Ok(())
     }
@@ -192,35 +199,31 @@ impl AuditLog {
         Ok(found)
     }
 
-    /// A segment's lines, each with its record (none when the line cannot be read: cut
-    /// by a crash).
-    fn records(&self, seq: u64) -> io::Result<Vec<(Vec<u8>, Option<AuditRecord>)>> {
-        let content = match fs::read(self.path(seq)) {
-            Ok(content) => content,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        Ok(content
-            .split_inclusive(|b| *b == b'\n')
-            .map(|line| (line.to_vec(), serde_json::from_slice(line).ok()))
-            .collect())
+    /// A segment's bytes (empty when it is gone).
+    fn content(&self, seq: u64) -> io::Result<Vec<u8>> {
+        match fs::read(self.path(seq)) {
+            Ok(content) => Ok(content),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Writes a segment again with only the lines `keep` chooses; returns how many
-    /// records went. An emptied segment is removed.
+    /// Writes a segment again with only the lines `keep` chooses (given what retention
+    /// reads of each; none when the line cannot be read: cut by a crash); returns how
+    /// many records went. An emptied segment is removed.
     fn rewrite(
         &self,
         inner: &mut Inner,
         at: usize,
-        mut keep: impl FnMut(&Option<AuditRecord>) -> bool,
+        mut keep: impl FnMut(&Option<Line>) -> bool,
     ) -> io::Result<u64> {
         let seq = inner.segments[at].seq;
-        let lines = self.records(seq)?;
+        let content = self.content(seq)?;
+        let lines: Vec<&[u8]> = content.split_inclusive(|b| *b == b'\n').collect();
         let before = lines.len();
-        let kept: Vec<&Vec<u8>> = lines
-            .iter()
-            .filter(|(_, record)| keep(record))
-            .map(|(line, _)| line)
+        let kept: Vec<&[u8]> = lines
+            .into_iter()
+            .filter(|line| keep(&serde_json::from_slice(line).ok()))
             .collect();
         if kept.len() == before {
             return Ok(0);
@@ -245,7 +248,24 @@ impl AuditLog {
         let segment = &mut inner.segments[at];
         segment.records = kept.iter().filter(|l| l.ends_with(b"\n")).count() as u64;
         segment.bytes = kept.iter().map(|l| l.len() as u64).sum();
+        segment.oldest_ms = None;
         Ok((before - kept.len()) as u64)
+    }
+
+    /// When the oldest record of segment `at` began, read once and then remembered.
+    fn oldest_ms(&self, inner: &mut Inner, at: usize) -> io::Result<u64> {
+        if let Some(oldest) = inner.segments[at].oldest_ms {
+            return Ok(oldest);
+        }
+        let content = self.content(inner.segments[at].seq)?;
+        let oldest = content
+            .split_inclusive(|b| *b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<Line>(line).ok())
+            .map(|line| line.at_ms)
+            .min()
+            .unwrap_or(u64::MAX);
+        inner.segments[at].oldest_ms = Some(oldest);
+        Ok(oldest)
     }
 
     /// Drops records older than `before_ms`, then, while over `max_bytes`, records of
@@ -257,6 +277,10 @@ impl AuditLog {
         // Segments are in the order records were written: the old ones are in front.
         let mut at = 0;
         while at < inner.segments.len() {
+            // Nothing to drop here: no need to read the segment (8 MiB) again.
+            if self.oldest_ms(&mut inner, at)? >= before_ms {
+                break;
+            }
             let gone = self.rewrite(&mut inner, at, |r| {
                 r.as_ref().is_some_and(|r| r.at_ms >= before_ms)
             })?;
@@ -276,10 +300,12 @@ impl AuditLog {
                     .map(|s| s.bytes)
                     .sum::<u64>()
                     .saturating_sub(max_bytes);
-                let lines = self.records(inner.segments[at].seq)?;
+                let content = self.content(inner.segments[at].seq)?;
                 // The oldest lines of the chosen kind, as many as make up the excess.
+                let lines: Vec<&[u8]> = content.split_inclusive(|b| *b == b'\n').collect();
                 let mut going = vec![false; lines.len()];
-                for (i, (line, record)) in lines.iter().enumerate() {
+                for (i, line) in lines.iter().enumerate() {
+                    let record = serde_json::from_slice::<Line>(line).ok();
                     if excess == 0 {
                         break;
                     }
@@ -310,6 +336,17 @@ impl AuditLog {
 enum Phase {
     Anonymous,
     Oldest,
+}
+
+/// What retention reads of a line: when its request began, whether it has a tenant and
+/// its kind (the rest of the record is skipped, not built).
+#[derive(serde::Deserialize)]
+struct Line {
+    at_ms: u64,
+    #[serde(default)]
+    tenant: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    kind: Option<AuditKind>,
 }
 
 #[cfg(test)]
@@ -409,5 +446,35 @@ mod tests {
         let all = log.read(&AuditQuery::default()).unwrap();
         assert_eq!(all.iter().map(|r| r.at_ms).collect::<Vec<_>>(), [2, 4]);
         assert_eq!(log.size().0, 2);
+    }
+
+    #[test]
+    fn retention_by_age_reads_a_segment_only_when_it_holds_something_old() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = AuditLog::open(dir.path()).unwrap();
+            log.append(&(10..20).map(|t| record(t, "a")).collect::<Vec<_>>())
+                .unwrap();
+        }
+        // After a start the first segment's oldest record is unknown; the second's is
+        // known from its appends (one out of order, as a long request's record is).
+        let log = AuditLog::open(dir.path()).unwrap();
+        log.append(&(31..40).map(|t| record(t, "b")).collect::<Vec<_>>())
+            .unwrap();
+        log.append(&[record(30, "late")]).unwrap();
+        assert_eq!(log.trim(5, u64::MAX).unwrap(), 0, "nothing is that old");
+        assert_eq!(
+            log.trim(25, u64::MAX).unwrap(),
+            10,
+            "the whole first segment"
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(log.trim(25, u64::MAX).unwrap(), 0);
+        assert_eq!(log.trim(33, u64::MAX).unwrap(), 3, "30, 31 and 32");
+        let left = log.read(&AuditQuery::default()).unwrap();
+        assert_eq!(
+            left.iter().map(|r| r.at_ms).collect::<Vec<_>>(),
+            (33..40).collect::<Vec<_>>()
+        );
     }
 }
