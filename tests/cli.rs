@@ -279,3 +279,48 @@ fn ctl_reaches_an_https_admin_api_found_through_the_config_with_a_ca_file() {
         "{stderr}"
     );
 }
+
+/// A machine without CA certificates (a minimal container) runs a gateway whose
+/// upstreams are plain HTTP, and refuses to start one with an https upstream, saying
+/// which instance and what to install.
+#[test]
+fn without_ca_certificates_only_an_https_upstream_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let example = std::fs::read_to_string("config.toml.example")
+        .unwrap()
+        .replace("./data", dir.path().to_str().unwrap())
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{}", free_port()));
+    let no_roots = |config: &str| {
+        let path = dir.path().join(config);
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("SSL_CERT_FILE", "/dev/null")
+            .env("SSL_CERT_DIR", dir.path().join("no-such-dir"))
+            .env_remove("SWITCHYARD_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        (path, command)
+    };
+
+    let tls = example.replace("http://127.0.0.1:9101/v1", "https://127.0.0.1:9101/v1");
+    assert_ne!(tls, example, "the example has an instance to move to https");
+    let (path, mut command) = no_roots("https.toml");
+    std::fs::write(&path, tls).unwrap();
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("instance us-east-a is reached over https")
+            && stderr.contains("ca-certificates"),
+        "{stderr}"
+    );
+
+    let (path, mut command) = no_roots("http.toml");
+    std::fs::write(&path, &example).unwrap();
+    let running = Running(command.spawn().unwrap());
+    wait_until_listening(port);
+    drop(running);
+}

@@ -112,8 +112,13 @@ impl Upstreams {
             value.set_sensitive(true);
             target.key = Some((name, value));
         }
+        let https = regions
+            .iter()
+            .flat_map(|r| &r.instances)
+            .find(|i| i.url.starts_with("https://"))
+            .map(|i| i.name.as_str());
         Ok(Upstreams {
-            openai: OpenAi::new(timeouts)?,
+            openai: OpenAi::new(timeouts, https)?,
             targets,
         })
     }

@@ -35,12 +35,23 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(timeouts: UpstreamTimeouts) -> Result<OpenAi, SetupError> {
+    /// `https` names an instance reached over TLS, if any: without one, a machine with
+    /// no CA certificates (a minimal container) still starts.
+    pub fn new(timeouts: UpstreamTimeouts, https: Option<&str>) -> Result<OpenAi, SetupError> {
         crate::tls::install_crypto();
         let tls = {
             use rustls_platform_verifier::ConfigVerifierExt;
-            rustls::ClientConfig::with_platform_verifier()
-                .map_err(|e| SetupError::Client(format!("the system's trust roots: {e}")))?
+            match (rustls::ClientConfig::with_platform_verifier(), https) {
+                (Ok(config), _) => config,
+                (Err(e), Some(instance)) => {
+                    return Err(SetupError::Client(format!(
+                        "instance {instance} is reached over https, but this machine's trust roots cannot be used ({e}); install the CA certificates (Debian: ca-certificates) or point SSL_CERT_FILE at a bundle"
+                    )));
+                }
+                (Err(_), None) => rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            }
         };
         let connector = || {
             let mut tcp = HttpConnector::new();
