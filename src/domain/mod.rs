@@ -480,7 +480,7 @@ pub const CACHE_HEADER: &str = "x-switchyard-cache";
 /// The response headers the gateway writes, named once: a name made from a string is
 /// checked byte by byte every time it is used.
 pub mod headers {
-    use reqwest::header::HeaderName;
+    use http::header::HeaderName;
 
     const fn named(name: &'static str) -> HeaderName {
         HeaderName::from_static(name)

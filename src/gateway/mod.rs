@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::StatusCode;
-use reqwest::header::HeaderMap;
+use http::StatusCode;
+use http::header::HeaderMap;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -671,8 +671,8 @@ impl Gateway {
                     whole
                 } else {
                     headers.insert(
-                        reqwest::header::CONTENT_TYPE,
-                        reqwest::header::HeaderValue::from_static("application/json"),
+                        http::header::CONTENT_TYPE,
+                        http::header::HeaderValue::from_static("application/json"),
                     );
                     openai_error_body(status, whole)
                 };

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use reqwest::header::HeaderName;
+use http::StatusCode;
+use http::header::HeaderName;
 
 use crate::admission::{self, RateHeaders, Window};
 use crate::auth::AuthError;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderName};
+use http::StatusCode;
+use http::header::{CONTENT_TYPE, HeaderName};
 use serde_json::Value;
 use tokio::time::Instant;
 

@@ -100,7 +100,9 @@ impl Latency {
         now.saturating_duration_since(self.started).as_secs() / SLOT.as_secs()
     }
 
-    /// Records one observation under each scope ("region:us-east", "model:gpt-4o", …).
+    /// Records one observation under each scope ("region:us-east", "model:gpt-4o", …),
+    /// finding the scopes by name (requests use `record_in` with a route's scopes).
+    #[cfg(test)]
     pub fn record(&self, metric: Metric, scopes: &[&str], value: Duration) {
         let scopes: Vec<Arc<ScopeSeries>> = scopes.iter().map(|s| self.scope(s)).collect();
         self.record_in(&scopes, metric, value);
