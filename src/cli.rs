@@ -65,7 +65,8 @@ enum Command {
     },
     /// Everything embedded: simulated regions, tenants, traffic and outages, with the console.
     Demo(crate::demo::DemoArgs),
-    /// Run a simulated OpenAI-compatible upstream.
+    /// Run a simulated upstream: OpenAI-compatible at /v1/…, Azure OpenAI at
+    /// /openai/deployments/…, Anthropic's Messages API at /v1/messages.
     Mock(MockArgs),
     /// Work with configuration files.
     Config {

@@ -16,8 +16,8 @@ use common::*;
 use switchyard::mock::MockHandle;
 
 /// A gateway with a healthy region serving everything and a region whose streams break
-/// after three tokens, serving only `chat-broken`.
-async fn sdk_gateway() -> (MockHandle, MockHandle, TestGateway) {
+/// after three tokens, serving only `chat-broken`; both upstreams speak `dialect`.
+async fn sdk_gateway(dialect: &str) -> (MockHandle, MockHandle, TestGateway) {
     let good = quick_mock()
         .answer_tokens(12)
         .embeddings_floats_only()
@@ -51,6 +51,7 @@ name = "us-east"
   [[regions.instances]]
   name = "us-east-a"
   url = "{good}"
+  dialect = "{dialect}"
 
 [[regions]]
 name = "broken"
@@ -58,6 +59,7 @@ order = 1
   [[regions.instances]]
   name = "broken-a"
   url = "{broken}"
+  dialect = "{dialect}"
 
 [[models]]
 alias = "gpt-4o-mini"
@@ -102,12 +104,13 @@ fn available(program: &str, args: &[&str], install: &str) -> bool {
 }
 
 async fn run_check(program: &str, script: &str) {
-    run_check_at(program, script, "/v1").await;
+    run_check_at(program, script, "/v1", "openai").await;
 }
 
-/// Runs `script` with the gateway's URL at `base` (Anthropic's SDK adds `/v1` itself).
-async fn run_check_at(program: &str, script: &str, base: &str) {
-    let (_good, _broken, gw) = sdk_gateway().await;
+/// Runs `script` with the gateway's URL at `base` (Anthropic's SDK adds `/v1` itself),
+/// in front of upstreams that speak `dialect`.
+async fn run_check_at(program: &str, script: &str, base: &str, dialect: &str) {
+    let (_good, _broken, gw) = sdk_gateway(dialect).await;
     let child = tokio::process::Command::new(program)
         .arg(script)
         .env("SWITCHYARD_BASE_URL", gw.url(base))
@@ -177,7 +180,20 @@ async fn the_official_anthropic_sdk_works_through_the_gateway() {
         &["-c", "import anthropic"],
         "pip install -r tests/sdk/requirements.txt",
     ) {
-        run_check_at("python3", "tests/sdk/anthropic_python.py", "").await;
+        run_check_at("python3", "tests/sdk/anthropic_python.py", "", "openai").await;
+    }
+}
+
+/// The same checks in front of Anthropic-dialect upstreams: Messages in, chat through
+/// the pipeline, Messages upstream, and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_anthropic_sdk_works_through_the_gateway_to_anthropic_upstreams() {
+    if available(
+        "python3",
+        &["-c", "import anthropic"],
+        "pip install -r tests/sdk/requirements.txt",
+    ) {
+        run_check_at("python3", "tests/sdk/anthropic_python.py", "", "anthropic").await;
     }
 }
 

@@ -596,15 +596,19 @@ impl RawInstance {
                 "must not carry a query or fragment",
             ));
         }
-        let dialect = match self.dialect.as_str() {
-            "openai" => Dialect::OpenAi,
-            "azure" => Dialect::Azure,
-            other => {
-                return Err(invalid(
-                    format!("{at}.dialect"),
-                    format!("unknown dialect \"{other}\"; supported: \"openai\", \"azure\""),
-                ));
-            }
+        let Some(dialect) = Dialect::ALL
+            .into_iter()
+            .find(|d| d.to_string() == self.dialect)
+        else {
+            let supported: Vec<String> = Dialect::ALL.iter().map(|d| format!("\"{d}\"")).collect();
+            return Err(invalid(
+                format!("{at}.dialect"),
+                format!(
+                    "unknown dialect \"{}\"; supported: {}",
+                    self.dialect,
+                    supported.join(", ")
+                ),
+            ));
         };
         let api_version = match (&self.api_version, dialect) {
             (Some(version), Dialect::Azure) => {

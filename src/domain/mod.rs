@@ -207,6 +207,14 @@ pub enum Dialect {
     /// (`{url}/openai/deployments/{deployment}/chat/completions?api-version=…`, the
     /// deployment being the model's upstream name), keyed by an `api-key` header.
     Azure,
+    /// Anthropic's Messages API (`{url}/messages`), keyed by `x-api-key`; requests and
+    /// answers translated from and to OpenAI's chat completions.
+    Anthropic,
+}
+
+impl Dialect {
+    /// Every dialect; `dialect = "…"` in the config names one (its `Display`).
+    pub const ALL: [Dialect; 3] = [Dialect::OpenAi, Dialect::Azure, Dialect::Anthropic];
 }
 
 /// The Azure OpenAI API version used when an instance names none (the newest GA).
@@ -217,6 +225,7 @@ impl fmt::Display for Dialect {
         match self {
             Dialect::OpenAi => f.write_str("openai"),
             Dialect::Azure => f.write_str("azure"),
+            Dialect::Anthropic => f.write_str("anthropic"),
         }
     }
 }

@@ -563,6 +563,8 @@ impl Gateway {
                     tracing::error!(%request_id, error = %e, "out of local resources; the upstream is not held to account");
                     fail(Failure::Send(e))
                 }
+                // Nothing was sent: the instance's dialect cannot say this request.
+                Stop::Failed(e @ SendError::Unsupported(_)) => fail(Failure::Send(e)),
                 Stop::Failed(e) => {
                     self.router.report(&instance, Outcome::Failure, None);
                     fail(Failure::Send(e))

@@ -1,4 +1,6 @@
-//! `POST /v1/chat/completions`, plain and streamed, with OpenAI's exact SSE framing.
+//! `POST /v1/chat/completions` (and legacy `/v1/completions`), plain and streamed, with
+//! OpenAI's exact SSE framing; and `POST /v1/messages`, the same answers in Anthropic's
+//! Messages format and events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +31,17 @@ struct Plan {
     hang_after: Option<u32>,
     framing: wire::Framing,
     chunk_bytes: usize,
-    /// A legacy text completion (`/v1/completions`) rather than a chat completion.
-    text: bool,
+    shape: Shape,
+}
+
+/// Which API a request came in on, and so the shape of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Chat,
+    /// A legacy text completion (`/v1/completions`).
+    Text,
+    /// Anthropic's Messages API.
+    Messages,
 }
 
 impl Plan {
@@ -57,19 +68,33 @@ impl Plan {
 }
 
 pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
-    answer(state, body, false).await
+    answer(state, body, Shape::Chat).await
+}
+
+/// Anthropic's Messages API: the same answers as a Message or Anthropic's events.
+pub async fn messages(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    answer(state, body, Shape::Messages).await
 }
 
 /// Legacy text completions: the same answers, as `text_completion` objects.
 pub async fn text_completions(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
-    answer(state, body, true).await
+    answer(state, body, Shape::Text).await
 }
 
-async fn answer(state: Arc<MockState>, body: Bytes, text: bool) -> Response {
+async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
+    let text = shape == Shape::Text;
+    let anthropic = shape == Shape::Messages;
     state.bump(&state.counters.chat_requests);
     let arrived = Instant::now();
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
+        Err(e) if anthropic => {
+            return wire::anthropic_error(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("There was an error parsing the body: {e}"),
+            );
+        }
         Err(e) => return wire::bad_json(&e),
     };
     if !request.is_object() {
@@ -81,6 +106,9 @@ async fn answer(state: Arc<MockState>, body: Bytes, text: bool) -> Response {
         );
     }
     state.remember(&request);
+    if anthropic && let Some(refusal) = anthropic_refusal(&state, &request) {
+        return refusal;
+    }
     let Some(model) = request.get("model").and_then(Value::as_str) else {
         return wire::missing_parameter("model");
     };
@@ -110,7 +138,11 @@ async fn answer(state: Arc<MockState>, body: Bytes, text: bool) -> Response {
             .as_bytes(),
     );
     let plan = Plan {
-        id: wire::id(if text { "cmpl-" } else { "chatcmpl-" }),
+        id: wire::id(match shape {
+            Shape::Chat => "chatcmpl-",
+            Shape::Text => "cmpl-",
+            Shape::Messages => "msg_",
+        }),
         created: wire::now_secs(),
         model: model.to_string(),
         tokens: {
@@ -120,7 +152,11 @@ async fn answer(state: Arc<MockState>, body: Bytes, text: bool) -> Response {
             tokens
         },
         finish_reason,
-        prompt_tokens: wire::prompt_tokens(messages),
+        prompt_tokens: wire::prompt_tokens(messages)
+            + request
+                .get("system")
+                .map(|system| wire::text_tokens(&system_text(system)))
+                .unwrap_or(0),
         include_usage: request
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
@@ -135,7 +171,7 @@ async fn answer(state: Arc<MockState>, body: Bytes, text: bool) -> Response {
         hang_after: knobs.hang_after_tokens,
         framing: knobs.framing(),
         chunk_bytes: knobs.wire_chunk_bytes,
-        text,
+        shape,
     };
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         stream_answer(state, plan, arrived)
@@ -149,7 +185,20 @@ async fn answer(state: Arc<MockState>, body: Bytes, text: bool) -> Response {
 }
 
 fn plain_answer(plan: &Plan) -> Response {
-    if plan.text {
+    if plan.shape == Shape::Messages {
+        return axum::Json(json!({
+            "id": plan.id,
+            "type": "message",
+            "role": "assistant",
+            "model": plan.model,
+            "content": [{ "type": "text", "text": plan.tokens.concat() }],
+            "stop_reason": stop_reason(plan),
+            "stop_sequence": null,
+            "usage": anthropic_usage(plan, plan.tokens.len() as u64),
+        }))
+        .into_response();
+    }
+    if plan.shape == Shape::Text {
         return axum::Json(json!({
             "id": plan.id,
             "object": "text_completion",
@@ -250,7 +299,7 @@ struct Event {
 fn envelope(plan: &Plan, choices: Value) -> Value {
     json!({
         "id": plan.id,
-        "object": if plan.text { "text_completion" } else { "chat.completion.chunk" },
+        "object": if plan.shape == Shape::Text { "text_completion" } else { "chat.completion.chunk" },
         "created": plan.created,
         "model": plan.model,
         "service_tier": "default",
@@ -260,7 +309,7 @@ fn envelope(plan: &Plan, choices: Value) -> Value {
 }
 
 fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
-    let choice = if plan.text {
+    let choice = if plan.shape == Shape::Text {
         let text = delta.get("content").cloned().unwrap_or(json!(""));
         json!([{ "text": text, "index": 0, "logprobs": null, "finish_reason": finish_reason }])
     } else {
@@ -274,6 +323,9 @@ fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
 }
 
 fn events(plan: &Plan) -> Vec<Event> {
+    if plan.shape == Shape::Messages {
+        return anthropic_events(plan);
+    }
     let mut events = Vec::with_capacity(plan.tokens.len() + 4);
     events.push(Event {
         due: plan.ttft,
@@ -380,4 +432,126 @@ async fn pause_until(deadline: Instant) {
     if deadline > Instant::now() {
         tokio::time::sleep_until(deadline).await;
     }
+}
+
+/// What Anthropic refuses before it looks at the model: a request without `max_tokens`
+/// or without messages.
+fn anthropic_refusal(state: &MockState, request: &Value) -> Option<Response> {
+    let refuse = |message: &str| {
+        Some(wire::anthropic_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            message,
+        ))
+    };
+    if request.get("max_tokens").and_then(Value::as_u64).is_none() {
+        return refuse("max_tokens: Field required");
+    }
+    if !request.get("messages").is_some_and(Value::is_array) {
+        return refuse("messages: Field required");
+    }
+    let model = request.get("model").and_then(Value::as_str).unwrap_or("");
+    if !state.models.iter().any(|m| m == model) {
+        return Some(wire::anthropic_error(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found_error",
+            &format!("model: {model}"),
+        ));
+    }
+    None
+}
+
+/// A `system` string or list of text blocks as text.
+fn system_text(system: &Value) -> String {
+    match system {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+fn stop_reason(plan: &Plan) -> &'static str {
+    if plan.finish_reason == "length" {
+        "max_tokens"
+    } else {
+        "end_turn"
+    }
+}
+
+fn anthropic_usage(plan: &Plan, output: u64) -> Value {
+    json!({
+        "input_tokens": plan.prompt_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": output,
+        "service_tier": "standard",
+    })
+}
+
+/// Anthropic's events for one answer: `message_start`, a text block delta by delta,
+/// `message_delta` with the stop reason and output tokens, `message_stop`.
+fn anthropic_events(plan: &Plan) -> Vec<Event> {
+    let named = |kind: &str, data: Value| -> Bytes {
+        let end = if plan.framing.crlf { "\r\n" } else { "\n" };
+        Bytes::from(format!("event: {kind}{end}data: {data}{end}{end}"))
+    };
+    let start = json!({
+        "type": "message_start",
+        "message": {
+            "id": plan.id, "type": "message", "role": "assistant", "model": plan.model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": anthropic_usage(plan, 1),
+        },
+    });
+    let mut events = vec![Event {
+        due: plan.ttft,
+        data: Bytes::from(
+            [
+                named("message_start", start),
+                named(
+                    "content_block_start",
+                    json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
+                ),
+                named("ping", json!({ "type": "ping" })),
+            ]
+            .concat(),
+        ),
+        tokens_after: 0,
+    }];
+    for (i, token) in plan.tokens.iter().enumerate() {
+        events.push(Event {
+            due: plan.due(i),
+            data: named(
+                "content_block_delta",
+                json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": token } }),
+            ),
+            tokens_after: i as u32 + 1,
+        });
+    }
+    let end = plan.due(plan.tokens.len().saturating_sub(1));
+    let sent = plan.tokens.len() as u32;
+    let tail = [
+        named(
+            "content_block_stop",
+            json!({ "type": "content_block_stop", "index": 0 }),
+        ),
+        named(
+            "message_delta",
+            json!({
+                "type": "message_delta",
+                "delta": { "stop_reason": stop_reason(plan), "stop_sequence": null },
+                "usage": { "output_tokens": plan.tokens.len() },
+            }),
+        ),
+        named("message_stop", json!({ "type": "message_stop" })),
+    ];
+    events.push(Event {
+        due: end,
+        data: Bytes::from(tail.concat()),
+        tokens_after: sent,
+    });
+    events
 }

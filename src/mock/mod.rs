@@ -486,6 +486,8 @@ fn routes(state: Arc<MockState>) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/completions", post(chat::text_completions))
+        // Anthropic's Messages API: the same answers in its format, keyed by `x-api-key`.
+        .route("/v1/messages", post(chat::messages))
         .route("/v1/models", get(list_models))
         // Azure OpenAI's deployment URLs: the same answers, keyed by `api-key`.
         .route(
@@ -530,6 +532,14 @@ async fn gate(
         *last = req.uri().path_and_query().map(|p| p.to_string());
     }
     let azure = req.uri().path().starts_with("/openai/");
+    let anthropic = req.uri().path() == "/v1/messages";
+    if anthropic && !req.headers().contains_key("anthropic-version") {
+        return wire::anthropic_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+        );
+    }
     if azure && !req.uri().query().unwrap_or("").contains("api-version=") {
         // What Azure answers without an api-version.
         return wire::error(
@@ -540,6 +550,13 @@ async fn gate(
         );
     }
     match state.outage() {
+        Some(Outage::Error) if anthropic => {
+            return wire::anthropic_error(
+                StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "overloaded_error",
+                "Overloaded",
+            );
+        }
         Some(Outage::Error) => {
             return wire::error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -555,9 +572,18 @@ async fn gate(
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let presented = if azure {
             header("api-key")
+        } else if anthropic {
+            header("x-api-key")
         } else {
             header("authorization").and_then(|v| v.strip_prefix("Bearer "))
         };
+        if presented != Some(expected.as_str()) && anthropic {
+            return wire::anthropic_error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid x-api-key",
+            );
+        }
         if presented != Some(expected.as_str()) {
             return wire::error(
                 StatusCode::UNAUTHORIZED,
@@ -570,6 +596,9 @@ async fn gate(
     let knobs = state.knobs();
     if knobs.error_rate > 0.0 && fastrand::f64() < knobs.error_rate {
         state.bump(&state.counters.errors_injected);
+        if anthropic {
+            return wire::anthropic_injected_error(&knobs);
+        }
         return wire::injected_error(&knobs);
     }
     next.run(req).await

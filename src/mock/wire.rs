@@ -16,6 +16,35 @@ pub fn error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) 
     (status, axum::Json(body)).into_response()
 }
 
+/// An error in Anthropic's shape (`{"type":"error","error":{…}}`).
+pub fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = json!({ "type": "error", "error": { "type": kind, "message": message } });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The answer to a request to Anthropic's API picked by `error_rate`: 429
+/// `rate_limit_error` with `retry-after`, 529 `overloaded_error`, else `api_error`.
+pub fn anthropic_injected_error(knobs: &Knobs) -> Response {
+    let status =
+        StatusCode::from_u16(knobs.error_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (kind, message) = match status.as_u16() {
+        429 => (
+            "rate_limit_error",
+            "Number of requests has exceeded your rate limit.",
+        ),
+        529 => ("overloaded_error", "Overloaded"),
+        400..=499 => ("invalid_request_error", "The request was rejected."),
+        _ => ("api_error", "Internal server error"),
+    };
+    let mut response = anthropic_error(status, kind, message);
+    if status == StatusCode::TOO_MANY_REQUESTS
+        && let Ok(v) = HeaderValue::from_str(&knobs.retry_after_secs.to_string())
+    {
+        response.headers_mut().insert("retry-after", v);
+    }
+    response
+}
+
 /// The answer to a request picked by `error_rate`.
 pub fn injected_error(knobs: &Knobs) -> Response {
     let status =

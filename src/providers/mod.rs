@@ -5,20 +5,28 @@
 //! the request (connect), while waiting (timeout), or on a connection that broke under us
 //! (often a pooled keep-alive connection the upstream had already closed).
 
+mod anthropic;
+mod azure;
+mod client;
+pub mod dialect;
 mod openai;
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::Stream;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{BodyDataStream, BodyExt};
 use hyper::body::Incoming;
 
-use crate::domain::{Dialect, Instance, ModelKind, Region, UpstreamTimeouts};
+use crate::domain::{Instance, ModelKind, Region, UpstreamTimeouts};
+use client::Client;
+use dialect::{Dialect, Translate};
 
-pub use openai::OpenAi;
-pub use openai::root_cause;
+pub use crate::telemetry::root_cause;
 
 /// Why an attempt produced no response.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,6 +41,10 @@ pub enum SendError {
     /// did nothing wrong and is never held to account for it.
     #[error("the gateway is out of local resources: {0}")]
     Local(String),
+    /// The request cannot be said in the instance's dialect (an endpoint or a field it
+    /// does not have); nothing was sent.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,32 +61,52 @@ pub enum SetupError {
 
 /// Every configured upstream instance, reachable through one pooled HTTP client.
 pub struct Upstreams {
-    openai: OpenAi,
+    client: Client,
     /// What each instance is sent to and with, by name, worked out once.
     targets: HashMap<String, Target>,
 }
 
-/// One instance's endpoints, parsed once rather than per request, and its key.
-#[derive(Default)]
+/// One instance's dialect, endpoints (parsed once rather than per request) and key.
 pub struct Target {
-    /// The key's header, resolved from the environment: `Authorization: Bearer …`, or
-    /// Azure's `api-key`.
-    pub key: Option<(HeaderName, HeaderValue)>,
-    /// `{url}/chat/completions` and `{url}/embeddings`; none when the base URL does not
-    /// parse (the request then reports that as it is sent) and for Azure, whose URLs
-    /// name the deployment.
-    pub chat: Option<Uri>,
-    pub embeddings: Option<Uri>,
-    pub completions: Option<Uri>,
+    dialect: &'static dyn Dialect,
+    /// The key's header, resolved from the environment, and the dialect's own headers.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The endpoint of each kind, when it is the same for every deployment and parses
+    /// (otherwise made per request, which reports what is wrong with it).
+    chat: Option<Uri>,
+    embeddings: Option<Uri>,
+    completions: Option<Uri>,
 }
 
 impl Target {
-    pub fn url(&self, kind: ModelKind) -> Option<&Uri> {
+    fn new(instance: &Instance) -> Target {
+        let dialect = dialect::of(instance.dialect);
+        let endpoint = |kind: ModelKind| {
+            dialect
+                .fixed_urls()
+                .then(|| dialect.url(instance, kind, ""))
+                .flatten()
+                .and_then(|url| url.parse().ok())
+        };
+        Target {
+            dialect,
+            headers: dialect.headers().to_vec(),
+            chat: endpoint(ModelKind::Chat),
+            embeddings: endpoint(ModelKind::Embeddings),
+            completions: endpoint(ModelKind::Completions),
+        }
+    }
+
+    fn url(&self, kind: ModelKind) -> Option<&Uri> {
         match kind {
             ModelKind::Chat => self.chat.as_ref(),
             ModelKind::Embeddings => self.embeddings.as_ref(),
             ModelKind::Completions => self.completions.as_ref(),
         }
+    }
+
+    fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.headers.iter().map(|(name, value)| (name, value))
     }
 }
 
@@ -82,18 +114,9 @@ impl Upstreams {
     pub fn new(regions: &[Region], timeouts: UpstreamTimeouts) -> Result<Upstreams, SetupError> {
         let mut targets = HashMap::new();
         for instance in regions.iter().flat_map(|r| &r.instances) {
-            let endpoint = |kind: ModelKind| {
-                format!("{}{}", instance.url, kind.upstream_path())
-                    .parse()
-                    .ok()
-            };
-            let fixed = instance.dialect == Dialect::OpenAi;
-            let target = targets.entry(instance.name.clone()).or_insert(Target {
-                key: None,
-                chat: endpoint(ModelKind::Chat).filter(|_| fixed),
-                embeddings: endpoint(ModelKind::Embeddings).filter(|_| fixed),
-                completions: endpoint(ModelKind::Completions).filter(|_| fixed),
-            });
+            let target = targets
+                .entry(instance.name.clone())
+                .or_insert_with(|| Target::new(instance));
             let Some(var) = &instance.api_key_env else {
                 continue;
             };
@@ -101,16 +124,13 @@ impl Upstreams {
                 instance: instance.name.clone(),
                 var: var.clone(),
             })?;
-            let (name, text) = match instance.dialect {
-                Dialect::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {key}")),
-                Dialect::Azure => (HeaderName::from_static("api-key"), key),
-            };
+            let (name, text) = target.dialect.key_header(&key);
             let mut value = HeaderValue::from_str(&text).map_err(|_| SetupError::BadKey {
                 instance: instance.name.clone(),
                 var: var.clone(),
             })?;
             value.set_sensitive(true);
-            target.key = Some((name, value));
+            target.headers.push((name, value));
         }
         let https = regions
             .iter()
@@ -118,13 +138,14 @@ impl Upstreams {
             .find(|i| i.url.starts_with("https://"))
             .map(|i| i.name.as_str());
         Ok(Upstreams {
-            openai: OpenAi::new(timeouts, https)?,
+            client: Client::new(timeouts, https)?,
             targets,
         })
     }
 
-    /// Sends one request body, for the model the instance calls `deployment`, to one
-    /// instance and waits up to `wait` for the response headers.
+    /// Sends one request body (OpenAI's format), for the model the instance calls
+    /// `deployment`, to one instance in its dialect and waits up to `wait` for the
+    /// response headers. The answer reads as OpenAI's, whatever the dialect.
     pub async fn send(
         &self,
         instance: &Instance,
@@ -133,58 +154,136 @@ impl Upstreams {
         body: Bytes,
         wait: std::time::Duration,
     ) -> Result<Response, SendError> {
-        let target = self.target(instance);
-        // Both speak OpenAI's wire format; they differ in URLs and the key's header.
-        let to = (instance, kind, deployment);
-        self.openai.send(to, request_id, target, body, wait).await
+        let Some(target) = self.targets.get(&instance.name) else {
+            return Err(SendError::Connect(format!(
+                "instance {} is not configured",
+                instance.name
+            )));
+        };
+        let dialect = target.dialect;
+        let uri = match target.url(kind) {
+            Some(uri) => uri.clone(),
+            None => match dialect.url(instance, kind, deployment) {
+                Some(url) => client::parse(url)?,
+                None => {
+                    return Err(SendError::Unsupported(format!(
+                        "instance {} speaks {}, which has no {} endpoint",
+                        instance.name,
+                        instance.dialect,
+                        kind.upstream_path()
+                    )));
+                }
+            },
+        };
+        let body = dialect
+            .request(kind, body)
+            .map_err(SendError::Unsupported)?;
+        let response = self
+            .client
+            .send(instance, uri, target.headers(), request_id, body, wait)
+            .await?;
+        Ok(Response {
+            inner: response,
+            dialect,
+            kind,
+        })
     }
 
     pub fn timeouts(&self) -> UpstreamTimeouts {
-        self.openai.timeouts()
+        self.client.timeouts()
     }
 
-    /// An active health probe: `GET {url}{path}` must answer 2xx within `timeout`.
+    /// An active health probe: `GET {url}{path}` (as the dialect spells it) must answer
+    /// 2xx within `timeout`.
     pub async fn probe(
         &self,
         instance: &Instance,
         path: &str,
         timeout: std::time::Duration,
     ) -> Result<(), ProbeFailure> {
-        let key = self.target(instance).key.as_ref();
-        self.openai.probe(instance, path, key, timeout).await
-    }
-
-    fn target(&self, instance: &Instance) -> &Target {
-        static NONE: Target = Target {
-            key: None,
-            chat: None,
-            embeddings: None,
-            completions: None,
+        let Some(target) = self.targets.get(&instance.name) else {
+            return Err(ProbeFailure::Upstream(format!(
+                "instance {} is not configured",
+                instance.name
+            )));
         };
-        self.targets.get(&instance.name).unwrap_or(&NONE)
+        let url = target.dialect.probe_url(instance, path);
+        self.client
+            .probe(instance, url, target.headers(), timeout)
+            .await
     }
 }
 
-/// An upstream's answer: its status and headers, and a body read whole or as a stream.
-pub struct Response(http::Response<Incoming>);
+/// An upstream's answer, read as OpenAI's whatever the dialect: its status and headers,
+/// and a body read whole or as a stream.
+pub struct Response {
+    inner: http::Response<Incoming>,
+    dialect: &'static dyn Dialect,
+    kind: ModelKind,
+}
 
 impl Response {
     pub fn status(&self) -> StatusCode {
-        self.0.status()
+        self.dialect.status(self.inner.status())
     }
 
     pub fn headers(&self) -> &HeaderMap {
-        self.0.headers()
+        self.inner.headers()
     }
 
     /// The whole body.
     pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
-        Ok(self.0.into_body().collect().await?.to_bytes())
+        let status = self.inner.status();
+        let bytes = self.inner.into_body().collect().await?.to_bytes();
+        Ok(self.dialect.answer(self.kind, status, bytes))
     }
 
-    /// The body's bytes as they arrive.
-    pub fn bytes_stream(self) -> BodyDataStream<Incoming> {
-        BodyDataStream::new(self.0.into_body())
+    /// The body's bytes as they arrive, as OpenAI's SSE chunks.
+    pub fn bytes_stream(self) -> BodyStream {
+        BodyStream {
+            body: BodyDataStream::new(self.inner.into_body()),
+            translate: self.dialect.stream(),
+            ended: false,
+        }
+    }
+}
+
+/// An upstream body's bytes, translated by the dialect where it has its own framing.
+pub struct BodyStream {
+    body: BodyDataStream<Incoming>,
+    translate: Option<Box<dyn Translate>>,
+    ended: bool,
+}
+
+impl Stream for BodyStream {
+    type Item = Result<Bytes, hyper::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(translate) = &mut this.translate else {
+            return Pin::new(&mut this.body).poll_next(cx);
+        };
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(Pin::new(&mut this.body).poll_next(cx)) {
+                Some(Ok(bytes)) => {
+                    let out = translate.push(&bytes);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    this.ended = true;
+                    let out = translate.finish();
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+            }
+        }
     }
 }
 

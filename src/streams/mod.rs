@@ -314,7 +314,7 @@ where
                 }
                 Ok(Some(Err(error))) => (
                     "upstream_stream_error",
-                    format!("connection lost: {}", crate::providers::root_cause(&error)),
+                    format!("connection lost: {}", crate::telemetry::root_cause(&error)),
                 ),
                 Ok(None) => {
                     // A last event without its blank line still counts.

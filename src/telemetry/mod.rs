@@ -342,6 +342,20 @@ impl<F: std::future::Future> std::future::Future for RequestScope<F> {
     }
 }
 
+/// The innermost error's message: "connection refused" rather than "error sending request".
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let text = cause.to_string();
+    if text.is_empty() {
+        error.to_string()
+    } else {
+        text
+    }
+}
+
 /// The text of a caught panic's payload.
 pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
