@@ -8,7 +8,7 @@
 mod anthropic;
 mod azure;
 mod client;
-pub mod dialect;
+mod dialect;
 mod openai;
 
 use std::collections::HashMap;
