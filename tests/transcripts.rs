@@ -72,6 +72,11 @@ async fn month_tokens(gw: &TestGateway) -> u64 {
 
 async fn check(file: &str) {
     let transcript = std::fs::read(format!("tests/transcripts/{file}")).unwrap();
+    check_bytes(file, transcript, "openai").await;
+}
+
+/// Replays `transcript` from an upstream speaking `dialect`; `file` names it in failures.
+async fn check_bytes(file: &str, transcript: Vec<u8>, dialect: &str) {
     let mock = MockUpstream::builder()
         .transcript(transcript)
         .ttft(Duration::from_millis(1500))
@@ -79,9 +84,15 @@ async fn check(file: &str) {
         .await
         .unwrap();
     mock.update_knobs(|k| k.wire_chunk_bytes = 5);
-    let gw =
-        TestGateway::with_regions_and(&[("us-east", &mock)], "[cache]\nhits_use_tokens = true")
-            .await;
+    let config = config_for(
+        &[("us-east", mock.url())],
+        "[cache]\nhits_use_tokens = true",
+    )
+    .replace(
+        "name = \"us-east-a\"",
+        &format!("name = \"us-east-a\"\n  dialect = \"{dialect}\""),
+    );
+    let gw = TestGateway::from_toml(&config).await;
     let used = PROMPT_TOKENS + COMPLETION_TOKENS;
 
     // Relayed without the usage chunk, which was asked for upstream all the same.
@@ -160,4 +171,29 @@ async fn litellm_with_python_spacing() {
 #[tokio::test]
 async fn crlf_keepalive_comments_and_multiline_data() {
     check("crlf-keepalive.sse").await;
+}
+
+/// Anthropic's own events, translated to chat chunks by the gateway on the way.
+#[tokio::test]
+async fn anthropic_messages_events() {
+    let transcript = std::fs::read("tests/transcripts/anthropic.sse").unwrap();
+    check_bytes("anthropic.sse", transcript, "anthropic").await;
+}
+
+/// The same events as a server behind a proxy would send them: CRLF line ends and a
+/// keep-alive comment before every event.
+#[tokio::test]
+async fn anthropic_messages_events_over_crlf_with_keepalive_comments() {
+    let transcript = std::fs::read_to_string("tests/transcripts/anthropic.sse").unwrap();
+    let proxied: String = transcript
+        .split_terminator("\n\n")
+        .map(|event| {
+            format!(
+                ": keep-alive\r\n\r\n{}\r\n\r\n",
+                event.replace('\n', "\r\n")
+            )
+        })
+        .collect();
+    assert_eq!(proxied.matches(": keep-alive").count(), 8);
+    check_bytes("anthropic.sse over CRLF", proxied.into_bytes(), "anthropic").await;
 }

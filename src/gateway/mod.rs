@@ -532,6 +532,11 @@ impl Gateway {
                     failure,
                 }
             };
+            // Skipped before it costs a slot or a retry: nothing would be sent.
+            if let Some(unsupported) = crate::providers::unsupported(&instance.instance, kind) {
+                attempts.push(fail(Failure::Send(unsupported)));
+                continue;
+            }
             if sent > 0 {
                 if Instant::now() >= give_up {
                     attempts.push(fail(Failure::Stopped("the routing deadline passed")));
@@ -563,7 +568,8 @@ impl Gateway {
                     tracing::error!(%request_id, error = %e, "out of local resources; the upstream is not held to account");
                     fail(Failure::Send(e))
                 }
-                // Nothing was sent: the instance's dialect cannot say this request.
+                // Nothing was sent: the instance's dialect cannot say this request
+                // (`n` above 1 to Anthropic, say): no fault of the instance.
                 Stop::Failed(e @ SendError::Unsupported(_)) => fail(Failure::Send(e)),
                 Stop::Failed(e) => {
                     self.router.report(&instance, Outcome::Failure, None);

@@ -106,14 +106,22 @@ async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
         );
     }
     state.remember(&request);
-    if anthropic && let Some(refusal) = anthropic_refusal(&state, &request) {
+    if anthropic && let Some(refusal) = anthropic_refusal(&request) {
         return refusal;
     }
     let Some(model) = request.get("model").and_then(Value::as_str) else {
         return wire::missing_parameter("model");
     };
     if !state.models.iter().any(|m| m == model) {
-        return wire::unknown_model(model);
+        return if anthropic {
+            wire::anthropic_error(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found_error",
+                &format!("model: {model}"),
+            )
+        } else {
+            wire::unknown_model(model)
+        };
     }
     let prompt = if text { "prompt" } else { "messages" };
     let messages = match request.get(prompt) {
@@ -436,7 +444,7 @@ async fn pause_until(deadline: Instant) {
 
 /// What Anthropic refuses before it looks at the model: a request without `max_tokens`
 /// or without messages.
-fn anthropic_refusal(state: &MockState, request: &Value) -> Option<Response> {
+fn anthropic_refusal(request: &Value) -> Option<Response> {
     let refuse = |message: &str| {
         Some(wire::anthropic_error(
             axum::http::StatusCode::BAD_REQUEST,
@@ -449,14 +457,6 @@ fn anthropic_refusal(state: &MockState, request: &Value) -> Option<Response> {
     }
     if !request.get("messages").is_some_and(Value::is_array) {
         return refuse("messages: Field required");
-    }
-    let model = request.get("model").and_then(Value::as_str).unwrap_or("");
-    if !state.models.iter().any(|m| m == model) {
-        return Some(wire::anthropic_error(
-            axum::http::StatusCode::NOT_FOUND,
-            "not_found_error",
-            &format!("model: {model}"),
-        ));
     }
     None
 }
@@ -494,10 +494,7 @@ fn anthropic_usage(plan: &Plan, output: u64) -> Value {
 /// Anthropic's events for one answer: `message_start`, a text block delta by delta,
 /// `message_delta` with the stop reason and output tokens, `message_stop`.
 fn anthropic_events(plan: &Plan) -> Vec<Event> {
-    let named = |kind: &str, data: Value| -> Bytes {
-        let end = if plan.framing.crlf { "\r\n" } else { "\n" };
-        Bytes::from(format!("event: {kind}{end}data: {data}{end}{end}"))
-    };
+    let named = |kind: &str, data: Value| plan.framing.named(kind, &data);
     let start = json!({
         "type": "message_start",
         "message": {

@@ -201,23 +201,36 @@ pub struct Framing {
 impl Framing {
     /// One SSE event carrying `data`.
     pub fn event(&self, data: &Value) -> Bytes {
-        let text = if self.spaced {
-            spaced_json(data)
-        } else {
-            data.to_string()
-        };
-        self.frame(&text)
+        self.frame(&self.json(data))
+    }
+
+    /// One SSE event of type `kind` carrying `data`, as Anthropic names its events.
+    pub fn named(&self, kind: &str, data: &Value) -> Bytes {
+        self.lines(Some(kind), &self.json(data))
     }
 
     /// One SSE event carrying `text` as it is (e.g. `[DONE]`).
     pub fn frame(&self, text: &str) -> Bytes {
+        self.lines(None, text)
+    }
+
+    fn json(&self, data: &Value) -> String {
+        if self.spaced {
+            spaced_json(data)
+        } else {
+            data.to_string()
+        }
+    }
+
+    fn lines(&self, kind: Option<&str>, text: &str) -> Bytes {
         let end = if self.crlf { "\r\n" } else { "\n" };
         let comment = if self.keepalive {
             format!(": keep-alive{end}{end}")
         } else {
             String::new()
         };
-        Bytes::from(format!("{comment}data: {text}{end}{end}"))
+        let kind = kind.map_or(String::new(), |kind| format!("event: {kind}{end}"));
+        Bytes::from(format!("{comment}{kind}data: {text}{end}{end}"))
     }
 }
 

@@ -40,8 +40,12 @@ static HEADERS: [(HeaderName, HeaderValue); 1] = [(
 )];
 
 impl Dialect for Anthropic {
-    fn url(&self, instance: &Instance, kind: ModelKind, _deployment: &str) -> Option<String> {
-        (kind == ModelKind::Chat).then(|| format!("{}/messages", instance.url))
+    fn serves(&self, kind: ModelKind) -> bool {
+        kind == ModelKind::Chat
+    }
+
+    fn url(&self, instance: &Instance, _kind: ModelKind, _deployment: &str) -> String {
+        format!("{}/messages", instance.url)
     }
 
     fn key_header(&self, key: &str) -> (HeaderName, String) {
@@ -401,9 +405,8 @@ fn now_secs() -> u64 {
 #[derive(Default)]
 struct Events {
     parser: SseParser,
-    id: String,
-    model: String,
-    created: u64,
+    /// Every chunk's fields up to its `choices`, rendered once at `message_start`.
+    head: String,
     /// The chat `tool_calls` index of each content block that is a tool use.
     tools: Vec<(u64, usize)>,
     prompt_tokens: u64,
@@ -412,15 +415,19 @@ struct Events {
 }
 
 impl Events {
+    /// The chunks' head; a stream that skipped `message_start` gets one with no id.
+    fn head(&self) -> &str {
+        if self.head.is_empty() {
+            r#"{"id":"","object":"chat.completion.chunk","created":0,"model":"","choices":"#
+        } else {
+            &self.head
+        }
+    }
+
     fn chunk(&self, out: &mut BytesMut, delta: Value, finish: Option<&str>) {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
-        });
-        frame(out, &chunk.to_string());
+        let choice =
+            json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish });
+        frame(out, &format!("{}[{choice}]}}", self.head()));
     }
 
     fn event(&mut self, event: &SseEvent, out: &mut BytesMut) {
@@ -436,16 +443,13 @@ impl Events {
         match kind {
             "message_start" => {
                 let message = data.get("message").unwrap_or(&Value::Null);
-                let text = |name: &str| {
-                    message
-                        .get(name)
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string()
-                };
-                self.id = text("id");
-                self.model = text("model");
-                self.created = now_secs();
+                let text = |name: &str| message.get(name).and_then(Value::as_str).unwrap_or("");
+                self.head = format!(
+                    r#"{{"id":{},"object":"chat.completion.chunk","created":{},"model":{},"choices":"#,
+                    Value::from(text("id")),
+                    now_secs(),
+                    Value::from(text("model")),
+                );
                 let usage = message.get("usage").unwrap_or(&Value::Null);
                 (self.prompt_tokens, self.cache_read) = prompt_tokens(usage);
                 self.chunk(out, json!({ "role": "assistant", "content": "" }), None);
@@ -508,15 +512,8 @@ impl Events {
                 self.chunk(out, json!({}), Some(finish_reason(stop)));
             }
             "message_stop" => {
-                let tail = json!({
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": usage(self.prompt_tokens, self.completion_tokens, self.cache_read),
-                });
-                frame(out, &tail.to_string());
+                let usage = usage(self.prompt_tokens, self.completion_tokens, self.cache_read);
+                frame(out, &format!(r#"{}[],"usage":{usage}}}"#, self.head()));
                 frame(out, "[DONE]");
             }
             "error" => {

@@ -11,15 +11,15 @@ use crate::domain::{Instance, ModelKind};
 pub struct Azure;
 
 impl Dialect for Azure {
-    fn url(&self, instance: &Instance, kind: ModelKind, deployment: &str) -> Option<String> {
+    fn url(&self, instance: &Instance, kind: ModelKind, deployment: &str) -> String {
         let deployment: String =
             url::form_urlencoded::byte_serialize(deployment.as_bytes()).collect();
-        Some(format!(
+        format!(
             "{}/openai/deployments/{deployment}{}?api-version={}",
             instance.url,
             kind.upstream_path(),
             instance.api_version
-        ))
+        )
     }
 
     fn fixed_urls(&self) -> bool {

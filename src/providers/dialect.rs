@@ -25,9 +25,14 @@ pub fn of(dialect: domain::Dialect) -> &'static dyn Dialect {
 /// One wire protocol. Only `url` and `key_header` have no default: the defaults are
 /// OpenAI's format, passed through untouched.
 pub trait Dialect: Send + Sync {
-    /// Where a request of `kind` goes, for the model the instance calls `deployment`;
-    /// none when the dialect has no such endpoint.
-    fn url(&self, instance: &Instance, kind: ModelKind, deployment: &str) -> Option<String>;
+    /// Whether the dialect has an endpoint for requests of `kind`.
+    fn serves(&self, _kind: ModelKind) -> bool {
+        true
+    }
+
+    /// Where a request of `kind` (one it serves) goes, for the model the instance calls
+    /// `deployment`.
+    fn url(&self, instance: &Instance, kind: ModelKind, deployment: &str) -> String;
 
     /// Whether `url` is the same for every deployment (worked out once, at start).
     fn fixed_urls(&self) -> bool {

@@ -82,11 +82,9 @@ impl Target {
     fn new(instance: &Instance) -> Target {
         let dialect = dialect::of(instance.dialect);
         let endpoint = |kind: ModelKind| {
-            dialect
-                .fixed_urls()
-                .then(|| dialect.url(instance, kind, ""))
+            (dialect.fixed_urls() && dialect.serves(kind))
+                .then(|| dialect.url(instance, kind, "").parse().ok())
                 .flatten()
-                .and_then(|url| url.parse().ok())
         };
         Target {
             dialect,
@@ -160,20 +158,13 @@ impl Upstreams {
                 instance.name
             )));
         };
+        if let Some(unsupported) = unsupported(instance, kind) {
+            return Err(unsupported);
+        }
         let dialect = target.dialect;
         let uri = match target.url(kind) {
             Some(uri) => uri.clone(),
-            None => match dialect.url(instance, kind, deployment) {
-                Some(url) => client::parse(url)?,
-                None => {
-                    return Err(SendError::Unsupported(format!(
-                        "instance {} speaks {}, which has no {} endpoint",
-                        instance.name,
-                        instance.dialect,
-                        kind.upstream_path()
-                    )));
-                }
-            },
+            None => client::parse(dialect.url(instance, kind, deployment))?,
         };
         let body = dialect
             .request(kind, body)
@@ -212,6 +203,19 @@ impl Upstreams {
             .probe(instance, url, target.headers(), timeout)
             .await
     }
+}
+
+/// Why `instance` cannot be sent requests of `kind` at all: its dialect has no such
+/// endpoint (Anthropic and embeddings). Known before anything is sent or reserved.
+pub fn unsupported(instance: &Instance, kind: ModelKind) -> Option<SendError> {
+    (!dialect::of(instance.dialect).serves(kind)).then(|| {
+        SendError::Unsupported(format!(
+            "instance {} speaks {}, which has no {} endpoint",
+            instance.name,
+            instance.dialect,
+            kind.upstream_path()
+        ))
+    })
 }
 
 /// An upstream's answer, read as OpenAI's whatever the dialect: its status and headers,

@@ -10,8 +10,8 @@ use crate::domain::{Instance, ModelKind};
 pub struct OpenAi;
 
 impl Dialect for OpenAi {
-    fn url(&self, instance: &Instance, kind: ModelKind, _deployment: &str) -> Option<String> {
-        Some(format!("{}{}", instance.url, kind.upstream_path()))
+    fn url(&self, instance: &Instance, kind: ModelKind, _deployment: &str) -> String {
+        format!("{}{}", instance.url, kind.upstream_path())
     }
 
     fn key_header(&self, key: &str) -> (HeaderName, String) {
