@@ -38,6 +38,7 @@ fn pick_cost() {
                     max_concurrency: 64,
                     weight: 1 + (i % 3),
                     http2: false,
+                    native_responses: false,
                 })
                 .collect(),
         })

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
+use switchyard::mock::{MockHandle, Outage};
 
 /// The audit writer batches; wait (up to ten seconds) until the newest record is the one
 /// for `request_id`.
@@ -247,4 +248,183 @@ async fn a_response_sent_with_store_false_is_not_kept() {
         .await
         .unwrap();
     assert_eq!(read.status(), 404);
+}
+
+/// `us-east` and `eu-west`, each one instance at these mocks, with `responses = "…"`.
+fn responses_modes(east: (&MockHandle, &str), west: (&MockHandle, &str)) -> String {
+    config_for(&[("us-east", east.0.url()), ("eu-west", west.0.url())], "")
+        .replace(
+            "name = \"us-east-a\"",
+            &format!("name = \"us-east-a\"\n  responses = \"{}\"", east.1),
+        )
+        .replace(
+            "name = \"eu-west-a\"",
+            &format!("name = \"eu-west-a\"\n  responses = \"{}\"", west.1),
+        )
+}
+
+async fn drain(gw: &TestGateway, region: &str, on: bool) {
+    let action = if on { "drain" } else { "undrain" };
+    gw.admin(
+        reqwest::Method::POST,
+        &format!("/admin/regions/{region}/{action}"),
+        None,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_native_instance_is_sent_the_responses_api_and_follow_ups_go_where_it_is_stored() {
+    let east = quick_mock().answer_tokens(5).spawn_local().await.unwrap();
+    let west = quick_mock().answer_tokens(5).spawn_local().await.unwrap();
+    let gw = TestGateway::from_toml(&responses_modes((&east, "native"), (&west, "native"))).await;
+
+    // Made in eu-west while us-east is drained.
+    drain(&gw, "us-east", true).await;
+    let body =
+        json!({"model": "gpt-4o-mini", "instructions": "Be brief.", "input": "First question."});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-switchyard-instance"), "eu-west-a");
+    let first: Value = response.json().await.unwrap();
+    let first_id = first["id"].as_str().unwrap().to_string();
+    assert_eq!(first["object"], "response");
+    assert_eq!(first["usage"]["output_tokens"], 5);
+    // Sent as it came (the model rewritten, the completion limited), to `/responses`.
+    assert_eq!(west.last_path().unwrap(), "/v1/responses");
+    let sent = west.last_request().unwrap();
+    assert_eq!(sent["input"], "First question.");
+    assert_eq!(sent["instructions"], "Be brief.");
+    assert!(sent["max_output_tokens"].as_u64().is_some(), "{sent}");
+    assert!(sent.get("messages").is_none() && sent.get("stream_options").is_none());
+
+    // us-east is back and first in line, but the follow-up goes where the first is
+    // stored, as it is: the upstream holds the conversation (its input counts it).
+    drain(&gw, "us-east", false).await;
+    let body = json!({"model": "gpt-4o-mini", "input": "Second.", "previous_response_id": first_id, "stream": true});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-switchyard-instance"), "eu-west-a");
+    assert_eq!(
+        header(&response, "x-switchyard-route"),
+        "eu-west-a: holds the previous response"
+    );
+    let events = response.text().await.unwrap();
+    assert!(events.starts_with("event: response.created\n"), "{events}");
+    let completed: Value = serde_json::from_str(sse_data(&events).last().unwrap()).unwrap();
+    assert_eq!(completed["type"], "response.completed");
+    let second = &completed["response"];
+    assert_eq!(second["previous_response_id"], json!(first_id));
+    assert!(
+        second["usage"]["input_tokens"].as_u64().unwrap()
+            > first["usage"]["total_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        west.last_request().unwrap()["previous_response_id"],
+        json!(first_id)
+    );
+    assert_eq!(east.stats().chat_requests, 0, "nothing went to us-east");
+    let second_id = second["id"].as_str().unwrap().to_string();
+
+    // Usage is settled from the Responses API's own usage.
+    let expected = first["usage"]["total_tokens"].as_u64().unwrap()
+        + second["usage"]["total_tokens"].as_u64().unwrap();
+    let mut used = 0;
+    for _ in 0..250 {
+        used = gw.tenant("tenant-a").await["day"]["tokens"]
+            .as_u64()
+            .unwrap();
+        if used == expected {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(used, expected);
+
+    // Read back from the instance that stores it; another tenant finds nothing.
+    let get = |id: String, key: &'static str| {
+        gw.client
+            .get(gw.url(&format!("/v1/responses/{id}")))
+            .bearer_auth(key)
+            .send()
+    };
+    let read = get(second_id.clone(), KEY_A).await.unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.json::<Value>().await.unwrap()["id"], json!(second_id));
+    assert_eq!(
+        west.last_path().unwrap(),
+        format!("/v1/responses/{second_id}")
+    );
+    assert_eq!(get(second_id.clone(), KEY_B).await.unwrap().status(), 404);
+
+    // Its instance drained: the follow-up waits for it rather than going elsewhere.
+    drain(&gw, "eu-west", true).await;
+    let body =
+        json!({"model": "gpt-4o-mini", "input": "Third.", "previous_response_id": second_id});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 503);
+    let error = error_of(response).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("eu-west-a"),
+        "{error}"
+    );
+    drain(&gw, "eu-west", false).await;
+
+    // Deleted there and forgotten here: a follow-up is refused without going upstream.
+    let deleted = gw
+        .client
+        .delete(gw.url(&format!("/v1/responses/{second_id}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(deleted.json::<Value>().await.unwrap()["deleted"], true);
+    assert_eq!(get(second_id.clone(), KEY_A).await.unwrap().status(), 404);
+    let requests = west.stats().chat_requests;
+    let body = json!({"model": "gpt-4o-mini", "input": "x", "previous_response_id": second_id});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        error_of(response).await["code"],
+        "previous_response_not_found"
+    );
+    assert_eq!(west.stats().chat_requests, requests);
+}
+
+#[tokio::test]
+async fn one_alias_fails_over_from_a_native_instance_to_a_translated_one() {
+    let east = quick_mock().answer_tokens(4).spawn_local().await.unwrap();
+    let west = quick_mock().answer_tokens(4).spawn_local().await.unwrap();
+    let gw =
+        TestGateway::from_toml(&responses_modes((&east, "native"), (&west, "translate"))).await;
+    east.start_outage(Outage::Error);
+    for stream in [false, true] {
+        let body = json!({"model": "gpt-4o-mini", "input": "Hello.", "stream": stream});
+        let response = gw.post("/v1/responses", KEY_A, &body).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-switchyard-instance"), "eu-west-a");
+        let answer: Value = if stream {
+            let events = response.text().await.unwrap();
+            let last: Value = serde_json::from_str(sse_data(&events).last().unwrap()).unwrap();
+            assert_eq!(last["type"], "response.completed");
+            last["response"].clone()
+        } else {
+            response.json().await.unwrap()
+        };
+        assert_eq!(answer["object"], "response");
+        assert_eq!(answer["usage"]["output_tokens"], 4);
+        // Translated for the chat upstream.
+        assert_eq!(west.last_path().unwrap(), "/v1/chat/completions");
+        assert!(west.last_request().unwrap()["messages"].is_array());
+    }
+    // A built-in tool cannot be translated, and one instance serves it natively: the
+    // request is not refused up front; with that instance down, the attempt there fails.
+    let body = json!({"model": "gpt-4o-mini", "input": "x", "tools": [{"type": "web_search"}]});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_ne!(response.status(), 200);
+    east.stop_outage();
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-switchyard-instance"), "us-east-a");
 }

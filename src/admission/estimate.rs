@@ -96,6 +96,42 @@ pub fn chat_prompt(kind: TokenizerKind, messages: Option<&RawValue>) -> u64 {
     total
 }
 
+/// Prompt tokens of a Responses API request: its `instructions` and its `input`, a text
+/// or a list of items (messages are counted as chat counts them; function calls and
+/// their outputs by their JSON).
+pub fn responses_prompt(
+    kind: TokenizerKind,
+    instructions: Option<&RawValue>,
+    input: Option<&RawValue>,
+) -> u64 {
+    let text = |raw: Option<&RawValue>| match raw.map(|r| serde_json::from_str::<Value>(r.get())) {
+        Some(Ok(Value::String(text))) => Some(text),
+        _ => None,
+    };
+    let mut total = text(instructions).map_or(0, |t| PER_MESSAGE + count(kind, &t));
+    if let Some(single) = text(input) {
+        return total + REPLY_PRIMING + PER_MESSAGE + count(kind, &single);
+    }
+    let Some(Ok(Value::Array(items))) = input.map(|i| serde_json::from_str::<Value>(i.get()))
+    else {
+        return total + REPLY_PRIMING;
+    };
+    let (messages, others): (Vec<&Value>, Vec<&Value>) =
+        items.iter().partition(|item| item.get("content").is_some());
+    if let Ok(messages) = serde_json::value::to_raw_value(&messages) {
+        total += chat_prompt(kind, Some(&messages));
+    }
+    for item in others {
+        let mut item = item.clone();
+        if let Some(object) = item.as_object_mut() {
+            object.remove("id");
+            object.remove("status");
+        }
+        total += PER_MESSAGE + count(kind, &item.to_string());
+    }
+    total
+}
+
 /// Input tokens of an embeddings request's `input`.
 pub fn embeddings_input(kind: TokenizerKind, input: Option<&RawValue>) -> u64 {
     let Some(Ok(input)) = input.map(|i| serde_json::from_str::<Value>(i.get())) else {
@@ -119,6 +155,35 @@ mod tests {
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn a_responses_prompt_counts_instructions_and_every_input_item() {
+        let k = TokenizerKind::O200kBase;
+        let text = responses_prompt(
+            k,
+            Some(&raw(r#""Be brief.""#)),
+            Some(&raw(r#""hello world""#)),
+        );
+        let as_chat = chat_prompt(
+            k,
+            Some(&raw(
+                r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"hello world"}]"#,
+            )),
+        );
+        // The role names are the only difference.
+        assert_eq!(text + count(k, "system") + count(k, "user"), as_chat);
+        let items = raw(
+            r#"[{"role":"user","content":"hello world"},{"type":"function_call_output","call_id":"call_1","output":"72 degrees and sunny"}]"#,
+        );
+        let with_output = responses_prompt(k, None, Some(&items));
+        let without = responses_prompt(
+            k,
+            None,
+            Some(&raw(r#"[{"role":"user","content":"hello world"}]"#)),
+        );
+        assert!(with_output > without + count(k, "72 degrees and sunny"));
+        assert_eq!(responses_prompt(k, None, None), REPLY_PRIMING);
     }
 
     #[test]

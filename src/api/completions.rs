@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use super::{Refusal, RequestId, Source, authorization};
 use crate::domain::{CACHE_HEADER, Directives, Fields, ModelKind};
-use crate::gateway::{Gateway, Inbound, Reply, ReplyBody};
+pub(super) use crate::gateway::ChatEvent;
+use crate::gateway::{Gateway, Inbound, Reply, ReplyBody, read_chat_data};
 
 pub async fn chat(
     State(gateway): State<Arc<Gateway>>,
@@ -75,6 +76,7 @@ async fn proxy(
         ModelKind::Chat => "/v1/chat/completions",
         ModelKind::Embeddings => "/v1/embeddings",
         ModelKind::Completions => "/v1/completions",
+        ModelKind::Responses => "/v1/responses",
     };
     // Failed authentications are counted and audited per source and window, not here.
     let (tenant, key_id) = gateway
@@ -102,6 +104,7 @@ async fn proxy(
             fields,
             directives: cache_directives(headers),
             session,
+            pin: None,
             arrival,
         })
         .await?;
@@ -160,7 +163,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Refusal> {
 }
 
 /// A reply as HTTP: SSE for streams; embeddings put in the encoding asked for.
-fn render(reply: Reply, embeddings: bool, wants_base64: bool) -> Response {
+pub(super) fn render(reply: Reply, embeddings: bool, wants_base64: bool) -> Response {
     let mut response = match reply.body {
         ReplyBody::Whole {
             content_type,
@@ -230,6 +233,7 @@ pub(super) fn chat_inbound(
         fields,
         directives: cache_directives(headers),
         session: session(gateway, headers),
+        pin: None,
         arrival,
     }
 }
@@ -242,69 +246,10 @@ fn session(gateway: &Gateway, headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// What a chat stream says, for a front that answers in another API's events.
-pub(super) enum ChatEvent<'a> {
-    Text(&'a str),
-    /// A piece of tool call `index` (its id and name come with its first piece).
-    Call {
-        index: u64,
-        id: Option<&'a Value>,
-        name: Option<&'a Value>,
-        arguments: &'a str,
-    },
-    Finish(&'a str),
-    Usage(&'a Value),
-    /// `[DONE]`: the answer is complete.
-    Done,
-    /// The gateway's error frame: the stream broke or was cut.
-    Error(&'a Value),
-}
-
 /// Reads one frame of a chat stream (canonical SSE, as the hub relays it) into `on`.
 pub(super) fn read_chat_frame(frame: &[u8], mut on: impl FnMut(ChatEvent<'_>)) {
     for data in frame_data(frame) {
-        if data == "[DONE]" {
-            on(ChatEvent::Done);
-            continue;
-        }
-        let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
-            continue;
-        };
-        if let Some(error) = chunk.get("error") {
-            on(ChatEvent::Error(error));
-            continue;
-        }
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            on(ChatEvent::Usage(usage));
-        }
-        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
-            continue;
-        };
-        let delta = choice.get("delta");
-        if let Some(text) = delta
-            .and_then(|d| d.get("content"))
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            on(ChatEvent::Text(text));
-        }
-        if let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) {
-            for call in calls {
-                let function = call.get("function");
-                on(ChatEvent::Call {
-                    index: call.get("index").and_then(Value::as_u64).unwrap_or(0),
-                    id: call.get("id"),
-                    name: function.and_then(|f| f.get("name")),
-                    arguments: function
-                        .and_then(|f| f.get("arguments"))
-                        .and_then(Value::as_str)
-                        .unwrap_or(""),
-                });
-            }
-        }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-            on(ChatEvent::Finish(reason));
-        }
+        read_chat_data(&data, &mut on);
     }
 }
 

@@ -1,33 +1,30 @@
-//! `POST /v1/responses`, OpenAI's Responses API, for upstreams that speak chat
-//! completions: the request is translated to a chat request, goes through
-//! `Gateway::serve` like any other (admission, seats, routing, failover, cache, audit,
-//! watchers), and the chat answer is translated back, whole or as Responses events.
+//! `POST /v1/responses`, OpenAI's Responses API, through `Gateway::serve` like any other
+//! request (admission, seats, routing, failover, cache, audit, watchers). Each instance
+//! is sent it in its own way (`providers`): as it is, when the instance serves the
+//! Responses API itself (`responses = "native"`), or translated to chat completions and
+//! back. Either way the client gets a Response object or Responses events.
 //!
-//! A chat upstream keeps nothing, so the gateway keeps each response it answered
-//! (`conversations`): `previous_response_id` puts the conversation back together before
-//! the request goes upstream, and `GET`/`DELETE /v1/responses/{id}` read and forget one.
-//! What a chat upstream cannot do is refused up front with the parameter named:
-//! built-in tools (web search, file search, computer use), files by id, item references
-//! and background responses.
+//! `previous_response_id`: a response that its instance stores is followed up on that
+//! instance alone; a translated one the gateway kept (`conversations`), so it puts the
+//! conversation back together in `input` and the follow-up may go anywhere. A response
+//! that is gone, or whose instance is gone, is `previous_response_not_found`, never an
+//! answer without its context. `GET`/`DELETE /v1/responses/{id}` and `cancel` are asked
+//! of the instance that stores the response, or answered from what the gateway kept.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::Response;
-use serde_json::{Map, Value, json};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
 
-use axum::extract::Path;
-
-use super::completions::{
-    ChatEvent, Translate, as_fields, chat_inbound, named_event, read_chat_frame, read_fields,
-    render_translated,
-};
+use super::completions::{chat_inbound, read_fields, render};
 use super::{Refusal, RequestId, Source, authorization};
-use crate::domain::Fields;
-use crate::gateway::Gateway;
-use crate::gateway::conversations::{Conversations, Missing, Turn};
+use crate::domain::{Fields, ModelKind};
+use crate::gateway::conversations::{Conversations, Held, Missing, Thread, Turn};
+use crate::gateway::{Gateway, Reply, ReplyBody};
 
 const ENDPOINT: &str = "/v1/responses";
 
@@ -43,97 +40,152 @@ pub async fn create(
         .authenticate(authorization(&headers), source)
         .map(|(tenant, key_id)| (tenant.name.clone(), key_id))?;
     let server = &gateway.config().server;
-    let conversations = gateway.conversations();
-    let translated = read_fields(body, server.max_body, server.body_timeout)
+    let prepared = read_fields(body, server.max_body, server.body_timeout)
         .await
-        .and_then(|fields| {
-            let previous = previous_response(&fields)?;
-            let history = match &previous {
-                Some(previous) => conversations
-                    .history(&tenant, previous)
-                    .map_err(|missing| previous_not_found(previous, missing))?,
-                None => Vec::new(),
-            };
-            let (chat, turn) = to_chat(&fields, history)?;
-            Ok((chat, turn, Echo::of(&fields), keeps(&fields)))
-        });
-    let (chat, turn, echo, keep) = match translated {
-        Ok(translated) => translated,
+        .and_then(|fields| prepare(&gateway, &tenant, fields));
+    let (fields, pin, keeper) = match prepared {
+        Ok(prepared) => prepared,
         Err(refusal) => {
             gateway.refused_early(&id.0, ENDPOINT, Some((&tenant, &key_id)), &refusal);
             return Err(refusal);
         }
     };
-    let response_id = format!("resp_{}", id.0.trim_start_matches("req_"));
-    let keeper = keep.then(|| Keeper {
-        conversations: conversations.clone(),
-        tenant: tenant.clone(),
-        previous: echo.previous_response_id.as_str().map(str::to_string),
-        input: turn,
-    });
-    let inbound = chat_inbound(
+    let mut inbound = chat_inbound(
         &gateway,
         (id.0, ENDPOINT),
         (tenant, key_id),
         &headers,
-        chat,
+        fields,
         arrival,
     );
+    inbound.kind = ModelKind::Responses;
+    inbound.pin = pin;
     let reply = gateway.serve(inbound).await?;
-    let mut events = Events::new(response_id, echo);
-    events.keeper = keeper;
-    render_translated(reply, events)
+    Ok(render(keeper.watch(&gateway, reply), false, false))
+}
+
+/// The request as the pipeline takes it (a kept conversation put back in `input`), the
+/// instance it must go to (the one that stores the response it follows), and what keeps
+/// its answer.
+fn prepare(
+    gateway: &Gateway,
+    tenant: &str,
+    mut fields: Fields,
+) -> Result<(Fields, Option<String>, Keeper), Refusal> {
+    let previous = previous_response(&fields)?;
+    let input = input_items(&fields);
+    let mut pin = None;
+    let mut expanded = false;
+    if let Some(previous) = &previous {
+        match gateway.conversations().history(tenant, previous) {
+            Err(missing) => return Err(previous_not_found(previous, missing)),
+            Ok(Thread::Upstream(instance)) if gateway.serves_responses(&instance) => {
+                pin = Some(instance);
+            }
+            Ok(Thread::Upstream(instance)) => {
+                return Err(Refusal::previous_response_not_found(&format!(
+                    "previous response {previous} is stored by instance {instance}, which no longer serves the Responses API here; send the conversation in 'input'"
+                )));
+            }
+            Ok(Thread::Items(mut items)) => {
+                items.extend(input.iter().cloned());
+                let raw =
+                    serde_json::value::to_raw_value(&items).map_err(|_| Refusal::internal())?;
+                fields.insert("input".into(), raw);
+                fields.shift_remove("previous_response_id");
+                expanded = true;
+            }
+        }
+    }
+    let keeper = Keeper {
+        conversations: gateway.conversations().clone(),
+        tenant: tenant.to_string(),
+        previous,
+        input,
+        store: keeps(&fields),
+        expanded,
+    };
+    Ok((fields, pin, keeper))
 }
 
 /// `GET /v1/responses/{id}`: a response this tenant was given, while it is kept.
 pub async fn retrieve(
     State(gateway): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
     Extension(Source(source)): Extension<Source>,
     Path(response_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let (tenant, _) = gateway.authenticate(authorization(&headers), source)?;
     match gateway.conversations().get(&tenant.name, &response_id) {
-        Some(object) => Ok(json_bytes(object)),
+        Some(Held::Here(object)) => Ok(json_bytes(object)),
+        Some(Held::Upstream(instance)) => {
+            let asked = (Method::GET, response_id.as_str(), false);
+            upstream_answer(gateway.stored_response(&instance, asked, &id.0).await?)
+        }
         None => Err(Refusal::response_not_found(&response_id)),
     }
 }
 
-/// `DELETE /v1/responses/{id}`: forgets a response; follow-ups to it are refused.
+/// `DELETE /v1/responses/{id}`: forgets a response (and has its instance delete it);
+/// follow-ups to it are refused.
 pub async fn delete(
     State(gateway): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
     Extension(Source(source)): Extension<Source>,
     Path(response_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let (tenant, _) = gateway.authenticate(authorization(&headers), source)?;
-    if gateway.conversations().delete(&tenant.name, &response_id) {
-        Ok(json_response(
-            json!({"id": response_id, "object": "response", "deleted": true}),
-        ))
-    } else {
-        Err(Refusal::response_not_found(&response_id))
+    let conversations = gateway.conversations();
+    match conversations.get(&tenant.name, &response_id) {
+        Some(Held::Here(_)) => {
+            conversations.delete(&tenant.name, &response_id);
+            Ok(json_bytes(Bytes::from(
+                json!({"id": response_id, "object": "response", "deleted": true}).to_string(),
+            )))
+        }
+        Some(Held::Upstream(instance)) => {
+            let asked = (Method::DELETE, response_id.as_str(), false);
+            let (status, body) = gateway.stored_response(&instance, asked, &id.0).await?;
+            if status.is_success() || status.as_u16() == 404 {
+                conversations.delete(&tenant.name, &response_id);
+            }
+            upstream_answer((status, body))
+        }
+        None => Err(Refusal::response_not_found(&response_id)),
     }
 }
 
-/// `POST /v1/responses/{id}/cancel`: only background responses can be cancelled, and the
-/// gateway answers every response before it returns.
+/// `POST /v1/responses/{id}/cancel`: only a background response can be cancelled, which
+/// only an instance that serves the Responses API itself runs.
 pub async fn cancel(
     State(gateway): State<Arc<Gateway>>,
+    Extension(id): Extension<RequestId>,
     Extension(Source(source)): Extension<Source>,
     Path(response_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Refusal> {
     let (tenant, _) = gateway.authenticate(authorization(&headers), source)?;
     match gateway.conversations().get(&tenant.name, &response_id) {
-        Some(_) => Err(Refusal::bad_parameter(
+        Some(Held::Here(_)) => Err(Refusal::bad_parameter(
             "response_id",
             format!(
                 "response {response_id} is not a background response and has already finished; only background responses can be cancelled"
             ),
         )),
+        Some(Held::Upstream(instance)) => {
+            let asked = (Method::POST, response_id.as_str(), true);
+            upstream_answer(gateway.stored_response(&instance, asked, &id.0).await?)
+        }
         None => Err(Refusal::response_not_found(&response_id)),
     }
+}
+
+fn upstream_answer((status, body): (http::StatusCode, Bytes)) -> Result<Response, Refusal> {
+    let mut response = json_bytes(body);
+    *response.status_mut() = status;
+    Ok(response)
 }
 
 /// The `previous_response_id` a request names, if any.
@@ -152,10 +204,22 @@ fn previous_response(fields: &Fields) -> Result<Option<String>, Refusal> {
     }
 }
 
+/// The items a request's `input` adds to a conversation: a text is one user message.
+fn input_items(fields: &Fields) -> Vec<Value> {
+    match fields
+        .get("input")
+        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+    {
+        Some(Value::String(text)) => vec![json!({"role": "user", "content": text})],
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    }
+}
+
 fn previous_not_found(id: &str, missing: Missing) -> Refusal {
     match missing {
         Missing::NotFound(gone) if gone == id => Refusal::previous_response_not_found(&format!(
-            "previous response {id} is not kept by the gateway (it expired, was deleted, or was made before a restart or by another tenant); send the conversation in 'input'"
+            "previous response {id} is not kept by the gateway (it expired, was deleted, or was made by another tenant); send the conversation in 'input'"
         )),
         Missing::NotFound(gone) => Refusal::previous_response_not_found(&format!(
             "previous response {id} follows {gone}, which is no longer kept, so the conversation cannot be put back together; send it in 'input'"
@@ -173,26 +237,154 @@ fn keeps(fields: &Fields) -> bool {
         .is_none_or(|raw| raw.get().trim() != "false")
 }
 
-/// Keeps a finished response for follow-ups.
+/// Keeps a finished response for follow-ups: where it is stored, or the conversation.
 struct Keeper {
     conversations: Arc<Conversations>,
     tenant: String,
     previous: Option<String>,
-    /// The chat messages this request added.
+    /// The items this request added.
     input: Vec<Value>,
+    store: bool,
+    /// The conversation was put back in `input`, so the upstream never saw
+    /// `previous_response_id`: the answer gets it back.
+    expanded: bool,
 }
 
 impl Keeper {
-    fn keep(self, id: &str, answer: Value, object: Bytes) {
-        let mut messages = self.input;
-        messages.push(answer);
-        let turn = Turn::new(&self.tenant, self.previous, &messages, object);
+    /// The reply as it goes to the client, noting the response it carries when it ends.
+    fn watch(self, gateway: &Gateway, mut reply: Reply) -> Reply {
+        if !reply.status.is_success() {
+            return reply;
+        }
+        let previous = self.previous.clone().filter(|_| self.expanded);
+        if let Some(previous) = previous {
+            reply.body = with_previous(reply.body, previous);
+        }
+        if !self.store {
+            return reply;
+        }
+        let instance = reply
+            .headers
+            .iter()
+            .find(|(name, _)| *name == crate::domain::headers::INSTANCE)
+            .map(|(_, value)| value.clone());
+        // A reply with no instance came from the cache: its response was made for
+        // another request, and is kept as that one's.
+        let Some(instance) = instance else {
+            return reply;
+        };
+        let upstream = gateway.serves_responses(&instance).then_some(instance);
+        match reply.body {
+            ReplyBody::Whole { ref bytes, .. } => {
+                if let Ok(object) = serde_json::from_slice::<Value>(bytes) {
+                    self.keep(&object, upstream.as_deref(), bytes.clone());
+                }
+            }
+            ReplyBody::Stream(frames) => {
+                let mut keeper = Some((self, upstream));
+                let frames = frames.inspect(move |frame| {
+                    let Ok(frame) = frame else { return };
+                    if !frame.windows(9).any(|w| w == b"response.") {
+                        return;
+                    }
+                    for data in frame_data(frame) {
+                        let Ok(event) = serde_json::from_str::<Value>(data) else {
+                            continue;
+                        };
+                        let last = matches!(
+                            event.get("type").and_then(Value::as_str),
+                            Some("response.completed" | "response.incomplete")
+                        );
+                        if let (true, Some(object)) = (last, event.get("response"))
+                            && let Some((keeper, upstream)) = keeper.take()
+                        {
+                            let bytes = Bytes::from(object.to_string());
+                            keeper.keep(object, upstream.as_deref(), bytes);
+                        }
+                    }
+                });
+                reply.body = ReplyBody::Stream(Box::pin(frames));
+            }
+        }
+        reply
+    }
+
+    fn keep(self, object: &Value, upstream: Option<&str>, bytes: Bytes) {
+        let Some(id) = object.get("id").and_then(Value::as_str) else {
+            return;
+        };
+        let turn = match upstream {
+            Some(instance) => Turn::upstream(&self.tenant, self.previous, instance),
+            None => {
+                let mut items = self.input;
+                if let Some(Value::Array(output)) = object.get("output") {
+                    items.extend(output.iter().cloned());
+                }
+                Turn::held(&self.tenant, self.previous, &items, bytes)
+            }
+        };
         self.conversations.keep(id, turn);
     }
 }
 
-fn json_response(object: Value) -> Response {
-    json_bytes(Bytes::from(object.to_string()))
+/// An answer whose Response objects name `previous` as the response they follow.
+fn with_previous(body: ReplyBody, previous: String) -> ReplyBody {
+    let set = move |object: &mut Value| {
+        if let Some(fields) = object.as_object_mut()
+            && fields.get("object") == Some(&json!("response"))
+        {
+            fields.insert("previous_response_id".into(), json!(previous));
+        }
+    };
+    match body {
+        ReplyBody::Whole {
+            content_type,
+            bytes,
+        } => {
+            let bytes = match serde_json::from_slice::<Value>(&bytes) {
+                Ok(mut object) => {
+                    set(&mut object);
+                    Bytes::from(object.to_string())
+                }
+                Err(_) => bytes,
+            };
+            ReplyBody::Whole {
+                content_type,
+                bytes,
+            }
+        }
+        // Only the lifecycle events carry the Response: `response.created`, …
+        ReplyBody::Stream(frames) => ReplyBody::Stream(Box::pin(frames.map(move |frame| {
+            let Ok(bytes) = frame;
+            if !bytes.windows(22).any(|w| w == b"\"previous_response_id\"") {
+                return Ok(bytes);
+            }
+            let mut out = Vec::with_capacity(bytes.len() + 32);
+            for line in bytes.split_inclusive(|b| *b == b'\n') {
+                let event = line
+                    .strip_prefix(b"data: ")
+                    .and_then(|data| serde_json::from_slice::<Value>(data.trim_ascii_end()).ok());
+                match event {
+                    Some(mut event) if event.get("response").is_some() => {
+                        if let Some(object) = event.get_mut("response") {
+                            set(object);
+                        }
+                        out.extend_from_slice(format!("data: {event}\n").as_bytes());
+                    }
+                    _ => out.extend_from_slice(line),
+                }
+            }
+            Ok(Bytes::from(out))
+        }))),
+    }
+}
+
+/// The `data:` payloads of one canonical SSE frame.
+fn frame_data(frame: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(frame)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
 }
 
 fn json_bytes(bytes: Bytes) -> Response {
@@ -202,1112 +394,4 @@ fn json_bytes(bytes: Bytes) -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// The fields of a Responses request that its answer repeats.
-#[derive(Debug, Clone, Default)]
-pub struct Echo {
-    model: Value,
-    instructions: Value,
-    max_output_tokens: Value,
-    temperature: Value,
-    top_p: Value,
-    tools: Value,
-    tool_choice: Value,
-    parallel_tool_calls: Value,
-    text: Value,
-    metadata: Value,
-    user: Value,
-    previous_response_id: Value,
-    store: bool,
-}
-
-impl Echo {
-    fn of(fields: &Fields) -> Echo {
-        let get = |name: &str| {
-            fields
-                .get(name)
-                .and_then(|raw| serde_json::from_str(raw.get()).ok())
-                .unwrap_or(Value::Null)
-        };
-        let or = |value: Value, default: Value| if value.is_null() { default } else { value };
-        Echo {
-            model: get("model"),
-            instructions: get("instructions"),
-            max_output_tokens: get("max_output_tokens"),
-            temperature: or(get("temperature"), json!(1.0)),
-            top_p: or(get("top_p"), json!(1.0)),
-            tools: or(get("tools"), json!([])),
-            tool_choice: or(get("tool_choice"), json!("auto")),
-            parallel_tool_calls: or(get("parallel_tool_calls"), json!(true)),
-            text: or(get("text"), json!({"format": {"type": "text"}})),
-            metadata: or(get("metadata"), json!({})),
-            user: get("user"),
-            previous_response_id: get("previous_response_id"),
-            store: keeps(fields),
-        }
-    }
-
-    /// A Response object in `status`, with `output` and `usage`.
-    fn response(
-        &self,
-        id: &str,
-        created_at: u64,
-        status: &str,
-        output: Value,
-        usage: Value,
-    ) -> Value {
-        let incomplete = match status {
-            "incomplete" => json!({"reason": "max_output_tokens"}),
-            _ => Value::Null,
-        };
-        json!({
-            "id": id,
-            "object": "response",
-            "created_at": created_at,
-            "status": status,
-            "error": null,
-            "incomplete_details": incomplete,
-            "instructions": self.instructions,
-            "max_output_tokens": self.max_output_tokens,
-            "model": self.model,
-            "output": output,
-            "parallel_tool_calls": self.parallel_tool_calls,
-            "previous_response_id": self.previous_response_id,
-            "reasoning": {"effort": null, "summary": null},
-            "store": self.store,
-            "temperature": self.temperature,
-            "text": self.text,
-            "tool_choice": self.tool_choice,
-            "tools": self.tools,
-            "top_p": self.top_p,
-            "truncation": "disabled",
-            "usage": usage,
-            "user": self.user,
-            "metadata": self.metadata,
-        })
-    }
-}
-
-fn now_secs() -> u64 {
-    crate::telemetry::now_ms() / 1000
-}
-
-/// Why a Responses request cannot be sent to a chat-completions upstream.
-fn unsupported(param: &'static str, what: &str) -> Refusal {
-    Refusal::bad_parameter(
-        param,
-        format!(
-            "{what} cannot be served through a chat-completions upstream; the gateway translates text, images by URL, function tools and their outputs"
-        ),
-    )
-}
-
-/// A Responses request as a chat-completions request, after the conversation it follows
-/// (`history`); and the messages this request adds to it.
-pub fn to_chat(fields: &Fields, history: Vec<Value>) -> Result<(Fields, Vec<Value>), Refusal> {
-    let value = |name: &str| -> Option<Value> {
-        fields
-            .get(name)
-            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-            .filter(|v| !v.is_null())
-    };
-    if value("background") == Some(Value::Bool(true)) {
-        return Err(unsupported("background", "a background response"));
-    }
-    // Instructions are the request's own: a follow-up does not inherit them.
-    let system = match value("instructions") {
-        None => None,
-        Some(Value::String(text)) => Some(json!({"role": "system", "content": text})),
-        Some(_) => {
-            return Err(Refusal::bad_parameter(
-                "instructions",
-                "'instructions' must be a string".into(),
-            ));
-        }
-    };
-    let mut messages = Vec::new();
-    match value("input") {
-        Some(Value::String(text)) => messages.push(json!({"role": "user", "content": text})),
-        Some(Value::Array(items)) => {
-            for (at, item) in items.iter().enumerate() {
-                input_item(item, at, &mut messages)?;
-            }
-        }
-        _ => {
-            return Err(Refusal::bad_parameter(
-                "input",
-                "'input' must be a string or a list of input items".into(),
-            ));
-        }
-    }
-    if messages.is_empty() {
-        return Err(Refusal::bad_parameter(
-            "input",
-            "'input' holds no messages".into(),
-        ));
-    }
-    let turn = messages.clone();
-    let messages: Vec<Value> = system.into_iter().chain(history).chain(messages).collect();
-
-    let mut chat = Map::new();
-    let mut put = |name: &str, value: &Value| {
-        chat.insert(name.to_string(), value.clone());
-    };
-    if let Some(model) = value("model") {
-        put("model", &model);
-    }
-    put("messages", &Value::Array(messages));
-    for name in [
-        "temperature",
-        "top_p",
-        "user",
-        "parallel_tool_calls",
-        "seed",
-    ] {
-        if let Some(v) = value(name) {
-            put(name, &v);
-        }
-    }
-    if let Some(max) = value("max_output_tokens") {
-        put("max_tokens", &max);
-    }
-    if let Some(reasoning) = value("reasoning")
-        && let Some(effort) = reasoning.get("effort").filter(|e| !e.is_null())
-    {
-        put("reasoning_effort", effort);
-    }
-    if let Some(tools) = value("tools") {
-        put("tools", &chat_tools(&tools)?);
-    }
-    if let Some(choice) = value("tool_choice") {
-        let choice = match choice {
-            Value::Object(ref object) if object.get("type") == Some(&json!("function")) => {
-                json!({"type": "function", "function": {"name": object.get("name")}})
-            }
-            Value::String(_) => choice,
-            _ => return Err(unsupported("tool_choice", "a built-in tool choice")),
-        };
-        put("tool_choice", &choice);
-    }
-    if let Some(format) = value("text").and_then(|text| text.get("format").cloned()) {
-        match format.get("type").and_then(Value::as_str) {
-            Some("json_schema") => {
-                let mut schema = Map::new();
-                for key in ["name", "schema", "strict", "description"] {
-                    if let Some(v) = format.get(key) {
-                        schema.insert(key.into(), v.clone());
-                    }
-                }
-                put(
-                    "response_format",
-                    &json!({"type": "json_schema", "json_schema": schema}),
-                );
-            }
-            Some("json_object") => put("response_format", &json!({"type": "json_object"})),
-            _ => {}
-        }
-    }
-    if value("stream") == Some(Value::Bool(true)) {
-        put("stream", &Value::Bool(true));
-        put("stream_options", &json!({"include_usage": true}));
-    }
-    Ok((as_fields(&chat)?, turn))
-}
-
-/// One item of `input`, appended to the chat messages.
-fn input_item(item: &Value, at: usize, messages: &mut Vec<Value>) -> Result<(), Refusal> {
-    let kind = item.get("type").and_then(Value::as_str);
-    match kind {
-        None | Some("message") => {
-            let role = match item.get("role").and_then(Value::as_str) {
-                Some("developer" | "system") => "system",
-                Some(role @ ("user" | "assistant")) => role,
-                _ => {
-                    return Err(Refusal::bad_parameter(
-                        "input",
-                        format!("input[{at}].role must be user, assistant, system or developer"),
-                    ));
-                }
-            };
-            let content = match item.get("content") {
-                Some(Value::String(text)) => Value::String(text.clone()),
-                Some(Value::Array(parts)) => {
-                    let parts = parts
-                        .iter()
-                        .enumerate()
-                        .map(|(p, part)| content_part(part, at, p))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    // Assistant and system turns take text only, in chat.
-                    if role != "user" {
-                        let text: Vec<&str> = parts
-                            .iter()
-                            .filter_map(|p| p.get("text").and_then(Value::as_str))
-                            .collect();
-                        Value::String(text.join(""))
-                    } else {
-                        Value::Array(parts)
-                    }
-                }
-                _ => {
-                    return Err(Refusal::bad_parameter(
-                        "input",
-                        format!("input[{at}].content must be a string or a list of parts"),
-                    ));
-                }
-            };
-            messages.push(json!({"role": role, "content": content}));
-        }
-        Some("function_call") => {
-            let call = json!({
-                "id": item.get("call_id"),
-                "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments")},
-            });
-            // Calls made in one turn travel in one assistant message.
-            match messages.last_mut() {
-                Some(last)
-                    if last.get("role") == Some(&json!("assistant"))
-                        && last.get("tool_calls").is_some() =>
-                {
-                    if let Some(Value::Array(calls)) = last.get_mut("tool_calls") {
-                        calls.push(call);
-                    }
-                }
-                _ => messages
-                    .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
-            }
-        }
-        Some("function_call_output") => {
-            let output = match item.get("output") {
-                Some(Value::String(text)) => text.clone(),
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect(),
-                _ => String::new(),
-            };
-            messages.push(json!({
-                "role": "tool",
-                "tool_call_id": item.get("call_id"),
-                "content": output,
-            }));
-        }
-        // Reasoning the model did in an earlier turn: a chat upstream takes none back.
-        Some("reasoning") => {}
-        Some("item_reference") => {
-            return Err(Refusal::bad_parameter(
-                "input",
-                format!(
-                    "input[{at}] refers to a stored item, which the gateway does not keep yet; send the item itself"
-                ),
-            ));
-        }
-        Some(other) => {
-            return Err(unsupported(
-                "input",
-                &format!("input[{at}] of type \"{other}\""),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// One content part of an input message, as a chat content part.
-fn content_part(part: &Value, at: usize, p: usize) -> Result<Value, Refusal> {
-    match part.get("type").and_then(Value::as_str) {
-        Some("input_text" | "output_text" | "text") => Ok(
-            json!({"type": "text", "text": part.get("text").and_then(Value::as_str).unwrap_or("")}),
-        ),
-        Some("input_image") => match part.get("image_url").and_then(Value::as_str) {
-            Some(url) => {
-                let mut image = json!({"url": url});
-                if let Some(detail) = part.get("detail").filter(|d| !d.is_null()) {
-                    image["detail"] = detail.clone();
-                }
-                Ok(json!({"type": "image_url", "image_url": image}))
-            }
-            None => Err(unsupported(
-                "input",
-                &format!("input[{at}].content[{p}], an image by file id,"),
-            )),
-        },
-        Some("refusal") => Ok(
-            json!({"type": "text", "text": part.get("refusal").and_then(Value::as_str).unwrap_or("")}),
-        ),
-        other => Err(unsupported(
-            "input",
-            &format!(
-                "input[{at}].content[{p}] of type \"{}\"",
-                other.unwrap_or("(none)")
-            ),
-        )),
-    }
-}
-
-/// Responses tools as chat tools: functions only.
-fn chat_tools(tools: &Value) -> Result<Value, Refusal> {
-    let Value::Array(tools) = tools else {
-        return Err(Refusal::bad_parameter(
-            "tools",
-            "'tools' must be a list".into(),
-        ));
-    };
-    tools
-        .iter()
-        .enumerate()
-        .map(
-            |(at, tool)| match tool.get("type").and_then(Value::as_str) {
-                Some("function") => {
-                    let mut function = Map::new();
-                    for key in ["name", "description", "parameters", "strict"] {
-                        if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
-                            function.insert(key.into(), v.clone());
-                        }
-                    }
-                    Ok(json!({"type": "function", "function": function}))
-                }
-                other => Err(unsupported(
-                    "tools",
-                    &format!(
-                        "tools[{at}] of type \"{}\" (a built-in tool)",
-                        other.unwrap_or("(none)")
-                    ),
-                )),
-            },
-        )
-        .collect::<Result<Vec<_>, _>>()
-        .map(Value::Array)
-}
-
-/// Chat's usage as the Responses API counts it.
-fn usage(chat: Option<&Value>) -> Value {
-    let Some(usage) = chat.filter(|u| u.is_object()) else {
-        return Value::Null;
-    };
-    let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
-    let detail = |outer: &str, inner: &str| {
-        usage
-            .get(outer)
-            .and_then(|d| d.get(inner))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    let (input, output) = (count("prompt_tokens"), count("completion_tokens"));
-    json!({
-        "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": detail("prompt_tokens_details", "cached_tokens")},
-        "output_tokens": output,
-        "output_tokens_details": {"reasoning_tokens": detail("completion_tokens_details", "reasoning_tokens")},
-        "total_tokens": input + output,
-    })
-}
-
-/// The status a chat `finish_reason` ends a response in.
-fn status_of(finish_reason: Option<&str>) -> &'static str {
-    match finish_reason {
-        Some("length") => "incomplete",
-        _ => "completed",
-    }
-}
-
-/// A whole chat completion as a Response object, and its answer as a chat message to
-/// keep; none when it is not one.
-pub fn from_chat(body: &[u8], id: &str, echo: &Echo) -> Option<(Value, Value)> {
-    let chat: Value = serde_json::from_slice(body).ok()?;
-    let choice = chat.get("choices")?.get(0)?;
-    let message = choice.get("message")?;
-    let mut output = Vec::new();
-    let suffix = id.trim_start_matches("resp_");
-    if let Some(text) = message.get("content").and_then(Value::as_str) {
-        output.push(message_item(&format!("msg_{suffix}"), text, "completed"));
-    }
-    if let Some(Value::Array(calls)) = message.get("tool_calls") {
-        for (i, call) in calls.iter().enumerate() {
-            let function = call.get("function");
-            output.push(json!({
-                "type": "function_call",
-                "id": format!("fc_{suffix}_{i}"),
-                "call_id": call.get("id"),
-                "name": function.and_then(|f| f.get("name")),
-                "arguments": function.and_then(|f| f.get("arguments")).cloned().unwrap_or(json!("")),
-                "status": "completed",
-            }));
-        }
-    }
-    let status = status_of(choice.get("finish_reason").and_then(Value::as_str));
-    let created = chat
-        .get("created")
-        .and_then(Value::as_u64)
-        .unwrap_or_else(now_secs);
-    let object = echo.response(
-        id,
-        created,
-        status,
-        Value::Array(output),
-        usage(chat.get("usage")),
-    );
-    let answer = assistant_message(
-        message.get("content").and_then(Value::as_str),
-        message.get("tool_calls").cloned(),
-    );
-    Some((object, answer))
-}
-
-/// An answer as a chat message, for the conversation a follow-up continues.
-fn assistant_message(text: Option<&str>, tool_calls: Option<Value>) -> Value {
-    let mut message = json!({"role": "assistant", "content": text});
-    if let Some(calls) = tool_calls.filter(|c| c.as_array().is_some_and(|c| !c.is_empty())) {
-        message["tool_calls"] = calls;
-    }
-    message
-}
-
-fn message_item(id: &str, text: &str, status: &str) -> Value {
-    json!({
-        "type": "message",
-        "id": id,
-        "status": status,
-        "role": "assistant",
-        "content": if status == "completed" {
-            json!([{"type": "output_text", "text": text, "annotations": [], "logprobs": []}])
-        } else {
-            json!([])
-        },
-    })
-}
-
-/// A function call being streamed.
-struct Call {
-    output_index: usize,
-    id: String,
-    call_id: Value,
-    name: Value,
-    arguments: String,
-    done: bool,
-}
-
-/// Translates a chat stream (canonical SSE frames) into Responses events, frame by frame.
-pub struct Events {
-    id: String,
-    echo: Echo,
-    created_at: u64,
-    sequence: u64,
-    started: bool,
-    /// The message item: its output index and text, once text has come.
-    text: Option<(usize, String)>,
-    text_done: bool,
-    calls: Vec<Call>,
-    outputs: usize,
-    finish_reason: Option<String>,
-    usage: Option<Value>,
-    ended: bool,
-    /// Keeps the response when it completes, unless the client said `store: false`.
-    keeper: Option<Keeper>,
-}
-
-impl Events {
-    pub fn new(id: String, echo: Echo) -> Events {
-        Events {
-            id,
-            echo,
-            created_at: now_secs(),
-            sequence: 0,
-            started: false,
-            text: None,
-            text_done: false,
-            calls: Vec::new(),
-            outputs: 0,
-            finish_reason: None,
-            usage: None,
-            ended: false,
-            keeper: None,
-        }
-    }
-
-    fn suffix(&self) -> &str {
-        self.id.trim_start_matches("resp_")
-    }
-
-    fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut event: Value) {
-        event["sequence_number"] = json!(self.sequence);
-        self.sequence += 1;
-        named_event(out, kind, event);
-    }
-
-    /// The events one chat frame becomes (none, for a frame that adds nothing).
-    pub fn translate(&mut self, frame: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        if !self.started {
-            self.started = true;
-            let response = self.snapshot("in_progress");
-            self.emit(&mut out, "response.created", json!({"response": response}));
-            let response = self.snapshot("in_progress");
-            self.emit(
-                &mut out,
-                "response.in_progress",
-                json!({"response": response}),
-            );
-        }
-        read_chat_frame(frame, |event| self.on(&mut out, event));
-        out
-    }
-
-    fn on(&mut self, out: &mut Vec<u8>, event: ChatEvent<'_>) {
-        if self.ended {
-            return;
-        }
-        match event {
-            ChatEvent::Text(text) => self.text_delta(out, text),
-            ChatEvent::Call {
-                index,
-                id,
-                name,
-                arguments,
-            } => self.call_delta(out, index as usize, (id, name), arguments),
-            ChatEvent::Finish(reason) => self.finish_reason = Some(reason.to_string()),
-            ChatEvent::Usage(usage) => self.usage = Some(usage.clone()),
-            ChatEvent::Done => self.finish(out),
-            ChatEvent::Error(error) => self.fail(out, error),
-        }
-    }
-
-    fn text_delta(&mut self, out: &mut Vec<u8>, delta: &str) {
-        let item_id = format!("msg_{}", self.suffix());
-        let index = match &mut self.text {
-            Some((index, text)) => {
-                text.push_str(delta);
-                *index
-            }
-            None => {
-                let index = self.outputs;
-                self.outputs += 1;
-                self.text = Some((index, delta.to_string()));
-                let item = message_item(&item_id, "", "in_progress");
-                self.emit(
-                    out,
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                );
-                self.emit(
-                    out,
-                    "response.content_part.added",
-                    json!({
-                        "item_id": item_id, "output_index": index, "content_index": 0,
-                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-                    }),
-                );
-                index
-            }
-        };
-        self.emit(
-            out,
-            "response.output_text.delta",
-            json!({"item_id": item_id, "output_index": index, "content_index": 0, "delta": delta, "logprobs": []}),
-        );
-    }
-
-    fn call_delta(
-        &mut self,
-        out: &mut Vec<u8>,
-        index: usize,
-        (id, name): (Option<&Value>, Option<&Value>),
-        arguments: &str,
-    ) {
-        if index >= self.calls.len() {
-            // A new call: the text before it is complete.
-            self.close_text(out);
-            let output_index = self.outputs;
-            self.outputs += 1;
-            let call = Call {
-                output_index,
-                id: format!("fc_{}_{index}", self.suffix()),
-                call_id: id.cloned().unwrap_or(Value::Null),
-                name: name.cloned().unwrap_or(Value::Null),
-                arguments: String::new(),
-                done: false,
-            };
-            let item = call_item(&call, "in_progress");
-            self.emit(
-                out,
-                "response.output_item.added",
-                json!({"output_index": output_index, "item": item}),
-            );
-            self.calls.push(call);
-        }
-        let Some(call) = self.calls.get_mut(index) else {
-            return;
-        };
-        if !arguments.is_empty() {
-            call.arguments.push_str(arguments);
-            let event =
-                json!({"item_id": call.id, "output_index": call.output_index, "delta": arguments});
-            self.emit(out, "response.function_call_arguments.delta", event);
-        }
-    }
-
-    fn close_text(&mut self, out: &mut Vec<u8>) {
-        let Some((index, text)) = self.text.clone() else {
-            return;
-        };
-        if std::mem::replace(&mut self.text_done, true) {
-            return;
-        }
-        let item_id = format!("msg_{}", self.suffix());
-        let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
-        self.emit(
-            out,
-            "response.output_text.done",
-            json!({"item_id": item_id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}),
-        );
-        self.emit(
-            out,
-            "response.content_part.done",
-            json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": part}),
-        );
-        let item = message_item(&item_id, &text, "completed");
-        self.emit(
-            out,
-            "response.output_item.done",
-            json!({"output_index": index, "item": item}),
-        );
-    }
-
-    fn close_calls(&mut self, out: &mut Vec<u8>) {
-        for i in 0..self.calls.len() {
-            if std::mem::replace(&mut self.calls[i].done, true) {
-                continue;
-            }
-            let call = &self.calls[i];
-            let done = json!({
-                "item_id": call.id, "output_index": call.output_index,
-                "name": call.name, "arguments": call.arguments,
-            });
-            let item = call_item(call, "completed");
-            let index = call.output_index;
-            self.emit(out, "response.function_call_arguments.done", done);
-            self.emit(
-                out,
-                "response.output_item.done",
-                json!({"output_index": index, "item": item}),
-            );
-        }
-    }
-
-    /// Every output item as it stands.
-    fn output(&self) -> Value {
-        let mut items: Vec<(usize, Value)> = Vec::new();
-        if let Some((index, text)) = &self.text {
-            items.push((
-                *index,
-                message_item(&format!("msg_{}", self.suffix()), text, "completed"),
-            ));
-        }
-        for call in &self.calls {
-            items.push((call.output_index, call_item(call, "completed")));
-        }
-        items.sort_by_key(|(index, _)| *index);
-        Value::Array(items.into_iter().map(|(_, item)| item).collect())
-    }
-
-    fn snapshot(&self, status: &str) -> Value {
-        let output = if status == "in_progress" {
-            json!([])
-        } else {
-            self.output()
-        };
-        self.echo.response(
-            &self.id,
-            self.created_at,
-            status,
-            output,
-            usage(self.usage.as_ref()),
-        )
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        self.close_text(out);
-        self.close_calls(out);
-        let status = status_of(self.finish_reason.as_deref());
-        let response = self.snapshot(status);
-        let kind = if status == "incomplete" {
-            "response.incomplete"
-        } else {
-            "response.completed"
-        };
-        if let Some(keeper) = self.keeper.take() {
-            let calls: Vec<Value> = self
-                .calls
-                .iter()
-                .map(|c| {
-                    let function = json!({"name": c.name, "arguments": c.arguments});
-                    json!({"id": c.call_id, "type": "function", "function": function})
-                })
-                .collect();
-            let text = self.text.as_ref().map(|(_, text)| text.as_str());
-            let answer = assistant_message(text, Some(Value::Array(calls)));
-            keeper.keep(&self.id, answer, Bytes::from(response.to_string()));
-        }
-        self.emit(out, kind, json!({"response": response}));
-        self.ended = true;
-    }
-
-    /// The stream broke or was cut: the client gets an `error` event and the response
-    /// as failed, with what it had so far.
-    fn fail(&mut self, out: &mut Vec<u8>, error: &Value) {
-        let code = error.get("code").cloned().unwrap_or(Value::Null);
-        let message = error
-            .get("message")
-            .cloned()
-            .unwrap_or(json!("the upstream stream failed"));
-        // The documented fields, and `error` too, on which the SDKs raise mid-stream.
-        let event = json!({
-            "code": code, "message": message, "param": null,
-            "error": {"type": "server_error", "code": code, "message": message, "param": null},
-        });
-        self.emit(out, "error", event);
-        let mut response = self.snapshot("failed");
-        response["error"] = json!({"code": code, "message": message});
-        self.emit(out, "response.failed", json!({"response": response}));
-        self.ended = true;
-    }
-}
-
-impl Translate for Events {
-    fn whole(&mut self, body: &[u8]) -> Option<Bytes> {
-        let (object, answer) = from_chat(body, &self.id, &self.echo)?;
-        let object = Bytes::from(object.to_string());
-        if let Some(keeper) = self.keeper.take() {
-            keeper.keep(&self.id, answer, object.clone());
-        }
-        Some(object)
-    }
-
-    /// Already in OpenAI's shape, which the Responses API shares.
-    fn error(&self, _status: u16, body: Bytes) -> Bytes {
-        body
-    }
-
-    fn frame(&mut self, frame: &[u8]) -> Vec<u8> {
-        self.translate(frame)
-    }
-}
-
-fn call_item(call: &Call, status: &str) -> Value {
-    json!({
-        "type": "function_call",
-        "id": call.id,
-        "call_id": call.call_id,
-        "name": call.name,
-        "arguments": call.arguments,
-        "status": status,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::super::completions::testing::{named_events, openai_frames};
-    use super::*;
-
-    fn fields(body: Value) -> Fields {
-        serde_json::from_value::<Map<String, Value>>(body)
-            .map(|m| serde_json::from_str(&Value::Object(m).to_string()).unwrap())
-            .unwrap()
-    }
-
-    fn chat(body: Value) -> Value {
-        let (chat, _) = to_chat(&fields(body), Vec::new()).unwrap();
-        serde_json::from_str(&serde_json::to_string(&chat).unwrap()).unwrap()
-    }
-
-    /// Every event of a translated stream: (type, data).
-    fn events(frames: &[&str], echo: Echo) -> Vec<(String, Value)> {
-        let mut events = Events::new("resp_1".into(), echo);
-        let out: String = frames
-            .iter()
-            .map(|f| String::from_utf8(events.translate(f.as_bytes())).unwrap())
-            .collect();
-        named_events(&out)
-    }
-
-    #[test]
-    fn instructions_and_text_input_become_system_and_user_messages() {
-        let chat = chat(json!({
-            "model": "gpt-4o-mini", "instructions": "Be brief.", "input": "Hi",
-            "max_output_tokens": 20, "temperature": 0, "store": true, "metadata": {"a": "b"},
-        }));
-        assert_eq!(
-            chat,
-            json!({
-                "model": "gpt-4o-mini",
-                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-                "temperature": 0, "max_tokens": 20,
-            })
-        );
-    }
-
-    #[test]
-    fn items_tools_and_formats_translate_to_chat() {
-        let chat = chat(json!({
-            "model": "m",
-            "input": [
-                {"role": "developer", "content": "Use tools."},
-                {"type": "message", "role": "user", "content": [
-                    {"type": "input_text", "text": "Weather in "},
-                    {"type": "input_image", "image_url": "https://x/y.png", "detail": "low"},
-                ]},
-                {"type": "reasoning", "id": "rs_1", "summary": []},
-                {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": "{\"city\":\"Paris\"}"},
-                {"type": "function_call", "call_id": "call_2", "name": "weather", "arguments": "{\"city\":\"Rome\"}"},
-                {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
-                {"role": "assistant", "content": [{"type": "output_text", "text": "It is sunny."}]},
-            ],
-            "tools": [{"type": "function", "name": "weather", "description": "d", "parameters": {"type": "object"}, "strict": true}],
-            "tool_choice": {"type": "function", "name": "weather"},
-            "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}, "strict": true}},
-            "reasoning": {"effort": "low"},
-            "stream": true,
-        }));
-        assert_eq!(
-            chat["messages"][0],
-            json!({"role": "system", "content": "Use tools."})
-        );
-        assert_eq!(
-            chat["messages"][1]["content"][1],
-            json!({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}})
-        );
-        // Two calls of one turn in one assistant message, then the tool's output.
-        assert_eq!(chat["messages"][2]["tool_calls"][1]["id"], json!("call_2"));
-        assert_eq!(
-            chat["messages"][2]["tool_calls"][0]["function"],
-            json!({"name": "weather", "arguments": "{\"city\":\"Paris\"}"})
-        );
-        assert_eq!(
-            chat["messages"][3],
-            json!({"role": "tool", "tool_call_id": "call_1", "content": "sunny"})
-        );
-        assert_eq!(
-            chat["messages"][4],
-            json!({"role": "assistant", "content": "It is sunny."})
-        );
-        assert_eq!(chat["messages"].as_array().unwrap().len(), 5);
-        assert_eq!(
-            chat["tools"][0],
-            json!({"type": "function", "function": {"name": "weather", "description": "d", "parameters": {"type": "object"}, "strict": true}})
-        );
-        assert_eq!(
-            chat["tool_choice"],
-            json!({"type": "function", "function": {"name": "weather"}})
-        );
-        assert_eq!(chat["response_format"]["json_schema"]["name"], json!("w"));
-        assert_eq!(chat["reasoning_effort"], json!("low"));
-        assert_eq!(chat["stream_options"], json!({"include_usage": true}));
-    }
-
-    #[test]
-    fn a_follow_up_continues_the_conversation_under_its_own_instructions() {
-        let history = vec![
-            json!({"role": "user", "content": "Hi"}),
-            json!({"role": "assistant", "content": "Hello"}),
-        ];
-        let body = json!({"model": "m", "instructions": "Be brief.", "input": "And now?", "previous_response_id": "resp_1"});
-        let (chat, turn) = to_chat(&fields(body), history).unwrap();
-        let messages: Value = serde_json::from_str(chat["messages"].get()).unwrap();
-        assert_eq!(
-            messages,
-            json!([
-                {"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello"},
-                {"role": "user", "content": "And now?"},
-            ])
-        );
-        assert_eq!(
-            turn,
-            vec![json!({"role": "user", "content": "And now?"})],
-            "only what this request adds is kept"
-        );
-        assert!(
-            !chat.contains_key("previous_response_id"),
-            "not sent to a chat upstream"
-        );
-    }
-
-    #[test]
-    fn what_a_chat_upstream_cannot_do_is_refused_by_name() {
-        let refused = |body: Value| to_chat(&fields(body), Vec::new()).unwrap_err();
-        let r = refused(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}));
-        assert_eq!((r.status.as_u16(), r.param), (400, Some("tools")));
-        assert!(
-            r.message.contains("tools[0] of type \"web_search\""),
-            "{}",
-            r.message
-        );
-        let r =
-            refused(json!({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}));
-        assert!(r.message.contains("input[0]"), "{}", r.message);
-        let r = refused(
-            json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
-        );
-        assert!(
-            r.message
-                .contains("input[0].content[0] of type \"input_file\""),
-            "{}",
-            r.message
-        );
-        let r = refused(json!({"model": "m"}));
-        assert_eq!(r.param, Some("input"));
-    }
-
-    #[test]
-    fn a_whole_chat_answer_becomes_a_response() {
-        let echo = Echo::of(&fields(
-            json!({"model": "gpt-4o-mini", "input": "x", "max_output_tokens": 5}),
-        ));
-        let answer = json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there",
-                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-                "finish_reason": "length"}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14,
-                "prompt_tokens_details": {"cached_tokens": 3}},
-        });
-        let (r, kept) = from_chat(answer.to_string().as_bytes(), "resp_1", &echo).unwrap();
-        assert_eq!(kept["role"], json!("assistant"));
-        assert_eq!(kept["content"], json!("Hello there"));
-        assert_eq!(kept["tool_calls"][0]["id"], json!("call_1"));
-        assert_eq!(r["object"], json!("response"));
-        assert_eq!(
-            r["model"],
-            json!("gpt-4o-mini"),
-            "the alias the client asked for"
-        );
-        assert_eq!(r["status"], json!("incomplete"));
-        assert_eq!(
-            r["incomplete_details"],
-            json!({"reason": "max_output_tokens"})
-        );
-        assert_eq!(r["output"][0]["content"][0]["text"], json!("Hello there"));
-        assert_eq!(r["output"][1]["call_id"], json!("call_1"));
-        assert_eq!(r["usage"]["input_tokens"], json!(9));
-        assert_eq!(r["usage"]["output_tokens"], json!(5));
-        assert_eq!(r["usage"]["total_tokens"], json!(14));
-        assert_eq!(
-            r["usage"]["input_tokens_details"]["cached_tokens"],
-            json!(3)
-        );
-        assert!(from_chat(b"{\"data\": []}", "resp_1", &echo).is_none());
-    }
-
-    #[test]
-    fn a_recorded_openai_chat_stream_becomes_responses_events() {
-        let frames = openai_frames();
-        let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
-        let events = events(&frames, Echo::default());
-        let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            kinds[..4],
-            [
-                "response.created",
-                "response.in_progress",
-                "response.output_item.added",
-                "response.content_part.added"
-            ]
-        );
-        assert_eq!(
-            kinds[kinds.len() - 4..],
-            [
-                "response.output_text.done",
-                "response.content_part.done",
-                "response.output_item.done",
-                "response.completed"
-            ]
-        );
-        let text: String = events
-            .iter()
-            .filter(|(k, _)| k == "response.output_text.delta")
-            .map(|(_, e)| e["delta"].as_str().unwrap())
-            .collect();
-        assert_eq!(text, "Café au lait, s'il vous plaît ☕!");
-        let sequence: Vec<u64> = events
-            .iter()
-            .map(|(_, e)| e["sequence_number"].as_u64().unwrap())
-            .collect();
-        assert_eq!(sequence, (0..events.len() as u64).collect::<Vec<_>>());
-        let done = &events.last().unwrap().1["response"];
-        assert_eq!(done["status"], json!("completed"));
-        assert_eq!(done["output"][0]["content"][0]["text"], json!(text));
-        assert_eq!(done["usage"]["input_tokens"], json!(14));
-        assert_eq!(done["usage"]["output_tokens"], json!(11));
-    }
-
-    #[test]
-    fn streamed_tool_calls_become_function_call_items() {
-        // OpenAI's chat stream for one call, its arguments in pieces.
-        let chunk = |delta: Value, finish: Value| {
-            format!(
-                "data: {}\n\n",
-                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}], "usage": null})
-            )
-        };
-        let frames = [
-            chunk(json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_abc", "type": "function", "function": {"name": "weather", "arguments": ""}}]}), Value::Null),
-            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"ci"}}]}), Value::Null),
-            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\":\"Paris\"}"}}]}), Value::Null),
-            chunk(json!({}), json!("tool_calls")),
-            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":15,\"total_tokens\":65}}\n\n".to_string(),
-            "data: [DONE]\n\n".to_string(),
-        ];
-        let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
-        let events = events(&frames, Echo::default());
-        let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            kinds,
-            [
-                "response.created",
-                "response.in_progress",
-                "response.output_item.added",
-                "response.function_call_arguments.delta",
-                "response.function_call_arguments.delta",
-                "response.function_call_arguments.done",
-                "response.output_item.done",
-                "response.completed",
-            ]
-        );
-        assert_eq!(events[2].1["item"]["name"], json!("weather"));
-        assert_eq!(events[5].1["arguments"], json!("{\"city\":\"Paris\"}"));
-        let done = &events[7].1["response"];
-        assert_eq!(done["output"][0]["call_id"], json!("call_abc"));
-        assert_eq!(
-            done["output"][0]["arguments"],
-            json!("{\"city\":\"Paris\"}")
-        );
-        assert_eq!(done["usage"]["total_tokens"], json!(65));
-    }
-
-    #[test]
-    fn a_broken_stream_ends_in_an_error_and_a_failed_response() {
-        let frames = [
-            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
-            "data: {\"error\":{\"message\":\"the upstream stopped\",\"type\":\"server_error\",\"param\":null,\"code\":\"upstream_stream_broken\"}}\n\n",
-            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n",
-        ];
-        let events = events(&frames, Echo::default());
-        let (kind, error) = &events[events.len() - 2];
-        assert_eq!(kind, "error");
-        assert_eq!(error["code"], json!("upstream_stream_broken"));
-        let (kind, failed) = events.last().unwrap();
-        assert_eq!(kind, "response.failed");
-        assert_eq!(failed["response"]["status"], json!("failed"));
-        assert_eq!(
-            failed["response"]["error"]["message"],
-            json!("the upstream stopped")
-        );
-    }
 }

@@ -132,6 +132,27 @@ impl Config {
         self.models.iter().find(|m| m.alias == alias)
     }
 
+    /// Every instance in the regions that `model` is deployed in.
+    pub fn instances_of<'c>(
+        &'c self,
+        model: &'c Model,
+    ) -> impl Iterator<Item = &'c crate::domain::Instance> {
+        model.deployments.iter().flat_map(|d| {
+            self.regions
+                .iter()
+                .filter(move |r| r.name == d.region)
+                .flat_map(|r| &r.instances)
+        })
+    }
+
+    /// The instance called `name`, in whichever region.
+    pub fn instance(&self, name: &str) -> Option<&crate::domain::Instance> {
+        self.regions
+            .iter()
+            .flat_map(|r| &r.instances)
+            .find(|i| i.name == name)
+    }
+
     pub fn tier(&self, name: &str) -> Option<&Tier> {
         self.tiers.iter().find(|t| t.name == name)
     }

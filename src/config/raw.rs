@@ -385,6 +385,8 @@ pub(super) struct RawInstance {
     pub(super) weight: u32,
     #[serde(default)]
     pub(super) http2: bool,
+    /// `"native"` or `"translate"`: how the instance is sent Responses API requests.
+    pub(super) responses: Option<String>,
 }
 
 pub(super) fn default_dialect() -> String {

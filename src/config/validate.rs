@@ -645,6 +645,24 @@ impl RawInstance {
         if self.weight == 0 {
             return Err(invalid(format!("{at}.weight"), "must be at least 1"));
         }
+        let native_responses = match (self.responses.as_deref(), dialect) {
+            (None | Some("translate"), _) => false,
+            (Some("native"), Dialect::OpenAi) => true,
+            (Some("native"), _) => {
+                return Err(invalid(
+                    format!("{at}.responses"),
+                    format!(
+                        "\"native\" needs dialect = \"openai\"; {dialect} instances are sent Responses requests translated (\"translate\")"
+                    ),
+                ));
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    format!("{at}.responses"),
+                    format!("must be \"native\" or \"translate\", found \"{other}\""),
+                ));
+            }
+        };
         Ok(Instance {
             name: self.name,
             url: self.url.trim_end_matches('/').to_string(),
@@ -654,6 +672,7 @@ impl RawInstance {
             max_concurrency: self.max_concurrency,
             weight: self.weight,
             http2: self.http2,
+            native_responses,
         })
     }
 }

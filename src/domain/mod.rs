@@ -197,6 +197,10 @@ pub struct Instance {
     pub weight: u32,
     /// Speak HTTP/2 from the first byte (h2c on `http://`), many requests per connection.
     pub http2: bool,
+    /// Whether the instance serves OpenAI's Responses API itself (`responses =
+    /// "native"`); otherwise the gateway translates Responses requests to chat
+    /// completions for it.
+    pub native_responses: bool,
 }
 
 /// The wire protocol an upstream speaks.
@@ -238,13 +242,15 @@ pub enum ModelKind {
     Chat,
     Embeddings,
     Completions,
+    /// OpenAI's Responses API (`/v1/responses`), which chat aliases serve.
+    Responses,
 }
 
 impl ModelKind {
     /// The kind of model that serves a request of this kind.
     pub fn served_by(self) -> ModelKind {
         match self {
-            ModelKind::Completions => ModelKind::Chat,
+            ModelKind::Completions | ModelKind::Responses => ModelKind::Chat,
             kind => kind,
         }
     }
@@ -260,6 +266,7 @@ impl ModelKind {
             ModelKind::Chat => "/chat/completions",
             ModelKind::Embeddings => "/embeddings",
             ModelKind::Completions => "/completions",
+            ModelKind::Responses => "/responses",
         }
     }
 }
@@ -270,6 +277,7 @@ impl fmt::Display for ModelKind {
             ModelKind::Chat => f.write_str("chat"),
             ModelKind::Embeddings => f.write_str("embeddings"),
             ModelKind::Completions => f.write_str("completions"),
+            ModelKind::Responses => f.write_str("responses"),
         }
     }
 }

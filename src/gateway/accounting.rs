@@ -136,10 +136,10 @@ pub(super) fn usage_of_answer(
     }
     let completion = match kind {
         ModelKind::Embeddings => 0,
-        ModelKind::Chat | ModelKind::Completions => parsed
+        ModelKind::Chat | ModelKind::Completions | ModelKind::Responses => parsed
             .iter()
             .flat_map(Chunk::texts)
-            .map(|text| estimate::count(tokenizer, text))
+            .map(|text| estimate::count(tokenizer, &text))
             .sum(),
     };
     Usage {
@@ -189,6 +189,7 @@ impl Watch for StreamAccount {
             .as_ref()
             .map_or(u64::MAX, |t| limit_with_slack(t.completion_tokens()));
         for text in chunk.texts() {
+            let text = &*text;
             self.content.push_str(text);
             self.log.text(text);
             self.recorder.first_token();

@@ -1,13 +1,14 @@
-//! Responses the gateway answered through a chat-completions upstream, kept so that a
-//! follow-up can name one (`previous_response_id`) and a client can read or delete it.
+//! Responses the gateway answered, kept so that a follow-up can name one
+//! (`previous_response_id`) and a client can read or delete it.
 //!
-//! A chat upstream keeps nothing between requests, so the gateway keeps each turn: the
-//! messages it added (the new input and the answer, in chat form), the response it
-//! returned, and the turn before it. A follow-up walks that chain back to the first
-//! turn. Turns are held in memory for `KEEP`, at most `MAX_TURNS` of them and
-//! `MAX_BYTES` in all, oldest dropped first; a follow-up to a turn that is gone gets
-//! `previous_response_not_found`, never an answer without its context. A tenant sees
-//! only its own responses.
+//! A response made by an instance that serves the Responses API itself is stored there:
+//! the gateway keeps only which instance, and follow-ups go to it. A chat upstream keeps
+//! nothing between requests, so for a translated response the gateway keeps the turn:
+//! the items it added (the input, then the output), the response it returned, and the
+//! turn before it. A follow-up walks that chain back to the first turn. Turns are held
+//! in memory for `KEEP`, at most `MAX_TURNS` of them and `MAX_BYTES` in all, oldest
+//! dropped first; a follow-up to a turn that is gone gets `previous_response_not_found`,
+//! never an answer without its context. A tenant sees only its own responses.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -31,32 +32,66 @@ pub struct Turn {
     pub tenant: String,
     /// The response this one followed, if any.
     pub previous: Option<String>,
-    /// The chat messages this turn added (its input, then the answer), as a JSON array.
-    messages: String,
-    /// The Response object as the client got it.
+    /// The instance that stores the response, when it serves the Responses API itself.
+    pub instance: Option<String>,
+    /// The Responses items this turn added (its input, then its output), as a JSON
+    /// array; none for a response its instance stores.
+    items: String,
+    /// The Response object as the client got it; none for one its instance stores.
     response: Bytes,
     kept_ms: u64,
 }
 
 impl Turn {
-    pub fn new(
-        tenant: &str,
-        previous: Option<String>,
-        messages: &[Value],
-        response: Bytes,
-    ) -> Turn {
+    /// A response the gateway made from a chat answer: it keeps the conversation.
+    pub fn held(tenant: &str, previous: Option<String>, items: &[Value], response: Bytes) -> Turn {
         Turn {
             tenant: tenant.to_string(),
             previous,
-            messages: serde_json::to_string(messages).unwrap_or_else(|_| "[]".into()),
+            instance: None,
+            items: serde_json::to_string(items).unwrap_or_else(|_| "[]".into()),
             response,
             kept_ms: 0,
         }
     }
 
-    fn bytes(&self) -> usize {
-        self.tenant.len() + self.messages.len() + self.response.len() + 64
+    /// A response `instance` stores itself.
+    pub fn upstream(tenant: &str, previous: Option<String>, instance: &str) -> Turn {
+        Turn {
+            tenant: tenant.to_string(),
+            previous,
+            instance: Some(instance.to_string()),
+            items: String::new(),
+            response: Bytes::new(),
+            kept_ms: 0,
+        }
     }
+
+    fn bytes(&self) -> usize {
+        self.tenant.len()
+            + self.items.len()
+            + self.response.len()
+            + self.instance.as_ref().map_or(0, String::len)
+            + 64
+    }
+}
+
+/// Where a kept response is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// Stored by this instance, which answers for it.
+    Upstream(String),
+    /// Kept here: the Response object.
+    Here(Bytes),
+}
+
+/// What a follow-up continues.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Thread {
+    /// A response stored by this instance: the follow-up goes there, as it is.
+    Upstream(String),
+    /// A conversation the gateway kept: every item of it, oldest first.
+    Items(Vec<Value>),
 }
 
 /// Why a conversation could not be put back together.
@@ -140,17 +175,21 @@ impl Conversations {
     }
 
     /// Response `id` of `tenant`, if kept.
-    pub fn get(&self, tenant: &str, id: &str) -> Option<Bytes> {
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Held> {
         self.get_at(tenant, id, crate::telemetry::now_ms())
     }
 
-    fn get_at(&self, tenant: &str, id: &str, now_ms: u64) -> Option<Bytes> {
+    fn get_at(&self, tenant: &str, id: &str, now_ms: u64) -> Option<Held> {
         let cutoff = now_ms.saturating_sub(KEEP.as_millis() as u64);
         let kept = self.kept();
-        kept.turns
+        let turn = kept
+            .turns
             .get(id)
-            .filter(|t| t.tenant == tenant && t.kept_ms >= cutoff)
-            .map(|t| t.response.clone())
+            .filter(|t| t.tenant == tenant && t.kept_ms >= cutoff)?;
+        Some(match &turn.instance {
+            Some(instance) => Held::Upstream(instance.clone()),
+            None => Held::Here(turn.response.clone()),
+        })
     }
 
     /// Forgets response `id` of `tenant`; whether it was kept.
@@ -166,12 +205,13 @@ impl Conversations {
         true
     }
 
-    /// Every message of the conversation that ends with response `id`, oldest first.
-    pub fn history(&self, tenant: &str, id: &str) -> Result<Vec<Value>, Missing> {
+    /// What a follow-up to response `id` continues: the instance that stores it, or
+    /// every item of the conversation it ends, oldest first.
+    pub fn history(&self, tenant: &str, id: &str) -> Result<Thread, Missing> {
         self.history_at(tenant, id, crate::telemetry::now_ms())
     }
 
-    fn history_at(&self, tenant: &str, id: &str, now_ms: u64) -> Result<Vec<Value>, Missing> {
+    fn history_at(&self, tenant: &str, id: &str, now_ms: u64) -> Result<Thread, Missing> {
         let cutoff = now_ms.saturating_sub(KEEP.as_millis() as u64);
         let kept = self.kept();
         let mut turns = Vec::new();
@@ -184,16 +224,25 @@ impl Conversations {
                 .turns
                 .get(&id)
                 .filter(|t| t.tenant == tenant && t.kept_ms >= cutoff)
-                .ok_or(Missing::NotFound(id))?;
+                .ok_or_else(|| Missing::NotFound(id.clone()))?;
+            match &turn.instance {
+                Some(instance) if turns.is_empty() => {
+                    return Ok(Thread::Upstream(instance.clone()));
+                }
+                // A turn the gateway kept never follows one stored upstream (that
+                // follow-up went to the upstream): the chain cannot be put together.
+                Some(_) => return Err(Missing::NotFound(id)),
+                None => {}
+            }
             turns.push(turn);
             next = turn.previous.clone();
         }
-        let mut messages = Vec::new();
+        let mut items = Vec::new();
         for turn in turns.iter().rev() {
-            let added: Vec<Value> = serde_json::from_str(&turn.messages).unwrap_or_default();
-            messages.extend(added);
+            let added: Vec<Value> = serde_json::from_str(&turn.items).unwrap_or_default();
+            items.extend(added);
         }
-        Ok(messages)
+        Ok(Thread::Items(items))
     }
 
     /// Responses kept, and their bytes.
@@ -212,7 +261,7 @@ mod tests {
     use super::*;
 
     fn turn(tenant: &str, previous: Option<&str>, text: &str) -> Turn {
-        Turn::new(
+        Turn::held(
             tenant,
             previous.map(str::to_string),
             &[
@@ -229,7 +278,9 @@ mod tests {
         c.keep_at("r1", &mut turn("a", None, "one"), 1_000);
         c.keep_at("r2", &mut turn("a", Some("r1"), "two"), 2_000);
         c.keep_at("r3", &mut turn("a", Some("r2"), "three"), 3_000);
-        let history = c.history_at("a", "r3", 4_000).unwrap();
+        let Thread::Items(history) = c.history_at("a", "r3", 4_000).unwrap() else {
+            panic!("kept here");
+        };
         let texts: Vec<&str> = history
             .iter()
             .map(|m| m["content"].as_str().unwrap())
@@ -240,7 +291,36 @@ mod tests {
         );
         assert_eq!(
             c.get_at("a", "r2", 4_000),
-            Some(Bytes::from(r#"{"id":"two"}"#))
+            Some(Held::Here(Bytes::from(r#"{"id":"two"}"#)))
+        );
+    }
+
+    #[test]
+    fn a_response_stored_upstream_is_followed_up_there() {
+        let c = Conversations::new();
+        c.keep_at("r1", &mut turn("a", None, "one"), 1_000);
+        c.keep_at(
+            "r2",
+            &mut Turn::upstream("a", Some("r1".into()), "east-1"),
+            2_000,
+        );
+        assert_eq!(
+            c.history_at("a", "r2", 3_000),
+            Ok(Thread::Upstream("east-1".into()))
+        );
+        assert_eq!(
+            c.get_at("a", "r2", 3_000),
+            Some(Held::Upstream("east-1".into()))
+        );
+        assert_eq!(
+            c.history_at("b", "r2", 3_000),
+            Err(Missing::NotFound("r2".into()))
+        );
+        // A kept turn after an upstream one cannot be walked back.
+        c.keep_at("r3", &mut turn("a", Some("r2"), "three"), 3_000);
+        assert_eq!(
+            c.history_at("a", "r3", 4_000),
+            Err(Missing::NotFound("r2".into()))
         );
     }
 

@@ -45,6 +45,7 @@ use crate::telemetry::latency::Latency;
 use crate::telemetry::meter::Meter;
 
 pub use crate::domain::Fields;
+pub use crate::streams::chat::{ChatEvent, read_chat_data};
 pub use accounting::{CachedTicket, Ticket};
 pub use keeping::{KeyError, NewKey};
 pub use refusal::{Refusal, openai_duration, rate_headers};
@@ -110,6 +111,8 @@ struct Call<'a> {
     pub regions: Option<&'a [String]>,
     /// A session key that keeps the conversation on one instance.
     pub session: Option<&'a str>,
+    /// The one instance that may serve the call (it stores what the call follows).
+    pub pin: Option<&'a str>,
 }
 
 /// What an upstream answered, and who answered it.
@@ -347,6 +350,38 @@ impl Gateway {
         &self.conversations
     }
 
+    /// Whether instance `name` is configured and serves the Responses API itself.
+    pub fn serves_responses(&self, name: &str) -> bool {
+        self.config
+            .instance(name)
+            .is_some_and(|i| i.native_responses)
+    }
+
+    /// Asks the instance that stores response `id` for it (`GET`), to delete it
+    /// (`DELETE`) or to cancel it (`POST`, `cancel`): the upstream's whole answer, errors
+    /// in OpenAI's shape. Not a model call: no admission, seat or routing.
+    pub async fn stored_response(
+        &self,
+        instance: &str,
+        (method, id, cancel): (http::Method, &str, bool),
+        request_id: &str,
+    ) -> Result<(StatusCode, Bytes), Refusal> {
+        let Some(config) = self.config.instance(instance) else {
+            return Err(Refusal::response_not_found(id));
+        };
+        let (status, body) = self
+            .upstreams
+            .stored_response(config, (method, id, cancel), request_id)
+            .await
+            .map_err(|e| Refusal::upstream_unreachable(instance, &e.to_string()))?;
+        let body = if status.is_success() {
+            body
+        } else {
+            openai_error_body(status, body)
+        };
+        Ok((status, body))
+    }
+
     pub fn audit(&self) -> &Arc<Audit> {
         &self.audit
     }
@@ -504,11 +539,13 @@ impl Gateway {
             tokens,
             regions,
             session,
+            pin,
         } = call;
-        let route = self
-            .router
-            .route(model, regions, session)
-            .map_err(|reason| GatewayError::NoRoute { reason })?;
+        let route = match pin {
+            Some(instance) => self.router.route_to(model, regions, instance),
+            None => self.router.route(model, regions, session),
+        }
+        .map_err(|reason| GatewayError::NoRoute { reason })?;
         tracing::debug!(%request_id, reason = %route.reason, "routed");
         self.router.count_request();
         let timeouts = self.upstreams.timeouts();

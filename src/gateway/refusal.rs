@@ -249,7 +249,7 @@ impl Refusal {
             INVALID_REQUEST,
             "response_not_found",
             format!(
-                "no response {id} is kept for this key's tenant; responses are kept for six hours, in memory"
+                "no response {id} is kept for this key's tenant; responses are kept for six hours"
             ),
         )
     }
@@ -273,6 +273,18 @@ impl Refusal {
             "server_error",
             "upstream_bad_answer",
             "the upstream's answer is not a chat completion, so it cannot be returned as a response; check that the instance speaks OpenAI chat completions".into(),
+        )
+    }
+
+    /// The instance that stores a response could not be asked about it.
+    pub fn upstream_unreachable(instance: &str, reason: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "upstream_unreachable",
+            format!(
+                "instance {instance}, which stores this response, could not be asked: {reason}"
+            ),
         )
     }
 

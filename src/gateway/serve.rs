@@ -37,6 +37,9 @@ pub struct Inbound {
     pub directives: Directives,
     /// A session key from the front (e.g. `x-session-id`); the body's `user` otherwise.
     pub session: Option<String>,
+    /// The one instance that may serve this request: it stores the response that the
+    /// request follows (`previous_response_id`).
+    pub pin: Option<String>,
     pub arrival: Instant,
 }
 
@@ -246,6 +249,9 @@ impl Gateway {
         {
             return Err(Refusal::empty_messages());
         }
+        if inbound.kind == ModelKind::Responses {
+            self.check_responses_request(model, fields, inbound.pin.is_some())?;
+        }
         recorder.keep_content(tenant.audit_content);
         let keep_prompt = recorder.keeps_content();
         recorder.note(|r| {
@@ -260,13 +266,37 @@ impl Gateway {
         });
         // Streams always ask the upstream for usage, so they are charged exactly; clients
         // that did not ask for the usage chunk do not get it.
-        let strip_usage = stream && !ask_for_usage(fields);
+        // A Responses stream reports usage in its last event by itself.
+        let strip_usage = stream && inbound.kind != ModelKind::Responses && !ask_for_usage(fields);
         Ok(Parsed {
             tenant,
             model,
             stream,
             strip_usage,
         })
+    }
+
+    /// A Responses request that no instance of `model` could be sent is refused here, with
+    /// the parameter named: malformed wherever it goes, or beyond what chat completions
+    /// say when no instance serves the Responses API itself.
+    fn check_responses_request(
+        &self,
+        model: &Model,
+        fields: &Fields,
+        pinned: bool,
+    ) -> Result<(), Refusal> {
+        let request: serde_json::Map<String, Value> = serde_json::to_string(fields)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        let Err(refused) = crate::providers::translatable_response_request(&request) else {
+            return Ok(());
+        };
+        let native = pinned || self.config.instances_of(model).any(|i| i.native_responses);
+        if refused.invalid || !native {
+            return Err(Refusal::bad_parameter(refused.param, refused.message));
+        }
+        Ok(())
     }
 
     /// The configured model a request names in `model`; unknown aliases are refused with
@@ -381,6 +411,7 @@ impl Gateway {
         // The legacy endpoint knows only `max_tokens`.
         let limit_field = match inbound.kind {
             ModelKind::Completions => "max_tokens",
+            ModelKind::Responses => "max_output_tokens",
             _ => model.limit_field,
         };
         if inbound.kind.completes() {
@@ -395,6 +426,7 @@ impl Gateway {
             tokens: ticket.tokens(),
             regions: tenant.regions.as_deref(),
             session: session.as_deref(),
+            pin: inbound.pin.as_deref(),
         })
         .await
         .map_err(|error| {
@@ -606,23 +638,30 @@ async fn prompt_tokens(kind: ModelKind, model: &Model, fields: &Fields) -> u64 {
     let tokenizer = model.tokenizer;
     let field = match kind {
         ModelKind::Chat => "messages",
-        ModelKind::Embeddings => "input",
+        ModelKind::Embeddings | ModelKind::Responses => "input",
         ModelKind::Completions => "prompt",
     };
     let raw = fields.get(field);
-    let count = move |raw: Option<&serde_json::value::RawValue>| match kind {
+    let instructions = match kind {
+        ModelKind::Responses => fields.get("instructions"),
+        _ => None,
+    };
+    let count = move |raw: Option<&serde_json::value::RawValue>,
+                      instructions: Option<&serde_json::value::RawValue>| match kind
+    {
         ModelKind::Chat => estimate::chat_prompt(tokenizer, raw),
+        ModelKind::Responses => estimate::responses_prompt(tokenizer, instructions, raw),
         // A text, or a list of texts, as embeddings' input is.
         ModelKind::Embeddings | ModelKind::Completions => {
             estimate::embeddings_input(tokenizer, raw)
         }
     };
-    let size = raw.map_or(0, |r| r.get().len());
+    let size = raw.map_or(0, |r| r.get().len()) + instructions.map_or(0, |r| r.get().len());
     if size <= COUNT_INLINE && estimate::ready(tokenizer) {
-        return count(raw.map(|r| &**r));
+        return count(raw.map(|r| &**r), instructions.map(|r| &**r));
     }
-    let owned = raw.cloned();
-    tokio::task::spawn_blocking(move || count(owned.as_deref()))
+    let (owned, instructions) = (raw.cloned(), instructions.cloned());
+    tokio::task::spawn_blocking(move || count(owned.as_deref(), instructions.as_deref()))
         .await
         // Only a panic while counting gets here: a token per four bytes stands in.
         .unwrap_or((size as u64).div_ceil(4))
@@ -636,6 +675,7 @@ fn demand(kind: ModelKind, model: &Model, fields: &Fields, prompt_tokens: u64) -
         prompt_tokens,
         max_tokens: field("max_completion_tokens")
             .or(field("max_tokens"))
+            .or(field("max_output_tokens"))
             .and_then(|raw| raw.get().parse().ok()),
         completion: kind.completes(),
         price: model.price,
@@ -645,7 +685,7 @@ fn demand(kind: ModelKind, model: &Model, fields: &Fields, prompt_tokens: u64) -
 /// The text of a whole chat answer (every choice's message), for tenants that opted in.
 fn answer_text(body: &[u8]) -> Option<String> {
     let chunk = streams::Chunk::parse(std::str::from_utf8(body).ok()?)?;
-    let text: Vec<&str> = chunk.texts().collect();
+    let text: Vec<String> = chunk.texts().map(String::from).collect();
     (!text.is_empty()).then(|| text.join("\n"))
 }
 

@@ -1,12 +1,13 @@
 //! `POST /v1/chat/completions` (and legacy `/v1/completions`), plain and streamed, with
-//! OpenAI's exact SSE framing; and `POST /v1/messages`, the same answers in Anthropic's
-//! Messages format and events.
+//! OpenAI's exact SSE framing; `POST /v1/messages`, the same answers in Anthropic's
+//! Messages format and events; and `POST /v1/responses`, OpenAI's Responses API, whose
+//! responses the mock stores (`previous_response_id`, `GET`, `DELETE`, `cancel`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
@@ -32,6 +33,10 @@ struct Plan {
     framing: wire::Framing,
     chunk_bytes: usize,
     shape: Shape,
+    /// A Responses request's `previous_response_id`, `instructions` and `store`.
+    previous: Option<String>,
+    instructions: Value,
+    store: bool,
 }
 
 /// Which API a request came in on, and so the shape of its answer.
@@ -42,6 +47,8 @@ enum Shape {
     Text,
     /// Anthropic's Messages API.
     Messages,
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 impl Plan {
@@ -74,6 +81,69 @@ pub async fn completions(State(state): State<Arc<MockState>>, body: Bytes) -> Re
 /// Anthropic's Messages API: the same answers as a Message or Anthropic's events.
 pub async fn messages(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
     answer(state, body, Shape::Messages).await
+}
+
+/// OpenAI's Responses API: the same answers as a Response object or Responses events.
+pub async fn responses(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    answer(state, body, Shape::Responses).await
+}
+
+/// `GET /v1/responses/{id}`: a stored response.
+pub async fn stored(State(state): State<Arc<MockState>>, Path(id): Path<String>) -> Response {
+    match state.stored(&id) {
+        Some(stored) => axum::Json(stored.object).into_response(),
+        None => response_not_found(&id),
+    }
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete_stored(
+    State(state): State<Arc<MockState>>,
+    Path(id): Path<String>,
+) -> Response {
+    let deleted = state
+        .responses
+        .lock()
+        .is_ok_and(|mut stored| stored.remove(&id).is_some());
+    if deleted {
+        axum::Json(json!({"id": id, "object": "response", "deleted": true})).into_response()
+    } else {
+        response_not_found(&id)
+    }
+}
+
+/// `POST /v1/responses/{id}/cancel`: the mock runs no background responses.
+pub async fn cancel_stored(
+    State(state): State<Arc<MockState>>,
+    Path(id): Path<String>,
+) -> Response {
+    if state.stored(&id).is_none() {
+        return response_not_found(&id);
+    }
+    wire::error(
+        axum::http::StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        None,
+        "Cannot cancel a synchronous response.",
+    )
+}
+
+fn response_not_found(id: &str) -> Response {
+    wire::error(
+        axum::http::StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        None,
+        &format!("Response with id '{id}' not found."),
+    )
+}
+
+/// A Responses request's `input` as messages: a text is one user message.
+fn input_messages(input: Option<&Value>) -> Option<Vec<Value>> {
+    match input {
+        Some(Value::String(text)) => Some(vec![json!({"role": "user", "content": text})]),
+        Some(Value::Array(items)) => Some(items.clone()),
+        _ => None,
+    }
 }
 
 /// Legacy text completions: the same answers, as `text_completion` objects.
@@ -123,17 +193,47 @@ async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
             wire::unknown_model(model)
         };
     }
-    let prompt = if text { "prompt" } else { "messages" };
+    let responses = shape == Shape::Responses;
+    let prompt = match shape {
+        Shape::Text => "prompt",
+        Shape::Responses => "input",
+        _ => "messages",
+    };
     let messages = match request.get(prompt) {
         Some(Value::Array(messages)) => messages.clone(),
         Some(Value::String(single)) if text => vec![Value::String(single.clone())],
+        input if responses => match input_messages(input) {
+            Some(messages) => messages,
+            None => return wire::missing_parameter(prompt),
+        },
         _ => return wire::missing_parameter(prompt),
     };
+    let previous = request
+        .get("previous_response_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    // What an earlier response of the conversation counted, input and output.
+    let mut earlier = 0;
+    if let Some(previous) = previous.as_deref().filter(|_| responses) {
+        match state.stored(previous) {
+            Some(stored) => earlier = stored.tokens,
+            None => {
+                let error = json!({"error": {
+                    "message": format!("Previous response with id '{previous}' not found."),
+                    "type": "invalid_request_error",
+                    "param": "previous_response_id",
+                    "code": "previous_response_not_found",
+                }});
+                return (axum::http::StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+            }
+        }
+    }
     let messages = &messages;
     let knobs = state.knobs();
     let limit = request
         .get("max_completion_tokens")
         .or_else(|| request.get("max_tokens"))
+        .or_else(|| request.get("max_output_tokens"))
         .and_then(Value::as_u64);
     let wanted = u64::from(knobs.answer_tokens);
     let (count, finish_reason) = match limit {
@@ -150,6 +250,7 @@ async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
             Shape::Chat => "chatcmpl-",
             Shape::Text => "cmpl-",
             Shape::Messages => "msg_",
+            Shape::Responses => "resp_",
         }),
         created: wire::now_secs(),
         model: model.to_string(),
@@ -161,8 +262,10 @@ async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
         },
         finish_reason,
         prompt_tokens: wire::prompt_tokens(messages)
+            + earlier
             + request
                 .get("system")
+                .or_else(|| request.get("instructions"))
                 .map(|system| wire::text_tokens(&system_text(system)))
                 .unwrap_or(0),
         include_usage: request
@@ -180,7 +283,17 @@ async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
         framing: knobs.framing(),
         chunk_bytes: knobs.wire_chunk_bytes,
         shape,
+        previous,
+        instructions: request.get("instructions").cloned().unwrap_or(Value::Null),
+        store: request.get("store") != Some(&Value::Bool(false)),
     };
+    if responses && plan.store {
+        state.store_response(
+            &plan.id,
+            response_object(&plan, "completed"),
+            plan.prompt_tokens + plan.tokens.len() as u64,
+        );
+    }
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
         stream_answer(state, plan, arrived)
     } else {
@@ -192,7 +305,155 @@ async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
     }
 }
 
+/// The Response object of a plan, in `status`, with its output once completed.
+fn response_object(plan: &Plan, status: &str) -> Value {
+    let done = status != "in_progress";
+    let output = if done {
+        json!([output_message(plan, plan.tokens.concat(), "completed")])
+    } else {
+        json!([])
+    };
+    let status = match (done, plan.finish_reason) {
+        (true, "length") => "incomplete",
+        _ => status,
+    };
+    let usage = if done {
+        let output = plan.tokens.len() as u64;
+        json!({
+            "input_tokens": plan.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": plan.prompt_tokens + output,
+        })
+    } else {
+        Value::Null
+    };
+    json!({
+        "id": plan.id,
+        "object": "response",
+        "created_at": plan.created,
+        "status": status,
+        "background": false,
+        "error": null,
+        "incomplete_details": if status == "incomplete" { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+        "instructions": plan.instructions,
+        "max_output_tokens": null,
+        "model": plan.model,
+        "output": output,
+        "parallel_tool_calls": true,
+        "previous_response_id": plan.previous,
+        "reasoning": {"effort": null, "summary": null},
+        "store": plan.store,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": null,
+        "metadata": {},
+    })
+}
+
+fn output_message(plan: &Plan, text: String, status: &str) -> Value {
+    let content = if status == "completed" {
+        json!([{"type": "output_text", "text": text, "annotations": [], "logprobs": []}])
+    } else {
+        json!([])
+    };
+    json!({
+        "id": format!("msg_{}", plan.id.trim_start_matches("resp_")),
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    })
+}
+
+/// OpenAI's Responses events for one answer: the response created and in progress, a
+/// message item whose text comes delta by delta, then done and completed with usage.
+/// Every event carries its `sequence_number`.
+fn responses_events(plan: &Plan) -> Vec<Event> {
+    let sequence = std::cell::Cell::new(0u64);
+    let named = |kind: &str, mut data: Value| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(sequence.replace(sequence.get() + 1));
+        plan.framing.named(kind, &data)
+    };
+    let item_id = format!("msg_{}", plan.id.trim_start_matches("resp_"));
+    let empty_part = json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []});
+    let head = [
+        named(
+            "response.created",
+            json!({"response": response_object(plan, "in_progress")}),
+        ),
+        named(
+            "response.in_progress",
+            json!({"response": response_object(plan, "in_progress")}),
+        ),
+        named(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": output_message(plan, String::new(), "in_progress")}),
+        ),
+        named(
+            "response.content_part.added",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": empty_part}),
+        ),
+    ];
+    let mut events = vec![Event {
+        due: plan.ttft,
+        data: Bytes::from(head.concat()),
+        tokens_after: 0,
+    }];
+    for (i, token) in plan.tokens.iter().enumerate() {
+        events.push(Event {
+            due: plan.due(i),
+            data: named(
+                "response.output_text.delta",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": token, "logprobs": []}),
+            ),
+            tokens_after: i as u32 + 1,
+        });
+    }
+    let text = plan.tokens.concat();
+    let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+    let tail = [
+        named(
+            "response.output_text.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+        ),
+        named(
+            "response.content_part.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
+        ),
+        named(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": output_message(plan, text.clone(), "completed")}),
+        ),
+        {
+            let last = response_object(plan, "completed");
+            let kind = if last["status"] == "incomplete" {
+                "response.incomplete"
+            } else {
+                "response.completed"
+            };
+            named(kind, json!({"response": last}))
+        },
+    ];
+    events.push(Event {
+        due: plan.due(plan.tokens.len().saturating_sub(1)),
+        data: Bytes::from(tail.concat()),
+        tokens_after: plan.tokens.len() as u32,
+    });
+    events
+}
+
 fn plain_answer(plan: &Plan) -> Response {
+    if plan.shape == Shape::Responses {
+        return axum::Json(response_object(plan, "completed")).into_response();
+    }
     if plan.shape == Shape::Messages {
         return axum::Json(json!({
             "id": plan.id,
@@ -333,6 +594,9 @@ fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
 fn events(plan: &Plan) -> Vec<Event> {
     if plan.shape == Shape::Messages {
         return anthropic_events(plan);
+    }
+    if plan.shape == Shape::Responses {
+        return responses_events(plan);
     }
     let mut events = Vec::with_capacity(plan.tokens.len() + 4);
     events.push(Event {

@@ -10,6 +10,7 @@ mod chat;
 mod embeddings;
 mod wire;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -167,6 +168,16 @@ struct MockState {
     last_path: Mutex<Option<String>>,
     /// Bumped on every counter change so waiters wake up.
     changed: watch::Sender<u64>,
+    /// Responses API responses stored (`store` true), by id.
+    responses: Mutex<HashMap<String, Stored>>,
+}
+
+/// A stored response: its object, and the tokens it counted (input and output), which
+/// a follow-up's input includes.
+#[derive(Clone)]
+struct Stored {
+    object: serde_json::Value,
+    tokens: u64,
 }
 
 impl MockState {
@@ -199,6 +210,16 @@ impl MockState {
             connections_dropped: get(&c.connections_dropped),
             plain_completed: get(&c.plain_completed),
             plain_cancelled: get(&c.plain_cancelled),
+        }
+    }
+
+    fn stored(&self, id: &str) -> Option<Stored> {
+        self.responses.lock().ok()?.get(id).cloned()
+    }
+
+    fn store_response(&self, id: &str, object: serde_json::Value, tokens: u64) {
+        if let Ok(mut stored) = self.responses.lock() {
+            stored.insert(id.to_string(), Stored { object, tokens });
         }
     }
 
@@ -321,6 +342,7 @@ impl MockUpstream {
             last_body: Mutex::new(None),
             last_path: Mutex::new(None),
             changed: watch::channel(0).0,
+            responses: Mutex::default(),
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(listener, state.clone(), stopped));
@@ -488,6 +510,12 @@ fn routes(state: Arc<MockState>) -> Router {
         .route("/v1/completions", post(chat::text_completions))
         // Anthropic's Messages API: the same answers in its format, keyed by `x-api-key`.
         .route("/v1/messages", post(chat::messages))
+        .route("/v1/responses", post(chat::responses))
+        .route(
+            "/v1/responses/{id}",
+            get(chat::stored).delete(chat::delete_stored),
+        )
+        .route("/v1/responses/{id}/cancel", post(chat::cancel_stored))
         .route("/v1/models", get(list_models))
         // Azure OpenAI's deployment URLs: the same answers, keyed by `api-key`.
         .route(

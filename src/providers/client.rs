@@ -106,19 +106,19 @@ impl Client {
         self.timeouts
     }
 
-    /// POSTs `body` to `uri` with `headers` and waits up to `wait` for the response's
-    /// headers.
+    /// Sends `body` to `uri` with `headers` (a POST, unless `method` says otherwise) and
+    /// waits up to `wait` for the response's headers.
     pub async fn send(
         &self,
         instance: &Instance,
-        uri: Uri,
+        (method, uri): (Method, Uri),
         headers: impl Iterator<Item = (&header::HeaderName, &HeaderValue)>,
         request_id: &str,
         body: Bytes,
         wait: Duration,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
         let mut request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(uri)
             .header(header::CONTENT_TYPE, APPLICATION_JSON)
             .header(header::USER_AGENT, USER_AGENT);

@@ -10,6 +10,7 @@ mod azure;
 mod client;
 mod dialect;
 mod openai;
+mod responses;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -27,6 +28,7 @@ use client::Client;
 use dialect::{Dialect, Translate};
 
 pub use crate::telemetry::root_cause;
+pub use responses::Untranslatable;
 
 /// Why an attempt produced no response.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,6 +78,7 @@ pub struct Target {
     chat: Option<Uri>,
     embeddings: Option<Uri>,
     completions: Option<Uri>,
+    responses: Option<Uri>,
 }
 
 impl Target {
@@ -92,6 +95,7 @@ impl Target {
             chat: endpoint(ModelKind::Chat),
             embeddings: endpoint(ModelKind::Embeddings),
             completions: endpoint(ModelKind::Completions),
+            responses: endpoint(ModelKind::Responses),
         }
     }
 
@@ -100,6 +104,7 @@ impl Target {
             ModelKind::Chat => self.chat.as_ref(),
             ModelKind::Embeddings => self.embeddings.as_ref(),
             ModelKind::Completions => self.completions.as_ref(),
+            ModelKind::Responses => self.responses.as_ref(),
         }
     }
 
@@ -161,6 +166,15 @@ impl Upstreams {
         if let Some(unsupported) = unsupported(instance, kind) {
             return Err(unsupported);
         }
+        // A Responses request to an instance that speaks only chat goes as chat.
+        let (kind, body, back) = if sent_as(instance, kind) == kind {
+            (kind, body, None)
+        } else {
+            let (chat, back) = responses::translate(&body, request_id).map_err(|refused| {
+                SendError::Unsupported(format!("instance {}: {}", instance.name, refused.message))
+            })?;
+            (ModelKind::Chat, chat, Some(Box::new(back)))
+        };
         let dialect = target.dialect;
         let uri = match target.url(kind) {
             Some(uri) => uri.clone(),
@@ -171,17 +185,63 @@ impl Upstreams {
             .map_err(SendError::Unsupported)?;
         let response = self
             .client
-            .send(instance, uri, target.headers(), request_id, body, wait)
+            .send(
+                instance,
+                (http::Method::POST, uri),
+                target.headers(),
+                request_id,
+                body,
+                wait,
+            )
             .await?;
         Ok(Response {
             inner: response,
             dialect,
             kind,
+            back,
         })
     }
 
     pub fn timeouts(&self) -> UpstreamTimeouts {
         self.client.timeouts()
+    }
+
+    /// A response `instance` stores (it serves the Responses API itself): `GET` or
+    /// `DELETE {url}/responses/{id}`, or `POST {url}/responses/{id}/cancel`. The whole
+    /// answer, status and body, as the upstream gave it.
+    pub async fn stored_response(
+        &self,
+        instance: &Instance,
+        (method, id, cancel): (http::Method, &str, bool),
+        request_id: &str,
+    ) -> Result<(StatusCode, Bytes), SendError> {
+        let Some(target) = self.targets.get(&instance.name) else {
+            return Err(SendError::Connect(format!(
+                "instance {} is not configured",
+                instance.name
+            )));
+        };
+        let id: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        let action = if cancel { "/cancel" } else { "" };
+        let uri = client::parse(format!("{}/responses/{id}{action}", instance.url))?;
+        let wait = self.client.timeouts().response;
+        let response = self
+            .client
+            .send(
+                instance,
+                (method, uri),
+                target.headers(),
+                request_id,
+                Bytes::new(),
+                wait,
+            )
+            .await?;
+        let status = response.status();
+        let body = tokio::time::timeout(wait, response.into_body().collect())
+            .await
+            .map_err(|_| SendError::Timeout(wait))?
+            .map_err(|e| SendError::Broken(root_cause(&e)))?;
+        Ok((status, body.to_bytes()))
     }
 
     /// An active health probe: `GET {url}{path}` (as the dialect spells it) must answer
@@ -208,14 +268,32 @@ impl Upstreams {
 /// Why `instance` cannot be sent requests of `kind` at all: its dialect has no such
 /// endpoint (Anthropic and embeddings). Known before anything is sent or reserved.
 pub fn unsupported(instance: &Instance, kind: ModelKind) -> Option<SendError> {
-    (!dialect::of(instance.dialect).serves(kind)).then(|| {
+    let sent = sent_as(instance, kind);
+    (!dialect::of(instance.dialect).serves(sent)).then(|| {
         SendError::Unsupported(format!(
             "instance {} speaks {}, which has no {} endpoint",
             instance.name,
             instance.dialect,
-            kind.upstream_path()
+            sent.upstream_path()
         ))
     })
+}
+
+/// The kind of request `instance` is sent for one of `kind`: Responses API requests go
+/// as chat completions to instances that do not serve that API themselves.
+fn sent_as(instance: &Instance, kind: ModelKind) -> ModelKind {
+    match kind {
+        ModelKind::Responses if !instance.native_responses => ModelKind::Chat,
+        kind => kind,
+    }
+}
+
+/// Whether a Responses request (its JSON object) can be translated for an instance that
+/// speaks only chat completions, and if not, why.
+pub fn translatable_response_request(
+    request: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Untranslatable> {
+    responses::to_chat(request).map(drop)
 }
 
 /// An upstream's answer, read as OpenAI's whatever the dialect: its status and headers,
@@ -223,7 +301,10 @@ pub fn unsupported(instance: &Instance, kind: ModelKind) -> Option<SendError> {
 pub struct Response {
     inner: http::Response<Incoming>,
     dialect: &'static dyn Dialect,
+    /// The kind of request sent (chat, for a translated Responses request).
     kind: ModelKind,
+    /// Turns a chat answer back into the Response asked for.
+    back: Option<Box<responses::Back>>,
 }
 
 impl Response {
@@ -239,14 +320,23 @@ impl Response {
     pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
         let status = self.inner.status();
         let bytes = self.inner.into_body().collect().await?.to_bytes();
-        Ok(self.dialect.answer(self.kind, status, bytes))
+        let bytes = self.dialect.answer(self.kind, status, bytes);
+        Ok(match &self.back {
+            Some(back) if status.is_success() => back.whole(bytes),
+            _ => bytes,
+        })
     }
 
     /// The body's bytes as they arrive, as OpenAI's SSE chunks.
     pub fn bytes_stream(self) -> BodyStream {
+        let translate: Option<Box<dyn Translate>> = match (self.dialect.stream(), self.back) {
+            (dialect, None) => dialect,
+            (None, Some(back)) => Some(Box::new(back.stream())),
+            (Some(dialect), Some(back)) => Some(Box::new(Then(dialect, back.stream()))),
+        };
         BodyStream {
             body: BodyDataStream::new(self.inner.into_body()),
-            translate: self.dialect.stream(),
+            translate,
             ended: false,
         }
     }
@@ -288,6 +378,24 @@ impl Stream for BodyStream {
                 }
             }
         }
+    }
+}
+
+/// One translation after another: a dialect's framing into chat chunks, then chat into
+/// Responses events.
+struct Then<A, B>(A, B);
+
+impl<A: Translate + ?Sized, B: Translate> Translate for Then<Box<A>, B> {
+    fn push(&mut self, bytes: &[u8]) -> Bytes {
+        let chat = self.0.push(bytes);
+        self.1.push(&chat)
+    }
+
+    fn finish(&mut self) -> Bytes {
+        let chat = self.0.finish();
+        let mut out = self.1.push(&chat).to_vec();
+        out.extend_from_slice(&self.1.finish());
+        Bytes::from(out)
     }
 }
 

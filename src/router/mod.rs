@@ -275,6 +275,43 @@ impl Router {
         self.regions.iter().flat_map(|r| &r.instances)
     }
 
+    /// The route to instance `name` alone, for a request only it can serve (a follow-up
+    /// to a response it stores): no other instance is tried.
+    pub fn route_to<'m>(
+        &self,
+        model: &'m Model,
+        allowed: Option<&[String]>,
+        name: &str,
+    ) -> Result<Route<'m>, String> {
+        let found = model
+            .deployments
+            .iter()
+            .filter(|d| allowed.is_none_or(|a| a.contains(&d.region)))
+            .find_map(|d| {
+                let region = self.regions.iter().find(|r| r.name == d.region)?;
+                let instance = region.instances.iter().find(|i| i.name() == name)?;
+                Some((instance, d.upstream_model.as_str()))
+            });
+        let Some((instance, upstream_model)) = found else {
+            return Err(format!(
+                "instance {name} does not serve model \"{}\" for this tenant",
+                model.alias
+            ));
+        };
+        if !instance.health().routable(Instant::now()) {
+            return Err(format!(
+                "instance {name}, which holds the previous response, is not taking requests (drained, ejected or failing); retry when it is back"
+            ));
+        }
+        Ok(Route {
+            candidates: vec![Candidate {
+                instance: instance.clone(),
+                upstream_model,
+            }],
+            reason: format!("{name}: holds the previous response"),
+        })
+    }
+
     /// Plans a request: candidates best first, or why there are none.
     /// `allowed` restricts regions (data residency); `session` keeps a session in place.
     pub fn route<'m>(

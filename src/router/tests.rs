@@ -39,6 +39,7 @@ fn region(name: &str, order: u32, instances: usize) -> Region {
                 max_concurrency: 100,
                 weight: 1,
                 http2: false,
+                native_responses: false,
             })
             .collect(),
     }

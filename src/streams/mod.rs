@@ -10,6 +10,7 @@
 //! (nobody listens any more) drops the upstream response and with it the upstream
 //! connection, which cancels the generation.
 
+pub mod chat;
 pub mod hub;
 pub mod sse;
 
@@ -25,7 +26,8 @@ pub use sse::{SseEvent, SseParser};
 
 use crate::domain::Usage;
 
-/// What the gateway reads of a chunk (or of a whole chat answer): borrowed where it can.
+/// What the gateway reads of a chunk (or of a whole chat answer), or of a Responses API
+/// event (or whole Response): borrowed where it can.
 #[derive(Debug, Default, Deserialize)]
 pub struct Chunk<'a> {
     #[serde(default, borrow)]
@@ -34,6 +36,21 @@ pub struct Chunk<'a> {
     usage: Option<UsageView>,
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
+    /// A Responses event's type (`response.output_text.delta`, `response.completed`…).
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    /// A Responses delta event's text (left raw: other deltas need not be text).
+    #[serde(default, borrow)]
+    delta: Option<&'a serde_json::value::RawValue>,
+    /// The Response that a Responses stream's last event carries, with its usage.
+    #[serde(default)]
+    response: Option<ResponseView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ResponseView {
+    #[serde(default)]
+    usage: Option<UsageView>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,11 +70,12 @@ pub struct Text<'a> {
     pub content: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// Chat's usage, or the Responses API's (`input_tokens`, `output_tokens`).
 #[derive(Debug, Deserialize)]
 struct UsageView {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: Option<u64>,
 }
 
@@ -69,7 +87,8 @@ impl<'a> Chunk<'a> {
 
     /// The upstream's usage, when it reports one.
     pub fn usage(&self) -> Option<Usage> {
-        let usage = self.usage.as_ref()?;
+        let in_response = self.response.as_ref().and_then(|r| r.usage.as_ref());
+        let usage = self.usage.as_ref().or(in_response)?;
         if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
             return None;
         }
@@ -87,18 +106,31 @@ impl<'a> Chunk<'a> {
 
     /// An error object the upstream sent in place of a chunk.
     pub fn is_error(&self) -> bool {
-        self.error.is_some()
+        self.error.is_some() || self.kind.as_deref() == Some("error")
+    }
+
+    /// A Responses stream's last event: the response completed, stopped short or failed.
+    pub fn ends_response(&self) -> bool {
+        matches!(
+            self.kind.as_deref(),
+            Some("response.completed" | "response.incomplete" | "response.failed")
+        )
     }
 
     /// The text of every choice's delta (streams) or message (whole answers), or of a
     /// text completion.
-    pub fn texts(&self) -> impl Iterator<Item = &str> {
-        self.choices.iter().flatten().filter_map(|c| {
+    pub fn texts(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+        let chat = self.choices.iter().flatten().filter_map(|c| {
             match c.delta.as_ref().or(c.message.as_ref()) {
                 Some(text) => text.content.as_deref(),
                 None => c.text.as_deref(),
             }
-        })
+        });
+        let responses = (self.kind.as_deref() == Some("response.output_text.delta"))
+            .then_some(self.delta)
+            .flatten()
+            .and_then(|raw| serde_json::from_str::<std::borrow::Cow<'_, str>>(raw.get()).ok());
+        chat.map(std::borrow::Cow::Borrowed).chain(responses)
     }
 }
 
@@ -233,7 +265,7 @@ where
                     self.fail(cut.code, cut.message);
                     return;
                 }
-                self.done = event.is_done();
+                self.done = event.is_done() || chunk.as_ref().is_some_and(Chunk::ends_response);
                 self.upstream_error |= chunk.as_ref().is_some_and(Chunk::is_error);
                 self.ready.push_back(Relayed {
                     bytes: event.encode(),
