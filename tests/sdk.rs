@@ -15,9 +15,33 @@ use std::time::Duration;
 use common::*;
 use switchyard::mock::MockHandle;
 
+/// How the upstreams behind a check speak: their dialect, and how they are sent
+/// Responses API requests (`responses = "…"`).
+#[derive(Clone, Copy)]
+struct Upstream {
+    dialect: &'static str,
+    responses: &'static str,
+}
+
+const OPENAI: Upstream = Upstream {
+    dialect: "openai",
+    responses: "translate",
+};
+
+/// OpenAI-dialect upstreams that serve the Responses API themselves.
+const NATIVE: Upstream = Upstream {
+    dialect: "openai",
+    responses: "native",
+};
+
+const ANTHROPIC: Upstream = Upstream {
+    dialect: "anthropic",
+    responses: "translate",
+};
+
 /// A gateway with a healthy region serving everything and a region whose streams break
-/// after three tokens, serving only `chat-broken`; both upstreams speak `dialect`.
-async fn sdk_gateway(dialect: &str) -> (MockHandle, MockHandle, TestGateway) {
+/// after three tokens, serving only `chat-broken`; both upstreams speak as `upstream`.
+async fn sdk_gateway(upstream: Upstream) -> (MockHandle, MockHandle, TestGateway) {
     let good = quick_mock()
         .answer_tokens(12)
         .embeddings_floats_only()
@@ -52,6 +76,7 @@ name = "us-east"
   name = "us-east-a"
   url = "{good}"
   dialect = "{dialect}"
+  responses = "{responses}"
 
 [[regions]]
 name = "broken"
@@ -60,6 +85,7 @@ order = 1
   name = "broken-a"
   url = "{broken}"
   dialect = "{dialect}"
+  responses = "{responses}"
 
 [[models]]
 alias = "gpt-4o-mini"
@@ -79,6 +105,8 @@ regions = ["us-east"]
         key = switchyard::auth::hash_key(KEY_A),
         good = good.url(),
         broken = broken.url(),
+        dialect = upstream.dialect,
+        responses = upstream.responses,
     );
     let gw = TestGateway::from_toml(&toml).await;
     (good, broken, gw)
@@ -104,15 +132,17 @@ fn available(program: &str, args: &[&str], install: &str) -> bool {
 }
 
 async fn run_check(program: &str, script: &str) {
-    run_check_at(program, script, "/v1", "openai").await;
+    run_check_at(program, script, "/v1", OPENAI).await;
 }
 
 /// Runs `script` with the gateway's URL at `base` (Anthropic's SDK adds `/v1` itself),
-/// in front of upstreams that speak `dialect`.
-async fn run_check_at(program: &str, script: &str, base: &str, dialect: &str) {
-    let (_good, _broken, gw) = sdk_gateway(dialect).await;
+/// in front of upstreams that speak as `upstream` (which the script reads in
+/// `SWITCHYARD_RESPONSES`).
+async fn run_check_at(program: &str, script: &str, base: &str, upstream: Upstream) {
+    let (_good, _broken, gw) = sdk_gateway(upstream).await;
     let child = tokio::process::Command::new(program)
         .arg(script)
+        .env("SWITCHYARD_RESPONSES", upstream.responses)
         .env("SWITCHYARD_BASE_URL", gw.url(base))
         .env_remove("ANTHROPIC_API_KEY")
         .env_remove("ANTHROPIC_BASE_URL")
@@ -160,6 +190,19 @@ async fn the_official_node_sdk_works_through_the_gateway() {
     }
 }
 
+/// The same checks in front of upstreams that serve the Responses API themselves: the
+/// requests pass as they are, and follow-ups go to the instance that stores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_python_sdk_works_through_the_gateway_to_native_responses_upstreams() {
+    if available(
+        "python3",
+        &["-c", "import openai"],
+        "pip install -r tests/sdk/requirements.txt",
+    ) {
+        run_check_at("python3", "tests/sdk/openai_python.py", "/v1", NATIVE).await;
+    }
+}
+
 /// LangChain's ChatOpenAI, over chat completions and the Responses API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn langchain_works_through_the_gateway() {
@@ -180,7 +223,7 @@ async fn the_official_anthropic_sdk_works_through_the_gateway() {
         &["-c", "import anthropic"],
         "pip install -r tests/sdk/requirements.txt",
     ) {
-        run_check_at("python3", "tests/sdk/anthropic_python.py", "", "openai").await;
+        run_check_at("python3", "tests/sdk/anthropic_python.py", "", OPENAI).await;
     }
 }
 
@@ -193,7 +236,7 @@ async fn the_official_anthropic_sdk_works_through_the_gateway_to_anthropic_upstr
         &["-c", "import anthropic"],
         "pip install -r tests/sdk/requirements.txt",
     ) {
-        run_check_at("python3", "tests/sdk/anthropic_python.py", "", "anthropic").await;
+        run_check_at("python3", "tests/sdk/anthropic_python.py", "", ANTHROPIC).await;
     }
 }
 
@@ -209,6 +252,7 @@ async fn the_vercel_ai_sdk_default_provider_works_through_the_gateway() {
         "npm ci --prefix tests/sdk/node",
     ) {
         run_check("node", "tests/sdk/node/vercel.mjs").await;
+        run_check_at("node", "tests/sdk/node/vercel.mjs", "/v1", NATIVE).await;
     }
 }
 
