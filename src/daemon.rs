@@ -59,6 +59,7 @@ pub struct Daemon {
     servers: Vec<JoinHandle<()>>,
     ledger: Background,
     cache_writer: Background,
+    responses_writer: Background,
     audit_writer: Background,
 }
 
@@ -137,6 +138,9 @@ impl Daemon {
         gateway.restore_overrides(store.load_overrides()?);
         let cache_writer =
             crate::cache::persist::spawn_writer(gateway.cache().clone(), store.clone());
+        let responses_writer =
+            crate::gateway::conversations::spawn_writer(gateway.conversations(), store.clone());
+        gateway.conversations().restore(store.load_responses()?);
         let audit_writer = crate::audit::spawn_writer(gateway.audit().clone(), store.clone());
         let ledger = crate::ledger::spawn(gateway.admission().clone(), store, checkpoint);
 
@@ -191,6 +195,7 @@ impl Daemon {
             servers,
             ledger,
             cache_writer,
+            responses_writer,
             audit_writer,
         })
     }
@@ -253,6 +258,7 @@ impl Daemon {
         self.gateway.audit_failed_auth();
         drop(self.gateway);
         self.cache_writer.stop().await;
+        self.responses_writer.stop().await;
         self.audit_writer.stop().await;
         self.ledger.stop().await;
         tracing::info!("switchyard stopped");

@@ -428,3 +428,74 @@ async fn one_alias_fails_over_from_a_native_instance_to_a_translated_one() {
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-switchyard-instance"), "us-east-a");
 }
+
+#[tokio::test]
+async fn kept_responses_survive_a_restart_and_a_gone_instance_is_named() {
+    let east = quick_mock().answer_tokens(4).spawn_local().await.unwrap();
+    let west = quick_mock().answer_tokens(4).spawn_local().await.unwrap();
+    let both = responses_modes((&east, "translate"), (&west, "native"));
+    let gw = TestGateway::from_toml(&both).await;
+    let ask = |input: &str, previous: Option<&str>| {
+        let mut body = json!({"model": "gpt-4o-mini", "input": input});
+        if let Some(previous) = previous {
+            body["previous_response_id"] = json!(previous);
+        }
+        body
+    };
+    // One response translated in us-east, one stored by eu-west.
+    let kept: Value = gw
+        .post("/v1/responses", KEY_A, &ask("Kept here.", None))
+        .await
+        .json()
+        .await
+        .unwrap();
+    drain(&gw, "us-east", true).await;
+    let stored: Value = gw
+        .post("/v1/responses", KEY_A, &ask("Stored there.", None))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(west.last_path().unwrap(), "/v1/responses");
+    let data = gw.stop().await;
+
+    // Back with the same data (the drain too): the kept conversation is put back
+    // together.
+    let gw = TestGateway::from_toml_in(&both, data).await;
+    drain(&gw, "us-east", false).await;
+    let kept_id = kept["id"].as_str().unwrap();
+    let response = gw
+        .post("/v1/responses", KEY_A, &ask("And now?", Some(kept_id)))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-switchyard-instance"), "us-east-a");
+    let sent = east.last_request().unwrap();
+    assert_eq!(sent["messages"][0]["content"], "Kept here.");
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 3, "{sent}");
+    let read = gw
+        .client
+        .get(gw.url(&format!("/v1/responses/{kept_id}")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.json::<Value>().await.unwrap()["id"], json!(kept_id));
+    let data = gw.stop().await;
+
+    // Back without eu-west: a follow-up to what it stores says so, and goes nowhere.
+    let east_only = config_for(&[("us-east", east.url())], "");
+    let gw = TestGateway::from_toml_in(&east_only, data).await;
+    let stored_id = stored["id"].as_str().unwrap();
+    let requests = east.stats().chat_requests;
+    let response = gw
+        .post("/v1/responses", KEY_A, &ask("And now?", Some(stored_id)))
+        .await;
+    assert_eq!(response.status(), 400);
+    let error = error_of(response).await;
+    assert_eq!(error["code"], "previous_response_not_found");
+    assert!(
+        error["message"].as_str().unwrap().contains("eu-west-a"),
+        "{error}"
+    );
+    assert_eq!(east.stats().chat_requests, requests);
+}

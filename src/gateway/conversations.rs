@@ -9,13 +9,21 @@
 //! in memory for `KEEP`, at most `MAX_TURNS` of them and `MAX_BYTES` in all, oldest
 //! dropped first; a follow-up to a turn that is gone gets `previous_response_not_found`,
 //! never an answer without its context. A tenant sees only its own responses.
+//!
+//! What is kept is also written to the store (`responses` tree) by a writer task, off the
+//! request path, and read back at start, so follow-ups work across a restart.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::background::Background;
+use crate::store::{Pair, Store, StoreError};
 
 /// How long a response is kept.
 pub const KEEP: Duration = Duration::from_secs(6 * 3600);
@@ -115,6 +123,55 @@ pub struct Conversations {
     kept: Mutex<Kept>,
     max_turns: usize,
     max_bytes: usize,
+    /// Where changes go to be written to the store, once a writer is attached.
+    persist: OnceLock<mpsc::UnboundedSender<Change>>,
+}
+
+/// A change to write to the store.
+enum Change {
+    Keep(String, Vec<u8>),
+    Forget(String),
+}
+
+/// A kept response as stored.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
+    #[serde(default)]
+    items: String,
+    #[serde(default)]
+    response: String,
+    kept_ms: u64,
+}
+
+impl Turn {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&Saved {
+            tenant: self.tenant.clone(),
+            previous: self.previous.clone(),
+            instance: self.instance.clone(),
+            items: self.items.clone(),
+            response: String::from_utf8_lossy(&self.response).into_owned(),
+            kept_ms: self.kept_ms,
+        })
+        .unwrap_or_default()
+    }
+
+    fn decode(raw: &[u8]) -> Option<Turn> {
+        let saved: Saved = serde_json::from_slice(raw).ok()?;
+        Some(Turn {
+            tenant: saved.tenant,
+            previous: saved.previous,
+            instance: saved.instance,
+            items: saved.items,
+            response: Bytes::from(saved.response),
+            kept_ms: saved.kept_ms,
+        })
+    }
 }
 
 impl Default for Conversations {
@@ -133,6 +190,7 @@ impl Conversations {
             kept: Mutex::default(),
             max_turns,
             max_bytes,
+            persist: OnceLock::new(),
         }
     }
 
@@ -147,14 +205,53 @@ impl Conversations {
 
     fn keep_at(&self, id: &str, turn: &mut Turn, now_ms: u64) {
         turn.kept_ms = now_ms;
+        if let Some(persist) = self.persist.get() {
+            let _ = persist.send(Change::Keep(id.to_string(), turn.encode()));
+        }
+        self.insert(id, turn.clone(), now_ms);
+    }
+
+    fn insert(&self, id: &str, turn: Turn, now_ms: u64) {
         let mut kept = self.kept();
         kept.bytes += turn.bytes();
-        if let Some(old) = kept.turns.insert(id.to_string(), turn.clone()) {
+        if let Some(old) = kept.turns.insert(id.to_string(), turn) {
             kept.bytes -= old.bytes();
         } else {
             kept.order.push_back(id.to_string());
         }
         self.expire(&mut kept, now_ms);
+    }
+
+    fn forget(&self, id: String) {
+        if let Some(persist) = self.persist.get() {
+            let _ = persist.send(Change::Forget(id));
+        }
+    }
+
+    /// Takes back what the store kept (at start): what is still within `KEEP`, oldest
+    /// first, within the bounds; the rest is removed from the store.
+    pub fn restore(&self, saved: Vec<Pair>) {
+        self.restore_at(saved, crate::telemetry::now_ms());
+    }
+
+    fn restore_at(&self, saved: Vec<Pair>, now_ms: u64) {
+        let cutoff = now_ms.saturating_sub(KEEP.as_millis() as u64);
+        let mut turns = Vec::with_capacity(saved.len());
+        for (id, raw) in saved {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            match Turn::decode(&raw).filter(|turn| turn.kept_ms >= cutoff) {
+                Some(turn) => turns.push((id, turn)),
+                None => self.forget(id),
+            }
+        }
+        turns.sort_by_key(|(_, turn)| turn.kept_ms);
+        let restored = turns.len();
+        for (id, turn) in turns {
+            self.insert(&id, turn, now_ms);
+        }
+        if restored > 0 {
+            tracing::info!(restored, "kept responses restored");
+        }
     }
 
     /// Drops what is past `KEEP`, then the oldest beyond the bounds.
@@ -166,10 +263,11 @@ impl Conversations {
             if !over && !stale {
                 break;
             }
-            if let Some(id) = kept.order.pop_front()
-                && let Some(turn) = kept.turns.remove(&id)
-            {
-                kept.bytes -= turn.bytes();
+            if let Some(id) = kept.order.pop_front() {
+                if let Some(turn) = kept.turns.remove(&id) {
+                    kept.bytes -= turn.bytes();
+                }
+                self.forget(id);
             }
         }
     }
@@ -202,6 +300,7 @@ impl Conversations {
             kept.bytes -= turn.bytes();
         }
         kept.order.retain(|kept_id| kept_id != id);
+        self.forget(id.to_string());
         true
     }
 
@@ -249,6 +348,112 @@ impl Conversations {
     pub fn size(&self) -> (usize, usize) {
         let kept = self.kept();
         (kept.turns.len(), kept.bytes)
+    }
+}
+
+/// Changes a failed write left unwritten beyond which new responses are no longer
+/// tracked (they stay in memory; only a restart would lose them).
+const MAX_UNWRITTEN: usize = 100_000;
+
+/// How often changes a failed write left are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(10);
+
+/// Connects `conversations` to the store: every response kept or forgotten is written
+/// in batches, off the request path (in a blocking task). Stopping the writer writes
+/// what is left and flushes.
+pub fn spawn_writer(conversations: &Conversations, store: Arc<dyn Store>) -> Background {
+    let (sender, mut changes) = mpsc::unbounded_channel();
+    let _ = conversations.persist.set(sender);
+    Background::spawn("responses writer", move |mut stopping| async move {
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        let mut unwritten: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        loop {
+            tokio::select! {
+                n = changes.recv_many(&mut batch, 1024) => {
+                    if n == 0 {
+                        return;
+                    }
+                    note(&mut unwritten, batch.drain(..));
+                    write(&store, &mut unwritten, false).await;
+                }
+                _ = retry.tick(), if !unwritten.is_empty() => {
+                    write(&store, &mut unwritten, false).await;
+                }
+                () = stopping.requested() => {
+                    while let Ok(change) = changes.try_recv() {
+                        batch.push(change);
+                    }
+                    note(&mut unwritten, batch.drain(..));
+                    if !write(&store, &mut unwritten, true).await {
+                        tracing::error!(
+                            responses = unwritten.len(),
+                            "kept responses could not be written before stopping; follow-ups to them will be refused after a restart"
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// Adds changes to those not yet written, the newest for each id winning.
+fn note(unwritten: &mut HashMap<String, Option<Vec<u8>>>, changes: impl Iterator<Item = Change>) {
+    for change in changes {
+        let (id, value) = match change {
+            Change::Keep(id, raw) => (id, Some(raw)),
+            Change::Forget(id) => (id, None),
+        };
+        if value.is_some() && unwritten.len() >= MAX_UNWRITTEN && !unwritten.contains_key(&id) {
+            continue;
+        }
+        unwritten.insert(id, value);
+    }
+}
+
+/// Writes the changes (and flushes, with `flush`); whether they are in the store now.
+/// What fails stays unwritten, unless a newer change came for it meanwhile.
+async fn write(
+    store: &Arc<dyn Store>,
+    unwritten: &mut HashMap<String, Option<Vec<u8>>>,
+    flush: bool,
+) -> bool {
+    let (mut puts, mut removes) = (Vec::new(), Vec::new());
+    for (id, change) in unwritten.drain() {
+        match change {
+            Some(raw) => puts.push((id, raw)),
+            None => removes.push(id),
+        }
+    }
+    let writer = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let outcome = writer.save_responses(&puts, &removes).and_then(|()| {
+            if flush {
+                writer.flush()?;
+            }
+            Ok::<_, StoreError>(())
+        });
+        (outcome, puts, removes)
+    })
+    .await;
+    match written {
+        Ok((Ok(()), _, _)) => true,
+        Ok((Err(error), puts, removes)) => {
+            tracing::warn!(%error, responses = puts.len() + removes.len(), "kept responses could not be written; trying again");
+            for (id, raw) in puts {
+                unwritten.entry(id).or_insert(Some(raw));
+            }
+            for id in removes {
+                unwritten.entry(id).or_insert(None);
+            }
+            false
+        }
+        Err(error) => {
+            tracing::error!(%error, "the responses writer's blocking task failed");
+            false
+        }
     }
 }
 
@@ -321,6 +526,58 @@ mod tests {
         assert_eq!(
             c.history_at("a", "r3", 4_000),
             Err(Missing::NotFound("r2".into()))
+        );
+    }
+
+    #[test]
+    fn what_the_store_kept_comes_back_and_what_expired_is_removed_from_it() {
+        let (sender, mut written) = mpsc::unbounded_channel();
+        let before = Conversations::new();
+        let _ = before.persist.set(sender);
+        before.keep_at("r1", &mut turn("a", None, "one"), 1_000);
+        before.keep_at(
+            "r2",
+            &mut Turn::upstream("a", Some("r1".into()), "east-1"),
+            2_000,
+        );
+        before.delete("a", "r1");
+        let mut saved = HashMap::new();
+        while let Ok(change) = written.try_recv() {
+            match change {
+                Change::Keep(id, raw) => saved.insert(id.into_bytes(), raw),
+                Change::Forget(id) => saved.remove(id.as_bytes()),
+            };
+        }
+        assert_eq!(saved.len(), 1, "r1 was forgotten");
+        saved.insert(b"old".to_vec(), turn("a", None, "old").encode());
+        saved.insert(b"junk".to_vec(), b"not json".to_vec());
+
+        let (sender, mut removed) = mpsc::unbounded_channel();
+        let after = Conversations::new();
+        let _ = after.persist.set(sender);
+        after.restore_at(saved.into_iter().collect(), 3_000);
+        assert_eq!(
+            after.history_at("a", "r2", 3_000),
+            Ok(Thread::Upstream("east-1".into()))
+        );
+        // `old` was kept at 0 ms: with `now` at 3 s it is within KEEP too.
+        assert!(after.get_at("a", "old", 3_000).is_some());
+        let mut gone = Vec::new();
+        while let Ok(Change::Forget(id)) = removed.try_recv() {
+            gone.push(id);
+        }
+        assert_eq!(gone, ["junk"]);
+        let later = KEEP.as_millis() as u64 + 1_500;
+        let fresh = Conversations::new();
+        let (sender, mut removed) = mpsc::unbounded_channel();
+        let _ = fresh.persist.set(sender);
+        fresh.restore_at(
+            vec![(b"r2".to_vec(), Turn::upstream("a", None, "x").encode())],
+            later,
+        );
+        assert!(
+            matches!(removed.try_recv(), Ok(Change::Forget(id)) if id == "r2"),
+            "expired"
         );
     }
 

@@ -37,6 +37,13 @@ impl Store for Flaky {
     fn load_cache(&self) -> Result<Vec<Pair>, StoreError> {
         self.inner.load_cache()
     }
+    fn save_responses(&self, p: &[(String, Vec<u8>)], r: &[String]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.save_responses(p, r)
+    }
+    fn load_responses(&self) -> Result<Vec<Pair>, StoreError> {
+        self.inner.load_responses()
+    }
     fn save_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         self.check()?;
         self.inner.save_key(k)

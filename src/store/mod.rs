@@ -3,8 +3,9 @@
 //!
 //! `Store` is what the rest of the gateway sees; `SledStore` keeps it in trees: `meta`
 //! (schema version), `usage` (per tenant and budget period), `cache` (kept answers, by
-//! key, encoded by the cache), `keys` (managed tenant keys, by public id) and `tenants`
-//! (operators' run-time overrides); the audit log is JSON lines in segment files beside
+//! key, encoded by the cache), `keys` (managed tenant keys, by public id), `tenants`
+//! (operators' run-time overrides) and `responses` (Responses API responses kept for
+//! follow-ups, by id, encoded by `gateway::conversations`); the audit log is JSON lines in segment files beside
 //! the database (`audit_log.rs`). Writes are batched by their callers and never made
 //! from the request path.
 
@@ -25,8 +26,9 @@ use crate::domain::records::{AuditQuery, AuditRecord, KeyRecord, Overrides};
 
 /// The layout this build reads and writes.
 /// 2 added the keys, tenants and audit trees; 3 moved the audit log to files (a
-/// version-2 database's records are moved there when it is opened).
-pub const SCHEMA_VERSION: u32 = 3;
+/// version-2 database's records are moved there when it is opened); 4 added the
+/// responses tree.
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,6 +68,14 @@ pub trait Store: Send + Sync + 'static {
         removes: &[[u8; 32]],
     ) -> Result<(), StoreError>;
     fn load_cache(&self) -> Result<Vec<Pair>, StoreError>;
+    /// Writes and removes kept responses (encoded by `gateway::conversations`), by id, as
+    /// one batch.
+    fn save_responses(
+        &self,
+        puts: &[(String, Vec<u8>)],
+        removes: &[String],
+    ) -> Result<(), StoreError>;
+    fn load_responses(&self) -> Result<Vec<Pair>, StoreError>;
     fn save_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     fn save_overrides(&self, overrides: &Overrides) -> Result<(), StoreError>;
@@ -93,6 +103,7 @@ pub struct SledStore {
     db: sled::Db,
     usage: sled::Tree,
     cache: sled::Tree,
+    responses: sled::Tree,
     keys: sled::Tree,
     tenants: sled::Tree,
     audit: audit_log::AuditLog,
@@ -162,6 +173,7 @@ impl SledStore {
         let store = SledStore {
             usage: db.open_tree("usage")?,
             cache: db.open_tree("cache")?,
+            responses: db.open_tree("responses")?,
             keys: db.open_tree("keys")?,
             tenants: db.open_tree("tenants")?,
             audit,
@@ -246,6 +258,32 @@ impl Store for SledStore {
 
     fn load_cache(&self) -> Result<Vec<Pair>, StoreError> {
         self.cache
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn save_responses(
+        &self,
+        puts: &[(String, Vec<u8>)],
+        removes: &[String],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for id in removes {
+            batch.remove(id.as_bytes());
+        }
+        for (id, value) in puts {
+            batch.insert(id.as_bytes(), value.as_slice());
+        }
+        self.responses.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn load_responses(&self) -> Result<Vec<Pair>, StoreError> {
+        self.responses
             .iter()
             .map(|entry| {
                 let (key, value) = entry?;

@@ -77,6 +77,17 @@ impl<S: Store> Store for Watched<S> {
     fn load_cache(&self) -> Result<Vec<Pair>, StoreError> {
         self.inner.load_cache()
     }
+    fn save_responses(
+        &self,
+        puts: &[(String, Vec<u8>)],
+        removes: &[String],
+    ) -> Result<(), StoreError> {
+        self.health
+            .note("responses", self.inner.save_responses(puts, removes))
+    }
+    fn load_responses(&self) -> Result<Vec<Pair>, StoreError> {
+        self.inner.load_responses()
+    }
     fn save_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.health.note("keys", self.inner.save_key(key))
     }
