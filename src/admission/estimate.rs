@@ -132,6 +132,27 @@ pub fn responses_prompt(
     total
 }
 
+/// Prompt tokens of an Anthropic Messages request: its `system` (a text or text blocks)
+/// and its `messages`, counted as chat counts them (blocks by their text).
+pub fn messages_prompt(
+    kind: TokenizerKind,
+    system: Option<&RawValue>,
+    messages: Option<&RawValue>,
+) -> u64 {
+    let system = match system.map(|s| serde_json::from_str::<Value>(s.get())) {
+        Some(Ok(Value::String(text))) => PER_MESSAGE + count(kind, &text),
+        Some(Ok(Value::Array(blocks))) => {
+            let text: Vec<&str> = blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect();
+            PER_MESSAGE + count(kind, &text.join("\n"))
+        }
+        _ => 0,
+    };
+    system + chat_prompt(kind, messages)
+}
+
 /// Input tokens of an embeddings request's `input`.
 pub fn embeddings_input(kind: TokenizerKind, input: Option<&RawValue>) -> u64 {
     let Some(Ok(input)) = input.map(|i| serde_json::from_str::<Value>(i.get())) else {

@@ -10,13 +10,11 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
-use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::{Refusal, RequestId, Source, authorization};
 use crate::domain::{CACHE_HEADER, Directives, Fields, ModelKind};
-pub(super) use crate::gateway::ChatEvent;
-use crate::gateway::{Gateway, Inbound, Reply, ReplyBody, read_chat_data};
+use crate::gateway::{Gateway, Inbound, Reply, ReplyBody};
 
 pub async fn chat(
     State(gateway): State<Arc<Gateway>>,
@@ -77,6 +75,7 @@ async fn proxy(
         ModelKind::Embeddings => "/v1/embeddings",
         ModelKind::Completions => "/v1/completions",
         ModelKind::Responses => "/v1/responses",
+        ModelKind::Messages => "/v1/messages",
     };
     // Failed authentications are counted and audited per source and window, not here.
     let (tenant, key_id) = gateway
@@ -193,27 +192,6 @@ pub(super) fn render(reply: Reply, embeddings: bool, wants_base64: bool) -> Resp
     response
 }
 
-/// How a front that speaks another API renders the pipeline's chat answers.
-pub(super) trait Translate: Send + 'static {
-    /// A whole 2xx answer (a chat completion) in the front's shape; none when it is not
-    /// a chat completion.
-    fn whole(&mut self, body: &[u8]) -> Option<Bytes>;
-    /// An error answer (OpenAI-shaped) for the front.
-    fn error(&self, status: u16, body: Bytes) -> Bytes;
-    /// The front's events for one SSE frame of a chat stream (none, to skip it).
-    fn frame(&mut self, frame: &[u8]) -> Vec<u8>;
-}
-
-/// The `data:` payloads of SSE frames, in order.
-fn frame_data(frame: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(frame)
-        .split("\n\n")
-        .flat_map(|event| event.lines())
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(|data| data.trim().to_string())
-        .collect()
-}
-
 /// The pipeline's request for a chat body that a front read (and translated) for
 /// `tenant`, with the client's session and cache headers.
 pub(super) fn chat_inbound(
@@ -244,69 +222,6 @@ fn session(gateway: &Gateway, headers: &HeaderMap) -> Option<String> {
         .get(gateway.router().policy().session_header.as_str())
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-}
-
-/// Reads one frame of a chat stream (canonical SSE, as the hub relays it) into `on`.
-pub(super) fn read_chat_frame(frame: &[u8], mut on: impl FnMut(ChatEvent<'_>)) {
-    for data in frame_data(frame) {
-        read_chat_data(&data, &mut on);
-    }
-}
-
-/// Writes one named SSE event (`event: KIND`, then its data with `type` set to KIND), as
-/// the Responses and Messages APIs frame theirs.
-pub(super) fn named_event(out: &mut Vec<u8>, kind: &str, mut event: Value) {
-    event["type"] = Value::String(kind.to_string());
-    out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
-}
-
-/// A translated request as the pipeline takes it: fields as a client would have written
-/// them (written once, read back).
-pub(super) fn as_fields(chat: &serde_json::Map<String, Value>) -> Result<Fields, Refusal> {
-    serde_json::to_string(chat)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .ok_or_else(Refusal::internal)
-}
-
-/// A reply rendered through `translate`, with its status and the gateway's headers.
-pub(super) fn render_translated(
-    reply: Reply,
-    mut translate: impl Translate,
-) -> Result<Response, Refusal> {
-    let json = |bytes: Bytes| {
-        let mut response = Response::new(Body::from(bytes));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
-    };
-    let status = reply.status.as_u16();
-    let mut response = match reply.body {
-        ReplyBody::Whole { bytes, .. } if reply.status.is_success() => json(
-            translate
-                .whole(&bytes)
-                .ok_or_else(Refusal::untranslatable_answer)?,
-        ),
-        ReplyBody::Whole { bytes, .. } => json(translate.error(status, bytes)),
-        ReplyBody::Stream(frames) => {
-            let translated = frames
-                .map(move |frame| {
-                    let frame = frame.unwrap_or_default();
-                    Ok::<_, std::convert::Infallible>(Bytes::from(translate.frame(&frame)))
-                })
-                .filter(|frame| std::future::ready(!matches!(frame, Ok(b) if b.is_empty())));
-            event_stream(Body::from_stream(translated))
-        }
-    };
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (name, value) in reply.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, value);
-        }
-    }
-    Ok(response)
 }
 
 /// A `text/event-stream` response.
@@ -365,39 +280,6 @@ fn encode_embeddings(bytes: Bytes, base64: bool) -> Bytes {
     serde_json::to_vec(&answer)
         .map(Bytes::from)
         .unwrap_or(bytes)
-}
-
-/// What the translating fronts' tests share.
-#[cfg(test)]
-pub(super) mod testing {
-    #![allow(clippy::unwrap_used)]
-
-    use serde_json::{Value, json};
-
-    /// OpenAI's recorded chat stream, frame by frame.
-    pub fn openai_frames() -> Vec<String> {
-        include_str!("../../tests/transcripts/openai.sse")
-            .split("\n\n")
-            .filter(|f| !f.trim().is_empty())
-            .map(|f| format!("{f}\n\n"))
-            .collect()
-    }
-
-    /// Named SSE events (`event:` then `data:`) as (name, data), checking that each
-    /// data's `type` is its name.
-    pub fn named_events(text: &str) -> Vec<(String, Value)> {
-        text.split("\n\n")
-            .filter(|e| !e.is_empty())
-            .map(|e| {
-                let (kind, data) = e.split_once('\n').unwrap();
-                let data: Value =
-                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
-                let kind = kind.strip_prefix("event: ").unwrap().to_string();
-                assert_eq!(data["type"], json!(kind));
-                (kind, data)
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]

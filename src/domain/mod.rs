@@ -244,13 +244,15 @@ pub enum ModelKind {
     Completions,
     /// OpenAI's Responses API (`/v1/responses`), which chat aliases serve.
     Responses,
+    /// Anthropic's Messages API (`/v1/messages`), which chat aliases serve.
+    Messages,
 }
 
 impl ModelKind {
     /// The kind of model that serves a request of this kind.
     pub fn served_by(self) -> ModelKind {
         match self {
-            ModelKind::Completions | ModelKind::Responses => ModelKind::Chat,
+            ModelKind::Completions | ModelKind::Responses | ModelKind::Messages => ModelKind::Chat,
             kind => kind,
         }
     }
@@ -267,6 +269,7 @@ impl ModelKind {
             ModelKind::Embeddings => "/embeddings",
             ModelKind::Completions => "/completions",
             ModelKind::Responses => "/responses",
+            ModelKind::Messages => "/messages",
         }
     }
 }
@@ -278,6 +281,7 @@ impl fmt::Display for ModelKind {
             ModelKind::Embeddings => f.write_str("embeddings"),
             ModelKind::Completions => f.write_str("completions"),
             ModelKind::Responses => f.write_str("responses"),
+            ModelKind::Messages => f.write_str("messages"),
         }
     }
 }

@@ -136,11 +136,13 @@ pub(super) fn usage_of_answer(
     }
     let completion = match kind {
         ModelKind::Embeddings => 0,
-        ModelKind::Chat | ModelKind::Completions | ModelKind::Responses => parsed
-            .iter()
-            .flat_map(Chunk::texts)
-            .map(|text| estimate::count(tokenizer, &text))
-            .sum(),
+        ModelKind::Chat | ModelKind::Completions | ModelKind::Responses | ModelKind::Messages => {
+            parsed
+                .iter()
+                .flat_map(Chunk::texts)
+                .map(|text| estimate::count(tokenizer, &text))
+                .sum()
+        }
     };
     Usage {
         prompt_tokens: ticket.prompt_tokens(),
@@ -182,7 +184,16 @@ impl Watch for StreamAccount {
     fn event(&mut self, _: &SseEvent, chunk: Option<&Chunk<'_>>) -> Option<Cut> {
         let chunk = chunk?;
         if let Some(usage) = chunk.usage() {
-            self.usage = Some(usage);
+            // Counts only grow: a Messages stream tells its input at the start and its
+            // output at the end, and some servers repeat usage on every chunk.
+            self.usage = Some(match self.usage {
+                Some(seen) => Usage {
+                    prompt_tokens: seen.prompt_tokens.max(usage.prompt_tokens),
+                    completion_tokens: seen.completion_tokens.max(usage.completion_tokens),
+                    estimated: false,
+                },
+                None => usage,
+            });
         }
         let allowed = self
             .ticket

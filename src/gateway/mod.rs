@@ -45,7 +45,6 @@ use crate::telemetry::latency::Latency;
 use crate::telemetry::meter::Meter;
 
 pub use crate::domain::Fields;
-pub use crate::streams::chat::{ChatEvent, read_chat_data};
 pub use accounting::{CachedTicket, Ticket};
 pub use keeping::{KeyError, NewKey};
 pub use refusal::{Refusal, openai_duration, rate_headers};

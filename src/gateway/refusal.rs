@@ -265,17 +265,6 @@ impl Refusal {
         refusal
     }
 
-    /// An upstream answered 2xx with something that is not a chat completion, so it
-    /// cannot be given to the client in the shape it asked for.
-    pub fn untranslatable_answer() -> Self {
-        Self::new(
-            StatusCode::BAD_GATEWAY,
-            "server_error",
-            "upstream_bad_answer",
-            "the upstream's answer is not a chat completion, so it cannot be returned as a response; check that the instance speaks OpenAI chat completions".into(),
-        )
-    }
-
     /// The instance that stores a response could not be asked about it.
     pub fn upstream_unreachable(instance: &str, reason: &str) -> Self {
         Self::new(

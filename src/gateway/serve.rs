@@ -249,8 +249,8 @@ impl Gateway {
         {
             return Err(Refusal::empty_messages());
         }
-        if inbound.kind == ModelKind::Responses {
-            self.check_responses_request(model, fields, inbound.pin.is_some())?;
+        if matches!(inbound.kind, ModelKind::Responses | ModelKind::Messages) {
+            self.check_translatable(model, inbound.kind, fields, inbound.pin.is_some())?;
         }
         recorder.keep_content(tenant.audit_content);
         let keep_prompt = recorder.keeps_content();
@@ -266,8 +266,9 @@ impl Gateway {
         });
         // Streams always ask the upstream for usage, so they are charged exactly; clients
         // that did not ask for the usage chunk do not get it.
-        // A Responses stream reports usage in its last event by itself.
-        let strip_usage = stream && inbound.kind != ModelKind::Responses && !ask_for_usage(fields);
+        // Responses and Messages streams report usage in their events by themselves.
+        let chat = matches!(inbound.kind, ModelKind::Chat | ModelKind::Completions);
+        let strip_usage = stream && chat && !ask_for_usage(fields);
         Ok(Parsed {
             tenant,
             model,
@@ -276,12 +277,13 @@ impl Gateway {
         })
     }
 
-    /// A Responses request that no instance of `model` could be sent is refused here, with
-    /// the parameter named: malformed wherever it goes, or beyond what chat completions
-    /// say when no instance serves the Responses API itself.
-    fn check_responses_request(
+    /// A Responses or Messages request that no instance of `model` could be sent is
+    /// refused here, with the parameter named: malformed wherever it goes, or beyond what
+    /// chat completions say when no instance serves that API itself.
+    fn check_translatable(
         &self,
         model: &Model,
+        kind: ModelKind,
         fields: &Fields,
         pinned: bool,
     ) -> Result<(), Refusal> {
@@ -289,10 +291,14 @@ impl Gateway {
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        let Err(refused) = crate::providers::translatable_response_request(&request) else {
+        let Err(refused) = crate::providers::translatable(kind, &request) else {
             return Ok(());
         };
-        let native = pinned || self.config.instances_of(model).any(|i| i.native_responses);
+        let native = pinned
+            || self
+                .config
+                .instances_of(model)
+                .any(|i| crate::providers::speaks(i, kind));
         if refused.invalid || !native {
             return Err(Refusal::bad_parameter(refused.param, refused.message));
         }
@@ -327,16 +333,16 @@ impl Gateway {
         })
     }
 
-    /// The tokens the prompt of a chat request counts, as admission estimates them for its
-    /// model (a front's `count_tokens`).
-    pub async fn count_prompt(&self, fields: &Fields) -> Result<u64, Refusal> {
+    /// The tokens the prompt of a request of `kind` counts, as admission estimates them
+    /// for its model (a front's `count_tokens`).
+    pub async fn count_prompt(&self, kind: ModelKind, fields: &Fields) -> Result<u64, Refusal> {
         let model = self.model_of(fields, ModelKind::Chat)?;
-        if model.kind != ModelKind::Chat {
+        if model.kind != kind.served_by() {
             let path = format!("/v1{}", model.kind.upstream_path());
-            let kind = model.kind.to_string();
-            return Err(Refusal::wrong_endpoint(&model.alias, &kind, &path));
+            let served = model.kind.to_string();
+            return Err(Refusal::wrong_endpoint(&model.alias, &served, &path));
         }
-        Ok(prompt_tokens(ModelKind::Chat, model, fields).await)
+        Ok(prompt_tokens(kind, model, fields).await)
     }
 
     /// The read side: a kept answer, or an identical request in flight, may serve this
@@ -637,13 +643,14 @@ const COUNT_INLINE: usize = 16 << 10;
 async fn prompt_tokens(kind: ModelKind, model: &Model, fields: &Fields) -> u64 {
     let tokenizer = model.tokenizer;
     let field = match kind {
-        ModelKind::Chat => "messages",
+        ModelKind::Chat | ModelKind::Messages => "messages",
         ModelKind::Embeddings | ModelKind::Responses => "input",
         ModelKind::Completions => "prompt",
     };
     let raw = fields.get(field);
     let instructions = match kind {
         ModelKind::Responses => fields.get("instructions"),
+        ModelKind::Messages => fields.get("system"),
         _ => None,
     };
     let count = move |raw: Option<&serde_json::value::RawValue>,
@@ -651,6 +658,7 @@ async fn prompt_tokens(kind: ModelKind, model: &Model, fields: &Fields) -> u64 {
     {
         ModelKind::Chat => estimate::chat_prompt(tokenizer, raw),
         ModelKind::Responses => estimate::responses_prompt(tokenizer, instructions, raw),
+        ModelKind::Messages => estimate::messages_prompt(tokenizer, instructions, raw),
         // A text, or a list of texts, as embeddings' input is.
         ModelKind::Embeddings | ModelKind::Completions => {
             estimate::embeddings_input(tokenizer, raw)

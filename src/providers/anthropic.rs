@@ -40,8 +40,9 @@ static HEADERS: [(HeaderName, HeaderValue); 1] = [(
 )];
 
 impl Dialect for Anthropic {
+    /// Chat completions, translated; and Messages API requests, as they are.
     fn serves(&self, kind: ModelKind) -> bool {
-        kind == ModelKind::Chat
+        matches!(kind, ModelKind::Chat | ModelKind::Messages)
     }
 
     fn url(&self, instance: &Instance, _kind: ModelKind, _deployment: &str) -> String {
@@ -56,7 +57,10 @@ impl Dialect for Anthropic {
         &HEADERS
     }
 
-    fn request(&self, _kind: ModelKind, body: Bytes) -> Result<Bytes, String> {
+    fn request(&self, kind: ModelKind, body: Bytes) -> Result<Bytes, String> {
+        if kind == ModelKind::Messages {
+            return Ok(body);
+        }
         let chat: Map<String, Value> = serde_json::from_slice(&body)
             .map_err(|e| format!("the request is not a JSON object: {e}"))?;
         Ok(Bytes::from(messages_request(&chat)?.to_string()))
@@ -70,7 +74,12 @@ impl Dialect for Anthropic {
         }
     }
 
-    fn answer(&self, _kind: ModelKind, status: StatusCode, body: Bytes) -> Bytes {
+    /// Errors always come back in OpenAI's shape, as the pipeline reads them; a Messages
+    /// request's answer is otherwise its own.
+    fn answer(&self, kind: ModelKind, status: StatusCode, body: Bytes) -> Bytes {
+        if kind == ModelKind::Messages && status.is_success() {
+            return body;
+        }
         let Ok(answer) = serde_json::from_slice::<Value>(&body) else {
             return body;
         };
@@ -82,8 +91,8 @@ impl Dialect for Anthropic {
         translated.map_or(body, |value| Bytes::from(value.to_string()))
     }
 
-    fn stream(&self) -> Option<Box<dyn Translate>> {
-        Some(Box::new(Events::default()))
+    fn stream(&self, kind: ModelKind) -> Option<Box<dyn Translate>> {
+        (kind != ModelKind::Messages).then(|| Box::new(Events::default()) as Box<dyn Translate>)
     }
 }
 

@@ -68,8 +68,9 @@ pub trait Dialect: Send + Sync {
         body
     }
 
-    /// How a 2xx stream's bytes become OpenAI's chat chunks; none passes them through.
-    fn stream(&self) -> Option<Box<dyn Translate>> {
+    /// How a 2xx stream of a request of `kind` becomes OpenAI's chat chunks; none passes
+    /// it through.
+    fn stream(&self, _kind: ModelKind) -> Option<Box<dyn Translate>> {
         None
     }
 }

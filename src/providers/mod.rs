@@ -9,6 +9,7 @@ mod anthropic;
 mod azure;
 mod client;
 mod dialect;
+mod messages;
 mod openai;
 mod responses;
 
@@ -28,7 +29,6 @@ use client::Client;
 use dialect::{Dialect, Translate};
 
 pub use crate::telemetry::root_cause;
-pub use responses::Untranslatable;
 
 /// Why an attempt produced no response.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,6 +47,24 @@ pub enum SendError {
     /// does not have); nothing was sent.
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// Why a request in another API (Responses, Messages) cannot go to an instance that
+/// speaks only chat completions: malformed (`invalid`, the client's mistake wherever it
+/// goes), or beyond what chat completions can say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untranslatable {
+    pub param: &'static str,
+    pub message: String,
+    pub invalid: bool,
+}
+
+/// Turns a chat answer back into the API the client asked for.
+trait Back: Send {
+    /// A whole answer (2xx).
+    fn whole(&self, body: Bytes) -> Bytes;
+    /// A stream's chat chunks, as the API's events.
+    fn stream(self: Box<Self>) -> Box<dyn Translate>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +97,7 @@ pub struct Target {
     embeddings: Option<Uri>,
     completions: Option<Uri>,
     responses: Option<Uri>,
+    messages: Option<Uri>,
 }
 
 impl Target {
@@ -96,6 +115,7 @@ impl Target {
             embeddings: endpoint(ModelKind::Embeddings),
             completions: endpoint(ModelKind::Completions),
             responses: endpoint(ModelKind::Responses),
+            messages: endpoint(ModelKind::Messages),
         }
     }
 
@@ -105,6 +125,7 @@ impl Target {
             ModelKind::Embeddings => self.embeddings.as_ref(),
             ModelKind::Completions => self.completions.as_ref(),
             ModelKind::Responses => self.responses.as_ref(),
+            ModelKind::Messages => self.messages.as_ref(),
         }
     }
 
@@ -166,14 +187,21 @@ impl Upstreams {
         if let Some(unsupported) = unsupported(instance, kind) {
             return Err(unsupported);
         }
-        // A Responses request to an instance that speaks only chat goes as chat.
+        // A Responses or Messages request to an instance that does not speak that API
+        // goes as chat.
         let (kind, body, back) = if sent_as(instance, kind) == kind {
             (kind, body, None)
         } else {
-            let (chat, back) = responses::translate(&body, request_id).map_err(|refused| {
+            let translated = match kind {
+                ModelKind::Messages => messages::translate(&body, request_id)
+                    .map(|(chat, back)| (chat, Box::new(back) as Box<dyn Back>)),
+                _ => responses::translate(&body, request_id)
+                    .map(|(chat, back)| (chat, Box::new(back) as Box<dyn Back>)),
+            };
+            let (chat, back) = translated.map_err(|refused| {
                 SendError::Unsupported(format!("instance {}: {}", instance.name, refused.message))
             })?;
-            (ModelKind::Chat, chat, Some(Box::new(back)))
+            (ModelKind::Chat, chat, Some(back))
         };
         let dialect = target.dialect;
         let uri = match target.url(kind) {
@@ -279,21 +307,34 @@ pub fn unsupported(instance: &Instance, kind: ModelKind) -> Option<SendError> {
     })
 }
 
-/// The kind of request `instance` is sent for one of `kind`: Responses API requests go
-/// as chat completions to instances that do not serve that API themselves.
+/// The kind of request `instance` is sent for one of `kind`: Responses and Messages API
+/// requests go as chat completions to instances that do not serve that API themselves.
 fn sent_as(instance: &Instance, kind: ModelKind) -> ModelKind {
     match kind {
         ModelKind::Responses if !instance.native_responses => ModelKind::Chat,
+        ModelKind::Messages if instance.dialect != crate::domain::Dialect::Anthropic => {
+            ModelKind::Chat
+        }
         kind => kind,
     }
 }
 
-/// Whether a Responses request (its JSON object) can be translated for an instance that
-/// speaks only chat completions, and if not, why.
-pub fn translatable_response_request(
+/// Whether `instance` is sent requests of `kind` as they are (it serves that API).
+pub fn speaks(instance: &Instance, kind: ModelKind) -> bool {
+    sent_as(instance, kind) == kind
+}
+
+/// Whether a request of `kind` (a Responses or Messages request, its JSON object) can be
+/// translated for an instance that speaks only chat completions, and if not, why.
+pub fn translatable(
+    kind: ModelKind,
     request: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), Untranslatable> {
-    responses::to_chat(request).map(drop)
+    match kind {
+        ModelKind::Responses => responses::to_chat(request).map(drop),
+        ModelKind::Messages => messages::to_chat(request).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// An upstream's answer, read as OpenAI's whatever the dialect: its status and headers,
@@ -303,8 +344,8 @@ pub struct Response {
     dialect: &'static dyn Dialect,
     /// The kind of request sent (chat, for a translated Responses request).
     kind: ModelKind,
-    /// Turns a chat answer back into the Response asked for.
-    back: Option<Box<responses::Back>>,
+    /// Turns a chat answer back into the API asked for.
+    back: Option<Box<dyn Back>>,
 }
 
 impl Response {
@@ -329,9 +370,10 @@ impl Response {
 
     /// The body's bytes as they arrive, as OpenAI's SSE chunks.
     pub fn bytes_stream(self) -> BodyStream {
-        let translate: Option<Box<dyn Translate>> = match (self.dialect.stream(), self.back) {
+        let dialect = self.dialect.stream(self.kind);
+        let translate: Option<Box<dyn Translate>> = match (dialect, self.back) {
             (dialect, None) => dialect,
-            (None, Some(back)) => Some(Box::new(back.stream())),
+            (None, Some(back)) => Some(back.stream()),
             (Some(dialect), Some(back)) => Some(Box::new(Then(dialect, back.stream()))),
         };
         BodyStream {
@@ -385,7 +427,7 @@ impl Stream for BodyStream {
 /// Responses events.
 struct Then<A, B>(A, B);
 
-impl<A: Translate + ?Sized, B: Translate> Translate for Then<Box<A>, B> {
+impl Translate for Then<Box<dyn Translate>, Box<dyn Translate>> {
     fn push(&mut self, bytes: &[u8]) -> Bytes {
         let chat = self.0.push(bytes);
         self.1.push(&chat)

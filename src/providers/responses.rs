@@ -8,36 +8,26 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::Untranslatable;
 use super::dialect::Translate;
 use crate::streams::SseParser;
 use crate::streams::chat::{ChatEvent, read_chat_data};
 
-/// Why a Responses request cannot go to a chat upstream: malformed (`invalid`, the
-/// client's mistake wherever it goes), or beyond what chat completions can say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Untranslatable {
-    pub param: &'static str,
-    pub message: String,
-    pub invalid: bool,
+fn invalid(param: &'static str, message: String) -> Untranslatable {
+    Untranslatable {
+        param,
+        message,
+        invalid: true,
+    }
 }
 
-impl Untranslatable {
-    fn invalid(param: &'static str, message: String) -> Untranslatable {
-        Untranslatable {
-            param,
-            message,
-            invalid: true,
-        }
-    }
-
-    fn unsupported(param: &'static str, what: &str) -> Untranslatable {
-        Untranslatable {
-            param,
-            message: format!(
-                "{what} cannot be served through a chat-completions upstream; the gateway translates text, images by URL, function tools and their outputs"
-            ),
-            invalid: false,
-        }
+fn unsupported(param: &'static str, what: &str) -> Untranslatable {
+    Untranslatable {
+        param,
+        message: format!(
+            "{what} cannot be served through a chat-completions upstream; the gateway translates text, images by URL, function tools and their outputs"
+        ),
+        invalid: false,
     }
 }
 
@@ -47,28 +37,27 @@ pub struct Back {
     echo: Echo,
 }
 
-impl Back {
-    /// A whole answer: a chat completion becomes a Response; anything else (an error in
-    /// OpenAI's shape, which the Responses API shares) passes.
-    pub fn whole(&self, body: Bytes) -> Bytes {
+impl super::Back for Back {
+    /// A chat completion becomes a Response; anything else (an error in OpenAI's shape,
+    /// which the Responses API shares) passes.
+    fn whole(&self, body: Bytes) -> Bytes {
         match from_chat(&body, &self.id, &self.echo) {
             Some(object) => Bytes::from(object.to_string()),
             None => body,
         }
     }
 
-    /// A stream: chat chunks become Responses events.
-    pub fn stream(self: Box<Self>) -> Events {
-        Events::new(self.id, self.echo)
+    /// Chat chunks become Responses events.
+    fn stream(self: Box<Self>) -> Box<dyn Translate> {
+        Box::new(Events::new(self.id, self.echo))
     }
 }
 
 /// A Responses request (JSON) as the chat request to send for it, and how the answer
 /// comes back. The response's id is made from the request's.
 pub fn translate(body: &[u8], request_id: &str) -> Result<(Bytes, Back), Untranslatable> {
-    let request: Map<String, Value> = serde_json::from_slice(body).map_err(|_| {
-        Untranslatable::invalid("input", "the request body is not a JSON object".into())
-    })?;
+    let request: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|_| invalid("input", "the request body is not a JSON object".into()))?;
     let chat = to_chat(&request)?;
     let back = Back {
         id: format!("resp_{}", request_id.trim_start_matches("req_")),
@@ -168,23 +157,20 @@ fn now_secs() -> u64 {
 pub fn to_chat(request: &Map<String, Value>) -> Result<Map<String, Value>, Untranslatable> {
     let value = |name: &str| request.get(name).filter(|v| !v.is_null()).cloned();
     if value("previous_response_id").is_some() {
-        return Err(Untranslatable::unsupported(
+        return Err(unsupported(
             "previous_response_id",
             "a response stored upstream",
         ));
     }
     if value("background") == Some(Value::Bool(true)) {
-        return Err(Untranslatable::unsupported(
-            "background",
-            "a background response",
-        ));
+        return Err(unsupported("background", "a background response"));
     }
     // Instructions are the request's own: a follow-up does not inherit them.
     let system = match value("instructions") {
         None => None,
         Some(Value::String(text)) => Some(json!({"role": "system", "content": text})),
         Some(_) => {
-            return Err(Untranslatable::invalid(
+            return Err(invalid(
                 "instructions",
                 "'instructions' must be a string".into(),
             ));
@@ -199,17 +185,14 @@ pub fn to_chat(request: &Map<String, Value>) -> Result<Map<String, Value>, Untra
             }
         }
         _ => {
-            return Err(Untranslatable::invalid(
+            return Err(invalid(
                 "input",
                 "'input' must be a string or a list of input items".into(),
             ));
         }
     }
     if messages.is_empty() {
-        return Err(Untranslatable::invalid(
-            "input",
-            "'input' holds no messages".into(),
-        ));
+        return Err(invalid("input", "'input' holds no messages".into()));
     }
     let messages: Vec<Value> = system.into_iter().chain(messages).collect();
 
@@ -250,10 +233,7 @@ pub fn to_chat(request: &Map<String, Value>) -> Result<Map<String, Value>, Untra
             }
             Value::String(_) => choice,
             _ => {
-                return Err(Untranslatable::unsupported(
-                    "tool_choice",
-                    "a built-in tool choice",
-                ));
+                return Err(unsupported("tool_choice", "a built-in tool choice"));
             }
         };
         put("tool_choice", &choice);
@@ -292,7 +272,7 @@ fn input_item(item: &Value, at: usize, messages: &mut Vec<Value>) -> Result<(), 
                 Some("developer" | "system") => "system",
                 Some(role @ ("user" | "assistant")) => role,
                 _ => {
-                    return Err(Untranslatable::invalid(
+                    return Err(invalid(
                         "input",
                         format!("input[{at}].role must be user, assistant, system or developer"),
                     ));
@@ -318,7 +298,7 @@ fn input_item(item: &Value, at: usize, messages: &mut Vec<Value>) -> Result<(), 
                     }
                 }
                 _ => {
-                    return Err(Untranslatable::invalid(
+                    return Err(invalid(
                         "input",
                         format!("input[{at}].content must be a string or a list of parts"),
                     ));
@@ -364,7 +344,7 @@ fn input_item(item: &Value, at: usize, messages: &mut Vec<Value>) -> Result<(), 
         // Reasoning the model did in an earlier turn: a chat upstream takes none back.
         Some("reasoning") => {}
         Some("item_reference") => {
-            return Err(Untranslatable::invalid(
+            return Err(invalid(
                 "input",
                 format!(
                     "input[{at}] refers to a stored item, which the gateway does not keep yet; send the item itself"
@@ -372,7 +352,7 @@ fn input_item(item: &Value, at: usize, messages: &mut Vec<Value>) -> Result<(), 
             ));
         }
         Some(other) => {
-            return Err(Untranslatable::unsupported(
+            return Err(unsupported(
                 "input",
                 &format!("input[{at}] of type \"{other}\""),
             ));
@@ -395,7 +375,7 @@ fn content_part(part: &Value, at: usize, p: usize) -> Result<Value, Untranslatab
                 }
                 Ok(json!({"type": "image_url", "image_url": image}))
             }
-            None => Err(Untranslatable::unsupported(
+            None => Err(unsupported(
                 "input",
                 &format!("input[{at}].content[{p}], an image by file id,"),
             )),
@@ -403,7 +383,7 @@ fn content_part(part: &Value, at: usize, p: usize) -> Result<Value, Untranslatab
         Some("refusal") => Ok(
             json!({"type": "text", "text": part.get("refusal").and_then(Value::as_str).unwrap_or("")}),
         ),
-        other => Err(Untranslatable::unsupported(
+        other => Err(unsupported(
             "input",
             &format!(
                 "input[{at}].content[{p}] of type \"{}\"",
@@ -416,10 +396,7 @@ fn content_part(part: &Value, at: usize, p: usize) -> Result<Value, Untranslatab
 /// Responses tools as chat tools: functions only.
 fn chat_tools(tools: &Value) -> Result<Value, Untranslatable> {
     let Value::Array(tools) = tools else {
-        return Err(Untranslatable::invalid(
-            "tools",
-            "'tools' must be a list".into(),
-        ));
+        return Err(invalid("tools", "'tools' must be a list".into()));
     };
     tools
         .iter()
@@ -435,7 +412,7 @@ fn chat_tools(tools: &Value) -> Result<Value, Untranslatable> {
                     }
                     Ok(json!({"type": "function", "function": function}))
                 }
-                other => Err(Untranslatable::unsupported(
+                other => Err(unsupported(
                     "tools",
                     &format!(
                         "tools[{at}] of type \"{}\" (a built-in tool)",
@@ -842,22 +819,15 @@ fn call_item(call: &Call, status: &str) -> Value {
     })
 }
 
+/// What the translations' tests share.
 #[cfg(test)]
-mod tests {
+pub(super) mod testing {
     #![allow(clippy::unwrap_used)]
 
-    use super::*;
-
-    fn fields(body: Value) -> Map<String, Value> {
-        body.as_object().unwrap().clone()
-    }
-
-    fn chat(body: Value) -> Value {
-        Value::Object(to_chat(&fields(body)).unwrap())
-    }
+    use serde_json::{Value, json};
 
     /// OpenAI's recorded chat stream, frame by frame.
-    fn openai_frames() -> Vec<String> {
+    pub fn openai_frames() -> Vec<String> {
         include_str!("../../tests/transcripts/openai.sse")
             .split("\n\n")
             .filter(|f| !f.trim().is_empty())
@@ -866,7 +836,7 @@ mod tests {
     }
 
     /// Named SSE events as (type, data), each data's `type` checked against its name.
-    fn named_events(text: &str) -> Vec<(String, Value)> {
+    pub fn named_events(text: &str) -> Vec<(String, Value)> {
         crate::streams::parse_events(text.as_bytes())
             .into_iter()
             .map(|event| {
@@ -876,6 +846,22 @@ mod tests {
                 (kind, data)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::testing::{named_events, openai_frames};
+    use super::*;
+
+    fn fields(body: Value) -> Map<String, Value> {
+        body.as_object().unwrap().clone()
+    }
+
+    fn chat(body: Value) -> Value {
+        Value::Object(to_chat(&fields(body)).unwrap())
     }
 
     /// Every event of a translated stream: (type, data).

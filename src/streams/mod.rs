@@ -26,8 +26,9 @@ pub use sse::{SseEvent, SseParser};
 
 use crate::domain::Usage;
 
-/// What the gateway reads of a chunk (or of a whole chat answer), or of a Responses API
-/// event (or whole Response): borrowed where it can.
+/// What the gateway reads of a chunk (or of a whole chat answer), of a Responses API
+/// event (or whole Response), or of an Anthropic Messages event (or whole Message):
+/// borrowed where it can.
 #[derive(Debug, Default, Deserialize)]
 pub struct Chunk<'a> {
     #[serde(default, borrow)]
@@ -36,21 +37,33 @@ pub struct Chunk<'a> {
     usage: Option<UsageView>,
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
-    /// A Responses event's type (`response.output_text.delta`, `response.completed`…).
+    /// A Responses or Messages event's type (`response.output_text.delta`,
+    /// `content_block_delta`, `response.completed`, `message_stop`…).
     #[serde(default, borrow, rename = "type")]
     kind: Option<std::borrow::Cow<'a, str>>,
-    /// A Responses delta event's text (left raw: other deltas need not be text).
+    /// A delta event's delta: a Responses text, or a Messages block's delta (left raw:
+    /// other deltas need not be text).
     #[serde(default, borrow)]
     delta: Option<&'a serde_json::value::RawValue>,
     /// The Response that a Responses stream's last event carries, with its usage.
     #[serde(default)]
     response: Option<ResponseView>,
+    /// The Message that a Messages stream's first event carries, with its input usage.
+    #[serde(default)]
+    message: Option<ResponseView>,
 }
 
 #[derive(Debug, Deserialize)]
 struct ResponseView {
     #[serde(default)]
     usage: Option<UsageView>,
+}
+
+/// A Messages `text_delta`.
+#[derive(Deserialize)]
+struct TextDelta<'a> {
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,13 +83,18 @@ pub struct Text<'a> {
     pub content: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// Chat's usage, or the Responses API's (`input_tokens`, `output_tokens`).
+/// Chat's usage, or the Responses and Messages APIs' (`input_tokens`, `output_tokens`;
+/// Anthropic counts cache writes and reads apart from `input_tokens`).
 #[derive(Debug, Deserialize)]
 struct UsageView {
     #[serde(default, alias = "input_tokens")]
     prompt_tokens: Option<u64>,
     #[serde(default, alias = "output_tokens")]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
 }
 
 impl<'a> Chunk<'a> {
@@ -87,13 +105,18 @@ impl<'a> Chunk<'a> {
 
     /// The upstream's usage, when it reports one.
     pub fn usage(&self) -> Option<Usage> {
-        let in_response = self.response.as_ref().and_then(|r| r.usage.as_ref());
-        let usage = self.usage.as_ref().or(in_response)?;
+        let nested = self.response.as_ref().or(self.message.as_ref());
+        let usage = self
+            .usage
+            .as_ref()
+            .or(nested.and_then(|r| r.usage.as_ref()))?;
         if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
             return None;
         }
+        let cached = usage.cache_creation_input_tokens.unwrap_or(0)
+            + usage.cache_read_input_tokens.unwrap_or(0);
         Some(Usage {
-            prompt_tokens: usage.prompt_tokens.unwrap_or(0),
+            prompt_tokens: usage.prompt_tokens.unwrap_or(0) + cached,
             completion_tokens: usage.completion_tokens.unwrap_or(0),
             estimated: false,
         })
@@ -109,11 +132,12 @@ impl<'a> Chunk<'a> {
         self.error.is_some() || self.kind.as_deref() == Some("error")
     }
 
-    /// A Responses stream's last event: the response completed, stopped short or failed.
+    /// A Responses stream's last event (the response completed, stopped short or
+    /// failed), or a Messages stream's (`message_stop`).
     pub fn ends_response(&self) -> bool {
         matches!(
             self.kind.as_deref(),
-            Some("response.completed" | "response.incomplete" | "response.failed")
+            Some("response.completed" | "response.incomplete" | "response.failed" | "message_stop")
         )
     }
 
@@ -126,11 +150,15 @@ impl<'a> Chunk<'a> {
                 None => c.text.as_deref(),
             }
         });
-        let responses = (self.kind.as_deref() == Some("response.output_text.delta"))
-            .then_some(self.delta)
-            .flatten()
-            .and_then(|raw| serde_json::from_str::<std::borrow::Cow<'_, str>>(raw.get()).ok());
-        chat.map(std::borrow::Cow::Borrowed).chain(responses)
+        let delta = self.delta.map(serde_json::value::RawValue::get);
+        let text = match (self.kind.as_deref(), delta) {
+            (Some("response.output_text.delta"), Some(raw)) => serde_json::from_str(raw).ok(),
+            (Some("content_block_delta"), Some(raw)) => serde_json::from_str::<TextDelta>(raw)
+                .ok()
+                .map(|delta| delta.text),
+            _ => None,
+        };
+        chat.map(std::borrow::Cow::Borrowed).chain(text)
     }
 }
 

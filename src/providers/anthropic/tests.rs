@@ -185,7 +185,7 @@ fn errors_come_back_in_openai_shape_and_overloaded_is_a_failover() {
 
 /// The chat chunks a transcript becomes, fed in pieces of `size` bytes.
 fn translated(transcript: &[u8], size: usize) -> Vec<Value> {
-    let mut events = Anthropic.stream().unwrap();
+    let mut events = Anthropic.stream(ModelKind::Chat).unwrap();
     let mut out = Vec::new();
     for piece in transcript.chunks(size) {
         out.extend_from_slice(&events.push(piece));
