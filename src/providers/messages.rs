@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::Untranslatable;
 use super::dialect::Translate;
+use super::{Untranslatable, named_event};
 use crate::streams::SseParser;
 use crate::streams::chat::{ChatEvent, read_chat_data};
 
@@ -50,29 +50,13 @@ pub fn translate(body: &[u8], request_id: &str) -> Result<(Bytes, Back), Untrans
     ))
 }
 
-/// Writes one named SSE event, with `type` set to its name, as Anthropic frames them.
-fn named(out: &mut Vec<u8>, kind: &str, mut event: Value) {
-    event["type"] = Value::String(kind.to_string());
-    out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
-}
-
 /// Why a Messages request cannot be served through a chat-completions upstream.
 fn unsupported(param: &'static str, what: &str) -> Untranslatable {
-    Untranslatable {
-        param,
-        message: format!(
-            "{what} cannot be served through a chat-completions upstream; the gateway translates text, images, tools and tool results"
-        ),
-        invalid: false,
-    }
+    Untranslatable::unsupported(param, what, "text, images, tools and tool results")
 }
 
 fn invalid(param: &'static str, message: String) -> Untranslatable {
-    Untranslatable {
-        param,
-        message,
-        invalid: true,
-    }
+    Untranslatable::invalid(param, message)
 }
 
 /// A Messages request as a chat-completions request.
@@ -403,7 +387,7 @@ impl Events {
                 "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": {"input_tokens": 0, "output_tokens": 0},
             });
-            named(&mut out, "message_start", json!({"message": message}));
+            named_event(&mut out, "message_start", json!({"message": message}));
         }
         for event in self.parser.push(bytes) {
             read_chat_data(&event.data, |event| self.on(&mut out, event));
@@ -419,7 +403,7 @@ impl Events {
             ChatEvent::Text(text) => {
                 let index = self.open(out, Block::Text, json!({"type": "text", "text": ""}));
                 let delta = json!({"type": "text_delta", "text": text});
-                named(
+                named_event(
                     out,
                     "content_block_delta",
                     json!({"index": index, "delta": delta}),
@@ -435,7 +419,7 @@ impl Events {
                 let index = self.open(out, Block::Tool(index), start);
                 if !arguments.is_empty() {
                     let delta = json!({"type": "input_json_delta", "partial_json": arguments});
-                    named(
+                    named_event(
                         out,
                         "content_block_delta",
                         json!({"index": index, "delta": delta}),
@@ -450,7 +434,7 @@ impl Events {
                     .as_str()
                     .unwrap_or("the upstream stream failed");
                 let body = json!({"error": {"type": "api_error", "message": message}});
-                named(out, "error", body);
+                named_event(out, "error", body);
                 self.ended = true;
             }
         }
@@ -467,7 +451,7 @@ impl Events {
         let index = self.next;
         self.next += 1;
         self.open = Some((block, index));
-        named(
+        named_event(
             out,
             "content_block_start",
             json!({"index": index, "content_block": start}),
@@ -477,7 +461,7 @@ impl Events {
 
     fn close(&mut self, out: &mut Vec<u8>) {
         if let Some((_, index)) = self.open.take() {
-            named(out, "content_block_stop", json!({"index": index}));
+            named_event(out, "content_block_stop", json!({"index": index}));
         }
     }
 
@@ -489,12 +473,12 @@ impl Events {
             "stop_sequence": null,
         });
         let usage = json!({"input_tokens": input, "output_tokens": output});
-        named(
+        named_event(
             out,
             "message_delta",
             json!({"delta": delta, "usage": usage}),
         );
-        named(out, "message_stop", json!({}));
+        named_event(out, "message_stop", json!({}));
         self.ended = true;
     }
 }

@@ -59,6 +59,34 @@ pub struct Untranslatable {
     pub invalid: bool,
 }
 
+impl Untranslatable {
+    fn invalid(param: &'static str, message: String) -> Untranslatable {
+        Untranslatable {
+            param,
+            message,
+            invalid: true,
+        }
+    }
+
+    /// `what` cannot be said in chat completions; `translated` is what can.
+    fn unsupported(param: &'static str, what: &str, translated: &str) -> Untranslatable {
+        Untranslatable {
+            param,
+            message: format!(
+                "{what} cannot be served through a chat-completions upstream; the gateway translates {translated}"
+            ),
+            invalid: false,
+        }
+    }
+}
+
+/// Writes one named SSE event (`event: KIND`, then its data with `type` set to KIND), as
+/// the Responses and Messages APIs frame theirs.
+fn named_event(out: &mut Vec<u8>, kind: &str, mut event: serde_json::Value) {
+    event["type"] = serde_json::Value::String(kind.to_string());
+    out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
+}
+
 /// Turns a chat answer back into the API the client asked for.
 trait Back: Send {
     /// A whole answer (2xx).

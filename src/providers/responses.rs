@@ -8,27 +8,18 @@
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::Untranslatable;
 use super::dialect::Translate;
+use super::{Untranslatable, named_event};
 use crate::streams::SseParser;
 use crate::streams::chat::{ChatEvent, read_chat_data};
 
 fn invalid(param: &'static str, message: String) -> Untranslatable {
-    Untranslatable {
-        param,
-        message,
-        invalid: true,
-    }
+    Untranslatable::invalid(param, message)
 }
 
 fn unsupported(param: &'static str, what: &str) -> Untranslatable {
-    Untranslatable {
-        param,
-        message: format!(
-            "{what} cannot be served through a chat-completions upstream; the gateway translates text, images by URL, function tools and their outputs"
-        ),
-        invalid: false,
-    }
+    let translated = "text, images by URL, function tools and their outputs";
+    Untranslatable::unsupported(param, what, translated)
 }
 
 /// What turns a chat answer back into the Response the client asked for.
@@ -562,8 +553,7 @@ impl Events {
     fn emit(&mut self, out: &mut Vec<u8>, kind: &str, mut event: Value) {
         event["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
-        event["type"] = Value::String(kind.to_string());
-        out.extend_from_slice(format!("event: {kind}\ndata: {event}\n\n").as_bytes());
+        named_event(out, kind, event);
     }
 
     /// The events that chat stream bytes complete (none, for bytes that add nothing).
