@@ -100,20 +100,6 @@ fn anthropic_then_openai(anthropic: &MockHandle, openai: &MockHandle) -> String 
     )
 }
 
-async fn day_tokens(gw: &TestGateway, expected: u64) -> u64 {
-    let mut used = 0;
-    for _ in 0..250 {
-        used = gw.tenant("tenant-a").await["day"]["tokens"]
-            .as_u64()
-            .unwrap();
-        if used == expected {
-            break;
-        }
-        tokio::time::sleep(ms(20)).await;
-    }
-    used
-}
-
 #[tokio::test]
 async fn an_anthropic_instance_is_sent_messages_as_they_are_and_its_events_pass_through() {
     let anthropic = quick_mock()
@@ -143,7 +129,7 @@ async fn an_anthropic_instance_is_sent_messages_as_they_are_and_its_events_pass_
     assert_eq!(sent["max_tokens"], 50);
     let first = message["usage"]["input_tokens"].as_u64().unwrap()
         + message["usage"]["output_tokens"].as_u64().unwrap();
-    assert_eq!(day_tokens(&gw, first).await, first);
+    assert_eq!(gw.day_tokens_reaching(first).await, first);
 
     // Streamed: Anthropic's own events, `ping` included, which no translation makes;
     // usage from message_start (input) and message_delta (output) is charged.
@@ -167,7 +153,7 @@ async fn an_anthropic_instance_is_sent_messages_as_they_are_and_its_events_pass_
             .get("stream_options")
             .is_none()
     );
-    assert_eq!(day_tokens(&gw, first * 2).await, first * 2);
+    assert_eq!(gw.day_tokens_reaching(first * 2).await, first * 2);
 
     // With the Anthropic region down, the same request is translated for chat, and the
     // client still gets a Message.

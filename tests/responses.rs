@@ -329,17 +329,7 @@ async fn a_native_instance_is_sent_the_responses_api_and_follow_ups_go_where_it_
     // Usage is settled from the Responses API's own usage.
     let expected = first["usage"]["total_tokens"].as_u64().unwrap()
         + second["usage"]["total_tokens"].as_u64().unwrap();
-    let mut used = 0;
-    for _ in 0..250 {
-        used = gw.tenant("tenant-a").await["day"]["tokens"]
-            .as_u64()
-            .unwrap();
-        if used == expected {
-            break;
-        }
-        tokio::time::sleep(ms(20)).await;
-    }
-    assert_eq!(used, expected);
+    assert_eq!(gw.day_tokens_reaching(expected).await, expected);
 
     // Read back from the instance that stores it; another tenant finds nothing.
     let get = |id: String, key: &'static str| {

@@ -216,6 +216,22 @@ impl TestGateway {
         .await
         .unwrap()
     }
+
+    /// Tenant A's tokens charged today, once they reach `expected` (usage is settled as
+    /// answers end) or after five seconds.
+    pub async fn day_tokens_reaching(&self, expected: u64) -> u64 {
+        let mut used = 0;
+        for _ in 0..250 {
+            used = self.tenant("tenant-a").await["day"]["tokens"]
+                .as_u64()
+                .unwrap();
+            if used == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        used
+    }
 }
 
 pub fn hello(model: &str) -> Value {
