@@ -65,8 +65,9 @@ enum Command {
     },
     /// Everything embedded: simulated regions, tenants, traffic and outages, with the console.
     Demo(crate::demo::DemoArgs),
-    /// Run a simulated upstream: OpenAI-compatible at /v1/…, Azure OpenAI at
-    /// /openai/deployments/…, Anthropic's Messages API at /v1/messages.
+    /// Run a simulated upstream: OpenAI-compatible at /v1/… (the Responses API with
+    /// stored responses included), Azure OpenAI at /openai/deployments/…, Anthropic's
+    /// Messages API at /v1/messages.
     Mock(MockArgs),
     /// Work with configuration files.
     Config {

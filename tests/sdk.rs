@@ -1,7 +1,7 @@
 //! The clients people use against a live gateway: the official OpenAI SDKs (Python and
 //! Node), Anthropic's Python SDK (the Messages front), the Vercel AI SDK (the Responses
-//! API) and LangChain. They are the independent judges of compatibility: if they are
-//! happy, applications will be.
+//! API), LangChain and LiteLLM as a client. They are the independent judges of
+//! compatibility: if they are happy, applications will be.
 //!
 //! `.ci/run` installs them (tests/sdk/requirements.txt, tests/sdk/node/package.json). Where
 //! they are missing these tests say so and pass, except under CI, where they must run.
@@ -200,6 +200,18 @@ async fn the_official_python_sdk_works_through_the_gateway_to_native_responses_u
         "pip install -r tests/sdk/requirements.txt",
     ) {
         run_check_at("python3", "tests/sdk/openai_python.py", "/v1", NATIVE).await;
+    }
+}
+
+/// LiteLLM as a client: its `openai/` and `anthropic/` providers pointed at the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn litellm_works_through_the_gateway() {
+    if available(
+        "python3",
+        &["-c", "import litellm"],
+        "pip install -r tests/sdk/requirements.txt",
+    ) {
+        run_check("python3", "tests/sdk/litellm_python.py").await;
     }
 }
 
