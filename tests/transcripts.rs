@@ -197,3 +197,78 @@ async fn anthropic_messages_events_over_crlf_with_keepalive_comments() {
     assert_eq!(proxied.matches(": keep-alive").count(), 8);
     check_bytes("anthropic.sse over CRLF", proxied.into_bytes(), "anthropic").await;
 }
+
+/// OpenAI's Responses API events from an instance that serves that API itself: relayed
+/// as they came (event names, sequence numbers, `obfuscation`), whatever the framing,
+/// ended by `response.completed` (no `[DONE]`), and charged the usage it carries.
+async fn check_responses(file: &str, transcript: Vec<u8>) {
+    let canonical = std::fs::read("tests/transcripts/openai-responses.sse").unwrap();
+    let mock = MockUpstream::builder()
+        .transcript(transcript)
+        .spawn_local()
+        .await
+        .unwrap();
+    mock.update_knobs(|k| k.wire_chunk_bytes = 5);
+    let config = config_for(&[("us-east", mock.url())], "").replace(
+        "name = \"us-east-a\"",
+        "name = \"us-east-a\"\n  responses = \"native\"",
+    );
+    let gw = TestGateway::from_toml(&config).await;
+    let body = json!({"model": "gpt-4o-mini", "input": "Un café ?", "stream": true});
+    let response = gw.post("/v1/responses", KEY_A, &body).await;
+    assert_eq!(response.status(), 200);
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(
+        parse_events(&bytes),
+        parse_events(&canonical),
+        "{file}: every event relayed as it came"
+    );
+    let text: String = parse_events(&bytes)
+        .iter()
+        .filter(|e| e.kind.as_deref() == Some("response.output_text.delta"))
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.data).unwrap()["delta"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(text, TEXT);
+    let used = PROMPT_TOKENS + COMPLETION_TOKENS;
+    assert_eq!(
+        gw.day_tokens_reaching(used).await,
+        used,
+        "{file}: charged what it reported"
+    );
+    // The audit writer batches: wait for the record.
+    let mut record = Value::Null;
+    for _ in 0..250 {
+        record = gw.newest_record().await;
+        if !record.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(record["status"], 200, "{record}");
+    assert!(
+        record.get("error").is_none_or(Value::is_null),
+        "{file}: {record}"
+    );
+}
+
+#[tokio::test]
+async fn openai_responses_events() {
+    let transcript = std::fs::read("tests/transcripts/openai-responses.sse").unwrap();
+    check_responses("openai-responses.sse", transcript).await;
+}
+
+#[tokio::test]
+async fn openai_responses_events_over_crlf_with_keepalive_comments() {
+    let transcript = std::fs::read_to_string("tests/transcripts/openai-responses.sse").unwrap();
+    let proxied: String = transcript
+        .split_terminator("\n\n")
+        .map(|event| format!(": keep-alive\r\n{}\r\n\r\n", event.replace('\n', "\r\n")))
+        .collect();
+    assert_eq!(proxied.matches(": keep-alive").count(), 19);
+    check_responses("openai-responses.sse over CRLF", proxied.into_bytes()).await;
+}
