@@ -277,9 +277,11 @@ impl Gateway {
         })
     }
 
-    /// A Responses or Messages request that no instance of `model` could be sent is
-    /// refused here, with the parameter named: malformed wherever it goes, or beyond what
-    /// chat completions say when no instance serves that API itself.
+    /// A Responses or Messages request that some instance of `model` would get
+    /// translated to chat is checked here, and refused with the parameter named when it is
+    /// malformed, or beyond what chat completions say and no instance serves that API
+    /// itself. When every instance does (or the request is pinned to one), the upstream
+    /// judges it.
     fn check_translatable(
         &self,
         model: &Model,
@@ -287,6 +289,11 @@ impl Gateway {
         fields: &Fields,
         pinned: bool,
     ) -> Result<(), Refusal> {
+        let speaks = |i: &crate::domain::Instance| crate::providers::speaks(i, kind);
+        let mut instances = self.config.instances_of(model);
+        if pinned || instances.all(speaks) {
+            return Ok(());
+        }
         let request: serde_json::Map<String, Value> = serde_json::to_string(fields)
             .ok()
             .and_then(|text| serde_json::from_str(&text).ok())
@@ -294,11 +301,7 @@ impl Gateway {
         let Err(refused) = crate::providers::translatable(kind, &request) else {
             return Ok(());
         };
-        let native = pinned
-            || self
-                .config
-                .instances_of(model)
-                .any(|i| crate::providers::speaks(i, kind));
+        let native = self.config.instances_of(model).any(speaks);
         if refused.invalid || !native {
             return Err(Refusal::bad_parameter(refused.param, refused.message));
         }
@@ -418,6 +421,7 @@ impl Gateway {
         let limit_field = match inbound.kind {
             ModelKind::Completions => "max_tokens",
             ModelKind::Responses => "max_output_tokens",
+            ModelKind::Messages => "max_tokens",
             _ => model.limit_field,
         };
         if inbound.kind.completes() {
