@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, parse_duration};
 use crate::daemon::{Daemon, shutdown_signal};
-use crate::mock::{Knobs, MockUpstream};
+use crate::mock::{Knobs, MockDialect, MockUpstream};
 use crate::say::say;
 
 #[derive(Debug, Parser)]
@@ -153,6 +153,11 @@ struct MockArgs {
     /// Environment variable holding a key that clients must present.
     #[arg(long)]
     api_key_env: Option<String>,
+    /// Answer only one API, as a real server of it would (others get its 404):
+    /// `openai` (/v1/…), `azure` (/openai/deployments/…) or `anthropic` (/v1/messages).
+    /// Default: all of them.
+    #[arg(long, value_parser = crate::mock::MockDialect::NAMES)]
+    dialect: Option<String>,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -293,6 +298,9 @@ fn mock(args: MockArgs) -> anyhow::Result<()> {
     }
     if let Some(models) = args.models {
         builder = builder.models(models);
+    }
+    if let Some(dialect) = args.dialect.as_deref().and_then(MockDialect::named) {
+        builder = builder.dialect(dialect);
     }
     if let Some(var) = args.api_key_env {
         let key = std::env::var(&var)

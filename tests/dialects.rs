@@ -261,3 +261,36 @@ async fn an_alias_fails_over_from_an_anthropic_region_to_an_azure_region_mid_loa
     );
     assert!(anthropic.stats().errors_injected == 0 && anthropic.stats().requests > 8);
 }
+
+/// `switchyard mock --dialect anthropic` answers only Anthropic's API, as Anthropic
+/// would: a gateway in front of it must speak Messages, and does.
+#[tokio::test]
+async fn a_mock_limited_to_anthropic_answers_only_messages_and_the_gateway_speaks_them() {
+    let anthropic = azure_mock()
+        .dialect(switchyard::mock::MockDialect::Anthropic)
+        .answer_tokens(5)
+        .spawn_local()
+        .await
+        .unwrap();
+    let azure = azure_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::from_toml(&anthropic_then_azure(&anthropic, &azure)).await;
+    let refused = gw
+        .client
+        .post(format!("{}/chat/completions", anthropic.url()))
+        .bearer_auth(std::env::var("PATH").unwrap())
+        .json(&hello("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "not_found_error");
+
+    let reply = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    assert_eq!(reply.status(), 200);
+    assert_eq!(header(&reply, "x-switchyard-instance"), "us-east-a");
+    let answer: Value = reply.json().await.unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+    assert_eq!(anthropic.last_path().unwrap(), "/v1/messages");
+}

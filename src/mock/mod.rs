@@ -159,6 +159,8 @@ struct MockState {
     outage: RwLock<Option<Outage>>,
     models: Vec<String>,
     api_key: Option<String>,
+    /// The one API served, if limited to one.
+    dialect: Option<MockDialect>,
     counters: Counters,
     /// A recorded upstream stream, replayed byte for byte as every streamed answer.
     transcript: Option<Bytes>,
@@ -230,6 +232,44 @@ impl MockState {
     }
 }
 
+/// The one API a mock may be limited to (`switchyard mock --dialect`): it then answers
+/// only that API's paths, and 404s the others in that API's error shape, as the real
+/// server would. Unlimited, a mock answers all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockDialect {
+    /// `/v1/chat/completions`, `/v1/embeddings`, `/v1/completions`, `/v1/responses`,
+    /// `/v1/models`.
+    OpenAi,
+    /// `/openai/deployments/{deployment}/…`, `/openai/models`.
+    Azure,
+    /// `/v1/messages`.
+    Anthropic,
+}
+
+impl MockDialect {
+    pub const NAMES: [&'static str; 3] = ["openai", "azure", "anthropic"];
+
+    pub fn named(name: &str) -> Option<MockDialect> {
+        match name {
+            "openai" => Some(MockDialect::OpenAi),
+            "azure" => Some(MockDialect::Azure),
+            "anthropic" => Some(MockDialect::Anthropic),
+            _ => None,
+        }
+    }
+
+    /// The dialect whose API `path` belongs to.
+    fn of(path: &str) -> MockDialect {
+        if path.starts_with("/openai/") {
+            MockDialect::Azure
+        } else if path == "/v1/messages" {
+            MockDialect::Anthropic
+        } else {
+            MockDialect::OpenAi
+        }
+    }
+}
+
 /// The model names a mock serves unless told otherwise.
 pub const DEFAULT_MODELS: &[&str] = &[
     "gpt-4o-mini",
@@ -246,6 +286,7 @@ pub struct MockUpstream {
     models: Vec<String>,
     api_key: Option<String>,
     transcript: Option<Bytes>,
+    dialect: Option<MockDialect>,
 }
 
 impl Default for MockUpstream {
@@ -255,6 +296,7 @@ impl Default for MockUpstream {
             models: DEFAULT_MODELS.iter().map(|m| m.to_string()).collect(),
             api_key: None,
             transcript: None,
+            dialect: None,
         }
     }
 }
@@ -318,6 +360,12 @@ impl MockUpstream {
         self
     }
 
+    /// Answers only `dialect`'s API, as a real server of it would.
+    pub fn dialect(mut self, dialect: MockDialect) -> Self {
+        self.dialect = Some(dialect);
+        self
+    }
+
     pub fn hang_after_tokens(mut self, tokens: u32) -> Self {
         self.knobs.hang_after_tokens = Some(tokens);
         self
@@ -337,6 +385,7 @@ impl MockUpstream {
             outage: RwLock::new(None),
             models: self.models,
             api_key: self.api_key,
+            dialect: self.dialect,
             counters: Counters::default(),
             transcript: self.transcript,
             last_body: Mutex::new(None),
@@ -559,8 +608,28 @@ async fn gate(
     if let Ok(mut last) = state.last_path.lock() {
         *last = req.uri().path_and_query().map(|p| p.to_string());
     }
-    let azure = req.uri().path().starts_with("/openai/");
-    let anthropic = req.uri().path() == "/v1/messages";
+    let asked = MockDialect::of(req.uri().path());
+    let (azure, anthropic) = (asked == MockDialect::Azure, asked == MockDialect::Anthropic);
+    if let Some(only) = state.dialect.filter(|only| *only != asked) {
+        let message = format!("Invalid URL ({} {})", req.method(), req.uri().path());
+        return match only {
+            MockDialect::Anthropic => {
+                wire::anthropic_error(StatusCode::NOT_FOUND, "not_found_error", "Not Found")
+            }
+            MockDialect::Azure => wire::error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("404"),
+                "Resource not found",
+            ),
+            MockDialect::OpenAi => wire::error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                None,
+                &message,
+            ),
+        };
+    }
     if anthropic && !req.headers().contains_key("anthropic-version") {
         return wire::anthropic_error(
             StatusCode::BAD_REQUEST,
