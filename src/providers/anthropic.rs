@@ -337,6 +337,18 @@ fn prompt_tokens(usage: &Value) -> (u64, u64) {
     )
 }
 
+/// A `tool_use` block as a chat tool call (its input as the arguments' JSON text).
+pub(super) fn tool_call(block: &Value) -> Value {
+    json!({
+        "id": block.get("id"),
+        "type": "function",
+        "function": {
+            "name": block.get("name"),
+            "arguments": block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+        },
+    })
+}
+
 /// A Message as a chat completion; none when it is not one.
 fn chat_completion(message: &Value) -> Option<Value> {
     let blocks = message.get("content")?.as_array()?;
@@ -345,14 +357,7 @@ fn chat_completion(message: &Value) -> Option<Value> {
     for block in blocks {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(json!({
-                "id": block.get("id"),
-                "type": "function",
-                "function": {
-                    "name": block.get("name"),
-                    "arguments": block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
-                },
-            })),
+            Some("tool_use") => calls.push(tool_call(block)),
             _ => {}
         }
     }

@@ -199,27 +199,27 @@ fn message(turn: &Value, at: usize, messages: &mut Vec<Value>) -> Result<(), Unt
                 let url = match source.and_then(|s| s.get("type")).and_then(Value::as_str) {
                     Some("base64") => format!(
                         "data:{};base64,{}",
-                        source.and_then(|s| s["media_type"].as_str()).unwrap_or("image/png"),
+                        source
+                            .and_then(|s| s["media_type"].as_str())
+                            .unwrap_or("image/png"),
                         source.and_then(|s| s["data"].as_str()).unwrap_or("")
                     ),
-                    Some("url") => source.and_then(|s| s["url"].as_str()).unwrap_or("").to_string(),
+                    Some("url") => source
+                        .and_then(|s| s["url"].as_str())
+                        .unwrap_or("")
+                        .to_string(),
                     _ => {
                         return Err(unsupported(
                             "messages",
-                            &format!("messages[{at}].content[{b}], an image that is neither base64 nor a URL,"),
+                            &format!(
+                                "messages[{at}].content[{b}], an image that is neither base64 nor a URL,"
+                            ),
                         ));
                     }
                 };
                 parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
             }
-            Some("tool_use") => calls.push(json!({
-                "id": block.get("id"),
-                "type": "function",
-                "function": {
-                    "name": block.get("name"),
-                    "arguments": block.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
-                },
-            })),
+            Some("tool_use") => calls.push(super::anthropic::tool_call(block)),
             Some("tool_result") => {
                 let content = match block.get("content") {
                     Some(Value::String(text)) => text.clone(),
