@@ -284,7 +284,9 @@ impl Keeper {
                 let mut keeper = Some((self, upstream));
                 let frames = frames.inspect(move |frame| {
                     let Ok(frame) = frame else { return };
-                    if !frame.windows(9).any(|w| w == b"response.") {
+                    // Only the last event is read: every delta is passed over unparsed.
+                    let last_event = |name: &[u8]| frame.windows(name.len()).any(|w| w == name);
+                    if !last_event(b"response.completed") && !last_event(b"response.incomplete") {
                         return;
                     }
                     for data in frame_data(frame) {
