@@ -141,6 +141,7 @@ impl Daemon {
         let responses_writer =
             crate::gateway::conversations::spawn_writer(gateway.conversations(), store.clone());
         gateway.conversations().restore(store.load_responses()?);
+        gateway.files().restore(store.load_files()?);
         let audit_writer = crate::audit::spawn_writer(gateway.audit().clone(), store.clone());
         let ledger = crate::ledger::spawn(gateway.admission().clone(), store, checkpoint);
 

@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod demo;
 pub mod domain;
+pub mod files;
 pub mod gateway;
 pub mod ledger;
 pub mod listener;

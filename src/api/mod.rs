@@ -7,6 +7,7 @@
 
 mod completions;
 pub(crate) mod error;
+mod files;
 mod messages;
 mod responses;
 
@@ -56,6 +57,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(responses::retrieve).delete(responses::delete),
         )
         .route("/v1/responses/{id}/cancel", post(responses::cancel))
+        .route(
+            "/v1/files",
+            post(files::upload)
+                .get(files::list)
+                // Uploads are streamed to disk and capped by `[files]`, not by the
+                // request body limit.
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/v1/streams/{id}", get(watch_stream))
@@ -116,6 +127,23 @@ fn unsupported_transfer_coding(headers: &HeaderMap) -> Option<String> {
         .map(str::trim)
         .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
         .map(str::to_owned)
+}
+
+/// The tenant a request acts for, by its bearer key: for handlers that only read or
+/// change a tenant's own things (files, kept responses).
+pub struct Caller(pub String);
+
+impl axum::extract::FromRequestParts<Arc<Gateway>> for Caller {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        gateway: &Arc<Gateway>,
+    ) -> Result<Caller, Refusal> {
+        let source = parts.extensions.get::<Source>().and_then(|s| s.0);
+        let (tenant, _) = gateway.authenticate(authorization(&parts.headers), source)?;
+        Ok(Caller(tenant.name.clone()))
+    }
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::completions::{chat_inbound, read_fields, render};
-use super::{Refusal, RequestId, Source, authorization};
+use super::{Caller, Refusal, RequestId, Source, authorization};
 use crate::domain::{Fields, ModelKind};
 use crate::gateway::conversations::{Conversations, Held, Missing, Thread, Turn};
 use crate::gateway::{Gateway, Reply, ReplyBody};
@@ -112,12 +112,10 @@ fn prepare(
 pub async fn retrieve(
     State(gateway): State<Arc<Gateway>>,
     Extension(id): Extension<RequestId>,
-    Extension(Source(source)): Extension<Source>,
+    Caller(tenant): Caller,
     Path(response_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let (tenant, _) = gateway.authenticate(authorization(&headers), source)?;
-    match gateway.conversations().get(&tenant.name, &response_id) {
+    match gateway.conversations().get(&tenant, &response_id) {
         Some(Held::Here(object)) => Ok(json_bytes(object)),
         Some(Held::Upstream(instance)) => {
             let asked = (Method::GET, response_id.as_str(), false);
@@ -132,15 +130,13 @@ pub async fn retrieve(
 pub async fn delete(
     State(gateway): State<Arc<Gateway>>,
     Extension(id): Extension<RequestId>,
-    Extension(Source(source)): Extension<Source>,
+    Caller(tenant): Caller,
     Path(response_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let (tenant, _) = gateway.authenticate(authorization(&headers), source)?;
     let conversations = gateway.conversations();
-    match conversations.get(&tenant.name, &response_id) {
+    match conversations.get(&tenant, &response_id) {
         Some(Held::Here(_)) => {
-            conversations.delete(&tenant.name, &response_id);
+            conversations.delete(&tenant, &response_id);
             Ok(json_bytes(Bytes::from(
                 json!({"id": response_id, "object": "response", "deleted": true}).to_string(),
             )))
@@ -149,7 +145,7 @@ pub async fn delete(
             let asked = (Method::DELETE, response_id.as_str(), false);
             let (status, body) = gateway.stored_response(&instance, asked, &id.0).await?;
             if status.is_success() || status.as_u16() == 404 {
-                conversations.delete(&tenant.name, &response_id);
+                conversations.delete(&tenant, &response_id);
             }
             upstream_answer((status, body))
         }
@@ -162,12 +158,10 @@ pub async fn delete(
 pub async fn cancel(
     State(gateway): State<Arc<Gateway>>,
     Extension(id): Extension<RequestId>,
-    Extension(Source(source)): Extension<Source>,
+    Caller(tenant): Caller,
     Path(response_id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, Refusal> {
-    let (tenant, _) = gateway.authenticate(authorization(&headers), source)?;
-    match gateway.conversations().get(&tenant.name, &response_id) {
+    match gateway.conversations().get(&tenant, &response_id) {
         Some(Held::Here(_)) => Err(Refusal::bad_parameter(
             "response_id",
             format!(

@@ -42,6 +42,7 @@ pub struct Config {
     pub streams: StreamPolicy,
     pub cache: CachePolicy,
     pub audit: AuditPolicy,
+    pub files: crate::domain::FilePolicy,
     pub tiers: Vec<Tier>,
     pub tenants: Vec<Tenant>,
     /// Sorted by failover order (then by position in the file).

@@ -29,6 +29,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) audit: RawAudit,
     #[serde(default)]
+    pub(super) files: RawFiles,
+    #[serde(default)]
     pub(super) tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     pub(super) tenants: Vec<RawTenant>,
@@ -178,6 +180,22 @@ impl Default for RawCache {
             max_entry_size: "1MiB".into(),
             scope: CacheScope::Tenant,
             hits_use_tokens: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawFiles {
+    pub(super) max_file_size: String,
+    pub(super) max_tenant_size: String,
+}
+
+impl Default for RawFiles {
+    fn default() -> Self {
+        RawFiles {
+            max_file_size: "200MiB".into(),
+            max_tenant_size: "1GiB".into(),
         }
     }
 }

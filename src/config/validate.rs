@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::raw::*;
 use super::*;
-use crate::domain::AZURE_API_VERSION;
+use crate::domain::{AZURE_API_VERSION, FilePolicy};
 use crate::domain::{
     DEFAULT_MAX_TOKENS_CAP, Deployment, Dialect, Instance, KeyHash, ModelKind, TokenizerKind,
 };
@@ -78,6 +78,31 @@ impl RawCache {
             max_entry_bytes,
             scope: self.scope,
             hits_use_tokens: self.hits_use_tokens,
+        })
+    }
+}
+
+impl RawFiles {
+    fn validate(self) -> Result<FilePolicy, ConfigError> {
+        let max_file_bytes =
+            parse_size(&self.max_file_size).map_err(|m| invalid("files.max_file_size", m))?;
+        let max_tenant_bytes =
+            parse_size(&self.max_tenant_size).map_err(|m| invalid("files.max_tenant_size", m))?;
+        if max_file_bytes == 0 {
+            return Err(invalid("files.max_file_size", "must be larger than zero"));
+        }
+        if max_file_bytes > max_tenant_bytes {
+            return Err(invalid(
+                "files.max_file_size",
+                format!(
+                    "\"{}\" is larger than files.max_tenant_size \"{}\"; no file that size could be kept",
+                    self.max_file_size, self.max_tenant_size
+                ),
+            ));
+        }
+        Ok(FilePolicy {
+            max_file_bytes: max_file_bytes as u64,
+            max_tenant_bytes: max_tenant_bytes as u64,
         })
     }
 }
@@ -441,6 +466,7 @@ impl RawConfig {
         let streams = self.streams.validate()?;
         let cache = self.cache.validate()?;
         let audit = self.audit.validate()?;
+        let files = self.files.validate()?;
         let health = self.health.validate()?;
         let routing = self.routing.validate()?;
         let seats = match self.scheduler.seats {
@@ -470,6 +496,7 @@ impl RawConfig {
             streams,
             cache,
             audit,
+            files,
             tiers,
             tenants,
             regions,

@@ -576,6 +576,13 @@ impl Default for StreamPolicy {
     }
 }
 
+/// Files tenants upload for batches: how large one may be, and all of one tenant's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilePolicy {
+    pub max_file_bytes: u64,
+    pub max_tenant_bytes: u64,
+}
+
 /// The response cache: which answers may be kept, for how long, and in how much room.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachePolicy {

@@ -7,6 +7,22 @@ use serde::{Deserialize, Serialize};
 
 use super::{KeyHash, Limits};
 
+/// A file a tenant uploaded (`POST /v1/files`), validated line by line; its contents
+/// live under the data directory, this in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// `file-` and 24 letters and digits.
+    pub id: String,
+    pub tenant: String,
+    pub bytes: u64,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub filename: String,
+    pub purpose: String,
+    /// The requests it holds (its non-empty lines).
+    pub lines: u64,
+}
+
 /// A tenant key made at run time. The key itself is shown once, at creation; only its
 /// digest is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,7 @@ pub struct NewKey {
 impl Gateway {
     /// Gives the gateway its store, for keys and overrides; once, at start.
     pub fn attach_store(&self, store: Arc<dyn Store>) {
+        self.files.attach_store(store.clone());
         let _ = self.store.set(store);
     }
 

@@ -45,6 +45,7 @@ use crate::telemetry::latency::Latency;
 use crate::telemetry::meter::Meter;
 
 pub use crate::domain::Fields;
+pub use crate::files::{FileError, PURPOSE as FILE_PURPOSE, Upload};
 pub use accounting::{CachedTicket, Ticket};
 pub use keeping::{KeyError, NewKey};
 pub use refusal::{Refusal, openai_duration, rate_headers};
@@ -77,6 +78,8 @@ pub struct Gateway {
     audit: Arc<Audit>,
     /// Responses answered through chat upstreams, for follow-ups.
     conversations: Arc<conversations::Conversations>,
+    /// Files tenants uploaded for batches.
+    files: Arc<crate::files::Files>,
     /// Where keys and overrides are kept; attached by the daemon.
     store: OnceLock<Arc<dyn Store>>,
     /// Keys made at run time, by id (revoked and expired ones included).
@@ -301,6 +304,10 @@ impl Gateway {
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
             conversations: Arc::new(conversations::Conversations::new()),
+            files: Arc::new(crate::files::Files::new(
+                &config.server.data_dir,
+                config.files,
+            )),
             store: OnceLock::new(),
             keys: Mutex::default(),
             overrides: Mutex::default(),
@@ -347,6 +354,19 @@ impl Gateway {
 
     pub fn conversations(&self) -> &Arc<conversations::Conversations> {
         &self.conversations
+    }
+
+    pub fn files(&self) -> &Arc<crate::files::Files> {
+        &self.files
+    }
+
+    /// Every configured model alias and its kind: what a batch line may name.
+    pub fn model_kinds(&self) -> std::collections::HashMap<String, crate::domain::ModelKind> {
+        self.config
+            .models
+            .iter()
+            .map(|m| (m.alias.clone(), m.kind))
+            .collect()
     }
 
     /// Whether instance `name` is configured and serves the Responses API itself.

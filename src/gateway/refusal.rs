@@ -265,6 +265,35 @@ impl Refusal {
         refusal
     }
 
+    /// A file upload, read or deletion that could not be done.
+    pub fn file(error: crate::files::FileError) -> Self {
+        use crate::files::FileError;
+        let (status, kind, code) = match &error {
+            FileError::Invalid(_) => (StatusCode::BAD_REQUEST, INVALID_REQUEST, "invalid_file"),
+            FileError::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID_REQUEST,
+                "file_too_large",
+            ),
+            FileError::TenantFull { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID_REQUEST,
+                "tenant_files_full",
+            ),
+            FileError::NotFound(_) => (StatusCode::NOT_FOUND, INVALID_REQUEST, "file_not_found"),
+            FileError::Io(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "file_not_stored",
+            ),
+        };
+        let mut refusal = Self::new(status, kind, code, error.to_string());
+        if matches!(error, FileError::Invalid(_) | FileError::TooLarge { .. }) {
+            refusal.param = Some("file");
+        }
+        refusal
+    }
+
     /// The instance that stores a response could not be asked about it.
     pub fn upstream_unreachable(instance: &str, reason: &str) -> Self {
         Self::new(

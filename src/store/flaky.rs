@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Pair, SledStore, Store, StoreError};
 use crate::domain::UsageRecord;
-use crate::domain::records::{AuditQuery, AuditRecord, KeyRecord, Overrides};
+use crate::domain::records::{AuditQuery, AuditRecord, FileRecord, KeyRecord, Overrides};
 
 /// A store whose writes fail while `failing` is set, as a full or failing disk does.
 pub struct Flaky {
@@ -43,6 +43,13 @@ impl Store for Flaky {
     }
     fn load_responses(&self) -> Result<Vec<Pair>, StoreError> {
         self.inner.load_responses()
+    }
+    fn save_file(&self, id: &str, f: Option<&FileRecord>) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.save_file(id, f)
+    }
+    fn load_files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        self.inner.load_files()
     }
     fn save_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
         self.check()?;

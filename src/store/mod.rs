@@ -4,8 +4,9 @@
 //! `Store` is what the rest of the gateway sees; `SledStore` keeps it in trees: `meta`
 //! (schema version), `usage` (per tenant and budget period), `cache` (kept answers, by
 //! key, encoded by the cache), `keys` (managed tenant keys, by public id), `tenants`
-//! (operators' run-time overrides) and `responses` (Responses API responses kept for
-//! follow-ups, by id, encoded by `gateway::conversations`); the audit log is JSON lines in segment files beside
+//! (operators' run-time overrides), `responses` (Responses API responses kept for
+//! follow-ups, by id, encoded by `gateway::conversations`) and `files` (uploaded files'
+//! records; their contents are files under `<data_dir>/files/`); the audit log is JSON lines in segment files beside
 //! the database (`audit_log.rs`). Writes are batched by their callers and never made
 //! from the request path.
 
@@ -22,12 +23,12 @@ use serde::Serialize;
 
 use crate::domain::UsageRecord;
 use crate::domain::period::PeriodKey;
-use crate::domain::records::{AuditQuery, AuditRecord, KeyRecord, Overrides};
+use crate::domain::records::{AuditQuery, AuditRecord, FileRecord, KeyRecord, Overrides};
 
 /// The layout this build reads and writes.
 /// 2 added the keys, tenants and audit trees; 3 moved the audit log to files (a
 /// version-2 database's records are moved there when it is opened); 4 added the
-/// responses tree.
+/// responses and files trees.
 pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,9 @@ pub trait Store: Send + Sync + 'static {
         removes: &[String],
     ) -> Result<(), StoreError>;
     fn load_responses(&self) -> Result<Vec<Pair>, StoreError>;
+    /// Writes a file's record (`None` removes it).
+    fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError>;
+    fn load_files(&self) -> Result<Vec<FileRecord>, StoreError>;
     fn save_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     fn save_overrides(&self, overrides: &Overrides) -> Result<(), StoreError>;
@@ -104,6 +108,7 @@ pub struct SledStore {
     usage: sled::Tree,
     cache: sled::Tree,
     responses: sled::Tree,
+    files: sled::Tree,
     keys: sled::Tree,
     tenants: sled::Tree,
     audit: audit_log::AuditLog,
@@ -174,6 +179,7 @@ impl SledStore {
             usage: db.open_tree("usage")?,
             cache: db.open_tree("cache")?,
             responses: db.open_tree("responses")?,
+            files: db.open_tree("files")?,
             keys: db.open_tree("keys")?,
             tenants: db.open_tree("tenants")?,
             audit,
@@ -288,6 +294,26 @@ impl Store for SledStore {
             .map(|entry| {
                 let (key, value) = entry?;
                 Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError> {
+        match file {
+            Some(file) => self.files.insert(id.as_bytes(), encode(file)?).map(drop)?,
+            None => self.files.remove(id.as_bytes()).map(drop)?,
+        }
+        Ok(())
+    }
+
+    fn load_files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        self.files
+            .iter()
+            .map(|entry| {
+                let (id, value) = entry?;
+                serde_json::from_slice(&value).map_err(|e| {
+                    StoreError::Corrupt(format!("file {}: {e}", String::from_utf8_lossy(&id)))
+                })
             })
             .collect()
     }

@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{AuditQuery, AuditRecord, KeyRecord, Overrides, Pair, Store, StoreError};
+use super::{AuditQuery, AuditRecord, FileRecord, KeyRecord, Overrides, Pair, Store, StoreError};
 use crate::domain::UsageRecord;
 
 /// What persistence looks like now.
@@ -87,6 +87,12 @@ impl<S: Store> Store for Watched<S> {
     }
     fn load_responses(&self) -> Result<Vec<Pair>, StoreError> {
         self.inner.load_responses()
+    }
+    fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError> {
+        self.health.note("files", self.inner.save_file(id, file))
+    }
+    fn load_files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        self.inner.load_files()
     }
     fn save_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.health.note("keys", self.inner.save_key(key))

@@ -155,4 +155,29 @@ try:
 except openai.APIError as e:
     check("a broken responses stream raises APIError", "failed mid-stream" in str(e.message), repr(e))
 
+# The Files API, for batch input: upload, read back, list, delete; a bad file is refused
+# with its lines named.
+import io
+import json as _json
+
+lines = "".join(_json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                             "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]}}) + "\n"
+                for i in range(3))
+uploaded = client.files.create(file=("batch.jsonl", io.BytesIO(lines.encode())), purpose="batch")
+check("files: created", uploaded.id.startswith("file-") and uploaded.bytes == len(lines.encode()) and uploaded.purpose == "batch", repr(uploaded))
+check("files: retrieve", client.files.retrieve(uploaded.id).filename == "batch.jsonl")
+check("files: content", client.files.content(uploaded.id).text == lines)
+check("files: list", uploaded.id in [f.id for f in client.files.list()])
+check("files: delete", client.files.delete(uploaded.id).deleted)
+try:
+    client.files.retrieve(uploaded.id)
+    check("a deleted file is gone", False)
+except openai.NotFoundError:
+    check("a deleted file is 404", True)
+try:
+    client.files.create(file=("bad.jsonl", io.BytesIO(b'{"custom_id": "x"}\nnot json\n')), purpose="batch")
+    check("a bad file raises", False)
+except openai.BadRequestError as e:
+    check("a bad file names its lines", "line 1: method" in e.message and "line 2: not JSON" in e.message, e.message)
+
 print(f"python openai {openai.__version__}: {passed} passed, 0 failed")
