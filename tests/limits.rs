@@ -462,3 +462,83 @@ async fn a_completed_stream_is_charged_the_upstreams_exact_usage() {
         "8 prompt + 4 completion, from the usage chunk"
     );
 }
+
+/// A batch line through the one pipeline waits below every tier: with the only seat
+/// taken, a live request that arrives after it still goes first.
+#[tokio::test]
+async fn a_batch_line_waits_for_seats_no_live_request_wants() {
+    use switchyard::domain::{Directives, ModelKind};
+    use switchyard::gateway::Inbound;
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let config = config_for(&[("us-east", mock.url())], "")
+        .replace("[health]", "[scheduler]\nseats = 1\n\n[health]");
+    let gw = TestGateway::from_toml(&config).await;
+    let gateway = gw.daemon.gateway().clone();
+    let inbound = |id: &str, batch: bool| Inbound {
+        request_id: id.into(),
+        endpoint: if batch {
+            "/v1/batches"
+        } else {
+            "/v1/chat/completions"
+        },
+        tenant: "tenant-a".into(),
+        key_id: "test".into(),
+        kind: ModelKind::Chat,
+        fields: serde_json::from_value(hello("gpt-4o-mini")).unwrap(),
+        directives: Directives {
+            no_store: true,
+            ..Directives::default()
+        },
+        session: None,
+        pin: None,
+        batch,
+        arrival: tokio::time::Instant::now(),
+    };
+    // The only seat is held by a request the upstream does not answer.
+    mock.start_outage(switchyard::mock::Outage::Hang);
+    let holder = tokio::spawn({
+        let gateway = gateway.clone();
+        let request = inbound("req_holder", false);
+        async move { gateway.serve(request).await.map(|_| ()) }
+    });
+    mock.wait_for(Duration::from_secs(10), |s| s.requests >= 1)
+        .await;
+    let (done, mut finished) = tokio::sync::mpsc::unbounded_channel();
+    let run = |id: &'static str, batch: bool| {
+        let (gateway, done, request) = (gateway.clone(), done.clone(), inbound(id, batch));
+        tokio::spawn(async move {
+            let reply = gateway.serve(request).await;
+            let _ = done.send((id, reply.map(|r| r.status.as_u16())));
+        })
+    };
+    let line = run("req_line", true);
+    for _ in 0..500 {
+        if gateway.scheduler().queued() == 1 {
+            break;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+    let live = run("req_live", false);
+    for _ in 0..500 {
+        if gateway.scheduler().queued() == 2 {
+            break;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert_eq!(
+        gateway.scheduler().queued(),
+        2,
+        "both wait for the one seat"
+    );
+    mock.stop_outage();
+    holder.abort();
+    let first = finished.recv().await.unwrap();
+    let second = finished.recv().await.unwrap();
+    assert_eq!(first, ("req_live", Ok(200)), "live traffic goes first");
+    assert_eq!(second, ("req_line", Ok(200)));
+    line.await.unwrap();
+    live.await.unwrap();
+    let levels = gateway.scheduler().levels();
+    let batch = levels.iter().find(|l| l.tier == "batch").unwrap();
+    assert_eq!((batch.seats, batch.dispatched), (0, 1));
+}

@@ -104,6 +104,7 @@ async fn proxy(
             directives: cache_directives(headers),
             session,
             pin: None,
+            batch: false,
             arrival,
         })
         .await?;
@@ -212,6 +213,7 @@ pub(super) fn chat_inbound(
         directives: cache_directives(headers),
         session: session(gateway, headers),
         pin: None,
+        batch: false,
         arrival,
     }
 }

@@ -235,6 +235,12 @@ impl RawConfig {
         for (name, raw) in self.tiers {
             let at = format!("tiers.{name}");
             check_name(&at, &name)?;
+            if name == crate::scheduler::BATCH {
+                return Err(invalid(
+                    at,
+                    "\"batch\" is the gateway's own level for batch jobs, below every tier; name this tier otherwise",
+                ));
+            }
             tiers.push(raw.validate(&at, name)?);
         }
 

@@ -434,15 +434,25 @@ impl Gateway {
     }
 
     /// Reserves the request's estimated cost, then waits for a seat upstream.
-    pub async fn admit(&self, tenant: &str, demand: &Demand) -> Result<Ticket, Refused> {
+    pub async fn admit(
+        &self,
+        tenant: &str,
+        demand: &Demand,
+        batch: bool,
+    ) -> Result<Ticket, Refused> {
         let reservation = self
             .admission
             .reserve(tenant, demand)
             .map_err(Refused::Limits)?;
         let waiting = Instant::now();
+        let level = if batch {
+            crate::scheduler::BATCH
+        } else {
+            reservation.tier()
+        };
         let seat = self
             .scheduler
-            .acquire(tenant, reservation.tier(), reservation.tokens())
+            .acquire(tenant, level, reservation.tokens())
             .await
             .map_err(|rejection| Refused::Queue {
                 rejection,

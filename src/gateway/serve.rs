@@ -40,6 +40,8 @@ pub struct Inbound {
     /// The one instance that may serve this request: it stores the response that the
     /// request follows (`previous_response_id`).
     pub pin: Option<String>,
+    /// A batch line: it waits for seats no tier is waiting for (`scheduler::BATCH`).
+    pub batch: bool,
     pub arrival: Instant,
 }
 
@@ -121,7 +123,7 @@ impl Gateway {
         let prompt_tokens = prompt_tokens(inbound.kind, parsed.model, &inbound.fields).await;
         let demand = demand(inbound.kind, parsed.model, &inbound.fields, prompt_tokens);
         let tenant = &parsed.tenant.name;
-        let ticket = self.admit(tenant, &demand).await.map_err(|refused| {
+        let ticket = self.admit(tenant, &demand, inbound.batch).await.map_err(|refused| {
             tracing::debug!(request_id = %inbound.request_id, %tenant, ?refused, "request refused");
             Refusal::from(refused)
         })?;

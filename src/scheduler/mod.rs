@@ -8,6 +8,10 @@
 //! once a request's real usage is known. Queues are bounded in depth and in wait; a waiter
 //! whose client left removes itself at once. Nothing here does I/O; the lock is held only
 //! for plain bookkeeping.
+//!
+//! Below every tier is the batch level (`BATCH`): no seats of its own, it only borrows
+//! seats no tier is waiting for, so live traffic always goes first and batch lines soak
+//! up what is idle. It is shown once it has been used.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +22,13 @@ use tokio::time::Instant;
 
 use crate::domain::Tier;
 pub use crate::domain::snapshot::LevelView;
+
+/// The level batch lines wait in, below every tier; a tier may not be called this.
+pub const BATCH: &str = "batch";
+
+/// How long a batch line may wait for an idle seat, and how many may wait at once.
+const BATCH_MAX_WAIT: Duration = Duration::from_secs(3600);
+const BATCH_MAX_QUEUE: usize = 100_000;
 
 /// Why a request got no seat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,24 +175,44 @@ impl Scheduler {
         let mut tiers: Vec<&Tier> = tiers.iter().collect();
         tiers.sort_by(|a, b| b.share.cmp(&a.share).then_with(|| a.name.cmp(&b.name)));
         let total_share: u64 = tiers.iter().map(|t| u64::from(t.share)).sum::<u64>().max(1);
-        let levels = tiers
+        let level = |tier: &str, share, nominal, max_queue, max_queue_per_tenant, max_wait| Level {
+            tier: tier.to_string(),
+            share,
+            nominal,
+            in_use: 0,
+            max_queue,
+            max_queue_per_tenant,
+            max_wait,
+            queue: BTreeMap::new(),
+            flows: HashMap::new(),
+            vtime: 0,
+            interval: None,
+            last_dispatch: None,
+            dispatched: 0,
+        };
+        let mut levels: Vec<Level> = tiers
             .iter()
-            .map(|t| Level {
-                tier: t.name.clone(),
-                share: t.share,
-                nominal: ((u64::from(seats) * u64::from(t.share) / total_share) as u32).max(1),
-                in_use: 0,
-                max_queue: t.max_queue,
-                max_queue_per_tenant: t.max_queue_per_tenant,
-                max_wait: t.max_wait,
-                queue: BTreeMap::new(),
-                flows: HashMap::new(),
-                vtime: 0,
-                interval: None,
-                last_dispatch: None,
-                dispatched: 0,
+            .map(|t| {
+                let nominal = ((u64::from(seats) * u64::from(t.share) / total_share) as u32).max(1);
+                level(
+                    &t.name,
+                    t.share,
+                    nominal,
+                    t.max_queue,
+                    t.max_queue_per_tenant,
+                    t.max_wait,
+                )
             })
             .collect();
+        // Last, with no seats of its own: it is served only when no tier waits.
+        levels.push(level(
+            BATCH,
+            0,
+            0,
+            BATCH_MAX_QUEUE,
+            BATCH_MAX_QUEUE,
+            BATCH_MAX_WAIT,
+        ));
         Arc::new(Scheduler {
             state: Mutex::new(State {
                 seats,
@@ -197,8 +228,8 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for a seat for `tenant` in `tier`'s level, costing `cost` estimated tokens.
-    /// Dropping the future leaves the queue at once.
+    /// Waits for a seat for `tenant` in `tier`'s level (`BATCH` for a batch line),
+    /// costing `cost` estimated tokens. Dropping the future leaves the queue at once.
     pub async fn acquire(self: &Arc<Self>, tenant: &str, tier: &str, cost: u64) -> Grant {
         let (receiver, id, deadline, level_index) = {
             let mut state = self.lock();
@@ -363,11 +394,12 @@ impl Scheduler {
         let Some(target) = state.levels.iter().position(|l| l.tier == tier) else {
             return 0;
         };
+        // Batch lines stay below every tier, whatever the tenant's tier.
         let mut ids: Vec<u64> = state
             .levels
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != target)
+            .filter(|(i, l)| *i != target && l.tier != BATCH)
             .flat_map(|(_, l)| l.queue.values())
             .filter(|w| w.tenant == tenant)
             .map(|w| w.id)
@@ -390,6 +422,7 @@ impl Scheduler {
         state
             .levels
             .iter()
+            .filter(|l| l.tier != BATCH || l.dispatched > 0 || !l.queue.is_empty())
             .map(|l| LevelView {
                 tier: l.tier.clone(),
                 share: l.share,
@@ -424,7 +457,7 @@ impl Scheduler {
             .map(|l| u64::from(l.share))
             .sum::<u64>()
             .max(1);
-        for level in &mut state.levels {
+        for level in state.levels.iter_mut().filter(|l| l.tier != BATCH) {
             level.nominal =
                 ((u64::from(seats) * u64::from(level.share) / total_share) as u32).max(1);
         }

@@ -359,3 +359,67 @@ async fn one_tenant_cannot_fill_its_tiers_queue_alone() {
     }
     queued.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn batch_lines_take_only_seats_no_tier_waits_for() {
+    let scheduler = one_level(2);
+    assert_eq!(
+        scheduler.levels().len(),
+        1,
+        "the batch level is shown once used"
+    );
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let hold = Duration::from_secs(1);
+    // Idle seats go to batch lines at once.
+    let batch: Vec<_> = (0..4)
+        .map(|_| waiter(&scheduler, "a", BATCH, 10, hold, &order))
+        .collect();
+    until_queued(&scheduler, 2).await;
+    assert_eq!(order.lock().unwrap().len(), 2);
+    // Live requests arrive while batch lines wait: every freed seat goes to them first.
+    let live: Vec<_> = (0..3)
+        .map(|_| waiter(&scheduler, "b", "pro", 10, hold, &order))
+        .collect();
+    until_queued(&scheduler, 5).await;
+    for task in batch.into_iter().chain(live) {
+        task.await.unwrap().unwrap();
+    }
+    let order: Vec<String> = order
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert_eq!(order, ["a", "a", "b", "b", "b", "a", "a"]);
+    let batch_level = scheduler
+        .levels()
+        .into_iter()
+        .find(|l| l.tier == BATCH)
+        .unwrap();
+    assert_eq!((batch_level.seats, batch_level.dispatched), (0, 4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tier_change_leaves_batch_lines_below_every_tier() {
+    let scheduler = Scheduler::new(
+        1,
+        &[
+            tier("pro", 10, 100, Duration::from_secs(600)),
+            tier("free", 1, 100, Duration::from_secs(600)),
+        ],
+    );
+    let held = scheduler.acquire("x", "pro", 1).await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let line = waiter(&scheduler, "a", BATCH, 1, Duration::ZERO, &order);
+    let live = waiter(&scheduler, "a", "free", 1, Duration::ZERO, &order);
+    until_queued(&scheduler, 2).await;
+    assert_eq!(
+        scheduler.move_tenant("a", "pro"),
+        1,
+        "only the live request moves"
+    );
+    drop(held);
+    live.await.unwrap().unwrap();
+    line.await.unwrap().unwrap();
+    assert_eq!(order.lock().unwrap().len(), 2);
+}
