@@ -142,6 +142,7 @@ impl Daemon {
             crate::gateway::conversations::spawn_writer(gateway.conversations(), store.clone());
         gateway.conversations().restore(store.load_responses()?);
         gateway.files().restore(store.load_files()?);
+        gateway.restore_batches(store.load_batches()?);
         let audit_writer = crate::audit::spawn_writer(gateway.audit().clone(), store.clone());
         let ledger = crate::ledger::spawn(gateway.admission().clone(), store, checkpoint);
 
@@ -232,6 +233,7 @@ impl Daemon {
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
         let shutdown = self.gateway.shutdown().clone();
+        shutdown.begin();
         if tokio::time::timeout(grace, shutdown.idle()).await.is_err() {
             tracing::warn!(
                 running = shutdown.running(),

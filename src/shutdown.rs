@@ -10,6 +10,8 @@ use tokio::sync::watch;
 
 #[derive(Debug)]
 pub struct Shutdown {
+    /// Shutting down has begun: nothing new should start.
+    draining: watch::Sender<bool>,
     cut: watch::Sender<bool>,
     running: watch::Sender<usize>,
 }
@@ -17,6 +19,7 @@ pub struct Shutdown {
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
+            draining: watch::channel(false).0,
             cut: watch::channel(false).0,
             running: watch::channel(0).0,
         }
@@ -49,6 +52,20 @@ impl Shutdown {
     pub async fn idle(&self) {
         let mut running = self.running.subscribe();
         let _ = running.wait_for(|n| *n == 0).await;
+    }
+
+    /// Shutting down begins: work that starts work of its own (a batch's lines) stops
+    /// starting more.
+    pub fn begin(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Resolves when shutting down begins (at once if it has).
+    pub fn draining_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut draining = self.draining.subscribe();
+        async move {
+            let _ = draining.wait_for(|d| *d).await;
+        }
     }
 
     /// Tells all work to end now.

@@ -58,15 +58,7 @@ pub(crate) async fn openai_shaped(response: Response, client_kind: &'static str)
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        });
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         for (name, value) in self.headers {
             if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
                 response.headers_mut().insert(name, value);

@@ -5,6 +5,7 @@
 //! decides. Every response carries `x-request-id`; every error is OpenAI-shaped (see
 //! `error`), including unknown paths, wrong methods and panics.
 
+mod batches;
 mod completions;
 pub(crate) mod error;
 mod files;
@@ -67,6 +68,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::retrieve))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/v1/streams/{id}", get(watch_stream))

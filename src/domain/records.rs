@@ -23,6 +23,60 @@ pub struct FileRecord {
     pub lines: u64,
 }
 
+/// A batch job (`POST /v1/batches`): its state as OpenAI's batch object says it. The
+/// results live in files under the data directory, line by line as they come.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// `batch_` and 24 letters and digits.
+    pub id: String,
+    pub tenant: String,
+    pub input_file_id: String,
+    pub endpoint: String,
+    pub completion_window: String,
+    /// validating, in_progress, finalizing, completed, failed, expired, cancelling,
+    /// cancelled.
+    pub status: String,
+    /// Unix seconds of each step reached.
+    pub created_at: u64,
+    pub expires_at: u64,
+    #[serde(default)]
+    pub in_progress_at: Option<u64>,
+    #[serde(default)]
+    pub finalizing_at: Option<u64>,
+    #[serde(default)]
+    pub completed_at: Option<u64>,
+    #[serde(default)]
+    pub failed_at: Option<u64>,
+    #[serde(default)]
+    pub expired_at: Option<u64>,
+    #[serde(default)]
+    pub cancelling_at: Option<u64>,
+    #[serde(default)]
+    pub cancelled_at: Option<u64>,
+    pub total: u64,
+    pub completed: u64,
+    pub failed: u64,
+    #[serde(default)]
+    pub output_file_id: Option<String>,
+    #[serde(default)]
+    pub error_file_id: Option<String>,
+    /// Why the batch failed validation, by line.
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl BatchRecord {
+    /// Whether the batch has reached the end of its life.
+    pub fn ended(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "completed" | "failed" | "expired" | "cancelled"
+        )
+    }
+}
+
 /// A tenant key made at run time. The key itself is shown once, at creation; only its
 /// digest is kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

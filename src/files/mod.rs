@@ -174,6 +174,41 @@ impl Files {
         Ok(())
     }
 
+    /// Keeps a file the gateway wrote for `tenant` (a batch's output), moving it from
+    /// `written` into place. It does not count against the tenant's room: results are
+    /// never refused.
+    pub async fn adopt(
+        &self,
+        tenant: &str,
+        written: &std::path::Path,
+        filename: String,
+        purpose: &str,
+    ) -> Result<FileRecord, FileError> {
+        let io = |e: std::io::Error| FileError::Io(format!("{}: {e}", written.display()));
+        tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
+        let contents = tokio::fs::read(written).await.map_err(io)?;
+        let record = FileRecord {
+            id: format!(
+                "file-{}",
+                std::iter::repeat_with(fastrand::alphanumeric)
+                    .take(24)
+                    .collect::<String>()
+            ),
+            tenant: tenant.to_string(),
+            bytes: contents.len() as u64,
+            created_at: crate::telemetry::now_ms() / 1000,
+            filename,
+            purpose: purpose.to_string(),
+            lines: contents.iter().filter(|b| **b == b'\n').count() as u64,
+        };
+        tokio::fs::rename(written, self.path(&record.id))
+            .await
+            .map_err(io)?;
+        self.write_record(&record.id, Some(record.clone())).await?;
+        self.records().insert(record.id.clone(), record.clone());
+        Ok(record)
+    }
+
     /// Deletes file `id` of `tenant`: its record (flushed) and its contents.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<FileRecord, FileError> {
         let record = {

@@ -8,6 +8,7 @@
 //! A 4xx that the request itself caused is the answer, never a reason to try elsewhere.
 
 mod accounting;
+pub mod batches;
 mod control;
 pub mod conversations;
 mod keeping;
@@ -80,6 +81,8 @@ pub struct Gateway {
     conversations: Arc<conversations::Conversations>,
     /// Files tenants uploaded for batches.
     files: Arc<crate::files::Files>,
+    /// Batch jobs, running and ended.
+    batches: batches::Batches,
     /// Where keys and overrides are kept; attached by the daemon.
     store: OnceLock<Arc<dyn Store>>,
     /// Keys made at run time, by id (revoked and expired ones included).
@@ -304,6 +307,7 @@ impl Gateway {
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
             conversations: Arc::new(conversations::Conversations::new()),
+            batches: batches::Batches::default(),
             files: Arc::new(crate::files::Files::new(
                 &config.server.data_dir,
                 config.files,

@@ -40,6 +40,18 @@ impl Refusal {
         }
     }
 
+    /// The error body a client is sent: OpenAI's `{"error": {…}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+
     pub fn with_headers(mut self, headers: Vec<(HeaderName, String)>) -> Self {
         self.headers.extend(headers);
         self
@@ -263,6 +275,26 @@ impl Refusal {
         );
         refusal.param = Some("previous_response_id");
         refusal
+    }
+
+    /// A batch that could not be created, found or changed.
+    pub fn batch(error: super::batches::BatchError) -> Self {
+        use super::batches::BatchError;
+        match error {
+            BatchError::Invalid { param, message } => Self::bad_parameter(param, message),
+            BatchError::NotFound(id) => Self::new(
+                StatusCode::NOT_FOUND,
+                INVALID_REQUEST,
+                "batch_not_found",
+                format!("no batch {id} for this tenant"),
+            ),
+            BatchError::Io(reason) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "batch_not_stored",
+                format!("the batch could not be stored: {reason}"),
+            ),
+        }
     }
 
     /// A file upload, read or deletion that could not be done.

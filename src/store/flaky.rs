@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Pair, SledStore, Store, StoreError};
 use crate::domain::UsageRecord;
-use crate::domain::records::{AuditQuery, AuditRecord, FileRecord, KeyRecord, Overrides};
+use crate::domain::records::{
+    AuditQuery, AuditRecord, BatchRecord, FileRecord, KeyRecord, Overrides,
+};
 
 /// A store whose writes fail while `failing` is set, as a full or failing disk does.
 pub struct Flaky {
@@ -43,6 +45,13 @@ impl Store for Flaky {
     }
     fn load_responses(&self) -> Result<Vec<Pair>, StoreError> {
         self.inner.load_responses()
+    }
+    fn save_batch(&self, b: &BatchRecord) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.save_batch(b)
+    }
+    fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError> {
+        self.inner.load_batches()
     }
     fn save_file(&self, id: &str, f: Option<&FileRecord>) -> Result<(), StoreError> {
         self.check()?;

@@ -23,12 +23,14 @@ use serde::Serialize;
 
 use crate::domain::UsageRecord;
 use crate::domain::period::PeriodKey;
-use crate::domain::records::{AuditQuery, AuditRecord, FileRecord, KeyRecord, Overrides};
+use crate::domain::records::{
+    AuditQuery, AuditRecord, BatchRecord, FileRecord, KeyRecord, Overrides,
+};
 
 /// The layout this build reads and writes.
 /// 2 added the keys, tenants and audit trees; 3 moved the audit log to files (a
 /// version-2 database's records are moved there when it is opened); 4 added the
-/// responses and files trees.
+/// responses, files and batches trees.
 pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,8 @@ pub trait Store: Send + Sync + 'static {
         removes: &[String],
     ) -> Result<(), StoreError>;
     fn load_responses(&self) -> Result<Vec<Pair>, StoreError>;
+    fn save_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;
+    fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError>;
     /// Writes a file's record (`None` removes it).
     fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError>;
     fn load_files(&self) -> Result<Vec<FileRecord>, StoreError>;
@@ -109,6 +113,7 @@ pub struct SledStore {
     cache: sled::Tree,
     responses: sled::Tree,
     files: sled::Tree,
+    batches: sled::Tree,
     keys: sled::Tree,
     tenants: sled::Tree,
     audit: audit_log::AuditLog,
@@ -180,6 +185,7 @@ impl SledStore {
             cache: db.open_tree("cache")?,
             responses: db.open_tree("responses")?,
             files: db.open_tree("files")?,
+            batches: db.open_tree("batches")?,
             keys: db.open_tree("keys")?,
             tenants: db.open_tree("tenants")?,
             audit,
@@ -294,6 +300,23 @@ impl Store for SledStore {
             .map(|entry| {
                 let (key, value) = entry?;
                 Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    fn save_batch(&self, batch: &BatchRecord) -> Result<(), StoreError> {
+        self.batches.insert(batch.id.as_bytes(), encode(batch)?)?;
+        Ok(())
+    }
+
+    fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError> {
+        self.batches
+            .iter()
+            .map(|entry| {
+                let (id, value) = entry?;
+                serde_json::from_slice(&value).map_err(|e| {
+                    StoreError::Corrupt(format!("batch {}: {e}", String::from_utf8_lossy(&id)))
+                })
             })
             .collect()
     }

@@ -6,7 +6,9 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{AuditQuery, AuditRecord, FileRecord, KeyRecord, Overrides, Pair, Store, StoreError};
+use super::{
+    AuditQuery, AuditRecord, BatchRecord, FileRecord, KeyRecord, Overrides, Pair, Store, StoreError,
+};
 use crate::domain::UsageRecord;
 
 /// What persistence looks like now.
@@ -87,6 +89,12 @@ impl<S: Store> Store for Watched<S> {
     }
     fn load_responses(&self) -> Result<Vec<Pair>, StoreError> {
         self.inner.load_responses()
+    }
+    fn save_batch(&self, batch: &BatchRecord) -> Result<(), StoreError> {
+        self.health.note("batches", self.inner.save_batch(batch))
+    }
+    fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError> {
+        self.inner.load_batches()
     }
     fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError> {
         self.health.note("files", self.inner.save_file(id, file))

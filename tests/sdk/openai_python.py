@@ -180,4 +180,21 @@ try:
 except openai.BadRequestError as e:
     check("a bad file names its lines", "line 1: method" in e.message and "line 2: not JSON" in e.message, e.message)
 
+# A batch, as the SDK's docs run one: upload, create, poll, read the output.
+import time
+
+batch_input = client.files.create(file=("batch.jsonl", io.BytesIO(lines.encode())), purpose="batch")
+batch = client.batches.create(input_file_id=batch_input.id, endpoint="/v1/chat/completions", completion_window="24h")
+check("batches: created", batch.status in ("validating", "in_progress") and batch.input_file_id == batch_input.id, repr(batch))
+for _ in range(600):
+    batch = client.batches.retrieve(batch.id)
+    if batch.status in ("completed", "failed", "expired", "cancelled"):
+        break
+    time.sleep(0.05)
+check("batches: completed", batch.status == "completed" and batch.request_counts.completed == 3, repr(batch))
+results = [_json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+check("batches: output lines", sorted(r["custom_id"] for r in results) == ["r0", "r1", "r2"], repr(results))
+check("batches: answers", all(r["response"]["status_code"] == 200 and r["response"]["body"]["choices"] for r in results), repr(results))
+check("batches: listed", batch.id in [b.id for b in client.batches.list()])
+
 print(f"python openai {openai.__version__}: {passed} passed, 0 failed")

@@ -1,0 +1,589 @@
+//! Batch jobs the gateway runs itself (`/v1/batches`), against any upstream: each line
+//! of the input file goes through `Gateway::serve` as the tenant, in the scheduler's
+//! batch level (only seats no tier waits for), a few at a time. A line's result is
+//! appended to the output (2xx) or error file and flushed before it counts as done, so
+//! after a crash the runner reads back the `custom_id`s already written and runs only the
+//! rest: no line lost, none run twice. Retryable failures (429, 5xx) are retried with
+//! backoff; `completion_window` ends the batch as `expired`, with what it finished.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::{Gateway, Inbound, ReplyBody};
+use crate::domain::records::BatchRecord;
+use crate::domain::{Directives, ModelKind};
+use crate::files::lines::ENDPOINTS;
+
+/// Lines of one batch in flight at once (each still waits for an idle seat).
+const LINES_AT_ONCE: usize = 8;
+/// Attempts at a line that fails with a retryable status, and the first backoff.
+const ATTEMPTS: u32 = 4;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest `completion_window` accepted.
+pub const WINDOW: &str = "24h";
+const WINDOW_SECS: u64 = 24 * 3600;
+
+/// Why a batch could not be created or changed, as the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    Invalid {
+        param: &'static str,
+        message: String,
+    },
+    NotFound(String),
+    Io(String),
+}
+
+/// Every batch, and a stop signal for each that runs.
+#[derive(Default)]
+pub struct Batches {
+    records: Mutex<HashMap<String, BatchRecord>>,
+    cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+impl Batches {
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, BatchRecord>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, tenant: &str, id: &str) -> Option<BatchRecord> {
+        self.records()
+            .get(id)
+            .filter(|b| b.tenant == tenant)
+            .cloned()
+    }
+
+    /// `tenant`'s batches, newest first.
+    pub fn list(&self, tenant: &str) -> Vec<BatchRecord> {
+        let mut batches: Vec<BatchRecord> = self
+            .records()
+            .values()
+            .filter(|b| b.tenant == tenant)
+            .cloned()
+            .collect();
+        batches.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        batches
+    }
+}
+
+fn now_secs() -> u64 {
+    crate::telemetry::now_ms() / 1000
+}
+
+impl Gateway {
+    /// The directory a batch's results are written in as they come.
+    fn batch_dir(&self, id: &str) -> PathBuf {
+        self.config.server.data_dir.join("batches").join(id)
+    }
+
+    /// Creates a batch of `tenant` over its file `input_file_id` and starts it.
+    pub async fn create_batch(
+        self: &Arc<Self>,
+        tenant: &str,
+        input_file_id: &str,
+        endpoint: &str,
+        completion_window: &str,
+        metadata: Option<Value>,
+    ) -> Result<BatchRecord, BatchError> {
+        let invalid = |param, message: String| BatchError::Invalid { param, message };
+        let Some(file) = self.files.get(tenant, input_file_id) else {
+            return Err(invalid(
+                "input_file_id",
+                format!(
+                    "no file {input_file_id} for this tenant; upload it with purpose \"batch\""
+                ),
+            ));
+        };
+        if !ENDPOINTS.iter().any(|(path, _)| *path == endpoint) {
+            let served: Vec<&str> = ENDPOINTS.iter().map(|(path, _)| *path).collect();
+            return Err(invalid(
+                "endpoint",
+                format!(
+                    "endpoint \"{endpoint}\" is not one the gateway serves; use one of {}",
+                    served.join(", ")
+                ),
+            ));
+        }
+        if completion_window != WINDOW {
+            return Err(invalid(
+                "completion_window",
+                format!("completion_window must be \"{WINDOW}\""),
+            ));
+        }
+        let created = now_secs();
+        let record = BatchRecord {
+            id: format!(
+                "batch_{}",
+                std::iter::repeat_with(fastrand::alphanumeric)
+                    .take(24)
+                    .collect::<String>()
+            ),
+            tenant: tenant.to_string(),
+            input_file_id: file.id,
+            endpoint: endpoint.to_string(),
+            completion_window: completion_window.to_string(),
+            status: "validating".into(),
+            created_at: created,
+            expires_at: created + WINDOW_SECS,
+            in_progress_at: None,
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            total: file.lines,
+            completed: 0,
+            failed: 0,
+            output_file_id: None,
+            error_file_id: None,
+            errors: Vec::new(),
+            metadata,
+        };
+        self.save_batch(&record).await?;
+        self.batches
+            .records()
+            .insert(record.id.clone(), record.clone());
+        self.start_batch(&record.id);
+        Ok(record)
+    }
+
+    /// Asks a running batch to stop: lines in flight finish, no new one starts.
+    pub async fn cancel_batch(&self, tenant: &str, id: &str) -> Result<BatchRecord, BatchError> {
+        let record = {
+            let mut records = self.batches.records();
+            let record = records
+                .get_mut(id)
+                .filter(|b| b.tenant == tenant)
+                .ok_or_else(|| BatchError::NotFound(id.to_string()))?;
+            if record.ended() || record.status == "cancelling" {
+                return Ok(record.clone());
+            }
+            record.status = "cancelling".into();
+            record.cancelling_at = Some(now_secs());
+            record.clone()
+        };
+        self.save_batch(&record).await?;
+        if let Some(cancel) = self
+            .batches
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            let _ = cancel.send(true);
+        }
+        Ok(record)
+    }
+
+    pub fn batches(&self) -> &Batches {
+        &self.batches
+    }
+
+    /// Takes back the batches the store kept (at start) and resumes those still running.
+    pub fn restore_batches(self: &Arc<Self>, batches: Vec<BatchRecord>) {
+        let running: Vec<String> = batches
+            .iter()
+            .filter(|b| !b.ended())
+            .map(|b| b.id.clone())
+            .collect();
+        self.batches
+            .records()
+            .extend(batches.into_iter().map(|b| (b.id.clone(), b)));
+        for id in running {
+            tracing::info!(batch = %id, "resuming a batch");
+            self.start_batch(&id);
+        }
+    }
+
+    async fn save_batch(&self, record: &BatchRecord) -> Result<(), BatchError> {
+        let Some(store) = self.store.get().cloned() else {
+            return Ok(());
+        };
+        let record = record.clone();
+        tokio::task::spawn_blocking(move || {
+            store.save_batch(&record)?;
+            store.flush()
+        })
+        .await
+        .map_err(|e| BatchError::Io(e.to_string()))?
+        .map_err(|e| BatchError::Io(e.to_string()))
+    }
+
+    /// Changes a batch's record in memory and in the store.
+    async fn update_batch(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut BatchRecord),
+    ) -> Option<BatchRecord> {
+        let record = {
+            let mut records = self.batches.records();
+            let record = records.get_mut(id)?;
+            change(record);
+            record.clone()
+        };
+        if let Err(error) = self.save_batch(&record).await {
+            tracing::warn!(batch = %id, ?error, "a batch's progress could not be written; it is kept in memory");
+        }
+        Some(record)
+    }
+
+    fn start_batch(self: &Arc<Self>, id: &str) {
+        let (cancel, cancelled) = watch::channel(false);
+        self.batches
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), cancel);
+        let (gateway, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            if let Err(error) = gateway.run_batch(&id, cancelled).await {
+                tracing::error!(batch = %id, %error, "a batch failed");
+                let now = now_secs();
+                gateway
+                    .update_batch(&id, |b| {
+                        b.status = "failed".into();
+                        b.failed_at = Some(now);
+                        b.errors.push(error);
+                    })
+                    .await;
+            }
+            gateway
+                .batches
+                .cancels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    }
+
+    /// Runs a batch to its end: every line not yet written, then the output files.
+    async fn run_batch(
+        self: &Arc<Self>,
+        id: &str,
+        mut cancelled: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let Some(record) = self.batches.records().get(id).cloned() else {
+            return Ok(());
+        };
+        let input = self.files.path(&record.input_file_id);
+        let dir = self.batch_dir(id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (output_path, errors_path) = (dir.join("output.jsonl"), dir.join("errors.jsonl"));
+        // What an earlier run already wrote is done.
+        let done_ok = written_ids(&output_path).await;
+        let done_failed = written_ids(&errors_path).await;
+        let mut lines = read_lines(&input).await?;
+        // Every line must be for the batch's endpoint.
+        let mismatched: Vec<String> = lines
+            .iter()
+            .filter(|(_, line)| {
+                line.get("url").and_then(Value::as_str) != Some(record.endpoint.as_str())
+            })
+            .take(10)
+            .map(|(at, line)| {
+                format!(
+                    "line {at}: url {} is not the batch's endpoint {}",
+                    line.get("url").unwrap_or(&Value::Null),
+                    record.endpoint
+                )
+            })
+            .collect();
+        if !mismatched.is_empty() {
+            let now = now_secs();
+            self.update_batch(id, |b| {
+                b.status = "failed".into();
+                b.failed_at = Some(now);
+                b.errors = mismatched;
+            })
+            .await;
+            return Ok(());
+        }
+        let now = now_secs();
+        let (completed, failed) = (done_ok.len() as u64, done_failed.len() as u64);
+        self.update_batch(id, |b| {
+            if b.status == "validating" {
+                b.status = "in_progress".into();
+                b.in_progress_at = Some(now);
+            }
+            b.total = lines.len() as u64;
+            b.completed = completed;
+            b.failed = failed;
+        })
+        .await;
+        lines.retain(|(_, line)| {
+            let custom_id = line.get("custom_id").and_then(Value::as_str).unwrap_or("");
+            !done_ok.contains(custom_id) && !done_failed.contains(custom_id)
+        });
+        let open = |path: PathBuf| async move {
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let mut output = open(output_path.clone()).await?;
+        let mut errors = open(errors_path.clone()).await?;
+        let kind = ENDPOINTS
+            .iter()
+            .find(|(path, _)| *path == record.endpoint)
+            .map_or(ModelKind::Chat, |(_, kind)| *kind);
+        let endpoint: &'static str = ENDPOINTS
+            .iter()
+            .find(|(path, _)| *path == record.endpoint)
+            .map_or("/v1/chat/completions", |(path, _)| path);
+        let deadline = record.expires_at;
+        // Shutdown waits for the lines in flight and their results being written.
+        let _work = self.shutdown.work();
+        let draining = self.shutdown.draining_signal();
+        tokio::pin!(draining);
+        let mut pending = lines.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        let mut stopped = None;
+        loop {
+            while stopped.is_none() && running.len() < LINES_AT_ONCE {
+                let Some((_, line)) = pending.next() else {
+                    break;
+                };
+                let gateway = self.clone();
+                let tenant = record.tenant.clone();
+                let batch = id.to_string();
+                running.spawn(async move {
+                    gateway
+                        .run_line(&tenant, &batch, endpoint, kind, line)
+                        .await
+                });
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(result) = running.join_next() => {
+                    // Cut by shutdown: not done, it runs after the restart.
+                    let Ok(Some((ok, text))) = result else { continue };
+                    let file = if ok { &mut output } else { &mut errors };
+                    file.write_all(text.as_bytes())
+                        .await
+                        .and(file.flush().await)
+                        .map_err(|e| format!("writing a result: {e}"))?;
+                    self.update_batch_counts(id, ok);
+                }
+                _ = cancelled.changed(), if stopped.is_none() => stopped = Some("cancelled"),
+                () = &mut draining, if stopped.is_none() => stopped = Some("draining"),
+                () = tokio::time::sleep(Duration::from_secs(deadline.saturating_sub(now_secs()))), if stopped.is_none() => stopped = Some("expired"),
+            }
+        }
+        output
+            .sync_all()
+            .await
+            .map_err(|e| format!("{}: {e}", output_path.display()))?;
+        errors
+            .sync_all()
+            .await
+            .map_err(|e| format!("{}: {e}", errors_path.display()))?;
+        drop((output, errors));
+        if stopped == Some("draining") {
+            // The daemon stops: the batch stays in progress and resumes at the next start.
+            self.update_batch(id, |_| {}).await;
+            return Ok(());
+        }
+        self.finish_batch(id, stopped, (&output_path, &errors_path))
+            .await
+    }
+
+    fn update_batch_counts(&self, id: &str, ok: bool) {
+        if let Some(record) = self.batches.records().get_mut(id) {
+            if ok {
+                record.completed += 1;
+            } else {
+                record.failed += 1;
+            }
+        }
+    }
+
+    /// The batch's end: its output and error files kept as the tenant's files, and its
+    /// final status.
+    async fn finish_batch(
+        &self,
+        id: &str,
+        stopped: Option<&str>,
+        (output, errors): (&std::path::Path, &std::path::Path),
+    ) -> Result<(), String> {
+        let Some(record) = self.batches.records().get(id).cloned() else {
+            return Ok(());
+        };
+        if stopped.is_none() {
+            let now = now_secs();
+            self.update_batch(id, |b| {
+                b.status = "finalizing".into();
+                b.finalizing_at = Some(now);
+            })
+            .await;
+        }
+        let keep = |path: &std::path::Path, name: &str| {
+            let filename = format!("{id}_{name}.jsonl");
+            let (tenant, path) = (record.tenant.clone(), path.to_path_buf());
+            async move {
+                let empty = tokio::fs::metadata(&path)
+                    .await
+                    .map_or(true, |m| m.len() == 0);
+                if empty {
+                    return Ok(None);
+                }
+                self.files
+                    .adopt(&tenant, &path, filename, "batch_output")
+                    .await
+                    .map(|f| Some(f.id))
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let output_file_id = keep(output, "output").await?;
+        let error_file_id = keep(errors, "errors").await?;
+        let now = now_secs();
+        self.update_batch(id, |b| {
+            b.output_file_id = output_file_id;
+            b.error_file_id = error_file_id;
+            match stopped {
+                Some("cancelled") => {
+                    b.status = "cancelled".into();
+                    b.cancelled_at = Some(now);
+                }
+                Some(_) => {
+                    b.status = "expired".into();
+                    b.expired_at = Some(now);
+                }
+                None => {
+                    b.status = "completed".into();
+                    b.completed_at = Some(now);
+                }
+            }
+        })
+        .await;
+        let _ = tokio::fs::remove_dir_all(self.batch_dir(id)).await;
+        tracing::info!(batch = %id, status = stopped.unwrap_or("completed"), "batch ended");
+        Ok(())
+    }
+
+    /// One line through the pipeline as the tenant, retried on retryable failures: its
+    /// result line, and whether it succeeded; none when shutdown cut it (it is not done).
+    async fn run_line(
+        self: Arc<Self>,
+        tenant: &str,
+        batch: &str,
+        endpoint: &'static str,
+        kind: ModelKind,
+        line: Value,
+    ) -> Option<(bool, String)> {
+        let custom_id = line.get("custom_id").cloned().unwrap_or(Value::Null);
+        let mut body = line.get("body").cloned().unwrap_or(Value::Null);
+        if let Some(body) = body.as_object_mut() {
+            body.remove("stream");
+            body.remove("stream_options");
+        }
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let request_id = format!(
+                "req_{}",
+                std::iter::repeat_with(fastrand::alphanumeric)
+                    .take(24)
+                    .collect::<String>()
+            );
+            let fields = serde_json::from_value(body.clone()).unwrap_or_default();
+            let inbound = Inbound {
+                request_id: request_id.clone().into(),
+                endpoint,
+                tenant: tenant.to_string(),
+                key_id: format!("batch:{batch}").into(),
+                kind,
+                fields,
+                directives: Directives::default(),
+                session: None,
+                pin: None,
+                batch: true,
+                arrival: tokio::time::Instant::now(),
+            };
+            let (status, answer) = match self.serve(inbound).await {
+                Ok(reply) => {
+                    let body = match reply.body {
+                        ReplyBody::Whole { bytes, .. } => {
+                            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                        }
+                        ReplyBody::Stream(_) => Value::Null,
+                    };
+                    (reply.status.as_u16(), body)
+                }
+                Err(refusal) => (refusal.status.as_u16(), refusal.body()),
+            };
+            if self.shutdown.is_cut() {
+                return None;
+            }
+            let retryable = status == 429 || status >= 500;
+            if retryable && attempt < ATTEMPTS {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                continue;
+            }
+            let result = json!({
+                "id": format!("batch_req_{}", request_id.trim_start_matches("req_")),
+                "custom_id": custom_id,
+                "response": {"status_code": status, "request_id": request_id, "body": answer},
+                "error": null,
+            });
+            return Some(((200..300).contains(&status), format!("{result}\n")));
+        }
+    }
+}
+
+/// The `custom_id`s a results file holds (written by an earlier run of the batch).
+async fn written_ids(path: &std::path::Path) -> HashSet<String> {
+    let Ok(file) = tokio::fs::File::open(path).await else {
+        return HashSet::new();
+    };
+    let mut lines = tokio::io::BufReader::new(file).lines();
+    let mut ids = HashSet::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        // A line cut short by a crash did not count: it runs again.
+        if let Some(id) = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
+            v.get("custom_id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }) {
+            ids.insert(id);
+        }
+    }
+    ids
+}
+
+/// The requests of an input file, with their line numbers.
+async fn read_lines(path: &std::path::Path) -> Result<Vec<(u64, Value)>, String> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("the input file {}: {e}", path.display()))?;
+    let mut lines = tokio::io::BufReader::new(file).lines();
+    let mut requests = Vec::new();
+    let mut at = 0;
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| format!("the input file {}: {e}", path.display()))?
+    {
+        at += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request = serde_json::from_str(&line).map_err(|e| format!("line {at}: {e}"))?;
+        requests.push((at, request));
+    }
+    Ok(requests)
+}

@@ -1,0 +1,267 @@
+//! Batch jobs run by the gateway: every line through the one pipeline, results in
+//! OpenAI's line format, cancel, and a tenant's batches its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const BOUNDARY: &str = "switchyard-test-boundary";
+
+async fn upload(gw: &TestGateway, key: &str, lines: &[Value]) -> String {
+    let contents: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let body = format!(
+        "--{BOUNDARY}\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{BOUNDARY}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n{contents}\r\n--{BOUNDARY}--\r\n"
+    );
+    let response = gw
+        .client
+        .post(gw.url("/v1/files"))
+        .bearer_auth(key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn chat_line(i: usize) -> Value {
+    json!({"custom_id": format!("line-{i}"), "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("question {i}")}]}})
+}
+
+async fn get(gw: &TestGateway, key: &str, path: &str) -> reqwest::Response {
+    gw.client
+        .get(gw.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn create(gw: &TestGateway, key: &str, file: &str, endpoint: &str) -> reqwest::Response {
+    let body = json!({"input_file_id": file, "endpoint": endpoint, "completion_window": "24h"});
+    gw.post("/v1/batches", key, &body).await
+}
+
+/// A batch's id, created over `file` for chat completions.
+async fn started(gw: &TestGateway, file: &str) -> String {
+    let batch: Value = create(gw, KEY_A, file, "/v1/chat/completions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    batch["id"].as_str().unwrap().to_string()
+}
+
+/// The text of one of the tenant's files.
+async fn content(gw: &TestGateway, file: &Value) -> String {
+    let path = format!("/v1/files/{}/content", file.as_str().unwrap());
+    get(gw, KEY_A, &path).await.text().await.unwrap()
+}
+
+/// Polls the batch until it has ended (at most a minute).
+async fn ended(gw: &TestGateway, id: &str) -> Value {
+    for _ in 0..1200 {
+        let batch: Value = get(gw, KEY_A, &format!("/v1/batches/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if ["completed", "failed", "expired", "cancelled"]
+            .contains(&batch["status"].as_str().unwrap())
+        {
+            return batch;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("batch {id} did not end");
+}
+
+#[tokio::test]
+async fn a_batch_runs_every_line_through_the_pipeline_once() {
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let lines: Vec<Value> = (0..30).map(chat_line).collect();
+    let file = upload(&gw, KEY_A, &lines).await;
+    let response = gw
+        .post(
+            "/v1/batches",
+            KEY_A,
+            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions", "completion_window": "24h", "metadata": {"job": "nightly"}}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let batch: Value = response.json().await.unwrap();
+    assert_eq!(batch["object"], "batch");
+    assert_eq!(batch["metadata"], json!({"job": "nightly"}));
+    let id = batch["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(&gw, KEY_B, &format!("/v1/batches/{id}")).await.status(),
+        404
+    );
+
+    let done = ended(&gw, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 30, "completed": 30, "failed": 0})
+    );
+    assert!(done["error_file_id"].is_null());
+    let output = content(&gw, &done["output_file_id"]).await;
+    let mut seen: Vec<String> = output
+        .lines()
+        .map(|line| {
+            let result: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(result["response"]["status_code"], 200, "{result}");
+            assert!(result["id"].as_str().unwrap().starts_with("batch_req_"));
+            assert_eq!(result["response"]["body"]["object"], "chat.completion");
+            result["custom_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    seen.sort();
+    let mut expected: Vec<String> = (0..30).map(|i| format!("line-{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every line once");
+    assert_eq!(mock.stats().chat_requests, 30);
+    // Charged to the tenant like live traffic, and listed.
+    assert!(
+        gw.tenant("tenant-a").await["day"]["tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let listed: Value = get(&gw, KEY_A, "/v1/batches").await.json().await.unwrap();
+    assert_eq!(listed["data"][0]["id"], json!(id));
+}
+
+#[tokio::test]
+async fn failed_lines_go_to_the_error_file_and_a_cancelled_batch_keeps_what_it_did() {
+    let mock = quick_mock()
+        .ttft(Duration::from_millis(200))
+        .spawn_local()
+        .await
+        .unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    // A request the gateway refuses (no messages) is the client's mistake: recorded in
+    // the error file, not retried.
+    let mut lines: Vec<Value> = (0..3).map(chat_line).collect();
+    lines[1]["body"]["messages"] = json!([]);
+    let file = upload(&gw, KEY_A, &lines).await;
+    let done = ended(&gw, &started(&gw, &file).await).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let counts = &done["request_counts"];
+    assert_eq!(
+        (counts["completed"].as_u64(), counts["failed"].as_u64()),
+        (Some(2), Some(1)),
+        "{done}"
+    );
+    let errors = content(&gw, &done["error_file_id"]).await;
+    let failed: Value = serde_json::from_str(errors.lines().next().unwrap()).unwrap();
+    assert_eq!(failed["custom_id"], "line-1");
+    assert_eq!(failed["response"]["status_code"], 400);
+
+    // 200 slow lines, cancelled at once: it ends cancelled, with what finished.
+    let lines: Vec<Value> = (0..200).map(chat_line).collect();
+    let file = upload(&gw, KEY_A, &lines).await;
+    let id = &started(&gw, &file).await;
+    let cancelling: Value = gw
+        .client
+        .post(gw.url(&format!("/v1/batches/{id}/cancel")))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelling["status"], "cancelling");
+    let done = ended(&gw, id).await;
+    assert_eq!(done["status"], "cancelled");
+    let completed = done["request_counts"]["completed"].as_u64().unwrap();
+    assert!(completed < 200, "{done}");
+
+    // Validation: the endpoint must be served and match the lines.
+    let response = gw
+        .post(
+            "/v1/batches",
+            KEY_A,
+            &json!({"input_file_id": file, "endpoint": "/v1/images", "completion_window": "24h"}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(error_of(response).await["param"], "endpoint");
+    let response = create(&gw, KEY_B, &file, "/v1/chat/completions").await;
+    assert_eq!(response.status(), 400, "another tenant's file");
+    let batch: Value = create(&gw, KEY_A, &file, "/v1/embeddings")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done = ended(&gw, batch["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed");
+    assert!(
+        done["errors"]["data"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1"),
+        "{done}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_stopped_with_the_daemon_resumes_after_the_restart_and_runs_each_line_once() {
+    let mock = quick_mock()
+        .ttft(Duration::from_millis(50))
+        .spawn_local()
+        .await
+        .unwrap();
+    let config = config_for(&[("us-east", mock.url())], "");
+    let gw = TestGateway::from_toml(&config).await;
+    let lines: Vec<Value> = (0..120).map(chat_line).collect();
+    let file = upload(&gw, KEY_A, &lines).await;
+    let id = started(&gw, &file).await;
+    mock.wait_for(Duration::from_secs(30), |s| s.chat_requests >= 20)
+        .await;
+    let data = gw.stop().await;
+    let before = mock.stats().chat_requests;
+    assert!(before < 120, "stopped mid-way ({before} lines ran)");
+
+    let gw = TestGateway::from_toml_in(&config, data).await;
+    let done = ended(&gw, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 120, "completed": 120, "failed": 0})
+    );
+    let output = content(&gw, &done["output_file_id"]).await;
+    let ids: std::collections::HashSet<String> = output
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        (output.lines().count(), ids.len()),
+        (120, 120),
+        "each custom_id once"
+    );
+    assert_eq!(
+        mock.stats().chat_requests,
+        120,
+        "no line ran twice upstream"
+    );
+}
