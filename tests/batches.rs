@@ -265,3 +265,121 @@ async fn a_batch_stopped_with_the_daemon_resumes_after_the_restart_and_runs_each
         "no line ran twice upstream"
     );
 }
+
+/// A 2,000-line batch, the daemon killed with SIGKILL mid-way and started again: the
+/// batch completes with every `custom_id` exactly once in its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_a_batch_completes_with_every_line_once() {
+    let mock = quick_mock()
+        .ttft(Duration::from_millis(2))
+        .spawn_local()
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let toml = config_for(&[("us-east", mock.url())], "")
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\""),
+        )
+        .replace(
+            &format!(
+                "data_dir = \"{}\"",
+                std::env::temp_dir().join("switchyard-tests").display()
+            ),
+            &format!("data_dir = \"{}\"", data.path().display()),
+        );
+    let config = data.path().join("config.toml");
+    std::fs::write(&config, &toml).unwrap();
+    switchyard::tls::install_crypto();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let serve = tokio::task::block_in_place(|| Serve::start(&config, &[port, admin_port]));
+
+    let contents: String = (0..2000).map(|i| format!("{}\n", chat_line(i))).collect();
+    let body = format!(
+        "--{BOUNDARY}\r\ncontent-disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{BOUNDARY}\r\ncontent-disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n\r\n{contents}\r\n--{BOUNDARY}--\r\n"
+    );
+    let file: Value = client
+        .post(format!("{base}/v1/files"))
+        .bearer_auth(KEY_A)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batch: Value = client
+        .post(format!("{base}/v1/batches"))
+        .bearer_auth(KEY_A)
+        .json(&json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = batch["id"].as_str().unwrap().to_string();
+    mock.wait_for(Duration::from_secs(60), |s| s.chat_requests >= 400)
+        .await;
+    drop(serve); // SIGKILL
+    let ran = mock.stats().chat_requests;
+    assert!(ran < 2000, "killed mid-way ({ran} lines ran)");
+
+    let _serve = tokio::task::block_in_place(|| Serve::start(&config, &[port, admin_port]));
+    let mut done = Value::Null;
+    for _ in 0..1200 {
+        done = client
+            .get(format!("{base}/v1/batches/{id}"))
+            .bearer_auth(KEY_A)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 2000, "{done}");
+    let output = client
+        .get(format!(
+            "{base}/v1/files/{}/content",
+            done["output_file_id"].as_str().unwrap()
+        ))
+        .bearer_auth(KEY_A)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ids: std::collections::HashSet<String> = output
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        (output.lines().count(), ids.len()),
+        (2000, 2000),
+        "every custom_id exactly once"
+    );
+    // Lines in flight at the kill ran again; nothing else did.
+    let upstream = mock.stats().chat_requests;
+    assert!(
+        (2000..2000 + 64).contains(&upstream),
+        "{upstream} upstream calls"
+    );
+}

@@ -411,38 +411,6 @@ async fn a_tenant_cannot_reach_across_by_id() {
     assert_eq!(listed["keys"][0]["state"], "active");
 }
 
-/// A `switchyard serve` process, killed with SIGKILL when dropped.
-struct Serve(std::process::Child);
-
-impl Serve {
-    /// Starts `switchyard serve` and waits until each of `ports` (public and admin, which
-    /// open one after the other) takes connections.
-    fn start(config: &std::path::Path, ports: &[u16]) -> Serve {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        for &port in ports {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(std::time::Instant::now() < deadline, "serve did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Serve(child)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_budgets_audit_keys_and_overrides_are_all_there() {
     let us = quick_mock().spawn_local().await.unwrap();

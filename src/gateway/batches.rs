@@ -278,7 +278,10 @@ impl Gateway {
             .await
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         let (output_path, errors_path) = (dir.join("output.jsonl"), dir.join("errors.jsonl"));
-        // What an earlier run already wrote is done.
+        // What an earlier run already wrote is done; a line a crash cut short is not.
+        for path in [&output_path, &errors_path] {
+            drop_partial_line(path).await?;
+        }
         let done_ok = written_ids(&output_path).await;
         let done_failed = written_ids(&errors_path).await;
         let mut lines = read_lines(&input).await?;
@@ -543,6 +546,29 @@ impl Gateway {
             return Some(((200..300).contains(&status), format!("{result}\n")));
         }
     }
+}
+
+/// Cuts a results file back to its last whole line (a crash may have cut one short).
+async fn drop_partial_line(path: &std::path::Path) -> Result<(), String> {
+    let Ok(contents) = tokio::fs::read(path).await else {
+        return Ok(());
+    };
+    let whole = contents
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    if whole == contents.len() {
+        return Ok(());
+    }
+    tracing::warn!(path = %path.display(), cut = contents.len() - whole, "a result line was cut short by a crash; it runs again");
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.set_len(whole as u64)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The `custom_id`s a results file holds (written by an earlier run of the batch).
