@@ -10,8 +10,9 @@
 //! for plain bookkeeping.
 //!
 //! Below every tier is the batch level (`BATCH`): no seats of its own, it only borrows
-//! seats no tier is waiting for, so live traffic always goes first and batch lines soak
-//! up what is idle. It is shown once it has been used.
+//! seats no tier is waiting for, and never the last few (`batch_reserve`), so a live
+//! request arriving between two others finds a seat free: live traffic goes first and
+//! batch lines soak up what is idle. It is shown once it has been used.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -303,12 +304,20 @@ impl Scheduler {
     fn dispatch(self: &Arc<Self>, state: &mut State) -> Vec<Grant> {
         let mut refused = Vec::new();
         while state.in_use < state.seats {
-            // A level under its own share first, then any level borrowing an idle seat.
+            // A level under its own share first, then any level borrowing an idle seat;
+            // the batch level only while more than the reserve stays free.
+            let free = state.seats - state.in_use;
+            let batch_may = free > batch_reserve(state.seats);
             let pick = state
                 .levels
                 .iter()
                 .position(|l| l.in_use < l.nominal && !l.queue.is_empty())
-                .or_else(|| state.levels.iter().position(|l| !l.queue.is_empty()));
+                .or_else(|| {
+                    state
+                        .levels
+                        .iter()
+                        .position(|l| !l.queue.is_empty() && (batch_may || l.tier != BATCH))
+                });
             let Some(index) = pick else { break };
             let now = Instant::now();
             let level = &mut state.levels[index];
@@ -484,6 +493,12 @@ impl Scheduler {
     pub fn queued(&self) -> usize {
         self.lock().queued.len()
     }
+}
+
+/// Seats the batch level leaves free for live requests: an eighth, at least one (none
+/// when there is only one seat, or batches would never run).
+fn batch_reserve(seats: u32) -> u32 {
+    if seats < 2 { 0 } else { (seats / 8).max(1) }
 }
 
 impl State {

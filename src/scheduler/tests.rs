@@ -361,8 +361,8 @@ async fn one_tenant_cannot_fill_its_tiers_queue_alone() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn batch_lines_take_only_seats_no_tier_waits_for() {
-    let scheduler = one_level(2);
+async fn batch_lines_take_only_seats_no_tier_waits_for_and_leave_one_free() {
+    let scheduler = one_level(3);
     assert_eq!(
         scheduler.levels().len(),
         1,
@@ -370,27 +370,25 @@ async fn batch_lines_take_only_seats_no_tier_waits_for() {
     );
     let order = Arc::new(Mutex::new(Vec::new()));
     let hold = Duration::from_secs(1);
-    // Idle seats go to batch lines at once.
+    // Idle seats go to batch lines at once, all but the reserve (one of three).
     let batch: Vec<_> = (0..4)
         .map(|_| waiter(&scheduler, "a", BATCH, 10, hold, &order))
         .collect();
     until_queued(&scheduler, 2).await;
     assert_eq!(order.lock().unwrap().len(), 2);
-    // Live requests arrive while batch lines wait: every freed seat goes to them first.
+    // A live request arriving now takes the reserved seat at once; the others wait for
+    // seats the batch lines free, and get them before the batch lines still waiting.
     let live: Vec<_> = (0..3)
         .map(|_| waiter(&scheduler, "b", "pro", 10, hold, &order))
         .collect();
-    until_queued(&scheduler, 5).await;
+    until_queued(&scheduler, 4).await;
     for task in batch.into_iter().chain(live) {
         task.await.unwrap().unwrap();
     }
-    let order: Vec<String> = order
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(t, _)| t.clone())
-        .collect();
-    assert_eq!(order, ["a", "a", "b", "b", "b", "a", "a"]);
+    let order = order.lock().unwrap().clone();
+    let tenants: Vec<&str> = order.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(tenants, ["a", "a", "b", "b", "b", "a", "a"]);
+    assert_eq!(order[2].1, Duration::ZERO, "the reserved seat was free");
     let batch_level = scheduler
         .levels()
         .into_iter()
@@ -402,13 +400,14 @@ async fn batch_lines_take_only_seats_no_tier_waits_for() {
 #[tokio::test(start_paused = true)]
 async fn a_tier_change_leaves_batch_lines_below_every_tier() {
     let scheduler = Scheduler::new(
-        1,
+        2,
         &[
             tier("pro", 10, 100, Duration::from_secs(600)),
             tier("free", 1, 100, Duration::from_secs(600)),
         ],
     );
     let held = scheduler.acquire("x", "pro", 1).await.unwrap();
+    let also_held = scheduler.acquire("y", "pro", 1).await.unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let line = waiter(&scheduler, "a", BATCH, 1, Duration::ZERO, &order);
     let live = waiter(&scheduler, "a", "free", 1, Duration::ZERO, &order);
@@ -418,7 +417,7 @@ async fn a_tier_change_leaves_batch_lines_below_every_tier() {
         1,
         "only the live request moves"
     );
-    drop(held);
+    drop((held, also_held));
     live.await.unwrap().unwrap();
     line.await.unwrap().unwrap();
     assert_eq!(order.lock().unwrap().len(), 2);
