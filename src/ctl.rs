@@ -163,11 +163,22 @@ enum CtlCommand {
     Snapshot,
     /// Print the recent events: routing changes and operator actions.
     Events,
+    /// List batch jobs with their progress (`ctl batches cancel ID` stops one).
+    Batches {
+        #[command(subcommand)]
+        command: Option<BatchesCommand>,
+    },
     /// Show the response cache (`ctl cache purge [--tenant NAME]` empties it).
     Cache {
         #[command(subcommand)]
         command: Option<CacheCommand>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchesCommand {
+    /// Stop a batch: lines in flight finish, its results so far are kept.
+    Cancel { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +357,20 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        CtlCommand::Batches { command: None } => {
+            print_batches(&client.get("/admin/batches").await?);
+        }
+        CtlCommand::Batches {
+            command: Some(BatchesCommand::Cancel { id }),
+        } => {
+            let reply = client
+                .post(&format!("/admin/batches/{id}/cancel"), &json!({}))
+                .await?;
+            say!(
+                "batch {id} is {}",
+                reply["batch"]["status"].as_str().unwrap_or("?")
+            );
+        }
         CtlCommand::Cache { command: None } => {
             print_cache(&serde_json::from_value(client.get("/admin/cache").await?)?);
         }
@@ -367,6 +392,47 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_batches(view: &Value) {
+    let batches = view["batches"].as_array().cloned().unwrap_or_default();
+    if batches.is_empty() {
+        say!("no batches");
+        return;
+    }
+    let row = |cells: [&str; 7]| {
+        format!(
+            "{:<31} {:<12} {:<11} {:>13} {:>7} {:>8} {:>8}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6]
+        )
+    };
+    say!(
+        "{}",
+        row([
+            "BATCH", "TENANT", "STATUS", "DONE", "FAILED", "LINES/S", "ETA"
+        ])
+    );
+    for b in &batches {
+        let count = |name: &str| b[name].as_u64().unwrap_or(0);
+        let done = format!(
+            "{}/{}",
+            count("completed") + count("failed"),
+            count("total")
+        );
+        let rate = b["lines_per_sec"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{r:.1}"));
+        let eta = b["eta_secs"]
+            .as_u64()
+            .map_or("-".to_string(), |s| format!("{s}s"));
+        let failed = count("failed").to_string();
+        let text = |name: &str| b[name].as_str().unwrap_or("?").to_string();
+        let (id, tenant, status) = (text("id"), text("tenant"), text("status"));
+        say!(
+            "{}",
+            row([&id, &tenant, &status, &done, &failed, &rate, &eta])
+        );
+    }
 }
 
 fn print_cache(view: &CacheView) {

@@ -383,3 +383,112 @@ async fn after_kill_9_a_batch_completes_with_every_line_once() {
         "{upstream} upstream calls"
     );
 }
+
+/// What operators see of batches: `ctl batches` (and cancel), `/metrics`, the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_cancel_count_and_audit_batches() {
+    let mock = quick_mock()
+        .ttft(Duration::from_millis(100))
+        .spawn_local()
+        .await
+        .unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let small = upload(&gw, KEY_A, &(0..5).map(chat_line).collect::<Vec<_>>()).await;
+    let done = ended(&gw, &started(&gw, &small).await).await;
+    assert_eq!(done["status"], "completed");
+    let big = upload(&gw, KEY_A, &(0..500).map(chat_line).collect::<Vec<_>>()).await;
+    let running = started(&gw, &big).await;
+
+    let url = gw.daemon.admin_url().unwrap();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("ctl")
+            .args(["--url", &url])
+            .args(args)
+            .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SWITCHYARD_OPERATOR", "alice")
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| ctl(&["batches"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("BATCH"), "{table}");
+    assert!(
+        table.contains(&running) && table.contains("in_progress"),
+        "{table}"
+    );
+    assert!(table.contains("5/5"), "{table}");
+    let out = tokio::task::block_in_place(|| ctl(&["batches", "cancel", &running]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelling"));
+    assert_eq!(ended(&gw, &running).await["status"], "cancelled");
+
+    let metrics = gw
+        .client
+        .get(format!("{url}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchyard_batches{status=\"completed\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_batches{status=\"cancelled\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchyard_batch_lines_total{outcome=\"completed\"}"));
+
+    // The audit log: created by the tenant, cancelled by the operator, ended by the gateway.
+    let mut actions = Vec::new();
+    for _ in 0..250 {
+        let records: Value = gw
+            .client
+            .get(format!("{url}/admin/audit?kind=operator"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        actions = records["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["target"] == json!(running))
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["actor"].as_str().unwrap(),
+                    r["action"].as_str().unwrap()
+                )
+            })
+            .collect();
+        if actions.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        actions,
+        [
+            "tenant tenant-a batch.create",
+            "alice batch.cancel",
+            "gateway batch.end"
+        ]
+    );
+}

@@ -59,6 +59,8 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
         .route("/admin/audit", get(records::audit))
         .route("/admin/cache", get(cache))
         .route("/admin/cache/purge", post(purge_cache))
+        .route("/admin/batches", get(batches))
+        .route("/admin/batches/{id}/cancel", post(cancel_batch))
         .route("/metrics", get(metrics))
         .route("/admin/regions", get(regions))
         .route("/admin/regions/{name}/drain", post(drain_region))
@@ -428,10 +430,49 @@ async fn purge_cache(
     }
 }
 
+/// Every tenant's batches with their progress.
+async fn batches(State(admin): State<Admin>) -> Response {
+    let batches: Vec<serde_json::Value> = admin
+        .gateway
+        .batches()
+        .all()
+        .iter()
+        .map(crate::gateway::batches::progress)
+        .collect();
+    Json(json!({ "batches": batches })).into_response()
+}
+
+/// Cancels a batch, whosever it is; audited with the operator's name.
+async fn cancel_batch(
+    State(admin): State<Admin>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use crate::gateway::batches::{BatchError, progress};
+    match admin
+        .gateway
+        .cancel_batch(None, &id, &operator(&headers))
+        .await
+    {
+        Ok(batch) => Json(json!({ "batch": progress(&batch) })).into_response(),
+        Err(BatchError::NotFound(id)) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_batch",
+            format!("no batch {id}"),
+        ),
+        Err(other) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "batch_not_stored",
+            format!("{other:?}"),
+        ),
+    }
+}
+
 /// Prometheus text format.
 async fn metrics(State(admin): State<Admin>) -> Response {
     let mut text = crate::telemetry::prometheus(&admin.gateway.snapshot());
     admin.gateway.histograms().render(&mut text);
+    admin.gateway.batches().render_metrics(&mut text);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -99,7 +99,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
     let batch = gateway
-        .cancel_batch(&tenant, &id)
+        .cancel_batch(Some(&tenant), &id, &format!("tenant {tenant}"))
         .await
         .map_err(Refusal::batch)?;
     Ok(axum::Json(object(&batch)).into_response())

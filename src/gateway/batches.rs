@@ -48,6 +48,44 @@ pub struct Batches {
 }
 
 impl Batches {
+    /// What `/metrics` exports: batches by status, and lines run by outcome.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let records = self.records();
+        let mut by_status = std::collections::BTreeMap::<&str, u64>::new();
+        let (mut completed, mut failed) = (0, 0);
+        for batch in records.values() {
+            *by_status.entry(batch.status.as_str()).or_default() += 1;
+            completed += batch.completed;
+            failed += batch.failed;
+        }
+        let _ = writeln!(out, "# HELP switchyard_batches Batch jobs, by status.");
+        let _ = writeln!(out, "# TYPE switchyard_batches gauge");
+        for (status, count) in by_status {
+            let _ = writeln!(out, "switchyard_batches{{status=\"{status}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_batch_lines_total Batch lines run, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE switchyard_batch_lines_total counter");
+        let _ = writeln!(
+            out,
+            "switchyard_batch_lines_total{{outcome=\"completed\"}} {completed}"
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_batch_lines_total{{outcome=\"failed\"}} {failed}"
+        );
+    }
+
+    /// Every tenant's batches, newest first (the operator's view).
+    pub fn all(&self) -> Vec<BatchRecord> {
+        let mut batches: Vec<BatchRecord> = self.records().values().cloned().collect();
+        batches.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        batches
+    }
+
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, BatchRecord>> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -74,6 +112,29 @@ impl Batches {
 
 fn now_secs() -> u64 {
     crate::telemetry::now_ms() / 1000
+}
+
+/// A batch as the audit log and the admin API show it: its state and progress.
+pub fn progress(batch: &BatchRecord) -> Value {
+    let done = batch.completed + batch.failed;
+    let end = batch
+        .completed_at
+        .or(batch.cancelled_at)
+        .or(batch.expired_at)
+        .unwrap_or_else(now_secs);
+    let running_secs = batch
+        .in_progress_at
+        .map_or(0, |started| end.saturating_sub(started));
+    let rate = (running_secs > 0).then(|| done as f64 / running_secs as f64);
+    let eta = rate
+        .filter(|r| *r > 0.0 && !batch.ended())
+        .map(|r| (batch.total.saturating_sub(done) as f64 / r).ceil() as u64);
+    json!({
+        "id": batch.id, "tenant": batch.tenant, "status": batch.status,
+        "endpoint": batch.endpoint, "total": batch.total, "completed": batch.completed,
+        "failed": batch.failed, "lines_per_sec": rate, "eta_secs": eta,
+        "created_at": batch.created_at,
+    })
 }
 
 impl Gateway {
@@ -150,17 +211,33 @@ impl Gateway {
         self.batches
             .records()
             .insert(record.id.clone(), record.clone());
+        let created = format!(
+            "batch {} created over {} ({} lines)",
+            record.id, record.input_file_id, record.total
+        );
+        self.audit_batch(
+            &record,
+            &format!("tenant {tenant}"),
+            "batch.create",
+            created,
+        );
         self.start_batch(&record.id);
         Ok(record)
     }
 
-    /// Asks a running batch to stop: lines in flight finish, no new one starts.
-    pub async fn cancel_batch(&self, tenant: &str, id: &str) -> Result<BatchRecord, BatchError> {
+    /// Asks a running batch of `tenant` (any tenant's, for an operator: `None`) to stop:
+    /// lines in flight finish, no new one starts. `actor` is who asked, for the audit.
+    pub async fn cancel_batch(
+        &self,
+        tenant: Option<&str>,
+        id: &str,
+        actor: &str,
+    ) -> Result<BatchRecord, BatchError> {
         let record = {
             let mut records = self.batches.records();
             let record = records
                 .get_mut(id)
-                .filter(|b| b.tenant == tenant)
+                .filter(|b| tenant.is_none_or(|t| b.tenant == t))
                 .ok_or_else(|| BatchError::NotFound(id.to_string()))?;
             if record.ended() || record.status == "cancelling" {
                 return Ok(record.clone());
@@ -170,6 +247,12 @@ impl Gateway {
             record.clone()
         };
         self.save_batch(&record).await?;
+        self.audit_batch(
+            &record,
+            actor,
+            "batch.cancel",
+            format!("batch {id} cancelled"),
+        );
         if let Some(cancel) = self
             .batches
             .cancels
@@ -184,6 +267,22 @@ impl Gateway {
 
     pub fn batches(&self) -> &Batches {
         &self.batches
+    }
+
+    /// An audit record of something done to a batch, by `actor`.
+    fn audit_batch(&self, batch: &BatchRecord, actor: &str, action: &str, outcome: String) {
+        use crate::domain::records::{AuditKind, AuditRecord};
+        self.audit.record(AuditRecord {
+            at_ms: crate::telemetry::now_ms(),
+            kind: Some(AuditKind::Operator),
+            actor: Some(actor.to_string()),
+            action: Some(action.to_string()),
+            target: Some(batch.id.clone()),
+            tenant: Some(batch.tenant.clone()),
+            after: Some(progress(batch)),
+            outcome: Some(outcome),
+            ..AuditRecord::default()
+        });
     }
 
     /// Takes back the batches the store kept (at start) and resumes those still running.
@@ -473,6 +572,13 @@ impl Gateway {
         .await;
         let _ = tokio::fs::remove_dir_all(self.batch_dir(id)).await;
         tracing::info!(batch = %id, status = stopped.unwrap_or("completed"), "batch ended");
+        if let Some(ended) = self.batches.records().get(id).cloned() {
+            let outcome = format!(
+                "batch {id} {}: {} of {} lines completed, {} failed",
+                ended.status, ended.completed, ended.total, ended.failed
+            );
+            self.audit_batch(&ended, "gateway", "batch.end", outcome);
+        }
         Ok(())
     }
 
