@@ -400,16 +400,7 @@ async fn operators_list_cancel_count_and_audit_batches() {
     let running = started(&gw, &big).await;
 
     let url = gw.daemon.admin_url().unwrap();
-    let ctl = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("ctl")
-            .args(["--url", &url])
-            .args(args)
-            .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SWITCHYARD_OPERATOR", "alice")
-            .output()
-            .unwrap()
-    };
+    let ctl = |args: &[&str]| ctl(&url, args);
     let out = tokio::task::block_in_place(|| ctl(&["batches"]));
     assert!(
         out.status.success(),

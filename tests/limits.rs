@@ -407,15 +407,7 @@ async fn switchyard_ctl_drives_the_admin_api() {
     let us = mock_of(4).spawn_local().await.unwrap();
     let gw = gateway(&us, "rpm = 100", 4).await;
     let url = gw.daemon.admin_url().unwrap();
-    let ctl = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("ctl")
-            .args(["--url", &url])
-            .args(args)
-            .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .output()
-            .unwrap()
-    };
+    let ctl = |args: &[&str]| ctl(&url, args);
     let out = tokio::task::block_in_place(|| ctl(&["limits", "tenant-a", "--rpm", "7"]));
     assert!(
         out.status.success(),

@@ -326,3 +326,15 @@ impl Drop for Serve {
         let _ = self.0.wait();
     }
 }
+
+/// Runs `switchyard ctl` against the admin API at `url`, as operator `alice`.
+pub fn ctl(url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("ctl")
+        .args(["--url", url])
+        .args(args)
+        .env("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SWITCHYARD_OPERATOR", "alice")
+        .output()
+        .unwrap()
+}
