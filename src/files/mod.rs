@@ -174,7 +174,7 @@ impl Files {
         Ok(())
     }
 
-    /// Keeps a file the gateway wrote for `tenant` (a batch's output), moving it from
+    /// Keeps a file the gateway wrote for `tenant` (a batch's output), copying it from
     /// `written` into place. It does not count against the tenant's room: results are
     /// never refused.
     pub async fn adopt(
@@ -201,7 +201,9 @@ impl Files {
             purpose: purpose.to_string(),
             lines: contents.iter().filter(|b| **b == b'\n').count() as u64,
         };
-        tokio::fs::rename(written, self.path(&record.id))
+        // Copied, not moved: until the record is written, the batch's own copy is what a
+        // restart finds, and it is removed only after.
+        tokio::fs::write(self.path(&record.id), &contents)
             .await
             .map_err(io)?;
         self.write_record(&record.id, Some(record.clone())).await?;

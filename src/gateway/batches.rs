@@ -444,13 +444,14 @@ impl Gateway {
             .find(|(path, _)| *path == record.endpoint)
             .map_or("/v1/chat/completions", |(path, _)| path);
         let deadline = record.expires_at;
+        // Cancelled before a restart: it ends as it was asked to, running nothing more.
+        let mut stopped = (record.status == "cancelling").then_some("cancelled");
         // Shutdown waits for the lines in flight and their results being written.
         let _work = self.shutdown.work();
         let draining = self.shutdown.draining_signal();
         tokio::pin!(draining);
         let mut pending = lines.into_iter();
         let mut running = tokio::task::JoinSet::new();
-        let mut stopped = None;
         loop {
             while stopped.is_none() && running.len() < LINES_AT_ONCE {
                 let Some((_, line)) = pending.next() else {
