@@ -277,18 +277,11 @@ async fn after_kill_9_a_batch_completes_with_every_line_once() {
         .unwrap();
     let data = tempfile::tempdir().unwrap();
     let (port, admin_port) = (free_port(), free_port());
-    let toml = config_for(&[("us-east", mock.url())], "")
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\""),
-        )
-        .replace(
-            &format!(
-                "data_dir = \"{}\"",
-                std::env::temp_dir().join("switchyard-tests").display()
-            ),
-            &format!("data_dir = \"{}\"", data.path().display()),
-        );
+    let toml = for_process(
+        &config_for(&[("us-east", mock.url())], ""),
+        (port, admin_port),
+        data.path(),
+    );
     let config = data.path().join("config.toml");
     std::fs::write(&config, &toml).unwrap();
     switchyard::tls::install_crypto();

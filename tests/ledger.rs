@@ -416,19 +416,12 @@ async fn after_kill_9_budgets_audit_keys_and_overrides_are_all_there() {
     let us = quick_mock().spawn_local().await.unwrap();
     let data = tempfile::tempdir().unwrap();
     let (port, admin_port) = (free_port(), free_port());
-    let toml = config_for(&[("us-east", us.url())], "")
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\""),
-        )
-        .replace(
-            &format!(
-                "data_dir = \"{}\"",
-                std::env::temp_dir().join("switchyard-tests").display()
-            ),
-            &format!("data_dir = \"{}\"", data.path().display()),
-        )
-        .replace("[tiers.pro]", "[tiers.pro]\n[tiers.free]")
+    let toml = for_process(
+        &config_for(&[("us-east", us.url())], ""),
+        (port, admin_port),
+        data.path(),
+    )
+    .replace("[tiers.pro]", "[tiers.pro]\n[tiers.free]")
         + "\n[ledger]\ncheckpoint_interval = \"200ms\"\n[audit]\nflush_interval = \"200ms\"\n";
     let config = data.path().join("config.toml");
     std::fs::write(&config, &toml).unwrap();

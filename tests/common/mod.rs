@@ -338,3 +338,19 @@ pub fn ctl(url: &str, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// A test config (from `config_for`) for a `switchyard serve` process of its own: its
+/// listeners on these ports, its data in `data`.
+pub fn for_process(toml: &str, (port, admin_port): (u16, u16), data: &std::path::Path) -> String {
+    toml.replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\""),
+    )
+    .replace(
+        &format!(
+            "data_dir = \"{}\"",
+            std::env::temp_dir().join("switchyard-tests").display()
+        ),
+        &format!("data_dir = \"{}\"", data.display()),
+    )
+}
