@@ -10,9 +10,12 @@
 //! for plain bookkeeping.
 //!
 //! Below every tier is the batch level (`BATCH`): no seats of its own, it only borrows
-//! seats no tier is waiting for, and never the last few (`batch_reserve`), so a live
-//! request arriving between two others finds a seat free: live traffic goes first and
-//! batch lines soak up what is idle. It is shown once it has been used.
+//! seats live traffic has not needed lately. It leaves free the most seats live requests
+//! held or waited for at once over the last second or two (`Peak`), and a few more
+//! (`batch_reserve`), so a live request arriving between two others finds a seat free:
+//! live traffic goes first, batch lines soak up what is idle, and a batch holds back
+//! while live load fills every seat even for a moment. Batch waiters look again every
+//! `PEAK_WINDOW`, so a batch resumes once live load leaves. It is shown once used.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +33,8 @@ pub const BATCH: &str = "batch";
 /// How long a batch line may wait for an idle seat, and how many may wait at once.
 const BATCH_MAX_WAIT: Duration = Duration::from_secs(3600);
 const BATCH_MAX_QUEUE: usize = 100_000;
+/// How long a moment of live demand keeps its seats from batch lines: one to two windows.
+const PEAK_WINDOW: Duration = Duration::from_secs(1);
 
 /// Why a request got no seat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +169,32 @@ struct State {
     /// Where each queued request is: level and queue key.
     queued: HashMap<u64, (usize, (u128, u64))>,
     next_id: u64,
+    /// The most seats live requests held or waited for at once, lately.
+    live_peak: Peak,
+}
+
+/// The largest value seen over the current window and the one before it.
+struct Peak {
+    since: Instant,
+    current: u32,
+    previous: u32,
+}
+
+impl Peak {
+    fn note(&mut self, value: u32, now: Instant) -> u32 {
+        let age = now.saturating_duration_since(self.since);
+        if age >= PEAK_WINDOW {
+            self.previous = if age < 2 * PEAK_WINDOW {
+                self.current
+            } else {
+                0
+            };
+            self.current = 0;
+            self.since = now;
+        }
+        self.current = self.current.max(value);
+        self.current.max(self.previous)
+    }
 }
 
 pub struct Scheduler {
@@ -221,6 +252,11 @@ impl Scheduler {
                 levels,
                 queued: HashMap::new(),
                 next_id: 0,
+                live_peak: Peak {
+                    since: Instant::now(),
+                    current: 0,
+                    previous: 0,
+                },
             }),
         })
     }
@@ -276,12 +312,16 @@ impl Scheduler {
             id,
             armed: true,
         };
-        let outcome = tokio::time::timeout_at(deadline, receiver).await;
+        let outcome = if tier == BATCH {
+            self.wait_idle(deadline, receiver).await
+        } else {
+            tokio::time::timeout_at(deadline, receiver).await.ok()
+        };
         queued.armed = false;
         match outcome {
-            Ok(Ok(grant)) => grant,
-            Ok(Err(_)) => Err(Rejection::Paused),
-            Err(_) => {
+            Some(Ok(grant)) => grant,
+            Some(Err(_)) => Err(Rejection::Paused),
+            None => {
                 // Out of time. A seat granted at the very last moment went back when the
                 // receiver holding it was dropped.
                 let mut state = self.lock();
@@ -299,15 +339,44 @@ impl Scheduler {
         }
     }
 
+    /// A batch line's wait: no release may come when live load leaves (nothing of
+    /// the batch runs), so it looks again every `PEAK_WINDOW`. None when out of time.
+    async fn wait_idle(
+        self: &Arc<Self>,
+        deadline: Instant,
+        mut receiver: oneshot::Receiver<Grant>,
+    ) -> Option<Result<Grant, oneshot::error::RecvError>> {
+        loop {
+            let look = (Instant::now() + PEAK_WINDOW).min(deadline);
+            match tokio::time::timeout_at(look, &mut receiver).await {
+                Ok(grant) => return Some(grant),
+                Err(_) if look >= deadline => return None,
+                Err(_) => {
+                    let mut state = self.lock();
+                    let refused = self.dispatch(&mut state);
+                    drop(state);
+                    drop(refused);
+                }
+            }
+        }
+    }
+
     /// Hands free seats to waiters. Grants that found their receiver gone come back as
     /// seats, returned to the caller to drop once the lock is released.
     fn dispatch(self: &Arc<Self>, state: &mut State) -> Vec<Grant> {
         let mut refused = Vec::new();
+        let now = Instant::now();
+        // Live demand: seats held and requests waiting, outside the batch level (last).
+        let batch = state.levels.len() - 1;
+        let live = (state.in_use - state.levels[batch].in_use)
+            + (state.queued.len() - state.levels[batch].queue.len()) as u32;
+        let live_peak = state.live_peak.note(live, now);
         while state.in_use < state.seats {
             // A level under its own share first, then any level borrowing an idle seat;
-            // the batch level only while more than the reserve stays free.
-            let free = state.seats - state.in_use;
-            let batch_may = free > batch_reserve(state.seats);
+            // the batch level only with the seats live requests lately needed, and a
+            // reserve, still free.
+            let batch_may =
+                state.levels[batch].in_use + live_peak + batch_reserve(state.seats) < state.seats;
             let pick = state
                 .levels
                 .iter()
@@ -319,7 +388,6 @@ impl Scheduler {
                         .position(|l| !l.queue.is_empty() && (batch_may || l.tier != BATCH))
                 });
             let Some(index) = pick else { break };
-            let now = Instant::now();
             let level = &mut state.levels[index];
             let Some(((tag, id), waiter)) = level.queue.pop_first() else {
                 break;

@@ -422,3 +422,53 @@ async fn a_tier_change_leaves_batch_lines_below_every_tier() {
     line.await.unwrap().unwrap();
     assert_eq!(order.lock().unwrap().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_holds_back_while_live_load_fills_every_seat_and_resumes_when_it_leaves() {
+    let scheduler = one_level(8);
+    let start = Instant::now();
+    // Eight live clients on eight seats, each thinking a little between its requests:
+    // seats are free for moments, but live traffic needs them all.
+    let live: Vec<_> = (0..8u64)
+        .map(|i| {
+            let scheduler = scheduler.clone();
+            tokio::spawn(async move {
+                while Instant::now() < start + Duration::from_secs(10) {
+                    let seat = scheduler.acquire("live", "pro", 10).await.unwrap();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    drop(seat);
+                    tokio::time::sleep(Duration::from_millis(10 * (i + 1))).await;
+                }
+                Instant::now()
+            })
+        })
+        .collect();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    tokio::task::yield_now().await;
+    let batch: Vec<_> = (0..2)
+        .map(|_| waiter(&scheduler, "a", BATCH, 10, Duration::ZERO, &order))
+        .collect();
+    let mut ends = Vec::new();
+    for client in live {
+        ends.push(client.await.unwrap());
+    }
+    for line in batch {
+        line.await.unwrap().unwrap();
+    }
+    let (first_end, last_end) = (*ends.iter().min().unwrap(), *ends.iter().max().unwrap());
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len(), 2);
+    for (_, waited) in order {
+        let granted = start + waited;
+        assert!(
+            granted >= first_end,
+            "a batch line got a seat {:?} after the start, while live load needed every seat",
+            granted - start
+        );
+        assert!(
+            granted <= last_end + 2 * PEAK_WINDOW,
+            "the batch resumed {:?} after live load left",
+            granted.saturating_duration_since(last_end)
+        );
+    }
+}
