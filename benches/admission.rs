@@ -67,6 +67,7 @@ fn demand() -> Demand {
         max_tokens: Some(256),
         completion: true,
         price: None,
+        batch: false,
     }
 }
 

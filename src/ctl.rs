@@ -125,6 +125,12 @@ enum CtlCommand {
         monthly_usd: Option<f64>,
         #[arg(long)]
         max_tokens_cap: Option<u64>,
+        /// Batch lines running at once.
+        #[arg(long)]
+        batch_concurrency: Option<u32>,
+        /// Tokens batch lines may use per UTC day.
+        #[arg(long)]
+        batch_daily_tokens: Option<u64>,
     },
     /// Refuse a tenant's requests, the waiting ones included, until it is resumed.
     Pause { tenant: String },
@@ -220,6 +226,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             daily_usd,
             monthly_usd,
             max_tokens_cap,
+            batch_concurrency,
+            batch_daily_tokens,
         } => {
             let mut change = serde_json::Map::new();
             let mut set = |key: &str, value: Option<Value>| {
@@ -235,6 +243,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             set("daily_usd", daily_usd.map(Value::from));
             set("monthly_usd", monthly_usd.map(Value::from));
             set("max_tokens_cap", max_tokens_cap.map(Value::from));
+            set("batch_concurrency", batch_concurrency.map(Value::from));
+            set("batch_daily_tokens", batch_daily_tokens.map(Value::from));
             anyhow::ensure!(
                 !change.is_empty(),
                 "give at least one limit, e.g. --rpm 600"

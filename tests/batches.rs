@@ -476,3 +476,230 @@ async fn operators_list_cancel_count_and_audit_batches() {
         ]
     );
 }
+
+/// A chat line asking for at most `max_tokens`.
+fn short_line(i: usize, max_tokens: u64) -> Value {
+    let mut line = chat_line(i);
+    line["body"]["max_tokens"] = json!(max_tokens);
+    line
+}
+
+/// The batch as `/admin/batches` shows it.
+async fn admin_view(gw: &TestGateway, id: &str) -> Value {
+    let all: Value = gw
+        .admin(reqwest::Method::GET, "/admin/batches", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    all["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == json!(id))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenants_batch_limits_hold_lines_back_and_an_operator_lets_them_go() {
+    let mock = quick_mock()
+        .ttft(ms(50))
+        .answer_tokens(3)
+        .spawn_local()
+        .await
+        .unwrap();
+    let toml = config_for(&[("us-east", mock.url())], "").replace(
+        "[tiers.pro]\n",
+        "[tiers.pro]\nbatch_concurrency = 2\nbatch_daily_tokens = 60\n",
+    );
+    let gw = TestGateway::from_toml(&toml).await;
+    let lines: Vec<Value> = (0..12).map(|i| short_line(i, 3)).collect();
+    let id = started(&gw, &upload(&gw, KEY_A, &lines).await).await;
+
+    // The day's batch tokens run out: the lines left wait, none fails.
+    let mut view = Value::Null;
+    for _ in 0..500 {
+        view = admin_view(&gw, &id).await;
+        if view["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("batch_daily_tokens"))
+        {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert!(
+        view["held"]
+            .as_str()
+            .is_some_and(|h| h.contains("batch_daily_tokens (60)")),
+        "{view}"
+    );
+    // Once the last line let through has settled, the batch's count and the tenant's
+    // agree, within the allowance.
+    let mut tenant = Value::Null;
+    for _ in 0..250 {
+        (view, tenant) = (admin_view(&gw, &id).await, gw.tenant("tenant-a").await);
+        if tenant["batch_in_flight"] == 0 && view["tokens"] == tenant["batch_day"]["tokens"] {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    let batch_tokens = tenant["batch_day"]["tokens"].as_u64().unwrap();
+    assert!(batch_tokens > 0 && batch_tokens <= 60, "{tenant}");
+    assert_eq!(view["tokens"].as_u64().unwrap(), batch_tokens, "{view}");
+    let completed = view["completed"].as_u64().unwrap();
+    assert!((1..12).contains(&completed), "{view}");
+    assert_eq!(view["failed"], 0, "{view}");
+    assert_eq!(view["status"], "in_progress");
+    // Live requests of the same tenant are not batch lines.
+    assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 200);
+
+    // An operator raises the allowance: the waiting lines go at once.
+    let raised = gw
+        .admin(
+            reqwest::Method::POST,
+            "/admin/tenants/tenant-a/limits",
+            Some(json!({"batch_daily_tokens": 1_000_000})),
+        )
+        .await;
+    assert_eq!(raised.status(), 200);
+    let done = ended(&gw, &id).await;
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 12, "completed": 12, "failed": 0}),
+        "{done}"
+    );
+    assert!(admin_view(&gw, &id).await["held"].is_null());
+    let most = mock.stats().most_answering;
+    assert!(
+        (1..=2).contains(&most),
+        "{most} lines ran at once with batch_concurrency 2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_its_window_expires_with_what_it_finished_and_the_rest_marked() {
+    let mock = quick_mock().ttft(ms(300)).spawn_local().await.unwrap();
+    let toml = config_for(
+        &[("us-east", mock.url())],
+        "[files]\nbatch_window = \"2s\"\n",
+    )
+    .replace("[tiers.pro]\n", "[tiers.pro]\nbatch_concurrency = 1\n");
+    let gw = TestGateway::from_toml(&toml).await;
+    let file = upload(&gw, KEY_A, &(0..20).map(chat_line).collect::<Vec<_>>()).await;
+    let too_long = gw
+        .post(
+            "/v1/batches",
+            KEY_A,
+            &json!({"input_file_id": file, "endpoint": "/v1/chat/completions", "completion_window": "1h"}),
+        )
+        .await;
+    assert_eq!(too_long.status(), 400);
+    let error = error_of(too_long).await;
+    assert_eq!(error["param"], "completion_window");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("batch_window, 2s"),
+        "{error}"
+    );
+
+    let id = started(&gw, &file).await;
+    let done = ended(&gw, &id).await;
+    assert_eq!(done["status"], "expired", "{done}");
+    assert_eq!(
+        done["expires_at"].as_u64().unwrap() - done["created_at"].as_u64().unwrap(),
+        2
+    );
+    let counts = &done["request_counts"];
+    let completed = counts["completed"].as_u64().unwrap();
+    assert!((1..20).contains(&completed), "{done}");
+    assert_eq!(counts["failed"].as_u64().unwrap(), 20 - completed, "{done}");
+    // Every line once: run in the output, or `batch_expired` in the errors.
+    let output = content(&gw, &done["output_file_id"]).await;
+    let errors = content(&gw, &done["error_file_id"]).await;
+    let mut seen: Vec<String> = Vec::new();
+    for line in output.lines() {
+        let result: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(result["response"]["status_code"], 200, "{result}");
+        seen.push(result["custom_id"].as_str().unwrap().to_string());
+    }
+    for line in errors.lines() {
+        let result: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(result["error"]["code"], "batch_expired", "{result}");
+        assert!(result["response"].is_null());
+        assert!(result["id"].as_str().unwrap().starts_with("batch_req_"));
+        seen.push(result["custom_id"].as_str().unwrap().to_string());
+    }
+    seen.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("line-{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_batches_and_cancels_one_through_the_admin_api() {
+    let mock = quick_mock().ttft(ms(100)).spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let file = upload(&gw, KEY_A, &(0..300).map(chat_line).collect::<Vec<_>>()).await;
+    let id = started(&gw, &file).await;
+    let snapshot: Value = gw
+        .admin(reqwest::Method::GET, "/admin/snapshot", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown = snapshot["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == json!(id))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(shown["tenant"], "tenant-a", "{snapshot}");
+    assert_eq!(shown["total"], 300);
+    // What the console sends once the operator confirmed.
+    let acted = gw
+        .client
+        .post(format!("{}/admin/actions", gw.daemon.admin_url().unwrap()))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-switchyard-operator", "bob")
+        .json(&json!({"action": "cancel_batch", "id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acted.status(), 200);
+    let said: Value = acted.json().await.unwrap();
+    assert!(
+        said["ok"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("batch {id} of tenant-a stops")),
+        "{said}"
+    );
+    assert_eq!(ended(&gw, &id).await["status"], "cancelled");
+    let unknown = gw
+        .admin(
+            reqwest::Method::POST,
+            "/admin/actions",
+            Some(json!({"action": "cancel_batch", "id": "batch_nope"})),
+        )
+        .await;
+    assert_eq!(unknown.status(), 400);
+    let records: Value = gw
+        .admin(reqwest::Method::GET, "/admin/audit?kind=operator", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        records["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "batch.cancel" && r["actor"] == "bob"),
+        "{records}"
+    );
+}

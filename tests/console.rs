@@ -78,6 +78,8 @@ fn tenant(name: &str, tier: &str, day_tokens: u64, queued: u64, paused: bool) ->
             requests: 9000,
             reserved_tokens: 0,
         },
+        batch_in_flight: 0,
+        batch_day: PeriodView::default(),
         queued,
         p99_ms: Some(840.0),
         changed: if paused {
@@ -172,6 +174,56 @@ fn fixture() -> Snapshot {
                 queued: 2,
                 oldest_wait_ms: 3400,
                 dispatched: 10_400,
+            },
+        ],
+        batches: vec![
+            BatchView {
+                id: "batch_nightly0000000000000001".into(),
+                tenant: "globex".into(),
+                status: "in_progress".into(),
+                endpoint: "/v1/chat/completions".into(),
+                total: 10_000,
+                completed: 6_180,
+                failed: 20,
+                tokens: 1_240_000,
+                lines_per_sec: Some(41.3),
+                eta_secs: Some(92),
+                created_at: 1_795_895_850,
+                expires_at: 1_795_982_250,
+                held: None,
+                errors: Vec::new(),
+            },
+            BatchView {
+                id: "batch_reports000000000000002".into(),
+                tenant: "acme".into(),
+                status: "in_progress".into(),
+                endpoint: "/v1/embeddings".into(),
+                total: 2_000,
+                completed: 500,
+                failed: 0,
+                tokens: 250_000,
+                lines_per_sec: Some(2.0),
+                eta_secs: Some(750),
+                created_at: 1_795_895_750,
+                expires_at: 1_795_982_150,
+                held: Some("the tenant's batch lines have used their batch_daily_tokens (250000) for now; the line waits 6h05m".into()),
+                errors: Vec::new(),
+            },
+            BatchView {
+                id: "batch_done00000000000000003".into(),
+                tenant: "acme".into(),
+                status: "completed".into(),
+                endpoint: "/v1/chat/completions".into(),
+                total: 30,
+                completed: 30,
+                failed: 0,
+                tokens: 4_100,
+                lines_per_sec: Some(15.0),
+                eta_secs: None,
+                created_at: 1_795_890_000,
+                expires_at: 1_795_976_400,
+                held: None,
+                errors: Vec::new(),
             },
         ],
         streams: vec![
@@ -368,6 +420,67 @@ fn d_then_y_on_a_region_drains_it() {
             region: "us-east".into(),
             deadline_secs: None
         })]
+    );
+}
+
+#[test]
+fn an_operator_follows_a_batch_in_depth_and_cancels_it_after_confirming() {
+    let mut model = model_with_fixture();
+    key(&mut model, "8");
+    assert_eq!(model.view, View::Batches);
+    key(&mut model, "enter");
+    let screen = draw(&model);
+    for shown in [
+        "batch batch_nightly0000000000000001",
+        "10000 lines: 6180 completed, 20 failed, 3800 to go",
+        "1240000 tokens used   41.3 lines/s   done in about 1m32s",
+        "expires in 23h57m",
+    ] {
+        assert!(screen.contains(shown), "{shown} not in\n{screen}");
+    }
+    insta::assert_snapshot!("batch_detail", screen);
+    // x in the detail cancels the batch shown, after asking with what it stops.
+    assert!(key(&mut model, "x").is_empty(), "asks first");
+    let Mode::Confirm { action, impact } = &model.mode else {
+        panic!("expected a confirmation, got {:?}", model.mode);
+    };
+    let cancel = Action::CancelBatch {
+        id: "batch_nightly0000000000000001".into(),
+    };
+    assert_eq!(action, &cancel);
+    assert_eq!(
+        impact,
+        "globex's, 6200 of 10000 lines done; the other 3800 are not run"
+    );
+    assert_eq!(key(&mut model, "y"), [Cmd::Act(cancel)]);
+    // Back in the list: the waiting batch says it waits, and why in depth; an ended
+    // batch is not asked about.
+    key(&mut model, "esc");
+    assert!(model.batch_detail.is_none());
+    key(&mut model, "j");
+    key(&mut model, "enter");
+    assert!(
+        draw(&model)
+            .contains("waiting: the tenant's batch lines have used their batch_daily_tokens")
+    );
+    key(&mut model, "esc");
+    key(&mut model, "j");
+    assert!(key(&mut model, "x").is_empty());
+    assert!(matches!(model.mode, Mode::Normal), "{:?}", model.mode);
+    let status = model.status.clone().unwrap();
+    assert!(
+        status.error && status.text.contains("has ended (completed)"),
+        "{status:?}"
+    );
+    // The command line names a batch too.
+    assert!(command(&mut model, "cancel-batch batch_nope").is_empty());
+    assert!(
+        model
+            .status
+            .clone()
+            .unwrap()
+            .text
+            .contains("there is no batch batch_nope")
     );
 }
 
@@ -1199,6 +1312,12 @@ fn every_view_reads_at_80x24_and_at_200x60() {
                 View::Streams => {
                     assert!(
                         screen.contains("str_1") && screen.contains("str_2"),
+                        "{screen}"
+                    );
+                }
+                View::Batches => {
+                    assert!(
+                        screen.contains("batch_nightly") && screen.contains("waiting"),
                         "{screen}"
                     );
                 }

@@ -432,13 +432,7 @@ async fn purge_cache(
 
 /// Every tenant's batches with their progress.
 async fn batches(State(admin): State<Admin>) -> Response {
-    let batches: Vec<serde_json::Value> = admin
-        .gateway
-        .batches()
-        .all()
-        .iter()
-        .map(crate::gateway::batches::progress)
-        .collect();
+    let batches = admin.gateway.batches().views(usize::MAX);
     Json(json!({ "batches": batches })).into_response()
 }
 
@@ -454,7 +448,10 @@ async fn cancel_batch(
         .cancel_batch(None, &id, &operator(&headers))
         .await
     {
-        Ok(batch) => Json(json!({ "batch": progress(&batch) })).into_response(),
+        Ok(batch) => {
+            let held = admin.gateway.batches().held(&batch.id);
+            Json(json!({ "batch": progress(&batch, held) })).into_response()
+        }
         Err(BatchError::NotFound(id)) => error(
             StatusCode::NOT_FOUND,
             "unknown_batch",

@@ -37,6 +37,8 @@ pub struct Demand {
     /// Embeddings produce no completion.
     pub completion: bool,
     pub price: Option<Price>,
+    /// A batch line: the tenant's batch limits apply too.
+    pub batch: bool,
 }
 
 pub use crate::domain::Usage;
@@ -73,6 +75,14 @@ pub enum Refusal {
         used: f64,
         renews_in: Duration,
         headers: Box<RateHeaders>,
+    },
+    /// A batch line held back by the tenant's batch limits: it waits, it did not fail.
+    BatchHeld {
+        /// "batch_concurrency" or "batch_daily_tokens".
+        limit: &'static str,
+        value: u64,
+        /// `None` when waiting cannot help: the line alone is larger than the limit.
+        retry_after: Option<Duration>,
     },
 }
 
@@ -121,6 +131,9 @@ struct Account {
     in_flight: u32,
     day: Period,
     month: Period,
+    /// Batch lines running, and the tokens batch lines used (and hold) today.
+    batch_in_flight: u32,
+    batch_day: Period,
     /// Usage changed since the ledger last took it.
     dirty: bool,
 }
@@ -128,6 +141,7 @@ struct Account {
 impl Account {
     fn roll(&mut self, now: SystemTime) {
         self.day.roll(PeriodKey::day(now));
+        self.batch_day.roll(PeriodKey::day(now));
         self.month.roll(PeriodKey::month(now));
     }
 
@@ -194,6 +208,8 @@ impl Admission {
                     in_flight: 0,
                     day: Period::new(PeriodKey::day(wall)),
                     month: Period::new(PeriodKey::month(wall)),
+                    batch_in_flight: 0,
+                    batch_day: Period::new(PeriodKey::day(wall)),
                     dirty: false,
                 };
                 if let Some(tier) = tiers.get(&t.tier) {
@@ -269,6 +285,34 @@ impl Admission {
                 Some(Duration::from_secs(1)),
             ));
         }
+        if demand.batch {
+            let held = |limit, value, retry_after| Refusal::BatchHeld {
+                limit,
+                value,
+                retry_after,
+            };
+            if let Some(max) = a.limits.batch_concurrency
+                && a.batch_in_flight >= max
+            {
+                let retry = Some(Duration::from_secs(1));
+                return Err(held("batch_concurrency", u64::from(max), retry));
+            }
+            if let Some(max) = a.limits.batch_daily_tokens {
+                let held_now = a.batch_day.tokens + a.batch_day.reserved_tokens;
+                if tokens > max {
+                    return Err(held("batch_daily_tokens", max, None));
+                }
+                if held_now + tokens > max {
+                    // Lines in flight may give back what they hold; else tomorrow.
+                    let retry = if a.batch_day.reserved_tokens > 0 {
+                        Duration::from_secs(1)
+                    } else {
+                        a.batch_day.key.remaining(wall)
+                    };
+                    return Err(held("batch_daily_tokens", max, Some(retry)));
+                }
+            }
+        }
         if let Some(b) = &a.requests
             && !b.has(1)
         {
@@ -329,6 +373,11 @@ impl Admission {
             b.take(tokens);
         }
         a.in_flight += 1;
+        if demand.batch {
+            a.batch_in_flight += 1;
+            a.batch_day.reserved_tokens += tokens;
+            a.batch_day.requests += 1;
+        }
         for p in {
             let a = &mut *a;
             [&mut a.day, &mut a.month]
@@ -351,6 +400,7 @@ impl Admission {
             day: PeriodKey::day(wall),
             month: PeriodKey::month(wall),
             headers,
+            batch: demand.batch,
             settled: false,
         })
     }
@@ -379,6 +429,8 @@ impl Admission {
             tokens_available,
             day: PeriodView::from(&a.day),
             month: PeriodView::from(&a.month),
+            batch_in_flight: a.batch_in_flight,
+            batch_day: PeriodView::from(&a.batch_day),
             queued: 0,
             p99_ms: None,
             changed: Vec::new(),
@@ -444,6 +496,8 @@ impl Admission {
             p.cost = 0.0;
             p.requests = 0;
         }
+        a.batch_day.tokens = 0;
+        a.batch_day.requests = 0;
         a.dirty = true;
         Ok(())
     }
@@ -465,6 +519,11 @@ impl Admission {
                         tokens: p.tokens,
                         cost: p.cost,
                         requests: p.requests,
+                        batch_tokens: if p.key == a.batch_day.key {
+                            a.batch_day.tokens
+                        } else {
+                            0
+                        },
                     },
                 ));
             }
@@ -498,6 +557,9 @@ impl Admission {
                     p.requests = record.requests;
                 }
             }
+            if a.batch_day.key == record.period {
+                a.batch_day.tokens = record.batch_tokens;
+            }
         }
     }
 }
@@ -513,6 +575,7 @@ pub struct Reservation {
     day: PeriodKey,
     month: PeriodKey,
     headers: RateHeaders,
+    batch: bool,
     settled: bool,
 }
 
@@ -568,6 +631,17 @@ impl Reservation {
         if let Some(bucket) = a.tokens.as_mut() {
             bucket.give(self.tokens);
             bucket.take(tokens);
+        }
+        if self.batch {
+            a.batch_in_flight = a.batch_in_flight.saturating_sub(1);
+            let batch = &mut a.batch_day;
+            if batch.key == self.day {
+                batch.reserved_tokens = batch.reserved_tokens.saturating_sub(self.tokens);
+                if usage.is_none() {
+                    batch.requests = batch.requests.saturating_sub(1);
+                }
+            }
+            batch.tokens = batch.tokens.saturating_add(tokens);
         }
         for (period, key) in {
             let a = &mut *a;
@@ -628,6 +702,7 @@ mod tests {
             max_tokens: Some(max),
             completion: true,
             price: None,
+            batch: false,
         }
     }
 
@@ -783,6 +858,79 @@ mod tests {
             admission.set_tier("acme", "gold"),
             Err(ControlError::UnknownTier(..))
         ));
+    }
+
+    fn line(prompt: u64, max: u64) -> Demand {
+        Demand {
+            batch: true,
+            ..demand(prompt, max)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_lines_are_held_by_the_batch_limits_and_live_requests_are_not() {
+        let admission = admission(Limits {
+            batch_concurrency: Some(2),
+            batch_daily_tokens: Some(1_000),
+            ..Limits::default()
+        });
+        let first = admission.reserve("acme", &line(100, 100)).unwrap();
+        let second = admission.reserve("acme", &line(100, 100)).unwrap();
+        let Err(Refusal::BatchHeld {
+            limit, retry_after, ..
+        }) = admission.reserve("acme", &line(100, 100))
+        else {
+            panic!("a third line ran beside two at batch_concurrency 2");
+        };
+        assert_eq!(limit, "batch_concurrency");
+        assert_eq!(retry_after, Some(Duration::from_secs(1)));
+        let live = admission.reserve("acme", &demand(100, 100));
+        assert!(live.is_ok(), "live requests are not batch lines");
+        drop(live);
+        // An operator raises it; then 200 used of 1,000 and 400 held: a line of 200
+        // fits, one of 500 waits for the lines in flight, and once they settled, tomorrow.
+        let raised = Limits {
+            batch_concurrency: Some(10),
+            ..Limits::default()
+        };
+        admission.set_limits("acme", &raised).unwrap();
+        first.settle(usage(100, 100));
+        let third = admission.reserve("acme", &line(100, 100)).unwrap();
+        let Err(Refusal::BatchHeld {
+            limit, retry_after, ..
+        }) = admission.reserve("acme", &line(400, 100))
+        else {
+            panic!("batch_daily_tokens overspent");
+        };
+        assert_eq!(limit, "batch_daily_tokens");
+        assert_eq!(retry_after, Some(Duration::from_secs(1)));
+        second.settle(usage(100, 100));
+        third.settle(usage(300, 100));
+        let view = admission.view("acme").unwrap();
+        assert_eq!((view.batch_in_flight, view.batch_day.tokens), (0, 800));
+        assert_eq!(
+            view.day.tokens, 800,
+            "batch tokens count as the tenant's too"
+        );
+        let Err(Refusal::BatchHeld { retry_after, .. }) =
+            admission.reserve("acme", &line(100, 150))
+        else {
+            panic!("batch_daily_tokens overspent");
+        };
+        let renews = retry_after.unwrap();
+        assert!(renews > Duration::from_secs(1) && renews <= Duration::from_secs(86_400));
+        // A line larger than the whole day's allowance can never run.
+        let Err(Refusal::BatchHeld { retry_after, .. }) =
+            admission.reserve("acme", &line(900, 200))
+        else {
+            panic!("a hopeless line was not refused");
+        };
+        assert_eq!(retry_after, None);
+        // The day's batch tokens are kept with the usage records, and come back.
+        let records = admission.take_dirty();
+        let again = super::tests::admission(Limits::default());
+        again.restore(&records);
+        assert_eq!(again.view("acme").unwrap().batch_day.tokens, 800);
     }
 
     #[tokio::test(start_paused = true)]

@@ -199,6 +199,8 @@ pub fn check_limits(at: &str, limits: &Limits) -> Result<(), ConfigError> {
         ("daily_tokens", limits.daily_tokens),
         ("monthly_tokens", limits.monthly_tokens),
         ("max_tokens_cap", limits.max_tokens_cap),
+        ("batch_concurrency", limits.batch_concurrency.map(u64::from)),
+        ("batch_daily_tokens", limits.batch_daily_tokens),
     ];
     for (key, value) in counts {
         if value == Some(0) {

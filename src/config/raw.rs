@@ -189,6 +189,7 @@ impl Default for RawCache {
 pub(super) struct RawFiles {
     pub(super) max_file_size: String,
     pub(super) max_tenant_size: String,
+    pub(super) batch_window: String,
 }
 
 impl Default for RawFiles {
@@ -196,6 +197,7 @@ impl Default for RawFiles {
         RawFiles {
             max_file_size: "200MiB".into(),
             max_tenant_size: "1GiB".into(),
+            batch_window: "24h".into(),
         }
     }
 }
@@ -314,6 +316,9 @@ macro_rules! with_limits {
             pub(super) monthly_usd: Option<f64>,
             /// Completion tokens reserved when a request sets no `max_tokens`.
             pub(super) max_tokens_cap: Option<u64>,
+            /// Batch lines running at once, and batch tokens per day.
+            pub(super) batch_concurrency: Option<u32>,
+            pub(super) batch_daily_tokens: Option<u64>,
         }
 
         impl $name {
@@ -327,6 +332,8 @@ macro_rules! with_limits {
                     daily_usd: self.daily_usd,
                     monthly_usd: self.monthly_usd,
                     max_tokens_cap: self.max_tokens_cap,
+                    batch_concurrency: self.batch_concurrency,
+                    batch_daily_tokens: self.batch_daily_tokens,
                 }
             }
         }

@@ -100,9 +100,15 @@ impl RawFiles {
                 ),
             ));
         }
+        let batch_window =
+            parse_duration(&self.batch_window).map_err(|m| invalid("files.batch_window", m))?;
+        if batch_window.is_zero() {
+            return Err(invalid("files.batch_window", "must be longer than zero"));
+        }
         Ok(FilePolicy {
             max_file_bytes: max_file_bytes as u64,
             max_tenant_bytes: max_tenant_bytes as u64,
+            batch_window,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The key map: one table that drives dispatch, the `?` overlay and the footer hints.
 
-/// The console's views, in the order `Tab` and `1`..`7` go through them.
+/// The console's views, in the order `Tab` and `1`..`8` go through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     Overview,
@@ -10,10 +10,11 @@ pub enum View {
     Streams,
     Latency,
     Events,
+    Batches,
 }
 
 impl View {
-    pub const ALL: [View; 7] = [
+    pub const ALL: [View; 8] = [
         View::Overview,
         View::Tenants,
         View::Regions,
@@ -21,6 +22,7 @@ impl View {
         View::Streams,
         View::Latency,
         View::Events,
+        View::Batches,
     ];
 
     pub fn title(self) -> &'static str {
@@ -32,6 +34,7 @@ impl View {
             View::Streams => "Streams",
             View::Latency => "Latency",
             View::Events => "Events",
+            View::Batches => "Batches",
         }
     }
 
@@ -76,6 +79,8 @@ pub enum Does {
     ResetBudget,
     Kill,
     Tail,
+    CancelBatch,
+    BatchDetail,
     Window,
     Audit,
 }
@@ -95,6 +100,7 @@ pub struct Binding {
 const REGIONS: &[View] = &[View::Regions];
 const TENANTS: &[View] = &[View::Tenants];
 const STREAMS: &[View] = &[View::Streams];
+const BATCHES: &[View] = &[View::Batches];
 const LATENCY: &[View] = &[View::Latency];
 const EVENTS: &[View] = &[View::Events];
 
@@ -186,6 +192,14 @@ pub const KEYMAP: &[Binding] = &[
         views: None,
         hint: "",
         does: Does::GoTo(View::Events),
+    },
+    Binding {
+        keys: &["8"],
+        label: "8",
+        help: "batches",
+        views: None,
+        hint: "",
+        does: Does::GoTo(View::Batches),
     },
     Binding {
         keys: &["j", "down"],
@@ -394,6 +408,22 @@ pub const KEYMAP: &[Binding] = &[
         views: Some(STREAMS),
         hint: "detail",
         does: Does::Tail,
+    },
+    Binding {
+        keys: &["x"],
+        label: "x",
+        help: "cancel the selected batch (asks first): lines in flight finish, what finished is kept",
+        views: Some(BATCHES),
+        hint: "cancel",
+        does: Does::CancelBatch,
+    },
+    Binding {
+        keys: &["enter"],
+        label: "Enter",
+        help: "the selected batch in depth: its progress, tokens, why it waits, its errors (Esc returns)",
+        views: Some(BATCHES),
+        hint: "detail",
+        does: Does::BatchDetail,
     },
     Binding {
         keys: &["w"],

@@ -120,21 +120,23 @@ pub struct Model {
     pub paused: bool,
     pub read_only: bool,
     /// Selected row in each view.
-    pub selected: [usize; 7],
+    pub selected: [usize; View::ALL.len()],
     /// What is selected in each view, by identity (a tenant's name, a stream's id): the
     /// selection follows it when rows re-sort or refresh, so `p y` pauses the tenant
     /// that was highlighted, not whichever moved into its row.
-    pub anchors: [Option<String>; 7],
+    pub anchors: [Option<String>; View::ALL.len()],
     /// Rows a page (PgDn, Ctrl-D) moves, from the terminal's height.
     pub page: usize,
     /// The terminal's height, to tell which row a click landed on.
     pub height: u16,
     /// Each view's filter: rows whose text contains it (case-insensitive).
-    pub filters: [String; 7],
+    pub filters: [String; View::ALL.len()],
     pub sort: Sort,
     /// Largest (or Z) first.
     pub descending: bool,
     pub status: Option<Status>,
+    /// The batch drilled into (Enter in Batches).
+    pub batch_detail: Option<String>,
     /// The stream drilled into (Enter in Streams): its text tailed, its rate charted.
     pub tailing: Option<String>,
     /// What each snapshot saw of that stream while it was open: (age, tokens).
@@ -231,7 +233,7 @@ impl Model {
             stale: false,
             paused: false,
             read_only,
-            selected: [0; 7],
+            selected: [0; View::ALL.len()],
             anchors: Default::default(),
             page: 10,
             height: 24,
@@ -240,6 +242,7 @@ impl Model {
             descending: false,
             status: None,
             tailing: None,
+            batch_detail: None,
             stream_seen: Vec::new(),
             window: "1m",
             dispatch_rates: Vec::new(),
@@ -383,6 +386,26 @@ impl Model {
             .collect()
     }
 
+    /// Batches, newest first, filtered.
+    pub fn batch_rows(&self) -> Vec<usize> {
+        let Some(s) = &self.snapshot else {
+            return Vec::new();
+        };
+        (0..s.batches.len())
+            .filter(|i| {
+                let b = &s.batches[*i];
+                self.matches(View::Batches, &[&b.id, &b.tenant, &b.status, &b.endpoint])
+            })
+            .collect()
+    }
+
+    fn selected_batch(&self) -> Option<String> {
+        let s = self.snapshot.as_ref()?;
+        self.batch_rows()
+            .get(self.selected())
+            .map(|i| s.batches[*i].id.clone())
+    }
+
     /// Latency series of the chosen window, filtered.
     pub fn latency_rows(&self) -> Vec<usize> {
         let Some(s) = &self.snapshot else {
@@ -441,6 +464,11 @@ impl Model {
                 .into_iter()
                 .map(|i| format!("{}/{}", s.latency[i].scope, s.latency[i].metric))
                 .collect(),
+            View::Batches => self
+                .batch_rows()
+                .into_iter()
+                .map(|i| s.batches[i].id.clone())
+                .collect(),
             View::Events => return None,
         })
     }
@@ -486,6 +514,7 @@ impl Model {
             View::Regions | View::Overview => self.region_rows().len(),
             View::Streams => self.stream_rows().len(),
             View::Events => self.event_rows().len(),
+            View::Batches => self.batch_rows().len(),
             View::Queues => self.snapshot.as_ref().map_or(0, |s| s.levels.len()),
             View::Latency => self.latency_rows().len(),
         }
@@ -602,6 +631,11 @@ impl Model {
                     ))
                 }
             }
+            Action::CancelBatch { id } => match s.batches.iter().find(|b| &b.id == id) {
+                Some(b) if b.running() => Ok(()),
+                Some(b) => Err(format!("batch {id} has ended ({})", b.status)),
+                None => Err(format!("there is no batch {id}; see the Batches view (8)")),
+            },
             Action::PurgeCache { tenant: None } => Ok(()),
         }
     }
@@ -669,6 +703,16 @@ impl Model {
             },
             Action::KillStream { id } => match s.streams.iter().find(|st| &st.id == id) {
                 Some(st) => format!("{} of {}, {} tokens so far", st.model, st.tenant, st.tokens),
+                None => String::new(),
+            },
+            Action::CancelBatch { id } => match s.batches.iter().find(|b| &b.id == id) {
+                Some(b) => format!(
+                    "{}'s, {} of {} lines done; the other {} are not run",
+                    b.tenant,
+                    b.done(),
+                    b.total,
+                    b.total.saturating_sub(b.done())
+                ),
                 None => String::new(),
             },
             Action::PurgeCache { tenant } => {
@@ -1080,6 +1124,9 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
             if model.view == View::Streams && model.tailing.take().is_some() {
                 return Vec::new();
             }
+            if model.view == View::Batches && model.batch_detail.take().is_some() {
+                return Vec::new();
+            }
             if !model.filters[index].is_empty() {
                 model.filters[index].clear();
                 model.follow_selection();
@@ -1204,6 +1251,22 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
             };
             return outage(model, region);
         }
+        Does::CancelBatch => {
+            // In a batch's detail, the batch shown, even when the list moved on.
+            let Some(id) = model
+                .batch_detail
+                .clone()
+                .or_else(|| model.selected_batch())
+            else {
+                model.flash("select a batch first", true);
+                return Vec::new();
+            };
+            return model.request(Action::CancelBatch { id });
+        }
+        Does::BatchDetail => match model.selected_batch() {
+            Some(id) => model.batch_detail = Some(id),
+            None => model.flash("select a batch first", true),
+        },
         Does::Tail => {
             model.tailing = model.selected_stream();
             model.stream_seen.clear();
@@ -1342,6 +1405,10 @@ pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
             need(1, "kill STREAM_ID")?;
             Action::KillStream { id: arg(1) }
         }
+        "cancel-batch" => {
+            need(1, "cancel-batch BATCH_ID")?;
+            Action::CancelBatch { id: arg(1) }
+        }
         "tier" => {
             need(2, "tier TENANT TIER")?;
             Action::SetTier {
@@ -1379,6 +1446,8 @@ pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
                     "daily_usd" => limits.daily_usd = Some(float()?),
                     "monthly_usd" => limits.monthly_usd = Some(float()?),
                     "max_tokens_cap" => limits.max_tokens_cap = Some(int()?),
+                    "batch_concurrency" => limits.batch_concurrency = Some(int()? as u32),
+                    "batch_daily_tokens" => limits.batch_daily_tokens = Some(int()?),
                     other => {
                         return Err(format!("{other} is not a limit; see config.toml.example"));
                     }

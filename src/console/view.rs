@@ -15,7 +15,7 @@ use super::model::{Mode, Model, RegionRow, View, human_bytes, human_count};
 use crate::control::Link;
 use crate::domain::records::AuditRecord;
 use crate::domain::snapshot::{
-    EventKind, InstanceDetail, InstanceState, RegionState, Snapshot, TenantDetail,
+    BatchView, EventKind, InstanceDetail, InstanceState, RegionState, Snapshot, TenantDetail,
 };
 
 const ACCENT: Color = Color::Cyan;
@@ -45,6 +45,7 @@ pub fn render(model: &Model, frame: &mut Frame) {
             View::Streams => streams(model, snapshot, frame, body),
             View::Latency => latency(model, snapshot, frame, body),
             View::Events => events(model, snapshot, frame, body),
+            View::Batches => batches(model, snapshot, frame, body),
         },
     }
     // Numbers that stopped arriving are shown as old, never as live.
@@ -168,11 +169,18 @@ fn render_tabs(model: &Model, frame: &mut Frame, area: Rect) {
         .map(|(i, v)| format!("{} {}", i + 1, v.title()))
         .collect();
     let selected = View::ALL.iter().position(|v| *v == model.view).unwrap_or(0);
+    // Narrow terminals get narrow dividers, so every view's name stays readable.
+    let names: usize = titles.iter().map(|t| t.chars().count()).sum();
+    let divider = if names + 3 * (titles.len() - 1) <= usize::from(area.width) {
+        " │ "
+    } else {
+        "│"
+    };
     let tabs = Tabs::new(titles)
         .select(selected)
         .highlight_style(Style::new().fg(ACCENT).add_modifier(Modifier::BOLD))
         .padding("", "")
-        .divider(" │ ");
+        .divider(divider);
     frame.render_widget(tabs, area);
 }
 
@@ -1396,6 +1404,143 @@ fn stream_detail(model: &Model, s: &Snapshot, id: &str, frame: &mut Frame, area:
             .block(block("its text, newest last")),
         text,
     );
+}
+
+fn batch_progress(b: &BatchView) -> String {
+    let percent = (b.done() * 100).checked_div(b.total).unwrap_or(0);
+    format!(
+        "{percent:>3}% {}/{}",
+        human_count(b.done()),
+        human_count(b.total)
+    )
+}
+
+fn batches(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    if let Some(id) = &model.batch_detail {
+        batch_detail(s, id, frame, area);
+        return;
+    }
+    let selected = model.selected[View::Batches.index()];
+    let rows = model.batch_rows().into_iter().map(|i| {
+        let b = &s.batches[i];
+        let failed = Cell::from(human_count(b.failed)).style(if b.failed > 0 {
+            Style::new().fg(Color::Red)
+        } else {
+            Style::new()
+        });
+        vec![
+            Cell::from(b.id.clone()),
+            Cell::from(b.tenant.clone()),
+            Cell::from(batch_status(b)),
+            Cell::from(batch_progress(b)),
+            failed,
+            Cell::from(human_count(b.tokens)),
+            Cell::from(b.lines_per_sec.map_or("-".into(), |r| format!("{r:.1}"))),
+            Cell::from(b.eta_secs.map_or("-".into(), duration)),
+        ]
+    });
+    const COLUMNS: [Column; 8] = [
+        col("BATCH", 30, 9),
+        col("TENANT", 12, 6),
+        col("STATUS", 11, 9),
+        col("DONE", 16, 9),
+        col("FAILED", 6, 8),
+        col("TOKENS", 6, 4),
+        col("LINES/S", 7, 5),
+        col("ETA", 7, 7),
+    ];
+    let running = s.batches.iter().filter(|b| b.running()).count();
+    let title = format!(
+        "batches: {running} running, {} ended lately; Enter for one in depth, x cancels",
+        s.batches.len() - running
+    );
+    let table = fitted(&COLUMNS, rows, area.width, &title);
+    scrolled(frame, table, area, selected);
+}
+
+/// A batch in depth: its progress, what it used, why it waits, when it expires, and
+/// why it failed.
+fn batch_detail(s: &Snapshot, id: &str, frame: &mut Frame, area: Rect) {
+    let Some(b) = s.batches.iter().find(|b| b.id == id) else {
+        frame.render_widget(
+            Paragraph::new("this batch is no longer among the newest; Esc returns")
+                .block(block(&format!("batch {id}"))),
+            area,
+        );
+        return;
+    };
+    let now = s.taken_at_ms / 1000;
+    let mut lines = vec![
+        Line::from(vec![
+            Span::raw(format!("tenant {}   {}   ", b.tenant, b.endpoint)),
+            batch_status(b),
+        ]),
+        Line::from(format!(
+            "{} lines: {} completed, {} failed, {} to go   {}",
+            b.total,
+            b.completed,
+            b.failed,
+            b.total.saturating_sub(b.done()),
+            batch_progress(b).trim_start()
+        )),
+        Line::from(format!(
+            "{} tokens used   {}   {}",
+            b.tokens,
+            b.lines_per_sec
+                .map_or("no rate yet".into(), |r| format!("{r:.1} lines/s")),
+            b.eta_secs.map_or(String::new(), |eta| format!(
+                "done in about {}",
+                duration(eta)
+            ))
+        )),
+        Line::from(format!(
+            "created {} UTC, {} ago   {}",
+            clock(b.created_at * 1000),
+            duration(now.saturating_sub(b.created_at)),
+            if b.running() {
+                format!("expires in {}", duration(b.expires_at.saturating_sub(now)))
+            } else {
+                String::new()
+            }
+        )),
+    ];
+    if let Some(held) = &b.held {
+        lines.push(Line::styled(
+            format!("waiting: {held}"),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    for error in &b.errors {
+        lines.push(Line::styled(error.clone(), Style::new().fg(Color::Red)));
+    }
+    if b.running() {
+        lines.push(Line::from(
+            "x cancels it: lines in flight finish, what finished is kept",
+        ));
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block(&format!("batch {id} (Esc returns)"))),
+        area,
+    );
+}
+
+/// A batch's state as a word, coloured: "waiting" (on a limit, a pause) in yellow,
+/// failures in red.
+fn batch_status(b: &BatchView) -> Span<'static> {
+    let word = match b.status.as_str() {
+        "in_progress" if b.held.is_some() => "waiting",
+        "in_progress" => "running",
+        other => other,
+    };
+    let color = match word {
+        "waiting" | "cancelling" | "cancelled" | "validating" | "finalizing" => Color::Yellow,
+        "running" => Color::Green,
+        "failed" | "expired" => Color::Red,
+        _ => Color::Reset,
+    };
+    Span::styled(word.to_string(), Style::new().fg(color))
 }
 
 fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {

@@ -47,6 +47,13 @@ pub struct Limits {
     /// Completion tokens reserved when a request sets no `max_tokens`, and the most reserved
     /// when it does.
     pub max_tokens_cap: Option<u64>,
+    /// Batch lines of the tenant running at once, over all its batches.
+    #[serde(default)]
+    pub batch_concurrency: Option<u32>,
+    /// Tokens the tenant's batch lines may use per UTC day (they count against the
+    /// tenant's other limits too).
+    #[serde(default)]
+    pub batch_daily_tokens: Option<u64>,
 }
 
 impl Limits {
@@ -61,12 +68,14 @@ impl Limits {
             daily_usd: over.daily_usd.or(self.daily_usd),
             monthly_usd: over.monthly_usd.or(self.monthly_usd),
             max_tokens_cap: over.max_tokens_cap.or(self.max_tokens_cap),
+            batch_concurrency: over.batch_concurrency.or(self.batch_concurrency),
+            batch_daily_tokens: over.batch_daily_tokens.or(self.batch_daily_tokens),
         }
     }
 
     /// Every limit by name, with its value as text when set: for messages and
     /// confirmations that read `rpm 600`, never `Some(600)`.
-    pub fn fields(&self) -> [(&'static str, Option<String>); 8] {
+    pub fn fields(&self) -> [(&'static str, Option<String>); 10] {
         let whole = |v: Option<u64>| v.map(|v| v.to_string());
         let usd = |v: Option<f64>| v.map(|v| format!("${v:.2}"));
         [
@@ -81,6 +90,11 @@ impl Limits {
             ("daily_usd", usd(self.daily_usd)),
             ("monthly_usd", usd(self.monthly_usd)),
             ("max_tokens_cap", whole(self.max_tokens_cap)),
+            (
+                "batch_concurrency",
+                whole(self.batch_concurrency.map(u64::from)),
+            ),
+            ("batch_daily_tokens", whole(self.batch_daily_tokens)),
         ]
     }
 
@@ -481,6 +495,9 @@ pub struct UsageRecord {
     pub tokens: u64,
     pub cost: f64,
     pub requests: u64,
+    /// Of `tokens`, those batch lines used (day records only).
+    #[serde(default)]
+    pub batch_tokens: u64,
 }
 
 /// What the client's headers say about caching.
@@ -581,6 +598,9 @@ impl Default for StreamPolicy {
 pub struct FilePolicy {
     pub max_file_bytes: u64,
     pub max_tenant_bytes: u64,
+    /// The longest a batch runs before it expires; the `completion_window` "24h" that
+    /// OpenAI's clients send means this.
+    pub batch_window: Duration,
 }
 
 /// The response cache: which answers may be kept, for how long, and in how much room.

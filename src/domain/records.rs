@@ -56,6 +56,9 @@ pub struct BatchRecord {
     pub total: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Tokens its lines used (read back from the output after a restart).
+    #[serde(default)]
+    pub tokens: u64,
     #[serde(default)]
     pub output_file_id: Option<String>,
     #[serde(default)]

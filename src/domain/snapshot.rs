@@ -17,6 +17,9 @@ pub struct Snapshot {
     pub tenants: Vec<TenantView>,
     pub levels: Vec<LevelView>,
     pub streams: Vec<StreamView>,
+    /// Batch jobs running, and the latest that ended; newest first.
+    #[serde(default)]
+    pub batches: Vec<BatchView>,
     /// The most recent events, oldest first.
     pub events: Vec<Event>,
     /// Requests queued, one sample a second, oldest first (for sparklines).
@@ -32,6 +35,49 @@ pub struct Snapshot {
     /// `Some(what failed last)` while writes to the database fail.
     #[serde(default)]
     pub persistence_degraded: Option<String>,
+}
+
+/// A batch job as operators follow it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchView {
+    pub id: String,
+    pub tenant: String,
+    pub status: String,
+    pub endpoint: String,
+    pub total: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Tokens its lines used.
+    #[serde(default)]
+    pub tokens: u64,
+    /// Lines done per second since it started, once it has run a second.
+    pub lines_per_sec: Option<f64>,
+    /// Seconds left at that rate, while it runs.
+    pub eta_secs: Option<u64>,
+    /// Unix seconds.
+    pub created_at: u64,
+    #[serde(default)]
+    pub expires_at: u64,
+    /// Why its lines wait, while they do: a limit of the tenant's, a pause.
+    #[serde(default)]
+    pub held: Option<String>,
+    /// Why it failed, when it did.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+impl BatchView {
+    /// Lines done, failed ones included.
+    pub fn done(&self) -> u64 {
+        self.completed + self.failed
+    }
+
+    pub fn running(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "validating" | "in_progress" | "finalizing" | "cancelling"
+        )
+    }
 }
 
 /// The audit log's writer.
@@ -121,6 +167,11 @@ pub struct TenantView {
     pub tokens_available: Option<u64>,
     pub day: PeriodView,
     pub month: PeriodView,
+    /// Batch lines running now, and what batch lines used today (within `day`).
+    #[serde(default)]
+    pub batch_in_flight: u32,
+    #[serde(default)]
+    pub batch_day: PeriodView,
     /// Requests of this tenant waiting for a seat.
     #[serde(default)]
     pub queued: u64,
@@ -449,6 +500,10 @@ pub enum Action {
     KillStream {
         id: String,
     },
+    /// Stops a batch job: lines in flight finish, what finished is kept.
+    CancelBatch {
+        id: String,
+    },
     /// Drops kept answers: one tenant's, or all of them.
     PurgeCache {
         #[serde(default)]
@@ -466,6 +521,7 @@ impl Action {
                 | Action::EjectInstance { .. }
                 | Action::PauseTenant { .. }
                 | Action::KillStream { .. }
+                | Action::CancelBatch { .. }
                 | Action::SetTier { .. }
                 | Action::SetLimits { .. }
                 | Action::ResetBudget { .. }
@@ -488,7 +544,7 @@ impl Action {
             | Action::ResumeTenant { tenant }
             | Action::ResetBudget { tenant } => Some(tenant),
             Action::PurgeCache { tenant } => tenant.as_deref(),
-            Action::KillStream { id } => Some(id),
+            Action::KillStream { id } | Action::CancelBatch { id } => Some(id),
         }
     }
 
@@ -515,6 +571,7 @@ impl Action {
             Action::ResumeTenant { tenant } => format!("resume {tenant}"),
             Action::ResetBudget { tenant } => format!("reset {tenant}'s budget"),
             Action::KillStream { id } => format!("kill stream {id}"),
+            Action::CancelBatch { id } => format!("cancel batch {id}"),
             Action::PurgeCache {
                 tenant: Some(tenant),
             } => format!("purge {tenant}'s cache"),

@@ -65,7 +65,8 @@ impl Files {
     }
 
     /// Takes back the records the store kept (at start); one whose contents are gone is
-    /// dropped, and said so.
+    /// dropped, and said so. Contents no record names (an upload or a batch's output cut
+    /// by a crash before its record was written) are removed.
     pub fn restore(&self, records: Vec<FileRecord>) {
         let mut kept = self.records();
         for record in records {
@@ -73,6 +74,20 @@ impl Files {
                 kept.insert(record.id.clone(), record);
             } else {
                 tracing::warn!(file = %record.id, path = %self.path(&record.id).display(), "a file's contents are missing; its record is ignored");
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let named = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".jsonl"))
+                .is_some_and(|id| kept.contains_key(id));
+            if !named {
+                tracing::info!(path = %path.display(), "removing a file no record names (left by a crash)");
+                let _ = std::fs::remove_file(&path);
             }
         }
     }
@@ -312,6 +327,7 @@ mod tests {
             FilePolicy {
                 max_file_bytes: max_file,
                 max_tenant_bytes: max_tenant,
+                batch_window: std::time::Duration::from_secs(86_400),
             },
         ))
     }
@@ -352,6 +368,26 @@ mod tests {
             .unwrap()
             .collect();
         assert!(left.is_empty(), "no temporary file is left");
+    }
+
+    #[tokio::test]
+    async fn at_start_contents_no_record_names_are_removed_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path(), 1 << 20, 1 << 20);
+        let kept = upload(&files, "a", LINE).await.unwrap();
+        // A crash left a batch's output copied in without its record, and half an upload.
+        let orphan = files.path("file-orphan");
+        std::fs::write(&orphan, LINE).unwrap();
+        std::fs::write(dir.path().join("files").join("file-cut.part"), b"{").unwrap();
+        let restarted = super::tests::files(dir.path(), 1 << 20, 1 << 20);
+        restarted.restore(vec![kept.clone()]);
+        assert_eq!(restarted.get("a", &kept.id), Some(kept.clone()));
+        assert!(files.path(&kept.id).exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("files"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [format!("{}.jsonl", kept.id)]);
     }
 
     #[tokio::test]

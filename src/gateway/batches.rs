@@ -4,7 +4,10 @@
 //! appended to the output (2xx) or error file and flushed before it counts as done, so
 //! after a crash the runner reads back the `custom_id`s already written and runs only the
 //! rest: no line lost, none run twice. Retryable failures (429, 5xx) are retried with
-//! backoff; `completion_window` ends the batch as `expired`, with what it finished.
+//! backoff. A line the gateway itself holds back (the tenant's rate, batch and budget
+//! limits, a pause, a long queue) is not failed: it waits, however long, and tries
+//! again. `completion_window` ends the batch as `expired`, with what it finished and a
+//! `batch_expired` error line for each line it did not run.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -17,17 +20,18 @@ use tokio::sync::watch;
 
 use super::{Gateway, Inbound, ReplyBody};
 use crate::domain::records::BatchRecord;
+use crate::domain::snapshot::BatchView;
 use crate::domain::{Directives, ModelKind};
 use crate::files::lines::ENDPOINTS;
 
-/// Lines of one batch in flight at once (each still waits for an idle seat).
-const LINES_AT_ONCE: usize = 8;
+/// Lines of one batch in flight at once: each still waits for a seat live traffic does
+/// not need (the scheduler's batch level), and the tenant's `batch_concurrency` applies.
+const LINES_AT_ONCE: usize = 32;
 /// Attempts at a line that fails with a retryable status, and the first backoff.
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// The longest `completion_window` accepted.
-pub const WINDOW: &str = "24h";
-const WINDOW_SECS: u64 = 24 * 3600;
+/// The `completion_window` OpenAI's clients send: the configured `batch_window`.
+const WINDOW: &str = "24h";
 
 /// Why a batch could not be created or changed, as the client is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +44,28 @@ pub enum BatchError {
     Io(String),
 }
 
+/// Refusals of the gateway's own that say "not yet": a batch line waits them out.
+const WAITS: &[&str] = &[
+    "rate_limit_exceeded",
+    "batch_limit_reached",
+    "insufficient_quota",
+    "queue_full",
+    "tenant_queue_full",
+    "queue_timeout",
+    "tenant_paused",
+];
+/// The longest a waiting line sleeps before it looks again.
+const LONGEST_WAIT: Duration = Duration::from_secs(30);
+
 /// Every batch, and a stop signal for each that runs.
 #[derive(Default)]
 pub struct Batches {
     records: Mutex<HashMap<String, BatchRecord>>,
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Why a batch's lines wait, while they do (for operators).
+    held: Mutex<HashMap<String, String>>,
+    /// A batch line finished: lines held by `batch_concurrency` look again.
+    freed: tokio::sync::Notify,
 }
 
 impl Batches {
@@ -79,15 +100,47 @@ impl Batches {
         );
     }
 
-    /// Every tenant's batches, newest first (the operator's view).
-    pub fn all(&self) -> Vec<BatchRecord> {
+    /// Every tenant's batches with their progress, newest first (the operator's view);
+    /// of those that ended, the `ended` newest.
+    pub fn views(&self, ended: usize) -> Vec<BatchView> {
         let mut batches: Vec<BatchRecord> = self.records().values().cloned().collect();
         batches.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        let mut kept_ended = 0;
+        batches.retain(|b| {
+            let keep = !b.ended() || kept_ended < ended;
+            kept_ended += usize::from(b.ended());
+            keep
+        });
         batches
+            .iter()
+            .map(|b| progress(b, self.held(&b.id)))
+            .collect()
     }
 
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, BatchRecord>> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lines waiting on a limit look again at once (an operator changed something).
+    pub(crate) fn wake(&self) {
+        self.freed.notify_waiters();
+    }
+
+    /// Why `id`'s lines are waiting now, if they are.
+    pub fn held(&self, id: &str) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn hold(&self, id: &str, why: Option<String>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(why) => held.insert(id.to_string(), why),
+            None => held.remove(id),
+        };
     }
 
     pub fn get(&self, tenant: &str, id: &str) -> Option<BatchRecord> {
@@ -114,8 +167,9 @@ fn now_secs() -> u64 {
     crate::telemetry::now_ms() / 1000
 }
 
-/// A batch as the audit log and the admin API show it: its state and progress.
-pub fn progress(batch: &BatchRecord) -> Value {
+/// A batch as operators see it (the console, the admin API, the audit log): its state
+/// and progress.
+pub fn progress(batch: &BatchRecord, held: Option<String>) -> BatchView {
     let done = batch.completed + batch.failed;
     let end = batch
         .completed_at
@@ -129,12 +183,22 @@ pub fn progress(batch: &BatchRecord) -> Value {
     let eta = rate
         .filter(|r| *r > 0.0 && !batch.ended())
         .map(|r| (batch.total.saturating_sub(done) as f64 / r).ceil() as u64);
-    json!({
-        "id": batch.id, "tenant": batch.tenant, "status": batch.status,
-        "endpoint": batch.endpoint, "total": batch.total, "completed": batch.completed,
-        "failed": batch.failed, "lines_per_sec": rate, "eta_secs": eta,
-        "created_at": batch.created_at,
-    })
+    BatchView {
+        id: batch.id.clone(),
+        tenant: batch.tenant.clone(),
+        status: batch.status.clone(),
+        endpoint: batch.endpoint.clone(),
+        total: batch.total,
+        completed: batch.completed,
+        failed: batch.failed,
+        tokens: batch.tokens,
+        lines_per_sec: rate,
+        eta_secs: eta,
+        created_at: batch.created_at,
+        expires_at: batch.expires_at,
+        held,
+        errors: batch.errors.clone(),
+    }
 }
 
 impl Gateway {
@@ -171,27 +235,33 @@ impl Gateway {
                 ),
             ));
         }
-        if completion_window != WINDOW {
-            return Err(invalid(
-                "completion_window",
-                format!("completion_window must be \"{WINDOW}\""),
-            ));
-        }
+        let longest = self.config.files.batch_window;
+        let window = if completion_window == WINDOW {
+            longest
+        } else {
+            match crate::config::parse_duration(completion_window) {
+                Ok(window) if !window.is_zero() && window <= longest => window,
+                _ => {
+                    return Err(invalid(
+                        "completion_window",
+                        format!(
+                            "completion_window must be \"{WINDOW}\" or a duration up to this gateway's batch_window, {}",
+                            crate::config::format_duration(longest)
+                        ),
+                    ));
+                }
+            }
+        };
         let created = now_secs();
         let record = BatchRecord {
-            id: format!(
-                "batch_{}",
-                std::iter::repeat_with(fastrand::alphanumeric)
-                    .take(24)
-                    .collect::<String>()
-            ),
+            id: format!("batch_{}", random_id()),
             tenant: tenant.to_string(),
             input_file_id: file.id,
             endpoint: endpoint.to_string(),
             completion_window: completion_window.to_string(),
             status: "validating".into(),
             created_at: created,
-            expires_at: created + WINDOW_SECS,
+            expires_at: created + window.as_secs().max(1),
             in_progress_at: None,
             finalizing_at: None,
             completed_at: None,
@@ -202,6 +272,7 @@ impl Gateway {
             total: file.lines,
             completed: 0,
             failed: 0,
+            tokens: 0,
             output_file_id: None,
             error_file_id: None,
             errors: Vec::new(),
@@ -279,7 +350,7 @@ impl Gateway {
             action: Some(action.to_string()),
             target: Some(batch.id.clone()),
             tenant: Some(batch.tenant.clone()),
-            after: Some(progress(batch)),
+            after: serde_json::to_value(progress(batch, None)).ok(),
             outcome: Some(outcome),
             ..AuditRecord::default()
         });
@@ -381,8 +452,8 @@ impl Gateway {
         for path in [&output_path, &errors_path] {
             drop_partial_line(path).await?;
         }
-        let done_ok = written_ids(&output_path).await;
-        let done_failed = written_ids(&errors_path).await;
+        let (done_ok, tokens) = written(&output_path).await;
+        let (done_failed, _) = written(&errors_path).await;
         let mut lines = read_lines(&input).await?;
         // Every line must be for the batch's endpoint.
         let mismatched: Vec<String> = lines
@@ -419,6 +490,7 @@ impl Gateway {
             b.total = lines.len() as u64;
             b.completed = completed;
             b.failed = failed;
+            b.tokens = tokens;
         })
         .await;
         lines.retain(|(_, line)| {
@@ -452,7 +524,12 @@ impl Gateway {
         tokio::pin!(draining);
         let mut pending = lines.into_iter();
         let mut running = tokio::task::JoinSet::new();
+        // Stops lines that wait on a limit (they are not done) once the batch stops.
+        let (halt, halted) = watch::channel(false);
         loop {
+            if stopped.is_some() {
+                let _ = halt.send(true);
+            }
             while stopped.is_none() && running.len() < LINES_AT_ONCE {
                 let Some((_, line)) = pending.next() else {
                     break;
@@ -460,9 +537,10 @@ impl Gateway {
                 let gateway = self.clone();
                 let tenant = record.tenant.clone();
                 let batch = id.to_string();
+                let halted = halted.clone();
                 running.spawn(async move {
                     gateway
-                        .run_line(&tenant, &batch, endpoint, kind, line)
+                        .run_line(&tenant, &batch, (endpoint, kind), line, halted)
                         .await
                 });
             }
@@ -472,17 +550,51 @@ impl Gateway {
             tokio::select! {
                 Some(result) = running.join_next() => {
                     // Cut by shutdown: not done, it runs after the restart.
-                    let Ok(Some((ok, text))) = result else { continue };
+                    let Ok(Some((ok, text, tokens))) = result else { continue };
+                    self.batches.hold(id, None);
                     let file = if ok { &mut output } else { &mut errors };
                     file.write_all(text.as_bytes())
                         .await
                         .and(file.flush().await)
                         .map_err(|e| format!("writing a result: {e}"))?;
-                    self.update_batch_counts(id, ok);
+                    self.update_batch_counts(id, ok, tokens);
                 }
                 _ = cancelled.changed(), if stopped.is_none() => stopped = Some("cancelled"),
                 () = &mut draining, if stopped.is_none() => stopped = Some("draining"),
                 () = tokio::time::sleep(Duration::from_secs(deadline.saturating_sub(now_secs()))), if stopped.is_none() => stopped = Some("expired"),
+            }
+        }
+        self.batches.hold(id, None);
+        if stopped == Some("expired") {
+            // What did not run gets OpenAI's `batch_expired` line, and counts as failed.
+            let (mut done, _) = written(&output_path).await;
+            done.extend(written(&errors_path).await.0);
+            let mut expired = String::new();
+            let mut count = 0;
+            for (_, line) in read_lines(&input).await? {
+                let custom_id = line.get("custom_id").and_then(Value::as_str).unwrap_or("");
+                if done.contains(custom_id) {
+                    continue;
+                }
+                let result = json!({
+                    "id": format!("batch_req_{}", random_id()),
+                    "custom_id": custom_id,
+                    "response": null,
+                    "error": {
+                        "code": "batch_expired",
+                        "message": "This request could not be executed before the completion window expired.",
+                    },
+                });
+                expired.push_str(&format!("{result}\n"));
+                count += 1;
+            }
+            errors
+                .write_all(expired.as_bytes())
+                .await
+                .and(errors.flush().await)
+                .map_err(|e| format!("writing expired lines: {e}"))?;
+            if let Some(record) = self.batches.records().get_mut(id) {
+                record.failed += count;
             }
         }
         output
@@ -503,8 +615,9 @@ impl Gateway {
             .await
     }
 
-    fn update_batch_counts(&self, id: &str, ok: bool) {
+    fn update_batch_counts(&self, id: &str, ok: bool, tokens: u64) {
         if let Some(record) = self.batches.records().get_mut(id) {
+            record.tokens += tokens;
             if ok {
                 record.completed += 1;
             } else {
@@ -584,15 +697,16 @@ impl Gateway {
     }
 
     /// One line through the pipeline as the tenant, retried on retryable failures: its
-    /// result line, and whether it succeeded; none when shutdown cut it (it is not done).
+    /// result line, and whether it succeeded; none when shutdown cut it, or the batch
+    /// stopped while it waited (it is not done).
     async fn run_line(
         self: Arc<Self>,
         tenant: &str,
         batch: &str,
-        endpoint: &'static str,
-        kind: ModelKind,
+        (endpoint, kind): (&'static str, ModelKind),
         line: Value,
-    ) -> Option<(bool, String)> {
+        mut halted: watch::Receiver<bool>,
+    ) -> Option<(bool, String, u64)> {
         let custom_id = line.get("custom_id").cloned().unwrap_or(Value::Null);
         let mut body = line.get("body").cloned().unwrap_or(Value::Null);
         if let Some(body) = body.as_object_mut() {
@@ -602,13 +716,7 @@ impl Gateway {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0;
         loop {
-            attempt += 1;
-            let request_id = format!(
-                "req_{}",
-                std::iter::repeat_with(fastrand::alphanumeric)
-                    .take(24)
-                    .collect::<String>()
-            );
+            let request_id = format!("req_{}", random_id());
             let fields = serde_json::from_value(body.clone()).unwrap_or_default();
             let inbound = Inbound {
                 request_id: request_id.clone().into(),
@@ -623,6 +731,9 @@ impl Gateway {
                 batch: true,
                 arrival: tokio::time::Instant::now(),
             };
+            let freed = self.batches.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             let (status, answer) = match self.serve(inbound).await {
                 Ok(reply) => {
                     let body = match reply.body {
@@ -633,11 +744,28 @@ impl Gateway {
                     };
                     (reply.status.as_u16(), body)
                 }
+                Err(refusal) if refusal.code.is_some_and(|code| WAITS.contains(&code)) => {
+                    // Held back by the gateway, not failed: wait and look again.
+                    let wait = refusal
+                        .retry_after()
+                        .unwrap_or(Duration::from_secs(5))
+                        .min(LONGEST_WAIT);
+                    self.batches.hold(batch, Some(refusal.message.clone()));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut freed => {}
+                        _ = halted.wait_for(|h| *h) => return None,
+                    }
+                    continue;
+                }
                 Err(refusal) => (refusal.status.as_u16(), refusal.body()),
             };
+            // The line ran (or failed): one held by batch_concurrency may go.
+            self.batches.wake();
             if self.shutdown.is_cut() {
                 return None;
             }
+            attempt += 1;
             let retryable = status == 429 || status >= 500;
             if retryable && attempt < ATTEMPTS {
                 tokio::time::sleep(backoff).await;
@@ -650,9 +778,18 @@ impl Gateway {
                 "response": {"status_code": status, "request_id": request_id, "body": answer},
                 "error": null,
             });
-            return Some(((200..300).contains(&status), format!("{result}\n")));
+            let tokens = result["response"]["body"]["usage"]["total_tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            return Some(((200..300).contains(&status), format!("{result}\n"), tokens));
         }
     }
+}
+
+fn random_id() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(24)
+        .collect()
 }
 
 /// Cuts a results file back to its last whole line (a crash may have cut one short).
@@ -678,24 +815,27 @@ async fn drop_partial_line(path: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// The `custom_id`s a results file holds (written by an earlier run of the batch).
-async fn written_ids(path: &std::path::Path) -> HashSet<String> {
+/// The `custom_id`s a results file holds (written by an earlier run of the batch), and
+/// the tokens its answers used.
+async fn written(path: &std::path::Path) -> (HashSet<String>, u64) {
+    let (mut ids, mut tokens) = (HashSet::new(), 0);
     let Ok(file) = tokio::fs::File::open(path).await else {
-        return HashSet::new();
+        return (ids, tokens);
     };
     let mut lines = tokio::io::BufReader::new(file).lines();
-    let mut ids = HashSet::new();
     while let Ok(Some(line)) = lines.next_line().await {
         // A line cut short by a crash did not count: it runs again.
-        if let Some(id) = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
-            v.get("custom_id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        }) {
-            ids.insert(id);
+        let Ok(result) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if let Some(id) = result.get("custom_id").and_then(Value::as_str) {
+            ids.insert(id.to_string());
+            tokens += result["response"]["body"]["usage"]["total_tokens"]
+                .as_u64()
+                .unwrap_or(0);
         }
     }
-    ids
+    (ids, tokens)
 }
 
 /// The requests of an input file, with their line numbers.

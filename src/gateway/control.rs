@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::Gateway;
+use super::batches::BatchError;
 use crate::admission::ControlError;
 use crate::domain::Limits;
 use crate::domain::records::{AuditKind, AuditQuery, AuditRecord};
@@ -15,6 +16,8 @@ use crate::domain::snapshot::{
 
 /// Audit records a tenant's drill-down shows.
 const DETAIL_AUDIT_RECORDS: usize = 50;
+/// Batches that ended shown in a snapshot, besides those still running.
+const SNAPSHOT_ENDED_BATCHES: usize = 20;
 use crate::router::RouteControlError;
 
 impl Gateway {
@@ -53,6 +56,7 @@ impl Gateway {
             tenants,
             levels: self.scheduler.levels(),
             streams: self.hub.views(),
+            batches: self.batches.views(SNAPSHOT_ENDED_BATCHES),
             events: self.events.recent(200),
             queue_history: reading.queue_history,
             latency: self.latency.views(),
@@ -158,6 +162,30 @@ impl Gateway {
 
     /// Carries out an operator's action and records it; the answer says what happened.
     pub async fn act(&self, action: &Action, actor: &str) -> Result<String, String> {
+        if let Action::CancelBatch { id } = action {
+            // Audited as batches are (batch.cancel), with the batch's progress.
+            let outcome = self
+                .cancel_batch(None, id, actor)
+                .await
+                .map_err(|e| match e {
+                    BatchError::NotFound(id) => format!("no batch is named {id}"),
+                    other => format!("the batch's new state could not be stored: {other:?}"),
+                });
+            let outcome = outcome.map(|b| {
+                format!(
+                    "batch {id} of {} stops: {} of {} lines done, the rest not run",
+                    b.tenant,
+                    b.completed + b.failed,
+                    b.total
+                )
+            });
+            let said = match &outcome {
+                Ok(done) => done.clone(),
+                Err(why) => format!("{} refused: {why}", action.describe()),
+            };
+            self.events.record(EventKind::Operator, Some(actor), said);
+            return outcome;
+        }
         let before = self.state_of(action);
         let mut outcome = self.carry_out(action);
         // An action that finds things already as it would leave them changes nothing and
@@ -274,12 +302,17 @@ impl Gateway {
                 let live = self.hub.views().into_iter().any(|s| &s.id == id);
                 Some(serde_json::json!({ "live": live }))
             }
+            // Carried out and audited apart (`act`), as every batch change is.
+            Action::CancelBatch { .. } => None,
         }
     }
 
     fn carry_out(&self, action: &Action) -> Result<String, String> {
         let deadline = |secs: &Option<f64>| secs.and_then(|s| Duration::try_from_secs_f64(s).ok());
         match action {
+            Action::CancelBatch { id } => Err(format!(
+                "batch {id}: batches are cancelled by Gateway::act, not here"
+            )),
             Action::DrainRegion {
                 region,
                 deadline_secs,
@@ -357,6 +390,7 @@ impl Gateway {
         let before = self.admission.view(tenant)?.limits;
         let after = self.admission.set_limits(tenant, change)?;
         tracing::info!(%tenant, ?before, ?after, "tenant limits changed");
+        self.batches.wake();
         Ok(after)
     }
 
@@ -371,6 +405,7 @@ impl Gateway {
     pub fn resume(&self, tenant: &str) -> Result<(), ControlError> {
         self.admission.set_paused(tenant, false)?;
         tracing::info!(%tenant, "tenant resumed");
+        self.batches.wake();
         Ok(())
     }
 
@@ -420,6 +455,7 @@ impl Gateway {
         let before = self.admission.view(tenant)?;
         self.admission.reset_budget(tenant)?;
         tracing::info!(%tenant, day_tokens = before.day.tokens, month_tokens = before.month.tokens, "tenant budget reset");
+        self.batches.wake();
         Ok(())
     }
 }

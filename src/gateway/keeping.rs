@@ -349,7 +349,10 @@ impl Gateway {
             Action::RestoreInstance { instance } => {
                 set(&mut overrides.ejected_instances, instance, false);
             }
-            Action::ResetBudget { .. } | Action::KillStream { .. } | Action::PurgeCache { .. } => {
+            Action::ResetBudget { .. }
+            | Action::KillStream { .. }
+            | Action::CancelBatch { .. }
+            | Action::PurgeCache { .. } => {
                 return false;
             }
         }

@@ -426,6 +426,7 @@ impl Gateway {
             max_tokens: Some(0),
             completion: false,
             price: model.price,
+            batch: false,
         };
         let reservation = self
             .admission

@@ -59,12 +59,21 @@ impl Refusal {
 
     /// Tells SDKs when to retry: both `retry-after-ms` and `retry-after` (whole seconds,
     /// rounded up), which they honour up to a limit.
-    fn retry_after(mut self, wait: Duration) -> Self {
+    fn waiting(mut self, wait: Duration) -> Self {
         let ms = wait.as_millis().max(1);
         self.headers.push((headers::RETRY_AFTER_MS, ms.to_string()));
         self.headers
             .push((headers::RETRY_AFTER, ms.div_ceil(1000).to_string()));
         self
+    }
+
+    /// The wait this refusal asks for, if it asks for one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.headers
+            .iter()
+            .find(|(name, _)| *name == headers::RETRY_AFTER_MS)
+            .and_then(|(_, ms)| ms.parse().ok())
+            .map(Duration::from_millis)
     }
 
     /// Tells SDKs that retrying cannot help.
@@ -168,7 +177,7 @@ impl Refusal {
             "the gateway is shutting down and could not finish this request in time; send it again"
                 .into(),
         )
-        .retry_after(Duration::from_secs(1))
+        .waiting(Duration::from_secs(1))
     }
 
     /// The client did not send its whole body in time (a slow-body attack, or a stalled
@@ -195,7 +204,7 @@ impl Refusal {
                 "this tenant already has {watching} watchers following streams, its most (streams.max_watchers_per_tenant); close one first"
             ),
         )
-        .retry_after(Duration::from_secs(1))
+        .waiting(Duration::from_secs(1))
     }
 
     pub fn too_large(limit: usize) -> Self {
@@ -358,7 +367,7 @@ impl From<AuthError> for Refusal {
                 error.code(),
                 error.to_string(),
             )
-            .retry_after(retry_after);
+            .waiting(retry_after);
         }
         Self::new(
             StatusCode::UNAUTHORIZED,
@@ -388,7 +397,7 @@ impl From<Refused> for Refusal {
                             openai_duration(retry_after)
                         ),
                     )
-                    .retry_after(retry_after),
+                    .waiting(retry_after),
                     Rejection::TenantQueueFull {
                         tier,
                         depth,
@@ -402,7 +411,7 @@ impl From<Refused> for Refusal {
                             openai_duration(retry_after)
                         ),
                     )
-                    .retry_after(retry_after),
+                    .waiting(retry_after),
                     Rejection::Timeout {
                         tier,
                         waited,
@@ -417,7 +426,7 @@ impl From<Refused> for Refusal {
                             openai_duration(retry_after)
                         ),
                     )
-                    .retry_after(retry_after),
+                    .waiting(retry_after),
                     Rejection::Paused => Self::paused("this tenant"),
                     Rejection::UnknownTier(_) => Self::internal(),
                 };
@@ -456,7 +465,7 @@ impl From<admission::Refusal> for Refusal {
                 )
                 .with_headers(rate_headers(&headers));
                 match retry_after {
-                    Some(wait) => error.retry_after(wait),
+                    Some(wait) => error.waiting(wait),
                     None => error.never_retry(),
                 }
             }
@@ -488,9 +497,37 @@ impl From<admission::Refusal> for Refusal {
                         openai_duration(renews_in)
                     ),
                 )
-                .retry_after(renews_in)
+                .waiting(renews_in)
                 .never_retry()
                 .with_headers(rate_headers(&headers))
+            }
+            admission::Refusal::BatchHeld {
+                limit,
+                value,
+                retry_after,
+            } => {
+                let message = match (limit, retry_after) {
+                    (_, None) => format!(
+                        "this line alone needs more tokens than the tenant's {limit} ({value}) allows; make it smaller or raise the limit"
+                    ),
+                    ("batch_concurrency", Some(_)) => format!(
+                        "the tenant's batch lines are at batch_concurrency ({value}); the line waits for one to finish"
+                    ),
+                    (_, Some(wait)) => format!(
+                        "the tenant's batch lines have used their {limit} ({value}) for now; the line waits {}",
+                        openai_duration(wait)
+                    ),
+                };
+                let error = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    "batch_limit_reached",
+                    message,
+                );
+                match retry_after {
+                    Some(wait) => error.waiting(wait),
+                    None => error.never_retry(),
+                }
             }
         }
     }
@@ -509,7 +546,7 @@ impl From<GatewayError> for Refusal {
                     openai_duration(wait)
                 ),
             )
-            .retry_after(wait);
+            .waiting(wait);
         }
         let code = match status {
             StatusCode::GATEWAY_TIMEOUT => "upstream_timeout",

@@ -121,7 +121,10 @@ impl Gateway {
         recorder.note(|r| r.cache = Some(cache_result.to_string()));
 
         let prompt_tokens = prompt_tokens(inbound.kind, parsed.model, &inbound.fields).await;
-        let demand = demand(inbound.kind, parsed.model, &inbound.fields, prompt_tokens);
+        let demand = Demand {
+            batch: inbound.batch,
+            ..demand(inbound.kind, parsed.model, &inbound.fields, prompt_tokens)
+        };
         let tenant = &parsed.tenant.name;
         let ticket = self.admit(tenant, &demand, inbound.batch).await.map_err(|refused| {
             tracing::debug!(request_id = %inbound.request_id, %tenant, ?refused, "request refused");
@@ -693,6 +696,7 @@ fn demand(kind: ModelKind, model: &Model, fields: &Fields, prompt_tokens: u64) -
             .and_then(|raw| raw.get().parse().ok()),
         completion: kind.completes(),
         price: model.price,
+        batch: false,
     }
 }
 

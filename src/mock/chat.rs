@@ -4,6 +4,7 @@
 //! responses the mock stores (`previous_response_id`, `GET`, `DELETE`, `cancel`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -523,6 +524,9 @@ enum Outcome {
 
 impl AnswerEnd {
     fn new(state: &Arc<MockState>, kind: Kind) -> AnswerEnd {
+        let c = &state.counters;
+        let now = c.answering.fetch_add(1, Ordering::Relaxed) + 1;
+        c.most_answering.fetch_max(now, Ordering::Relaxed);
         AnswerEnd {
             state: state.clone(),
             kind,
@@ -534,6 +538,7 @@ impl AnswerEnd {
 impl Drop for AnswerEnd {
     fn drop(&mut self) {
         let c = &self.state.counters;
+        c.answering.fetch_sub(1, Ordering::Relaxed);
         let counter = match (self.kind, &self.outcome) {
             (Kind::Plain, Some(_)) => &c.plain_completed,
             (Kind::Plain, None) => &c.plain_cancelled,

@@ -136,6 +136,9 @@ pub struct Stats {
     pub plain_completed: u64,
     /// Non-streaming chat requests whose client went away while the answer was pending.
     pub plain_cancelled: u64,
+    /// Chat answers (plain and streamed) being made now, and the most there were at once.
+    pub answering: u64,
+    pub most_answering: u64,
 }
 
 #[derive(Default)]
@@ -152,6 +155,8 @@ struct Counters {
     connections_dropped: AtomicU64,
     plain_completed: AtomicU64,
     plain_cancelled: AtomicU64,
+    answering: AtomicU64,
+    most_answering: AtomicU64,
 }
 
 struct MockState {
@@ -212,6 +217,8 @@ impl MockState {
             connections_dropped: get(&c.connections_dropped),
             plain_completed: get(&c.plain_completed),
             plain_cancelled: get(&c.plain_cancelled),
+            answering: get(&c.answering),
+            most_answering: get(&c.most_answering),
         }
     }
 

@@ -422,6 +422,7 @@ mod tests {
             tokens: 1234,
             cost: 0.5,
             requests: 7,
+            batch_tokens: 3,
         };
         {
             let store = SledStore::open(dir.path()).unwrap();
