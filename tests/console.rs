@@ -472,6 +472,19 @@ fn an_operator_follows_a_batch_in_depth_and_cancels_it_after_confirming() {
         status.error && status.text.contains("has ended (completed)"),
         "{status:?}"
     );
+    // One already stopping is not asked about again.
+    if let Some(snapshot) = model.snapshot.as_mut() {
+        snapshot.batches[0].status = "cancelling".into();
+    }
+    assert!(command(&mut model, "cancel-batch batch_nightly0000000000000001").is_empty());
+    assert!(
+        model
+            .status
+            .clone()
+            .unwrap()
+            .text
+            .contains("is already cancelling")
+    );
     // The command line names a batch too.
     assert!(command(&mut model, "cancel-batch batch_nope").is_empty());
     assert!(

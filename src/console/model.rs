@@ -632,7 +632,8 @@ impl Model {
                 }
             }
             Action::CancelBatch { id } => match s.batches.iter().find(|b| &b.id == id) {
-                Some(b) if b.running() => Ok(()),
+                Some(b) if b.cancellable() => Ok(()),
+                Some(b) if b.running() => Err(format!("batch {id} is already {}", b.status)),
                 Some(b) => Err(format!("batch {id} has ended ({})", b.status)),
                 None => Err(format!("there is no batch {id}; see the Batches view (8)")),
             },

@@ -1476,11 +1476,12 @@ fn batch_detail(s: &Snapshot, id: &str, frame: &mut Frame, area: Rect) {
             batch_status(b),
         ]),
         Line::from(format!(
-            "{} lines: {} completed, {} failed, {} to go   {}",
+            "{} lines: {} completed, {} failed, {} {}   {}",
             b.total,
             b.completed,
             b.failed,
             b.total.saturating_sub(b.done()),
+            if b.running() { "to go" } else { "not run" },
             batch_progress(b).trim_start()
         )),
         Line::from(format!(
@@ -1513,7 +1514,7 @@ fn batch_detail(s: &Snapshot, id: &str, frame: &mut Frame, area: Rect) {
     for error in &b.errors {
         lines.push(Line::styled(error.clone(), Style::new().fg(Color::Red)));
     }
-    if b.running() {
+    if b.cancellable() {
         lines.push(Line::from(
             "x cancels it: lines in flight finish, what finished is kept",
         ));

@@ -78,6 +78,11 @@ impl BatchView {
             "validating" | "in_progress" | "finalizing" | "cancelling"
         )
     }
+
+    /// Whether cancelling it would stop anything.
+    pub fn cancellable(&self) -> bool {
+        matches!(self.status.as_str(), "validating" | "in_progress")
+    }
 }
 
 /// The audit log's writer.

@@ -181,7 +181,7 @@ pub fn progress(batch: &BatchRecord, held: Option<String>) -> BatchView {
         .map_or(0, |started| end.saturating_sub(started));
     let rate = (running_secs > 0).then(|| done as f64 / running_secs as f64);
     let eta = rate
-        .filter(|r| *r > 0.0 && !batch.ended())
+        .filter(|r| *r > 0.0 && batch.status == "in_progress")
         .map(|r| (batch.total.saturating_sub(done) as f64 / r).ceil() as u64);
     BatchView {
         id: batch.id.clone(),
