@@ -62,8 +62,9 @@ const LONGEST_WAIT: Duration = Duration::from_secs(30);
 pub struct Batches {
     records: Mutex<HashMap<String, BatchRecord>>,
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
-    /// Why a batch's lines wait, while they do (for operators).
-    held: Mutex<HashMap<String, String>>,
+    /// Why a batch's lines wait, while any does (for operators): how many wait, and
+    /// the latest reason.
+    held: Mutex<HashMap<String, (usize, String)>>,
     /// A batch line finished: lines held by `batch_concurrency` look again.
     freed: tokio::sync::Notify,
 }
@@ -128,21 +129,41 @@ impl Batches {
 
     /// Why `id`'s lines are waiting now, if they are.
     pub fn held(&self, id: &str) -> Option<String> {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+        self.held_lines().get(id).map(|(_, why)| why.clone())
     }
 
-    fn hold(&self, id: &str, why: Option<String>) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        match why {
-            Some(why) => held.insert(id.to_string(), why),
-            None => held.remove(id),
-        };
+    fn held_lines(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, String)>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A line of batch `id` waits, for `why`, until the guard is dropped.
+    fn hold<'b>(&'b self, id: &'b str, why: String) -> Held<'b> {
+        let mut held = self.held_lines();
+        let entry = held.entry(id.to_string()).or_insert((0, String::new()));
+        *entry = (entry.0 + 1, why);
+        Held { batches: self, id }
+    }
+}
+
+/// A line waiting on a limit; the batch shows why while any of its lines waits.
+struct Held<'b> {
+    batches: &'b Batches,
+    id: &'b str,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut held = self.batches.held_lines();
+        if let Some((waiting, _)) = held.get_mut(self.id) {
+            *waiting -= 1;
+            if *waiting == 0 {
+                held.remove(self.id);
+            }
+        }
+    }
+}
+
+impl Batches {
     pub fn get(&self, tenant: &str, id: &str) -> Option<BatchRecord> {
         self.records()
             .get(id)
@@ -551,7 +572,6 @@ impl Gateway {
                 Some(result) = running.join_next() => {
                     // Cut by shutdown: not done, it runs after the restart.
                     let Ok(Some((ok, text, tokens))) = result else { continue };
-                    self.batches.hold(id, None);
                     let file = if ok { &mut output } else { &mut errors };
                     file.write_all(text.as_bytes())
                         .await
@@ -564,7 +584,6 @@ impl Gateway {
                 () = tokio::time::sleep(Duration::from_secs(deadline.saturating_sub(now_secs()))), if stopped.is_none() => stopped = Some("expired"),
             }
         }
-        self.batches.hold(id, None);
         if stopped == Some("expired") {
             // What did not run gets OpenAI's `batch_expired` line, and counts as failed.
             let (mut done, _) = written(&output_path).await;
@@ -750,7 +769,7 @@ impl Gateway {
                         .retry_after()
                         .unwrap_or(Duration::from_secs(5))
                         .min(LONGEST_WAIT);
-                    self.batches.hold(batch, Some(refusal.message.clone()));
+                    let _held = self.batches.hold(batch, refusal.message.clone());
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = &mut freed => {}
