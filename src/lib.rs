@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod demo;
 pub mod domain;
 pub mod files;
+pub mod flows;
 pub mod gateway;
 pub mod ledger;
 pub mod listener;

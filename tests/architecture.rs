@@ -108,6 +108,8 @@ const WALLS: &[(&str, &[&str])] = &[
     // An HTTP adapter: it builds an `Inbound` and renders a `Reply`, nothing more.
     ("api", &["gateway", "domain", "telemetry"]),
     ("store", &["domain"]),
+    // Flow definitions: checked at load, run by `gateway::flows`.
+    ("flows", &["domain"]),
     ("domain", &[]),
     ("mock", &[]),
     ("console", &["control", "domain", "telemetry"]),

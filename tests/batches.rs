@@ -40,15 +40,6 @@ fn chat_line(i: usize) -> Value {
         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("question {i}")}]}})
 }
 
-async fn get(gw: &TestGateway, key: &str, path: &str) -> reqwest::Response {
-    gw.client
-        .get(gw.url(path))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn create(gw: &TestGateway, key: &str, file: &str, endpoint: &str) -> reqwest::Response {
     let body = json!({"input_file_id": file, "endpoint": endpoint, "completion_window": "24h"});
     gw.post("/v1/batches", key, &body).await
@@ -67,13 +58,14 @@ async fn started(gw: &TestGateway, file: &str) -> String {
 /// The text of one of the tenant's files.
 async fn content(gw: &TestGateway, file: &Value) -> String {
     let path = format!("/v1/files/{}/content", file.as_str().unwrap());
-    get(gw, KEY_A, &path).await.text().await.unwrap()
+    gw.get(KEY_A, &path).await.text().await.unwrap()
 }
 
 /// Polls the batch until it has ended (at most a minute).
 async fn ended(gw: &TestGateway, id: &str) -> Value {
     for _ in 0..1200 {
-        let batch: Value = get(gw, KEY_A, &format!("/v1/batches/{id}"))
+        let batch: Value = gw
+            .get(KEY_A, &format!("/v1/batches/{id}"))
             .await
             .json()
             .await
@@ -107,7 +99,7 @@ async fn a_batch_runs_every_line_through_the_pipeline_once() {
     assert_eq!(batch["metadata"], json!({"job": "nightly"}));
     let id = batch["id"].as_str().unwrap().to_string();
     assert_eq!(
-        get(&gw, KEY_B, &format!("/v1/batches/{id}")).await.status(),
+        gw.get(KEY_B, &format!("/v1/batches/{id}")).await.status(),
         404
     );
 
@@ -141,7 +133,7 @@ async fn a_batch_runs_every_line_through_the_pipeline_once() {
             .unwrap()
             > 0
     );
-    let listed: Value = get(&gw, KEY_A, "/v1/batches").await.json().await.unwrap();
+    let listed: Value = gw.get(KEY_A, "/v1/batches").await.json().await.unwrap();
     assert_eq!(listed["data"][0]["id"], json!(id));
 }
 

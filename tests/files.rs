@@ -46,15 +46,6 @@ async fn upload(gw: &TestGateway, key: &str, body: Vec<u8>) -> reqwest::Response
         .unwrap()
 }
 
-async fn get(gw: &TestGateway, key: &str, path: &str) -> reqwest::Response {
-    gw.client
-        .get(gw.url(path))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn request(id: &str, model: &str) -> String {
     json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
         "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]}})
@@ -89,18 +80,18 @@ async fn a_file_is_uploaded_listed_read_and_deleted_by_its_tenant_only() {
     assert_eq!(file["filename"], "in.jsonl");
     assert_eq!(file["purpose"], "batch");
 
-    let listed: Value = get(&gw, KEY_A, "/v1/files").await.json().await.unwrap();
+    let listed: Value = gw.get(KEY_A, "/v1/files").await.json().await.unwrap();
     assert_eq!(listed["object"], "list");
     assert_eq!(listed["data"][0]["id"], json!(id));
-    let read = get(&gw, KEY_A, &format!("/v1/files/{id}/content")).await;
+    let read = gw.get(KEY_A, &format!("/v1/files/{id}/content")).await;
     assert_eq!(read.status(), 200);
     assert_eq!(read.bytes().await.unwrap(), contents);
 
     // Another tenant finds nothing, by list, by id, by content, or to delete.
-    let theirs: Value = get(&gw, KEY_B, "/v1/files").await.json().await.unwrap();
+    let theirs: Value = gw.get(KEY_B, "/v1/files").await.json().await.unwrap();
     assert_eq!(theirs["data"], json!([]));
     for path in [format!("/v1/files/{id}"), format!("/v1/files/{id}/content")] {
-        let response = get(&gw, KEY_B, &path).await;
+        let response = gw.get(KEY_B, &path).await;
         assert_eq!(response.status(), 404);
         assert_eq!(error_of(response).await["code"], "file_not_found");
     }
@@ -115,7 +106,8 @@ async fn a_file_is_uploaded_listed_read_and_deleted_by_its_tenant_only() {
     // Kept across a restart, then deleted with its contents.
     let data = gw.stop().await;
     let gw = TestGateway::from_toml_in(&config_for(&[("us-east", mock.url())], ""), data).await;
-    let again: Value = get(&gw, KEY_A, &format!("/v1/files/{id}"))
+    let again: Value = gw
+        .get(KEY_A, &format!("/v1/files/{id}"))
         .await
         .json()
         .await
@@ -130,7 +122,7 @@ async fn a_file_is_uploaded_listed_read_and_deleted_by_its_tenant_only() {
         .unwrap();
     assert_eq!(deleted.json::<Value>().await.unwrap()["deleted"], true);
     assert_eq!(
-        get(&gw, KEY_A, &format!("/v1/files/{id}")).await.status(),
+        gw.get(KEY_A, &format!("/v1/files/{id}")).await.status(),
         404
     );
     let left: Vec<_> = std::fs::read_dir(gw.data.path().join("files"))
@@ -186,7 +178,7 @@ async fn a_bad_file_is_refused_with_its_lines_named_and_nothing_kept() {
     assert_eq!(response.status(), 400);
     assert_eq!(error_of(response).await["param"], "file");
 
-    let listed: Value = get(&gw, KEY_A, "/v1/files").await.json().await.unwrap();
+    let listed: Value = gw.get(KEY_A, "/v1/files").await.json().await.unwrap();
     assert_eq!(listed["data"], json!([]));
     let left = std::fs::read_dir(gw.data.path().join("files"))
         .unwrap()

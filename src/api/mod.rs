@@ -9,6 +9,7 @@ mod batches;
 mod completions;
 pub(crate) mod error;
 mod files;
+mod flows;
 mod messages;
 mod responses;
 
@@ -71,6 +72,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{id}", get(batches::retrieve))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/flows", get(flows::list_flows))
+        .route("/v1/flows/runs", get(flows::list_runs))
+        .route("/v1/flows/runs/{id}", get(flows::retrieve))
+        .route("/v1/flows/{name}/runs", post(flows::run))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/v1/streams/{id}", get(watch_stream))

@@ -1,12 +1,11 @@
 //! The TOML configuration: a raw serde schema (`raw`), then `validate` into the types
 //! the rest of the gateway uses, so nothing downstream re-checks an `Option`. Durations
-//! and sizes have one parser and one formatter each (`units`), which round-trip.
+//! and sizes have one parser and one formatter each (`domain::units`), which round-trip.
 //!
 //! Every error names the key path (`regions[1].instances[0].url: ...`). This module never
 //! opens sockets or spawns tasks; reading the file is the only I/O it does.
 
 mod raw;
-mod units;
 mod validate;
 
 use std::net::SocketAddr;
@@ -18,8 +17,8 @@ use crate::domain::{
     Tenant, Tier, UpstreamTimeouts,
 };
 
+pub use crate::domain::units::{format_duration, format_size, parse_duration, parse_size};
 use raw::RawConfig;
-pub use units::{format_duration, format_size, parse_duration, parse_size};
 
 /// Environment variable that overrides `server.data_dir`.
 pub const DATA_DIR_ENV: &str = "SWITCHYARD_DATA_DIR";
@@ -48,6 +47,8 @@ pub struct Config {
     /// Sorted by failover order (then by position in the file).
     pub regions: Vec<Region>,
     pub models: Vec<Model>,
+    /// Flows tenants may run (`[flows] files`), checked whole at load.
+    pub flows: Vec<crate::flows::Flow>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,21 +113,31 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::from_toml(&text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Config::from_toml_in(&text, base)?;
         if let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|d| !d.is_empty()) {
             config.server.data_dir = PathBuf::from(dir);
         }
         Ok(config)
     }
 
-    /// Parses and validates TOML text; reads no environment.
+    /// Parses and validates TOML text; reads no environment. Flow files are found
+    /// from the working directory.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_in(text, Path::new("."))
+    }
+
+    /// The same, with flow files found from `base` (the config file's directory).
+    pub fn from_toml_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let deserializer = toml::de::Deserializer::parse(text).map_err(|e| syntax(text, "", &e))?;
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             syntax(text, &key, e.inner())
         })?;
-        raw.validate()
+        let flow_files = raw.flows.files.clone();
+        let mut config = raw.validate()?;
+        config.flows = load_flows(&flow_files, base, &config.models)?;
+        Ok(config)
     }
 
     pub fn model(&self, alias: &str) -> Option<&Model> {
@@ -157,6 +168,44 @@ impl Config {
     pub fn tier(&self, name: &str) -> Option<&Tier> {
         self.tiers.iter().find(|t| t.name == name)
     }
+}
+
+/// Reads and checks every flow file; a flow is named by its file's stem.
+fn load_flows(
+    files: &[String],
+    base: &Path,
+    models: &[Model],
+) -> Result<Vec<crate::flows::Flow>, ConfigError> {
+    let chat: Vec<&str> = models
+        .iter()
+        .filter(|m| m.kind == crate::domain::ModelKind::Chat)
+        .map(|m| m.alias.as_str())
+        .collect();
+    let mut flows: Vec<crate::flows::Flow> = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let key = format!("flows.files[{i}]");
+        let path = base.join(file);
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid(&key, format!("\"{file}\" names no file")))?
+            .to_string();
+        if flows.iter().any(|f| f.name == name) {
+            return Err(invalid(
+                &key,
+                format!("a second flow is named \"{name}\" (flows are named by their file)"),
+            ));
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(&key, format!("cannot read {}: {e}", path.display())))?;
+        let flow = crate::flows::parse(&name, &text, &chat).map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            message: format!("{} (in {})", e.message, path.display()),
+        })?;
+        flows.push(flow);
+    }
+    Ok(flows)
 }
 
 fn syntax(text: &str, key: &str, error: &toml::de::Error) -> ConfigError {

@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) files: RawFiles,
     #[serde(default)]
+    pub(super) flows: RawFlows,
+    #[serde(default)]
     pub(super) tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     pub(super) tenants: Vec<RawTenant>,
@@ -200,6 +202,13 @@ impl Default for RawFiles {
             batch_window: "24h".into(),
         }
     }
+}
+
+/// `[flows]`: the flow files tenants may run, relative to the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawFlows {
+    pub(super) files: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

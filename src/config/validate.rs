@@ -513,6 +513,7 @@ impl RawConfig {
             tenants,
             regions,
             models,
+            flows: Vec::new(),
         })
     }
 }

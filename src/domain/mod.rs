@@ -6,6 +6,7 @@
 pub mod period;
 pub mod records;
 pub mod snapshot;
+pub mod units;
 
 use period::PeriodKey;
 

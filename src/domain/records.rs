@@ -23,6 +23,58 @@ pub struct FileRecord {
     pub lines: u64,
 }
 
+/// A run of a flow (`POST /v1/flows/{name}/runs`): its steps as they went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRun {
+    /// `run_` and 24 letters and digits.
+    pub id: String,
+    pub flow: String,
+    pub tenant: String,
+    /// running, completed or failed.
+    pub status: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    #[serde(default)]
+    pub ended_at: Option<u64>,
+    pub input: serde_json::Value,
+    pub steps: Vec<StepRun>,
+    /// The output of the flow's output step, once it completed.
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
+    /// Why it failed: the step, a code and a message.
+    #[serde(default)]
+    pub error: Option<StepError>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// One step of a flow run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRun {
+    pub name: String,
+    pub kind: String,
+    /// completed or failed.
+    pub status: String,
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
+    pub attempts: u32,
+    pub elapsed_ms: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The model calls it made, by request id (each in the audit log).
+    #[serde(default)]
+    pub request_ids: Vec<String>,
+    #[serde(default)]
+    pub error: Option<StepError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepError {
+    pub step: String,
+    pub code: String,
+    pub message: String,
+}
+
 /// A batch job (`POST /v1/batches`): its state as OpenAI's batch object says it. The
 /// results live in files under the data directory, line by line as they come.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

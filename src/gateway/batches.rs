@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::{Gateway, Inbound, ReplyBody};
+use super::{Gateway, Inbound, ReplyBody, now_secs, random_id};
 use crate::domain::records::BatchRecord;
 use crate::domain::snapshot::BatchView;
 use crate::domain::{Directives, ModelKind};
@@ -182,10 +182,6 @@ impl Batches {
         batches.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         batches
     }
-}
-
-fn now_secs() -> u64 {
-    crate::telemetry::now_ms() / 1000
 }
 
 /// A batch as operators see it (the console, the admin API, the audit log): its state
@@ -803,12 +799,6 @@ impl Gateway {
             return Some(((200..300).contains(&status), format!("{result}\n"), tokens));
         }
     }
-}
-
-fn random_id() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(24)
-        .collect()
 }
 
 /// Cuts a results file back to its last whole line (a crash may have cut one short).

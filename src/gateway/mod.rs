@@ -11,6 +11,7 @@ mod accounting;
 pub mod batches;
 mod control;
 pub mod conversations;
+pub mod flows;
 mod keeping;
 mod record;
 mod refusal;
@@ -83,6 +84,8 @@ pub struct Gateway {
     files: Arc<crate::files::Files>,
     /// Batch jobs, running and ended.
     batches: batches::Batches,
+    /// Flow runs, running and ended.
+    flow_runs: flows::Runs,
     /// Where keys and overrides are kept; attached by the daemon.
     store: OnceLock<Arc<dyn Store>>,
     /// Keys made at run time, by id (revoked and expired ones included).
@@ -308,6 +311,7 @@ impl Gateway {
             audit: Arc::new(Audit::new(config.audit.clone())),
             conversations: Arc::new(conversations::Conversations::new()),
             batches: batches::Batches::default(),
+            flow_runs: flows::Runs::default(),
             files: Arc::new(crate::files::Files::new(
                 &config.server.data_dir,
                 config.files,
@@ -934,6 +938,18 @@ fn openai_error_body(status: StatusCode, body: Bytes) -> Bytes {
 fn json_string(text: &str) -> Box<RawValue> {
     let literal = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_string());
     RawValue::from_string(literal).unwrap_or_else(|_| Box::<RawValue>::default())
+}
+
+/// 24 random letters and digits, for the ids the gateway makes (`batch_…`, `run_…`).
+fn random_id() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(24)
+        .collect()
+}
+
+/// Now, in Unix seconds, as OpenAI's objects give times.
+fn now_secs() -> u64 {
+    crate::telemetry::now_ms() / 1000
 }
 
 #[cfg(test)]

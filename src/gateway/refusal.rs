@@ -306,6 +306,37 @@ impl Refusal {
         }
     }
 
+    /// A flow run that could not start.
+    pub fn flow(error: super::flows::FlowError) -> Self {
+        use super::flows::FlowError;
+        match error {
+            FlowError::UnknownFlow { name, known } => Self::new(
+                StatusCode::NOT_FOUND,
+                INVALID_REQUEST,
+                "flow_not_found",
+                format!(
+                    "no flow is named \"{name}\"; flows: {}",
+                    if known.is_empty() {
+                        "none configured ([flows] files)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ),
+            FlowError::BadInput(message) => Self::bad_parameter("input", message),
+        }
+    }
+
+    /// A flow run this tenant does not have.
+    pub fn unknown_run(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            INVALID_REQUEST,
+            "run_not_found",
+            format!("no flow run {id} for this tenant"),
+        )
+    }
+
     /// A file upload, read or deletion that could not be done.
     pub fn file(error: crate::files::FileError) -> Self {
         use crate::files::FileError;

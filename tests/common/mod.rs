@@ -159,6 +159,16 @@ impl TestGateway {
             .expect("gateway answers")
     }
 
+    /// GETs `path` with tenant `key`.
+    pub async fn get(&self, key: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn chat(&self, key: &str, body: &Value) -> reqwest::Response {
         self.post("/v1/chat/completions", key, body).await
     }

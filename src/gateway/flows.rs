@@ -1,0 +1,299 @@
+//! Flow runs (`POST /v1/flows/{name}/runs`): the steps of a configured flow
+//! (`crate::flows`), one after the other, as the tenant that started the run. Every
+//! model call goes through `Gateway::serve` like a live request of that tenant, so its
+//! priority, limits and budgets apply, it fails over like live traffic and it is in the
+//! audit log under its own request id (the step names them). A step that fails with
+//! something retrying can help (429, 5xx, its timeout) is tried again up to its
+//! `retries`; otherwise the run ends `failed`, naming the step.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use super::{Gateway, Inbound, ReplyBody, now_secs, random_id};
+use crate::domain::records::{FlowRun, StepError, StepRun};
+use crate::domain::{Directives, ModelKind};
+use crate::flows::{Flow, Step, StepKind};
+
+/// Why a run could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowError {
+    UnknownFlow {
+        name: String,
+        known: Vec<String>,
+    },
+    /// The run's `input` lacks a name the flow reads, or is not an object.
+    BadInput(String),
+}
+
+/// Every run, in memory.
+#[derive(Default)]
+pub struct Runs {
+    runs: Mutex<HashMap<String, FlowRun>>,
+}
+
+impl Runs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FlowRun>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `id` of `tenant`.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<FlowRun> {
+        self.lock().get(id).filter(|r| r.tenant == tenant).cloned()
+    }
+
+    /// `tenant`'s runs, newest first.
+    pub fn list(&self, tenant: &str) -> Vec<FlowRun> {
+        let mut runs: Vec<FlowRun> = self
+            .lock()
+            .values()
+            .filter(|r| r.tenant == tenant)
+            .cloned()
+            .collect();
+        runs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        runs
+    }
+
+    fn put(&self, run: &FlowRun) {
+        self.lock().insert(run.id.clone(), run.clone());
+    }
+}
+
+/// A step's one attempt that did not work: its code, its message, and whether trying
+/// again can help.
+struct Failure {
+    code: String,
+    message: String,
+    retryable: bool,
+}
+
+impl Gateway {
+    pub fn flows(&self) -> &[Flow] {
+        &self.config.flows
+    }
+
+    pub fn flow_runs(&self) -> &Runs {
+        &self.flow_runs
+    }
+
+    /// Runs flow `name` for `tenant` with `input` (an object naming every input the
+    /// flow reads) to its end: completed, or failed at a step.
+    pub async fn run_flow(
+        &self,
+        tenant: &str,
+        name: &str,
+        input: Value,
+    ) -> Result<FlowRun, FlowError> {
+        let Some(flow) = self.config.flows.iter().find(|f| f.name == name) else {
+            return Err(FlowError::UnknownFlow {
+                name: name.to_string(),
+                known: self.config.flows.iter().map(|f| f.name.clone()).collect(),
+            });
+        };
+        let Value::Object(given) = &input else {
+            return Err(FlowError::BadInput("input must be an object".into()));
+        };
+        if let Some(missing) = flow.inputs.iter().find(|i| !given.contains_key(*i)) {
+            return Err(FlowError::BadInput(format!(
+                "input.{missing} is missing; flow {name} reads {}",
+                flow.inputs.join(", ")
+            )));
+        }
+        let mut values: Map<String, Value> = given.clone();
+        let mut run = FlowRun {
+            id: format!("run_{}", random_id()),
+            flow: flow.name.clone(),
+            tenant: tenant.to_string(),
+            status: "running".into(),
+            created_at: now_secs(),
+            ended_at: None,
+            input,
+            steps: Vec::new(),
+            output: None,
+            error: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        };
+        self.flow_runs.put(&run);
+        for step in &flow.steps {
+            let done = self.run_step(tenant, &run.id, step, &values).await;
+            run.prompt_tokens += done.prompt_tokens;
+            run.completion_tokens += done.completion_tokens;
+            let failed = done.error.clone();
+            if let Some(output) = &done.output {
+                values.insert(step.name.clone(), output.clone());
+            }
+            run.steps.push(done);
+            self.flow_runs.put(&run);
+            if let Some(error) = failed {
+                tracing::info!(run = %run.id, flow = %flow.name, step = %step.name, code = %error.code, "flow run failed");
+                run.status = "failed".into();
+                run.error = Some(error);
+                break;
+            }
+        }
+        if run.error.is_none() {
+            run.status = "completed".into();
+            run.output = values.get(&flow.output).cloned();
+        }
+        run.ended_at = Some(now_secs());
+        self.flow_runs.put(&run);
+        Ok(run)
+    }
+
+    /// One step, with its retries: what it made, or why it failed.
+    async fn run_step(
+        &self,
+        tenant: &str,
+        run: &str,
+        step: &Step,
+        values: &Map<String, Value>,
+    ) -> StepRun {
+        let started = Instant::now();
+        let mut done = StepRun {
+            name: step.name.clone(),
+            kind: step.kind.name().into(),
+            status: "completed".into(),
+            output: None,
+            attempts: 0,
+            elapsed_ms: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            request_ids: Vec::new(),
+            error: None,
+        };
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            done.attempts += 1;
+            let outcome = tokio::time::timeout(
+                step.timeout,
+                self.attempt(tenant, run, step, values, &mut done),
+            )
+            .await;
+            let failure = match outcome {
+                Ok(Ok(output)) => {
+                    done.output = Some(output);
+                    break;
+                }
+                Ok(Err(failure)) => failure,
+                Err(_) => Failure {
+                    code: "step_timeout".into(),
+                    message: format!(
+                        "step {} took longer than its timeout, {}",
+                        step.name,
+                        crate::config::format_duration(step.timeout)
+                    ),
+                    retryable: true,
+                },
+            };
+            if failure.retryable && done.attempts <= step.retries {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                continue;
+            }
+            done.status = "failed".into();
+            done.error = Some(StepError {
+                step: step.name.clone(),
+                code: failure.code,
+                message: failure.message,
+            });
+            break;
+        }
+        done.elapsed_ms = started.elapsed().as_millis() as u64;
+        done
+    }
+
+    /// One attempt at a step.
+    async fn attempt(
+        &self,
+        tenant: &str,
+        run: &str,
+        step: &Step,
+        values: &Map<String, Value>,
+        done: &mut StepRun,
+    ) -> Result<Value, Failure> {
+        let render = |template: &crate::flows::Template| {
+            template
+                .render(|name| values.get(name))
+                .map_err(|message| Failure {
+                    code: "template_error".into(),
+                    message: format!("step {}: {message}", step.name),
+                    retryable: false,
+                })
+        };
+        match &step.kind {
+            StepKind::Template { template } => render(template).map(Value::String),
+            StepKind::Llm {
+                model,
+                system,
+                prompt,
+                max_tokens,
+            } => {
+                let mut messages = Vec::new();
+                if let Some(system) = system {
+                    messages.push(json!({"role": "system", "content": render(system)?}));
+                }
+                messages.push(json!({"role": "user", "content": render(prompt)?}));
+                let mut body = json!({"model": model, "messages": messages});
+                if let Some(max) = max_tokens {
+                    body["max_tokens"] = json!(max);
+                }
+                let request_id = format!("req_{}", random_id());
+                done.request_ids.push(request_id.clone());
+                let inbound = Inbound {
+                    request_id: request_id.into(),
+                    endpoint: "/v1/chat/completions",
+                    tenant: tenant.to_string(),
+                    key_id: format!("flow:{run}").into(),
+                    kind: ModelKind::Chat,
+                    fields: serde_json::from_value(body).unwrap_or_default(),
+                    directives: Directives::default(),
+                    session: None,
+                    pin: None,
+                    batch: false,
+                    arrival: Instant::now(),
+                };
+                let (status, answer) = match self.serve(inbound).await {
+                    Ok(reply) => match reply.body {
+                        ReplyBody::Whole { bytes, .. } => (
+                            reply.status.as_u16(),
+                            serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+                        ),
+                        ReplyBody::Stream(_) => (reply.status.as_u16(), Value::Null),
+                    },
+                    Err(refusal) => {
+                        let status = refusal.status.as_u16();
+                        return Err(Failure {
+                            code: refusal.code.unwrap_or("refused").to_string(),
+                            message: refusal.message,
+                            retryable: status == 429 || status >= 500,
+                        });
+                    }
+                };
+                let usage = &answer["usage"];
+                done.prompt_tokens += usage["prompt_tokens"].as_u64().unwrap_or(0);
+                done.completion_tokens += usage["completion_tokens"].as_u64().unwrap_or(0);
+                if !(200..300).contains(&status) {
+                    return Err(Failure {
+                        code: answer["error"]["code"]
+                            .as_str()
+                            .unwrap_or("upstream_error")
+                            .to_string(),
+                        message: answer["error"]["message"]
+                            .as_str()
+                            .unwrap_or("the model call failed")
+                            .to_string(),
+                        retryable: status == 429 || status >= 500,
+                    });
+                }
+                let text = answer["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default();
+                Ok(Value::String(text.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Flows run by the gateway: steps in order, each model call through the one pipeline
+//! as the tenant, checked whole at load.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use switchyard::mock::MockHandle;
+
+const QA: &str = r#"
+description = "Summarizes a text, then answers a question about it."
+inputs = ["text", "question"]
+
+[[steps]]
+name = "summary"
+kind = "llm"
+model = "gpt-4o-mini"
+system = "You summarize."
+prompt = "Summarize: {{ text }}"
+max_tokens = 5
+
+[[steps]]
+name = "answer"
+kind = "llm"
+model = "gpt-4o-mini"
+prompt = "Given {{ summary }}, answer: {{ question }}"
+max_tokens = 5
+
+[[steps]]
+name = "report"
+kind = "template"
+template = "Q: {{ question }} A: {{ answer }}"
+"#;
+
+/// A gateway whose flows are these (name, TOML) files, and the directory holding them.
+async fn with_flows(
+    mock: &MockHandle,
+    flows: &[(&str, &str)],
+    extra: &str,
+) -> (TestGateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (name, text) in flows {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        files.push(format!("\"{}\"", path.display()));
+    }
+    let toml = config_for(
+        &[("us-east", mock.url())],
+        &format!("{extra}\n[flows]\nfiles = [{}]\n", files.join(", ")),
+    );
+    (TestGateway::from_toml(&toml).await, dir)
+}
+
+async fn run(gw: &TestGateway, key: &str, flow: &str, input: Value) -> reqwest::Response {
+    gw.post(
+        &format!("/v1/flows/{flow}/runs"),
+        key,
+        &json!({ "input": input }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_flow_runs_its_steps_in_order_through_the_pipeline_as_the_tenant() {
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let listed: Value = gw.get(KEY_A, "/v1/flows").await.json().await.unwrap();
+    assert_eq!(listed["data"][0]["name"], "qa");
+    assert_eq!(listed["data"][0]["inputs"], json!(["text", "question"]));
+
+    let response = run(
+        &gw,
+        KEY_A,
+        "qa",
+        json!({"text": "Switchyards sort cars.", "question": "What do they sort?"}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let done: Value = response.json().await.unwrap();
+    assert_eq!(done["object"], "flow.run");
+    assert_eq!(done["status"], "completed", "{done}");
+    let steps = done["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["summary", "answer", "report"]);
+    // The second call was made from the first one's answer, and the output from both.
+    let summary = steps[0]["output"].as_str().unwrap();
+    let answer = steps[1]["output"].as_str().unwrap();
+    assert!(!summary.is_empty() && !answer.is_empty());
+    let last = mock.last_request().unwrap();
+    assert_eq!(
+        last["messages"][0]["content"],
+        format!("Given {summary}, answer: What do they sort?")
+    );
+    assert_eq!(last["max_tokens"], 5);
+    assert_eq!(done["output"], format!("Q: What do they sort? A: {answer}"));
+    assert_eq!(mock.stats().chat_requests, 2);
+
+    // Charged to the tenant like its own requests, and each call is in the audit log.
+    let total = done["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(total > 0);
+    assert_eq!(gw.day_tokens_reaching(total).await, total);
+    let request_id = steps[1]["request_ids"][0].as_str().unwrap();
+    let record = gw.newest_record().await;
+    assert_eq!(record["request_id"], request_id, "{record}");
+    assert_eq!(record["tenant"], "tenant-a");
+    assert_eq!(
+        record["key_id"],
+        format!("flow:{}", done["id"].as_str().unwrap())
+    );
+
+    // The run is the tenant's own.
+    let id = done["id"].as_str().unwrap();
+    let path = format!("/v1/flows/runs/{id}");
+    let again: Value = gw.get(KEY_A, &path).await.json().await.unwrap();
+    assert_eq!(again, done);
+    let theirs = gw.get(KEY_B, &path).await;
+    assert_eq!(theirs.status(), 404);
+    assert_eq!(error_of(theirs).await["code"], "run_not_found");
+    let listed: Value = gw.get(KEY_B, "/v1/flows/runs").await.json().await.unwrap();
+    assert_eq!(listed["data"], json!([]));
+}
+
+#[tokio::test]
+async fn a_run_that_cannot_start_is_refused_with_what_is_wrong() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let missing = run(&gw, KEY_A, "qa", json!({"text": "x"})).await;
+    assert_eq!(missing.status(), 400);
+    let error = error_of(missing).await;
+    assert_eq!(error["param"], "input");
+    assert_eq!(
+        error["message"],
+        "input.question is missing; flow qa reads text, question"
+    );
+    let unknown = run(&gw, KEY_A, "rag", json!({})).await;
+    assert_eq!(unknown.status(), 404);
+    let error = error_of(unknown).await;
+    assert_eq!(error["code"], "flow_not_found");
+    assert!(error["message"].as_str().unwrap().contains("flows: qa"));
+    assert_eq!(mock.stats().chat_requests, 0);
+}
+
+#[tokio::test]
+async fn a_paused_tenants_run_fails_at_its_first_model_call_naming_the_step() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let paused = gw
+        .admin(reqwest::Method::POST, "/admin/tenants/tenant-a/pause", None)
+        .await;
+    assert_eq!(paused.status(), 200);
+    let done: Value = run(&gw, KEY_A, "qa", json!({"text": "t", "question": "q"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["error"]["step"], "summary");
+    assert_eq!(done["error"]["code"], "tenant_paused");
+    assert_eq!(done["steps"].as_array().unwrap().len(), 1);
+    assert_eq!(mock.stats().chat_requests, 0);
+}
+
+#[tokio::test]
+async fn a_step_past_its_timeout_is_tried_again_then_fails_the_run() {
+    let mock = quick_mock()
+        .ttft(Duration::from_secs(3))
+        .spawn_local()
+        .await
+        .unwrap();
+    let slow = r#"
+[[steps]]
+name = "only"
+kind = "llm"
+model = "gpt-4o-mini"
+prompt = "hello"
+timeout = "300ms"
+retries = 1
+"#;
+    let (gw, _dir) = with_flows(&mock, &[("slow", slow)], "").await;
+    let done: Value = run(&gw, KEY_A, "slow", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "step_timeout");
+    assert_eq!(done["steps"][0]["attempts"], 2);
+    assert!(
+        done["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than its timeout, 300ms")
+    );
+}
+
+#[test]
+fn a_broken_flow_file_stops_the_config_naming_the_flow_the_step_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rag.toml"),
+        "[[steps]]\nname = \"a\"\nkind = \"template\"\ntemplate = \"{{ chunks }}\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config.toml");
+    let toml = config_for(&[("us-east", "http://127.0.0.1:9/v1".into())], "")
+        + "\n[flows]\nfiles = [\"rag.toml\"]\n";
+    std::fs::write(&config, toml).unwrap();
+    let error = switchyard::config::Config::load(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(
+            "flows.rag.steps[0].template: unknown output \"chunks\"; this step can read nothing yet (in "
+        ),
+        "{error}"
+    );
+    std::fs::remove_file(dir.path().join("rag.toml")).unwrap();
+    let error = switchyard::config::Config::load(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("flows.files[0]: cannot read"), "{error}");
+}
+
+#[test]
+fn the_example_flow_loads_with_the_example_config() {
+    let example = std::fs::read_to_string("config.toml.example").unwrap();
+    let toml = example.replace(
+        "# files = [\"examples/flows/qa.toml\"]",
+        "files = [\"examples/flows/qa.toml\"]",
+    );
+    assert_ne!(toml, example, "the example names its flow");
+    let config = switchyard::config::Config::from_toml(&toml).unwrap();
+    assert_eq!(config.flows.len(), 1);
+    assert_eq!(config.flows[0].name, "qa");
+    assert_eq!(config.flows[0].output, "report");
+}
