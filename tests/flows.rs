@@ -238,3 +238,50 @@ fn the_example_flow_loads_with_the_example_config() {
     assert_eq!(config.flows[0].name, "qa");
     assert_eq!(config.flows[0].output, "report");
 }
+
+#[tokio::test]
+async fn a_run_whose_client_goes_away_ends_cancelled() {
+    let mock = quick_mock()
+        .ttft(Duration::from_secs(30))
+        .spawn_local()
+        .await
+        .unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let client = gw.client.clone();
+    let url = gw.url("/v1/flows/qa/runs");
+    let asking = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(KEY_A)
+            .json(&json!({"input": {"text": "t", "question": "q"}}))
+            .send()
+            .await
+    });
+    let mut runs = Value::Null;
+    for _ in 0..250 {
+        runs = gw.get(KEY_A, "/v1/flows/runs").await.json().await.unwrap();
+        if runs["data"][0]["status"] == "running" && mock.stats().chat_requests == 1 {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(runs["data"][0]["status"], "running", "{runs}");
+    asking.abort();
+    let id = runs["data"][0]["id"].as_str().unwrap().to_string();
+    let mut run = Value::Null;
+    for _ in 0..250 {
+        run = gw
+            .get(KEY_A, &format!("/v1/flows/runs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if run["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(run["error"]["code"], "client_gone");
+    assert_eq!(run["error"]["step"], "summary");
+}

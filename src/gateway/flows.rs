@@ -62,6 +62,32 @@ impl Runs {
     }
 }
 
+/// Ends a run whose caller went away before it finished (the request was dropped
+/// mid-step): it is `cancelled`, not left `running` for ever.
+struct Unfinished<'r> {
+    runs: &'r Runs,
+    id: String,
+    flow: &'r Flow,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(run) = self.runs.lock().get_mut(&self.id)
+            && run.status == "running"
+        {
+            run.status = "cancelled".into();
+            run.ended_at = Some(now_secs());
+            // The step in progress: the first not recorded.
+            let step = self.flow.steps.get(run.steps.len()).map(|s| s.name.clone());
+            run.error = Some(StepError {
+                step: step.unwrap_or_default(),
+                code: "client_gone".into(),
+                message: "the client went away before the run ended; it was stopped".into(),
+            });
+        }
+    }
+}
+
 /// A step's one attempt that did not work: its code, its message, and whether trying
 /// again can help.
 struct Failure {
@@ -118,6 +144,11 @@ impl Gateway {
             completion_tokens: 0,
         };
         self.flow_runs.put(&run);
+        let _unfinished = Unfinished {
+            runs: &self.flow_runs,
+            id: run.id.clone(),
+            flow,
+        };
         for step in &flow.steps {
             let done = self.run_step(tenant, &run.id, step, &values).await;
             run.prompt_tokens += done.prompt_tokens;
