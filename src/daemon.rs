@@ -143,6 +143,7 @@ impl Daemon {
         gateway.conversations().restore(store.load_responses()?);
         gateway.files().restore(store.load_files()?);
         gateway.restore_batches(store.load_batches()?);
+        gateway.restore_flow_runs(store.load_flow_runs()?);
         let audit_writer = crate::audit::spawn_writer(gateway.audit().clone(), store.clone());
         let ledger = crate::ledger::spawn(gateway.admission().clone(), store, checkpoint);
 

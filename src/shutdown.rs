@@ -60,6 +60,10 @@ impl Shutdown {
         self.draining.send_replace(true);
     }
 
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
     /// Resolves when shutting down begins (at once if it has).
     pub fn draining_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut draining = self.draining.subscribe();

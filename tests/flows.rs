@@ -285,3 +285,87 @@ async fn a_run_whose_client_goes_away_ends_cancelled() {
     assert_eq!(run["error"]["code"], "client_gone");
     assert_eq!(run["error"]["step"], "summary");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_with_the_daemon_resumes_from_its_last_completed_step() {
+    let flow = r#"
+inputs = ["question"]
+[[steps]]
+name = "framed"
+kind = "template"
+template = "Please answer: {{ question }}"
+[[steps]]
+name = "answer"
+kind = "llm"
+model = "gpt-4o-mini"
+prompt = "{{ framed }}"
+"#;
+    let slow = quick_mock()
+        .ttft(Duration::from_secs(30))
+        .spawn_local()
+        .await
+        .unwrap();
+    let (gw, dir) = with_flows(&slow, &[("resumable", flow)], "").await;
+    let client = gw.client.clone();
+    let url = gw.url("/v1/flows/resumable/runs");
+    let asking = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(KEY_A)
+            .json(&json!({"input": {"question": "why?"}}))
+            .send()
+            .await
+    });
+    let mut runs = Value::Null;
+    for _ in 0..250 {
+        runs = gw.get(KEY_A, "/v1/flows/runs").await.json().await.unwrap();
+        if runs["data"][0]["steps"]
+            .as_array()
+            .is_some_and(|s| s.len() == 1)
+            && slow.stats().answering == 1
+        {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(slow.stats().answering, 1, "{runs}");
+    let id = runs["data"][0]["id"].as_str().unwrap().to_string();
+    // The daemon stops while the second step waits on its model call.
+    let data = gw.stop().await;
+    asking.abort();
+
+    let fast = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let path = dir.path().join("resumable.toml");
+    let toml = config_for(
+        &[("us-east", fast.url())],
+        &format!("[flows]\nfiles = [\"{}\"]\n", path.display()),
+    );
+    let gw = TestGateway::from_toml_in(&toml, data).await;
+    let mut run = Value::Null;
+    for _ in 0..250 {
+        run = gw
+            .get(KEY_A, &format!("/v1/flows/runs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if run["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(run["status"], "completed", "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0]["output"], "Please answer: why?");
+    assert_eq!(
+        fast.stats().chat_requests,
+        1,
+        "only the step not completed ran"
+    );
+    assert_eq!(
+        fast.last_request().unwrap()["messages"][0]["content"],
+        "Please answer: why?"
+    );
+    assert_eq!(run["output"], steps[1]["output"]);
+}

@@ -7,7 +7,7 @@
 //! `retries`; otherwise the run ends `failed`, naming the step.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -63,26 +63,47 @@ impl Runs {
 }
 
 /// Ends a run whose caller went away before it finished (the request was dropped
-/// mid-step): it is `cancelled`, not left `running` for ever.
-struct Unfinished<'r> {
-    runs: &'r Runs,
+/// mid-step): it is `cancelled`, not left `running` for ever. Not when the daemon is
+/// stopping: then the run resumes at the next start.
+struct Unfinished<'g> {
+    gateway: &'g Gateway,
     id: String,
-    flow: &'r Flow,
+    flow: &'g Flow,
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        if let Some(run) = self.runs.lock().get_mut(&self.id)
-            && run.status == "running"
-        {
-            run.status = "cancelled".into();
-            run.ended_at = Some(now_secs());
-            // The step in progress: the first not recorded.
-            let step = self.flow.steps.get(run.steps.len()).map(|s| s.name.clone());
-            run.error = Some(StepError {
-                step: step.unwrap_or_default(),
-                code: "client_gone".into(),
-                message: "the client went away before the run ended; it was stopped".into(),
+        let shutdown = &self.gateway.shutdown;
+        if shutdown.is_draining() || shutdown.is_cut() {
+            return;
+        }
+        let mut runs = self.gateway.flow_runs.lock();
+        let Some(run) = runs.get_mut(&self.id).filter(|r| r.status == "running") else {
+            return;
+        };
+        run.status = "cancelled".into();
+        run.ended_at = Some(now_secs());
+        // The step in progress: the first not recorded.
+        let step = self.flow.steps.get(run.steps.len()).map(|s| s.name.clone());
+        run.error = Some(StepError {
+            step: step.unwrap_or_default(),
+            code: "client_gone".into(),
+            message: "the client went away before the run ended; it was stopped".into(),
+        });
+        let run = run.clone();
+        drop(runs);
+        if let (Some(store), Ok(runtime)) = (
+            self.gateway.store.get().cloned(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn_blocking(move || {
+                if store
+                    .save_flow_run(&run)
+                    .and_then(|()| store.flush())
+                    .is_err()
+                {
+                    tracing::warn!(run = %run.id, "a cancelled flow run could not be written");
+                }
             });
         }
     }
@@ -128,8 +149,7 @@ impl Gateway {
                 flow.inputs.join(", ")
             )));
         }
-        let mut values: Map<String, Value> = given.clone();
-        let mut run = FlowRun {
+        let run = FlowRun {
             id: format!("run_{}", random_id()),
             flow: flow.name.clone(),
             tenant: tenant.to_string(),
@@ -143,14 +163,44 @@ impl Gateway {
             prompt_tokens: 0,
             completion_tokens: 0,
         };
-        self.flow_runs.put(&run);
-        let _unfinished = Unfinished {
-            runs: &self.flow_runs,
+        self.keep_run(&run).await;
+        let unfinished = Unfinished {
+            gateway: self,
             id: run.id.clone(),
             flow,
         };
-        for step in &flow.steps {
-            let done = self.run_step(tenant, &run.id, step, &values).await;
+        let run = self.drive(flow, run).await;
+        drop(unfinished);
+        Ok(run)
+    }
+
+    /// Runs a run's steps from the first it has not completed to its end, keeping it in
+    /// the store after each. Stopped by shutdown, it stays `running` as of its last
+    /// completed step, and resumes there at the next start.
+    async fn drive(&self, flow: &Flow, mut run: FlowRun) -> FlowRun {
+        let mut values: Map<String, Value> = match &run.input {
+            Value::Object(given) => given.clone(),
+            _ => Map::new(),
+        };
+        for done in &run.steps {
+            if let Some(output) = &done.output {
+                values.insert(done.name.clone(), output.clone());
+            }
+        }
+        for step in flow.steps.iter().skip(run.steps.len()) {
+            let stopping = |run: &FlowRun| {
+                tracing::info!(run = %run.id, step = %step.name, "flow run stopped with the daemon; it resumes at the next start");
+            };
+            if self.shutdown.is_draining() {
+                stopping(&run);
+                return run;
+            }
+            let done = self.run_step(&run.tenant, &run.id, step, &values).await;
+            if self.shutdown.is_cut() {
+                // Cut short by shutdown, not failed: it runs again after the restart.
+                stopping(&run);
+                return run;
+            }
             run.prompt_tokens += done.prompt_tokens;
             run.completion_tokens += done.completion_tokens;
             let failed = done.error.clone();
@@ -158,21 +208,72 @@ impl Gateway {
                 values.insert(step.name.clone(), output.clone());
             }
             run.steps.push(done);
-            self.flow_runs.put(&run);
             if let Some(error) = failed {
                 tracing::info!(run = %run.id, flow = %flow.name, step = %step.name, code = %error.code, "flow run failed");
                 run.status = "failed".into();
                 run.error = Some(error);
                 break;
             }
+            self.keep_run(&run).await;
         }
         if run.error.is_none() {
             run.status = "completed".into();
             run.output = values.get(&flow.output).cloned();
         }
         run.ended_at = Some(now_secs());
-        self.flow_runs.put(&run);
-        Ok(run)
+        self.keep_run(&run).await;
+        run
+    }
+
+    /// Takes back the runs the store kept (at start) and resumes those still running,
+    /// each from its first step not completed. A run whose flow is gone from the config
+    /// ends failed, saying so.
+    pub fn restore_flow_runs(self: &Arc<Self>, runs: Vec<FlowRun>) {
+        for mut run in runs {
+            if run.status != "running" {
+                self.flow_runs.put(&run);
+                continue;
+            }
+            let Some(flow) = self.config.flows.iter().find(|f| f.name == run.flow) else {
+                run.status = "failed".into();
+                run.ended_at = Some(now_secs());
+                run.error = Some(StepError {
+                    step: String::new(),
+                    code: "flow_removed".into(),
+                    message: format!(
+                        "flow {} is no longer configured; the run cannot resume",
+                        run.flow
+                    ),
+                });
+                self.flow_runs.put(&run);
+                let gateway = self.clone();
+                tokio::spawn(async move { gateway.keep_run(&run).await });
+                continue;
+            };
+            tracing::info!(run = %run.id, flow = %run.flow, from = run.steps.len(), "resuming a flow run");
+            self.flow_runs.put(&run);
+            let (gateway, flow) = (self.clone(), flow.clone());
+            tokio::spawn(async move {
+                gateway.drive(&flow, run).await;
+            });
+        }
+    }
+
+    /// Keeps a run as it is now, in memory and in the store (off the runtime threads).
+    async fn keep_run(&self, run: &FlowRun) {
+        self.flow_runs.put(run);
+        let Some(store) = self.store.get().cloned() else {
+            return;
+        };
+        let saved = run.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            store.save_flow_run(&saved)?;
+            store.flush()
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(run = %run.id, "a flow run's progress could not be written; it is kept in memory");
+        }
     }
 
     /// One step, with its retries: what it made, or why it failed.

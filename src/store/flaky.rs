@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{Pair, SledStore, Store, StoreError};
 use crate::domain::UsageRecord;
 use crate::domain::records::{
-    AuditQuery, AuditRecord, BatchRecord, FileRecord, KeyRecord, Overrides,
+    AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides,
 };
 
 /// A store whose writes fail while `failing` is set, as a full or failing disk does.
@@ -52,6 +52,13 @@ impl Store for Flaky {
     }
     fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError> {
         self.inner.load_batches()
+    }
+    fn save_flow_run(&self, r: &FlowRun) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.save_flow_run(r)
+    }
+    fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError> {
+        self.inner.load_flow_runs()
     }
     fn save_file(&self, id: &str, f: Option<&FileRecord>) -> Result<(), StoreError> {
         self.check()?;

@@ -5,8 +5,9 @@
 //! (schema version), `usage` (per tenant and budget period), `cache` (kept answers, by
 //! key, encoded by the cache), `keys` (managed tenant keys, by public id), `tenants`
 //! (operators' run-time overrides), `responses` (Responses API responses kept for
-//! follow-ups, by id, encoded by `gateway::conversations`) and `files` (uploaded files'
-//! records; their contents are files under `<data_dir>/files/`); the audit log is JSON lines in segment files beside
+//! follow-ups, by id, encoded by `gateway::conversations`), `files` (uploaded files'
+//! records; their contents are files under `<data_dir>/files/`), `batches` and
+//! `flow_runs` (a run as of its last completed step, by id); the audit log is JSON lines in segment files beside
 //! the database (`audit_log.rs`). Writes are batched by their callers and never made
 //! from the request path.
 
@@ -24,7 +25,7 @@ use serde::Serialize;
 use crate::domain::UsageRecord;
 use crate::domain::period::PeriodKey;
 use crate::domain::records::{
-    AuditQuery, AuditRecord, BatchRecord, FileRecord, KeyRecord, Overrides,
+    AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides,
 };
 
 /// The layout this build reads and writes.
@@ -81,6 +82,8 @@ pub trait Store: Send + Sync + 'static {
     fn load_responses(&self) -> Result<Vec<Pair>, StoreError>;
     fn save_batch(&self, batch: &BatchRecord) -> Result<(), StoreError>;
     fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError>;
+    fn save_flow_run(&self, run: &FlowRun) -> Result<(), StoreError>;
+    fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError>;
     /// Writes a file's record (`None` removes it).
     fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError>;
     fn load_files(&self) -> Result<Vec<FileRecord>, StoreError>;
@@ -114,6 +117,7 @@ pub struct SledStore {
     responses: sled::Tree,
     files: sled::Tree,
     batches: sled::Tree,
+    flow_runs: sled::Tree,
     keys: sled::Tree,
     tenants: sled::Tree,
     audit: audit_log::AuditLog,
@@ -186,6 +190,7 @@ impl SledStore {
             responses: db.open_tree("responses")?,
             files: db.open_tree("files")?,
             batches: db.open_tree("batches")?,
+            flow_runs: db.open_tree("flow_runs")?,
             keys: db.open_tree("keys")?,
             tenants: db.open_tree("tenants")?,
             audit,
@@ -316,6 +321,23 @@ impl Store for SledStore {
                 let (id, value) = entry?;
                 serde_json::from_slice(&value).map_err(|e| {
                     StoreError::Corrupt(format!("batch {}: {e}", String::from_utf8_lossy(&id)))
+                })
+            })
+            .collect()
+    }
+
+    fn save_flow_run(&self, run: &FlowRun) -> Result<(), StoreError> {
+        self.flow_runs.insert(run.id.as_bytes(), encode(run)?)?;
+        Ok(())
+    }
+
+    fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError> {
+        self.flow_runs
+            .iter()
+            .map(|entry| {
+                let (id, value) = entry?;
+                serde_json::from_slice(&value).map_err(|e| {
+                    StoreError::Corrupt(format!("flow run {}: {e}", String::from_utf8_lossy(&id)))
                 })
             })
             .collect()

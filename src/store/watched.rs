@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    AuditQuery, AuditRecord, BatchRecord, FileRecord, KeyRecord, Overrides, Pair, Store, StoreError,
+    AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides, Pair, Store,
+    StoreError,
 };
 use crate::domain::UsageRecord;
 
@@ -95,6 +96,12 @@ impl<S: Store> Store for Watched<S> {
     }
     fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError> {
         self.inner.load_batches()
+    }
+    fn save_flow_run(&self, run: &FlowRun) -> Result<(), StoreError> {
+        self.health.note("flow_runs", self.inner.save_flow_run(run))
+    }
+    fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError> {
+        self.inner.load_flow_runs()
     }
     fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError> {
         self.health.note("files", self.inner.save_file(id, file))
