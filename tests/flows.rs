@@ -55,6 +55,24 @@ async fn with_flows(
     (TestGateway::from_toml(&toml).await, dir)
 }
 
+/// Run `id` of tenant A once it is no longer running (or after five seconds).
+async fn ended(gw: &TestGateway, id: &str) -> Value {
+    let mut run = Value::Null;
+    for _ in 0..250 {
+        run = gw
+            .get(KEY_A, &format!("/v1/flows/runs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if run["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    run
+}
+
 async fn run(gw: &TestGateway, key: &str, flow: &str, input: Value) -> reqwest::Response {
     gw.post(
         &format!("/v1/flows/{flow}/runs"),
@@ -268,19 +286,7 @@ async fn a_run_whose_client_goes_away_ends_cancelled() {
     assert_eq!(runs["data"][0]["status"], "running", "{runs}");
     asking.abort();
     let id = runs["data"][0]["id"].as_str().unwrap().to_string();
-    let mut run = Value::Null;
-    for _ in 0..250 {
-        run = gw
-            .get(KEY_A, &format!("/v1/flows/runs/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if run["status"] != "running" {
-            break;
-        }
-        tokio::time::sleep(ms(20)).await;
-    }
+    let run = ended(&gw, &id).await;
     assert_eq!(run["status"], "cancelled", "{run}");
     assert_eq!(run["error"]["code"], "client_gone");
     assert_eq!(run["error"]["step"], "summary");
@@ -341,19 +347,7 @@ prompt = "{{ framed }}"
         &format!("[flows]\nfiles = [\"{}\"]\n", path.display()),
     );
     let gw = TestGateway::from_toml_in(&toml, data).await;
-    let mut run = Value::Null;
-    for _ in 0..250 {
-        run = gw
-            .get(KEY_A, &format!("/v1/flows/runs/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if run["status"] != "running" {
-            break;
-        }
-        tokio::time::sleep(ms(20)).await;
-    }
+    let run = ended(&gw, &id).await;
     assert_eq!(run["status"], "completed", "{run}");
     let steps = run["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 2);
