@@ -174,6 +174,8 @@ enum CtlCommand {
         #[command(subcommand)]
         command: Option<BatchesCommand>,
     },
+    /// List flow runs: every tenant's, newest first, with the step each is at.
+    Flows,
     /// Show the response cache (`ctl cache purge [--tenant NAME]` empties it).
     Cache {
         #[command(subcommand)]
@@ -381,6 +383,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 reply["batch"]["status"].as_str().unwrap_or("?")
             );
         }
+        CtlCommand::Flows => print_flow_runs(&client.get("/admin/flows/runs").await?),
         CtlCommand::Cache { command: None } => {
             print_cache(&serde_json::from_value(client.get("/admin/cache").await?)?);
         }
@@ -402,6 +405,46 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_flow_runs(view: &Value) {
+    let runs = view["runs"].as_array().cloned().unwrap_or_default();
+    if runs.is_empty() {
+        say!("no flow runs");
+        return;
+    }
+    let row = |cells: [&str; 6]| {
+        format!(
+            "{:<28} {:<12} {:<14} {:<10} {:>5} {:>8}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+        )
+    };
+    say!(
+        "{}",
+        row(["RUN", "TENANT", "FLOW", "STATUS", "STEPS", "TOKENS"]).trim_end()
+    );
+    for r in &runs {
+        let text = |name: &str| r[name].as_str().unwrap_or("?").to_string();
+        let count = |name: &str| r[name].as_u64().unwrap_or(0);
+        let steps = format!("{}/{}", count("steps_done"), count("steps"));
+        let error = match r["error"]["code"].as_str() {
+            Some(code) => format!(
+                "{code} at {}: {}",
+                r["error"]["step"].as_str().unwrap_or("?"),
+                r["error"]["message"].as_str().unwrap_or("")
+            ),
+            None => String::new(),
+        };
+        let line = row([
+            &text("id"),
+            &text("tenant"),
+            &text("flow"),
+            &text("status"),
+            &steps,
+            &count("tokens").to_string(),
+        ]);
+        say!("{}", format!("{line}  {error}").trim_end());
+    }
 }
 
 fn print_batches(view: &Value) {

@@ -363,3 +363,48 @@ prompt = "{{ framed }}"
     );
     assert_eq!(run["output"], steps[1]["output"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_every_tenants_runs_with_ctl() {
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let input = json!({"text": "t", "question": "q"});
+    let done: Value = run(&gw, KEY_A, "qa", input.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    gw.admin(reqwest::Method::POST, "/admin/tenants/tenant-b/pause", None)
+        .await;
+    let failed: Value = run(&gw, KEY_B, "qa", input).await.json().await.unwrap();
+    let url = gw.daemon.admin_url().unwrap();
+    let out = tokio::task::block_in_place(|| ctl(&url, &["flows"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("RUN"), "{table}");
+    let row = |id: &Value| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(id.as_str().unwrap()))
+            .copied()
+            .unwrap_or_default()
+    };
+    let ok = row(&done["id"]);
+    assert!(
+        ok.contains("tenant-a") && ok.contains("completed") && ok.contains("3/3"),
+        "{table}"
+    );
+    let refused = row(&failed["id"]);
+    assert!(
+        refused.contains("tenant-b")
+            && refused.contains("failed")
+            && refused.contains("0/3")
+            && refused.contains("tenant_paused at summary"),
+        "{table}"
+    );
+}

@@ -60,6 +60,7 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
         .route("/admin/cache", get(cache))
         .route("/admin/cache/purge", post(purge_cache))
         .route("/admin/batches", get(batches))
+        .route("/admin/flows/runs", get(flow_runs))
         .route("/admin/batches/{id}/cancel", post(cancel_batch))
         .route("/metrics", get(metrics))
         .route("/admin/regions", get(regions))
@@ -434,6 +435,31 @@ async fn purge_cache(
 async fn batches(State(admin): State<Admin>) -> Response {
     let batches = admin.gateway.batches().views(usize::MAX);
     Json(json!({ "batches": batches })).into_response()
+}
+
+/// Every tenant's flow runs, newest first, with the step each is at.
+async fn flow_runs(State(admin): State<Admin>) -> Response {
+    let flows = admin.gateway.flows();
+    let runs: Vec<serde_json::Value> = admin
+        .gateway
+        .flow_runs()
+        .all()
+        .iter()
+        .map(|run| {
+            let steps = flows
+                .iter()
+                .find(|f| f.name == run.flow)
+                .map_or(run.steps.len(), |f| f.steps.len());
+            json!({
+                "id": run.id, "tenant": run.tenant, "flow": run.flow, "status": run.status,
+                "steps_done": run.steps.iter().filter(|s| s.status == "completed").count(),
+                "steps": steps,
+                "tokens": run.prompt_tokens + run.completion_tokens,
+                "created_at": run.created_at, "ended_at": run.ended_at, "error": run.error,
+            })
+        })
+        .collect();
+    Json(json!({ "runs": runs })).into_response()
 }
 
 /// Cancels a batch, whosever it is; audited with the operator's name.

@@ -57,6 +57,13 @@ impl Runs {
         runs
     }
 
+    /// Every tenant's runs, newest first (the operator's view).
+    pub fn all(&self) -> Vec<FlowRun> {
+        let mut runs: Vec<FlowRun> = self.lock().values().cloned().collect();
+        runs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        runs
+    }
+
     fn put(&self, run: &FlowRun) {
         self.lock().insert(run.id.clone(), run.clone());
     }
