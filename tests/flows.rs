@@ -55,7 +55,7 @@ async fn with_flows(
     (TestGateway::from_toml(&toml).await, dir)
 }
 
-/// Run `id` of tenant A once it is no longer running (or after five seconds).
+/// Run `id` of tenant A once it has ended (or after five seconds).
 async fn ended(gw: &TestGateway, id: &str) -> Value {
     let mut run = Value::Null;
     for _ in 0..250 {
@@ -65,12 +65,45 @@ async fn ended(gw: &TestGateway, id: &str) -> Value {
             .json()
             .await
             .unwrap();
-        if run["status"] != "running" {
+        if run["status"] != "running" && run["status"] != "cancelling" {
             break;
         }
         tokio::time::sleep(ms(20)).await;
     }
     run
+}
+
+/// Starts a run of `flow` for tenant A in the background; its id once the run waits on
+/// its first model call at `mock`, and the request still waiting for the answer.
+async fn waiting_run(
+    gw: &TestGateway,
+    mock: &MockHandle,
+    flow: &str,
+    input: Value,
+) -> (
+    String,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let client = gw.client.clone();
+    let url = gw.url(&format!("/v1/flows/{flow}/runs"));
+    let asking = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(KEY_A)
+            .json(&json!({ "input": input }))
+            .send()
+            .await
+    });
+    let mut runs = Value::Null;
+    for _ in 0..250 {
+        runs = gw.get(KEY_A, "/v1/flows/runs").await.json().await.unwrap();
+        if runs["data"][0]["status"] == "running" && mock.stats().answering == 1 {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(mock.stats().answering, 1, "{runs}");
+    (runs["data"][0]["id"].as_str().unwrap().to_string(), asking)
 }
 
 async fn run(gw: &TestGateway, key: &str, flow: &str, input: Value) -> reqwest::Response {
@@ -265,27 +298,9 @@ async fn a_run_whose_client_goes_away_ends_cancelled() {
         .await
         .unwrap();
     let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
-    let client = gw.client.clone();
-    let url = gw.url("/v1/flows/qa/runs");
-    let asking = tokio::spawn(async move {
-        client
-            .post(url)
-            .bearer_auth(KEY_A)
-            .json(&json!({"input": {"text": "t", "question": "q"}}))
-            .send()
-            .await
-    });
-    let mut runs = Value::Null;
-    for _ in 0..250 {
-        runs = gw.get(KEY_A, "/v1/flows/runs").await.json().await.unwrap();
-        if runs["data"][0]["status"] == "running" && mock.stats().chat_requests == 1 {
-            break;
-        }
-        tokio::time::sleep(ms(20)).await;
-    }
-    assert_eq!(runs["data"][0]["status"], "running", "{runs}");
+    let input = json!({"text": "t", "question": "q"});
+    let (id, asking) = waiting_run(&gw, &mock, "qa", input).await;
     asking.abort();
-    let id = runs["data"][0]["id"].as_str().unwrap().to_string();
     let run = ended(&gw, &id).await;
     assert_eq!(run["status"], "cancelled", "{run}");
     assert_eq!(run["error"]["code"], "client_gone");
@@ -407,4 +422,44 @@ async fn operators_list_every_tenants_runs_with_ctl() {
             && refused.contains("tenant_paused at summary"),
         "{table}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_its_step_in_flight_and_ends_cancelled() {
+    let mock = quick_mock()
+        .ttft(Duration::from_secs(30))
+        .spawn_local()
+        .await
+        .unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let input = json!({"text": "t", "question": "q"});
+    let (id, asking) = waiting_run(&gw, &mock, "qa", input).await;
+    let path = format!("/v1/flows/runs/{id}/cancel");
+    let theirs = gw.post(&path, KEY_B, &json!({})).await;
+    assert_eq!(theirs.status(), 404);
+    let cancelling: Value = gw
+        .post(&path, KEY_A, &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ["cancelling", "cancelled"].contains(&cancelling["status"].as_str().unwrap()),
+        "{cancelling}"
+    );
+    let run = ended(&gw, &id).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(run["error"]["code"], "cancelled");
+    assert_eq!(run["error"]["step"], "summary");
+    // The caller gets the run as it ended, and the model call was dropped, not waited for.
+    let answered: Value = asking.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(answered["status"], "cancelled");
+    for _ in 0..250 {
+        if mock.stats().answering == 0 {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(mock.stats().answering, 0);
+    assert_eq!(mock.stats().chat_requests, 1, "no later step started");
 }

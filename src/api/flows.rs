@@ -80,6 +80,19 @@ pub async fn retrieve(
     Ok(axum::Json(object(&run)).into_response())
 }
 
+/// `POST /v1/flows/runs/{id}/cancel`: the run stops; it answers `cancelling`, then
+/// reads `cancelled`.
+pub async fn cancel(
+    State(gateway): State<Arc<Gateway>>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let run = gateway
+        .cancel_flow_run(&tenant, &id)
+        .ok_or_else(|| Refusal::unknown_run(&id))?;
+    Ok(axum::Json(object(&run)).into_response())
+}
+
 /// `GET /v1/flows/runs`: the tenant's runs, newest first.
 pub async fn list_runs(State(gateway): State<Arc<Gateway>>, Caller(tenant): Caller) -> Response {
     let data: Vec<Value> = gateway

@@ -75,6 +75,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/flows", get(flows::list_flows))
         .route("/v1/flows/runs", get(flows::list_runs))
         .route("/v1/flows/runs/{id}", get(flows::retrieve))
+        .route("/v1/flows/runs/{id}/cancel", post(flows::cancel))
         .route("/v1/flows/{name}/runs", post(flows::run))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))

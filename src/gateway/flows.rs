@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Gateway, Inbound, ReplyBody, now_secs, random_id};
@@ -33,6 +34,8 @@ pub enum FlowError {
 #[derive(Default)]
 pub struct Runs {
     runs: Mutex<HashMap<String, FlowRun>>,
+    /// A stop signal for each run being driven.
+    cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
 }
 
 impl Runs {
@@ -184,7 +187,7 @@ impl Gateway {
     /// Runs a run's steps from the first it has not completed to its end, keeping it in
     /// the store after each. Stopped by shutdown, it stays `running` as of its last
     /// completed step, and resumes there at the next start.
-    async fn drive(&self, flow: &Flow, mut run: FlowRun) -> FlowRun {
+    async fn drive(&self, flow: &Flow, run: FlowRun) -> FlowRun {
         let mut values: Map<String, Value> = match &run.input {
             Value::Object(given) => given.clone(),
             _ => Map::new(),
@@ -194,6 +197,30 @@ impl Gateway {
                 values.insert(done.name.clone(), output.clone());
             }
         }
+        let (cancel, mut cancelled) = watch::channel(false);
+        self.flow_runs
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run.id.clone(), cancel);
+        let run = self
+            .drive_steps(flow, run, &mut values, &mut cancelled)
+            .await;
+        self.flow_runs
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run.id);
+        run
+    }
+
+    async fn drive_steps(
+        &self,
+        flow: &Flow,
+        mut run: FlowRun,
+        values: &mut Map<String, Value>,
+        cancelled: &mut watch::Receiver<bool>,
+    ) -> FlowRun {
         for step in flow.steps.iter().skip(run.steps.len()) {
             let stopping = |run: &FlowRun| {
                 tracing::info!(run = %run.id, step = %step.name, "flow run stopped with the daemon; it resumes at the next start");
@@ -202,7 +229,23 @@ impl Gateway {
                 stopping(&run);
                 return run;
             }
-            let done = self.run_step(&run.tenant, &run.id, step, &values).await;
+            // A cancel stops the step in flight: its model call is dropped, not waited for.
+            let done = tokio::select! {
+                done = self.run_step(&run.tenant, &run.id, step, values) => Some(done),
+                _ = cancelled.wait_for(|c| *c) => None,
+            };
+            let Some(done) = done else {
+                tracing::info!(run = %run.id, step = %step.name, "flow run cancelled");
+                run.status = "cancelled".into();
+                run.error = Some(StepError {
+                    step: step.name.clone(),
+                    code: "cancelled".into(),
+                    message: format!("the run was cancelled during step {}", step.name),
+                });
+                run.ended_at = Some(now_secs());
+                self.keep_run(&run).await;
+                return run;
+            };
             if self.shutdown.is_cut() {
                 // Cut short by shutdown, not failed: it runs again after the restart.
                 stopping(&run);
@@ -230,6 +273,33 @@ impl Gateway {
         run.ended_at = Some(now_secs());
         self.keep_run(&run).await;
         run
+    }
+
+    /// Asks run `id` of `tenant` to stop: the step in flight is dropped, no other
+    /// starts, and the run ends `cancelled`. The run as it is now (`cancelling` until its
+    /// driver has stopped it); an ended run is left as it ended.
+    pub fn cancel_flow_run(&self, tenant: &str, id: &str) -> Option<FlowRun> {
+        let mut run = self.flow_runs.get(tenant, id)?;
+        if run.status != "running" {
+            return Some(run);
+        }
+        if let Some(cancel) = self
+            .flow_runs
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            let _ = cancel.send(true);
+        }
+        tracing::info!(run = %id, %tenant, "flow run cancel asked");
+        if let Some(kept) = self.flow_runs.lock().get_mut(id)
+            && kept.status == "running"
+        {
+            kept.status = "cancelling".into();
+            run = kept.clone();
+        }
+        Some(run)
     }
 
     /// Takes back the runs the store kept (at start) and resumes those still running,
