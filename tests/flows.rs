@@ -463,3 +463,76 @@ async fn a_cancelled_run_stops_its_step_in_flight_and_ends_cancelled() {
     assert_eq!(mock.stats().answering, 0);
     assert_eq!(mock.stats().chat_requests, 1, "no later step started");
 }
+
+#[tokio::test]
+async fn the_mock_calls_the_tool_the_last_user_message_names_plain_and_streamed() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let tools = json!([
+        {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object",
+            "properties": {"id": {"type": "integer"}}, "required": ["id"]}}},
+        {"type": "function", "function": {"name": "weather", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"]}}}
+    ]);
+    let ask = |content: &str, stream: bool| {
+        json!({"model": "gpt-4o-mini", "tools": tools, "stream": stream,
+            "messages": [{"role": "user", "content": content}]})
+    };
+    // Arguments written after the tool's name are used as they are.
+    let answer: Value = gw
+        .chat(KEY_A, &ask(r#"please lookup {"id": 42}"#, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
+    assert!(choice["message"]["content"].is_null());
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "lookup");
+    assert_eq!(call["function"]["arguments"], r#"{"id":42}"#);
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    // Otherwise the required parameters are filled plainly; streamed as OpenAI does.
+    let body = gw
+        .chat(KEY_A, &ask("what is the weather", true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let chunks: Vec<Value> = sse_data(&body)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(calls.len(), 2, "{body}");
+    assert_eq!(calls[0][0]["function"]["name"], "weather");
+    let arguments: Value =
+        serde_json::from_str(calls[1][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"city": "what is the weather", "days": 0}));
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+    );
+    // After the tool's result, the model answers in words; naming no tool, too.
+    let follow_up = json!({"model": "gpt-4o-mini", "tools": tools, "messages": [
+        {"role": "user", "content": "please lookup {\"id\": 42}"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "{\"name\": \"Ada\"}"}
+    ]});
+    for request in [follow_up, ask("hello there", false)] {
+        let answer: Value = gw.chat(KEY_A, &request).await.json().await.unwrap();
+        assert_eq!(answer["choices"][0]["finish_reason"], "stop", "{answer}");
+        assert!(
+            answer["choices"][0]["message"]["content"]
+                .as_str()
+                .is_some()
+        );
+    }
+}

@@ -34,6 +34,9 @@ struct Plan {
     framing: wire::Framing,
     chunk_bytes: usize,
     shape: Shape,
+    /// A chat request offering tools whose last user message names one: the answer
+    /// calls it (OpenAI's `tool_calls` entry) instead of saying anything.
+    tool_call: Option<Value>,
     /// A Responses request's `previous_response_id`, `instructions` and `store`.
     previous: Option<String>,
     instructions: Value,
@@ -54,7 +57,13 @@ enum Shape {
 
 impl Plan {
     fn usage(&self) -> Value {
-        let completion = self.tokens.len() as u64;
+        let arguments = self
+            .tool_call
+            .as_ref()
+            .and_then(|call| call.pointer("/function/arguments"))
+            .and_then(Value::as_str)
+            .map_or(0, wire::text_tokens);
+        let completion = self.tokens.len() as u64 + arguments;
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -237,7 +246,11 @@ async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
         .or_else(|| request.get("max_output_tokens"))
         .and_then(Value::as_u64);
     let wanted = u64::from(knobs.answer_tokens);
+    let tool_call = (shape == Shape::Chat)
+        .then(|| tool_call(&request, messages))
+        .flatten();
     let (count, finish_reason) = match limit {
+        _ if tool_call.is_some() => (0, "tool_calls"),
         Some(limit) if limit < wanted && !knobs.ignore_max_tokens => (limit, "length"),
         _ => (wanted, "stop"),
     };
@@ -284,6 +297,7 @@ async fn answer(state: Arc<MockState>, body: Bytes, shape: Shape) -> Response {
         framing: knobs.framing(),
         chunk_bytes: knobs.wire_chunk_bytes,
         shape,
+        tool_call,
         previous,
         instructions: request.get("instructions").cloned().unwrap_or(Value::Null),
         store: request.get("store") != Some(&Value::Bool(false)),
@@ -492,7 +506,10 @@ fn plain_answer(plan: &Plan) -> Response {
         "model": plan.model,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": plan.tokens.concat(), "refusal": null, "annotations": [] },
+            "message": match &plan.tool_call {
+                Some(call) => json!({ "role": "assistant", "content": null, "tool_calls": [call], "refusal": null, "annotations": [] }),
+                None => json!({ "role": "assistant", "content": plan.tokens.concat(), "refusal": null, "annotations": [] }),
+            },
             "logprobs": null,
             "finish_reason": plan.finish_reason,
         }],
@@ -596,6 +613,73 @@ fn chunk(plan: &Plan, delta: Value, finish_reason: Option<&str>) -> Bytes {
     plan.framing.event(&chunk)
 }
 
+/// The call a tool-calling model would make: the first offered tool (`tools` with
+/// `type: function`) that the last message, a user's, names. Its arguments are the JSON
+/// object written after the name in that message if there is one, else each required
+/// parameter filled plainly (strings with the message, numbers 0, booleans false).
+/// After a tool's result (a last message of role `tool`) the model answers in words.
+fn tool_call(request: &Value, messages: &[Value]) -> Option<Value> {
+    let tools = request.get("tools")?.as_array()?;
+    let last = messages.last()?;
+    if last.get("role").and_then(Value::as_str) != Some("user") {
+        return None;
+    }
+    let text = match last.get("content") {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => return None,
+    };
+    let function = tools
+        .iter()
+        .filter(|t| t.get("type").and_then(Value::as_str) == Some("function"))
+        .filter_map(|t| t.get("function"))
+        .find(|f| {
+            f.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|name| !name.is_empty() && text.contains(name))
+        })?;
+    let name = function.get("name")?.as_str()?;
+    let after = &text[text.find(name)? + name.len()..];
+    let written = after.find('{').and_then(|at| {
+        serde_json::Deserializer::from_str(&after[at..])
+            .into_iter::<Value>()
+            .next()?
+            .ok()
+            .filter(Value::is_object)
+    });
+    let arguments = written.unwrap_or_else(|| {
+        let properties = function.pointer("/parameters/properties");
+        let mut filled = serde_json::Map::new();
+        for required in function
+            .pointer("/parameters/required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let kind = properties
+                .and_then(|p| p.pointer(&format!("/{required}/type")))
+                .and_then(Value::as_str);
+            let value = match kind {
+                Some("integer" | "number") => json!(0),
+                Some("boolean") => json!(false),
+                _ => json!(text),
+            };
+            filled.insert(required.to_string(), value);
+        }
+        Value::Object(filled)
+    });
+    Some(json!({
+        "id": format!("call_{:016x}", wire::fnv(format!("{name}{arguments}").as_bytes())),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments.to_string()},
+    }))
+}
+
 fn events(plan: &Plan) -> Vec<Event> {
     if plan.shape == Shape::Messages {
         return anthropic_events(plan);
@@ -603,7 +687,7 @@ fn events(plan: &Plan) -> Vec<Event> {
     if plan.shape == Shape::Responses {
         return responses_events(plan);
     }
-    let mut events = Vec::with_capacity(plan.tokens.len() + 4);
+    let mut events = Vec::with_capacity(plan.tokens.len() + 5);
     events.push(Event {
         due: plan.ttft,
         data: chunk(
@@ -613,6 +697,20 @@ fn events(plan: &Plan) -> Vec<Event> {
         ),
         tokens_after: 0,
     });
+    if let Some(call) = &plan.tool_call {
+        // As OpenAI streams a call: its id and name first, then its arguments.
+        let named = json!([{"index": 0, "id": call["id"], "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""}}]);
+        let arguments =
+            json!([{"index": 0, "function": {"arguments": call["function"]["arguments"]}}]);
+        for delta in [named, arguments] {
+            events.push(Event {
+                due: plan.ttft,
+                data: chunk(plan, json!({ "tool_calls": delta }), None),
+                tokens_after: 0,
+            });
+        }
+    }
     for (i, token) in plan.tokens.iter().enumerate() {
         events.push(Event {
             due: plan.due(i),
