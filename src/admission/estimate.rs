@@ -3,6 +3,7 @@
 //! per message. Models of unknown vocabulary use the heuristic of one token per four
 //! characters.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -63,37 +64,85 @@ pub fn count(kind: TokenizerKind, text: &str) -> u64 {
 }
 
 /// Prompt tokens of a chat request's `messages`.
+///
+/// Read in place: the text is counted where it lies in the body, without building a
+/// JSON tree (this runs for every chat request). Parts of a message that are not what
+/// OpenAI documents are skipped, as the upstream will refuse them anyway.
 pub fn chat_prompt(kind: TokenizerKind, messages: Option<&RawValue>) -> u64 {
-    let Some(Ok(Value::Array(messages))) = messages.map(|m| serde_json::from_str(m.get())) else {
+    let Some(Ok(messages)) = messages.map(|m| serde_json::from_str::<Vec<&RawValue>>(m.get()))
+    else {
         return REPLY_PRIMING;
     };
     let mut total = REPLY_PRIMING;
-    for message in &messages {
+    for message in messages {
         total += PER_MESSAGE;
-        if let Some(role) = message.get("role").and_then(Value::as_str) {
-            total += count(kind, role);
+        let Ok(message) = serde_json::from_str::<Message<'_>>(message.get()) else {
+            continue;
+        };
+        if let Some(role) = text_of(message.role) {
+            total += count(kind, &role);
         }
-        if let Some(name) = message.get("name").and_then(Value::as_str) {
-            total += 1 + count(kind, name);
+        if let Some(name) = text_of(message.name) {
+            total += 1 + count(kind, &name);
         }
-        match message.get("content") {
-            Some(Value::String(text)) => total += count(kind, text),
-            Some(Value::Array(parts)) => {
-                for part in parts {
-                    match part.get("text").and_then(Value::as_str) {
-                        Some(text) => total += count(kind, text),
-                        // Images, audio and files: OpenAI's floor for a low-detail image.
-                        None => total += 85,
-                    }
+        if let Some(text) = text_of(message.content) {
+            total += count(kind, &text);
+        } else if let Some(parts) = message.content.and_then(list_of) {
+            for part in parts {
+                let part = serde_json::from_str::<Part<'_>>(part.get()).ok();
+                match part.and_then(|p| text_of(p.text)) {
+                    Some(text) => total += count(kind, &text),
+                    // Images, audio and files: OpenAI's floor for a low-detail image.
+                    None => total += 85,
                 }
             }
-            _ => {}
         }
-        if let Some(calls) = message.get("tool_calls") {
-            total += count(kind, &calls.to_string());
+        if let Some(calls) = message.tool_calls {
+            // Counted as the compact JSON the model is shown.
+            let compact = serde_json::from_str::<Value>(calls.get())
+                .map_or_else(|_| calls.get().to_owned(), |calls| calls.to_string());
+            total += count(kind, &compact);
         }
     }
     total
+}
+
+/// The fields of a chat message that hold tokens, borrowed from the body.
+#[derive(serde::Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+/// A JSON string, borrowed unless it has escapes; None for anything else.
+fn text_of(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    #[derive(serde::Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    let raw = raw?.get();
+    raw.starts_with('"')
+        .then(|| serde_json::from_str::<Text<'_>>(raw).ok())
+        .flatten()
+        .map(|text| text.0)
+}
+
+/// A JSON list's items, unparsed; None for anything else.
+fn list_of(raw: &RawValue) -> Option<Vec<&RawValue>> {
+    raw.get()
+        .starts_with('[')
+        .then(|| serde_json::from_str(raw.get()).ok())
+        .flatten()
 }
 
 /// Prompt tokens of a Responses API request: its `instructions` and its `input`, a text
@@ -222,6 +271,51 @@ mod tests {
         assert_eq!(chat_prompt(TokenizerKind::O200kBase, Some(&messages)), 9);
         let parts = raw(r#"[{"role":"user","content":[{"type":"text","text":"hello world"}]}]"#);
         assert_eq!(chat_prompt(TokenizerKind::O200kBase, Some(&parts)), 9);
+    }
+
+    #[test]
+    fn chat_prompts_are_read_in_place_as_a_json_tree_would_count_them() {
+        // The count as it was made from a whole JSON tree, before reading in place.
+        fn from_tree(kind: TokenizerKind, messages: &str) -> u64 {
+            let Ok(Value::Array(messages)) = serde_json::from_str(messages) else {
+                return REPLY_PRIMING;
+            };
+            let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|t| count(kind, t));
+            let mut total = REPLY_PRIMING;
+            for message in &messages {
+                total += PER_MESSAGE;
+                total += text(message.get("role")).unwrap_or(0);
+                total += text(message.get("name")).map_or(0, |n| n + 1);
+                match message.get("content") {
+                    Some(Value::String(t)) => total += count(kind, t),
+                    Some(Value::Array(parts)) => {
+                        for part in parts {
+                            total += text(part.get("text")).unwrap_or(85);
+                        }
+                    }
+                    _ => {}
+                }
+                if let Some(calls) = message.get("tool_calls") {
+                    total += count(kind, &calls.to_string());
+                }
+            }
+            total
+        }
+        let bodies = [
+            r#"[{"role":"system","content":"Answer in \"quotes\" \u00e9t\u00e9.\nTwo lines."}]"#,
+            r#"[{"role":"user","name":"ada","content":[{"type":"text","text":"look"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]"#,
+            r#"[ {"role" : "assistant", "content" : null, "tool_calls" : [ {"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}} ] },
+                {"role":"tool","tool_call_id":"call_1","content":"72 and sunny"} ]"#,
+            r#"[{"role":"user","content":"hi"}, 7, "text", {"role": 3, "content": {"odd": true}}]"#,
+            r#"{"role":"user","content":"not a list"}"#,
+            r#"[]"#,
+        ];
+        for kind in [TokenizerKind::O200kBase, TokenizerKind::Heuristic] {
+            for body in bodies {
+                let in_place = chat_prompt(kind, Some(&raw(body)));
+                assert_eq!(in_place, from_tree(kind, body), "{kind:?}: {body}");
+            }
+        }
     }
 
     #[test]

@@ -175,9 +175,11 @@ pub(super) fn render(reply: Reply, embeddings: bool, wants_base64: bool) -> Resp
                 bytes
             };
             let mut response = Response::new(Body::from(bytes));
-            if let Ok(value) = HeaderValue::from_str(&content_type) {
-                response.headers_mut().insert(header::CONTENT_TYPE, value);
-            }
+            // The gateway's headers, the request id and the connection's own come next.
+            response.headers_mut().reserve(reply.headers.len() + 5);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
             response
         }
         ReplyBody::Stream(events) => event_stream(Body::from_stream(events)),
@@ -186,9 +188,7 @@ pub(super) fn render(reply: Reply, embeddings: bool, wants_base64: bool) -> Resp
         StatusCode::from_u16(reply.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = response.headers_mut();
     for (name, value) in reply.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
+        headers.insert(name, value);
     }
     response
 }

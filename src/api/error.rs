@@ -59,11 +59,7 @@ pub(crate) async fn openai_shaped(response: Response, client_kind: &'static str)
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
-        for (name, value) in self.headers {
-            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
-                response.headers_mut().insert(name, value);
-            }
-        }
+        response.headers_mut().extend(self.headers);
         response
     }
 }

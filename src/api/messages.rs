@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -39,11 +39,7 @@ fn anthropic_error(refusal: Refusal) -> Response {
         axum::Json(error_body(refusal.status.as_u16(), &refusal.message)),
     )
         .into_response();
-    for (name, value) in refusal.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, value);
-        }
-    }
+    response.headers_mut().extend(refusal.headers);
     response
 }
 

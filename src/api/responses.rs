@@ -261,7 +261,8 @@ impl Keeper {
             .headers
             .iter()
             .find(|(name, _)| *name == crate::domain::headers::INSTANCE)
-            .map(|(_, value)| value.clone());
+            .and_then(|(_, value)| value.to_str().ok())
+            .map(str::to_owned);
         // A reply with no instance came from the cache: its response was made for
         // another request, and is kept as that one's.
         let Some(instance) = instance else {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 
 use crate::admission::{self, RateHeaders, Window};
 use crate::auth::AuthError;
@@ -23,7 +23,23 @@ pub struct Refusal {
     pub param: Option<&'static str>,
     pub message: String,
     /// Extra response headers: `retry-after`, `x-should-retry`, `x-ratelimit-*`.
-    pub headers: Vec<(HeaderName, String)>,
+    pub headers: Headers,
+}
+
+/// Response headers the gateway adds, as values ready to send: each is built once, in
+/// its one allocation, on the request path.
+pub type Headers = Vec<(HeaderName, HeaderValue)>;
+
+/// A header value of a number.
+pub fn number_value(n: impl itoa::Integer) -> HeaderValue {
+    // Digits are always a header value.
+    HeaderValue::from_str(itoa::Buffer::new().format(n)).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// A header value of a name the gateway holds (a region, an instance, an id), or none
+/// when it cannot be one.
+pub fn text_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(text).ok()
 }
 
 const INVALID_REQUEST: &str = "invalid_request_error";
@@ -52,7 +68,7 @@ impl Refusal {
         })
     }
 
-    pub fn with_headers(mut self, headers: Vec<(HeaderName, String)>) -> Self {
+    pub fn with_headers(mut self, headers: Headers) -> Self {
         self.headers.extend(headers);
         self
     }
@@ -61,9 +77,10 @@ impl Refusal {
     /// rounded up), which they honour up to a limit.
     fn waiting(mut self, wait: Duration) -> Self {
         let ms = wait.as_millis().max(1);
-        self.headers.push((headers::RETRY_AFTER_MS, ms.to_string()));
         self.headers
-            .push((headers::RETRY_AFTER, ms.div_ceil(1000).to_string()));
+            .push((headers::RETRY_AFTER_MS, number_value(ms)));
+        self.headers
+            .push((headers::RETRY_AFTER, number_value(ms.div_ceil(1000))));
         self
     }
 
@@ -72,13 +89,14 @@ impl Refusal {
         self.headers
             .iter()
             .find(|(name, _)| *name == headers::RETRY_AFTER_MS)
-            .and_then(|(_, ms)| ms.parse().ok())
+            .and_then(|(_, ms)| ms.to_str().ok()?.parse().ok())
             .map(Duration::from_millis)
     }
 
     /// Tells SDKs that retrying cannot help.
     fn never_retry(mut self) -> Self {
-        self.headers.push((headers::SHOULD_RETRY, "false".into()));
+        self.headers
+            .push((headers::SHOULD_RETRY, HeaderValue::from_static("false")));
         self
     }
 
@@ -589,35 +607,78 @@ impl From<GatewayError> for Refusal {
 }
 
 /// OpenAI's `x-ratelimit-*` headers for the limits a tenant has.
-pub fn rate_headers(limits: &RateHeaders) -> Vec<(HeaderName, String)> {
-    let mut out = Vec::new();
+pub fn rate_headers(limits: &RateHeaders) -> Headers {
+    let mut out = Vec::with_capacity(12);
     if let Some(r) = &limits.requests {
-        out.push((headers::LIMIT_REQUESTS, r.limit.to_string()));
-        out.push((headers::REMAINING_REQUESTS, r.remaining.to_string()));
-        out.push((headers::RESET_REQUESTS, openai_duration(r.reset)));
+        out.push((headers::LIMIT_REQUESTS, number_value(r.limit)));
+        out.push((headers::REMAINING_REQUESTS, number_value(r.remaining)));
+        out.push((headers::RESET_REQUESTS, duration_value(r.reset)));
     }
     if let Some(t) = &limits.tokens {
-        out.push((headers::LIMIT_TOKENS, t.limit.to_string()));
-        out.push((headers::REMAINING_TOKENS, t.remaining.to_string()));
-        out.push((headers::RESET_TOKENS, openai_duration(t.reset)));
+        out.push((headers::LIMIT_TOKENS, number_value(t.limit)));
+        out.push((headers::REMAINING_TOKENS, number_value(t.remaining)));
+        out.push((headers::RESET_TOKENS, duration_value(t.reset)));
     }
     out
 }
 
 /// Durations as OpenAI writes them in headers and messages: `20ms`, `1.5s`, `6m0s`.
 pub fn openai_duration(d: Duration) -> String {
+    let mut out = String::new();
+    write_duration(&mut out, d);
+    out
+}
+
+/// A duration as a header value, written on the stack and copied once.
+fn duration_value(d: Duration) -> HeaderValue {
+    let mut out = StackText::default();
+    write_duration(&mut out, d);
+    // Digits and unit letters are always a header value.
+    HeaderValue::from_bytes(out.as_bytes()).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn write_duration(out: &mut impl std::fmt::Write, d: Duration) {
     let ms = d.as_millis();
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = write!(out, "{ms}ms");
+        return;
     }
     let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let seconds = format!("{}.{:03}", rest / 1000, rest % 1000);
-    let seconds = seconds.trim_end_matches('0').trim_end_matches('.');
-    match (hours, minutes) {
-        (0, 0) => format!("{seconds}s"),
-        (0, m) => format!("{m}m{seconds}s"),
-        (h, m) => format!("{h}h{m}m{seconds}s"),
+    if hours > 0 {
+        let _ = write!(out, "{hours}h{minutes}m");
+    } else if minutes > 0 {
+        let _ = write!(out, "{minutes}m");
+    }
+    let (seconds, millis) = (rest / 1000, rest % 1000);
+    let _ = match millis {
+        0 => write!(out, "{seconds}s"),
+        m if m % 100 == 0 => write!(out, "{seconds}.{}s", m / 100),
+        m if m % 10 == 0 => write!(out, "{seconds}.{:02}s", m / 10),
+        m => write!(out, "{seconds}.{m:03}s"),
+    };
+}
+
+/// Up to 32 bytes of text on the stack (longer text is cut, which no duration is).
+#[derive(Default)]
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -631,5 +692,13 @@ mod tests {
         assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
         assert_eq!(openai_duration(Duration::from_secs(3723)), "1h2m3s");
+        assert_eq!(openai_duration(Duration::from_millis(61_250)), "1m1.25s");
+        assert_eq!(openai_duration(Duration::from_millis(1_005)), "1.005s");
+        assert_eq!(
+            openai_duration(Duration::from_millis(7_230_500)),
+            "2h0m30.5s"
+        );
+        let value = duration_value(Duration::from_millis(1_005));
+        assert_eq!(value.to_str().unwrap(), "1.005s");
     }
 }

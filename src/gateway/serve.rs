@@ -10,12 +10,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::StatusCode;
-use http::header::{CONTENT_TYPE, HeaderName};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::accounting::{StreamAccount, usage_of_answer};
 use super::record::Recorder;
+use super::refusal::{Headers, number_value, text_value};
 use super::{Answer, AnswerBody, Call, Gateway, Refusal, Ticket, rate_headers};
 use crate::admission::{Demand, estimate};
 use crate::cache::{Directives, Entry, Flight, Landing, Lookup, Stored};
@@ -49,13 +50,13 @@ pub struct Inbound {
 pub struct Reply {
     pub status: StatusCode,
     /// `x-ratelimit-*`, `x-switchyard-*`, `age`.
-    pub headers: Vec<(HeaderName, String)>,
+    pub headers: Headers,
     pub body: ReplyBody,
 }
 
 pub enum ReplyBody {
     Whole {
-        content_type: String,
+        content_type: HeaderValue,
         bytes: Bytes,
     },
     /// SSE frames, canonical, ready to send.
@@ -135,8 +136,8 @@ impl Gateway {
             r.queue_ms = Some(ticket.queued.as_millis() as u64);
         });
         let mut headers = rate_headers(ticket.headers());
-        headers.push((header::QUEUE_MS, ticket.queued.as_millis().to_string()));
-        headers.push((header::CACHE, cache_result.to_string()));
+        headers.push((header::QUEUE_MS, number_value(ticket.queued.as_millis())));
+        headers.push((header::CACHE, HeaderValue::from_static(cache_result)));
         let answer = Box::pin(self.upstream(&mut inbound, &parsed, &ticket))
             .await
             .map_err(|refusal| refusal.with_headers(headers.clone()))?;
@@ -152,24 +153,28 @@ impl Gateway {
             ticket.queued,
             answer.tally.clone(),
         );
-        headers.push((header::REGION, answer.region.clone()));
-        headers.push((header::INSTANCE, answer.instance.clone()));
-        headers.push((header::ROUTE, answer.reason.clone()));
+        for (name, value) in [
+            (header::REGION, &answer.region),
+            (header::INSTANCE, &answer.instance),
+            (header::ROUTE, &answer.reason),
+        ] {
+            headers.extend(text_value(value).map(|value| (name, value)));
+        }
         let kind = inbound.kind;
         match answer.body {
             AnswerBody::Whole(ref bytes) => {
                 let content_type = answer
                     .headers
                     .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("application/json")
-                    .to_string();
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static("application/json"));
                 let upstream = answer.started.elapsed();
                 let (status, bytes) = (answer.status, bytes.clone());
                 let kept =
                     self.settle_whole(kind, &parsed, ticket, &bytes, status, recorder, upstream);
                 if let (Some(flight), Some(usage)) = (flight, kept) {
-                    flight.land_whole(content_type.clone(), bytes.clone(), usage);
+                    let kept_type = content_type.to_str().unwrap_or("application/json");
+                    flight.land_whole(kept_type.to_owned(), bytes.clone(), usage);
                 }
                 let body = ReplyBody::Whole {
                     content_type,
@@ -203,7 +208,7 @@ impl Gateway {
                 };
                 let upstream = format!("{}/{}", answer.region, answer.instance);
                 let reader = self.relay(&inbound.request_id, upstream, response, account);
-                headers.push((header::STREAM_ID, log.id.clone()));
+                headers.extend(text_value(&log.id).map(|id| (header::STREAM_ID, id)));
                 if let Some(flight) = flight {
                     flight.land_stream(log);
                 }
@@ -559,7 +564,8 @@ impl Gateway {
                 content_type,
                 bytes,
             } => ReplyBody::Whole {
-                content_type: content_type.clone(),
+                content_type: HeaderValue::from_str(content_type)
+                    .unwrap_or(HeaderValue::from_static("application/json")),
                 bytes: bytes.clone(),
             },
             Stored::Events(events) => {
@@ -575,9 +581,9 @@ impl Gateway {
                 ReplyBody::Stream(Box::pin(futures_util::stream::iter(events)))
             }
         };
-        headers.push((header::CACHE, "hit".into()));
-        headers.push((header::AGE, entry.age_secs().to_string()));
-        headers.push((header::ROUTE, route.into()));
+        headers.push((header::CACHE, HeaderValue::from_static("hit")));
+        headers.push((header::AGE, number_value(entry.age_secs())));
+        headers.extend(text_value(route).map(|route| (header::ROUTE, route)));
         Ok(Reply {
             status: StatusCode::OK,
             headers,
@@ -592,7 +598,7 @@ impl Gateway {
         let mut headers = rate_headers(ticket.headers());
         let reader = self.hub.reader(&log, 0, false, parsed.strip_usage);
         if log.meta.tenant == parsed.tenant.name {
-            headers.push((header::STREAM_ID, log.id.clone()));
+            headers.extend(text_value(&log.id).map(|id| (header::STREAM_ID, id)));
         }
         // Settled as the reader ends: the stream is complete by then, usage chunk included.
         let mut ticket = Some(ticket);
@@ -602,8 +608,8 @@ impl Gateway {
             }
             std::task::Poll::Ready(None)
         }));
-        headers.push((header::CACHE, "hit".into()));
-        headers.push((header::ROUTE, "coalesced".into()));
+        headers.push((header::CACHE, HeaderValue::from_static("hit")));
+        headers.push((header::ROUTE, HeaderValue::from_static("coalesced")));
         Ok(Reply {
             status: StatusCode::OK,
             headers,

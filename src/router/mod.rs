@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -321,7 +322,7 @@ impl Router {
         session: Option<&str>,
     ) -> Result<Route<'m>, String> {
         let now = Instant::now();
-        let serving: Vec<(&RegionState, &'m str)> = model
+        let serving: Few<(&RegionState, &'m str)> = model
             .deployments
             .iter()
             .filter(|d| allowed.is_none_or(|a| a.contains(&d.region)))
@@ -342,7 +343,7 @@ impl Router {
         }
 
         // Each region's routable share, and the traffic it should take.
-        let healths: Vec<Vec<(&Arc<InstanceState>, bool, bool)>> = serving
+        let healths: Few<Few<(&Arc<InstanceState>, bool, bool)>> = serving
             .iter()
             .map(|(region, _)| {
                 region
@@ -355,7 +356,7 @@ impl Router {
                     .collect()
             })
             .collect();
-        let routable_share: Vec<f64> = healths
+        let routable_share: Few<f64> = healths
             .iter()
             .map(|instances| {
                 let total: u32 = instances.iter().map(|(i, ..)| i.instance.weight).sum();
@@ -371,7 +372,7 @@ impl Router {
                 }
             })
             .collect();
-        let level_health: Vec<f64> = routable_share
+        let level_health: Few<f64> = routable_share
             .iter()
             .map(|h| (h * self.policy.overprovisioning).min(1.0))
             .collect();
@@ -390,7 +391,7 @@ impl Router {
         };
         let in_panic = panic_all
             || (total_health < 1.0 && routable_share[chosen] < self.policy.panic_threshold);
-        let eligible: Vec<&Arc<InstanceState>> = healths[chosen]
+        let eligible: Few<&Arc<InstanceState>> = healths[chosen]
             .iter()
             .filter(|(_, routable, panic_ok)| if in_panic { *panic_ok } else { *routable })
             .map(|(i, ..)| *i)
@@ -439,7 +440,7 @@ impl Router {
             if candidates.len() >= MAX_CANDIDATES {
                 break;
             }
-            let mut fallbacks: Vec<&Arc<InstanceState>> = if index == chosen {
+            let mut fallbacks: Few<&Arc<InstanceState>> = if index == chosen {
                 eligible.clone()
             } else {
                 healths[index]
@@ -870,6 +871,10 @@ impl Router {
 
 /// Envoy's priority load: level `i` takes its health (capped at 100%) of what the levels
 /// before it left, normalised when the total health is short of 100%. `draw` in [0, 1).
+/// Regions of a model, or instances of a region: a handful, kept on the stack while a
+/// request is routed.
+type Few<T> = SmallVec<[T; 8]>;
+
 fn pick_level(health: &[f64], total: f64, draw: f64) -> usize {
     let mut remaining = 1.0;
     let mut cumulative = 0.0;
