@@ -143,6 +143,7 @@ impl Daemon {
         gateway.conversations().restore(store.load_responses()?);
         gateway.files().restore(store.load_files()?);
         gateway.restore_batches(store.load_batches()?);
+        restore_collections(&gateway, store.as_ref())?;
         gateway.restore_flow_runs(store.load_flow_runs()?);
         let audit_writer = crate::audit::spawn_writer(gateway.audit().clone(), store.clone());
         let ledger = crate::ledger::spawn(gateway.admission().clone(), store, checkpoint);
@@ -270,6 +271,28 @@ impl Daemon {
 }
 
 /// Probes every instance each `health.interval` until stopped.
+/// Rebuilds tenants' vector collections from the rows the store keeps.
+fn restore_collections(gateway: &Gateway, store: &dyn Store) -> Result<(), StartError> {
+    let (mut rows, mut skipped) = (0u64, 0u64);
+    store.each_vector(&mut |row| {
+        if gateway.collections().restore(row) {
+            rows += 1;
+        } else {
+            skipped += 1;
+        }
+    })?;
+    if rows > 0 {
+        tracing::info!(rows, "vector collections rebuilt from the store");
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "vector rows that no longer fit their collection were skipped"
+        );
+    }
+    Ok(())
+}
+
 async fn health_probes(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
     // Instances start up; the first probe comes one interval after start.
     let interval = gateway.config().health.interval;

@@ -48,9 +48,16 @@ async fn with_flows(
         std::fs::write(&path, text).unwrap();
         files.push(format!("\"{}\"", path.display()));
     }
+    // Documents for `embed` steps go under docs/.
+    let documents = dir.path().join("docs");
+    std::fs::create_dir_all(&documents).unwrap();
     let toml = config_for(
         &[("us-east", mock.url())],
-        &format!("{extra}\n[flows]\nfiles = [{}]\n", files.join(", ")),
+        &format!(
+            "{extra}\n[flows]\nfiles = [{}]\ndocuments = \"{}\"\n",
+            files.join(", "),
+            documents.display()
+        ),
     );
     (TestGateway::from_toml(&toml).await, dir)
 }
@@ -535,4 +542,128 @@ async fn the_mock_calls_the_tool_the_last_user_message_names_plain_and_streamed(
                 .is_some()
         );
     }
+}
+
+const INGEST: &str = r#"
+[[steps]]
+name = "ingest"
+kind = "embed"
+model = "text-embedding-3-small"
+load = "kb"
+split = { by = "headings", size = 60, overlap = 5 }
+collection = "handbook"
+"#;
+
+const ASK: &str = r#"
+inputs = ["question"]
+
+[[steps]]
+name = "context"
+kind = "retrieve"
+model = "text-embedding-3-small"
+collection = "handbook"
+query = "{{ question }}"
+top_k = 1
+
+[[steps]]
+name = "answer"
+kind = "llm"
+model = "gpt-4o-mini"
+prompt = "Context: {{ context.text }}\nQuestion: {{ question }}"
+max_tokens = 5
+"#;
+
+#[tokio::test]
+async fn a_rag_flow_loads_splits_embeds_and_answers_from_the_right_chunk() {
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let (gw, dir) = with_flows(&mock, &[("ingest", INGEST), ("ask", ASK)], "").await;
+    let kb = dir.path().join("docs/kb");
+    std::fs::create_dir_all(&kb).unwrap();
+    std::fs::write(
+        kb.join("policies.md"),
+        "# Refunds\nRefunds are paid within thirty days to the original card.\n\n\
+         # Shipping\nParcels ship from Rotterdam every weekday morning.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        kb.join("faq.jsonl"),
+        "{\"text\": \"Support answers by email within one business day.\", \"team\": \"support\"}\n",
+    )
+    .unwrap();
+
+    let ingested: Value = run(&gw, KEY_A, "ingest", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ingested["status"], "completed", "{ingested}");
+    assert_eq!(ingested["output"]["chunks"], 3, "{ingested}");
+    assert_eq!(ingested["output"]["rows"], 3);
+    let embed_calls = mock.stats().embeddings_requests;
+    assert_eq!(embed_calls, 1, "three chunks go in one batch");
+    let ingest_tokens = ingested["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(ingest_tokens > 0, "{ingested}");
+
+    for (question, expected, not) in [
+        (
+            "When are refunds paid to the card?",
+            "thirty days",
+            "Rotterdam",
+        ),
+        ("Where do parcels ship from?", "Rotterdam", "thirty days"),
+        (
+            "How does support answer, by email?",
+            "business day",
+            "Rotterdam",
+        ),
+    ] {
+        let done: Value = run(&gw, KEY_A, "ask", json!({"question": question}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(done["status"], "completed", "{done}");
+        let chunk = &done["steps"][0]["output"]["chunks"][0];
+        let prompt = mock.last_request().unwrap()["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(prompt.contains(expected), "{question}: {prompt}");
+        assert!(!prompt.contains(not), "{question}: {prompt}");
+        assert!(prompt.ends_with(&format!("Question: {question}")));
+        assert!(chunk["score"].as_f64().unwrap() > 0.0, "{chunk}");
+        assert!(
+            chunk["metadata"]["source"]
+                .as_str()
+                .unwrap()
+                .starts_with("kb/")
+        );
+    }
+    // Headings and JSON lines fields are kept as metadata.
+    let done: Value = run(&gw, KEY_A, "ask", json!({"question": "refunds"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let chunk = &done["steps"][0]["output"]["chunks"][0];
+    assert_eq!(chunk["metadata"]["heading"], "Refunds", "{chunk}");
+    assert_eq!(chunk["id"], "kb/policies.md#0");
+
+    // Ingesting again replaces the rows rather than adding copies.
+    let again: Value = run(&gw, KEY_A, "ingest", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["output"]["rows"], 3, "{again}");
+
+    // Another tenant has no collection of that name: its run fails, naming it.
+    let theirs: Value = run(&gw, KEY_B, "ask", json!({"question": "refunds"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["status"], "failed", "{theirs}");
+    assert_eq!(theirs["error"]["code"], "collection_not_found");
+    assert_eq!(theirs["error"]["step"], "context");
 }

@@ -49,6 +49,8 @@ pub struct Config {
     pub models: Vec<Model>,
     /// Flows tenants may run (`[flows] files`), checked whole at load.
     pub flows: Vec<crate::flows::Flow>,
+    /// Where flows' `embed` steps may load documents from (`[flows] documents`).
+    pub flow_documents: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,8 +137,10 @@ impl Config {
             syntax(text, &key, e.inner())
         })?;
         let flow_files = raw.flows.files.clone();
+        let documents = raw.flows.documents.as_ref().map(|d| base.join(d));
         let mut config = raw.validate()?;
-        config.flows = load_flows(&flow_files, base, &config.models)?;
+        config.flows = load_flows(&flow_files, base, &config.models, documents.is_some())?;
+        config.flow_documents = documents;
         Ok(config)
     }
 
@@ -175,12 +179,24 @@ fn load_flows(
     files: &[String],
     base: &Path,
     models: &[Model],
+    documents: bool,
 ) -> Result<Vec<crate::flows::Flow>, ConfigError> {
-    let chat: Vec<&str> = models
-        .iter()
-        .filter(|m| m.kind == crate::domain::ModelKind::Chat)
-        .map(|m| m.alias.as_str())
-        .collect();
+    let of_kind = |kind| -> Vec<&str> {
+        models
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| m.alias.as_str())
+            .collect()
+    };
+    let (chat, embeddings) = (
+        of_kind(crate::domain::ModelKind::Chat),
+        of_kind(crate::domain::ModelKind::Embeddings),
+    );
+    let catalog = crate::flows::Catalog {
+        chat: &chat,
+        embeddings: &embeddings,
+        documents,
+    };
     let mut flows: Vec<crate::flows::Flow> = Vec::new();
     for (i, file) in files.iter().enumerate() {
         let key = format!("flows.files[{i}]");
@@ -199,10 +215,11 @@ fn load_flows(
         }
         let text = std::fs::read_to_string(&path)
             .map_err(|e| invalid(&key, format!("cannot read {}: {e}", path.display())))?;
-        let flow = crate::flows::parse(&name, &text, &chat).map_err(|e| ConfigError::Invalid {
-            key: e.key,
-            message: format!("{} (in {})", e.message, path.display()),
-        })?;
+        let flow =
+            crate::flows::parse(&name, &text, &catalog).map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                message: format!("{} (in {})", e.message, path.display()),
+            })?;
         flows.push(flow);
     }
     Ok(flows)

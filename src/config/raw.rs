@@ -204,11 +204,13 @@ impl Default for RawFiles {
     }
 }
 
-/// `[flows]`: the flow files tenants may run, relative to the config file.
+/// `[flows]`: the flow files tenants may run and the directory their `embed` steps may
+/// load documents from, both relative to the config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawFlows {
     pub(super) files: Vec<String>,
+    pub(super) documents: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -514,6 +514,7 @@ impl RawConfig {
             regions,
             models,
             flows: Vec::new(),
+            flow_documents: None,
         })
     }
 }

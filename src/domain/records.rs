@@ -48,6 +48,18 @@ pub struct FlowRun {
     pub completion_tokens: u64,
 }
 
+/// A row of a tenant's vector collection (filled by flows' `embed` steps), as the store
+/// keeps it: the index is rebuilt from these at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorRecord {
+    pub tenant: String,
+    pub collection: String,
+    pub id: String,
+    pub text: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub vector: Vec<f32>,
+}
+
 /// One step of a flow run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {

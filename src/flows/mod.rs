@@ -24,13 +24,18 @@
 //! template = "{{ summary }}"
 //! ```
 
+pub mod loaders;
+pub mod splitters;
 pub mod template;
+pub mod vectors;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
+pub use splitters::{Split, SplitBy};
 pub use template::Template;
 
 /// A flow, checked and ready to run.
@@ -67,6 +72,31 @@ pub enum StepKind {
     },
     /// Text made from inputs and earlier outputs.
     Template { template: Template },
+    /// Texts embedded through the pipeline (batched), from documents loaded and split or
+    /// from a template; put into one of the tenant's collections when it names one.
+    Embed {
+        model: String,
+        source: Source,
+        split: Option<Split>,
+        collection: Option<String>,
+    },
+    /// The chunks of a collection nearest a query (embedded with `model`).
+    Retrieve {
+        model: String,
+        collection: String,
+        query: Template,
+        top_k: usize,
+        filter: Map<String, Value>,
+    },
+}
+
+/// What an `embed` step embeds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A file or folder under the documents directory (`loaders`).
+    Files(String),
+    /// One text.
+    Text(Template),
 }
 
 impl StepKind {
@@ -74,9 +104,23 @@ impl StepKind {
         match self {
             StepKind::Llm { .. } => "llm",
             StepKind::Template { .. } => "template",
+            StepKind::Embed { .. } => "embed",
+            StepKind::Retrieve { .. } => "retrieve",
         }
     }
 }
+
+/// What a flow may name, from the config: models by kind, and whether documents may be
+/// loaded (`[flows] documents`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Catalog<'a> {
+    pub chat: &'a [&'a str],
+    pub embeddings: &'a [&'a str],
+    pub documents: bool,
+}
+
+/// The most chunks a `retrieve` step may ask for.
+pub const MAX_TOP_K: usize = 100;
 
 /// What is wrong with a flow: the key (`flows.rag.steps[2].prompt`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,14 +159,21 @@ struct RawStep {
     prompt: Option<String>,
     max_tokens: Option<u64>,
     template: Option<String>,
+    input: Option<String>,
+    load: Option<String>,
+    split: Option<Split>,
+    collection: Option<String>,
+    query: Option<String>,
+    top_k: Option<usize>,
+    filter: Option<Map<String, Value>>,
     timeout: Option<String>,
     #[serde(default)]
     retries: u32,
 }
 
-/// Reads flow `name` from its TOML `text` and checks it whole. `chat_models` are the
-/// configured aliases an `llm` step may call.
-pub fn parse(name: &str, text: &str, chat_models: &[&str]) -> Result<Flow, FlowError> {
+/// Reads flow `name` from its TOML `text` and checks it whole against what the config
+/// offers.
+pub fn parse(name: &str, text: &str, catalog: &Catalog<'_>) -> Result<Flow, FlowError> {
     let at = format!("flows.{name}");
     let error = |key: String, message: String| FlowError { key, message };
     let deserializer = toml::de::Deserializer::parse(text)
@@ -156,12 +207,7 @@ pub fn parse(name: &str, text: &str, chat_models: &[&str]) -> Result<Flow, FlowE
     for (i, step) in raw.steps.into_iter().enumerate() {
         let at = format!("{at}.steps[{i}]");
         let field = |name: &str| format!("{at}.{name}");
-        if step.name.is_empty()
-            || !step
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !valid_name(&step.name) {
             return Err(error(
                 field("name"),
                 "a step's name is letters, digits, '_' or '-'".into(),
@@ -198,18 +244,35 @@ pub fn parse(name: &str, text: &str, chat_models: &[&str]) -> Result<Flow, FlowE
         let needs = |value: Option<String>, key: &str| {
             value.ok_or_else(|| error(field(key), format!("a {} step needs {key}", step.kind)))
         };
+        let model_of = |kind: &str, offered: &[&str]| {
+            let model = needs(step.model.clone(), "model")?;
+            if offered.contains(&model.as_str()) {
+                return Ok(model);
+            }
+            Err(error(
+                field("model"),
+                format!(
+                    "no {kind} model \"{model}\" is configured; configured: {}",
+                    if offered.is_empty() {
+                        "none".to_string()
+                    } else {
+                        offered.join(", ")
+                    }
+                ),
+            ))
+        };
+        let collection_name = |value: Option<String>| -> Result<Option<String>, FlowError> {
+            match value {
+                Some(c) if !valid_name(&c) => Err(error(
+                    field("collection"),
+                    "a collection's name is letters, digits, '_' or '-'".into(),
+                )),
+                other => Ok(other),
+            }
+        };
         let kind = match step.kind.as_str() {
             "llm" => {
-                let model = needs(step.model.clone(), "model")?;
-                if !chat_models.contains(&model.as_str()) {
-                    return Err(error(
-                        field("model"),
-                        format!(
-                            "no chat model \"{model}\" is configured; configured: {}",
-                            chat_models.join(", ")
-                        ),
-                    ));
-                }
+                let model = model_of("chat", catalog.chat)?;
                 StepKind::Llm {
                     model,
                     system: step
@@ -224,10 +287,70 @@ pub fn parse(name: &str, text: &str, chat_models: &[&str]) -> Result<Flow, FlowE
             "template" => StepKind::Template {
                 template: template("template", &needs(step.template.clone(), "template")?)?,
             },
+            "embed" => {
+                let model = model_of("embeddings", catalog.embeddings)?;
+                let source = match (&step.load, &step.input) {
+                    (Some(_), Some(_)) => {
+                        return Err(error(
+                            field("input"),
+                            "an embed step reads either load or input, not both".into(),
+                        ));
+                    }
+                    (Some(path), None) => {
+                        if !catalog.documents {
+                            return Err(error(
+                                field("load"),
+                                "no documents directory is configured ([flows] documents)".into(),
+                            ));
+                        }
+                        loaders::check_relative(path).map_err(|m| error(field("load"), m))?;
+                        Source::Files(path.clone())
+                    }
+                    (None, Some(input)) => Source::Text(template("input", input)?),
+                    (None, None) => {
+                        return Err(error(
+                            field("load"),
+                            "an embed step needs load (documents) or input (a text)".into(),
+                        ));
+                    }
+                };
+                if let Some(split) = &step.split {
+                    split.check().map_err(|m| error(field("split"), m))?;
+                }
+                StepKind::Embed {
+                    model,
+                    source,
+                    split: step.split.clone(),
+                    collection: collection_name(step.collection.clone())?,
+                }
+            }
+            "retrieve" => {
+                let model = model_of("embeddings", catalog.embeddings)?;
+                let top_k = step.top_k.unwrap_or(4);
+                if !(1..=MAX_TOP_K).contains(&top_k) {
+                    return Err(error(
+                        field("top_k"),
+                        format!("must be between 1 and {MAX_TOP_K}"),
+                    ));
+                }
+                StepKind::Retrieve {
+                    model,
+                    collection: collection_name(Some(needs(
+                        step.collection.clone(),
+                        "collection",
+                    )?))?
+                    .unwrap_or_default(),
+                    query: template("query", &needs(step.query.clone(), "query")?)?,
+                    top_k,
+                    filter: step.filter.clone().unwrap_or_default(),
+                }
+            }
             other => {
                 return Err(error(
                     field("kind"),
-                    format!("\"{other}\" is not a step kind; kinds: llm, template"),
+                    format!(
+                        "\"{other}\" is not a step kind; kinds: llm, template, embed, retrieve"
+                    ),
                 ));
             }
         };
@@ -266,11 +389,23 @@ pub fn parse(name: &str, text: &str, chat_models: &[&str]) -> Result<Flow, FlowE
     })
 }
 
+/// Letters, digits, '_' or '-', at least one.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MODELS: &[&str] = &["gpt-4o-mini"];
+    const MODELS: Catalog<'static> = Catalog {
+        chat: &["gpt-4o-mini"],
+        embeddings: &["text-embedding-3-small"],
+        documents: true,
+    };
 
     #[test]
     fn a_flow_is_read_with_its_steps_in_order() {
@@ -290,7 +425,7 @@ name = "answer"
 kind = "template"
 template = "{{ summary }} / {{ question }}"
 "#,
-            MODELS,
+            &MODELS,
         )
         .unwrap();
         assert_eq!(flow.inputs, ["text", "question"]);
@@ -321,7 +456,7 @@ template = "{{ summary }} / {{ question }}"
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"loop\"",
-                "flows.rag.steps[0].kind: \"loop\" is not a step kind; kinds: llm, template",
+                "flows.rag.steps[0].kind: \"loop\" is not a step kind; kinds: llm, template, embed, retrieve",
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"template\"\ntemplate = \"x\"\ntimeout = \"soon\"",
@@ -336,6 +471,34 @@ template = "{{ summary }} / {{ question }}"
                 "flows.rag.steps: a flow needs at least one step",
             ),
             (
+                "[[steps]]\nname = \"a\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"",
+                "flows.rag.steps[0].load: an embed step needs load (documents) or input (a text)",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"\nload = \"../etc\"",
+                "flows.rag.steps[0].load: \"../etc\" must be a path inside the documents directory",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"\nload = \"kb\"\nsplit = { by = \"tokens\", size = 10, overlap = 10 }",
+                "flows.rag.steps[0].split: overlap (10) must be smaller than size (10)",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"\nload = \"kb\"\nsplit = { by = \"pages\" }",
+                "flows.rag.steps[0].split.by: unknown variant `pages`",
+            ),
+            (
+                "inputs = [\"q\"]\n[[steps]]\nname = \"a\"\nkind = \"retrieve\"\nmodel = \"gpt-4o-mini\"\ncollection = \"kb\"\nquery = \"{{ q }}\"",
+                "flows.rag.steps[0].model: no embeddings model \"gpt-4o-mini\" is configured; configured: text-embedding-3-small",
+            ),
+            (
+                "inputs = [\"q\"]\n[[steps]]\nname = \"a\"\nkind = \"retrieve\"\nmodel = \"text-embedding-3-small\"\ncollection = \"kb\"\nquery = \"{{ q }}\"\ntop_k = 0",
+                "flows.rag.steps[0].top_k: must be between 1 and 100",
+            ),
+            (
+                "inputs = [\"q\"]\n[[steps]]\nname = \"a\"\nkind = \"retrieve\"\nmodel = \"text-embedding-3-small\"\ncollection = \"k b\"\nquery = \"{{ q }}\"",
+                "flows.rag.steps[0].collection: a collection's name is letters, digits, '_' or '-'",
+            ),
+            (
                 "output = \"z\"\n[[steps]]\nname = \"a\"\nkind = \"template\"\ntemplate = \"x\"",
                 "flows.rag.output: no step is named \"z\"",
             ),
@@ -345,7 +508,7 @@ template = "{{ summary }} / {{ question }}"
             ),
         ];
         for (text, expected) in cases {
-            let error = parse("rag", text, MODELS).unwrap_err().to_string();
+            let error = parse("rag", text, &MODELS).unwrap_err().to_string();
             assert!(
                 error.starts_with(expected),
                 "{text}\n  gave {error}\n  not {expected}"

@@ -17,7 +17,10 @@ use tokio::time::Instant;
 use super::{Gateway, Inbound, ReplyBody, now_secs, random_id};
 use crate::domain::records::{FlowRun, StepError, StepRun};
 use crate::domain::{Directives, ModelKind};
-use crate::flows::{Flow, Step, StepKind};
+use crate::flows::loaders::{self, Document};
+use crate::flows::splitters::{self, Split, SplitBy};
+use crate::flows::vectors::Row;
+use crate::flows::{Flow, Source, Step, StepKind};
 
 /// Why a run could not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,10 +124,69 @@ impl Drop for Unfinished<'_> {
 
 /// A step's one attempt that did not work: its code, its message, and whether trying
 /// again can help.
-struct Failure {
-    code: String,
-    message: String,
-    retryable: bool,
+pub(super) struct Failure {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl Gateway {
+    /// A model call of a flow step, through the pipeline as `tenant` (`caller` names the
+    /// run in the audit log): the answer as JSON, or why there is none. Its request id is
+    /// added to `request_ids`.
+    pub(super) async fn model_call(
+        &self,
+        tenant: &str,
+        caller: &str,
+        (endpoint, kind): (&'static str, ModelKind),
+        body: Value,
+        request_ids: &mut Vec<String>,
+    ) -> Result<Value, Failure> {
+        let request_id = format!("req_{}", random_id());
+        request_ids.push(request_id.clone());
+        let inbound = Inbound {
+            request_id: request_id.into(),
+            endpoint,
+            tenant: tenant.to_string(),
+            key_id: caller.into(),
+            kind,
+            fields: serde_json::from_value(body).unwrap_or_default(),
+            directives: Directives::default(),
+            session: None,
+            pin: None,
+            batch: false,
+            arrival: Instant::now(),
+        };
+        let reply = self.serve(inbound).await.map_err(|refusal| {
+            let status = refusal.status.as_u16();
+            Failure {
+                code: refusal.code.unwrap_or("refused").to_string(),
+                message: refusal.message,
+                retryable: status == 429 || status >= 500,
+            }
+        })?;
+        let status = reply.status.as_u16();
+        let answer = match reply.body {
+            ReplyBody::Whole { bytes, .. } => {
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null)
+            }
+            ReplyBody::Stream(_) => Value::Null,
+        };
+        if (200..300).contains(&status) {
+            return Ok(answer);
+        }
+        Err(Failure {
+            code: answer["error"]["code"]
+                .as_str()
+                .unwrap_or("upstream_error")
+                .to_string(),
+            message: answer["error"]["message"]
+                .as_str()
+                .unwrap_or("the model call failed")
+                .to_string(),
+            retryable: status == 429 || status >= 500,
+        })
+    }
 }
 
 impl Gateway {
@@ -433,8 +495,101 @@ impl Gateway {
                     retryable: false,
                 })
         };
+        let caller = format!("flow:{run}");
         match &step.kind {
             StepKind::Template { template } => render(template).map(Value::String),
+            StepKind::Embed {
+                model,
+                source,
+                split,
+                collection,
+            } => {
+                let documents = match source {
+                    Source::Files(path) => self.load_documents(step, path).await?,
+                    Source::Text(template) => vec![text_document(render(template)?)],
+                };
+                let tokenizer = self
+                    .config
+                    .model(model)
+                    .map_or(crate::domain::TokenizerKind::Heuristic, |m| m.tokenizer);
+                let split = split.clone();
+                let rows = tokio::task::spawn_blocking(move || chunks(documents, split, tokenizer))
+                    .await
+                    .unwrap_or_default();
+                let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
+                let embedded = self
+                    .embed_texts(tenant, &caller, model, &texts, &mut done.request_ids)
+                    .await?;
+                done.prompt_tokens += embedded.prompt_tokens;
+                let Some(collection) = collection else {
+                    return Ok(json!({"chunks": rows.len(), "embeddings": embedded.vectors}));
+                };
+                let count = rows.len();
+                let rows = rows.into_iter().zip(embedded.vectors).collect();
+                self.put_rows(tenant, collection, rows)
+                    .await
+                    .map_err(|message| Failure {
+                        code: "collection_error".into(),
+                        message: format!("step {}: {message}", step.name),
+                        retryable: false,
+                    })?;
+                Ok(json!({
+                    "chunks": count,
+                    "collection": collection,
+                    "rows": self.collections().len(tenant, collection),
+                }))
+            }
+            StepKind::Retrieve {
+                model,
+                collection,
+                query,
+                top_k,
+                filter,
+            } => {
+                let query = render(query)?;
+                let query = std::slice::from_ref(&query);
+                let embedded = self
+                    .embed_texts(tenant, &caller, model, query, &mut done.request_ids)
+                    .await?;
+                done.prompt_tokens += embedded.prompt_tokens;
+                let vector = embedded.vectors.into_iter().next().unwrap_or_default();
+                let Some(hits) = self
+                    .search(tenant, collection, vector, *top_k, filter.clone())
+                    .await
+                else {
+                    let names = self.collections().names(tenant);
+                    return Err(Failure {
+                        code: "collection_not_found".into(),
+                        message: format!(
+                            "step {}: there is no collection \"{collection}\" of this tenant's; it has {}",
+                            step.name,
+                            if names.is_empty() {
+                                "none (an embed step with a collection makes one)".to_string()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                        retryable: false,
+                    });
+                };
+                let text = hits
+                    .iter()
+                    .map(|h| h.row.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+                let chunks: Vec<Value> = hits
+                    .into_iter()
+                    .map(|h| {
+                        json!({
+                            "id": h.row.id,
+                            "text": h.row.text,
+                            "score": h.score,
+                            "metadata": h.row.metadata,
+                        })
+                    })
+                    .collect();
+                Ok(json!({"text": text, "chunks": chunks}))
+            }
             StepKind::Llm {
                 model,
                 system,
@@ -450,54 +605,13 @@ impl Gateway {
                 if let Some(max) = max_tokens {
                     body["max_tokens"] = json!(max);
                 }
-                let request_id = format!("req_{}", random_id());
-                done.request_ids.push(request_id.clone());
-                let inbound = Inbound {
-                    request_id: request_id.into(),
-                    endpoint: "/v1/chat/completions",
-                    tenant: tenant.to_string(),
-                    key_id: format!("flow:{run}").into(),
-                    kind: ModelKind::Chat,
-                    fields: serde_json::from_value(body).unwrap_or_default(),
-                    directives: Directives::default(),
-                    session: None,
-                    pin: None,
-                    batch: false,
-                    arrival: Instant::now(),
-                };
-                let (status, answer) = match self.serve(inbound).await {
-                    Ok(reply) => match reply.body {
-                        ReplyBody::Whole { bytes, .. } => (
-                            reply.status.as_u16(),
-                            serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-                        ),
-                        ReplyBody::Stream(_) => (reply.status.as_u16(), Value::Null),
-                    },
-                    Err(refusal) => {
-                        let status = refusal.status.as_u16();
-                        return Err(Failure {
-                            code: refusal.code.unwrap_or("refused").to_string(),
-                            message: refusal.message,
-                            retryable: status == 429 || status >= 500,
-                        });
-                    }
-                };
+                let chat = ("/v1/chat/completions", ModelKind::Chat);
+                let answer = self
+                    .model_call(tenant, &caller, chat, body, &mut done.request_ids)
+                    .await?;
                 let usage = &answer["usage"];
                 done.prompt_tokens += usage["prompt_tokens"].as_u64().unwrap_or(0);
                 done.completion_tokens += usage["completion_tokens"].as_u64().unwrap_or(0);
-                if !(200..300).contains(&status) {
-                    return Err(Failure {
-                        code: answer["error"]["code"]
-                            .as_str()
-                            .unwrap_or("upstream_error")
-                            .to_string(),
-                        message: answer["error"]["message"]
-                            .as_str()
-                            .unwrap_or("the model call failed")
-                            .to_string(),
-                        retryable: status == 429 || status >= 500,
-                    });
-                }
                 let text = answer["choices"][0]["message"]["content"]
                     .as_str()
                     .unwrap_or_default();
@@ -505,4 +619,84 @@ impl Gateway {
             }
         }
     }
+}
+
+impl Gateway {
+    /// The documents an `embed` step loads, read off the runtime threads.
+    async fn load_documents(&self, step: &Step, path: &str) -> Result<Vec<Document>, Failure> {
+        let failure = |message: String| Failure {
+            code: "load_failed".into(),
+            message: format!("step {}: {message}", step.name),
+            retryable: false,
+        };
+        let Some(root) = self.config.flow_documents.clone() else {
+            return Err(failure("no documents directory is configured".into()));
+        };
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || loaders::load(&root, &path))
+            .await
+            .map_err(|e| failure(e.to_string()))?
+            .map_err(failure)
+    }
+}
+
+/// A text given to an `embed` step as a document, named by its digest so that
+/// embedding the same text again replaces its rows.
+fn text_document(text: String) -> Document {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut metadata = Map::new();
+    metadata.insert("source".into(), Value::String("input".into()));
+    Document {
+        source: format!("text:{name}"),
+        text,
+        metadata,
+        markdown: false,
+    }
+}
+
+/// Documents cut into rows to embed: a document whole without a split; markdown by
+/// its headings when the split says so (other kinds then by tokens). Each row's id is
+/// its document's source and its place (`guide.md#3`), its metadata the document's with
+/// `chunk` and, under a heading, `heading`.
+fn chunks(
+    documents: Vec<Document>,
+    split: Option<Split>,
+    tokenizer: crate::domain::TokenizerKind,
+) -> Vec<Row> {
+    let count = |text: &str| crate::admission::estimate::count(tokenizer, text);
+    let mut rows = Vec::new();
+    for document in documents {
+        let pieces = match &split {
+            None => vec![splitters::Chunk {
+                text: document.text.clone(),
+                heading: None,
+            }],
+            Some(split) if split.by == SplitBy::Headings && !document.markdown => {
+                let by_tokens = Split {
+                    by: SplitBy::Tokens,
+                    ..split.clone()
+                };
+                splitters::split(&document.text, &by_tokens, &count)
+            }
+            Some(split) => splitters::split(&document.text, split, &count),
+        };
+        for (i, piece) in pieces.into_iter().enumerate() {
+            if piece.text.trim().is_empty() {
+                continue;
+            }
+            let mut metadata = document.metadata.clone();
+            metadata.insert("chunk".into(), json!(i));
+            if let Some(heading) = piece.heading {
+                metadata.insert("heading".into(), Value::String(heading));
+            }
+            rows.push(Row {
+                id: format!("{}#{i}", document.source),
+                text: piece.text,
+                metadata,
+            });
+        }
+    }
+    rows
 }

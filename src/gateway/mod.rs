@@ -9,6 +9,7 @@
 
 mod accounting;
 pub mod batches;
+pub mod collections;
 mod control;
 pub mod conversations;
 pub mod flows;
@@ -86,6 +87,8 @@ pub struct Gateway {
     batches: batches::Batches,
     /// Flow runs, running and ended.
     flow_runs: flows::Runs,
+    /// Tenants' vector collections, for flows.
+    collections: collections::Collections,
     /// Where keys and overrides are kept; attached by the daemon.
     store: OnceLock<Arc<dyn Store>>,
     /// Keys made at run time, by id (revoked and expired ones included).
@@ -312,6 +315,7 @@ impl Gateway {
             conversations: Arc::new(conversations::Conversations::new()),
             batches: batches::Batches::default(),
             flow_runs: flows::Runs::default(),
+            collections: collections::Collections::default(),
             files: Arc::new(crate::files::Files::new(
                 &config.server.data_dir,
                 config.files,

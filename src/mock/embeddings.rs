@@ -1,4 +1,7 @@
 //! `POST /v1/embeddings`: deterministic unit vectors, as floats or base64 like OpenAI.
+//! A text's vector is the sum of a fixed random vector per word (lowercased), made unit
+//! length, so texts that share words are near each other as a real model's would be
+//! for texts on one subject; retrieval can be tested on it end to end.
 
 use std::sync::Arc;
 
@@ -52,7 +55,7 @@ pub async fn create(State(state): State<Arc<MockState>>, body: Bytes) -> Respons
         .enumerate()
         .map(|(index, input)| {
             prompt_tokens += input.tokens;
-            let vector = vector(input.seed, dimensions);
+            let vector = text_vector(&input.seeds, dimensions);
             let embedding = if base64 {
                 let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
                 Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
@@ -72,19 +75,30 @@ pub async fn create(State(state): State<Arc<MockState>>, body: Bytes) -> Respons
 }
 
 struct Input {
-    seed: u64,
+    /// One per word (or one for the whole input when it has no words).
+    seeds: Vec<u64>,
     tokens: u64,
 }
 
 /// Accepts what OpenAI accepts: a string, an array of strings, an array of token ids, or
 /// an array of arrays of token ids. `None` when there is no input at all.
 fn inputs(input: Option<&Value>) -> Option<Result<Vec<Input>, ()>> {
-    let text = |s: &str| Input {
-        seed: wire::fnv(s.as_bytes()),
-        tokens: wire::text_tokens(s),
+    let text = |s: &str| {
+        let mut seeds: Vec<u64> = s
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(|w| wire::fnv(w.to_lowercase().as_bytes()))
+            .collect();
+        if seeds.is_empty() {
+            seeds.push(wire::fnv(s.as_bytes()));
+        }
+        Input {
+            seeds,
+            tokens: wire::text_tokens(s),
+        }
     };
     let tokens = |ids: &[Value]| Input {
-        seed: wire::fnv(Value::Array(ids.to_vec()).to_string().as_bytes()),
+        seeds: vec![wire::fnv(Value::Array(ids.to_vec()).to_string().as_bytes())],
         tokens: ids.len() as u64,
     };
     Some(match input? {
@@ -101,6 +115,24 @@ fn inputs(input: Option<&Value>) -> Option<Result<Vec<Input>, ()>> {
             .collect(),
         _ => Err(()),
     })
+}
+
+/// The unit vector of the sum of the seeds' vectors.
+fn text_vector(seeds: &[u64], dimensions: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; dimensions];
+    for seed in seeds {
+        for (total, x) in sum.iter_mut().zip(vector(*seed, dimensions)) {
+            *total += x;
+        }
+    }
+    let norm = sum
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    sum.iter_mut().for_each(|x| *x /= norm);
+    sum
 }
 
 /// A unit vector derived from the seed.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::{Pair, SledStore, Store, StoreError};
 use crate::domain::UsageRecord;
 use crate::domain::records::{
-    AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides,
+    AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides, VectorRecord,
 };
 
 /// A store whose writes fail while `failing` is set, as a full or failing disk does.
@@ -59,6 +59,13 @@ impl Store for Flaky {
     }
     fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError> {
         self.inner.load_flow_runs()
+    }
+    fn save_vectors(&self, rows: &[VectorRecord]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.save_vectors(rows)
+    }
+    fn each_vector(&self, row: &mut dyn FnMut(VectorRecord)) -> Result<(), StoreError> {
+        self.inner.each_vector(row)
     }
     fn save_file(&self, id: &str, f: Option<&FileRecord>) -> Result<(), StoreError> {
         self.check()?;

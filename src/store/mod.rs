@@ -7,13 +7,15 @@
 //! (operators' run-time overrides), `responses` (Responses API responses kept for
 //! follow-ups, by id, encoded by `gateway::conversations`), `files` (uploaded files'
 //! records; their contents are files under `<data_dir>/files/`), `batches` and
-//! `flow_runs` (a run as of its last completed step, by id); the audit log is JSON lines in segment files beside
+//! `flow_runs` (a run as of its last completed step, by id), `vectors` (rows of tenants'
+//! vector collections, `vectors.rs`); the audit log is JSON lines in segment files beside
 //! the database (`audit_log.rs`). Writes are batched by their callers and never made
 //! from the request path.
 
 mod audit_log;
 #[cfg(test)]
 pub(crate) mod flaky;
+mod vectors;
 mod watched;
 
 pub use watched::{Persistence, Watched};
@@ -25,7 +27,7 @@ use serde::Serialize;
 use crate::domain::UsageRecord;
 use crate::domain::period::PeriodKey;
 use crate::domain::records::{
-    AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides,
+    AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides, VectorRecord,
 };
 
 /// The layout this build reads and writes.
@@ -84,6 +86,10 @@ pub trait Store: Send + Sync + 'static {
     fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError>;
     fn save_flow_run(&self, run: &FlowRun) -> Result<(), StoreError>;
     fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError>;
+    /// Writes rows of vector collections as one batch (a row's id again replaces it).
+    fn save_vectors(&self, rows: &[VectorRecord]) -> Result<(), StoreError>;
+    /// Every row of every collection, one at a time (there may be many).
+    fn each_vector(&self, row: &mut dyn FnMut(VectorRecord)) -> Result<(), StoreError>;
     /// Writes a file's record (`None` removes it).
     fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError>;
     fn load_files(&self) -> Result<Vec<FileRecord>, StoreError>;
@@ -118,6 +124,7 @@ pub struct SledStore {
     files: sled::Tree,
     batches: sled::Tree,
     flow_runs: sled::Tree,
+    vectors: sled::Tree,
     keys: sled::Tree,
     tenants: sled::Tree,
     audit: audit_log::AuditLog,
@@ -191,6 +198,7 @@ impl SledStore {
             files: db.open_tree("files")?,
             batches: db.open_tree("batches")?,
             flow_runs: db.open_tree("flow_runs")?,
+            vectors: db.open_tree("vectors")?,
             keys: db.open_tree("keys")?,
             tenants: db.open_tree("tenants")?,
             audit,
@@ -328,6 +336,23 @@ impl Store for SledStore {
 
     fn save_flow_run(&self, run: &FlowRun) -> Result<(), StoreError> {
         self.flow_runs.insert(run.id.as_bytes(), encode(run)?)?;
+        Ok(())
+    }
+
+    fn save_vectors(&self, rows: &[VectorRecord]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for row in rows {
+            batch.insert(vectors::key(row), vectors::encode(row)?);
+        }
+        self.vectors.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn each_vector(&self, each: &mut dyn FnMut(VectorRecord)) -> Result<(), StoreError> {
+        for entry in self.vectors.iter() {
+            let (key, value) = entry?;
+            each(vectors::decode(&key, &value)?);
+        }
         Ok(())
     }
 

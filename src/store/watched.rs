@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
     AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides, Pair, Store,
-    StoreError,
+    StoreError, VectorRecord,
 };
 use crate::domain::UsageRecord;
 
@@ -102,6 +102,12 @@ impl<S: Store> Store for Watched<S> {
     }
     fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError> {
         self.inner.load_flow_runs()
+    }
+    fn save_vectors(&self, rows: &[VectorRecord]) -> Result<(), StoreError> {
+        self.health.note("vectors", self.inner.save_vectors(rows))
+    }
+    fn each_vector(&self, row: &mut dyn FnMut(VectorRecord)) -> Result<(), StoreError> {
+        self.inner.each_vector(row)
     }
     fn save_file(&self, id: &str, file: Option<&FileRecord>) -> Result<(), StoreError> {
         self.health.note("files", self.inner.save_file(id, file))
