@@ -144,6 +144,9 @@ impl Daemon {
         gateway.files().restore(store.load_files()?);
         gateway.restore_batches(store.load_batches()?);
         restore_collections(&gateway, store.as_ref())?;
+        gateway
+            .flow_runs()
+            .restore_values(store.load_flow_values()?);
         gateway.restore_flow_runs(store.load_flow_runs()?);
         let audit_writer = crate::audit::spawn_writer(gateway.audit().clone(), store.clone());
         let ledger = crate::ledger::spawn(gateway.admission().clone(), store, checkpoint);

@@ -203,9 +203,9 @@ async fn a_run_that_cannot_start_is_refused_with_what_is_wrong() {
 }
 
 #[tokio::test]
-async fn a_paused_tenants_run_fails_at_its_first_model_call_naming_the_step() {
+async fn a_paused_tenants_run_stops_before_its_next_step_of_any_kind() {
     let mock = quick_mock().spawn_local().await.unwrap();
-    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA), ("recall", RECALL)], "").await;
     let paused = gw
         .admin(reqwest::Method::POST, "/admin/tenants/tenant-a/pause", None)
         .await;
@@ -220,6 +220,28 @@ async fn a_paused_tenants_run_fails_at_its_first_model_call_naming_the_step() {
     assert_eq!(done["error"]["code"], "tenant_paused");
     assert_eq!(done["steps"].as_array().unwrap().len(), 1);
     assert_eq!(mock.stats().chat_requests, 0);
+    // A step that calls no model stops too.
+    let done: Value = run(&gw, KEY_A, "recall", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "tenant_paused");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(message.contains("before step recalled"), "{message}");
+    gw.admin(
+        reqwest::Method::POST,
+        "/admin/tenants/tenant-a/resume",
+        None,
+    )
+    .await;
+    let done: Value = run(&gw, KEY_A, "recall", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
 }
 
 #[tokio::test]
@@ -666,4 +688,169 @@ async fn a_rag_flow_loads_splits_embeds_and_answers_from_the_right_chunk() {
     assert_eq!(theirs["status"], "failed", "{theirs}");
     assert_eq!(theirs["error"]["code"], "collection_not_found");
     assert_eq!(theirs["error"]["step"], "context");
+}
+
+const CONTROL: &str = r#"
+inputs = ["intent", "items"]
+
+[[steps]]
+name = "route"
+kind = "branch"
+value = "{{ intent }}"
+[[steps.cases]]
+contains = "refund"
+[[steps.cases.steps]]
+name = "refund_reply"
+kind = "template"
+template = "refund desk"
+[[steps.cases]]
+equals = "ship"
+[[steps.cases.steps]]
+name = "ship_reply"
+kind = "template"
+template = "shipping desk"
+[steps.default]
+[[steps.default.steps]]
+name = "other_reply"
+kind = "template"
+template = "front desk"
+
+[[steps]]
+name = "draft"
+kind = "loop"
+max = 5
+until = { value = "{{ grow }}", contains = "xxx" }
+[[steps.steps]]
+name = "grow"
+kind = "template"
+template = "{{ draft }}x"
+
+[[steps]]
+name = "bounded"
+kind = "loop"
+max = 2
+until = { value = "{{ step }}", equals = "never" }
+[[steps.steps]]
+name = "step"
+kind = "template"
+template = "{{ bounded }}{{ pass }}"
+
+[[steps]]
+name = "each"
+kind = "parallel"
+over = "{{ items }}"
+as = "item"
+max_concurrency = 2
+[[steps.steps]]
+name = "shout"
+kind = "llm"
+model = "gpt-4o-mini"
+prompt = "Say {{ item.word }}"
+max_tokens = 3
+[[steps.steps]]
+name = "tag"
+kind = "template"
+template = "{{ item.word }}"
+
+[[steps]]
+name = "remember"
+kind = "store_put"
+key = "last-route"
+value = "{{ route }}"
+"#;
+
+const RECALL: &str = r#"
+[[steps]]
+name = "recalled"
+kind = "store_get"
+key = "last-route"
+"#;
+
+#[tokio::test]
+async fn branches_loops_and_parallel_steps_run_as_declared() {
+    let mock = quick_mock().answer_tokens(2).spawn_local().await.unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("control", CONTROL), ("recall", RECALL)], "").await;
+    let items = json!([{"word": "a"}, {"word": "b"}, {"word": "c"}]);
+    let mut routes = Vec::new();
+    for intent in ["I want a REFUND please", "ship", "shipping?"] {
+        let done: Value = run(
+            &gw,
+            KEY_A,
+            "control",
+            json!({"intent": intent, "items": items}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(done["status"], "completed", "{done}");
+        let output = |name: &str| {
+            done["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .map(|s| s["output"].clone())
+                .unwrap()
+        };
+        routes.push(output("route"));
+        // Until passes after the third pass; the bound stops the other after two.
+        assert_eq!(output("draft"), "xxx");
+        assert_eq!(output("bounded"), "12");
+        // One branch per item, joined in the list's order, each model call charged.
+        assert_eq!(output("each"), json!(["a", "b", "c"]));
+        let each = done["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "each")
+            .unwrap();
+        assert_eq!(each["request_ids"].as_array().unwrap().len(), 3);
+        assert!(each["completion_tokens"].as_u64().unwrap() >= 3, "{each}");
+    }
+    assert_eq!(routes, ["refund desk", "shipping desk", "front desk"]);
+    assert_eq!(mock.stats().chat_requests, 9);
+
+    // What store_put kept is the tenant's, for its later runs.
+    let recalled: Value = run(&gw, KEY_A, "recall", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recalled["output"], "front desk", "{recalled}");
+    let theirs: Value = run(&gw, KEY_B, "recall", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["output"], Value::Null, "{theirs}");
+
+    // A branch of a parallel step that fails fails the step, naming where.
+    let broken = json!([{"word": "a"}, {"text": "no word"}]);
+    let failed: Value = run(
+        &gw,
+        KEY_A,
+        "control",
+        json!({"intent": "x", "items": broken}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["step"], "each");
+    assert_eq!(failed["error"]["code"], "template_error");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains("item has no field word"), "{message}");
+    let not_a_list: Value = run(
+        &gw,
+        KEY_A,
+        "control",
+        json!({"intent": "x", "items": "a,b"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(not_a_list["error"]["code"], "not_a_list", "{not_a_list}");
 }

@@ -61,7 +61,7 @@ pub struct VectorRecord {
 }
 
 /// One step of a flow run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepRun {
     pub name: String,
     pub kind: String,

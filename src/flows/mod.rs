@@ -88,6 +88,50 @@ pub enum StepKind {
         top_k: usize,
         filter: Map<String, Value>,
     },
+    /// The steps of the first case whose test `value` passes, else the default's; the
+    /// output is the last of them's (empty text when none ran).
+    Branch {
+        value: Template,
+        cases: Vec<(Test, Vec<Step>)>,
+        default: Vec<Step>,
+    },
+    /// The steps again and again, at most `max` passes, until `until` passes after one.
+    /// Inside, the loop's own name is the previous pass's output (empty text at first)
+    /// and `pass` counts from 1. The output is the last pass's.
+    Loop {
+        max: u32,
+        until: Option<(Template, Test)>,
+        steps: Vec<Step>,
+    },
+    /// The steps once for every item of a list, at most `concurrency` at once, each
+    /// reading its item as `item_name`; the output is the list of their outputs, in the
+    /// list's order.
+    Parallel {
+        over: Template,
+        item_name: String,
+        concurrency: usize,
+        steps: Vec<Step>,
+    },
+    /// A value the tenant kept under `key` (null when there is none).
+    StoreGet { key: Template },
+    /// Keeps `value` under `key` for the tenant's later runs; the output is the value.
+    StorePut { key: Template, value: Template },
+}
+
+/// A test on a text: equal to, or containing, a string (case-insensitive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Test {
+    Equals(String),
+    Contains(String),
+}
+
+impl Test {
+    pub fn passes(&self, text: &str) -> bool {
+        match self {
+            Test::Equals(expected) => text.trim().eq_ignore_ascii_case(expected.trim()),
+            Test::Contains(part) => text.to_lowercase().contains(&part.to_lowercase()),
+        }
+    }
 }
 
 /// What an `embed` step embeds.
@@ -106,6 +150,11 @@ impl StepKind {
             StepKind::Template { .. } => "template",
             StepKind::Embed { .. } => "embed",
             StepKind::Retrieve { .. } => "retrieve",
+            StepKind::Branch { .. } => "branch",
+            StepKind::Loop { .. } => "loop",
+            StepKind::Parallel { .. } => "parallel",
+            StepKind::StoreGet { .. } => "store_get",
+            StepKind::StorePut { .. } => "store_put",
         }
     }
 }
@@ -121,6 +170,11 @@ pub struct Catalog<'a> {
 
 /// The most chunks a `retrieve` step may ask for.
 pub const MAX_TOP_K: usize = 100;
+/// The most passes a `loop` may make, and branches a `parallel` step may run at once.
+pub const MAX_PASSES: u32 = 100;
+pub const MAX_CONCURRENCY: usize = 16;
+/// How long a step holding other steps may take by default.
+const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What is wrong with a flow: the key (`flows.rag.steps[2].prompt`) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,9 +220,56 @@ struct RawStep {
     query: Option<String>,
     top_k: Option<usize>,
     filter: Option<Map<String, Value>>,
+    value: Option<String>,
+    #[serde(default)]
+    cases: Vec<RawCase>,
+    default: Option<RawBlock>,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+    max: Option<u32>,
+    until: Option<RawUntil>,
+    over: Option<String>,
+    #[serde(rename = "as")]
+    item_name: Option<String>,
+    max_concurrency: Option<usize>,
+    key: Option<String>,
     timeout: Option<String>,
     #[serde(default)]
     retries: u32,
+}
+
+/// A `branch` case: a test and its steps.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCase {
+    equals: Option<String>,
+    contains: Option<String>,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlock {
+    #[serde(default)]
+    steps: Vec<RawStep>,
+}
+
+/// A `loop`'s end: `{ value = "{{ review }}", contains = "APPROVED" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUntil {
+    value: String,
+    equals: Option<String>,
+    contains: Option<String>,
+}
+
+fn test_of(equals: Option<String>, contains: Option<String>) -> Result<Test, String> {
+    match (equals, contains) {
+        (Some(e), None) => Ok(Test::Equals(e)),
+        (None, Some(c)) => Ok(Test::Contains(c)),
+        _ => Err("a test is one of equals or contains".into()),
+    }
 }
 
 /// Reads flow `name` from its TOML `text` and checks it whole against what the config
@@ -203,8 +304,37 @@ pub fn parse(name: &str, text: &str, catalog: &Catalog<'_>) -> Result<Flow, Flow
             ));
         }
     }
-    let mut steps = Vec::with_capacity(raw.steps.len());
-    for (i, step) in raw.steps.into_iter().enumerate() {
+    let steps = parse_steps(raw.steps, &at, &mut known, catalog)?;
+    let output = match raw.output {
+        Some(output) if steps.iter().any(|s| s.name == output) => output,
+        Some(output) => {
+            return Err(error(
+                format!("{at}.output"),
+                format!("no step is named \"{output}\""),
+            ));
+        }
+        None => steps.last().map(|s| s.name.clone()).unwrap_or_default(),
+    };
+    Ok(Flow {
+        name: name.to_string(),
+        description: raw.description,
+        inputs: raw.inputs,
+        steps,
+        output,
+    })
+}
+
+/// Reads steps at `at` (`flows.rag` or, inside a step, `flows.rag.steps[1].steps`),
+/// adding each one's name to what later ones may read.
+fn parse_steps(
+    raw_steps: Vec<RawStep>,
+    at: &str,
+    known: &mut HashSet<String>,
+    catalog: &Catalog<'_>,
+) -> Result<Vec<Step>, FlowError> {
+    let error = |key: String, message: String| FlowError { key, message };
+    let mut steps = Vec::with_capacity(raw_steps.len());
+    for (i, step) in raw_steps.into_iter().enumerate() {
         let at = format!("{at}.steps[{i}]");
         let field = |name: &str| format!("{at}.{name}");
         if !valid_name(&step.name) {
@@ -240,6 +370,23 @@ pub fn parse(name: &str, text: &str, catalog: &Catalog<'_>) -> Result<Flow, Flow
                 ));
             }
             Ok(template)
+        };
+        // Steps held by this one: they read what this one may, plus `extra`; their
+        // outputs stay inside.
+        let block = |raw: Vec<RawStep>,
+                     at: &str,
+                     extra: Option<&str>,
+                     known: &HashSet<String>|
+         -> Result<Vec<Step>, FlowError> {
+            if raw.is_empty() {
+                return Err(error(
+                    format!("{at}.steps"),
+                    "needs at least one step".into(),
+                ));
+            }
+            let mut inside = known.clone();
+            inside.extend(extra.map(str::to_string));
+            parse_steps(raw, at, &mut inside, catalog)
         };
         let needs = |value: Option<String>, key: &str| {
             value.ok_or_else(|| error(field(key), format!("a {} step needs {key}", step.kind)))
@@ -345,11 +492,102 @@ pub fn parse(name: &str, text: &str, catalog: &Catalog<'_>) -> Result<Flow, Flow
                     filter: step.filter.clone().unwrap_or_default(),
                 }
             }
+            "branch" => {
+                let value = template("value", &needs(step.value.clone(), "value")?)?;
+                if step.cases.is_empty() {
+                    return Err(error(
+                        field("cases"),
+                        "a branch needs at least one case".into(),
+                    ));
+                }
+                let mut cases = Vec::with_capacity(step.cases.len());
+                for (c, case) in step.cases.into_iter().enumerate() {
+                    let at = format!("{at}.cases[{c}]");
+                    let test =
+                        test_of(case.equals, case.contains).map_err(|m| error(at.clone(), m))?;
+                    cases.push((test, block(case.steps, &at, None, known)?));
+                }
+                let default = match step.default {
+                    Some(default) => block(default.steps, &field("default"), None, known)?,
+                    None => Vec::new(),
+                };
+                StepKind::Branch {
+                    value,
+                    cases,
+                    default,
+                }
+            }
+            "loop" => {
+                let max = step
+                    .max
+                    .ok_or_else(|| error(field("max"), "a loop needs max (its bound)".into()))?;
+                if !(1..=MAX_PASSES).contains(&max) {
+                    return Err(error(
+                        field("max"),
+                        format!("must be between 1 and {MAX_PASSES}"),
+                    ));
+                }
+                let mut inside = known.clone();
+                inside.insert("pass".into());
+                let steps = block(step.steps, &at, Some(&step.name), &inside)?;
+                // The end is tested with what the last pass made.
+                let mut after = inside;
+                after.extend(step_names(&steps));
+                let until = match step.until {
+                    Some(until) => {
+                        let test = test_of(until.equals, until.contains)
+                            .map_err(|m| error(field("until"), m))?;
+                        let value = Template::parse(&until.value)
+                            .map_err(|m| error(field("until.value"), m))?;
+                        if let Some(unknown) = value.names().find(|n| !after.contains(*n)) {
+                            return Err(error(
+                                field("until.value"),
+                                format!("unknown output \"{unknown}\""),
+                            ));
+                        }
+                        Some((value, test))
+                    }
+                    None => None,
+                };
+                StepKind::Loop { max, until, steps }
+            }
+            "parallel" => {
+                let over = template("over", &needs(step.over.clone(), "over")?)?;
+                let item_name = step.item_name.clone().unwrap_or_else(|| "item".into());
+                if !valid_name(&item_name) {
+                    return Err(error(
+                        field("as"),
+                        "a name is letters, digits, '_' or '-'".into(),
+                    ));
+                }
+                let concurrency = step.max_concurrency.unwrap_or(4);
+                if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+                    return Err(error(
+                        field("max_concurrency"),
+                        format!("must be between 1 and {MAX_CONCURRENCY}"),
+                    ));
+                }
+                let steps = block(step.steps, &at, Some(&item_name), known)?;
+                StepKind::Parallel {
+                    over,
+                    item_name,
+                    concurrency,
+                    steps,
+                }
+            }
+            "store_get" => StepKind::StoreGet {
+                key: template("key", &needs(step.key.clone(), "key")?)?,
+            },
+            "store_put" => StepKind::StorePut {
+                key: template("key", &needs(step.key.clone(), "key")?)?,
+                value: template("value", &needs(step.value.clone(), "value")?)?,
+            },
             other => {
                 return Err(error(
                     field("kind"),
                     format!(
-                        "\"{other}\" is not a step kind; kinds: llm, template, embed, retrieve"
+                        "\"{other}\" is not a step kind; kinds: {}",
+                        KINDS.join(", ")
                     ),
                 ));
             }
@@ -357,6 +595,7 @@ pub fn parse(name: &str, text: &str, catalog: &Catalog<'_>) -> Result<Flow, Flow
         let timeout = match &step.timeout {
             Some(text) => crate::domain::units::parse_duration(text)
                 .map_err(|m| error(field("timeout"), m))?,
+            None if kind.holds_steps() => DEFAULT_BLOCK_TIMEOUT,
             None => DEFAULT_TIMEOUT,
         };
         if timeout.is_zero() {
@@ -370,23 +609,34 @@ pub fn parse(name: &str, text: &str, catalog: &Catalog<'_>) -> Result<Flow, Flow
             retries: step.retries,
         });
     }
-    let output = match raw.output {
-        Some(output) if steps.iter().any(|s| s.name == output) => output,
-        Some(output) => {
-            return Err(error(
-                format!("{at}.output"),
-                format!("no step is named \"{output}\""),
-            ));
-        }
-        None => steps.last().map(|s| s.name.clone()).unwrap_or_default(),
-    };
-    Ok(Flow {
-        name: name.to_string(),
-        description: raw.description,
-        inputs: raw.inputs,
-        steps,
-        output,
-    })
+    Ok(steps)
+}
+
+/// Every step kind, as a step names it.
+const KINDS: &[&str] = &[
+    "llm",
+    "template",
+    "embed",
+    "retrieve",
+    "branch",
+    "loop",
+    "parallel",
+    "store_get",
+    "store_put",
+];
+
+fn step_names(steps: &[Step]) -> impl Iterator<Item = String> + '_ {
+    steps.iter().map(|s| s.name.clone())
+}
+
+impl StepKind {
+    /// Whether it runs other steps (and so may take longer by default).
+    pub fn holds_steps(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Branch { .. } | StepKind::Loop { .. } | StepKind::Parallel { .. }
+        )
+    }
 }
 
 /// Letters, digits, '_' or '-', at least one.
@@ -455,8 +705,8 @@ template = "{{ summary }} / {{ question }}"
                 "flows.rag.steps[0].prompt: a llm step needs prompt",
             ),
             (
-                "[[steps]]\nname = \"a\"\nkind = \"loop\"",
-                "flows.rag.steps[0].kind: \"loop\" is not a step kind; kinds: llm, template, embed, retrieve",
+                "[[steps]]\nname = \"a\"\nkind = \"teleport\"",
+                "flows.rag.steps[0].kind: \"teleport\" is not a step kind; kinds: llm, template, embed, retrieve, branch, loop, parallel, store_get, store_put",
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"template\"\ntemplate = \"x\"\ntimeout = \"soon\"",
@@ -469,6 +719,30 @@ template = "{{ summary }} / {{ question }}"
             (
                 "inputs = [\"q\"]",
                 "flows.rag.steps: a flow needs at least one step",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"loop\"\n[[steps.steps]]\nname = \"b\"\nkind = \"template\"\ntemplate = \"x\"",
+                "flows.rag.steps[0].max: a loop needs max (its bound)",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"branch\"\nvalue = \"x\"",
+                "flows.rag.steps[0].cases: a branch needs at least one case",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"branch\"\nvalue = \"x\"\n[[steps.cases]]\nequals = \"y\"\n[[steps.cases.steps]]\nname = \"b\"\nkind = \"template\"\ntemplate = \"{{ c }}\"",
+                "flows.rag.steps[0].cases[0].steps[0].template: unknown output \"c\"; this step can read nothing yet",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"branch\"\nvalue = \"x\"\n[[steps.cases]]\n[[steps.cases.steps]]\nname = \"b\"\nkind = \"template\"\ntemplate = \"x\"",
+                "flows.rag.steps[0].cases[0]: a test is one of equals or contains",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"parallel\"\nover = \"[]\"\n[[steps.steps]]\nname = \"b\"\nkind = \"template\"\ntemplate = \"{{ item }}\"\n[[steps]]\nname = \"c\"\nkind = \"template\"\ntemplate = \"{{ b }}\"",
+                "flows.rag.steps[1].template: unknown output \"b\"; this step can read a",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"loop\"\nmax = 3\nuntil = { value = \"{{ zz }}\", equals = \"y\" }\n[[steps.steps]]\nname = \"b\"\nkind = \"template\"\ntemplate = \"{{ a }} {{ pass }}\"",
+                "flows.rag.steps[0].until.value: unknown output \"zz\"",
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"",

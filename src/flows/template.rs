@@ -71,31 +71,44 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
-                Part::Hole(name, path) => {
-                    let mut value = lookup(name).ok_or_else(|| format!("{name} has no value"))?;
-                    for (depth, key) in path.iter().enumerate() {
-                        let next = match value {
-                            Value::Array(items) => {
-                                key.parse::<usize>().ok().and_then(|i| items.get(i))
-                            }
-                            Value::Object(fields) => fields.get(key),
-                            _ => None,
-                        };
-                        value = next.ok_or_else(|| {
-                            let within: String =
-                                path[..depth].iter().map(|p| format!(".{p}")).collect();
-                            format!("{name}{within} has no field {key}")
-                        })?;
-                    }
-                    match value {
-                        Value::String(text) => out.push_str(text),
-                        other => out.push_str(&other.to_string()),
-                    }
-                }
+                Part::Hole(name, path) => match resolve(name, path, &lookup)? {
+                    Value::String(text) => out.push_str(text),
+                    other => out.push_str(&other.to_string()),
+                },
             }
         }
         Ok(out)
     }
+
+    /// The value itself when the template is one hole and nothing else (a list stays a
+    /// list), else the rendered text.
+    pub fn value<'v>(&self, lookup: impl Fn(&str) -> Option<&'v Value>) -> Result<Value, String> {
+        match self.parts.as_slice() {
+            [Part::Hole(name, path)] => resolve(name, path, &lookup).cloned(),
+            _ => self.render(lookup).map(Value::String),
+        }
+    }
+}
+
+/// The value at `name` and then `path` (object fields, list indexes).
+fn resolve<'v>(
+    name: &str,
+    path: &[String],
+    lookup: &impl Fn(&str) -> Option<&'v Value>,
+) -> Result<&'v Value, String> {
+    let mut value = lookup(name).ok_or_else(|| format!("{name} has no value"))?;
+    for (depth, key) in path.iter().enumerate() {
+        let next = match value {
+            Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+            Value::Object(fields) => fields.get(key),
+            _ => None,
+        };
+        value = next.ok_or_else(|| {
+            let within: String = path[..depth].iter().map(|p| format!(".{p}")).collect();
+            format!("{name}{within} has no field {key}")
+        })?;
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -114,6 +127,16 @@ mod tests {
         let values = json!({"question": "why?", "meta": {"lang": "en"}, "tags": ["a", "b"]});
         let text = template.render(|name| values.get(name)).unwrap();
         assert_eq!(text, r#"Q: why? (en, b) {"lang":"en"}"#);
+        let whole = Template::parse("{{ tags }}").unwrap();
+        assert_eq!(
+            whole.value(|name| values.get(name)).unwrap(),
+            json!(["a", "b"])
+        );
+        let mixed = Template::parse("tags: {{ tags }}").unwrap();
+        assert_eq!(
+            mixed.value(|name| values.get(name)).unwrap(),
+            json!(r#"tags: ["a","b"]"#)
+        );
     }
 
     #[test]

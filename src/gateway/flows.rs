@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -39,7 +41,12 @@ pub struct Runs {
     runs: Mutex<HashMap<String, FlowRun>>,
     /// A stop signal for each run being driven.
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// What `store_put` steps kept, by tenant and key (also in the store).
+    values: Mutex<HashMap<(String, String), Value>>,
 }
+
+/// The most items a `parallel` step runs its steps for.
+pub const MAX_ITEMS: usize = 1000;
 
 impl Runs {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FlowRun>> {
@@ -72,6 +79,18 @@ impl Runs {
 
     fn put(&self, run: &FlowRun) {
         self.lock().insert(run.id.clone(), run.clone());
+    }
+
+    fn values(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Value>> {
+        self.values.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes back the values the store kept (at start).
+    pub fn restore_values(&self, kept: Vec<(String, String, Value)>) {
+        let mut values = self.values();
+        for (tenant, key, value) in kept {
+            values.insert((tenant, key), value);
+        }
     }
 }
 
@@ -436,6 +455,19 @@ impl Gateway {
             request_ids: Vec::new(),
             error: None,
         };
+        // A paused tenant's run stops before its next step, whatever the step is.
+        if self.admission.view(tenant).is_ok_and(|v| v.paused) {
+            done.status = "failed".into();
+            done.error = Some(StepError {
+                step: step.name.clone(),
+                code: "tenant_paused".into(),
+                message: format!(
+                    "tenant {tenant} is paused by an operator; the run stopped before step {}",
+                    step.name
+                ),
+            });
+            return done;
+        }
         let mut backoff = Duration::from_millis(500);
         loop {
             done.attempts += 1;
@@ -496,8 +528,127 @@ impl Gateway {
                 })
         };
         let caller = format!("flow:{run}");
+        let template_failure = |message: String| Failure {
+            code: "template_error".into(),
+            message: format!("step {}: {message}", step.name),
+            retryable: false,
+        };
         match &step.kind {
             StepKind::Template { template } => render(template).map(Value::String),
+            StepKind::StoreGet { key } => {
+                let key = render(key)?;
+                let kept = self
+                    .flow_runs
+                    .values()
+                    .get(&(tenant.to_string(), key))
+                    .cloned();
+                Ok(kept.unwrap_or(Value::Null))
+            }
+            StepKind::StorePut { key, value } => {
+                let key = render(key)?;
+                let value = value
+                    .value(|name| values.get(name))
+                    .map_err(template_failure)?;
+                self.keep_value(tenant, key, &value).await;
+                Ok(value)
+            }
+            StepKind::Branch {
+                value,
+                cases,
+                default,
+            } => {
+                let text = render(value)?;
+                let steps = cases
+                    .iter()
+                    .find(|(test, _)| test.passes(&text))
+                    .map_or(default.as_slice(), |(_, steps)| steps.as_slice());
+                if steps.is_empty() {
+                    return Ok(Value::String(String::new()));
+                }
+                let (last, _) = self
+                    .run_block(tenant, run, steps, values.clone(), done)
+                    .await?;
+                Ok(last)
+            }
+            StepKind::Loop { max, until, steps } => {
+                let mut previous = Value::String(String::new());
+                for pass in 1..=*max {
+                    let mut inside = values.clone();
+                    inside.insert(step.name.clone(), previous);
+                    inside.insert("pass".into(), json!(pass));
+                    let (last, after) = self.run_block(tenant, run, steps, inside, done).await?;
+                    previous = last;
+                    if let Some((value, test)) = until {
+                        let text = value
+                            .render(|name| after.get(name))
+                            .map_err(template_failure)?;
+                        if test.passes(&text) {
+                            break;
+                        }
+                    }
+                }
+                Ok(previous)
+            }
+            StepKind::Parallel {
+                over,
+                item_name,
+                concurrency,
+                steps,
+            } => {
+                let list = over
+                    .value(|name| values.get(name))
+                    .map_err(template_failure)?;
+                let Value::Array(items) = list else {
+                    return Err(Failure {
+                        code: "not_a_list".into(),
+                        message: format!(
+                            "step {}: over is {}, not a list",
+                            step.name,
+                            kind_of(&list)
+                        ),
+                        retryable: false,
+                    });
+                };
+                if items.len() > MAX_ITEMS {
+                    return Err(Failure {
+                        code: "too_many_items".into(),
+                        message: format!(
+                            "step {}: over holds {} items; a parallel step runs at most {MAX_ITEMS}",
+                            step.name,
+                            items.len()
+                        ),
+                        retryable: false,
+                    });
+                }
+                let branches = items.into_iter().map(|item| {
+                    let mut inside = values.clone();
+                    inside.insert(item_name.clone(), item);
+                    async move {
+                        let mut part = StepRun::default();
+                        let outcome = self.run_block(tenant, run, steps, inside, &mut part).await;
+                        (outcome, part)
+                    }
+                });
+                let ended: Vec<_> = futures_util::stream::iter(branches)
+                    .buffered(*concurrency)
+                    .collect()
+                    .await;
+                let mut outputs = Vec::with_capacity(ended.len());
+                let mut failed = None;
+                for (outcome, part) in ended {
+                    done.prompt_tokens += part.prompt_tokens;
+                    done.completion_tokens += part.completion_tokens;
+                    done.request_ids.extend(part.request_ids);
+                    match outcome {
+                        Ok((last, _)) => outputs.push(last),
+                        Err(failure) => failed = failed.or(Some(failure)),
+                    }
+                }
+                match failed {
+                    Some(failure) => Err(failure),
+                    None => Ok(Value::Array(outputs)),
+                }
+            }
             StepKind::Embed {
                 model,
                 source,
@@ -699,4 +850,78 @@ fn chunks(
         }
     }
     rows
+}
+
+impl Gateway {
+    /// Runs `steps` in order with `values` (the block's own copy: what they make stays
+    /// inside), charging what they use to `done`. The last output, and the values as the
+    /// block left them. A step that fails ends the block with its failure.
+    fn run_block<'a>(
+        &'a self,
+        tenant: &'a str,
+        run: &'a str,
+        steps: &'a [Step],
+        mut values: Map<String, Value>,
+        done: &'a mut StepRun,
+    ) -> BoxFuture<'a, Result<Ended, Failure>> {
+        Box::pin(async move {
+            let mut last = Value::Null;
+            for step in steps {
+                let inner = self.run_step(tenant, run, step, &values).await;
+                done.prompt_tokens += inner.prompt_tokens;
+                done.completion_tokens += inner.completion_tokens;
+                done.request_ids.extend(inner.request_ids);
+                if let Some(error) = inner.error {
+                    let message = if error.message.starts_with("step ") {
+                        error.message
+                    } else {
+                        format!("step {}: {}", step.name, error.message)
+                    };
+                    return Err(Failure {
+                        code: error.code,
+                        message,
+                        // Retried where it failed, as that step says.
+                        retryable: false,
+                    });
+                }
+                last = inner.output.unwrap_or(Value::Null);
+                values.insert(step.name.clone(), last.clone());
+            }
+            Ok((last, values))
+        })
+    }
+
+    /// Keeps a `store_put` value for the tenant, in memory and in the store.
+    async fn keep_value(&self, tenant: &str, key: String, value: &Value) {
+        self.flow_runs
+            .values()
+            .insert((tenant.to_string(), key.clone()), value.clone());
+        let Some(store) = self.store.get().cloned() else {
+            return;
+        };
+        let (tenant, saved) = (tenant.to_string(), value.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            store.save_flow_value(&tenant, &key, &saved)?;
+            store.flush()
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!("a flow's stored value could not be written; it is kept in memory");
+        }
+    }
+}
+
+/// How a block of steps ended: its last output, and the values as it left them.
+type Ended = (Value, Map<String, Value>);
+
+/// What a JSON value is, for a message.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
 }

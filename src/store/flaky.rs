@@ -60,6 +60,18 @@ impl Store for Flaky {
     fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError> {
         self.inner.load_flow_runs()
     }
+    fn save_flow_value(
+        &self,
+        tenant: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.save_flow_value(tenant, key, value)
+    }
+    fn load_flow_values(&self) -> Result<Vec<(String, String, serde_json::Value)>, StoreError> {
+        self.inner.load_flow_values()
+    }
     fn save_vectors(&self, rows: &[VectorRecord]) -> Result<(), StoreError> {
         self.check()?;
         self.inner.save_vectors(rows)

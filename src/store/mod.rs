@@ -8,7 +8,8 @@
 //! follow-ups, by id, encoded by `gateway::conversations`), `files` (uploaded files'
 //! records; their contents are files under `<data_dir>/files/`), `batches` and
 //! `flow_runs` (a run as of its last completed step, by id), `vectors` (rows of tenants'
-//! vector collections, `vectors.rs`); the audit log is JSON lines in segment files beside
+//! vector collections, `vectors.rs`), `flow_values` (what flows' `store_put` steps kept,
+//! by tenant and key); the audit log is JSON lines in segment files beside
 //! the database (`audit_log.rs`). Writes are batched by their callers and never made
 //! from the request path.
 
@@ -86,6 +87,14 @@ pub trait Store: Send + Sync + 'static {
     fn load_batches(&self) -> Result<Vec<BatchRecord>, StoreError>;
     fn save_flow_run(&self, run: &FlowRun) -> Result<(), StoreError>;
     fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError>;
+    /// Keeps a value a flow's `store_put` step wrote for a tenant, by key.
+    fn save_flow_value(
+        &self,
+        tenant: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    fn load_flow_values(&self) -> Result<Vec<(String, String, serde_json::Value)>, StoreError>;
     /// Writes rows of vector collections as one batch (a row's id again replaces it).
     fn save_vectors(&self, rows: &[VectorRecord]) -> Result<(), StoreError>;
     /// Every row of every collection, one at a time (there may be many).
@@ -125,6 +134,7 @@ pub struct SledStore {
     batches: sled::Tree,
     flow_runs: sled::Tree,
     vectors: sled::Tree,
+    flow_values: sled::Tree,
     keys: sled::Tree,
     tenants: sled::Tree,
     audit: audit_log::AuditLog,
@@ -199,6 +209,7 @@ impl SledStore {
             batches: db.open_tree("batches")?,
             flow_runs: db.open_tree("flow_runs")?,
             vectors: db.open_tree("vectors")?,
+            flow_values: db.open_tree("flow_values")?,
             keys: db.open_tree("keys")?,
             tenants: db.open_tree("tenants")?,
             audit,
@@ -337,6 +348,38 @@ impl Store for SledStore {
     fn save_flow_run(&self, run: &FlowRun) -> Result<(), StoreError> {
         self.flow_runs.insert(run.id.as_bytes(), encode(run)?)?;
         Ok(())
+    }
+
+    fn save_flow_value(
+        &self,
+        tenant: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let id = [tenant.as_bytes(), key.as_bytes()].join(&0u8);
+        self.flow_values.insert(id, encode(value)?)?;
+        Ok(())
+    }
+
+    fn load_flow_values(&self) -> Result<Vec<(String, String, serde_json::Value)>, StoreError> {
+        self.flow_values
+            .iter()
+            .map(|entry| {
+                let (id, value) = entry?;
+                let corrupt = |why: String| {
+                    StoreError::Corrupt(format!(
+                        "flow value {}: {why}",
+                        String::from_utf8_lossy(&id).replace('\0', "/")
+                    ))
+                };
+                let text = std::str::from_utf8(&id).map_err(|e| corrupt(e.to_string()))?;
+                let (tenant, key) = text
+                    .split_once('\0')
+                    .ok_or_else(|| corrupt("a key without a tenant".into()))?;
+                let value = serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
+                Ok((tenant.to_string(), key.to_string(), value))
+            })
+            .collect()
     }
 
     fn save_vectors(&self, rows: &[VectorRecord]) -> Result<(), StoreError> {

@@ -103,6 +103,18 @@ impl<S: Store> Store for Watched<S> {
     fn load_flow_runs(&self) -> Result<Vec<FlowRun>, StoreError> {
         self.inner.load_flow_runs()
     }
+    fn save_flow_value(
+        &self,
+        tenant: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let saved = self.inner.save_flow_value(tenant, key, value);
+        self.health.note("flow_values", saved)
+    }
+    fn load_flow_values(&self) -> Result<Vec<(String, String, serde_json::Value)>, StoreError> {
+        self.inner.load_flow_values()
+    }
     fn save_vectors(&self, rows: &[VectorRecord]) -> Result<(), StoreError> {
         self.health.note("vectors", self.inner.save_vectors(rows))
     }
