@@ -107,9 +107,87 @@ daily_tokens = 400000
         ));
     }
     toml.push_str(
-        "\n[[models]]\nalias = \"gpt-4o-mini\"\nprice = { input_per_mtok = 0.15, output_per_mtok = 0.60 }\n\n[[models]]\nalias = \"gpt-4o\"\nprice = { input_per_mtok = 2.50, output_per_mtok = 10.00 }\n",
+        "\n[[models]]\nalias = \"gpt-4o-mini\"\nprice = { input_per_mtok = 0.15, output_per_mtok = 0.60 }\n\n[[models]]\nalias = \"gpt-4o\"\nprice = { input_per_mtok = 2.50, output_per_mtok = 10.00 }\n\n[[models]]\nalias = \"text-embedding-3-small\"\nkind = \"embeddings\"\n",
     );
+    let flows: Vec<String> = EXAMPLE_FLOWS
+        .iter()
+        .map(|(name, _)| format!("\"{}\"", data_dir.join("flows").join(name).display()))
+        .collect();
+    toml.push_str(&format!(
+        "\n[flows]\nfiles = [{}]\ndocuments = \"{}\"\n",
+        flows.join(", "),
+        data_dir.join("docs").display()
+    ));
     toml
+}
+
+/// The example flows and the documents they read, carried in the binary so the demo
+/// runs them wherever it is started.
+const EXAMPLE_FLOWS: &[(&str, &str)] = &[
+    ("qa.toml", include_str!("../examples/flows/qa.toml")),
+    (
+        "handbook-ingest.toml",
+        include_str!("../examples/flows/handbook-ingest.toml"),
+    ),
+    (
+        "handbook-ask.toml",
+        include_str!("../examples/flows/handbook-ask.toml"),
+    ),
+];
+const EXAMPLE_DOCS: &[(&str, &str)] = &[
+    (
+        "returns.md",
+        include_str!("../examples/docs/handbook/returns.md"),
+    ),
+    (
+        "shipping.md",
+        include_str!("../examples/docs/handbook/shipping.md"),
+    ),
+    (
+        "support.md",
+        include_str!("../examples/docs/handbook/support.md"),
+    ),
+];
+
+/// Writes the example flows and documents under the demo's data directory.
+fn write_examples(data_dir: &std::path::Path) -> std::io::Result<()> {
+    let (flows, handbook) = (data_dir.join("flows"), data_dir.join("docs/handbook"));
+    std::fs::create_dir_all(&flows)?;
+    std::fs::create_dir_all(&handbook)?;
+    for (name, text) in EXAMPLE_FLOWS {
+        std::fs::write(flows.join(name), text)?;
+    }
+    for (name, text) in EXAMPLE_DOCS {
+        std::fs::write(handbook.join(name), text)?;
+    }
+    Ok(())
+}
+
+/// Questions acme's handbook flow is asked, one every few seconds.
+const QUESTIONS: &[&str] = &[
+    "How long do refunds take?",
+    "Which warehouse do orders ship from?",
+    "Can I return a gift card?",
+    "When does support answer email?",
+];
+
+/// acme loads the handbook once, then asks it a question every ten seconds, so flow
+/// runs go through the pipeline beside the live traffic.
+async fn handbook_questions(gateway: Arc<crate::gateway::Gateway>) {
+    let tenant = "acme";
+    if let Err(error) = gateway
+        .run_flow(tenant, "handbook-ingest", serde_json::json!({}))
+        .await
+    {
+        tracing::warn!(?error, "the demo's handbook could not be loaded");
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    for question in QUESTIONS.iter().cycle() {
+        tick.tick().await;
+        let input = serde_json::json!({ "question": question });
+        let _ = gateway.run_flow(tenant, "handbook-ask", input).await;
+    }
 }
 
 /// What the synthetic clients saw, by status.
@@ -145,6 +223,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
+    write_examples(&data_dir).context("cannot write the demo's example flows")?;
     let config = Config::from_toml(&config(&mocks, listen, &data_dir))?;
     let token = format!("sy-admin-{:016x}", fastrand::u64(..));
     let daemon = Daemon::start_with_admin_token(config, Some(token.clone())).await?;
@@ -163,6 +242,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tally.clone(),
         )));
     }
+    // Stopped with the demo, mid-run if need be.
+    let questions = tokio::spawn(handbook_questions(daemon.gateway().clone()));
     let mocks = Arc::new(mocks);
     tasks.push(tokio::spawn(outages(
         mocks.clone(),
@@ -230,6 +311,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         say!("{attach}");
     }
     stop.store(true, Ordering::Relaxed);
+    questions.abort();
     for task in tasks {
         let _ = task.await;
     }

@@ -308,15 +308,62 @@ fn a_broken_flow_file_stops_the_config_naming_the_flow_the_step_and_the_field() 
 #[test]
 fn the_example_flow_loads_with_the_example_config() {
     let example = std::fs::read_to_string("config.toml.example").unwrap();
-    let toml = example.replace(
-        "# files = [\"examples/flows/qa.toml\"]",
-        "files = [\"examples/flows/qa.toml\"]",
-    );
-    assert_ne!(toml, example, "the example names its flow");
+    let toml = example
+        .replace("# files = [\"examples/flows/", "files = [\"examples/flows/")
+        .replace(
+            "# documents = \"examples/docs\"",
+            "documents = \"examples/docs\"",
+        );
+    assert_ne!(toml, example, "the example names its flows");
     let config = switchyard::config::Config::from_toml(&toml).unwrap();
-    assert_eq!(config.flows.len(), 1);
-    assert_eq!(config.flows[0].name, "qa");
+    let names: Vec<&str> = config.flows.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["qa", "handbook-ingest", "handbook-ask"]);
     assert_eq!(config.flows[0].output, "report");
+    assert!(config.flow_documents.unwrap().join("handbook").is_dir());
+}
+
+#[tokio::test]
+async fn the_example_handbook_flows_answer_from_the_example_documents() {
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let read = |name: &str| std::fs::read_to_string(format!("examples/flows/{name}.toml")).unwrap();
+    let (ingest, ask) = (read("handbook-ingest"), read("handbook-ask"));
+    let flows = [
+        ("handbook-ingest", ingest.as_str()),
+        ("handbook-ask", ask.as_str()),
+    ];
+    let (gw, dir) = with_flows(&mock, &flows, "").await;
+    let handbook = dir.path().join("docs/handbook");
+    std::fs::create_dir_all(&handbook).unwrap();
+    for entry in std::fs::read_dir("examples/docs/handbook").unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, handbook.join(path.file_name().unwrap())).unwrap();
+    }
+    let ingested: Value = run(&gw, KEY_A, "handbook-ingest", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ingested["status"], "completed", "{ingested}");
+    assert!(
+        ingested["output"]["rows"].as_u64().unwrap() >= 6,
+        "{ingested}"
+    );
+    let question = "Which warehouse do orders ship from?";
+    let done: Value = run(&gw, KEY_A, "handbook-ask", json!({"question": question}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let prompt = mock.last_request().unwrap()["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(prompt.contains("Rotterdam warehouse"), "{prompt}");
+    assert!(
+        prompt.ends_with(&format!("Question: {question}")),
+        "{prompt}"
+    );
 }
 
 #[tokio::test]
