@@ -319,6 +319,7 @@ impl Control for Remote {
                 let kind = match kind {
                     crate::domain::records::AuditKind::Operator => "operator",
                     crate::domain::records::AuditKind::Request => "request",
+                    crate::domain::records::AuditKind::Tool => "tool",
                 };
                 path.push_str(&format!("&kind={kind}"));
             }

@@ -204,6 +204,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     for r in &records {
         let kind = match r.kind {
             Some(crate::domain::records::AuditKind::Operator) => "operator",
+            Some(crate::domain::records::AuditKind::Tool) => "tool",
             _ => "request",
         };
         let tokens = match (r.prompt_tokens, r.completion_tokens) {

@@ -901,3 +901,181 @@ async fn branches_loops_and_parallel_steps_run_as_declared() {
     .unwrap();
     assert_eq!(not_a_list["error"]["code"], "not_a_list", "{not_a_list}");
 }
+
+/// A weather service on loopback: it answers every POST with the city it was asked
+/// about, and remembers each body it received.
+async fn weather_service() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/weather",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(body.clone());
+                axum::Json(json!({"city": body["city"], "forecast": "sunny, 21C"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/weather", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+fn weather_tool(url: &str) -> String {
+    format!(
+        r#"
+[[flows.tools]]
+name = "weather"
+description = "The weather in a city."
+url = "{url}"
+parameters = {{ type = "object", properties = {{ city = {{ type = "string" }}, days = {{ type = "integer" }} }}, required = ["city"] }}
+timeout = "5s"
+"#
+    )
+}
+
+const FORECAST: &str = r#"
+inputs = ["city"]
+[[steps]]
+name = "forecast"
+kind = "tool"
+tool = "weather"
+arguments = { city = "{{ city }}", days = 2 }
+"#;
+
+const HELPER: &str = r#"
+inputs = ["question", "session"]
+[[steps]]
+name = "helper"
+kind = "agent"
+model = "gpt-4o-mini"
+system = "You help with travel."
+prompt = "{{ question }}"
+tools = ["weather"]
+memory = "{{ session }}"
+memory_window = 4
+max_turns = 4
+"#;
+
+#[tokio::test]
+async fn a_tool_step_calls_a_declared_http_tool_with_checked_arguments() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let (url, seen) = weather_service().await;
+    let (gw, _dir) = with_flows(&mock, &[("forecast", FORECAST)], &weather_tool(&url)).await;
+    let done: Value = run(&gw, KEY_A, "forecast", json!({"city": "Oslo"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["output"],
+        json!({"city": "Oslo", "forecast": "sunny, 21C"})
+    );
+    assert_eq!(seen.lock().unwrap()[0], json!({"city": "Oslo", "days": 2}));
+    // A city that is not a string never reaches the tool.
+    let bad: Value = run(&gw, KEY_A, "forecast", json!({"city": 7}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bad["error"]["code"], "bad_tool_arguments", "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("city must be of type string")
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // The call is on the audit record: the tool, the step, the run; not the arguments.
+    let audit: Value = gw
+        .admin(reqwest::Method::GET, "/admin/audit?kind=tool", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let record = &audit["records"][0];
+    assert_eq!(record["kind"], "tool", "{audit}");
+    assert_eq!(record["action"], "weather");
+    assert_eq!(record["target"], "forecast");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["tenant"], "tenant-a");
+    assert!(!record.to_string().contains("Oslo"), "{record}");
+}
+
+#[tokio::test]
+async fn an_agent_calls_its_tool_and_remembers_its_session_across_runs() {
+    let mock = quick_mock().answer_tokens(4).spawn_local().await.unwrap();
+    let (url, seen) = weather_service().await;
+    let (gw, _dir) = with_flows(&mock, &[("helper", HELPER)], &weather_tool(&url)).await;
+    let ask = |question: &str, session: &str| {
+        let input = json!({"question": question, "session": session});
+        let gw = &gw;
+        async move {
+            run(gw, KEY_A, "helper", input)
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let first = ask(r#"Check the weather {"city": "Oslo"} for me"#, "trip-1").await;
+    assert_eq!(first["status"], "completed", "{first}");
+    assert!(!first["output"].as_str().unwrap().is_empty());
+    // The model asked for the tool, the gateway called it, and the model read its answer.
+    assert_eq!(seen.lock().unwrap().as_slice(), [json!({"city": "Oslo"})]);
+    let last = mock.last_request().unwrap();
+    let messages = last["messages"].as_array().unwrap();
+    let tool_answer = messages.iter().find(|m| m["role"] == "tool").unwrap();
+    assert!(
+        tool_answer["content"]
+            .as_str()
+            .unwrap()
+            .contains("sunny, 21C")
+    );
+    assert_eq!(
+        first["steps"][0]["request_ids"].as_array().unwrap().len(),
+        2
+    );
+    let first_answer = first["output"].as_str().unwrap().to_string();
+
+    // The same session carries the conversation; another starts afresh.
+    ask("And what should I pack?", "trip-1").await;
+    let messages = mock.last_request().unwrap()["messages"].clone();
+    let contents: Vec<&str> = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(
+        contents.contains(&r#"Check the weather {"city": "Oslo"} for me"#),
+        "{messages}"
+    );
+    assert!(contents.contains(&first_answer.as_str()), "{messages}");
+    ask("Hello?", "trip-2").await;
+    let fresh = mock.last_request().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(fresh, 2, "system and the question only");
+
+    // Past the window (4 messages), the older turns are folded into a summary.
+    let third = ask("Anything else?", "trip-1").await;
+    assert_eq!(
+        third["steps"][0]["request_ids"].as_array().unwrap().len(),
+        2,
+        "{third}"
+    );
+    ask("Thanks.", "trip-1").await;
+    let messages = mock.last_request().unwrap()["messages"].clone();
+    let summary = messages[1]["content"].as_str().unwrap();
+    assert!(
+        summary.starts_with("Summary of the conversation so far: "),
+        "{messages}"
+    );
+    assert_eq!(messages.as_array().unwrap().len(), 2 + 2 + 1, "{messages}");
+}

@@ -183,6 +183,7 @@ pub(super) async fn audit(
         None => None,
         Some("request") => Some(AuditKind::Request),
         Some("operator") => Some(AuditKind::Operator),
+        Some("tool") => Some(AuditKind::Tool),
         Some(other) => {
             return error(
                 StatusCode::BAD_REQUEST,

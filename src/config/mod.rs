@@ -51,6 +51,8 @@ pub struct Config {
     pub flows: Vec<crate::flows::Flow>,
     /// Where flows' `embed` steps may load documents from (`[flows] documents`).
     pub flow_documents: Option<std::path::PathBuf>,
+    /// Tools flows may call (`[[flows.tools]]`).
+    pub flow_tools: Vec<crate::flows::tools::Tool>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,11 +138,18 @@ impl Config {
             let key = e.path().to_string();
             syntax(text, &key, e.inner())
         })?;
-        let flow_files = raw.flows.files.clone();
+        let mut raw = raw;
+        let flow_files = std::mem::take(&mut raw.flows.files);
         let documents = raw.flows.documents.as_ref().map(|d| base.join(d));
+        let tools = check_tools(std::mem::take(&mut raw.flows.tools))?;
         let mut config = raw.validate()?;
-        config.flows = load_flows(&flow_files, base, &config.models, documents.is_some())?;
+        let offered = Offered {
+            documents: documents.is_some(),
+            tools: tools.iter().map(|t| t.name.as_str()).collect(),
+        };
+        config.flows = load_flows(&flow_files, base, &config.models, &offered)?;
         config.flow_documents = documents;
+        config.flow_tools = tools;
         Ok(config)
     }
 
@@ -174,12 +183,37 @@ impl Config {
     }
 }
 
+/// What flows may use besides models: a documents directory, declared tools.
+struct Offered<'a> {
+    documents: bool,
+    tools: Vec<&'a str>,
+}
+
+/// Checks `[[flows.tools]]`: each declaration, and that no two share a name.
+fn check_tools(
+    raw: Vec<crate::flows::tools::RawTool>,
+) -> Result<Vec<crate::flows::tools::Tool>, ConfigError> {
+    let mut tools: Vec<crate::flows::tools::Tool> = Vec::with_capacity(raw.len());
+    for (i, raw) in raw.into_iter().enumerate() {
+        let tool = crate::flows::tools::Tool::check(raw)
+            .map_err(|(field, message)| invalid(format!("flows.tools[{i}].{field}"), message))?;
+        if tools.iter().any(|t| t.name == tool.name) {
+            return Err(invalid(
+                format!("flows.tools[{i}].name"),
+                format!("a second tool is named \"{}\"", tool.name),
+            ));
+        }
+        tools.push(tool);
+    }
+    Ok(tools)
+}
+
 /// Reads and checks every flow file; a flow is named by its file's stem.
 fn load_flows(
     files: &[String],
     base: &Path,
     models: &[Model],
-    documents: bool,
+    offered: &Offered<'_>,
 ) -> Result<Vec<crate::flows::Flow>, ConfigError> {
     let of_kind = |kind| -> Vec<&str> {
         models
@@ -195,7 +229,8 @@ fn load_flows(
     let catalog = crate::flows::Catalog {
         chat: &chat,
         embeddings: &embeddings,
-        documents,
+        documents: offered.documents,
+        tools: &offered.tools,
     };
     let mut flows: Vec<crate::flows::Flow> = Vec::new();
     for (i, file) in files.iter().enumerate() {

@@ -515,6 +515,7 @@ impl RawConfig {
             models,
             flows: Vec::new(),
             flow_documents: None,
+            flow_tools: Vec::new(),
         })
     }
 }

@@ -206,6 +206,8 @@ pub enum AuditKind {
     Request,
     /// An operator's action (tier, limits, pause, drain, keys, purge, …).
     Operator,
+    /// A flow's call of a tool: `action` the tool, `target` the step, `key_id` the run.
+    Tool,
 }
 
 /// One decision on the record. Request records fill the request fields, operator

@@ -27,6 +27,7 @@
 pub mod loaders;
 pub mod splitters;
 pub mod template;
+pub mod tools;
 pub mod vectors;
 
 use std::collections::HashSet;
@@ -112,10 +113,36 @@ pub enum StepKind {
         concurrency: usize,
         steps: Vec<Step>,
     },
+    /// A call of a declared tool (`[[flows.tools]]`) with these arguments; the output is
+    /// its answer.
+    Tool {
+        tool: String,
+        arguments: Vec<(String, Arg)>,
+    },
+    /// A model calling tools until it answers: at most `max_turns` model calls and
+    /// `budget_tokens` tokens; with `memory`, the conversation of that session (per
+    /// tenant) is carried from run to run, older turns folded into a summary.
+    Agent {
+        model: String,
+        system: Option<Template>,
+        prompt: Template,
+        tools: Vec<String>,
+        max_turns: u32,
+        budget_tokens: u64,
+        memory: Option<Template>,
+        memory_window: usize,
+    },
     /// A value the tenant kept under `key` (null when there is none).
     StoreGet { key: Template },
     /// Keeps `value` under `key` for the tenant's later runs; the output is the value.
     StorePut { key: Template, value: Template },
+}
+
+/// A tool argument: a template (one hole keeps its value's JSON type) or a literal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Template(Template),
+    Literal(Value),
 }
 
 /// A test on a text: equal to, or containing, a string (case-insensitive).
@@ -153,6 +180,8 @@ impl StepKind {
             StepKind::Branch { .. } => "branch",
             StepKind::Loop { .. } => "loop",
             StepKind::Parallel { .. } => "parallel",
+            StepKind::Tool { .. } => "tool",
+            StepKind::Agent { .. } => "agent",
             StepKind::StoreGet { .. } => "store_get",
             StepKind::StorePut { .. } => "store_put",
         }
@@ -166,6 +195,8 @@ pub struct Catalog<'a> {
     pub chat: &'a [&'a str],
     pub embeddings: &'a [&'a str],
     pub documents: bool,
+    /// Declared tools' names.
+    pub tools: &'a [&'a str],
 }
 
 /// The most chunks a `retrieve` step may ask for.
@@ -233,6 +264,13 @@ struct RawStep {
     item_name: Option<String>,
     max_concurrency: Option<usize>,
     key: Option<String>,
+    tool: Option<String>,
+    arguments: Option<Map<String, Value>>,
+    tools: Option<Vec<String>>,
+    max_turns: Option<u32>,
+    budget_tokens: Option<u64>,
+    memory: Option<String>,
+    memory_window: Option<usize>,
     timeout: Option<String>,
     #[serde(default)]
     retries: u32,
@@ -575,6 +613,60 @@ fn parse_steps(
                     steps,
                 }
             }
+            "tool" => {
+                let tool = needs(step.tool.clone(), "tool")?;
+                known_tool(&tool, catalog).map_err(|m| error(field("tool"), m))?;
+                let mut arguments = Vec::new();
+                for (name, value) in step.arguments.clone().unwrap_or_default() {
+                    let arg = match value {
+                        Value::String(text) => {
+                            Arg::Template(template(&format!("arguments.{name}"), &text)?)
+                        }
+                        literal => Arg::Literal(literal),
+                    };
+                    arguments.push((name, arg));
+                }
+                StepKind::Tool { tool, arguments }
+            }
+            "agent" => {
+                let model = model_of("chat", catalog.chat)?;
+                let tools = step.tools.clone().unwrap_or_default();
+                for tool in &tools {
+                    known_tool(tool, catalog).map_err(|m| error(field("tools"), m))?;
+                }
+                let max_turns = step.max_turns.unwrap_or(6);
+                if !(1..=MAX_TURNS).contains(&max_turns) {
+                    return Err(error(
+                        field("max_turns"),
+                        format!("must be between 1 and {MAX_TURNS}"),
+                    ));
+                }
+                let memory_window = step.memory_window.unwrap_or(12);
+                if memory_window < 2 {
+                    return Err(error(
+                        field("memory_window"),
+                        "must keep at least 2 messages (a question and its answer)".into(),
+                    ));
+                }
+                StepKind::Agent {
+                    model,
+                    system: step
+                        .system
+                        .as_deref()
+                        .map(|s| template("system", s))
+                        .transpose()?,
+                    prompt: template("prompt", &needs(step.prompt.clone(), "prompt")?)?,
+                    tools,
+                    max_turns,
+                    budget_tokens: step.budget_tokens.unwrap_or(20_000),
+                    memory: step
+                        .memory
+                        .as_deref()
+                        .map(|m| template("memory", m))
+                        .transpose()?,
+                    memory_window,
+                }
+            }
             "store_get" => StepKind::StoreGet {
                 key: template("key", &needs(step.key.clone(), "key")?)?,
             },
@@ -618,12 +710,31 @@ const KINDS: &[&str] = &[
     "template",
     "embed",
     "retrieve",
+    "tool",
+    "agent",
     "branch",
     "loop",
     "parallel",
     "store_get",
     "store_put",
 ];
+
+/// The most model calls an agent step may make.
+pub const MAX_TURNS: u32 = 20;
+
+fn known_tool(name: &str, catalog: &Catalog<'_>) -> Result<(), String> {
+    if catalog.tools.contains(&name) {
+        return Ok(());
+    }
+    Err(format!(
+        "no tool \"{name}\" is declared ([[flows.tools]]); declared: {}",
+        if catalog.tools.is_empty() {
+            "none".to_string()
+        } else {
+            catalog.tools.join(", ")
+        }
+    ))
+}
 
 fn step_names(steps: &[Step]) -> impl Iterator<Item = String> + '_ {
     steps.iter().map(|s| s.name.clone())
@@ -655,6 +766,7 @@ mod tests {
         chat: &["gpt-4o-mini"],
         embeddings: &["text-embedding-3-small"],
         documents: true,
+        tools: &["weather"],
     };
 
     #[test]
@@ -706,7 +818,7 @@ template = "{{ summary }} / {{ question }}"
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"teleport\"",
-                "flows.rag.steps[0].kind: \"teleport\" is not a step kind; kinds: llm, template, embed, retrieve, branch, loop, parallel, store_get, store_put",
+                "flows.rag.steps[0].kind: \"teleport\" is not a step kind; kinds: llm, template, embed, retrieve, tool, agent, branch, loop, parallel, store_get, store_put",
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"template\"\ntemplate = \"x\"\ntimeout = \"soon\"",

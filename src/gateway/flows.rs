@@ -22,7 +22,7 @@ use crate::domain::{Directives, ModelKind};
 use crate::flows::loaders::{self, Document};
 use crate::flows::splitters::{self, Split, SplitBy};
 use crate::flows::vectors::Row;
-use crate::flows::{Flow, Source, Step, StepKind};
+use crate::flows::{Arg, Flow, Source, Step, StepKind};
 
 /// Why a run could not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -535,21 +535,68 @@ impl Gateway {
         };
         match &step.kind {
             StepKind::Template { template } => render(template).map(Value::String),
+            StepKind::Tool { tool, arguments } => {
+                let mut given = Map::new();
+                for (name, arg) in arguments {
+                    let value = match arg {
+                        Arg::Literal(value) => value.clone(),
+                        Arg::Template(template) => template
+                            .value(|name| values.get(name))
+                            .map_err(template_failure)?,
+                    };
+                    given.insert(name.clone(), value);
+                }
+                let given = Value::Object(given);
+                if let Some(declared) = self.config.flow_tools.iter().find(|t| &t.name == tool)
+                    && let Err(why) = declared.check_arguments(&given)
+                {
+                    return Err(Failure {
+                        code: "bad_tool_arguments".into(),
+                        message: format!("step {}: {why}", step.name),
+                        retryable: false,
+                    });
+                }
+                self.call_tool((tenant, &caller, &step.name), tool, &given)
+                    .await
+                    .map_err(|why| Failure {
+                        code: "tool_failed".into(),
+                        message: format!("step {}: {why}", step.name),
+                        retryable: true,
+                    })
+            }
+            StepKind::Agent {
+                model,
+                system,
+                prompt,
+                tools,
+                max_turns,
+                budget_tokens,
+                memory,
+                memory_window,
+            } => {
+                let agent = super::tools::Agent {
+                    model,
+                    system: system.as_ref(),
+                    prompt,
+                    tools,
+                    max_turns: *max_turns,
+                    budget_tokens: *budget_tokens,
+                    memory: memory.as_ref(),
+                    memory_window: *memory_window,
+                };
+                self.run_agent((tenant, run, step), agent, values, done)
+                    .await
+            }
             StepKind::StoreGet { key } => {
                 let key = render(key)?;
-                let kept = self
-                    .flow_runs
-                    .values()
-                    .get(&(tenant.to_string(), key))
-                    .cloned();
-                Ok(kept.unwrap_or(Value::Null))
+                Ok(self.flow_value(tenant, &key).unwrap_or(Value::Null))
             }
             StepKind::StorePut { key, value } => {
                 let key = render(key)?;
                 let value = value
                     .value(|name| values.get(name))
                     .map_err(template_failure)?;
-                self.keep_value(tenant, key, &value).await;
+                self.keep_flow_value(tenant, key, &value).await;
                 Ok(value)
             }
             StepKind::Branch {
@@ -891,8 +938,16 @@ impl Gateway {
         })
     }
 
-    /// Keeps a `store_put` value for the tenant, in memory and in the store.
-    async fn keep_value(&self, tenant: &str, key: String, value: &Value) {
+    /// A value the tenant's flows kept under `key`.
+    pub(super) fn flow_value(&self, tenant: &str, key: &str) -> Option<Value> {
+        self.flow_runs
+            .values()
+            .get(&(tenant.to_string(), key.to_string()))
+            .cloned()
+    }
+
+    /// Keeps a value for the tenant's flows, in memory and in the store.
+    pub(super) async fn keep_flow_value(&self, tenant: &str, key: String, value: &Value) {
         self.flow_runs
             .values()
             .insert((tenant.to_string(), key.clone()), value.clone());

@@ -17,6 +17,7 @@ mod keeping;
 mod record;
 mod refusal;
 mod serve;
+mod tools;
 
 use std::collections::BTreeMap;
 use std::fmt;
