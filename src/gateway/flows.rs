@@ -149,6 +149,17 @@ pub(super) struct Failure {
     pub retryable: bool,
 }
 
+impl Failure {
+    /// A template of `step` that could not be filled.
+    pub(super) fn template(step: &Step, message: String) -> Failure {
+        Failure {
+            code: "template_error".into(),
+            message: format!("step {}: {message}", step.name),
+            retryable: false,
+        }
+    }
+}
+
 impl Gateway {
     /// A model call of a flow step, through the pipeline as `tenant` (`caller` names the
     /// run in the audit log): the answer as JSON, or why there is none. Its request id is
@@ -518,21 +529,13 @@ impl Gateway {
         values: &Map<String, Value>,
         done: &mut StepRun,
     ) -> Result<Value, Failure> {
+        let template_failure = |message| Failure::template(step, message);
         let render = |template: &crate::flows::Template| {
             template
                 .render(|name| values.get(name))
-                .map_err(|message| Failure {
-                    code: "template_error".into(),
-                    message: format!("step {}: {message}", step.name),
-                    retryable: false,
-                })
+                .map_err(template_failure)
         };
         let caller = format!("flow:{run}");
-        let template_failure = |message: String| Failure {
-            code: "template_error".into(),
-            message: format!("step {}: {message}", step.name),
-            retryable: false,
-        };
         match &step.kind {
             StepKind::Template { template } => render(template).map(Value::String),
             StepKind::Tool { tool, arguments } => {

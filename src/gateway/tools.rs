@@ -127,11 +127,7 @@ impl Gateway {
         let render = |template: &Template| {
             template
                 .render(|name| values.get(name))
-                .map_err(|message| Failure {
-                    code: "template_error".into(),
-                    message: format!("step {}: {message}", step.name),
-                    retryable: false,
-                })
+                .map_err(|message| Failure::template(step, message))
         };
         let memory_key = match agent.memory {
             Some(session) => Some(format!("agent:{}:{}", step.name, render(session)?)),
