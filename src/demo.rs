@@ -118,6 +118,11 @@ daily_tokens = 400000
         flows.join(", "),
         data_dir.join("docs").display()
     ));
+    // The support agent's tool: the first region's simulator answers it.
+    toml.push_str(&format!(
+        "\n[[flows.tools]]\nname = \"order_status\"\ndescription = \"Looks an order up by its number.\"\nurl = \"{}/_mock/tools/order_status\"\nparameters = {{ type = \"object\", properties = {{ order = {{ type = \"string\" }} }}, required = [\"order\"] }}\n",
+        mocks[0].url().trim_end_matches("/v1")
+    ));
     toml
 }
 
@@ -132,6 +137,10 @@ const EXAMPLE_FLOWS: &[(&str, &str)] = &[
     (
         "handbook-ask.toml",
         include_str!("../examples/flows/handbook-ask.toml"),
+    ),
+    (
+        "support-agent.toml",
+        include_str!("../examples/flows/support-agent.toml"),
     ),
 ];
 const EXAMPLE_DOCS: &[(&str, &str)] = &[
@@ -170,6 +179,18 @@ const QUESTIONS: &[&str] = &[
     "Can I return a gift card?",
     "When does support answer email?",
 ];
+
+/// globex's support agent answers a customer every fifteen seconds, looking the order
+/// up with its tool (the simulator's model calls the tool the question names).
+async fn support_questions(gateway: Arc<crate::gateway::Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    for order in (1001..).map(|n| format!("A-{n}")) {
+        tick.tick().await;
+        let question = format!("Where is my order_status {{\"order\": \"{order}\"}}?");
+        let input = serde_json::json!({ "question": question, "customer": "c-7" });
+        let _ = gateway.run_flow("globex", "support-agent", input).await;
+    }
+}
 
 /// acme loads the handbook once, then asks it a question every ten seconds, so flow
 /// runs go through the pipeline beside the live traffic.
@@ -244,6 +265,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     // Stopped with the demo, mid-run if need be.
     let questions = tokio::spawn(handbook_questions(daemon.gateway().clone()));
+    let support = tokio::spawn(support_questions(daemon.gateway().clone()));
     let mocks = Arc::new(mocks);
     tasks.push(tokio::spawn(outages(
         mocks.clone(),
@@ -312,6 +334,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     questions.abort();
+    support.abort();
     for task in tasks {
         let _ = task.await;
     }

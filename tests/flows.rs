@@ -308,16 +308,40 @@ fn a_broken_flow_file_stops_the_config_naming_the_flow_the_step_and_the_field() 
 #[test]
 fn the_example_flow_loads_with_the_example_config() {
     let example = std::fs::read_to_string("config.toml.example").unwrap();
-    let toml = example
-        .replace("# files = [\"examples/flows/", "files = [\"examples/flows/")
-        .replace(
-            "# documents = \"examples/docs\"",
-            "documents = \"examples/docs\"",
-        );
+    // The [flows] section, its settings uncommented.
+    let start = example.find("[flows]").unwrap();
+    let end = start + example[start..].find("[scheduler]").unwrap();
+    let settings = [
+        "files",
+        "documents",
+        "[[flows",
+        "name",
+        "desc",
+        "url",
+        "param",
+        "timeout",
+    ];
+    let flows: Vec<&str> = example[start..end]
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if settings.iter().any(|s| rest.starts_with(s)) => rest,
+            _ => line,
+        })
+        .collect();
+    let toml = format!(
+        "{}{}\n{}",
+        &example[..start],
+        flows.join("\n"),
+        &example[end..]
+    );
     assert_ne!(toml, example, "the example names its flows");
     let config = switchyard::config::Config::from_toml(&toml).unwrap();
     let names: Vec<&str> = config.flows.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["qa", "handbook-ingest", "handbook-ask"]);
+    assert_eq!(
+        names,
+        ["qa", "handbook-ingest", "handbook-ask", "support-agent"]
+    );
+    assert_eq!(config.flow_tools[0].name, "order_status");
     assert_eq!(config.flows[0].output, "report");
     assert!(config.flow_documents.unwrap().join("handbook").is_dir());
 }
@@ -1078,4 +1102,45 @@ async fn an_agent_calls_its_tool_and_remembers_its_session_across_runs() {
         "{messages}"
     );
     assert_eq!(messages.as_array().unwrap().len(), 2 + 2 + 1, "{messages}");
+}
+
+#[tokio::test]
+async fn the_example_agent_looks_an_order_up_with_the_mocks_tool() {
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let agent = std::fs::read_to_string("examples/flows/support-agent.toml").unwrap();
+    let base = mock.url().trim_end_matches("/v1").to_string();
+    let tool = format!(
+        "[[flows.tools]]\nname = \"order_status\"\nurl = \"{base}/_mock/tools/order_status\"\nparameters = {{ type = \"object\", properties = {{ order = {{ type = \"string\" }} }}, required = [\"order\"] }}\n"
+    );
+    let (gw, _dir) = with_flows(&mock, &[("support-agent", agent.as_str())], &tool).await;
+    let question = r#"Where is my order_status {"order": "A-1001"}?"#;
+    let done: Value = run(
+        &gw,
+        KEY_A,
+        "support-agent",
+        json!({"question": question, "customer": "c-1"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let messages = mock.last_request().unwrap()["messages"].clone();
+    let answer = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .and_then(|m| m["content"].as_str())
+        .unwrap()
+        .to_string();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["tool"], "order_status");
+    assert_eq!(answer["arguments"], json!({"order": "A-1001"}));
+    assert!(
+        answer["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("found: shipped")
+    );
 }

@@ -559,6 +559,33 @@ async fn accept_loop(
     }
 }
 
+/// `POST /_mock/tools/{name}`: a tool's answer, deterministic, naming the tool and
+/// echoing its arguments (which must be a JSON object, as a real tool's would).
+async fn tool(
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let arguments = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(arguments @ serde_json::Value::Object(_)) => arguments,
+        _ => {
+            return wire::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "a tool's arguments are a JSON object",
+            );
+        }
+    };
+    let seed = wire::fnv(format!("{name}{arguments}").as_bytes());
+    let days = 1 + seed % 5;
+    axum::Json(serde_json::json!({
+        "tool": name,
+        "arguments": arguments,
+        "result": format!("found: shipped, arriving in {days} days"),
+    }))
+    .into_response()
+}
+
 fn routes(state: Arc<MockState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::completions))
@@ -587,6 +614,8 @@ fn routes(state: Arc<MockState>) -> Router {
             post(chat::text_completions),
         )
         .route("/openai/models", get(list_models))
+        // A tool service for flows' tool and agent steps (`[[flows.tools]]`).
+        .route("/_mock/tools/{name}", post(tool))
         .route("/_mock/stats", get(stats))
         .route("/_mock/knobs", get(get_knobs).post(patch_knobs))
         .route("/_mock/outage", post(start_outage).delete(stop_outage))
