@@ -1144,3 +1144,90 @@ async fn the_example_agent_looks_an_order_up_with_the_mocks_tool() {
             .starts_with("found: shipped")
     );
 }
+
+#[tokio::test]
+async fn a_streamed_run_sends_an_event_per_step_then_the_whole_run() {
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let input = json!({"text": "Switchyards sort cars.", "question": "What?"});
+    let response = gw
+        .post(
+            "/v1/flows/qa/runs",
+            KEY_A,
+            &json!({"input": input, "stream": true}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let body = response.text().await.unwrap();
+    let kinds: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("event: ")))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "run.started",
+            "step.completed",
+            "step.completed",
+            "step.completed",
+            "run.completed"
+        ],
+        "{body}"
+    );
+    let events: Vec<Value> = sse_data(&body)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let names: Vec<&str> = events[1..4]
+        .iter()
+        .map(|e| e["step"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["summary", "answer", "report"]);
+    let run = &events[4]["run"];
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["output"], events[3]["step"]["output"]);
+    // The streamed run is the same as the one kept.
+    let id = run["id"].as_str().unwrap();
+    let kept: Value = gw
+        .get(KEY_A, &format!("/v1/flows/runs/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&kept, run);
+
+    // A run that cannot start is refused before any event, like an unstreamed one.
+    let refused = gw
+        .post(
+            "/v1/flows/qa/runs",
+            KEY_A,
+            &json!({"input": {}, "stream": true}),
+        )
+        .await;
+    assert_eq!(refused.status(), 400);
+    // A failing step streams its failure, then the failed run.
+    let failing = json!({"input": {"text": "t", "question": "q"}, "stream": true});
+    mock.update_knobs(|k| {
+        k.error_rate = 1.0;
+        k.error_status = 400;
+    });
+    let body = gw
+        .post("/v1/flows/qa/runs", KEY_A, &failing)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("event: step.failed"), "{body}");
+    assert!(
+        body.trim_end().ends_with('}') && body.contains("event: run.failed"),
+        "{body}"
+    );
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{Gateway, Inbound, ReplyBody, now_secs, random_id};
@@ -43,6 +43,8 @@ pub struct Runs {
     cancels: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// What `store_put` steps kept, by tenant and key (also in the store).
     values: Mutex<HashMap<(String, String), Value>>,
+    /// Where a streamed run's states go, by run id, until it ends.
+    observers: Mutex<HashMap<String, mpsc::UnboundedSender<FlowRun>>>,
 }
 
 /// The most items a `parallel` step runs its steps for.
@@ -79,6 +81,13 @@ impl Runs {
 
     fn put(&self, run: &FlowRun) {
         self.lock().insert(run.id.clone(), run.clone());
+        let mut observers = self.observers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(observer) = observers.get(&run.id) {
+            let ended = run.status != "running" && run.status != "cancelling";
+            if observer.send(run.clone()).is_err() || ended {
+                observers.remove(&run.id);
+            }
+        }
     }
 
     fn values(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Value>> {
@@ -105,6 +114,13 @@ struct Unfinished<'g> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
+        // Nobody reads a streamed run's states any more.
+        self.gateway
+            .flow_runs
+            .observers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
         let shutdown = &self.gateway.shutdown;
         if shutdown.is_draining() || shutdown.is_cut() {
             return;
@@ -236,6 +252,15 @@ impl Gateway {
         name: &str,
         input: Value,
     ) -> Result<FlowRun, FlowError> {
+        self.run_flow_observed(tenant, name, input, None).await
+    }
+
+    /// Why a run of flow `name` with `input` could not start, if anything.
+    pub fn check_flow_input<'f>(
+        &'f self,
+        name: &str,
+        input: &Value,
+    ) -> Result<&'f Flow, FlowError> {
         let Some(flow) = self.config.flows.iter().find(|f| f.name == name) else {
             return Err(FlowError::UnknownFlow {
                 name: name.to_string(),
@@ -251,6 +276,19 @@ impl Gateway {
                 flow.inputs.join(", ")
             )));
         }
+        Ok(flow)
+    }
+
+    /// The same, with the run as it is sent to `observer` when it starts, after each
+    /// step, and when it ends (a streamed run's events).
+    pub async fn run_flow_observed(
+        &self,
+        tenant: &str,
+        name: &str,
+        input: Value,
+        observer: Option<mpsc::UnboundedSender<FlowRun>>,
+    ) -> Result<FlowRun, FlowError> {
+        let flow = self.check_flow_input(name, &input)?;
         let run = FlowRun {
             id: format!("run_{}", random_id()),
             flow: flow.name.clone(),
@@ -265,6 +303,13 @@ impl Gateway {
             prompt_tokens: 0,
             completion_tokens: 0,
         };
+        if let Some(observer) = observer {
+            self.flow_runs
+                .observers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(run.id.clone(), observer);
+        }
         self.keep_run(&run).await;
         let unfinished = Unfinished {
             gateway: self,
