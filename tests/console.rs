@@ -226,6 +226,54 @@ fn fixture() -> Snapshot {
                 errors: Vec::new(),
             },
         ],
+        flow_runs: vec![
+            FlowRunView {
+                id: "run_handbook00000000000000001".into(),
+                tenant: "acme".into(),
+                flow: "handbook-ask".into(),
+                status: "running".into(),
+                current: Some("answer".into()),
+                steps_done: 1,
+                steps_total: 2,
+                elapsed_secs: 4,
+                tokens: 48,
+                error: None,
+                created_at: 1_795_895_996,
+                steps: vec![FlowStepView {
+                    name: "context".into(),
+                    kind: "retrieve".into(),
+                    status: "completed".into(),
+                    attempts: 1,
+                    elapsed_ms: 35,
+                    tokens: 48,
+                    calls: 1,
+                    error: None,
+                }],
+            },
+            FlowRunView {
+                id: "run_support000000000000000002".into(),
+                tenant: "globex".into(),
+                flow: "support-agent".into(),
+                status: "failed".into(),
+                current: None,
+                steps_done: 1,
+                steps_total: 1,
+                elapsed_secs: 12,
+                tokens: 20_400,
+                error: Some("agent_budget_exceeded at reply: step reply: the agent used 20400 tokens, over its budget of 20000".into()),
+                created_at: 1_795_895_900,
+                steps: vec![FlowStepView {
+                    name: "reply".into(),
+                    kind: "agent".into(),
+                    status: "failed".into(),
+                    attempts: 1,
+                    elapsed_ms: 12_010,
+                    tokens: 20_400,
+                    calls: 5,
+                    error: Some("agent_budget_exceeded: step reply: the agent used 20400 tokens, over its budget of 20000".into()),
+                }],
+            },
+        ],
         streams: vec![
             StreamView {
                 id: "str_1".into(),
@@ -420,6 +468,70 @@ fn d_then_y_on_a_region_drains_it() {
             region: "us-east".into(),
             deadline_secs: None
         })]
+    );
+}
+
+#[test]
+fn an_operator_follows_a_flow_run_step_by_step_and_cancels_it_after_confirming() {
+    let mut model = model_with_fixture();
+    key(&mut model, "9");
+    assert_eq!(model.view, View::Flows);
+    let list = draw(&model);
+    for shown in [
+        "flow runs: 1 running, 1 ended lately",
+        "handbook-ask",
+        "support-agent",
+        "1/2",
+    ] {
+        assert!(list.contains(shown), "{shown} not in\n{list}");
+    }
+    insta::assert_snapshot!("flows", list);
+    key(&mut model, "enter");
+    let screen = draw(&model);
+    for shown in [
+        "flow run run_handbook00000000000000001",
+        "1 of 2 steps done, answer in flight   48 tokens   running for 4s",
+        "context          retrieve  completed  35 ms, 1 attempt, 48 tokens, 1 model call",
+        "answer           (in flight)",
+    ] {
+        assert!(screen.contains(shown), "{shown} not in\n{screen}");
+    }
+    insta::assert_snapshot!("flow_run_detail", screen);
+    // x in the detail cancels the run shown, after asking with what it stops.
+    assert!(key(&mut model, "x").is_empty(), "asks first");
+    let Mode::Confirm { action, impact } = &model.mode else {
+        panic!("expected a confirmation, got {:?}", model.mode);
+    };
+    let cancel = Action::CancelFlowRun {
+        id: "run_handbook00000000000000001".into(),
+    };
+    assert_eq!(action, &cancel);
+    assert_eq!(
+        impact,
+        "acme's handbook-ask, 1 of 2 steps done, answer in flight is dropped; the rest do not run"
+    );
+    assert_eq!(key(&mut model, "y"), [Cmd::Act(cancel)]);
+    // An ended run shows why it failed, and is not asked about.
+    key(&mut model, "esc");
+    assert!(model.run_detail.is_none());
+    key(&mut model, "j");
+    key(&mut model, "enter");
+    assert!(draw(&model).contains("agent_budget_exceeded at reply"));
+    assert!(key(&mut model, "x").is_empty());
+    assert!(matches!(model.mode, Mode::Normal), "{:?}", model.mode);
+    let status = model.status.clone().unwrap();
+    assert!(
+        status.error && status.text.contains("has ended (failed)"),
+        "{status:?}"
+    );
+    assert!(command(&mut model, "cancel-run run_nope").is_empty());
+    assert!(
+        model
+            .status
+            .clone()
+            .unwrap()
+            .text
+            .contains("there is no flow run run_nope")
     );
 }
 

@@ -1231,3 +1231,76 @@ async fn a_streamed_run_sends_an_event_per_step_then_the_whole_run() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_a_run_in_flight_and_an_operator_cancels_it() {
+    let mock = quick_mock()
+        .ttft(Duration::from_secs(30))
+        .spawn_local()
+        .await
+        .unwrap();
+    let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
+    let input = json!({"text": "t", "question": "q"});
+    let (id, asking) = waiting_run(&gw, &mock, "qa", input).await;
+    let snapshot: Value = gw
+        .admin(reqwest::Method::GET, "/admin/snapshot", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let shown = snapshot["flow_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(shown["tenant"], "tenant-a", "{snapshot}");
+    assert_eq!(shown["status"], "running");
+    assert_eq!(shown["current"], "summary");
+    assert_eq!(shown["steps_total"], 3);
+    // What the console sends once the operator confirmed.
+    let acted = gw
+        .client
+        .post(format!("{}/admin/actions", gw.daemon.admin_url().unwrap()))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-switchyard-operator", "bob")
+        .json(&json!({"action": "cancel_flow_run", "id": id}))
+        .send()
+        .await
+        .unwrap();
+    let said: Value = acted.json().await.unwrap();
+    assert!(
+        said["ok"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("flow run {id} of tenant-a stops")),
+        "{said}"
+    );
+    assert_eq!(ended(&gw, &id).await["status"], "cancelled");
+    let answered: Value = asking.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(answered["status"], "cancelled");
+    let again = gw
+        .admin(
+            reqwest::Method::POST,
+            "/admin/actions",
+            Some(json!({"action": "cancel_flow_run", "id": id})),
+        )
+        .await;
+    assert_eq!(again.status(), 400, "an ended run is not cancelled twice");
+    let records: Value = gw
+        .admin(reqwest::Method::GET, "/admin/audit?kind=operator", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let record = records["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "cancel_flow_run")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(record["actor"], "bob", "{records}");
+    assert_eq!(record["before"]["flow"], "qa", "{record}");
+}

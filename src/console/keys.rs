@@ -11,10 +11,11 @@ pub enum View {
     Latency,
     Events,
     Batches,
+    Flows,
 }
 
 impl View {
-    pub const ALL: [View; 8] = [
+    pub const ALL: [View; 9] = [
         View::Overview,
         View::Tenants,
         View::Regions,
@@ -23,6 +24,7 @@ impl View {
         View::Latency,
         View::Events,
         View::Batches,
+        View::Flows,
     ];
 
     pub fn title(self) -> &'static str {
@@ -35,6 +37,16 @@ impl View {
             View::Latency => "Latency",
             View::Events => "Events",
             View::Batches => "Batches",
+            View::Flows => "Flows",
+        }
+    }
+
+    /// The title in one word less, for terminals too narrow for every full title.
+    pub fn short_title(self) -> &'static str {
+        match self {
+            View::Batches => "Batch",
+            View::Overview | View::Latency => self.title(),
+            other => other.title().trim_end_matches('s'),
         }
     }
 
@@ -81,6 +93,8 @@ pub enum Does {
     Tail,
     CancelBatch,
     BatchDetail,
+    CancelRun,
+    RunDetail,
     Window,
     Audit,
 }
@@ -101,6 +115,7 @@ const REGIONS: &[View] = &[View::Regions];
 const TENANTS: &[View] = &[View::Tenants];
 const STREAMS: &[View] = &[View::Streams];
 const BATCHES: &[View] = &[View::Batches];
+const FLOWS: &[View] = &[View::Flows];
 const LATENCY: &[View] = &[View::Latency];
 const EVENTS: &[View] = &[View::Events];
 
@@ -200,6 +215,14 @@ pub const KEYMAP: &[Binding] = &[
         views: None,
         hint: "",
         does: Does::GoTo(View::Batches),
+    },
+    Binding {
+        keys: &["9"],
+        label: "9",
+        help: "flow runs",
+        views: None,
+        hint: "",
+        does: Does::GoTo(View::Flows),
     },
     Binding {
         keys: &["j", "down"],
@@ -424,6 +447,22 @@ pub const KEYMAP: &[Binding] = &[
         views: Some(BATCHES),
         hint: "detail",
         does: Does::BatchDetail,
+    },
+    Binding {
+        keys: &["x"],
+        label: "x",
+        help: "cancel the selected flow run (asks first): the step in flight is dropped, no other starts",
+        views: Some(FLOWS),
+        hint: "cancel",
+        does: Does::CancelRun,
+    },
+    Binding {
+        keys: &["enter"],
+        label: "Enter",
+        help: "the selected flow run in depth: each step's status, attempts, time, tokens and error (Esc returns)",
+        views: Some(FLOWS),
+        hint: "detail",
+        does: Does::RunDetail,
     },
     Binding {
         keys: &["w"],

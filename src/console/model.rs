@@ -137,6 +137,8 @@ pub struct Model {
     pub status: Option<Status>,
     /// The batch drilled into (Enter in Batches).
     pub batch_detail: Option<String>,
+    /// The flow run drilled into (Enter in Flows).
+    pub run_detail: Option<String>,
     /// The stream drilled into (Enter in Streams): its text tailed, its rate charted.
     pub tailing: Option<String>,
     /// What each snapshot saw of that stream while it was open: (age, tokens).
@@ -243,6 +245,7 @@ impl Model {
             status: None,
             tailing: None,
             batch_detail: None,
+            run_detail: None,
             stream_seen: Vec::new(),
             window: "1m",
             dispatch_rates: Vec::new(),
@@ -399,6 +402,26 @@ impl Model {
             .collect()
     }
 
+    /// Flow runs, newest first, filtered.
+    pub fn flow_rows(&self) -> Vec<usize> {
+        let Some(s) = &self.snapshot else {
+            return Vec::new();
+        };
+        (0..s.flow_runs.len())
+            .filter(|i| {
+                let r = &s.flow_runs[*i];
+                self.matches(View::Flows, &[&r.id, &r.tenant, &r.flow, &r.status])
+            })
+            .collect()
+    }
+
+    fn selected_run(&self) -> Option<String> {
+        let s = self.snapshot.as_ref()?;
+        self.flow_rows()
+            .get(self.selected())
+            .map(|i| s.flow_runs[*i].id.clone())
+    }
+
     fn selected_batch(&self) -> Option<String> {
         let s = self.snapshot.as_ref()?;
         self.batch_rows()
@@ -469,6 +492,11 @@ impl Model {
                 .into_iter()
                 .map(|i| s.batches[i].id.clone())
                 .collect(),
+            View::Flows => self
+                .flow_rows()
+                .into_iter()
+                .map(|i| s.flow_runs[i].id.clone())
+                .collect(),
             View::Events => return None,
         })
     }
@@ -515,6 +543,7 @@ impl Model {
             View::Streams => self.stream_rows().len(),
             View::Events => self.event_rows().len(),
             View::Batches => self.batch_rows().len(),
+            View::Flows => self.flow_rows().len(),
             View::Queues => self.snapshot.as_ref().map_or(0, |s| s.levels.len()),
             View::Latency => self.latency_rows().len(),
         }
@@ -637,6 +666,12 @@ impl Model {
                 Some(b) => Err(format!("batch {id} has ended ({})", b.status)),
                 None => Err(format!("there is no batch {id}; see the Batches view (8)")),
             },
+            Action::CancelFlowRun { id } => match s.flow_runs.iter().find(|r| &r.id == id) {
+                Some(r) if r.status == "running" => Ok(()),
+                Some(r) if r.running() => Err(format!("flow run {id} is already {}", r.status)),
+                Some(r) => Err(format!("flow run {id} has ended ({})", r.status)),
+                None => Err(format!("there is no flow run {id}; see the Flows view (9)")),
+            },
             Action::PurgeCache { tenant: None } => Ok(()),
         }
     }
@@ -704,6 +739,20 @@ impl Model {
             },
             Action::KillStream { id } => match s.streams.iter().find(|st| &st.id == id) {
                 Some(st) => format!("{} of {}, {} tokens so far", st.model, st.tenant, st.tokens),
+                None => String::new(),
+            },
+            Action::CancelFlowRun { id } => match s.flow_runs.iter().find(|r| &r.id == id) {
+                Some(r) => format!(
+                    "{}'s {}, {} of {} steps done{}; the rest do not run",
+                    r.tenant,
+                    r.flow,
+                    r.steps_done,
+                    r.steps_total,
+                    r.current
+                        .as_ref()
+                        .map(|c| format!(", {c} in flight is dropped"))
+                        .unwrap_or_default()
+                ),
                 None => String::new(),
             },
             Action::CancelBatch { id } => match s.batches.iter().find(|b| &b.id == id) {
@@ -1128,6 +1177,9 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
             if model.view == View::Batches && model.batch_detail.take().is_some() {
                 return Vec::new();
             }
+            if model.view == View::Flows && model.run_detail.take().is_some() {
+                return Vec::new();
+            }
             if !model.filters[index].is_empty() {
                 model.filters[index].clear();
                 model.follow_selection();
@@ -1267,6 +1319,18 @@ fn on_binding(model: &mut Model, does: Does) -> Vec<Cmd> {
         Does::BatchDetail => match model.selected_batch() {
             Some(id) => model.batch_detail = Some(id),
             None => model.flash("select a batch first", true),
+        },
+        Does::CancelRun => {
+            // In a run's detail, the run shown, even when the list moved on.
+            let Some(id) = model.run_detail.clone().or_else(|| model.selected_run()) else {
+                model.flash("select a flow run first", true);
+                return Vec::new();
+            };
+            return model.request(Action::CancelFlowRun { id });
+        }
+        Does::RunDetail => match model.selected_run() {
+            Some(id) => model.run_detail = Some(id),
+            None => model.flash("select a flow run first", true),
         },
         Does::Tail => {
             model.tailing = model.selected_stream();
@@ -1409,6 +1473,10 @@ pub fn parse_command(line: &str) -> Result<Option<Action>, String> {
         "cancel-batch" => {
             need(1, "cancel-batch BATCH_ID")?;
             Action::CancelBatch { id: arg(1) }
+        }
+        "cancel-run" => {
+            need(1, "cancel-run RUN_ID")?;
+            Action::CancelFlowRun { id: arg(1) }
         }
         "tier" => {
             need(2, "tier TENANT TIER")?;

@@ -46,6 +46,7 @@ pub fn render(model: &Model, frame: &mut Frame) {
             View::Latency => latency(model, snapshot, frame, body),
             View::Events => events(model, snapshot, frame, body),
             View::Batches => batches(model, snapshot, frame, body),
+            View::Flows => flows(model, snapshot, frame, body),
         },
     }
     // Numbers that stopped arriving are shown as old, never as live.
@@ -163,17 +164,27 @@ fn duration(secs: u64) -> String {
 }
 
 fn render_tabs(model: &Model, frame: &mut Frame, area: Rect) {
-    let titles: Vec<String> = View::ALL
-        .iter()
-        .enumerate()
-        .map(|(i, v)| format!("{} {}", i + 1, v.title()))
-        .collect();
+    let titled = |title: fn(View) -> &'static str| -> Vec<String> {
+        View::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{} {}", i + 1, title(*v)))
+            .collect()
+    };
+    let width = usize::from(area.width);
+    let needed = |titles: &[String], divider: usize| -> usize {
+        titles.iter().map(|t| t.chars().count()).sum::<usize>() + divider * (titles.len() - 1)
+    };
     let selected = View::ALL.iter().position(|v| *v == model.view).unwrap_or(0);
-    // Narrow terminals get narrow dividers, so every view's name stays readable.
-    let names: usize = titles.iter().map(|t| t.chars().count()).sum();
-    let divider = if names + 3 * (titles.len() - 1) <= usize::from(area.width) {
+    // Narrow terminals get narrow dividers, then singular titles, so every view's
+    // name stays readable.
+    let mut titles = titled(View::title);
+    let divider = if needed(&titles, 3) <= width {
         " │ "
     } else {
+        if needed(&titles, 1) > width {
+            titles = titled(View::short_title);
+        }
         "│"
     };
     let tabs = Tabs::new(titles)
@@ -1542,6 +1553,133 @@ fn batch_status(b: &BatchView) -> Span<'static> {
         _ => Color::Reset,
     };
     Span::styled(word.to_string(), Style::new().fg(color))
+}
+
+fn flows(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
+    if let Some(id) = &model.run_detail {
+        run_detail(s, id, frame, area);
+        return;
+    }
+    let selected = model.selected[View::Flows.index()];
+    let rows = model.flow_rows().into_iter().map(|i| {
+        let r = &s.flow_runs[i];
+        let error =
+            Cell::from(r.error.clone().unwrap_or_default()).style(Style::new().fg(Color::Red));
+        vec![
+            Cell::from(r.id.clone()),
+            Cell::from(r.tenant.clone()),
+            Cell::from(r.flow.clone()),
+            Cell::from(run_status(&r.status)),
+            Cell::from(r.current.clone().unwrap_or_else(|| "-".into())),
+            Cell::from(format!("{}/{}", r.steps_done, r.steps_total)),
+            Cell::from(duration(r.elapsed_secs)),
+            Cell::from(human_count(r.tokens)),
+            error,
+        ]
+    });
+    const COLUMNS: [Column; 9] = [
+        col("RUN", 28, 9),
+        col("TENANT", 10, 7),
+        col("FLOW", 16, 8),
+        col("STATUS", 10, 9),
+        col("STEP", 12, 6),
+        col("DONE", 5, 5),
+        col("ELAPSED", 7, 4),
+        col("TOKENS", 6, 3),
+        col("ERROR", 40, 2),
+    ];
+    let running = s.flow_runs.iter().filter(|r| r.running()).count();
+    let title = format!(
+        "flow runs: {running} running, {} ended lately; Enter for one in depth, x cancels",
+        s.flow_runs.len() - running
+    );
+    let table = fitted(&COLUMNS, rows, area.width, &title);
+    scrolled(frame, table, area, selected);
+}
+
+/// A flow run in depth: each step as it went, and why the run failed.
+fn run_detail(s: &Snapshot, id: &str, frame: &mut Frame, area: Rect) {
+    let Some(r) = s.flow_runs.iter().find(|r| r.id == id) else {
+        frame.render_widget(
+            Paragraph::new("this run is no longer among the newest; Esc returns")
+                .block(block(&format!("flow run {id}"))),
+            area,
+        );
+        return;
+    };
+    let mut lines = vec![
+        Line::from(vec![
+            Span::raw(format!("tenant {}   flow {}   ", r.tenant, r.flow)),
+            run_status(&r.status),
+        ]),
+        Line::from(format!(
+            "{} of {} steps done{}   {} tokens   {} {}",
+            r.steps_done,
+            r.steps_total,
+            r.current
+                .as_ref()
+                .map(|c| format!(", {c} in flight"))
+                .unwrap_or_default(),
+            r.tokens,
+            if r.running() { "running for" } else { "took" },
+            duration(r.elapsed_secs)
+        )),
+        Line::from(""),
+    ];
+    for step in &r.steps {
+        let mut spans = vec![
+            Span::raw(format!("{:<16} {:<9} ", step.name, step.kind)),
+            run_status(&step.status),
+            Span::raw(format!(
+                "  {} ms, {} attempt{}, {} tokens, {} model call{}",
+                step.elapsed_ms,
+                step.attempts,
+                if step.attempts == 1 { "" } else { "s" },
+                step.tokens,
+                step.calls,
+                if step.calls == 1 { "" } else { "s" }
+            )),
+        ];
+        if let Some(error) = &step.error {
+            spans.push(Span::styled(
+                format!("  {error}"),
+                Style::new().fg(Color::Red),
+            ));
+        }
+        lines.push(Line::from(spans));
+    }
+    if let Some(current) = &r.current {
+        lines.push(Line::styled(
+            format!("{current:<16} (in flight)"),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    if let Some(error) = &r.error {
+        lines.push(Line::from(""));
+        lines.push(Line::styled(error.clone(), Style::new().fg(Color::Red)));
+    }
+    if r.status == "running" {
+        lines.push(Line::from(
+            "x cancels it: the step in flight is dropped, no other starts",
+        ));
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block(&format!("flow run {id} (Esc returns)"))),
+        area,
+    );
+}
+
+/// A run's or a step's state as a word, coloured.
+fn run_status(status: &str) -> Span<'static> {
+    let color = match status {
+        "running" => Color::Green,
+        "cancelling" | "cancelled" => Color::Yellow,
+        "failed" => Color::Red,
+        _ => Color::Reset,
+    };
+    Span::styled(status.to_string(), Style::new().fg(color))
 }
 
 fn latency(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {

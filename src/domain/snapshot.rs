@@ -20,6 +20,9 @@ pub struct Snapshot {
     /// Batch jobs running, and the latest that ended; newest first.
     #[serde(default)]
     pub batches: Vec<BatchView>,
+    /// Flow runs in progress, and the latest that ended; newest first.
+    #[serde(default)]
+    pub flow_runs: Vec<FlowRunView>,
     /// The most recent events, oldest first.
     pub events: Vec<Event>,
     /// Requests queued, one sample a second, oldest first (for sparklines).
@@ -82,6 +85,48 @@ impl BatchView {
     /// Whether cancelling it would stop anything.
     pub fn cancellable(&self) -> bool {
         matches!(self.status.as_str(), "validating" | "in_progress")
+    }
+}
+
+/// A flow run as operators follow it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowRunView {
+    pub id: String,
+    pub tenant: String,
+    pub flow: String,
+    pub status: String,
+    /// The step in progress, while it runs.
+    pub current: Option<String>,
+    pub steps_done: usize,
+    pub steps_total: usize,
+    /// Seconds since it started (to its end, once ended).
+    pub elapsed_secs: u64,
+    pub tokens: u64,
+    /// Why it failed or was cancelled: the step and the message.
+    pub error: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Its steps so far.
+    pub steps: Vec<FlowStepView>,
+}
+
+/// A step of a flow run, as it went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowStepView {
+    pub name: String,
+    pub kind: String,
+    pub status: String,
+    pub attempts: u32,
+    pub elapsed_ms: u64,
+    pub tokens: u64,
+    /// Model calls it made.
+    pub calls: usize,
+    pub error: Option<String>,
+}
+
+impl FlowRunView {
+    pub fn running(&self) -> bool {
+        matches!(self.status.as_str(), "running" | "cancelling")
     }
 }
 
@@ -509,6 +554,10 @@ pub enum Action {
     CancelBatch {
         id: String,
     },
+    /// Stops a flow run: the step in flight is dropped, no other starts.
+    CancelFlowRun {
+        id: String,
+    },
     /// Drops kept answers: one tenant's, or all of them.
     PurgeCache {
         #[serde(default)]
@@ -527,6 +576,7 @@ impl Action {
                 | Action::PauseTenant { .. }
                 | Action::KillStream { .. }
                 | Action::CancelBatch { .. }
+                | Action::CancelFlowRun { .. }
                 | Action::SetTier { .. }
                 | Action::SetLimits { .. }
                 | Action::ResetBudget { .. }
@@ -549,7 +599,9 @@ impl Action {
             | Action::ResumeTenant { tenant }
             | Action::ResetBudget { tenant } => Some(tenant),
             Action::PurgeCache { tenant } => tenant.as_deref(),
-            Action::KillStream { id } | Action::CancelBatch { id } => Some(id),
+            Action::KillStream { id }
+            | Action::CancelBatch { id }
+            | Action::CancelFlowRun { id } => Some(id),
         }
     }
 
@@ -577,6 +629,7 @@ impl Action {
             Action::ResetBudget { tenant } => format!("reset {tenant}'s budget"),
             Action::KillStream { id } => format!("kill stream {id}"),
             Action::CancelBatch { id } => format!("cancel batch {id}"),
+            Action::CancelFlowRun { id } => format!("cancel flow run {id}"),
             Action::PurgeCache {
                 tenant: Some(tenant),
             } => format!("purge {tenant}'s cache"),

@@ -57,6 +57,7 @@ impl Gateway {
             levels: self.scheduler.levels(),
             streams: self.hub.views(),
             batches: self.batches.views(SNAPSHOT_ENDED_BATCHES),
+            flow_runs: self.flow_run_views(SNAPSHOT_ENDED_BATCHES),
             events: self.events.recent(200),
             queue_history: reading.queue_history,
             latency: self.latency.views(),
@@ -304,6 +305,19 @@ impl Gateway {
             }
             // Carried out and audited apart (`act`), as every batch change is.
             Action::CancelBatch { .. } => None,
+            Action::CancelFlowRun { id } => self
+                .flow_runs
+                .all()
+                .into_iter()
+                .find(|r| &r.id == id)
+                .map(|r| {
+                    serde_json::json!({
+                        "tenant": r.tenant,
+                        "flow": r.flow,
+                        "status": r.status,
+                        "steps_done": r.steps.len(),
+                    })
+                }),
         }
     }
 
@@ -371,6 +385,20 @@ impl Gateway {
                     Ok(format!("stream {id} is ended"))
                 } else {
                     Err(format!("no live stream is named {id}"))
+                }
+            }
+            Action::CancelFlowRun { id } => {
+                let Some(run) = self.flow_runs.all().into_iter().find(|r| &r.id == id) else {
+                    return Err(format!("no flow run is named {id}"));
+                };
+                match self.cancel_flow_run(&run.tenant, id) {
+                    Some(now) if now.status == "cancelling" => Ok(format!(
+                        "flow run {id} of {} stops: {} of its steps done",
+                        run.tenant,
+                        run.steps.len()
+                    )),
+                    Some(now) => Err(format!("flow run {id} has ended ({})", now.status)),
+                    None => Err(format!("no flow run is named {id}")),
                 }
             }
         }

@@ -1028,3 +1028,71 @@ fn kind_of(value: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+impl Gateway {
+    /// Runs as the console shows them: every one in progress and the `ended` latest
+    /// that ended, newest first.
+    pub fn flow_run_views(&self, ended: usize) -> Vec<crate::domain::snapshot::FlowRunView> {
+        use crate::domain::snapshot::{FlowRunView, FlowStepView};
+        let now = now_secs();
+        let flows = &self.config.flows;
+        let mut shown = 0;
+        self.flow_runs
+            .all()
+            .into_iter()
+            .filter(|r| {
+                let running = matches!(r.status.as_str(), "running" | "cancelling");
+                running || {
+                    shown += 1;
+                    shown <= ended
+                }
+            })
+            .map(|r| {
+                let total = flows
+                    .iter()
+                    .find(|f| f.name == r.flow)
+                    .map_or(r.steps.len(), |f| f.steps.len());
+                let running = matches!(r.status.as_str(), "running" | "cancelling");
+                let current = running
+                    .then(|| flows.iter().find(|f| f.name == r.flow))
+                    .flatten()
+                    .and_then(|f| f.steps.get(r.steps.len()))
+                    .map(|s| s.name.clone());
+                let steps = r
+                    .steps
+                    .iter()
+                    .map(|s| FlowStepView {
+                        name: s.name.clone(),
+                        kind: s.kind.clone(),
+                        status: s.status.clone(),
+                        attempts: s.attempts,
+                        elapsed_ms: s.elapsed_ms,
+                        tokens: s.prompt_tokens + s.completion_tokens,
+                        calls: s.request_ids.len(),
+                        error: s
+                            .error
+                            .as_ref()
+                            .map(|e| format!("{}: {}", e.code, e.message)),
+                    })
+                    .collect();
+                FlowRunView {
+                    elapsed_secs: r.ended_at.unwrap_or(now).saturating_sub(r.created_at),
+                    tokens: r.prompt_tokens + r.completion_tokens,
+                    error: r
+                        .error
+                        .as_ref()
+                        .map(|e| format!("{} at {}: {}", e.code, e.step, e.message)),
+                    steps_done: r.steps.len(),
+                    steps_total: total,
+                    current,
+                    steps,
+                    id: r.id,
+                    tenant: r.tenant,
+                    flow: r.flow,
+                    status: r.status,
+                    created_at: r.created_at,
+                }
+            })
+            .collect()
+    }
+}

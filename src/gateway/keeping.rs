@@ -352,6 +352,7 @@ impl Gateway {
             Action::ResetBudget { .. }
             | Action::KillStream { .. }
             | Action::CancelBatch { .. }
+            | Action::CancelFlowRun { .. }
             | Action::PurgeCache { .. } => {
                 return false;
             }
