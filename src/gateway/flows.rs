@@ -310,7 +310,7 @@ impl Gateway {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(run.id.clone(), observer);
         }
-        self.keep_run(&run).await;
+        self.keep_run_as(&run, false).await;
         let unfinished = Unfinished {
             gateway: self,
             id: run.id.clone(),
@@ -401,7 +401,10 @@ impl Gateway {
                 run.error = Some(error);
                 break;
             }
-            self.keep_run(&run).await;
+            // After the last step, the run's end is kept at once instead.
+            if run.steps.len() < flow.steps.len() {
+                self.keep_run(&run).await;
+            }
         }
         if run.error.is_none() {
             run.status = "completed".into();
@@ -475,6 +478,13 @@ impl Gateway {
 
     /// Keeps a run as it is now, in memory and in the store (off the runtime threads).
     async fn keep_run(&self, run: &FlowRun) {
+        self.keep_run_as(run, true).await;
+    }
+
+    /// Keeps a run; `durable`: flushed to disk before this returns (after a step, so
+    /// a restart resumes after it), else written and flushed with the store's next
+    /// periodic flush (a run just started: lost in a crash, it had done nothing).
+    async fn keep_run_as(&self, run: &FlowRun, durable: bool) {
         self.flow_runs.put(run);
         let Some(store) = self.store.get().cloned() else {
             return;
@@ -482,7 +492,7 @@ impl Gateway {
         let saved = run.clone();
         let written = tokio::task::spawn_blocking(move || {
             store.save_flow_run(&saved)?;
-            store.flush()
+            if durable { store.flush() } else { Ok(()) }
         })
         .await;
         if !matches!(written, Ok(Ok(()))) {
