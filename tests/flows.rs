@@ -1304,3 +1304,92 @@ async fn the_console_shows_a_run_in_flight_and_an_operator_cancels_it() {
     assert_eq!(record["actor"], "bob", "{records}");
     assert_eq!(record["before"]["flow"], "qa", "{record}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_and_stored_values_outlive_a_restart() {
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let put = r#"
+[[steps]]
+name = "kept"
+kind = "store_put"
+key = "last-route"
+value = "front desk"
+"#;
+    let flows = [
+        ("ingest", INGEST),
+        ("ask", ASK),
+        ("recall", RECALL),
+        ("put", put),
+    ];
+    let (gw, dir) = with_flows(&mock, &flows, "").await;
+    let kb = dir.path().join("docs/kb");
+    std::fs::create_dir_all(&kb).unwrap();
+    std::fs::write(
+        kb.join("policies.md"),
+        "# Refunds\nRefunds are paid within thirty days.\n\n# Shipping\nParcels ship from Rotterdam.\n",
+    )
+    .unwrap();
+    let ingested: Value = run(&gw, KEY_A, "ingest", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ingested["output"]["rows"], 2, "{ingested}");
+    let kept: Value = run(&gw, KEY_A, "put", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["status"], "completed", "{kept}");
+    let data = gw.stop().await;
+    // The documents are gone: what the run finds after the restart comes from the store.
+    std::fs::remove_dir_all(&kb).unwrap();
+    let embedded = mock.stats().embeddings_requests;
+
+    let files: Vec<String> = flows
+        .iter()
+        .map(|(name, _)| format!("\"{}\"", dir.path().join(format!("{name}.toml")).display()))
+        .collect();
+    let toml = config_for(
+        &[("us-east", mock.url())],
+        &format!(
+            "[flows]\nfiles = [{}]\ndocuments = \"{}\"\n",
+            files.join(", "),
+            dir.path().join("docs").display()
+        ),
+    );
+    let gw = TestGateway::from_toml_in(&toml, data).await;
+    let done: Value = run(
+        &gw,
+        KEY_A,
+        "ask",
+        json!({"question": "Where do parcels ship from?"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let prompt = mock.last_request().unwrap()["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(prompt.contains("Rotterdam"), "{prompt}");
+    assert_eq!(
+        mock.stats().embeddings_requests,
+        embedded + 1,
+        "only the question"
+    );
+    let theirs: Value = run(&gw, KEY_B, "ask", json!({"question": "Rotterdam?"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["error"]["code"], "collection_not_found", "{theirs}");
+    let recalled: Value = run(&gw, KEY_A, "recall", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recalled["output"], "front desk", "{recalled}");
+}
