@@ -1393,3 +1393,113 @@ value = "front desk"
         .unwrap();
     assert_eq!(recalled["output"], "front desk", "{recalled}");
 }
+
+/// The MCP server of tests/mcp/inventory.py (the official Python SDK), on a free port;
+/// stopped when dropped.
+struct Inventory(std::process::Child, String);
+
+impl Drop for Inventory {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn inventory() -> Inventory {
+    let port = free_port();
+    let child = std::process::Command::new("python3")
+        .args(["tests/mcp/inventory.py", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the test MCP server (pip install -r tests/sdk/requirements.txt)");
+    let mut server = Inventory(child, format!("http://127.0.0.1:{port}/mcp"));
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return server;
+        }
+        if let Ok(Some(_)) = server.0.try_wait() {
+            let mut why = String::new();
+            use std::io::Read;
+            let _ = server.0.stderr.take().unwrap().read_to_string(&mut why);
+            panic!(
+                "the test MCP server stopped (is the mcp package installed? pip install -r tests/sdk/requirements.txt):\n{why}"
+            );
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    panic!("the test MCP server did not listen within 15 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_calls_an_http_tool_and_an_mcp_tool_remembering_its_session() {
+    let mock = quick_mock().answer_tokens(4).spawn_local().await.unwrap();
+    let (url, seen) = weather_service().await;
+    let inventory = inventory().await;
+    let extra = format!(
+        "{}\n[[flows.mcp]]\nname = \"inventory\"\nurl = \"{}\"\ntimeout = \"10s\"\n",
+        weather_tool(&url),
+        inventory.1
+    );
+    let helper = HELPER.replace(
+        r#"tools = ["weather"]"#,
+        r#"tools = ["weather", "inventory"]"#,
+    );
+    let (gw, _dir) = with_flows(&mock, &[("helper", helper.as_str())], &extra).await;
+    let ask = |question: &str| {
+        let input = json!({"question": question, "session": "shop-1"});
+        let gw = &gw;
+        async move {
+            run(gw, KEY_A, "helper", input)
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let first = ask(r#"Check the weather {"city": "Oslo"} please"#).await;
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // The model is offered the MCP server's tools as it lists them, and calls one.
+    let second = ask(r#"Do you have stock {"item": "bolts"}?"#).await;
+    assert_eq!(second["status"], "completed", "{second}");
+    let request = mock.last_request().unwrap();
+    let offered: Vec<&str> = request["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert_eq!(offered, ["weather", "stock"]);
+    let messages = request["messages"].as_array().unwrap();
+    let answer = messages.iter().find(|m| m["role"] == "tool").unwrap();
+    assert_eq!(answer["content"], "bolts: 12 in stock", "{request}");
+    // The session carried the first run's turn.
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["content"] == r#"Check the weather {"city": "Oslo"} please"#),
+        "{request}"
+    );
+    // Both calls are on the audit record, the MCP one named with its server.
+    let audit: Value = gw
+        .admin(reqwest::Method::GET, "/admin/audit?kind=tool", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let tools: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    assert!(
+        tools.contains(&"weather") && tools.contains(&"inventory.stock"),
+        "{audit}"
+    );
+}

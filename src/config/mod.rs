@@ -53,6 +53,8 @@ pub struct Config {
     pub flow_documents: Option<std::path::PathBuf>,
     /// Tools flows may call (`[[flows.tools]]`).
     pub flow_tools: Vec<crate::flows::tools::Tool>,
+    /// MCP servers whose tools agents may be offered (`[[flows.mcp]]`).
+    pub flow_mcp: Vec<crate::flows::tools::McpServer>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,14 +144,33 @@ impl Config {
         let flow_files = std::mem::take(&mut raw.flows.files);
         let documents = raw.flows.documents.as_ref().map(|d| base.join(d));
         let tools = check_tools(std::mem::take(&mut raw.flows.tools))?;
+        let mut mcp: Vec<crate::flows::tools::McpServer> = Vec::new();
+        for (i, server) in std::mem::take(&mut raw.flows.mcp).into_iter().enumerate() {
+            let server = crate::flows::tools::McpServer::check(server)
+                .map_err(|(field, why)| invalid(format!("flows.mcp[{i}].{field}"), why))?;
+            if mcp.iter().any(|m| m.name == server.name)
+                || tools.iter().any(|t| t.name == server.name)
+            {
+                return Err(invalid(
+                    format!("flows.mcp[{i}].name"),
+                    format!("\"{}\" already names a tool or an MCP server", server.name),
+                ));
+            }
+            mcp.push(server);
+        }
         let mut config = raw.validate()?;
         let offered = Offered {
             documents: documents.is_some(),
-            tools: tools.iter().map(|t| t.name.as_str()).collect(),
+            tools: tools
+                .iter()
+                .map(|t| t.name.as_str())
+                .chain(mcp.iter().map(|m| m.name.as_str()))
+                .collect(),
         };
         config.flows = load_flows(&flow_files, base, &config.models, &offered)?;
         config.flow_documents = documents;
         config.flow_tools = tools;
+        config.flow_mcp = mcp;
         Ok(config)
     }
 

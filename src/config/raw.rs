@@ -212,6 +212,7 @@ pub(super) struct RawFlows {
     pub(super) files: Vec<String>,
     pub(super) documents: Option<String>,
     pub(super) tools: Vec<crate::flows::tools::RawTool>,
+    pub(super) mcp: Vec<crate::flows::tools::RawMcp>,
 }
 
 #[derive(Debug, Deserialize)]

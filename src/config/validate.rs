@@ -516,6 +516,7 @@ impl RawConfig {
             flows: Vec::new(),
             flow_documents: None,
             flow_tools: Vec::new(),
+            flow_mcp: Vec::new(),
         })
     }
 }

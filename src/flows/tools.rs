@@ -148,6 +148,47 @@ fn is_of(value: &Value, kind: &str) -> bool {
     }
 }
 
+/// An MCP server whose tools agents may be offered (`[[flows.mcp]]`): its tools are
+/// listed from it when an agent starts, and called on it, over streamable HTTP.
+///
+/// ```toml
+/// [[flows.mcp]]
+/// name = "inventory"
+/// url = "http://127.0.0.1:9300/mcp"
+/// timeout = "10s"
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpServer {
+    pub name: String,
+    pub url: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    pub name: String,
+    pub url: String,
+    pub timeout: Option<String>,
+}
+
+impl McpServer {
+    pub fn check(raw: RawMcp) -> Result<McpServer, (&'static str, String)> {
+        let tool = Tool::check(RawTool {
+            name: raw.name,
+            description: String::new(),
+            url: raw.url,
+            parameters: None,
+            timeout: raw.timeout,
+        })?;
+        Ok(McpServer {
+            name: tool.name,
+            url: tool.url,
+            timeout: tool.timeout,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ mod control;
 pub mod conversations;
 pub mod flows;
 mod keeping;
+mod mcp;
 mod record;
 mod refusal;
 mod serve;

@@ -16,7 +16,7 @@ use super::Gateway;
 use super::flows::Failure;
 use crate::domain::ModelKind;
 use crate::domain::records::{AuditKind, AuditRecord, StepRun};
-use crate::flows::tools::Tool;
+use crate::flows::tools::{McpServer, Tool};
 use crate::flows::{Step, Template};
 
 /// The most of a tool's answer that is read.
@@ -43,7 +43,7 @@ struct Memory {
     messages: Vec<Value>,
 }
 
-fn http() -> &'static reqwest::Client {
+pub(super) fn http() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         reqwest::Client::builder()
@@ -96,6 +96,20 @@ impl Gateway {
                 )),
             ),
         };
+        self.audit_tool((tenant, caller, step), name, status, started, &result);
+        result
+    }
+
+    /// The audit record of a tool call: who, which tool, for which step, how it went;
+    /// never the arguments.
+    fn audit_tool(
+        &self,
+        (tenant, caller, step): (&str, &str, &str),
+        name: &str,
+        status: Option<u16>,
+        started: Instant,
+        result: &Result<Value, String>,
+    ) {
         self.audit.record(AuditRecord {
             at_ms: crate::telemetry::now_ms(),
             kind: Some(AuditKind::Tool),
@@ -105,13 +119,12 @@ impl Gateway {
             target: Some(step.to_string()),
             status,
             latency_ms: Some(started.elapsed().as_millis() as u64),
-            outcome: Some(match &result {
+            outcome: Some(match result {
                 Ok(_) => "ok".to_string(),
                 Err(why) => why.clone(),
             }),
             ..AuditRecord::default()
         });
-        result
     }
 
     /// Runs an agent step: the model is offered the tools and called again after each
@@ -151,11 +164,26 @@ impl Gateway {
         }
         messages.extend(memory.messages.iter().cloned());
         messages.push(json!({"role": "user", "content": question}));
-        let specs: Vec<Value> = agent
-            .tools
-            .iter()
-            .filter_map(|name| self.tool(name).map(Tool::spec))
-            .collect();
+        // HTTP tools by their declaration; an MCP server's tools as it lists them now,
+        // each remembered with its server.
+        let mut specs: Vec<Value> = Vec::new();
+        let mut on_server: Vec<(String, &McpServer)> = Vec::new();
+        for name in agent.tools {
+            if let Some(tool) = self.tool(name) {
+                specs.push(tool.spec());
+            } else if let Some(server) = self.config.flow_mcp.iter().find(|m| &m.name == name) {
+                let listed = super::mcp::list(server).await.map_err(|why| Failure {
+                    code: "tool_failed".into(),
+                    message: format!("step {}: {why}", step.name),
+                    retryable: true,
+                })?;
+                for spec in listed {
+                    let tool = spec["function"]["name"].as_str().unwrap_or_default();
+                    on_server.push((tool.to_string(), server));
+                    specs.push(spec);
+                }
+            }
+        }
         let chat = ("/v1/chat/completions", ModelKind::Chat);
         let mut used = 0u64;
         for _ in 0..agent.max_turns {
@@ -217,18 +245,24 @@ impl Gateway {
                     .as_str()
                     .and_then(|a| serde_json::from_str::<Value>(a).ok())
                     .unwrap_or(Value::Null);
-                let content = if agent.tools.iter().any(|t| t == name) {
-                    match self
-                        .call_tool((tenant, &caller, &step.name), name, &arguments)
-                        .await
-                    {
-                        Ok(Value::String(text)) => text,
-                        Ok(other) => other.to_string(),
-                        // The model reads why, and may correct its call.
-                        Err(why) => format!("error: {why}"),
-                    }
+                let who = (tenant, caller.as_str(), step.name.as_str());
+                let answer = if self.tool(name).is_some() && agent.tools.iter().any(|t| t == name) {
+                    Some(self.call_tool(who, name, &arguments).await)
+                } else if let Some((_, server)) = on_server.iter().find(|(t, _)| t == name) {
+                    let started = Instant::now();
+                    let result = super::mcp::call(server, name, &arguments).await;
+                    let qualified = format!("{}.{name}", server.name);
+                    self.audit_tool(who, &qualified, None, started, &result);
+                    Some(result)
                 } else {
-                    format!("error: {name} is not a tool offered to you")
+                    None
+                };
+                let content = match answer {
+                    Some(Ok(Value::String(text))) => text,
+                    Some(Ok(other)) => other.to_string(),
+                    // The model reads why, and may correct its call.
+                    Some(Err(why)) => format!("error: {why}"),
+                    None => format!("error: {name} is not a tool offered to you"),
                 };
                 messages.push(json!({
                     "role": "tool",
