@@ -1503,3 +1503,70 @@ async fn an_agent_calls_an_http_tool_and_an_mcp_tool_remembering_its_session() {
         "{audit}"
     );
 }
+
+#[tokio::test]
+async fn an_embed_step_loads_a_page_from_an_allowed_url() {
+    let app = axum::Router::new()
+        .route(
+            "/docs/guide.md",
+            axum::routing::get(|| async {
+                (
+                    [("content-type", "text/markdown")],
+                    "# Returns\nReturns are free within thirty days.\n\n# Shipping\nParcels leave Rotterdam daily.\n",
+                )
+            }),
+        )
+        .route(
+            "/docs/moved.md",
+            axum::routing::get(|| async { axum::response::Redirect::temporary("/private/secret.md") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flow = |page: &str| {
+        format!(
+            "[[steps]]\nname = \"ingest\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"\nload = \"{site}/docs/{page}\"\nsplit = {{ by = \"headings\" }}\ncollection = \"web\"\n"
+        )
+    };
+    std::fs::write(dir.path().join("web.toml"), flow("guide.md")).unwrap();
+    std::fs::write(dir.path().join("moved.toml"), flow("moved.md")).unwrap();
+    let files =
+        ["web", "moved"].map(|n| format!("\"{}\"", dir.path().join(format!("{n}.toml")).display()));
+    let toml = config_for(
+        &[("us-east", mock.url())],
+        &format!(
+            "[flows]\nfiles = [{}]\nurls = [\"{site}/docs/\"]\n",
+            files.join(", ")
+        ),
+    );
+    let gw = TestGateway::from_toml(&toml).await;
+    let done: Value = run(&gw, KEY_A, "web", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"]["chunks"], 2, "{done}");
+    // A redirect is not followed: it could lead off the allowed URLs.
+    let moved: Value = run(&gw, KEY_A, "moved", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moved["error"]["code"], "load_failed", "{moved}");
+    assert!(
+        moved["error"]["message"].as_str().unwrap().contains("307"),
+        "{moved}"
+    );
+    // A flow naming a URL outside the list does not load.
+    let outside = format!(
+        "[[steps]]\nname = \"x\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"\nload = \"{site}/private/secret.md\"\n"
+    );
+    std::fs::write(dir.path().join("web.toml"), outside).unwrap();
+    let error = switchyard::config::Config::from_toml(&toml)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("is not under an allowed URL"), "{error}");
+}

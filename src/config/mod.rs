@@ -144,6 +144,7 @@ impl Config {
         let flow_files = std::mem::take(&mut raw.flows.files);
         let documents = raw.flows.documents.as_ref().map(|d| base.join(d));
         let tools = check_tools(std::mem::take(&mut raw.flows.tools))?;
+        let urls = std::mem::take(&mut raw.flows.urls);
         let mut mcp: Vec<crate::flows::tools::McpServer> = Vec::new();
         for (i, server) in std::mem::take(&mut raw.flows.mcp).into_iter().enumerate() {
             let server = crate::flows::tools::McpServer::check(server)
@@ -159,8 +160,19 @@ impl Config {
             mcp.push(server);
         }
         let mut config = raw.validate()?;
+        if let Some((i, url)) = urls
+            .iter()
+            .enumerate()
+            .find(|(_, u)| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(invalid(
+                format!("flows.urls[{i}]"),
+                format!("\"{url}\" is not an http(s) URL prefix"),
+            ));
+        }
         let offered = Offered {
             documents: documents.is_some(),
+            urls: urls.iter().map(String::as_str).collect(),
             tools: tools
                 .iter()
                 .map(|t| t.name.as_str())
@@ -207,6 +219,7 @@ impl Config {
 /// What flows may use besides models: a documents directory, declared tools.
 struct Offered<'a> {
     documents: bool,
+    urls: Vec<&'a str>,
     tools: Vec<&'a str>,
 }
 
@@ -251,6 +264,7 @@ fn load_flows(
         chat: &chat,
         embeddings: &embeddings,
         documents: offered.documents,
+        urls: &offered.urls,
         tools: &offered.tools,
     };
     let mut flows: Vec<crate::flows::Flow> = Vec::new();

@@ -211,6 +211,7 @@ impl Default for RawFiles {
 pub(super) struct RawFlows {
     pub(super) files: Vec<String>,
     pub(super) documents: Option<String>,
+    pub(super) urls: Vec<String>,
     pub(super) tools: Vec<crate::flows::tools::RawTool>,
     pub(super) mcp: Vec<crate::flows::tools::RawMcp>,
 }

@@ -1,5 +1,7 @@
 //! Loaders: documents read for an `embed` step from the directory the config allows
-//! (`[flows] documents`), never outside it. Text (`.txt`), markdown (`.md`) and JSON
+//! (`[flows] documents`), never outside it, or fetched from an http(s) URL that starts
+//! with one of the config's `[flows] urls` (the fetch is the gateway's; `from_url`
+//! makes the documents of what it fetched). Text (`.txt`), markdown (`.md`) and JSON
 //! lines (`.jsonl`: an object per line with a `text` and any other fields, which become
 //! the chunk's metadata, or a string per line). A folder is read whole, its files in name
 //! order, those of other kinds skipped. Blocking file I/O: callers run it off the
@@ -94,6 +96,44 @@ pub fn load(root: &Path, relative: &str) -> Result<Vec<Document>, String> {
         }
     }
     Ok(documents)
+}
+
+/// Whether `url` may be loaded: http(s), and starting with an allowed prefix.
+pub fn check_url(url: &str, allowed: &[&str]) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("\"{url}\" is not an http(s) URL"));
+    }
+    if allowed.iter().any(|prefix| url.starts_with(prefix)) {
+        return Ok(());
+    }
+    Err(format!(
+        "\"{url}\" is not under an allowed URL ([flows] urls: {})",
+        if allowed.is_empty() {
+            "none".to_string()
+        } else {
+            allowed.join(", ")
+        }
+    ))
+}
+
+/// The documents of a page fetched from `url`: markdown, text or JSON lines by the
+/// URL's extension, else by its content type (text when neither says).
+pub fn from_url(url: &str, content_type: &str, text: String) -> Result<Vec<Document>, String> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let kind = Kind::of(Path::new(path)).unwrap_or(match content_type {
+        t if t.starts_with("text/markdown") => Kind::Markdown,
+        t if t.contains("jsonl") || t.contains("ndjson") => Kind::JsonLines,
+        _ => Kind::Text,
+    });
+    match kind {
+        Kind::JsonLines => json_lines(url, &text),
+        _ => Ok(vec![Document {
+            metadata: source_metadata(url),
+            source: url.to_string(),
+            text,
+            markdown: kind == Kind::Markdown,
+        }]),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -166,6 +166,8 @@ impl Test {
 pub enum Source {
     /// A file or folder under the documents directory (`loaders`).
     Files(String),
+    /// A page under an allowed URL.
+    Url(String),
     /// One text.
     Text(Template),
 }
@@ -195,6 +197,8 @@ pub struct Catalog<'a> {
     pub chat: &'a [&'a str],
     pub embeddings: &'a [&'a str],
     pub documents: bool,
+    /// URL prefixes documents may be loaded from (`[flows] urls`).
+    pub urls: &'a [&'a str],
     /// Declared tools' names.
     pub tools: &'a [&'a str],
 }
@@ -481,6 +485,13 @@ fn parse_steps(
                             "an embed step reads either load or input, not both".into(),
                         ));
                     }
+                    (Some(url), None)
+                        if url.starts_with("http://") || url.starts_with("https://") =>
+                    {
+                        loaders::check_url(url, catalog.urls)
+                            .map_err(|m| error(field("load"), m))?;
+                        Source::Url(url.clone())
+                    }
                     (Some(path), None) => {
                         if !catalog.documents {
                             return Err(error(
@@ -766,6 +777,7 @@ mod tests {
         chat: &["gpt-4o-mini"],
         embeddings: &["text-embedding-3-small"],
         documents: true,
+        urls: &["https://docs.example.com/"],
         tools: &["weather"],
     };
 
@@ -855,6 +867,10 @@ template = "{{ summary }} / {{ question }}"
             (
                 "[[steps]]\nname = \"a\"\nkind = \"loop\"\nmax = 3\nuntil = { value = \"{{ zz }}\", equals = \"y\" }\n[[steps.steps]]\nname = \"b\"\nkind = \"template\"\ntemplate = \"{{ a }} {{ pass }}\"",
                 "flows.rag.steps[0].until.value: unknown output \"zz\"",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"\nload = \"https://evil.example.com/x.md\"",
+                "flows.rag.steps[0].load: \"https://evil.example.com/x.md\" is not under an allowed URL ([flows] urls: https://docs.example.com/)",
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"",

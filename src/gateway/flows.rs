@@ -762,6 +762,7 @@ impl Gateway {
             } => {
                 let documents = match source {
                     Source::Files(path) => self.load_documents(step, path).await?,
+                    Source::Url(url) => self.fetch_documents(step, url).await?,
                     Source::Text(template) => vec![text_document(render(template)?)],
                 };
                 let tokenizer = self
@@ -893,6 +894,57 @@ impl Gateway {
             .await
             .map_err(|e| failure(e.to_string()))?
             .map_err(failure)
+    }
+}
+
+impl Gateway {
+    /// The documents of a page an `embed` step loads from an allowed URL. Redirects are
+    /// not followed (one could lead off the allowed URLs); 64 MiB at most.
+    async fn fetch_documents(&self, step: &Step, url: &str) -> Result<Vec<Document>, Failure> {
+        let failure = |message: String, retryable: bool| Failure {
+            code: "load_failed".into(),
+            message: format!("step {}: {url}: {message}", step.name),
+            retryable,
+        };
+        static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let client = CLIENT.get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default()
+        });
+        let mut response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| failure(crate::telemetry::root_cause(&e), true))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(failure(
+                format!("answered {status}"),
+                status.is_server_error() || status.as_u16() == 429,
+            ));
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| failure(crate::telemetry::root_cause(&e), true))?
+        {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > loaders::MAX_LOAD_BYTES {
+                return Err(failure("larger than 64 MiB".into(), false));
+            }
+        }
+        let text = String::from_utf8(body).map_err(|_| failure("not UTF-8 text".into(), false))?;
+        loaders::from_url(url, &content_type, text).map_err(|m| failure(m, false))
     }
 }
 
