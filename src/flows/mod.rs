@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use splitters::{Split, SplitBy};
+pub use splitters::Split;
 pub use template::Template;
 
 /// A flow, checked and ready to run.
@@ -886,7 +886,7 @@ template = "{{ summary }} / {{ question }}"
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"embed\"\nmodel = \"text-embedding-3-small\"\nload = \"kb\"\nsplit = { by = \"pages\" }",
-                "flows.rag.steps[0].split.by: unknown variant `pages`",
+                "flows.rag.steps[0].split: \"pages\" is not a splitter; splitters: tokens, headings",
             ),
             (
                 "inputs = [\"q\"]\n[[steps]]\nname = \"a\"\nkind = \"retrieve\"\nmodel = \"gpt-4o-mini\"\ncollection = \"kb\"\nquery = \"{{ q }}\"",

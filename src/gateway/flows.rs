@@ -20,7 +20,7 @@ use super::{Gateway, Inbound, ReplyBody, now_secs, random_id};
 use crate::domain::records::{FlowRun, StepError, StepRun};
 use crate::domain::{Directives, ModelKind};
 use crate::flows::loaders::{self, Document};
-use crate::flows::splitters::{self, Split, SplitBy};
+use crate::flows::splitters::{self, Split};
 use crate::flows::vectors::Row;
 use crate::flows::{Arg, Flow, Source, Step, StepKind};
 
@@ -981,14 +981,7 @@ fn chunks(
                 text: document.text.clone(),
                 heading: None,
             }],
-            Some(split) if split.by == SplitBy::Headings && !document.markdown => {
-                let by_tokens = Split {
-                    by: SplitBy::Tokens,
-                    ..split.clone()
-                };
-                splitters::split(&document.text, &by_tokens, &count)
-            }
-            Some(split) => splitters::split(&document.text, split, &count),
+            Some(split) => splitters::split(&document.text, document.markdown, split, &count),
         };
         for (i, piece) in pieces.into_iter().enumerate() {
             if piece.text.trim().is_empty() {

@@ -7,9 +7,52 @@
 //! order, those of other kinds skipped. Blocking file I/O: callers run it off the
 //! runtime threads.
 
+mod json_lines;
+mod markdown;
+mod text;
+
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value};
+
+/// A kind of document: which files and pages it reads, and the documents a source's
+/// text holds.
+pub trait Loader: Sync {
+    /// Its name, for messages.
+    fn name(&self) -> &'static str;
+    /// File (and URL path) extensions it reads.
+    fn extensions(&self) -> &'static [&'static str];
+    /// Content types it reads, for pages whose URL says nothing.
+    fn content_types(&self) -> &'static [&'static str];
+    /// The documents of `text`, read from `source`.
+    fn documents(&self, source: &str, text: String) -> Result<Vec<Document>, String>;
+}
+
+/// Every loader, in the order they are asked.
+pub static LOADERS: &[&dyn Loader] = &[&text::Text, &markdown::Markdown, &json_lines::JsonLines];
+
+/// The loader of a file by its extension; none for other files (they are skipped).
+fn by_extension(path: &Path) -> Option<&'static dyn Loader> {
+    let extension = path.extension()?.to_str()?;
+    LOADERS
+        .iter()
+        .copied()
+        .find(|l| l.extensions().contains(&extension))
+}
+
+/// The loader of a page: by its URL's extension, else its content type, else text.
+fn for_page(url: &str, content_type: &str) -> &'static dyn Loader {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    by_extension(Path::new(path))
+        .or_else(|| {
+            LOADERS.iter().copied().find(|l| {
+                l.content_types()
+                    .iter()
+                    .any(|t| content_type.starts_with(t))
+            })
+        })
+        .unwrap_or(&text::Text)
+}
 
 /// The most a single load may read, so a wrong folder cannot fill the memory.
 pub const MAX_LOAD_BYTES: u64 = 64 * 1024 * 1024;
@@ -68,7 +111,7 @@ pub fn load(root: &Path, relative: &str) -> Result<Vec<Document>, String> {
     let mut documents = Vec::new();
     let mut read = 0u64;
     for file in files {
-        let Some(kind) = Kind::of(&file) else {
+        let Some(loader) = by_extension(&file) else {
             continue;
         };
         let source = file
@@ -85,15 +128,7 @@ pub fn load(root: &Path, relative: &str) -> Result<Vec<Document>, String> {
         }
         let text =
             std::fs::read_to_string(&file).map_err(|e| format!("{source} cannot be read: {e}"))?;
-        match kind {
-            Kind::Text | Kind::Markdown => documents.push(Document {
-                metadata: source_metadata(&source),
-                source,
-                text,
-                markdown: kind == Kind::Markdown,
-            }),
-            Kind::JsonLines => documents.extend(json_lines(&source, &text)?),
-        }
+        documents.extend(loader.documents(&source, text)?);
     }
     Ok(documents)
 }
@@ -116,42 +151,10 @@ pub fn check_url(url: &str, allowed: &[&str]) -> Result<(), String> {
     ))
 }
 
-/// The documents of a page fetched from `url`: markdown, text or JSON lines by the
-/// URL's extension, else by its content type (text when neither says).
+/// The documents of a page fetched from `url`, by the loader its URL or content type
+/// names (text when neither does).
 pub fn from_url(url: &str, content_type: &str, text: String) -> Result<Vec<Document>, String> {
-    let path = url.split(['?', '#']).next().unwrap_or(url);
-    let kind = Kind::of(Path::new(path)).unwrap_or(match content_type {
-        t if t.starts_with("text/markdown") => Kind::Markdown,
-        t if t.contains("jsonl") || t.contains("ndjson") => Kind::JsonLines,
-        _ => Kind::Text,
-    });
-    match kind {
-        Kind::JsonLines => json_lines(url, &text),
-        _ => Ok(vec![Document {
-            metadata: source_metadata(url),
-            source: url.to_string(),
-            text,
-            markdown: kind == Kind::Markdown,
-        }]),
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Text,
-    Markdown,
-    JsonLines,
-}
-
-impl Kind {
-    fn of(path: &Path) -> Option<Kind> {
-        match path.extension()?.to_str()? {
-            "txt" | "text" => Some(Kind::Text),
-            "md" | "markdown" => Some(Kind::Markdown),
-            "jsonl" => Some(Kind::JsonLines),
-            _ => None,
-        }
-    }
+    for_page(url, content_type).documents(url, text)
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -171,33 +174,6 @@ fn source_metadata(source: &str) -> Map<String, Value> {
     let mut metadata = Map::new();
     metadata.insert("source".into(), Value::String(source.to_string()));
     metadata
-}
-
-fn json_lines(source: &str, text: &str) -> Result<Vec<Document>, String> {
-    let mut documents = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = format!("{source}:{}", i + 1);
-        let (text, mut metadata) = match serde_json::from_str::<Value>(line) {
-            Ok(Value::String(text)) => (text, Map::new()),
-            Ok(Value::Object(mut object)) => match object.remove("text") {
-                Some(Value::String(text)) => (text, object),
-                _ => return Err(format!("{at}: a line needs a \"text\" string")),
-            },
-            Ok(_) => return Err(format!("{at}: a line is an object or a string")),
-            Err(e) => return Err(format!("{at}: not JSON ({e})")),
-        };
-        metadata.insert("source".into(), Value::String(at.clone()));
-        documents.push(Document {
-            source: at,
-            text,
-            metadata,
-            markdown: false,
-        });
-    }
-    Ok(documents)
 }
 
 #[cfg(test)]
@@ -233,6 +209,24 @@ mod tests {
         assert_eq!(docs[2].metadata["lang"], "en");
         assert_eq!(docs[2].metadata["source"], "kb/deep/c.jsonl:1");
         assert_eq!(load(root, "kb/a.txt").unwrap()[0].text, "ay");
+    }
+
+    #[test]
+    fn a_page_is_read_by_its_extension_else_its_content_type() {
+        let docs = from_url("https://x/a.md?v=1", "text/plain", "# A\nb".into()).unwrap();
+        assert!(docs[0].markdown);
+        let docs = from_url(
+            "https://x/feed",
+            "application/x-ndjson",
+            "\"one\"\n\"two\"".into(),
+        )
+        .unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].source, "https://x/feed:2");
+        let docs = from_url("https://x/page", "text/html", "<p>hi</p>".into()).unwrap();
+        assert!(!docs[0].markdown && docs[0].text == "<p>hi</p>");
+        let names: Vec<&str> = LOADERS.iter().map(|l| l.name()).collect();
+        assert_eq!(names, ["text", "markdown", "json lines"]);
     }
 
     #[test]
