@@ -1448,7 +1448,9 @@ async fn an_agent_calls_an_http_tool_and_an_mcp_tool_remembering_its_session() {
         r#"tools = ["weather"]"#,
         r#"tools = ["weather", "inventory"]"#,
     );
-    let (gw, _dir) = with_flows(&mock, &[("helper", helper.as_str())], &extra).await;
+    let count = "inputs = [\"item\"]\n[[steps]]\nname = \"count\"\nkind = \"tool\"\ntool = \"inventory.stock\"\narguments = { item = \"{{ item }}\" }\n";
+    let flows = [("helper", helper.as_str()), ("count", count)];
+    let (gw, _dir) = with_flows(&mock, &flows, &extra).await;
     let ask = |question: &str| {
         let input = json!({"question": question, "session": "shop-1"});
         let gw = &gw;
@@ -1502,6 +1504,14 @@ async fn an_agent_calls_an_http_tool_and_an_mcp_tool_remembering_its_session() {
         tools.contains(&"weather") && tools.contains(&"inventory.stock"),
         "{audit}"
     );
+
+    // A tool step calls an MCP server's tool by its qualified name.
+    let counted: Value = run(&gw, KEY_A, "count", json!({"item": "nuts"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counted["output"], "nuts: 12 in stock", "{counted}");
 }
 
 #[tokio::test]

@@ -173,6 +173,7 @@ impl Config {
         let offered = Offered {
             documents: documents.is_some(),
             urls: urls.iter().map(String::as_str).collect(),
+            mcp: mcp.iter().map(|m| m.name.as_str()).collect(),
             tools: tools
                 .iter()
                 .map(|t| t.name.as_str())
@@ -220,6 +221,7 @@ impl Config {
 struct Offered<'a> {
     documents: bool,
     urls: Vec<&'a str>,
+    mcp: Vec<&'a str>,
     tools: Vec<&'a str>,
 }
 
@@ -266,6 +268,7 @@ fn load_flows(
         documents: offered.documents,
         urls: &offered.urls,
         tools: &offered.tools,
+        mcp: &offered.mcp,
     };
     let mut flows: Vec<crate::flows::Flow> = Vec::new();
     for (i, file) in files.iter().enumerate() {

@@ -199,8 +199,10 @@ pub struct Catalog<'a> {
     pub documents: bool,
     /// URL prefixes documents may be loaded from (`[flows] urls`).
     pub urls: &'a [&'a str],
-    /// Declared tools' names.
+    /// Declared tools' names (HTTP tools and MCP servers).
     pub tools: &'a [&'a str],
+    /// Declared MCP servers' names, whose tools a `tool` step names as `server.tool`.
+    pub mcp: &'a [&'a str],
 }
 
 /// The most chunks a `retrieve` step may ask for.
@@ -626,7 +628,18 @@ fn parse_steps(
             }
             "tool" => {
                 let tool = needs(step.tool.clone(), "tool")?;
-                known_tool(&tool, catalog).map_err(|m| error(field("tool"), m))?;
+                match tool.split_once('.') {
+                    // An MCP server's tool: the server is checked now, the tool when
+                    // the server lists it.
+                    Some((server, _)) if !catalog.mcp.contains(&server) => {
+                        return Err(error(
+                            field("tool"),
+                            format!("no MCP server \"{server}\" is declared ([[flows.mcp]])"),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => known_tool(&tool, catalog).map_err(|m| error(field("tool"), m))?,
+                }
                 let mut arguments = Vec::new();
                 for (name, value) in step.arguments.clone().unwrap_or_default() {
                     let arg = match value {
@@ -779,6 +792,7 @@ mod tests {
         documents: true,
         urls: &["https://docs.example.com/"],
         tools: &["weather"],
+        mcp: &[],
     };
 
     #[test]
@@ -843,6 +857,10 @@ template = "{{ summary }} / {{ question }}"
             (
                 "inputs = [\"q\"]",
                 "flows.rag.steps: a flow needs at least one step",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"tool\"\ntool = \"nowhere.stock\"",
+                "flows.rag.steps[0].tool: no MCP server \"nowhere\" is declared ([[flows.mcp]])",
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"loop\"\n[[steps.steps]]\nname = \"b\"\nkind = \"template\"\ntemplate = \"x\"",

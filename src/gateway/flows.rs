@@ -605,6 +605,16 @@ impl Gateway {
                     given.insert(name.clone(), value);
                 }
                 let given = Value::Object(given);
+                if let Some((server, name)) = tool.split_once('.') {
+                    return self
+                        .call_mcp_tool((tenant, &caller, &step.name), server, name, &given)
+                        .await
+                        .map_err(|why| Failure {
+                            code: "tool_failed".into(),
+                            message: format!("step {}: {why}", step.name),
+                            retryable: true,
+                        });
+                }
                 if let Some(declared) = self.config.flow_tools.iter().find(|t| &t.name == tool)
                     && let Err(why) = declared.check_arguments(&given)
                 {

@@ -100,6 +100,23 @@ impl Gateway {
         result
     }
 
+    /// Calls `tool` of MCP server `server`, audited as `server.tool`.
+    pub(super) async fn call_mcp_tool(
+        &self,
+        who: (&str, &str, &str),
+        server: &str,
+        tool: &str,
+        arguments: &Value,
+    ) -> Result<Value, String> {
+        let Some(declared) = self.config.flow_mcp.iter().find(|m| m.name == server) else {
+            return Err(format!("no MCP server {server} is declared"));
+        };
+        let started = Instant::now();
+        let result = super::mcp::call(declared, tool, arguments).await;
+        self.audit_tool(who, &format!("{server}.{tool}"), None, started, &result);
+        result
+    }
+
     /// The audit record of a tool call: who, which tool, for which step, how it went;
     /// never the arguments.
     fn audit_tool(
@@ -249,11 +266,10 @@ impl Gateway {
                 let answer = if self.tool(name).is_some() && agent.tools.iter().any(|t| t == name) {
                     Some(self.call_tool(who, name, &arguments).await)
                 } else if let Some((_, server)) = on_server.iter().find(|(t, _)| t == name) {
-                    let started = Instant::now();
-                    let result = super::mcp::call(server, name, &arguments).await;
-                    let qualified = format!("{}.{name}", server.name);
-                    self.audit_tool(who, &qualified, None, started, &result);
-                    Some(result)
+                    Some(
+                        self.call_mcp_tool(who, &server.name, name, &arguments)
+                            .await,
+                    )
                 } else {
                     None
                 };
