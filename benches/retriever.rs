@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use switchyard::flows::vectors::{Collection, Row};
+use switchyard::flows::vectors::{Row, index};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -93,7 +93,8 @@ fn main() {
     let mut corpus = Corpus::new(dimensions);
     let vectors: Vec<Vec<f32>> = (0..rows).map(|_| unit(&corpus.vector())).collect();
     let started = Instant::now();
-    let mut index = Collection::default();
+    let mut built_index =
+        index("quantized").unwrap_or_else(|| panic!("no quantized index is registered"));
     for (i, v) in vectors.iter().enumerate() {
         let mut metadata = Map::new();
         metadata.insert("shard".into(), Value::from(i % 10));
@@ -102,7 +103,7 @@ fn main() {
             text: String::new(),
             metadata,
         };
-        index.put(row, v).unwrap_or_else(|e| panic!("{e}"));
+        built_index.put(row, v).unwrap_or_else(|e| panic!("{e}"));
     }
     let built = started.elapsed();
     let probes: Vec<Vec<f32>> = (0..queries).map(|_| corpus.vector()).collect();
@@ -116,7 +117,7 @@ fn main() {
         let mut same = 0;
         for query in &probes {
             let t = Instant::now();
-            let hits = index.search(query, k, &filter);
+            let hits = built_index.search(query, k, &filter);
             ours.push(t.elapsed());
             let t = Instant::now();
             let exact = exact_top(&vectors, query, k, keep);

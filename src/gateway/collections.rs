@@ -14,13 +14,13 @@ use super::Gateway;
 use super::flows::Failure;
 use crate::domain::ModelKind;
 use crate::domain::records::VectorRecord;
-use crate::flows::vectors::{Collection, Hit, Row};
+use crate::flows::vectors::{Hit, Index, Row, default_index};
 
 /// Texts sent in one embeddings request.
 pub const EMBED_BATCH: usize = 64;
 
 /// One collection, shared by the steps that fill and query it.
-type Shared = Arc<RwLock<Collection>>;
+type Shared = Arc<RwLock<Box<dyn Index>>>;
 
 /// Every tenant's collections, by tenant and name.
 #[derive(Default)]
@@ -42,7 +42,7 @@ impl Collections {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry((tenant.to_string(), name.to_string()))
-            .or_default()
+            .or_insert_with(|| Arc::new(RwLock::new(default_index())))
             .clone()
     }
 

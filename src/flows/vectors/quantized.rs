@@ -1,39 +1,24 @@
-//! Vector collections, the retriever's index: each vector is kept normalized and
-//! quantized to 8 bits per dimension with its own scale, and a query scans every row of
-//! the collection with integer dot products, keeping the best `k` in a small heap.
+//! The quantized scan: each vector kept normalized and quantized to 8 bits per
+//! dimension with its own scale; a query scans every row with integer dot products,
+//! keeping the best `k` in a small heap.
 //!
 //! Why a quantized scan and not a graph index (HNSW): it is exact up to quantization
 //! (no recall to tune, no result that depends on insertion order), it needs no
 //! dependency, a row costs a quarter of its floats (100,000 rows of 1,536 dimensions
 //! are 150 MiB, not 600), it takes rows one at a time with nothing to rebuild, and its
 //! scan over that size stays inside the retriever's budget (`cargo bench --bench
-//! retriever`). The floats themselves stay in the store, from which the index is rebuilt
-//! at start.
+//! retriever`).
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 use serde_json::{Map, Value};
 
-/// One row as it is put and found: an id (putting the same id again replaces it), the
-/// text it was made from, and metadata a query may filter on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub id: String,
-    pub text: String,
-    pub metadata: Map<String, Value>,
-}
-
-/// A row found by a query, with its cosine similarity to the query.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hit {
-    pub row: Row,
-    pub score: f32,
-}
+use super::{Hit, Index, Row};
 
 /// One collection's rows and their quantized vectors.
 #[derive(Debug, Default)]
-pub struct Collection {
+pub struct Quantized {
     dimensions: usize,
     rows: Vec<Row>,
     /// `dimensions` codes per row, in row order.
@@ -43,23 +28,16 @@ pub struct Collection {
     by_id: HashMap<String, usize>,
 }
 
-impl Collection {
-    pub fn len(&self) -> usize {
+impl Index for Quantized {
+    fn name(&self) -> &'static str {
+        "quantized"
+    }
+
+    fn len(&self) -> usize {
         self.rows.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// The dimensions its vectors have (0 while empty).
-    pub fn dimensions(&self) -> usize {
-        self.dimensions
-    }
-
-    /// Puts a row, replacing the one with the same id. A vector of other dimensions than
-    /// the collection's, or of zero length, is refused with why.
-    pub fn put(&mut self, row: Row, vector: &[f32]) -> Result<(), String> {
+    fn put(&mut self, row: Row, vector: &[f32]) -> Result<(), String> {
         if vector.is_empty() {
             return Err("an empty vector cannot be put".into());
         }
@@ -89,9 +67,7 @@ impl Collection {
         Ok(())
     }
 
-    /// The `k` rows most similar to `query` whose metadata has every key and value of
-    /// `filter`, best first.
-    pub fn search(&self, query: &[f32], k: usize, filter: &Map<String, Value>) -> Vec<Hit> {
+    fn search(&self, query: &[f32], k: usize, filter: &Map<String, Value>) -> Vec<Hit> {
         if k == 0 || query.len() != self.dimensions {
             return Vec::new();
         }
@@ -226,7 +202,7 @@ mod tests {
     #[test]
     fn the_nearest_rows_come_first_with_scores_close_to_exact_cosine() {
         let dimensions = 384;
-        let mut collection = Collection::default();
+        let mut collection = Quantized::default();
         let vectors: Vec<Vec<f32>> = (0..500).map(|i| pseudo_random(i, dimensions)).collect();
         for (i, v) in vectors.iter().enumerate() {
             collection.put(row(&format!("r{i}"), "a"), v).unwrap();
@@ -256,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_filter_keeps_only_rows_whose_metadata_matches() {
-        let mut collection = Collection::default();
+        let mut collection = Quantized::default();
         for i in 0..20 {
             let source = if i % 2 == 0 { "even.md" } else { "odd.md" };
             collection
@@ -272,7 +248,7 @@ mod tests {
 
     #[test]
     fn putting_an_id_again_replaces_its_row_and_other_dimensions_are_refused() {
-        let mut collection = Collection::default();
+        let mut collection = Quantized::default();
         collection.put(row("a", "x"), &[1.0, 0.0, 0.0]).unwrap();
         collection.put(row("b", "x"), &[0.0, 1.0, 0.0]).unwrap();
         collection.put(row("a", "y"), &[0.0, 0.0, 1.0]).unwrap();
