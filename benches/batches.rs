@@ -10,7 +10,6 @@
 //! with and without the batch so a noisy machine shifts both alike.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use serde_json::Value;
-use support::{Process, free_port, serve, wait_for};
+use support::{free_port, mock, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const SEATS: u32 = 16;
@@ -207,20 +206,17 @@ fn main() {
     let data =
         std::env::temp_dir().join(format!("switchyard-batches-bench-{}", std::process::id()));
     let (mock_port, gw_port) = (free_port(), free_port());
-    let _mock = Process(
-        Command::new(BIN)
-            .args(["mock", "--listen", &format!("127.0.0.1:{mock_port}")])
-            .args([
-                "--ttft",
-                "20ms",
-                "--tokens-per-sec",
-                "0",
-                "--answer-tokens",
-                "16",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _mock = mock(
+        BIN,
+        mock_port,
+        &[
+            "--ttft",
+            "20ms",
+            "--tokens-per-sec",
+            "0",
+            "--answer-tokens",
+            "16",
+        ],
     );
     let key = switchyard::auth::hash_key;
     let config = format!(

@@ -9,14 +9,13 @@
 //! step.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Process, free_port, serve, wait_for};
+use support::{free_port, mock, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
@@ -118,20 +117,17 @@ fn main() {
     let data = std::env::temp_dir().join(format!("switchyard-flows-bench-{}", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();
     let (mock_port, gw_port) = (free_port(), free_port());
-    let _mock = Process(
-        Command::new(BIN)
-            .args(["mock", "--listen", &format!("127.0.0.1:{mock_port}")])
-            .args([
-                "--ttft",
-                "0ms",
-                "--tokens-per-sec",
-                "0",
-                "--answer-tokens",
-                "16",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _mock = mock(
+        BIN,
+        mock_port,
+        &[
+            "--ttft",
+            "0ms",
+            "--tokens-per-sec",
+            "0",
+            "--answer-tokens",
+            "16",
+        ],
     );
     std::fs::write(
         data.join("one.toml"),

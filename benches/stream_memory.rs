@@ -10,7 +10,6 @@
 //! leaves the audit log (and its database writes) out.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Process, free_port, rss_kib, serve, wait_for};
+use support::{free_port, mock, rss_kib, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -45,20 +44,17 @@ fn main() {
     let data = std::env::temp_dir().join(format!("switchyard-memory-bench-{}", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();
     let (mock_port, gw_port) = (free_port(), free_port());
-    let _mock = Process(
-        Command::new(BIN)
-            .args(["mock", "--listen", &format!("127.0.0.1:{mock_port}")])
-            .args([
-                "--ttft",
-                "200ms",
-                "--tokens-per-sec",
-                "100",
-                "--answer-tokens",
-                "32",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _mock = mock(
+        BIN,
+        mock_port,
+        &[
+            "--ttft",
+            "200ms",
+            "--tokens-per-sec",
+            "100",
+            "--answer-tokens",
+            "32",
+        ],
     );
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{gw_port}\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[streams]\nkeep_finished = \"{keep}s\"\n[audit]\nenabled = {audit}\n[health]\ninterval = \"1h\"\n[tiers.t]\nmax_queue = 100000\n[[tenants]]\nname = \"bench\"\ntier = \"t\"\nkeys = [\"{}\"]\n[[regions]]\nname = \"local\"\n  [[regions.instances]]\n  name = \"local-mock\"\n  url = \"http://127.0.0.1:{mock_port}/v1\"\n  max_concurrency = 100000\n[[models]]\nalias = \"gpt-4o-mini\"\n",

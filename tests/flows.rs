@@ -122,6 +122,11 @@ async fn run(gw: &TestGateway, key: &str, flow: &str, input: Value) -> reqwest::
     .await
 }
 
+/// A run of `flow` for `key`'s tenant, to its end, as the answer's JSON.
+async fn ran(gw: &TestGateway, key: &str, flow: &str, input: Value) -> Value {
+    run(gw, key, flow, input).await.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_flow_runs_its_steps_in_order_through_the_pipeline_as_the_tenant() {
     let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
@@ -210,22 +215,14 @@ async fn a_paused_tenants_run_stops_before_its_next_step_of_any_kind() {
         .admin(reqwest::Method::POST, "/admin/tenants/tenant-a/pause", None)
         .await;
     assert_eq!(paused.status(), 200);
-    let done: Value = run(&gw, KEY_A, "qa", json!({"text": "t", "question": "q"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "qa", json!({"text": "t", "question": "q"})).await;
     assert_eq!(done["status"], "failed");
     assert_eq!(done["error"]["step"], "summary");
     assert_eq!(done["error"]["code"], "tenant_paused");
     assert_eq!(done["steps"].as_array().unwrap().len(), 1);
     assert_eq!(mock.stats().chat_requests, 0);
     // A step that calls no model stops too.
-    let done: Value = run(&gw, KEY_A, "recall", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "recall", json!({})).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "tenant_paused");
     let message = done["error"]["message"].as_str().unwrap();
@@ -236,11 +233,7 @@ async fn a_paused_tenants_run_stops_before_its_next_step_of_any_kind() {
         None,
     )
     .await;
-    let done: Value = run(&gw, KEY_A, "recall", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "recall", json!({})).await;
     assert_eq!(done["status"], "completed", "{done}");
 }
 
@@ -261,11 +254,7 @@ timeout = "300ms"
 retries = 1
 "#;
     let (gw, _dir) = with_flows(&mock, &[("slow", slow)], "").await;
-    let done: Value = run(&gw, KEY_A, "slow", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "slow", json!({})).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["error"]["code"], "step_timeout");
     assert_eq!(done["steps"][0]["attempts"], 2);
@@ -362,22 +351,14 @@ async fn the_example_handbook_flows_answer_from_the_example_documents() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, handbook.join(path.file_name().unwrap())).unwrap();
     }
-    let ingested: Value = run(&gw, KEY_A, "handbook-ingest", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ingested: Value = ran(&gw, KEY_A, "handbook-ingest", json!({})).await;
     assert_eq!(ingested["status"], "completed", "{ingested}");
     assert!(
         ingested["output"]["rows"].as_u64().unwrap() >= 6,
         "{ingested}"
     );
     let question = "Which warehouse do orders ship from?";
-    let done: Value = run(&gw, KEY_A, "handbook-ask", json!({"question": question}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "handbook-ask", json!({"question": question})).await;
     assert_eq!(done["status"], "completed", "{done}");
     let prompt = mock.last_request().unwrap()["messages"][1]["content"]
         .as_str()
@@ -484,14 +465,10 @@ async fn operators_list_every_tenants_runs_with_ctl() {
     let mock = quick_mock().answer_tokens(3).spawn_local().await.unwrap();
     let (gw, _dir) = with_flows(&mock, &[("qa", QA)], "").await;
     let input = json!({"text": "t", "question": "q"});
-    let done: Value = run(&gw, KEY_A, "qa", input.clone())
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "qa", input.clone()).await;
     gw.admin(reqwest::Method::POST, "/admin/tenants/tenant-b/pause", None)
         .await;
-    let failed: Value = run(&gw, KEY_B, "qa", input).await.json().await.unwrap();
+    let failed: Value = ran(&gw, KEY_B, "qa", input).await;
     let url = gw.daemon.admin_url().unwrap();
     let out = tokio::task::block_in_place(|| ctl(&url, &["flows"]));
     assert!(
@@ -684,11 +661,7 @@ async fn a_rag_flow_loads_splits_embeds_and_answers_from_the_right_chunk() {
     )
     .unwrap();
 
-    let ingested: Value = run(&gw, KEY_A, "ingest", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ingested: Value = ran(&gw, KEY_A, "ingest", json!({})).await;
     assert_eq!(ingested["status"], "completed", "{ingested}");
     assert_eq!(ingested["output"]["chunks"], 3, "{ingested}");
     assert_eq!(ingested["output"]["rows"], 3);
@@ -710,11 +683,7 @@ async fn a_rag_flow_loads_splits_embeds_and_answers_from_the_right_chunk() {
             "Rotterdam",
         ),
     ] {
-        let done: Value = run(&gw, KEY_A, "ask", json!({"question": question}))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let done: Value = ran(&gw, KEY_A, "ask", json!({"question": question})).await;
         assert_eq!(done["status"], "completed", "{done}");
         let chunk = &done["steps"][0]["output"]["chunks"][0];
         let prompt = mock.last_request().unwrap()["messages"][0]["content"]
@@ -733,29 +702,17 @@ async fn a_rag_flow_loads_splits_embeds_and_answers_from_the_right_chunk() {
         );
     }
     // Headings and JSON lines fields are kept as metadata.
-    let done: Value = run(&gw, KEY_A, "ask", json!({"question": "refunds"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "ask", json!({"question": "refunds"})).await;
     let chunk = &done["steps"][0]["output"]["chunks"][0];
     assert_eq!(chunk["metadata"]["heading"], "Refunds", "{chunk}");
     assert_eq!(chunk["id"], "kb/policies.md#0");
 
     // Ingesting again replaces the rows rather than adding copies.
-    let again: Value = run(&gw, KEY_A, "ingest", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: Value = ran(&gw, KEY_A, "ingest", json!({})).await;
     assert_eq!(again["output"]["rows"], 3, "{again}");
 
     // Another tenant has no collection of that name: its run fails, naming it.
-    let theirs: Value = run(&gw, KEY_B, "ask", json!({"question": "refunds"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = ran(&gw, KEY_B, "ask", json!({"question": "refunds"})).await;
     assert_eq!(theirs["status"], "failed", "{theirs}");
     assert_eq!(theirs["error"]["code"], "collection_not_found");
     assert_eq!(theirs["error"]["step"], "context");
@@ -844,16 +801,13 @@ async fn branches_loops_and_parallel_steps_run_as_declared() {
     let items = json!([{"word": "a"}, {"word": "b"}, {"word": "c"}]);
     let mut routes = Vec::new();
     for intent in ["I want a REFUND please", "ship", "shipping?"] {
-        let done: Value = run(
+        let done: Value = ran(
             &gw,
             KEY_A,
             "control",
             json!({"intent": intent, "items": items}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
         assert_eq!(done["status"], "completed", "{done}");
         let output = |name: &str| {
             done["steps"]
@@ -883,46 +837,32 @@ async fn branches_loops_and_parallel_steps_run_as_declared() {
     assert_eq!(mock.stats().chat_requests, 9);
 
     // What store_put kept is the tenant's, for its later runs.
-    let recalled: Value = run(&gw, KEY_A, "recall", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let recalled: Value = ran(&gw, KEY_A, "recall", json!({})).await;
     assert_eq!(recalled["output"], "front desk", "{recalled}");
-    let theirs: Value = run(&gw, KEY_B, "recall", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = ran(&gw, KEY_B, "recall", json!({})).await;
     assert_eq!(theirs["output"], Value::Null, "{theirs}");
 
     // A branch of a parallel step that fails fails the step, naming where.
     let broken = json!([{"word": "a"}, {"text": "no word"}]);
-    let failed: Value = run(
+    let failed: Value = ran(
         &gw,
         KEY_A,
         "control",
         json!({"intent": "x", "items": broken}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["error"]["step"], "each");
     assert_eq!(failed["error"]["code"], "template_error");
     let message = failed["error"]["message"].as_str().unwrap();
     assert!(message.contains("item has no field word"), "{message}");
-    let not_a_list: Value = run(
+    let not_a_list: Value = ran(
         &gw,
         KEY_A,
         "control",
         json!({"intent": "x", "items": "a,b"}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(not_a_list["error"]["code"], "not_a_list", "{not_a_list}");
 }
 
@@ -989,11 +929,7 @@ async fn a_tool_step_calls_a_declared_http_tool_with_checked_arguments() {
     let mock = quick_mock().spawn_local().await.unwrap();
     let (url, seen) = weather_service().await;
     let (gw, _dir) = with_flows(&mock, &[("forecast", FORECAST)], &weather_tool(&url)).await;
-    let done: Value = run(&gw, KEY_A, "forecast", json!({"city": "Oslo"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "forecast", json!({"city": "Oslo"})).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
         done["output"],
@@ -1001,11 +937,7 @@ async fn a_tool_step_calls_a_declared_http_tool_with_checked_arguments() {
     );
     assert_eq!(seen.lock().unwrap()[0], json!({"city": "Oslo", "days": 2}));
     // A city that is not a string never reaches the tool.
-    let bad: Value = run(&gw, KEY_A, "forecast", json!({"city": 7}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bad: Value = ran(&gw, KEY_A, "forecast", json!({"city": 7})).await;
     assert_eq!(bad["error"]["code"], "bad_tool_arguments", "{bad}");
     assert!(
         bad["error"]["message"]
@@ -1114,16 +1046,13 @@ async fn the_example_agent_looks_an_order_up_with_the_mocks_tool() {
     );
     let (gw, _dir) = with_flows(&mock, &[("support-agent", agent.as_str())], &tool).await;
     let question = r#"Where is my order_status {"order": "A-1001"}?"#;
-    let done: Value = run(
+    let done: Value = ran(
         &gw,
         KEY_A,
         "support-agent",
         json!({"question": question, "customer": "c-1"}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(done["status"], "completed", "{done}");
     let messages = mock.last_request().unwrap()["messages"].clone();
     let answer = messages
@@ -1329,17 +1258,9 @@ value = "front desk"
         "# Refunds\nRefunds are paid within thirty days.\n\n# Shipping\nParcels ship from Rotterdam.\n",
     )
     .unwrap();
-    let ingested: Value = run(&gw, KEY_A, "ingest", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let ingested: Value = ran(&gw, KEY_A, "ingest", json!({})).await;
     assert_eq!(ingested["output"]["rows"], 2, "{ingested}");
-    let kept: Value = run(&gw, KEY_A, "put", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let kept: Value = ran(&gw, KEY_A, "put", json!({})).await;
     assert_eq!(kept["status"], "completed", "{kept}");
     let data = gw.stop().await;
     // The documents are gone: what the run finds after the restart comes from the store.
@@ -1359,16 +1280,13 @@ value = "front desk"
         ),
     );
     let gw = TestGateway::from_toml_in(&toml, data).await;
-    let done: Value = run(
+    let done: Value = ran(
         &gw,
         KEY_A,
         "ask",
         json!({"question": "Where do parcels ship from?"}),
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(done["status"], "completed", "{done}");
     let prompt = mock.last_request().unwrap()["messages"][0]["content"]
         .as_str()
@@ -1380,17 +1298,9 @@ value = "front desk"
         embedded + 1,
         "only the question"
     );
-    let theirs: Value = run(&gw, KEY_B, "ask", json!({"question": "Rotterdam?"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = ran(&gw, KEY_B, "ask", json!({"question": "Rotterdam?"})).await;
     assert_eq!(theirs["error"]["code"], "collection_not_found", "{theirs}");
-    let recalled: Value = run(&gw, KEY_A, "recall", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let recalled: Value = ran(&gw, KEY_A, "recall", json!({})).await;
     assert_eq!(recalled["output"], "front desk", "{recalled}");
 }
 
@@ -1506,11 +1416,7 @@ async fn an_agent_calls_an_http_tool_and_an_mcp_tool_remembering_its_session() {
     );
 
     // A tool step calls an MCP server's tool by its qualified name.
-    let counted: Value = run(&gw, KEY_A, "count", json!({"item": "nuts"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let counted: Value = ran(&gw, KEY_A, "count", json!({"item": "nuts"})).await;
     assert_eq!(counted["output"], "nuts: 12 in stock", "{counted}");
 }
 
@@ -1552,19 +1458,11 @@ async fn an_embed_step_loads_a_page_from_an_allowed_url() {
         ),
     );
     let gw = TestGateway::from_toml(&toml).await;
-    let done: Value = run(&gw, KEY_A, "web", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let done: Value = ran(&gw, KEY_A, "web", json!({})).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["output"]["chunks"], 2, "{done}");
     // A redirect is not followed: it could lead off the allowed URLs.
-    let moved: Value = run(&gw, KEY_A, "moved", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let moved: Value = ran(&gw, KEY_A, "moved", json!({})).await;
     assert_eq!(moved["error"]["code"], "load_failed", "{moved}");
     assert!(
         moved["error"]["message"].as_str().unwrap().contains("307"),

@@ -1,5 +1,5 @@
 //! What the benches that run `switchyard` processes share: a child process killed on
-//! drop, free ports, waiting for a listener, and a process's resident memory.
+//! drop, free ports, waiting for a listener, a process's resident memory, and a mock.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::process::Child;
@@ -61,4 +61,17 @@ pub fn serve(bin: &str, data: &std::path::Path, config: &str, port: u16) -> Proc
     );
     wait_for(port);
     gateway
+}
+
+/// `switchyard mock` (the binary at `bin`) on `port`, with these pacing flags
+/// (`--ttft`, `--tokens-per-sec`, `--answer-tokens`); its logs dropped.
+pub fn mock(bin: &str, port: u16, pacing: &[&str]) -> Process {
+    Process(
+        std::process::Command::new(bin)
+            .args(["mock", "--listen", &format!("127.0.0.1:{port}")])
+            .args(pacing)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }

@@ -432,6 +432,10 @@ fn parse_steps(
             inside.extend(extra.map(str::to_string));
             parse_steps(raw, at, &mut inside, catalog)
         };
+        // A template the step may leave out.
+        let optional = |key: &str, text: &Option<String>| {
+            text.as_deref().map(|t| template(key, t)).transpose()
+        };
         let needs = |value: Option<String>, key: &str| {
             value.ok_or_else(|| error(field(key), format!("a {} step needs {key}", step.kind)))
         };
@@ -466,11 +470,7 @@ fn parse_steps(
                 let model = model_of("chat", catalog.chat)?;
                 StepKind::Llm {
                     model,
-                    system: step
-                        .system
-                        .as_deref()
-                        .map(|s| template("system", s))
-                        .transpose()?,
+                    system: optional("system", &step.system)?,
                     prompt: template("prompt", &needs(step.prompt.clone(), "prompt")?)?,
                     max_tokens: step.max_tokens,
                 }
@@ -674,20 +674,12 @@ fn parse_steps(
                 }
                 StepKind::Agent {
                     model,
-                    system: step
-                        .system
-                        .as_deref()
-                        .map(|s| template("system", s))
-                        .transpose()?,
+                    system: optional("system", &step.system)?,
                     prompt: template("prompt", &needs(step.prompt.clone(), "prompt")?)?,
                     tools,
                     max_turns,
                     budget_tokens: step.budget_tokens.unwrap_or(20_000),
-                    memory: step
-                        .memory
-                        .as_deref()
-                        .map(|m| template("memory", m))
-                        .transpose()?,
+                    memory: optional("memory", &step.memory)?,
                     memory_window,
                 }
             }
