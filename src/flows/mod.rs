@@ -638,6 +638,14 @@ fn parse_steps(
                         ));
                     }
                     Some(_) => {}
+                    None if catalog.mcp.contains(&tool.as_str()) => {
+                        return Err(error(
+                            field("tool"),
+                            format!(
+                                "\"{tool}\" is an MCP server: name one of its tools, as {tool}.TOOL"
+                            ),
+                        ));
+                    }
                     None => known_tool(&tool, catalog).map_err(|m| error(field("tool"), m))?,
                 }
                 let mut arguments = Vec::new();
@@ -783,8 +791,8 @@ mod tests {
         embeddings: &["text-embedding-3-small"],
         documents: true,
         urls: &["https://docs.example.com/"],
-        tools: &["weather"],
-        mcp: &[],
+        tools: &["weather", "inventory"],
+        mcp: &["inventory"],
     };
 
     #[test]
@@ -853,6 +861,10 @@ template = "{{ summary }} / {{ question }}"
             (
                 "[[steps]]\nname = \"a\"\nkind = \"tool\"\ntool = \"nowhere.stock\"",
                 "flows.rag.steps[0].tool: no MCP server \"nowhere\" is declared ([[flows.mcp]])",
+            ),
+            (
+                "[[steps]]\nname = \"a\"\nkind = \"tool\"\ntool = \"inventory\"",
+                "flows.rag.steps[0].tool: \"inventory\" is an MCP server: name one of its tools, as inventory.TOOL",
             ),
             (
                 "[[steps]]\nname = \"a\"\nkind = \"loop\"\n[[steps.steps]]\nname = \"b\"\nkind = \"template\"\ntemplate = \"x\"",

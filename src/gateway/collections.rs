@@ -1,23 +1,15 @@
 //! Tenants' vector collections, as flows' `embed` steps fill them and `retrieve` steps
 //! query them: the index (`flows::vectors`) in memory, each row also in the store, from
-//! which every collection is rebuilt at start. Texts are embedded through the pipeline
-//! (`Gateway::serve`) as the tenant, batched, so embeddings obey its limits like any
-//! request of its own.
+//! which every collection is rebuilt at start. Texts are embedded by `embedders`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use base64::Engine;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::Gateway;
-use super::flows::Failure;
-use crate::domain::ModelKind;
 use crate::domain::records::VectorRecord;
 use crate::flows::vectors::{Hit, Index, Row, default_index};
-
-/// Texts sent in one embeddings request.
-pub const EMBED_BATCH: usize = 64;
 
 /// One collection, shared by the steps that fill and query it.
 type Shared = Arc<RwLock<Box<dyn Index>>>;
@@ -84,46 +76,9 @@ impl Collections {
     }
 }
 
-/// What embedding texts used and made.
-#[derive(Default)]
-pub struct Embedded {
-    pub vectors: Vec<Vec<f32>>,
-    pub prompt_tokens: u64,
-}
-
 impl Gateway {
     pub fn collections(&self) -> &Collections {
         &self.collections
-    }
-
-    /// Embeds `texts` with `model` as `tenant`, in batches through the pipeline.
-    pub(super) async fn embed_texts(
-        &self,
-        tenant: &str,
-        caller: &str,
-        model: &str,
-        texts: &[String],
-        request_ids: &mut Vec<String>,
-    ) -> Result<Embedded, Failure> {
-        let mut out = Embedded::default();
-        for batch in texts.chunks(EMBED_BATCH) {
-            let body = json!({"model": model, "input": batch});
-            let embeddings = ("/v1/embeddings", ModelKind::Embeddings);
-            let answer = self
-                .model_call(tenant, caller, embeddings, body, request_ids)
-                .await?;
-            out.prompt_tokens += answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
-            let vectors = vectors_of(&answer, batch.len()).ok_or_else(|| Failure {
-                code: "bad_embeddings".into(),
-                message: format!(
-                    "the embeddings answer of model {model} did not hold {} vectors",
-                    batch.len()
-                ),
-                retryable: false,
-            })?;
-            out.vectors.extend(vectors);
-        }
-        Ok(out)
     }
 
     /// Puts rows into `tenant`'s collection `name` (made on first use) and the store.
@@ -186,28 +141,4 @@ impl Gateway {
         .await
         .ok()
     }
-}
-
-/// The vectors of an embeddings answer, in input order, as floats or base64.
-fn vectors_of(answer: &Value, expected: usize) -> Option<Vec<Vec<f32>>> {
-    let data = answer["data"].as_array()?;
-    let mut vectors: Vec<Option<Vec<f32>>> = vec![None; expected];
-    for item in data {
-        let index = item["index"].as_u64()? as usize;
-        let vector = match &item["embedding"] {
-            Value::Array(floats) => floats
-                .iter()
-                .map(|f| f.as_f64().map(|f| f as f32))
-                .collect::<Option<Vec<f32>>>()?,
-            Value::String(encoded) => base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .ok()?
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            _ => return None,
-        };
-        *vectors.get_mut(index)? = Some(vector);
-    }
-    vectors.into_iter().collect()
 }

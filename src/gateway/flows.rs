@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::tools::ToolError;
 use super::{Gateway, Inbound, ReplyBody, now_secs, random_id};
 use crate::domain::records::{FlowRun, StepError, StepRun};
 use crate::domain::{Directives, ModelKind};
@@ -605,32 +606,30 @@ impl Gateway {
                     given.insert(name.clone(), value);
                 }
                 let given = Value::Object(given);
-                if let Some((server, name)) = tool.split_once('.') {
-                    return self
-                        .call_mcp_tool((tenant, &caller, &step.name), server, name, &given)
-                        .await
-                        .map_err(|why| Failure {
-                            code: "tool_failed".into(),
-                            message: format!("step {}: {why}", step.name),
-                            retryable: true,
-                        });
-                }
-                if let Some(declared) = self.config.flow_tools.iter().find(|t| &t.name == tool)
-                    && let Err(why) = declared.check_arguments(&given)
-                {
+                let (name, tool) = super::tools::address(tool);
+                let Some(toolbox) = super::tools::toolbox(&self.config, name) else {
                     return Err(Failure {
-                        code: "bad_tool_arguments".into(),
-                        message: format!("step {}: {why}", step.name),
+                        code: "tool_failed".into(),
+                        message: format!("step {}: no tool {name} is declared", step.name),
                         retryable: false,
                     });
-                }
-                self.call_tool((tenant, &caller, &step.name), tool, &given)
-                    .await
-                    .map_err(|why| Failure {
-                        code: "tool_failed".into(),
-                        message: format!("step {}: {why}", step.name),
-                        retryable: true,
-                    })
+                };
+                self.call_tool(
+                    (tenant, &caller, &step.name),
+                    toolbox.as_ref(),
+                    tool,
+                    &given,
+                )
+                .await
+                .map_err(|why| Failure {
+                    code: match why {
+                        ToolError::Arguments(_) => "bad_tool_arguments",
+                        ToolError::Failed(_) => "tool_failed",
+                    }
+                    .into(),
+                    retryable: matches!(why, ToolError::Failed(_)),
+                    message: format!("step {}: {why}", step.name),
+                })
             }
             StepKind::Agent {
                 model,
@@ -642,7 +641,7 @@ impl Gateway {
                 memory,
                 memory_window,
             } => {
-                let agent = super::tools::Agent {
+                let agent = super::agents::Agent {
                     model,
                     system: system.as_ref(),
                     prompt,
@@ -785,7 +784,7 @@ impl Gateway {
                     .unwrap_or_default();
                 let texts: Vec<String> = rows.iter().map(|r| r.text.clone()).collect();
                 let embedded = self
-                    .embed_texts(tenant, &caller, model, &texts, &mut done.request_ids)
+                    .embed_texts((tenant, &caller), model, &texts, &mut done.request_ids)
                     .await?;
                 done.prompt_tokens += embedded.prompt_tokens;
                 let Some(collection) = collection else {
@@ -816,7 +815,7 @@ impl Gateway {
                 let query = render(query)?;
                 let query = std::slice::from_ref(&query);
                 let embedded = self
-                    .embed_texts(tenant, &caller, model, query, &mut done.request_ids)
+                    .embed_texts((tenant, &caller), model, query, &mut done.request_ids)
                     .await?;
                 done.prompt_tokens += embedded.prompt_tokens;
                 let vector = embedded.vectors.into_iter().next().unwrap_or_default();

@@ -8,13 +8,14 @@
 //! A 4xx that the request itself caused is the answer, never a reason to try elsewhere.
 
 mod accounting;
+mod agents;
 pub mod batches;
 pub mod collections;
 mod control;
 pub mod conversations;
+mod embedders;
 pub mod flows;
 mod keeping;
-mod mcp;
 mod record;
 mod refusal;
 mod serve;

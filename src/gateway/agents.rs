@@ -1,26 +1,16 @@
-//! Flows' tools and agents. A tool call is an HTTP POST of the arguments to the declared
-//! endpoint (`flows::tools`), checked against its schema first and audited (kind `tool`:
-//! the tenant, the run, the tool, the status, the time; never the arguments). An agent
-//! is a model calling tools until it answers, every model call through the pipeline as
-//! the tenant, bounded in model calls and tokens; with a memory session, the
+//! Agents: a model calling tools (from any kind of toolbox, `tools`) until it answers,
+//! every model call through the pipeline as the tenant, bounded in model calls and
+//! tokens; with a memory session, the
 //! conversation is carried from run to run in the tenant's flow values, older turns
 //! folded by the model into a running summary.
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use serde_json::{Map, Value, json};
-use tokio::time::Instant;
 
 use super::Gateway;
 use super::flows::Failure;
 use crate::domain::ModelKind;
-use crate::domain::records::{AuditKind, AuditRecord, StepRun};
-use crate::flows::tools::{McpServer, Tool};
+use crate::domain::records::StepRun;
 use crate::flows::{Step, Template};
-
-/// The most of a tool's answer that is read.
-const MAX_ANSWER: usize = 1024 * 1024;
 
 /// What an agent step is, as the runner hands it over.
 pub(super) struct Agent<'s> {
@@ -43,107 +33,7 @@ struct Memory {
     messages: Vec<Value>,
 }
 
-pub(super) fn http() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new())
-    })
-}
-
 impl Gateway {
-    fn tool(&self, name: &str) -> Option<&Tool> {
-        self.config.flow_tools.iter().find(|t| t.name == name)
-    }
-
-    /// Calls tool `name` with `arguments` for `tenant` (`caller` names the run): its
-    /// answer, or why there is none.
-    pub(super) async fn call_tool(
-        &self,
-        (tenant, caller, step): (&str, &str, &str),
-        name: &str,
-        arguments: &Value,
-    ) -> Result<Value, String> {
-        let Some(tool) = self.tool(name) else {
-            return Err(format!("no tool {name} is declared"));
-        };
-        tool.check_arguments(arguments)?;
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(tool.timeout, post(tool, arguments)).await;
-        let (status, result) = match outcome {
-            Ok(Ok((status, answer))) if (200..300).contains(&status) => (Some(status), Ok(answer)),
-            Ok(Ok((status, answer))) => {
-                let shown = match &answer {
-                    Value::String(text) => text.chars().take(200).collect(),
-                    other => other.to_string().chars().take(200).collect::<String>(),
-                };
-                (
-                    Some(status),
-                    Err(format!("tool {name} answered {status}: {shown}")),
-                )
-            }
-            Ok(Err(error)) => (
-                None,
-                Err(format!("tool {name} could not be reached: {error}")),
-            ),
-            Err(_) => (
-                None,
-                Err(format!(
-                    "tool {name} did not answer within {}",
-                    crate::config::format_duration(tool.timeout)
-                )),
-            ),
-        };
-        self.audit_tool((tenant, caller, step), name, status, started, &result);
-        result
-    }
-
-    /// Calls `tool` of MCP server `server`, audited as `server.tool`.
-    pub(super) async fn call_mcp_tool(
-        &self,
-        who: (&str, &str, &str),
-        server: &str,
-        tool: &str,
-        arguments: &Value,
-    ) -> Result<Value, String> {
-        let Some(declared) = self.config.flow_mcp.iter().find(|m| m.name == server) else {
-            return Err(format!("no MCP server {server} is declared"));
-        };
-        let started = Instant::now();
-        let result = super::mcp::call(declared, tool, arguments).await;
-        self.audit_tool(who, &format!("{server}.{tool}"), None, started, &result);
-        result
-    }
-
-    /// The audit record of a tool call: who, which tool, for which step, how it went;
-    /// never the arguments.
-    fn audit_tool(
-        &self,
-        (tenant, caller, step): (&str, &str, &str),
-        name: &str,
-        status: Option<u16>,
-        started: Instant,
-        result: &Result<Value, String>,
-    ) {
-        self.audit.record(AuditRecord {
-            at_ms: crate::telemetry::now_ms(),
-            kind: Some(AuditKind::Tool),
-            tenant: Some(tenant.to_string()),
-            key_id: Some(caller.to_string()),
-            action: Some(name.to_string()),
-            target: Some(step.to_string()),
-            status,
-            latency_ms: Some(started.elapsed().as_millis() as u64),
-            outcome: Some(match result {
-                Ok(_) => "ok".to_string(),
-                Err(why) => why.clone(),
-            }),
-            ..AuditRecord::default()
-        });
-    }
-
     /// Runs an agent step: the model is offered the tools and called again after each
     /// round of tool calls, until it answers in words.
     pub(super) async fn run_agent(
@@ -181,25 +71,25 @@ impl Gateway {
         }
         messages.extend(memory.messages.iter().cloned());
         messages.push(json!({"role": "user", "content": question}));
-        // HTTP tools by their declaration; an MCP server's tools as it lists them now,
-        // each remembered with its server.
+        // Every toolbox's tools as it lists them now, each remembered with its toolbox.
         let mut specs: Vec<Value> = Vec::new();
-        let mut on_server: Vec<(String, &McpServer)> = Vec::new();
+        let mut toolboxes = Vec::new();
+        let mut offered: Vec<(String, usize)> = Vec::new();
         for name in agent.tools {
-            if let Some(tool) = self.tool(name) {
-                specs.push(tool.spec());
-            } else if let Some(server) = self.config.flow_mcp.iter().find(|m| &m.name == name) {
-                let listed = super::mcp::list(server).await.map_err(|why| Failure {
-                    code: "tool_failed".into(),
-                    message: format!("step {}: {why}", step.name),
-                    retryable: true,
-                })?;
-                for spec in listed {
-                    let tool = spec["function"]["name"].as_str().unwrap_or_default();
-                    on_server.push((tool.to_string(), server));
-                    specs.push(spec);
-                }
+            let Some(toolbox) = super::tools::toolbox(&self.config, name) else {
+                continue;
+            };
+            let listed = toolbox.list().await.map_err(|why| Failure {
+                code: "tool_failed".into(),
+                message: format!("step {}: {why}", step.name),
+                retryable: true,
+            })?;
+            for spec in listed {
+                let tool = spec["function"]["name"].as_str().unwrap_or_default();
+                offered.push((tool.to_string(), toolboxes.len()));
+                specs.push(spec);
             }
+            toolboxes.push(toolbox);
         }
         let chat = ("/v1/chat/completions", ModelKind::Chat);
         let mut used = 0u64;
@@ -263,15 +153,12 @@ impl Gateway {
                     .and_then(|a| serde_json::from_str::<Value>(a).ok())
                     .unwrap_or(Value::Null);
                 let who = (tenant, caller.as_str(), step.name.as_str());
-                let answer = if self.tool(name).is_some() && agent.tools.iter().any(|t| t == name) {
-                    Some(self.call_tool(who, name, &arguments).await)
-                } else if let Some((_, server)) = on_server.iter().find(|(t, _)| t == name) {
-                    Some(
-                        self.call_mcp_tool(who, &server.name, name, &arguments)
+                let answer = match offered.iter().find(|(tool, _)| tool == name) {
+                    Some((_, at)) => Some(
+                        self.call_tool(who, toolboxes[*at].as_ref(), name, &arguments)
                             .await,
-                    )
-                } else {
-                    None
+                    ),
+                    None => None,
                 };
                 let content = match answer {
                     Some(Ok(Value::String(text))) => text,
@@ -351,34 +238,4 @@ fn usage_of(answer: &Value) -> (u64, u64) {
         usage["prompt_tokens"].as_u64().unwrap_or(0),
         usage["completion_tokens"].as_u64().unwrap_or(0),
     )
-}
-
-/// POSTs the arguments; the status and the answer (JSON, else text).
-async fn post(tool: &Tool, arguments: &Value) -> Result<(u16, Value), String> {
-    let mut response = http()
-        .post(&tool.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(arguments.to_string())
-        .timeout(tool.timeout.max(Duration::from_millis(1)))
-        .send()
-        .await
-        .map_err(|e| crate::telemetry::root_cause(&e))?;
-    let status = response.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| crate::telemetry::root_cause(&e))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_ANSWER {
-            return Err(format!(
-                "its answer is larger than {} KiB",
-                MAX_ANSWER / 1024
-            ));
-        }
-    }
-    let answer = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-    Ok((status, answer))
 }

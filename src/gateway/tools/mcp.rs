@@ -1,5 +1,5 @@
-//! MCP servers' tools, for agent steps (`[[flows.mcp]]`): listed when an agent starts
-//! and called as the model asks, over streamable HTTP with the official Rust SDK
+//! MCP servers (`[[flows.mcp]]`): their tools listed when an agent starts and called
+//! as the model asks or a tool step names them (`server.tool`), over streamable HTTP with the official Rust SDK
 //! (`rmcp`) on the gateway's own HTTP client. A session is opened for each listing and
 //! each call, and closed after it: simple, and on loopback a handshake is a millisecond.
 
@@ -9,15 +9,61 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Map, Value, json};
 
+use futures_util::future::BoxFuture;
+
+use super::{Called, ToolError, Toolbox};
+use crate::config::Config;
 use crate::flows::tools::McpServer;
+
+pub(super) fn declared(config: &Config) -> Vec<Box<dyn Toolbox + '_>> {
+    config
+        .flow_mcp
+        .iter()
+        .map(|server| Box::new(Mcp(server)) as Box<dyn Toolbox>)
+        .collect()
+}
+
+/// A declared MCP server: a toolbox holding the tools it lists.
+struct Mcp<'c>(&'c McpServer);
+
+impl Toolbox for Mcp<'_> {
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<Value>, String>> {
+        Box::pin(list(self.0))
+    }
+
+    fn call<'a>(&'a self, tool: &'a str, arguments: &'a Value) -> BoxFuture<'a, Called> {
+        let arguments: Map<String, Value> = match arguments {
+            Value::Object(fields) => fields.clone(),
+            Value::Null => Map::new(),
+            _ => {
+                let why = "arguments must be a JSON object".to_string();
+                return Box::pin(std::future::ready(Called {
+                    status: None,
+                    result: Err(ToolError::Arguments(why)),
+                }));
+            }
+        };
+        Box::pin(async move {
+            Called {
+                status: None,
+                result: call(self.0, tool, arguments)
+                    .await
+                    .map_err(ToolError::Failed),
+            }
+        })
+    }
+}
 
 /// A session with `server`, or why there is none.
 async fn connect(
     server: &McpServer,
 ) -> Result<rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>, String> {
     let config = StreamableHttpClientTransportConfig::with_uri(server.url.clone());
-    let transport =
-        StreamableHttpClientTransport::with_client(super::tools::http().clone(), config);
+    let transport = StreamableHttpClientTransport::with_client(super::http().clone(), config);
     let info = ClientConfig::new(
         ClientCapabilities::default(),
         Implementation::new("switchyard", env!("CARGO_PKG_VERSION")),
@@ -28,7 +74,7 @@ async fn connect(
 }
 
 /// The server's tools, as a chat request offers them (`tools` entries).
-pub(super) async fn list(server: &McpServer) -> Result<Vec<Value>, String> {
+async fn list(server: &McpServer) -> Result<Vec<Value>, String> {
     let listing = async {
         let client = connect(server).await?;
         let tools = client
@@ -59,16 +105,11 @@ pub(super) async fn list(server: &McpServer) -> Result<Vec<Value>, String> {
 
 /// Calls `tool` on the server: its text content (or its structured content when it has
 /// no text), or why the call failed.
-pub(super) async fn call(
+async fn call(
     server: &McpServer,
     tool: &str,
-    arguments: &Value,
+    arguments: Map<String, Value>,
 ) -> Result<Value, String> {
-    let arguments: Map<String, Value> = match arguments {
-        Value::Object(fields) => fields.clone(),
-        Value::Null => Map::new(),
-        _ => return Err("arguments must be a JSON object".into()),
-    };
     let calling = async {
         let client = connect(server).await?;
         let params = CallToolRequestParams::new(tool.to_string()).with_arguments(arguments);
