@@ -39,6 +39,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("the start-up task failed: {0}")]
     Task(String),
+    #[error("{0} ([state]); start Valkey or Redis there, or set backend = \"local\" to run alone")]
+    SharedState(String),
     #[error(
         "the admin token in {var} is {why}; use at least {MIN_ADMIN_TOKEN} characters, e.g. `openssl rand -hex 16`, or unset {var} to run without the admin API"
     )]
@@ -157,6 +159,22 @@ impl Daemon {
             tokio::spawn(drain_deadlines(gateway.clone(), stopped.clone())),
             tokio::spawn(every_second(gateway.clone(), stopped.clone())),
         ];
+        let state = &gateway.config().state;
+        if state.backend != crate::domain::StateBackend::Local {
+            let data_dir = &gateway.config().server.data_dir;
+            let replica =
+                crate::state::replica_id(state, data_dir).map_err(StartError::SharedState)?;
+            let shared = crate::state::Shared::connect(state, replica, gateway.admission().clone())
+                .await
+                .map_err(StartError::SharedState)?;
+            let shared = Arc::new(shared);
+            tracing::info!(
+                replica = shared.replica(),
+                "limits and budgets are shared with the cluster"
+            );
+            gateway.attach_shared(shared.clone());
+            servers.push(tokio::spawn(shared.run(stopped.clone())));
+        }
         let connections = gateway.config().server.connections;
         let (addr, task) = serve(
             listen,

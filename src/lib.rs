@@ -32,6 +32,7 @@ pub mod router;
 pub mod say;
 pub mod scheduler;
 pub mod shutdown;
+pub mod state;
 pub mod store;
 pub mod streams;
 pub mod telemetry;

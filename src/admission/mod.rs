@@ -7,10 +7,15 @@
 //! into debt). A reservation dropped unsettled (the request never reached an upstream)
 //! is refunded whole. Refill is lazy, from `tokio::time::Instant`; budgets follow the
 //! wall clock's UTC days and months. Nothing here spawns tasks or does I/O.
+//!
+//! Replicas sharing state (`[state] backend = "valkey"`) spend from leases instead of
+//! local buckets and budgets (`lease.rs`); when a lease is short, `reserve` says so
+//! (`Refusal::Unleased`) and the caller asks the shared store (`state`), then tries again.
 
 pub mod bpe;
 mod bucket;
 pub mod estimate;
+pub mod lease;
 mod period;
 
 use std::collections::HashMap;
@@ -76,6 +81,9 @@ pub enum Refusal {
         renews_in: Duration,
         headers: Box<RateHeaders>,
     },
+    /// With shared state: this replica's lease is too small for the request; ask the
+    /// shared store for more (`Admission::ask`), then try again.
+    Unleased,
     /// A batch line held back by the tenant's batch limits: it waits, it did not fail.
     BatchHeld {
         /// "batch_concurrency" or "batch_daily_tokens".
@@ -84,6 +92,27 @@ pub enum Refusal {
         /// `None` when waiting cannot help: the line alone is larger than the limit.
         retry_after: Option<Duration>,
     },
+}
+
+impl Refusal {
+    /// `tenant`'s budget for `period` is spent: (unit, limit, used).
+    fn budget_spent(
+        tenant: &str,
+        period: PeriodKey,
+        (unit, limit, used): (&'static str, f64, f64),
+        now: SystemTime,
+        headers: RateHeaders,
+    ) -> Refusal {
+        Refusal::BudgetSpent {
+            tenant: tenant.to_string(),
+            period,
+            unit,
+            limit,
+            used,
+            renews_in: period.remaining(now),
+            headers: Box::new(headers),
+        }
+    }
 }
 
 /// OpenAI's `x-ratelimit-*` values at the moment of admission.
@@ -136,6 +165,10 @@ struct Account {
     batch_day: Period,
     /// Usage changed since the ledger last took it.
     dirty: bool,
+    /// With shared state: what this replica may spend of the cluster's limits, and
+    /// whether it spent since it last told the shared store.
+    lease: lease::Lease,
+    shared_dirty: bool,
 }
 
 impl Account {
@@ -157,7 +190,26 @@ impl Account {
         self.tokens = resize(&self.tokens, self.limits.tpm);
     }
 
-    fn headers(&self) -> RateHeaders {
+    fn headers(&self, shared: bool) -> RateHeaders {
+        if shared {
+            // The shared bucket as last seen, plus what this replica holds of it.
+            let state = |limit: Option<u64>, left: Option<f64>, held: f64| {
+                let limit = limit?;
+                let remaining = (left.unwrap_or(limit as f64) + held).clamp(0.0, limit as f64);
+                Some(WindowState {
+                    limit,
+                    remaining: remaining as u64,
+                    reset: Duration::from_secs_f64(
+                        (limit as f64 - remaining) * 60.0 / limit as f64,
+                    ),
+                })
+            };
+            let (lease, cluster) = (&self.lease, &self.lease.cluster);
+            return RateHeaders {
+                requests: state(self.limits.rpm, cluster.requests_left, lease.requests),
+                tokens: state(self.limits.tpm, cluster.tokens_left, lease.tokens),
+            };
+        }
         let state = |b: &Bucket| WindowState {
             limit: b.capacity(),
             remaining: b.available(),
@@ -167,6 +219,70 @@ impl Account {
             requests: self.requests.as_ref().map(state),
             tokens: self.tokens.as_ref().map(state),
         }
+    }
+
+    /// The tokens and cost a request reserves: its prompt and its capped completion.
+    fn demand(&self, demand: &Demand) -> (u64, f64) {
+        let cap = self.limits.max_tokens_cap.unwrap_or(DEFAULT_MAX_TOKENS_CAP);
+        let completion = match (demand.completion, demand.max_tokens) {
+            (false, _) => 0,
+            (true, Some(max)) => max.min(cap),
+            (true, None) => cap,
+        };
+        let tokens = demand.prompt_tokens.saturating_add(completion);
+        let cost = demand
+            .price
+            .map(|p| p.cost(demand.prompt_tokens, completion))
+            .unwrap_or(0.0);
+        (tokens, cost)
+    }
+
+    /// A question to the shared store, with this replica's limits and spending.
+    fn ask(
+        &self,
+        tenant: &str,
+        requests: lease::Range,
+        tokens: lease::Range,
+        held_tokens: lease::Range,
+        held_usd: lease::Range,
+        (requests_back, tokens_back): (f64, f64),
+    ) -> lease::Ask {
+        lease::Ask {
+            tenant: tenant.to_string(),
+            day: self.day.key,
+            month: self.month.key,
+            rpm: self.limits.rpm.unwrap_or(0),
+            tpm: self.limits.tpm.unwrap_or(0),
+            requests_back,
+            tokens_back,
+            requests,
+            tokens,
+            day_tokens: self.limits.daily_tokens,
+            day_usd: self.limits.daily_usd,
+            month_tokens: self.limits.monthly_tokens,
+            month_usd: self.limits.monthly_usd,
+            spent_day: (self.day.tokens, self.day.cost),
+            spent_month: (self.month.tokens, self.month.cost),
+            held_tokens,
+            held_usd,
+            held_then: (self.lease.held_tokens, self.lease.held_usd),
+        }
+    }
+
+    /// Tokens and USD held by this replica's requests in flight.
+    fn in_flight_spend(&self) -> (f64, f64) {
+        (
+            self.day.reserved_tokens.max(self.month.reserved_tokens) as f64,
+            self.day.reserved_cost.max(self.month.reserved_cost),
+        )
+    }
+
+    fn token_budget(&self) -> bool {
+        self.limits.daily_tokens.is_some() || self.limits.monthly_tokens.is_some()
+    }
+
+    fn usd_budget(&self) -> bool {
+        self.limits.daily_usd.is_some() || self.limits.monthly_usd.is_some()
     }
 }
 
@@ -187,6 +303,9 @@ impl TenantAccount {
 pub struct Admission {
     tiers: HashMap<String, Tier>,
     tenants: HashMap<String, Arc<TenantAccount>>,
+    /// With shared state: the share of each limit a lease may hold beyond what the
+    /// request in hand needs (0: exactly what it needs, a round trip per admission).
+    lease: Option<f64>,
 }
 
 impl Admission {
@@ -211,6 +330,8 @@ impl Admission {
                     batch_in_flight: 0,
                     batch_day: Period::new(PeriodKey::day(wall)),
                     dirty: false,
+                    lease: lease::Lease::default(),
+                    shared_dirty: false,
                 };
                 if let Some(tier) = tiers.get(&t.tier) {
                     account.apply_limits(tier, now);
@@ -222,7 +343,23 @@ impl Admission {
                 (t.name.clone(), account)
             })
             .collect();
-        Admission { tiers, tenants }
+        Admission {
+            tiers,
+            tenants,
+            lease: None,
+        }
+    }
+
+    /// Spends from leases of the cluster's limits (`lease` of each limit at most beyond
+    /// what a request needs) instead of this replica's own buckets and budgets.
+    pub fn shared(mut self, lease: f64) -> Admission {
+        self.lease = Some(lease.clamp(0.0, 1.0));
+        self
+    }
+
+    /// Whether limits are the cluster's, spent from leases.
+    pub fn is_shared(&self) -> bool {
+        self.lease.is_some()
     }
 
     fn account(&self, tenant: &str) -> Result<&Arc<TenantAccount>, ControlError> {
@@ -239,35 +376,53 @@ impl Admission {
     /// Reserves a request's estimated cost against every limit and budget, or refuses it
     /// without taking anything.
     pub fn reserve(&self, tenant: &str, demand: &Demand) -> Result<Reservation, Refusal> {
+        self.reserve_with(tenant, demand, None)
+    }
+
+    /// Takes the shared store's answer to `ask` and reserves `demand` from it at once,
+    /// so that no other request spends the grant first.
+    pub fn reserve_granted(
+        &self,
+        demand: &Demand,
+        ask: &lease::Ask,
+        answer: &lease::Answer,
+    ) -> Result<Reservation, Refusal> {
+        if let Some(refusal) = self.refusal(ask, answer) {
+            self.answer(ask, answer);
+            return Err(refusal);
+        }
+        self.reserve_with(&ask.tenant, demand, Some((ask, answer)))
+    }
+
+    fn reserve_with(
+        &self,
+        tenant: &str,
+        demand: &Demand,
+        granted: Option<(&lease::Ask, &lease::Answer)>,
+    ) -> Result<Reservation, Refusal> {
         let account = self.tenants.get(tenant).ok_or(Refusal::UnknownTenant)?;
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut a = account.lock();
+        if let Some((ask, answer)) = granted {
+            a.lease.take(ask, answer);
+        }
         if a.paused {
             return Err(Refusal::Paused {
                 tenant: tenant.to_string(),
             });
         }
         a.roll(wall);
-        let cap = a.limits.max_tokens_cap.unwrap_or(DEFAULT_MAX_TOKENS_CAP);
-        let completion = match (demand.completion, demand.max_tokens) {
-            (false, _) => 0,
-            (true, Some(max)) => max.min(cap),
-            (true, None) => cap,
-        };
-        let tokens = demand.prompt_tokens.saturating_add(completion);
-        let cost = demand
-            .price
-            .map(|p| p.cost(demand.prompt_tokens, completion))
-            .unwrap_or(0.0);
+        let (tokens, cost) = a.demand(demand);
 
+        let shared = self.lease.is_some();
         if let Some(b) = a.requests.as_mut() {
             b.refill(now);
         }
         if let Some(b) = a.tokens.as_mut() {
             b.refill(now);
         }
-        let headers = a.headers();
+        let headers = a.headers(shared);
         let limited = |window, limit: u64, requested, retry_after| Refusal::RateLimited {
             window,
             limit,
@@ -313,12 +468,24 @@ impl Admission {
                 }
             }
         }
-        if let Some(b) = &a.requests
+        if shared {
+            let (lease, (reserved_tokens, reserved_cost)) = (&a.lease, a.in_flight_spend());
+            let short = (a.limits.rpm.is_some() && lease.requests < 1.0)
+                || (a.limits.tpm.is_some() && lease.tokens < tokens as f64)
+                || (a.token_budget() && reserved_tokens + tokens as f64 > lease.held_tokens)
+                || (a.usd_budget() && reserved_cost + cost > lease.held_usd);
+            if short {
+                return Err(Refusal::Unleased);
+            }
+        }
+        if !shared
+            && let Some(b) = &a.requests
             && !b.has(1)
         {
             return Err(limited(Window::Requests, b.capacity(), 1, b.wait_for(1)));
         }
-        if let Some(b) = &a.tokens
+        if !shared
+            && let Some(b) = &a.tokens
             && !b.has(tokens)
         {
             return Err(limited(
@@ -347,30 +514,35 @@ impl Admission {
             (a.month.key, "USD", a.limits.monthly_usd, &a.month, cost),
         ];
         for (period, unit, limit, usage, wanted) in budgets {
-            let Some(limit) = limit else { continue };
+            let Some(limit) = limit.filter(|_| !shared) else {
+                continue;
+            };
             let (used, held) = if unit == "USD" {
                 (usage.cost, usage.reserved_cost)
             } else {
                 (usage.tokens as f64, usage.reserved_tokens as f64)
             };
             if used + held + wanted > limit {
-                return Err(Refusal::BudgetSpent {
-                    tenant: tenant.to_string(),
-                    period,
-                    unit,
-                    limit,
-                    used,
-                    renews_in: period.remaining(wall),
-                    headers: Box::new(headers),
-                });
+                let spent = (unit, limit, used);
+                return Err(Refusal::budget_spent(tenant, period, spent, wall, headers));
             }
         }
 
-        if let Some(b) = a.requests.as_mut() {
-            b.take(1);
-        }
-        if let Some(b) = a.tokens.as_mut() {
-            b.take(tokens);
+        if shared {
+            if a.limits.rpm.is_some() {
+                a.lease.requests -= 1.0;
+            }
+            if a.limits.tpm.is_some() {
+                a.lease.tokens -= tokens as f64;
+            }
+            a.lease.used_at = Some(now);
+        } else {
+            if let Some(b) = a.requests.as_mut() {
+                b.take(1);
+            }
+            if let Some(b) = a.tokens.as_mut() {
+                b.take(tokens);
+            }
         }
         a.in_flight += 1;
         if demand.batch {
@@ -387,7 +559,8 @@ impl Admission {
             p.requests += 1;
         }
         a.dirty = true;
-        let headers = a.headers();
+        a.shared_dirty = shared;
+        let headers = a.headers(shared);
         let tier = a.tier.clone();
         drop(a);
         Ok(Reservation {
@@ -401,8 +574,178 @@ impl Admission {
             month: PeriodKey::month(wall),
             headers,
             batch: demand.batch,
+            shared,
             settled: false,
         })
+    }
+
+    /// What to ask the shared store so that `demand` fits this replica's lease: at
+    /// least what it lacks, at most that plus the lease share of each limit.
+    pub fn ask(&self, tenant: &str, demand: &Demand) -> Option<lease::Ask> {
+        let share = self.lease?;
+        let account = self.tenants.get(tenant)?;
+        let mut a = account.lock();
+        a.roll(SystemTime::now());
+        let (tokens, cost) = a.demand(demand);
+        let (reserved_tokens, reserved_cost) = a.in_flight_spend();
+        let slice = |limit: Option<u64>| limit.map_or(0.0, |l| (l as f64 * share).ceil());
+        let lease = &a.lease;
+        let range = |lacking: f64, slice: f64| lease::Range {
+            min: lacking.max(0.0),
+            want: lacking.max(0.0) + slice,
+        };
+        let requests = match a.limits.rpm {
+            Some(rpm) => range(1.0 - lease.requests, slice(Some(rpm))),
+            None => lease::Range::default(),
+        };
+        let tokens_range = match a.limits.tpm {
+            Some(tpm) => range(tokens as f64 - lease.tokens, slice(Some(tpm))),
+            None => lease::Range::default(),
+        };
+        let hold = |budgeted: bool, needed: f64, held: f64, slice: f64| {
+            if !budgeted {
+                return lease::Range::default();
+            }
+            lease::Range {
+                min: needed,
+                want: held.max(needed + slice),
+            }
+        };
+        let smallest = |day: Option<u64>, month: Option<u64>| day.into_iter().chain(month).min();
+        let usd_slice = a
+            .limits
+            .daily_usd
+            .into_iter()
+            .chain(a.limits.monthly_usd)
+            .fold(f64::INFINITY, f64::min);
+        let held_tokens = hold(
+            a.token_budget(),
+            reserved_tokens + tokens as f64,
+            lease.held_tokens,
+            slice(smallest(a.limits.daily_tokens, a.limits.monthly_tokens)),
+        );
+        let held_usd = hold(
+            a.usd_budget(),
+            reserved_cost + cost,
+            lease.held_usd,
+            if usd_slice.is_finite() {
+                usd_slice * share
+            } else {
+                0.0
+            },
+        );
+        Some(a.ask(
+            tenant,
+            requests,
+            tokens_range,
+            held_tokens,
+            held_usd,
+            (0.0, 0.0),
+        ))
+    }
+
+    /// What to tell the shared store for `tenant` on a routine round trip: what it
+    /// spent, its hold renewed (or, when it went quiet, let go of beyond its requests
+    /// in flight), its unused rates given back when quiet and what it owes paid.
+    /// `None` when there is nothing to say.
+    pub fn report(&self, tenant: &str, quiet: Duration) -> Option<lease::Ask> {
+        self.lease?;
+        let account = self.tenants.get(tenant)?;
+        let mut a = account.lock();
+        a.roll(SystemTime::now());
+        let idle = a.lease.idle(Instant::now(), quiet);
+        let lease = &a.lease;
+        let owes = lease.tokens < 0.0;
+        let holds = lease.held_tokens > 0.0 || lease.held_usd > 0.0;
+        let unused = lease.requests > 0.0 || lease.tokens > 0.0;
+        if !(a.shared_dirty || owes || holds || (idle && unused)) {
+            return None;
+        }
+        let back = (
+            if idle { lease.requests.max(0.0) } else { 0.0 },
+            if idle || owes { lease.tokens } else { 0.0 },
+        );
+        let (reserved_tokens, reserved_cost) = a.in_flight_spend();
+        let keep = |held: f64, in_flight: f64| {
+            let want = if idle { held.min(in_flight) } else { held };
+            lease::Range { min: 0.0, want }
+        };
+        let held_tokens = keep(lease.held_tokens, reserved_tokens);
+        let held_usd = keep(lease.held_usd, reserved_cost);
+        let none = lease::Range::default();
+        let ask = a.ask(tenant, none, none, held_tokens, held_usd, back);
+        // Given back now, so it cannot be spent twice; `unask` restores it when the
+        // store could not be told.
+        a.lease.requests -= back.0;
+        a.lease.tokens -= back.1;
+        a.shared_dirty = false;
+        Some(ask)
+    }
+
+    /// Puts back what `ask` gave back, when the store could not be told.
+    pub fn unask(&self, ask: &lease::Ask) {
+        if let Some(account) = self.tenants.get(&ask.tenant) {
+            let mut a = account.lock();
+            a.lease.requests += ask.requests_back;
+            a.lease.tokens += ask.tokens_back;
+            a.shared_dirty = true;
+        }
+    }
+
+    /// Takes the shared store's answer to `ask`.
+    pub fn answer(&self, ask: &lease::Ask, answer: &lease::Answer) {
+        if let Some(account) = self.tenants.get(&ask.tenant) {
+            account.lock().lease.take(ask, answer);
+        }
+    }
+
+    /// The refusal of a request the shared store had too little for.
+    pub fn refusal(&self, ask: &lease::Ask, answer: &lease::Answer) -> Option<Refusal> {
+        use lease::Shortage;
+        let shortage = answer.refused?;
+        let account = self.tenants.get(&ask.tenant)?;
+        let a = account.lock();
+        let headers = a.headers(true);
+        let wall = SystemTime::now();
+        let limited = |window, limit: u64, requested: f64, retry_after| Refusal::RateLimited {
+            window,
+            limit,
+            requested: requested as u64,
+            retry_after,
+            headers,
+        };
+        let cluster = &answer.cluster;
+        let spent = |period, unit, limit, used| {
+            Refusal::budget_spent(&ask.tenant, period, (unit, limit, used), wall, headers)
+        };
+        let tokens = |limit: Option<u64>| limit.unwrap_or(0) as f64;
+        let usd = |limit: Option<f64>| limit.unwrap_or(0.0);
+        Some(match shortage {
+            Shortage::Requests(wait) => limited(Window::Requests, ask.rpm, 1.0, wait),
+            Shortage::Tokens(wait) => {
+                let requested = ask.tokens.min + a.lease.tokens.max(0.0);
+                limited(Window::Tokens, ask.tpm, requested, wait)
+            }
+            Shortage::DayTokens => spent(
+                ask.day,
+                "tokens",
+                tokens(ask.day_tokens),
+                cluster.day_tokens as f64,
+            ),
+            Shortage::MonthTokens => spent(
+                ask.month,
+                "tokens",
+                tokens(ask.month_tokens),
+                cluster.month_tokens as f64,
+            ),
+            Shortage::DayUsd => spent(ask.day, "USD", usd(ask.day_usd), cluster.day_usd),
+            Shortage::MonthUsd => spent(ask.month, "USD", usd(ask.month_usd), cluster.month_usd),
+        })
+    }
+
+    /// Tenants by name, for routine round trips.
+    pub fn tenant_names(&self) -> impl Iterator<Item = &str> {
+        self.tenants.keys().map(String::as_str)
     }
 
     pub fn view(&self, tenant: &str) -> Result<TenantView, ControlError> {
@@ -576,6 +919,8 @@ pub struct Reservation {
     month: PeriodKey,
     headers: RateHeaders,
     batch: bool,
+    /// Spent from a lease of shared limits.
+    shared: bool,
     settled: bool,
 }
 
@@ -628,7 +973,16 @@ impl Reservation {
             ),
             None => (0, 0.0),
         };
-        if let Some(bucket) = a.tokens.as_mut() {
+        if self.shared {
+            let a = &mut *a;
+            let lease = &mut a.lease;
+            if a.limits.tpm.is_some() {
+                lease.tokens += self.tokens as f64 - tokens as f64;
+            }
+            // What was spent leaves the hold: everyone's spending plus holds stay put.
+            lease.held_tokens = (lease.held_tokens - tokens as f64).max(0.0);
+            lease.held_usd = (lease.held_usd - cost.max(0.0)).max(0.0);
+        } else if let Some(bucket) = a.tokens.as_mut() {
             bucket.give(self.tokens);
             bucket.take(tokens);
         }
@@ -660,6 +1014,7 @@ impl Reservation {
             }
         }
         a.dirty = true;
+        a.shared_dirty |= self.shared;
     }
 }
 
@@ -712,6 +1067,64 @@ mod tests {
             completion_tokens: completion,
             estimated: false,
         }
+    }
+
+    /// What a shared store would answer: everything asked for.
+    fn granted(ask: &lease::Ask) -> lease::Answer {
+        lease::Answer {
+            refused: None,
+            requests: ask.requests.want,
+            tokens: ask.tokens.want,
+            held_tokens: ask.held_tokens.want,
+            held_usd: ask.held_usd.want,
+            cluster: lease::Cluster::default(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_tenant_spends_from_its_lease_and_reports_what_it_spent() {
+        let admission = admission(Limits {
+            rpm: Some(100),
+            tpm: Some(10_000),
+            daily_tokens: Some(1_000),
+            ..Limits::default()
+        })
+        .shared(0.05);
+        // Nothing leased yet: ask for the request and a twentieth of each limit more.
+        assert_eq!(
+            admission.reserve("acme", &demand(10, 20)).err(),
+            Some(Refusal::Unleased)
+        );
+        let ask = admission.ask("acme", &demand(10, 20)).unwrap();
+        assert_eq!((ask.requests.min, ask.requests.want), (1.0, 6.0));
+        assert_eq!((ask.tokens.min, ask.tokens.want), (30.0, 530.0));
+        assert_eq!((ask.held_tokens.min, ask.held_tokens.want), (30.0, 80.0));
+        let held = admission
+            .reserve_granted(&demand(10, 20), &ask, &granted(&ask))
+            .unwrap();
+        // The next one spends from the lease, with no round trip; the hold (80 tokens)
+        // covers both in flight (60), not a third.
+        let second = admission.reserve("acme", &demand(10, 20)).unwrap();
+        assert_eq!(
+            admission.reserve("acme", &demand(10, 20)).err(),
+            Some(Refusal::Unleased)
+        );
+        held.settle(usage(10, 5));
+        second.settle(usage(10, 5));
+        // Spent 30 of its 80 held: 50 left to hold; the spending is reported whole.
+        let report = admission.report("acme", Duration::from_secs(1)).unwrap();
+        assert_eq!(report.spent_day.0, 30);
+        assert_eq!(report.held_tokens.want, 50.0);
+        assert_eq!((report.requests_back, report.tokens_back), (0.0, 0.0));
+        admission.answer(&report, &granted(&report));
+        // Quiet for a second: unused rates go back, the hold shrinks to what is in flight.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let quiet = admission.report("acme", Duration::from_secs(1)).unwrap();
+        assert_eq!(quiet.requests_back, 4.0);
+        assert_eq!(quiet.tokens_back, 530.0 - 30.0, "530 leased, 30 used");
+        assert_eq!(quiet.held_tokens.want, 0.0);
+        admission.answer(&quiet, &granted(&quiet));
+        assert!(admission.report("acme", Duration::from_secs(1)).is_none());
     }
 
     #[tokio::test(start_paused = true)]

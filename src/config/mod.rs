@@ -40,6 +40,8 @@ pub struct Config {
     pub routing: RoutingPolicy,
     pub streams: StreamPolicy,
     pub cache: CachePolicy,
+    /// Where limits, budgets and operator state live.
+    pub state: crate::domain::StatePolicy,
     pub audit: AuditPolicy,
     pub files: crate::domain::FilePolicy,
     pub tiers: Vec<Tier>,

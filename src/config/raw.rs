@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) flows: RawFlows,
     #[serde(default)]
+    pub(super) state: RawState,
+    #[serde(default)]
     pub(super) tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     pub(super) tenants: Vec<RawTenant>,
@@ -463,4 +465,27 @@ pub(super) struct RawModel {
 
 pub(super) fn default_kind() -> String {
     "chat".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawState {
+    /// "local" or "valkey".
+    pub(super) backend: String,
+    pub(super) url: Option<String>,
+    pub(super) prefix: String,
+    pub(super) replica: Option<String>,
+    pub(super) lease: f64,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            backend: "local".into(),
+            url: None,
+            prefix: "switchyard".into(),
+            replica: None,
+            lease: 0.02,
+        }
+    }
 }

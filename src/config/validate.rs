@@ -477,6 +477,7 @@ impl RawConfig {
         }
         let streams = self.streams.validate()?;
         let cache = self.cache.validate()?;
+        let state = self.state.validate()?;
         let audit = self.audit.validate()?;
         let files = self.files.validate()?;
         let health = self.health.validate()?;
@@ -507,6 +508,7 @@ impl RawConfig {
             routing,
             streams,
             cache,
+            state,
             audit,
             files,
             tiers,
@@ -517,6 +519,72 @@ impl RawConfig {
             flow_documents: None,
             flow_tools: Vec::new(),
             flow_mcp: Vec::new(),
+        })
+    }
+}
+
+impl RawState {
+    fn validate(self) -> Result<crate::domain::StatePolicy, ConfigError> {
+        use crate::domain::{StateBackend, StatePolicy};
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(invalid(
+                "state.prefix",
+                "must be non-empty, without braces (they make the hash tag)",
+            ));
+        }
+        let backend = match (self.backend.as_str(), self.url) {
+            ("local", _) => StateBackend::Local,
+            ("valkey" | "redis", Some(url)) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(invalid(
+                        "state.url",
+                        format!("\"{url}\" is not a Valkey URL like \"redis://127.0.0.1:6379\""),
+                    ));
+                }
+                StateBackend::Valkey {
+                    url,
+                    prefix: self.prefix,
+                }
+            }
+            ("valkey" | "redis", None) => {
+                return Err(invalid(
+                    "state.url",
+                    "the valkey backend needs the server's URL, e.g. \"redis://127.0.0.1:6379\"",
+                ));
+            }
+            (other, _) => {
+                return Err(invalid(
+                    "state.backend",
+                    format!("\"{other}\" is not a backend; backends: local, valkey"),
+                ));
+            }
+        };
+        if !(0.0..=0.5).contains(&self.lease) {
+            return Err(invalid(
+                "state.lease",
+                format!(
+                    "{} is not a share between 0 (a round trip per request) and 0.5",
+                    self.lease
+                ),
+            ));
+        }
+        if let Some(replica) = &self.replica {
+            let fine = !replica.is_empty()
+                && replica.len() <= 64
+                && replica
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !fine {
+                return Err(invalid(
+                    "state.replica",
+                    "a replica's id is 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+        }
+        Ok(StatePolicy {
+            backend,
+            replica: self.replica,
+            lease: self.lease,
         })
     }
 }

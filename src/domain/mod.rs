@@ -604,6 +604,35 @@ pub struct FilePolicy {
     pub batch_window: Duration,
 }
 
+/// Where limits, budgets and operator state live (`[state]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatePolicy {
+    pub backend: StateBackend,
+    /// This replica's id; `None`: one made once and kept in the data directory.
+    pub replica: Option<String>,
+    /// The share of each limit a replica may hold beyond what a request needs (0: a
+    /// round trip to the shared store per admission).
+    pub lease: f64,
+}
+
+impl Default for StatePolicy {
+    fn default() -> Self {
+        StatePolicy {
+            backend: StateBackend::Local,
+            replica: None,
+            lease: 0.02,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateBackend {
+    /// In this process (and its sled store): one machine.
+    Local,
+    /// Shared by every replica through Valkey or Redis at `url`, keys under `prefix`.
+    Valkey { url: String, prefix: String },
+}
+
 /// The response cache: which answers may be kept, for how long, and in how much room.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachePolicy {

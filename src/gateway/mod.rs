@@ -33,7 +33,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::admission::{self, Admission, Demand, RateHeaders};
+use crate::admission::{self, Admission, Demand, RateHeaders, Reservation};
 use crate::audit::Audit;
 use crate::auth::{AuthError, FailedAuth, Keyring};
 use crate::cache::Cache;
@@ -94,6 +94,8 @@ pub struct Gateway {
     collections: collections::Collections,
     /// Where keys and overrides are kept; attached by the daemon.
     store: OnceLock<Arc<dyn Store>>,
+    /// The shared store, when limits are the cluster's (`[state] backend = "valkey"`).
+    shared: OnceLock<Arc<crate::state::Shared>>,
     /// Keys made at run time, by id (revoked and expired ones included).
     keys: Mutex<BTreeMap<String, KeyRecord>>,
     overrides: Mutex<Overrides>,
@@ -292,6 +294,15 @@ fn request_fault(status: StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 413 | 422)
 }
 
+/// Limits of this replica alone, or leases of the cluster's.
+fn admission_for(config: &Config) -> Admission {
+    let admission = Admission::new(&config.tiers, &config.tenants);
+    match config.state.backend {
+        crate::domain::StateBackend::Local => admission,
+        crate::domain::StateBackend::Valkey { .. } => admission.shared(config.state.lease),
+    }
+}
+
 impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, SetupError> {
         let events = Arc::new(EventLog::default());
@@ -324,11 +335,12 @@ impl Gateway {
                 config.files,
             )),
             store: OnceLock::new(),
+            shared: OnceLock::new(),
             keys: Mutex::default(),
             overrides: Mutex::default(),
             started: Instant::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream)?,
-            admission: Arc::new(Admission::new(&config.tiers, &config.tenants)),
+            admission: Arc::new(admission_for(&config)),
             scheduler: Scheduler::new(config.seats, &config.tiers),
             config,
         })
@@ -431,7 +443,7 @@ impl Gateway {
     /// Admits a request answered without going upstream (a cache hit, or a follower of
     /// an identical request in flight): it counts against the request limits, and takes
     /// no seat.
-    pub fn admit_cached(&self, tenant: &str, model: &Model) -> Result<CachedTicket, Refused> {
+    pub async fn admit_cached(&self, tenant: &str, model: &Model) -> Result<CachedTicket, Refused> {
         let demand = Demand {
             prompt_tokens: 0,
             max_tokens: Some(0),
@@ -439,14 +451,34 @@ impl Gateway {
             price: model.price,
             batch: false,
         };
-        let reservation = self
-            .admission
-            .reserve(tenant, &demand)
-            .map_err(Refused::Limits)?;
+        let reservation = self.reserve(tenant, &demand).await?;
         Ok(CachedTicket {
             reservation,
             use_tokens: self.cache.policy().hits_use_tokens,
         })
+    }
+
+    /// Reserves `demand` against the tenant's limits: this replica's own, or its lease
+    /// of the cluster's, asking the shared store when the lease is short.
+    async fn reserve(&self, tenant: &str, demand: &Demand) -> Result<Reservation, Refused> {
+        match self.admission.reserve(tenant, demand) {
+            Err(admission::Refusal::Unleased) => match self.shared.get() {
+                Some(shared) => shared.reserve(tenant, demand).await,
+                None => Err(admission::Refusal::Unleased),
+            },
+            decided => decided,
+        }
+        .map_err(Refused::Limits)
+    }
+
+    /// Connects this replica to the shared store; until then, a lease found short is
+    /// refused as the store being unreachable.
+    pub fn attach_shared(&self, shared: Arc<crate::state::Shared>) {
+        let _ = self.shared.set(shared);
+    }
+
+    pub fn shared(&self) -> Option<&Arc<crate::state::Shared>> {
+        self.shared.get()
     }
 
     /// Reserves the request's estimated cost, then waits for a seat upstream.
@@ -456,10 +488,7 @@ impl Gateway {
         demand: &Demand,
         batch: bool,
     ) -> Result<Ticket, Refused> {
-        let reservation = self
-            .admission
-            .reserve(tenant, demand)
-            .map_err(Refused::Limits)?;
+        let reservation = self.reserve(tenant, demand).await?;
         let waiting = Instant::now();
         let level = if batch {
             crate::scheduler::BATCH

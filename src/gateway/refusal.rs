@@ -198,6 +198,19 @@ impl Refusal {
         .waiting(Duration::from_secs(1))
     }
 
+    /// The limits are the cluster's and the shared store could not be asked, past what
+    /// the failure policy lets a replica decide alone.
+    pub fn shared_state_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "shared_state_unavailable",
+            "the gateway could not reach its shared state to check this tenant's limits; send the request again shortly"
+                .into(),
+        )
+        .waiting(Duration::from_secs(1))
+    }
+
     /// The client did not send its whole body in time (a slow-body attack, or a stalled
     /// client).
     pub fn body_timeout(timeout: Duration) -> Self {
@@ -550,6 +563,7 @@ impl From<admission::Refusal> for Refusal {
                 .never_retry()
                 .with_headers(rate_headers(&headers))
             }
+            admission::Refusal::Unleased => Self::shared_state_unavailable(),
             admission::Refusal::BatchHeld {
                 limit,
                 value,

@@ -377,7 +377,7 @@ impl Gateway {
             Lookup::Lead(flight) => Ok(Err(Some(flight))),
             Lookup::Hit(entry) => {
                 recorder.hit("cache", Some(entry.usage));
-                self.answer_kept(parsed, &entry, "cache").map(Ok)
+                self.answer_kept(parsed, &entry, "cache").await.map(Ok)
             }
             Lookup::Follow(follower) => {
                 // A follower waits no longer than anyone waits for a seat.
@@ -385,11 +385,11 @@ impl Gateway {
                 match tokio::time::timeout(wait, follower.landed()).await {
                     Ok(Landing::Whole(entry)) => {
                         recorder.hit("coalesced", Some(entry.usage));
-                        self.answer_kept(parsed, &entry, "coalesced").map(Ok)
+                        self.answer_kept(parsed, &entry, "coalesced").await.map(Ok)
                     }
                     Ok(Landing::Stream(log)) => {
                         recorder.hit("coalesced", None);
-                        self.follow(parsed, log).map(Ok)
+                        self.follow(parsed, log).await.map(Ok)
                     }
                     // The leader got no answer to share, or took too long: every
                     // follower goes upstream on its own now, together, rather than
@@ -550,13 +550,13 @@ impl Gateway {
 
     /// Answers from a kept answer (or one an identical request just got): counted as a
     /// request, its tokens as `cache.hits_use_tokens` says; a kept stream is replayed as one.
-    fn answer_kept(
+    async fn answer_kept(
         &self,
         parsed: &Parsed<'_>,
         entry: &Entry,
         route: &str,
     ) -> Result<Reply, Refusal> {
-        let ticket = self.admit_cached(&parsed.tenant.name, parsed.model)?;
+        let ticket = self.admit_cached(&parsed.tenant.name, parsed.model).await?;
         let mut headers = rate_headers(ticket.headers());
         ticket.settle(entry.usage);
         let body = match &entry.body {
@@ -593,8 +593,8 @@ impl Gateway {
 
     /// Answers with the chunk log of an identical stream in flight, from its start. The
     /// follower is charged when the stream ends, like a hit.
-    fn follow(&self, parsed: &Parsed<'_>, log: Arc<ChunkLog>) -> Result<Reply, Refusal> {
-        let ticket = self.admit_cached(&parsed.tenant.name, parsed.model)?;
+    async fn follow(&self, parsed: &Parsed<'_>, log: Arc<ChunkLog>) -> Result<Reply, Refusal> {
+        let ticket = self.admit_cached(&parsed.tenant.name, parsed.model).await?;
         let mut headers = rate_headers(ticket.headers());
         let reader = self.hub.reader(&log, 0, false, parsed.strip_usage);
         if log.meta.tenant == parsed.tenant.name {

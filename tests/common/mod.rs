@@ -364,3 +364,52 @@ pub fn for_process(toml: &str, (port, admin_port): (u16, u16), data: &std::path:
         &format!("data_dir = \"{}\"", data.display()),
     )
 }
+
+/// A Valkey (or Redis) server of the test's own on a loopback port, without
+/// persistence; killed when dropped. `.ci/run` installs `redis-server`.
+pub struct Valkey {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Valkey {
+    pub fn start() -> Valkey {
+        let binary = ["valkey-server", "redis-server"]
+            .into_iter()
+            .find(|b| {
+                std::process::Command::new(b)
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+            })
+            .expect("valkey-server or redis-server is installed (apt-get install redis-server)");
+        let port = free_port();
+        let child = std::process::Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{binary} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Valkey { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Valkey {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,165 @@
+//! Shared state for replicas (`[state] backend = "valkey"`): the cluster's limits and
+//! budgets kept in Valkey (or Redis), so N replicas behind a load balancer enforce one
+//! limit, not N.
+//!
+//! Admission spends from leases (`admission::lease`); this module makes the round
+//! trips. When a request finds its replica's lease short, `Shared::reserve` asks the
+//! store for at least what the request needs and at most the lease share more, one
+//! round trip per tenant at a time (requests arriving meanwhile wait for it, then find
+//! the grant). Every `SYNC_EVERY` a routine round trip per active tenant reports what
+//! the replica spent (absolute totals, so a repeated report counts once), renews its
+//! budget hold, pays what it owes and gives back rates it does not use.
+
+mod valkey;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::admission::{Admission, Demand, Refusal, Reservation};
+use crate::domain::{StateBackend, StatePolicy};
+
+pub use valkey::Valkey;
+
+/// How often each active tenant's spending is reported and its lease tidied.
+pub const SYNC_EVERY: Duration = Duration::from_millis(250);
+/// A replica's budget hold counts this long without being renewed (then it is taken
+/// to have died, and its hold is free again).
+pub const HOLD_TTL: Duration = Duration::from_secs(10);
+/// A tenant whose lease went unused this long gives its unused rates back.
+pub const QUIET: Duration = Duration::from_secs(1);
+
+/// Round trips one request may make for its lease.
+const ROUND_TRIPS: usize = 8;
+
+/// This replica's link to the shared store.
+pub struct Shared {
+    store: Valkey,
+    replica: String,
+    admission: Arc<Admission>,
+    /// One round trip at a time per tenant.
+    asking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Shared {
+    /// Connects to the store `policy` names, as `replica`.
+    pub async fn connect(
+        policy: &StatePolicy,
+        replica: String,
+        admission: Arc<Admission>,
+    ) -> Result<Shared, String> {
+        let StateBackend::Valkey { url, prefix } = &policy.backend else {
+            return Err("the state backend is local: nothing to connect to".into());
+        };
+        let store = Valkey::connect(url, prefix).await?;
+        store.ping().await?;
+        Ok(Shared {
+            store,
+            replica,
+            admission,
+            asking: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn gate(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut asking = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+        asking.entry(tenant.to_string()).or_default().clone()
+    }
+
+    /// Reserves `demand` for `tenant` when this replica's lease was short: asks the
+    /// store for more (or waits for the round trip under way), then reserves.
+    pub async fn reserve(&self, tenant: &str, demand: &Demand) -> Result<Reservation, Refusal> {
+        let gate = self.gate(tenant);
+        let _turn = gate.lock().await;
+        // The round trip under way when this request came may have granted enough.
+        match self.admission.reserve(tenant, demand) {
+            Err(Refusal::Unleased) => {}
+            decided => return decided,
+        }
+        // Requests reserving from the lease meanwhile (they need no round trip) may
+        // leave the grant short of this one: then another round trip, a few at most.
+        for _ in 0..ROUND_TRIPS {
+            let Some(ask) = self.admission.ask(tenant, demand) else {
+                return Err(Refusal::UnknownTenant);
+            };
+            let answer = match self.store.lease(&self.replica, &ask, HOLD_TTL).await {
+                Ok(answer) => answer,
+                Err(why) => {
+                    tracing::warn!(%tenant, %why, "the shared store could not be asked for a lease");
+                    return Err(Refusal::Unleased);
+                }
+            };
+            // Reserved from the grant as it is taken.
+            match self.admission.reserve_granted(demand, &ask, &answer) {
+                Err(Refusal::Unleased) => {}
+                decided => return decided,
+            }
+        }
+        tracing::warn!(%tenant, "a request found its lease short after {ROUND_TRIPS} round trips");
+        Err(Refusal::Unleased)
+    }
+
+    /// One routine round trip for every tenant with something to report.
+    pub async fn sync(&self) {
+        let tenants: Vec<String> = self.admission.tenant_names().map(str::to_string).collect();
+        for tenant in tenants {
+            let Some(ask) = self.admission.report(&tenant, QUIET) else {
+                continue;
+            };
+            match self.store.lease(&self.replica, &ask, HOLD_TTL).await {
+                Ok(answer) => self.admission.answer(&ask, &answer),
+                Err(why) => {
+                    self.admission.unask(&ask);
+                    tracing::warn!(%tenant, %why, "spending could not be reported to the shared store");
+                }
+            }
+        }
+    }
+
+    /// Reports every `SYNC_EVERY` until the daemon stops.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(SYNC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sync().await,
+                _ = stop.changed() => break,
+            }
+        }
+        // Spending of the last moments reported, unused rates given back.
+        self.sync().await;
+    }
+}
+
+/// This replica's id: `[state] replica`, else one made once and kept in the data
+/// directory, so that the spending it reported before a restart stays its own.
+pub fn replica_id(policy: &StatePolicy, data_dir: &Path) -> Result<String, String> {
+    if let Some(id) = &policy.replica {
+        return Ok(id.clone());
+    }
+    let path = data_dir.join("replica-id");
+    if let Ok(kept) = std::fs::read_to_string(&path) {
+        let kept = kept.trim();
+        if !kept.is_empty() {
+            return Ok(kept.to_string());
+        }
+    }
+    let mut bytes = [0u8; 6];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no random replica id: {e}"))?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = format!("replica-{id}");
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&path, &id))
+        .map_err(|e| {
+            format!(
+                "the replica id could not be kept in {}: {e}",
+                path.display()
+            )
+        })?;
+    Ok(id)
+}

@@ -1,0 +1,204 @@
+//! Replicas sharing limits and budgets through Valkey (`[state] backend = "valkey"`):
+//! three gateways in this process, one Valkey (or Redis) server of the test's own on
+//! loopback, requests spread across the replicas.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use switchyard::mock::MockHandle;
+
+/// Three replicas of one config, tier `pro` given `limits`, sharing `valkey`.
+async fn replicas(
+    valkey: &Valkey,
+    mock: &MockHandle,
+    limits: &str,
+    lease: f64,
+) -> Vec<TestGateway> {
+    let state = format!(
+        "\n[state]\nbackend = \"valkey\"\nurl = \"{}\"\nlease = {lease}\n",
+        valkey.url()
+    );
+    let toml = config_for(&[("us", mock.url())], &state)
+        .replace("[tiers.pro]\n", &format!("[tiers.pro]\n{limits}\n"));
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(TestGateway::from_toml(&toml).await);
+    }
+    gateways
+}
+
+/// Sends `count` requests of `body`, `concurrency` at once, request i to replica
+/// i mod 3; the status and the error code of each.
+async fn spread(
+    gateways: &[TestGateway],
+    body: &Value,
+    count: usize,
+    concurrency: usize,
+) -> Vec<(u16, String)> {
+    futures_util::stream::iter(0..count)
+        .map(|i| async move {
+            let response = gateways[i % gateways.len()].chat(KEY_A, body).await;
+            let status = response.status().as_u16();
+            let code = if status == 200 {
+                String::new()
+            } else {
+                error_of(response).await["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (status, code)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hold_a_tenant_to_one_requests_per_minute_limit() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    // With leases (the default share) and without (a round trip per admission).
+    for lease in [0.0, 0.01] {
+        let valkey = Valkey::start();
+        let gateways = replicas(&valkey, &mock, "rpm = 300", lease).await;
+        let started = Instant::now();
+        let answers = spread(&gateways, &hello("gpt-4o-mini"), 450, 30).await;
+        let elapsed = started.elapsed().as_secs_f64();
+
+        let ok = answers.iter().filter(|(s, _)| *s == 200).count() as f64;
+        for (status, code) in &answers {
+            assert!(
+                *status == 200 || (*status == 429 && code == "rate_limit_exceeded"),
+                "{status} {code}"
+            );
+        }
+        // A full bucket of 300 and its refill (5 a second) while the test ran: one
+        // limit for the three, within 5%, not three.
+        let allowed = 300.0 + 5.0 * elapsed;
+        assert!(
+            ok <= allowed * 1.05,
+            "lease {lease}: {ok} admitted, {allowed:.0} allowed"
+        );
+        assert!(ok >= 300.0 * 0.95, "lease {lease}: only {ok} admitted");
+        for gateway in gateways {
+            gateway.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_budget_is_never_overspent_by_200_requests_across_replicas() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let valkey = Valkey::start();
+    let gateways = replicas(&valkey, &mock, "daily_tokens = 1500", 0.01).await;
+    let body = json!({
+        "model": "gpt-4o-mini",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    let answers = spread(&gateways, &body, 200, 200).await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count() as u64;
+    for (status, code) in &answers {
+        assert!(
+            *status == 200 || (*status == 429 && code == "insufficient_quota"),
+            "{status} {code}"
+        );
+    }
+    // Each replica's own spending, summed: the cluster's.
+    let mut spent = 0;
+    for gateway in &gateways {
+        spent += gateway.tenant("tenant-a").await["day"]["tokens"]
+            .as_u64()
+            .unwrap();
+    }
+    assert!(spent <= 1500, "{spent} tokens spent of a 1500 budget");
+    // A request holds its prompt and 20 completion tokens while in flight; about
+    // fifty fit at once, and all of them ran.
+    let each = spent / ok;
+    assert!(ok >= 45, "only {ok} admitted ({each} tokens each)");
+    assert!(
+        ok < 200,
+        "every request was admitted: the budget was not enforced"
+    );
+    for gateway in gateways {
+        gateway.stop().await;
+    }
+}
+
+/// A budget question from `replica`'s point of view: it spent `spent` tokens today and
+/// wants to hold between `min` and `want` more.
+fn budget_ask(spent: u64, min: f64, want: f64) -> switchyard::admission::lease::Ask {
+    use switchyard::admission::PeriodKey;
+    use switchyard::admission::lease::{Ask, Range};
+    let now = std::time::SystemTime::now();
+    Ask {
+        tenant: "acme".into(),
+        day: PeriodKey::day(now),
+        month: PeriodKey::month(now),
+        rpm: 0,
+        tpm: 0,
+        requests_back: 0.0,
+        tokens_back: 0.0,
+        requests: Range::default(),
+        tokens: Range::default(),
+        day_tokens: Some(1000),
+        day_usd: None,
+        month_tokens: None,
+        month_usd: None,
+        spent_day: (spent, 0.0),
+        spent_month: (spent, 0.0),
+        held_tokens: Range { min, want },
+        held_usd: Range::default(),
+        held_then: (0.0, 0.0),
+    }
+}
+
+#[tokio::test]
+async fn spending_reported_twice_counts_once_and_a_silent_replicas_hold_lapses() {
+    use switchyard::admission::lease::Shortage;
+    let valkey = Valkey::start();
+    let store = switchyard::state::Valkey::connect(&valkey.url(), "t")
+        .await
+        .unwrap();
+    let ttl = ms(300);
+
+    let first = store
+        .lease("r1", &budget_ask(100, 0.0, 500.0), ttl)
+        .await
+        .unwrap();
+    assert_eq!((first.refused, first.held_tokens), (None, 500.0));
+    assert_eq!(first.cluster.day_tokens, 100);
+    // The same report again (an answer lost on the way back): still 100 spent.
+    let again = store
+        .lease("r1", &budget_ask(100, 0.0, 500.0), ttl)
+        .await
+        .unwrap();
+    assert_eq!((again.held_tokens, again.cluster.day_tokens), (500.0, 100));
+
+    // r1 spent 100 and holds 500 of 1000: r2 cannot hold 600, and may hold 400.
+    let refused = store
+        .lease("r2", &budget_ask(0, 600.0, 600.0), ttl)
+        .await
+        .unwrap();
+    assert_eq!(refused.refused, Some(Shortage::DayTokens));
+    let granted = store
+        .lease("r2", &budget_ask(0, 300.0, 600.0), ttl)
+        .await
+        .unwrap();
+    assert_eq!((granted.refused, granted.held_tokens), (None, 400.0));
+
+    // r1 goes silent: once its hold is not renewed within the ttl, it is free again;
+    // what it spent stays spent.
+    tokio::time::sleep(ms(1200)).await;
+    let later = store
+        .lease("r2", &budget_ask(0, 800.0, 900.0), ttl)
+        .await
+        .unwrap();
+    assert_eq!((later.refused, later.held_tokens), (None, 900.0));
+    assert_eq!(later.cluster.day_tokens, 100);
+}
