@@ -172,8 +172,7 @@ impl Daemon {
                 replica = shared.replica(),
                 "limits and budgets are shared with the cluster"
             );
-            gateway.attach_shared(shared.clone());
-            servers.push(tokio::spawn(shared.run(stopped.clone())));
+            gateway.attach_shared(shared);
         }
         let connections = gateway.config().server.connections;
         let (addr, task) = serve(
@@ -187,6 +186,18 @@ impl Daemon {
         .await?;
         servers.push(task);
         tracing::info!(%addr, "switchyard is listening");
+        if let Some(shared) = gateway.shared() {
+            let seen = Arc::downgrade(&gateway);
+            let about = move || {
+                let in_flight = seen.upgrade().map_or(0, |g| g.shutdown().running());
+                serde_json::json!({
+                    "listen": addr.to_string(),
+                    "in_flight": in_flight,
+                    "version": env!("CARGO_PKG_VERSION"),
+                })
+            };
+            servers.push(tokio::spawn(shared.clone().run(about, stopped.clone())));
+        }
 
         let admin_addr = match admin_token {
             Some(token) => {

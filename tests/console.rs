@@ -349,6 +349,7 @@ fn fixture() -> Snapshot {
         },
         audit: AuditView::default(),
         persistence_degraded: None,
+        cluster: None,
     }
 }
 

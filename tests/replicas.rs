@@ -202,3 +202,118 @@ async fn spending_reported_twice_counts_once_and_a_silent_replicas_hold_lapses()
     assert_eq!((later.refused, later.held_tokens), (None, 900.0));
     assert_eq!(later.cluster.day_tokens, 100);
 }
+
+/// `gateway`'s view of the shared state, by `/readyz` and the console's snapshot.
+async fn shared_state(gateway: &TestGateway) -> (String, Option<Value>) {
+    let ready: Value = gateway
+        .client
+        .get(gateway.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let snapshot: Value = gateway
+        .admin(reqwest::Method::GET, "/admin/snapshot", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut state = ready["shared_state"].as_str().unwrap().to_string();
+    let seen = snapshot["cluster"]["replicas"]
+        .as_array()
+        .map_or(0, Vec::len);
+    if state == "ok" && seen < 3 {
+        state = format!("ok, {seen} replicas seen");
+    }
+    (
+        state,
+        snapshot["cluster"]["degraded"]
+            .as_array()
+            .map(|d| d[1].clone()),
+    )
+}
+
+/// Waits (ten seconds at most) until every replica says `state` ("ok": and sees all
+/// three replicas).
+async fn until_all(gateways: &[TestGateway], state: &str) {
+    for _ in 0..200 {
+        let mut all = true;
+        for gateway in gateways {
+            all &= shared_state(gateway).await.0 == state;
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    panic!("the replicas did not all say {state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_store_falls_back_to_shares_and_recovers_without_charging_twice() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let mut valkey = Valkey::start();
+    let limits = "rpm = 300\ndaily_tokens = 1_000_000";
+    let gateways = replicas(&valkey, &mock, limits, 0.01).await;
+    let started = Instant::now();
+    until_all(&gateways, "ok").await;
+    let before = spread(&gateways, &hello("gpt-4o-mini"), 150, 10).await;
+    assert!(before.iter().all(|(s, _)| *s == 200));
+
+    // The store goes away: every replica notices within its heartbeat, says so, and
+    // goes on alone at its share of what the cluster had left.
+    valkey.kill();
+    until_all(&gateways, "degraded").await;
+    let (_, why) = shared_state(&gateways[0]).await;
+    assert!(why.is_some(), "the console shows the degradation");
+    let during = spread(&gateways, &hello("gpt-4o-mini"), 300, 10).await;
+    let admitted = during.iter().filter(|(s, _)| *s == 200).count() as f64;
+    for (status, code) in &during {
+        assert!(
+            *status == 200 || (*status == 429 && code == "rate_limit_exceeded"),
+            "{status} {code}"
+        );
+    }
+    let allowed = 300.0 + 5.0 * started.elapsed().as_secs_f64();
+    assert!(
+        150.0 + admitted <= allowed * 1.05,
+        "{admitted} admitted alone after 150, {allowed:.0} allowed in all"
+    );
+    assert!(admitted >= 100.0, "only {admitted} admitted alone");
+
+    // Back, empty: the replicas' absolute totals fill it again, each once.
+    valkey.restart();
+    until_all(&gateways, "ok").await;
+    let (_, why) = shared_state(&gateways[0]).await;
+    assert_eq!(why, None, "the console shows the recovery");
+    let mut spent = 0;
+    for gateway in &gateways {
+        spent += gateway.tenant("tenant-a").await["day"]["tokens"]
+            .as_u64()
+            .unwrap();
+    }
+    let store = switchyard::state::Valkey::connect(&valkey.url(), "switchyard")
+        .await
+        .unwrap();
+    let mut ask = budget_ask(0, 0.0, 0.0);
+    ask.tenant = "tenant-a".into();
+    let mut counted = 0;
+    for _ in 0..100 {
+        counted = store
+            .lease("observer", &ask, ms(1000))
+            .await
+            .unwrap()
+            .cluster
+            .day_tokens;
+        if counted == spent {
+            break;
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    assert_eq!(counted, spent, "the cluster's spending after recovery");
+    for gateway in gateways {
+        gateway.stop().await;
+    }
+}

@@ -78,6 +78,12 @@ impl Bucket {
         self.level = (self.level - n as f64).max(-self.capacity);
     }
 
+    /// The same bucket holding `level` units (within its capacity).
+    pub fn with_level(mut self, level: f64) -> Bucket {
+        self.level = level.clamp(-self.capacity, self.capacity);
+        self
+    }
+
     /// Returns `n` units; never beyond the capacity.
     pub fn give(&mut self, n: u64) {
         self.level = (self.level + n as f64).min(self.capacity);

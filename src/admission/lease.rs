@@ -42,8 +42,23 @@ pub struct Cluster {
     pub day_usd: f64,
     pub month_tokens: u64,
     pub month_usd: f64,
+    /// What this replica had spent then (tokens, USD), in the day and the month.
+    pub mine_day: (u64, f64),
+    pub mine_month: (u64, f64),
     /// When it was learned (`None`: never).
     pub at: Option<Instant>,
+}
+
+/// While the shared store cannot be reached: what this replica may spend alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Fallback {
+    pub since: Instant,
+    /// What it may have spent (its own spending, in flight included) of each budget:
+    /// what it had spent when last told, plus its share of what the cluster had left.
+    pub day_tokens: Option<f64>,
+    pub day_usd: Option<f64>,
+    pub month_tokens: Option<f64>,
+    pub month_usd: Option<f64>,
 }
 
 /// A round trip's question, for one tenant.
@@ -109,7 +124,11 @@ pub enum Shortage {
 impl Lease {
     /// Takes an answer: grants are added, holds moved by what changed since the ask.
     pub(super) fn take(&mut self, ask: &Ask, answer: &Answer) {
-        self.cluster = answer.cluster;
+        self.cluster = Cluster {
+            mine_day: ask.spent_day,
+            mine_month: ask.spent_month,
+            ..answer.cluster
+        };
         if answer.refused.is_some() {
             return;
         }

@@ -84,6 +84,9 @@ pub enum Refusal {
     /// With shared state: this replica's lease is too small for the request; ask the
     /// shared store for more (`Admission::ask`), then try again.
     Unleased,
+    /// With shared state: the store has been unreachable longer than the grace period,
+    /// and the tenant has budgets no replica can check alone.
+    SharedUnavailable,
     /// A batch line held back by the tenant's batch limits: it waits, it did not fail.
     BatchHeld {
         /// "batch_concurrency" or "batch_daily_tokens".
@@ -169,6 +172,8 @@ struct Account {
     /// whether it spent since it last told the shared store.
     lease: lease::Lease,
     shared_dirty: bool,
+    /// While the shared store cannot be reached.
+    fallback: Option<lease::Fallback>,
 }
 
 impl Account {
@@ -306,6 +311,8 @@ pub struct Admission {
     /// With shared state: the share of each limit a lease may hold beyond what the
     /// request in hand needs (0: exactly what it needs, a round trip per admission).
     lease: Option<f64>,
+    /// How long budgets are enforced alone while the shared store cannot be reached.
+    grace: Duration,
 }
 
 impl Admission {
@@ -332,6 +339,7 @@ impl Admission {
                     dirty: false,
                     lease: lease::Lease::default(),
                     shared_dirty: false,
+                    fallback: None,
                 };
                 if let Some(tier) = tiers.get(&t.tier) {
                     account.apply_limits(tier, now);
@@ -347,14 +355,81 @@ impl Admission {
             tiers,
             tenants,
             lease: None,
+            grace: Duration::ZERO,
         }
     }
 
     /// Spends from leases of the cluster's limits (`lease` of each limit at most beyond
     /// what a request needs) instead of this replica's own buckets and budgets.
-    pub fn shared(mut self, lease: f64) -> Admission {
+    /// While the store cannot be reached, budgets are enforced alone for `grace`.
+    pub fn shared(mut self, lease: f64, grace: Duration) -> Admission {
         self.lease = Some(lease.clamp(0.0, 1.0));
+        self.grace = grace;
         self
+    }
+
+    /// The shared store cannot be reached: each tenant's rates fall back to this
+    /// replica's share of them (`1 / replicas`), starting from its share of what the
+    /// cluster had left when last seen; its budgets to what it had spent then plus its
+    /// share of what was left, for the grace period, then to refusing.
+    pub fn degrade(&self, replicas: u32) {
+        let n = f64::from(replicas.max(1));
+        let now = Instant::now();
+        for account in self.tenants.values() {
+            let mut a = account.lock();
+            if a.fallback.is_some() {
+                continue;
+            }
+            let (lease, cluster, limits) = (&a.lease, a.lease.cluster, a.limits);
+            let share = |rate: Option<u64>, left: Option<f64>, held: f64| {
+                let rate = rate?;
+                let per_replica = (rate as f64 / n).ceil().max(1.0) as u64;
+                let left = left.unwrap_or(rate as f64) / n + held.max(0.0);
+                Some(Bucket::per_minute(per_replica, now).with_level(left))
+            };
+            let requests = share(limits.rpm, cluster.requests_left, lease.requests);
+            let tokens = share(limits.tpm, cluster.tokens_left, lease.tokens);
+            let allowance = |limit: Option<f64>, total: f64, mine: f64| {
+                limit.map(|limit| mine + (limit - total).max(0.0) / n)
+            };
+            let fallback = lease::Fallback {
+                since: now,
+                day_tokens: allowance(
+                    limits.daily_tokens.map(|l| l as f64),
+                    cluster.day_tokens as f64,
+                    cluster.mine_day.0 as f64,
+                ),
+                day_usd: allowance(limits.daily_usd, cluster.day_usd, cluster.mine_day.1),
+                month_tokens: allowance(
+                    limits.monthly_tokens.map(|l| l as f64),
+                    cluster.month_tokens as f64,
+                    cluster.mine_month.0 as f64,
+                ),
+                month_usd: allowance(limits.monthly_usd, cluster.month_usd, cluster.mine_month.1),
+            };
+            a.requests = requests;
+            a.tokens = tokens;
+            a.fallback = Some(fallback);
+        }
+    }
+
+    /// The shared store answers again: back to leases. What was spent meanwhile is in
+    /// this replica's totals, reported with the next round trip (once: they are
+    /// absolute).
+    pub fn recover(&self) {
+        let now = Instant::now();
+        for account in self.tenants.values() {
+            let mut a = account.lock();
+            if a.fallback.take().is_none() {
+                continue;
+            }
+            if let Some(tier) = self.tiers.get(&a.tier) {
+                a.requests = None;
+                a.tokens = None;
+                a.apply_limits(tier, now);
+            }
+            a.shared_dirty = true;
+        }
     }
 
     /// Whether limits are the cluster's, spent from leases.
@@ -415,7 +490,13 @@ impl Admission {
         a.roll(wall);
         let (tokens, cost) = a.demand(demand);
 
-        let shared = self.lease.is_some();
+        let shared = self.lease.is_some() && a.fallback.is_none();
+        if let Some(fallback) = a.fallback
+            && fallback.since.elapsed() >= self.grace
+            && (a.token_budget() || a.usd_budget())
+        {
+            return Err(Refusal::SharedUnavailable);
+        }
         if let Some(b) = a.requests.as_mut() {
             b.refill(now);
         }
@@ -513,8 +594,16 @@ impl Admission {
             (a.day.key, "USD", a.limits.daily_usd, &a.day, cost),
             (a.month.key, "USD", a.limits.monthly_usd, &a.month, cost),
         ];
-        for (period, unit, limit, usage, wanted) in budgets {
-            let Some(limit) = limit.filter(|_| !shared) else {
+        // Alone, a replica's budgets are its allowance against its own spending.
+        let alone = a
+            .fallback
+            .map(|f| [f.day_tokens, f.month_tokens, f.day_usd, f.month_usd]);
+        for (i, (period, unit, limit, usage, wanted)) in budgets.into_iter().enumerate() {
+            let limit = match alone {
+                Some(allowances) => allowances[i],
+                None => limit.filter(|_| !shared),
+            };
+            let Some(limit) = limit else {
                 continue;
             };
             let (used, held) = if unit == "USD" {
@@ -1089,7 +1178,7 @@ mod tests {
             daily_tokens: Some(1_000),
             ..Limits::default()
         })
-        .shared(0.05);
+        .shared(0.05, Duration::from_secs(60));
         // Nothing leased yet: ask for the request and a twentieth of each limit more.
         assert_eq!(
             admission.reserve("acme", &demand(10, 20)).err(),
@@ -1125,6 +1214,50 @@ mod tests {
         assert_eq!(quiet.held_tokens.want, 0.0);
         admission.answer(&quiet, &granted(&quiet));
         assert!(admission.report("acme", Duration::from_secs(1)).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn alone_a_replica_spends_its_share_of_what_was_left_then_refuses() {
+        let admission = admission(Limits {
+            daily_tokens: Some(1_000),
+            ..Limits::default()
+        })
+        .shared(0.0, Duration::from_secs(60));
+        // Last seen: the cluster had spent 400 of the day's 1,000 tokens.
+        let ask = admission.ask("acme", &demand(10, 20)).unwrap();
+        let mut answer = granted(&ask);
+        answer.cluster.day_tokens = 400;
+        admission
+            .reserve_granted(&demand(10, 20), &ask, &answer)
+            .unwrap()
+            .settle(usage(10, 20));
+        // Two replicas alive: this one (none of the 400 its own when last seen) may
+        // spend half of the 600 left, 300, of which the request above spent 30.
+        admission.degrade(2);
+        let mut admitted = 0;
+        while let Ok(held) = admission.reserve("acme", &demand(10, 20)) {
+            held.settle(usage(10, 20));
+            admitted += 1;
+        }
+        assert_eq!(admitted, 9, "270 tokens at 30 a request");
+        assert!(matches!(
+            admission.reserve("acme", &demand(10, 20)),
+            Err(Refusal::BudgetSpent { .. })
+        ));
+        // Past the grace period, a budget no one can check refuses everything.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            admission.reserve("acme", &demand(1, 1)).err(),
+            Some(Refusal::SharedUnavailable)
+        );
+        // The store is back: leases again, and the spending of the outage is reported.
+        admission.recover();
+        assert_eq!(
+            admission.reserve("acme", &demand(1, 1)).err(),
+            Some(Refusal::Unleased)
+        );
+        let report = admission.report("acme", Duration::from_secs(1)).unwrap();
+        assert_eq!(report.spent_day.0, 300);
     }
 
     #[tokio::test(start_paused = true)]

@@ -261,9 +261,23 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         ),
         _ => (axum::http::StatusCode::OK, "ready".to_string()),
     };
+    // Degraded shared state keeps a replica ready: every replica would be alike, and
+    // each still enforces its share of the limits (see `[state] grace`).
+    let shared_state = match gateway.shared() {
+        None => "local",
+        Some(shared) if shared.is_degraded() => "degraded",
+        Some(_) => "ok",
+    };
+    let text = match (status, shared_state) {
+        (axum::http::StatusCode::OK, "degraded") => {
+            "ready; shared state degraded: limits enforced by this replica alone".to_string()
+        }
+        _ => text,
+    };
     let body = json!({
         "status": text,
         "persistence": if degraded.is_some() { "degraded" } else { "ok" },
+        "shared_state": shared_state,
         "instances": instances,
         "routable_instances": routable,
         "regions": regions.iter().map(|r| json!({ "name": r.name, "state": r.state })).collect::<Vec<_>>(),

@@ -476,6 +476,7 @@ pub(super) struct RawState {
     pub(super) prefix: String,
     pub(super) replica: Option<String>,
     pub(super) lease: f64,
+    pub(super) grace: String,
 }
 
 impl Default for RawState {
@@ -486,6 +487,7 @@ impl Default for RawState {
             prefix: "switchyard".into(),
             replica: None,
             lease: 0.02,
+            grace: "5m".into(),
         }
     }
 }

@@ -581,10 +581,12 @@ impl RawState {
                 ));
             }
         }
+        let grace = parse_duration(&self.grace).map_err(|m| invalid("state.grace", m))?;
         Ok(StatePolicy {
             backend,
             replica: self.replica,
             lease: self.lease,
+            grace,
         })
     }
 }

@@ -133,6 +133,26 @@ fn render_header(model: &Model, frame: &mut Frame, area: Rect) {
             Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
         ));
     }
+    if let Some(cluster) = model.snapshot.as_ref().and_then(|s| s.cluster.as_ref()) {
+        let alive = cluster
+            .replicas
+            .iter()
+            .filter(|r| r.silent_ms < 3_000)
+            .count();
+        spans.push(Span::raw(format!(
+            "  {} of {alive} replicas",
+            cluster.replica
+        )));
+        if let Some((secs, why)) = &cluster.degraded {
+            spans.push(Span::styled(
+                format!(
+                    "  SHARED STATE DEGRADED for {} ({why}): limits enforced by this replica alone",
+                    duration(*secs)
+                ),
+                Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+            ));
+        }
+    }
     if model.stopping {
         let (in_flight, streams) = model
             .snapshot

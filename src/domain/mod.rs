@@ -613,6 +613,9 @@ pub struct StatePolicy {
     /// The share of each limit a replica may hold beyond what a request needs (0: a
     /// round trip to the shared store per admission).
     pub lease: f64,
+    /// How long a replica enforces budgets alone while the shared store cannot be
+    /// reached; then it refuses requests of tenants with budgets.
+    pub grace: Duration,
 }
 
 impl Default for StatePolicy {
@@ -621,6 +624,7 @@ impl Default for StatePolicy {
             backend: StateBackend::Local,
             replica: None,
             lease: 0.02,
+            grace: Duration::from_secs(300),
         }
     }
 }

@@ -38,6 +38,31 @@ pub struct Snapshot {
     /// `Some(what failed last)` while writes to the database fail.
     #[serde(default)]
     pub persistence_degraded: Option<String>,
+    /// With shared state (`[state] backend = "valkey"`): the cluster as this replica
+    /// sees it.
+    #[serde(default)]
+    pub cluster: Option<ClusterView>,
+}
+
+/// The cluster as one replica sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// This replica's id.
+    pub replica: String,
+    /// While the shared store cannot be reached: for how many seconds, and why.
+    pub degraded: Option<(u64, String)>,
+    /// Every replica heard from lately, this one included, by id.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// A replica as its heartbeat last described it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub id: String,
+    /// Milliseconds since its last heartbeat, by the store's clock.
+    pub silent_ms: u64,
+    /// What it says of itself: its address, requests in flight, version.
+    pub about: serde_json::Value,
 }
 
 /// A batch job as operators follow it.

@@ -70,6 +70,7 @@ impl Gateway {
                 dropped: self.audit.dropped(),
             },
             persistence_degraded: self.persistence.degraded(),
+            cluster: self.shared.get().map(|shared| shared.view()),
         }
     }
 

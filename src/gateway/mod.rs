@@ -299,7 +299,9 @@ fn admission_for(config: &Config) -> Admission {
     let admission = Admission::new(&config.tiers, &config.tenants);
     match config.state.backend {
         crate::domain::StateBackend::Local => admission,
-        crate::domain::StateBackend::Valkey { .. } => admission.shared(config.state.lease),
+        crate::domain::StateBackend::Valkey { .. } => {
+            admission.shared(config.state.lease, config.state.grace)
+        }
     }
 }
 

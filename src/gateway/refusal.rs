@@ -563,7 +563,9 @@ impl From<admission::Refusal> for Refusal {
                 .never_retry()
                 .with_headers(rate_headers(&headers))
             }
-            admission::Refusal::Unleased => Self::shared_state_unavailable(),
+            admission::Refusal::Unleased | admission::Refusal::SharedUnavailable => {
+                Self::shared_state_unavailable()
+            }
             admission::Refusal::BatchHeld {
                 limit,
                 value,

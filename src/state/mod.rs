@@ -17,10 +17,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::admission::{Admission, Demand, Refusal, Reservation};
 use crate::domain::{StateBackend, StatePolicy};
 
 pub use valkey::Valkey;
+
+use crate::domain::snapshot::{ClusterView, ReplicaView};
 
 /// How often each active tenant's spending is reported and its lease tidied.
 pub const SYNC_EVERY: Duration = Duration::from_millis(250);
@@ -29,6 +33,11 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(250);
 pub const HOLD_TTL: Duration = Duration::from_secs(10);
 /// A tenant whose lease went unused this long gives its unused rates back.
 pub const QUIET: Duration = Duration::from_secs(1);
+/// How often a replica says it is alive; one silent for `ALIVE` is not counted.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+pub const ALIVE: Duration = Duration::from_secs(3);
+/// How long a silent replica stays listed (as gone) before it is forgotten.
+const FORGET: Duration = Duration::from_secs(3600);
 
 /// Round trips one request may make for its lease.
 const ROUND_TRIPS: usize = 8;
@@ -40,6 +49,16 @@ pub struct Shared {
     admission: Arc<Admission>,
     /// One round trip at a time per tenant.
     asking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    health: Mutex<Health>,
+}
+
+/// How the link to the store is, as operators see it.
+#[derive(Debug, Clone, Default)]
+struct Health {
+    /// Since when the store could not be reached, and why.
+    degraded: Option<(Instant, String)>,
+    /// Every replica heard from lately, this one included.
+    replicas: Vec<ReplicaView>,
 }
 
 impl Shared {
@@ -59,7 +78,84 @@ impl Shared {
             replica,
             admission,
             asking: Mutex::new(HashMap::new()),
+            health: Mutex::new(Health::default()),
         })
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replicas alive now (at least this one).
+    fn alive(&self) -> u32 {
+        let alive = self
+            .health()
+            .replicas
+            .iter()
+            .filter(|r| r.silent_ms < ALIVE.as_millis() as u64)
+            .count();
+        (alive as u32).max(1)
+    }
+
+    /// The store failed to answer: limits fall back to this replica's share.
+    fn failed(&self, why: &str) {
+        let first = {
+            let mut health = self.health();
+            let first = health.degraded.is_none();
+            if first {
+                health.degraded = Some((Instant::now(), why.to_string()));
+            }
+            first
+        };
+        if first {
+            let replicas = self.alive();
+            self.admission.degrade(replicas);
+            tracing::error!(
+                %why,
+                replicas,
+                "shared state degraded: limits are enforced by this replica alone, at its share, until the store answers"
+            );
+        }
+    }
+
+    /// The store answered: leases again, if they had stopped.
+    fn answered(&self) {
+        let since = self.health().degraded.take();
+        if let Some((since, _)) = since {
+            self.admission.recover();
+            tracing::warn!(
+                after = %crate::config::format_duration(since.elapsed()),
+                "shared state recovered: limits are the cluster's again"
+            );
+        }
+    }
+
+    /// Whether the store could not be reached at the last try.
+    pub fn is_degraded(&self) -> bool {
+        self.health().degraded.is_some()
+    }
+
+    pub fn view(&self) -> ClusterView {
+        let health = self.health();
+        ClusterView {
+            replica: self.replica.clone(),
+            degraded: health
+                .degraded
+                .as_ref()
+                .map(|(since, why)| (since.elapsed().as_secs(), why.clone())),
+            replicas: health.replicas.clone(),
+        }
+    }
+
+    /// Says this replica is alive, telling `about` itself, and learns who else is.
+    pub async fn heartbeat(&self, about: &serde_json::Value) {
+        match self.store.heartbeat(&self.replica, about, FORGET).await {
+            Ok(heard) => {
+                self.health().replicas = heard;
+                self.answered();
+            }
+            Err(why) => self.failed(&why),
+        }
     }
 
     pub fn replica(&self) -> &str {
@@ -90,8 +186,9 @@ impl Shared {
             let answer = match self.store.lease(&self.replica, &ask, HOLD_TTL).await {
                 Ok(answer) => answer,
                 Err(why) => {
-                    tracing::warn!(%tenant, %why, "the shared store could not be asked for a lease");
-                    return Err(Refusal::Unleased);
+                    // This replica's share, alone, until the store answers again.
+                    self.failed(&why);
+                    return self.admission.reserve(tenant, demand);
                 }
             };
             // Reserved from the grant as it is taken.
@@ -115,19 +212,33 @@ impl Shared {
                 Ok(answer) => self.admission.answer(&ask, &answer),
                 Err(why) => {
                     self.admission.unask(&ask);
-                    tracing::warn!(%tenant, %why, "spending could not be reported to the shared store");
+                    self.failed(&why);
+                    // The others would fail alike; the next tick tries again.
+                    return;
                 }
             }
         }
     }
 
-    /// Reports every `SYNC_EVERY` until the daemon stops.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Reports every `SYNC_EVERY` and beats every `HEARTBEAT_EVERY` (telling what
+    /// `about` says of this replica) until the daemon stops.
+    pub async fn run(
+        self: Arc<Self>,
+        about: impl Fn() -> serde_json::Value + Send,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(SYNC_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.sync().await,
+                _ = tick.tick() => {
+                    if !self.is_degraded() {
+                        self.sync().await;
+                    }
+                }
+                _ = beat.tick() => self.heartbeat(&about()).await,
                 _ = stop.changed() => break,
             }
         }

@@ -10,6 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::admission::lease::{Answer, Ask, Cluster, Shortage};
 use crate::domain::period::PeriodKey;
+use crate::domain::snapshot::ReplicaView;
 
 /// How long one round trip may take before the store counts as unreachable.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -21,6 +22,7 @@ const MONTH_KEY_SECS: u64 = 40 * 86_400;
 pub struct Valkey {
     connection: ConnectionManager,
     lease: redis::Script,
+    replicas: redis::Script,
     prefix: String,
 }
 
@@ -40,6 +42,7 @@ impl Valkey {
         Ok(Valkey {
             connection,
             lease: redis::Script::new(include_str!("lease.lua")),
+            replicas: redis::Script::new(include_str!("replicas.lua")),
             prefix: prefix.to_string(),
         })
     }
@@ -96,6 +99,43 @@ impl Valkey {
                 .map_err(|_| "the shared store did not answer in time".to_string())?
                 .map_err(|e| format!("the shared store failed: {e}"))?;
         parse(&fields)
+    }
+
+    /// `replica`'s heartbeat, telling `about` itself: every replica heard from within
+    /// `keep`, itself included.
+    pub async fn heartbeat(
+        &self,
+        replica: &str,
+        about: &serde_json::Value,
+        keep: Duration,
+    ) -> Result<Vec<ReplicaView>, String> {
+        let mut invocation = self.replicas.prepare_invoke();
+        invocation
+            .key(format!("{{{}}}:replicas", self.prefix))
+            .arg(replica)
+            .arg(about.to_string())
+            .arg(keep.as_millis() as u64);
+        let mut connection = self.connection.clone();
+        let fields: Vec<String> =
+            tokio::time::timeout(ANSWER_TIMEOUT, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| "the shared store did not answer in time".to_string())?
+                .map_err(|e| format!("the shared store failed: {e}"))?;
+        let now: u64 = fields
+            .first()
+            .and_then(|n| n.parse().ok())
+            .ok_or("the shared store's heartbeat answer is not understood")?;
+        let mut heard = Vec::new();
+        for pair in fields[1..].chunks_exact(2) {
+            let (at, about) = pair[1].split_once(' ').unwrap_or((&pair[1], "null"));
+            heard.push(ReplicaView {
+                id: pair[0].clone(),
+                silent_ms: now.saturating_sub(at.parse().unwrap_or(0)),
+                about: serde_json::from_str(about).unwrap_or(serde_json::Value::Null),
+            });
+        }
+        heard.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(heard)
     }
 
     /// Sends `PING`: whether the store answers.
@@ -160,6 +200,8 @@ fn parse(fields: &[String]) -> Result<Answer, String> {
             month_usd: number(10)?,
             requests_left: optional(11)?,
             tokens_left: optional(12)?,
+            mine_day: (0, 0.0),
+            mine_month: (0, 0.0),
             at: Some(tokio::time::Instant::now()),
         },
     })

@@ -374,6 +374,22 @@ pub struct Valkey {
 
 impl Valkey {
     pub fn start() -> Valkey {
+        Self::start_on(free_port())
+    }
+
+    /// Kills the server (its data goes with it: there is no persistence).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        *self = Self::start_on(self.port);
+    }
+
+    pub fn start_on(port: u16) -> Valkey {
         let binary = ["valkey-server", "redis-server"]
             .into_iter()
             .find(|b| {
@@ -383,7 +399,6 @@ impl Valkey {
                     .is_ok()
             })
             .expect("valkey-server or redis-server is installed (apt-get install redis-server)");
-        let port = free_port();
         let child = std::process::Command::new(binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
