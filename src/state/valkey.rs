@@ -92,12 +92,7 @@ impl Valkey {
             .arg(hold_ttl.as_millis() as u64)
             .arg(DAY_KEY_SECS)
             .arg(MONTH_KEY_SECS);
-        let mut connection = self.connection.clone();
-        let fields: Vec<String> =
-            tokio::time::timeout(ANSWER_TIMEOUT, invocation.invoke_async(&mut connection))
-                .await
-                .map_err(|_| "the shared store did not answer in time".to_string())?
-                .map_err(|e| format!("the shared store failed: {e}"))?;
+        let fields = self.run(&invocation).await?;
         parse(&fields)
     }
 
@@ -115,12 +110,7 @@ impl Valkey {
             .arg(replica)
             .arg(about.to_string())
             .arg(keep.as_millis() as u64);
-        let mut connection = self.connection.clone();
-        let fields: Vec<String> =
-            tokio::time::timeout(ANSWER_TIMEOUT, invocation.invoke_async(&mut connection))
-                .await
-                .map_err(|_| "the shared store did not answer in time".to_string())?
-                .map_err(|e| format!("the shared store failed: {e}"))?;
+        let fields = self.run(&invocation).await?;
         let now: u64 = fields
             .first()
             .and_then(|n| n.parse().ok())
@@ -136,6 +126,15 @@ impl Valkey {
         }
         heard.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(heard)
+    }
+
+    /// Runs a script, its answer a list of strings, within `ANSWER_TIMEOUT`.
+    async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Vec<String>, String> {
+        let mut connection = self.connection.clone();
+        tokio::time::timeout(ANSWER_TIMEOUT, invocation.invoke_async(&mut connection))
+            .await
+            .map_err(|_| "the shared store did not answer in time".to_string())?
+            .map_err(|e| format!("the shared store failed: {e}"))
     }
 
     /// Sends `PING`: whether the store answers.
