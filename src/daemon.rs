@@ -173,6 +173,10 @@ impl Daemon {
                 "limits and budgets are shared with the cluster"
             );
             gateway.attach_shared(shared);
+            gateway.join_cluster().await;
+            servers.push(tokio::spawn(
+                gateway.clone().follow_cluster(stopped.clone()),
+            ));
         }
         let connections = gateway.config().server.connections;
         let (addr, task) = serve(

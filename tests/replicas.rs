@@ -317,3 +317,108 @@ async fn an_outage_of_the_store_falls_back_to_shares_and_recovers_without_chargi
         gateway.stop().await;
     }
 }
+
+/// Polls `check` until it holds, for one second at most: whether it came to hold.
+async fn within_a_second<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + std::time::Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    false
+}
+
+async fn admin_post(gateway: &TestGateway, path: &str, body: Option<Value>) -> Value {
+    let response = gateway.admin(reqwest::Method::POST, path, body).await;
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_a_pause_a_drain_and_a_revocation_on_one_replica_reach_the_others() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let valkey = Valkey::start();
+    let gateways = replicas(&valkey, &mock, "", 0.01).await;
+    until_all(&gateways, "ok").await;
+    let g = &gateways;
+    // A key made on replica 0 works on replica 2.
+    let made = admin_post(
+        &gateways[0],
+        "/admin/keys",
+        Some(json!({"tenant": "tenant-a", "name": "ci"})),
+    )
+    .await;
+    let key = made["key"].as_str().unwrap().to_string();
+    let id = made["id"].as_str().unwrap().to_string();
+    let works = |i: usize| {
+        let (gateway, key) = (&gateways[i], key.clone());
+        async move { gateway.chat(&key, &hello("gpt-4o-mini")).await.status() == 200 }
+    };
+    assert!(
+        within_a_second(|| works(2)).await,
+        "the new key on replica 2"
+    );
+
+    // Paused on replica 1: refused on replica 2; resumed there: served on replica 0.
+    admin_post(&gateways[1], "/admin/tenants/tenant-a/pause", None).await;
+    let paused = |i: usize| async move {
+        let response = g[i].chat(KEY_A, &hello("gpt-4o-mini")).await;
+        response.status() == 403 && error_of(response).await["code"] == "tenant_paused"
+    };
+    assert!(
+        within_a_second(|| paused(2)).await,
+        "the pause on replica 2"
+    );
+    admin_post(&gateways[2], "/admin/tenants/tenant-a/resume", None).await;
+    let served =
+        |i: usize| async move { g[i].chat(KEY_A, &hello("gpt-4o-mini")).await.status() == 200 };
+    assert!(
+        within_a_second(|| served(0)).await,
+        "the resume on replica 0"
+    );
+
+    // Drained on replica 0: replica 1 sends nothing there either.
+    admin_post(&gateways[0], "/admin/regions/us/drain", None).await;
+    let drained = |i: usize| async move {
+        let view = g[i]
+            .admin(reqwest::Method::GET, "/admin/regions", None)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap();
+        matches!(
+            view["regions"][0]["state"].as_str(),
+            Some("draining" | "drained")
+        )
+    };
+    assert!(
+        within_a_second(|| drained(1)).await,
+        "the drain on replica 1"
+    );
+
+    // Revoked on replica 1: refused on replicas 0 and 2.
+    admin_post(&gateways[1], &format!("/admin/keys/{id}/revoke"), None).await;
+    for i in [0, 2] {
+        let refused = || {
+            let (gateway, key) = (&gateways[i], key.clone());
+            async move { gateway.chat(&key, &hello("gpt-4o-mini")).await.status() == 401 }
+        };
+        assert!(
+            within_a_second(refused).await,
+            "the revocation on replica {i}"
+        );
+    }
+    for gateway in gateways {
+        gateway.stop().await;
+    }
+}

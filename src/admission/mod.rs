@@ -912,6 +912,18 @@ impl Admission {
         Ok(a.limits)
     }
 
+    /// Replaces a tenant's overrides of its tier's limits whole (as the cluster's
+    /// operators left them), unlike `set_limits`, which changes some.
+    pub fn replace_overrides(&self, tenant: &str, overrides: Limits) -> Result<(), ControlError> {
+        let account = self.account(tenant)?;
+        let mut a = account.lock();
+        a.overrides = overrides;
+        if let Some(tier) = self.tiers.get(&a.tier).cloned() {
+            a.apply_limits(&tier, Instant::now());
+        }
+        Ok(())
+    }
+
     pub fn set_paused(&self, tenant: &str, paused: bool) -> Result<(), ControlError> {
         self.account(tenant)?.lock().paused = paused;
         Ok(())

@@ -199,15 +199,20 @@ impl Gateway {
         if outcome.is_ok() && !redrain && before.is_some() && before == self.state_of(action) {
             return Ok(format!("{}: nothing to change", action.describe()));
         }
-        // A change that lasts is kept before it is acknowledged.
-        if outcome.is_ok()
-            && self.remember(action)
-            && let Err(error) = self.keep_overrides().await
-        {
-            outcome = Err(format!(
-                "{} took effect but could not be kept, and will not survive a restart: {error}",
-                action.describe()
-            ));
+        // A change that lasts is kept, and shared with the cluster, before it is
+        // acknowledged.
+        if outcome.is_ok() && self.remember(action) {
+            if let Err(error) = self.keep_overrides().await {
+                outcome = Err(format!(
+                    "{} took effect but could not be kept, and will not survive a restart: {error}",
+                    action.describe()
+                ));
+            } else if let Err(why) = self.share_overrides(action).await {
+                outcome = Err(format!(
+                    "{} took effect here but not on the other replicas: {why}",
+                    action.describe()
+                ));
+            }
         }
         self.audit.record(AuditRecord {
             at_ms: crate::telemetry::now_ms(),
@@ -322,7 +327,7 @@ impl Gateway {
         }
     }
 
-    fn carry_out(&self, action: &Action) -> Result<String, String> {
+    pub(super) fn carry_out(&self, action: &Action) -> Result<String, String> {
         let deadline = |secs: &Option<f64>| secs.and_then(|s| Duration::try_from_secs_f64(s).ok());
         match action {
             Action::CancelBatch { id } => Err(format!(

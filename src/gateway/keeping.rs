@@ -46,7 +46,7 @@ impl Gateway {
     }
 
     /// Writes with the store off the async threads, then flushes.
-    async fn keep(
+    pub(super) async fn keep(
         &self,
         write: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
@@ -70,7 +70,7 @@ impl Gateway {
 
     /// Makes the keyring follow a key's record (accepted while valid, refused once
     /// revoked or expired) and remembers the record.
-    fn hold_key(&self, record: KeyRecord) {
+    pub(super) fn hold_key(&self, record: KeyRecord) {
         // Expired keys stay known, so they are refused as expired, not as unknown.
         match self.tenant_index(&record.tenant) {
             Some(index) if record.revoked_ms.is_none() => {
@@ -87,6 +87,7 @@ impl Gateway {
         let kept = record.clone();
         self.keep(move |store| store.save_key(&kept)).await?;
         self.hold_key(record.clone());
+        self.share_key(record).await;
         Ok(())
     }
 
@@ -103,7 +104,7 @@ impl Gateway {
         }
     }
 
-    fn lock_keys(
+    pub(super) fn lock_keys(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, KeyRecord>> {
         self.keys.lock().unwrap_or_else(|e| e.into_inner())

@@ -10,6 +10,7 @@
 mod accounting;
 mod agents;
 pub mod batches;
+mod cluster;
 pub mod collections;
 mod control;
 pub mod conversations;
@@ -80,6 +81,11 @@ pub struct Gateway {
     /// Operators' writes (keys, overrides) take turns, so they are kept in the order
     /// they are acknowledged.
     writes: tokio::sync::Mutex<()>,
+    /// Sharing and adopting the cluster's overrides take turns, and the versions of
+    /// the cluster's overrides and keys this replica has.
+    cluster_turn: tokio::sync::Mutex<()>,
+    operator_version: std::sync::atomic::AtomicU64,
+    keys_version: std::sync::atomic::AtomicU64,
     cache: Arc<Cache>,
     audit: Arc<Audit>,
     /// Responses answered through chat upstreams, for follow-ups.
@@ -326,6 +332,9 @@ impl Gateway {
             shutdown,
             persistence: Arc::default(),
             writes: tokio::sync::Mutex::new(()),
+            cluster_turn: tokio::sync::Mutex::new(()),
+            operator_version: std::sync::atomic::AtomicU64::new(0),
+            keys_version: std::sync::atomic::AtomicU64::new(0),
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
             conversations: Arc::new(conversations::Conversations::new()),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::admission::{Admission, Demand, Refusal, Reservation};
 use crate::domain::{StateBackend, StatePolicy};
 
-pub use valkey::Valkey;
+pub use valkey::{Heard, Valkey, Versions};
 
 use crate::domain::snapshot::{ClusterView, ReplicaView};
 
@@ -50,6 +50,8 @@ pub struct Shared {
     /// One round trip at a time per tenant.
     asking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     health: Mutex<Health>,
+    /// The operators' state's versions, as the last heartbeat learned them.
+    versions: tokio::sync::watch::Sender<Versions>,
 }
 
 /// How the link to the store is, as operators see it.
@@ -79,6 +81,7 @@ impl Shared {
             admission,
             asking: Mutex::new(HashMap::new()),
             health: Mutex::new(Health::default()),
+            versions: tokio::sync::watch::channel(Versions::default()).0,
         })
     }
 
@@ -150,8 +153,13 @@ impl Shared {
     /// Says this replica is alive, telling `about` itself, and learns who else is.
     pub async fn heartbeat(&self, about: &serde_json::Value) {
         match self.store.heartbeat(&self.replica, about, FORGET).await {
-            Ok(heard) => {
+            Ok((heard, versions)) => {
                 self.health().replicas = heard;
+                self.versions.send_if_modified(|seen| {
+                    let changed = *seen != versions;
+                    *seen = versions;
+                    changed
+                });
                 self.answered();
             }
             Err(why) => self.failed(&why),
@@ -160,6 +168,17 @@ impl Shared {
 
     pub fn replica(&self) -> &str {
         &self.replica
+    }
+
+    /// The store, for the operators' shared state (`gateway::cluster`).
+    pub fn store(&self) -> &Valkey {
+        &self.store
+    }
+
+    /// The operators' state's versions as heartbeats learn them: a replica that missed
+    /// a message on the channel catches up within a heartbeat.
+    pub fn versions(&self) -> tokio::sync::watch::Receiver<Versions> {
+        self.versions.subscribe()
     }
 
     fn gate(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -20,10 +20,29 @@ const DAY_KEY_SECS: u64 = 2 * 86_400;
 const MONTH_KEY_SECS: u64 = 40 * 86_400;
 
 pub struct Valkey {
+    client: redis::Client,
     connection: ConnectionManager,
     lease: redis::Script,
     replicas: redis::Script,
+    operator: redis::Script,
+    keys: redis::Script,
     prefix: String,
+}
+
+/// The versions of the operators' shared state, as a heartbeat learns them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub overrides: u64,
+    pub keys: u64,
+}
+
+/// What a replica hears on the operators' channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// The overrides document is at this version.
+    Overrides(u64),
+    /// The key with this id was made, revoked or rotated.
+    Key(String),
 }
 
 impl Valkey {
@@ -40,15 +59,27 @@ impl Valkey {
             .await
             .map_err(|e| format!("the shared store at {url} could not be reached: {e}"))?;
         Ok(Valkey {
+            client,
             connection,
             lease: redis::Script::new(include_str!("lease.lua")),
             replicas: redis::Script::new(include_str!("replicas.lua")),
+            operator: redis::Script::new(include_str!("operator.lua")),
+            keys: redis::Script::new(include_str!("keys.lua")),
             prefix: prefix.to_string(),
         })
     }
 
     fn key(&self, tenant: &str, rest: &str) -> String {
         format!("{{{}:{tenant}}}:{rest}", self.prefix)
+    }
+
+    /// A key of the cluster's own (not a tenant's): one hash tag, one slot.
+    fn cluster_key(&self, rest: &str) -> String {
+        format!("{{{}}}:{rest}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        self.cluster_key("operator")
     }
 
     /// Runs the lease script for `ask` as `replica`: one round trip.
@@ -103,20 +134,21 @@ impl Valkey {
         replica: &str,
         about: &serde_json::Value,
         keep: Duration,
-    ) -> Result<Vec<ReplicaView>, String> {
+    ) -> Result<(Vec<ReplicaView>, Versions), String> {
         let mut invocation = self.replicas.prepare_invoke();
         invocation
-            .key(format!("{{{}}}:replicas", self.prefix))
+            .key(self.cluster_key("replicas"))
+            .key(self.cluster_key("operator"))
             .arg(replica)
             .arg(about.to_string())
             .arg(keep.as_millis() as u64);
         let fields = self.run(&invocation).await?;
-        let now: u64 = fields
-            .first()
-            .and_then(|n| n.parse().ok())
-            .ok_or("the shared store's heartbeat answer is not understood")?;
+        let number = |i: usize| fields.get(i).and_then(|n| n.parse::<u64>().ok());
+        let (Some(now), Some(overrides), Some(keys)) = (number(0), number(1), number(2)) else {
+            return Err("the shared store's heartbeat answer is not understood".into());
+        };
         let mut heard = Vec::new();
-        for pair in fields[1..].chunks_exact(2) {
+        for pair in fields[3..].chunks_exact(2) {
             let (at, about) = pair[1].split_once(' ').unwrap_or((&pair[1], "null"));
             heard.push(ReplicaView {
                 id: pair[0].clone(),
@@ -125,7 +157,99 @@ impl Valkey {
             });
         }
         heard.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(heard)
+        Ok((heard, Versions { overrides, keys }))
+    }
+
+    /// Replaces the overrides document if it is still at `seen`: the new version, or
+    /// (another replica was first) the version and document that are there now.
+    pub async fn publish_overrides(
+        &self,
+        seen: u64,
+        document: &str,
+    ) -> Result<Result<u64, (u64, String)>, String> {
+        let mut invocation = self.operator.prepare_invoke();
+        invocation
+            .key(self.cluster_key("operator"))
+            .arg(seen)
+            .arg(document)
+            .arg(self.channel());
+        let fields = self.run(&invocation).await?;
+        let number = |i: usize| fields.get(i).and_then(|n| n.parse::<u64>().ok());
+        match (fields.first().map(String::as_str), number(1)) {
+            (Some("1"), Some(version)) => Ok(Ok(version)),
+            (Some("0"), Some(version)) => {
+                Ok(Err((version, fields.get(2).cloned().unwrap_or_default())))
+            }
+            _ => Err("the shared store's answer about the overrides is not understood".into()),
+        }
+    }
+
+    /// The overrides document and its version (version 0: none yet).
+    pub async fn overrides(&self) -> Result<(u64, String), String> {
+        let mut connection = self.connection.clone();
+        let (version, document): (Option<u64>, Option<String>) = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            redis::cmd("HMGET")
+                .arg(self.cluster_key("operator"))
+                .arg("version")
+                .arg("overrides")
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| "the shared store did not answer in time".to_string())?
+        .map_err(|e| format!("the shared store failed: {e}"))?;
+        Ok((version.unwrap_or(0), document.unwrap_or_default()))
+    }
+
+    /// Shares a key's record (made, revoked or rotated here).
+    pub async fn put_key(&self, id: &str, record: &str) -> Result<(), String> {
+        let mut invocation = self.keys.prepare_invoke();
+        invocation
+            .key(self.cluster_key("keys"))
+            .key(self.cluster_key("operator"))
+            .arg(id)
+            .arg(record)
+            .arg(self.channel());
+        self.run(&invocation).await.map(|_| ())
+    }
+
+    /// Every key record the cluster shares, by id.
+    pub async fn keys(&self) -> Result<Vec<(String, String)>, String> {
+        let mut connection = self.connection.clone();
+        tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            redis::cmd("HGETALL")
+                .arg(self.cluster_key("keys"))
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| "the shared store did not answer in time".to_string())?
+        .map_err(|e| format!("the shared store failed: {e}"))
+    }
+
+    /// Listens on the operators' channel: what changed, as it is published. The
+    /// stream ends when the connection is lost.
+    pub async fn listen(&self) -> Result<impl futures_util::Stream<Item = Heard> + use<>, String> {
+        let mut pubsub = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| format!("the shared store's channel could not be opened: {e}"))?;
+        pubsub
+            .subscribe(self.channel())
+            .await
+            .map_err(|e| format!("the shared store's channel could not be joined: {e}"))?;
+        Ok(futures_util::StreamExt::filter_map(
+            pubsub.into_on_message(),
+            |message| async move {
+                let payload: String = message.get_payload().ok()?;
+                match payload.split_once(' ')? {
+                    ("overrides", version) => version.parse().ok().map(Heard::Overrides),
+                    ("key", id) => Some(Heard::Key(id.to_string())),
+                    _ => None,
+                }
+            },
+        ))
     }
 
     /// Runs a script, its answer a list of strings, within `ANSWER_TIMEOUT`.
