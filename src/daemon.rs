@@ -372,6 +372,7 @@ async fn every_second(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>)
                 gateway.meter().sample(gateway.scheduler().queued() as u64);
                 gateway.router().sample();
                 gateway.hub().sweep();
+                gateway.note_shared_state();
                 seconds += 1;
                 if seconds % window == 0 {
                     gateway.audit_failed_auth();

@@ -235,6 +235,24 @@ async fn shared_state(gateway: &TestGateway) -> (String, Option<Value>) {
     )
 }
 
+/// Whether `gateway`'s event log says `text` within three seconds (events about the
+/// shared state are noted every second).
+async fn event_says(gateway: &TestGateway, text: &str) -> bool {
+    for _ in 0..60 {
+        let snapshot: Value = gateway
+            .admin(reqwest::Method::GET, "/admin/snapshot", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if snapshot["events"].to_string().contains(text) {
+            return true;
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    false
+}
+
 /// Waits (ten seconds at most) until every replica says `state` ("ok": and sees all
 /// three replicas).
 async fn until_all(gateways: &[TestGateway], state: &str) {
@@ -268,6 +286,7 @@ async fn an_outage_of_the_store_falls_back_to_shares_and_recovers_without_chargi
     until_all(&gateways, "degraded").await;
     let (_, why) = shared_state(&gateways[0]).await;
     assert!(why.is_some(), "the console shows the degradation");
+    assert!(event_says(&gateways[1], "shared state degraded").await);
     let during = spread(&gateways, &hello("gpt-4o-mini"), 300, 10).await;
     let admitted = during.iter().filter(|(s, _)| *s == 200).count() as f64;
     for (status, code) in &during {
@@ -288,6 +307,7 @@ async fn an_outage_of_the_store_falls_back_to_shares_and_recovers_without_chargi
     until_all(&gateways, "ok").await;
     let (_, why) = shared_state(&gateways[0]).await;
     assert_eq!(why, None, "the console shows the recovery");
+    assert!(event_says(&gateways[1], "shared state recovered").await);
     let mut spent = 0;
     for gateway in &gateways {
         spent += gateway.tenant("tenant-a").await["day"]["tokens"]

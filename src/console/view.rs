@@ -146,7 +146,7 @@ fn render_header(model: &Model, frame: &mut Frame, area: Rect) {
         if let Some((secs, why)) = &cluster.degraded {
             spans.push(Span::styled(
                 format!(
-                    "  SHARED STATE DEGRADED for {} ({why}): limits enforced by this replica alone",
+                    "  SHARED STATE DEGRADED {}: limits enforced here alone ({why})",
                     duration(*secs)
                 ),
                 Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),

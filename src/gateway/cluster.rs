@@ -268,6 +268,26 @@ impl Gateway {
         }
     }
 
+    /// Notes in the event log when the shared store stops or starts answering (called
+    /// every second).
+    pub fn note_shared_state(&self) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let view = shared.view();
+        let degraded = view.degraded.is_some();
+        if self.shared_degraded.swap(degraded, Ordering::AcqRel) == degraded {
+            return;
+        }
+        let said = match view.degraded {
+            Some((_, why)) => format!(
+                "shared state degraded ({why}): this replica enforces its share of each limit alone until the store answers"
+            ),
+            None => "shared state recovered: limits are the cluster's again".to_string(),
+        };
+        self.events.record(EventKind::Traffic, None, said);
+    }
+
     /// Takes the cluster's operators' state before this replica serves (or brings its
     /// own to a new cluster).
     pub async fn join_cluster(&self) {
