@@ -28,6 +28,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(60);
 pub struct Audit {
     policy: AuditPolicy,
     records: OnceLock<mpsc::Sender<AuditRecord>>,
+    /// This replica's id, stamped on every record, when replicas share state.
+    replica: OnceLock<String>,
     queued: AtomicU64,
     /// Records dropped because the writer was `BACKLOG` records behind.
     dropped: AtomicU64,
@@ -39,6 +41,7 @@ impl Audit {
         Audit {
             policy,
             records: OnceLock::new(),
+            replica: OnceLock::new(),
             queued: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
@@ -52,9 +55,17 @@ impl Audit {
     /// Puts a record on its way to the store; never waits. When the writer is a whole
     /// `BACKLOG` behind (the disk stalled), the record is dropped and counted rather than
     /// let memory grow without bound.
-    pub fn record(&self, record: AuditRecord) {
+    /// Names this replica in every record from now on.
+    pub fn set_replica(&self, replica: &str) {
+        let _ = self.replica.set(replica.to_string());
+    }
+
+    pub fn record(&self, mut record: AuditRecord) {
         if !self.policy.enabled {
             return;
+        }
+        if record.replica.is_none() {
+            record.replica = self.replica.get().cloned();
         }
         let Some(records) = self.records.get() else {
             return;

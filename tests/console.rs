@@ -94,6 +94,7 @@ fn tenant(name: &str, tier: &str, day_tokens: u64, queued: u64, paused: bool) ->
         } else {
             Vec::new()
         },
+        cluster: None,
     }
 }
 
@@ -1992,4 +1993,54 @@ fn enter_drills_into_a_stream_charts_its_rate_and_x_kills_the_one_shown() {
     key(&mut model, "esc");
     assert!(model.tailing.is_none());
     assert!(draw(&model).contains("live streams (0)"));
+}
+
+#[test]
+fn in_a_cluster_the_console_shows_the_replicas_and_the_cluster_spending() {
+    use switchyard::domain::snapshot::{ClusterUsage, ClusterView, ReplicaView};
+    let mut snapshot = fixture();
+    let replica = |id: &str, silent_ms: u64, in_flight: u64| ReplicaView {
+        id: id.into(),
+        silent_ms,
+        about: serde_json::json!({"listen": format!("10.0.0.{}:8080", id.len()), "in_flight": in_flight, "version": "0.1.0"}),
+    };
+    snapshot.cluster = Some(ClusterView {
+        replica: "gw-a".into(),
+        degraded: Some((75, "the shared store did not answer in time".into())),
+        replicas: vec![
+            replica("gw-a", 0, 12),
+            replica("gw-b", 800, 7),
+            replica("gw-c", 9_000, 0),
+        ],
+    });
+    snapshot.tenants[0].cluster = Some(ClusterUsage {
+        day_tokens: 987_654,
+        ..ClusterUsage::default()
+    });
+    let mut model = Model::new("test gateway", false);
+    update(&mut model, Msg::Feed(Feed::Link(Link::Connected)));
+    update(&mut model, Msg::Feed(Feed::Snapshot(Box::new(snapshot))));
+    model.view = View::Regions;
+    let screen = draw_at(&model, 160, 30);
+    let header = screen.lines().next().unwrap();
+    assert!(header.contains("gw-a of 2 replicas"), "{header}");
+    assert!(header.contains("SHARED STATE DEGRADED 1m15s"), "{header}");
+    for (id, state) in [
+        ("gw-a (this one)", "alive"),
+        ("gw-b ", "alive"),
+        ("gw-c ", "silent"),
+    ] {
+        let line = screen.lines().find(|l| l.contains(id)).unwrap_or_default();
+        assert!(line.contains(state), "{id} {state}\n{screen}");
+    }
+    model.view = View::Tenants;
+    let screen = draw_at(&model, 160, 30);
+    assert!(
+        screen.contains("day and month over the cluster"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("988k"),
+        "the cluster's day tokens\n{screen}"
+    );
 }

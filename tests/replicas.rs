@@ -92,6 +92,45 @@ async fn three_replicas_hold_a_tenant_to_one_requests_per_minute_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hold_a_tenant_to_one_tokens_per_minute_limit() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let valkey = Valkey::start();
+    let gateways = replicas(&valkey, &mock, "tpm = 3000", 0.01).await;
+    let body = json!({
+        "model": "gpt-4o-mini",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hello"}],
+    });
+    let started = Instant::now();
+    let answers = spread(&gateways, &body, 400, 30).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    for (status, code) in &answers {
+        assert!(
+            *status == 200 || (*status == 429 && code == "rate_limit_exceeded"),
+            "{status} {code}"
+        );
+    }
+    let mut used = 0;
+    for gateway in &gateways {
+        used += gateway.tenant("tenant-a").await["day"]["tokens"]
+            .as_u64()
+            .unwrap();
+    }
+    // The bucket's 3000 and its refill (50 a second) while the test ran, within 5%:
+    // a request reserves its prompt and 20 completion tokens and gives back what it
+    // did not use.
+    let allowed = 3000.0 + 50.0 * elapsed;
+    assert!(
+        used as f64 <= allowed * 1.05,
+        "{used} tokens used, {allowed:.0} allowed"
+    );
+    assert!(used as f64 >= 3000.0 * 0.95, "only {used} tokens used");
+    for gateway in gateways {
+        gateway.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_budget_is_never_overspent_by_200_requests_across_replicas() {
     let mock = quick_mock().spawn_local().await.unwrap();
     let valkey = Valkey::start();

@@ -274,6 +274,19 @@ impl Account {
         }
     }
 
+    /// The cluster's spending: the others' as last told, this replica's as it is now.
+    fn cluster_usage(&self) -> crate::domain::snapshot::ClusterUsage {
+        let c = &self.lease.cluster;
+        let others = |total: u64, mine: u64| total.saturating_sub(mine);
+        let others_usd = |total: f64, mine: f64| (total - mine).max(0.0);
+        crate::domain::snapshot::ClusterUsage {
+            day_tokens: others(c.day_tokens, c.mine_day.0) + self.day.tokens,
+            day_usd: others_usd(c.day_usd, c.mine_day.1) + self.day.cost,
+            month_tokens: others(c.month_tokens, c.mine_month.0) + self.month.tokens,
+            month_usd: others_usd(c.month_usd, c.mine_month.1) + self.month.cost,
+        }
+    }
+
     /// Tokens and USD held by this replica's requests in flight.
     fn in_flight_spend(&self) -> (f64, f64) {
         (
@@ -869,6 +882,7 @@ impl Admission {
             requests_last_minute: 0,
             tokens_last_minute: 0,
             refused: Vec::new(),
+            cluster: self.lease.map(|_| a.cluster_usage()),
         })
     }
 

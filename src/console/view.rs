@@ -15,7 +15,8 @@ use super::model::{Mode, Model, RegionRow, View, human_bytes, human_count};
 use crate::control::Link;
 use crate::domain::records::AuditRecord;
 use crate::domain::snapshot::{
-    BatchView, EventKind, InstanceDetail, InstanceState, RegionState, Snapshot, TenantDetail,
+    BatchView, ClusterView, EventKind, InstanceDetail, InstanceState, RegionState, Snapshot,
+    TenantDetail,
 };
 
 const ACCENT: Color = Color::Cyan;
@@ -1157,14 +1158,19 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
     let selected = model.selected[1] - first;
     let table_rows = rows.iter().skip(first).take(visible).map(|i| {
         let t = &s.tenants[*i];
+        // In a cluster, budgets are the cluster's: so is the spending shown.
+        let (day_tokens, month_tokens, month_usd) = match &t.cluster {
+            Some(c) => (c.day_tokens, c.month_tokens, c.month_usd),
+            None => (t.day.tokens, t.month.tokens, t.month.cost_usd),
+        };
         let month = match t.limits.monthly_usd {
             Some(budget) => against(
-                (t.month.cost_usd * 100.0) as u64,
+                (month_usd * 100.0) as u64,
                 Some((budget * 100.0) as u64),
                 dollars,
             ),
             None => against(
-                t.month.tokens + t.month.reserved_tokens,
+                month_tokens + t.month.reserved_tokens,
                 t.limits.monthly_tokens,
                 human_count,
             ),
@@ -1186,7 +1192,7 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
                 human_count,
             ),
             against(
-                t.day.tokens + t.day.reserved_tokens,
+                day_tokens + t.day.reserved_tokens,
                 t.limits.daily_tokens,
                 human_count,
             ),
@@ -1198,9 +1204,14 @@ fn tenants(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         ]
     });
     let title = format!(
-        "tenants ({} shown, sorted by {}; rpm and tpm over the last minute)",
+        "tenants ({} shown, sorted by {}; rpm and tpm over the last minute{})",
         rows.len(),
-        model.sort.label()
+        model.sort.label(),
+        if s.cluster.is_some() {
+            " on this replica; day and month over the cluster"
+        } else {
+            ""
+        }
     );
     let table = sorted_table(
         &TENANT_COLUMNS,
@@ -1284,8 +1295,61 @@ fn regions(model: &Model, s: &Snapshot, frame: &mut Frame, area: Rect) {
         area.width,
         "regions and instances (HDR EWMA: the balancer's average time to upstream headers; E2E: arrival to last byte)",
     );
-    scrolled(frame, table, area, selected);
+    let Some(cluster) = &s.cluster else {
+        scrolled(frame, table, area, selected);
+        return;
+    };
+    let height = (cluster.replicas.len() as u16 + 3).min(area.height / 2);
+    let [top, bottom] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(height)]).areas(area);
+    scrolled(frame, table, top, selected);
+    replicas(cluster, frame, bottom);
 }
+
+/// The replicas sharing state, as this one hears their heartbeats.
+fn replicas(cluster: &ClusterView, frame: &mut Frame, area: Rect) {
+    let rows = cluster.replicas.iter().map(|r| {
+        let (state, style) = if r.silent_ms < 3_000 {
+            ("alive", Style::new().fg(Color::Green))
+        } else {
+            ("silent", Style::new().fg(Color::Red))
+        };
+        let this = if r.id == cluster.replica {
+            " (this one)"
+        } else {
+            ""
+        };
+        vec![
+            Cell::from(format!("{}{this}", r.id)),
+            Cell::from(state).style(style),
+            Cell::from(format!("{:.1}s ago", r.silent_ms as f64 / 1000.0)),
+            Cell::from(r.about["listen"].as_str().unwrap_or("-").to_string()),
+            Cell::from(
+                r.about["in_flight"]
+                    .as_u64()
+                    .map_or("-".into(), |n| n.to_string()),
+            ),
+            Cell::from(r.about["version"].as_str().unwrap_or("-").to_string()),
+        ]
+    });
+    let title = match &cluster.degraded {
+        Some((secs, why)) => format!(
+            "replicas as last heard: SHARED STATE DEGRADED {} ({why})",
+            duration(*secs)
+        ),
+        None => "replicas sharing limits, budgets and operators' changes".to_string(),
+    };
+    frame.render_widget(fitted(&REPLICA_COLUMNS, rows, area.width, &title), area);
+}
+
+const REPLICA_COLUMNS: [Column; 6] = [
+    col("REPLICA", 24, 9),
+    col("STATE", 7, 8),
+    col("HEARD", 9, 5),
+    col("LISTEN", 22, 4),
+    col("IN FLIGHT", 9, 7),
+    col("VERSION", 8, 2),
+];
 
 const REGION_COLUMNS: [Column; 9] = [
     col("REGION", 9, 8),

@@ -289,6 +289,10 @@ pub struct AuditRecord {
     /// What the gateway answered the operator: done, or why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// The replica that made the record, when replicas share state (each keeps its
+    /// own audit log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 impl AuditRecord {

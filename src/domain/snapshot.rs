@@ -265,6 +265,19 @@ pub struct TenantView {
     /// Answers refused or failed, by error code, since start.
     #[serde(default)]
     pub refused: Vec<(String, u64)>,
+    /// With shared state: the whole cluster's spending (this replica's now, the
+    /// others' as of the last round trip).
+    #[serde(default)]
+    pub cluster: Option<ClusterUsage>,
+}
+
+/// A tenant's spending over every replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterUsage {
+    pub day_tokens: u64,
+    pub day_usd: f64,
+    pub month_tokens: u64,
+    pub month_usd: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -488,6 +488,7 @@ impl Gateway {
     /// Connects this replica to the shared store; until then, a lease found short is
     /// refused as the store being unreachable.
     pub fn attach_shared(&self, shared: Arc<crate::state::Shared>) {
+        self.audit.set_replica(shared.replica());
         let _ = self.shared.set(shared);
     }
 

@@ -6,7 +6,8 @@
 //! trips. When a request finds its replica's lease short, `Shared::reserve` asks the
 //! store for at least what the request needs and at most the lease share more, one
 //! round trip per tenant at a time (requests arriving meanwhile wait for it, then find
-//! the grant). Every `SYNC_EVERY` a routine round trip per active tenant reports what
+//! the grant; a budget hold is absolute, so two questions of one tenant are never in
+//! flight at once, routine reports included). Every `SYNC_EVERY` a routine round trip per active tenant reports what
 //! the replica spent (absolute totals, so a repeated report counts once), renews its
 //! budget hold, pays what it owes and gives back rates it does not use.
 
@@ -189,6 +190,8 @@ impl Shared {
     /// Reserves `demand` for `tenant` when this replica's lease was short: asks the
     /// store for more (or waits for the round trip under way), then reserves.
     pub async fn reserve(&self, tenant: &str, demand: &Demand) -> Result<Reservation, Refusal> {
+        // One round trip at a time per tenant: requests that come meanwhile share its
+        // grant, and a hold (absolute) is never set from two questions at once.
         let gate = self.gate(tenant);
         let _turn = gate.lock().await;
         // The round trip under way when this request came may have granted enough.
@@ -224,6 +227,8 @@ impl Shared {
     pub async fn sync(&self) {
         let tenants: Vec<String> = self.admission.tenant_names().map(str::to_string).collect();
         for tenant in tenants {
+            let gate = self.gate(&tenant);
+            let _turn = gate.lock().await;
             let Some(ask) = self.admission.report(&tenant, QUIET) else {
                 continue;
             };
