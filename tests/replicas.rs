@@ -12,19 +12,24 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchyard::mock::MockHandle;
 
-/// Three replicas of one config, tier `pro` given `limits`, sharing `valkey`.
+/// A replica's config: tier `pro` given `limits`, sharing `valkey`.
+fn replica_toml(valkey: &Valkey, mock: &MockHandle, limits: &str, lease: f64) -> String {
+    let state = format!(
+        "\n[state]\nbackend = \"valkey\"\nurl = \"{}\"\nlease = {lease}\n",
+        valkey.url()
+    );
+    config_for(&[("us", mock.url())], &state)
+        .replace("[tiers.pro]\n", &format!("[tiers.pro]\n{limits}\n"))
+}
+
+/// Three replicas of one config (`replica_toml`).
 async fn replicas(
     valkey: &Valkey,
     mock: &MockHandle,
     limits: &str,
     lease: f64,
 ) -> Vec<TestGateway> {
-    let state = format!(
-        "\n[state]\nbackend = \"valkey\"\nurl = \"{}\"\nlease = {lease}\n",
-        valkey.url()
-    );
-    let toml = config_for(&[("us", mock.url())], &state)
-        .replace("[tiers.pro]\n", &format!("[tiers.pro]\n{limits}\n"));
+    let toml = replica_toml(valkey, mock, limits, lease);
     let mut gateways = Vec::new();
     for _ in 0..3 {
         gateways.push(TestGateway::from_toml(&toml).await);
@@ -407,7 +412,7 @@ async fn admin_post(gateway: &TestGateway, path: &str, body: Option<Value>) -> V
 async fn a_key_a_pause_a_drain_and_a_revocation_on_one_replica_reach_the_others() {
     let mock = quick_mock().spawn_local().await.unwrap();
     let valkey = Valkey::start();
-    let gateways = replicas(&valkey, &mock, "", 0.01).await;
+    let gateways = replicas(&valkey, &mock, "\n[tiers.free]", 0.01).await;
     until_all(&gateways, "ok").await;
     let g = &gateways;
     // A key made on replica 0 works on replica 2.
@@ -477,6 +482,36 @@ async fn a_key_a_pause_a_drain_and_a_revocation_on_one_replica_reach_the_others(
             "the revocation on replica {i}"
         );
     }
+    // A tier on replica 2 and a limit on replica 0, both seen on replica 1.
+    let tier = json!({"tier": "free"});
+    admin_post(&gateways[2], "/admin/tenants/tenant-a/tier", Some(tier)).await;
+    let limit = json!({"rpm": 7});
+    admin_post(&gateways[0], "/admin/tenants/tenant-a/limits", Some(limit)).await;
+    let changed = |i: usize| async move {
+        let tenant = g[i].tenant("tenant-a").await;
+        tenant["tier"] == "free" && tenant["limits"]["rpm"] == 7
+    };
+    assert!(
+        within_a_second(|| changed(1)).await,
+        "the tier and limit on replica 1"
+    );
+
+    // A replica that starts now takes all of it from the shared state.
+    let toml = replica_toml(&valkey, &mock, "\n[tiers.free]", 0.01);
+    let late = TestGateway::from_toml(&toml).await;
+    let tenant = late.tenant("tenant-a").await;
+    assert_eq!(tenant["tier"], "free");
+    assert_eq!(tenant["limits"]["rpm"], 7);
+    assert_eq!(late.chat(&key, &hello("gpt-4o-mini")).await.status(), 401);
+    let regions: Value = late
+        .admin(reqwest::Method::GET, "/admin/regions", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let state = regions["regions"][0]["state"].as_str();
+    assert!(matches!(state, Some("draining" | "drained")), "{state:?}");
+    late.stop().await;
     for gateway in gateways {
         gateway.stop().await;
     }
