@@ -535,7 +535,13 @@ impl RawState {
         let backend = match (self.backend.as_str(), self.url) {
             ("local", _) => StateBackend::Local,
             ("valkey" | "redis", Some(url)) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                if url.starts_with("rediss://") {
+                    return Err(invalid(
+                        "state.url",
+                        "TLS to the shared store (rediss://) is not supported yet; reach it over a private network or a local TLS tunnel, as redis://",
+                    ));
+                }
+                if !url.starts_with("redis://") {
                     return Err(invalid(
                         "state.url",
                         format!("\"{url}\" is not a Valkey URL like \"redis://127.0.0.1:6379\""),
