@@ -323,6 +323,15 @@ async fn an_outage_of_the_store_falls_back_to_shares_and_recovers_without_chargi
     until_all(&gateways, "ok").await;
     let before = spread(&gateways, &hello("gpt-4o-mini"), 150, 10).await;
     assert!(before.iter().all(|(s, _)| *s == 200));
+    // Operators' changes before the outage take the overrides to version 3.
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        let path = format!("/admin/tenants/tenant-b/{action}");
+        admin_post(&gateways[0], &path, None).await;
+        for gateway in &gateways {
+            let seen = || async { gateway.tenant("tenant-b").await["paused"] == paused };
+            assert!(within_a_second(seen).await, "{action} on every replica");
+        }
+    }
 
     // The store goes away in the middle of the load: every replica notices (at its
     // next round trip, or heartbeat), says so, and goes on alone at its share of what
@@ -340,6 +349,12 @@ async fn an_outage_of_the_store_falls_back_to_shares_and_recovers_without_chargi
     let (_, why) = shared_state(&gateways[0]).await;
     assert!(why.is_some(), "the console shows the degradation");
     assert!(event_says(&gateways[1], "shared state degraded").await);
+    // An operator's change meanwhile holds where it was made, and says so.
+    let response = gateways[1]
+        .admin(reqwest::Method::POST, "/admin/tenants/tenant-b/pause", None)
+        .await;
+    let said = response.text().await.unwrap();
+    assert!(said.contains("not on the other replicas"), "{said}");
     let admitted = during.iter().filter(|(s, _)| *s == 200).count() as f64;
     for (status, code) in &during {
         assert!(
@@ -385,6 +400,26 @@ async fn an_outage_of_the_store_falls_back_to_shares_and_recovers_without_chargi
         tokio::time::sleep(ms(50)).await;
     }
     assert_eq!(counted, spent, "the cluster's spending after recovery");
+
+    // The change made during the outage reached the others once the store returned.
+    let mut reached = false;
+    for _ in 0..100 {
+        reached = gateways[0].tenant("tenant-b").await["paused"] == true;
+        if reached {
+            break;
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+    assert!(reached, "the pause made during the outage, after it");
+
+    // Operators' changes still travel on the restarted store (its versions start
+    // again from 1).
+    admin_post(&gateways[0], "/admin/tenants/tenant-a/pause", None).await;
+    let paused = || async {
+        let response = gateways[2].chat(KEY_A, &hello("gpt-4o-mini")).await;
+        response.status() == 403
+    };
+    assert!(within_a_second(paused).await, "a pause after the restart");
     for gateway in gateways {
         gateway.stop().await;
     }

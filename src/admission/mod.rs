@@ -436,6 +436,13 @@ impl Admission {
             if a.fallback.take().is_none() {
                 continue;
             }
+            // What was leased before may have lapsed in the store meanwhile (holds
+            // expire; a restarted store has none): start again from nothing.
+            let cluster = a.lease.cluster;
+            a.lease = lease::Lease {
+                cluster,
+                ..lease::Lease::default()
+            };
             if let Some(tier) = self.tiers.get(&a.tier) {
                 a.requests = None;
                 a.tokens = None;

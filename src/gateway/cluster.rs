@@ -38,7 +38,16 @@ impl Gateway {
         for _ in 0..SHARE_TRIES {
             let seen = self.operator_version.load(Ordering::Acquire);
             let document = serde_json::to_string(&*self.overrides()).unwrap_or_default();
-            match shared.store().publish_overrides(seen, &document).await? {
+            let published = match shared.store().publish_overrides(seen, &document).await {
+                Ok(published) => published,
+                Err(why) => {
+                    // Applied again on the cluster's overrides and shared when the
+                    // store answers (`catch_up_overrides`).
+                    self.pending_actions().push(action.clone());
+                    return Err(why);
+                }
+            };
+            match published {
                 Ok(version) => {
                     self.operator_version.store(version, Ordering::Release);
                     return Ok(());
@@ -219,13 +228,16 @@ impl Gateway {
     }
 
     /// Follows the cluster's operators' state until the daemon stops: at once, then on
-    /// every message on the channel and every newer version a heartbeat learns.
+    /// every message on the channel and every other version a heartbeat learns (a restarted store starts again from 1).
     pub async fn follow_cluster(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(shared) = self.shared.get().cloned() else {
             return;
         };
         self.catch_up(&shared).await;
         let mut versions = shared.versions();
+        // Changes made here while the store was away are tried again every second.
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let heard = match shared.store().listen().await {
                 Ok(heard) => Some(heard),
@@ -241,7 +253,7 @@ impl Gateway {
                 tokio::select! {
                     message = heard.next() => match message {
                         Some(Heard::Overrides(version)) => {
-                            if version > self.operator_version.load(Ordering::Acquire) {
+                            if version != self.operator_version.load(Ordering::Acquire) {
                                 self.catch_up_overrides(&shared).await;
                             }
                         }
@@ -251,11 +263,16 @@ impl Gateway {
                     },
                     Ok(()) = versions.changed() => {
                         let now = *versions.borrow_and_update();
-                        if now.overrides > self.operator_version.load(Ordering::Acquire) {
+                        if now.overrides != self.operator_version.load(Ordering::Acquire) {
                             self.catch_up_overrides(&shared).await;
                         }
-                        if now.keys > self.keys_version.swap(now.keys, Ordering::AcqRel) {
+                        if now.keys != self.keys_version.swap(now.keys, Ordering::AcqRel) {
                             self.adopt_keys(&shared).await;
+                        }
+                    }
+                    _ = retry.tick() => {
+                        if !self.pending_actions().is_empty() {
+                            self.catch_up_overrides(&shared).await;
                         }
                     }
                     _ = stop.changed() => return,
@@ -301,18 +318,57 @@ impl Gateway {
         self.adopt_keys(shared).await;
     }
 
-    /// Adopts the cluster's overrides, or brings this replica's when there are none.
+    fn pending_actions(&self) -> std::sync::MutexGuard<'_, Vec<Action>> {
+        self.pending_actions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adopts the cluster's overrides, or brings this replica's when there are none
+    /// (a new cluster, or a store that restarted empty); then the changes operators
+    /// made here while the store was away, applied again on top and shared.
     async fn catch_up_overrides(&self, shared: &Shared) {
-        let _turn = self.cluster_turn.lock().await;
-        match shared.store().overrides().await {
-            Ok((0, _)) => {
-                let document = serde_json::to_string(&*self.overrides()).unwrap_or_default();
-                if let Ok(Ok(version)) = shared.store().publish_overrides(0, &document).await {
-                    self.operator_version.store(version, Ordering::Release);
+        {
+            let _turn = self.cluster_turn.lock().await;
+            match shared.store().overrides().await {
+                Ok((0, _)) => {
+                    let document = serde_json::to_string(&*self.overrides()).unwrap_or_default();
+                    if let Ok(Ok(version)) = shared.store().publish_overrides(0, &document).await {
+                        self.operator_version.store(version, Ordering::Release);
+                    }
+                }
+                Ok((version, document))
+                    if version != self.operator_version.load(Ordering::Acquire) =>
+                {
+                    self.adopt_overrides(version, &document).await;
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    tracing::warn!(%why, "the cluster's overrides could not be read");
+                    return;
                 }
             }
-            Ok((version, document)) => self.adopt_overrides(version, &document).await,
-            Err(why) => tracing::warn!(%why, "the cluster's overrides could not be read"),
+        }
+        let pending = std::mem::take(&mut *self.pending_actions());
+        for action in pending {
+            if self.carry_out(&action).is_ok() && self.remember(&action) {
+                if let Err(error) = self.keep_overrides().await {
+                    tracing::error!(%error, "a change made during the outage could not be kept");
+                }
+            }
+            match self.share_overrides(&action).await {
+                Ok(()) => self.events.record(
+                    EventKind::Operator,
+                    Some("cluster"),
+                    format!(
+                        "{}, made during the outage, shared with the cluster",
+                        action.describe()
+                    ),
+                ),
+                Err(why) => {
+                    tracing::warn!(%why, "a change made during the outage is not shared yet")
+                }
+            }
         }
     }
 }

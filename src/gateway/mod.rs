@@ -86,6 +86,8 @@ pub struct Gateway {
     cluster_turn: tokio::sync::Mutex<()>,
     operator_version: std::sync::atomic::AtomicU64,
     keys_version: std::sync::atomic::AtomicU64,
+    /// Operators' changes made here that could not be shared yet.
+    pending_actions: Mutex<Vec<crate::domain::snapshot::Action>>,
     /// Whether the shared store was unreachable at the last look (for the event log).
     shared_degraded: std::sync::atomic::AtomicBool,
     cache: Arc<Cache>,
@@ -337,6 +339,7 @@ impl Gateway {
             cluster_turn: tokio::sync::Mutex::new(()),
             operator_version: std::sync::atomic::AtomicU64::new(0),
             keys_version: std::sync::atomic::AtomicU64::new(0),
+            pending_actions: Mutex::default(),
             shared_degraded: std::sync::atomic::AtomicBool::new(false),
             cache: Arc::new(Cache::new(config.cache.clone())),
             audit: Arc::new(Audit::new(config.audit.clone())),
