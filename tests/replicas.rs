@@ -559,3 +559,53 @@ async fn a_key_a_pause_a_drain_and_a_revocation_on_one_replica_reach_the_others(
         gateway.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alone_past_the_grace_period_a_tenant_with_a_budget_is_refused_until_the_store_returns() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let mut valkey = Valkey::start();
+    let toml = replica_toml(&valkey, &mock, "daily_tokens = 1_000_000", 0.01)
+        .replace("lease = 0.01\n", "lease = 0.01\ngrace = \"1s\"\n");
+    let gateway = TestGateway::from_toml(&toml).await;
+    for _ in 0..100 {
+        if shared_state(&gateway).await.0.starts_with("ok") {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert_eq!(
+        gateway.chat(KEY_A, &hello("gpt-4o-mini")).await.status(),
+        200
+    );
+
+    valkey.kill();
+    for _ in 0..200 {
+        if shared_state(&gateway).await.0 == "degraded" {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    // Within the grace period the budget is enforced from what was last known.
+    assert_eq!(
+        gateway.chat(KEY_A, &hello("gpt-4o-mini")).await.status(),
+        200
+    );
+    // Past it, no replica can vouch for the budget alone.
+    tokio::time::sleep(ms(1500)).await;
+    let refused = gateway.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(error_of(refused).await["code"], "shared_state_unavailable");
+
+    valkey.restart();
+    let mut served = false;
+    for _ in 0..250 {
+        served = gateway.chat(KEY_A, &hello("gpt-4o-mini")).await.status() == 200;
+        if served {
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert!(served, "served again once the store returned");
+    gateway.stop().await;
+}
