@@ -609,3 +609,43 @@ async fn alone_past_the_grace_period_a_tenant_with_a_budget_is_refused_until_the
     assert!(served, "served again once the store returned");
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_valkey_cluster_replicas_hold_one_limit_and_share_operators_changes() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let cluster = ValkeyCluster::start();
+    let urls = cluster.urls();
+    let nodes: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let state = format!(
+        "\n[state]\nbackend = \"valkey\"\nurl = \"{}\"\ncluster_nodes = [{}]\n",
+        urls[1],
+        nodes.join(", ")
+    );
+    let toml = config_for(&[("us", mock.url())], &state)
+        .replace("[tiers.pro]\n", "[tiers.pro]\nrpm = 300\n");
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(TestGateway::from_toml(&toml).await);
+    }
+    until_all(&gateways, "ok").await;
+    // Both tenants' keys land in the slots of different nodes, or the same: either way
+    // one limit for the three replicas.
+    let started = Instant::now();
+    let answers = spread(&gateways, &hello("gpt-4o-mini"), 450, 30).await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count() as f64;
+    let allowed = 300.0 + 5.0 * started.elapsed().as_secs_f64();
+    assert!(ok <= allowed * 1.05, "{ok} admitted, {allowed:.0} allowed");
+    assert!(ok >= 300.0 * 0.95, "only {ok} admitted");
+
+    let g = &gateways;
+    admin_post(&gateways[0], "/admin/tenants/tenant-b/pause", None).await;
+    let paused =
+        |i: usize| async move { g[i].chat(KEY_B, &hello("gpt-4o-mini")).await.status() == 403 };
+    assert!(
+        within_a_second(|| paused(2)).await,
+        "the pause on replica 2"
+    );
+    for gateway in gateways {
+        gateway.stop().await;
+    }
+}

@@ -477,6 +477,7 @@ pub(super) struct RawState {
     pub(super) replica: Option<String>,
     pub(super) lease: f64,
     pub(super) grace: String,
+    pub(super) cluster_nodes: Vec<String>,
 }
 
 impl Default for RawState {
@@ -488,6 +489,7 @@ impl Default for RawState {
             replica: None,
             lease: 0.02,
             grace: "5m".into(),
+            cluster_nodes: Vec::new(),
         }
     }
 }

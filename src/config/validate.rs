@@ -547,9 +547,21 @@ impl RawState {
                         format!("\"{url}\" is not a Valkey URL like \"redis://127.0.0.1:6379\""),
                     ));
                 }
+                if let Some((i, node)) = self
+                    .cluster_nodes
+                    .iter()
+                    .enumerate()
+                    .find(|(_, n)| !n.starts_with("redis://"))
+                {
+                    return Err(invalid(
+                        format!("state.cluster_nodes[{i}]"),
+                        format!("\"{node}\" is not a Valkey URL like \"redis://10.0.0.1:6379\""),
+                    ));
+                }
                 StateBackend::Valkey {
                     url,
                     prefix: self.prefix,
+                    cluster_nodes: self.cluster_nodes,
                 }
             }
             ("valkey" | "redis", None) => {

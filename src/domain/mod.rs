@@ -633,8 +633,13 @@ impl Default for StatePolicy {
 pub enum StateBackend {
     /// In this process (and its sled store): one machine.
     Local,
-    /// Shared by every replica through Valkey or Redis at `url`, keys under `prefix`.
-    Valkey { url: String, prefix: String },
+    /// Shared by every replica through Valkey or Redis at `url`, keys under `prefix`;
+    /// with `cluster_nodes`, a Valkey Cluster reached through those seed nodes.
+    Valkey {
+        url: String,
+        prefix: String,
+        cluster_nodes: Vec<String>,
+    },
 }
 
 /// The response cache: which answers may be kept, for how long, and in how much room.

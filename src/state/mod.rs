@@ -71,10 +71,15 @@ impl Shared {
         replica: String,
         admission: Arc<Admission>,
     ) -> Result<Shared, String> {
-        let StateBackend::Valkey { url, prefix } = &policy.backend else {
+        let StateBackend::Valkey {
+            url,
+            prefix,
+            cluster_nodes,
+        } = &policy.backend
+        else {
             return Err("the state backend is local: nothing to connect to".into());
         };
-        let store = Valkey::connect(url, prefix).await?;
+        let store = Valkey::connect_to(url, cluster_nodes, prefix).await?;
         store.ping().await?;
         Ok(Shared {
             store,

@@ -21,12 +21,50 @@ const MONTH_KEY_SECS: u64 = 40 * 86_400;
 
 pub struct Valkey {
     client: redis::Client,
-    connection: ConnectionManager,
+    connection: Link,
     lease: redis::Script,
     replicas: redis::Script,
     operator: redis::Script,
     keys: redis::Script,
     prefix: String,
+}
+
+/// One node's connection (reconnected when lost), or a cluster's (routed by key).
+#[derive(Clone)]
+enum Link {
+    One(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Link {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Link::One(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Link::One(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::One(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// The versions of the operators' shared state, as a heartbeat learns them.
@@ -48,16 +86,44 @@ pub enum Heard {
 impl Valkey {
     /// Connects to `url` (`redis://host:port/db`), or says why it could not.
     pub async fn connect(url: &str, prefix: &str) -> Result<Valkey, String> {
+        Self::connect_to(url, &[], prefix).await
+    }
+
+    /// Connects to `url`, or with `cluster_nodes` to a Valkey Cluster through them
+    /// (`url` is then the node the operators' channel is heard on: a message
+    /// published on any node reaches every node).
+    pub async fn connect_to(
+        url: &str,
+        cluster_nodes: &[String],
+        prefix: &str,
+    ) -> Result<Valkey, String> {
         let client =
             redis::Client::open(url).map_err(|e| format!("{url} is not a store URL: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(ANSWER_TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(|e| format!("the shared store at {url} could not be reached: {e}"))?;
+        let connection = if cluster_nodes.is_empty() {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(ANSWER_TIMEOUT))
+                .set_number_of_retries(1);
+            let manager = client
+                .get_connection_manager_with_config(config)
+                .await
+                .map_err(|e| format!("the shared store at {url} could not be reached: {e}"))?;
+            Link::One(manager)
+        } else {
+            let cluster = redis::cluster::ClusterClient::builder(cluster_nodes.to_vec())
+                .connection_timeout(Duration::from_secs(2))
+                .response_timeout(ANSWER_TIMEOUT)
+                .retries(1)
+                .build()
+                .map_err(|e| format!("the Valkey Cluster nodes are not understood: {e}"))?;
+            let connection = cluster.get_async_connection().await.map_err(|e| {
+                format!(
+                    "the Valkey Cluster at {} could not be reached: {e}",
+                    cluster_nodes.join(", ")
+                )
+            })?;
+            Link::Cluster(connection)
+        };
         Ok(Valkey {
             client,
             connection,

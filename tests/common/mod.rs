@@ -428,3 +428,111 @@ impl Drop for Valkey {
         let _ = self.child.wait();
     }
 }
+
+/// A three-node Valkey (or Redis) Cluster of the test's own on loopback, every slot
+/// covered, no replicas; killed when dropped.
+pub struct ValkeyCluster {
+    nodes: Vec<std::process::Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl ValkeyCluster {
+    pub fn start() -> ValkeyCluster {
+        let server = ["valkey-server", "redis-server"]
+            .into_iter()
+            .find(|b| {
+                std::process::Command::new(b)
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+            })
+            .expect("valkey-server or redis-server is installed (apt-get install redis-server)");
+        let cli = ["valkey-cli", "redis-cli"]
+            .into_iter()
+            .find(|b| {
+                std::process::Command::new(b)
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+            })
+            .expect("valkey-cli or redis-cli is installed (with the server)");
+        let dir = tempfile::tempdir().unwrap();
+        // A node's cluster bus listens on its port + 10000.
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = free_port();
+            if port < 55_000 && !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                std::process::Command::new(server)
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--dir", dir.path().to_str().unwrap()])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        for port in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{server} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = std::process::Command::new(cli)
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(created.status.success(), "{created:?}");
+        loop {
+            let info = std::process::Command::new(cli)
+                .args(["-p", &ports[0].to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not form"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ValkeyCluster {
+            nodes,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for ValkeyCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
