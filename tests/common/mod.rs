@@ -365,6 +365,25 @@ pub fn for_process(toml: &str, (port, admin_port): (u16, u16), data: &std::path:
     )
 }
 
+/// The first of `names` that runs (Valkey's, else Redis's); `.ci/run` installs
+/// `redis-server`, which brings `redis-cli`.
+fn installed(names: [&'static str; 2]) -> &'static str {
+    names
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} or {} is installed (apt-get install redis-server)",
+                names[0], names[1]
+            )
+        })
+}
+
 /// A Valkey (or Redis) server of the test's own on a loopback port, without
 /// persistence; killed when dropped. `.ci/run` installs `redis-server`.
 pub struct Valkey {
@@ -390,15 +409,7 @@ impl Valkey {
     }
 
     pub fn start_on(port: u16) -> Valkey {
-        let binary = ["valkey-server", "redis-server"]
-            .into_iter()
-            .find(|b| {
-                std::process::Command::new(b)
-                    .arg("--version")
-                    .output()
-                    .is_ok()
-            })
-            .expect("valkey-server or redis-server is installed (apt-get install redis-server)");
+        let binary = installed(["valkey-server", "redis-server"]);
         let child = std::process::Command::new(binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -439,24 +450,8 @@ pub struct ValkeyCluster {
 
 impl ValkeyCluster {
     pub fn start() -> ValkeyCluster {
-        let server = ["valkey-server", "redis-server"]
-            .into_iter()
-            .find(|b| {
-                std::process::Command::new(b)
-                    .arg("--version")
-                    .output()
-                    .is_ok()
-            })
-            .expect("valkey-server or redis-server is installed (apt-get install redis-server)");
-        let cli = ["valkey-cli", "redis-cli"]
-            .into_iter()
-            .find(|b| {
-                std::process::Command::new(b)
-                    .arg("--version")
-                    .output()
-                    .is_ok()
-            })
-            .expect("valkey-cli or redis-cli is installed (with the server)");
+        let server = installed(["valkey-server", "redis-server"]);
+        let cli = installed(["valkey-cli", "redis-cli"]);
         let dir = tempfile::tempdir().unwrap();
         // A node's cluster bus listens on its port + 10000.
         let mut ports = Vec::new();
