@@ -29,12 +29,17 @@ use crate::state::{Heard, Shared};
 const SHARE_TRIES: usize = 5;
 
 impl Gateway {
-    /// Shares this replica's overrides after `action` changed them for good.
-    pub(super) async fn share_overrides(&self, action: &Action) -> Result<(), String> {
+    /// Shares this replica's overrides after `action` changed them for good, made
+    /// when this replica had the cluster's version `then`.
+    pub(super) async fn share_overrides(&self, action: &Action, then: u64) -> Result<(), String> {
         let Some(shared) = self.shared.get() else {
             return Ok(());
         };
         let _turn = self.cluster_turn.lock().await;
+        // Another replica's change adopted since the action took effect undid it here.
+        if self.operator_version.load(Ordering::Acquire) != then && self.carry_out(action).is_ok() {
+            self.remember(action);
+        }
         for _ in 0..SHARE_TRIES {
             let seen = self.operator_version.load(Ordering::Acquire);
             let document = serde_json::to_string(&*self.overrides()).unwrap_or_default();
@@ -305,6 +310,11 @@ impl Gateway {
         self.events.record(EventKind::Traffic, None, said);
     }
 
+    /// The version of the cluster's overrides this replica has.
+    pub(super) fn operator_version(&self) -> u64 {
+        self.operator_version.load(Ordering::Acquire)
+    }
+
     /// Takes the cluster's operators' state before this replica serves (or brings its
     /// own to a new cluster).
     pub async fn join_cluster(&self) {
@@ -356,7 +366,8 @@ impl Gateway {
                     tracing::error!(%error, "a change made during the outage could not be kept");
                 }
             }
-            match self.share_overrides(&action).await {
+            let then = self.operator_version.load(Ordering::Acquire);
+            match self.share_overrides(&action, then).await {
                 Ok(()) => self.events.record(
                     EventKind::Operator,
                     Some("cluster"),

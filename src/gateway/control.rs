@@ -189,6 +189,7 @@ impl Gateway {
             return outcome;
         }
         let before = self.state_of(action);
+        let version = self.operator_version();
         let mut outcome = self.carry_out(action);
         // An action that finds things already as it would leave them changes nothing and
         // is no change on the record (a drain may still move its deadline).
@@ -207,7 +208,7 @@ impl Gateway {
                     "{} took effect but could not be kept, and will not survive a restart: {error}",
                     action.describe()
                 ));
-            } else if let Err(why) = self.share_overrides(action).await {
+            } else if let Err(why) = self.share_overrides(action, version).await {
                 outcome = Err(format!(
                     "{} took effect here but not on the other replicas: {why}",
                     action.describe()
