@@ -1,15 +1,19 @@
 //! Shared state for replicas (`[state] backend = "valkey"`): the cluster's limits and
 //! budgets kept in Valkey (or Redis), so N replicas behind a load balancer enforce one
-//! limit, not N.
+//! limit, not N; and the heartbeats by which replicas know each other.
 //!
 //! Admission spends from leases (`admission::lease`); this module makes the round
 //! trips. When a request finds its replica's lease short, `Shared::reserve` asks the
-//! store for at least what the request needs and at most the lease share more, one
-//! round trip per tenant at a time (requests arriving meanwhile wait for it, then find
-//! the grant; a budget hold is absolute, so two questions of one tenant are never in
-//! flight at once, routine reports included). Every `SYNC_EVERY` a routine round trip per active tenant reports what
-//! the replica spent (absolute totals, so a repeated report counts once), renews its
-//! budget hold, pays what it owes and gives back rates it does not use.
+//! store for at least what the request needs and at most the lease share more. A
+//! tenant's round trips take turns: requests arriving meanwhile wait, then find the
+//! grant; and a budget hold is absolute, so two questions of one tenant in flight at
+//! once could leave the store holding less than the replica believes (routine reports
+//! take the same turn). Every `SYNC_EVERY` a routine round trip per active tenant
+//! reports what the replica spent (absolute totals, so a repeated report counts once),
+//! renews its budget hold, pays what it owes and gives back rates it does not use.
+//!
+//! When a round trip fails, admission falls back to this replica's share of each
+//! limit (`Admission::degrade`) until a heartbeat is answered again.
 
 mod valkey;
 
@@ -21,11 +25,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::admission::{Admission, Demand, Refusal, Reservation};
+use crate::domain::snapshot::{ClusterView, ReplicaView};
 use crate::domain::{StateBackend, StatePolicy};
 
 pub use valkey::{Heard, Valkey, Versions};
-
-use crate::domain::snapshot::{ClusterView, ReplicaView};
 
 /// How often each active tenant's spending is reported and its lease tidied.
 pub const SYNC_EVERY: Duration = Duration::from_millis(250);

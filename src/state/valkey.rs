@@ -1,8 +1,11 @@
-//! The shared store's wire side: one connection (multiplexed, reconnected when lost)
-//! to Valkey or Redis, and the lease script (`lease.lua`) run by its SHA.
+//! The shared store's wire side: one connection to Valkey or Redis (multiplexed,
+//! reconnected when lost) or to a Valkey Cluster (routed by key), the scripts run by
+//! their SHA (`lease.lua`, `replicas.lua`, `operator.lua`, `keys.lua`), and the
+//! operators' channel.
 //!
-//! Keys are `{prefix:tenant}:...`: the braces are a hash tag, so every key of one
-//! tenant lives in one slot and one script may touch them all on Valkey Cluster too.
+//! Keys are `{prefix:tenant}:...` for a tenant's limits and `{prefix}:...` for the
+//! cluster's own: the braces are a hash tag, so every key one script touches lives in
+//! one slot, on Valkey Cluster too.
 
 use std::time::Duration;
 
