@@ -205,3 +205,19 @@ async fn a_stream_longer_than_the_idle_timeout_is_not_idle() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sent_a_byte_does_not_hold_up_a_shutdown() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    // The default header timeout (30 s): without the listener's closing, the spare
+    // connection would keep the stop waiting until it is cut (5 s).
+    let gw = TestGateway::with_regions(&[("us-east", &mock)]).await;
+    let mut spare = TcpStream::connect(gw.daemon.addr()).await.unwrap();
+    assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 200);
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(gw.stop());
+    read_until_closed(&mut spare).await;
+    stopping.await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}");
+}

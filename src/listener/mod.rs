@@ -191,18 +191,6 @@ struct Accepted {
 
 impl Accepted {
     async fn serve(self, tls: Option<TlsAcceptor>) {
-        let _ = self.stream.set_nodelay(true);
-        // A client that sends nothing at all is closed here: telling HTTP/1 from HTTP/2
-        // (or a TLS hello) needs its first bytes, and hyper's header timer starts only
-        // after that.
-        let wait = self.limits.header_read_timeout;
-        let mut first = [0u8; 1];
-        if !matches!(
-            tokio::time::timeout(wait, self.stream.peek(&mut first)).await,
-            Ok(Ok(1))
-        ) {
-            return;
-        }
         let Accepted {
             stream,
             peer,
@@ -211,6 +199,21 @@ impl Accepted {
             closing,
             _place,
         } = self;
+        let _ = stream.set_nodelay(true);
+        // A client that sends nothing at all is closed here: telling HTTP/1 from HTTP/2
+        // (or a TLS hello) needs its first bytes, and hyper's header timer starts only
+        // after that. Nor does it hold up a shutdown: a pool's spare connection that
+        // never carried a request is closed as soon as the listener closes.
+        let wait = limits.header_read_timeout;
+        let mut first = [0u8; 1];
+        let mut closed = closing.clone();
+        let peeked = tokio::select! {
+            peeked = tokio::time::timeout(wait, stream.peek(&mut first)) => peeked,
+            _ = closed.wait_for(|c| *c) => return,
+        };
+        if !matches!(peeked, Ok(Ok(1))) {
+            return;
+        }
         match tls {
             None => serve_http(stream, peer, app, limits, closing).await,
             Some(tls) => match tokio::time::timeout(wait, tls.accept(stream)).await {
