@@ -17,17 +17,10 @@ use std::time::{Duration, Instant};
 mod support;
 
 use serde_json::Value;
-use support::{free_port, mock, serve, wait_for};
+use support::{env_or, free_port, mock, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const SEATS: u32 = 16;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Bench {
     client: reqwest::Client,

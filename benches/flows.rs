@@ -15,17 +15,10 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{free_port, mock, serve, wait_for};
+use support::{env_or, free_port, median, mock, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One thing a client does, to the end, before doing it again.
 #[derive(Clone, Copy)]
@@ -103,11 +96,6 @@ async fn run(
         p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn main() {

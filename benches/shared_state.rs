@@ -17,17 +17,10 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Process, free_port, mock, serve, wait_for};
+use support::{Process, env_or, free_port, median, mock, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Measured {
     per_sec: f64,
@@ -74,11 +67,6 @@ async fn run(client: &reqwest::Client, base: &str, clients: u64, secs: u64) -> M
         p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
         requests: all.len(),
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Script calls the store has answered so far (EVALSHA and EVAL).

@@ -75,3 +75,17 @@ pub fn mock(bin: &str, port: u16, pacing: &[&str]) -> Process {
             .unwrap(),
     )
 }
+
+/// The number in environment variable `name`, else `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The middle of `values` (the upper one of two).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
