@@ -37,6 +37,17 @@ async fn replicas(
     gateways
 }
 
+/// Tenant A's tokens today over the replicas: each one's own spending, summed.
+async fn day_tokens(gateways: &[TestGateway]) -> u64 {
+    let mut sum = 0;
+    for gateway in gateways {
+        sum += gateway.tenant("tenant-a").await["day"]["tokens"]
+            .as_u64()
+            .unwrap();
+    }
+    sum
+}
+
 /// Sends `count` requests of `body`, `concurrency` at once, request i to replica
 /// i mod 3; the status and the error code of each.
 async fn spread(
@@ -115,12 +126,7 @@ async fn three_replicas_hold_a_tenant_to_one_tokens_per_minute_limit() {
             "{status} {code}"
         );
     }
-    let mut used = 0;
-    for gateway in &gateways {
-        used += gateway.tenant("tenant-a").await["day"]["tokens"]
-            .as_u64()
-            .unwrap();
-    }
+    let used = day_tokens(&gateways).await;
     // The bucket's 3000 and its refill (50 a second) while the test ran, within 5%:
     // a request reserves its prompt and 20 completion tokens and gives back what it
     // did not use.
@@ -153,13 +159,7 @@ async fn a_daily_budget_is_never_overspent_by_200_requests_across_replicas() {
             "{status} {code}"
         );
     }
-    // Each replica's own spending, summed: the cluster's.
-    let mut spent = 0;
-    for gateway in &gateways {
-        spent += gateway.tenant("tenant-a").await["day"]["tokens"]
-            .as_u64()
-            .unwrap();
-    }
+    let spent = day_tokens(&gateways).await;
     assert!(spent <= 1500, "{spent} tokens spent of a 1500 budget");
     // A request holds its prompt and 20 completion tokens while in flight; about
     // fifty fit at once, and all of them ran.
@@ -375,12 +375,7 @@ async fn an_outage_of_the_store_falls_back_to_shares_and_recovers_without_chargi
     let (_, why) = shared_state(&gateways[0]).await;
     assert_eq!(why, None, "the console shows the recovery");
     assert!(event_says(&gateways[1], "shared state recovered").await);
-    let mut spent = 0;
-    for gateway in &gateways {
-        spent += gateway.tenant("tenant-a").await["day"]["tokens"]
-            .as_u64()
-            .unwrap();
-    }
+    let spent = day_tokens(&gateways).await;
     let store = switchyard::state::Valkey::connect(&valkey.url(), "switchyard")
         .await
         .unwrap();
