@@ -1,6 +1,10 @@
 //! Sustained concurrent streams through the gateway, and the cost of fan-out.
 //! Run with `cargo bench --bench streams` (`STREAMS=N` to choose how many, `HTTP1=1` to
-//! reach the upstream over HTTP/1.1 instead of HTTP/2).
+//! reach the upstream over HTTP/1.1 instead of HTTP/2, `CLIENT_HTTP2=1` for clients that
+//! share HTTP/2 connections instead of one HTTP/1.1 connection per stream).
+//!
+//! Over HTTP/1.1 a client connection costs hyper two fixed 8 KiB buffers (read and
+//! write) for as long as it is open, whatever it carries; HTTP/2 clients share theirs.
 //!
 //! The mock and the gateway run as separate `switchyard` processes, so each has its own
 //! file-descriptor budget. Over HTTP/1.1 every stream costs the gateway two sockets
@@ -39,6 +43,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let http2 = std::env::var_os("HTTP1").is_none();
+    let client_http2 = std::env::var_os("CLIENT_HTTP2").is_some();
     switchyard::tls::install_crypto();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,6 +82,11 @@ fn main() {
     let gateway_log = data.join("stderr.log");
     runtime.block_on(async move {
         let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+        // HTTP/2 clients of 100 streams each, within a server's 200 streams a connection.
+        let h2_clients: Vec<reqwest::Client> = (0..streams.div_ceil(100))
+            .map(|_| reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap())
+            .collect();
+        let client_for = |i: usize| if client_http2 { &h2_clients[i / 100] } else { &client };
         let url = format!("http://127.0.0.1:{gw_port}/v1/chat/completions");
         let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello"}]}"#;
         let started = Instant::now();
@@ -85,8 +95,8 @@ fn main() {
         // Why streams failed, by reason, so a failure says what ran out.
         let mut reasons = std::collections::BTreeMap::<String, usize>::new();
         for chunk in (0..streams).collect::<Vec<_>>().chunks(500) {
-            let batch = futures_util::future::join_all(chunk.iter().map(|_| {
-                client.post(&url).bearer_auth("sy-bench").header("content-type", "application/json").body(body).send()
+            let batch = futures_util::future::join_all(chunk.iter().map(|&i| {
+                client_for(i).post(&url).bearer_auth("sy-bench").header("content-type", "application/json").body(body).send()
             }))
             .await;
             for reply in batch {
@@ -130,8 +140,9 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let cpu = cpu_secs(pid) - cpu_before;
         println!(
-            "{} streams open through the gateway (upstream over {}; {failed} failed) after {:.1?}; gateway RSS {} MiB idle, {} MiB with them: {:.1} KiB per stream; {:.2} CPU cores relaying one token per second each",
+            "{} streams open through the gateway (clients over {}, upstream over {}; {failed} failed) after {:.1?}; gateway RSS {} MiB idle, {} MiB with them: {:.1} KiB per stream; {:.2} CPU cores relaying one token per second each",
             open.len(),
+            if client_http2 { "HTTP/2" } else { "HTTP/1.1" },
             if http2 { "HTTP/2" } else { "HTTP/1.1" },
             ramp,
             idle_rss / 1024,

@@ -221,3 +221,44 @@ async fn a_connection_that_never_sent_a_byte_does_not_hold_up_a_shutdown() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "the stop took {took:?}");
 }
+
+/// A connection reads through one 8 KiB buffer (two fifths of what an open stream costs
+/// when it doubled): a head up to that size is served, a larger one gets a 431 in
+/// OpenAI's shape, and a body of any allowed size still streams through it.
+#[tokio::test]
+async fn request_heads_past_8_kib_get_a_431_and_large_bodies_still_pass() {
+    let (_mock, gw) = gateway().await;
+    let ask = |padding: usize, content: usize| {
+        let body = format!(
+            r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+            "a ".repeat(content / 2)
+        );
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\ncontent-type: application/json\r\nx-padding: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "p".repeat(padding),
+            body.len()
+        )
+    };
+    for (padding, content, status) in [
+        (7 << 10, 100, "200"),
+        (9 << 10, 100, "431"),
+        (100, 200 << 10, "200"),
+    ] {
+        let mut stream = TcpStream::connect(gw.daemon.addr()).await.unwrap();
+        stream
+            .write_all(ask(padding, content).as_bytes())
+            .await
+            .unwrap();
+        let answered = read_until_closed(&mut stream).await;
+        assert!(
+            answered.starts_with(&format!("HTTP/1.1 {status}")),
+            "head padded by {padding}, body of {content}: {answered}"
+        );
+        if status == "431" {
+            assert!(
+                answered.contains("\"code\":\"request_header_fields_too_large\""),
+                "{answered}"
+            );
+        }
+    }
+}

@@ -52,6 +52,24 @@ pub fn ready(kind: TokenizerKind) -> bool {
     }
 }
 
+/// Reads `kind`'s vocabulary on the blocking pool, once: callers that arrive while it
+/// is read wait for that read instead of each starting one on a thread of its own (a
+/// burst at start-up would otherwise hold hundreds of blocking threads, and the
+/// pre-tokenizer keeps a matching cache for every thread that ever used it).
+pub async fn load(kind: TokenizerKind) {
+    static O200K_READ: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    static CL100K_READ: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let read = match kind {
+        TokenizerKind::O200kBase => &O200K_READ,
+        TokenizerKind::Cl100kBase => &CL100K_READ,
+        TokenizerKind::Heuristic => return,
+    };
+    read.get_or_init(|| async move {
+        let _ = tokio::task::spawn_blocking(move || vocabulary(kind).is_some()).await;
+    })
+    .await;
+}
+
 /// Tokens in a piece of text.
 pub fn count(kind: TokenizerKind, text: &str) -> u64 {
     if text.is_empty() {

@@ -650,9 +650,15 @@ fn session_digest(tenant: &str, key: &str) -> String {
 
 /// Prompts up to this size are counted where the request runs: tens of microseconds.
 /// Larger ones (a book pasted in costs milliseconds) are counted on the blocking pool,
-/// as is the first prompt of a vocabulary not read yet (tens of milliseconds, once), so
-/// no runtime thread stalls and other requests keep moving.
+/// as the vocabulary is read there (tens of milliseconds, once), so no runtime thread
+/// stalls and other requests keep moving.
 const COUNT_INLINE: usize = 16 << 10;
+
+/// Large prompts counted on the blocking pool at once. Counting is CPU work, so more
+/// would not finish sooner on a few cores; and the pre-tokenizer keeps a matching cache
+/// (tens of KiB) for every thread that ever counted at the same time as another, for
+/// good, so the bound is also one on that memory.
+static LARGE_COUNTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// A request's prompt tokens, counted with the model's BPE.
 async fn prompt_tokens(kind: ModelKind, model: &Model, fields: &Fields) -> u64 {
@@ -680,9 +686,13 @@ async fn prompt_tokens(kind: ModelKind, model: &Model, fields: &Fields) -> u64 {
         }
     };
     let size = raw.map_or(0, |r| r.get().len()) + instructions.map_or(0, |r| r.get().len());
-    if size <= COUNT_INLINE && estimate::ready(tokenizer) {
+    if !estimate::ready(tokenizer) {
+        estimate::load(tokenizer).await;
+    }
+    if size <= COUNT_INLINE {
         return count(raw.map(|r| &**r), instructions.map(|r| &**r));
     }
+    let _turn = LARGE_COUNTS.acquire().await;
     let (owned, instructions) = (raw.cloned(), instructions.cloned());
     tokio::task::spawn_blocking(move || count(owned.as_deref(), instructions.as_deref()))
         .await
