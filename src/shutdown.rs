@@ -5,15 +5,19 @@
 //! Nothing here spawns a task or does I/O.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 #[derive(Debug)]
 pub struct Shutdown {
     /// Shutting down has begun: nothing new should start.
     draining: watch::Sender<bool>,
     cut: watch::Sender<bool>,
-    running: watch::Sender<usize>,
+    /// Work in progress: a plain counter, as every request moves it twice; `idle` hears
+    /// only when it reaches zero.
+    running: AtomicUsize,
+    none_running: Notify,
 }
 
 impl Default for Shutdown {
@@ -21,7 +25,8 @@ impl Default for Shutdown {
         Shutdown {
             draining: watch::channel(false).0,
             cut: watch::channel(false).0,
-            running: watch::channel(0).0,
+            running: AtomicUsize::new(0),
+            none_running: Notify::new(),
         }
     }
 }
@@ -32,26 +37,36 @@ pub struct Work(Arc<Shutdown>);
 
 impl Drop for Work {
     fn drop(&mut self) {
-        self.0.running.send_modify(|n| *n = n.saturating_sub(1));
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_running.notify_waiters();
+        }
     }
 }
 
 impl Shutdown {
     /// Counts work that shutdown waits for, until the guard is dropped.
     pub fn work(self: &Arc<Self>) -> Work {
-        self.running.send_modify(|n| *n += 1);
+        self.running.fetch_add(1, Ordering::AcqRel);
         Work(self.clone())
     }
 
     /// Work in progress now.
     pub fn running(&self) -> usize {
-        *self.running.borrow()
+        self.running.load(Ordering::Acquire)
     }
 
     /// Resolves once nothing runs.
     pub async fn idle(&self) {
-        let mut running = self.running.subscribe();
-        let _ = running.wait_for(|n| *n == 0).await;
+        loop {
+            // Listening before looking: a last guard dropped in between still wakes us.
+            let none_running = self.none_running.notified();
+            tokio::pin!(none_running);
+            none_running.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            none_running.await;
+        }
     }
 
     /// Shutting down begins: work that starts work of its own (a batch's lines) stops

@@ -18,6 +18,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use base64::Engine as _;
+use regex_automata::{Anchored, Input};
 
 /// One vocabulary, ready to count with.
 pub struct Vocabulary {
@@ -29,7 +30,7 @@ pub struct Vocabulary {
     slots: Vec<u32>,
     /// The pre-tokenizer: text is counted piece by piece, as the model's tokenizer
     /// splits it.
-    pattern: regex::Regex,
+    pattern: regex_automata::meta::Regex,
 }
 
 /// The pattern o200k_base splits text with (GPT-4o, 4.1, o-series), as a DFA can run it.
@@ -93,7 +94,8 @@ impl Vocabulary {
             bytes,
             starts,
             slots: vec![0; capacity],
-            pattern: regex::Regex::new(pattern).map_err(|e| fail(0, e.to_string()))?,
+            pattern: regex_automata::meta::Regex::new(pattern)
+                .map_err(|e| fail(0, e.to_string()))?,
         };
         for rank in 0..lines {
             let mut slot = vocabulary.home(vocabulary.token(rank as u32));
@@ -164,9 +166,13 @@ impl Vocabulary {
             if at >= text.len() {
                 return None;
             }
-            let end = match self.pattern.find_at(text, at) {
+            // Anchored where the last piece ended: the patterns match every character,
+            // so the leftmost match starts there, and the search needs no reverse pass
+            // to find where it starts.
+            let from = Input::new(text).range(at..).anchored(Anchored::Yes);
+            let end = match self.pattern.search(&from) {
                 Some(found) if found.start() == at && found.end() < text.len() => {
-                    let piece = found.as_str();
+                    let piece = &text[found.range()];
                     let spaces =
                         piece.chars().all(char::is_whitespace) && !piece.contains(['\r', '\n']);
                     match piece.char_indices().last() {

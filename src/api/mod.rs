@@ -40,8 +40,15 @@ pub struct Source(pub Option<std::net::IpAddr>);
 pub struct RequestId(pub Arc<str>);
 
 impl RequestId {
+    /// `req_` and 24 random hex digits, written on the stack (every request has one).
     fn generate() -> RequestId {
-        RequestId(format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..)).into())
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = *b"req_000000000000000000000000";
+        let random = (u128::from(fastrand::u64(..)) << 32) | u128::from(fastrand::u32(..));
+        for (i, digit) in id[4..].iter_mut().enumerate() {
+            *digit = HEX[(random >> (4 * (23 - i)) & 0xf) as usize];
+        }
+        RequestId(std::str::from_utf8(&id).unwrap_or("req_").into())
     }
 }
 
@@ -292,4 +299,33 @@ pub(crate) fn resume_from(headers: &HeaderMap) -> usize {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .map_or(0, |last| last.saturating_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestId;
+
+    #[test]
+    fn request_ids_are_req_and_24_hex_digits_and_differ() {
+        let ids: Vec<RequestId> = (0..1000).map(|_| RequestId::generate()).collect();
+        for id in &ids {
+            let digits = id.0.strip_prefix("req_").unwrap_or_default();
+            assert_eq!(digits.len(), 24, "{}", id.0);
+            assert!(
+                digits
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{}",
+                id.0
+            );
+        }
+        let distinct: std::collections::HashSet<&str> = ids.iter().map(|id| &*id.0).collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Every digit position varies: the random bits reach all of them.
+        for position in 4..28 {
+            let seen: std::collections::HashSet<u8> =
+                ids.iter().map(|id| id.0.as_bytes()[position]).collect();
+            assert!(seen.len() > 8, "position {position} barely varies");
+        }
+    }
 }

@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::domain::records::{KeyRecord, Overrides};
 use crate::domain::{Model, Tenant};
 use crate::providers::{ProbeFailure, SendError, SetupError, Upstreams};
-use crate::router::{Candidate, InFlight, Outcome, Router};
+use crate::router::{Candidate, InFlight, Interrupt, Outcome, Router};
 use crate::scheduler::{Rejection, Scheduler};
 use crate::shutdown::Shutdown;
 use crate::store::{Persistence, Store};
@@ -715,12 +715,11 @@ impl Gateway {
             } else {
                 timeouts.response
             };
-            let cut = instance.cut_signal();
-            let taken_out = instance.taken_out_signal();
+            let interrupt = instance.interrupt_signal();
             let interrupt = async move {
-                tokio::select! {
-                    () = cut => Stop::Drained,
-                    () = taken_out => Stop::TakenOut,
+                match interrupt.await {
+                    Interrupt::Cut => Stop::Drained,
+                    Interrupt::TakenOut => Stop::TakenOut,
                 }
             };
             tokio::pin!(interrupt);
@@ -765,8 +764,10 @@ impl Gateway {
 
             let status = response.status();
             let headers = response.headers().clone();
-            let wait = retry_after(&headers);
-            if status == StatusCode::TOO_MANY_REQUESTS {
+            // How long a 429 asks to wait (read only then: most answers are not 429s).
+            let rate_limited =
+                (status == StatusCode::TOO_MANY_REQUESTS).then(|| retry_after(&headers));
+            if let Some(wait) = rate_limited {
                 self.router
                     .report(&instance, Outcome::RateLimited(wait), None);
             } else if status.is_success() || request_fault(status) {
@@ -824,7 +825,7 @@ impl Gateway {
                     body: AnswerBody::Whole(whole),
                 });
             }
-            attempts.push(fail(if status == StatusCode::TOO_MANY_REQUESTS {
+            attempts.push(fail(if let Some(wait) = rate_limited {
                 Failure::RateLimited(wait)
             } else {
                 Failure::Status {
@@ -856,6 +857,7 @@ async fn unless_interrupted<T>(
     interrupt: &mut (impl std::future::Future<Output = Stop> + Unpin),
 ) -> Result<T, Stop> {
     tokio::select! {
+        biased;
         done = work => done.map_err(Stop::Failed),
         stop = interrupt => Err(stop),
     }

@@ -89,6 +89,7 @@ impl Gateway {
         // Boxed, as are the upstream calls below: a future is moved whole into each
         // caller's, and these are the large ones.
         let outcome = tokio::select! {
+            biased;
             outcome = Box::pin(self.walk(inbound, &mut recorder)) => outcome,
             () = cut => Err(Refusal::shutting_down()),
         };

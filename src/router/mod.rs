@@ -46,11 +46,27 @@ pub struct InstanceState {
     /// end-to-end latencies of what it answered.
     tally: Arc<Tally>,
     health: Mutex<Health>,
-    /// Bumped when a drain deadline cuts what still runs here.
-    cut: watch::Sender<u64>,
-    /// Bumped when the instance is taken out of rotation (ejected, failing probes, or
-    /// by an operator): attempts still waiting on it go elsewhere.
-    taken_out: watch::Sender<u64>,
+    /// What interrupts work on this instance, in one channel so an attempt watches it
+    /// with one subscription: cuts (a drain deadline ends what still runs here) and
+    /// removals from rotation (ejected, failing probes, or by an operator: attempts
+    /// still waiting on it go elsewhere), each counted.
+    interrupts: watch::Sender<Interrupts>,
+}
+
+/// Cuts and removals from rotation of an instance so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Interrupts {
+    cuts: u64,
+    taken_out: u64,
+}
+
+/// Why work on an instance was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// A drain deadline cut what still ran there.
+    Cut,
+    /// The instance left rotation.
+    TakenOut,
 }
 
 impl std::fmt::Debug for InstanceState {
@@ -74,8 +90,7 @@ impl InstanceState {
             failures: AtomicU64::new(0),
             tally: Arc::new(Tally::new()),
             health: Mutex::new(Health::default()),
-            cut: watch::channel(0).0,
-            taken_out: watch::channel(0).0,
+            interrupts: watch::channel(Interrupts::default()).0,
         }
     }
 
@@ -124,22 +139,31 @@ impl InstanceState {
 
     /// Resolves when a drain deadline cuts this instance's in-flight requests.
     pub fn cut_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut cut = self.cut.subscribe();
+        let mut interrupts = self.interrupts.subscribe();
+        let cuts = interrupts.borrow_and_update().cuts;
         async move {
-            let _ = cut.changed().await;
+            let _ = interrupts.wait_for(|now| now.cuts != cuts).await;
         }
     }
 
-    /// Resolves when the instance is taken out of rotation after this call.
-    pub fn taken_out_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut out = self.taken_out.subscribe();
+    /// Resolves when, after this call, a drain deadline cuts this instance's in-flight
+    /// requests or the instance is taken out of rotation.
+    pub fn interrupt_signal(
+        &self,
+    ) -> impl std::future::Future<Output = Interrupt> + Send + 'static {
+        let mut interrupts = self.interrupts.subscribe();
+        let before = *interrupts.borrow_and_update();
         async move {
-            let _ = out.changed().await;
+            match interrupts.wait_for(|now| *now != before).await {
+                Ok(now) if now.cuts != before.cuts => Interrupt::Cut,
+                // Taken out, or gone from the configuration with its router.
+                Ok(_) | Err(_) => Interrupt::TakenOut,
+            }
         }
     }
 
     fn take_out(&self) {
-        self.taken_out.send_modify(|n| *n += 1);
+        self.interrupts.send_modify(|n| n.taken_out += 1);
     }
 
     fn record_latency(&self, sample: Duration) {
@@ -762,7 +786,7 @@ impl Router {
             let due =
                 matches!(i.health().drain, Drain::Draining { deadline, .. } if now >= deadline);
             if due && i.in_flight() > 0 {
-                i.cut.send_modify(|n| *n += 1);
+                i.interrupts.send_modify(|n| n.cuts += 1);
                 self.events.record(
                     EventKind::Routing,
                     None,
