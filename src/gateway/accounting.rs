@@ -130,10 +130,10 @@ pub(super) fn usage_of_answer(
     tokenizer: TokenizerKind,
 ) -> Usage {
     let text = std::str::from_utf8(body).unwrap_or_default();
-    let parsed = Chunk::parse(text);
-    if let Some(usage) = parsed.as_ref().and_then(Chunk::usage) {
+    if let Some(usage) = crate::streams::usage_in(text) {
         return usage;
     }
+    let parsed = Chunk::parse(text);
     let completion = match kind {
         ModelKind::Embeddings => 0,
         ModelKind::Chat | ModelKind::Completions | ModelKind::Responses | ModelKind::Messages => {

@@ -53,6 +53,42 @@ pub struct Chunk<'a> {
     message: Option<ResponseView>,
 }
 
+/// Only where a whole answer (or an event) reports usage: the rest is skipped, not built.
+#[derive(Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<UsageView>,
+    #[serde(default)]
+    response: Option<ResponseView>,
+    #[serde(default)]
+    message: Option<ResponseView>,
+}
+
+/// The usage an answer or event in `data` reports, read without building the rest of
+/// it (whole answers are read for their usage on every request).
+pub fn usage_in(data: &str) -> Option<Usage> {
+    let only: UsageOnly = serde_json::from_str(data).ok()?;
+    reported(
+        only.usage.as_ref(),
+        only.response.as_ref().or(only.message.as_ref()),
+    )
+}
+
+/// Usage as reported at the top level or in a nested Response or Message.
+fn reported(direct: Option<&UsageView>, nested: Option<&ResponseView>) -> Option<Usage> {
+    let usage = direct.or(nested.and_then(|r| r.usage.as_ref()))?;
+    if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
+        return None;
+    }
+    let cached =
+        usage.cache_creation_input_tokens.unwrap_or(0) + usage.cache_read_input_tokens.unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: usage.prompt_tokens.unwrap_or(0) + cached,
+        completion_tokens: usage.completion_tokens.unwrap_or(0),
+        estimated: false,
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct ResponseView {
     #[serde(default)]
@@ -105,21 +141,10 @@ impl<'a> Chunk<'a> {
 
     /// The upstream's usage, when it reports one.
     pub fn usage(&self) -> Option<Usage> {
-        let nested = self.response.as_ref().or(self.message.as_ref());
-        let usage = self
-            .usage
-            .as_ref()
-            .or(nested.and_then(|r| r.usage.as_ref()))?;
-        if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
-            return None;
-        }
-        let cached = usage.cache_creation_input_tokens.unwrap_or(0)
-            + usage.cache_read_input_tokens.unwrap_or(0);
-        Some(Usage {
-            prompt_tokens: usage.prompt_tokens.unwrap_or(0) + cached,
-            completion_tokens: usage.completion_tokens.unwrap_or(0),
-            estimated: false,
-        })
+        reported(
+            self.usage.as_ref(),
+            self.response.as_ref().or(self.message.as_ref()),
+        )
     }
 
     /// The chunk the gateway asked for on a client's behalf: no choices, only usage.
@@ -414,6 +439,38 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reading only the usage finds what reading the whole chunk finds, for every shape
+    /// that reports one and those that do not.
+    #[test]
+    fn usage_alone_reads_as_the_whole_chunk_does() {
+        let bodies = [
+            r#"{"id":"c","choices":[{"message":{"role":"assistant","content":"hi \"there\""}}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
+            r#"{"type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":9,"output_tokens":2,"cache_read_input_tokens":4,"cache_creation_input_tokens":1}}"#,
+            r#"{"type":"response.completed","response":{"id":"r","usage":{"input_tokens":3,"output_tokens":8}}}"#,
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":6,"output_tokens":1}}}"#,
+            r#"{"object":"response","output":[],"usage":{"input_tokens":2,"output_tokens":4}}"#,
+            r#"{"choices":[{"message":{"content":"no usage here"}}]}"#,
+            r#"{"choices":[{"message":{"content":"x"}}],"usage":null}"#,
+            r#"{"choices":[{"message":{"content":"x"}}],"usage":{}}"#,
+            r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+            r#"{"usage":{"prompt_tokens":"many"}}"#,
+            r#"[1,2,3]"#,
+            "not json",
+            "",
+        ];
+        for body in bodies {
+            assert_eq!(
+                usage_in(body).map(|u| (u.prompt_tokens, u.completion_tokens)),
+                Chunk::parse(body)
+                    .and_then(|c| c.usage())
+                    .map(|u| (u.prompt_tokens, u.completion_tokens)),
+                "{body}"
+            );
+        }
+        assert_eq!(usage_in(bodies[2]).map(|u| u.prompt_tokens), Some(14));
+    }
 
     const PATIENT: Patience = Patience {
         first_event: Duration::from_secs(60),
