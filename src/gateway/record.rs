@@ -4,6 +4,10 @@
 //! recorded when the stream ends, however it ends.
 
 use std::collections::HashMap;
+
+/// Maps keyed by configured names (tenants, models, routes) on every request's path:
+/// foldhash, not SipHash, as no client picks these keys.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -262,7 +266,7 @@ pub(crate) struct RouteSeries {
 /// Every route's series, found once per (region, model, tier, operation) rather than
 /// formatted, hashed and looked up in three maps on every request.
 #[derive(Default)]
-pub(crate) struct Routes(RwLock<HashMap<u64, Vec<Arc<RouteSeries>>>>);
+pub(crate) struct Routes(RwLock<Map<u64, Vec<Arc<RouteSeries>>>>);
 
 impl Routes {
     fn get(

@@ -5,6 +5,10 @@
 //! regions, models, tiers, tenants, and the gateway's own codes).
 
 use std::collections::HashMap;
+
+/// Maps keyed by configured names (tenants, models, routes) on every request's path:
+/// foldhash, not SipHash, as no client picks these keys.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -123,7 +127,7 @@ impl LatencySeries {
 }
 
 /// One tenant's answers: by model, then by code.
-type AnswersByModel = HashMap<String, HashMap<&'static str, AtomicU64>>;
+type AnswersByModel = Map<String, Map<&'static str, AtomicU64>>;
 
 /// Token series per model: chat input, chat output, embeddings input.
 type TokenSeries = Arc<[Series; 3]>;
@@ -136,14 +140,14 @@ const TOKEN_KINDS: [(&str, &str); 3] = [
 #[derive(Default)]
 pub struct Histograms {
     /// Latency by the labels of where requests went.
-    series: RwLock<HashMap<Labels, Arc<[Series; FAMILIES.len()]>>>,
+    series: RwLock<Map<Labels, Arc<[Series; FAMILIES.len()]>>>,
     /// OpenTelemetry's latency metrics by operation and model.
-    gen_ai: RwLock<HashMap<(&'static str, String), GenAiSeries>>,
+    gen_ai: RwLock<Map<(&'static str, String), GenAiSeries>>,
     /// Answers by tenant, model and code (code "" for a success); looked up by `&str`
     /// at every level, so counting allocates nothing once a series exists.
-    answers: RwLock<HashMap<String, AnswersByModel>>,
+    answers: RwLock<Map<String, AnswersByModel>>,
     /// Tokens per request by model, as OpenTelemetry's GenAI conventions count them.
-    tokens: RwLock<HashMap<String, TokenSeries>>,
+    tokens: RwLock<Map<String, TokenSeries>>,
 }
 
 impl Histograms {

@@ -2,6 +2,10 @@
 //! sparklines. Counting is a few relaxed atomic adds; a once-a-second task takes samples.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Maps keyed by configured names (tenants, models, routes) on every request's path:
+/// foldhash, not SipHash, as no client picks these keys.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -24,7 +28,7 @@ pub struct Meter {
     /// Refusals and failures by their OpenAI error code.
     codes: Mutex<BTreeMap<&'static str, u64>>,
     /// Each tenant's own counters, made on its first request.
-    tenants: RwLock<HashMap<String, Arc<Tally>>>,
+    tenants: RwLock<Map<String, Arc<Tally>>>,
 }
 
 /// One tenant's or one instance's counters: what it used over the last minute (to show
