@@ -3,11 +3,7 @@
 //! is recorded as `serve` returns; a stream's recorder moves into its account and is
 //! recorded when the stream ends, however it ends.
 
-use std::collections::HashMap;
-
-/// Maps keyed by configured names (tenants, models, routes) on every request's path:
-/// foldhash, not SipHash, as no client picks these keys.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use crate::telemetry::Map;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

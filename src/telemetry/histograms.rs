@@ -4,11 +4,7 @@
 //! adds; a series is made on its first observation (label sets are bounded by the config:
 //! regions, models, tiers, tenants, and the gateway's own codes).
 
-use std::collections::HashMap;
-
-/// Maps keyed by configured names (tenants, models, routes) on every request's path:
-/// foldhash, not SipHash, as no client picks these keys.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use super::Map;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

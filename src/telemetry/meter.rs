@@ -1,11 +1,9 @@
 //! Request, token and error counters, and per-second samples of them for rates and
 //! sparklines. Counting is a few relaxed atomic adds; a once-a-second task takes samples.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
-/// Maps keyed by configured names (tenants, models, routes) on every request's path:
-/// foldhash, not SipHash, as no client picks these keys.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use super::Map;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;

@@ -18,6 +18,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Maps keyed by configured names (tenants, models, routes) on every request's path:
+/// foldhash, not SipHash, as no client picks these keys.
+pub(crate) type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Keeps the log writers alive; logs still buffered are flushed when it drops.
 #[must_use = "dropping the guard stops logging"]
 pub struct LogGuard {
