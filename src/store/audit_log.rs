@@ -118,7 +118,7 @@ impl AuditLog {
         let mut bytes = 0;
         for record in records {
             line.clear();
-            serde_json::to_writer(&mut line, record)?;
+            super::audit_json::write_record(&mut line, record)?;
             line.push(b'\n');
             writer.write_all(&line)?;
             bytes += line.len() as u64;

@@ -13,6 +13,7 @@
 //! the database (`audit_log.rs`). Writes are batched by their callers and never made
 //! from the request path.
 
+mod audit_json;
 mod audit_log;
 #[cfg(test)]
 pub(crate) mod flaky;
