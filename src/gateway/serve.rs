@@ -502,32 +502,33 @@ impl Gateway {
         account: StreamAccount,
     ) -> EventStream {
         let log = account.log.clone();
+        // Handles only: each wait is made inside the select, where it is stored once (a
+        // wait made out here and moved in would take its size twice, for every stream).
         let drained = account
             .slot
             .as_ref()
-            .map(|slot| slot.instance().cut_signal());
-        let killed = log.killed();
-        let shutting_down = self.shutdown.cut_signal();
+            .map(|slot| slot.instance().cut_watch());
+        let killable = log.clone();
+        let shutdown = self.shutdown.clone();
         let describe = upstream.clone();
         let cut = async move {
-            let drained = async move {
-                match drained {
-                    Some(drained) => drained.await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                () = drained => Cut {
+                () = async move {
+                    match drained {
+                        Some(drained) => drained.cut().await,
+                        None => std::future::pending().await,
+                    }
+                } => Cut {
                     code: "upstream_drained",
                     message: format!(
                         "the upstream {upstream} was drained by an operator and this stream outlived the drain deadline; the answer is incomplete"
                     ),
                 },
-                () = killed => Cut {
+                () = killable.killed() => Cut {
                     code: "stream_killed",
                     message: "an operator ended this stream; the answer is incomplete".into(),
                 },
-                () = shutting_down => Cut {
+                () = shutdown.cut_signal() => Cut {
                     code: "server_shutting_down",
                     message: "the gateway is shutting down and this stream outlived its grace period; the answer is incomplete".into(),
                 },

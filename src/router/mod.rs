@@ -137,13 +137,19 @@ impl InstanceState {
         })
     }
 
-    /// Resolves when a drain deadline cuts this instance's in-flight requests.
+    /// Resolves when, after this call, a drain deadline cuts this instance's in-flight
+    /// requests.
     pub fn cut_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.cut_watch().cut()
+    }
+
+    /// What `cut_signal` waits with, kept until it is waited on: a long-lived stream
+    /// holds this (24 bytes) and makes the wait only inside its own select, so the wait
+    /// is not stored twice.
+    pub fn cut_watch(&self) -> CutWatch {
         let mut interrupts = self.interrupts.subscribe();
         let cuts = interrupts.borrow_and_update().cuts;
-        async move {
-            let _ = interrupts.wait_for(|now| now.cuts != cuts).await;
-        }
+        CutWatch { interrupts, cuts }
     }
 
     /// Resolves when, after this call, a drain deadline cuts this instance's in-flight
@@ -191,6 +197,20 @@ pub struct InFlight {
 impl InFlight {
     pub fn instance(&self) -> &Arc<InstanceState> {
         &self.instance
+    }
+}
+
+/// A subscription to an instance's cuts, from the moment it was made.
+pub struct CutWatch {
+    interrupts: watch::Receiver<Interrupts>,
+    cuts: u64,
+}
+
+impl CutWatch {
+    /// Resolves when the instance was cut since the watch was made.
+    pub async fn cut(mut self) {
+        let cuts = self.cuts;
+        let _ = self.interrupts.wait_for(|now| now.cuts != cuts).await;
     }
 }
 
