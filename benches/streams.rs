@@ -10,7 +10,9 @@
 //! file-descriptor budget. Over HTTP/1.1 every stream costs the gateway two sockets
 //! (client and upstream), which caps it near half the open-file limit; over HTTP/2 the
 //! upstream streams share one connection. Memory is the gateway's resident set from
-//! /proc; CPU its user+system time.
+//! /proc, and its anonymous part (heap and stacks) apart: the first streams also fault in
+//! the executable's pages for code they run, a one-time cost the resident set spreads
+//! over them. CPU is the gateway's user+system time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{Process, free_port, rss_kib, serve, wait_for};
+use support::{Process, anon_kib, free_port, rss_kib, serve, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -77,7 +79,7 @@ fn main() {
     let gateway = serve(BIN, &data, &config, gw_port);
     let pid = gateway.0.id();
     wait_for(mock_port);
-    let idle_rss = rss_kib(pid);
+    let (idle_rss, idle_anon) = (rss_kib(pid), anon_kib(pid));
 
     let gateway_log = data.join("stderr.log");
     runtime.block_on(async move {
@@ -135,12 +137,12 @@ fn main() {
             }
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss = rss_kib(pid);
+        let (rss, anon) = (rss_kib(pid), anon_kib(pid));
         let cpu_before = cpu_secs(pid);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let cpu = cpu_secs(pid) - cpu_before;
         println!(
-            "{} streams open through the gateway (clients over {}, upstream over {}; {failed} failed) after {:.1?}; gateway RSS {} MiB idle, {} MiB with them: {:.1} KiB per stream; {:.2} CPU cores relaying one token per second each",
+            "{} streams open through the gateway (clients over {}, upstream over {}; {failed} failed) after {:.1?}; gateway RSS {} MiB idle, {} MiB with them: {:.1} KiB per stream ({:.1} KiB of it anonymous memory, the rest the executable's pages first used); {:.2} CPU cores relaying one token per second each",
             open.len(),
             if client_http2 { "HTTP/2" } else { "HTTP/1.1" },
             if http2 { "HTTP/2" } else { "HTTP/1.1" },
@@ -148,6 +150,7 @@ fn main() {
             idle_rss / 1024,
             rss / 1024,
             (rss.saturating_sub(idle_rss)) as f64 / open.len().max(1) as f64,
+            (anon.saturating_sub(idle_anon)) as f64 / open.len().max(1) as f64,
             cpu / 5.0
         );
         drop(open);

@@ -34,11 +34,23 @@ pub fn wait_for(port: u16) {
 
 /// Resident memory of a process, KiB, from /proc.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of a process's resident memory, KiB: its heap and stacks, without
+/// the pages of its executable (which the first use of a code path faults in once, and
+/// which a load of thousands of streams would otherwise count against each stream).
+#[allow(dead_code)]
+pub fn anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
