@@ -137,15 +137,9 @@ impl InstanceState {
         })
     }
 
-    /// Resolves when, after this call, a drain deadline cuts this instance's in-flight
-    /// requests.
-    pub fn cut_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.cut_watch().cut()
-    }
-
-    /// What `cut_signal` waits with, kept until it is waited on: a long-lived stream
-    /// holds this (24 bytes) and makes the wait only inside its own select, so the wait
-    /// is not stored twice.
+    /// A watch on drain deadlines cutting this instance's in-flight requests after this
+    /// call. A long-lived stream holds it (24 bytes) and makes the wait (`CutWatch::cut`)
+    /// only inside its own select, so the wait is not stored twice.
     pub fn cut_watch(&self) -> CutWatch {
         let mut interrupts = self.interrupts.subscribe();
         let cuts = interrupts.borrow_and_update().cuts;

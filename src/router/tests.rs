@@ -264,7 +264,7 @@ async fn a_drain_deadline_cuts_what_still_runs() {
     let router = router(&[region("us", 0, 1)]);
     let target = instance(&router, "us-0").clone();
     let slot = target.try_acquire(10).unwrap();
-    let cut = target.cut_signal();
+    let cut = target.cut_watch().cut();
     assert_eq!(
         router.drain(std::slice::from_ref(&target), Some(Duration::from_secs(5))),
         1
