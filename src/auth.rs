@@ -7,12 +7,12 @@
 //! Keys from the config file and keys made at run time (`KeyRecord`s) live in one ring;
 //! run-time keys can be added, expire, and be removed (revoked) while the gateway runs.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use subtle::ConstantTimeEq;
 
 use crate::domain::{KeyHash, Tenant};
+use crate::telemetry::Map;
 
 /// Hashes a key the way config files and the key store expect.
 /// The credentials of an `Authorization: Bearer <token>` header; the scheme is
@@ -70,7 +70,7 @@ struct Held {
 /// Every accepted key, by digest.
 #[derive(Debug, Default)]
 pub struct Keyring {
-    by_hash: RwLock<HashMap<KeyHash, Held>>,
+    by_hash: RwLock<Map<KeyHash, Held>>,
 }
 
 /// The public id of a key written in the config file: `config:` and a digest prefix.

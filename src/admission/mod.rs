@@ -18,7 +18,6 @@ pub mod estimate;
 pub mod lease;
 mod period;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +31,7 @@ pub use period::Period;
 pub use crate::domain::snapshot::{PeriodView, TenantView};
 
 use crate::domain::{DEFAULT_MAX_TOKENS_CAP, Limits, Price, Tenant, Tier};
+use crate::telemetry::Map;
 
 /// What a request asks for, as estimated before it runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -319,8 +319,8 @@ impl TenantAccount {
 
 /// Every tenant's limits, budgets and usage.
 pub struct Admission {
-    tiers: HashMap<String, Tier>,
-    tenants: HashMap<String, Arc<TenantAccount>>,
+    tiers: Map<String, Tier>,
+    tenants: Map<String, Arc<TenantAccount>>,
     /// With shared state: the share of each limit a lease may hold beyond what the
     /// request in hand needs (0: exactly what it needs, a round trip per admission).
     lease: Option<f64>,
@@ -332,8 +332,7 @@ impl Admission {
     pub fn new(tiers: &[Tier], tenants: &[Tenant]) -> Admission {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let tiers: HashMap<String, Tier> =
-            tiers.iter().map(|t| (t.name.clone(), t.clone())).collect();
+        let tiers: Map<String, Tier> = tiers.iter().map(|t| (t.name.clone(), t.clone())).collect();
         let tenants = tenants
             .iter()
             .map(|t| {

@@ -110,7 +110,8 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(id.clone());
     req.extensions_mut().insert(Source(source));
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // For the panic report only: a shared count, not a copy.
+    let uri = req.uri().clone();
     if let Some(coding) = unsupported_transfer_coding(req.headers()) {
         let mut response = Refusal::unsupported_transfer_coding(&coding).into_response();
         // The body's length cannot be known, so the connection cannot be reused.
@@ -124,6 +125,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
         Ok(response) => error::openai_shaped(response, "invalid_request_error").await,
         Err(panic) => {
             let what = crate::telemetry::panic_text(panic.as_ref());
+            let path = uri.path();
             tracing::error!(request_id = %id.0, %method, %path, panic = %what, "request handler panicked");
             Refusal::internal().into_response()
         }

@@ -4,7 +4,7 @@
 //! recorded when the stream ends, however it ends.
 
 use crate::telemetry::Map;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -271,9 +271,8 @@ impl Routes {
         latency: &Latency,
         histograms: &Histograms,
     ) -> Arc<RouteSeries> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (region, model, tier, operation).hash(&mut hasher);
-        let key = hasher.finish();
+        // A bucket's key; the labels are compared within it.
+        let key = foldhash::fast::FixedState::default().hash_one((region, model, tier, operation));
         let same = |r: &&Arc<RouteSeries>| {
             r.operation == operation
                 && r.labels.region == region

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 
@@ -26,20 +27,13 @@ pub struct Refusal {
     pub headers: Headers,
 }
 
-/// Response headers the gateway adds, as values ready to send: each is built once, in
-/// its one allocation, on the request path.
+/// Response headers the gateway adds, as values ready to send (see `Values`).
 pub type Headers = Vec<(HeaderName, HeaderValue)>;
 
 /// A header value of a number.
 pub fn number_value(n: impl itoa::Integer) -> HeaderValue {
     // Digits are always a header value.
     HeaderValue::from_str(itoa::Buffer::new().format(n)).unwrap_or(HeaderValue::from_static(""))
-}
-
-/// A header value of a name the gateway holds (a region, an instance, an id), or none
-/// when it cannot be one.
-pub fn text_value(text: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(text).ok()
 }
 
 const INVALID_REQUEST: &str = "invalid_request_error";
@@ -624,18 +618,60 @@ impl From<GatewayError> for Refusal {
 
 /// OpenAI's `x-ratelimit-*` headers for the limits a tenant has.
 pub fn rate_headers(limits: &RateHeaders) -> Headers {
-    let mut out = Vec::with_capacity(12);
-    if let Some(r) = &limits.requests {
-        out.push((headers::LIMIT_REQUESTS, number_value(r.limit)));
-        out.push((headers::REMAINING_REQUESTS, number_value(r.remaining)));
-        out.push((headers::RESET_REQUESTS, duration_value(r.reset)));
+    Values::with_capacity(64).rate_headers(limits)
+}
+
+/// Header values cut from one buffer. An answer carries a dozen numbers and names
+/// (limits, remaining, resets, the queue time, where it was served); written here they
+/// cost one allocation and a shared count between them, not an allocation each.
+pub struct Values(BytesMut);
+
+impl Values {
+    pub fn with_capacity(bytes: usize) -> Values {
+        Values(BytesMut::with_capacity(bytes))
     }
-    if let Some(t) = &limits.tokens {
-        out.push((headers::LIMIT_TOKENS, number_value(t.limit)));
-        out.push((headers::REMAINING_TOKENS, number_value(t.remaining)));
-        out.push((headers::RESET_TOKENS, duration_value(t.reset)));
+
+    pub fn number(&mut self, n: impl itoa::Integer) -> HeaderValue {
+        self.0
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        // Digits are always a header value.
+        self.cut().unwrap_or(HeaderValue::from_static(""))
     }
-    out
+
+    /// A duration as OpenAI writes it: `20ms`, `1.5s`, `6m0s`.
+    pub fn duration(&mut self, d: Duration) -> HeaderValue {
+        write_duration(&mut self.0, d);
+        // Digits and unit letters are always a header value.
+        self.cut().unwrap_or(HeaderValue::from_static(""))
+    }
+
+    /// A name the gateway holds (a region, an instance, an id), or none when it cannot
+    /// be a header value.
+    pub fn text(&mut self, text: &str) -> Option<HeaderValue> {
+        self.0.extend_from_slice(text.as_bytes());
+        self.cut()
+    }
+
+    /// OpenAI's `x-ratelimit-*` headers for the limits a tenant has.
+    pub fn rate_headers(&mut self, limits: &RateHeaders) -> Headers {
+        let mut out = Vec::with_capacity(12);
+        if let Some(r) = &limits.requests {
+            out.push((headers::LIMIT_REQUESTS, self.number(r.limit)));
+            out.push((headers::REMAINING_REQUESTS, self.number(r.remaining)));
+            out.push((headers::RESET_REQUESTS, self.duration(r.reset)));
+        }
+        if let Some(t) = &limits.tokens {
+            out.push((headers::LIMIT_TOKENS, self.number(t.limit)));
+            out.push((headers::REMAINING_TOKENS, self.number(t.remaining)));
+            out.push((headers::RESET_TOKENS, self.duration(t.reset)));
+        }
+        out
+    }
+
+    /// What was written since the last cut, as a value sharing the buffer.
+    fn cut(&mut self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(self.0.split().freeze()).ok()
+    }
 }
 
 /// Durations as OpenAI writes them in headers and messages: `20ms`, `1.5s`, `6m0s`.
@@ -643,14 +679,6 @@ pub fn openai_duration(d: Duration) -> String {
     let mut out = String::new();
     write_duration(&mut out, d);
     out
-}
-
-/// A duration as a header value, written on the stack and copied once.
-fn duration_value(d: Duration) -> HeaderValue {
-    let mut out = StackText::default();
-    write_duration(&mut out, d);
-    // Digits and unit letters are always a header value.
-    HeaderValue::from_bytes(out.as_bytes()).unwrap_or(HeaderValue::from_static(""))
 }
 
 fn write_duration(out: &mut impl std::fmt::Write, d: Duration) {
@@ -675,29 +703,6 @@ fn write_duration(out: &mut impl std::fmt::Write, d: Duration) {
     };
 }
 
-/// Up to 32 bytes of text on the stack (longer text is cut, which no duration is).
-#[derive(Default)]
-struct StackText {
-    bytes: [u8; 32],
-    len: usize,
-}
-
-impl StackText {
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-impl std::fmt::Write for StackText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        slot.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,7 +719,21 @@ mod tests {
             openai_duration(Duration::from_millis(7_230_500)),
             "2h0m30.5s"
         );
-        let value = duration_value(Duration::from_millis(1_005));
-        assert_eq!(value.to_str().unwrap(), "1.005s");
+    }
+
+    #[test]
+    fn values_cut_from_one_buffer_are_each_their_own() {
+        let mut values = Values::with_capacity(8);
+        let first = values.number(1_000_000_u64);
+        let reset = values.duration(Duration::from_millis(1_005));
+        // Cannot be a header value: refused, and nothing of it reaches the next value.
+        assert!(values.text("eu-west\r\nx-injected: 1").is_none());
+        let name = values.text("us-east/vllm-1").unwrap();
+        let last = values.number(0_u32);
+        assert_eq!(first.to_str().unwrap(), "1000000");
+        assert_eq!(reset.to_str().unwrap(), "1.005s");
+        assert_eq!(name.to_str().unwrap(), "us-east/vllm-1");
+        assert_eq!(last.to_str().unwrap(), "0");
+        assert_eq!(number_value(1_000_000_u64), first);
     }
 }

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use super::accounting::{StreamAccount, usage_of_answer};
 use super::record::Recorder;
-use super::refusal::{Headers, number_value, text_value};
-use super::{Answer, AnswerBody, Call, Gateway, Refusal, Ticket, rate_headers};
+use super::refusal::{Headers, Values};
+use super::{Answer, AnswerBody, Call, Gateway, Refusal, Ticket};
 use crate::admission::{Demand, estimate};
 use crate::cache::{Directives, Entry, Flight, Landing, Lookup, Stored};
 use crate::domain::{Fields, Model, ModelKind, Tenant, Usage, headers as header};
@@ -136,8 +136,11 @@ impl Gateway {
             r.tokens_reserved = Some(ticket.tokens());
             r.queue_ms = Some(ticket.queued.as_millis() as u64);
         });
-        let mut headers = rate_headers(ticket.headers());
-        headers.push((header::QUEUE_MS, number_value(ticket.queued.as_millis())));
+        // Every value below (limits, where it was served, the stream's id) shares one
+        // buffer: room for long names, so it is seldom grown.
+        let mut values = Values::with_capacity(256);
+        let mut headers = values.rate_headers(ticket.headers());
+        headers.push((header::QUEUE_MS, values.number(ticket.queued.as_millis())));
         headers.push((header::CACHE, HeaderValue::from_static(cache_result)));
         let answer = Box::pin(self.upstream(&mut inbound, &parsed, &ticket))
             .await
@@ -159,7 +162,7 @@ impl Gateway {
             (header::INSTANCE, &answer.instance),
             (header::ROUTE, &answer.reason),
         ] {
-            headers.extend(text_value(value).map(|value| (name, value)));
+            headers.extend(values.text(value).map(|value| (name, value)));
         }
         let kind = inbound.kind;
         match answer.body {
@@ -209,7 +212,7 @@ impl Gateway {
                 };
                 let upstream = format!("{}/{}", answer.region, answer.instance);
                 let reader = self.relay(&inbound.request_id, upstream, response, account);
-                headers.extend(text_value(&log.id).map(|id| (header::STREAM_ID, id)));
+                headers.extend(values.text(&log.id).map(|id| (header::STREAM_ID, id)));
                 if let Some(flight) = flight {
                     flight.land_stream(log);
                 }
@@ -559,7 +562,8 @@ impl Gateway {
         route: &str,
     ) -> Result<Reply, Refusal> {
         let ticket = self.admit_cached(&parsed.tenant.name, parsed.model).await?;
-        let mut headers = rate_headers(ticket.headers());
+        let mut values = Values::with_capacity(128);
+        let mut headers = values.rate_headers(ticket.headers());
         ticket.settle(entry.usage);
         let body = match &entry.body {
             Stored::Whole {
@@ -584,8 +588,8 @@ impl Gateway {
             }
         };
         headers.push((header::CACHE, HeaderValue::from_static("hit")));
-        headers.push((header::AGE, number_value(entry.age_secs())));
-        headers.extend(text_value(route).map(|route| (header::ROUTE, route)));
+        headers.push((header::AGE, values.number(entry.age_secs())));
+        headers.extend(values.text(route).map(|route| (header::ROUTE, route)));
         Ok(Reply {
             status: StatusCode::OK,
             headers,
@@ -597,10 +601,11 @@ impl Gateway {
     /// follower is charged when the stream ends, like a hit.
     async fn follow(&self, parsed: &Parsed<'_>, log: Arc<ChunkLog>) -> Result<Reply, Refusal> {
         let ticket = self.admit_cached(&parsed.tenant.name, parsed.model).await?;
-        let mut headers = rate_headers(ticket.headers());
+        let mut values = Values::with_capacity(128);
+        let mut headers = values.rate_headers(ticket.headers());
         let reader = self.hub.reader(&log, 0, false, parsed.strip_usage);
         if log.meta.tenant == parsed.tenant.name {
-            headers.extend(text_value(&log.id).map(|id| (header::STREAM_ID, id)));
+            headers.extend(values.text(&log.id).map(|id| (header::STREAM_ID, id)));
         }
         // Settled as the reader ends: the stream is complete by then, usage chunk included.
         let mut ticket = Some(ticket);

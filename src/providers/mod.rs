@@ -13,7 +13,6 @@ mod messages;
 mod openai;
 mod responses;
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -25,6 +24,7 @@ use http_body_util::{BodyDataStream, BodyExt};
 use hyper::body::Incoming;
 
 use crate::domain::{Instance, ModelKind, Region, UpstreamTimeouts};
+use crate::telemetry::Map;
 use client::Client;
 use dialect::{Dialect, Translate};
 
@@ -111,7 +111,7 @@ pub enum SetupError {
 pub struct Upstreams {
     client: Client,
     /// What each instance is sent to and with, by name, worked out once.
-    targets: HashMap<String, Target>,
+    targets: Map<String, Target>,
 }
 
 /// One instance's dialect, endpoints (parsed once rather than per request) and key.
@@ -164,7 +164,7 @@ impl Target {
 
 impl Upstreams {
     pub fn new(regions: &[Region], timeouts: UpstreamTimeouts) -> Result<Upstreams, SetupError> {
-        let mut targets = HashMap::new();
+        let mut targets = Map::default();
         for instance in regions.iter().flat_map(|r| &r.instances) {
             let target = targets
                 .entry(instance.name.clone())

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::domain::Tier;
 pub use crate::domain::snapshot::LevelView;
+use crate::telemetry::Map;
 
 /// The level batch lines wait in, below every tier; a tier may not be called this.
 pub const BATCH: &str = "batch";
@@ -124,7 +125,7 @@ struct Level {
     max_queue_per_tenant: usize,
     max_wait: Duration,
     queue: BTreeMap<(u128, u64), Waiter>,
-    flows: HashMap<String, Flow>,
+    flows: Map<String, Flow>,
     /// Virtual time: the finish tag of the request dispatched last.
     vtime: u128,
     /// Smoothed time between dispatches, for honest `Retry-After`s.
@@ -167,7 +168,7 @@ struct State {
     /// In priority order: largest share first.
     levels: Vec<Level>,
     /// Where each queued request is: level and queue key.
-    queued: HashMap<u64, (usize, (u128, u64))>,
+    queued: Map<u64, (usize, (u128, u64))>,
     next_id: u64,
     /// The most seats live requests held or waited for at once, lately.
     live_peak: Peak,
@@ -216,7 +217,7 @@ impl Scheduler {
             max_queue_per_tenant,
             max_wait,
             queue: BTreeMap::new(),
-            flows: HashMap::new(),
+            flows: Map::default(),
             vtime: 0,
             interval: None,
             last_dispatch: None,
@@ -250,7 +251,7 @@ impl Scheduler {
                 seats,
                 in_use: 0,
                 levels,
-                queued: HashMap::new(),
+                queued: Map::default(),
                 next_id: 0,
                 live_peak: Peak {
                     since: Instant::now(),

@@ -18,8 +18,9 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Maps keyed by configured names (tenants, models, routes) on every request's path:
-/// foldhash, not SipHash, as no client picks these keys.
+/// Maps on every request's path keyed by what no client picks (configured tenants,
+/// models, instances, routes; the digests of keys the gateway holds; its own ids):
+/// foldhash, not SipHash.
 pub(crate) type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Keeps the log writers alive; logs still buffered are flushed when it drops.
