@@ -14,6 +14,13 @@
 #   benches/peers.sh                 # the whole table (about 6 minutes)
 #   ROUNDS=5 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
+#   MEASURE=instructions benches/peers.sh   # counted, not timed (about 5 minutes)
+#
+# Timings on two shared cores move by a third between runs. MEASURE=instructions runs
+# each gateway alone under valgrind's callgrind instead (REQUESTS chat requests at c=8
+# after a warm-up, the whole process counted: every thread, the audit writer's too) and
+# prints instructions and allocations per request, the same on a quiet machine and a
+# busy one. Needs valgrind (Debian: valgrind).
 #
 # Tools are installed once with `cargo install --locked` into $SWITCHYARD_BENCH_TOOLS
 # (default ~/.cache/switchyard-bench). Not part of CI: it measures, it asserts nothing.
@@ -61,7 +68,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_for() { # URL [any: an error status will do too]
     local fail=-f
     [ "${2:-}" = any ] && fail=
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 "${WAIT_TRIES:-100}"); do
         if curl $fail -sS -o /dev/null "$1" 2>/dev/null; then return 0; fi
         sleep 0.1
     done
@@ -105,7 +112,8 @@ start_onwards() { # PORT UPSTREAM_PORT
   "http_pool": { "max_idle_per_host": 1000, "idle_timeout_secs": 90 }
 }
 EOF
-    RUST_LOG=warn onwards --port "$1" --metrics-port "$(port)" --targets "$WORK/onwards-$1.json" \
+    RUST_LOG=warn ${WRAP[@]+"${WRAP[@]}"} "$(command -v onwards)" --port "$1" \
+        --metrics-port "$(port)" --targets "$WORK/onwards-$1.json" \
         >"$WORK/onwards-$1.log" 2>&1 &
     ONWARDS_PID=$!
     PIDS+=($!)
@@ -124,7 +132,7 @@ start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
         -e "s|^monthly_usd = 5000.0|rpm = 100_000_000\ntpm = 100_000_000_000\nmax_concurrency = 100_000|" \
         "$ROOT/config.toml.example" >"$dir/config.toml"
     SWITCHYARD_ADMIN_TOKEN=peer-bench-admin-token-0123456789abcdef \
-        "$SWITCHYARD" serve --config "$dir/config.toml" >"$dir/log" 2>&1 &
+        ${WRAP[@]+"${WRAP[@]}"} "$SWITCHYARD" serve --config "$dir/config.toml" >"$dir/log" 2>&1 &
     SWITCHYARD_PID=$!
     PIDS+=($!)
     wait_for "http://127.0.0.1:$1/healthz"
@@ -153,6 +161,68 @@ p = r["latencyPercentiles"]
 print(f'{ok / total:.1f} {p["p50"] * 1000:.3f} {p["p99"] * 1000:.3f} {sum(codes.values()) - ok} {ok}')
 EOF
 }
+
+if [ "${MEASURE:-}" = instructions ]; then
+    command -v valgrind >/dev/null || { say "MEASURE=instructions needs valgrind (Debian: apt install valgrind)"; exit 1; }
+    REQUESTS=${REQUESTS:-3000}
+    WAIT_TRIES=600 # a minute: programs start slowly under valgrind
+    LLMSIM=$(port)
+    start_llmsim "$LLMSIM" instant 16
+    # Instructions and allocations (calls into Rust's allocator) of one gateway's
+    # process over REQUESTS answered requests, counters zeroed after a warm-up.
+    count() { # NAME PID URL
+        local load=(oha --no-tui -c 8 -m POST -H "authorization: Bearer $KEY"
+            -H "content-type: application/json" -d "$BODY" "$3/chat/completions")
+        "${load[@]}" -n 300 >/dev/null
+        callgrind_control -z "$2" >/dev/null
+        "${load[@]}" -n "$REQUESTS" --output-format json >"$WORK/oha-$1.json"
+        callgrind_control -d "$2" >/dev/null
+        kill "$2"
+        wait "$2" 2>/dev/null || true
+        python3 - "$1" "$WORK/oha-$1.json" "$WORK"/callgrind-"$1".*.1 <<'EOF'
+import json, re, sys
+name, load, dump = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
+ok = int(load.get("statusCodeDistribution", {}).get("200", 0))
+names, target, total, allocs = {}, None, 0, 0
+for line in open(dump):
+    if line.startswith(("totals:", "summary:")):
+        total = int(line.split()[1])
+    elif line.startswith(("fn=", "cfn=")):
+        # Names are given once, at an id's first use by either kind of line.
+        m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+        if m.group(2):
+            names[m.group(1)] = m.group(2).strip()
+        if line.startswith("cfn="):
+            target = names.get(m.group(1), "")
+    elif line.startswith("calls=") and target is not None:
+        if target.endswith(("__rust_alloc", "__rust_alloc_zeroed", "__rust_realloc")):
+            allocs += int(line.split()[0][len("calls="):])
+        target = None
+print(f"{name} {ok} {total} {allocs}")
+EOF
+    }
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-onwards.%p")
+    ONWARDS=$(port)
+    start_onwards "$ONWARDS" "$LLMSIM"
+    count onwards "$ONWARDS_PID" "http://127.0.0.1:$ONWARDS/v1" >"$WORK/counted.txt"
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-switchyard.%p")
+    GATEWAY=$(port); ADMIN=$(port)
+    start_switchyard "$GATEWAY" "$ADMIN" "$LLMSIM"
+    sleep 3 # the first health probes
+    count switchyard "$SWITCHYARD_PID" "http://127.0.0.1:$GATEWAY/v1" >>"$WORK/counted.txt"
+    python3 - "$WORK/counted.txt" <<'EOF'
+import sys
+rows = {n: (int(ok), int(ins), int(al)) for n, ok, ins, al in (l.split() for l in open(sys.argv[1]))}
+(ook, oins, oal), (sok, sins, sal) = rows["onwards"], rows["switchyard"]
+print()
+print("| per answered request (callgrind, c=8) | onwards | Switchyard |")
+print("|---|---|---|")
+print(f"| answered | {ook:,} | {sok:,} |")
+print(f"| instructions | {oins / ook:,.0f} | {sins / sok:,.0f} ({sins / sok / (oins / ook):.2f}x onwards) |")
+print(f"| allocations (and reallocations) | {oal / ook:.1f} | {sal / sok:.1f} |")
+EOF
+    exit 0
+fi
 
 LLMSIM=$(port); ONWARDS=$(port); GATEWAY=$(port); ADMIN=$(port)
 start_llmsim "$LLMSIM" instant 16
