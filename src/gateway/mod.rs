@@ -715,45 +715,17 @@ impl Gateway {
             } else {
                 timeouts.response
             };
-            let interrupt = instance.interrupt_signal();
-            let interrupt = async move {
-                match interrupt.await {
-                    Interrupt::Cut => Stop::Drained,
-                    Interrupt::TakenOut => Stop::TakenOut,
+            let mut interrupts = instance.interrupt_watch();
+            // Each wait is made inside its select, where it is stored once: a future
+            // made out here and moved in would take its size twice in this one.
+            let sent = tokio::select! {
+                biased;
+                sent = self.send_once_more_if_broken(&instance.instance, (kind, upstream_model), request_id, payload.clone(), wait) => {
+                    sent.map_err(Stop::Failed)
                 }
+                stop = interrupts.interrupted() => Err(Stop::from(stop)),
             };
-            tokio::pin!(interrupt);
-
-            // A connection that broke before an answer is most often a pooled keep-alive
-            // connection the upstream had closed: try the same instance once more, on a
-            // fresh connection, before moving on.
-            let attempt = async {
-                let first = self
-                    .upstreams
-                    .send(
-                        &instance.instance,
-                        (kind, upstream_model),
-                        request_id,
-                        payload.clone(),
-                        wait,
-                    )
-                    .await;
-                if let Err(SendError::Broken(reason)) = &first {
-                    tracing::debug!(%request_id, instance = %name, %reason, "retrying on a fresh connection");
-                    return self
-                        .upstreams
-                        .send(
-                            &instance.instance,
-                            (kind, upstream_model),
-                            request_id,
-                            payload,
-                            wait,
-                        )
-                        .await;
-                }
-                first
-            };
-            let response = match unless_interrupted(attempt, &mut interrupt).await {
+            let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
                     attempts.push(send_failed(e));
@@ -788,14 +760,12 @@ impl Gateway {
                     body: AnswerBody::Stream { response, slot },
                 });
             }
-            let read = async {
-                match tokio::time::timeout_at(deadline, response.bytes()).await {
-                    Ok(Ok(bytes)) => Ok(bytes),
-                    Ok(Err(e)) => Err(SendError::Broken(crate::providers::root_cause(&e))),
-                    Err(_) => Err(SendError::Timeout(timeouts.response)),
-                }
+            let read = tokio::select! {
+                biased;
+                read = read_whole(response, deadline, timeouts.response) => read.map_err(Stop::Failed),
+                stop = interrupts.interrupted() => Err(Stop::from(stop)),
             };
-            let whole = match unless_interrupted(read, &mut interrupt).await {
+            let whole = match read {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     attempts.push(send_failed(e));
@@ -839,6 +809,31 @@ impl Gateway {
             attempts,
         })
     }
+
+    /// Sends a request to `instance`. A connection that broke before an answer is most
+    /// often a pooled keep-alive connection the upstream had closed: the same instance
+    /// is tried once more, on a fresh connection, before the caller moves on.
+    async fn send_once_more_if_broken(
+        &self,
+        instance: &crate::domain::Instance,
+        target: (crate::domain::ModelKind, &str),
+        request_id: &str,
+        payload: Bytes,
+        wait: Duration,
+    ) -> Result<crate::providers::Response, SendError> {
+        let first = self
+            .upstreams
+            .send(instance, target, request_id, payload.clone(), wait)
+            .await;
+        if let Err(SendError::Broken(reason)) = &first {
+            tracing::debug!(%request_id, instance = %instance.name, %reason, "retrying on a fresh connection");
+            return self
+                .upstreams
+                .send(instance, target, request_id, payload, wait)
+                .await;
+        }
+        first
+    }
 }
 
 /// Why an attempt stopped before it had an answer.
@@ -851,15 +846,25 @@ enum Stop {
     TakenOut,
 }
 
-/// Runs `work` unless the instance is cut or taken out of rotation first.
-async fn unless_interrupted<T>(
-    work: impl std::future::Future<Output = Result<T, SendError>>,
-    interrupt: &mut (impl std::future::Future<Output = Stop> + Unpin),
-) -> Result<T, Stop> {
-    tokio::select! {
-        biased;
-        done = work => done.map_err(Stop::Failed),
-        stop = interrupt => Err(stop),
+impl From<Interrupt> for Stop {
+    fn from(interrupt: Interrupt) -> Stop {
+        match interrupt {
+            Interrupt::Cut => Stop::Drained,
+            Interrupt::TakenOut => Stop::TakenOut,
+        }
+    }
+}
+
+/// A whole answer's body, read by `deadline`.
+async fn read_whole(
+    response: crate::providers::Response,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<Bytes, SendError> {
+    match tokio::time::timeout_at(deadline, response.bytes()).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(SendError::Broken(crate::providers::root_cause(&e))),
+        Err(_) => Err(SendError::Timeout(limit)),
     }
 }
 

@@ -146,20 +146,13 @@ impl InstanceState {
         CutWatch { interrupts, cuts }
     }
 
-    /// Resolves when, after this call, a drain deadline cuts this instance's in-flight
-    /// requests or the instance is taken out of rotation.
-    pub fn interrupt_signal(
-        &self,
-    ) -> impl std::future::Future<Output = Interrupt> + Send + 'static {
+    /// A watch on a drain deadline cutting this instance's in-flight requests, or the
+    /// instance being taken out of rotation, after this call. An attempt makes the wait
+    /// (`InterruptWatch::interrupted`) inside each of its selects, stored once there.
+    pub fn interrupt_watch(&self) -> InterruptWatch {
         let mut interrupts = self.interrupts.subscribe();
         let before = *interrupts.borrow_and_update();
-        async move {
-            match interrupts.wait_for(|now| *now != before).await {
-                Ok(now) if now.cuts != before.cuts => Interrupt::Cut,
-                // Taken out, or gone from the configuration with its router.
-                Ok(_) | Err(_) => Interrupt::TakenOut,
-            }
-        }
+        InterruptWatch { interrupts, before }
     }
 
     fn take_out(&self) {
@@ -205,6 +198,26 @@ impl CutWatch {
     pub async fn cut(mut self) {
         let cuts = self.cuts;
         let _ = self.interrupts.wait_for(|now| now.cuts != cuts).await;
+    }
+}
+
+/// A subscription to an instance's cuts and removals from rotation, from the moment it
+/// was made.
+pub struct InterruptWatch {
+    interrupts: watch::Receiver<Interrupts>,
+    before: Interrupts,
+}
+
+impl InterruptWatch {
+    /// Resolves when the instance was cut or taken out of rotation since the watch was
+    /// made (at once, if it already was).
+    pub async fn interrupted(&mut self) -> Interrupt {
+        let before = self.before;
+        match self.interrupts.wait_for(|now| *now != before).await {
+            Ok(now) if now.cuts != before.cuts => Interrupt::Cut,
+            // Taken out, or gone from the configuration with its router.
+            Ok(_) | Err(_) => Interrupt::TakenOut,
+        }
     }
 }
 
