@@ -15,7 +15,7 @@ fn record(n: u64) -> AuditRecord {
         at_ms: switchyard::telemetry::now_ms(),
         kind: Some(AuditKind::Request),
         tenant: Some(format!("tenant-{}", n % 50)),
-        request_id: Some(format!("req_{n:016x}")),
+        request_id: Some(format!("req_{n:016x}").into()),
         key_id: Some("config:1a2b3c4d".into()),
         endpoint: Some("/v1/chat/completions".into()),
         model: Some("gpt-4o-mini".into()),

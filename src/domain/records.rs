@@ -2,6 +2,7 @@
 //! overrides operators made. Plain serde types; `store` writes them, the rest reads them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -220,10 +221,10 @@ pub struct AuditRecord {
     pub tenant: Option<String>,
     // A request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
     /// The key's public id (`key_…`), or `config:<digest prefix>` for keys in the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -45,10 +45,10 @@ impl Recorder {
     /// Starts recording a request of `tenant` that arrived at `arrival`.
     pub fn new(
         gateway: &Gateway,
-        request_id: &str,
+        request_id: &Arc<str>,
         endpoint: &str,
         arrival: Instant,
-        tenant: Option<(&str, &str)>,
+        tenant: Option<(&str, &Arc<str>)>,
     ) -> Recorder {
         let audit = gateway.audit();
         let record = audit.policy().enabled.then(|| {
@@ -57,10 +57,10 @@ impl Recorder {
                 AuditRecord {
                     at_ms: crate::telemetry::now_ms(),
                     kind: Some(AuditKind::Request),
-                    request_id: Some(request_id.to_string()),
+                    request_id: Some(request_id.clone()),
                     endpoint: Some(endpoint.to_string()),
                     tenant: tenant.map(|(name, _)| name.to_string()),
-                    key_id: tenant.map(|(_, key)| key.to_string()),
+                    key_id: tenant.map(|(_, key)| key.clone()),
                     ..AuditRecord::default()
                 },
             )

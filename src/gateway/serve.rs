@@ -104,9 +104,9 @@ impl Gateway {
     /// JSON, …), so the audit log and the counters see every request.
     pub fn refused_early(
         &self,
-        request_id: &str,
+        request_id: &Arc<str>,
         endpoint: &str,
-        tenant: Option<(&str, &str)>,
+        tenant: Option<(&str, &Arc<str>)>,
         refusal: &Refusal,
     ) {
         let mut recorder = Recorder::new(self, request_id, endpoint, Instant::now(), tenant);

@@ -81,7 +81,7 @@ fn value(out: &mut Vec<u8>, v: &serde_json::Value) -> io::Result<()> {
     Ok(serde_json::to_writer(&mut *out, v)?)
 }
 
-fn text(out: &mut Vec<u8>, s: &String) -> io::Result<()> {
+fn text(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
     // No early exit, so the compiler checks sixteen bytes at a time.
     let escapes = s.bytes().fold(false, |any, b| {
         any | (b < 0x20) | (b == b'"') | (b == b'\\')
@@ -115,8 +115,8 @@ mod tests {
             at_ms: 1_764_590_400_123,
             kind: Some(AuditKind::Operator),
             tenant: s(),
-            request_id: s(),
-            key_id: s(),
+            request_id: Some(text.into()),
+            key_id: Some(text.into()),
             endpoint: s(),
             model: s(),
             stream: Some(true),

@@ -107,7 +107,7 @@ impl Gateway {
             at_ms: crate::telemetry::now_ms(),
             kind: Some(AuditKind::Tool),
             tenant: Some(tenant.to_string()),
-            key_id: Some(caller.to_string()),
+            key_id: Some(caller.into()),
             action: Some(toolbox.qualified(tool)),
             target: Some(step.to_string()),
             status,
