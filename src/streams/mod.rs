@@ -360,7 +360,9 @@ where
         describe,
         request_id,
     };
-    futures_util::stream::unfold(relay, |mut relay| async move {
+    // Boxed: unfold moves its state into each step's future and back out with the
+    // event, and the relay is 1.5 KiB; a box moves as a pointer.
+    futures_util::stream::unfold(Box::new(relay), |mut relay| async move {
         loop {
             if let Some(next) = relay.ready.pop_front() {
                 return Some((next, relay));
