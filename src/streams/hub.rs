@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -45,14 +45,20 @@ pub struct StreamMeta {
     pub strips_usage: bool,
 }
 
+/// The bit of `ChunkLog::progress` that says the log is complete.
+const COMPLETE: u64 = 1 << 63;
+
 pub struct ChunkLog {
     pub id: String,
     pub meta: StreamMeta,
     started: Instant,
     events: Mutex<Vec<Relayed>>,
     bytes: AtomicUsize,
-    /// Events appended so far, and whether the log is complete.
-    progress: watch::Sender<(usize, bool)>,
+    /// Events appended so far, and `COMPLETE` once the log is; written under the
+    /// `events` lock. `progressed` wakes readers waiting on either (one notifier: a
+    /// watch channel notifies eight lists on every event).
+    progress: AtomicU64,
+    progressed: Notify,
     readers: AtomicUsize,
     producer: Mutex<Option<AbortHandle>>,
     finished_at: Mutex<Option<Instant>>,
@@ -70,29 +76,35 @@ impl ChunkLog {
         self.bytes.fetch_add(event.bytes.len(), Ordering::Relaxed);
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events.push(event);
-        let count = events.len();
+        self.progress.store(events.len() as u64, Ordering::Release);
         drop(events);
-        self.progress.send_replace((count, false));
+        self.progressed.notify_waiters();
     }
 
     fn finish(&self) {
-        let count = {
-            let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-            events.shrink_to_fit();
-            events.len()
-        };
         if let Ok(mut at) = self.finished_at.lock() {
             *at = Some(Instant::now());
         }
-        self.progress.send_replace((count, true));
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.shrink_to_fit();
+        self.progress
+            .store(events.len() as u64 | COMPLETE, Ordering::Release);
+        drop(events);
+        self.progressed.notify_waiters();
+    }
+
+    /// Events appended so far, and whether the log is complete.
+    fn progress(&self) -> (usize, bool) {
+        let progress = self.progress.load(Ordering::Acquire);
+        ((progress & !COMPLETE) as usize, progress & COMPLETE != 0)
     }
 
     pub fn finished(&self) -> bool {
-        self.progress.borrow().1
+        self.progress().1
     }
 
     pub fn len(&self) -> usize {
-        self.progress.borrow().0
+        self.progress().0
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,8 +118,14 @@ impl ChunkLog {
 
     /// Returns once the log is complete (the upstream ended, or was cancelled).
     pub async fn wait_finished(&self) {
-        let mut progress = self.progress.subscribe();
-        let _ = progress.wait_for(|(_, finished)| *finished).await;
+        loop {
+            // Made before the flag is read (see the readers' wait).
+            let notified = self.progressed.notified();
+            if self.finished() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Every event so far, as relayed.
@@ -241,7 +259,8 @@ impl Hub {
             started: Instant::now(),
             events: Mutex::new(Vec::new()),
             bytes: AtomicUsize::new(0),
-            progress: watch::channel((0, false)).0,
+            progress: AtomicU64::new(0),
+            progressed: Notify::new(),
             readers: AtomicUsize::new(0),
             producer: Mutex::new(None),
             finished_at: Mutex::new(None),
@@ -443,7 +462,6 @@ impl Hub {
             ids,
             strip_usage,
             max_lag: self.policy.max_lag + behind_at_start,
-            progress: log.progress.subscribe(),
             done: false,
         };
         let reader = futures_util::stream::unfold(cursor, |mut cursor| async move {
@@ -451,7 +469,7 @@ impl Hub {
                 if cursor.done {
                     return None;
                 }
-                let (count, finished) = *cursor.progress.borrow_and_update();
+                let (count, finished) = cursor.log.progress();
                 if cursor.next < count {
                     if count - cursor.next > cursor.max_lag && !finished {
                         cursor.done = true;
@@ -485,8 +503,12 @@ impl Hub {
                 if finished {
                     return None;
                 }
-                if cursor.progress.changed().await.is_err() {
-                    return None;
+                // Made before the count is read again: `notify_waiters` wakes every
+                // `Notified` made before it, polled or not, so an event in between
+                // still wakes this one.
+                let notified = cursor.log.progressed.notified();
+                if cursor.log.progress() == (count, finished) {
+                    notified.await;
                 }
             }
         });
@@ -531,7 +553,6 @@ struct Cursor {
     ids: bool,
     strip_usage: bool,
     max_lag: usize,
-    progress: watch::Receiver<(usize, bool)>,
     done: bool,
 }
 
@@ -579,6 +600,49 @@ mod tests {
             },
             Arc::default(),
         )
+    }
+
+    /// Readers waiting at the end of the log are woken by each event appended and by
+    /// the end; a wake-up lost would leave them waiting, and paused time would run
+    /// their timeout out instead of hanging.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_readers_wake_for_each_event_and_for_the_end() {
+        let hub = hub(100);
+        let (send, events) = tokio::sync::mpsc::unbounded_channel::<Relayed>();
+        let relay = futures_util::stream::unfold(events, |mut events| async move {
+            events.recv().await.map(|event| (event, events))
+        });
+        let log = hub.open(meta());
+        let mut origin = hub.start(&log, relay);
+        let mut watcher = hub.reader(&log, 0, false, false);
+        let wait = Duration::from_secs(5);
+        for n in 0..3 {
+            let (first, second, ()) = tokio::join!(
+                tokio::time::timeout(wait, origin.next()),
+                tokio::time::timeout(wait, watcher.next()),
+                async {
+                    // Both readers are waiting by the time the event comes.
+                    tokio::task::yield_now().await;
+                    send.send(event(n)).unwrap();
+                },
+            );
+            assert_eq!(first.unwrap(), Some(Ok(event(n).bytes)));
+            assert_eq!(second.unwrap(), Some(Ok(event(n).bytes)));
+        }
+        let (first, second, ()) = tokio::join!(
+            tokio::time::timeout(wait, origin.next()),
+            tokio::time::timeout(wait, watcher.next()),
+            async {
+                tokio::task::yield_now().await;
+                drop(send);
+            },
+        );
+        assert_eq!(first.unwrap(), None);
+        assert_eq!(second.unwrap(), None);
+        assert!(log.finished());
+        tokio::time::timeout(wait, log.wait_finished())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
