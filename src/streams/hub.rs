@@ -370,41 +370,37 @@ impl Hub {
             log.finished_at()
                 .is_none_or(|at| now.saturating_duration_since(at) < keep)
         });
-        let mut finished: Vec<(Instant, usize, String)> = logs
+        // Handles, not copies of ids and tenants: this runs every second under the lock
+        // that opening a stream takes, over every finished log kept.
+        let mut finished: Vec<(Instant, usize, Arc<ChunkLog>)> = logs
             .values()
-            .filter_map(|log| Some((log.finished_at()?, log.size(), log.id.clone())))
+            .filter_map(|log| Some((log.finished_at()?, log.size(), log.clone())))
             .collect();
         // Oldest first: each tenant within its own bytes, then everyone within the bounds.
         finished.sort_unstable_by_key(|(at, _, _)| *at);
-        let mut by_tenant: HashMap<String, usize> = HashMap::new();
-        for (_, size, id) in &finished {
-            if let Some(log) = logs.get(id) {
-                *by_tenant.entry(log.meta.tenant.clone()).or_default() += size;
-            }
+        let mut by_tenant: HashMap<&str, usize> = HashMap::new();
+        for (_, size, log) in &finished {
+            *by_tenant.entry(&log.meta.tenant).or_default() += size;
         }
-        finished.retain(|(_, size, id)| {
-            let Some(tenant) = logs.get(id).map(|l| l.meta.tenant.clone()) else {
-                return false;
-            };
-            let held = by_tenant.entry(tenant).or_default();
+        let mut kept = Vec::with_capacity(finished.len());
+        for (_, size, log) in &finished {
+            let held = by_tenant.entry(&log.meta.tenant).or_default();
             if *held > self.policy.max_finished_bytes_per_tenant {
                 *held -= size;
-                logs.remove(id);
-                return false;
+                logs.remove(&log.id);
+            } else {
+                kept.push((*size, log));
             }
-            true
-        });
-        let mut count = finished.len();
-        let mut bytes: usize = finished.iter().map(|(_, size, _)| size).sum();
-        if count > self.policy.max_finished || bytes > self.policy.max_finished_bytes {
-            for (_, size, id) in finished {
-                if count <= self.policy.max_finished && bytes <= self.policy.max_finished_bytes {
-                    break;
-                }
-                logs.remove(&id);
-                count -= 1;
-                bytes -= size;
+        }
+        let mut count = kept.len();
+        let mut bytes: usize = kept.iter().map(|(size, _)| size).sum();
+        for (size, log) in kept {
+            if count <= self.policy.max_finished && bytes <= self.policy.max_finished_bytes {
+                break;
             }
+            logs.remove(&log.id);
+            count -= 1;
+            bytes -= size;
         }
         let room = logs.len() * 2;
         logs.shrink_to(room);
