@@ -14,13 +14,13 @@
 #   benches/peers.sh                 # the whole table (about 6 minutes)
 #   ROUNDS=5 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
-#   MEASURE=instructions benches/peers.sh   # counted, not timed (about 5 minutes)
+#   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
 #
 # Timings on two shared cores move by a third between runs. MEASURE=instructions runs
-# each gateway alone under valgrind's callgrind instead (REQUESTS chat requests at c=8
-# after a warm-up, the whole process counted: every thread, the audit writer's too) and
-# prints instructions and allocations per request, the same on a quiet machine and a
-# busy one. Needs valgrind (Debian: valgrind).
+# each gateway alone under valgrind's callgrind instead (REQUESTS whole chat answers,
+# then STREAMED streamed ones, at c=8 after a warm-up, the whole process counted: every
+# thread, the audit writer's too) and prints instructions and allocations per answer,
+# the same on a quiet machine and a busy one. Needs valgrind (Debian: valgrind).
 #
 # Tools are installed once with `cargo install --locked` into $SWITCHYARD_BENCH_TOOLS
 # (default ~/.cache/switchyard-bench). Not part of CI: it measures, it asserts nothing.
@@ -165,21 +165,29 @@ EOF
 if [ "${MEASURE:-}" = instructions ]; then
     command -v valgrind >/dev/null || { say "MEASURE=instructions needs valgrind (Debian: apt install valgrind)"; exit 1; }
     REQUESTS=${REQUESTS:-3000}
+    STREAMED=${STREAMED:-1000}
     WAIT_TRIES=600 # a minute: programs start slowly under valgrind
     LLMSIM=$(port)
     start_llmsim "$LLMSIM" instant 16
+    STREAM_BODY=${BODY/\"messages\"/\"stream\":true,\"messages\"}
     # Instructions and allocations (calls into Rust's allocator) of one gateway's
-    # process over REQUESTS answered requests, counters zeroed after a warm-up.
+    # process: over REQUESTS whole answers, then STREAMED streamed ones, the counters
+    # zeroed after a warm-up and between the two.
     count() { # NAME PID URL
         local load=(oha --no-tui -c 8 -m POST -H "authorization: Bearer $KEY"
-            -H "content-type: application/json" -d "$BODY" "$3/chat/completions")
-        "${load[@]}" -n 300 >/dev/null
+            -H "content-type: application/json")
+        "${load[@]}" -n 300 -d "$BODY" "$3/chat/completions" >/dev/null
         callgrind_control -z "$2" >/dev/null
-        "${load[@]}" -n "$REQUESTS" --output-format json >"$WORK/oha-$1.json"
+        "${load[@]}" -n "$REQUESTS" -d "$BODY" --output-format json "$3/chat/completions" >"$WORK/oha-$1-1.json"
+        callgrind_control -d "$2" >/dev/null
+        "${load[@]}" -n 100 -d "$STREAM_BODY" "$3/chat/completions" >/dev/null
+        callgrind_control -z "$2" >/dev/null
+        "${load[@]}" -n "$STREAMED" -d "$STREAM_BODY" --output-format json "$3/chat/completions" >"$WORK/oha-$1-2.json"
         callgrind_control -d "$2" >/dev/null
         kill "$2"
         wait "$2" 2>/dev/null || true
-        python3 - "$1" "$WORK/oha-$1.json" "$WORK"/callgrind-"$1".*.1 <<'EOF'
+        for part in 1 2; do
+            python3 - "$1" "$WORK/oha-$1-$part.json" "$WORK"/callgrind-"$1".*."$part" <<'EOF'
 import json, re, sys
 name, load, dump = sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3]
 ok = int(load.get("statusCodeDistribution", {}).get("200", 0))
@@ -200,6 +208,7 @@ for line in open(dump):
         target = None
 print(f"{name} {ok} {total} {allocs}")
 EOF
+        done
     }
     WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-onwards.%p")
     ONWARDS=$(port)
@@ -212,14 +221,16 @@ EOF
     count switchyard "$SWITCHYARD_PID" "http://127.0.0.1:$GATEWAY/v1" >>"$WORK/counted.txt"
     python3 - "$WORK/counted.txt" <<'EOF'
 import sys
-rows = {n: (int(ok), int(ins), int(al)) for n, ok, ins, al in (l.split() for l in open(sys.argv[1]))}
-(ook, oins, oal), (sok, sins, sal) = rows["onwards"], rows["switchyard"]
+lines = [l.split() for l in open(sys.argv[1])]
+# Each gateway's whole answers, then its streamed ones.
+(o1, o2, s1, s2) = [(int(ok), int(ins), int(al)) for _, ok, ins, al in lines]
 print()
 print("| per answered request (callgrind, c=8) | onwards | Switchyard |")
 print("|---|---|---|")
-print(f"| answered | {ook:,} | {sok:,} |")
-print(f"| instructions | {oins / ook:,.0f} | {sins / sok:,.0f} ({sins / sok / (oins / ook):.2f}x onwards) |")
-print(f"| allocations (and reallocations) | {oal / ook:.1f} | {sal / sok:.1f} |")
+for what, (ook, oins, oal), (sok, sins, sal) in (("whole", o1, s1), ("streamed (16 tokens)", o2, s2)):
+    print(f"| {what}: answered | {ook:,} | {sok:,} |")
+    print(f"| {what}: instructions | {oins / ook:,.0f} | {sins / sok:,.0f} ({sins / sok / (oins / ook):.2f}x onwards) |")
+    print(f"| {what}: allocations (and reallocations) | {oal / ook:.1f} | {sal / sok:.1f} |")
 EOF
     exit 0
 fi
