@@ -26,6 +26,7 @@ use super::{Relayed, error_frame};
 use crate::domain::StreamPolicy;
 use crate::domain::snapshot::StreamView;
 use crate::shutdown::Shutdown;
+use crate::telemetry::Map;
 
 /// A stream of SSE frames for a client.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Bytes, Infallible>> + Send>>;
@@ -225,7 +226,8 @@ impl Drop for Completes {
 
 /// Every chunk log, live or recently finished.
 pub struct Hub {
-    logs: Mutex<HashMap<String, Arc<ChunkLog>>>,
+    /// By id (the gateway's own; lookups by a client's id insert nothing): foldhash.
+    logs: Mutex<Map<String, Arc<ChunkLog>>>,
     /// Watchers following streams now, by tenant.
     watchers: Arc<Mutex<HashMap<String, usize>>>,
     policy: StreamPolicy,
@@ -237,7 +239,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(policy: StreamPolicy, shutdown: Arc<Shutdown>) -> Hub {
         Hub {
-            logs: Mutex::new(HashMap::new()),
+            logs: Mutex::new(Map::default()),
             watchers: Arc::default(),
             policy,
             next: AtomicU64::new(0),

@@ -33,18 +33,23 @@ impl SseEvent {
 
     /// The event in canonical framing.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.data.len() + 16);
+        let kind = self.kind.as_ref().map_or(0, |kind| kind.len() + 8);
+        let mut out = BytesMut::with_capacity(kind + self.data.len() + 8);
         if let Some(kind) = &self.kind {
             out.extend_from_slice(b"event: ");
             out.extend_from_slice(kind.as_bytes());
             out.extend_from_slice(b"\n");
         }
-        for line in self.data.split('\n') {
+        let mut data = self.data.as_bytes();
+        // A line of data, nearly always: one search, then one copy.
+        while let Some(end) = memchr::memchr(b'\n', data) {
             out.extend_from_slice(b"data: ");
-            out.extend_from_slice(line.as_bytes());
-            out.extend_from_slice(b"\n");
+            out.extend_from_slice(&data[..=end]);
+            data = &data[end + 1..];
         }
-        out.extend_from_slice(b"\n");
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\n\n");
         out.freeze()
     }
 }
@@ -226,7 +231,26 @@ mod tests {
             }
             assert_eq!(events, expected, "{:?}", String::from_utf8_lossy(&text));
             assert_eq!(parse_in_pieces(&text, text.len()), expected);
+            for event in expected {
+                let encoded = event.encode();
+                assert_eq!(encoded, line_by_line(&event), "{event:?}");
+                assert_eq!(parse_in_pieces(&encoded, encoded.len()), vec![event]);
+            }
         }
+    }
+
+    /// The canonical framing written the plain way: `event:`, then a `data:` line for
+    /// each line of the data, then a blank line.
+    fn line_by_line(event: &SseEvent) -> Bytes {
+        let mut out = String::new();
+        if let Some(kind) = &event.kind {
+            out.push_str(&format!("event: {kind}\n"));
+        }
+        for line in event.data.split('\n') {
+            out.push_str(&format!("data: {line}\n"));
+        }
+        out.push('\n');
+        Bytes::from(out)
     }
 
     #[test]
