@@ -11,7 +11,7 @@
 # with us-east pointed at llmsim, acme's limits raised out of the way and every feature
 # on (auth, admission with reservation, scheduling, routing, audit, cache, metrics).
 #
-#   benches/peers.sh                 # the whole table (about 6 minutes)
+#   benches/peers.sh                 # the whole table (about 8 minutes)
 #   ROUNDS=5 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
@@ -29,6 +29,7 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 STREAMS=${STREAMS:-2000}
+STREAM_RATE=${STREAM_RATE:-300}
 TOOLS=${SWITCHYARD_BENCH_TOOLS:-$HOME/.cache/switchyard-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
@@ -278,13 +279,21 @@ start_llmsim "$LLMSIM" realistic 32
 start_onwards "$ONWARDS" "$LLMSIM"
 start_switchyard "$GATEWAY" "$ADMIN" "$LLMSIM"
 sleep 3
-"$BENCH" bench --stream -n "$STREAMS" -c 200 --rounds "$ROUNDS" \
-    --target "direct=http://127.0.0.1:$LLMSIM/openai/v1" \
-    --target "onwards=http://127.0.0.1:$ONWARDS/v1" --target-key "onwards=$KEY" \
-    --target "switchyard=http://127.0.0.1:$GATEWAY/v1" --target-key "switchyard=$KEY" \
+STREAM_TARGETS=(--target "direct=http://127.0.0.1:$LLMSIM/openai/v1"
+    --target "onwards=http://127.0.0.1:$ONWARDS/v1" --target-key "onwards=$KEY"
+    --target "switchyard=http://127.0.0.1:$GATEWAY/v1" --target-key "switchyard=$KEY")
+# 200 clients, each starting its next stream when the last ends: as every stream takes
+# the same time, they stay in step, and every ~0.7 s 200 streams start at once (the
+# time to first token's p99 is then how fast a burst of 200 gets through).
+"$BENCH" bench --stream -n "$STREAMS" -c 200 --rounds "$ROUNDS" "${STREAM_TARGETS[@]}" \
     >"$WORK/streams.txt" 2>&1 || { cat "$WORK/streams.txt" >&2; exit 1; }
-AFTER_STREAMS=$(rss_mib "$SWITCHYARD_PID")
 sed -n '/^medians/,$p' "$WORK/streams.txt" >&2
+# The same streams started at a steady STREAM_RATE a second (an open loop), as many
+# independent clients arrive: about as many in flight, no bursts.
+"$BENCH" bench --stream -n "$STREAMS" -c 1000 --rate "$STREAM_RATE" --rounds "$ROUNDS" \
+    "${STREAM_TARGETS[@]}" >"$WORK/steady.txt" 2>&1 || { cat "$WORK/steady.txt" >&2; exit 1; }
+sed -n '/^medians/,$p' "$WORK/steady.txt" >&2
+AFTER_STREAMS=$(rss_mib "$SWITCHYARD_PID")
 
 python3 - "$WORK/plain.txt" <<EOF
 import statistics, sys
@@ -316,3 +325,6 @@ EOF
 echo
 echo "streams, c=200, realistic upstream (TTFT 200 ms, 10 ms a token, 32 tokens): medians of $ROUNDS rounds"
 sed -n '/^medians/,$p' "$WORK/streams.txt"
+echo
+echo "the same streams started $STREAM_RATE a second (open loop): medians of $ROUNDS rounds"
+sed -n '/^medians/,$p' "$WORK/steady.txt"

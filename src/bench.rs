@@ -67,6 +67,12 @@ pub struct BenchArgs {
     /// Rounds over every target, interleaved; medians are reported.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Start this many requests a second, evenly spaced, whatever pace the answers come
+    /// at (an open loop), instead of keeping --concurrency in flight. --concurrency then
+    /// caps what is in flight; a run that reaches the cap says so, as its later starts
+    /// waited for answers.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
 }
 
 const BENCH_KEY: &str = "sy-bench";
@@ -79,6 +85,8 @@ struct Report {
     ok: usize,
     errors: usize,
     first_error: Option<String>,
+    /// Open loop only: starts that waited because --concurrency were in flight.
+    held: usize,
     elapsed: Duration,
     /// Whole-request latency, microseconds.
     total: Histogram<u64>,
@@ -127,11 +135,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         targets
     };
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a number of requests a second above 0, not {rate}"
+        );
+    }
 
     say!(
-        "switchyard bench: {} requests at concurrency {}, {}, model {}, {} round{}",
+        "switchyard bench: {} requests {}, {}, model {}, {} round{}",
         args.requests,
-        args.concurrency,
+        match args.rate {
+            Some(rate) => format!(
+                "started at {rate}/s (at most {} in flight)",
+                args.concurrency
+            ),
+            None => format!("at concurrency {}", args.concurrency),
+        },
         match (args.stream, args.cached) {
             (false, false) => "plain",
             (true, false) => "streaming",
@@ -270,9 +290,19 @@ async fn load(args: &BenchArgs, base: &str, key: &str) -> anyhow::Result<Report>
     });
 
     // Warm up connections so the measurement does not include TCP handshakes.
-    let warmup = (args.requests / 20).max(args.concurrency);
-    run_load(shared.clone(), warmup, args.concurrency).await?;
-    run_load(shared, args.requests, args.concurrency).await
+    match args.rate {
+        None => {
+            let warmup = (args.requests / 20).max(args.concurrency);
+            run_load(shared.clone(), warmup, args.concurrency).await?;
+            run_load(shared, args.requests, args.concurrency).await
+        }
+        Some(rate) => {
+            // A second of starts opens about as many connections as the run keeps busy.
+            let warmup = (args.requests / 20).max(rate.ceil() as usize);
+            run_open_loop(shared.clone(), warmup, rate, args.concurrency).await?;
+            run_open_loop(shared, args.requests, rate, args.concurrency).await
+        }
+    }
 }
 
 /// Where the load goes and what it sends.
@@ -300,21 +330,7 @@ async fn run_load(shared: Shared, requests: usize, concurrency: usize) -> anyhow
                     if n >= requests {
                         break;
                     }
-                    match one(&shared, n).await {
-                        Ok((total, first)) => {
-                            report.ok += 1;
-                            report.total.saturating_record(total.as_micros() as u64);
-                            if let Some(first) = first {
-                                report
-                                    .first_token
-                                    .saturating_record(first.as_micros() as u64);
-                            }
-                        }
-                        Err(e) => {
-                            report.errors += 1;
-                            report.first_error.get_or_insert(format!("{e:#}"));
-                        }
-                    }
+                    report.record(one(&shared, n).await);
                 }
                 anyhow::Ok(report)
             })
@@ -325,6 +341,7 @@ async fn run_load(shared: Shared, requests: usize, concurrency: usize) -> anyhow
         let report = worker.await.context("a load worker panicked")??;
         merged.ok += report.ok;
         merged.errors += report.errors;
+        merged.held += report.held;
         if merged.first_error.is_none() {
             merged.first_error = report.first_error;
         }
@@ -333,6 +350,48 @@ async fn run_load(shared: Shared, requests: usize, concurrency: usize) -> anyhow
     }
     merged.elapsed = started.elapsed();
     Ok(merged)
+}
+
+/// `requests` started `rate` a second, evenly spaced from the first, each on its own task:
+/// a slow answer does not hold back the next start, as it does with a fixed number of
+/// workers (where streams of one fixed length keep starting together, in bursts as large
+/// as the concurrency, once they have started together). At most `cap` are in flight; a
+/// start that finds the cap reached waits, and the report counts it.
+async fn run_open_loop(
+    shared: Shared,
+    requests: usize,
+    rate: f64,
+    cap: usize,
+) -> anyhow::Result<Report> {
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let mut running = tokio::task::JoinSet::new();
+    let mut report = Report::new()?;
+    let started = Instant::now();
+    for n in 0..requests {
+        tokio::time::sleep_until(started + gap.mul_f64(n as f64)).await;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                report.held += 1;
+                slots.clone().acquire_owned().await?
+            }
+        };
+        let shared = shared.clone();
+        running.spawn(async move {
+            let result = one(&shared, n).await;
+            drop(slot);
+            result
+        });
+        while let Some(done) = running.try_join_next() {
+            report.record(done.context("a load task panicked")?);
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        report.record(done.context("a load task panicked")?);
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
 }
 
 async fn one(target: &Target, n: usize) -> anyhow::Result<(Duration, Option<Duration>)> {
@@ -373,10 +432,27 @@ impl Report {
             ok: 0,
             errors: 0,
             first_error: None,
+            held: 0,
             elapsed: Duration::ZERO,
             total: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             first_token: Histogram::new_with_bounds(1, 60_000_000, 3)?,
         })
+    }
+
+    fn record(&mut self, result: anyhow::Result<(Duration, Option<Duration>)>) {
+        match result {
+            Ok((total, first)) => {
+                self.ok += 1;
+                self.total.saturating_record(total.as_micros() as u64);
+                if let Some(first) = first {
+                    self.first_token.saturating_record(first.as_micros() as u64);
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(format!("{e:#}"));
+            }
+        }
     }
 
     fn rate(&self) -> f64 {
@@ -500,8 +576,67 @@ fn print_rows(
         }
     }
     for ((name, _, _), r) in targets.iter().zip(reports) {
+        if r.held > 0 {
+            say!(
+                "{name}: {} starts waited for one of the {} requests in flight to end, \
+                 so they were late; raise --concurrency or lower --rate",
+                r.held,
+                args.concurrency
+            );
+        }
         if let Some(e) = &r.first_error {
             say!("{name}: {} errors, the first: {e}", r.errors);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A target loaded at `rate` a second: the mock answers each stream after `ttft`.
+    async fn open_loop(ttft: Duration, cap: usize) -> Report {
+        crate::tls::install_crypto();
+        let mock = MockUpstream::builder()
+            .ttft(ttft)
+            .tokens_per_sec(0.0)
+            .answer_tokens(2)
+            .spawn_local()
+            .await
+            .unwrap();
+        let target = Arc::new(Target {
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            url: format!("{}/chat/completions", mock.url()),
+            bodies: vec![
+                serde_json::json!({
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": "hello"}],
+                    "stream": true,
+                })
+                .to_string(),
+            ],
+            key: "unused".into(),
+            stream: true,
+        });
+        run_open_loop(target, 5, 20.0, cap).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_starts_on_schedule_whatever_the_answers_take() {
+        // Five starts 50 ms apart, each answered 300 ms later: all five are in flight
+        // together, so a fixed number of workers would have taken five times as long.
+        let report = open_loop(Duration::from_millis(300), 10).await;
+        assert_eq!((report.ok, report.errors, report.held), (5, 0, 0));
+        assert_eq!(report.first_token.len(), 5);
+        assert!(report.elapsed >= Duration::from_millis(4 * 50 + 300));
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_at_its_cap_holds_starts_back_and_says_so() {
+        // Two in flight at most and each takes 300 ms: the third start (at 100 ms) and
+        // every later one wait for an answer.
+        let report = open_loop(Duration::from_millis(300), 2).await;
+        assert_eq!((report.ok, report.errors, report.held), (5, 0, 3));
+        assert!(report.elapsed >= Duration::from_millis(3 * 300));
     }
 }
