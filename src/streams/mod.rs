@@ -11,6 +11,7 @@
 //! connection, which cancels the generation.
 
 pub mod chat;
+mod chunk;
 pub mod hub;
 pub mod sse;
 
@@ -19,173 +20,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
 use tokio::time::Instant;
 
+pub use chunk::{Chunk, usage_in};
 pub use sse::{SseEvent, SseParser};
 
 use crate::domain::Usage;
-
-/// What the gateway reads of a chunk (or of a whole chat answer), of a Responses API
-/// event (or whole Response), or of an Anthropic Messages event (or whole Message):
-/// borrowed where it can.
-#[derive(Debug, Default, Deserialize)]
-pub struct Chunk<'a> {
-    #[serde(default, borrow)]
-    pub choices: Option<Vec<Choice<'a>>>,
-    #[serde(default)]
-    usage: Option<UsageView>,
-    #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
-    /// A Responses or Messages event's type (`response.output_text.delta`,
-    /// `content_block_delta`, `response.completed`, `message_stop`…).
-    #[serde(default, borrow, rename = "type")]
-    kind: Option<std::borrow::Cow<'a, str>>,
-    /// A delta event's delta: a Responses text, or a Messages block's delta (left raw:
-    /// other deltas need not be text).
-    #[serde(default, borrow)]
-    delta: Option<&'a serde_json::value::RawValue>,
-    /// The Response that a Responses stream's last event carries, with its usage.
-    #[serde(default)]
-    response: Option<ResponseView>,
-    /// The Message that a Messages stream's first event carries, with its input usage.
-    #[serde(default)]
-    message: Option<ResponseView>,
-}
-
-/// Only where a whole answer (or an event) reports usage: the rest is skipped, not built.
-#[derive(Deserialize)]
-struct UsageOnly {
-    #[serde(default)]
-    usage: Option<UsageView>,
-    #[serde(default)]
-    response: Option<ResponseView>,
-    #[serde(default)]
-    message: Option<ResponseView>,
-}
-
-/// The usage an answer or event in `data` reports, read without building the rest of
-/// it (whole answers are read for their usage on every request).
-pub fn usage_in(data: &str) -> Option<Usage> {
-    let only: UsageOnly = serde_json::from_str(data).ok()?;
-    reported(
-        only.usage.as_ref(),
-        only.response.as_ref().or(only.message.as_ref()),
-    )
-}
-
-/// Usage as reported at the top level or in a nested Response or Message.
-fn reported(direct: Option<&UsageView>, nested: Option<&ResponseView>) -> Option<Usage> {
-    let usage = direct.or(nested.and_then(|r| r.usage.as_ref()))?;
-    if usage.prompt_tokens.is_none() && usage.completion_tokens.is_none() {
-        return None;
-    }
-    let cached =
-        usage.cache_creation_input_tokens.unwrap_or(0) + usage.cache_read_input_tokens.unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: usage.prompt_tokens.unwrap_or(0) + cached,
-        completion_tokens: usage.completion_tokens.unwrap_or(0),
-        estimated: false,
-    })
-}
-
-#[derive(Debug, Deserialize)]
-struct ResponseView {
-    #[serde(default)]
-    usage: Option<UsageView>,
-}
-
-/// A Messages `text_delta`.
-#[derive(Deserialize)]
-struct TextDelta<'a> {
-    #[serde(borrow)]
-    text: std::borrow::Cow<'a, str>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Choice<'a> {
-    #[serde(default, borrow)]
-    pub delta: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    pub message: Option<Text<'a>>,
-    /// Legacy text completions carry their text here, streamed or whole.
-    #[serde(default, borrow)]
-    pub text: Option<std::borrow::Cow<'a, str>>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct Text<'a> {
-    #[serde(default, borrow)]
-    pub content: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// Chat's usage, or the Responses and Messages APIs' (`input_tokens`, `output_tokens`;
-/// Anthropic counts cache writes and reads apart from `input_tokens`).
-#[derive(Debug, Deserialize)]
-struct UsageView {
-    #[serde(default, alias = "input_tokens")]
-    prompt_tokens: Option<u64>,
-    #[serde(default, alias = "output_tokens")]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
-}
-
-impl<'a> Chunk<'a> {
-    /// The chunk in an event's data, when it is a JSON object.
-    pub fn parse(data: &'a str) -> Option<Chunk<'a>> {
-        serde_json::from_str(data).ok()
-    }
-
-    /// The upstream's usage, when it reports one.
-    pub fn usage(&self) -> Option<Usage> {
-        reported(
-            self.usage.as_ref(),
-            self.response.as_ref().or(self.message.as_ref()),
-        )
-    }
-
-    /// The chunk the gateway asked for on a client's behalf: no choices, only usage.
-    pub fn is_usage_only(&self) -> bool {
-        self.usage.is_some() && self.choices.as_ref().is_some_and(Vec::is_empty)
-    }
-
-    /// An error object the upstream sent in place of a chunk.
-    pub fn is_error(&self) -> bool {
-        self.error.is_some() || self.kind.as_deref() == Some("error")
-    }
-
-    /// A Responses stream's last event (the response completed, stopped short or
-    /// failed), or a Messages stream's (`message_stop`).
-    pub fn ends_response(&self) -> bool {
-        matches!(
-            self.kind.as_deref(),
-            Some("response.completed" | "response.incomplete" | "response.failed" | "message_stop")
-        )
-    }
-
-    /// The text of every choice's delta (streams) or message (whole answers), or of a
-    /// text completion.
-    pub fn texts(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
-        let chat = self.choices.iter().flatten().filter_map(|c| {
-            match c.delta.as_ref().or(c.message.as_ref()) {
-                Some(text) => text.content.as_deref(),
-                None => c.text.as_deref(),
-            }
-        });
-        let delta = self.delta.map(serde_json::value::RawValue::get);
-        let text = match (self.kind.as_deref(), delta) {
-            (Some("response.output_text.delta"), Some(raw)) => serde_json::from_str(raw).ok(),
-            (Some("content_block_delta"), Some(raw)) => serde_json::from_str::<TextDelta>(raw)
-                .ok()
-                .map(|delta| delta.text),
-            _ => None,
-        };
-        chat.map(std::borrow::Cow::Borrowed).chain(text)
-    }
-}
 
 /// One event as relayed: canonical bytes, and whether it is the usage-only chunk that
 /// readers who did not ask for usage skip.
