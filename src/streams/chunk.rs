@@ -342,6 +342,23 @@ mod skim {
             .map(|i| at + i)
     }
 
+    /// Past the escape at `at` (a backslash), or `None` for a control character or an
+    /// escape serde_json refuses.
+    #[cold]
+    fn past_escape(bytes: &[u8], at: usize) -> Option<usize> {
+        if bytes[at] != b'\\' {
+            return None;
+        }
+        match bytes.get(at + 1)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(at + 2),
+            b'u' => {
+                let hex = bytes.get(at + 2..at + 6)?;
+                hex.iter().all(u8::is_ascii_hexdigit).then_some(at + 6)
+            }
+            _ => None,
+        }
+    }
+
     impl<'a> Reader<'a> {
         fn bytes(&self) -> &'a [u8] {
             self.text.as_bytes()
@@ -355,8 +372,14 @@ mod skim {
 
         /// The next byte after whitespace, not consumed.
         fn peek(&mut self) -> Option<u8> {
-            self.whitespace();
-            self.bytes().get(self.at).copied()
+            match self.bytes().get(self.at) {
+                // Compact JSON, the usual case: no whitespace to pass.
+                Some(&b) if b > b' ' => Some(b),
+                _ => {
+                    self.whitespace();
+                    self.bytes().get(self.at).copied()
+                }
+            }
         }
 
         fn eat(&mut self, byte: u8) -> Option<()> {
@@ -453,31 +476,16 @@ mod skim {
         /// escapes, `\u` without four hex digits, no closing quote.
         fn skip_string(&mut self) -> Option<bool> {
             let bytes = self.bytes();
-            self.at += 1;
+            let mut at = self.at + 1;
             let mut escaped = false;
             loop {
-                self.at += special(bytes.get(self.at..)?)?;
-                match bytes[self.at] {
-                    b'"' => {
-                        self.at += 1;
-                        return Some(escaped);
-                    }
-                    b'\\' => {
-                        escaped = true;
-                        match bytes.get(self.at + 1)? {
-                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 2,
-                            b'u' => {
-                                let hex = bytes.get(self.at + 2..self.at + 6)?;
-                                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                    return None;
-                                }
-                                self.at += 6;
-                            }
-                            _ => return None,
-                        }
-                    }
-                    _ => return None,
+                at += special(bytes.get(at..)?)?;
+                if bytes[at] == b'"' {
+                    self.at = at + 1;
+                    return Some(escaped);
                 }
+                escaped = true;
+                at = past_escape(bytes, at)?;
             }
         }
 

@@ -127,6 +127,7 @@ where
     struct Relay<S, W: Watch> {
         upstream: S,
         parser: SseParser,
+        encoded: sse::EventBlocks,
         ready: VecDeque<Relayed>,
         /// No more from upstream: done, failed or cut.
         finished: bool,
@@ -142,30 +143,38 @@ where
     }
 
     impl<S, W: Watch> Relay<S, W> {
-        fn take(&mut self, events: Vec<SseEvent>) {
-            if events.is_empty() {
-                // Comments and partial events keep the connection busy, not the stream.
+        /// Reads `bytes` and relays the events they complete.
+        fn read(&mut self, bytes: &[u8]) {
+            let mut parser = std::mem::take(&mut self.parser);
+            let mut any = false;
+            parser.each(bytes, |event| {
+                any = true;
+                self.take(event);
+            });
+            self.parser = parser;
+            // Comments and partial events keep the connection busy, not the stream.
+            if any {
+                self.seen_event = true;
+                self.silent_until = Instant::now() + self.patience.idle;
+            }
+        }
+
+        fn take(&mut self, event: SseEvent) {
+            if self.done || self.finished {
                 return;
             }
-            self.seen_event = true;
-            for event in events {
-                if self.done {
-                    return;
-                }
-                let chunk = Chunk::parse(&event.data);
-                if let Some(cut) = self.watch.event(&event, chunk.as_ref()) {
-                    tracing::warn!(request_id = %self.request_id, upstream = %self.describe, code = cut.code, "stream cut");
-                    self.fail(cut.code, cut.message);
-                    return;
-                }
-                self.done = event.is_done() || chunk.as_ref().is_some_and(Chunk::ends_response);
-                self.upstream_error |= chunk.as_ref().is_some_and(Chunk::is_error);
-                self.ready.push_back(Relayed {
-                    bytes: event.encode(),
-                    usage_only: chunk.as_ref().is_some_and(Chunk::is_usage_only),
-                });
+            let chunk = Chunk::parse(&event.data);
+            if let Some(cut) = self.watch.event(&event, chunk.as_ref()) {
+                tracing::warn!(request_id = %self.request_id, upstream = %self.describe, code = cut.code, "stream cut");
+                self.fail(cut.code, cut.message);
+                return;
             }
-            self.silent_until = Instant::now() + self.patience.idle;
+            self.done = event.is_done() || chunk.as_ref().is_some_and(Chunk::ends_response);
+            self.upstream_error |= chunk.as_ref().is_some_and(Chunk::is_error);
+            self.ready.push_back(Relayed {
+                bytes: self.encoded.encode(&event),
+                usage_only: chunk.as_ref().is_some_and(Chunk::is_usage_only),
+            });
         }
 
         fn fail(&mut self, code: &'static str, message: String) {
@@ -188,6 +197,7 @@ where
     let relay = Relay {
         upstream,
         parser: SseParser::default(),
+        encoded: sse::EventBlocks::default(),
         ready: VecDeque::new(),
         finished: false,
         done: false,
@@ -221,8 +231,7 @@ where
             };
             let (code, failure) = match next {
                 Ok(Some(Ok(bytes))) => {
-                    let events = relay.parser.push(&bytes);
-                    relay.take(events);
+                    relay.read(&bytes);
                     continue;
                 }
                 Err(_) => {
@@ -245,8 +254,7 @@ where
                 ),
                 Ok(None) => {
                     // A last event without its blank line still counts.
-                    let events = relay.parser.push(b"\n\n");
-                    relay.take(events);
+                    relay.read(b"\n\n");
                     if relay.done {
                         continue;
                     }

@@ -33,8 +33,18 @@ impl SseEvent {
 
     /// The event in canonical framing.
     pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.framed_len());
+        self.write(&mut out);
+        out.freeze()
+    }
+
+    /// The framed length of a single line of data; more lines take more.
+    fn framed_len(&self) -> usize {
         let kind = self.kind.as_ref().map_or(0, |kind| kind.len() + 8);
-        let mut out = BytesMut::with_capacity(kind + self.data.len() + 8);
+        kind + self.data.len() + 8
+    }
+
+    fn write(&self, out: &mut BytesMut) {
         if let Some(kind) = &self.kind {
             out.extend_from_slice(b"event: ");
             out.extend_from_slice(kind.as_bytes());
@@ -50,7 +60,32 @@ impl SseEvent {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(data);
         out.extend_from_slice(b"\n\n");
-        out.freeze()
+    }
+}
+
+/// Where one stream's events are encoded: into shared blocks, so that an event costs
+/// neither an allocation of its own nor another on its first clone (the bytes cut from a
+/// block share its count). A stream's first block holds its first event exactly and each
+/// next one is twice the last, up to `MAX_BLOCK`: a stream held open with a few events
+/// keeps little room it does not use, and a long one allocates once a kilobyte.
+#[derive(Debug, Default)]
+pub struct EventBlocks {
+    block: BytesMut,
+    size: usize,
+}
+
+impl EventBlocks {
+    const MAX_BLOCK: usize = 1024;
+
+    /// The event in canonical framing, as `SseEvent::encode` writes it.
+    pub fn encode(&mut self, event: &SseEvent) -> Bytes {
+        let len = event.framed_len();
+        if self.block.capacity() < len {
+            self.size = (self.size * 2).clamp(len, Self::MAX_BLOCK.max(len));
+            self.block = BytesMut::with_capacity(self.size);
+        }
+        event.write(&mut self.block);
+        self.block.split().freeze()
     }
 }
 
@@ -72,8 +107,14 @@ impl SseParser {
     ///
     /// Lines are found with a vectorised search and read where they lie in `bytes`;
     /// only a line split across reads is copied, into a buffer kept for the next one.
-    pub fn push(&mut self, mut bytes: &[u8]) -> Vec<SseEvent> {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
+        self.each(bytes, |event| events.push(event));
+        events
+    }
+
+    /// As `push`, handing each event to `event` as it ends (no list to allocate).
+    pub fn each(&mut self, mut bytes: &[u8], mut event: impl FnMut(SseEvent)) {
         if !self.started && !bytes.is_empty() {
             self.started = true;
             bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -99,10 +140,11 @@ impl SseParser {
                 self.line = line;
                 ended
             };
-            events.extend(ended);
+            if let Some(ended) = ended {
+                event(ended);
+            }
             bytes = &bytes[end + 1..];
         }
-        events
     }
 
     /// Bytes held for an event that has not ended yet.
@@ -231,10 +273,21 @@ mod tests {
             }
             assert_eq!(events, expected, "{:?}", String::from_utf8_lossy(&text));
             assert_eq!(parse_in_pieces(&text, text.len()), expected);
-            for event in expected {
+            let mut blocks = EventBlocks::default();
+            let mut cut = Vec::new();
+            for event in &expected {
                 let encoded = event.encode();
-                assert_eq!(encoded, line_by_line(&event), "{event:?}");
-                assert_eq!(parse_in_pieces(&encoded, encoded.len()), vec![event]);
+                assert_eq!(encoded, line_by_line(event), "{event:?}");
+                assert_eq!(
+                    parse_in_pieces(&encoded, encoded.len()),
+                    vec![event.clone()]
+                );
+                cut.push(blocks.encode(event));
+            }
+            // Events cut from shared blocks are each the event alone, whatever came
+            // after it in the block.
+            for (event, cut) in expected.iter().zip(&cut) {
+                assert_eq!(*cut, line_by_line(event), "{event:?}");
             }
         }
     }
@@ -272,6 +325,26 @@ mod tests {
     fn done_is_recognised_only_as_the_whole_data() {
         assert!(SseEvent::data(" [DONE] ").is_done());
         assert!(!SseEvent::data("{\"content\":\"data: [DONE]\"}").is_done());
+    }
+
+    #[test]
+    fn a_streams_events_share_blocks_that_double_up_to_a_kilobyte() {
+        let mut blocks = EventBlocks::default();
+        let event = SseEvent::data("{\"content\":\"token of32\"}");
+        let framed = line_by_line(&event);
+        assert_eq!(framed.len(), 32);
+        let cut: Vec<Bytes> = (0..80).map(|_| blocks.encode(&event)).collect();
+        assert!(cut.iter().all(|c| *c == framed));
+        // Where each new block starts: after 1, 2, 4, 8, 16 and 32 events, then every
+        // 32 (a kilobyte).
+        let starts: Vec<usize> = (1..cut.len())
+            .filter(|&i| cut[i].as_ptr() != cut[i - 1].as_ptr().wrapping_add(32))
+            .collect();
+        assert_eq!(starts, [1, 3, 7, 15, 31, 63]);
+        // An event larger than a block has one of its own.
+        let large = SseEvent::data("x".repeat(2000));
+        assert_eq!(blocks.encode(&large), line_by_line(&large));
+        assert_eq!(blocks.encode(&event), line_by_line(&event));
     }
 
     #[test]
