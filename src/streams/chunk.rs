@@ -559,6 +559,12 @@ mod skim {
 
         /// Past any one value, checked; without recursion, nesting kept as bits.
         fn skip_value(&mut self) -> Option<()> {
+            // Most skipped values (ids, names, timestamps) are strings or numbers.
+            match self.peek()? {
+                b'"' => return self.skip_string().map(drop),
+                b'-' | b'0'..=b'9' => return self.skip_number(),
+                _ => {}
+            }
             // Bit n set: the container at depth n + 1 is an object.
             let mut objects: u64 = 0;
             let mut depth: u32 = 0;
