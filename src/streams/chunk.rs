@@ -247,6 +247,9 @@ mod skim {
 
     use super::{Chunk, Nested, Texts, UsageView};
 
+    /// A `content` or `text` field: absent or null, or a string.
+    type Content<'a> = Option<Cow<'a, str>>;
+
     /// Nesting deeper than this in a skipped value is left to serde_json.
     const MAX_DEPTH: u32 = 64;
 
@@ -464,7 +467,7 @@ mod skim {
         }
 
         /// A string or null.
-        fn optional_string(&mut self) -> Option<Option<Cow<'a, str>>> {
+        fn optional_string(&mut self) -> Option<Content<'a>> {
             match self.peek()? {
                 b'"' => self.string().map(Some),
                 _ => self.null()?.then_some(None),
@@ -667,10 +670,9 @@ mod skim {
             Some(Some(texts))
         }
 
-        /// A choice's `delta` or `message`: null (outer `None`), or an object with
-        /// perhaps a `content` string.
-        #[allow(clippy::option_option)]
-        fn text(&mut self) -> Option<Option<Option<Cow<'a, str>>>> {
+        /// A choice's `delta` or `message`: `None` for null, or an object's `content`
+        /// (itself absent, null or a string).
+        fn text(&mut self) -> Option<Option<Content<'a>>> {
             if self.null()? {
                 return Some(None);
             }
