@@ -196,7 +196,10 @@ where
         done: bool,
         seen_event: bool,
         upstream_error: bool,
-        silent_until: Instant,
+        /// When the upstream has been silent too long: one timer for the stream, moved
+        /// on by each event (a later deadline is a store; a timer made and dropped for
+        /// every read took the timer wheel's lock twice).
+        silence: std::pin::Pin<Box<tokio::time::Sleep>>,
         patience: Patience,
         watch: W,
         cut: WhenWoken<Cut>,
@@ -217,7 +220,8 @@ where
             // Comments and partial events keep the connection busy, not the stream.
             if any {
                 self.seen_event = true;
-                self.silent_until = Instant::now() + self.patience.idle;
+                let idle = self.patience.idle;
+                self.silence.as_mut().reset(Instant::now() + idle);
             }
         }
 
@@ -265,7 +269,7 @@ where
         done: false,
         seen_event: false,
         upstream_error: false,
-        silent_until: Instant::now() + patience.first_event,
+        silence: Box::pin(tokio::time::sleep(patience.first_event)),
         patience,
         watch,
         cut: WhenWoken::new(cut),
@@ -282,14 +286,18 @@ where
             if relay.finished || relay.done {
                 return None;
             }
-            let silent_until = relay.silent_until;
+            // In this order: a cut ends the stream even while data flows (it is asked
+            // only once woken, so asking is cheap), and data that is there counts
+            // before a deadline that passed with it.
             let next = tokio::select! {
-                next = tokio::time::timeout_at(silent_until, relay.upstream.next()) => next,
+                biased;
                 cut = &mut relay.cut => {
                     tracing::warn!(request_id = %relay.request_id, upstream = %relay.describe, code = cut.code, "stream cut");
                     relay.fail(cut.code, cut.message);
                     continue;
                 }
+                next = relay.upstream.next() => Ok(next),
+                () = relay.silence.as_mut() => Err(()),
             };
             let (code, failure) = match next {
                 Ok(Some(Ok(bytes))) => {
@@ -499,30 +507,60 @@ mod tests {
         );
     }
 
+    /// Everything a relay passes on from `upstream`, with these waits (seconds).
+    async fn relayed_with_patience(
+        upstream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        first_event: u64,
+        idle: u64,
+    ) -> Vec<Relayed> {
+        let patience = Patience {
+            first_event: Duration::from_secs(first_event),
+            idle: Duration::from_secs(idle),
+        };
+        let cut = std::future::pending::<Cut>();
+        relay(
+            Box::pin(upstream),
+            (),
+            cut,
+            patience,
+            "x".into(),
+            "r".into(),
+        )
+        .collect()
+        .await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_upstream_is_ended_as_stalled() {
         let upstream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(
             Bytes::from_static(b"data: {\"n\":1}\n\n"),
         )])
         .chain(futures_util::stream::pending());
-        let patience = Patience {
-            first_event: Duration::from_secs(5),
-            idle: Duration::from_secs(2),
-        };
-        let frames: Vec<Relayed> = relay(
-            Box::pin(upstream),
-            (),
-            std::future::pending::<Cut>(),
-            patience,
-            "x".into(),
-            "r".into(),
-        )
-        .collect()
-        .await;
+        let frames = relayed_with_patience(upstream, 5, 2).await;
         assert_eq!(frames.len(), 2);
         let last = String::from_utf8_lossy(&frames[1].bytes);
         assert!(last.contains("upstream_stream_stalled"), "{last}");
         assert!(last.contains("sent nothing for 2s"), "{last}");
+    }
+
+    /// Each event moves the deadline on: a stream that never pauses for `idle` runs
+    /// longer than `idle` and `first_event` together, and then ends on its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_upstream_is_never_stalled() {
+        let upstream = futures_util::stream::unfold(0, |n| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let data: &'static [u8] = match n {
+                0..6 => b"data: {\"n\":1}\n\n",
+                6 => b"data: [DONE]\n\n",
+                _ => return None,
+            };
+            Some((Ok::<_, std::io::Error>(Bytes::from_static(data)), n + 1))
+        });
+        let started = Instant::now();
+        let frames = relayed_with_patience(upstream, 2, 2).await;
+        assert_eq!(frames.len(), 7, "{frames:?}");
+        assert_eq!(&frames[6].bytes[..], b"data: [DONE]\n\n");
+        assert!(started.elapsed() >= Duration::from_millis(7 * 1500));
     }
 
     #[test]
