@@ -673,21 +673,31 @@ mod skim {
         /// A choice's `delta` or `message`: `None` for null, or an object's `content`
         /// (itself absent, null or a string).
         fn text(&mut self) -> Option<Option<Content<'a>>> {
+            self.object_with(b"content", Self::optional_string)
+        }
+
+        /// Null (`None`), or an object whose field `name` (given once at most) `read`
+        /// reads, its other fields skipped; the field absent is `T`'s default.
+        fn object_with<T: Default>(
+            &mut self,
+            name: &[u8],
+            mut read: impl FnMut(&mut Self) -> Option<T>,
+        ) -> Option<Option<T>> {
             if self.null()? {
                 return Some(None);
             }
-            let mut content = None;
+            let mut value = T::default();
             let mut seen = Seen(0);
             self.object(|r, key| {
-                if key == b"content" {
+                if key == name {
                     seen.first(0)?;
-                    content = r.optional_string()?;
+                    value = read(r)?;
                 } else {
                     r.skip_value()?;
                 }
                 Some(())
             })?;
-            Some(Some(content))
+            Some(Some(value))
         }
 
         /// `usage`: null, or an object of token counts.
@@ -714,21 +724,8 @@ mod skim {
 
         /// `response` or `message`: null, or an object with perhaps a usage.
         fn nested(&mut self) -> Option<Option<Nested>> {
-            if self.null()? {
-                return Some(None);
-            }
-            let mut nested = Nested::default();
-            let mut seen = Seen(0);
-            self.object(|r, key| {
-                if key == b"usage" {
-                    seen.first(0)?;
-                    nested.usage = r.usage()?;
-                } else {
-                    r.skip_value()?;
-                }
-                Some(())
-            })?;
-            Some(Some(nested))
+            let usage = self.object_with(b"usage", Self::usage)?;
+            Some(usage.map(|usage| Nested { usage }))
         }
     }
 }
