@@ -2,7 +2,9 @@
 //! an upstream error, a Responses or Messages event's type and delta.
 //!
 //! Every event of every stream is read, so the reading is done in one pass over the bytes
-//! that picks out those fields, borrows their strings and builds nothing else (`skim`).
+//! that picks out those fields, borrows their strings and builds nothing else (`skim`);
+//! the members a stream's chunks all open with (id, object, created, model) are read once
+//! a stream, not once a chunk (`Opening`).
 //! serde_json remains the definition: whatever the pass is not sure of (an escaped key, a
 //! number that is not a plain unsigned integer, a field given twice, a value of another
 //! type, deep nesting, any syntax error) is handed to the derived reading below, whose
@@ -83,10 +85,42 @@ struct Nested {
     usage: Option<UsageView>,
 }
 
+/// The members a stream's chunks open with and repeat (an id, an object name, a creation
+/// time, a model), kept from the last chunk read: a chunk that opens with the same bytes
+/// is read from where they end, as the same bytes read the same way. Only members the
+/// gateway does not read are kept, so nothing read is skipped.
+#[derive(Debug, Default)]
+pub struct Opening(Vec<u8>);
+
+impl Opening {
+    /// How many of `data`'s bytes were read before: none, or the whole opening.
+    fn shared(&self, data: &str) -> usize {
+        if !self.0.is_empty() && data.as_bytes().starts_with(&self.0) {
+            self.0.len()
+        } else {
+            0
+        }
+    }
+
+    fn keep(&mut self, opening: &[u8]) {
+        if self.0 != opening {
+            self.0.clear();
+            self.0.extend_from_slice(opening);
+        }
+    }
+}
+
 impl<'a> Chunk<'a> {
     /// The chunk in an event's data, when it is a JSON object.
     pub fn parse(data: &'a str) -> Option<Chunk<'a>> {
-        skim::chunk(data).or_else(|| serde_view::chunk(data))
+        skim::chunk(data, None).or_else(|| serde_view::chunk(data))
+    }
+
+    /// The chunk in the data of one of a stream's events, read from where `opening` (the
+    /// stream's, from its chunks before) ends when it opens with it; `opening` is then
+    /// this chunk's. Reads what `parse` reads.
+    pub fn parse_next(data: &'a str, opening: &mut Opening) -> Option<Chunk<'a>> {
+        skim::chunk(data, Some(opening)).or_else(|| serde_view::chunk(data))
     }
 
     /// The upstream's usage, when it reports one.
@@ -245,7 +279,7 @@ mod serde_view {
 mod skim {
     use std::borrow::Cow;
 
-    use super::{Chunk, Nested, Texts, UsageView};
+    use super::{Chunk, Nested, Opening, Texts, UsageView};
 
     /// A `content` or `text` field: absent or null, or a string.
     type Content<'a> = Option<Cow<'a, str>>;
@@ -256,6 +290,8 @@ mod skim {
     struct Reader<'a> {
         text: &'a str,
         at: usize,
+        /// Where the key handed to an object's `member` begins (its opening quote).
+        key_at: usize,
     }
 
     /// Marks each known field of one object as seen: serde refuses a field given twice.
@@ -268,12 +304,26 @@ mod skim {
         }
     }
 
-    pub(super) fn chunk(data: &str) -> Option<Chunk<'_>> {
-        let mut r = Reader { text: data, at: 0 };
+    /// `opening`, when given, is the stream's: the chunk is read from its end when it
+    /// opens with it, and it is then this chunk's: up to the first member read, or the
+    /// last member when none is read, so long as one member comes before.
+    pub(super) fn chunk<'a>(data: &'a str, opening: Option<&mut Opening>) -> Option<Chunk<'a>> {
+        let shared = opening.as_deref().map_or(0, |o| o.shared(data));
+        let mut r = Reader {
+            text: data,
+            at: shared,
+            key_at: 0,
+        };
         let mut chunk = Chunk::default();
         let (mut response, mut message) = (None, None);
         let mut seen = Seen(0);
-        r.object(|r, key| {
+        // Where this chunk's opening ends: before its first member read (or its last).
+        let mut opens = shared;
+        let mut members = usize::from(shared > 0);
+        let mut read_any = false;
+        let member = |r: &mut Reader<'a>, key: &[u8]| {
+            let key_at = r.key_at;
+            let mut read = true;
             match key {
                 b"choices" => {
                     seen.first(0)?;
@@ -310,13 +360,35 @@ mod skim {
                     seen.first(6)?;
                     message = r.nested()?;
                 }
-                _ => r.skip_value()?,
+                _ => {
+                    r.skip_value()?;
+                    read = false;
+                }
             }
+            if !read_any && members > 0 {
+                opens = key_at;
+            }
+            members += 1;
+            read_any |= read;
             Some(())
-        })?;
+        };
+        if shared > 0 {
+            r.members(member)?;
+        } else {
+            r.object(member)?;
+        }
         r.whitespace();
+        if r.at != data.len() {
+            return None;
+        }
         chunk.nested = response.or(message).and_then(|n: Nested| n.usage);
-        (r.at == data.len()).then_some(chunk)
+        match opening {
+            // The same opening again, as its length says.
+            Some(_) if shared > 0 && opens == shared => {}
+            Some(opening) => opening.keep(&data.as_bytes()[..opens]),
+            None => {}
+        }
+        Some(chunk)
     }
 
     /// Where the first quote, backslash or control character in `bytes` is: eight bytes
@@ -405,16 +477,25 @@ mod skim {
 
         /// An object's members, each key handed to `member`, which reads its value. A key
         /// with escapes is left to serde_json.
-        fn object(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
+        fn object(&mut self, member: impl FnMut(&mut Self, &[u8]) -> Option<()>) -> Option<()> {
             self.eat(b'{')?;
             if self.peek()? == b'}' {
                 self.at += 1;
                 return Some(());
             }
+            self.members(member)
+        }
+
+        /// An object's members from the key at hand to the closing brace.
+        fn members(
+            &mut self,
+            mut member: impl FnMut(&mut Self, &[u8]) -> Option<()>,
+        ) -> Option<()> {
             loop {
                 if self.peek()? != b'"' {
                     return None;
                 }
+                self.key_at = self.at;
                 let start = self.at + 1;
                 if self.skip_string()? {
                     return None;
@@ -736,7 +817,12 @@ mod tests {
 
     /// The one pass either gives up or reads what serde_json reads.
     fn agrees(data: &str) -> Option<Chunk<'_>> {
-        let fast = skim::chunk(data);
+        agrees_after(data, None)
+    }
+
+    /// The same, read as the next chunk of a stream whose opening so far is `opening`.
+    fn agrees_after<'a>(data: &'a str, opening: Option<&mut Opening>) -> Option<Chunk<'a>> {
+        let fast = skim::chunk(data, opening);
         let defined = serde_view::chunk(data);
         if let Some(fast) = &fast {
             assert_eq!(Some(fast), defined.as_ref(), "read differently: {data:?}");
@@ -747,13 +833,15 @@ mod tests {
     /// Chunks as servers send them are read in the one pass, not handed on.
     #[test]
     fn recorded_streams_are_read_in_one_pass_as_serde_reads_them() {
-        let mut read = 0;
+        let (mut read, mut resumed) = (0, 0);
         for entry in std::fs::read_dir("tests/transcripts").unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_none_or(|e| e != "sse") {
                 continue;
             }
             let bytes = std::fs::read(&path).unwrap();
+            // Read alone, and as the stream's next chunk, after the opening it repeats.
+            let mut opening = Opening::default();
             for event in crate::streams::parse_events(&bytes) {
                 if event.is_done() {
                     continue;
@@ -764,10 +852,69 @@ mod tests {
                     path.display(),
                     event.data
                 );
+                resumed += usize::from(opening.shared(&event.data) > 0);
+                assert_eq!(
+                    agrees_after(&event.data, Some(&mut opening)),
+                    agrees(&event.data)
+                );
                 read += 1;
             }
         }
         assert!(read > 100, "only {read} events in the transcripts");
+        // Chat streams (OpenAI's, vLLM's, llama.cpp's...) repeat an id, a model and more
+        // in every chunk; Responses and Messages events open with their type.
+        assert!(
+            resumed * 2 > read,
+            "only {resumed} of {read} events read after an opening"
+        );
+    }
+
+    /// An opening is kept only up to the first member read, so a chunk that repeats
+    /// it and then differs is still read whole; one that does not repeat it is read
+    /// from the start.
+    #[test]
+    fn a_stream_opening_is_read_once_and_nothing_read_is_passed_over() {
+        let mut opening = Opening::default();
+        let mut next = |data| {
+            let shared = opening.shared(data);
+            let chunk = agrees_after(data, Some(&mut opening));
+            (shared, chunk, String::from_utf8(opening.0.clone()).unwrap())
+        };
+        let first = r#"{"id":"a", "model":"m","choices":[{"delta":{"content":"x"}}],"z":1}"#;
+        let (shared, chunk, kept) = next(first);
+        assert_eq!((shared, kept.as_str()), (0, r#"{"id":"a", "model":"m","#));
+        assert_eq!(chunk.unwrap().texts().collect::<Vec<_>>(), ["x"]);
+        // The same opening, then a field read where the first had choices.
+        let usage = r#"{"id":"a", "model":"m","usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[]}"#;
+        let (shared, chunk, kept) = next(usage);
+        assert_eq!((shared, kept.as_str()), (23, r#"{"id":"a", "model":"m","#));
+        let chunk = chunk.unwrap();
+        assert!(chunk.is_usage_only());
+        assert_eq!(chunk.usage().map(|u| u.completion_tokens), Some(2));
+        // A longer opening is kept, and a shorter one.
+        let longer = r#"{"id":"a", "model":"m","created":5,"choices":[]}"#;
+        assert_eq!(next(longer).2, r#"{"id":"a", "model":"m","created":5,"#);
+        let other = r#"{"id":"b","model":"m","choices":[{"delta":{"content":"y"}}]}"#;
+        let (shared, chunk, kept) = next(other);
+        assert_eq!((shared, kept.as_str()), (0, r#"{"id":"b","model":"m","#));
+        assert_eq!(chunk.unwrap().texts().collect::<Vec<_>>(), ["y"]);
+        // Broken after the opening: left to serde_json, which refuses it; the opening
+        // stays as it was.
+        for broken in [r#"{"id":"b","model":"m",}"#, r#"{"id":"b","model":"m","#] {
+            let (shared, chunk, kept) = next(broken);
+            assert_eq!(
+                (shared, chunk, kept.as_str()),
+                (22, None, r#"{"id":"b","model":"m","#)
+            );
+            assert_eq!(Chunk::parse(broken), None);
+        }
+        // A first member read (a Messages event's type) leaves no opening; nor does an
+        // object of one member.
+        let event =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#;
+        assert_eq!(next(event).2, "");
+        assert_eq!(next(r#"{"id":"c"}"#).2, "");
+        assert_eq!(next(r#"{"id":"c","n":1}"#).2, r#"{"id":"c","#);
     }
 
     #[test]
@@ -878,11 +1025,14 @@ mod tests {
             "null",
         ];
         for data in cases {
-            assert!(skim::chunk(data).is_none(), "read in one pass: {data}");
+            assert!(
+                skim::chunk(data, None).is_none(),
+                "read in one pass: {data}"
+            );
             assert_eq!(Chunk::parse(data), serde_view::chunk(data), "{data}");
         }
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
-        assert!(skim::chunk(&deep).is_none());
+        assert!(skim::chunk(&deep, None).is_none());
         assert!(Chunk::parse(&deep).is_some(), "serde_json reads it");
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(64), "]".repeat(64));
         assert!(agrees(&deep).is_some());
@@ -929,6 +1079,45 @@ mod tests {
         assert!(
             read_whole * 10 > whole * 8,
             "the pass read only {read_whole} of the {whole} chunks serde_json reads"
+        );
+    }
+
+    /// Random streams: each chunk after the first opens with the opening the chunks
+    /// before left, and goes on with random members (some bytes cut or changed); read
+    /// from the opening's end, it reads as serde_json reads it whole.
+    #[test]
+    fn random_chunks_after_an_opening_are_read_as_serde_reads_them() {
+        let mut rng = fastrand::Rng::with_seed(23);
+        let (mut resumed, mut read) = (0, 0);
+        for _ in 0..2_000 {
+            let mut opening = Opening::default();
+            for _ in 0..8 {
+                let mut data = String::from_utf8(opening.0.clone()).unwrap();
+                let mut rest = String::new();
+                value(&mut rng, &mut rest, 0, true);
+                match rest.trim_start().strip_prefix('{') {
+                    Some(members) if !data.is_empty() => data.push_str(members),
+                    _ => data = rest,
+                }
+                if rng.u8(..4) == 0 {
+                    let mut bytes = data.into_bytes();
+                    let at = rng.usize(..bytes.len());
+                    bytes[at] = NOISE[rng.usize(..NOISE.len())];
+                    match String::from_utf8(bytes) {
+                        Ok(changed) => data = changed,
+                        Err(_) => continue,
+                    }
+                }
+                let shared = opening.shared(&data);
+                if agrees_after(&data, Some(&mut opening)).is_some() {
+                    read += 1;
+                    resumed += usize::from(shared > 0);
+                }
+            }
+        }
+        assert!(
+            resumed * 3 > read,
+            "only {resumed} of {read} chunks read were read after an opening"
         );
     }
 

@@ -189,6 +189,7 @@ where
     struct Relay<S, W: Watch> {
         upstream: S,
         parser: SseParser,
+        opening: chunk::Opening,
         encoded: sse::EventBlocks,
         ready: VecDeque<Relayed>,
         /// No more from upstream: done, failed or cut.
@@ -229,7 +230,7 @@ where
             if self.done || self.finished {
                 return;
             }
-            let chunk = Chunk::parse(&event.data);
+            let chunk = Chunk::parse_next(&event.data, &mut self.opening);
             if let Some(cut) = self.watch.event(&event, chunk.as_ref()) {
                 tracing::warn!(request_id = %self.request_id, upstream = %self.describe, code = cut.code, "stream cut");
                 self.fail(cut.code, cut.message);
@@ -263,6 +264,7 @@ where
     let relay = Relay {
         upstream,
         parser: SseParser::default(),
+        opening: chunk::Opening::default(),
         encoded: sse::EventBlocks::default(),
         ready: VecDeque::new(),
         finished: false,
