@@ -181,8 +181,14 @@ struct UsageOnly {
 }
 
 /// The usage an answer or event in `data` reports, read without building the rest of
-/// it (whole answers are read for their usage on every request).
+/// it (whole answers are read for their usage on every request): in one pass that
+/// skips the rest, or by serde_json when the pass is not sure.
 pub fn usage_in(data: &str) -> Option<Usage> {
+    skim::usage(data).unwrap_or_else(|| serde_usage(data))
+}
+
+/// The derived reading of a usage, which defines it.
+fn serde_usage(data: &str) -> Option<Usage> {
     let only: UsageOnly = serde_json::from_str(data).ok()?;
     reported(
         only.usage.as_ref(),
@@ -279,7 +285,7 @@ mod serde_view {
 mod skim {
     use std::borrow::Cow;
 
-    use super::{Chunk, Nested, Opening, Texts, UsageView};
+    use super::{Chunk, Nested, Opening, Texts, Usage, UsageView, reported};
 
     /// A `content` or `text` field: absent or null, or a string.
     type Content<'a> = Option<Cow<'a, str>>;
@@ -389,6 +395,41 @@ mod skim {
             None => {}
         }
         Some(chunk)
+    }
+
+    /// Only the usage `data` reports (`usage_in`), its other members skipped, not read;
+    /// `None` when not sure.
+    pub(super) fn usage(data: &str) -> Option<Option<Usage>> {
+        let mut r = Reader {
+            text: data,
+            at: 0,
+            key_at: 0,
+        };
+        let (mut usage, mut response, mut message) = (None, None, None);
+        let mut seen = Seen(0);
+        r.object(|r, key| {
+            match key {
+                b"usage" => {
+                    seen.first(0)?;
+                    usage = r.usage()?;
+                }
+                b"response" => {
+                    seen.first(1)?;
+                    response = r.nested()?;
+                }
+                b"message" => {
+                    seen.first(2)?;
+                    message = r.nested()?;
+                }
+                _ => r.skip_value()?,
+            }
+            Some(())
+        })?;
+        r.whitespace();
+        (r.at == data.len()).then(|| {
+            let nested = response.or(message).and_then(|n: Nested| n.usage);
+            reported(usage.as_ref(), nested.as_ref())
+        })
     }
 
     /// Where the first quote, backslash or control character in `bytes` is: eight bytes
@@ -827,6 +868,16 @@ mod tests {
         if let Some(fast) = &fast {
             assert_eq!(Some(fast), defined.as_ref(), "read differently: {data:?}");
         }
+        // Its usage alone, read as serde_json reads it when read, and read when the
+        // whole chunk is.
+        let usage = skim::usage(data);
+        if let Some(usage) = usage {
+            assert_eq!(usage, serde_usage(data), "usage read differently: {data:?}");
+        }
+        assert!(
+            fast.is_none() || usage.is_some(),
+            "usage not read: {data:?}"
+        );
         fast
     }
 
@@ -1030,6 +1081,17 @@ mod tests {
                 "read in one pass: {data}"
             );
             assert_eq!(Chunk::parse(data), serde_view::chunk(data), "{data}");
+            assert_eq!(usage_in(data), serde_usage(data), "{data}");
+        }
+        // Where the usage itself is unusual, reading it alone is left to serde too.
+        let twice = [
+            r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":2}}"#,
+            r#"{"response":{"usage":{"input_tokens":1}},"response":null}"#,
+            r#"{"message":null,"message":{"usage":{"input_tokens":1}}}"#,
+        ];
+        for data in [cases[1]].iter().chain(&cases[3..7]).chain(&twice) {
+            assert_eq!(skim::usage(data), None, "usage read in one pass: {data}");
+            assert_eq!(usage_in(data), None, "{data}");
         }
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
         assert!(skim::chunk(&deep, None).is_none());
