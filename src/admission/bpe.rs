@@ -31,6 +31,9 @@ pub struct Vocabulary {
     /// The pre-tokenizer: text is counted piece by piece, as the model's tokenizer
     /// splits it.
     pattern: regex_automata::meta::Regex,
+    /// The pattern is one of OpenAI's two, which split the usual ASCII pieces alike:
+    /// those are found by `ascii_piece` without a search.
+    openai_pattern: bool,
 }
 
 /// The pattern o200k_base splits text with (GPT-4o, 4.1, o-series), as a DFA can run it.
@@ -96,6 +99,7 @@ impl Vocabulary {
             slots: vec![0; capacity],
             pattern: regex_automata::meta::Regex::new(pattern)
                 .map_err(|e| fail(0, e.to_string()))?,
+            openai_pattern: pattern == O200K_PATTERN || pattern == CL100K_PATTERN,
         };
         for rank in 0..lines {
             let mut slot = vocabulary.home(vocabulary.token(rank as u32));
@@ -161,10 +165,21 @@ impl Vocabulary {
     /// text, which is what OpenAI's look-ahead `\s+(?!\S)` does: earlier alternatives
     /// take every run with a line break, and every other piece holds a non-space.
     fn pieces<'t>(&self, text: &'t str) -> impl Iterator<Item = &'t str> {
+        self.pieces_found(text, self.openai_pattern)
+    }
+
+    /// `pieces`, the usual ASCII ones found without a search when `ascii` says so (the
+    /// tests compare the two).
+    fn pieces_found<'t>(&self, text: &'t str, ascii: bool) -> impl Iterator<Item = &'t str> {
         let mut at = 0;
         std::iter::from_fn(move || {
             if at >= text.len() {
                 return None;
+            }
+            if ascii && let Some(end) = ascii_piece(text.as_bytes(), at) {
+                let piece = &text[at..end];
+                at = end;
+                return Some(piece);
             }
             // Anchored where the last piece ended: the patterns match every character,
             // so the leftmost match starts there, and the search needs no reverse pass
@@ -295,6 +310,87 @@ impl Vocabulary {
     }
 }
 
+/// Where the piece that starts at `at` ends, for the usual ASCII shapes, which both
+/// OpenAI patterns split alike; `None` for any other, which the pattern decides:
+///
+/// - up to three digits (`\p{N}{1,3}`);
+/// - a word: one byte that is no letter, digit, line break or apostrophe, perhaps;
+///   then a capital, perhaps; then lower case, up to a byte that is ASCII and no
+///   letter or apostrophe (the first alternative of each pattern);
+/// - punctuation: a space, perhaps; then bytes that are no space, letter, digit or
+///   apostrophe, up to an ASCII byte that is not an apostrophe; then line breaks
+///   (` ?[^\s\p{L}\p{N}]+[\r\n]*`), unless a `/` follows them, which o200k's pattern
+///   takes and cl100k's does not;
+/// - a space before a digit.
+///
+/// A non-ASCII character where the piece could go on, a mixed-case word or one that a
+/// contraction could follow, and whitespace runs (whose last character may go to the
+/// next piece) are left to the pattern.
+fn ascii_piece(bytes: &[u8], at: usize) -> Option<usize> {
+    let byte = |i: usize| bytes.get(i).copied();
+    // Unicode's White_Space within ASCII (`\s`; `u8::is_ascii_whitespace` leaves out
+    // the vertical tab).
+    let space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+    // Where the piece ends if it may end before `end`'s byte.
+    let ends_before = |end: usize, goes_on: &dyn Fn(u8) -> bool| match byte(end) {
+        None => Some(end),
+        Some(b) if b.is_ascii() && !goes_on(b) => Some(end),
+        _ => None,
+    };
+    let first = byte(at)?;
+    if first.is_ascii_digit() {
+        let mut end = at + 1;
+        while end < at + 3 && byte(end).is_some_and(|b| b.is_ascii_digit()) {
+            end += 1;
+        }
+        // Three digits end the piece whatever follows.
+        return if end == at + 3 {
+            Some(end)
+        } else {
+            ends_before(end, &|b| b.is_ascii_digit())
+        };
+    }
+    if !first.is_ascii() || matches!(first, b'\r' | b'\n' | b'\'') {
+        return None;
+    }
+    let word = if first.is_ascii_alphabetic() {
+        at
+    } else {
+        at + 1
+    };
+    match byte(word) {
+        Some(b) if b.is_ascii_alphabetic() => {
+            let mut end = word + usize::from(b.is_ascii_uppercase());
+            let lower = end;
+            while byte(end).is_some_and(|b| b.is_ascii_lowercase()) {
+                end += 1;
+            }
+            if end == lower {
+                return None;
+            }
+            return ends_before(end, &|b| b.is_ascii_alphabetic() || b == b'\'');
+        }
+        Some(b) if !b.is_ascii() => return None,
+        _ => {}
+    }
+    let start = if first == b' ' { at + 1 } else { at };
+    let punctuation = |b: u8| !space(b) && !b.is_ascii_alphanumeric() && b != b'\'';
+    let mut end = start;
+    while byte(end).is_some_and(|b| b.is_ascii() && punctuation(b)) {
+        end += 1;
+    }
+    if end == start {
+        // A space before a digit is a piece of its own (`\s+`, with nothing to give).
+        let digit = byte(start).is_some_and(|b| b.is_ascii_digit());
+        return (first == b' ' && digit).then_some(start);
+    }
+    ends_before(end, &|b| b == b'\'')?;
+    while let Some(b'\r' | b'\n') = byte(end) {
+        end += 1;
+    }
+    (byte(end) != Some(b'/')).then_some(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +404,51 @@ mod tests {
             .map(|(rank, t)| format!("{} {rank}\n", encode(t)))
             .collect();
         Vocabulary::parse(&text, r"\S+|\s+").unwrap()
+    }
+
+    /// The usual ASCII pieces, found without a search, are where each pattern puts
+    /// them: random text of letters of both cases, digits, punctuation, apostrophes,
+    /// slashes, every kind of space and line break, and characters beyond ASCII
+    /// (letters, a digit, a mark, spaces) where a piece could go on.
+    #[test]
+    fn ascii_pieces_are_split_as_each_pattern_splits_them() {
+        let alphabet: Vec<char> =
+            "aezAQZ059 \t\n\r\u{b}\u{c}\u{1f}\0.,!(-/'sdmtlrev’é中٣\u{301}\u{a0}\u{85}"
+                .chars()
+                .chain("     abcdefghijklmnopqrstuvwxyz".chars())
+                .collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for pattern in [O200K_PATTERN, CL100K_PATTERN] {
+            let v = Vocabulary::parse("YQ== 0\n", pattern).unwrap();
+            assert!(v.openai_pattern);
+            let (mut pieces, mut found) = (0, 0);
+            for _ in 0..20_000 {
+                let text: String = (0..rng.usize(..24))
+                    .map(|_| alphabet[rng.usize(..alphabet.len())])
+                    .collect();
+                let searched: Vec<&str> = v.pieces_found(&text, false).collect();
+                let quick: Vec<&str> = v.pieces_found(&text, true).collect();
+                assert_eq!(quick, searched, "{text:?} with {pattern}");
+                pieces += searched.len();
+                let mut at = 0;
+                for piece in &searched {
+                    found += usize::from(ascii_piece(text.as_bytes(), at).is_some());
+                    at += piece.len();
+                }
+            }
+            assert!(
+                found * 3 > pieces,
+                "only {found} of {pieces} pieces found without a search"
+            );
+        }
+        // Prose is mostly found so.
+        let v = Vocabulary::parse("YQ== 0\n", O200K_PATTERN).unwrap();
+        let text = "Say hello in one short sentence, then (briefly) explain why 42 is 6*7.";
+        let mut at = 0;
+        for piece in v.pieces(text) {
+            assert!(ascii_piece(text.as_bytes(), at).is_some(), "{piece:?}");
+            at += piece.len();
+        }
     }
 
     #[test]
