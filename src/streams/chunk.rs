@@ -310,6 +310,43 @@ mod skim {
         }
     }
 
+    /// The members of a chunk or answer that report usage: its own, a nested Response's
+    /// or Message's.
+    #[derive(Default)]
+    struct Reports {
+        usage: Option<UsageView>,
+        response: Option<Nested>,
+        message: Option<Nested>,
+    }
+
+    impl Reports {
+        /// Reads `key`'s value when it is one that reports usage; false for any other
+        /// key, whose value is then still to read.
+        fn read(&mut self, r: &mut Reader<'_>, key: &[u8], seen: &mut Seen) -> Option<bool> {
+            match key {
+                b"usage" => {
+                    seen.first(0)?;
+                    self.usage = r.usage()?;
+                }
+                b"response" => {
+                    seen.first(1)?;
+                    self.response = r.nested()?;
+                }
+                b"message" => {
+                    seen.first(2)?;
+                    self.message = r.nested()?;
+                }
+                _ => return Some(false),
+            }
+            Some(true)
+        }
+
+        /// The usage a nested Response (else Message) reports.
+        fn nested(&self) -> Option<UsageView> {
+            self.response.or(self.message).and_then(|n| n.usage)
+        }
+    }
+
     /// `opening`, when given, is the stream's: the chunk is read from its end when it
     /// opens with it, and it is then this chunk's: up to the first member read, or the
     /// last member when none is read, so long as one member comes before.
@@ -321,7 +358,7 @@ mod skim {
             key_at: 0,
         };
         let mut chunk = Chunk::default();
-        let (mut response, mut message) = (None, None);
+        let mut reports = Reports::default();
         let mut seen = Seen(0);
         // Where this chunk's opening ends: before its first member read (or its last).
         let mut opens = shared;
@@ -332,40 +369,29 @@ mod skim {
             let mut read = true;
             match key {
                 b"choices" => {
-                    seen.first(0)?;
+                    seen.first(3)?;
                     chunk.choices = r.choices()?;
                 }
-                b"usage" => {
-                    seen.first(1)?;
-                    chunk.usage = r.usage()?;
-                }
                 b"error" => {
-                    seen.first(2)?;
+                    seen.first(4)?;
                     chunk.error = !r.null()?;
                     if chunk.error {
                         r.skip_value()?;
                     }
                 }
                 b"type" => {
-                    seen.first(3)?;
+                    seen.first(5)?;
                     chunk.kind = r.optional_string()?;
                 }
                 b"delta" => {
-                    seen.first(4)?;
+                    seen.first(6)?;
                     if !r.null()? {
                         let start = r.at;
                         r.skip_value()?;
                         chunk.delta = Some(&r.text[start..r.at]);
                     }
                 }
-                b"response" => {
-                    seen.first(5)?;
-                    response = r.nested()?;
-                }
-                b"message" => {
-                    seen.first(6)?;
-                    message = r.nested()?;
-                }
+                _ if reports.read(r, key, &mut seen)? => {}
                 _ => {
                     r.skip_value()?;
                     read = false;
@@ -387,7 +413,8 @@ mod skim {
         if r.at != data.len() {
             return None;
         }
-        chunk.nested = response.or(message).and_then(|n: Nested| n.usage);
+        chunk.usage = reports.usage;
+        chunk.nested = reports.nested();
         match opening {
             // The same opening again, as its length says.
             Some(_) if shared > 0 && opens == shared => {}
@@ -405,31 +432,16 @@ mod skim {
             at: 0,
             key_at: 0,
         };
-        let (mut usage, mut response, mut message) = (None, None, None);
+        let mut reports = Reports::default();
         let mut seen = Seen(0);
         r.object(|r, key| {
-            match key {
-                b"usage" => {
-                    seen.first(0)?;
-                    usage = r.usage()?;
-                }
-                b"response" => {
-                    seen.first(1)?;
-                    response = r.nested()?;
-                }
-                b"message" => {
-                    seen.first(2)?;
-                    message = r.nested()?;
-                }
-                _ => r.skip_value()?,
+            if !reports.read(r, key, &mut seen)? {
+                r.skip_value()?;
             }
             Some(())
         })?;
         r.whitespace();
-        (r.at == data.len()).then(|| {
-            let nested = response.or(message).and_then(|n: Nested| n.usage);
-            reported(usage.as_ref(), nested.as_ref())
-        })
+        (r.at == data.len()).then(|| reported(reports.usage.as_ref(), reports.nested().as_ref()))
     }
 
     /// Where the first quote, backslash or control character in `bytes` is: eight bytes
