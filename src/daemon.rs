@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::providers::SetupError;
 use crate::store::{SledStore, Store, StoreError, Watched};
+use crate::workers::Workers;
 
 /// How long a shutdown waits for in-flight requests before cutting them.
 /// Time cut work gets to write its last frames and records.
@@ -59,6 +60,8 @@ pub struct Daemon {
     gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    /// The threads that serve the public API's connections.
+    workers: Arc<Workers>,
     ledger: Background,
     cache_writer: Background,
     responses_writer: Background,
@@ -179,12 +182,16 @@ impl Daemon {
             ));
         }
         let connections = gateway.config().server.connections;
+        let workers = Workers::start(gateway.config().server.workers)
+            .map(Arc::new)
+            .map_err(|e| StartError::Task(format!("cannot start the connection workers: {e}")))?;
         let (addr, task) = serve(
             listen,
             "server.listen",
             crate::api::router(gateway.clone()),
             connections,
             tls,
+            Some(workers.clone()),
             stopped.clone(),
         )
         .await?;
@@ -217,6 +224,7 @@ impl Daemon {
                     app,
                     limits,
                     admin_tls,
+                    None,
                     stopped,
                 )
                 .await?;
@@ -233,6 +241,7 @@ impl Daemon {
             gateway,
             stop,
             servers,
+            workers,
             ledger,
             cache_writer,
             responses_writer,
@@ -296,6 +305,8 @@ impl Daemon {
                 let _ = task.await;
             }
         }
+        // Nothing of the public API's runs any more: its threads can go.
+        drop(self.workers);
         self.gateway.audit_failed_auth();
         drop(self.gateway);
         self.cache_writer.stop().await;
@@ -398,6 +409,7 @@ async fn serve(
     app: Router,
     limits: ConnectionLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    workers: Option<Arc<Workers>>,
     stopped: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
     let bind = |source| StartError::Bind {
@@ -410,7 +422,7 @@ async fn serve(
     let limits = limits.within_descriptors(key);
     Ok((
         addr,
-        crate::listener::spawn(listener, app, limits, tls, stopped, key),
+        crate::listener::spawn(listener, app, limits, tls, workers, stopped, key),
     ))
 }
 

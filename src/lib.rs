@@ -37,3 +37,4 @@ pub mod store;
 pub mod streams;
 pub mod telemetry;
 pub mod tls;
+pub mod workers;

@@ -156,18 +156,30 @@ async fn an_operator_can_follow_any_tenants_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_to_an_http2_upstream_share_one_connection() {
+async fn streams_to_an_http2_upstream_share_one_connection_a_worker() {
     let us = paced(50.0, 20).spawn_local().await.unwrap();
     let url = us.url();
-    let toml = config_for(&[("us-east", url.clone())], "").replace(
-        &format!("url = \"{url}\""),
-        &format!("url = \"{url}\"\n  http2 = true"),
-    );
-    assert!(toml.contains("http2 = true"));
+    let toml = config_for(&[("us-east", url.clone())], "")
+        .replace(
+            &format!("url = \"{url}\""),
+            &format!("url = \"{url}\"\n  http2 = true"),
+        )
+        .replace("[server]\n", "[server]\nworkers = 2\n");
+    assert!(toml.contains("http2 = true") && toml.contains("workers = 2"));
     let gw = TestGateway::from_toml(&toml).await;
-    // One request first: twenty at a cold start may race to open the connection (the
-    // client then keeps the spare), which is not what this checks.
+    // One request on each worker first (client connections go to the workers in
+    // turn): twenty at a cold start may race to open a worker's connection (the client
+    // then keeps the spare), which is not what this checks.
     assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 200);
+    let another_connection = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(KEY_A)
+        .json(&hello("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(another_connection.status(), 200);
+    assert_eq!(us.stats().connections, 2, "one connection a worker");
     let bodies = futures_util::future::join_all((0..20).map(|_| async {
         let reply = gw.chat(KEY_A, &hello_stream("gpt-4o-mini")).await;
         assert_eq!(reply.status(), 200);
@@ -180,10 +192,10 @@ async fn streams_to_an_http2_upstream_share_one_connection() {
     let stats = us.stats();
     assert_eq!(stats.streams_completed, 20);
     assert_eq!(
-        stats.connections, 1,
-        "twenty streams, one HTTP/2 connection"
+        stats.connections, 2,
+        "twenty streams, one HTTP/2 connection for each of the two workers"
     );
-    // Plain requests use it too.
+    // Plain requests use them too.
     assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 200);
-    assert_eq!(us.stats().connections, 1);
+    assert_eq!(us.stats().connections, 2);
 }

@@ -73,6 +73,9 @@ pub struct Server {
     pub body_timeout: Duration,
     /// The public API speaks HTTPS with these.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Threads that serve client connections (`server.workers`, 0 resolved to the
+    /// number of cores).
+    pub workers: usize,
 }
 
 /// The admin listener: run-time control, for operators and `switchyard ctl`.

@@ -68,6 +68,9 @@ pub(super) struct RawServer {
     pub(super) max_connections: usize,
     /// Open client connections from one address at most.
     pub(super) max_connections_per_address: usize,
+    /// Threads that serve client connections, each with its own runtime and upstream
+    /// pool; 0 is one per core.
+    pub(super) workers: usize,
     /// PEM certificate chain for the public API; with `tls_key`, it speaks HTTPS.
     pub(super) tls_cert: Option<String>,
     /// PEM private key for the public API.
@@ -91,6 +94,7 @@ impl Default for RawServer {
             body_timeout: "60s".into(),
             max_connections: 10_000,
             max_connections_per_address: 1_000,
+            workers: 0,
             tls_cert: None,
             tls_key: None,
             admin_tls_cert: None,

@@ -656,6 +656,7 @@ impl RawServer {
             },
             body_timeout,
             tls,
+            workers: crate::workers::count(self.workers),
         })
     }
 }

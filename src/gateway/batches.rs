@@ -429,7 +429,7 @@ impl Gateway {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_string(), cancel);
         let (gateway, id) = (self.clone(), id.to_string());
-        tokio::spawn(async move {
+        self.spawn_background(async move {
             if let Err(error) = gateway.run_batch(&id, cancelled).await {
                 tracing::error!(batch = %id, %error, "a batch failed");
                 let now = now_secs();

@@ -60,6 +60,9 @@ pub use serve::{Inbound, Reply, ReplyBody};
 
 pub struct Gateway {
     config: Config,
+    /// The runtime the gateway was made on, where jobs that outlive a request run
+    /// (batches) rather than on the connection worker that started them.
+    background: Option<tokio::runtime::Handle>,
     keyring: Keyring,
     /// Failed authentications per source address.
     failed_auth: FailedAuth,
@@ -320,6 +323,7 @@ impl Gateway {
         let events = Arc::new(EventLog::default());
         let shutdown = Arc::new(Shutdown::default());
         Ok(Gateway {
+            background: tokio::runtime::Handle::try_current().ok(),
             keyring: Keyring::new(&config.tenants),
             failed_auth: FailedAuth::new(FAILED_AUTH_LIMIT, FAILED_AUTH_WINDOW),
             router: Arc::new(Router::new(
@@ -356,7 +360,7 @@ impl Gateway {
             keys: Mutex::default(),
             overrides: Mutex::default(),
             started: Instant::now(),
-            upstreams: Upstreams::new(&config.regions, config.upstream)?,
+            upstreams: Upstreams::new(&config.regions, config.upstream, config.server.workers)?,
             admission: Arc::new(admission_for(&config)),
             scheduler: Scheduler::new(config.seats, &config.tiers),
             config,
@@ -526,6 +530,19 @@ impl Gateway {
             seat,
             queued: waiting.elapsed(),
         })
+    }
+
+    /// Runs `job` on the runtime the gateway was made on (the current one if it was
+    /// made outside any).
+    pub(crate) fn spawn_background<F>(&self, job: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.background {
+            Some(runtime) => runtime.spawn(job),
+            None => tokio::spawn(job),
+        }
     }
 
     pub fn config(&self) -> &Config {

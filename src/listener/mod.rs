@@ -25,6 +25,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::workers::Workers;
+
 /// Descriptors kept free of client connections: upstream connections, the database,
 /// logs, and the admin API's own connections.
 const FD_RESERVE: usize = 256;
@@ -120,12 +122,14 @@ fn admit(
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `stopped`; then stops
 /// accepting and lets each open connection finish its response before the task ends.
-/// Aborting the task closes them.
+/// Aborting the task closes them. With `workers`, each connection is served on one of
+/// them in turn; without, on the runtime this is called on.
 pub fn spawn(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     tls: Option<TlsAcceptor>,
+    workers: Option<Arc<Workers>>,
     mut stopped: watch::Receiver<bool>,
     name: &'static str,
 ) -> JoinHandle<()> {
@@ -159,7 +163,19 @@ pub fn spawn(
                         closing: closed,
                         _place: place,
                     };
-                    connections.spawn(accepted.serve(tls));
+                    match &workers {
+                        None => {
+                            connections.spawn(accepted.serve(tls));
+                        }
+                        Some(workers) => match accepted.try_map(TcpStream::into_std) {
+                            Ok(moving) => {
+                                connections.spawn_on(moving.serve_here(tls), workers.next());
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, listener = name, %peer, "a connection could not be handed to a worker");
+                            }
+                        },
+                    }
                 }
                 Err(why) => {
                     shed += 1;
@@ -180,13 +196,53 @@ pub fn spawn(
 }
 
 /// A connection that has its place, before a byte is read.
-struct Accepted {
-    stream: TcpStream,
+struct Accepted<S = TcpStream> {
+    stream: S,
     peer: SocketAddr,
     app: Router,
     limits: ConnectionLimits,
     closing: watch::Receiver<bool>,
     _place: Place,
+}
+
+impl<S> Accepted<S> {
+    /// The same connection, its stream turned into another form.
+    fn try_map<T>(self, f: impl FnOnce(S) -> std::io::Result<T>) -> std::io::Result<Accepted<T>> {
+        let Accepted {
+            stream,
+            peer,
+            app,
+            limits,
+            closing,
+            _place,
+        } = self;
+        Ok(Accepted {
+            stream: f(stream)?,
+            peer,
+            app,
+            limits,
+            closing,
+            _place,
+        })
+    }
+}
+
+/// An accepted connection on its way to a worker: out of the accepting runtime's
+/// reactor.
+type Moving = Accepted<std::net::TcpStream>;
+
+impl Moving {
+    /// Registers the connection with the reactor of the runtime this runs on (a
+    /// worker's), whose thread then hears of its bytes, and serves it.
+    async fn serve_here(self, tls: Option<TlsAcceptor>) {
+        let peer = self.peer;
+        match self.try_map(TcpStream::from_std) {
+            Ok(accepted) => accepted.serve(tls).await,
+            Err(error) => {
+                tracing::warn!(%error, %peer, "a connection could not be registered on its worker")
+            }
+        }
+    }
 }
 
 impl Accepted {

@@ -28,17 +28,29 @@ const H2_STREAM_WINDOW: u32 = 256 << 10;
 type Http = Pool<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub struct Client {
+    /// A pool for each connection worker, then one for everything else (probes,
+    /// batches, flows): a worker's requests use connections whose tasks run on the
+    /// worker's own thread (see `workers`).
+    pools: Box<[Pools]>,
+    timeouts: UpstreamTimeouts,
+}
+
+struct Pools {
     /// HTTP/1.1, or HTTP/2 where TLS negotiates it.
     client: Http,
     /// HTTP/2 from the first byte, for instances with `http2 = true`.
     h2: Http,
-    timeouts: UpstreamTimeouts,
 }
 
 impl Client {
     /// `https` names an instance reached over TLS, if any: without one, a machine with
-    /// no CA certificates (a minimal container) still starts.
-    pub fn new(timeouts: UpstreamTimeouts, https: Option<&str>) -> Result<Client, SetupError> {
+    /// no CA certificates (a minimal container) still starts. `workers`: the connection
+    /// workers, each of which gets a pool.
+    pub fn new(
+        timeouts: UpstreamTimeouts,
+        https: Option<&str>,
+        workers: usize,
+    ) -> Result<Client, SetupError> {
         crate::tls::install_crypto();
         let tls = {
             use rustls_platform_verifier::ConfigVerifierExt;
@@ -83,22 +95,32 @@ impl Client {
                 .http2_initial_stream_window_size(H2_STREAM_WINDOW);
             builder
         };
-        Ok(Client {
-            client: builder().build(connector()),
-            h2: builder()
-                .http2_only(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .http2_keep_alive_while_idle(true)
-                .build(connector()),
-            timeouts,
-        })
+        let pools = (0..=workers)
+            .map(|_| Pools {
+                client: builder().build(connector()),
+                h2: builder()
+                    .http2_only(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .http2_keep_alive_while_idle(true)
+                    .build(connector()),
+            })
+            .collect();
+        Ok(Client { pools, timeouts })
     }
 
+    /// The calling worker's pools (the shared ones off the workers).
+    fn pools(&self) -> &Pools {
+        let last = self.pools.len() - 1;
+        &self.pools[crate::workers::current().map_or(last, |w| w.min(last))]
+    }
+
+    /// The calling worker's pool for `instance`.
     fn client(&self, instance: &Instance) -> &Http {
+        let pools = self.pools();
         if instance.http2 {
-            &self.h2
+            &pools.h2
         } else {
-            &self.client
+            &pools.client
         }
     }
 
@@ -233,4 +255,34 @@ fn out_of_local_resources(error: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workers::Workers;
+
+    #[tokio::test]
+    async fn each_worker_takes_connections_from_its_own_pool_and_others_from_the_last() {
+        let second = Duration::from_secs(1);
+        let timeouts = UpstreamTimeouts {
+            connect: second,
+            response: second,
+            first_byte: second,
+            stream_first_event: second,
+            stream_idle: second,
+        };
+        let client = std::sync::Arc::new(Client::new(timeouts, None, 2).expect("client"));
+        let own = |client: &Client| {
+            let chosen: *const Pools = client.pools();
+            client.pools.iter().position(|p| std::ptr::eq(p, chosen))
+        };
+        assert_eq!(own(&client), Some(2), "off the workers: the shared pool");
+        let workers = Workers::start(2).expect("workers");
+        for expected in [0, 1, 0] {
+            let client = client.clone();
+            let on = workers.next().spawn(async move { own(&client) });
+            assert_eq!(on.await.expect("task"), Some(expected));
+        }
+    }
 }

@@ -163,7 +163,12 @@ impl Target {
 }
 
 impl Upstreams {
-    pub fn new(regions: &[Region], timeouts: UpstreamTimeouts) -> Result<Upstreams, SetupError> {
+    /// `workers`: the connection workers, each of which gets an upstream pool of its own.
+    pub fn new(
+        regions: &[Region],
+        timeouts: UpstreamTimeouts,
+        workers: usize,
+    ) -> Result<Upstreams, SetupError> {
         let mut targets = Map::default();
         for instance in regions.iter().flat_map(|r| &r.instances) {
             let target = targets
@@ -190,7 +195,7 @@ impl Upstreams {
             .find(|i| i.url.starts_with("https://"))
             .map(|i| i.name.as_str());
         Ok(Upstreams {
-            client: Client::new(timeouts, https)?,
+            client: Client::new(timeouts, https, workers)?,
             targets,
         })
     }

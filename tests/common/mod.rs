@@ -299,9 +299,12 @@ pub async fn error_of(response: reqwest::Response) -> Value {
 
 /// A URL on which nothing listens: connections are refused.
 pub async fn dead_url() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // Bound but never listening: connecting is refused, and no listener of a test
+    // running beside this one can be given the port, as it could once it was released.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
     format!("http://{addr}/v1")
 }
 
