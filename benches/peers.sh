@@ -121,7 +121,8 @@ EOF
     wait_for "http://127.0.0.1:$1/v1/models" any
 }
 
-# Switchyard: the example config, us-east at the upstream, acme unlimited.
+# Switchyard: the example config, us-east at the upstream, acme unlimited. Keys that
+# only say the default are dropped, so SWITCHYARD_BIN may be a build that predates them.
 start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
     local dir="$WORK/switchyard-$1"
     mkdir -p "$dir"
@@ -131,6 +132,7 @@ start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
         -e "s|http://127.0.0.1:9101/v1|http://127.0.0.1:$3/openai/v1|" \
         -e "s|max_concurrency = 64 |max_concurrency = 100000 |" \
         -e "s|^monthly_usd = 5000.0|rpm = 100_000_000\ntpm = 100_000_000_000\nmax_concurrency = 100_000|" \
+        -e '/^workers = 0$/d' \
         "$ROOT/config.toml.example" >"$dir/config.toml"
     SWITCHYARD_ADMIN_TOKEN=peer-bench-admin-token-0123456789abcdef \
         ${WRAP[@]+"${WRAP[@]}"} "$SWITCHYARD" serve --config "$dir/config.toml" >"$dir/log" 2>&1 &
