@@ -337,9 +337,10 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let instances: Vec<_> = config.regions.iter().flat_map(|r| &r.instances).collect();
     say!("{} is valid:", path.display());
     say!(
-        "  listen    {} ({}; data in {})",
+        "  listen    {} ({}; {} connection workers; data in {})",
         config.server.listen,
         scheme(&config.server.tls),
+        config.server.workers,
         config.server.data_dir.display()
     );
     for region in &config.regions {

@@ -43,6 +43,12 @@ fn config_check_summarises_a_valid_file() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("config.toml.example is valid"), "{text}");
+    // `workers = 0` is one per core.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        text.contains(&format!("; {cores} connection workers; ")),
+        "{text}"
+    );
     assert!(
         text.contains("region    us-east (order 0): us-east-a"),
         "{text}"

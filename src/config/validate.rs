@@ -644,6 +644,15 @@ impl RawServer {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if self.workers > MAX_WORKERS {
+            return Err(invalid(
+                "server.workers",
+                format!(
+                    "{} threads is more than {MAX_WORKERS}; use about one per core, or 0 for exactly that",
+                    self.workers
+                ),
+            ));
+        }
         Ok(Server {
             listen,
             data_dir: PathBuf::from(self.data_dir),
@@ -660,6 +669,9 @@ impl RawServer {
         })
     }
 }
+
+/// Connection worker threads at most: each has a runtime and an upstream pool.
+const MAX_WORKERS: usize = 1024;
 
 /// A listener's certificate and key: both or neither (`prefix` is `server.tls` or
 /// `server.admin_tls`). The files are read when the daemon starts.
