@@ -1,17 +1,11 @@
 //! Connection workers, as Envoy and nginx run them: one thread per core, each with a
-//! runtime of its own. An accepted connection is handed to one worker and lives there,
-//! with everything its requests spawn (a stream's relay, a count too large to run
-//! inline) and the upstream connections they take from that worker's own pool (see
-//! `providers::client`). A request then never crosses threads: on a shared,
+//! single-threaded runtime of its own. An accepted connection is handed to one worker
+//! and lives there, with everything its requests spawn (a stream's relay, a count too
+//! large to run inline) and the upstream connections they take from that worker's own
+//! pool (see `providers::client`). A request then never crosses threads: on a shared,
 //! work-stealing runtime each request woke the other worker thread once, which cost a
 //! request at one connection a third of what the gateway adds to its latency
 //! (benches/peers.sh, the c=1 row).
-//!
-//! A worker's runtime is tokio's multi-threaded one with a single thread, not its
-//! current-thread one: only the former runs a task woken by the running task next (its
-//! LIFO slot), so a request handing its body to the upstream connection's task, or a
-//! relay handing an event to the client's connection, is carried on at once instead of
-//! behind every other ready connection: 3-8% more requests a second at c=50.
 //!
 //! Background work (health probes, the writers, the admin API, the console) stays on the
 //! runtime that started the daemon.
@@ -24,7 +18,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 thread_local! {
-    /// The index of the worker this thread is (or runs blocking work for), if any.
+    /// The index of the worker this thread is, if it is one.
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
@@ -55,20 +49,16 @@ impl Workers {
         let n = n.max(1);
         let (mut handles, mut stops) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for index in 0..n {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name(format!("sy-worker-{index}"))
-                .on_thread_start(move || WORKER.with(|w| w.set(Some(index))))
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let (stop, stopped) = oneshot::channel::<()>();
             handles.push(runtime.handle().clone());
             stops.push(stop);
             std::thread::Builder::new()
-                // Holds the runtime until the workers are dropped, then shuts it down.
-                .name(format!("sy-keeper-{index}"))
-                .stack_size(256 << 10)
+                .name(format!("switchyard-worker-{index}"))
                 .spawn(move || {
+                    WORKER.with(|w| w.set(Some(index)));
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
