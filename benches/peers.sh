@@ -11,7 +11,7 @@
 # with us-east pointed at llmsim, acme's limits raised out of the way and every feature
 # on (auth, admission with reservation, scheduling, routing, audit, cache, metrics).
 #
-#   benches/peers.sh                 # the whole table (about 8 minutes)
+#   benches/peers.sh                 # the whole table (about 8 minutes after the release build)
 #   ROUNDS=5 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
