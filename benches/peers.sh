@@ -288,10 +288,10 @@ start_switchyard "$GATEWAY" "$ADMIN" "$LLMSIM"
 sleep 3
 # On two or more cores the gateways get a core of their own (every thread of onwards
 # and of Switchyard; they take turns, so they share it), and llmsim and the load
-# generator share another, as a gateway in production does not share its cores with its clients and
-# upstreams. Unpinned, a burst of 200 stream starts on two cores is decided by which of
-# the four processes the kernel runs first: the first token's p99 moved by 15 ms between
-# rounds. PIN=0 runs them unpinned.
+# generator share another, as a gateway in production does not share its cores with
+# its clients and upstreams. Unpinned, a burst of 200 stream starts on two cores is
+# decided by which of the four processes the kernel runs first: the first token's p99
+# moved by 15 ms between rounds. PIN=0 runs them unpinned.
 GENERATOR=()
 if [ "${PIN:-1}" = 1 ] && command -v taskset >/dev/null; then
     read -r -a CPUS <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0))[:2])')"
