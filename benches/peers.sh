@@ -373,9 +373,9 @@ for line in open(sys.argv[1]):
     rows.setdefault((load, name), []).append((float(rate), float(p50), float(p99), int(bad), int(cpu) / max(int(ok), 1)))
 def med(c, name, i):
     return statistics.median(r[i] for r in rows[(c, name)])
-def span(c, name, i):
+def span(c, name, i, form=",.0f"):
     v = [r[i] for r in rows[(c, name)]]
-    return f"{min(v):,.0f}–{max(v):,.0f}"
+    return f"{min(v):{form}}–{max(v):{form}}"
 d, o, s = (med(50, n, 0) for n in ("direct", "onwards", "switchyard"))
 print()
 print("| measure | direct to llmsim | onwards | Switchyard |")
@@ -385,11 +385,8 @@ print(f"| plain, c=50: ok requests/s (median; range of $ROUNDS) | {d:,.0f} ({spa
 # range, and in how many rounds Switchyard's was at or below onwards'.
 def p99s(load):
     low = sum(ours[2] <= theirs[2] for ours, theirs in zip(rows[(load, "switchyard")], rows[(load, "onwards")]))
-    cells = " | ".join(f"{med(load, n, 2):.1f} ms ({span1(load, n, 2)})" for n in ("direct", "onwards", "switchyard"))
+    cells = " | ".join(f"{med(load, n, 2):.1f} ms ({span(load, n, 2, '.1f')})" for n in ("direct", "onwards", "switchyard"))
     return f"{cells}, at or below onwards in {low} of {len(rows[(load, 'switchyard')])} rounds"
-def span1(load, name, i):
-    v = [r[i] for r in rows[(load, name)]]
-    return f"{min(v):.1f}–{max(v):.1f}"
 print(f"| plain, c=50: p99 (median; range) | {p99s(50)} |")
 # On two shared cores throughput follows CPU: each process's CPU per answered request
 # (llmsim's own for direct) says what a gateway costs, whatever the machine's noise.
