@@ -434,10 +434,12 @@ impl Gateway {
             let _ = cancel.send(true);
         }
         tracing::info!(run = %id, %tenant, "flow run cancel asked");
-        if let Some(kept) = self.flow_runs.lock().get_mut(id)
-            && kept.status == "running"
-        {
-            kept.status = "cancelling".into();
+        // The driver may already have stopped the run (it runs on another thread and
+        // was just told): answer with what it kept, not the copy read before.
+        if let Some(kept) = self.flow_runs.lock().get_mut(id) {
+            if kept.status == "running" {
+                kept.status = "cancelling".into();
+            }
             run = kept.clone();
         }
         Some(run)
