@@ -398,12 +398,19 @@ impl Gateway {
                 let Some(run) = self.flow_runs.all().into_iter().find(|r| &r.id == id) else {
                     return Err(format!("no flow run is named {id}"));
                 };
+                // Running when asked: its driver may have stopped it already by the
+                // time the answer is read.
                 match self.cancel_flow_run(&run.tenant, id) {
-                    Some(now) if now.status == "cancelling" => Ok(format!(
-                        "flow run {id} of {} stops: {} of its steps done",
-                        run.tenant,
-                        run.steps.len()
-                    )),
+                    Some(now)
+                        if run.status == "running"
+                            && matches!(now.status.as_str(), "cancelling" | "cancelled") =>
+                    {
+                        Ok(format!(
+                            "flow run {id} of {} stops: {} of its steps done",
+                            run.tenant,
+                            run.steps.len()
+                        ))
+                    }
                     Some(now) => Err(format!("flow run {id} has ended ({})", now.status)),
                     None => Err(format!("no flow run is named {id}")),
                 }

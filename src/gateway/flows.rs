@@ -113,6 +113,31 @@ struct Unfinished<'g> {
     flow: &'g Flow,
 }
 
+/// Ends a run whose caller went away during `step`: `cancelled`, as `client_gone`, or
+/// as `cancelled` when a cancel was asked first and its driver never saw it (the run
+/// was `cancelling`). False for a run that had already ended.
+fn end_left(run: &mut FlowRun, step: &str) -> bool {
+    let (code, message) = match run.status.as_str() {
+        "running" => (
+            "client_gone",
+            "the client went away before the run ended; it was stopped".to_string(),
+        ),
+        "cancelling" => (
+            "cancelled",
+            format!("the run was cancelled during step {step}"),
+        ),
+        _ => return false,
+    };
+    run.status = "cancelled".into();
+    run.ended_at = Some(now_secs());
+    run.error = Some(StepError {
+        step: step.to_string(),
+        code: code.into(),
+        message,
+    });
+    true
+}
+
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         // Nobody reads a streamed run's states any more.
@@ -127,18 +152,18 @@ impl Drop for Unfinished<'_> {
             return;
         }
         let mut runs = self.gateway.flow_runs.lock();
-        let Some(run) = runs.get_mut(&self.id).filter(|r| r.status == "running") else {
+        let Some(run) = runs.get_mut(&self.id) else {
             return;
         };
-        run.status = "cancelled".into();
-        run.ended_at = Some(now_secs());
         // The step in progress: the first not recorded.
-        let step = self.flow.steps.get(run.steps.len()).map(|s| s.name.clone());
-        run.error = Some(StepError {
-            step: step.unwrap_or_default(),
-            code: "client_gone".into(),
-            message: "the client went away before the run ended; it was stopped".into(),
-        });
+        let step = self
+            .flow
+            .steps
+            .get(run.steps.len())
+            .map(|s| s.name.as_str());
+        if !end_left(run, step.unwrap_or_default()) {
+            return;
+        }
         let run = run.clone();
         drop(runs);
         if let (Some(store), Ok(runtime)) = (
@@ -1160,5 +1185,61 @@ impl Gateway {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: &str) -> FlowRun {
+        FlowRun {
+            id: "run_test".into(),
+            flow: "qa".into(),
+            tenant: "tenant-a".into(),
+            status: status.into(),
+            created_at: 1,
+            ended_at: None,
+            input: Value::Null,
+            steps: Vec::new(),
+            output: None,
+            error: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        }
+    }
+
+    #[test]
+    fn a_run_left_by_its_caller_ends_cancelled_saying_why() {
+        let mut left = run("running");
+        assert!(end_left(&mut left, "summary"));
+        assert_eq!(left.status, "cancelled");
+        assert!(left.ended_at.is_some());
+        let error = left.error.expect("an error");
+        assert_eq!(
+            (error.step.as_str(), error.code.as_str()),
+            ("summary", "client_gone")
+        );
+
+        // Cancelled first, and the caller gone before the driver saw it: not stuck
+        // `cancelling`, and the cancel is what it says.
+        let mut asked = run("cancelling");
+        assert!(end_left(&mut asked, "answer"));
+        assert_eq!(asked.status, "cancelled");
+        let error = asked.error.expect("an error");
+        assert_eq!(
+            (error.step.as_str(), error.code.as_str()),
+            ("answer", "cancelled")
+        );
+        assert_eq!(error.message, "the run was cancelled during step answer");
+    }
+
+    #[test]
+    fn a_run_that_ended_is_left_as_it_ended() {
+        for status in ["completed", "failed", "cancelled"] {
+            let mut ended = run(status);
+            assert!(!end_left(&mut ended, "summary"));
+            assert_eq!(ended, run(status));
+        }
     }
 }
