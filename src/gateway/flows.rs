@@ -117,25 +117,28 @@ struct Unfinished<'g> {
 /// as `cancelled` when a cancel was asked first and its driver never saw it (the run
 /// was `cancelling`). False for a run that had already ended.
 fn end_left(run: &mut FlowRun, step: &str) -> bool {
-    let (code, message) = match run.status.as_str() {
-        "running" => (
-            "client_gone",
-            "the client went away before the run ended; it was stopped".to_string(),
-        ),
-        "cancelling" => (
-            "cancelled",
-            format!("the run was cancelled during step {step}"),
-        ),
+    let error = match run.status.as_str() {
+        "running" => StepError {
+            step: step.to_string(),
+            code: "client_gone".into(),
+            message: "the client went away before the run ended; it was stopped".into(),
+        },
+        "cancelling" => cancelled_during(step),
         _ => return false,
     };
     run.status = "cancelled".into();
     run.ended_at = Some(now_secs());
-    run.error = Some(StepError {
-        step: step.to_string(),
-        code: code.into(),
-        message,
-    });
+    run.error = Some(error);
     true
+}
+
+/// Why a run that was cancelled ended.
+fn cancelled_during(step: &str) -> StepError {
+    StepError {
+        step: step.to_string(),
+        code: "cancelled".into(),
+        message: format!("the run was cancelled during step {step}"),
+    }
 }
 
 impl Drop for Unfinished<'_> {
@@ -400,11 +403,7 @@ impl Gateway {
             let Some(done) = done else {
                 tracing::info!(run = %run.id, step = %step.name, "flow run cancelled");
                 run.status = "cancelled".into();
-                run.error = Some(StepError {
-                    step: step.name.clone(),
-                    code: "cancelled".into(),
-                    message: format!("the run was cancelled during step {}", step.name),
-                });
+                run.error = Some(cancelled_during(&step.name));
                 run.ended_at = Some(now_secs());
                 self.keep_run(&run).await;
                 return run;
