@@ -15,6 +15,7 @@
 #   ROUNDS=5 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
+#   THREADS=1 benches/peers.sh       # both gateways serve connections on one thread
 #
 # Timings on two shared cores move by a third between runs. MEASURE=instructions runs
 # each gateway alone under valgrind's callgrind instead (REQUESTS whole chat answers,
@@ -27,6 +28,12 @@
 # between services in cgroups of their own under systemd or in containers, not
 # between every thread of the four; SESSIONS=0 starts them all in this script's
 # session instead. The stream rows pin the processes to cores instead (below).
+#
+# THREADS=N gives both gateways N threads serving connections: Switchyard's
+# `server.workers`, onwards' TOKIO_WORKER_THREADS. Unset, each runs as it ships, one a
+# core. On two cores shared with the upstream and the load generator a gateway gets
+# about one core's worth, and fewer threads than cores there wake less often (the
+# README's "Configuration" says how much).
 #
 # Tools are installed once with `cargo install --locked` into $SWITCHYARD_BENCH_TOOLS
 # (default ~/.cache/switchyard-bench). Not part of CI: it measures, it asserts nothing.
@@ -73,6 +80,9 @@ BENCH="$ROOT/target/release/switchyard"
 # function, so that `$!` of a server started with it is the server's own pid.
 OWN=()
 if [ "${SESSIONS:-1}" = 1 ] && command -v setsid >/dev/null; then OWN=(setsid); fi
+# onwards' thread count, the same kind of prefix (`env` execs, so `$!` stays onwards').
+THREADED=()
+if [ -n "${THREADS:-}" ]; then THREADED=(env "TOKIO_WORKER_THREADS=$THREADS"); fi
 
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -124,7 +134,8 @@ start_onwards() { # PORT UPSTREAM_PORT
   "http_pool": { "max_idle_per_host": 1000, "idle_timeout_secs": 90 }
 }
 EOF
-    RUST_LOG=warn ${OWN[@]+"${OWN[@]}"} ${WRAP[@]+"${WRAP[@]}"} "$(command -v onwards)" --port "$1" \
+    RUST_LOG=warn ${OWN[@]+"${OWN[@]}"} ${THREADED[@]+"${THREADED[@]}"} ${WRAP[@]+"${WRAP[@]}"} \
+        "$(command -v onwards)" --port "$1" \
         --metrics-port "$(port)" --targets "$WORK/onwards-$1.json" \
         >"$WORK/onwards-$1.log" 2>&1 &
     ONWARDS_PID=$!
@@ -143,7 +154,7 @@ start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
         -e "s|http://127.0.0.1:9101/v1|http://127.0.0.1:$3/openai/v1|" \
         -e "s|max_concurrency = 64 |max_concurrency = 100000 |" \
         -e "s|^monthly_usd = 5000.0|rpm = 100_000_000\ntpm = 100_000_000_000\nmax_concurrency = 100_000|" \
-        -e '/^workers = 0$/d' \
+        -e "${THREADS:+s|^workers = 0\$|workers = $THREADS|}" -e '/^workers = 0$/d' \
         "$ROOT/config.toml.example" >"$dir/config.toml"
     SWITCHYARD_ADMIN_TOKEN=peer-bench-admin-token-0123456789abcdef \
         ${OWN[@]+"${OWN[@]}"} ${WRAP[@]+"${WRAP[@]}"} "$SWITCHYARD" serve --config "$dir/config.toml" >"$dir/log" 2>&1 &
@@ -364,6 +375,9 @@ ${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 1000 
 sed -n '/^medians/,$p' "$WORK/steady.txt" >&2
 AFTER_STREAMS=$(rss_mib "$SWITCHYARD_PID")
 
+if [ -n "${THREADS:-}" ]; then
+    echo "both gateways serve connections on $THREADS thread(s) (THREADS=$THREADS)"
+fi
 python3 - "$WORK/plain.txt" <<EOF
 import statistics, sys
 rows = {}
