@@ -1,16 +1,22 @@
 //! Connection workers, as Envoy and nginx run them: one thread per core, each with a
-//! single-threaded runtime of its own. An accepted connection is handed to one worker
-//! and lives there, with everything its requests spawn (a stream's relay, a count too
+//! single-threaded runtime of its own. An accepted connection is handed to the worker
+//! serving the fewest connections (ties in turn) and lives there, with everything its requests spawn (a stream's relay, a count too
 //! large to run inline) and the upstream connections they take from that worker's own
 //! pool (see `providers::client`). A request then never crosses threads: on a shared,
 //! work-stealing runtime each request woke the other worker thread once, which cost a
 //! request at one connection a third of what the gateway adds to its latency
 //! (benches/peers.sh, the c=1 row).
 //!
+//! Counting open connections rather than dealing them in turn matters to a daemon that
+//! runs for months: clients close idle keep-alive connections and open new ones, and
+//! dealt in turn, whatever closed, the live ones drift onto one worker (as Envoy's
+//! `exact_balance` exists to prevent).
+//!
 //! Background work (health probes, the writers, the admin API, the console) stays on the
 //! runtime that started the daemon.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -39,8 +45,29 @@ pub fn count(configured: usize) -> usize {
 /// there is cancelled, as a runtime's tasks are when it stops.
 pub struct Workers {
     handles: Vec<Handle>,
+    /// Connections open on each worker.
+    open: Arc<[AtomicUsize]>,
     next: AtomicUsize,
     _stop: Vec<oneshot::Sender<()>>,
+}
+
+/// A connection's place on its worker, counted until it is dropped.
+pub struct Seat {
+    open: Arc<[AtomicUsize]>,
+    worker: usize,
+}
+
+impl Seat {
+    /// The worker this seat is on.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Workers {
@@ -68,15 +95,29 @@ impl Workers {
         }
         Ok(Workers {
             handles,
+            open: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             next: AtomicUsize::new(0),
             _stop: stops,
         })
     }
 
-    /// The worker for the next connection, in turn.
-    pub fn next(&self) -> &Handle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        &self.handles[i]
+    /// The worker for a new connection: the one with the fewest open, the first of
+    /// them from a starting point that moves on each time, so ties go to each in turn.
+    /// The connection holds the seat while it lives. (Connections are accepted one at a
+    /// time, so two never pick at once; closing ones only lower the counts meanwhile.)
+    pub fn take(&self) -> (&Handle, Seat) {
+        let n = self.handles.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let worker = (start..start + n)
+            .map(|i| i % n)
+            .min_by_key(|&i| self.open[i].load(Ordering::Relaxed))
+            .unwrap_or(start);
+        self.open[worker].fetch_add(1, Ordering::Relaxed);
+        let seat = Seat {
+            open: self.open.clone(),
+            worker,
+        };
+        (&self.handles[worker], seat)
     }
 }
 
@@ -90,7 +131,8 @@ mod tests {
         assert_eq!(current(), None, "a test's own thread is no worker");
         let mut seen = Vec::new();
         for _ in 0..6 {
-            let task = workers.next().spawn(async {
+            let (worker, _seat) = workers.take();
+            let task = worker.spawn(async {
                 // Whatever a connection spawns stays on its worker too.
                 let inner = tokio::spawn(async { (current(), std::thread::current().id()) });
                 let outer = (current(), std::thread::current().id());
@@ -104,10 +146,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_connection_goes_to_the_worker_serving_fewest() {
+        let workers = Workers::start(2).expect("workers start");
+        // Six open, dealt evenly; then the three on worker 0 close.
+        let mut seats: Vec<Seat> = (0..6).map(|_| workers.take().1).collect();
+        let places: Vec<usize> = seats.iter().map(Seat::worker).collect();
+        assert_eq!(places, [0, 1, 0, 1, 0, 1]);
+        seats.retain(|seat| seat.worker() == 1);
+        // In turn, the next four would go 0, 1, 0, 1 and leave worker 1 with five of
+        // seven; counted, worker 0 takes three before they are even again.
+        let next: Vec<Seat> = (0..4).map(|_| workers.take().1).collect();
+        let places: Vec<usize> = next.iter().map(Seat::worker).collect();
+        assert_eq!(places, [0, 0, 0, 1]);
+        // A worker's seats are its connections: each counted once, and let go.
+        let on = |w: usize| workers.open[w].load(Ordering::Relaxed);
+        assert_eq!((on(0), on(1)), (3, 4));
+        drop((seats, next));
+        assert_eq!((on(0), on(1)), (0, 0));
+    }
+
+    #[tokio::test]
     async fn dropping_the_workers_ends_their_threads_and_cancels_what_runs_there() {
         let workers = Workers::start(2).expect("workers start");
         let (_hold, held) = oneshot::channel::<()>();
-        let task = workers.next().spawn(async move {
+        let (worker, _seat) = workers.take();
+        let task = worker.spawn(async move {
             let _ = held.await;
         });
         drop(workers);

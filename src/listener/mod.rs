@@ -122,8 +122,8 @@ fn admit(
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `stopped`; then stops
 /// accepting and lets each open connection finish its response before the task ends.
-/// Aborting the task closes them. With `workers`, each connection is served on one of
-/// them in turn; without, on the runtime this is called on.
+/// Aborting the task closes them. With `workers`, each connection is served on the one
+/// serving the fewest (`Workers::take`); without, on the runtime this is called on.
 pub fn spawn(
     listener: TcpListener,
     app: Router,
@@ -169,7 +169,12 @@ pub fn spawn(
                         }
                         Some(workers) => match accepted.try_map(TcpStream::into_std) {
                             Ok(moving) => {
-                                connections.spawn_on(moving.serve_here(tls), workers.next());
+                                let (worker, seat) = workers.take();
+                                let served = async move {
+                                    let _seat = seat;
+                                    moving.serve_here(tls).await;
+                                };
+                                connections.spawn_on(served, worker);
                             }
                             Err(error) => {
                                 tracing::warn!(%error, listener = name, %peer, "a connection could not be handed to a worker");

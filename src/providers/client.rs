@@ -281,7 +281,8 @@ mod tests {
         let workers = Workers::start(2).expect("workers");
         for expected in [0, 1, 0] {
             let client = client.clone();
-            let on = workers.next().spawn(async move { own(&client) });
+            let (worker, _seat) = workers.take();
+            let on = worker.spawn(async move { own(&client) });
             assert_eq!(on.await.expect("task"), Some(expected));
         }
     }
