@@ -185,6 +185,7 @@ impl Daemon {
         let workers = Workers::start(gateway.config().server.workers)
             .map(Arc::new)
             .map_err(|e| StartError::Task(format!("cannot start the connection workers: {e}")))?;
+        gateway.attach_workers(workers.occupancy());
         let (addr, task) = serve(
             listen,
             "server.listen",

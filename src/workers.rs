@@ -45,15 +45,29 @@ pub fn count(configured: usize) -> usize {
 /// there is cancelled, as a runtime's tasks are when it stops.
 pub struct Workers {
     handles: Vec<Handle>,
-    /// Connections open on each worker.
-    open: Arc<[AtomicUsize]>,
+    open: Occupancy,
     next: AtomicUsize,
     _stop: Vec<oneshot::Sender<()>>,
 }
 
+/// The client connections open on each worker, for whoever reports them (`/metrics`).
+#[derive(Clone)]
+pub struct Occupancy(Arc<[AtomicUsize]>);
+
+impl Occupancy {
+    fn count(&self, worker: usize) -> usize {
+        self.0[worker].load(Ordering::Relaxed)
+    }
+
+    /// Open connections, by worker.
+    pub fn open(&self) -> Vec<usize> {
+        (0..self.0.len()).map(|w| self.count(w)).collect()
+    }
+}
+
 /// A connection's place on its worker, counted until it is dropped.
 pub struct Seat {
-    open: Arc<[AtomicUsize]>,
+    open: Occupancy,
     worker: usize,
 }
 
@@ -66,7 +80,7 @@ impl Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.open[self.worker].fetch_sub(1, Ordering::Relaxed);
+        self.open.0[self.worker].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -95,7 +109,7 @@ impl Workers {
         }
         Ok(Workers {
             handles,
-            open: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            open: Occupancy((0..n).map(|_| AtomicUsize::new(0)).collect()),
             next: AtomicUsize::new(0),
             _stop: stops,
         })
@@ -110,14 +124,19 @@ impl Workers {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let worker = (start..start + n)
             .map(|i| i % n)
-            .min_by_key(|&i| self.open[i].load(Ordering::Relaxed))
+            .min_by_key(|&i| self.open.count(i))
             .unwrap_or(start);
-        self.open[worker].fetch_add(1, Ordering::Relaxed);
+        self.open.0[worker].fetch_add(1, Ordering::Relaxed);
         let seat = Seat {
             open: self.open.clone(),
             worker,
         };
         (&self.handles[worker], seat)
+    }
+
+    /// The workers' open connections, counted live.
+    pub fn occupancy(&self) -> Occupancy {
+        self.open.clone()
     }
 }
 
@@ -159,10 +178,10 @@ mod tests {
         let places: Vec<usize> = next.iter().map(Seat::worker).collect();
         assert_eq!(places, [0, 0, 0, 1]);
         // A worker's seats are its connections: each counted once, and let go.
-        let on = |w: usize| workers.open[w].load(Ordering::Relaxed);
-        assert_eq!((on(0), on(1)), (3, 4));
+        let occupancy = workers.occupancy();
+        assert_eq!(occupancy.open(), [3, 4]);
         drop((seats, next));
-        assert_eq!((on(0), on(1)), (0, 0));
+        assert_eq!(occupancy.open(), [0, 0]);
     }
 
     #[tokio::test]

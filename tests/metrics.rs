@@ -181,3 +181,61 @@ async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
     }
     gw.stop().await;
 }
+
+/// Open connections on each worker, as `/metrics` reports them.
+async fn worker_connections(gw: &TestGateway) -> Vec<f64> {
+    let text = scrape(gw).await;
+    (0..)
+        .map_while(|w| {
+            sample(
+                &text,
+                &format!("switchyard_worker_connections{{worker=\"{w}\"}}"),
+            )
+        })
+        .collect()
+}
+
+/// Waits (ten seconds at most) until the workers hold `expected` connections.
+async fn until_workers_hold(gw: &TestGateway, expected: &[f64]) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let open = worker_connections(gw).await;
+        if open == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers hold {open:?}, not {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_goes_to_the_worker_holding_fewest_and_metrics_say_so() {
+    let mock = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions_and(&[("us-east", &mock)], "workers = 2").await;
+    let addr = gw.daemon.addr();
+    until_workers_hold(&gw, &[0.0, 0.0]).await;
+    // Four clients, each taken before the next connects: dealt 0, 1, 0, 1.
+    let mut open = Vec::new();
+    for held in [[1.0, 0.0], [1.0, 1.0], [2.0, 1.0], [2.0, 2.0]] {
+        open.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        until_workers_hold(&gw, &held).await;
+    }
+    // The two on worker 0 close (a client's idle keep-alive connections timing out).
+    drop(open.remove(2));
+    drop(open.remove(0));
+    until_workers_hold(&gw, &[0.0, 2.0]).await;
+    // In turn the next two would go to 0 and 1; counted, both go to 0.
+    for held in [[1.0, 2.0], [2.0, 2.0]] {
+        open.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        until_workers_hold(&gw, &held).await;
+    }
+    // Served where they were placed, as any other connection.
+    let response = gw.chat(KEY_A, &hello("gpt-4o-mini")).await;
+    assert_eq!(response.status(), 200);
+    // The client's own keep-alive connection stays: it came at a tie, whose turn was 0.
+    drop(open);
+    until_workers_hold(&gw, &[1.0, 0.0]).await;
+}

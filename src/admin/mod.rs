@@ -496,6 +496,7 @@ async fn metrics(State(admin): State<Admin>) -> Response {
     let mut text = crate::telemetry::prometheus(&admin.gateway.snapshot());
     admin.gateway.histograms().render(&mut text);
     admin.gateway.batches().render_metrics(&mut text);
+    render_workers(&mut text, &admin.gateway.worker_connections());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -504,6 +505,22 @@ async fn metrics(State(admin): State<Admin>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// Open client connections by worker: the spread the listener keeps (`Workers::take`).
+fn render_workers(out: &mut String, open: &[usize]) {
+    use std::fmt::Write;
+    if open.is_empty() {
+        return;
+    }
+    out.push_str("# HELP switchyard_worker_connections Client connections open on each connection worker (server.workers).\n");
+    out.push_str("# TYPE switchyard_worker_connections gauge\n");
+    for (worker, n) in open.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "switchyard_worker_connections{{worker=\"{worker}\"}} {n}"
+        );
+    }
 }
 
 async fn regions(State(admin): State<Admin>) -> Response {

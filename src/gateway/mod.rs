@@ -109,6 +109,8 @@ pub struct Gateway {
     store: OnceLock<Arc<dyn Store>>,
     /// The shared store, when limits are the cluster's (`[state] backend = "valkey"`).
     shared: OnceLock<Arc<crate::state::Shared>>,
+    /// The connection workers' open connections; attached by the daemon.
+    workers: OnceLock<crate::workers::Occupancy>,
     /// Keys made at run time, by id (revoked and expired ones included).
     keys: Mutex<BTreeMap<String, KeyRecord>>,
     overrides: Mutex<Overrides>,
@@ -357,6 +359,7 @@ impl Gateway {
             )),
             store: OnceLock::new(),
             shared: OnceLock::new(),
+            workers: OnceLock::new(),
             keys: Mutex::default(),
             overrides: Mutex::default(),
             started: Instant::now(),
@@ -501,6 +504,17 @@ impl Gateway {
 
     pub fn shared(&self) -> Option<&Arc<crate::state::Shared>> {
         self.shared.get()
+    }
+
+    /// Lets `/metrics` report the connection workers' open connections.
+    pub fn attach_workers(&self, occupancy: crate::workers::Occupancy) {
+        let _ = self.workers.set(occupancy);
+    }
+
+    /// Client connections open on each connection worker (none before the daemon's
+    /// workers start).
+    pub fn worker_connections(&self) -> Vec<usize> {
+        self.workers.get().map(|o| o.open()).unwrap_or_default()
     }
 
     /// Reserves the request's estimated cost, then waits for a seat upstream.
