@@ -1,8 +1,8 @@
 //! Connection workers, as Envoy and nginx run them: one thread per core, each with a
 //! single-threaded runtime of its own. An accepted connection is handed to the worker
-//! serving the fewest connections (ties in turn) and lives there, with everything its requests spawn (a stream's relay, a count too
-//! large to run inline) and the upstream connections they take from that worker's own
-//! pool (see `providers::client`). A request then never crosses threads: on a shared,
+//! serving the fewest connections (ties in turn) and lives there, with everything its
+//! requests spawn (a stream's relay, a count too large to run inline) and the upstream
+//! connections they take from that worker's own pool (see `providers::client`). A request then never crosses threads: on a shared,
 //! work-stealing runtime each request woke the other worker thread once, which cost a
 //! request at one connection a third of what the gateway adds to its latency
 //! (benches/peers.sh, the c=1 row).
@@ -65,20 +65,20 @@ impl Occupancy {
     }
 }
 
-/// A connection's place on its worker, counted until it is dropped.
-pub struct Seat {
+/// A connection's assignment to its worker, counted until it is dropped.
+pub struct Assignment {
     open: Occupancy,
     worker: usize,
 }
 
-impl Seat {
-    /// The worker this seat is on.
+impl Assignment {
+    /// The worker assigned.
     pub fn worker(&self) -> usize {
         self.worker
     }
 }
 
-impl Drop for Seat {
+impl Drop for Assignment {
     fn drop(&mut self) {
         self.open.0[self.worker].fetch_sub(1, Ordering::Relaxed);
     }
@@ -117,9 +117,9 @@ impl Workers {
 
     /// The worker for a new connection: the one with the fewest open, the first of
     /// them from a starting point that moves on each time, so ties go to each in turn.
-    /// The connection holds the seat while it lives. (Connections are accepted one at a
+    /// The connection holds the assignment while it lives. (Connections are accepted one at a
     /// time, so two never pick at once; closing ones only lower the counts meanwhile.)
-    pub fn take(&self) -> (&Handle, Seat) {
+    pub fn take(&self) -> (&Handle, Assignment) {
         let n = self.handles.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let worker = (start..start + n)
@@ -127,11 +127,11 @@ impl Workers {
             .min_by_key(|&i| self.open.count(i))
             .unwrap_or(start);
         self.open.0[worker].fetch_add(1, Ordering::Relaxed);
-        let seat = Seat {
+        let assignment = Assignment {
             open: self.open.clone(),
             worker,
         };
-        (&self.handles[worker], seat)
+        (&self.handles[worker], assignment)
     }
 
     /// The workers' open connections, counted live.
@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(current(), None, "a test's own thread is no worker");
         let mut seen = Vec::new();
         for _ in 0..6 {
-            let (worker, _seat) = workers.take();
+            let (worker, _assigned) = workers.take();
             let task = worker.spawn(async {
                 // Whatever a connection spawns stays on its worker too.
                 let inner = tokio::spawn(async { (current(), std::thread::current().id()) });
@@ -168,19 +168,19 @@ mod tests {
     async fn a_new_connection_goes_to_the_worker_serving_fewest() {
         let workers = Workers::start(2).expect("workers start");
         // Six open, dealt evenly; then the three on worker 0 close.
-        let mut seats: Vec<Seat> = (0..6).map(|_| workers.take().1).collect();
-        let places: Vec<usize> = seats.iter().map(Seat::worker).collect();
+        let mut assigned: Vec<Assignment> = (0..6).map(|_| workers.take().1).collect();
+        let places: Vec<usize> = assigned.iter().map(Assignment::worker).collect();
         assert_eq!(places, [0, 1, 0, 1, 0, 1]);
-        seats.retain(|seat| seat.worker() == 1);
+        assigned.retain(|a| a.worker() == 1);
         // In turn, the next four would go 0, 1, 0, 1 and leave worker 1 with five of
         // seven; counted, worker 0 takes three before they are even again.
-        let next: Vec<Seat> = (0..4).map(|_| workers.take().1).collect();
-        let places: Vec<usize> = next.iter().map(Seat::worker).collect();
+        let next: Vec<Assignment> = (0..4).map(|_| workers.take().1).collect();
+        let places: Vec<usize> = next.iter().map(Assignment::worker).collect();
         assert_eq!(places, [0, 0, 0, 1]);
-        // A worker's seats are its connections: each counted once, and let go.
+        // A worker's assignments are its connections: each counted once, and let go.
         let occupancy = workers.occupancy();
         assert_eq!(occupancy.open(), [3, 4]);
-        drop((seats, next));
+        drop((assigned, next));
         assert_eq!(occupancy.open(), [0, 0]);
     }
 
@@ -188,7 +188,7 @@ mod tests {
     async fn dropping_the_workers_ends_their_threads_and_cancels_what_runs_there() {
         let workers = Workers::start(2).expect("workers start");
         let (_hold, held) = oneshot::channel::<()>();
-        let (worker, _seat) = workers.take();
+        let (worker, _assigned) = workers.take();
         let task = worker.spawn(async move {
             let _ = held.await;
         });

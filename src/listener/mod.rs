@@ -169,9 +169,9 @@ pub fn spawn(
                         }
                         Some(workers) => match accepted.try_map(TcpStream::into_std) {
                             Ok(moving) => {
-                                let (worker, seat) = workers.take();
+                                let (worker, assigned) = workers.take();
                                 let served = async move {
-                                    let _seat = seat;
+                                    let _assigned = assigned;
                                     moving.serve_here(tls).await;
                                 };
                                 connections.spawn_on(served, worker);

@@ -281,7 +281,7 @@ mod tests {
         let workers = Workers::start(2).expect("workers");
         for expected in [0, 1, 0] {
             let client = client.clone();
-            let (worker, _seat) = workers.take();
+            let (worker, _assigned) = workers.take();
             let on = worker.spawn(async move { own(&client) });
             assert_eq!(on.await.expect("task"), Some(expected));
         }
