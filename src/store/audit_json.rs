@@ -13,6 +13,79 @@ use std::io;
 
 use crate::domain::records::AuditRecord;
 
+/// Audit records as the log's lines, encoded where they were recorded and written as
+/// they are: a worker fills one buffer and the writer takes it whole, so no record's
+/// strings are freed on another thread than the one that made them.
+#[derive(Debug, Default)]
+pub struct AuditLines {
+    bytes: Vec<u8>,
+    records: u64,
+    oldest_ms: u64,
+}
+
+impl AuditLines {
+    /// Lines written into `buffer`'s memory (emptied first), so a buffer is used again.
+    pub fn reusing(mut buffer: Vec<u8>) -> AuditLines {
+        buffer.clear();
+        AuditLines {
+            bytes: buffer,
+            records: 0,
+            oldest_ms: 0,
+        }
+    }
+
+    /// Appends `record` as one line. A record that cannot be encoded (it cannot: every
+    /// field is text, a number or JSON already) leaves the lines as they were.
+    pub fn push(&mut self, record: &AuditRecord) -> io::Result<()> {
+        let start = self.bytes.len();
+        if let Err(error) = write_record(&mut self.bytes, record) {
+            self.bytes.truncate(start);
+            return Err(error);
+        }
+        self.bytes.push(b'\n');
+        self.oldest_ms = match self.records {
+            0 => record.at_ms,
+            _ => self.oldest_ms.min(record.at_ms),
+        };
+        self.records += 1;
+        Ok(())
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Every line, each ending in a newline.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// When the oldest record began (none when there are none).
+    pub fn oldest_ms(&self) -> Option<u64> {
+        (self.records > 0).then_some(self.oldest_ms)
+    }
+
+    /// The buffer, to be used again.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+impl From<&[AuditRecord]> for AuditLines {
+    fn from(records: &[AuditRecord]) -> AuditLines {
+        let mut lines = AuditLines::default();
+        for record in records {
+            // Infallible (see `push`); a record that failed would be left out.
+            let _ = lines.push(record);
+        }
+        lines
+    }
+}
+
 /// Appends `record` to `out` as one JSON object (no newline).
 pub fn write_record(out: &mut Vec<u8>, r: &AuditRecord) -> io::Result<()> {
     out.extend_from_slice(b"{\"at_ms\":");
@@ -186,6 +259,36 @@ mod tests {
         ] {
             assert_eq!(line(&record), serde_json::to_string(&record).unwrap());
         }
+    }
+
+    #[test]
+    fn audit_lines_hold_each_record_as_its_line_and_know_the_oldest() {
+        let records = [
+            AuditRecord {
+                at_ms: 20,
+                tenant: Some("a".into()),
+                ..AuditRecord::default()
+            },
+            every_field("x \"y\""),
+            AuditRecord {
+                at_ms: 10,
+                ..AuditRecord::default()
+            },
+        ];
+        let mut lines = AuditLines::reusing(b"left over".to_vec());
+        assert!(lines.is_empty());
+        assert_eq!(lines.oldest_ms(), None);
+        for record in &records {
+            lines.push(record).unwrap();
+        }
+        assert_eq!(lines.records(), 3);
+        assert_eq!(lines.oldest_ms(), Some(10));
+        let expected: String = records.iter().map(|r| line(r) + "\n").collect();
+        assert_eq!(String::from_utf8(lines.bytes().to_vec()).unwrap(), expected);
+        assert_eq!(AuditLines::from(&records[..]).bytes(), lines.bytes());
+        // Used again: empty, whatever it held.
+        let again = AuditLines::reusing(lines.into_buffer());
+        assert!(again.is_empty() && again.bytes().is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::domain::UsageRecord;
 use crate::domain::records::{
     AuditQuery, AuditRecord, BatchRecord, FileRecord, FlowRun, KeyRecord, Overrides, VectorRecord,
 };
+use crate::store::AuditLines;
 
 /// A store whose writes fail while `failing` is set, as a full or failing disk does.
 pub struct Flaky {
@@ -100,7 +101,7 @@ impl Store for Flaky {
     fn load_overrides(&self) -> Result<Overrides, StoreError> {
         self.inner.load_overrides()
     }
-    fn append_audit(&self, r: &[AuditRecord]) -> Result<(), StoreError> {
+    fn append_audit(&self, r: &[AuditLines]) -> Result<(), StoreError> {
         self.check()?;
         self.inner.append_audit(r)
     }

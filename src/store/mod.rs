@@ -20,6 +20,7 @@ pub(crate) mod flaky;
 mod vectors;
 mod watched;
 
+pub use audit_json::AuditLines;
 pub use watched::{Persistence, Watched};
 
 use std::path::{Path, PathBuf};
@@ -107,8 +108,8 @@ pub trait Store: Send + Sync + 'static {
     fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     fn save_overrides(&self, overrides: &Overrides) -> Result<(), StoreError>;
     fn load_overrides(&self) -> Result<Overrides, StoreError>;
-    /// Appends audit records, in order, as one batch.
-    fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Appends audit records, encoded as the log's lines, in order, as one batch.
+    fn append_audit(&self, lines: &[AuditLines]) -> Result<(), StoreError>;
     /// The newest records that match, oldest first.
     fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Drops audit records older than `before_ms`, then the oldest until at most
@@ -462,8 +463,8 @@ impl Store for SledStore {
         }
     }
 
-    fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        self.audit.append(records).map_err(self.audit_error())
+    fn append_audit(&self, lines: &[AuditLines]) -> Result<(), StoreError> {
+        self.audit.append_lines(lines).map_err(self.audit_error())
     }
 
     fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
@@ -566,7 +567,9 @@ mod tests {
                 )
             })
             .collect();
-        store.append_audit(&records).unwrap();
+        store
+            .append_audit(&[AuditLines::from(&records[..])])
+            .unwrap();
         assert_eq!(store.audit_size().0, 100);
         let acme = store
             .read_audit(&AuditQuery {
@@ -646,7 +649,9 @@ mod tests {
             status: Some(401),
             ..record(2_000 + i, "", 401)
         }));
-        store.append_audit(&records).unwrap();
+        store
+            .append_audit(&[AuditLines::from(&records[..])])
+            .unwrap();
         let (_, bytes) = store.audit_size();
         store.trim_audit(0, bytes * 2 / 3).unwrap();
         let left = store.read_audit(&AuditQuery::default()).unwrap();

@@ -11,6 +11,7 @@ use super::{
     StoreError, VectorRecord,
 };
 use crate::domain::UsageRecord;
+use crate::store::AuditLines;
 
 /// What persistence looks like now.
 #[derive(Debug, Default)]
@@ -140,8 +141,8 @@ impl<S: Store> Store for Watched<S> {
     fn load_overrides(&self) -> Result<Overrides, StoreError> {
         self.inner.load_overrides()
     }
-    fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        self.health.note("audit", self.inner.append_audit(records))
+    fn append_audit(&self, lines: &[AuditLines]) -> Result<(), StoreError> {
+        self.health.note("audit", self.inner.append_audit(lines))
     }
     fn read_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         self.inner.read_audit(query)
