@@ -331,8 +331,10 @@ mod tests {
         let audit = kept(Duration::from_secs(1));
         let writer = spawn_writer(audit.clone(), store.clone());
         let workers = crate::workers::Workers::start(2).unwrap_or_else(|e| panic!("{e}"));
-        let made = |from: &str, n: u64| AuditRecord {
-            at_ms: 1_000 + n,
+        // Made now: retention, which runs as the writer starts, keeps an hour.
+        let now = now_ms();
+        let made = move |from: &str, n: u64| AuditRecord {
+            at_ms: now + n,
             tenant: Some(from.to_string()),
             request_id: Some(format!("{from}-{n}").into()),
             ..AuditRecord::default()
@@ -372,8 +374,8 @@ mod tests {
                 .iter()
                 .filter_map(|r| r.request_id.as_deref().map(str::to_string))
                 .collect();
-            let made: Vec<String> = (0..300).map(|n| format!("{from}-{n}")).collect();
-            assert_eq!(ids, made, "{from}'s records, oldest first");
+            let expected: Vec<String> = (0..300).map(|n| format!("{from}-{n}")).collect();
+            assert_eq!(ids, expected, "{from}'s records, oldest first");
         }
         // A record made after the writer stopped waits for no one.
         writer.stop().await;
