@@ -170,6 +170,12 @@ impl Audit {
         }
     }
 
+    /// `n` accepted records given up: counted as dropped, and settled for `caught_up`.
+    fn give_up(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Every buffer's lines, each buffer replaced by an emptied one from `spare`.
     fn take(&self, spare: &mut Vec<Vec<u8>>) -> Vec<AuditLines> {
         let mut taken = Vec::new();
@@ -216,16 +222,15 @@ pub fn spawn_writer(audit: Arc<Audit>, store: Arc<dyn Store>) -> Background {
                 }
                 _ = trim.tick() => retain(&audit, &store).await,
                 () = stopping.requested() => {
+                    // Nothing recorded from now on waits for a writer that is gone.
+                    audit.writing.store(false, Ordering::Relaxed);
                     pending.append(&mut audit.take(&mut spare));
                     let lost = write(&audit, &store, pending, true, &mut spare).await;
                     let lost: u64 = lost.iter().map(AuditLines::records).sum();
                     if lost > 0 {
-                        audit.dropped.fetch_add(lost, Ordering::Relaxed);
-                        audit.lost.fetch_add(lost, Ordering::Relaxed);
+                        audit.give_up(lost);
                         tracing::error!(records = lost, "audit records could not be written before stopping");
                     }
-                    // Nothing recorded from now on waits for a writer that is gone.
-                    audit.writing.store(false, Ordering::Relaxed);
                     return;
                 }
             }
@@ -275,15 +280,13 @@ async fn write(
             while excess > 0 && !batches.is_empty() {
                 let oldest = batches.remove(0);
                 excess = excess.saturating_sub(oldest.records());
-                audit.dropped.fetch_add(oldest.records(), Ordering::Relaxed);
-                audit.lost.fetch_add(oldest.records(), Ordering::Relaxed);
+                audit.give_up(oldest.records());
             }
             batches
         }
         Err(error) => {
             tracing::error!(%error, records = count, "the audit writer task failed; records lost");
-            audit.dropped.fetch_add(count, Ordering::Relaxed);
-            audit.lost.fetch_add(count, Ordering::Relaxed);
+            audit.give_up(count);
             Vec::new()
         }
     }
