@@ -6,13 +6,14 @@
 #   load       oha (crates.io) for plain requests; `switchyard bench --stream` for
 #              streams, whose time to first token oha does not measure
 #
-# Every row is the median of interleaved rounds (direct, onwards, switchyard, then
-# again), so a noisy machine hurts all three alike. Switchyard runs the example config
+# Every row is the median of interleaved rounds (direct, onwards, switchyard; then
+# onwards, switchyard, direct; and so on round the three), so a noisy machine hurts all
+# three alike and no one always runs in the same place. Switchyard runs the example config
 # with us-east pointed at llmsim, acme's limits raised out of the way and every feature
 # on (auth, admission with reservation, scheduling, routing, audit, cache, metrics).
 #
 #   benches/peers.sh                 # the whole table (about 9 minutes after the release build)
-#   ROUNDS=5 SECONDS_PER_RUN=20 benches/peers.sh
+#   ROUNDS=6 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
 #   THREADS=1 benches/peers.sh       # both gateways serve connections on one thread
@@ -307,7 +308,11 @@ print(int(0.6 * min(statistics.median(v) for v in runs.values()) // 100 * 100))'
         rate=$PLAIN_RATE
     fi
     for round in $(seq 1 "$ROUNDS"); do
-        for name in "${ORDER[@]}"; do
+        # Each round starts one further along ORDER, so no target always runs in the
+        # same place (after the same other load); ROUNDS a multiple of three puts each
+        # in every place equally often.
+        for i in "${!ORDER[@]}"; do
+            name=${ORDER[$(((round - 1 + i) % ${#ORDER[@]}))]}
             before=$(cpu_ticks "${SERVER[$name]}")
             result=$(oha_run "${TARGET[$name]}" "$c" "$rate")
             # CPU the answering process spent per request: llmsim's own for direct.
