@@ -2044,3 +2044,142 @@ fn in_a_cluster_the_console_shows_the_replicas_and_the_cluster_spending() {
         "the cluster's day tokens\n{screen}"
     );
 }
+
+/// Counts by (tenant, error code) of request records; "" for answered requests.
+fn audit_counts(records: &serde_json::Value) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for record in records["records"].as_array().unwrap() {
+        let tenant = record["tenant"].as_str().unwrap_or("").to_string();
+        let code = record["error"].as_str().unwrap_or("").to_string();
+        *counts.entry((tenant, code)).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn the_consoles_counts_are_the_audit_logs_after_concurrent_load_on_two_workers() {
+    // Requests of two tenants, answered and refused, on eight connections spread over
+    // two connection workers at once: every request is counted where the console reads
+    // it and recorded in the audit log, the same number of each kind in both.
+    let us = quick_mock().spawn_local().await.unwrap();
+    let gw = TestGateway::with_regions_and(&[("us-east", &us)], "workers = 2").await;
+    let clients: Vec<reqwest::Client> = (0..8)
+        .map(|_| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let url = gw.url("/v1/chat/completions");
+    let send = |i: usize| {
+        let client = clients[i % clients.len()].clone();
+        let url = url.clone();
+        // Tenant A: 40 answered, 10 for a model nobody serves; tenant B: 30 answered,
+        // 10 whose body is not JSON.
+        async move {
+            let request = client.post(&url);
+            let request = match i {
+                0..40 => request.bearer_auth(KEY_A).json(&hello("gpt-4o-mini")),
+                40..50 => request.bearer_auth(KEY_A).json(&hello("no-such-model")),
+                50..80 => request.bearer_auth(KEY_B).json(&hello("gpt-4o-mini")),
+                _ => request
+                    .bearer_auth(KEY_B)
+                    .header("content-type", "application/json")
+                    .body("{not json"),
+            };
+            let reply = request.send().await.unwrap();
+            let status = reply.status().as_u16();
+            reply.bytes().await.unwrap();
+            status
+        }
+    };
+    let statuses = futures_util::future::join_all((0..90).map(send)).await;
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 70);
+    assert!(statuses[40..50].iter().all(|&s| s == 404), "{statuses:?}");
+    assert!(statuses[80..].iter().all(|&s| s == 400), "{statuses:?}");
+    // Both workers served: the clients' kept-alive connections are open on each.
+    let metrics = gw
+        .admin(Method::GET, "/metrics", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    for worker in 0..2 {
+        let series = format!("switchyard_worker_connections{{worker=\"{worker}\"}}");
+        let open: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str())?.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(open > 0.0, "no connection on worker {worker}:\n{metrics}");
+    }
+
+    // Wait (bounded) for the audit writer to have every record.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let snapshot = loop {
+        let snapshot: Snapshot = gw
+            .admin(Method::GET, "/admin/snapshot", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if snapshot.audit.backlog == 0 && snapshot.audit.written >= 90 {
+            break snapshot;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the audit log never caught up: {:?}",
+            snapshot.audit
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let records: serde_json::Value = gw
+        .admin(Method::GET, "/admin/audit?kind=request&limit=0", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let audited = audit_counts(&records);
+    let count = |tenant: &str, code: &str| {
+        audited
+            .get(&(tenant.to_string(), code.to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(count("tenant-a", ""), 40, "{audited:?}");
+    assert_eq!(count("tenant-b", ""), 30, "{audited:?}");
+    assert_eq!(audited.values().sum::<u64>(), 90, "{audited:?}");
+
+    // What the console shows: totals, errors by code, and each tenant's requests and
+    // refusals.
+    assert_eq!(snapshot.totals.requests, 90);
+    assert_eq!(snapshot.audit.written, 90);
+    let mut by_code: Vec<(String, u64)> = snapshot.errors_by_code.clone();
+    by_code.sort();
+    let mut audited_by_code: std::collections::BTreeMap<String, u64> = Default::default();
+    for ((_, code), n) in &audited {
+        if !code.is_empty() {
+            *audited_by_code.entry(code.clone()).or_insert(0) += n;
+        }
+    }
+    assert_eq!(by_code, audited_by_code.into_iter().collect::<Vec<_>>());
+    for name in ["tenant-a", "tenant-b"] {
+        let tenant = snapshot.tenants.iter().find(|t| t.name == name).unwrap();
+        let of_tenant: Vec<(String, u64)> = audited
+            .iter()
+            .filter(|((t, code), _)| t == name && !code.is_empty())
+            .map(|((_, code), n)| (code.clone(), *n))
+            .collect();
+        let mut refused = tenant.refused.clone();
+        refused.sort();
+        assert_eq!(refused, of_tenant, "{name}");
+        assert_eq!(refused.iter().map(|(_, n)| n).sum::<u64>(), 10, "{name}");
+        let all: u64 = audited
+            .iter()
+            .filter(|((t, _), _)| t == name)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(tenant.requests_last_minute, all, "{name}");
+    }
+}
