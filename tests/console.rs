@@ -934,12 +934,7 @@ async fn the_admin_api_refuses_a_missing_or_wrong_token_and_tenant_keys() {
         200,
         "nothing was paused"
     );
-    let metrics = gw
-        .admin(Method::GET, "/metrics", None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("switchyard_requests_total 1"), "{metrics}");
     assert!(
         metrics.contains("switchyard_cache_lookups_total{result=\"bypass\"} 1"),
@@ -2100,18 +2095,10 @@ async fn the_consoles_counts_are_the_audit_logs_after_concurrent_load_on_two_wor
     assert!(statuses[40..50].iter().all(|&s| s == 404), "{statuses:?}");
     assert!(statuses[80..].iter().all(|&s| s == 400), "{statuses:?}");
     // Both workers served: the clients' kept-alive connections are open on each.
-    let metrics = gw
-        .admin(Method::GET, "/metrics", None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for worker in 0..2 {
         let series = format!("switchyard_worker_connections{{worker=\"{worker}\"}}");
-        let open: f64 = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(series.as_str())?.trim().parse().ok())
-            .unwrap_or(0.0);
+        let open = sample(&metrics, &series).unwrap_or(0.0);
         assert!(open > 0.0, "no connection on worker {worker}:\n{metrics}");
     }
 

@@ -10,18 +10,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::*;
-use reqwest::Method;
-
-async fn scrape(gw: &TestGateway) -> String {
-    let response = gw.admin(Method::GET, "/metrics", None).await;
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
@@ -36,7 +24,7 @@ async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
     while streamed.chunk().await.unwrap().is_some() {}
     assert_eq!(gw.chat(KEY_A, &hello("gpt-4o-mini")).await.status(), 429);
 
-    let text = scrape(&gw).await;
+    let text = gw.metrics().await;
     let labels = "region=\"us-east\",model=\"gpt-4o-mini\",tier=\"pro\"";
     assert_eq!(
         sample(&text, &format!("switchyard_e2e_seconds_count{{{labels}}}")),
@@ -184,7 +172,7 @@ async fn metrics_are_histograms_and_counters_prometheus_can_aggregate() {
 
 /// Open connections on each worker, as `/metrics` reports them.
 async fn worker_connections(gw: &TestGateway) -> Vec<f64> {
-    let text = scrape(gw).await;
+    let text = gw.metrics().await;
     (0..)
         .map_while(|w| {
             sample(

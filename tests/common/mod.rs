@@ -188,6 +188,13 @@ impl TestGateway {
         request.send().await.expect("admin API answers")
     }
 
+    /// What `/metrics` on the admin API reports now.
+    pub async fn metrics(&self) -> String {
+        let response = self.admin(reqwest::Method::GET, "/metrics", None).await;
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     /// The newest request record in the audit log.
     pub async fn newest_record(&self) -> Value {
         let records: Value = self
@@ -242,6 +249,12 @@ impl TestGateway {
         }
         used
     }
+}
+
+/// The value of one series (its name and labels exactly as written) in `/metrics` text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 pub fn hello(model: &str) -> Value {
