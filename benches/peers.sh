@@ -166,6 +166,8 @@ start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
 
 # User + system CPU of a process, in clock ticks (1/100 s).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The same of this script's children that have ended (oha, once each run is over).
+children_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
 
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 peak_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
@@ -314,10 +316,14 @@ print(int(0.6 * min(statistics.median(v) for v in runs.values()) // 100 * 100))'
         for i in "${!ORDER[@]}"; do
             name=${ORDER[$(((round - 1 + i) % ${#ORDER[@]}))]}
             before=$(cpu_ticks "${SERVER[$name]}")
+            upstream=$(cpu_ticks "$LLMSIM_PID") generator=$(children_ticks)
             result=$(oha_run "${TARGET[$name]}" "$c" "$rate")
-            # CPU the answering process spent per request: llmsim's own for direct.
+            # CPU in all of the answering process (llmsim's own for direct), of llmsim,
+            # and of oha.
             result="$result $(( ($(cpu_ticks "${SERVER[$name]}") - before) * 10000 ))"
-            say "plain $load${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all)"
+            result="$result $(( ($(cpu_ticks "$LLMSIM_PID") - upstream) * 10000 ))"
+            result="$result $(( ($(children_ticks) - generator) * 10000 ))"
+            say "plain $load${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all: answering, llmsim, oha)"
             if [ "${result%% *}" = "0.0" ]; then
                 say "$name answered nothing with 200; its log is in $WORK"
                 trap - EXIT
@@ -387,9 +393,12 @@ python3 - "$WORK/plain.txt" <<EOF
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    load, name, rate, p50, p99, bad, ok, cpu = line.split()
+    load, name, rate, p50, p99, bad, ok, cpu, upstream, generator = line.split()
     load = int(load) if load.isdigit() else load
-    rows.setdefault((load, name), []).append((float(rate), float(p50), float(p99), int(bad), int(cpu) / max(int(ok), 1)))
+    per = lambda ticks: int(ticks) / max(int(ok), 1)
+    # The last: the whole machine's CPU per request, gateway (if any), llmsim and oha.
+    machine = per(generator) + per(upstream) + (per(cpu) if name != "direct" else 0)
+    rows.setdefault((load, name), []).append((float(rate), float(p50), float(p99), int(bad), per(cpu), machine))
 def med(c, name, i):
     return statistics.median(r[i] for r in rows[(c, name)])
 def span(c, name, i, form=",.0f"):
@@ -411,6 +420,13 @@ print(f"| plain, c=50: p99 (median; range) | {p99s(50)} |")
 # (llmsim's own for direct) says what a gateway costs, whatever the machine's noise.
 dc, oc, sc = (med(50, n, 4) for n in ("direct", "onwards", "switchyard"))
 print(f"| plain, c=50: CPU per request of the process answering | llmsim {dc:.0f} µs | {oc:.0f} µs | {sc:.0f} µs ({sc/oc:.2f}x onwards) |")
+# What a ratio to direct is made of: with every core busy, req/s is the cores over the
+# whole machine's CPU per request (oha, llmsim and the gateway), so a gateway reaches
+# 0.70x direct only when that sum is at most direct's over 0.70. The last cell is the
+# gateway CPU that leaves, given what oha and llmsim spent in Switchyard's runs.
+dm, om, sm = (med(50, n, 5) for n in ("direct", "onwards", "switchyard"))
+room = dm / 0.70 - (sm - sc)
+print(f"| plain, c=50: CPU per request, whole machine (oha + llmsim + gateway) | {dm:.0f} µs | {om:.0f} µs ({dm/om:.2f}x direct's) | {sm:.0f} µs ({dm/sm:.2f}x direct's); 0.70x direct leaves a gateway {room:.0f} µs |")
 d1 = med(1, "direct", 1)
 print(f"| plain, c=1: p50 (added) | {d1:.3f} ms | {med(1,'onwards',1):.3f} ms (+{med(1,'onwards',1)-d1:.3f}) | {med(1,'switchyard',1):.3f} ms (+{med(1,'switchyard',1)-d1:.3f}) |")
 print(f"| plain, c=50 at $PLAIN_RATE a second: p50 | {med('steady','direct',1):.2f} ms | {med('steady','onwards',1):.2f} ms | {med('steady','switchyard',1):.2f} ms |")
