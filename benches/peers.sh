@@ -12,7 +12,7 @@
 # with us-east pointed at llmsim, acme's limits raised out of the way and every feature
 # on (auth, admission with reservation, scheduling, routing, audit, cache, metrics).
 #
-#   benches/peers.sh                 # the whole table (about 9 minutes after the release build)
+#   benches/peers.sh                 # the whole table (about 10 minutes after the release build)
 #   ROUNDS=6 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
@@ -169,6 +169,10 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # The same of this script's children that have ended (oha, once each run is over).
 children_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
 
+pin() { # CPUS PID: each of the process's threads (new ones inherit it)
+    for task in /proc/"$2"/task/*; do taskset -pc "$1" "${task##*/}" >/dev/null; done
+}
+
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 peak_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 
@@ -181,7 +185,7 @@ BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in 
 oha_run() { # URL CONCURRENCY [RATE]
     local rate=()
     [ -n "${3:-}" ] && rate=(-q "$3" --latency-correction)
-    ${OWN[@]+"${OWN[@]}"} oha --no-tui --output-format json -z "${SECONDS_PER_RUN}s" -c "$2" \
+    ${LOADER[@]+"${LOADER[@]}"} ${OWN[@]+"${OWN[@]}"} oha --no-tui --output-format json -z "${SECONDS_PER_RUN}s" -c "$2" \
         ${rate[@]+"${rate[@]}"} -m POST \
         -H "authorization: Bearer $KEY" -H "content-type: application/json" -d "$BODY" \
         "$1/chat/completions" >"$WORK/oha.json"
@@ -294,8 +298,22 @@ ORDER=(direct onwards switchyard)
 # cores the kernel's choice of which process runs next decides the p99 as much as any
 # of the three does.
 PLAIN_RATE=${PLAIN_RATE:-}
-for load in 50 1 steady; do
+# `one` is c=1 again with every process on one CPU (when taskset is there): no hop then
+# wakes a thread on another CPU, which on a VM is an interrupt to a halted virtual CPU,
+# so what a gateway adds is its own work, not where the kernel put whom.
+LOADER=()
+for load in 50 1 one steady; do
     c=$load rate=
+    if [ "$load" = one ]; then
+        command -v taskset >/dev/null || continue
+        c=1 ALL_CPUS=$(taskset -pc $$ | awk '{print $NF}')
+        FIRST=$(python3 -c 'import os; print(min(os.sched_getaffinity(0)))')
+        for name in "${ORDER[@]}"; do pin "$FIRST" "${SERVER[$name]}"; done
+        LOADER=(taskset -c "$FIRST")
+    elif [ ${#LOADER[@]} -gt 0 ]; then
+        for name in "${ORDER[@]}"; do pin "$ALL_CPUS" "${SERVER[$name]}"; done
+        LOADER=()
+    fi
     if [ "$load" = steady ]; then
         c=50
         if [ -z "$PLAIN_RATE" ]; then
@@ -323,7 +341,7 @@ print(int(0.6 * min(statistics.median(v) for v in runs.values()) // 100 * 100))'
             result="$result $(( ($(cpu_ticks "${SERVER[$name]}") - before) * 10000 ))"
             result="$result $(( ($(cpu_ticks "$LLMSIM_PID") - upstream) * 10000 ))"
             result="$result $(( ($(children_ticks) - generator) * 10000 ))"
-            say "plain $load${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all: answering, llmsim, oha)"
+            say "plain ${load/one/1 on one CPU}${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all: answering, llmsim, oha)"
             if [ "${result%% *}" = "0.0" ]; then
                 say "$name answered nothing with 200; its log is in $WORK"
                 trap - EXIT
@@ -360,9 +378,6 @@ GENERATOR=()
 if [ "${PIN:-1}" = 1 ] && command -v taskset >/dev/null; then
     read -r -a CPUS <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0))[:2])')"
     if [ "${#CPUS[@]}" -ge 2 ]; then
-        pin() { # CPU PID: each of the process's threads (new ones inherit it)
-            for task in /proc/"$2"/task/*; do taskset -pc "$1" "${task##*/}" >/dev/null; done
-        }
         pin "${CPUS[0]}" "$LLMSIM_PID"
         pin "${CPUS[1]}" "$ONWARDS_PID"
         pin "${CPUS[1]}" "$SWITCHYARD_PID"
@@ -427,8 +442,10 @@ print(f"| plain, c=50: CPU per request of the process answering | llmsim {dc:.0f
 dm, om, sm = (med(50, n, 5) for n in ("direct", "onwards", "switchyard"))
 room = dm / 0.70 - (sm - sc)
 print(f"| plain, c=50: CPU per request, whole machine (oha + llmsim + gateway) | {dm:.0f} µs | {om:.0f} µs ({dm/om:.2f}x direct's) | {sm:.0f} µs ({dm/sm:.2f}x direct's); 0.70x direct leaves a gateway {room:.0f} µs |")
-d1 = med(1, "direct", 1)
-print(f"| plain, c=1: p50 (added) | {d1:.3f} ms | {med(1,'onwards',1):.3f} ms (+{med(1,'onwards',1)-d1:.3f}) | {med(1,'switchyard',1):.3f} ms (+{med(1,'switchyard',1)-d1:.3f}) |")
+for load, what in ((1, "plain, c=1: p50 (added)"), ("one", "plain, c=1, all on one CPU: p50 (added)")):
+    if (load, "direct") in rows:
+        d1, o1, s1 = (med(load, n, 1) for n in ("direct", "onwards", "switchyard"))
+        print(f"| {what} | {d1:.3f} ms | {o1:.3f} ms (+{o1-d1:.3f}) | {s1:.3f} ms (+{s1-d1:.3f}) |")
 print(f"| plain, c=50 at $PLAIN_RATE a second: p50 | {med('steady','direct',1):.2f} ms | {med('steady','onwards',1):.2f} ms | {med('steady','switchyard',1):.2f} ms |")
 print(f"| plain, c=50 at $PLAIN_RATE a second: p99 (median; range) | {p99s('steady')} |")
 bad = sum(r[3] for v in rows.values() for r in v)
