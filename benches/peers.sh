@@ -440,8 +440,8 @@ print(f"| plain, c=50: CPU per request of the process answering | llmsim {dc:.0f
 # 0.70x direct only when that sum is at most direct's over 0.70. The last cell is the
 # gateway CPU that leaves, given what oha and llmsim spent in Switchyard's runs.
 dm, om, sm = (med(50, n, 5) for n in ("direct", "onwards", "switchyard"))
-room = dm / 0.70 - (sm - sc)
-print(f"| plain, c=50: CPU per request, whole machine (oha + llmsim + gateway) | {dm:.0f} µs | {om:.0f} µs ({dm/om:.2f}x direct's) | {sm:.0f} µs ({dm/sm:.2f}x direct's); 0.70x direct leaves a gateway {room:.0f} µs |")
+room = dm / 0.70 - statistics.median(r[5] - r[4] for r in rows[(50, "switchyard")])
+print(f"| plain, c=50: CPU per request, whole machine (oha + llmsim + gateway) | {dm:.0f} µs | {om:.0f} µs (predicts {dm/om:.2f}x direct) | {sm:.0f} µs (predicts {dm/sm:.2f}x direct); 0.70x direct leaves a gateway {room:.0f} µs |")
 for load, what in ((1, "plain, c=1: p50 (added)"), ("one", "plain, c=1, all on one CPU: p50 (added)")):
     if (load, "direct") in rows:
         d1, o1, s1 = (med(load, n, 1) for n in ("direct", "onwards", "switchyard"))
