@@ -479,11 +479,8 @@ fn short_line(i: usize, max_tokens: u64) -> Value {
 /// The batch as `/admin/batches` shows it.
 async fn admin_view(gw: &TestGateway, id: &str) -> Value {
     let all: Value = gw
-        .admin(reqwest::Method::GET, "/admin/batches", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/batches", None)
+        .await;
     all["batches"]
         .as_array()
         .unwrap()
@@ -638,11 +635,8 @@ async fn the_console_shows_batches_and_cancels_one_through_the_admin_api() {
     let file = upload(&gw, KEY_A, &(0..300).map(chat_line).collect::<Vec<_>>()).await;
     let id = started(&gw, &file).await;
     let snapshot: Value = gw
-        .admin(reqwest::Method::GET, "/admin/snapshot", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/snapshot", None)
+        .await;
     let shown = snapshot["batches"]
         .as_array()
         .unwrap()
@@ -681,11 +675,8 @@ async fn the_console_shows_batches_and_cancels_one_through_the_admin_api() {
         .await;
     assert_eq!(unknown.status(), 400);
     let records: Value = gw
-        .admin(reqwest::Method::GET, "/admin/audit?kind=operator", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/audit?kind=operator", None)
+        .await;
     assert!(
         records["records"]
             .as_array()

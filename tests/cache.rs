@@ -54,11 +54,8 @@ async fn slow_mock(ms: u64) -> switchyard::mock::MockHandle {
 }
 
 async fn cache_stats(gw: &TestGateway) -> Value {
-    gw.admin(reqwest::Method::GET, "/admin/cache", None)
+    gw.admin_json(reqwest::Method::GET, "/admin/cache", None)
         .await
-        .json()
-        .await
-        .unwrap()
 }
 
 /// The answer's text and what the cache did.
@@ -335,11 +332,8 @@ async fn operators_see_stats_and_purge_per_tenant_or_all() {
     assert_eq!(all["cache"]["entries"], 0);
     // The purge is on the record with who did it.
     let snapshot: Value = gw
-        .admin(reqwest::Method::GET, "/admin/snapshot", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/snapshot", None)
+        .await;
     let purges = snapshot["events"]
         .as_array()
         .unwrap()

@@ -986,12 +986,7 @@ async fn an_operator_kills_a_live_stream_and_its_client_is_told() {
             &reply.chunk().await.unwrap().unwrap(),
         ));
     }
-    let listed: serde_json::Value = gw
-        .admin(Method::GET, "/admin/snapshot", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value = gw.admin_json(Method::GET, "/admin/snapshot", None).await;
     assert!(
         listed["streams"]
             .as_array()
@@ -1029,11 +1024,8 @@ async fn an_operator_kills_a_live_stream_and_its_client_is_told() {
     assert_eq!(again.status(), 400, "the stream is gone");
     // The audit record of the stream says how it ended.
     let audit: serde_json::Value = gw
-        .admin(Method::GET, "/admin/audit?kind=request", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(Method::GET, "/admin/audit?kind=request", None)
+        .await;
     let stream = &audit["records"][0];
     assert_eq!(stream["stream"], true);
     assert_eq!(stream["error"], "stream_killed", "{audit}");
@@ -2105,12 +2097,7 @@ async fn the_consoles_counts_are_the_audit_logs_after_concurrent_load_on_two_wor
     // Wait (bounded) for the audit writer to have every record.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let snapshot = loop {
-        let snapshot: Snapshot = gw
-            .admin(Method::GET, "/admin/snapshot", None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let snapshot: Snapshot = gw.admin_json(Method::GET, "/admin/snapshot", None).await;
         if snapshot.audit.backlog == 0 && snapshot.audit.written >= 90 {
             break snapshot;
         }
@@ -2122,11 +2109,8 @@ async fn the_consoles_counts_are_the_audit_logs_after_concurrent_load_on_two_wor
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let records: serde_json::Value = gw
-        .admin(Method::GET, "/admin/audit?kind=request&limit=0", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(Method::GET, "/admin/audit?kind=request&limit=0", None)
+        .await;
     let audited = audit_counts(&records);
     let count = |tenant: &str, code: &str| {
         audited

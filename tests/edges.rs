@@ -115,15 +115,12 @@ async fn an_expired_key_stays_expired_after_a_restart() {
     let toml = config_for(&[("us-east", mock.url())], "");
     let gw = TestGateway::from_toml(&toml).await;
     let made: Value = gw
-        .admin(
+        .admin_json(
             Method::POST,
             "/admin/keys",
             Some(json!({ "tenant": "tenant-a", "expires": "1s" })),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let key = made["key"].as_str().unwrap().to_string();
     for expires in ["0s", "99999999d"] {
         let refused = gw
@@ -224,11 +221,8 @@ async fn failed_authentications_are_limited_per_address_and_audited_in_aggregate
     let mut counts: Vec<(String, u64)> = Vec::new();
     for _ in 0..100 {
         let records: Value = gw
-            .admin(Method::GET, "/admin/audit?status=error", None)
-            .await
-            .json()
-            .await
-            .unwrap();
+            .admin_json(Method::GET, "/admin/audit?status=error", None)
+            .await;
         counts = records["records"]
             .as_array()
             .unwrap()

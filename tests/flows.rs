@@ -948,11 +948,8 @@ async fn a_tool_step_calls_a_declared_http_tool_with_checked_arguments() {
     assert_eq!(seen.lock().unwrap().len(), 1);
     // The call is on the audit record: the tool, the step, the run; not the arguments.
     let audit: Value = gw
-        .admin(reqwest::Method::GET, "/admin/audit?kind=tool", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/audit?kind=tool", None)
+        .await;
     let record = &audit["records"][0];
     assert_eq!(record["kind"], "tool", "{audit}");
     assert_eq!(record["action"], "weather");
@@ -1172,11 +1169,8 @@ async fn the_console_shows_a_run_in_flight_and_an_operator_cancels_it() {
     let input = json!({"text": "t", "question": "q"});
     let (id, asking) = waiting_run(&gw, &mock, "qa", input).await;
     let snapshot: Value = gw
-        .admin(reqwest::Method::GET, "/admin/snapshot", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/snapshot", None)
+        .await;
     let shown = snapshot["flow_runs"]
         .as_array()
         .unwrap()
@@ -1218,11 +1212,8 @@ async fn the_console_shows_a_run_in_flight_and_an_operator_cancels_it() {
         .await;
     assert_eq!(again.status(), 400, "an ended run is not cancelled twice");
     let records: Value = gw
-        .admin(reqwest::Method::GET, "/admin/audit?kind=operator", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/audit?kind=operator", None)
+        .await;
     let record = records["records"]
         .as_array()
         .unwrap()
@@ -1399,11 +1390,8 @@ async fn an_agent_calls_an_http_tool_and_an_mcp_tool_remembering_its_session() {
     );
     // Both calls are on the audit record, the MCP one named with its server.
     let audit: Value = gw
-        .admin(reqwest::Method::GET, "/admin/audit?kind=tool", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/audit?kind=tool", None)
+        .await;
     let tools: Vec<&str> = audit["records"]
         .as_array()
         .unwrap()

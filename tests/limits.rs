@@ -374,12 +374,7 @@ async fn the_admin_api_refuses_tenant_keys_and_missing_tokens() {
     let tenant_key = gw.client.get(&url).bearer_auth(KEY_A).send().await.unwrap();
     assert_eq!(tenant_key.status(), 401);
     assert_eq!(error_of(tenant_key).await["code"], "invalid_admin_token");
-    let listing: Value = gw
-        .admin(Method::GET, "/admin/tenants", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listing: Value = gw.admin_json(Method::GET, "/admin/tenants", None).await;
     assert_eq!(listing["tenants"].as_array().unwrap().len(), 2);
     let missing = gw.admin(Method::GET, "/admin/tenants/nobody", None).await;
     assert_eq!(missing.status(), 404);

@@ -259,11 +259,8 @@ async fn shared_state(gateway: &TestGateway) -> (String, Option<Value>) {
         .await
         .unwrap();
     let snapshot: Value = gateway
-        .admin(reqwest::Method::GET, "/admin/snapshot", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/snapshot", None)
+        .await;
     let mut state = ready["shared_state"].as_str().unwrap().to_string();
     let seen = snapshot["cluster"]["replicas"]
         .as_array()
@@ -284,11 +281,8 @@ async fn shared_state(gateway: &TestGateway) -> (String, Option<Value>) {
 async fn event_says(gateway: &TestGateway, text: &str) -> bool {
     for _ in 0..60 {
         let snapshot: Value = gateway
-            .admin(reqwest::Method::GET, "/admin/snapshot", None)
-            .await
-            .json()
-            .await
-            .unwrap();
+            .admin_json(reqwest::Method::GET, "/admin/snapshot", None)
+            .await;
         if snapshot["events"].to_string().contains(text) {
             return true;
         }
@@ -493,11 +487,8 @@ async fn a_key_a_pause_a_drain_and_a_revocation_on_one_replica_reach_the_others(
     admin_post(&gateways[0], "/admin/regions/us/drain", None).await;
     let drained = |i: usize| async move {
         let view = g[i]
-            .admin(reqwest::Method::GET, "/admin/regions", None)
-            .await
-            .json::<Value>()
-            .await
-            .unwrap();
+            .admin_json::<Value>(reqwest::Method::GET, "/admin/regions", None)
+            .await;
         matches!(
             view["regions"][0]["state"].as_str(),
             Some("draining" | "drained")
@@ -542,11 +533,8 @@ async fn a_key_a_pause_a_drain_and_a_revocation_on_one_replica_reach_the_others(
     assert_eq!(tenant["limits"]["rpm"], 7);
     assert_eq!(late.chat(&key, &hello("gpt-4o-mini")).await.status(), 401);
     let regions: Value = late
-        .admin(reqwest::Method::GET, "/admin/regions", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/regions", None)
+        .await;
     let state = regions["regions"][0]["state"].as_str();
     assert!(matches!(state, Some("draining" | "drained")), "{state:?}");
     late.stop().await;

@@ -68,11 +68,7 @@ fn urls(mocks: &[MockHandle]) -> Vec<String> {
 }
 
 async fn regions(gw: &TestGateway) -> Value {
-    gw.admin(Method::GET, "/admin/regions", None)
-        .await
-        .json()
-        .await
-        .unwrap()
+    gw.admin_json(Method::GET, "/admin/regions", None).await
 }
 
 fn instance_state(regions: &Value, name: &str) -> String {

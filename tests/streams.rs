@@ -120,11 +120,8 @@ async fn a_watcher_keeps_the_generation_alive_and_the_last_to_leave_cancels_it()
     assert!(charged > 8, "{charged}");
     // Its audit record says how it ended, with what it used, counted by the gateway.
     let audit: serde_json::Value = gw
-        .admin(reqwest::Method::GET, "/admin/audit?kind=request", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .admin_json(reqwest::Method::GET, "/admin/audit?kind=request", None)
+        .await;
     let record = &audit["records"][0];
     assert_eq!(record["error"], "stream_cancelled", "{audit}");
     assert_eq!(record["estimated"], true);

@@ -188,6 +188,20 @@ impl TestGateway {
         request.send().await.expect("admin API answers")
     }
 
+    /// The admin API's answer to `method path`, read as JSON (whatever its status).
+    pub async fn admin_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> T {
+        self.admin(method, path, body)
+            .await
+            .json()
+            .await
+            .expect("the admin API answers JSON")
+    }
+
     /// What `/metrics` on the admin API reports now.
     pub async fn metrics(&self) -> String {
         let response = self.admin(reqwest::Method::GET, "/metrics", None).await;
@@ -198,11 +212,8 @@ impl TestGateway {
     /// The newest request record in the audit log.
     pub async fn newest_record(&self) -> Value {
         let records: Value = self
-            .admin(reqwest::Method::GET, "/admin/audit?kind=request", None)
-            .await
-            .json()
-            .await
-            .unwrap();
+            .admin_json(reqwest::Method::GET, "/admin/audit?kind=request", None)
+            .await;
         // Oldest first: the newest is the last.
         records["records"]
             .as_array()
@@ -214,24 +225,18 @@ impl TestGateway {
     /// The first instance of the first region, as the admin API shows it.
     pub async fn first_instance(&self) -> Value {
         let view: Value = self
-            .admin(reqwest::Method::GET, "/admin/regions", None)
-            .await
-            .json()
-            .await
-            .unwrap();
+            .admin_json(reqwest::Method::GET, "/admin/regions", None)
+            .await;
         view["regions"][0]["instances"][0].clone()
     }
 
     pub async fn tenant(&self, name: &str) -> Value {
-        self.admin(
+        self.admin_json(
             reqwest::Method::GET,
             &format!("/admin/tenants/{name}"),
             None,
         )
         .await
-        .json()
-        .await
-        .unwrap()
     }
 
     /// Tenant A's tokens charged today, once they reach `expected` (usage is settled as
