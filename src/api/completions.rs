@@ -6,69 +6,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
 use serde_json::Value;
 
-use super::{Refusal, RequestId, Source, authorization};
+use super::{Call, Refusal, authorization};
 use crate::domain::{CACHE_HEADER, Directives, Fields, ModelKind};
 use crate::gateway::{Gateway, Inbound, Reply, ReplyBody};
 
-pub async fn chat(
-    State(gateway): State<Arc<Gateway>>,
-    Extension(id): Extension<RequestId>,
-    Extension(source): Extension<Source>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Refusal> {
-    proxy(&gateway, ModelKind::Chat, (id, source), &headers, body).await
+pub async fn chat(State(gateway): State<Arc<Gateway>>, call: Call) -> Result<Response, Refusal> {
+    proxy(&gateway, ModelKind::Chat, call).await
 }
 
 /// `POST /v1/completions`: legacy text completions, which chat aliases serve, passed
 /// through for clients that still use them (llama-index's `OpenAILike` defaults to it).
-pub async fn text(
-    State(gateway): State<Arc<Gateway>>,
-    Extension(id): Extension<RequestId>,
-    Extension(source): Extension<Source>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Refusal> {
-    proxy(
-        &gateway,
-        ModelKind::Completions,
-        (id, source),
-        &headers,
-        body,
-    )
-    .await
+pub async fn text(State(gateway): State<Arc<Gateway>>, call: Call) -> Result<Response, Refusal> {
+    proxy(&gateway, ModelKind::Completions, call).await
 }
 
 pub async fn embeddings(
     State(gateway): State<Arc<Gateway>>,
-    Extension(id): Extension<RequestId>,
-    Extension(source): Extension<Source>,
-    headers: HeaderMap,
-    body: Body,
+    call: Call,
 ) -> Result<Response, Refusal> {
-    proxy(
-        &gateway,
-        ModelKind::Embeddings,
-        (id, source),
-        &headers,
-        body,
-    )
-    .await
+    proxy(&gateway, ModelKind::Embeddings, call).await
 }
 
-async fn proxy(
-    gateway: &Gateway,
-    kind: ModelKind,
-    (id, Source(source)): (RequestId, Source),
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, Refusal> {
+async fn proxy(gateway: &Gateway, kind: ModelKind, call: Call) -> Result<Response, Refusal> {
+    let Call {
+        id,
+        source,
+        ref headers,
+        body,
+    } = call;
     let arrival = tokio::time::Instant::now();
     let endpoint = match kind {
         ModelKind::Chat => "/v1/chat/completions",

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::completions::{chat_inbound, read_fields, render};
-use super::{Refusal, RequestId, Source};
+use super::{Call, Refusal, Source};
 use crate::domain::ModelKind;
 use crate::gateway::{Gateway, Reply, ReplyBody};
 
@@ -58,25 +58,12 @@ fn error_body(status: u16, message: &str) -> Value {
     json!({"type": "error", "error": {"type": kind, "message": message}})
 }
 
-pub async fn create(
-    State(gateway): State<Arc<Gateway>>,
-    Extension(id): Extension<RequestId>,
-    Extension(Source(source)): Extension<Source>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    serve(&gateway, id, source, &headers, body)
-        .await
-        .unwrap_or_else(anthropic_error)
+pub async fn create(State(gateway): State<Arc<Gateway>>, call: Call) -> Response {
+    serve(&gateway, call).await.unwrap_or_else(anthropic_error)
 }
 
-async fn serve(
-    gateway: &Gateway,
-    id: RequestId,
-    source: Option<std::net::IpAddr>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, Refusal> {
+async fn serve(gateway: &Gateway, call: Call) -> Result<Response, Refusal> {
+    let (id, source, headers, body) = (call.id, call.source, &call.headers, call.body);
     let arrival = tokio::time::Instant::now();
     let (tenant, key_id) = gateway
         .authenticate(credentials(headers).as_deref(), source)

@@ -39,6 +39,35 @@ pub struct Source(pub Option<std::net::IpAddr>);
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
+/// A model request as a front reads it: its id and source (set by `request_context`),
+/// its own headers and its body. One extractor taking the request apart, where the
+/// `HeaderMap` extractor would copy every header of every request.
+pub struct Call {
+    pub id: RequestId,
+    pub source: Option<std::net::IpAddr>,
+    pub headers: HeaderMap,
+    pub body: axum::body::Body,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Call {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, _: &S) -> Result<Call, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        Ok(Call {
+            // `request_context` gives every request an id before any handler runs.
+            id: parts
+                .extensions
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or_else(RequestId::generate),
+            source: parts.extensions.get::<Source>().and_then(|s| s.0),
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
 impl RequestId {
     /// `req_` and 24 random hex digits, written on the stack (every request has one).
     fn generate() -> RequestId {

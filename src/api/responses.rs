@@ -15,13 +15,13 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::Response;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::completions::{chat_inbound, read_fields, render};
-use super::{Caller, Refusal, RequestId, Source, authorization};
+use super::{Call, Caller, Refusal, RequestId, authorization};
 use crate::domain::{Fields, ModelKind};
 use crate::gateway::conversations::{Conversations, Held, Missing, Thread, Turn};
 use crate::gateway::{Gateway, Reply, ReplyBody};
@@ -30,10 +30,12 @@ const ENDPOINT: &str = "/v1/responses";
 
 pub async fn create(
     State(gateway): State<Arc<Gateway>>,
-    Extension(id): Extension<RequestId>,
-    Extension(Source(source)): Extension<Source>,
-    headers: HeaderMap,
-    body: Body,
+    Call {
+        id,
+        source,
+        headers,
+        body,
+    }: Call,
 ) -> Result<Response, Refusal> {
     let arrival = tokio::time::Instant::now();
     let (tenant, key_id) = gateway
