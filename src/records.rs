@@ -229,7 +229,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
                         .filter(|c| *c == "hit")
                         .map(|_| "cache hit".into())
                 })
-                .or_else(|| r.route.clone())
+                .or_else(|| r.route.as_deref().map(str::to_owned))
                 .unwrap_or_default(),
         };
         say!(

@@ -1,6 +1,7 @@
 //! What the gateway keeps on the record: managed keys, audit records, and the run-time
 //! overrides operators made. Plain serde types; `store` writes them, the rest reads them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -226,15 +227,15 @@ pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Cow<'static, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
+    pub region: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
+    pub instance: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// The OpenAI error code the client got, e.g. `rate_limit_exceeded`.
@@ -266,10 +267,10 @@ pub struct AuditRecord {
     pub latency_ms: Option<u64>,
     /// `hit`, `miss` or `bypass`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<String>,
+    pub cache: Option<Cow<'static, str>>,
     /// Why the request went where it went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The request's messages or input, for tenants that opted in (`audit_content`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<serde_json::Value>,

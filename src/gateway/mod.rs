@@ -148,14 +148,14 @@ struct Call<'a> {
 
 /// What an upstream answered, and who answered it.
 struct Answer {
-    pub region: String,
-    pub instance: String,
+    pub region: Arc<str>,
+    pub instance: Arc<str>,
     /// The answering instance's tally, for the end-to-end latency of what it answered.
     pub tally: Arc<crate::telemetry::meter::Tally>,
     pub status: StatusCode,
     pub headers: HeaderMap,
     /// Why the request went where it went.
-    pub reason: String,
+    pub reason: Arc<str>,
     /// When the attempt that answered was sent.
     pub started: Instant,
     pub body: AnswerBody,
@@ -682,13 +682,13 @@ impl Gateway {
             upstream_model,
         } in route.candidates
         {
-            let region = instance.region.clone();
-            let name = instance.instance.name.clone();
+            let region = instance.names.region.clone();
+            let name = instance.names.instance.clone();
             let fail = |failure: Failure| {
                 tracing::warn!(%request_id, %region, instance = %name, %failure, "upstream attempt failed");
                 Attempt {
-                    region: region.clone(),
-                    instance: name.clone(),
+                    region: region.to_string(),
+                    instance: name.to_string(),
                     failure,
                 }
             };

@@ -46,7 +46,7 @@ impl Recorder {
     pub fn new(
         gateway: &Gateway,
         request_id: &Arc<str>,
-        endpoint: &str,
+        endpoint: &'static str,
         arrival: Instant,
         tenant: Option<(&str, &Arc<str>)>,
     ) -> Recorder {
@@ -58,7 +58,7 @@ impl Recorder {
                     at_ms: crate::telemetry::now_ms(),
                     kind: Some(AuditKind::Request),
                     request_id: Some(request_id.clone()),
-                    endpoint: Some(endpoint.to_string()),
+                    endpoint: Some(endpoint.into()),
                     tenant: tenant.map(|(name, _)| name.to_string()),
                     key_id: tenant.map(|(_, key)| key.clone()),
                     ..AuditRecord::default()
@@ -123,18 +123,18 @@ impl Recorder {
     /// `instance_tally`.
     pub fn routed(
         &mut self,
-        (region, instance, reason): (&str, &str, &str),
+        (region, instance, reason): (&Arc<str>, &Arc<str>, &Arc<str>),
         model: &str,
         tier: &str,
         queued: Duration,
         instance_tally: Arc<Tally>,
     ) {
         self.note(|r| {
-            r.region = Some(region.to_string());
-            r.instance = Some(instance.to_string());
-            r.route = Some(reason.to_string());
+            r.region = Some(region.clone());
+            r.instance = Some(instance.clone());
+            r.route = Some(reason.clone());
         });
-        let place = (region, model, tier, self.operation);
+        let place = (&**region, model, tier, self.operation);
         self.route = Some(self.routes.get(place, &self.latency, &self.histograms));
         self.instance = Some(instance_tally);
         self.record_latency(Metric::Queue, queued);

@@ -105,7 +105,7 @@ impl Gateway {
     pub fn refused_early(
         &self,
         request_id: &Arc<str>,
-        endpoint: &str,
+        endpoint: &'static str,
         tenant: Option<(&str, &Arc<str>)>,
         refusal: &Refusal,
     ) {
@@ -120,7 +120,7 @@ impl Gateway {
             Err(flight) => flight,
         };
         let cache_result = if flight.is_some() { "miss" } else { "bypass" };
-        recorder.note(|r| r.cache = Some(cache_result.to_string()));
+        recorder.note(|r| r.cache = Some(cache_result.into()));
 
         let prompt_tokens = prompt_tokens(inbound.kind, parsed.model, &inbound.fields).await;
         let demand = Demand {
@@ -145,11 +145,7 @@ impl Gateway {
         let answer = Box::pin(self.upstream(&mut inbound, &parsed, &ticket))
             .await
             .map_err(|refusal| refusal.with_headers(headers.clone()))?;
-        let route = (
-            answer.region.as_str(),
-            answer.instance.as_str(),
-            answer.reason.as_str(),
-        );
+        let route = (&answer.region, &answer.instance, &answer.reason);
         recorder.routed(
             route,
             &parsed.model.alias,
@@ -194,8 +190,8 @@ impl Gateway {
                 let log = self.hub.open(StreamMeta {
                     tenant: tenant.clone(),
                     model: parsed.model.alias.clone(),
-                    region: answer.region.clone(),
-                    instance: answer.instance.clone(),
+                    region: answer.region.to_string(),
+                    instance: answer.instance.to_string(),
                     strips_usage: parsed.strip_usage,
                 });
                 let account = StreamAccount {

@@ -35,6 +35,9 @@ use crate::telemetry::meter::Tally;
 pub struct InstanceState {
     pub region: String,
     pub instance: Instance,
+    /// Its names as a request hands them on (headers, audit record): shared, not
+    /// copied per request.
+    pub names: Names,
     in_flight: AtomicU32,
     /// Estimated tokens of the requests in flight: the load that balancing compares.
     outstanding: AtomicU64,
@@ -51,6 +54,30 @@ pub struct InstanceState {
     /// removals from rotation (ejected, failing probes, or by an operator: attempts
     /// still waiting on it go elsewhere), each counted.
     interrupts: watch::Sender<Interrupts>,
+}
+
+/// An instance's region and name, and the reason routing gives most often for it, made
+/// once: every answer carries them in its headers and audit record.
+pub struct Names {
+    pub region: Arc<str>,
+    pub instance: Arc<str>,
+    least_loaded: Arc<str>,
+}
+
+impl Names {
+    fn new(region: &str, instance: &str) -> Names {
+        Names {
+            region: region.into(),
+            instance: instance.into(),
+            least_loaded: least_loaded(instance, region, false).into(),
+        }
+    }
+}
+
+/// The reason for a pick by power of two choices.
+fn least_loaded(instance: &str, region: &str, in_panic: bool) -> String {
+    let panic = if in_panic { "panic: " } else { "" };
+    format!("{panic}{instance}: least loaded of two in {region}")
 }
 
 /// Cuts and removals from rotation of an instance so far.
@@ -83,6 +110,7 @@ impl InstanceState {
         InstanceState {
             region: region.to_string(),
             instance: instance.clone(),
+            names: Names::new(region, &instance.name),
             in_flight: AtomicU32::new(0),
             outstanding: AtomicU64::new(0),
             latency_us: AtomicU64::new(0),
@@ -248,7 +276,7 @@ pub struct Candidate<'m> {
 #[derive(Debug, Clone)]
 pub struct Route<'m> {
     pub candidates: Vec<Candidate<'m>>,
-    pub reason: String,
+    pub reason: Arc<str>,
 }
 
 /// Instances a request may try: the first choice and the best fallbacks. More attempts
@@ -360,7 +388,7 @@ impl Router {
                 instance: instance.clone(),
                 upstream_model,
             }],
-            reason: format!("{name}: holds the previous response"),
+            reason: format!("{name}: holds the previous response").into(),
         })
     }
 
@@ -455,12 +483,11 @@ impl Router {
             Some(key) => self.sticky(key, &eligible, &serving, now),
             None => {
                 let pick = power_of_two(&eligible);
-                let reason = format!(
-                    "{}{}: least loaded of two in {}",
-                    if in_panic { "panic: " } else { "" },
-                    pick.name(),
-                    pick.region
-                );
+                let reason = if in_panic {
+                    least_loaded(pick.name(), &pick.region, true).into()
+                } else {
+                    pick.names.least_loaded.clone()
+                };
                 (pick, reason)
             }
         };
@@ -470,7 +497,7 @@ impl Router {
                 .zip(&routable_share)
                 .map(|((r, _), share)| format!("{} at {:.0}%", r.name, share * 100.0))
                 .collect();
-            format!("{} (spilled over from {})", reason, skipped.join(", "))
+            format!("{} (spilled over from {})", reason, skipped.join(", ")).into()
         } else {
             reason
         };
@@ -540,7 +567,7 @@ impl Router {
         eligible: &[&Arc<InstanceState>],
         serving: &[(&RegionState, &str)],
         now: Instant,
-    ) -> (Arc<InstanceState>, String) {
+    ) -> (Arc<InstanceState>, Arc<str>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let previous = sessions
             .get(key)
@@ -557,7 +584,7 @@ impl Router {
                     s.expires = now + self.policy.session_ttl;
                 }
                 let reason = format!("session sticky on {}", instance.name());
-                return (instance.clone(), reason);
+                return (instance.clone(), reason.into());
             }
         }
         let pick = rendezvous(key, eligible);
@@ -586,7 +613,7 @@ impl Router {
             }
             None => format!("session placed on {} by rendezvous hash", pick.name()),
         };
-        (pick, reason)
+        (pick, reason.into())
     }
 
     /// Requests the routable instances can take at once: the scheduler's seats.

@@ -1,6 +1,6 @@
 //! Routing decisions, without sockets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::*;
@@ -84,6 +84,39 @@ fn first_regions(router: &Router, model: &Model, n: usize) -> HashMap<String, us
             .or_insert(0) += 1;
     }
     counts
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reason_names_the_instance_picked_and_its_region() {
+    let router = router(&[region("us", 0, 3), region("eu", 1, 2)]);
+    let m = model(&["us", "eu"]);
+    let mut picked = HashSet::new();
+    for _ in 0..100 {
+        let route = router.route(&m, None, None).unwrap();
+        let first = &route.candidates[0].instance;
+        let expected = format!("{}: least loaded of two in {}", first.name(), first.region);
+        assert_eq!(&*route.reason, expected);
+        picked.insert(first.name().to_string());
+    }
+    assert!(
+        picked.len() > 1,
+        "more than one instance was picked: {picked:?}"
+    );
+    // Spilled over: the reason says from where.
+    for name in ["us-0", "us-1", "us-2"] {
+        fail(&router, name);
+    }
+    let route = router.route(&m, None, None).unwrap();
+    let first = &route.candidates[0].instance;
+    assert_eq!(first.region, "eu");
+    assert!(
+        route.reason.starts_with(&format!(
+            "{}: least loaded of two in eu (spilled over from us at ",
+            first.name()
+        )),
+        "{}",
+        route.reason
+    );
 }
 
 #[tokio::test(start_paused = true)]
