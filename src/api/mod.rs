@@ -31,9 +31,7 @@ use crate::gateway::Gateway;
 
 pub use error::Refusal;
 
-/// The address a request came from, when the listener knows it.
-#[derive(Debug, Clone, Copy)]
-pub struct Source(pub Option<std::net::IpAddr>);
+pub use crate::domain::Source;
 
 /// A request's id, generated on arrival and echoed as `x-request-id`.
 #[derive(Debug, Clone)]
@@ -132,12 +130,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 /// instead of a dropped connection.
 async fn request_context(mut req: Request, next: Next) -> Response {
     let id = RequestId::generate();
-    let source = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
     req.extensions_mut().insert(id.clone());
-    req.extensions_mut().insert(Source(source));
+    // The listener tells where the request came from; a router served some other way
+    // cannot say.
+    if req.extensions().get::<Source>().is_none() {
+        req.extensions_mut().insert(Source(None));
+    }
     let method = req.method().clone();
     // For the panic report only: a shared count, not a copy.
     let uri = req.uri().clone();

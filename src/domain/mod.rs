@@ -17,6 +17,11 @@ use serde::{Deserialize, Serialize};
 
 /// A priority level. Tenants are assigned to exactly one tier; the tier gives their
 /// default limits and their share of the upstream seats.
+/// The address a request came from, when the listener knows it (it puts it on every
+/// request it reads, for the fronts to limit failed authentications by).
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub Option<std::net::IpAddr>);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tier {
     pub name: String,

@@ -318,7 +318,7 @@ async fn serve_http<Io>(
     let active = activity.clone();
     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
+            .insert(crate::domain::Source(Some(peer.ip())));
         let busy = Busy::start(&active);
         let response = app.clone().oneshot(req.map(Body::new));
         async move {
