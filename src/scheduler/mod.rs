@@ -136,6 +136,31 @@ struct Level {
 
 impl Level {
     /// A waiter of `tenant` left the queue (granted, gone, timed out).
+    /// `change` on the tenant's flow, made on its first request (its name copied only
+    /// then).
+    fn with_flow<T>(&mut self, tenant: &str, change: impl FnOnce(&mut Flow) -> T) -> T {
+        match self.flows.get_mut(tenant) {
+            Some(flow) => change(flow),
+            None => change(self.flows.entry(tenant.to_string()).or_default()),
+        }
+    }
+
+    /// A request of this level leaves for a seat, after waiting or not: its tag moves the
+    /// level's virtual time, and the pace of dispatches is followed.
+    fn dispatched(&mut self, tag: u128, now: Instant) {
+        self.vtime = self.vtime.max(tag);
+        self.in_use += 1;
+        self.dispatched += 1;
+        if let Some(last) = self.last_dispatch {
+            let gap = now.saturating_duration_since(last);
+            self.interval = Some(match self.interval {
+                Some(i) => i.mul_f64(0.8) + gap.mul_f64(0.2),
+                None => gap,
+            });
+        }
+        self.last_dispatch = Some(now);
+    }
+
     fn left_queue(&mut self, tenant: &str) {
         if let Some(flow) = self.flows.get_mut(tenant) {
             flow.queued = flow.queued.saturating_sub(1);
@@ -144,10 +169,11 @@ impl Level {
 
     fn tag(&mut self, tenant: &str, cost: u64) -> u128 {
         let vtime = self.vtime;
-        let flow = self.flows.entry(tenant.to_string()).or_default();
-        let finish = flow.last_finish.max(vtime) + u128::from(cost.max(1));
-        flow.last_finish = finish;
-        finish
+        self.with_flow(tenant, |flow| {
+            let finish = flow.last_finish.max(vtime) + u128::from(cost.max(1));
+            flow.last_finish = finish;
+            finish
+        })
     }
 
     /// How long a request joining the back of the queue can expect to wait.
@@ -290,10 +316,15 @@ impl Scheduler {
                     retry_after: l.expected_wait(),
                 });
             }
+            let now = Instant::now();
+            // Nothing waits and a seat is free: dispatch would give it to this request at
+            // once, so it is given here, without a queue entry, a channel or a timer.
+            if tier != BATCH && state.queued.is_empty() && state.in_use < state.seats {
+                return Ok(self.seat_now(&mut state, level, tenant, cost, now));
+            }
             let (sender, receiver) = oneshot::channel();
             let id = state.next_id;
             state.next_id += 1;
-            let now = Instant::now();
             let deadline = now + state.levels[level].max_wait;
             let waiter = Waiter {
                 id,
@@ -362,6 +393,34 @@ impl Scheduler {
         }
     }
 
+    /// A seat for a request of `level` that nothing waits before, counted as `dispatch`
+    /// counts one it takes from the queue.
+    fn seat_now(
+        self: &Arc<Self>,
+        state: &mut State,
+        level: usize,
+        tenant: &str,
+        cost: u64,
+        now: Instant,
+    ) -> Seat {
+        // The live demand `dispatch` would see: the seats held outside the batch level,
+        // and this request.
+        let batch = state.levels.len() - 1;
+        let live = state.in_use - state.levels[batch].in_use + 1;
+        state.live_peak.note(live, now);
+        let l = &mut state.levels[level];
+        let tag = l.tag(tenant, cost);
+        l.dispatched(tag, now);
+        state.in_use += 1;
+        Seat {
+            scheduler: self.clone(),
+            level,
+            tenant: tenant.to_string(),
+            estimate: cost,
+            actual: None,
+        }
+    }
+
     /// Hands free seats to waiters. Grants that found their receiver gone come back as
     /// seats, returned to the caller to drop once the lock is released.
     fn dispatch(self: &Arc<Self>, state: &mut State) -> Vec<Grant> {
@@ -394,17 +453,7 @@ impl Scheduler {
                 break;
             };
             level.left_queue(&waiter.tenant);
-            level.vtime = level.vtime.max(tag);
-            level.in_use += 1;
-            level.dispatched += 1;
-            if let Some(last) = level.last_dispatch {
-                let gap = now.saturating_duration_since(last);
-                level.interval = Some(match level.interval {
-                    Some(i) => i.mul_f64(0.8) + gap.mul_f64(0.2),
-                    None => gap,
-                });
-            }
-            level.last_dispatch = Some(now);
+            level.dispatched(tag, now);
             state.in_use += 1;
             state.queued.remove(&id);
             let seat = Seat {
@@ -576,7 +625,7 @@ impl State {
         let tag = l.tag(&waiter.tenant, waiter.cost);
         let key = (tag, waiter.id);
         self.queued.insert(waiter.id, (level, key));
-        l.flows.entry(waiter.tenant.clone()).or_default().queued += 1;
+        l.with_flow(&waiter.tenant, |flow| flow.queued += 1);
         l.queue.insert(key, waiter);
     }
 

@@ -66,6 +66,9 @@ async fn a_free_seat_is_granted_at_once() {
     let b = scheduler.acquire("b", "pro", 10).await;
     assert!(a.is_ok() && b.is_ok());
     assert_eq!(scheduler.levels()[0].in_use, 2);
+    // Seated without waiting, and counted as the console counts any dispatch.
+    assert_eq!(scheduler.levels()[0].dispatched, 2);
+    assert_eq!(scheduler.queued(), 0);
     drop(a);
     assert_eq!(scheduler.levels()[0].in_use, 1);
 }
