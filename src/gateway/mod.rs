@@ -756,7 +756,7 @@ impl Gateway {
                 }
                 stop = interrupts.interrupted() => Err(Stop::from(stop)),
             };
-            let response = match sent {
+            let mut response = match sent {
                 Ok(response) => response,
                 Err(e) => {
                     attempts.push(send_failed(e));
@@ -766,7 +766,7 @@ impl Gateway {
             let latency = started.elapsed();
 
             let status = response.status();
-            let headers = response.headers().clone();
+            let headers = response.take_headers();
             // How long a 429 asks to wait (read only then: most answers are not 429s).
             let rate_limited =
                 (status == StatusCode::TOO_MANY_REQUESTS).then(|| retry_after(&headers));

@@ -386,8 +386,9 @@ impl Response {
         self.dialect.status(self.inner.status())
     }
 
-    pub fn headers(&self) -> &HeaderMap {
-        self.inner.headers()
+    /// The response's headers, taken from it: the body is all that is read after them.
+    pub fn take_headers(&mut self) -> HeaderMap {
+        std::mem::take(self.inner.headers_mut())
     }
 
     /// The whole body.
