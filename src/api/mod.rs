@@ -37,8 +37,8 @@ pub use crate::domain::Source;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
-/// A model request as a front reads it: its id and source (set by `request_context`),
-/// its own headers and its body. One extractor taking the request apart, where the
+/// A model request as a front reads it: its id (set by `request_context`), its source
+/// (by the listener), its own headers and its body. One extractor taking the request apart, where the
 /// `HeaderMap` extractor would copy every header of every request.
 pub struct Call {
     pub id: RequestId,

@@ -135,7 +135,6 @@ struct Level {
 }
 
 impl Level {
-    /// A waiter of `tenant` left the queue (granted, gone, timed out).
     /// `change` on the tenant's flow, made on its first request (its name copied only
     /// then).
     fn with_flow<T>(&mut self, tenant: &str, change: impl FnOnce(&mut Flow) -> T) -> T {
@@ -161,6 +160,7 @@ impl Level {
         self.last_dispatch = Some(now);
     }
 
+    /// A waiter of `tenant` left the queue (granted, gone, timed out).
     fn left_queue(&mut self, tenant: &str) {
         if let Some(flow) = self.flows.get_mut(tenant) {
             flow.queued = flow.queued.saturating_sub(1);
