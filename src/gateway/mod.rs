@@ -682,7 +682,7 @@ impl Gateway {
             upstream_model,
         } in route.candidates
         {
-            let region = instance.names.region.clone();
+            let region = instance.region.clone();
             let name = instance.names.instance.clone();
             let fail = |failure: Failure| {
                 tracing::warn!(%request_id, %region, instance = %name, %failure, "upstream attempt failed");

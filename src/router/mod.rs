@@ -33,10 +33,11 @@ use crate::telemetry::meter::Tally;
 
 /// One instance and its live state.
 pub struct InstanceState {
-    pub region: String,
+    /// Shared, not copied, by every answer's headers and audit record.
+    pub region: Arc<str>,
     pub instance: Instance,
-    /// Its names as a request hands them on (headers, audit record): shared, not
-    /// copied per request.
+    /// Its name and usual route reason as a request hands them on (headers, audit
+    /// record): shared, not copied per request.
     pub names: Names,
     in_flight: AtomicU32,
     /// Estimated tokens of the requests in flight: the load that balancing compares.
@@ -56,10 +57,9 @@ pub struct InstanceState {
     interrupts: watch::Sender<Interrupts>,
 }
 
-/// An instance's region and name, and the reason routing gives most often for it, made
-/// once: every answer carries them in its headers and audit record.
+/// An instance's name, and the reason routing gives most often for it, made once: every
+/// answer carries them in its headers and audit record.
 pub struct Names {
-    pub region: Arc<str>,
     pub instance: Arc<str>,
     least_loaded: Arc<str>,
 }
@@ -67,7 +67,6 @@ pub struct Names {
 impl Names {
     fn new(region: &str, instance: &str) -> Names {
         Names {
-            region: region.into(),
             instance: instance.into(),
             least_loaded: least_loaded(instance, region, false).into(),
         }
@@ -108,7 +107,7 @@ impl std::fmt::Debug for InstanceState {
 impl InstanceState {
     fn new(region: &str, instance: &Instance) -> InstanceState {
         InstanceState {
-            region: region.to_string(),
+            region: region.into(),
             instance: instance.clone(),
             names: Names::new(region, &instance.name),
             in_flight: AtomicU32::new(0),
@@ -507,7 +506,7 @@ impl Router {
         let mut candidates = Vec::with_capacity(MAX_CANDIDATES);
         let primary_region = serving
             .iter()
-            .find(|(r, _)| r.name == primary.region)
+            .find(|(r, _)| *r.name == *primary.region)
             .map_or(serving[chosen].1, |(_, m)| *m);
         candidates.push(Candidate {
             upstream_model: primary_region,
@@ -574,7 +573,7 @@ impl Router {
             .filter(|s| now < s.expires)
             .map(|s| s.instance.clone());
         if let Some(instance) = &previous {
-            let allowed = serving.iter().any(|(r, _)| r.name == instance.region);
+            let allowed = serving.iter().any(|(r, _)| *r.name == *instance.region);
             if allowed
                 && instance
                     .health()
@@ -690,7 +689,7 @@ impl Router {
     }
 
     fn may_eject(&self, instance: &Arc<InstanceState>, now: Instant) -> bool {
-        let Some(region) = self.regions.iter().find(|r| r.name == instance.region) else {
+        let Some(region) = self.regions.iter().find(|r| *r.name == *instance.region) else {
             return true;
         };
         let others_ejected = region
@@ -870,7 +869,7 @@ impl Router {
         let instance = self.instances().find(|i| i.name() == name)?;
         Some(InstanceDetail {
             instance: name.to_string(),
-            region: instance.region.clone(),
+            region: instance.region.to_string(),
             history: instance.tally.seconds(),
         })
     }

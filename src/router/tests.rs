@@ -80,7 +80,7 @@ fn first_regions(router: &Router, model: &Model, n: usize) -> HashMap<String, us
     for _ in 0..n {
         let route = router.route(model, None, None).unwrap();
         *counts
-            .entry(route.candidates[0].instance.region.clone())
+            .entry(route.candidates[0].instance.region.to_string())
             .or_insert(0) += 1;
     }
     counts
@@ -108,7 +108,7 @@ async fn the_reason_names_the_instance_picked_and_its_region() {
     }
     let route = router.route(&m, None, None).unwrap();
     let first = &route.candidates[0].instance;
-    assert_eq!(first.region, "eu");
+    assert_eq!(&*first.region, "eu");
     assert!(
         route.reason.starts_with(&format!(
             "{}: least loaded of two in eu (spilled over from us at ",
@@ -128,7 +128,7 @@ async fn a_healthy_first_region_takes_everything_and_the_rest_follow_in_order() 
     let regions: Vec<&str> = route
         .candidates
         .iter()
-        .map(|c| c.instance.region.as_str())
+        .map(|c| &*c.instance.region)
         .collect();
     assert_eq!(regions, ["us", "us", "eu"]);
     assert_eq!(route.candidates[2].upstream_model, "m-eu");
@@ -192,13 +192,13 @@ async fn residency_never_leaves_the_allowed_regions() {
     let allowed = vec!["eu".to_string()];
     for _ in 0..50 {
         let route = router.route(&m, Some(&allowed), None).unwrap();
-        assert!(route.candidates.iter().all(|c| c.instance.region == "eu"));
+        assert!(route.candidates.iter().all(|c| &*c.instance.region == "eu"));
     }
     fail(&router, "eu-0");
     let error = router.route(&m, Some(&allowed), None);
     // The only allowed instance is ejected: panic routes to it rather than elsewhere.
     let route = error.unwrap();
-    assert!(route.candidates.iter().all(|c| c.instance.region == "eu"));
+    assert!(route.candidates.iter().all(|c| &*c.instance.region == "eu"));
     router.eject(&[instance(&router, "eu-0").clone()]);
     let error = router.route(&m, Some(&allowed), None).unwrap_err();
     assert!(error.contains("eu/eu-0: ejected by operator"), "{error}");
