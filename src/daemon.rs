@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::listener::ConnectionLimits;
-use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -407,7 +406,7 @@ fn scheme(tls: &Option<tokio_rustls::TlsAcceptor>) -> &'static str {
 async fn serve(
     listen: SocketAddr,
     key: &'static str,
-    app: Router,
+    app: impl crate::listener::App,
     limits: ConnectionLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     workers: Option<Arc<Workers>>,

@@ -78,7 +78,7 @@ async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> (u16, Value)
     let declared = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length: "))
-        .unwrap();
+        .unwrap_or_else(|| panic!("no content-length: {text}"));
     assert_eq!(declared.parse::<usize>().unwrap(), body.len(), "{text}");
     (status, serde_json::from_str(body).unwrap())
 }

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::FutureExt;
 use serde_json::json;
+use tower::ServiceExt;
 
 use crate::domain::headers;
 use crate::domain::snapshot::InstanceState;
@@ -79,9 +79,9 @@ impl RequestId {
     }
 }
 
-/// The public API's router.
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+/// The public API: its routes behind the context every request gets (see `Api`).
+pub fn router(gateway: Arc<Gateway>) -> Api {
+    let routes = Router::new()
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/embeddings", post(completions::embeddings))
         .route("/v1/completions", post(completions::text))
@@ -122,13 +122,37 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .method_not_allowed_fallback(|req: Request| async move {
             Refusal::method_not_allowed(req.method().as_str(), req.uri().path())
         })
-        .layer(axum::middleware::from_fn(request_context))
-        .with_state(gateway)
+        .with_state(gateway);
+    Api(routes)
+}
+
+/// The public API's routes, with `request_context` around them once, in front of the
+/// routing, rather than as a layer on each route: axum's `from_fn` clones and boxes the
+/// route it wraps for every request, and here that is a box of one future.
+#[derive(Clone)]
+pub struct Api(Router);
+
+impl tower::Service<Request> for Api {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // A router is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        Box::pin(request_context(req, self.0.clone()).map(Ok))
+    }
 }
 
 /// Gives every request an id, and turns a panic in a handler into a 500 in OpenAI's shape
 /// instead of a dropped connection.
-async fn request_context(mut req: Request, next: Next) -> Response {
+async fn request_context(mut req: Request, routes: Router) -> Response {
     let id = RequestId::generate();
     req.extensions_mut().insert(id.clone());
     // The listener tells where the request came from; a router served some other way
@@ -147,9 +171,9 @@ async fn request_context(mut req: Request, next: Next) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    let handler = crate::telemetry::RequestScope::new(next.run(req));
+    let handler = crate::telemetry::RequestScope::new(routes.oneshot(req));
     let mut response = match AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(response) => error::openai_shaped(response, "invalid_request_error").await,
+        Ok(Ok(response)) => error::openai_shaped(response, "invalid_request_error").await,
         Err(panic) => {
             let what = crate::telemetry::panic_text(panic.as_ref());
             let path = uri.path();

@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
+use std::convert::Infallible;
+
 use axum::body::Body;
-use http_body_util::BodyExt;
+use axum::response::Response;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,9 +24,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::workers::Workers;
+
+/// What a listener serves: a router, or a router behind a layer of its own. Each
+/// connection holds a clone and each request is given to a clone of that.
+pub trait App:
+    Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<A> App for A where
+    A: Service<Request<Body>, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
 
 /// Descriptors kept free of client connections: upstream connections, the database,
 /// logs, and the admin API's own connections.
@@ -126,7 +147,7 @@ fn admit(
 /// serving the fewest (`Workers::take`); without, on the runtime this is called on.
 pub fn spawn(
     listener: TcpListener,
-    app: Router,
+    app: impl App,
     limits: ConnectionLimits,
     tls: Option<TlsAcceptor>,
     workers: Option<Arc<Workers>>,
@@ -201,18 +222,21 @@ pub fn spawn(
 }
 
 /// A connection that has its place, before a byte is read.
-struct Accepted<S = TcpStream> {
+struct Accepted<A, S = TcpStream> {
     stream: S,
     peer: SocketAddr,
-    app: Router,
+    app: A,
     limits: ConnectionLimits,
     closing: watch::Receiver<bool>,
     _place: Place,
 }
 
-impl<S> Accepted<S> {
+impl<A, S> Accepted<A, S> {
     /// The same connection, its stream turned into another form.
-    fn try_map<T>(self, f: impl FnOnce(S) -> std::io::Result<T>) -> std::io::Result<Accepted<T>> {
+    fn try_map<T>(
+        self,
+        f: impl FnOnce(S) -> std::io::Result<T>,
+    ) -> std::io::Result<Accepted<A, T>> {
         let Accepted {
             stream,
             peer,
@@ -234,9 +258,9 @@ impl<S> Accepted<S> {
 
 /// An accepted connection on its way to a worker: out of the accepting runtime's
 /// reactor.
-type Moving = Accepted<std::net::TcpStream>;
+type Moving<A> = Accepted<A, std::net::TcpStream>;
 
-impl Moving {
+impl<A: App> Moving<A> {
     /// Registers the connection with the reactor of the runtime this runs on (a
     /// worker's), whose thread then hears of its bytes, and serves it.
     async fn serve_here(self, tls: Option<TlsAcceptor>) {
@@ -250,7 +274,7 @@ impl Moving {
     }
 }
 
-impl Accepted {
+impl<A: App> Accepted<A> {
     async fn serve(self, tls: Option<TlsAcceptor>) {
         let Accepted {
             stream,
@@ -306,7 +330,7 @@ const READ_BUFFER: usize = 8 << 10;
 async fn serve_http<Io>(
     io: Io,
     peer: SocketAddr,
-    app: Router,
+    app: impl App,
     limits: ConnectionLimits,
     mut closing: watch::Receiver<bool>,
 ) where
@@ -323,13 +347,7 @@ async fn serve_http<Io>(
         let response = app.clone().oneshot(req.map(Body::new));
         async move {
             let response = response.await?;
-            // The request stays in progress until its body is sent or dropped.
-            Ok::<_, std::convert::Infallible>(response.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    let _ = &busy;
-                    frame
-                }))
-            }))
+            Ok::<_, Infallible>(response.map(|body| InProgress { body, _busy: busy }))
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -412,6 +430,33 @@ impl Drop for Busy {
         let now = activity.opened.elapsed().as_millis() as u64;
         activity.last_ms.fetch_max(now, Ordering::Relaxed);
         activity.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response's body: its request stays in progress until the body is sent or dropped.
+/// Its length, when known, is the body's (hyper writes it as `content-length`).
+struct InProgress {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for InProgress {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
