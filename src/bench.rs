@@ -6,7 +6,9 @@
 //! request path. `--mock-url` and `--gateway-url` measure separately started processes,
 //! and `--target NAME=URL` (repeated) any servers at all, the first being the baseline
 //! (benches/peers.sh loads an upstream simulator, a peer gateway and Switchyard so).
-//! Streams are timed to the first content event as well as to the end. `--rounds N`
+//! Streams are timed to the first content event and to the end, and the time between
+//! one content event and the next is recorded for each (what vLLM's benchmarks call
+//! inter-token latency: how smoothly a stream flows once it has started). `--rounds N`
 //! interleaves the targets N times and reports medians, so a noisy machine hurts every
 //! target alike.
 
@@ -92,6 +94,16 @@ struct Report {
     total: Histogram<u64>,
     /// Time to the first content event of a stream, microseconds.
     first_token: Histogram<u64>,
+    /// Time from one read of a stream that carried content to the next, microseconds.
+    between_tokens: Histogram<u64>,
+}
+
+/// How one request went: its whole time and, for a stream, when its first content came
+/// and the gaps between reads with content after that.
+struct Timing {
+    total: Duration,
+    first: Option<Duration>,
+    between: Vec<Duration>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -358,6 +370,7 @@ async fn run_load(shared: Shared, requests: usize, concurrency: usize) -> anyhow
         }
         merged.total.add(&report.total)?;
         merged.first_token.add(&report.first_token)?;
+        merged.between_tokens.add(&report.between_tokens)?;
     }
     merged.elapsed = started.elapsed();
     Ok(merged)
@@ -405,7 +418,7 @@ async fn run_open_loop(
     Ok(report)
 }
 
-async fn one(target: &Target, n: usize) -> anyhow::Result<(Duration, Option<Duration>)> {
+async fn one(target: &Target, n: usize) -> anyhow::Result<Timing> {
     let body = target.bodies[n % target.bodies.len()].clone();
     let started = Instant::now();
     let mut response = target
@@ -421,20 +434,48 @@ async fn one(target: &Target, n: usize) -> anyhow::Result<(Duration, Option<Dura
     }
     if !target.stream {
         response.bytes().await?;
-        return Ok((started.elapsed(), None));
+        return Ok(Timing {
+            total: started.elapsed(),
+            first: None,
+            between: Vec::new(),
+        });
     }
     let mut first = None;
+    let mut last_content = None;
+    let mut between = Vec::new();
     let mut seen = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        if first.is_none() && chunk.windows(9).any(|w| w == b"\"content\"") {
-            first = Some(started.elapsed());
+        if carries_text(&chunk) {
+            let now = Instant::now();
+            match last_content.replace(now) {
+                None => first = Some(now - started),
+                Some(last) => between.push(now - last),
+            }
         }
         seen.extend_from_slice(&chunk[chunk.len().saturating_sub(16)..]);
     }
     if !seen.windows(6).any(|w| w == b"[DONE]") {
         bail!("the stream ended without [DONE]");
     }
-    Ok((started.elapsed(), first))
+    Ok(Timing {
+        total: started.elapsed(),
+        first,
+        between,
+    })
+}
+
+/// Whether a read of a stream holds a token: a `"content"` that is not empty (the first
+/// chunk of OpenAI's streams names the role with an empty content).
+fn carries_text(chunk: &[u8]) -> bool {
+    memchr::memmem::find_iter(chunk, b"\"content\"").any(|at| {
+        let rest = &chunk[at + 9..];
+        let value = rest
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .unwrap_or_default();
+        value.trim_ascii_start().starts_with(b"\"")
+            && value.trim_ascii_start().get(1) != Some(&b'"')
+    })
 }
 
 impl Report {
@@ -447,16 +488,22 @@ impl Report {
             elapsed: Duration::ZERO,
             total: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             first_token: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            between_tokens: Histogram::new_with_bounds(1, 60_000_000, 3)?,
         })
     }
 
-    fn record(&mut self, result: anyhow::Result<(Duration, Option<Duration>)>) {
+    fn record(&mut self, result: anyhow::Result<Timing>) {
         match result {
-            Ok((total, first)) => {
+            Ok(timing) => {
                 self.ok += 1;
-                self.total.saturating_record(total.as_micros() as u64);
-                if let Some(first) = first {
+                self.total
+                    .saturating_record(timing.total.as_micros() as u64);
+                if let Some(first) = timing.first {
                     self.first_token.saturating_record(first.as_micros() as u64);
+                }
+                for gap in timing.between {
+                    self.between_tokens
+                        .saturating_record(gap.as_micros() as u64);
                 }
             }
             Err(e) => {
@@ -491,13 +538,14 @@ fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds:
     print_rows(args, targets, &rows, last);
 }
 
-/// What one target did, in numbers: ok requests per second, whole-request and
-/// first-token percentiles (µs), errors.
+/// What one target did, in numbers: ok requests per second, whole-request, first-token
+/// and between-token percentiles (µs), errors.
 #[derive(Clone, Default)]
 struct Row {
     rate: f64,
     total: [f64; 4],
     first: [f64; 4],
+    between: [f64; 4],
     errors: usize,
 }
 
@@ -507,6 +555,7 @@ impl Row {
             rate: r.rate(),
             total: QUANTILES.map(|q| r.total.value_at_quantile(q) as f64),
             first: QUANTILES.map(|q| r.first_token.value_at_quantile(q) as f64),
+            between: QUANTILES.map(|q| r.between_tokens.value_at_quantile(q) as f64),
             errors: r.errors,
         }
     }
@@ -521,6 +570,7 @@ impl Row {
             rate: median(&|r| r.rate),
             total: std::array::from_fn(|i| median(&|r| r.total[i])),
             first: std::array::from_fn(|i| median(&|r| r.first[i])),
+            between: std::array::from_fn(|i| median(&|r| r.between[i])),
             errors: rows.iter().map(|r| r.errors).sum(),
         }
     }
@@ -571,19 +621,25 @@ fn print_rows(
         );
     }
     if args.stream {
-        say!("time to first token:");
-        for ((name, _, _), row) in targets.iter().zip(rows) {
-            line(name, String::new(), String::new(), row.first.map(ms));
-        }
-        for ((name, _, _), row) in targets.iter().zip(rows).skip(1) {
-            line(
-                &format!("{name} adds"),
-                String::new(),
-                String::new(),
-                std::array::from_fn(|i| {
-                    format!("{:+.3}ms", (row.first[i] - base.first[i]) / 1000.0)
-                }),
-            );
+        type Percentiles = fn(&Row) -> [f64; 4];
+        let times: [(&str, Percentiles); 2] = [
+            ("time to first token:", |row| row.first),
+            ("time between tokens:", |row| row.between),
+        ];
+        for (title, of) in times {
+            say!("{title}");
+            for ((name, _, _), row) in targets.iter().zip(rows) {
+                line(name, String::new(), String::new(), of(row).map(ms));
+            }
+            for ((name, _, _), row) in targets.iter().zip(rows).skip(1) {
+                let (q, base) = (of(row), of(base));
+                line(
+                    &format!("{name} adds"),
+                    String::new(),
+                    String::new(),
+                    std::array::from_fn(|i| format!("{:+.3}ms", (q[i] - base[i]) / 1000.0)),
+                );
+            }
         }
     }
     for ((name, _, _), r) in targets.iter().zip(reports) {
@@ -607,11 +663,16 @@ mod tests {
 
     /// A target loaded at `rate` a second: the mock answers each stream after `ttft`.
     async fn open_loop(ttft: Duration, cap: usize) -> Report {
+        paced_open_loop(ttft, 0.0, 2, cap).await
+    }
+
+    /// As `open_loop`, the mock's `tokens` coming `per_second`.
+    async fn paced_open_loop(ttft: Duration, per_second: f64, tokens: u32, cap: usize) -> Report {
         crate::tls::install_crypto();
         let mock = MockUpstream::builder()
             .ttft(ttft)
-            .tokens_per_sec(0.0)
-            .answer_tokens(2)
+            .tokens_per_sec(per_second)
+            .answer_tokens(tokens)
             .spawn_local()
             .await
             .unwrap();
@@ -656,6 +717,40 @@ mod tests {
         assert_eq!((report.ok, report.errors, report.held), (5, 0, 0));
         assert_eq!(report.first_token.len(), 5);
         assert!(report.elapsed >= Duration::from_millis(4 * 50 + 300));
+    }
+
+    #[test]
+    fn a_token_is_content_that_is_not_empty() {
+        assert!(carries_text(br#"data: {"delta":{"content":"Hi"}}"#));
+        assert!(carries_text(br#"data: {"delta": {"content" : " there"}}"#));
+        assert!(carries_text(
+            br#"data: {"delta":{"role":"assistant","content":""}}
+
+data: {"delta":{"content":"Hi"}}"#
+        ));
+        assert!(!carries_text(
+            br#"data: {"delta":{"role":"assistant","content":""}}"#
+        ));
+        assert!(!carries_text(br#"data: {"delta":{"content":null}}"#));
+        assert!(!carries_text(
+            br#"data: {"delta":{},"finish_reason":"stop"}"#
+        ));
+        assert!(!carries_text(br#"data: {"content"#));
+    }
+
+    #[tokio::test]
+    async fn the_time_between_tokens_is_the_upstream_pace_and_not_the_first_token() {
+        // Four tokens 100 ms apart after a first token at 50 ms: three gaps a stream,
+        // each near 100 ms; the wait for the first token is not one of them.
+        let report = paced_open_loop(Duration::from_millis(50), 10.0, 4, 10).await;
+        assert_eq!((report.ok, report.errors), (5, 0));
+        let gaps = report.between_tokens.len();
+        assert!(
+            (5..=15).contains(&gaps),
+            "{gaps} gaps for 5 streams of 4 tokens"
+        );
+        let median = Duration::from_micros(report.between_tokens.value_at_quantile(0.5));
+        assert!(median >= Duration::from_millis(50), "median gap {median:?}");
     }
 
     #[tokio::test]
