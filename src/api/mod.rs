@@ -356,7 +356,47 @@ pub(crate) fn resume_from(headers: &HeaderMap) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::RequestId;
+    use super::{Api, RequestId};
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    /// What `Api` answers to `path` in front of routes where `/boom` panics.
+    async fn ask(path: &str) -> (StatusCode, String, serde_json::Value) {
+        async fn boom() -> &'static str {
+            panic!("boom")
+        }
+        let routes = Router::new().route("/boom", get(boom));
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let Ok(response) = Api(routes).oneshot(request).await;
+        let status = response.status();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, id, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_in_openai_shape_with_the_request_id() {
+        let (status, id, body) = ask("/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(id.starts_with("req_"), "{id}");
+        assert_eq!(body["error"]["type"], "server_error", "{body}");
+    }
+
+    #[tokio::test]
+    async fn what_no_route_answers_is_in_openai_shape_with_the_request_id() {
+        let (status, id, body) = ask("/nowhere").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(id.starts_with("req_"), "{id}");
+        assert_eq!(body["error"]["code"], "unknown_url", "{body}");
+    }
 
     #[test]
     fn request_ids_are_req_and_24_hex_digits_and_differ() {
