@@ -5,10 +5,12 @@
 #   peer       onwards (crates.io), a Rust gateway that forwards with a key check
 #   load       oha (crates.io) for plain requests; `switchyard bench --stream` for
 #              streams, whose time to first token oha does not measure
+#   reference  nginx, when installed (Debian: nginx-light), in the plain rows only:
+#              forwarding and nothing else, what two more hops cost on this machine
 #
 # Every row is the median of interleaved rounds (direct, onwards, switchyard; then
-# onwards, switchyard, direct; and so on round the three), so a noisy machine hurts all
-# three alike and no one always runs in the same place. Switchyard runs the example config
+# onwards, switchyard, direct; and so on round them all), so a noisy machine hurts all
+# alike and no one always runs in the same place. Switchyard runs the example config
 # with us-east pointed at llmsim, acme's limits raised out of the way and every feature
 # on (auth, admission with reservation, scheduling, routing, audit, cache, metrics).
 #
@@ -17,6 +19,7 @@
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
 #   THREADS=1 benches/peers.sh       # both gateways serve connections on one thread
+#   REFERENCE=0 benches/peers.sh     # without nginx, even when it is installed
 #
 # Timings on two shared cores move by a third between runs. MEASURE=instructions runs
 # each gateway alone under valgrind's callgrind instead (REQUESTS whole chat answers,
@@ -144,6 +147,48 @@ EOF
     wait_for "http://127.0.0.1:$1/v1/models" any
 }
 
+# The reference: nginx in front of the upstream with keep-alive to it, one worker a core
+# (as it ships), and nothing else: no key check, no gateway's work. Not a peer; it is
+# here for what forwarding itself costs on this machine, so that what a gateway adds
+# over it is its own (at c=1 two more hops are chiefly two more wake-ups, which a VM
+# makes dear).
+NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
+[ "${REFERENCE:-1}" = 1 ] || NGINX=
+start_nginx() { # PORT UPSTREAM_PORT
+    local dir="$WORK/nginx-$1"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    upstream llmsim { server 127.0.0.1:$2; keepalive 256; }
+    server {
+        listen 127.0.0.1:$1;
+        location / {
+            proxy_pass http://llmsim;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    ${OWN[@]+"${OWN[@]}"} "$NGINX" -p "$dir" -c "$dir/nginx.conf" >"$dir/log" 2>&1 &
+    NGINX_PID=$!
+    PIDS+=($!)
+    wait_for "http://127.0.0.1:$1/openai/v1/models" any
+    # The master and its workers, whose CPU is the reference's.
+    NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+}
+
 # Switchyard: the example config, us-east at the upstream, acme unlimited. Keys that
 # only say the default are dropped, so SWITCHYARD_BIN may be a build that predates them.
 start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
@@ -164,13 +209,21 @@ start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
     wait_for "http://127.0.0.1:$1/healthz"
 }
 
-# User + system CPU of a process, in clock ticks (1/100 s).
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# User + system CPU of processes, in clock ticks (1/100 s).
+cpu_ticks() { # PID...
+    local ticks=0
+    for pid in "$@"; do ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+    echo "$ticks"
+}
 # The same of this script's children that have ended (oha, once each run is over).
 children_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
 
-pin() { # CPUS PID: each of the process's threads (new ones inherit it)
-    for task in /proc/"$2"/task/*; do taskset -pc "$1" "${task##*/}" >/dev/null; done
+pin() { # CPUS PID...: each of the processes' threads (new ones inherit it)
+    local cpus=$1 pid task
+    shift
+    for pid in "$@"; do
+        for task in /proc/"$pid"/task/*; do taskset -pc "$cpus" "${task##*/}" >/dev/null; done
+    done
 }
 
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
@@ -292,6 +345,15 @@ declare -A TARGET=(
 )
 declare -A SERVER=([direct]=$LLMSIM_PID [onwards]=$ONWARDS_PID [switchyard]=$SWITCHYARD_PID)
 ORDER=(direct onwards switchyard)
+if [ -n "$NGINX" ]; then
+    REFERENCE_PORT=$(port)
+    start_nginx "$REFERENCE_PORT" "$LLMSIM"
+    TARGET[nginx]="http://127.0.0.1:$REFERENCE_PORT/openai/v1"
+    SERVER[nginx]=$NGINX_PIDS
+    ORDER+=(nginx)
+else
+    say "nginx is not installed: no reference row (Debian: apt install nginx-light)"
+fi
 # c=50 as fast as each answers, then c=1, then c=50 at a steady PLAIN_RATE a second
 # (by default 60% of what the slower gateway managed at c=50): the latency a gateway
 # adds under load that leaves the machine room, where at full speed on two shared
@@ -308,16 +370,16 @@ for load in 50 1 one steady; do
         command -v taskset >/dev/null || continue
         c=1 ALL_CPUS=$(taskset -pc $$ | awk '{print $NF}')
         FIRST=$(python3 -c 'import os; print(min(os.sched_getaffinity(0)))')
-        for name in "${ORDER[@]}"; do pin "$FIRST" "${SERVER[$name]}"; done
+        for name in "${ORDER[@]}"; do pin "$FIRST" ${SERVER[$name]}; done
         LOADER=(taskset -c "$FIRST")
     elif [ ${#LOADER[@]} -gt 0 ]; then
-        for name in "${ORDER[@]}"; do pin "$ALL_CPUS" "${SERVER[$name]}"; done
+        for name in "${ORDER[@]}"; do pin "$ALL_CPUS" ${SERVER[$name]}; done
         LOADER=()
     fi
     if [ "$load" = steady ]; then
         c=50
         if [ -z "$PLAIN_RATE" ]; then
-            PLAIN_RATE=$(awk '$1 == 50 && $2 != "direct" { print $2, $3 }' "$WORK/plain.txt" | python3 -c '
+            PLAIN_RATE=$(awk '$1 == 50 && ($2 == "onwards" || $2 == "switchyard") { print $2, $3 }' "$WORK/plain.txt" | python3 -c '
 import statistics, sys
 runs = {}
 for line in sys.stdin:
@@ -329,16 +391,16 @@ print(int(0.6 * min(statistics.median(v) for v in runs.values()) // 100 * 100))'
     fi
     for round in $(seq 1 "$ROUNDS"); do
         # Each round starts one further along ORDER, so no target always runs in the
-        # same place (after the same other load); ROUNDS a multiple of three puts each
-        # in every place equally often.
+        # same place (after the same other load); ROUNDS a multiple of the targets'
+        # count puts each in every place equally often.
         for i in "${!ORDER[@]}"; do
             name=${ORDER[$(((round - 1 + i) % ${#ORDER[@]}))]}
-            before=$(cpu_ticks "${SERVER[$name]}")
+            before=$(cpu_ticks ${SERVER[$name]})
             upstream=$(cpu_ticks "$LLMSIM_PID") generator=$(children_ticks)
             result=$(oha_run "${TARGET[$name]}" "$c" "$rate")
             # CPU in all of the answering process (llmsim's own for direct), of llmsim,
             # and of oha.
-            result="$result $(( ($(cpu_ticks "${SERVER[$name]}") - before) * 10000 ))"
+            result="$result $(( ($(cpu_ticks ${SERVER[$name]}) - before) * 10000 ))"
             result="$result $(( ($(cpu_ticks "$LLMSIM_PID") - upstream) * 10000 ))"
             result="$result $(( ($(children_ticks) - generator) * 10000 ))"
             say "plain ${load/one/1 on one CPU}${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all: answering, llmsim, oha)"
@@ -401,6 +463,15 @@ ${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 1000 
 sed -n '/^medians/,$p' "$WORK/steady.txt" >&2
 AFTER_STREAMS=$(rss_mib "$SWITCHYARD_PID")
 
+# How this machine's idle CPUs wait, which the c=1 rows depend on: between two requests
+# at c=1 every process sleeps, and a CPU that halts at once (on a VM, an exit to the
+# hypervisor) makes each wake-up, and each hop, dear. With the haltpoll governor a guest
+# polls a while first; its kernel's default is 200 µs, and 0 turns polling off.
+IDLE_DRIVER=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo unknown)
+if [ -r /sys/module/haltpoll/parameters/guest_halt_poll_ns ]; then
+    IDLE_DRIVER="$IDLE_DRIVER, guest_halt_poll_ns $(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns)"
+fi
+echo "this machine: $(nproc) CPUs; idle: $IDLE_DRIVER"
 if [ -n "${THREADS:-}" ]; then
     echo "both gateways serve connections on $THREADS thread(s) (THREADS=$THREADS)"
 fi
@@ -446,11 +517,27 @@ for load, what in ((1, "plain, c=1: p50 (added)"), ("one", "plain, c=1, all on o
     if (load, "direct") in rows:
         d1, o1, s1 = (med(load, n, 1) for n in ("direct", "onwards", "switchyard"))
         print(f"| {what} | {d1:.3f} ms | {o1:.3f} ms (+{o1-d1:.3f}) | {s1:.3f} ms (+{s1-d1:.3f}) |")
+# At c=1 what a gateway adds is mostly its own CPU on the way and the two wake-ups more;
+# where idle CPUs halt at once, every process spends about twice what it does busy.
+for load, what in ((1, "plain, c=1: CPU per request of the process answering"),
+                   ("one", "plain, c=1, all on one CPU: CPU per request of the process answering")):
+    if (load, "direct") in rows:
+        d1, o1, s1 = (med(load, n, 4) for n in ("direct", "onwards", "switchyard"))
+        print(f"| {what} | llmsim {d1:.0f} µs | {o1:.0f} µs | {s1:.0f} µs |")
 print(f"| plain, c=50 at $PLAIN_RATE a second: p50 | {med('steady','direct',1):.2f} ms | {med('steady','onwards',1):.2f} ms | {med('steady','switchyard',1):.2f} ms |")
 print(f"| plain, c=50 at $PLAIN_RATE a second: p99 (median; range) | {p99s('steady')} |")
 bad = sum(r[3] for v in rows.values() for r in v)
 print(f"| not ok answers, all plain runs | {bad} | | |")
 print(f"| Switchyard resident memory | idle $IDLE MiB | after plain load $AFTER_PLAIN MiB (peak $PEAK_PLAIN) | after streams $AFTER_STREAMS MiB |")
+if (50, "nginx") in rows:
+    # Below the table: a reference, not a peer (it does none of a gateway's work).
+    n = med(50, "nginx", 0)
+    added = [f"{what} p50 +{med(load, 'nginx', 1) - med(load, 'direct', 1):.3f} ms, CPU {med(load, 'nginx', 4):.0f} µs"
+             for load, what in ((1, "c=1"), ("one", "c=1 on one CPU")) if (load, "nginx") in rows]
+    print()
+    print(f"reference, nginx forwarding only (no key check, none of a gateway's work): c=50 {n:,.0f} req/s "
+          f"({n/d:.2f}x direct), p99 {med(50, 'nginx', 2):.1f} ms, CPU {med(50, 'nginx', 4):.0f} µs a request; "
+          + "; ".join(added))
 EOF
 echo
 echo "streams, c=200, realistic upstream (TTFT 200 ms, 10 ms a token, 32 tokens): medians of $ROUNDS rounds${GENERATOR[*]:+ (gateways pinned to a core of their own)}"
