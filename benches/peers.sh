@@ -14,7 +14,7 @@
 # with us-east pointed at llmsim, acme's limits raised out of the way and every feature
 # on (auth, admission with reservation, scheduling, routing, audit, cache, metrics).
 #
-#   benches/peers.sh                 # the whole table (about 10 minutes after the release build)
+#   benches/peers.sh                 # the whole table (about 15 minutes after the release build, 10 without nginx)
 #   ROUNDS=6 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
@@ -43,7 +43,8 @@
 # (default ~/.cache/switchyard-bench). Not part of CI: it measures, it asserts nothing.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
+# Rounds: by default one for each target of the plain rows (three, or four with nginx).
+ROUNDS=${ROUNDS:-}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 STREAMS=${STREAMS:-2000}
 STREAM_RATE=${STREAM_RATE:-300}
@@ -226,6 +227,11 @@ pin() { # CPUS PID...: each of the processes' threads (new ones inherit it)
     done
 }
 
+# The medians' table of a `switchyard bench` output (the only table after one round).
+table() {
+    if grep -q '^medians' "$1"; then sed -n '/^medians/,$p' "$1"; else sed -n '/^target/,$p' "$1"; fi
+}
+
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 peak_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 
@@ -354,6 +360,7 @@ if [ -n "$NGINX" ]; then
 else
     say "nginx is not installed: no reference row (Debian: apt install nginx-light)"
 fi
+ROUNDS=${ROUNDS:-${#ORDER[@]}}
 # c=50 as fast as each answers, then c=1, then c=50 at a steady PLAIN_RATE a second
 # (by default 60% of what the slower gateway managed at c=50): the latency a gateway
 # adds under load that leaves the machine room, where at full speed on two shared
@@ -455,12 +462,12 @@ STREAM_TARGETS=(--target "direct=http://127.0.0.1:$LLMSIM/openai/v1"
 # time to first token's p99 is then how fast a burst of 200 gets through).
 ${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 200 --rounds "$ROUNDS" "${STREAM_TARGETS[@]}" \
     >"$WORK/streams.txt" 2>&1 || { cat "$WORK/streams.txt" >&2; exit 1; }
-sed -n '/^medians/,$p' "$WORK/streams.txt" >&2
+table "$WORK/streams.txt" >&2
 # The same streams started at a steady STREAM_RATE a second (an open loop), as many
 # independent clients arrive: about as many in flight, no bursts.
 ${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 1000 --rate "$STREAM_RATE" --rounds "$ROUNDS" \
     "${STREAM_TARGETS[@]}" >"$WORK/steady.txt" 2>&1 || { cat "$WORK/steady.txt" >&2; exit 1; }
-sed -n '/^medians/,$p' "$WORK/steady.txt" >&2
+table "$WORK/steady.txt" >&2
 AFTER_STREAMS=$(rss_mib "$SWITCHYARD_PID")
 
 # How this machine's idle CPUs wait, which the c=1 rows depend on: between two requests
@@ -540,8 +547,8 @@ if (50, "nginx") in rows:
           + "; ".join(added))
 EOF
 echo
-echo "streams, c=200, realistic upstream (TTFT 200 ms, 10 ms a token, 32 tokens): medians of $ROUNDS rounds${GENERATOR[*]:+ (gateways pinned to a core of their own)}"
-sed -n '/^medians/,$p' "$WORK/streams.txt"
+echo "streams, c=200, realistic upstream (TTFT 200 ms, 10 ms a token, 32 tokens): medians of $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s)${GENERATOR[*]:+ (gateways pinned to a core of their own)}"
+table "$WORK/streams.txt"
 echo
-echo "the same streams started $STREAM_RATE a second (open loop): medians of $ROUNDS rounds"
-sed -n '/^medians/,$p' "$WORK/steady.txt"
+echo "the same streams started $STREAM_RATE a second (open loop): medians of $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s)"
+table "$WORK/steady.txt"
