@@ -17,7 +17,7 @@
 #   benches/peers.sh                 # the whole table (about 15 minutes after the release build, 10 without nginx)
 #   ROUNDS=6 SECONDS_PER_RUN=20 benches/peers.sh
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
-#   MEASURE=instructions benches/peers.sh   # counted, not timed (about 8 minutes)
+#   MEASURE=instructions benches/peers.sh   # counted, not timed (about 10 minutes)
 #   THREADS=1 benches/peers.sh       # both gateways serve connections on one thread
 #   REFERENCE=0 benches/peers.sh     # without nginx, even when it is installed
 #
@@ -25,7 +25,8 @@
 # each gateway alone under valgrind's callgrind instead (REQUESTS whole chat answers,
 # then STREAMED streamed ones, at c=8 after a warm-up, the whole process counted: every
 # thread, the audit writer's too) and prints instructions and allocations per answer,
-# the same on a quiet machine and a busy one. Needs valgrind (Debian: valgrind).
+# the same on a quiet machine and a busy one; nginx's instructions too, when it is
+# installed, run as one process. Needs valgrind (Debian: valgrind).
 #
 # For the plain rows each process runs in a session of its own (setsid), so with the
 # kernel's autogroups (on by default) the CPU is shared fairly between processes, as
@@ -155,11 +156,12 @@ EOF
 # makes dear).
 NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
 [ "${REFERENCE:-1}" = 1 ] || NGINX=
-start_nginx() { # PORT UPSTREAM_PORT
-    local dir="$WORK/nginx-$1"
+start_nginx() { # PORT UPSTREAM_PORT [single: one process, no master, for callgrind]
+    local dir="$WORK/nginx-$1" processes="worker_processes auto;"
     mkdir -p "$dir"
+    [ "${3:-}" = single ] && processes="master_process off;"
     cat >"$dir/nginx.conf" <<EOF
-worker_processes auto;
+$processes
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -182,12 +184,12 @@ http {
     }
 }
 EOF
-    ${OWN[@]+"${OWN[@]}"} "$NGINX" -p "$dir" -c "$dir/nginx.conf" >"$dir/log" 2>&1 &
+    ${OWN[@]+"${OWN[@]}"} ${WRAP[@]+"${WRAP[@]}"} "$NGINX" -p "$dir" -c "$dir/nginx.conf" >"$dir/log" 2>&1 &
     NGINX_PID=$!
     PIDS+=($!)
     wait_for "http://127.0.0.1:$1/openai/v1/models" any
     # The master and its workers, whose CPU is the reference's.
-    NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+    NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr "\n" " " || true)"
 }
 
 # Switchyard: the example config, us-east at the upstream, acme unlimited. Keys that
@@ -321,11 +323,21 @@ EOF
     start_switchyard "$GATEWAY" "$ADMIN" "$LLMSIM"
     sleep 3 # the first health probes
     count switchyard "$SWITCHYARD_PID" "http://127.0.0.1:$GATEWAY/v1" >>"$WORK/counted.txt"
+    if [ -n "$NGINX" ]; then
+        # The reference, as one process (no master), so that all its work is counted.
+        WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-nginx.%p")
+        REFERENCE_PORT=$(port)
+        start_nginx "$REFERENCE_PORT" "$LLMSIM" single
+        count nginx "$NGINX_PID" "http://127.0.0.1:$REFERENCE_PORT/openai/v1" >>"$WORK/counted.txt"
+    fi
     python3 - "$WORK/counted.txt" <<'EOF'
 import sys
-lines = [l.split() for l in open(sys.argv[1])]
-# Each gateway's whole answers, then its streamed ones.
-(o1, o2, s1, s2) = [(int(ok), int(ins), int(al)) for _, ok, ins, al in lines]
+# Each one's whole answers, then its streamed ones.
+counted = {}
+for line in open(sys.argv[1]):
+    name, ok, ins, al = line.split()
+    counted.setdefault(name, []).append((int(ok), int(ins), int(al)))
+(o1, o2), (s1, s2) = counted["onwards"], counted["switchyard"]
 print()
 print("| per answered request (callgrind, c=8) | onwards | Switchyard |")
 print("|---|---|---|")
@@ -333,6 +345,11 @@ for what, (ook, oins, oal), (sok, sins, sal) in (("whole", o1, s1), ("streamed (
     print(f"| {what}: answered | {ook:,} | {sok:,} |")
     print(f"| {what}: instructions | {oins / ook:,.0f} | {sins / sok:,.0f} ({sins / sok / (oins / ook):.2f}x onwards) |")
     print(f"| {what}: allocations (and reallocations) | {oal / ook:.1f} | {sal / sok:.1f} |")
+if "nginx" in counted:
+    (n1, n2) = counted["nginx"]
+    print()
+    print("reference, nginx forwarding only (one process; its allocations are not Rust's, not counted): "
+          f"{n1[1] / n1[0]:,.0f} instructions a whole answer, {n2[1] / n2[0]:,.0f} a streamed one")
 EOF
     exit 0
 fi
