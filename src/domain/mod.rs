@@ -397,6 +397,20 @@ pub struct UpstreamTimeouts {
     pub stream_idle: Duration,
 }
 
+impl UpstreamTimeouts {
+    /// The same limit for every wait (for tests).
+    #[cfg(test)]
+    pub fn all(limit: Duration) -> UpstreamTimeouts {
+        UpstreamTimeouts {
+            connect: limit,
+            response: limit,
+            first_byte: limit,
+            stream_first_event: limit,
+            stream_idle: limit,
+        }
+    }
+}
+
 /// The SHA-256 digest of a tenant API key. The key itself is never stored.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash(pub [u8; 32]);

@@ -8,10 +8,11 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client as Pool;
+use hyper_util::client::legacy::Client as Shared;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::pool::{Body, Pool};
 use super::{ProbeFailure, SendError, SetupError};
 use crate::domain::{Instance, UpstreamTimeouts};
 use crate::telemetry::root_cause;
@@ -25,9 +26,11 @@ const USER_AGENT: HeaderValue =
 const H2_CONNECTION_WINDOW: u32 = 16 << 20;
 const H2_STREAM_WINDOW: u32 = 256 << 10;
 
-type Http = Pool<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Http = Shared<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 pub struct Client {
+    /// Opens cleartext connections for instances' own pools (`pool::Pool`).
+    tcp: HttpConnector,
     /// A pool for each connection worker, then one for everything else (probes,
     /// batches, flows): a worker's requests use connections whose tasks run on the
     /// worker's own thread (see `workers`).
@@ -66,19 +69,22 @@ impl Client {
                     .with_no_client_auth(),
             }
         };
-        let connector = || {
+        let tcp = {
             let mut tcp = HttpConnector::new();
             tcp.enforce_http(false);
             tcp.set_nodelay(true);
             tcp.set_connect_timeout(Some(timeouts.connect));
+            tcp
+        };
+        let connector = || {
             hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls.clone())
                 .https_or_http()
                 .enable_all_versions()
-                .wrap_connector(tcp)
+                .wrap_connector(tcp.clone())
         };
         let builder = || {
-            let mut builder = Pool::builder(TokioExecutor::new());
+            let mut builder = Shared::builder(TokioExecutor::new());
             builder
                 .pool_idle_timeout(Duration::from_secs(60))
                 .pool_timer(TokioTimer::new())
@@ -105,7 +111,11 @@ impl Client {
                     .build(connector()),
             })
             .collect();
-        Ok(Client { pools, timeouts })
+        Ok(Client {
+            tcp,
+            pools,
+            timeouts,
+        })
     }
 
     /// The calling worker's pools (the shared ones off the workers).
@@ -129,16 +139,17 @@ impl Client {
     }
 
     /// Sends `body` to `uri` with `headers` (a POST, unless `method` says otherwise) and
-    /// waits up to `wait` for the response's headers.
+    /// waits up to `wait` for the response's headers: on a connection from the
+    /// instance's own `pool` where it has one for `uri`, else from hyper-util's.
     pub async fn send(
         &self,
-        instance: &Instance,
+        (instance, pool): (&Instance, Option<&Pool>),
         (method, uri): (Method, Uri),
         headers: impl Iterator<Item = (&header::HeaderName, &HeaderValue)>,
         request_id: &str,
         body: Bytes,
         wait: Duration,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    ) -> Result<http::Response<Body>, SendError> {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
@@ -154,9 +165,17 @@ impl Client {
             fixed.append(name, value.clone());
         }
         *request.headers_mut() = fixed;
+        if let Some(pool) = pool.filter(|pool| pool.serves(request.uri())) {
+            return match tokio::time::timeout(wait, pool.send((&self.tcp, self.timeouts), request))
+                .await
+            {
+                Err(_) => Err(SendError::Timeout(wait)),
+                Ok(sent) => sent,
+            };
+        }
         match tokio::time::timeout(wait, self.client(instance).request(request)).await {
             Err(_) => Err(SendError::Timeout(wait)),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(response.map(Body::unpooled)),
             Ok(Err(error)) => Err(classify(&error, self.timeouts)),
         }
     }
@@ -210,20 +229,30 @@ pub fn parse(url: String) -> Result<Uri, SendError> {
 /// A connect timeout is a failure to connect (503: nothing could be reached), not a slow
 /// upstream (504).
 fn classify(error: &hyper_util::client::legacy::Error, timeouts: UpstreamTimeouts) -> SendError {
-    let detail = root_cause(error);
-    if out_of_local_resources(error) {
-        return SendError::Local(detail);
-    }
     if error.is_connect() {
-        if timed_out(error) {
-            return SendError::Connect(format!(
-                "no connection within {}",
-                crate::config::format_duration(timeouts.connect)
-            ));
-        }
-        SendError::Connect(detail)
+        connect_error(error, timeouts)
+    } else if out_of_local_resources(error) {
+        SendError::Local(root_cause(error))
     } else {
-        SendError::Broken(detail)
+        SendError::Broken(root_cause(error))
+    }
+}
+
+/// A connection that could not be opened: this machine's limits, the connect timeout,
+/// or whatever the upstream's address said.
+pub(super) fn connect_error(
+    error: &(dyn std::error::Error + 'static),
+    timeouts: UpstreamTimeouts,
+) -> SendError {
+    if out_of_local_resources(error) {
+        SendError::Local(root_cause(error))
+    } else if timed_out(error) {
+        SendError::Connect(format!(
+            "no connection within {}",
+            crate::config::format_duration(timeouts.connect)
+        ))
+    } else {
+        SendError::Connect(root_cause(error))
     }
 }
 
@@ -264,14 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_worker_takes_connections_from_its_own_pool_and_others_from_the_last() {
-        let second = Duration::from_secs(1);
-        let timeouts = UpstreamTimeouts {
-            connect: second,
-            response: second,
-            first_byte: second,
-            stream_first_event: second,
-            stream_idle: second,
-        };
+        let timeouts = UpstreamTimeouts::all(Duration::from_secs(1));
         let client = std::sync::Arc::new(Client::new(timeouts, None, 2).expect("client"));
         let own = |client: &Client| {
             let chosen: *const Pools = client.pools();

@@ -11,6 +11,7 @@ mod client;
 mod dialect;
 mod messages;
 mod openai;
+mod pool;
 mod responses;
 
 use std::pin::Pin;
@@ -21,7 +22,6 @@ use futures_util::Stream;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use http_body_util::{BodyDataStream, BodyExt};
-use hyper::body::Incoming;
 
 use crate::domain::{Instance, ModelKind, Region, UpstreamTimeouts};
 use crate::telemetry::Map;
@@ -126,10 +126,12 @@ pub struct Target {
     completions: Option<Uri>,
     responses: Option<Uri>,
     messages: Option<Uri>,
+    /// Its own keep-alive connections, where it is cleartext HTTP/1.1.
+    pool: Option<pool::Pool>,
 }
 
 impl Target {
-    fn new(instance: &Instance) -> Target {
+    fn new(instance: &Instance, workers: usize) -> Target {
         let dialect = dialect::of(instance.dialect);
         let endpoint = |kind: ModelKind| {
             (dialect.fixed_urls() && dialect.serves(kind))
@@ -144,6 +146,7 @@ impl Target {
             completions: endpoint(ModelKind::Completions),
             responses: endpoint(ModelKind::Responses),
             messages: endpoint(ModelKind::Messages),
+            pool: pool::Pool::new(&instance.url, instance.http2, workers),
         }
     }
 
@@ -173,7 +176,7 @@ impl Upstreams {
         for instance in regions.iter().flat_map(|r| &r.instances) {
             let target = targets
                 .entry(instance.name.clone())
-                .or_insert_with(|| Target::new(instance));
+                .or_insert_with(|| Target::new(instance, workers));
             let Some(var) = &instance.api_key_env else {
                 continue;
             };
@@ -247,7 +250,7 @@ impl Upstreams {
         let response = self
             .client
             .send(
-                instance,
+                (instance, target.pool.as_ref()),
                 (http::Method::POST, uri),
                 target.headers(),
                 request_id,
@@ -289,7 +292,7 @@ impl Upstreams {
         let response = self
             .client
             .send(
-                instance,
+                (instance, target.pool.as_ref()),
                 (method, uri),
                 target.headers(),
                 request_id,
@@ -373,7 +376,7 @@ pub fn translatable(
 /// An upstream's answer, read as OpenAI's whatever the dialect: its status and headers,
 /// and a body read whole or as a stream.
 pub struct Response {
-    inner: http::Response<Incoming>,
+    inner: http::Response<pool::Body>,
     dialect: &'static dyn Dialect,
     /// The kind of request sent (chat, for a translated Responses request).
     kind: ModelKind,
@@ -420,7 +423,7 @@ impl Response {
 
 /// An upstream body's bytes, translated by the dialect where it has its own framing.
 pub struct BodyStream {
-    body: BodyDataStream<Incoming>,
+    body: BodyDataStream<pool::Body>,
     translate: Option<Box<dyn Translate>>,
     ended: bool,
 }
