@@ -9,9 +9,11 @@
 //!
 //! Here each instance has an idle list for each connection worker, found through the
 //! instance's target without hashing anything, and an answer's body puts its connection
-//! back when it has been read to the end. A body dropped before its end takes its
-//! connection with it (HTTP/1.1 cannot abandon an answer half read and go on). Idle
-//! connections are closed after [`IDLE_TIMEOUT`], as hyper-util's were.
+//! back when it has been read to the end. A body dropped before its end (a stream's
+//! relay stops at `data: [DONE]`) puts it back once hyper has read the rest, if that was
+//! already there; otherwise the connection closes (HTTP/1.1 cannot abandon an answer
+//! half read and go on). Idle connections are closed after [`IDLE_TIMEOUT`], as
+//! hyper-util's were.
 //!
 //! TLS and HTTP/2 upstreams keep hyper-util's pool: ALPN and multiplexing are its
 //! business, and the TLS handshake, not the pool, is what such a connection costs.
@@ -37,6 +39,11 @@ use crate::telemetry::root_cause;
 
 /// How long a connection may wait unused before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a connection whose answer was left before its end may take to be ready for
+/// another: hyper reads the rest only when it is already there, so this is a bound, not
+/// a wait.
+const LEFT_BODY_WAIT: Duration = Duration::from_secs(1);
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -259,6 +266,27 @@ impl Body {
     }
 }
 
+impl Drop for Body {
+    /// A body left before its end (a stream's relay stops at `data: [DONE]`, before the
+    /// chunked body's last, empty chunk) leaves hyper to read what remains if it is
+    /// already there: the connection is kept if that reaches the end, as hyper-util's
+    /// pool kept it, and closed otherwise.
+    fn drop(&mut self) {
+        let Some(Home { mut sender, idle }) = self.home.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let ready = tokio::time::timeout(LEFT_BODY_WAIT, sender.ready()).await;
+            if let Ok(Ok(())) = ready {
+                idle.put(sender);
+            }
+        });
+    }
+}
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -296,11 +324,26 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    /// How the test upstream answers.
+    #[derive(Clone, Copy)]
+    enum Answers {
+        /// `{"ok":true}`, and the connection kept open.
+        Whole,
+        /// The same, then the connection closed without saying so, as by a server whose
+        /// keep-alive timeout is shorter than ours.
+        WholeThenClose,
+        /// A chunked event stream: two events, the last `data: [DONE]`, and the empty
+        /// chunk that ends the body, all in one write.
+        Stream,
+        /// A head promising 100 bytes, and 11 of them.
+        Stalled,
+    }
+
+    const OK: &[u8] = br#"{"ok":true}"#;
+
     /// An HTTP/1.1 upstream that counts its connections, keeps the first request head it
-    /// read, answers every request `{"ok":true}` and, when `close_after_answer`, closes
-    /// each connection after its answer (without saying so, as a server whose
-    /// keep-alive timeout is shorter than ours does). `closed` counts connections it saw
-    /// the client close.
+    /// read, and answers every request as `answers` says. `closed` counts connections it
+    /// saw the client close.
     struct Upstream {
         url: String,
         accepted: Arc<AtomicUsize>,
@@ -308,7 +351,7 @@ mod tests {
         head: Arc<Mutex<String>>,
     }
 
-    async fn upstream(close_after_answer: bool) -> Upstream {
+    async fn upstream(answers: Answers) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -318,7 +361,7 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 a.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer(socket, close_after_answer, c.clone(), h.clone()));
+                tokio::spawn(answer(socket, answers, c.clone(), h.clone()));
             }
         });
         Upstream {
@@ -331,7 +374,7 @@ mod tests {
 
     async fn answer(
         mut socket: TcpStream,
-        close_after_answer: bool,
+        answers: Answers,
         closed: Arc<AtomicUsize>,
         first_head: Arc<Mutex<String>>,
     ) {
@@ -363,11 +406,22 @@ mod tests {
                     *first = head;
                 }
             }
-            let body = br#"{"ok":true}"#;
-            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+            let answer = match answers {
+                Answers::Whole | Answers::WholeThenClose => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{}",
+                    String::from_utf8_lossy(OK)
+                ),
+                Answers::Stream => "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                    transfer-encoding: chunked\r\n\r\n\
+                    f\r\ndata: {\"a\":1}\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+                    .to_string(),
+                Answers::Stalled => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}",
+                    String::from_utf8_lossy(OK)
+                ),
+            };
             let _ = socket.write_all(answer.as_bytes()).await;
-            let _ = socket.write_all(body).await;
-            if close_after_answer {
+            if let Answers::WholeThenClose = answers {
                 return;
             }
         }
@@ -418,11 +472,9 @@ mod tests {
         }
     }
 
-    const OK: &[u8] = br#"{"ok":true}"#;
-
     #[tokio::test]
     async fn answers_read_to_the_end_leave_one_connection_for_the_next() {
-        let upstream = upstream(false).await;
+        let upstream = upstream(Answers::Whole).await;
         let client = Client::of(&upstream);
         for _ in 0..3 {
             assert_eq!(client.ask().await, OK);
@@ -443,18 +495,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
-        let upstream = upstream(false).await;
+    async fn a_stream_left_at_done_keeps_its_connection() {
+        let upstream = upstream(Answers::Stream).await;
         let client = Client::of(&upstream);
-        drop(client.send().await);
+        for _ in 0..3 {
+            // Read as the relay reads: up to `data: [DONE]`, then dropped.
+            let mut body = client.send().await.into_body();
+            let mut seen = Vec::new();
+            while !seen.ends_with(b"data: [DONE]\n\n") {
+                let frame = body.frame().await.expect("a frame").expect("data");
+                seen.extend_from_slice(&frame.into_data().expect("data"));
+            }
+            drop(body);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while client.pool.idle_count() == 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_with_more_to_come_takes_its_connection_with_it() {
+        let upstream = upstream(Answers::Stalled).await;
+        let client = Client::of(&upstream);
+        let mut body = client.send().await.into_body();
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().expect("data"), OK);
+        drop(body);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while upstream.closed.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            upstream.closed.load(Ordering::SeqCst),
+            1,
+            "closed, not kept"
+        );
         assert_eq!(client.pool.idle_count(), 0);
-        assert_eq!(client.ask().await, OK);
-        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn connections_the_upstream_closed_are_not_sent_on_again() {
-        let upstream = upstream(true).await;
+        let upstream = upstream(Answers::WholeThenClose).await;
         let client = Client::of(&upstream);
         for _ in 0..3 {
             assert_eq!(client.ask().await, OK, "every request is answered");
@@ -478,7 +561,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_are_closed_after_the_idle_timeout() {
-        let upstream = upstream(false).await;
+        let upstream = upstream(Answers::Whole).await;
         let client = Client::of(&upstream);
         assert_eq!(client.ask().await, OK);
         assert_eq!(client.pool.idle_count(), 1);
