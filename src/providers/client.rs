@@ -153,8 +153,9 @@ impl Client {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
-        // Sized once for the three headers here and the instance's, not grown by each.
-        let mut fixed = HeaderMap::with_capacity(3 + headers.size_hint().0);
+        // Sized once for the three headers here, the instance's, and the `Host` that a
+        // cleartext instance's own pool adds: not grown by any.
+        let mut fixed = HeaderMap::with_capacity(4 + headers.size_hint().0);
         fixed.insert(header::CONTENT_TYPE, APPLICATION_JSON);
         fixed.insert(header::USER_AGENT, USER_AGENT);
         // The id came in as a header value or was made here; it is one.
