@@ -63,6 +63,11 @@ async fn content(gw: &TestGateway, file: &Value) -> String {
 
 /// Polls the batch until it has ended (at most a minute).
 async fn ended(gw: &TestGateway, id: &str) -> Value {
+    reaches(gw, id, &["completed", "failed", "expired", "cancelled"]).await
+}
+
+/// Polls the batch until its status is one of `statuses` (at most a minute).
+async fn reaches(gw: &TestGateway, id: &str, statuses: &[&str]) -> Value {
     for _ in 0..1200 {
         let batch: Value = gw
             .get(KEY_A, &format!("/v1/batches/{id}"))
@@ -70,14 +75,12 @@ async fn ended(gw: &TestGateway, id: &str) -> Value {
             .json()
             .await
             .unwrap();
-        if ["completed", "failed", "expired", "cancelled"]
-            .contains(&batch["status"].as_str().unwrap())
-        {
+        if statuses.contains(&batch["status"].as_str().unwrap()) {
             return batch;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("batch {id} did not end");
+    panic!("batch {id} did not reach {statuses:?}");
 }
 
 #[tokio::test]
@@ -383,6 +386,10 @@ async fn operators_list_cancel_count_and_audit_batches() {
     assert_eq!(done["status"], "completed");
     let big = upload(&gw, KEY_A, &(0..500).map(chat_line).collect::<Vec<_>>()).await;
     let running = started(&gw, &big).await;
+    // Its file is read and checked first ("validating"), on a loaded machine for longer
+    // than `ctl` takes to start; 500 lines of 100 ms, 32 at a time, then run for about
+    // a second and a half.
+    reaches(&gw, &running, &["in_progress"]).await;
 
     let url = gw.daemon.admin_url().unwrap();
     let ctl = |args: &[&str]| ctl(&url, args);
