@@ -472,6 +472,15 @@ mod tests {
         }
     }
 
+    /// Waits (up to five seconds, on the wall clock) until `done`: what a connection's
+    /// task does next happens on its own time.
+    async fn until(mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     #[tokio::test]
     async fn answers_read_to_the_end_leave_one_connection_for_the_next() {
         let upstream = upstream(Answers::Whole).await;
@@ -507,10 +516,7 @@ mod tests {
                 seen.extend_from_slice(&frame.into_data().expect("data"));
             }
             drop(body);
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while client.pool.idle_count() == 0 && std::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until(|| client.pool.idle_count() > 0).await;
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
     }
@@ -523,10 +529,7 @@ mod tests {
         let frame = body.frame().await.expect("a frame").expect("data");
         assert_eq!(frame.into_data().expect("data"), OK);
         drop(body);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while upstream.closed.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until(|| upstream.closed.load(Ordering::SeqCst) > 0).await;
         assert_eq!(
             upstream.closed.load(Ordering::SeqCst),
             1,
@@ -544,17 +547,11 @@ mod tests {
             // Let the connection's task see the upstream hang up (on a loaded machine
             // it may not have yet when the next request comes; then the gateway's own
             // second try, `send_once_more_if_broken`, covers it).
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            let closed = |pool: &Pool| {
-                pool.idle[1]
-                    .lock()
-                    .conns
-                    .iter()
-                    .all(|c| c.sender.is_closed())
-            };
-            while !closed(&client.pool) && std::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            until(|| {
+                let idle = client.pool.idle[1].lock();
+                idle.conns.iter().all(|c| c.sender.is_closed())
+            })
+            .await;
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 3);
     }
@@ -573,10 +570,7 @@ mod tests {
         tokio::time::advance(IDLE_TIMEOUT / 2).await;
         assert_eq!(client.pool.idle_count(), 0);
         tokio::time::resume();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while upstream.closed.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(|| upstream.closed.load(Ordering::SeqCst) > 0).await;
         assert_eq!(
             upstream.closed.load(Ordering::SeqCst),
             1,
