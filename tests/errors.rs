@@ -137,6 +137,37 @@ async fn unknown_paths_and_methods_get_json_404_and_405() {
     assert_eq!(error_of(reply).await["code"], "method_not_allowed");
 }
 
+/// The model calls go to their handlers without the router (`Api::dispatch`): each
+/// answers as its route did, a missing key refused by the handler in its front's shape,
+/// and the same path by another method still gets the router's 405.
+#[tokio::test]
+async fn every_model_call_reaches_its_handler_and_other_methods_the_router() {
+    let (us, gw) = gateway().await;
+    for (path, kind) in [
+        ("/v1/chat/completions", "invalid_request_error"),
+        ("/v1/completions", "invalid_request_error"),
+        ("/v1/embeddings", "invalid_request_error"),
+        ("/v1/responses", "invalid_request_error"),
+        ("/v1/messages", "authentication_error"),
+    ] {
+        let reply = gw
+            .client
+            .post(gw.url(path))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 401, "{path}");
+        assert!(header(&reply, "x-request-id").starts_with("req_"), "{path}");
+        let body: serde_json::Value = reply.json().await.unwrap();
+        assert_eq!(body["error"]["type"], kind, "{path}: {body}");
+        let reply = gw.client.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(reply.status(), 405, "{path}");
+        assert_eq!(error_of(reply).await["code"], "method_not_allowed");
+    }
+    assert_eq!(us.stats().requests, 0);
+}
+
 #[tokio::test]
 async fn garbage_never_takes_the_gateway_down() {
     let (_us, gw) = gateway().await;

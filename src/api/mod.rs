@@ -52,7 +52,13 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Call {
 
     async fn from_request(request: Request, _: &S) -> Result<Call, Self::Rejection> {
         let (parts, body) = request.into_parts();
-        Ok(Call {
+        Ok(Call::from_parts(parts, body))
+    }
+}
+
+impl Call {
+    fn from_parts(parts: axum::http::request::Parts, body: axum::body::Body) -> Call {
+        Call {
             // `request_context` gives every request an id before any handler runs.
             id: parts
                 .extensions
@@ -62,7 +68,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Call {
             source: parts.extensions.get::<Source>().and_then(|s| s.0),
             headers: parts.headers,
             body,
-        })
+        }
     }
 }
 
@@ -122,15 +128,67 @@ pub fn router(gateway: Arc<Gateway>) -> Api {
         .method_not_allowed_fallback(|req: Request| async move {
             Refusal::method_not_allowed(req.method().as_str(), req.uri().path())
         })
-        .with_state(gateway);
-    Api(routes)
+        .with_state(gateway.clone());
+    Api { routes, gateway }
 }
 
 /// The public API's routes, with `request_context` around them once, in front of the
 /// routing, rather than as a layer on each route: axum's `from_fn` clones and boxes the
 /// route it wraps for every request, and here that is a box of one future.
 #[derive(Clone)]
-pub struct Api(Router);
+pub struct Api {
+    routes: Router,
+    gateway: Arc<Gateway>,
+}
+
+/// The model calls, by method and exact path: what nearly every request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelCall {
+    Chat,
+    Completions,
+    Embeddings,
+    Messages,
+    Responses,
+}
+
+impl ModelCall {
+    fn of(req: &Request) -> Option<ModelCall> {
+        if req.method() != axum::http::Method::POST {
+            return None;
+        }
+        Some(match req.uri().path() {
+            "/v1/chat/completions" => ModelCall::Chat,
+            "/v1/completions" => ModelCall::Completions,
+            "/v1/embeddings" => ModelCall::Embeddings,
+            "/v1/messages" => ModelCall::Messages,
+            "/v1/responses" => ModelCall::Responses,
+            _ => return None,
+        })
+    }
+}
+
+impl Api {
+    /// A model call goes straight to its handler, the handler its route names; anything
+    /// else through the router. axum's routing (the route's boxed service cloned, its
+    /// futures nested, the path's parameters stored) cost a whole answer about 3,000 of
+    /// its 101,000 instructions and 5 of its 62 allocations.
+    async fn dispatch(self, req: Request) -> Response {
+        let Some(kind) = ModelCall::of(&req) else {
+            let Ok(response) = self.routes.oneshot(req).await;
+            return response;
+        };
+        let gateway = State(self.gateway);
+        let (parts, body) = req.into_parts();
+        let call = Call::from_parts(parts, body);
+        match kind {
+            ModelCall::Chat => completions::chat(gateway, call).await.into_response(),
+            ModelCall::Completions => completions::text(gateway, call).await.into_response(),
+            ModelCall::Embeddings => completions::embeddings(gateway, call).await.into_response(),
+            ModelCall::Messages => messages::create(gateway, call).await,
+            ModelCall::Responses => responses::create(gateway, call).await.into_response(),
+        }
+    }
+}
 
 impl tower::Service<Request> for Api {
     type Response = Response;
@@ -146,13 +204,13 @@ impl tower::Service<Request> for Api {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        Box::pin(request_context(req, self.0.clone()).map(Ok))
+        Box::pin(request_context(req, self.clone()).map(Ok))
     }
 }
 
 /// Gives every request an id, and turns a panic in a handler into a 500 in OpenAI's shape
 /// instead of a dropped connection.
-async fn request_context(mut req: Request, routes: Router) -> Response {
+async fn request_context(mut req: Request, api: Api) -> Response {
     let id = RequestId::generate();
     req.extensions_mut().insert(id.clone());
     // The listener tells where the request came from; a router served some other way
@@ -171,9 +229,9 @@ async fn request_context(mut req: Request, routes: Router) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    let handler = crate::telemetry::RequestScope::new(routes.oneshot(req));
+    let handler = crate::telemetry::RequestScope::new(api.dispatch(req));
     let mut response = match AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(Ok(response)) => error::openai_shaped(response, "invalid_request_error").await,
+        Ok(response) => error::openai_shaped(response, "invalid_request_error").await,
         Err(panic) => {
             let what = crate::telemetry::panic_text(panic.as_ref());
             let path = uri.path();
@@ -356,7 +414,10 @@ pub(crate) fn resume_from(headers: &HeaderMap) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{Api, RequestId};
+    use std::sync::Arc;
+
+    use super::{Api, ModelCall, RequestId};
+    use crate::gateway::Gateway;
     use axum::Router;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
@@ -370,7 +431,11 @@ mod tests {
         }
         let routes = Router::new().route("/boom", get(boom));
         let request = Request::get(path).body(Body::empty()).unwrap();
-        let Ok(response) = Api(routes).oneshot(request).await;
+        let api = Api {
+            routes,
+            gateway: Arc::new(Gateway::example()),
+        };
+        let Ok(response) = api.oneshot(request).await;
         let status = response.status();
         let id = response.headers()["x-request-id"]
             .to_str()
@@ -396,6 +461,32 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(id.starts_with("req_"), "{id}");
         assert_eq!(body["error"]["code"], "unknown_url", "{body}");
+    }
+
+    #[test]
+    fn only_a_model_calls_exact_path_and_post_skip_the_router() {
+        let of = |method: &str, uri: &str| {
+            ModelCall::of(
+                &Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+        };
+        assert_eq!(of("POST", "/v1/chat/completions"), Some(ModelCall::Chat));
+        assert_eq!(
+            of("POST", "/v1/chat/completions?stream=1"),
+            Some(ModelCall::Chat)
+        );
+        assert_eq!(of("POST", "/v1/completions"), Some(ModelCall::Completions));
+        assert_eq!(of("POST", "/v1/embeddings"), Some(ModelCall::Embeddings));
+        assert_eq!(of("POST", "/v1/messages"), Some(ModelCall::Messages));
+        assert_eq!(of("POST", "/v1/responses"), Some(ModelCall::Responses));
+        assert_eq!(of("GET", "/v1/chat/completions"), None);
+        assert_eq!(of("POST", "/v1/chat/completions/"), None);
+        assert_eq!(of("POST", "/v1/messages/count_tokens"), None);
+        assert_eq!(of("POST", "/v1/responses/resp_1/cancel"), None);
     }
 
     #[test]

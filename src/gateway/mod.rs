@@ -324,6 +324,14 @@ fn admission_for(config: &Config) -> Admission {
 }
 
 impl Gateway {
+    /// A gateway on the example configuration, for tests of what sits in front of one.
+    #[cfg(test)]
+    pub fn example() -> Gateway {
+        let config = Config::from_toml(include_str!("../../config.toml.example"))
+            .unwrap_or_else(|e| panic!("the example configuration: {e}"));
+        Gateway::new(config).unwrap_or_else(|e| panic!("a gateway on the example: {e}"))
+    }
+
     pub fn new(config: Config) -> Result<Gateway, SetupError> {
         let events = Arc::new(EventLog::default());
         let shutdown = Arc::new(Shutdown::default());
