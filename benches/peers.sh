@@ -234,6 +234,10 @@ table() {
     if grep -q '^medians' "$1"; then sed -n '/^medians/,$p' "$1"; else sed -n '/^target/,$p' "$1"; fi
 }
 
+# Each round's own table, for the log: a median hides whether one round stalled or all
+# were slower.
+rounds() { sed -n '/^round /,/^medians/{/^medians/!p;}' "$1"; }
+
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 peak_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
 
@@ -479,11 +483,13 @@ STREAM_TARGETS=(--target "direct=http://127.0.0.1:$LLMSIM/openai/v1"
 # time to first token's p99 is then how fast a burst of 200 gets through).
 ${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 200 --rounds "$ROUNDS" "${STREAM_TARGETS[@]}" \
     >"$WORK/streams.txt" 2>&1 || { cat "$WORK/streams.txt" >&2; exit 1; }
+rounds "$WORK/streams.txt" >&2
 table "$WORK/streams.txt" >&2
 # The same streams started at a steady STREAM_RATE a second (an open loop), as many
 # independent clients arrive: about as many in flight, no bursts.
 ${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 1000 --rate "$STREAM_RATE" --rounds "$ROUNDS" \
     "${STREAM_TARGETS[@]}" >"$WORK/steady.txt" 2>&1 || { cat "$WORK/steady.txt" >&2; exit 1; }
+rounds "$WORK/steady.txt" >&2
 table "$WORK/steady.txt" >&2
 AFTER_STREAMS=$(rss_mib "$SWITCHYARD_PID")
 
