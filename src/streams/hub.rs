@@ -10,7 +10,7 @@
 //! generation and settles what was produced. Finished logs stay readable for a while,
 //! bounded by age, count and bytes; `sweep`, run on a timer, drops the rest.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -63,8 +63,6 @@ pub struct ChunkLog {
     readers: AtomicUsize,
     producer: Mutex<Option<AbortHandle>>,
     finished_at: Mutex<Option<Instant>>,
-    /// Dropped from the finished logs kept (read and written under `Finished`'s lock).
-    swept: AtomicBool,
     /// Content deltas seen (about one token each), and the end of the text.
     tokens: AtomicU64,
     tail: Mutex<String>,
@@ -242,70 +240,65 @@ impl Drop for Completes {
 /// The finished logs kept, oldest first, overall and by tenant, with their counts and
 /// bytes: the sweep takes what it drops from the fronts, under a lock of its own, where
 /// it once sorted every kept log each second under the lock that opening a stream takes
-/// (with 2,000 kept, a worker waited up to 1.8 ms for it).
+/// (with 2,000 kept, a worker waited up to 1.8 ms for it). A log dropped leaves both
+/// orders at once, so its memory goes with it.
 #[derive(Default)]
 struct Finished {
-    /// Every log kept, and some swept for their tenant's bytes, skipped when met.
-    order: VecDeque<Arc<ChunkLog>>,
-    count: usize,
+    /// By the order they finished in.
+    order: BTreeMap<u64, Arc<ChunkLog>>,
+    next: u64,
     bytes: usize,
     tenants: HashMap<String, Held>,
 }
 
-/// One tenant's finished logs kept, oldest first, and their bytes.
+/// One tenant's finished logs kept, oldest first (by their place in `order`), and their
+/// bytes.
 #[derive(Default)]
 struct Held {
-    order: VecDeque<Arc<ChunkLog>>,
+    order: VecDeque<u64>,
     bytes: usize,
 }
 
 impl Finished {
     fn add(&mut self, log: Arc<ChunkLog>) {
-        let size = log.size();
-        self.count += 1;
+        let (at, size) = (self.next, log.size());
+        self.next += 1;
         self.bytes += size;
         let held = match self.tenants.get_mut(&log.meta.tenant) {
             Some(held) => held,
             None => self.tenants.entry(log.meta.tenant.clone()).or_default(),
         };
         held.bytes += size;
-        held.order.push_back(log.clone());
-        self.order.push_back(log);
+        held.order.push_back(at);
+        self.order.insert(at, log);
     }
 
-    /// The oldest kept log, if any, without taking it.
-    fn oldest(&mut self) -> Option<&Arc<ChunkLog>> {
-        while self
-            .order
-            .front()
-            .is_some_and(|log| log.swept.load(Ordering::Relaxed))
-        {
-            self.order.pop_front();
-        }
-        self.order.front()
+    fn count(&self) -> usize {
+        self.order.len()
+    }
+
+    fn oldest(&self) -> Option<&Arc<ChunkLog>> {
+        self.order.first_key_value().map(|(_, log)| log)
     }
 
     /// Takes `tenant`'s oldest kept log out of what is kept.
     fn sweep_oldest_of(&mut self, tenant: &str) -> Option<Arc<ChunkLog>> {
         let held = self.tenants.get_mut(tenant)?;
-        let log = held.order.pop_front()?;
+        let at = held.order.pop_front()?;
+        let log = self.order.remove(&at)?;
         let size = log.size();
         held.bytes -= size;
         if held.order.is_empty() {
             self.tenants.remove(tenant);
         }
-        self.count -= 1;
         self.bytes -= size;
-        log.swept.store(true, Ordering::Relaxed);
         Some(log)
     }
 
-    /// Takes the oldest kept log out of what is kept: its tenant's oldest too.
+    /// Takes the oldest kept log out of what is kept (its tenant's oldest too).
     fn sweep_oldest(&mut self) -> Option<Arc<ChunkLog>> {
-        let tenant = self.oldest()?.meta.tenant.clone();
-        let log = self.sweep_oldest_of(&tenant);
-        self.order.pop_front();
-        log
+        let oldest = self.oldest()?.clone();
+        self.sweep_oldest_of(&oldest.meta.tenant)
     }
 }
 
@@ -353,7 +346,6 @@ impl Hub {
             readers: AtomicUsize::new(0),
             producer: Mutex::new(None),
             finished_at: Mutex::new(None),
-            swept: AtomicBool::new(false),
             tokens: AtomicU64::new(0),
             tail: Mutex::new(String::new()),
             killed: AtomicBool::new(false),
@@ -441,7 +433,7 @@ impl Hub {
     /// Finished streams kept, and the bytes of their events.
     pub fn kept(&self) -> (usize, usize) {
         let finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
-        (finished.count, finished.bytes)
+        (finished.count(), finished.bytes)
     }
 
     /// Drops finished logs past `keep_finished`, then each tenant's oldest until its
@@ -478,7 +470,8 @@ impl Hub {
                     swept.extend(finished.sweep_oldest_of(&tenant));
                 }
             }
-            while finished.count > policy.max_finished || finished.bytes > policy.max_finished_bytes
+            while finished.count() > policy.max_finished
+                || finished.bytes > policy.max_finished_bytes
             {
                 let Some(log) = finished.sweep_oldest() else {
                     break;
@@ -975,6 +968,40 @@ mod tests {
         assert_eq!(hub.kept(), (0, 0));
         assert!(hub.logs.lock().unwrap().is_empty());
         assert!(hub.finished.lock().unwrap().tenants.is_empty());
+    }
+
+    /// A log dropped for its tenant's bytes is freed by the sweep that drops it, even with
+    /// older logs of other tenants still kept in front of it.
+    #[tokio::test]
+    async fn a_log_dropped_for_its_tenants_bytes_is_freed_at_once() {
+        let hub = Hub::new(
+            StreamPolicy {
+                max_finished_bytes_per_tenant: 40,
+                ..StreamPolicy::default()
+            },
+            Arc::default(),
+        );
+        let mut kept = Vec::new();
+        for tenant in ["modest", "greedy", "greedy"] {
+            let log = hub.open(StreamMeta {
+                tenant: tenant.into(),
+                ..meta()
+            });
+            let reader = hub.start(&log, futures_util::stream::iter(vec![event(0), event(1)]));
+            let _: Vec<_> = reader.collect().await;
+            log.wait_finished().await;
+            kept.push(Arc::downgrade(&log));
+        }
+        assert_eq!(hub.sweep(), 1);
+        assert!(
+            kept[0].upgrade().is_some(),
+            "the modest tenant's, older, is kept"
+        );
+        assert!(
+            kept[1].upgrade().is_none(),
+            "the greedy tenant's oldest is gone"
+        );
+        assert!(kept[2].upgrade().is_some());
     }
 
     /// A stream cancelled because its last reader left is finished with an error event,
