@@ -677,6 +677,18 @@ mod tests {
         }
     }
 
+    /// A stream of `tenant`'s relayed to the end (two events, 30 bytes) and read.
+    async fn finished(hub: &Hub, tenant: &str) -> Arc<ChunkLog> {
+        let log = hub.open(StreamMeta {
+            tenant: tenant.into(),
+            ..meta()
+        });
+        let reader = hub.start(&log, futures_util::stream::iter(vec![event(0), event(1)]));
+        let _: Vec<_> = reader.collect().await;
+        log.wait_finished().await;
+        log
+    }
+
     fn hub(max_lag: usize) -> Hub {
         Hub::new(
             StreamPolicy {
@@ -900,20 +912,9 @@ mod tests {
             },
             Arc::default(),
         );
-        let finish = |tenant: &str| {
-            let log = hub.open(StreamMeta {
-                tenant: tenant.into(),
-                ..meta()
-            });
-            let reader = hub.start(&log, futures_util::stream::iter(vec![event(0), event(1)]));
-            (log, reader)
-        };
         let mut kept = Vec::new();
         for tenant in ["greedy", "greedy", "greedy", "modest"] {
-            let (log, reader) = finish(tenant);
-            let _: Vec<_> = reader.collect().await;
-            log.wait_finished().await;
-            kept.push(log.id.clone());
+            kept.push(finished(&hub, tenant).await.id.clone());
         }
         // Each log holds 30 bytes of events: within 40, the greedy tenant keeps its newest.
         assert_eq!(hub.sweep(), 2);
@@ -936,13 +937,7 @@ mod tests {
             Arc::default(),
         );
         let finish = async |tenant: &str| {
-            let log = hub.open(StreamMeta {
-                tenant: tenant.into(),
-                ..meta()
-            });
-            let reader = hub.start(&log, futures_util::stream::iter(vec![event(0), event(1)]));
-            let _: Vec<_> = reader.collect().await;
-            log.wait_finished().await;
+            let log = finished(&hub, tenant).await;
             tokio::time::advance(Duration::from_secs(1)).await;
             log.id.clone()
         };
@@ -983,14 +978,7 @@ mod tests {
         );
         let mut kept = Vec::new();
         for tenant in ["modest", "greedy", "greedy"] {
-            let log = hub.open(StreamMeta {
-                tenant: tenant.into(),
-                ..meta()
-            });
-            let reader = hub.start(&log, futures_util::stream::iter(vec![event(0), event(1)]));
-            let _: Vec<_> = reader.collect().await;
-            log.wait_finished().await;
-            kept.push(Arc::downgrade(&log));
+            kept.push(Arc::downgrade(&finished(&hub, tenant).await));
         }
         assert_eq!(hub.sweep(), 1);
         assert!(
