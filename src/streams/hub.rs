@@ -689,6 +689,17 @@ mod tests {
         log
     }
 
+    /// A hub whose tenants keep one finished stream of `finished`'s each (30 bytes).
+    fn hub_keeping_40_bytes_a_tenant() -> Hub {
+        Hub::new(
+            StreamPolicy {
+                max_finished_bytes_per_tenant: 40,
+                ..StreamPolicy::default()
+            },
+            Arc::default(),
+        )
+    }
+
     fn hub(max_lag: usize) -> Hub {
         Hub::new(
             StreamPolicy {
@@ -905,13 +916,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_tenant_keeps_more_than_its_share_of_finished_bytes() {
-        let hub = Hub::new(
-            StreamPolicy {
-                max_finished_bytes_per_tenant: 40,
-                ..StreamPolicy::default()
-            },
-            Arc::default(),
-        );
+        let hub = hub_keeping_40_bytes_a_tenant();
         let mut kept = Vec::new();
         for tenant in ["greedy", "greedy", "greedy", "modest"] {
             kept.push(finished(&hub, tenant).await.id.clone());
@@ -969,13 +974,7 @@ mod tests {
     /// older logs of other tenants still kept in front of it.
     #[tokio::test]
     async fn a_log_dropped_for_its_tenants_bytes_is_freed_at_once() {
-        let hub = Hub::new(
-            StreamPolicy {
-                max_finished_bytes_per_tenant: 40,
-                ..StreamPolicy::default()
-            },
-            Arc::default(),
-        );
+        let hub = hub_keeping_40_bytes_a_tenant();
         let mut kept = Vec::new();
         for tenant in ["modest", "greedy", "greedy"] {
             kept.push(Arc::downgrade(&finished(&hub, tenant).await));
