@@ -14,8 +14,9 @@
 # with us-east pointed at llmsim, acme's limits raised out of the way and every feature
 # on (auth, admission with reservation, scheduling, routing, audit, cache, metrics).
 #
-#   benches/peers.sh                 # the whole table (about 15 minutes after the release build, 10 without nginx)
+#   benches/peers.sh                 # the whole table (about 17 minutes after the release build, 12 without nginx)
 #   ROUNDS=6 SECONDS_PER_RUN=20 benches/peers.sh
+#   STREAM_ROUNDS=10 benches/peers.sh   # more rounds of streams (default 6)
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 10 minutes)
 #   THREADS=1 benches/peers.sh       # both gateways serve connections on one thread
@@ -48,6 +49,12 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 STREAMS=${STREAMS:-2000}
+# The first token's p99 in one round of 2,000 streams moves by 5 to 20 ms from the next
+# round on this machine, the baseline's as much as a gateway's (most rounds within a
+# few ms, one in four or five far off): more rounds than the plain rows, so that one
+# round far off moves the median less. Each round is also compared with its own
+# baseline (`switchyard bench` prints that line under the medians).
+STREAM_ROUNDS=${STREAM_ROUNDS:-6}
 STREAM_RATE=${STREAM_RATE:-300}
 TOOLS=${SWITCHYARD_BENCH_TOOLS:-$HOME/.cache/switchyard-bench}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -481,13 +488,13 @@ STREAM_TARGETS=(--target "direct=http://127.0.0.1:$LLMSIM/openai/v1"
 # 200 clients, each starting its next stream when the last ends: as every stream takes
 # the same time, they stay in step, and every ~0.7 s 200 streams start at once (the
 # time to first token's p99 is then how fast a burst of 200 gets through).
-${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 200 --rounds "$ROUNDS" "${STREAM_TARGETS[@]}" \
+${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 200 --rounds "$STREAM_ROUNDS" "${STREAM_TARGETS[@]}" \
     >"$WORK/streams.txt" 2>&1 || { cat "$WORK/streams.txt" >&2; exit 1; }
 rounds "$WORK/streams.txt" >&2
 table "$WORK/streams.txt" >&2
 # The same streams started at a steady STREAM_RATE a second (an open loop), as many
 # independent clients arrive: about as many in flight, no bursts.
-${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 1000 --rate "$STREAM_RATE" --rounds "$ROUNDS" \
+${GENERATOR[@]+"${GENERATOR[@]}"} "$BENCH" bench --stream -n "$STREAMS" -c 1000 --rate "$STREAM_RATE" --rounds "$STREAM_ROUNDS" \
     "${STREAM_TARGETS[@]}" >"$WORK/steady.txt" 2>&1 || { cat "$WORK/steady.txt" >&2; exit 1; }
 rounds "$WORK/steady.txt" >&2
 table "$WORK/steady.txt" >&2
@@ -570,8 +577,8 @@ if (50, "nginx") in rows:
           + "; ".join(added))
 EOF
 echo
-echo "streams, c=200, realistic upstream (TTFT 200 ms, 10 ms a token, 32 tokens): medians of $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s)${GENERATOR[*]:+ (gateways pinned to a core of their own)}"
+echo "streams, c=200, realistic upstream (TTFT 200 ms, 10 ms a token, 32 tokens): medians of $STREAM_ROUNDS round$([ "$STREAM_ROUNDS" = 1 ] || echo s)${GENERATOR[*]:+ (gateways pinned to a core of their own)}"
 table "$WORK/streams.txt"
 echo
-echo "the same streams started $STREAM_RATE a second (open loop): medians of $ROUNDS round$([ "$ROUNDS" = 1 ] || echo s)"
+echo "the same streams started $STREAM_RATE a second (open loop): medians of $STREAM_ROUNDS round$([ "$STREAM_ROUNDS" = 1 ] || echo s)"
 table "$WORK/steady.txt"

@@ -536,6 +536,50 @@ fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds:
         .collect();
     let last = rounds.last().map(Vec::as_slice).unwrap_or_default();
     print_rows(args, targets, &rows, last);
+    if args.stream && rounds.len() > 1 {
+        let rows: Vec<Vec<Row>> = rounds
+            .iter()
+            .map(|round| round.iter().map(Row::of).collect())
+            .collect();
+        say!("time to first token p99 added, each round against its own baseline:");
+        for (t, (name, _, _)) in targets.iter().enumerate().skip(1) {
+            say!("{}", added_by_round(name, &added_p99s(&rows, t)));
+        }
+    }
+}
+
+/// What target `t` added to the first token's p99 in each round, against the baseline
+/// (the first target) of the same round, in microseconds. A round's own difference:
+/// the machine's pace moves from round to round, and a median of each target's p99
+/// over the rounds pairs one round's gateway with another's baseline.
+fn added_p99s(rounds: &[Vec<Row>], t: usize) -> Vec<f64> {
+    const P99: usize = 2;
+    rounds
+        .iter()
+        .map(|round| round[t].first[P99] - round[0].first[P99])
+        .collect()
+}
+
+/// `name`, each round's added time, their median and range, in milliseconds: the
+/// range says how far one round is from the next, which a median alone hides.
+fn added_by_round(name: &str, added: &[f64]) -> String {
+    let mut sorted = added.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let median = match n {
+        0 => return format!("{name:<12} no rounds"),
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    let ms = |micros: f64| format!("{:+.1}", micros / 1000.0);
+    let each: Vec<String> = added.iter().map(|&a| ms(a)).collect();
+    format!(
+        "{name:<12} {} ms; median {} ms, range {} to {} ms",
+        each.join(" "),
+        ms(median),
+        ms(sorted[0]),
+        ms(sorted[n - 1])
+    )
 }
 
 /// What one target did, in numbers: ok requests per second, whole-request, first-token
@@ -691,6 +735,34 @@ mod tests {
             stream: true,
         });
         run_open_loop(target, 5, 20.0, cap).await.unwrap()
+    }
+
+    #[test]
+    fn each_round_is_compared_with_its_own_baseline() {
+        let round = |direct: f64, gateway: f64| {
+            let row = |p99: f64| Row {
+                first: [0.0, 0.0, p99, 0.0],
+                ..Row::default()
+            };
+            vec![row(direct), row(gateway)]
+        };
+        // The machine slows in the second round, the baseline with it.
+        let rounds = [
+            round(210_000.0, 212_000.0),
+            round(230_000.0, 231_000.0),
+            round(215_000.0, 214_500.0),
+            round(212_000.0, 219_000.0),
+        ];
+        let added = added_p99s(&rounds, 1);
+        assert_eq!(added, [2_000.0, 1_000.0, -500.0, 7_000.0]);
+        assert_eq!(
+            added_by_round("gateway", &added),
+            "gateway      +2.0 +1.0 -0.5 +7.0 ms; median +1.5 ms, range -0.5 to +7.0 ms"
+        );
+        assert_eq!(
+            added_by_round("gateway", &added[..3]),
+            "gateway      +2.0 +1.0 -0.5 ms; median +1.0 ms, range -0.5 to +2.0 ms"
+        );
     }
 
     #[test]
