@@ -658,6 +658,8 @@ impl Drop for Cursor {
 mod tests {
     use std::time::Duration;
 
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn event(n: usize) -> Relayed {
@@ -751,6 +753,64 @@ mod tests {
         tokio::time::timeout(wait, log.wait_finished())
             .await
             .unwrap();
+    }
+
+    /// A relay fed by hand, one event at a time, and the sender that feeds it.
+    fn fed_by_hand() -> (
+        tokio::sync::mpsc::UnboundedSender<Relayed>,
+        impl Stream<Item = Relayed> + Send + 'static,
+    ) {
+        let (send, events) = tokio::sync::mpsc::unbounded_channel::<Relayed>();
+        let relay = futures_util::stream::unfold(events, |mut events| async move {
+            events.recv().await.map(|event| (event, events))
+        });
+        (send, relay)
+    }
+
+    /// A publisher that stops reading (a slow client) holds up nobody: the relay's task
+    /// goes on to the end for the watchers.
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_that_stops_reading_holds_up_no_watcher() {
+        let hub = hub(100);
+        let (send, relay) = fed_by_hand();
+        let log = hub.open(meta());
+        let mut origin = hub.start(&log, relay);
+        let watcher = hub.reader(&log, 0, false, false);
+        send.send(event(0)).unwrap();
+        assert_eq!(origin.next().await, Some(Ok(event(0).bytes)));
+        for n in 1..4 {
+            send.send(event(n)).unwrap();
+        }
+        drop(send);
+        let seen: Vec<_> = tokio::time::timeout(Duration::from_secs(5), watcher.collect())
+            .await
+            .expect("the watcher reads to the end without the publisher");
+        assert_eq!(seen, (0..4).map(|n| Ok(event(n).bytes)).collect::<Vec<_>>());
+        assert!(log.finished());
+        let rest: Vec<_> = origin.collect().await;
+        assert_eq!(rest.len(), 3, "the publisher still gets the rest");
+    }
+
+    /// A publisher that leaves while it waits, with a watcher still reading, cancels
+    /// nothing: the watcher reads to the end.
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_leaving_with_a_watcher_left_cancels_nothing() {
+        let hub = hub(100);
+        let (send, relay) = fed_by_hand();
+        let log = hub.open(meta());
+        let mut origin = hub.start(&log, relay);
+        let watcher = hub.reader(&log, 0, false, false);
+        assert_eq!(origin.next().now_or_never(), None, "waiting");
+        drop(origin);
+        for n in 0..3 {
+            send.send(event(n)).unwrap();
+        }
+        drop(send);
+        let seen: Vec<_> = tokio::time::timeout(Duration::from_secs(5), watcher.collect())
+            .await
+            .expect("the relay goes on once the publisher is gone");
+        assert_eq!(seen, (0..3).map(|n| Ok(event(n).bytes)).collect::<Vec<_>>());
+        assert!(!String::from_utf8_lossy(&log.events().concat()).contains("stream_cancelled"));
     }
 
     #[tokio::test]
