@@ -37,4 +37,5 @@ pub mod store;
 pub mod streams;
 pub mod telemetry;
 pub mod tls;
+pub mod wake;
 pub mod workers;

@@ -16,7 +16,6 @@ pub mod hub;
 pub mod sse;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,6 +26,7 @@ pub use chunk::{Chunk, usage_in};
 pub use sse::{SseEvent, SseParser};
 
 use crate::domain::Usage;
+use crate::wake::WhenWoken;
 
 /// One event as relayed: canonical bytes, and whether it is the usage-only chunk that
 /// readers who did not ask for usage skip.
@@ -109,67 +109,6 @@ pub fn error_frame(message: &str, code: &str) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
-/// A future polled only when it was woken since it last answered "not yet", or on its
-/// first poll. A relay asks its cut (a drain deadline, an operator's kill, shutdown) each
-/// time an event passes, and the answer is nearly always "not yet"; asking costs three
-/// polls of other futures, for every event of every stream.
-struct WhenWoken<T> {
-    inner: std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>,
-    wake: Arc<WakeFlag>,
-}
-
-/// Set by the inner future's waker, which then wakes the task that polled last.
-#[derive(Default)]
-struct WakeFlag {
-    woken: std::sync::atomic::AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for WakeFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, std::sync::atomic::Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl<T> WhenWoken<T> {
-    fn new(inner: impl std::future::Future<Output = T> + Send + 'static) -> Self {
-        let wake = Arc::new(WakeFlag::default());
-        wake.woken.store(true, std::sync::atomic::Ordering::Relaxed);
-        WhenWoken {
-            inner: Box::pin(inner),
-            wake,
-        }
-    }
-}
-
-impl<T> std::future::Future for WhenWoken<T> {
-    type Output = T;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<T> {
-        // Registered before the flag is read: a wake in between still reaches the task.
-        self.wake.task.register(cx.waker());
-        if !self
-            .wake
-            .woken
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            return std::task::Poll::Pending;
-        }
-        let waker = std::task::Waker::from(self.wake.clone());
-        self.inner
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&waker))
-    }
-}
-
 /// Relays an upstream SSE body. `watch` sees every event passed on and lives as long as
 /// the relay; `cut` ends it from outside; `describe` names the upstream in messages.
 pub fn relay<S, E, W, C>(
@@ -186,7 +125,7 @@ where
     W: Watch,
     C: std::future::Future<Output = Cut> + Send + 'static,
 {
-    struct Relay<S, W: Watch> {
+    struct Relay<S, W: Watch, C> {
         upstream: S,
         parser: SseParser,
         opening: chunk::Opening,
@@ -203,12 +142,12 @@ where
         silence: std::pin::Pin<Box<tokio::time::Sleep>>,
         patience: Patience,
         watch: W,
-        cut: WhenWoken<Cut>,
+        cut: WhenWoken<C>,
         describe: String,
         request_id: String,
     }
 
-    impl<S, W: Watch> Relay<S, W> {
+    impl<S, W: Watch, C> Relay<S, W, C> {
         /// Reads `bytes` and relays the events they complete.
         fn read(&mut self, bytes: &[u8]) {
             let mut parser = std::mem::take(&mut self.parser);
@@ -252,7 +191,7 @@ where
         }
     }
 
-    impl<S, W: Watch> Drop for Relay<S, W> {
+    impl<S, W: Watch, C> Drop for Relay<S, W, C> {
         fn drop(&mut self) {
             // Dropped before the end: nobody listened any more and the relay was aborted.
             if !self.finished && !self.done {
@@ -392,39 +331,6 @@ mod tests {
             );
         }
         assert_eq!(usage_in(bodies[2]).map(|u| u.prompt_tokens), Some(14));
-    }
-
-    #[test]
-    fn a_cut_is_asked_again_only_once_it_was_woken() {
-        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-        use std::task::{Context, Poll};
-        let polls = Arc::new(AtomicUsize::new(0));
-        let (cut, mut watching) = tokio::sync::watch::channel(false);
-        let mut inner = Box::pin(async move {
-            let _ = watching.wait_for(|cut| *cut).await;
-            7
-        });
-        let counted = polls.clone();
-        let mut when = WhenWoken::new(std::future::poll_fn(move |cx| {
-            counted.fetch_add(1, Relaxed);
-            inner.as_mut().poll(cx)
-        }));
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        let mut poll = || std::pin::Pin::new(&mut when).poll(&mut cx);
-        assert_eq!(poll(), Poll::Pending);
-        for _ in 0..3 {
-            assert_eq!(poll(), Poll::Pending);
-        }
-        assert_eq!(polls.load(Relaxed), 1, "asked without being woken");
-        // Woken, but not yet cut: asked once, then quiet again.
-        cut.send_replace(false);
-        assert_eq!(poll(), Poll::Pending);
-        assert_eq!(poll(), Poll::Pending);
-        assert_eq!(polls.load(Relaxed), 2);
-        cut.send_replace(true);
-        assert_eq!(poll(), Poll::Ready(7));
-        assert_eq!(polls.load(Relaxed), 3);
     }
 
     const PATIENT: Patience = Patience {
