@@ -767,6 +767,22 @@ mod tests {
         (send, relay)
     }
 
+    /// Sends `events` down the relay and closes it; what `watcher` then reads to the end
+    /// (paused time runs out the wait instead of hanging, should it never end).
+    async fn sent_and_watched(
+        send: tokio::sync::mpsc::UnboundedSender<Relayed>,
+        events: std::ops::Range<usize>,
+        watcher: EventStream,
+    ) -> Vec<Result<Bytes, Infallible>> {
+        for n in events {
+            send.send(event(n)).unwrap();
+        }
+        drop(send);
+        tokio::time::timeout(Duration::from_secs(5), watcher.collect())
+            .await
+            .expect("the watcher reads to the end")
+    }
+
     /// A publisher that stops reading (a slow client) holds up nobody: the relay's task
     /// goes on to the end for the watchers.
     #[tokio::test(start_paused = true)]
@@ -778,13 +794,7 @@ mod tests {
         let watcher = hub.reader(&log, 0, false, false);
         send.send(event(0)).unwrap();
         assert_eq!(origin.next().await, Some(Ok(event(0).bytes)));
-        for n in 1..4 {
-            send.send(event(n)).unwrap();
-        }
-        drop(send);
-        let seen: Vec<_> = tokio::time::timeout(Duration::from_secs(5), watcher.collect())
-            .await
-            .expect("the watcher reads to the end without the publisher");
+        let seen = sent_and_watched(send, 1..4, watcher).await;
         assert_eq!(seen, (0..4).map(|n| Ok(event(n).bytes)).collect::<Vec<_>>());
         assert!(log.finished());
         let rest: Vec<_> = origin.collect().await;
@@ -802,13 +812,7 @@ mod tests {
         let watcher = hub.reader(&log, 0, false, false);
         assert_eq!(origin.next().now_or_never(), None, "waiting");
         drop(origin);
-        for n in 0..3 {
-            send.send(event(n)).unwrap();
-        }
-        drop(send);
-        let seen: Vec<_> = tokio::time::timeout(Duration::from_secs(5), watcher.collect())
-            .await
-            .expect("the relay goes on once the publisher is gone");
+        let seen = sent_and_watched(send, 0..3, watcher).await;
         assert_eq!(seen, (0..3).map(|n| Ok(event(n).bytes)).collect::<Vec<_>>());
         assert!(!String::from_utf8_lossy(&log.events().concat()).contains("stream_cancelled"));
     }
