@@ -755,16 +755,24 @@ mod tests {
             .unwrap();
     }
 
-    /// A relay fed by hand, one event at a time, and the sender that feeds it.
-    fn fed_by_hand() -> (
+    /// A stream published from a relay fed by hand, one event at a time: the sender that
+    /// feeds it, its log, the publisher's reader and a watcher's.
+    fn published_by_hand(
+        hub: &Hub,
+    ) -> (
         tokio::sync::mpsc::UnboundedSender<Relayed>,
-        impl Stream<Item = Relayed> + Send + 'static,
+        Arc<ChunkLog>,
+        EventStream,
+        EventStream,
     ) {
         let (send, events) = tokio::sync::mpsc::unbounded_channel::<Relayed>();
         let relay = futures_util::stream::unfold(events, |mut events| async move {
             events.recv().await.map(|event| (event, events))
         });
-        (send, relay)
+        let log = hub.open(meta());
+        let origin = hub.start(&log, relay);
+        let watcher = hub.reader(&log, 0, false, false);
+        (send, log, origin, watcher)
     }
 
     /// Sends `events` down the relay and closes it; what `watcher` then reads to the end
@@ -788,10 +796,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_publisher_that_stops_reading_holds_up_no_watcher() {
         let hub = hub(100);
-        let (send, relay) = fed_by_hand();
-        let log = hub.open(meta());
-        let mut origin = hub.start(&log, relay);
-        let watcher = hub.reader(&log, 0, false, false);
+        let (send, log, mut origin, watcher) = published_by_hand(&hub);
         send.send(event(0)).unwrap();
         assert_eq!(origin.next().await, Some(Ok(event(0).bytes)));
         let seen = sent_and_watched(send, 1..4, watcher).await;
@@ -806,10 +811,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_publisher_leaving_with_a_watcher_left_cancels_nothing() {
         let hub = hub(100);
-        let (send, relay) = fed_by_hand();
-        let log = hub.open(meta());
-        let mut origin = hub.start(&log, relay);
-        let watcher = hub.reader(&log, 0, false, false);
+        let (send, log, mut origin, watcher) = published_by_hand(&hub);
         assert_eq!(origin.next().now_or_never(), None, "waiting");
         drop(origin);
         let seen = sent_and_watched(send, 0..3, watcher).await;
