@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client as Shared;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::h1;
 use super::pool::{Body, Pool};
 use super::{ProbeFailure, SendError, SetupError};
 use crate::domain::{Instance, UpstreamTimeouts};
@@ -140,7 +141,8 @@ impl Client {
 
     /// Sends `body` to `uri` with `headers` (a POST, unless `method` says otherwise) and
     /// waits up to `wait` for the response's headers: on a connection from the
-    /// instance's own `pool` where it has one for `uri`, else from hyper-util's.
+    /// instance's own `pool` (HTTP/1.1 by hand) where it has one for `uri`, else from
+    /// hyper-util's.
     pub async fn send(
         &self,
         (instance, pool): (&Instance, Option<&Pool>),
@@ -150,12 +152,32 @@ impl Client {
         body: Bytes,
         wait: Duration,
     ) -> Result<http::Response<Body>, SendError> {
+        if let Some(pool) = pool.filter(|pool| pool.serves(&uri)) {
+            // Written straight into the request head: no header map.
+            let mut fields = Vec::with_capacity(256);
+            h1::field(
+                &mut fields,
+                &header::CONTENT_TYPE,
+                APPLICATION_JSON.as_bytes(),
+            );
+            h1::field(&mut fields, &header::USER_AGENT, USER_AGENT.as_bytes());
+            if h1::is_field_value(request_id.as_bytes()) {
+                h1::field(&mut fields, &X_REQUEST_ID, request_id.as_bytes());
+            }
+            for (name, value) in headers {
+                h1::field(&mut fields, name, value.as_bytes());
+            }
+            let sent = pool.send((&self.tcp, self.timeouts), (&method, &uri), &fields, body);
+            return match tokio::time::timeout(wait, sent).await {
+                Err(_) => Err(SendError::Timeout(wait)),
+                Ok(sent) => sent,
+            };
+        }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
         *request.uri_mut() = uri;
-        // Sized once for the three headers here, the instance's, and the `Host` that a
-        // cleartext instance's own pool adds: not grown by any.
-        let mut fixed = HeaderMap::with_capacity(4 + headers.size_hint().0);
+        // Sized once for the three headers here and the instance's: not grown by any.
+        let mut fixed = HeaderMap::with_capacity(3 + headers.size_hint().0);
         fixed.insert(header::CONTENT_TYPE, APPLICATION_JSON);
         fixed.insert(header::USER_AGENT, USER_AGENT);
         // The id came in as a header value or was made here; it is one.
@@ -166,14 +188,6 @@ impl Client {
             fixed.append(name, value.clone());
         }
         *request.headers_mut() = fixed;
-        if let Some(pool) = pool.filter(|pool| pool.serves(request.uri())) {
-            return match tokio::time::timeout(wait, pool.send((&self.tcp, self.timeouts), request))
-                .await
-            {
-                Err(_) => Err(SendError::Timeout(wait)),
-                Ok(sent) => sent,
-            };
-        }
         match tokio::time::timeout(wait, self.client(instance).request(request)).await {
             Err(_) => Err(SendError::Timeout(wait)),
             Ok(Ok(response)) => Ok(response.map(Body::unpooled)),

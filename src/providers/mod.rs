@@ -9,6 +9,7 @@ mod anthropic;
 mod azure;
 mod client;
 mod dialect;
+mod h1;
 mod messages;
 mod openai;
 mod pool;
@@ -395,7 +396,7 @@ impl Response {
     }
 
     /// The whole body.
-    pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
+    pub async fn bytes(self) -> Result<Bytes, std::io::Error> {
         let status = self.inner.status();
         let bytes = self.inner.into_body().collect().await?.to_bytes();
         let bytes = self.dialect.answer(self.kind, status, bytes);
@@ -429,7 +430,7 @@ pub struct BodyStream {
 }
 
 impl Stream for BodyStream {
-    type Item = Result<Bytes, hyper::Error>;
+    type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;

@@ -8,44 +8,42 @@
 //! spent on a whole answer (callgrind, as `MEASURE=instructions benches/peers.sh` counts).
 //!
 //! Here each instance has an idle list for each connection worker, found through the
-//! instance's target without hashing anything, and an answer's body puts its connection
-//! back when it has been read to the end. A body dropped before its end (a stream's
-//! relay stops at `data: [DONE]`) puts it back once hyper has read the rest, if that was
-//! already there; otherwise the connection closes (HTTP/1.1 cannot abandon an answer
-//! half read and go on). Idle connections are closed after [`IDLE_TIMEOUT`], as
-//! hyper-util's were.
+//! instance's target without hashing anything; each exchange is [`h1`]'s, done by the
+//! request's own task with no connection task behind it; and an answer's body puts its
+//! connection back when it has been read to the end. A body dropped before its end (a
+//! stream's relay stops at `data: [DONE]`) puts it back once the rest is read, if that
+//! is already there or comes within [`LEFT_BODY_WAIT`]; otherwise the connection closes
+//! (HTTP/1.1 cannot abandon an answer half read and go on). A waiting connection the
+//! upstream closed is seen at the next checkout, and idle connections are closed after
+//! [`IDLE_TIMEOUT`], as hyper-util's were.
 //!
 //! TLS and HTTP/2 upstreams keep hyper-util's pool: ALPN and multiplexing are its
 //! business, and the TLS handshake, not the pool, is what such a connection costs.
 
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri};
-use http_body_util::Full;
+use http::header::HeaderValue;
+use http::{Method, Response, Uri};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::SendError;
+use super::h1::{self, Conn, Failed, Reading};
 use crate::domain::UpstreamTimeouts;
-use crate::telemetry::root_cause;
 
 /// How long a connection may wait unused before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a connection whose answer was left before its end may take to be ready for
-/// another: hyper reads the rest only when it is already there, so this is a bound, not
-/// a wait.
+/// another: the rest is read if it comes within this, and the connection closed if not.
 const LEFT_BODY_WAIT: Duration = Duration::from_secs(1);
-
-type Sender = SendRequest<Full<Bytes>>;
 
 /// One cleartext HTTP/1.1 instance's connections.
 pub struct Pool {
@@ -93,75 +91,55 @@ impl Pool {
         &self.idle[crate::workers::current().map_or(last, |w| w.min(last))]
     }
 
-    /// Sends `request` (its URI absolute, on this instance) on an idle connection, or a
-    /// new one when none is left. A request that a reused connection closed under
-    /// before it was written goes on the next one: nothing of it reached the upstream.
+    /// Sends a request to `uri` (absolute, on this instance) with the header lines
+    /// `fields` (see [`h1::field`]) and `body`, on an idle connection or a new one when
+    /// none is left, and reads the answer's head. A request that a reused connection
+    /// closed under before any of it was written goes on the next one: nothing of it
+    /// reached the upstream.
     pub async fn send(
         &self,
         (connector, timeouts): (&HttpConnector, UpstreamTimeouts),
-        mut request: Request<Full<Bytes>>,
+        (method, uri): (&Method, &Uri),
+        fields: &[u8],
+        body: Bytes,
     ) -> Result<Response<Body>, SendError> {
         // HTTP/1.1 to a server, not a proxy: the path alone, and the host beside it.
-        let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = None;
-        parts.authority = None;
-        if let Ok(origin_form) = Uri::from_parts(parts) {
-            *request.uri_mut() = origin_form;
-        }
-        request
-            .headers_mut()
-            .insert(header::HOST, self.host.clone());
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = h1::request(method, target, self.host.as_bytes(), fields, body);
         let idle = self.idle();
         loop {
-            let (mut sender, reused) = match idle.take() {
-                Some(sender) => (sender, true),
+            let (conn, reused) = match idle.take() {
+                Some(conn) => (conn, true),
                 None => (self.connect(connector, timeouts).await?, false),
             };
-            if sender.ready().await.is_err() {
-                if reused {
-                    continue;
-                }
-                return Err(SendError::Broken(
-                    "the connection closed before the request was sent".into(),
-                ));
-            }
-            match sender.try_send_request(request).await {
+            match conn.exchange(&request).await {
                 Ok(response) => {
-                    let home = Some(Home {
-                        sender,
-                        idle: idle.clone(),
-                    });
-                    return Ok(response.map(|inner| Body { inner, home }));
+                    let idle = idle.clone();
+                    return Ok(response.map(|reading| Body(Inner::Own { reading, idle })));
                 }
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(SendError::Broken(root_cause(failed.error()))),
-                },
+                Err(Failed::Unsent(_)) if reused => continue,
+                Err(Failed::Unsent(why)) => {
+                    return Err(SendError::Broken(format!(
+                        "the connection closed before the request was sent: {why}"
+                    )));
+                }
+                Err(Failed::Broken(why)) => return Err(SendError::Broken(why)),
             }
         }
     }
 
-    /// A new connection, its task spawned on the calling worker.
+    /// A new connection.
     async fn connect(
         &self,
         connector: &HttpConnector,
         timeouts: UpstreamTimeouts,
-    ) -> Result<Sender, SendError> {
+    ) -> Result<Conn, SendError> {
         let io = connector
             .clone()
             .oneshot(self.origin.clone())
             .await
             .map_err(|e| super::client::connect_error(&e, timeouts))?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(root_cause(&e)))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %root_cause(&error), "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(io.into_inner()))
     }
 
     /// Connections waiting unused on every worker (for tests and the curious).
@@ -183,8 +161,14 @@ struct IdleState {
 }
 
 struct Waiting {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
+}
+
+impl Waiting {
+    fn is_usable(&self) -> bool {
+        self.since.elapsed() < IDLE_TIMEOUT && self.conn.is_usable()
+    }
 }
 
 impl Idle {
@@ -196,11 +180,11 @@ impl Idle {
     }
 
     /// The most recently used connection still open and not waited out.
-    fn take(&self) -> Option<Sender> {
+    fn take(&self) -> Option<Conn> {
         let mut state = self.lock();
-        while let Some(conn) = state.conns.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < IDLE_TIMEOUT {
-                return Some(conn.sender);
+        while let Some(waiting) = state.conns.pop() {
+            if waiting.is_usable() {
+                return Some(waiting.conn);
             }
         }
         None
@@ -208,10 +192,10 @@ impl Idle {
 
     /// Puts a connection whose answer was read to the end back on the list, and has
     /// waited-out connections closed while any wait.
-    fn put(self: &Arc<Self>, sender: Sender) {
+    fn put(self: &Arc<Self>, conn: Conn) {
         let mut state = self.lock();
         state.conns.push(Waiting {
-            sender,
+            conn,
             since: Instant::now(),
         });
         if !state.reaping
@@ -223,7 +207,8 @@ impl Idle {
     }
 }
 
-/// Closes connections that waited [`IDLE_TIMEOUT`] unused, until none waits.
+/// Closes connections that waited [`IDLE_TIMEOUT`] unused or that the upstream closed,
+/// until none waits.
 async fn reap(idle: Weak<Idle>) {
     loop {
         tokio::time::sleep(IDLE_TIMEOUT / 2).await;
@@ -231,9 +216,7 @@ async fn reap(idle: Weak<Idle>) {
             return;
         };
         let mut state = idle.lock();
-        state
-            .conns
-            .retain(|conn| !conn.sender.is_closed() && conn.since.elapsed() < IDLE_TIMEOUT);
+        state.conns.retain(Waiting::is_usable);
         if state.conns.is_empty() {
             state.reaping = false;
             return;
@@ -241,47 +224,48 @@ async fn reap(idle: Weak<Idle>) {
     }
 }
 
-/// An upstream answer's body. Read to the end, it puts its connection back on the idle
-/// list it came from; the answers of hyper-util's pool carry none.
-pub struct Body {
-    inner: Incoming,
-    home: Option<Home>,
-}
+/// An upstream answer's body: read from its connection here, or handed over by
+/// hyper-util's pool (TLS, HTTP/2). Read to the end, a body of this pool's puts its
+/// connection back on the idle list it came from.
+pub struct Body(Inner);
 
-struct Home {
-    sender: Sender,
-    idle: Arc<Idle>,
+enum Inner {
+    Hyper(Incoming),
+    Own { reading: Reading, idle: Arc<Idle> },
 }
 
 impl Body {
-    /// A body whose connection is someone else's to keep.
+    /// A body whose connection is hyper-util's to keep.
     pub fn unpooled(inner: Incoming) -> Body {
-        Body { inner, home: None }
-    }
-
-    fn go_home(&mut self) {
-        if let Some(Home { sender, idle }) = self.home.take() {
-            idle.put(sender);
-        }
+        Body(Inner::Hyper(inner))
     }
 }
 
 impl Drop for Body {
     /// A body left before its end (a stream's relay stops at `data: [DONE]`, before the
-    /// chunked body's last, empty chunk) leaves hyper to read what remains if it is
-    /// already there: the connection is kept if that reaches the end, as hyper-util's
-    /// pool kept it, and closed otherwise.
+    /// chunked body's last, empty chunk) is read to its end if the rest is already
+    /// there, or comes within [`LEFT_BODY_WAIT`]; its connection is kept then, and
+    /// closed otherwise.
     fn drop(&mut self) {
-        let Some(Home { mut sender, idle }) = self.home.take() else {
+        let Inner::Own { reading, idle } = &mut self.0 else {
             return;
         };
+        if reading.is_end() {
+            return;
+        }
+        if reading.finish_now() {
+            if let Some(conn) = reading.take_reusable() {
+                idle.put(conn);
+            }
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let (reading, idle) = (reading.take(), idle.clone());
         runtime.spawn(async move {
-            let ready = tokio::time::timeout(LEFT_BODY_WAIT, sender.ready()).await;
-            if let Ok(Ok(())) = ready {
-                idle.put(sender);
+            if let Ok(Some(conn)) = tokio::time::timeout(LEFT_BODY_WAIT, reading.finish()).await {
+                idle.put(conn);
             }
         });
     }
@@ -289,30 +273,41 @@ impl Drop for Body {
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            None => this.go_home(),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.go_home(),
-            // A connection that failed mid-answer is not one to use again.
-            Some(Err(_)) => this.home = None,
-            Some(Ok(_)) => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match &mut self.get_mut().0 {
+            Inner::Hyper(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(io::Error::other))),
+            Inner::Own { reading, idle } => {
+                let data = ready!(reading.poll_data(cx));
+                if let Some(conn) = reading.take_reusable() {
+                    idle.put(conn);
+                }
+                Poll::Ready(data.map(|data| data.map(Frame::data)))
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Inner::Hyper(inner) => inner.is_end_stream(),
+            Inner::Own { reading, .. } => reading.is_end(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Inner::Hyper(inner) => inner.size_hint(),
+            Inner::Own { reading, .. } => match reading.left() {
+                Some(left) => SizeHint::with_exact(left),
+                None => SizeHint::default(),
+            },
+        }
     }
 }
 
@@ -337,7 +332,25 @@ mod tests {
         Stream,
         /// A head promising 100 bytes, and 11 of them.
         Stalled,
+        /// The same, then the connection closed.
+        CutShort,
+        /// A stream written a piece at a time, as a model server paces its tokens:
+        /// the head, each event's chunk, and the body's last chunk, each in a write of
+        /// its own and a little after the one before.
+        Paced,
+        /// A body with neither length nor chunks: it ends where the connection does.
+        UntilClosed,
     }
+
+    /// The pieces `Answers::Paced` writes; their data is `PACED_EVENTS`.
+    const PACED: [&str; 5] = [
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        "f\r\ndata: {\"a\":1}\n\n\r\n",
+        "f\r\ndata: {\"a\":2}\n\n\r\n",
+        "e\r\ndata: [DONE]\n\n\r\n",
+        "0\r\n\r\n",
+    ];
+    const PACED_EVENTS: &[u8] = b"data: {\"a\":1}\n\ndata: {\"a\":2}\n\ndata: [DONE]\n\n";
 
     const OK: &[u8] = br#"{"ok":true}"#;
 
@@ -415,23 +428,27 @@ mod tests {
                     transfer-encoding: chunked\r\n\r\n\
                     f\r\ndata: {\"a\":1}\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
                     .to_string(),
-                Answers::Stalled => format!(
+                Answers::Stalled | Answers::CutShort => format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}",
+                    String::from_utf8_lossy(OK)
+                ),
+                Answers::Paced => {
+                    for piece in PACED {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = socket.write_all(piece.as_bytes()).await;
+                    }
+                    continue;
+                }
+                Answers::UntilClosed => format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{}",
                     String::from_utf8_lossy(OK)
                 ),
             };
             let _ = socket.write_all(answer.as_bytes()).await;
-            if let Answers::WholeThenClose = answers {
+            if let Answers::WholeThenClose | Answers::CutShort | Answers::UntilClosed = answers {
                 return;
             }
         }
-    }
-
-    fn request(url: &str) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(Bytes::from_static(b"{\"model\":\"m\"}")));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = format!("{url}/chat/completions").parse().expect("uri");
-        request
     }
 
     /// A pool for `upstream`, and what it connects with.
@@ -453,11 +470,20 @@ mod tests {
         }
 
         async fn send(&self) -> Response<Body> {
-            let timeouts = UpstreamTimeouts::all(Duration::from_secs(1));
-            self.pool
-                .send((&self.tcp, timeouts), request(&self.url))
+            self.send_body(Bytes::from_static(b"{\"model\":\"m\"}"))
                 .await
                 .expect("an answer")
+        }
+
+        async fn send_body(&self, body: Bytes) -> Result<Response<Body>, SendError> {
+            let timeouts = UpstreamTimeouts::all(Duration::from_secs(1));
+            let uri: Uri = format!("{}/chat/completions", self.url)
+                .parse()
+                .expect("uri");
+            let fields = b"content-type: application/json\r\n";
+            self.pool
+                .send((&self.tcp, timeouts), (&Method::POST, &uri), fields, body)
+                .await
         }
 
         /// Sends a request and reads its answer to the end.
@@ -549,7 +575,7 @@ mod tests {
             // second try, `send_once_more_if_broken`, covers it).
             until(|| {
                 let idle = client.pool.idle[1].lock();
-                idle.conns.iter().all(|c| c.sender.is_closed())
+                idle.conns.iter().all(|waiting| !waiting.is_usable())
             })
             .await;
         }
@@ -576,6 +602,113 @@ mod tests {
             1,
             "the upstream saw it close"
         );
+    }
+
+    #[tokio::test]
+    async fn a_paced_stream_is_read_event_by_event_and_keeps_its_connection() {
+        let upstream = upstream(Answers::Paced).await;
+        let client = Client::of(&upstream);
+        for _ in 0..2 {
+            let response = client.send().await;
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            let mut body = response.into_body();
+            let mut seen = Vec::new();
+            let mut frames = 0;
+            while !seen.ends_with(b"data: [DONE]\n\n") {
+                let frame = body.frame().await.expect("a frame").expect("data");
+                seen.extend_from_slice(&frame.into_data().expect("data"));
+                frames += 1;
+            }
+            assert_eq!(seen, PACED_EVENTS);
+            assert_eq!(frames, 3, "each event as it came");
+            // Left at `[DONE]`: the body's last chunk has not come yet, and is waited
+            // for.
+            drop(body);
+            until(|| client.pool.idle_count() > 0).await;
+            assert_eq!(client.pool.idle_count(), 1);
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_is_an_error_and_its_connection_is_not_kept() {
+        let upstream = upstream(Answers::CutShort).await;
+        let client = Client::of(&upstream);
+        for _ in 0..2 {
+            let error = client
+                .send()
+                .await
+                .into_body()
+                .collect()
+                .await
+                .expect_err("an error");
+            assert!(
+                error.to_string().contains("before the answer's end"),
+                "{error}"
+            );
+            assert_eq!(client.pool.idle_count(), 0);
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_with_its_connection_is_read_whole() {
+        let upstream = upstream(Answers::UntilClosed).await;
+        let client = Client::of(&upstream);
+        for _ in 0..2 {
+            assert_eq!(client.ask().await, OK);
+            assert_eq!(client.pool.idle_count(), 0, "nothing left to keep");
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_long_request_body_reaches_the_upstream_whole() {
+        let upstream = upstream(Answers::Whole).await;
+        let client = Client::of(&upstream);
+        // Longer than what goes in one write with the head; the upstream answers only
+        // once it has read as many bytes as `content-length` says.
+        let body = Bytes::from(vec![b' '; 300 << 10]);
+        let response = client.send_body(body).await.expect("an answer");
+        let answer = response.into_body().collect().await.expect("body");
+        assert_eq!(answer.to_bytes(), OK);
+        let head = upstream.head.lock().expect("head").clone();
+        assert!(head.contains("\r\ncontent-length: 307200"), "{head}");
+        assert!(
+            head.contains("\r\ncontent-type: application/json"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_answers_nothing_is_a_broken_exchange() {
+        // Accepts, reads, and closes without a word.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buffer = [0u8; 1024];
+                let _ = socket.read(&mut buffer).await;
+            }
+        });
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(Duration::from_secs(1)));
+        let pool = Pool::new(&url, false, 1).expect("a cleartext pool");
+        let uri: Uri = format!("{url}/chat/completions").parse().expect("uri");
+        let timeouts = UpstreamTimeouts::all(Duration::from_secs(1));
+        let sent = pool
+            .send((&tcp, timeouts), (&Method::POST, &uri), b"", Bytes::new())
+            .await;
+        match sent {
+            Err(SendError::Broken(why)) => {
+                assert!(
+                    why.contains("closed the connection before it answered"),
+                    "{why}"
+                );
+            }
+            Err(other) => panic!("not a broken exchange: {other}"),
+            Ok(response) => panic!("an answer: {}", response.status()),
+        }
     }
 
     #[test]
