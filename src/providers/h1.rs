@@ -311,7 +311,12 @@ fn parse_head(buffer: &mut BytesMut) -> Result<Option<Parsed>, String> {
     Ok(Some(Parsed::Answer(Head {
         status,
         headers,
-        framing,
+        // An empty body has ended before it is read.
+        framing: if framing == Framing::Length(0) {
+            Framing::Ended
+        } else {
+            framing
+        },
         keep,
     })))
 }
@@ -681,7 +686,7 @@ mod tests {
             ),
             (
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
-                Framing::Length(0),
+                Framing::Ended,
                 true,
             ),
         ];

@@ -250,10 +250,8 @@ impl Drop for Body {
         let Inner::Own { reading, idle } = &mut self.0 else {
             return;
         };
-        if reading.is_end() {
-            return;
-        }
-        if reading.finish_now() {
+        // Ended (an empty body no one polled, too) or ending with what is there.
+        if reading.is_end() || reading.finish_now() {
             if let Some(conn) = reading.take_reusable() {
                 idle.put(conn);
             }
@@ -315,6 +313,7 @@ impl hyper::body::Body for Body {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use hyper::body::Body as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -340,6 +339,8 @@ mod tests {
         Paced,
         /// A body with neither length nor chunks: it ends where the connection does.
         UntilClosed,
+        /// `content-length: 0`.
+        Empty,
     }
 
     /// The pieces `Answers::Paced` writes; their data is `PACED_EVENTS`.
@@ -439,6 +440,7 @@ mod tests {
                     }
                     continue;
                 }
+                Answers::Empty => "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
                 Answers::UntilClosed => format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{}",
                     String::from_utf8_lossy(OK)
@@ -660,6 +662,20 @@ mod tests {
             assert_eq!(client.pool.idle_count(), 0, "nothing left to keep");
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_empty_answer_dropped_unread_keeps_its_connection() {
+        let upstream = upstream(Answers::Empty).await;
+        let client = Client::of(&upstream);
+        for _ in 0..3 {
+            let response = client.send().await;
+            assert!(response.body().is_end_stream());
+            assert_eq!(response.body().size_hint().exact(), Some(0));
+            drop(response);
+            assert_eq!(client.pool.idle_count(), 1);
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
