@@ -541,26 +541,35 @@ impl Reading {
         }
     }
 
-    /// Reads what is left of the body without a wait: what the connection's buffer holds
-    /// and what the socket has now. Whether that reached the end.
-    pub fn finish_now(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        loop {
-            match self.poll_data(&mut cx) {
-                Poll::Ready(Some(Ok(_))) => {}
-                Poll::Ready(Some(Err(_))) | Poll::Pending => return false,
-                Poll::Ready(None) => return self.is_end(),
+    /// Reads the end of a body left before it (a stream's relay stops at `data:
+    /// [DONE]`, before a chunked body's last chunk), if what is left is only framing:
+    /// `true` once the body has ended, `false` as soon as more data comes (a client that
+    /// left mid-answer: the connection is closed, which tells the upstream to stop) or
+    /// the connection fails.
+    fn poll_rest(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        match ready!(self.poll_data(cx)) {
+            None => Poll::Ready(self.is_end()),
+            Some(_) => {
+                self.conn = None;
+                Poll::Ready(false)
             }
         }
     }
 
-    /// Reads the rest of the body and drops it; the connection, if it can carry another
-    /// exchange.
+    /// [`Reading::poll_rest`] with what is there now: the connection's buffer and what
+    /// the socket holds.
+    pub fn rest_now(&mut self) -> Poll<bool> {
+        self.poll_rest(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// Waits for what [`Reading::poll_rest`] waits for; the connection, if the body
+    /// ended and it can carry another exchange.
     pub async fn finish(mut self) -> Option<Conn> {
-        while let Some(data) = std::future::poll_fn(|cx| self.poll_data(cx)).await {
-            data.ok()?;
+        if std::future::poll_fn(|cx| self.poll_rest(cx)).await {
+            self.take_reusable()
+        } else {
+            None
         }
-        self.take_reusable()
     }
 }
 

@@ -243,29 +243,39 @@ impl Body {
 
 impl Drop for Body {
     /// A body left before its end (a stream's relay stops at `data: [DONE]`, before the
-    /// chunked body's last, empty chunk) is read to its end if the rest is already
-    /// there, or comes within [`LEFT_BODY_WAIT`]; its connection is kept then, and
-    /// closed otherwise.
+    /// chunked body's last, empty chunk) keeps its connection if all that is left is
+    /// framing, there already or within [`LEFT_BODY_WAIT`]. A body left with more data
+    /// to come (a client gone mid-answer) closes its connection at once, which tells the
+    /// upstream to stop.
     fn drop(&mut self) {
         let Inner::Own { reading, idle } = &mut self.0 else {
             return;
         };
-        // Ended (an empty body no one polled, too) or ending with what is there.
-        if reading.is_end() || reading.finish_now() {
-            if let Some(conn) = reading.take_reusable() {
-                idle.put(conn);
-            }
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+        let rest = if reading.is_end() {
+            Poll::Ready(true)
+        } else {
+            reading.rest_now()
         };
-        let (reading, idle) = (reading.take(), idle.clone());
-        runtime.spawn(async move {
-            if let Ok(Some(conn)) = tokio::time::timeout(LEFT_BODY_WAIT, reading.finish()).await {
-                idle.put(conn);
+        match rest {
+            Poll::Ready(true) => {
+                if let Some(conn) = reading.take_reusable() {
+                    idle.put(conn);
+                }
             }
-        });
+            Poll::Ready(false) => {}
+            Poll::Pending => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let (reading, idle) = (reading.take(), idle.clone());
+                runtime.spawn(async move {
+                    let finished = tokio::time::timeout(LEFT_BODY_WAIT, reading.finish()).await;
+                    if let Ok(Some(conn)) = finished {
+                        idle.put(conn);
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -341,6 +351,9 @@ mod tests {
         UntilClosed,
         /// `content-length: 0`.
         Empty,
+        /// The head and one event; then, a little later, a second event, `[DONE]` and
+        /// the body's end in one write.
+        TwoEvents,
     }
 
     /// The pieces `Answers::Paced` writes; their data is `PACED_EVENTS`.
@@ -438,6 +451,14 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         let _ = socket.write_all(piece.as_bytes()).await;
                     }
+                    continue;
+                }
+                Answers::TwoEvents => {
+                    let _ = socket.write_all(PACED[0].as_bytes()).await;
+                    let _ = socket.write_all(PACED[1].as_bytes()).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let rest = PACED[2..].concat();
+                    let _ = socket.write_all(rest.as_bytes()).await;
                     continue;
                 }
                 Answers::Empty => "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
@@ -662,6 +683,25 @@ mod tests {
             assert_eq!(client.pool.idle_count(), 0, "nothing left to keep");
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stream_left_with_more_to_come_closes_its_connection() {
+        // As when a client leaves mid-answer: what the upstream sends next is data, not
+        // the body's end, and the connection closes rather than read it.
+        let upstream = upstream(Answers::TwoEvents).await;
+        let client = Client::of(&upstream);
+        let mut body = client.send().await.into_body();
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().expect("data"), &PACED_EVENTS[..15]);
+        drop(body);
+        until(|| upstream.closed.load(Ordering::SeqCst) > 0).await;
+        assert_eq!(
+            upstream.closed.load(Ordering::SeqCst),
+            1,
+            "closed, not read on"
+        );
+        assert_eq!(client.pool.idle_count(), 0);
     }
 
     #[tokio::test]
