@@ -351,6 +351,8 @@ mod tests {
         UntilClosed,
         /// `content-length: 0`.
         Empty,
+        /// Nothing: the request read, the connection closed without a word.
+        Nothing,
         /// The head and one event; then, a little later, a second event, `[DONE]` and
         /// the body's end in one write.
         TwoEvents,
@@ -433,6 +435,9 @@ mod tests {
                     *first = head;
                 }
             }
+            if let Answers::Nothing = answers {
+                return;
+            }
             let answer = match answers {
                 Answers::Whole | Answers::WholeThenClose => format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{}",
@@ -461,6 +466,7 @@ mod tests {
                     let _ = socket.write_all(rest.as_bytes()).await;
                     continue;
                 }
+                Answers::Nothing => unreachable!("answered above"),
                 Answers::Empty => "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
                 Answers::UntilClosed => format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{}",
@@ -530,6 +536,14 @@ mod tests {
         }
     }
 
+    /// Waits for the upstream to see its one connection closed, which the pool did not
+    /// keep.
+    async fn closed_not_kept(upstream: &Upstream, client: &Client) {
+        until(|| upstream.closed.load(Ordering::SeqCst) > 0).await;
+        assert_eq!(upstream.closed.load(Ordering::SeqCst), 1, "closed");
+        assert_eq!(client.pool.idle_count(), 0, "not kept");
+    }
+
     #[tokio::test]
     async fn answers_read_to_the_end_leave_one_connection_for_the_next() {
         let upstream = upstream(Answers::Whole).await;
@@ -578,13 +592,7 @@ mod tests {
         let frame = body.frame().await.expect("a frame").expect("data");
         assert_eq!(frame.into_data().expect("data"), OK);
         drop(body);
-        until(|| upstream.closed.load(Ordering::SeqCst) > 0).await;
-        assert_eq!(
-            upstream.closed.load(Ordering::SeqCst),
-            1,
-            "closed, not kept"
-        );
-        assert_eq!(client.pool.idle_count(), 0);
+        closed_not_kept(&upstream, &client).await;
     }
 
     #[tokio::test]
@@ -593,9 +601,9 @@ mod tests {
         let client = Client::of(&upstream);
         for _ in 0..3 {
             assert_eq!(client.ask().await, OK, "every request is answered");
-            // Let the connection's task see the upstream hang up (on a loaded machine
-            // it may not have yet when the next request comes; then the gateway's own
-            // second try, `send_once_more_if_broken`, covers it).
+            // Let the upstream's hang-up arrive (on a loaded machine it may not have
+            // when the next request comes; then the gateway's own second try,
+            // `send_once_more_if_broken`, covers it).
             until(|| {
                 let idle = client.pool.idle[1].lock();
                 idle.conns.iter().all(|waiting| !waiting.is_usable())
@@ -695,13 +703,7 @@ mod tests {
         let frame = body.frame().await.expect("a frame").expect("data");
         assert_eq!(frame.into_data().expect("data"), &PACED_EVENTS[..15]);
         drop(body);
-        until(|| upstream.closed.load(Ordering::SeqCst) > 0).await;
-        assert_eq!(
-            upstream.closed.load(Ordering::SeqCst),
-            1,
-            "closed, not read on"
-        );
-        assert_eq!(client.pool.idle_count(), 0);
+        closed_not_kept(&upstream, &client).await;
     }
 
     #[tokio::test]
@@ -738,24 +740,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_that_answers_nothing_is_a_broken_exchange() {
-        // Accepts, reads, and closes without a word.
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/v1", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let mut buffer = [0u8; 1024];
-                let _ = socket.read(&mut buffer).await;
-            }
-        });
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(Duration::from_secs(1)));
-        let pool = Pool::new(&url, false, 1).expect("a cleartext pool");
-        let uri: Uri = format!("{url}/chat/completions").parse().expect("uri");
-        let timeouts = UpstreamTimeouts::all(Duration::from_secs(1));
-        let sent = pool
-            .send((&tcp, timeouts), (&Method::POST, &uri), b"", Bytes::new())
-            .await;
-        match sent {
+        let upstream = upstream(Answers::Nothing).await;
+        let client = Client::of(&upstream);
+        match client.send_body(Bytes::new()).await {
             Err(SendError::Broken(why)) => {
                 assert!(
                     why.contains("closed the connection before it answered"),
