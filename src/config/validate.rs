@@ -662,6 +662,8 @@ impl RawServer {
                 max_connections: self.max_connections,
                 max_per_address: self.max_connections_per_address,
                 header_read_timeout,
+                max_body,
+                body_timeout,
             },
             body_timeout,
             tls,

@@ -5,6 +5,7 @@
 //! connection finish its response. What a request does once it is read is the router's
 //! business, not this module's.
 
+mod h1;
 mod json_errors;
 
 use std::collections::HashMap;
@@ -62,6 +63,11 @@ pub struct ConnectionLimits {
     /// Time a client has to send a request's headers, and to start the next request on
     /// a kept-alive connection.
     pub header_read_timeout: Duration,
+    /// The longest request body read whole by the connection served by hand
+    /// (`server.max_body`); longer ones go to hyper, and the handler refuses them.
+    pub max_body: usize,
+    /// Time a client has to send the rest of a body (`server.body_timeout`).
+    pub body_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -293,7 +299,7 @@ impl<A: App> Accepted<A> {
             return;
         };
         match tls {
-            None => Box::pin(serve_http(stream, peer, app, limits, closing)).await,
+            None => Box::pin(h1::serve(stream, peer, app, limits, closing)).await,
             Some(tls) => match Box::pin(tokio::time::timeout(wait, tls.accept(stream))).await {
                 Ok(Ok(stream)) => Box::pin(serve_http(stream, peer, app, limits, closing)).await,
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
@@ -513,6 +519,8 @@ mod tests {
             max_connections: 3,
             max_per_address: 2,
             header_read_timeout: Duration::from_secs(1),
+            max_body: 1 << 20,
+            body_timeout: Duration::from_secs(1),
         };
         let a: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let b: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));

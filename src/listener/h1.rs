@@ -1,0 +1,989 @@
+//! A client's cleartext HTTP/1.1 connection, served by hand for the requests nearly all
+//! traffic is: a head, and a body of known length or none.
+//!
+//! hyper's server connection runs a dispatcher between the socket and the router: the
+//! body is handed over through a channel of its own, the answer's head goes through a
+//! header map into an encoder's queue, and each turn asks the socket, the body and the
+//! service in a fixed round (about a fifth of what a whole answer costs the gateway).
+//! Here the connection's task reads the head with `httparse` (hyper's own parser), the
+//! body whole (it is at most `server.max_body`, which the handlers read whole anyway),
+//! calls the router, and writes the answer's head and body in one write, a stream's
+//! events as chunks as they come.
+//!
+//! What it does not take goes to hyper with the bytes already read, and the connection
+//! stays with hyper from then on: HTTP/1.0, HTTP/2's preface, a chunked or otherwise
+//! coded body, `expect` other than `100-continue`, an upgrade, `CONNECT`, a body over
+//! `max_body`, a head that is malformed or past the read buffer (hyper's 400 and 431,
+//! in OpenAI's shape, as before).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use hyper::body::Body as _;
+use smallvec::SmallVec;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::{Activity, App, Busy, ConnectionLimits, READ_BUFFER, idle_for};
+use crate::wake::WhenWoken;
+
+/// The most header fields a request may carry (hyper's default too).
+const MAX_HEADERS: usize = 100;
+
+/// Answer bytes gathered before they are written; a larger piece of body is written
+/// on its own rather than copied.
+const GATHER: usize = 16 << 10;
+
+/// Serves `io` until the client closes it, it idles out, the listener closes, or a
+/// request comes that hyper should take (then hyper serves the rest of it).
+pub(super) async fn serve(
+    io: TcpStream,
+    peer: SocketAddr,
+    app: impl App,
+    limits: ConnectionLimits,
+    closing: watch::Receiver<bool>,
+) {
+    let mut conn = Conn {
+        io,
+        buffer: BytesMut::with_capacity(READ_BUFFER),
+        out: Vec::new(),
+    };
+    // As hyper's connections are watched (`serve_http`): asked only when woken.
+    let activity = Arc::new(Activity::new());
+    let mut idle = WhenWoken::new(idle_for(&activity, limits.header_read_timeout));
+    let mut shutdown = {
+        let mut closing = closing.clone();
+        WhenWoken::new(async move {
+            let _ = closing.wait_for(|c| *c).await;
+        })
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            next = conn.read_head(&limits) => next,
+            () = &mut shutdown => return,
+            () = &mut idle => return,
+        };
+        let head = match next {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(ForHyper) => break,
+        };
+        let busy = Busy::start(&activity);
+        let Some(request) = conn.read_body(head, peer, &limits).await else {
+            return;
+        };
+        let keep = request.keep;
+        let answered = {
+            let (mut reader, mut writer) = conn.io.split();
+            let buffer = &mut conn.buffer;
+            let response = tokio::select! {
+                biased;
+                response = app.clone().oneshot(request.request) => match response {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+                () = client_gone(&mut reader, &mut *buffer) => return,
+            };
+            // Shutting down: this answer is the connection's last.
+            let keep = keep && !is_done(&mut shutdown);
+            let head_only = request.head_only;
+            tokio::select! {
+                biased;
+                kept = write(&mut writer, &mut conn.out, response, keep, head_only) => kept,
+                () = client_gone(&mut reader, &mut *buffer) => return,
+            }
+        };
+        drop(busy);
+        match answered {
+            Ok(true) if !is_done(&mut shutdown) => {}
+            Ok(_) => {
+                let _ = conn.io.shutdown().await;
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%peer, %error, "a client connection failed mid-answer");
+                return;
+            }
+        }
+        if conn.out.capacity() > 4 * GATHER {
+            conn.out = Vec::new();
+        }
+    }
+    let Conn { io, buffer, .. } = conn;
+    let io = Prefixed {
+        read: buffer.freeze(),
+        io,
+    };
+    Box::pin(super::serve_http(io, peer, app, limits, closing)).await;
+}
+
+/// Whether a wait wrapped in `WhenWoken` has ended, without waiting.
+fn is_done(wait: &mut WhenWoken<impl Future<Output = ()>>) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    Pin::new(wait).poll(&mut cx).is_ready()
+}
+
+struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet used: the start of the next request, if any.
+    buffer: BytesMut,
+    /// An answer's bytes, gathered for one write.
+    out: Vec<u8>,
+}
+
+/// A request this module does not serve (see the module's text): hyper takes the
+/// connection.
+struct ForHyper;
+
+/// A request's head, read and taken.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    length: usize,
+    keep: bool,
+    expect_continue: bool,
+}
+
+/// A request ready for the router.
+struct Ready {
+    request: Request<Body>,
+    keep: bool,
+    /// A `HEAD` request: its answer's head is written, not its body.
+    head_only: bool,
+}
+
+impl Conn {
+    /// The next request's head; `None` when the client closed the connection (or it
+    /// failed) between requests.
+    async fn read_head(&mut self, limits: &ConnectionLimits) -> Result<Option<Head>, ForHyper> {
+        loop {
+            match take_head(&mut self.buffer, limits.max_body)? {
+                Some(head) => return Ok(Some(head)),
+                None if self.buffer.len() >= READ_BUFFER => return Err(ForHyper),
+                None => {}
+            }
+            match fill(&mut self.io, &mut self.buffer, READ_BUFFER).await {
+                Ok(0) | Err(_) if self.buffer.is_empty() => return Ok(None),
+                // A head cut short: hyper says what it makes of it.
+                Ok(0) | Err(_) => return Err(ForHyper),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads the body whole, within `body_timeout` (a client that does not finish it
+    /// gets a 408); `None` when the connection is done.
+    async fn read_body(
+        &mut self,
+        head: Head,
+        peer: SocketAddr,
+        limits: &ConnectionLimits,
+    ) -> Option<Ready> {
+        let Head {
+            method,
+            uri,
+            headers,
+            length,
+            keep,
+            expect_continue,
+        } = head;
+        if self.buffer.len() < length {
+            if expect_continue && self.buffer.is_empty() {
+                self.io
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .ok()?;
+            }
+            self.buffer.reserve(length - self.buffer.len());
+            let read = async {
+                while self.buffer.len() < length {
+                    if fill(&mut self.io, &mut self.buffer, length).await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                Ok::<_, io::Error>(())
+            };
+            match tokio::time::timeout(limits.body_timeout, read).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    let refusal = body_timeout(limits.body_timeout);
+                    let _ = write(&mut self.io, &mut self.out, refusal, false, false).await;
+                    let _ = self.io.shutdown().await;
+                    return None;
+                }
+            }
+        }
+        let body = if length == 0 {
+            Body::empty()
+        } else {
+            Body::from(self.buffer.split_to(length).freeze())
+        };
+        if length > READ_BUFFER {
+            // What follows moves to a buffer of the usual size: the large one is freed
+            // with the body instead of being kept for the connection's life.
+            let rest = std::mem::take(&mut self.buffer);
+            self.buffer = BytesMut::with_capacity(READ_BUFFER.max(rest.len()));
+            self.buffer.extend_from_slice(&rest);
+        }
+        let head_only = method == Method::HEAD;
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        request
+            .extensions_mut()
+            .insert(crate::domain::Source(Some(peer.ip())));
+        Some(Ready {
+            request,
+            keep,
+            head_only,
+        })
+    }
+}
+
+/// The answer to a body that did not arrive in time, as the handlers give it
+/// (`Refusal::body_timeout`; the listener sits below the gateway and cannot ask it).
+fn body_timeout(timeout: std::time::Duration) -> Response {
+    let body = serde_json::json!({
+        "error": {
+            "message": format!(
+                "the request body did not arrive within {}",
+                crate::domain::units::format_duration(timeout)
+            ),
+            "type": "invalid_request_error",
+            "param": null,
+            "code": "request_timeout",
+        }
+    });
+    (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+}
+
+/// Reads what the socket has into `buffer`, at most up to `up_to` bytes in all: how
+/// much, 0 at its end.
+async fn fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buffer: &mut BytesMut,
+    up_to: usize,
+) -> io::Result<usize> {
+    let room = up_to.saturating_sub(buffer.len()).max(1);
+    if buffer.capacity() - buffer.len() < room.min(READ_BUFFER / 2) {
+        buffer.reserve(room.min(READ_BUFFER));
+    }
+    std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buffer)).await
+}
+
+/// Resolves when the client has closed the connection (or it failed) while a request is
+/// in progress; what it sends meanwhile (a pipelined request) is kept, up to the read
+/// buffer.
+async fn client_gone(reader: &mut ReadHalf<'_>, buffer: &mut BytesMut) {
+    while buffer.len() < READ_BUFFER {
+        match fill(reader, buffer, READ_BUFFER).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
+}
+
+/// Takes a request's head from the front of `buffer` when it is all there (`None`
+/// until it is) and this module serves it.
+fn take_head(buffer: &mut BytesMut, max_body: usize) -> Result<Option<Head>, ForHyper> {
+    if buffer.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let length = match parsed.parse_with_uninit_headers(buffer, &mut fields) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ForHyper),
+    };
+    if parsed.version != Some(1) {
+        return Err(ForHyper);
+    }
+    let Ok(method) = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes()) else {
+        return Err(ForHyper);
+    };
+    if method == Method::CONNECT {
+        return Err(ForHyper);
+    }
+    // Where each piece lies in `buffer`, to be cut from it once the head is taken.
+    let at = |piece: &[u8]| {
+        let start = piece.as_ptr() as usize - buffer.as_ptr() as usize;
+        start..start + piece.len()
+    };
+    let path = at(parsed.path.unwrap_or_default().as_bytes());
+    let mut body = None;
+    let mut keep = true;
+    let mut expect_continue = false;
+    let mut places: SmallVec<[(HeaderName, std::ops::Range<usize>); 16]> = SmallVec::new();
+    for field in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+            return Err(ForHyper);
+        };
+        if name == header::CONTENT_LENGTH {
+            let Some(length) = std::str::from_utf8(field.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+            else {
+                return Err(ForHyper);
+            };
+            if body.is_some_and(|known| known != length) || length > max_body {
+                return Err(ForHyper);
+            }
+            body = Some(length);
+        } else if name == header::TRANSFER_ENCODING || name == header::UPGRADE {
+            return Err(ForHyper);
+        } else if name == header::EXPECT {
+            if !field.value.eq_ignore_ascii_case(b"100-continue") {
+                return Err(ForHyper);
+            }
+            expect_continue = true;
+        } else if name == header::CONNECTION {
+            for token in field.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep = false;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Err(ForHyper);
+                }
+            }
+        }
+        places.push((name, at(field.value)));
+    }
+    let head = buffer.split_to(length).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
+        return Err(ForHyper);
+    };
+    let mut headers = HeaderMap::with_capacity(places.len());
+    for (name, place) in places {
+        // httparse took only bytes a header value may hold.
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(place)) else {
+            return Err(ForHyper);
+        };
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        method,
+        uri,
+        headers,
+        length: body.unwrap_or(0),
+        keep,
+        expect_continue,
+    }))
+}
+
+/// How an answer's body is framed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `response`, head and body; whether the connection can carry another request.
+async fn write<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    out: &mut Vec<u8>,
+    response: Response,
+    keep: bool,
+    head_only: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let keep = keep && !says_close(&parts.headers);
+    let framing = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::None
+    } else {
+        match body.size_hint().exact() {
+            Some(length) => Framing::Length(length),
+            None => parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .map_or(Framing::Chunked, Framing::Length),
+        }
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::None => {}
+        Framing::Length(length) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    date::append(out);
+    out.extend_from_slice(b"\r\n");
+    if framing == Framing::None || head_only {
+        io.write_all(out).await?;
+        return Ok(keep);
+    }
+    let mut left = match framing {
+        Framing::Length(length) => length,
+        _ => u64::MAX,
+    };
+    loop {
+        // Every piece ready now goes in one write; a write waits for nothing else.
+        let frame =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        let frame = match frame {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    io.write_all(out).await?;
+                    out.clear();
+                }
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(error)) => return Err(io::Error::other(error)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: not sent (nor asked for).
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if framing == Framing::Chunked {
+            chunk_size(out, data.len());
+        } else {
+            left = left.checked_sub(data.len() as u64).ok_or_else(|| {
+                io::Error::other("the answer's body is longer than its content-length")
+            })?;
+        }
+        if data.len() > GATHER {
+            io.write_all(out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        _ if left != 0 => {
+            return Err(io::Error::other(
+                "the answer's body is shorter than its content-length",
+            ));
+        }
+        _ => {}
+    }
+    io.write_all(out).await?;
+    out.clear();
+    Ok(keep)
+}
+
+/// A chunk's size line: its length in hexadecimal.
+fn chunk_size(out: &mut Vec<u8>, length: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut left = length;
+    loop {
+        at -= 1;
+        digits[at] = DIGITS[left & 15];
+        left >>= 4;
+        if left == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether an answer's headers end its connection.
+fn says_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// The `date` header, formatted once a second on each thread.
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static NOW: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+
+    pub fn append(out: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let second = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        NOW.with_borrow_mut(|(at, text)| {
+            if *at != second {
+                *at = second;
+                *text = httpdate::fmt_http_date(now);
+            }
+            out.extend_from_slice(b"date: ");
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        });
+    }
+}
+
+/// A connection handed to hyper with the bytes already read from it, which hyper reads
+/// first.
+struct Prefixed {
+    read: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A listener on 127.0.0.1:0 serving `handle` for every request; stopped when the
+    /// returned sender is dropped.
+    async fn listen<F, Fut>(handle: F) -> (SocketAddr, watch::Sender<bool>)
+    where
+        F: Fn(Request<Body>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = tower::service_fn(move |req| {
+            let answer = handle(req);
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
+        let limits = ConnectionLimits {
+            max_connections: 16,
+            max_per_address: 16,
+            header_read_timeout: Duration::from_secs(10),
+            max_body: 1 << 20,
+            body_timeout: Duration::from_secs(10),
+        };
+        let (stop, stopped) = watch::channel(false);
+        super::super::spawn(listener, app, limits, None, None, stopped, "test");
+        (addr, stop)
+    }
+
+    /// Answers with what it was sent: the method, path, body and one header.
+    async fn echo(req: Request<Body>) -> Response {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let said = parts
+            .headers
+            .get("x-say")
+            .map(|v| v.to_str().unwrap_or("?").to_owned())
+            .unwrap_or_default();
+        format!(
+            "{} {} [{}] {}",
+            parts.method,
+            parts.uri,
+            String::from_utf8_lossy(&body),
+            said
+        )
+        .into_response()
+    }
+
+    /// One answer read from `stream`: its head, and its body unframed.
+    async fn answer(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> (String, String) {
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            read_more(stream, buffer).await;
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+        buffer.drain(..head_end);
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map(|l| l.trim().parse::<usize>().unwrap());
+        let body = match length {
+            Some(length) => {
+                while buffer.len() < length {
+                    read_more(stream, buffer).await;
+                }
+                buffer.drain(..length).collect::<Vec<u8>>()
+            }
+            None if head.contains("transfer-encoding: chunked") => {
+                let mut body = Vec::new();
+                loop {
+                    let line_end = loop {
+                        if let Some(at) = buffer.windows(2).position(|w| w == b"\r\n") {
+                            break at;
+                        }
+                        read_more(stream, buffer).await;
+                    };
+                    let size = usize::from_str_radix(
+                        std::str::from_utf8(&buffer[..line_end]).unwrap(),
+                        16,
+                    )
+                    .unwrap();
+                    while buffer.len() < line_end + 2 + size + 2 {
+                        read_more(stream, buffer).await;
+                    }
+                    body.extend_from_slice(&buffer[line_end + 2..line_end + 2 + size]);
+                    buffer.drain(..line_end + 2 + size + 2);
+                    if size == 0 {
+                        break body;
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        (head, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) {
+        let mut piece = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut piece))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(buffer)
+        );
+        buffer.extend_from_slice(&piece[..n]);
+    }
+
+    async fn closed(stream: &mut TcpStream) -> bool {
+        let mut piece = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut piece)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_in_pieces_reaches_the_handler_whole() {
+        let (addr, _stop) = listen(echo).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: a\r\nx-say: hi\r\ncontent-length: 11\r\n\r\nhel")
+            .await
+            .unwrap();
+        for piece in [&b"lo "[..], b"world"] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stream.write_all(piece).await.unwrap();
+        }
+        let mut buffer = Vec::new();
+        let (head, body) = answer(&mut stream, &mut buffer).await;
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        assert_eq!(body, "POST /v1/chat/completions?x=1 [hello world] hi");
+        // The connection carries the next one.
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, body) = answer(&mut stream, &mut buffer).await;
+        assert_eq!(body, "GET /healthz [] ");
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_read_buffer_arrives_whole_and_what_follows_is_kept() {
+        let (addr, _stop) = listen(echo).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let large = "x".repeat(100_000);
+        let mut requests = format!(
+            "POST /large HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{large}",
+            large.len()
+        )
+        .into_bytes();
+        requests.extend_from_slice(b"POST /next HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\n1");
+        stream.write_all(&requests).await.unwrap();
+        let mut buffer = Vec::new();
+        assert_eq!(
+            answer(&mut stream, &mut buffer).await.1,
+            format!("POST /large [{large}] ")
+        );
+        assert_eq!(answer(&mut stream, &mut buffer).await.1, "POST /next [1] ");
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order() {
+        let (addr, _stop) = listen(echo).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut requests = Vec::new();
+        for n in 0..5 {
+            requests.extend_from_slice(
+                format!("POST /{n} HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\n{n}").as_bytes(),
+            );
+        }
+        stream.write_all(&requests).await.unwrap();
+        let mut buffer = Vec::new();
+        for n in 0..5 {
+            let (_, body) = answer(&mut stream, &mut buffer).await;
+            assert_eq!(body, format!("POST /{n} [{n}] "));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_is_written_as_each_piece_comes() {
+        let (pieces, taken) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+        let taken = Arc::new(std::sync::Mutex::new(Some(taken)));
+        let (addr, _stop) = listen(move |_req| {
+            let taken = taken.lock().unwrap().take().unwrap();
+            async move {
+                let events = futures_util::stream::unfold(taken, |mut taken| async move {
+                    let piece = taken.recv().await?;
+                    Some((
+                        Ok::<_, Infallible>(Bytes::from_static(piece.as_bytes())),
+                        taken,
+                    ))
+                });
+                Body::from_stream(events).into_response()
+            }
+        })
+        .await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+        let mut buffer = Vec::new();
+        pieces.send("data: one\n\n").unwrap();
+        while !buffer.ends_with(b"data: one\n\n\r\n") {
+            read_more(&mut stream, &mut buffer).await;
+        }
+        let head = String::from_utf8_lossy(&buffer).to_lowercase();
+        assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\nb\r\ndata: one\n\n\r\n"), "{head}");
+        buffer.clear();
+        // The second piece goes out only now, so the first came on its own.
+        pieces.send("data: two\n\n").unwrap();
+        drop(pieces);
+        while !buffer.ends_with(b"0\r\n\r\n") {
+            read_more(&mut stream, &mut buffer).await;
+        }
+        assert_eq!(buffer, b"b\r\ndata: two\n\n\r\n0\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_asks_to_close_gets_its_answer_then_the_end() {
+        let (addr, _stop) = listen(echo).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi",
+            )
+            .await
+            .unwrap();
+        let mut buffer = Vec::new();
+        let (head, body) = answer(&mut stream, &mut buffer).await;
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert_eq!(body, "POST /x [hi] ");
+        assert!(closed(&mut stream).await);
+    }
+
+    #[tokio::test]
+    async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+        let (addr, _stop) = listen(echo).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /x HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut buffer = Vec::new();
+        while !buffer.ends_with(b"\r\n\r\n") {
+            read_more(&mut stream, &mut buffer).await;
+        }
+        assert_eq!(buffer, b"HTTP/1.1 100 Continue\r\n\r\n");
+        buffer.clear();
+        stream.write_all(b"body").await.unwrap();
+        let (_, body) = answer(&mut stream, &mut buffer).await;
+        assert_eq!(body, "POST /x [body] ");
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_mid_request_cancels_its_handler() {
+        let (dropped, was_dropped) = tokio::sync::oneshot::channel::<()>();
+        let dropped = Arc::new(std::sync::Mutex::new(Some(dropped)));
+        let (addr, _stop) = listen(move |_req| {
+            let guard = dropped.lock().unwrap().take();
+            async move {
+                // Holds the sender until the handler is dropped.
+                let _guard = guard;
+                std::future::pending::<Response>().await
+            }
+        })
+        .await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(stream);
+        let ended = tokio::time::timeout(Duration::from_secs(10), was_dropped).await;
+        assert!(matches!(ended, Ok(Err(_))), "the handler was not dropped");
+    }
+
+    #[tokio::test]
+    async fn requests_for_hyper_are_served_by_hyper_on_the_same_connection() {
+        let (addr, _stop) = listen(echo).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut buffer = Vec::new();
+        stream
+            .write_all(b"POST /a HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\n1")
+            .await
+            .unwrap();
+        assert_eq!(answer(&mut stream, &mut buffer).await.1, "POST /a [1] ");
+        // A chunked body: hyper's from here on, with what was read of it.
+        stream
+            .write_all(b"POST /b HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(answer(&mut stream, &mut buffer).await.1, "POST /b [abc] ");
+        stream
+            .write_all(b"POST /c HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\n3")
+            .await
+            .unwrap();
+        assert_eq!(answer(&mut stream, &mut buffer).await.1, "POST /c [3] ");
+
+        // HTTP/1.0, and a malformed head (hyper's 400, in OpenAI's shape).
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /d HTTP/1.0\r\ncontent-length: 1\r\n\r\n4")
+            .await
+            .unwrap();
+        let mut buffer = Vec::new();
+        let (head, body) = answer(&mut stream, &mut buffer).await;
+        assert!(head.starts_with("http/1.0 200"), "{head}");
+        assert_eq!(body, "POST /d [4] ");
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /e HTTP/1.1\r\nbad header\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = Vec::new();
+        let (head, body) = answer(&mut stream, &mut buffer).await;
+        assert!(head.starts_with("http/1.1 400"), "{head}");
+        assert!(
+            body.contains("\"type\":\"invalid_request_error\""),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_hexadecimal() {
+        for (length, line) in [
+            (0, "0\r\n"),
+            (11, "b\r\n"),
+            (4096, "1000\r\n"),
+            (0xabcdef, "abcdef\r\n"),
+        ] {
+            let mut out = Vec::new();
+            chunk_size(&mut out, length);
+            assert_eq!(String::from_utf8(out).unwrap(), line);
+        }
+    }
+}
