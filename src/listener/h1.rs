@@ -207,7 +207,9 @@ impl Conn {
                     .await
                     .ok()?;
             }
-            self.buffer.reserve(length - self.buffer.len());
+            // Room grows with what arrives: a length claimed is not memory taken.
+            self.buffer
+                .reserve((length - self.buffer.len()).min(64 << 10));
             let read = async {
                 while self.buffer.len() < length {
                     if fill(&mut self.io, &mut self.buffer, length).await? == 0 {
@@ -272,8 +274,8 @@ fn body_timeout(timeout: std::time::Duration) -> Response {
     (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
 }
 
-/// Reads what the socket has into `buffer`, at most up to `up_to` bytes in all: how
-/// much, 0 at its end.
+/// Reads what the socket has into `buffer`, with room made towards `up_to` bytes in
+/// all: how much it read, 0 at its end.
 async fn fill<R: AsyncRead + Unpin>(
     io: &mut R,
     buffer: &mut BytesMut,
