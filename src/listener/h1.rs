@@ -324,11 +324,14 @@ fn take_head(buffer: &mut BytesMut, max_body: usize) -> Result<Option<Head>, For
         return Err(ForHyper);
     }
     // Where each piece lies in `buffer`, to be cut from it once the head is taken.
+    // httparse's pieces are slices of `buffer`; anything else goes to hyper.
     let at = |piece: &[u8]| {
-        let start = piece.as_ptr() as usize - buffer.as_ptr() as usize;
-        start..start + piece.len()
+        let start = (piece.as_ptr() as usize).checked_sub(buffer.as_ptr() as usize)?;
+        (start + piece.len() <= length).then_some(start..start + piece.len())
     };
-    let path = at(parsed.path.unwrap_or_default().as_bytes());
+    let Some(path) = parsed.path.and_then(|path| at(path.as_bytes())) else {
+        return Err(ForHyper);
+    };
     let mut body = None;
     let mut keep = true;
     let mut expect_continue = false;
@@ -366,7 +369,10 @@ fn take_head(buffer: &mut BytesMut, max_body: usize) -> Result<Option<Head>, For
                 }
             }
         }
-        places.push((name, at(field.value)));
+        let Some(place) = at(field.value) else {
+            return Err(ForHyper);
+        };
+        places.push((name, place));
     }
     let head = buffer.split_to(length).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
@@ -973,6 +979,37 @@ mod tests {
             body.contains("\"type\":\"invalid_request_error\""),
             "{body}"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, taking a head never panics, and a head taken leaves
+        /// exactly the bytes after it.
+        #[test]
+        fn any_bytes_are_taken_whole_refused_or_waited_for(
+            fields in proptest::collection::vec("[a-zA-Z-]{0,12}: [ -~]{0,20}", 0..6),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            cut in 0usize..400,
+        ) {
+            let mut wire = b"POST /v1/chat/completions HTTP/1.1\r\n".to_vec();
+            for field in &fields {
+                wire.extend_from_slice(field.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(&noise);
+            wire.extend_from_slice(b"\r\n\r\nafter");
+            wire.truncate(cut.min(wire.len()));
+            let mut buffer = BytesMut::from(&wire[..]);
+            match take_head(&mut buffer, 1 << 20) {
+                Ok(Some(head)) => {
+                    let taken = wire.len() - buffer.len();
+                    // httparse takes a bare line feed for a line's end, as hyper did.
+                    let head_end = &wire[..taken];
+                    proptest::prop_assert!(head_end.ends_with(b"\n\n") || head_end.ends_with(b"\n\r\n"));
+                    proptest::prop_assert_eq!(head.method, Method::POST);
+                }
+                Ok(None) | Err(ForHyper) => proptest::prop_assert_eq!(buffer.len(), wire.len()),
+            }
+        }
     }
 
     #[test]
