@@ -743,6 +743,20 @@ mod tests {
         (head, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// A connection to `addr` that has sent `wire`.
+    async fn sent(addr: SocketAddr, wire: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(wire).await.unwrap();
+        stream
+    }
+
+    /// Reads into `buffer` until it ends with `end`.
+    async fn read_until(stream: &mut TcpStream, buffer: &mut Vec<u8>, end: &[u8]) {
+        while !buffer.ends_with(end) {
+            read_more(stream, buffer).await;
+        }
+    }
+
     async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) {
         let mut piece = [0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut piece))
@@ -768,11 +782,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_sent_in_pieces_reaches_the_handler_whole() {
         let (addr, _stop) = listen(echo).await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: a\r\nx-say: hi\r\ncontent-length: 11\r\n\r\nhel")
-            .await
-            .unwrap();
+        let mut stream = sent(addr, b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: a\r\nx-say: hi\r\ncontent-length: 11\r\n\r\nhel").await;
         for piece in [&b"lo "[..], b"world"] {
             tokio::time::sleep(Duration::from_millis(20)).await;
             stream.write_all(piece).await.unwrap();
@@ -848,18 +858,14 @@ mod tests {
             }
         })
         .await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(
-                b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}",
-            )
-            .await
-            .unwrap();
+        let mut stream = sent(
+            addr,
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await;
         let mut buffer = Vec::new();
         pieces.send("data: one\n\n").unwrap();
-        while !buffer.ends_with(b"data: one\n\n\r\n") {
-            read_more(&mut stream, &mut buffer).await;
-        }
+        read_until(&mut stream, &mut buffer, b"data: one\n\n\r\n").await;
         let head = String::from_utf8_lossy(&buffer).to_lowercase();
         assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
         assert!(head.ends_with("\r\n\r\nb\r\ndata: one\n\n\r\n"), "{head}");
@@ -867,22 +873,18 @@ mod tests {
         // The second piece goes out only now, so the first came on its own.
         pieces.send("data: two\n\n").unwrap();
         drop(pieces);
-        while !buffer.ends_with(b"0\r\n\r\n") {
-            read_more(&mut stream, &mut buffer).await;
-        }
+        read_until(&mut stream, &mut buffer, b"0\r\n\r\n").await;
         assert_eq!(buffer, b"b\r\ndata: two\n\n\r\n0\r\n\r\n");
     }
 
     #[tokio::test]
     async fn a_client_that_asks_to_close_gets_its_answer_then_the_end() {
         let (addr, _stop) = listen(echo).await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(
-                b"POST /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi",
-            )
-            .await
-            .unwrap();
+        let mut stream = sent(
+            addr,
+            b"POST /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 2\r\n\r\nhi",
+        )
+        .await;
         let mut buffer = Vec::new();
         let (head, body) = answer(&mut stream, &mut buffer).await;
         assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
@@ -893,17 +895,13 @@ mod tests {
     #[tokio::test]
     async fn expect_100_continue_is_answered_before_the_body_is_sent() {
         let (addr, _stop) = listen(echo).await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(
-                b"POST /x HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
-            )
-            .await
-            .unwrap();
+        let mut stream = sent(
+            addr,
+            b"POST /x HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+        )
+        .await;
         let mut buffer = Vec::new();
-        while !buffer.ends_with(b"\r\n\r\n") {
-            read_more(&mut stream, &mut buffer).await;
-        }
+        read_until(&mut stream, &mut buffer, b"\r\n\r\n").await;
         assert_eq!(buffer, b"HTTP/1.1 100 Continue\r\n\r\n");
         buffer.clear();
         stream.write_all(b"body").await.unwrap();
@@ -924,11 +922,11 @@ mod tests {
             }
         })
         .await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
+        let stream = sent(
+            addr,
+            b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(stream);
         let ended = tokio::time::timeout(Duration::from_secs(10), was_dropped).await;
@@ -958,20 +956,12 @@ mod tests {
         assert_eq!(answer(&mut stream, &mut buffer).await.1, "POST /c [3] ");
 
         // HTTP/1.0, and a malformed head (hyper's 400, in OpenAI's shape).
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"POST /d HTTP/1.0\r\ncontent-length: 1\r\n\r\n4")
-            .await
-            .unwrap();
+        let mut stream = sent(addr, b"POST /d HTTP/1.0\r\ncontent-length: 1\r\n\r\n4").await;
         let mut buffer = Vec::new();
         let (head, body) = answer(&mut stream, &mut buffer).await;
         assert!(head.starts_with("http/1.0 200"), "{head}");
         assert_eq!(body, "POST /d [4] ");
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"POST /e HTTP/1.1\r\nbad header\r\n\r\n")
-            .await
-            .unwrap();
+        let mut stream = sent(addr, b"POST /e HTTP/1.1\r\nbad header\r\n\r\n").await;
         let mut buffer = Vec::new();
         let (head, body) = answer(&mut stream, &mut buffer).await;
         assert!(head.starts_with("http/1.1 400"), "{head}");
