@@ -21,6 +21,8 @@
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 10 minutes)
 #   THREADS=1 benches/peers.sh       # both gateways serve connections on one thread
 #   REFERENCE=0 benches/peers.sh     # without nginx, even when it is installed
+#   HALT_POLL_NS=200000 benches/peers.sh   # a VM guest's idle CPUs poll 200 µs before
+#                                    # halting for the run (root, haltpoll; put back after)
 #
 # Timings on two shared cores move by a third between runs. MEASURE=instructions runs
 # each gateway alone under valgrind's callgrind instead (REQUESTS whole chat answers,
@@ -62,12 +64,27 @@ WORK=$(mktemp -d)
 KEY=sy-demo-acme
 PIDS=()
 
+HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALT_POLL_WAS=
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [ -n "$HALT_POLL_WAS" ]; then echo "$HALT_POLL_WAS" >"$HALT_POLL"; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+# The machine's idle policy for this run only (see "How this machine's idle CPUs wait"
+# below): what the c=1 rows measure on a VM booted with polling off, against one that
+# polls as KVM guests' haltpoll does by default.
+if [ -n "${HALT_POLL_NS:-}" ]; then
+    if [ ! -w "$HALT_POLL" ]; then
+        printf 'HALT_POLL_NS needs %s writable (a KVM guest with the haltpoll idle driver, as root)\n' "$HALT_POLL" >&2
+        exit 1
+    fi
+    HALT_POLL_WAS=$(cat "$HALT_POLL")
+    echo "$HALT_POLL_NS" >"$HALT_POLL"
+fi
 
 say() { printf '%s\n' "$*" >&2; }
 

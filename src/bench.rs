@@ -96,6 +96,46 @@ struct Report {
     first_token: Histogram<u64>,
     /// Time from one read of a stream that carried content to the next, microseconds.
     between_tokens: Histogram<u64>,
+    /// The share of the machine's CPU the hypervisor took while this load ran (Linux's
+    /// `steal`), when the kernel says.
+    stolen: Option<f64>,
+}
+
+/// The machine's CPU time as Linux's /proc/stat counts it, in ticks: what the hypervisor
+/// gave to others while this virtual machine had work (`steal`), and all of it. A round
+/// far off on a shared host is often one where the host took the CPU: both say so.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuTicks {
+    steal: u64,
+    all: u64,
+}
+
+impl CpuTicks {
+    fn now() -> Option<CpuTicks> {
+        CpuTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The `cpu` line: user, nice, system, idle, iowait, irq, softirq, steal, then guest
+    /// times (already counted in user and nice).
+    fn parse(stat: &str) -> Option<CpuTicks> {
+        let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+        let ticks: Vec<u64> = line
+            .split_ascii_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|field| field.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(CpuTicks {
+            steal: *ticks.get(7)?,
+            all: ticks.iter().sum(),
+        })
+    }
+
+    /// The share of the CPU stolen from `earlier` to `self`.
+    fn stolen_since(self, earlier: CpuTicks) -> Option<f64> {
+        let all = self.all.checked_sub(earlier.all).filter(|&all| all > 0)?;
+        Some(self.steal.checked_sub(earlier.steal)? as f64 / all as f64)
+    }
 }
 
 /// How one request went: its whole time and, for a stream, when its first content came
@@ -317,15 +357,27 @@ async fn load(args: &BenchArgs, base: &str, key: &str) -> anyhow::Result<Report>
         None => {
             let warmup = (args.requests / 20).max(args.concurrency);
             run_load(shared.clone(), warmup, args.concurrency).await?;
-            run_load(shared, args.requests, args.concurrency).await
+            measured(run_load(shared, args.requests, args.concurrency)).await
         }
         Some(rate) => {
             // A second of starts opens about as many connections as the run keeps busy.
             let warmup = (args.requests / 20).max(rate.ceil() as usize);
             run_open_loop(shared.clone(), warmup, rate, args.concurrency).await?;
-            run_open_loop(shared, args.requests, rate, args.concurrency).await
+            measured(run_open_loop(shared, args.requests, rate, args.concurrency)).await
         }
     }
+}
+
+/// `run`'s report, with the CPU the host took while it ran.
+async fn measured(
+    run: impl std::future::Future<Output = anyhow::Result<Report>>,
+) -> anyhow::Result<Report> {
+    let before = CpuTicks::now();
+    let mut report = run.await?;
+    report.stolen = CpuTicks::now()
+        .zip(before)
+        .and_then(|(after, before)| after.stolen_since(before));
+    Ok(report)
 }
 
 /// Where the load goes and what it sends.
@@ -489,6 +541,7 @@ impl Report {
             total: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             first_token: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             between_tokens: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            stolen: None,
         })
     }
 
@@ -546,6 +599,22 @@ fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds:
             say!("{}", added_by_round(name, &added_p99s(&rows, t)));
         }
     }
+    if rounds.len() > 1 && rounds.iter().flatten().any(|r| r.stolen.is_some()) {
+        say!("CPU the host took from this machine (steal) during each round's load:");
+        for (t, (name, _, _)) in targets.iter().enumerate() {
+            let stolen: Vec<Option<f64>> = rounds.iter().map(|round| round[t].stolen).collect();
+            say!("{}", stolen_by_round(name, &stolen));
+        }
+    }
+}
+
+/// `name`, the share of the CPU stolen in each round, in percent.
+fn stolen_by_round(name: &str, stolen: &[Option<f64>]) -> String {
+    let each: Vec<String> = stolen
+        .iter()
+        .map(|share| share.map_or("-".into(), |share| format!("{:.1}", share * 100.0)))
+        .collect();
+    format!("{name:<12} {} %", each.join(" "))
 }
 
 /// What target `t` added to the first token's p99 in each round, against the baseline
@@ -735,6 +804,37 @@ mod tests {
             stream: true,
         });
         run_open_loop(target, 5, 20.0, cap).await.unwrap()
+    }
+
+    #[test]
+    fn the_cpu_the_host_took_is_read_from_the_kernel_s_counts() {
+        let stat = |steal: u64, idle: u64| {
+            format!(
+                "cpu  800 0 200 {idle} 10 0 50 {steal} 0 0\n\
+                 cpu0 400 0 100 {idle} 5 0 25 {steal} 0 0\n\
+                 intr 12345 0 0\nctxt 999\n"
+            )
+        };
+        let before = CpuTicks::parse(&stat(100, 8_840)).unwrap();
+        assert_eq!(
+            before,
+            CpuTicks {
+                steal: 100,
+                all: 10_000
+            }
+        );
+        // 1,000 ticks later, 50 of them taken by the host.
+        let after = CpuTicks::parse(&stat(150, 9_790)).unwrap();
+        assert_eq!(after.stolen_since(before), Some(0.05));
+        // No time passed, or counters that went back (a restored snapshot): no share.
+        assert_eq!(before.stolen_since(before), None);
+        assert_eq!(before.stolen_since(after), None);
+        assert_eq!(CpuTicks::parse("cpu  1 2 3\n"), None);
+        assert_eq!(CpuTicks::parse("intr 1 2 3\n"), None);
+        assert_eq!(
+            stolen_by_round("gateway", &[Some(0.0), Some(0.052), None]),
+            "gateway      0.0 5.2 - %"
+        );
     }
 
     #[test]
