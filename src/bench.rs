@@ -10,7 +10,9 @@
 //! one content event and the next is recorded for each (what vLLM's benchmarks call
 //! inter-token latency: how smoothly a stream flows once it has started). `--rounds N`
 //! interleaves the targets N times and reports medians, so a noisy machine hurts every
-//! target alike.
+//! target alike, and under them the share of the CPU the host took (Linux's `steal`)
+//! during each target's load in each round, so a round far off can be told apart from a
+//! target that is slow.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
