@@ -245,6 +245,10 @@ cpu_ticks() { # PID...
 # The same of this script's children that have ended (oha, once each run is over).
 children_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
 
+# The machine's ticks the host took (steal) and all its ticks, from /proc/stat's `cpu`
+# line (user nice system idle iowait irq softirq steal); "0 0" where there is none.
+machine_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; f = 1 } END { if (!f) print 0, 0 }' /proc/stat 2>/dev/null || echo 0 0; }
+
 pin() { # CPUS PID...: each of the processes' threads (new ones inherit it)
     local cpus=$1 pid task
     shift
@@ -449,13 +453,17 @@ print(int(0.6 * min(statistics.median(v) for v in runs.values()) // 100 * 100))'
             name=${ORDER[$(((round - 1 + i) % ${#ORDER[@]}))]}
             before=$(cpu_ticks ${SERVER[$name]})
             upstream=$(cpu_ticks "$LLMSIM_PID") generator=$(children_ticks)
+            read -r stolen ticks < <(machine_ticks)
             result=$(oha_run "${TARGET[$name]}" "$c" "$rate")
+            read -r stolen_after ticks_after < <(machine_ticks)
             # CPU in all of the answering process (llmsim's own for direct), of llmsim,
             # and of oha.
             result="$result $(( ($(cpu_ticks ${SERVER[$name]}) - before) * 10000 ))"
             result="$result $(( ($(cpu_ticks "$LLMSIM_PID") - upstream) * 10000 ))"
             result="$result $(( ($(children_ticks) - generator) * 10000 ))"
-            say "plain ${load/one/1 on one CPU}${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all: answering, llmsim, oha)"
+            # The share of the machine's CPU the host took meanwhile, in percent.
+            result="$result $(awk -v s=$((stolen_after - stolen)) -v a=$((ticks_after - ticks)) 'BEGIN { printf "%.1f", (a > 0 ? 100 * s / a : 0) }')"
+            say "plain ${load/one/1 on one CPU}${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all: answering, llmsim, oha; % of the CPU the host took)"
             if [ "${result%% *}" = "0.0" ]; then
                 say "$name answered nothing with 200; its log is in $WORK"
                 trap - EXIT
@@ -542,12 +550,12 @@ python3 - "$WORK/plain.txt" <<EOF
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    load, name, rate, p50, p99, bad, ok, cpu, upstream, generator = line.split()
+    load, name, rate, p50, p99, bad, ok, cpu, upstream, generator, stolen = line.split()
     load = int(load) if load.isdigit() else load
     per = lambda ticks: int(ticks) / max(int(ok), 1)
-    # The last: the whole machine's CPU per request, gateway (if any), llmsim and oha.
+    # The whole machine's CPU per request, gateway (if any), llmsim and oha.
     machine = per(generator) + per(upstream) + (per(cpu) if name != "direct" else 0)
-    rows.setdefault((load, name), []).append((float(rate), float(p50), float(p99), int(bad), per(cpu), machine))
+    rows.setdefault((load, name), []).append((float(rate), float(p50), float(p99), int(bad), per(cpu), machine, float(stolen)))
 def med(c, name, i):
     return statistics.median(r[i] for r in rows[(c, name)])
 def span(c, name, i, form=",.0f"):
@@ -589,6 +597,12 @@ for load, what in ((1, "plain, c=1: CPU per request of the process answering"),
         print(f"| {what} | llmsim {d1:.0f} µs | {o1:.0f} µs | {s1:.0f} µs |")
 print(f"| plain, c=50 at $PLAIN_RATE a second: p50 | {med('steady','direct',1):.2f} ms | {med('steady','onwards',1):.2f} ms | {med('steady','switchyard',1):.2f} ms |")
 print(f"| plain, c=50 at $PLAIN_RATE a second: p99 (median; range) | {p99s('steady')} |")
+# Rounds far off are often ones where the host took the CPU: each target's rounds' share
+# stolen, the median and the most, over every plain load.
+def stolen(name):
+    v = sorted(r[6] for (load, n), rs in rows.items() if n == name for r in rs)
+    return f"{statistics.median(v):.1f}% (at most {v[-1]:.1f}%)"
+print(f"| plain: CPU the host took during the runs (median; most in one) | {stolen('direct')} | {stolen('onwards')} | {stolen('switchyard')} |")
 bad = sum(r[3] for v in rows.values() for r in v)
 print(f"| not ok answers, all plain runs | {bad} | | |")
 print(f"| Switchyard resident memory | idle $IDLE MiB | after plain load $AFTER_PLAIN MiB (peak $PEAK_PLAIN) | after streams $AFTER_STREAMS MiB |")
