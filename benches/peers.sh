@@ -117,14 +117,24 @@ if [ -n "${THREADS:-}" ]; then THREADED=(env "TOKIO_WORKER_THREADS=$THREADS"); f
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-wait_for() { # URL [any: an error status will do too]
-    local fail=-f
-    [ "${2:-}" = any ] && fail=
-    for _ in $(seq 1 "${WAIT_TRIES:-100}"); do
+# Waits for a server just started: PID and LOG are its own, so that one that exits is
+# seen at once and one that never answers is shown with its log (the work directory
+# and its logs go when the script ends). Thirty seconds: on a shared host a start can
+# take many times its usual second.
+wait_for() { # URL any|all (any: an error status will do too) PID LOG
+    local fail=-f tries=${WAIT_TRIES:-300}
+    [ "$2" = any ] && fail=
+    for _ in $(seq 1 "$tries"); do
         if curl $fail -sS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+        if ! kill -0 "$3" 2>/dev/null; then
+            say "the server for $1 exited before it answered; the end of its log ($4):"
+            tail -n 20 "$4" >&2
+            exit 1
+        fi
         sleep 0.1
     done
-    say "nothing answered at $1"
+    say "nothing answered at $1 in $((tries / 10)) s; the end of its log ($4):"
+    tail -n 20 "$4" >&2
     exit 1
 }
 
@@ -152,7 +162,7 @@ EOF
     RUST_LOG=warn ${OWN[@]+"${OWN[@]}"} llmsim serve --config "$config" >"$WORK/llmsim-$1.log" 2>&1 &
     LLMSIM_PID=$!
     PIDS+=($!)
-    wait_for "http://127.0.0.1:$1/health"
+    wait_for "http://127.0.0.1:$1/health" all "$LLMSIM_PID" "$WORK/llmsim-$1.log"
 }
 
 # The peer: onwards in front of the upstream, checking one key.
@@ -170,7 +180,7 @@ EOF
         >"$WORK/onwards-$1.log" 2>&1 &
     ONWARDS_PID=$!
     PIDS+=($!)
-    wait_for "http://127.0.0.1:$1/v1/models" any
+    wait_for "http://127.0.0.1:$1/v1/models" any "$ONWARDS_PID" "$WORK/onwards-$1.log"
 }
 
 # The reference: nginx in front of the upstream with keep-alive to it, one worker a core
@@ -211,7 +221,7 @@ EOF
     ${OWN[@]+"${OWN[@]}"} ${WRAP[@]+"${WRAP[@]}"} "$NGINX" -p "$dir" -c "$dir/nginx.conf" >"$dir/log" 2>&1 &
     NGINX_PID=$!
     PIDS+=($!)
-    wait_for "http://127.0.0.1:$1/openai/v1/models" any
+    wait_for "http://127.0.0.1:$1/openai/v1/models" any "$NGINX_PID" "$dir/log"
     # The master and its workers, whose CPU is the reference's.
     NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr "\n" " " || true)"
 }
@@ -233,7 +243,7 @@ start_switchyard() { # PORT ADMIN_PORT UPSTREAM_PORT
         ${OWN[@]+"${OWN[@]}"} ${WRAP[@]+"${WRAP[@]}"} "$SWITCHYARD" serve --config "$dir/config.toml" >"$dir/log" 2>&1 &
     SWITCHYARD_PID=$!
     PIDS+=($!)
-    wait_for "http://127.0.0.1:$1/healthz"
+    wait_for "http://127.0.0.1:$1/healthz" all "$SWITCHYARD_PID" "$dir/log"
 }
 
 # User + system CPU of processes, in clock ticks (1/100 s).
