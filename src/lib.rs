@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod alloc;
 pub mod api;
 pub mod audit;
 pub mod auth;
