@@ -916,6 +916,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// How long an upstream's 429 asks us to wait: `retry-after-ms`, `retry-after` (seconds
 /// or an HTTP date), or OpenAI's `x-ratelimit-reset-requests` (`6m0s`); one second when
 /// it says nothing readable. Never panics, whatever the values: NaN, negative, huge.
+/// The hand-written HTTP/1.1 client keeps only the fields named in its `KEPT`: a field
+/// read here must be there too.
 fn retry_after(headers: &HeaderMap) -> Duration {
     let text = |name: &str| {
         headers
