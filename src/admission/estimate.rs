@@ -98,7 +98,7 @@ pub fn chat_prompt(kind: TokenizerKind, messages: Option<&RawValue>) -> u64 {
             continue;
         };
         if let Some(role) = text_of(message.role) {
-            total += count(kind, &role);
+            total += role_tokens(kind, &role);
         }
         if let Some(name) = text_of(message.name) {
             total += 1 + count(kind, &name);
@@ -149,10 +149,32 @@ fn text_of(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
     #[derive(serde::Deserialize)]
     struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
     let raw = raw?.get();
-    raw.starts_with('"')
-        .then(|| serde_json::from_str::<Text<'_>>(raw).ok())
-        .flatten()
+    if !raw.starts_with('"') {
+        return None;
+    }
+    // A string already checked as JSON, with no escape in it, is its text between the
+    // quotes: most are, and reading them again with serde cost as much as counting.
+    let inner = &raw[1..raw.len() - 1];
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<Text<'_>>(raw)
+        .ok()
         .map(|text| text.0)
+}
+
+/// Tokens in a message's role. The roles OpenAI documents are one token each in both
+/// vocabularies (checked in the tests), so the BPE runs only for others.
+fn role_tokens(kind: TokenizerKind, role: &str) -> u64 {
+    let known = matches!(
+        role,
+        "system" | "user" | "assistant" | "tool" | "developer" | "function"
+    );
+    if known && kind != TokenizerKind::Heuristic {
+        1
+    } else {
+        count(kind, role)
+    }
 }
 
 /// A JSON list's items, unparsed; None for anything else.
@@ -243,6 +265,44 @@ mod tests {
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn the_documented_roles_are_one_token_in_both_vocabularies() {
+        for kind in [TokenizerKind::O200kBase, TokenizerKind::Cl100kBase] {
+            for role in [
+                "system",
+                "user",
+                "assistant",
+                "tool",
+                "developer",
+                "function",
+            ] {
+                assert_eq!(count(kind, role), 1, "{role} in {kind:?}");
+                assert_eq!(role_tokens(kind, role), 1, "{role} in {kind:?}");
+            }
+            assert_eq!(role_tokens(kind, "narrator"), count(kind, "narrator"));
+        }
+        let heuristic = TokenizerKind::Heuristic;
+        assert_eq!(role_tokens(heuristic, "assistant"), 3);
+    }
+
+    #[test]
+    fn a_text_is_read_whole_with_or_without_escapes() {
+        let plain = raw(r#""Say hello, in one short sentence.""#);
+        let read = text_of(Some(&plain));
+        assert!(matches!(
+            read,
+            Some(Cow::Borrowed("Say hello, in one short sentence."))
+        ));
+        let escaped = raw(r#""a \"quote\" and\na line \u00e9""#);
+        assert_eq!(
+            text_of(Some(&escaped)).as_deref(),
+            Some("a \"quote\" and\na line \u{e9}")
+        );
+        assert_eq!(text_of(Some(&raw(r#""""#))).as_deref(), Some(""));
+        assert_eq!(text_of(Some(&raw("42"))), None);
+        assert_eq!(text_of(None), None);
     }
 
     #[test]

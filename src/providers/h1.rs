@@ -773,7 +773,11 @@ mod tests {
     #[test]
     fn a_request_head_is_written_in_one_piece() {
         let mut fields = Vec::new();
-        field(&mut fields, &http::header::CONTENT_TYPE, b"application/json");
+        field(
+            &mut fields,
+            &http::header::CONTENT_TYPE,
+            b"application/json",
+        );
         let body = Bytes::from_static(br#"{"model":"m"}"#);
         let wire = request(
             &http::Method::POST,
