@@ -101,6 +101,9 @@ struct Report {
     /// The share of the machine's CPU the hypervisor took while this load ran (Linux's
     /// `steal`), when the kernel says.
     stolen: Option<f64>,
+    /// The same for each CPU, in the kernel's order: a gateway pinned to one CPU feels
+    /// what the host takes from that one, which the machine's share can average away.
+    stolen_by_cpu: Vec<Option<f64>>,
 }
 
 /// The machine's CPU time as Linux's /proc/stat counts it, in ticks: what the hypervisor
@@ -113,14 +116,31 @@ struct CpuTicks {
 }
 
 impl CpuTicks {
-    fn now() -> Option<CpuTicks> {
-        CpuTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    /// The machine's ticks, and each CPU's.
+    fn now() -> Option<(CpuTicks, Vec<CpuTicks>)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        Some((CpuTicks::parse(&stat)?, CpuTicks::each_cpu(&stat)))
     }
 
     /// The `cpu` line: user, nice, system, idle, iowait, irq, softirq, steal, then guest
     /// times (already counted in user and nice).
     fn parse(stat: &str) -> Option<CpuTicks> {
-        let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+        CpuTicks::of_line(stat.lines().find(|line| line.starts_with("cpu "))?)
+    }
+
+    /// The `cpu0`, `cpu1`, … lines, in order; none if any cannot be read.
+    fn each_cpu(stat: &str) -> Vec<CpuTicks> {
+        stat.lines()
+            .filter(|line| {
+                line.strip_prefix("cpu")
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .map(CpuTicks::of_line)
+            .collect::<Option<_>>()
+            .unwrap_or_default()
+    }
+
+    fn of_line(line: &str) -> Option<CpuTicks> {
         let ticks: Vec<u64> = line
             .split_ascii_whitespace()
             .skip(1)
@@ -376,9 +396,15 @@ async fn measured(
 ) -> anyhow::Result<Report> {
     let before = CpuTicks::now();
     let mut report = run.await?;
-    report.stolen = CpuTicks::now()
-        .zip(before)
-        .and_then(|(after, before)| after.stolen_since(before));
+    if let (Some((after, after_cpus)), Some((before, before_cpus))) = (CpuTicks::now(), before) {
+        report.stolen = after.stolen_since(before);
+        // CPUs that came or went meanwhile: no share for each.
+        if after_cpus.len() == before_cpus.len() {
+            report.stolen_by_cpu = (after_cpus.iter().zip(&before_cpus))
+                .map(|(after, before)| after.stolen_since(*before))
+                .collect();
+        }
+    }
     Ok(report)
 }
 
@@ -544,6 +570,7 @@ impl Report {
             first_token: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             between_tokens: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             stolen: None,
+            stolen_by_cpu: Vec::new(),
         })
     }
 
@@ -607,7 +634,37 @@ fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds:
             let stolen: Vec<Option<f64>> = rounds.iter().map(|round| round[t].stolen).collect();
             say!("{}", stolen_by_round(name, &stolen));
         }
+        let cpus = rounds.iter().flatten().map(|r| r.stolen_by_cpu.len()).max();
+        if cpus.is_some_and(|cpus| cpus > 1) {
+            let names: Vec<String> = (0..cpus.unwrap_or_default())
+                .map(|cpu| format!("cpu{cpu}"))
+                .collect();
+            say!("the same on each CPU ({}):", names.join(" / "));
+            for (t, (name, _, _)) in targets.iter().enumerate() {
+                let each: Vec<&[Option<f64>]> = rounds
+                    .iter()
+                    .map(|round| round[t].stolen_by_cpu.as_slice())
+                    .collect();
+                say!("{}", stolen_by_cpu_by_round(name, &each));
+            }
+        }
     }
+}
+
+/// `name`, the share of each CPU stolen in each round, in percent: `0.1/34.9` for two.
+fn stolen_by_cpu_by_round(name: &str, rounds: &[&[Option<f64>]]) -> String {
+    let each: Vec<String> = rounds
+        .iter()
+        .map(|cpus| match cpus {
+            [] => "-".into(),
+            cpus => cpus
+                .iter()
+                .map(|share| share.map_or("-".into(), |share| format!("{:.1}", share * 100.0)))
+                .collect::<Vec<_>>()
+                .join("/"),
+        })
+        .collect();
+    format!("{name:<12} {} %", each.join(" "))
 }
 
 /// `name`, the share of the CPU stolen in each round, in percent.
@@ -831,6 +888,28 @@ mod tests {
         // No time passed, or counters that went back (a restored snapshot): no share.
         assert_eq!(before.stolen_since(before), None);
         assert_eq!(before.stolen_since(after), None);
+        // Each CPU's line, in order.
+        let two = "cpu  10 0 0 70 0 0 0 20 0 0\n\
+                   cpu0 5 0 0 45 0 0 0 0 0 0\n\
+                   cpu1 5 0 0 25 0 0 0 20 0 0\n\
+                   intr 1\n";
+        let cpus = CpuTicks::each_cpu(two);
+        assert_eq!(
+            cpus,
+            [
+                CpuTicks { steal: 0, all: 50 },
+                CpuTicks { steal: 20, all: 50 }
+            ]
+        );
+        assert_eq!(CpuTicks::each_cpu("cpu  1 2 3 4 5 6 7 8\n"), []);
+        assert_eq!(CpuTicks::each_cpu("cpu  1 2 3 4 5 6 7 8\ncpu0 1 2\n"), []);
+        assert_eq!(
+            stolen_by_cpu_by_round(
+                "gateway",
+                &[&[Some(0.001), Some(0.349)], &[], &[None, Some(0.0)]]
+            ),
+            "gateway      0.1/34.9 - -/0.0 %"
+        );
         assert_eq!(CpuTicks::parse("cpu  1 2 3\n"), None);
         assert_eq!(CpuTicks::parse("intr 1 2 3\n"), None);
         assert_eq!(
