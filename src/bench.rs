@@ -15,7 +15,7 @@
 //! target that is slow.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::say::say;
@@ -104,6 +104,60 @@ struct Report {
     /// The same for each CPU, in the kernel's order: a gateway pinned to one CPU feels
     /// what the host takes from that one, which the machine's share can average away.
     stolen_by_cpu: Vec<Option<f64>>,
+    /// The most the host took of the machine's CPU in any `WORST_WINDOW` of the load:
+    /// a stall of tens of milliseconds moves a p99 and is a fraction of a percent of a
+    /// round's average.
+    worst_stolen: Option<f64>,
+}
+
+/// How often the steal sampler reads /proc/stat while a load runs (the kernel counts
+/// in 10 ms ticks), and the stretch it reports the worst of.
+const STEAL_SAMPLE: Duration = Duration::from_millis(10);
+const WORST_WINDOW: Duration = Duration::from_millis(100);
+
+/// Reads the machine's ticks every `STEAL_SAMPLE` on a thread of its own until stopped.
+struct StealSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<CpuTicks>>,
+}
+
+impl StealSampler {
+    fn start() -> Option<StealSampler> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("steal-sampler".into())
+            .spawn(move || {
+                let mut samples = Vec::new();
+                while !stopped.load(Ordering::Relaxed) {
+                    match CpuTicks::now() {
+                        Some((ticks, _)) => samples.push(ticks),
+                        None => break,
+                    }
+                    std::thread::sleep(STEAL_SAMPLE);
+                }
+                samples
+            })
+            .ok()?;
+        Some(StealSampler { stop, thread })
+    }
+
+    /// The worst window's share, once the load is over.
+    fn finish(self) -> Option<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self.thread.join().ok()?;
+        let window = (WORST_WINDOW.as_millis() / STEAL_SAMPLE.as_millis()) as usize;
+        worst_window(&samples, window)
+    }
+}
+
+/// The largest share stolen between samples `window` apart; none with too few samples.
+fn worst_window(samples: &[CpuTicks], window: usize) -> Option<f64> {
+    samples
+        .iter()
+        .zip(samples.iter().skip(window.max(1)))
+        .filter_map(|(earlier, later)| later.stolen_since(*earlier))
+        .max_by(f64::total_cmp)
 }
 
 /// The machine's CPU time as Linux's /proc/stat counts it, in ticks: what the hypervisor
@@ -395,7 +449,9 @@ async fn measured(
     run: impl std::future::Future<Output = anyhow::Result<Report>>,
 ) -> anyhow::Result<Report> {
     let before = CpuTicks::now();
+    let sampler = StealSampler::start();
     let mut report = run.await?;
+    report.worst_stolen = sampler.and_then(StealSampler::finish);
     if let (Some((after, after_cpus)), Some((before, before_cpus))) = (CpuTicks::now(), before) {
         report.stolen = after.stolen_since(before);
         // CPUs that came or went meanwhile: no share for each.
@@ -571,6 +627,7 @@ impl Report {
             between_tokens: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             stolen: None,
             stolen_by_cpu: Vec::new(),
+            worst_stolen: None,
         })
     }
 
@@ -646,6 +703,17 @@ fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds:
                     .map(|round| round[t].stolen_by_cpu.as_slice())
                     .collect();
                 say!("{}", stolen_by_cpu_by_round(name, &each));
+            }
+        }
+        if rounds.iter().flatten().any(|r| r.worst_stolen.is_some()) {
+            say!(
+                "the most the host took in any {} ms of each round's load:",
+                WORST_WINDOW.as_millis()
+            );
+            for (t, (name, _, _)) in targets.iter().enumerate() {
+                let worst: Vec<Option<f64>> =
+                    rounds.iter().map(|round| round[t].worst_stolen).collect();
+                say!("{}", stolen_by_round(name, &worst));
             }
         }
     }
@@ -910,6 +978,16 @@ mod tests {
             ),
             "gateway      0.1/34.9 - -/0.0 %"
         );
+        // The worst stretch of samples a window apart: ticks of 100 each, the host
+        // taking 0, then 60, then 10 of them.
+        let samples: Vec<CpuTicks> = [(0, 0), (0, 100), (60, 200), (70, 300)]
+            .into_iter()
+            .map(|(steal, all)| CpuTicks { steal, all })
+            .collect();
+        assert_eq!(worst_window(&samples, 1), Some(0.6));
+        assert_eq!(worst_window(&samples, 2), Some(0.35));
+        assert_eq!(worst_window(&samples, 4), None);
+        assert_eq!(worst_window(&[], 1), None);
         assert_eq!(CpuTicks::parse("cpu  1 2 3\n"), None);
         assert_eq!(CpuTicks::parse("intr 1 2 3\n"), None);
         assert_eq!(
