@@ -40,10 +40,13 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 fn main() {
+    // Ten thousand, or as many client connections as the gateway will hold under the
+    // open-file limit it inherits from here (more would be shed, and counted failed).
+    let fit = switchyard::listener::connections_allowed().unwrap_or(usize::MAX);
     let streams: usize = std::env::var("STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(10_000.min(fit));
     let http2 = std::env::var_os("HTTP1").is_none();
     let client_http2 = std::env::var_os("CLIENT_HTTP2").is_some();
     switchyard::tls::install_crypto();

@@ -45,6 +45,10 @@ const MAX_HEADERS: usize = 100;
 /// on its own rather than copied.
 const GATHER: usize = 16 << 10;
 
+/// The most room kept for an answer's bytes while it waits for its body: a stream's
+/// pieces, one at a time.
+const WAITING: usize = 512;
+
 /// Serves `io` until the client closes it, it idles out, the listener closes, or a
 /// request comes that hyper should take (then hyper serves the rest of it).
 pub(super) async fn serve(
@@ -96,6 +100,12 @@ pub(super) async fn serve(
                 },
                 () = client_gone(&mut reader, &mut *buffer) => return,
             };
+            // A stream holds its connection for as long as it runs. With nothing read
+            // ahead, the read buffer is given back for that time (a third of what an
+            // open stream costs) and taken again when the next request comes.
+            if buffer.is_empty() && response.body().size_hint().exact().is_none() {
+                *buffer = BytesMut::new();
+            }
             // Shutting down: this answer is the connection's last.
             let keep = keep && !is_done(&mut shutdown);
             let head_only = request.head_only;
@@ -218,12 +228,16 @@ impl Conn {
                 }
                 Ok::<_, io::Error>(())
             };
-            match tokio::time::timeout(limits.body_timeout, read).await {
+            // Boxed, as is the 408 below: a connection's task is as large as its largest
+            // state for as long as it lives, a stream's included, and these are the
+            // largest states of a request whose body came with its head.
+            match Box::pin(tokio::time::timeout(limits.body_timeout, read)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return None,
                 Err(_) => {
                     let refusal = body_timeout(limits.body_timeout);
-                    let _ = write(&mut self.io, &mut self.out, refusal, false, false).await;
+                    let write = write(&mut self.io, &mut self.out, refusal, false, false);
+                    let _ = Box::pin(write).await;
                     let _ = self.io.shutdown().await;
                     return None;
                 }
@@ -290,9 +304,15 @@ async fn fill<R: AsyncRead + Unpin>(
 
 /// Resolves when the client has closed the connection (or it failed) while a request is
 /// in progress; what it sends meanwhile (a pipelined request) is kept, up to the read
-/// buffer.
+/// buffer. Until it sends something, the buffer is not grown: the socket is peeked.
 async fn client_gone(reader: &mut ReadHalf<'_>, buffer: &mut BytesMut) {
     while buffer.len() < READ_BUFFER {
+        if buffer.is_empty() {
+            match reader.peek(&mut [0u8]).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
         match fill(reader, buffer, READ_BUFFER).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -481,6 +501,9 @@ async fn write<W: AsyncWrite + Unpin>(
                     io.write_all(out).await?;
                     out.clear();
                 }
+                // A stream waits here between its pieces for as long as it runs: the room
+                // its head took (about a kilobyte) is given back.
+                out.shrink_to(WAITING);
                 std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
             }
         };
@@ -875,6 +898,112 @@ mod tests {
         drop(pieces);
         read_until(&mut stream, &mut buffer, b"0\r\n\r\n").await;
         assert_eq!(buffer, b"b\r\ndata: two\n\n\r\n0\r\n\r\n");
+    }
+
+    /// A connection whose `/stream` answer has begun with its first piece: the
+    /// listener, the sender of the stream's next pieces, the client's socket and what
+    /// it read. The stream holds `guard` until it is dropped; other paths are echoed.
+    async fn a_stream_begun(
+        guard: tokio::sync::oneshot::Sender<()>,
+    ) -> (
+        watch::Sender<bool>,
+        tokio::sync::mpsc::UnboundedSender<&'static str>,
+        TcpStream,
+        Vec<u8>,
+    ) {
+        let (pieces, taken) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+        let once = Arc::new(std::sync::Mutex::new(Some((taken, guard))));
+        let (addr, stop) = listen(move |req: Request<Body>| {
+            let once = once.clone();
+            async move {
+                if req.uri().path() != "/stream" {
+                    return echo(req).await;
+                }
+                let state = once.lock().unwrap().take().unwrap();
+                let events = futures_util::stream::unfold(state, |(mut taken, guard)| async move {
+                    let piece = taken.recv().await?;
+                    let piece = Bytes::from_static(piece.as_bytes());
+                    Some((Ok::<_, Infallible>(piece), (taken, guard)))
+                });
+                Body::from_stream(events).into_response()
+            }
+        })
+        .await;
+        let mut stream = sent(
+            addr,
+            b"POST /stream HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await;
+        let mut buffer = Vec::new();
+        pieces.send("data: one\n\n").unwrap();
+        read_until(&mut stream, &mut buffer, b"data: one\n\n\r\n").await;
+        (stop, pieces, stream, buffer)
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_while_a_stream_runs_is_answered_after_it() {
+        let (guard, _) = tokio::sync::oneshot::channel();
+        let (_stop, pieces, mut stream, mut buffer) = a_stream_begun(guard).await;
+        // The stream gave its read buffer back: what comes now is read into a new one,
+        // given the time to come while the stream runs (`client_gone`'s own test holds
+        // that path without a clock).
+        stream
+            .write_all(b"POST /next HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n\r\nnext")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        pieces.send("data: two\n\n").unwrap();
+        drop(pieces);
+        read_until(&mut stream, &mut buffer, b"POST /next [next] ").await;
+        let wire = String::from_utf8_lossy(&buffer);
+        let (stream_end, next) = wire.split_once("0\r\n\r\n").expect("the stream's end");
+        assert!(stream_end.ends_with("b\r\ndata: two\n\n\r\n"), "{wire}");
+        assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "{wire}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_waiting_on_an_answer_keeps_what_the_client_sends_and_sees_it_go() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (mut reader, _writer) = server.split();
+        // No buffer at all, as a stream leaves it: bytes that come are kept.
+        let mut buffer = BytesMut::new();
+        client.write_all(b"next").await.unwrap();
+        let waited = std::time::Instant::now();
+        while buffer.len() < 4 {
+            let gone = tokio::time::timeout(
+                Duration::from_millis(20),
+                client_gone(&mut reader, &mut buffer),
+            )
+            .await;
+            assert!(gone.is_err(), "the client is still there");
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the bytes never came"
+            );
+        }
+        assert_eq!(&buffer[..], b"next");
+        drop(client);
+        let gone = tokio::time::timeout(
+            Duration::from_secs(10),
+            client_gone(&mut reader, &mut buffer),
+        );
+        assert!(gone.await.is_ok(), "the client's close was not seen");
+        assert_eq!(&buffer[..], b"next");
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_mid_stream_ends_the_stream() {
+        let (guard, ended) = tokio::sync::oneshot::channel();
+        // The sender is held: the stream ends only by the client leaving.
+        let (_stop, _pieces, stream, _) = a_stream_begun(guard).await;
+        drop(stream);
+        // The stream's body is dropped, and the guard it held with it.
+        let ended = tokio::time::timeout(Duration::from_secs(10), ended).await;
+        assert!(matches!(ended, Ok(Err(_))), "the stream was not ended");
     }
 
     #[tokio::test]

@@ -71,12 +71,10 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    /// Brings `max_connections` within what the process's open-file limit allows with
-    /// a reserve for everything else (each client connection may need an upstream one);
-    /// says so when it had to.
+    /// Brings `max_connections` within what the process's open-file limit allows
+    /// (`connections_allowed`); says so when it had to.
     pub fn within_descriptors(mut self, listener: &str) -> ConnectionLimits {
-        if let Some(soft) = open_file_limit() {
-            let room = soft.saturating_sub(FD_RESERVE) / 2;
+        if let (Some(soft), Some(room)) = (open_file_limit(), connections_allowed()) {
             if self.max_connections > room {
                 tracing::warn!(
                     listener,
@@ -90,6 +88,13 @@ impl ConnectionLimits {
         }
         self
     }
+}
+
+/// The client connections a listener of this process may hold under its open-file
+/// limit, with a reserve for everything else (each client connection may need an
+/// upstream one); `None` when the limit is not known.
+pub fn connections_allowed() -> Option<usize> {
+    Some(open_file_limit()?.saturating_sub(FD_RESERVE) / 2)
 }
 
 /// The soft `RLIMIT_NOFILE`, read from /proc (Linux); `None` elsewhere or unlimited.
