@@ -108,7 +108,15 @@ struct Report {
     /// a stall of tens of milliseconds moves a p99 and is a fraction of a percent of a
     /// round's average.
     worst_stolen: Option<f64>,
+    /// When each request was sent, until `measured` counts them into `most_started`.
+    starts: Vec<Instant>,
+    /// The most requests sent within any `BURST_WINDOW`: how tightly the load bunched.
+    most_started: usize,
 }
+
+/// The stretch in which the most requests sent are counted: a closed loop's streams of
+/// one length start in waves, and a gateway on one core takes a wave's starts in turn.
+const BURST_WINDOW: Duration = Duration::from_millis(10);
 
 /// How often the steal sampler reads /proc/stat while a load runs (the kernel counts
 /// in 10 ms ticks), and the stretch it reports the worst of.
@@ -217,6 +225,7 @@ impl CpuTicks {
 /// How one request went: its whole time and, for a stream, when its first content came
 /// and the gaps between reads with content after that.
 struct Timing {
+    started: Instant,
     total: Duration,
     first: Option<Duration>,
     between: Vec<Duration>,
@@ -452,6 +461,7 @@ async fn measured(
     let sampler = StealSampler::start();
     let mut report = run.await?;
     report.worst_stolen = sampler.and_then(StealSampler::finish);
+    report.most_started = most_within(&mut std::mem::take(&mut report.starts), BURST_WINDOW);
     if let (Some((after, after_cpus)), Some((before, before_cpus))) = (CpuTicks::now(), before) {
         report.stolen = after.stolen_since(before);
         // CPUs that came or went meanwhile: no share for each.
@@ -507,6 +517,7 @@ async fn run_load(shared: Shared, requests: usize, concurrency: usize) -> anyhow
         merged.total.add(&report.total)?;
         merged.first_token.add(&report.first_token)?;
         merged.between_tokens.add(&report.between_tokens)?;
+        merged.starts.extend(report.starts);
     }
     merged.elapsed = started.elapsed();
     Ok(merged)
@@ -571,6 +582,7 @@ async fn one(target: &Target, n: usize) -> anyhow::Result<Timing> {
     if !target.stream {
         response.bytes().await?;
         return Ok(Timing {
+            started,
             total: started.elapsed(),
             first: None,
             between: Vec::new(),
@@ -594,6 +606,7 @@ async fn one(target: &Target, n: usize) -> anyhow::Result<Timing> {
         bail!("the stream ended without [DONE]");
     }
     Ok(Timing {
+        started,
         total: started.elapsed(),
         first,
         between,
@@ -628,6 +641,8 @@ impl Report {
             stolen: None,
             stolen_by_cpu: Vec::new(),
             worst_stolen: None,
+            starts: Vec::new(),
+            most_started: 0,
         })
     }
 
@@ -635,6 +650,7 @@ impl Report {
         match result {
             Ok(timing) => {
                 self.ok += 1;
+                self.starts.push(timing.started);
                 self.total
                     .saturating_record(timing.total.as_micros() as u64);
                 if let Some(first) = timing.first {
@@ -684,6 +700,17 @@ fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds:
         for (t, (name, _, _)) in targets.iter().enumerate().skip(1) {
             say!("{}", added_by_round(name, &added_p99s(&rows, t)));
         }
+        say!(
+            "the most streams started within any {} ms of each round's load:",
+            BURST_WINDOW.as_millis()
+        );
+        for (t, (name, _, _)) in targets.iter().enumerate() {
+            let each: Vec<String> = rounds
+                .iter()
+                .map(|round| round[t].most_started.to_string())
+                .collect();
+            say!("{name:<12} {}", each.join(" "));
+        }
     }
     if rounds.len() > 1 && rounds.iter().flatten().any(|r| r.stolen.is_some()) {
         say!("CPU the host took from this machine (steal) during each round's load:");
@@ -717,6 +744,20 @@ fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds:
             }
         }
     }
+}
+
+/// The most of `starts` within any `window` of each other.
+fn most_within(starts: &mut [Instant], window: Duration) -> usize {
+    starts.sort_unstable();
+    let mut first = 0;
+    let mut most = 0;
+    for (last, &at) in starts.iter().enumerate() {
+        while at.duration_since(starts[first]) >= window {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    most
 }
 
 /// `name`, the share of each CPU stolen in each round, in percent: `0.1/34.9` for two.
@@ -994,6 +1035,20 @@ mod tests {
             stolen_by_round("gateway", &[Some(0.0), Some(0.052), None]),
             "gateway      0.0 5.2 - %"
         );
+    }
+
+    #[test]
+    fn the_most_requests_sent_together_are_counted_within_a_window() {
+        let base = Instant::now();
+        let at = |ms: u64| base + Duration::from_millis(ms);
+        // Out of order, as workers report them: a wave of four from 15 to 18 ms.
+        let mut starts = vec![at(40), at(0), at(16), at(1), at(15), at(18), at(2), at(17)];
+        assert_eq!(most_within(&mut starts, Duration::from_millis(10)), 4);
+        // 40 is 10 ms past 30: not within the same 10 ms.
+        let mut starts = vec![at(30), at(40), at(39)];
+        assert_eq!(most_within(&mut starts, Duration::from_millis(10)), 2);
+        assert_eq!(most_within(&mut [], Duration::from_millis(10)), 0);
+        assert_eq!(most_within(&mut [at(5)], Duration::from_millis(10)), 1);
     }
 
     #[test]
