@@ -229,8 +229,8 @@ impl Conn {
                 Ok::<_, io::Error>(())
             };
             // Boxed, as is the 408 below: a connection's task is as large as its largest
-            // state for as long as it lives, a stream's included, and these are the
-            // largest states of a request whose body came with its head.
+            // state for as long as it lives, a stream's included. These were the largest,
+            // and a request whose body comes with its head never enters them.
             match Box::pin(tokio::time::timeout(limits.body_timeout, read)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return None,
