@@ -865,30 +865,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_streamed_answer_is_written_as_each_piece_comes() {
-        let (pieces, taken) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-        let taken = Arc::new(std::sync::Mutex::new(Some(taken)));
-        let (addr, _stop) = listen(move |_req| {
-            let taken = taken.lock().unwrap().take().unwrap();
-            async move {
-                let events = futures_util::stream::unfold(taken, |mut taken| async move {
-                    let piece = taken.recv().await?;
-                    Some((
-                        Ok::<_, Infallible>(Bytes::from_static(piece.as_bytes())),
-                        taken,
-                    ))
-                });
-                Body::from_stream(events).into_response()
-            }
-        })
-        .await;
-        let mut stream = sent(
-            addr,
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}",
-        )
-        .await;
-        let mut buffer = Vec::new();
-        pieces.send("data: one\n\n").unwrap();
-        read_until(&mut stream, &mut buffer, b"data: one\n\n\r\n").await;
+        let (guard, _) = tokio::sync::oneshot::channel();
+        let (_stop, pieces, mut stream, mut buffer) = a_stream_begun(guard).await;
         let head = String::from_utf8_lossy(&buffer).to_lowercase();
         assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
         assert!(head.ends_with("\r\n\r\nb\r\ndata: one\n\n\r\n"), "{head}");
