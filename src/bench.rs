@@ -12,7 +12,9 @@
 //! interleaves the targets N times and reports medians, so a noisy machine hurts every
 //! target alike, and under them the share of the CPU the host took (Linux's `steal`)
 //! during each target's load in each round, so a round far off can be told apart from a
-//! target that is slow.
+//! target that is slow; with `--target-pid`, also how long each target's threads waited
+//! for a CPU while ready to run, which another process on its core causes and steal
+//! does not count.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -68,6 +70,11 @@ pub struct BenchArgs {
     /// The bearer key for a --target, as NAME=KEY; repeat for more.
     #[arg(long = "target-key", value_name = "NAME=KEY")]
     pub target_keys: Vec<String>,
+    /// A process serving a --target, as NAME=PID; repeat for more (a server of several
+    /// processes gives each). For each round the time its threads were ready to run and
+    /// waited for a CPU is reported: what another process on its core cost it.
+    #[arg(long = "target-pid", value_name = "NAME=PID")]
+    pub target_pids: Vec<String>,
     /// Rounds over every target, interleaved; medians are reported.
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
@@ -108,6 +115,12 @@ struct Report {
     /// a stall of tens of milliseconds moves a p99 and is a fraction of a percent of a
     /// round's average.
     worst_stolen: Option<f64>,
+    /// How long the target's threads (`--target-pid`) waited for a CPU while ready to
+    /// run, over the load and the most in any `WORST_WINDOW` of it: a server pinned to
+    /// one core loses it to whatever else the kernel runs there, which steal does not
+    /// count (another process of this machine, not the host).
+    waited: Option<Duration>,
+    worst_waited: Option<Duration>,
     /// When each request was sent, until `measured` counts them into `most_started`.
     starts: Vec<Instant>,
     /// The most requests sent within any `BURST_WINDOW`: how tightly the load bunched.
@@ -123,23 +136,42 @@ const BURST_WINDOW: Duration = Duration::from_millis(10);
 const STEAL_SAMPLE: Duration = Duration::from_millis(10);
 const WORST_WINDOW: Duration = Duration::from_millis(100);
 
-/// Reads the machine's ticks every `STEAL_SAMPLE` on a thread of its own until stopped.
+/// Reads the machine's ticks, and the time the watched processes' threads have waited
+/// for a CPU, every `STEAL_SAMPLE` on a thread of its own until stopped.
 struct StealSampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<CpuTicks>>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    ticks: CpuTicks,
+    /// Nanoseconds, when there are processes to watch and the kernel says.
+    waited: Option<u64>,
+}
+
+/// What the sampler saw over a load.
+struct Sampled {
+    worst_stolen: Option<f64>,
+    waited: Option<Duration>,
+    worst_waited: Option<Duration>,
 }
 
 impl StealSampler {
-    fn start() -> Option<StealSampler> {
+    fn start(pids: &[u32]) -> Option<StealSampler> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let pids = pids.to_vec();
         let thread = std::thread::Builder::new()
             .name("steal-sampler".into())
             .spawn(move || {
                 let mut samples = Vec::new();
                 while !stopped.load(Ordering::Relaxed) {
                     match CpuTicks::now() {
-                        Some((ticks, _)) => samples.push(ticks),
+                        Some((ticks, _)) => samples.push(Sample {
+                            ticks,
+                            waited: waited_ns(&pids),
+                        }),
                         None => break,
                     }
                     std::thread::sleep(STEAL_SAMPLE);
@@ -150,13 +182,68 @@ impl StealSampler {
         Some(StealSampler { stop, thread })
     }
 
-    /// The worst window's share, once the load is over.
-    fn finish(self) -> Option<f64> {
+    /// The worst window's share stolen, and the watched processes' wait, once the load
+    /// is over.
+    fn finish(self) -> Option<Sampled> {
         self.stop.store(true, Ordering::Relaxed);
         let samples = self.thread.join().ok()?;
         let window = (WORST_WINDOW.as_millis() / STEAL_SAMPLE.as_millis()) as usize;
-        worst_window(&samples, window)
+        let ticks: Vec<CpuTicks> = samples.iter().map(|s| s.ticks).collect();
+        let waited: Option<Vec<u64>> = samples.iter().map(|s| s.waited).collect();
+        let waited = waited.filter(|w| !w.is_empty());
+        Some(Sampled {
+            worst_stolen: worst_window(&ticks, window),
+            waited: waited.as_deref().map(|w| Duration::from_nanos(grown(w))),
+            worst_waited: waited
+                .as_deref()
+                .map(|w| Duration::from_nanos(most_grown_within(w, window))),
+        })
     }
+}
+
+/// How much a running total grew over `samples`: a thread that ends takes its own
+/// share out of the total, which is not a shrinking of the rest.
+fn grown(samples: &[u64]) -> u64 {
+    samples
+        .windows(2)
+        .map(|pair| pair[1].saturating_sub(pair[0]))
+        .sum()
+}
+
+/// The most a running total grew between samples `window` apart (or over all of them,
+/// when there are fewer).
+fn most_grown_within(samples: &[u64], window: usize) -> u64 {
+    let window = window.max(1);
+    if samples.len() <= window {
+        return grown(samples);
+    }
+    samples
+        .windows(window + 1)
+        .map(grown)
+        .max()
+        .unwrap_or_default()
+}
+
+/// The time every thread of `pids` has spent ready to run and waiting for a CPU, in
+/// nanoseconds (the second field of each `/proc/PID/task/TID/schedstat`); none without
+/// pids or when one cannot be read (it has exited).
+fn waited_ns(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut waited = 0u64;
+    for pid in pids {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        for task in tasks.flatten() {
+            // A thread may end between the listing and the read: it no longer waits.
+            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let field = stat.split_ascii_whitespace().nth(1)?;
+            waited = waited.saturating_add(field.parse().ok()?);
+        }
+    }
+    Some(waited)
 }
 
 /// The largest share stolen between samples `window` apart; none with too few samples.
@@ -271,6 +358,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         _gateway = Some(daemon);
         targets
     };
+    let pids = target_pids(&args.target_pids, &targets)?;
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     if let Some(rate) = args.rate {
         anyhow::ensure!(
@@ -308,7 +396,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let mut reports: Vec<Option<Report>> = targets.iter().map(|_| None).collect();
         for t in turns(round, targets.len()) {
             let (name, url, key) = &targets[t];
-            let report = load(&args, url, key)
+            let report = load(&args, url, key, &pids[t])
                 .await
                 .with_context(|| format!("loading {name} at {url}"))?;
             reports[t] = Some(report);
@@ -345,21 +433,13 @@ fn named_targets(
     targets: &[String],
     keys: &[String],
 ) -> anyhow::Result<Vec<(String, String, String)>> {
-    let pair = |text: &str, what: &str| -> anyhow::Result<(String, String)> {
-        match text.split_once('=') {
-            Some((name, value)) if !name.is_empty() && !value.is_empty() => {
-                Ok((name.to_string(), value.trim_end_matches('/').to_string()))
-            }
-            _ => bail!("{what} \"{text}\" is not NAME=VALUE"),
-        }
-    };
     let keys: Vec<(String, String)> = keys
         .iter()
-        .map(|k| pair(k, "--target-key"))
+        .map(|k| name_value(k, "--target-key"))
         .collect::<anyhow::Result<_>>()?;
     let mut out = Vec::new();
     for target in targets {
-        let (name, url) = pair(target, "--target")?;
+        let (name, url) = name_value(target, "--target")?;
         if out
             .iter()
             .any(|(n, _, _): &(String, String, String)| *n == name)
@@ -378,6 +458,35 @@ fn named_targets(
         }
     }
     Ok(out)
+}
+
+/// `NAME=VALUE`, split; `what` names the flag in the error.
+fn name_value(text: &str, what: &str) -> anyhow::Result<(String, String)> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() && !value.is_empty() => {
+            Ok((name.to_string(), value.trim_end_matches('/').to_string()))
+        }
+        _ => bail!("{what} \"{text}\" is not NAME=VALUE"),
+    }
+}
+
+/// The processes of each target, in the targets' order, from `--target-pid NAME=PID`.
+fn target_pids(
+    pids: &[String],
+    targets: &[(String, String, String)],
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let mut each = vec![Vec::new(); targets.len()];
+    for text in pids {
+        let (name, pid) = name_value(text, "--target-pid")?;
+        let Some(t) = targets.iter().position(|(n, _, _)| *n == name) else {
+            bail!("--target-pid {name} names no target");
+        };
+        let pid: u32 = pid
+            .parse()
+            .with_context(|| format!("--target-pid {name}: \"{pid}\" is not a process id"))?;
+        each[t].push(pid);
+    }
+    Ok(each)
 }
 
 fn bench_config(mock_url: &str, model: &str) -> String {
@@ -407,7 +516,7 @@ alias = "{model}"
     )
 }
 
-async fn load(args: &BenchArgs, base: &str, key: &str) -> anyhow::Result<Report> {
+async fn load(args: &BenchArgs, base: &str, key: &str, pids: &[u32]) -> anyhow::Result<Report> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .tcp_nodelay(true)
@@ -442,25 +551,35 @@ async fn load(args: &BenchArgs, base: &str, key: &str) -> anyhow::Result<Report>
         None => {
             let warmup = (args.requests / 20).max(args.concurrency);
             run_load(shared.clone(), warmup, args.concurrency).await?;
-            measured(run_load(shared, args.requests, args.concurrency)).await
+            measured(run_load(shared, args.requests, args.concurrency), pids).await
         }
         Some(rate) => {
             // A second of starts opens about as many connections as the run keeps busy.
             let warmup = (args.requests / 20).max(rate.ceil() as usize);
             run_open_loop(shared.clone(), warmup, rate, args.concurrency).await?;
-            measured(run_open_loop(shared, args.requests, rate, args.concurrency)).await
+            measured(
+                run_open_loop(shared, args.requests, rate, args.concurrency),
+                pids,
+            )
+            .await
         }
     }
 }
 
-/// `run`'s report, with the CPU the host took while it ran.
+/// `run`'s report, with the CPU the host took while it ran and the time the target's
+/// processes (`pids`) waited for one.
 async fn measured(
     run: impl std::future::Future<Output = anyhow::Result<Report>>,
+    pids: &[u32],
 ) -> anyhow::Result<Report> {
     let before = CpuTicks::now();
-    let sampler = StealSampler::start();
+    let sampler = StealSampler::start(pids);
     let mut report = run.await?;
-    report.worst_stolen = sampler.and_then(StealSampler::finish);
+    if let Some(sampled) = sampler.and_then(StealSampler::finish) {
+        report.worst_stolen = sampled.worst_stolen;
+        report.waited = sampled.waited;
+        report.worst_waited = sampled.worst_waited;
+    }
     report.most_started = most_within(&mut std::mem::take(&mut report.starts), BURST_WINDOW);
     if let (Some((after, after_cpus)), Some((before, before_cpus))) = (CpuTicks::now(), before) {
         report.stolen = after.stolen_since(before);
@@ -641,6 +760,8 @@ impl Report {
             stolen: None,
             stolen_by_cpu: Vec::new(),
             worst_stolen: None,
+            waited: None,
+            worst_waited: None,
             starts: Vec::new(),
             most_started: 0,
         })
@@ -744,6 +865,20 @@ fn print_medians(args: &BenchArgs, targets: &[(String, String, String)], rounds:
             }
         }
     }
+    if rounds.len() > 1 && rounds.iter().flatten().any(|r| r.waited.is_some()) {
+        say!(
+            "time each target's threads waited, ready to run, for a CPU during each \
+             round's load (all / the most in any {} ms):",
+            WORST_WINDOW.as_millis()
+        );
+        for (t, (name, _, _)) in targets.iter().enumerate() {
+            let each: Vec<(Option<Duration>, Option<Duration>)> = rounds
+                .iter()
+                .map(|round| (round[t].waited, round[t].worst_waited))
+                .collect();
+            say!("{}", waited_by_round(name, &each));
+        }
+    }
 }
 
 /// The most of `starts` within any `window` of each other.
@@ -774,6 +909,18 @@ fn stolen_by_cpu_by_round(name: &str, rounds: &[&[Option<f64>]]) -> String {
         })
         .collect();
     format!("{name:<12} {} %", each.join(" "))
+}
+
+/// `name`, the time waited in each round and the most in any window of it, in
+/// milliseconds: `12.5/6.1`.
+fn waited_by_round(name: &str, rounds: &[(Option<Duration>, Option<Duration>)]) -> String {
+    let ms =
+        |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e3));
+    let each: Vec<String> = rounds
+        .iter()
+        .map(|&(all, worst)| format!("{}/{}", ms(all), ms(worst)))
+        .collect();
+    format!("{name:<12} {} ms", each.join(" "))
 }
 
 /// `name`, the share of the CPU stolen in each round, in percent.
@@ -1049,6 +1196,85 @@ mod tests {
         assert_eq!(most_within(&mut starts, Duration::from_millis(10)), 2);
         assert_eq!(most_within(&mut [], Duration::from_millis(10)), 0);
         assert_eq!(most_within(&mut [at(5)], Duration::from_millis(10)), 1);
+    }
+
+    #[test]
+    fn a_target_s_wait_for_a_cpu_is_what_its_running_total_grew() {
+        let ms = |n: u64| n * 1_000_000;
+        // Every 10 ms: a 6 ms wait between the third and fourth samples, and a thread
+        // that ended after the fifth, taking its own 2 ms out of the total.
+        let samples = [ms(10), ms(10), ms(11), ms(17), ms(17), ms(15), ms(16)];
+        assert_eq!(grown(&samples), ms(8));
+        assert_eq!(most_grown_within(&samples, 2), ms(7), "from 10 to 17");
+        assert_eq!(most_grown_within(&samples, 1), ms(6));
+        assert_eq!(most_grown_within(&samples, 100), ms(8), "all of it");
+        assert_eq!(most_grown_within(&[], 10), 0);
+        assert_eq!(
+            waited_by_round(
+                "switchyard",
+                &[
+                    (
+                        Some(Duration::from_micros(12_340)),
+                        Some(Duration::from_millis(6))
+                    ),
+                    (None, None)
+                ]
+            ),
+            "switchyard   12.3/6.0 -/- ms"
+        );
+    }
+
+    #[test]
+    fn a_process_s_wait_for_a_cpu_is_read_from_the_kernel() {
+        assert_eq!(waited_ns(&[]), None, "nothing to watch");
+        assert_eq!(waited_ns(&[u32::MAX]), None, "no such process");
+        let me = [std::process::id()];
+        let before = waited_ns(&me).expect("this process's wait, from /proc");
+        // One thread more than there are cores, each busy for a while: together they
+        // are ready to run for longer than the cores can run them, so some wait.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let busy: Vec<_> = (0..=cores)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let until = std::time::Instant::now() + Duration::from_millis(300);
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let during = loop {
+            // Read while they run: an ended thread's wait leaves the total with it.
+            let now = waited_ns(&me).expect("this process's wait");
+            if now > before || busy.iter().all(|b| b.is_finished()) {
+                break now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for thread in busy {
+            thread.join().expect("a busy thread");
+        }
+        assert!(during > before, "waited {before} ns, then {during}");
+    }
+
+    #[test]
+    fn target_pids_name_their_targets() {
+        let targets: Vec<(String, String, String)> = ["direct", "nginx"]
+            .iter()
+            .map(|n| (n.to_string(), "http://x/v1".into(), "unused".into()))
+            .collect();
+        let given = |pids: &[&str]| {
+            let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            target_pids(&pids, &targets)
+        };
+        assert_eq!(
+            given(&["nginx=12", "nginx=13"]).expect("pids"),
+            [vec![], vec![12, 13]]
+        );
+        let error = |pids: &[&str]| format!("{:#}", given(pids).expect_err("refused"));
+        assert!(error(&["gateway=12"]).contains("--target-pid gateway names no target"));
+        assert!(error(&["direct=twelve"]).contains("\"twelve\" is not a process id"));
+        assert!(error(&["direct"]).contains("is not NAME=VALUE"));
     }
 
     #[test]
