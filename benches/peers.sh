@@ -257,6 +257,22 @@ children_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
 
 # The machine's ticks the host took (steal) and all its ticks, from /proc/stat's `cpu`
 # line (user nice system idle iowait irq softirq steal); "0 0" where there is none.
+# How many times the CPUs went idle in a state deeper than polling (on a VM, a halt:
+# an exit to the hypervisor, and an interrupt to come back), from the kernel's cpuidle
+# counts; 0 where there are none. At c=1 a request's latency follows this more than
+# anything a process does: in session 37, straight to llmsim at c=1 took 0.094 ms with
+# 0.2 halts a request and 0.256 ms with 1.9 (short runs under perf), by where the
+# kernel had put oha and llmsim.
+halts() {
+    local n=0 usage
+    for usage in /sys/devices/system/cpu/cpu[0-9]*/cpuidle/state*/usage; do
+        [ -r "$usage" ] || continue
+        [ "$(cat "${usage%usage}name")" = POLL ] && continue
+        n=$((n + $(cat "$usage")))
+    done
+    echo "$n"
+}
+
 machine_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; f = 1 } END { if (!f) print 0, 0 }' /proc/stat 2>/dev/null || echo 0 0; }
 
 pin() { # CPUS PID...: each of the processes' threads (new ones inherit it)
@@ -464,7 +480,9 @@ print(int(0.6 * min(statistics.median(v) for v in runs.values()) // 100 * 100))'
             before=$(cpu_ticks ${SERVER[$name]})
             upstream=$(cpu_ticks "$LLMSIM_PID") generator=$(children_ticks)
             read -r stolen ticks < <(machine_ticks)
+            halted=$(halts)
             result=$(oha_run "${TARGET[$name]}" "$c" "$rate")
+            halted=$(($(halts) - halted))
             read -r stolen_after ticks_after < <(machine_ticks)
             # CPU in all of the answering process (llmsim's own for direct), of llmsim,
             # and of oha.
@@ -473,7 +491,9 @@ print(int(0.6 * min(statistics.median(v) for v in runs.values()) // 100 * 100))'
             result="$result $(( ($(children_ticks) - generator) * 10000 ))"
             # The share of the machine's CPU the host took meanwhile, in percent.
             result="$result $(awk -v s=$((stolen_after - stolen)) -v a=$((ticks_after - ticks)) 'BEGIN { printf "%.1f", (a > 0 ? 100 * s / a : 0) }')"
-            say "plain ${load/one/1 on one CPU}${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all: answering, llmsim, oha; % of the CPU the host took)"
+            # The CPUs' halts per answered request.
+            result="$result $(awk -v h=$halted -v n="$(echo "$result" | cut -d' ' -f5)" 'BEGIN { printf "%.2f", (n > 0 ? h / n : 0) }')"
+            say "plain ${load/one/1 on one CPU}${rate:+ at $rate/s} round $round $name: $result (ok req/s, p50 ms, p99 ms, not ok, ok answers, CPU µs in all: answering, llmsim, oha; % of the CPU the host took; halts a request)"
             if [ "${result%% *}" = "0.0" ]; then
                 say "$name answered nothing with 200; its log is in $WORK"
                 trap - EXIT
@@ -569,12 +589,12 @@ python3 - "$WORK/plain.txt" <<EOF
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    load, name, rate, p50, p99, bad, ok, cpu, upstream, generator, stolen = line.split()
+    load, name, rate, p50, p99, bad, ok, cpu, upstream, generator, stolen, halts = line.split()
     load = int(load) if load.isdigit() else load
     per = lambda ticks: int(ticks) / max(int(ok), 1)
     # The whole machine's CPU per request, gateway (if any), llmsim and oha.
     machine = per(generator) + per(upstream) + (per(cpu) if name != "direct" else 0)
-    rows.setdefault((load, name), []).append((float(rate), float(p50), float(p99), int(bad), per(cpu), machine, float(stolen)))
+    rows.setdefault((load, name), []).append((float(rate), float(p50), float(p99), int(bad), per(cpu), machine, float(stolen), float(halts)))
 def med(c, name, i):
     return statistics.median(r[i] for r in rows[(c, name)])
 def span(c, name, i, form=",.0f"):
@@ -606,7 +626,13 @@ print(f"| plain, c=50: CPU per request, whole machine (oha + llmsim + gateway) |
 for load, what in ((1, "plain, c=1: p50 (added)"), ("one", "plain, c=1, all on one CPU: p50 (added)")):
     if (load, "direct") in rows:
         d1, o1, s1 = (med(load, n, 1) for n in ("direct", "onwards", "switchyard"))
-        print(f"| {what} | {d1:.3f} ms | {o1:.3f} ms (+{o1-d1:.3f}) | {s1:.3f} ms (+{s1-d1:.3f}) |")
+        print(f"| {what} | {d1:.3f} ms | {o1:.3f} ms ({o1-d1:+.3f}) | {s1:.3f} ms ({s1-d1:+.3f}) |")
+# How often a CPU halted for each request at c=1: each halt is an exit to the
+# hypervisor and an interrupt back, which is most of what c=1 measures on a VM, and it
+# depends on where the kernel put each process, which moves from run to run.
+if (1, "direct") in rows:
+    cells = " | ".join(f"{med(1, n, 7):.2f} ({span(1, n, 7, '.2f')})" for n in ("direct", "onwards", "switchyard"))
+    print(f"| plain, c=1: CPU halts a request (median; range) | {cells} |")
 # At c=1 what a gateway adds is mostly its own CPU on the way and the two wake-ups more;
 # where idle CPUs halt at once, every process spends about twice what it does busy.
 for load, what in ((1, "plain, c=1: CPU per request of the process answering"),
@@ -628,7 +654,8 @@ print(f"| Switchyard resident memory | idle $IDLE MiB | after plain load $AFTER_
 if (50, "nginx") in rows:
     # Below the table: a reference, not a peer (it does none of a gateway's work).
     n = med(50, "nginx", 0)
-    added = [f"{what} p50 +{med(load, 'nginx', 1) - med(load, 'direct', 1):.3f} ms, CPU {med(load, 'nginx', 4):.0f} µs"
+    added = [f"{what} p50 {med(load, 'nginx', 1) - med(load, 'direct', 1):+.3f} ms, CPU {med(load, 'nginx', 4):.0f} µs"
+             + (f", {med(load, 'nginx', 7):.2f} halts a request" if load == 1 else "")
              for load, what in ((1, "c=1"), ("one", "c=1 on one CPU")) if (load, "nginx") in rows]
     print()
     print(f"reference, nginx forwarding only (no key check, none of a gateway's work): c=50 {n:,.0f} req/s "
