@@ -257,6 +257,8 @@ children_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
 
 # The machine's ticks the host took (steal) and all its ticks, from /proc/stat's `cpu`
 # line (user nice system idle iowait irq softirq steal); "0 0" where there is none.
+machine_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; f = 1 } END { if (!f) print 0, 0 }' /proc/stat 2>/dev/null || echo 0 0; }
+
 # How many times the CPUs went idle in a state deeper than polling (on a VM, a halt:
 # an exit to the hypervisor, and an interrupt to come back), from the kernel's cpuidle
 # counts; 0 where there are none. At c=1 a request's latency follows this more than
@@ -272,8 +274,6 @@ halts() {
     done
     echo "$n"
 }
-
-machine_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; f = 1 } END { if (!f) print 0, 0 }' /proc/stat 2>/dev/null || echo 0 0; }
 
 pin() { # CPUS PID...: each of the processes' threads (new ones inherit it)
     local cpus=$1 pid task
