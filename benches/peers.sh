@@ -23,6 +23,8 @@
 #   REFERENCE=0 benches/peers.sh     # without nginx, even when it is installed
 #   HALT_POLL_NS=200000 benches/peers.sh   # a VM guest's idle CPUs poll 200 µs before
 #                                    # halting for the run (root, haltpoll; put back after)
+#   LLMSIM_LOGS=requests benches/peers.sh  # llmsim logs every request, as it ships
+#                                    # (and as runs of this script did before it was quiet)
 #
 # Timings on two shared cores move by a third between runs. MEASURE=instructions runs
 # each gateway alone under valgrind's callgrind instead (REQUESTS whole chat answers,
@@ -138,6 +140,15 @@ wait_for() { # URL any|all (any: an error status will do too) PID LOG
     exit 1
 }
 
+# llmsim adds `tower_http=debug` and `llmsim=info` to whatever RUST_LOG says, so it logs
+# three coloured lines a request (1.2 KB): at c=50, 20 MB a second, more than half of
+# its CPU a request (78 µs of it against 35 without), and the disk's writeback then took
+# a core for tens of milliseconds at a time, which a gateway's rounds felt as a p99 of
+# 20-50 ms. Directives for narrower targets win over those, and keep its start and its
+# warnings.
+LLMSIM_RUST_LOG=warn,tower_http::trace=warn,llmsim::cli::handlers=warn
+[ "${LLMSIM_LOGS:-}" = requests ] && LLMSIM_RUST_LOG=warn
+
 # The upstream: llmsim with a latency profile, answers of N tokens.
 start_llmsim() { # PORT PROFILE TOKENS
     local config="$WORK/llmsim-$1.toml"
@@ -159,7 +170,7 @@ rate_limit_rate = 0.0
 server_error_rate = 0.0
 timeout_rate = 0.0
 EOF
-    RUST_LOG=warn ${OWN[@]+"${OWN[@]}"} llmsim serve --config "$config" >"$WORK/llmsim-$1.log" 2>&1 &
+    RUST_LOG=$LLMSIM_RUST_LOG ${OWN[@]+"${OWN[@]}"} llmsim serve --config "$config" >"$WORK/llmsim-$1.log" 2>&1 &
     LLMSIM_PID=$!
     PIDS+=($!)
     wait_for "http://127.0.0.1:$1/health" all "$LLMSIM_PID" "$WORK/llmsim-$1.log"
@@ -662,6 +673,11 @@ if (50, "nginx") in rows:
           f"({n/d:.2f}x direct), p99 {med(50, 'nginx', 2):.1f} ms, CPU {med(50, 'nginx', 4):.0f} µs a request; "
           + "; ".join(added))
 EOF
+# What each server wrote of its own over the run: one that logs every request spends
+# CPU on it, and cores on the disk's writeback.
+written() { du -cb "$@" 2>/dev/null | tail -1 | awk '{ printf "%.1f MiB", $1 / 1048576 }'; }
+echo
+echo "written by the servers over the run: llmsim $(written "$WORK"/llmsim-*.log)$([ "${LLMSIM_LOGS:-}" = requests ] && echo " (LLMSIM_LOGS=requests)"), onwards $(written "$WORK"/onwards-*.log), Switchyard $(written "$WORK"/switchyard-*/log) and its audit log $(written "$WORK"/switchyard-*/data/audit)"
 echo
 echo "streams, c=200, realistic upstream (TTFT 200 ms, 10 ms a token, 32 tokens): medians of $STREAM_ROUNDS round$([ "$STREAM_ROUNDS" = 1 ] || echo s)${GENERATOR[*]:+ (gateways pinned to a core of their own)}"
 table "$WORK/streams.txt"
