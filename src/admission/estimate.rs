@@ -87,14 +87,14 @@ pub fn count(kind: TokenizerKind, text: &str) -> u64 {
 /// JSON tree (this runs for every chat request). Parts of a message that are not what
 /// OpenAI documents are skipped, as the upstream will refuse them anyway.
 pub fn chat_prompt(kind: TokenizerKind, messages: Option<&RawValue>) -> u64 {
-    let Some(Ok(messages)) = messages.map(|m| serde_json::from_str::<Vec<&RawValue>>(m.get()))
+    let Some(Ok(entries)) = messages.map(|m| serde_json::from_str::<Vec<Entry<'_>>>(m.get()))
     else {
         return REPLY_PRIMING;
     };
     let mut total = REPLY_PRIMING;
-    for message in messages {
+    for entry in entries {
         total += PER_MESSAGE;
-        let Ok(message) = serde_json::from_str::<Message<'_>>(message.get()) else {
+        let Entry::Message(message) = entry else {
             continue;
         };
         if let Some(role) = text_of(message.role) {
@@ -126,16 +126,104 @@ pub fn chat_prompt(kind: TokenizerKind, messages: Option<&RawValue>) -> u64 {
 }
 
 /// The fields of a chat message that hold tokens, borrowed from the body.
-#[derive(serde::Deserialize)]
+#[derive(Default)]
 struct Message<'a> {
-    #[serde(borrow, default)]
     role: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     name: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     tool_calls: Option<&'a RawValue>,
+}
+
+/// One item of a chat request's `messages`, read in the one pass over the list: a
+/// message, or anything else (not an object, or an object naming a field twice), which
+/// counts only as a message's framing. Reading the list into raw items and then each
+/// item again cost a skip over every message more.
+enum Entry<'a> {
+    Message(Message<'a>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Entry<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EntryVisitor)
+    }
+}
+
+/// The keys of a message that hold tokens.
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Role,
+    Name,
+    Content,
+    ToolCalls,
+    #[serde(other)]
+    Other,
+}
+
+struct EntryVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+    type Value = Entry<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a chat message")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Entry<'de>, A::Error> {
+        let mut message = Message::default();
+        let (mut seen, mut twice) = (0u8, false);
+        while let Some(field) = map.next_key::<Field>()? {
+            let (slot, bit) = match field {
+                Field::Role => (&mut message.role, 1),
+                Field::Name => (&mut message.name, 2),
+                Field::Content => (&mut message.content, 4),
+                Field::ToolCalls => (&mut message.tool_calls, 8),
+                Field::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            twice |= seen & bit != 0;
+            seen |= bit;
+            // A null is no value, as it is for a field that is absent.
+            *slot = map.next_value::<Option<&'de RawValue>>()?;
+        }
+        Ok(if twice {
+            Entry::Other
+        } else {
+            Entry::Message(message)
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Entry<'de>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Entry::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Entry<'de>, E> {
+        Ok(Entry::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Entry<'de>, E> {
+        Ok(Entry::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Entry<'de>, E> {
+        Ok(Entry::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Entry<'de>, E> {
+        Ok(Entry::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Entry<'de>, E> {
+        Ok(Entry::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Entry<'de>, E> {
+        Ok(Entry::Other)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -349,6 +437,9 @@ mod tests {
         assert_eq!(chat_prompt(TokenizerKind::O200kBase, Some(&messages)), 9);
         let parts = raw(r#"[{"role":"user","content":[{"type":"text","text":"hello world"}]}]"#);
         assert_eq!(chat_prompt(TokenizerKind::O200kBase, Some(&parts)), 9);
+        // A message naming a field twice counts as its framing only.
+        let twice = raw(r#"[{"role":"user","content":"hello","content":"world"}]"#);
+        assert_eq!(chat_prompt(TokenizerKind::O200kBase, Some(&twice)), 6);
     }
 
     #[test]
@@ -385,6 +476,7 @@ mod tests {
             r#"[ {"role" : "assistant", "content" : null, "tool_calls" : [ {"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}} ] },
                 {"role":"tool","tool_call_id":"call_1","content":"72 and sunny"} ]"#,
             r#"[{"role":"user","content":"hi"}, 7, "text", {"role": 3, "content": {"odd": true}}]"#,
+            r#"[null, true, -1.5, [{"role":"user","content":"nested"}], {"role":null,"content":"x","extra":[1,{"a":2}]}]"#,
             r#"{"role":"user","content":"not a list"}"#,
             r#"[]"#,
         ];
