@@ -681,26 +681,37 @@ pub fn openai_duration(d: Duration) -> String {
     out
 }
 
+/// Written a piece at a time, digits by itoa: an answer carries two of these (the
+/// `x-ratelimit-reset-*` headers), and `write!` cost over 400 instructions each.
 fn write_duration(out: &mut impl std::fmt::Write, d: Duration) {
+    fn put(out: &mut impl std::fmt::Write, n: u128, unit: &str) {
+        let _ = out.write_str(itoa::Buffer::new().format(n));
+        let _ = out.write_str(unit);
+    }
     let ms = d.as_millis();
     if ms < 1000 {
-        let _ = write!(out, "{ms}ms");
+        put(out, ms, "ms");
         return;
     }
     let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (minutes, rest) = (rest / 60_000, rest % 60_000);
     if hours > 0 {
-        let _ = write!(out, "{hours}h{minutes}m");
+        put(out, hours, "h");
+        put(out, minutes, "m");
     } else if minutes > 0 {
-        let _ = write!(out, "{minutes}m");
+        put(out, minutes, "m");
     }
     let (seconds, millis) = (rest / 1000, rest % 1000);
-    let _ = match millis {
-        0 => write!(out, "{seconds}s"),
-        m if m % 100 == 0 => write!(out, "{seconds}.{}s", m / 100),
-        m if m % 10 == 0 => write!(out, "{seconds}.{:02}s", m / 10),
-        m => write!(out, "{seconds}.{m:03}s"),
-    };
+    if millis == 0 {
+        put(out, seconds, "s");
+        return;
+    }
+    put(out, seconds, ".");
+    // Three digits, zero-padded, less the zeros they end in: .5, .25, .005.
+    let digits = [millis / 100, millis / 10 % 10, millis % 10].map(|d| b'0' + d as u8);
+    let len = 3 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+    let _ = out.write_str(std::str::from_utf8(&digits[..len]).unwrap_or_default());
+    let _ = out.write_str("s");
 }
 
 #[cfg(test)]
@@ -709,7 +720,11 @@ mod tests {
 
     #[test]
     fn durations_are_written_the_way_openai_writes_them() {
+        assert_eq!(openai_duration(Duration::ZERO), "0ms");
         assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_millis(999)), "999ms");
+        assert_eq!(openai_duration(Duration::from_millis(1_050)), "1.05s");
+        assert_eq!(openai_duration(Duration::from_millis(59_999)), "59.999s");
         assert_eq!(openai_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
         assert_eq!(openai_duration(Duration::from_secs(3723)), "1h2m3s");
