@@ -360,7 +360,7 @@ impl Gateway {
     /// An audit record of something done to a batch, by `actor`.
     fn audit_batch(&self, batch: &BatchRecord, actor: &str, action: &str, outcome: String) {
         use crate::domain::records::{AuditKind, AuditRecord};
-        self.audit.record(AuditRecord {
+        self.sinks.audit.record(AuditRecord {
             at_ms: crate::telemetry::now_ms(),
             kind: Some(AuditKind::Operator),
             actor: Some(actor.to_string()),

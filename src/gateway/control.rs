@@ -24,7 +24,7 @@ impl Gateway {
     /// The whole gateway now, for the console and `GET /admin/snapshot`. Each part is read
     /// under its own short lock; the request path never waits for a snapshot.
     pub fn snapshot(&self) -> Snapshot {
-        let reading = self.meter.read(120);
+        let reading = self.sinks.meter.read(120);
         let queued_by_tenant = self.scheduler.queued_by_tenant();
         let tenants = self
             .admission
@@ -60,14 +60,14 @@ impl Gateway {
             flow_runs: self.flow_run_views(SNAPSHOT_ENDED_BATCHES),
             events: self.events.recent(200),
             queue_history: reading.queue_history,
-            latency: self.latency.views(),
-            errors_by_code: self.meter.codes(),
+            latency: self.sinks.latency.views(),
+            errors_by_code: self.sinks.meter.codes(),
             cache: self.cache.view(),
             audit: AuditView {
-                enabled: self.audit.policy().enabled,
-                written: self.audit.written(),
-                backlog: self.audit.backlog(),
-                dropped: self.audit.dropped(),
+                enabled: self.sinks.audit.policy().enabled,
+                written: self.sinks.audit.written(),
+                backlog: self.sinks.audit.backlog(),
+                dropped: self.sinks.audit.dropped(),
             },
             persistence_degraded: self.persistence.degraded(),
             cluster: self.shared.get().map(|shared| shared.view()),
@@ -83,12 +83,13 @@ impl Gateway {
     ) -> TenantView {
         t.queued = queued_by_tenant.get(&t.name).copied().unwrap_or(0);
         t.p99_ms = self
+            .sinks
             .meter
             .tenant_if_seen(&t.name)
             .and_then(|m| m.recent_percentiles())
             .map(|p| p.1);
         t.changed = self.tenant_override(&t.name).changed();
-        let used = self.meter.tenant_reading(&t.name);
+        let used = self.sinks.meter.tenant_reading(&t.name);
         t.requests_last_minute = used.requests_per_min;
         t.tokens_last_minute = used.tokens_per_min;
         t.refused = used.refused;
@@ -101,6 +102,7 @@ impl Gateway {
         let tenant = self.admission.view(name).map_err(|e| e.to_string())?;
         let tenant = self.dress(tenant, &self.scheduler.queued_by_tenant());
         let seconds = self
+            .sinks
             .meter
             .tenant_if_seen(name)
             .map(|m| m.seconds())
@@ -215,7 +217,7 @@ impl Gateway {
                 ));
             }
         }
-        self.audit.record(AuditRecord {
+        self.sinks.audit.record(AuditRecord {
             at_ms: crate::telemetry::now_ms(),
             kind: Some(AuditKind::Operator),
             actor: Some(actor.to_string()),

@@ -278,7 +278,7 @@ impl Gateway {
                 "expires_ms": k.expires_ms, "revoked_ms": k.revoked_ms,
             })
         };
-        self.audit.record(AuditRecord {
+        self.sinks.audit.record(AuditRecord {
             at_ms: now_ms(),
             kind: Some(AuditKind::Operator),
             tenant: Some(record.tenant.clone()),
@@ -299,7 +299,7 @@ impl Gateway {
         let Some(store) = self.store.get().cloned() else {
             return Ok(Vec::new());
         };
-        self.audit.caught_up(Duration::from_secs(2)).await;
+        self.sinks.audit.caught_up(Duration::from_secs(2)).await;
         tokio::task::spawn_blocking(move || store.read_audit(&query))
             .await
             .map_err(|e| StoreError::Corrupt(format!("the store task failed: {e}")))?

@@ -71,10 +71,8 @@ pub struct Gateway {
     admission: Arc<Admission>,
     scheduler: Arc<Scheduler>,
     events: Arc<EventLog>,
-    meter: Arc<Meter>,
-    latency: Arc<Latency>,
-    histograms: Arc<crate::telemetry::histograms::Histograms>,
-    routes: Arc<record::Routes>,
+    /// The audit log, the counters and the latency series every request records in.
+    sinks: Arc<record::Sinks>,
     /// Every stream, live or recently finished.
     hub: Hub,
     /// The drain signal every request and relay watches.
@@ -94,7 +92,6 @@ pub struct Gateway {
     /// Whether the shared store was unreachable at the last look (for the event log).
     shared_degraded: std::sync::atomic::AtomicBool,
     cache: Arc<Cache>,
-    audit: Arc<Audit>,
     /// Responses answered through chat upstreams, for follow-ups.
     conversations: Arc<conversations::Conversations>,
     /// Files tenants uploaded for batches.
@@ -345,10 +342,13 @@ impl Gateway {
                 events.clone(),
             )),
             events,
-            meter: Arc::default(),
-            latency: Arc::default(),
-            histograms: Arc::default(),
-            routes: Arc::default(),
+            sinks: Arc::new(record::Sinks {
+                audit: Arc::new(Audit::new(config.audit.clone())),
+                meter: Arc::default(),
+                latency: Arc::default(),
+                histograms: Arc::default(),
+                routes: record::Routes::default(),
+            }),
             hub: Hub::new(config.streams.clone(), shutdown.clone()),
             shutdown,
             persistence: Arc::default(),
@@ -359,7 +359,6 @@ impl Gateway {
             pending_actions: Mutex::default(),
             shared_degraded: std::sync::atomic::AtomicBool::new(false),
             cache: Arc::new(Cache::new(config.cache.clone())),
-            audit: Arc::new(Audit::new(config.audit.clone())),
             conversations: Arc::new(conversations::Conversations::new()),
             batches: batches::Batches::default(),
             flow_runs: flows::Runs::default(),
@@ -390,16 +389,16 @@ impl Gateway {
     }
 
     pub fn meter(&self) -> &Arc<Meter> {
-        &self.meter
+        &self.sinks.meter
     }
 
     /// The histograms and answer counters `/metrics` exports.
     pub fn histograms(&self) -> &Arc<crate::telemetry::histograms::Histograms> {
-        &self.histograms
+        &self.sinks.histograms
     }
 
     pub fn latency(&self) -> &Arc<Latency> {
-        &self.latency
+        &self.sinks.latency
     }
 
     pub fn hub(&self) -> &Hub {
@@ -464,7 +463,11 @@ impl Gateway {
     }
 
     pub fn audit(&self) -> &Arc<Audit> {
-        &self.audit
+        &self.sinks.audit
+    }
+
+    pub(crate) fn sinks(&self) -> &Arc<record::Sinks> {
+        &self.sinks
     }
 
     pub fn shutdown(&self) -> &Arc<Shutdown> {
@@ -509,7 +512,7 @@ impl Gateway {
     /// Connects this replica to the shared store; until then, a lease found short is
     /// refused as the store being unreachable.
     pub fn attach_shared(&self, shared: Arc<crate::state::Shared>) {
-        self.audit.set_replica(shared.replica());
+        self.sinks.audit.set_replica(shared.replica());
         let _ = self.shared.set(shared);
     }
 
@@ -617,7 +620,7 @@ impl Gateway {
         if let Err(retry_after) = self.failed_auth.check(source) {
             let error = AuthError::TooManyFailures { retry_after };
             self.failed_auth.failed(source, error.code());
-            self.meter.code(error.code());
+            self.sinks.meter.code(error.code());
             return Err(error);
         }
         let found = self.keyring.authenticate(authorization).and_then(|caller| {
@@ -630,7 +633,7 @@ impl Gateway {
         });
         if let Err(error) = &found {
             self.failed_auth.failed(source, error.code());
-            self.meter.code(error.code());
+            self.sinks.meter.code(error.code());
         }
         found
     }
@@ -644,15 +647,17 @@ impl Gateway {
                 .source
                 .map_or_else(|| "other sources".to_string(), |ip| ip.to_string());
             tracing::info!(%source, code = report.code, count = report.count, "failed authentications");
-            self.audit.record(crate::domain::records::AuditRecord {
-                at_ms: now,
-                kind: Some(crate::domain::records::AuditKind::Request),
-                status: Some(401),
-                error: Some(report.code.to_string()),
-                source: Some(source),
-                count: Some(report.count),
-                ..Default::default()
-            });
+            self.sinks
+                .audit
+                .record(crate::domain::records::AuditRecord {
+                    at_ms: now,
+                    kind: Some(crate::domain::records::AuditKind::Request),
+                    status: Some(401),
+                    error: Some(report.code.to_string()),
+                    source: Some(source),
+                    count: Some(report.count),
+                    ..Default::default()
+                });
         }
     }
 
@@ -743,7 +748,7 @@ impl Gateway {
                 // (`n` above 1 to Anthropic, say): no fault of the instance.
                 Stop::Failed(e @ SendError::Unsupported(_)) => fail(Failure::Send(e)),
                 Stop::Failed(e) => {
-                    self.router.report(&instance, Outcome::Failure, None);
+                    self.router.report(instance, Outcome::Failure, None);
                     fail(Failure::Send(e))
                 }
                 Stop::Drained => fail(Failure::Drained),
@@ -783,12 +788,12 @@ impl Gateway {
                 (status == StatusCode::TOO_MANY_REQUESTS).then(|| retry_after(&headers));
             if let Some(wait) = rate_limited {
                 self.router
-                    .report(&instance, Outcome::RateLimited(wait), None);
+                    .report(instance, Outcome::RateLimited(wait), None);
             } else if status.is_success() || request_fault(status) {
                 self.router
-                    .report(&instance, Outcome::Success, Some(latency));
+                    .report(instance, Outcome::Success, Some(latency));
             } else {
-                self.router.report(&instance, Outcome::Failure, None);
+                self.router.report(instance, Outcome::Failure, None);
             }
             if status.is_success() && stream {
                 return Ok(Answer {

@@ -19,18 +19,26 @@ use crate::telemetry::meter::{Meter, Tally};
 
 use super::Gateway;
 
+/// Where every request's recording goes, shared by all of them: one count a request
+/// to take and give back, not one for each (each is an atomic on a line every worker
+/// writes).
+pub(crate) struct Sinks {
+    pub audit: Arc<Audit>,
+    pub meter: Arc<Meter>,
+    pub latency: Arc<Latency>,
+    pub histograms: Arc<Histograms>,
+    pub routes: Routes,
+}
+
 pub(crate) struct Recorder {
     /// The audit record, filled as the request goes (none when the audit log is off).
-    record: Option<(Arc<Audit>, AuditRecord)>,
-    meter: Arc<Meter>,
-    latency: Arc<Latency>,
+    record: Option<AuditRecord>,
+    sinks: Arc<Sinks>,
     arrival: Instant,
     tenant: String,
     /// The tenant's own counters (none before authentication).
     tenant_meter: Option<Arc<Tally>>,
     keep_content: bool,
-    histograms: Arc<Histograms>,
-    routes: Arc<Routes>,
     /// The series of the route taken, once routed.
     route: Option<Arc<RouteSeries>>,
     /// OpenTelemetry's `gen_ai.operation.name`: "chat", "embeddings" or "text_completion".
@@ -50,36 +58,28 @@ impl Recorder {
         arrival: Instant,
         tenant: Option<(&str, &Arc<str>)>,
     ) -> Recorder {
-        let audit = gateway.audit();
-        let record = audit.policy().enabled.then(|| {
-            (
-                audit.clone(),
-                AuditRecord {
-                    at_ms: crate::telemetry::now_ms(),
-                    kind: Some(AuditKind::Request),
-                    request_id: Some(request_id.clone()),
-                    endpoint: Some(endpoint.into()),
-                    tenant: tenant.map(|(name, _)| name.to_string()),
-                    key_id: tenant.map(|(_, key)| key.clone()),
-                    ..AuditRecord::default()
-                },
-            )
+        let sinks = gateway.sinks();
+        let record = sinks.audit.policy().enabled.then(|| AuditRecord {
+            at_ms: crate::telemetry::now_ms(),
+            kind: Some(AuditKind::Request),
+            request_id: Some(request_id.clone()),
+            endpoint: Some(endpoint.into()),
+            tenant: tenant.map(|(name, _)| name.to_string()),
+            key_id: tenant.map(|(_, key)| key.clone()),
+            ..AuditRecord::default()
         });
-        let tenant_meter = tenant.map(|(name, _)| gateway.meter().tenant(name));
+        let tenant_meter = tenant.map(|(name, _)| sinks.meter.tenant(name));
         if let Some(meter) = &tenant_meter {
-            gateway.meter().request();
+            sinks.meter.request();
             meter.request();
         }
         Recorder {
             record,
-            meter: gateway.meter().clone(),
-            latency: gateway.latency().clone(),
+            sinks: sinks.clone(),
             arrival,
             tenant: tenant.map(|(name, _)| name.to_string()).unwrap_or_default(),
             tenant_meter,
             keep_content: false,
-            histograms: gateway.histograms().clone(),
-            routes: gateway.routes.clone(),
             route: None,
             operation: match endpoint {
                 "/v1/embeddings" => "embeddings",
@@ -94,7 +94,7 @@ impl Recorder {
 
     /// Fills the audit record, when there is one.
     pub fn note(&mut self, fill: impl FnOnce(&mut AuditRecord)) {
-        if let Some((_, record)) = self.record.as_mut() {
+        if let Some(record) = self.record.as_mut() {
             fill(record);
         }
     }
@@ -135,7 +135,8 @@ impl Recorder {
             r.route = Some(reason.clone());
         });
         let place = (&**region, model, tier, self.operation);
-        self.route = Some(self.routes.get(place, &self.latency, &self.histograms));
+        let sinks = &self.sinks;
+        self.route = Some(sinks.routes.get(place, &sinks.latency, &sinks.histograms));
         self.instance = Some(instance_tally);
         self.record_latency(Metric::Queue, queued);
         if let Some(meter) = &self.tenant_meter {
@@ -154,12 +155,12 @@ impl Recorder {
     /// What the request used (as charged; `capped` when the upstream reported more than
     /// was plausible), counted and put on the record.
     pub fn used(&mut self, usage: Usage, capped: bool) {
-        self.meter.tokens(usage.total());
+        self.sinks.meter.tokens(usage.total());
         if let Some(meter) = &self.tenant_meter {
             meter.tokens(usage.total());
         }
         if let Some(route) = &self.route {
-            self.histograms.tokens_used(
+            self.sinks.histograms.tokens_used(
                 self.operation,
                 &route.labels.model,
                 usage.prompt_tokens,
@@ -195,7 +196,7 @@ impl Recorder {
     fn record_latency(&self, metric: Metric, value: Duration) {
         if let Some(route) = &self.route {
             route.series.observe(metric.name(), value);
-            self.latency.record_in(&route.scopes, metric, value);
+            self.sinks.latency.record_in(&route.scopes, metric, value);
         }
     }
 
@@ -206,25 +207,25 @@ impl Recorder {
             return;
         }
         if let Some(code) = error.filter(|_| status >= 400) {
-            self.meter.code(code);
+            self.sinks.meter.code(code);
             if let Some(meter) = &self.tenant_meter {
                 meter.code(code);
             }
         }
         if status >= 500 {
-            self.meter.error();
+            self.sinks.meter.error();
         }
         if !self.tenant.is_empty() {
             let model = self.route.as_ref().map_or("", |r| r.labels.model.as_str());
             let code = error.filter(|_| status >= 400).unwrap_or("");
-            self.histograms.answered(&self.tenant, model, code);
+            self.sinks.histograms.answered(&self.tenant, model, code);
         }
         let latency_ms = self.arrival.elapsed().as_millis() as u64;
-        if let Some((audit, mut record)) = self.record.take() {
+        if let Some(mut record) = self.record.take() {
             record.status = Some(status);
             record.error = error.map(str::to_string);
             record.latency_ms = Some(latency_ms);
-            audit.record(record);
+            self.sinks.audit.record(record);
         }
     }
 
@@ -233,14 +234,11 @@ impl Recorder {
     pub fn hand_over(&mut self) -> Recorder {
         Recorder {
             record: self.record.take(),
-            meter: self.meter.clone(),
-            latency: self.latency.clone(),
+            sinks: self.sinks.clone(),
             arrival: self.arrival,
             tenant: std::mem::take(&mut self.tenant),
             tenant_meter: self.tenant_meter.take(),
             keep_content: self.keep_content,
-            histograms: self.histograms.clone(),
-            routes: self.routes.clone(),
             route: self.route.take(),
             operation: self.operation,
             instance: self.instance.take(),

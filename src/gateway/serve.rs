@@ -136,9 +136,9 @@ impl Gateway {
             r.tokens_reserved = Some(ticket.tokens());
             r.queue_ms = Some(ticket.queued.as_millis() as u64);
         });
-        // Every value below (limits, where it was served, the stream's id) shares one
-        // buffer: room for long names, so it is seldom grown.
-        let mut values = Values::with_capacity(256);
+        // Every value below (limits, where it was served, the stream's id) is written
+        // in one scratch buffer: room for long names, so it is seldom grown.
+        let mut values = Values::with_capacity(128);
         let mut headers = values.rate_headers(ticket.headers());
         headers.push((header::QUEUE_MS, values.number(ticket.queued.as_millis())));
         headers.push((header::CACHE, HeaderValue::from_static(cache_result)));

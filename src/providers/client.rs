@@ -146,13 +146,13 @@ impl Client {
     pub async fn send(
         &self,
         (instance, pool): (&Instance, Option<&Pool>),
-        (method, uri): (Method, Uri),
+        (method, uri): (Method, &Uri),
         headers: impl Iterator<Item = (&header::HeaderName, &HeaderValue)>,
         request_id: &str,
         body: Bytes,
         wait: Duration,
     ) -> Result<http::Response<Body>, SendError> {
-        if let Some(pool) = pool.filter(|pool| pool.serves(&uri)) {
+        if let Some(pool) = pool.filter(|pool| pool.serves(uri)) {
             // Written straight into the request head: no header map.
             let mut fields = Vec::with_capacity(256);
             h1::field(
@@ -167,7 +167,7 @@ impl Client {
             for (name, value) in headers {
                 h1::field(&mut fields, name, value.as_bytes());
             }
-            let sent = pool.send((&self.tcp, self.timeouts), (&method, &uri), &fields, body);
+            let sent = pool.send((&self.tcp, self.timeouts), (&method, uri), &fields, body);
             return match tokio::time::timeout(wait, sent).await {
                 Err(_) => Err(SendError::Timeout(wait)),
                 Ok(sent) => sent,
@@ -175,7 +175,7 @@ impl Client {
         }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
-        *request.uri_mut() = uri;
+        *request.uri_mut() = uri.clone();
         // Sized once for the three headers here and the instance's: not grown by any.
         let mut fixed = HeaderMap::with_capacity(3 + headers.size_hint().0);
         fixed.insert(header::CONTENT_TYPE, APPLICATION_JSON);

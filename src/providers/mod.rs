@@ -241,9 +241,15 @@ impl Upstreams {
             (ModelKind::Chat, chat, Some(back))
         };
         let dialect = target.dialect;
+        // The configured URL is borrowed, not cloned: its count is one every worker's
+        // requests would share.
+        let made;
         let uri = match target.url(kind) {
-            Some(uri) => uri.clone(),
-            None => client::parse(dialect.url(instance, kind, deployment))?,
+            Some(uri) => uri,
+            None => {
+                made = client::parse(dialect.url(instance, kind, deployment))?;
+                &made
+            }
         };
         let body = dialect
             .request(kind, body)
@@ -294,7 +300,7 @@ impl Upstreams {
             .client
             .send(
                 (instance, target.pool.as_ref()),
-                (method, uri),
+                (method, &uri),
                 target.headers(),
                 request_id,
                 Bytes::new(),

@@ -266,7 +266,9 @@ struct RegionState {
 /// A place to send one attempt.
 #[derive(Debug, Clone)]
 pub struct Candidate<'m> {
-    pub instance: Arc<InstanceState>,
+    /// Borrowed from the router: a request's attempts take no count on the instances
+    /// every worker's requests share.
+    pub instance: &'m Arc<InstanceState>,
     /// The model name this region's upstream knows the alias by.
     pub upstream_model: &'m str,
 }
@@ -357,7 +359,7 @@ impl Router {
     /// The route to instance `name` alone, for a request only it can serve (a follow-up
     /// to a response it stores): no other instance is tried.
     pub fn route_to<'m>(
-        &self,
+        &'m self,
         model: &'m Model,
         allowed: Option<&[String]>,
         name: &str,
@@ -384,7 +386,7 @@ impl Router {
         }
         Ok(Route {
             candidates: vec![Candidate {
-                instance: instance.clone(),
+                instance,
                 upstream_model,
             }],
             reason: format!("{name}: holds the previous response").into(),
@@ -394,13 +396,13 @@ impl Router {
     /// Plans a request: candidates best first, or why there are none.
     /// `allowed` restricts regions (data residency); `session` keeps a session in place.
     pub fn route<'m>(
-        &self,
+        &'m self,
         model: &'m Model,
         allowed: Option<&[String]>,
         session: Option<&str>,
     ) -> Result<Route<'m>, String> {
         let now = Instant::now();
-        let serving: Few<(&RegionState, &'m str)> = model
+        let serving: Few<(&'m RegionState, &'m str)> = model
             .deployments
             .iter()
             .filter(|d| allowed.is_none_or(|a| a.contains(&d.region)))
@@ -421,7 +423,7 @@ impl Router {
         }
 
         // Each region's routable share, and the traffic it should take.
-        let healths: Few<Few<(&Arc<InstanceState>, bool, bool)>> = serving
+        let healths: Few<Few<(&'m Arc<InstanceState>, bool, bool)>> = serving
             .iter()
             .map(|(region, _)| {
                 region
@@ -469,7 +471,7 @@ impl Router {
         };
         let in_panic = panic_all
             || (total_health < 1.0 && routable_share[chosen] < self.policy.panic_threshold);
-        let eligible: Few<&Arc<InstanceState>> = healths[chosen]
+        let eligible: Few<&'m Arc<InstanceState>> = healths[chosen]
             .iter()
             .filter(|(_, routable, panic_ok)| if in_panic { *panic_ok } else { *routable })
             .map(|(i, ..)| *i)
@@ -510,14 +512,14 @@ impl Router {
             .map_or(serving[chosen].1, |(_, m)| *m);
         candidates.push(Candidate {
             upstream_model: primary_region,
-            instance: primary.clone(),
+            instance: primary,
         });
         let order = std::iter::once(chosen).chain((0..serving.len()).filter(|i| *i != chosen));
         for index in order {
             if candidates.len() >= MAX_CANDIDATES {
                 break;
             }
-            let mut fallbacks: Few<&Arc<InstanceState>> = if index == chosen {
+            let mut fallbacks: Few<&'m Arc<InstanceState>> = if index == chosen {
                 eligible.clone()
             } else {
                 healths[index]
@@ -526,11 +528,11 @@ impl Router {
                     .map(|(i, ..)| *i)
                     .collect()
             };
-            fallbacks.retain(|i| !Arc::ptr_eq(i, &primary));
+            fallbacks.retain(|i| !Arc::ptr_eq(i, primary));
             fallbacks.sort_by(|a, b| a.load().total_cmp(&b.load()));
             let room = MAX_CANDIDATES - candidates.len();
             candidates.extend(fallbacks.into_iter().take(room).map(|i| Candidate {
-                instance: i.clone(),
+                instance: i,
                 upstream_model: serving[index].1,
             }));
         }
@@ -560,30 +562,35 @@ impl Router {
 
     /// The session's instance while it can keep it; otherwise a new one by rendezvous
     /// hashing with bounded load among `eligible`.
-    fn sticky(
-        &self,
+    fn sticky<'m>(
+        &'m self,
         key: &str,
-        eligible: &[&Arc<InstanceState>],
-        serving: &[(&RegionState, &str)],
+        eligible: &[&'m Arc<InstanceState>],
+        serving: &[(&'m RegionState, &str)],
         now: Instant,
-    ) -> (Arc<InstanceState>, Arc<str>) {
+    ) -> (&'m Arc<InstanceState>, Arc<str>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let previous = sessions
             .get(key)
             .filter(|s| now < s.expires)
             .map(|s| s.instance.clone());
-        if let Some(instance) = &previous {
-            let allowed = serving.iter().any(|(r, _)| *r.name == *instance.region);
-            if allowed
-                && instance
-                    .health()
-                    .keeps_sessions(now, self.policy.drain_grace)
+        // Where the router holds it, in a region the request may use.
+        let allowed = previous.as_ref().and_then(|previous| {
+            serving
+                .iter()
+                .flat_map(|(r, _)| &r.instances)
+                .find(|i| Arc::ptr_eq(i, previous))
+        });
+        if let Some(instance) = allowed {
+            if instance
+                .health()
+                .keeps_sessions(now, self.policy.drain_grace)
             {
                 if let Some(s) = sessions.get_mut(key) {
                     s.expires = now + self.policy.session_ttl;
                 }
                 let reason = format!("session sticky on {}", instance.name());
-                return (instance.clone(), reason.into());
+                return (instance, reason.into());
             }
         }
         let pick = rendezvous(key, eligible);
@@ -971,9 +978,9 @@ fn pick_level(health: &[f64], total: f64, draw: f64) -> usize {
 }
 
 /// The less loaded of two instances drawn by weight.
-fn power_of_two(eligible: &[&Arc<InstanceState>]) -> Arc<InstanceState> {
+fn power_of_two<'m>(eligible: &[&'m Arc<InstanceState>]) -> &'m Arc<InstanceState> {
     if eligible.len() == 1 {
-        return Arc::clone(eligible[0]);
+        return eligible[0];
     }
     let total: u32 = eligible.iter().map(|i| i.instance.weight.max(1)).sum();
     let draw = |skip: Option<usize>| -> usize {
@@ -993,20 +1000,19 @@ fn power_of_two(eligible: &[&Arc<InstanceState>]) -> Arc<InstanceState> {
     };
     let a = draw(None);
     let b = draw(Some(a));
-    let (x, y) = (&eligible[a], &eligible[b]);
-    let better = match x.load().total_cmp(&y.load()) {
+    let (x, y) = (eligible[a], eligible[b]);
+    match x.load().total_cmp(&y.load()) {
         std::cmp::Ordering::Less => x,
         std::cmp::Ordering::Greater => y,
         std::cmp::Ordering::Equal if x.latency() <= y.latency() => x,
         std::cmp::Ordering::Equal => y,
-    };
-    Arc::clone(better)
+    }
 }
 
 /// Weighted rendezvous hashing with bounded load: the highest-scoring instance whose
 /// in-flight count is within 25% (plus one) of the average.
-fn rendezvous(key: &str, eligible: &[&Arc<InstanceState>]) -> Arc<InstanceState> {
-    let mut scored: Vec<(f64, &Arc<InstanceState>)> = eligible
+fn rendezvous<'m>(key: &str, eligible: &[&'m Arc<InstanceState>]) -> &'m Arc<InstanceState> {
+    let mut scored: Vec<(f64, &'m Arc<InstanceState>)> = eligible
         .iter()
         .map(|i| {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -1024,8 +1030,7 @@ fn rendezvous(key: &str, eligible: &[&Arc<InstanceState>]) -> Arc<InstanceState>
         .iter()
         .find(|(_, i)| i.in_flight() < bound)
         .or(scored.first())
-        .map(|(_, i)| Arc::clone(i))
-        .unwrap_or_else(|| Arc::clone(eligible[0]))
+        .map_or(eligible[0], |(_, i)| *i)
 }
 
 #[cfg(test)]

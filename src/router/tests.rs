@@ -216,7 +216,7 @@ async fn a_session_stays_on_its_instance_until_it_is_drained() {
     let home = first.candidates[0].instance.clone();
     for _ in 0..20 {
         let again = router.route(&m, None, Some("conversation-7")).unwrap();
-        assert!(Arc::ptr_eq(&again.candidates[0].instance, &home));
+        assert!(Arc::ptr_eq(again.candidates[0].instance, &home));
         assert!(
             again.reason.starts_with("session sticky"),
             "{}",
@@ -225,19 +225,19 @@ async fn a_session_stays_on_its_instance_until_it_is_drained() {
     }
     router.drain(std::slice::from_ref(&home), None);
     let moved = router.route(&m, None, Some("conversation-7")).unwrap();
-    assert!(!Arc::ptr_eq(&moved.candidates[0].instance, &home));
+    assert!(!Arc::ptr_eq(moved.candidates[0].instance, &home));
     assert!(moved.reason.contains("drained"), "{}", moved.reason);
     assert!(
         moved
             .candidates
             .iter()
-            .all(|c| !Arc::ptr_eq(&c.instance, &home))
+            .all(|c| !Arc::ptr_eq(c.instance, &home))
     );
     // And it stays where it moved.
     let again = router.route(&m, None, Some("conversation-7")).unwrap();
     assert!(Arc::ptr_eq(
-        &again.candidates[0].instance,
-        &moved.candidates[0].instance
+        again.candidates[0].instance,
+        moved.candidates[0].instance
     ));
 }
 

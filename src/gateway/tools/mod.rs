@@ -103,7 +103,7 @@ impl Gateway {
     ) -> Result<Value, ToolError> {
         let started = Instant::now();
         let Called { status, result } = toolbox.call(tool, arguments).await;
-        self.audit.record(AuditRecord {
+        self.sinks.audit.record(AuditRecord {
             at_ms: crate::telemetry::now_ms(),
             kind: Some(AuditKind::Tool),
             tenant: Some(tenant.to_string()),
