@@ -160,12 +160,9 @@ impl Recorder {
             meter.tokens(usage.total());
         }
         if let Some(route) = &self.route {
-            self.sinks.histograms.tokens_used(
-                self.operation,
-                &route.labels.model,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-            );
+            route
+                .series
+                .tokens_used(self.operation, usage.prompt_tokens, usage.completion_tokens);
         }
         self.note(|r| {
             r.prompt_tokens = Some(usage.prompt_tokens);

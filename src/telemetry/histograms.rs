@@ -105,6 +105,8 @@ impl Series {
 pub struct LatencySeries {
     ours: Arc<[Series; FAMILIES.len()]>,
     gen_ai: GenAiSeries,
+    /// The model's tokens per request.
+    tokens: TokenSeries,
 }
 
 type GenAiSeries = Arc<[Series; GEN_AI.len()]>;
@@ -118,6 +120,21 @@ impl LatencySeries {
         }
         if let Some(at) = GEN_AI.iter().position(|g| g.2 == metric) {
             self.gen_ai[at].observe(GEN_AI[at].3, seconds, micros);
+        }
+    }
+
+    /// Counts a request's input and output tokens for `operation` ("chat",
+    /// "embeddings").
+    pub fn tokens_used(&self, operation: &'static str, input: u64, output: u64) {
+        count_tokens(&self.tokens, operation, input, output);
+    }
+}
+
+fn count_tokens(series: &TokenSeries, operation: &str, input: u64, output: u64) {
+    for (at, (op, kind)) in TOKEN_KINDS.iter().enumerate() {
+        if *op == operation {
+            let n = if *kind == "input" { input } else { output };
+            series[at].observe(&TOKEN_BOUNDS, n as f64, n);
         }
     }
 }
@@ -170,30 +187,33 @@ impl Histograms {
                 })
                 .clone()
         });
-        LatencySeries { ours, gen_ai }
+        let tokens = self.token_series(&labels.model);
+        LatencySeries {
+            ours,
+            gen_ai,
+            tokens,
+        }
     }
 
     /// Counts a request's input and output tokens for `operation` ("chat",
-    /// "embeddings") on `model`.
+    /// "embeddings") on `model`. (Requests count theirs through their route's series,
+    /// found once when routed.)
+    #[cfg(test)]
     pub fn tokens_used(&self, operation: &'static str, model: &str, input: u64, output: u64) {
+        count_tokens(&self.token_series(model), operation, input, output);
+    }
+
+    /// `model`'s token series, made on first use.
+    fn token_series(&self, model: &str) -> TokenSeries {
         let found = self.tokens.read().ok().and_then(|t| t.get(model).cloned());
-        let series = match found {
-            Some(series) => series,
-            None => {
-                let mut all = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-                all.entry(model.to_string())
-                    .or_insert_with(|| {
-                        Arc::new(std::array::from_fn(|_| Series::new(TOKEN_BOUNDS.len())))
-                    })
-                    .clone()
-            }
-        };
-        for (at, (op, kind)) in TOKEN_KINDS.iter().enumerate() {
-            if *op == operation {
-                let n = if *kind == "input" { input } else { output };
-                series[at].observe(&TOKEN_BOUNDS, n as f64, n);
-            }
-        }
+        found.unwrap_or_else(|| {
+            let mut all = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+            all.entry(model.to_string())
+                .or_insert_with(|| {
+                    Arc::new(std::array::from_fn(|_| Series::new(TOKEN_BOUNDS.len())))
+                })
+                .clone()
+        })
     }
 
     /// Counts an answer to `tenant` for `model` with `code` ("" when it succeeded).
