@@ -19,7 +19,7 @@ fn record(n: u64) -> AuditRecord {
         key_id: Some("config:1a2b3c4d".into()),
         endpoint: Some("/v1/chat/completions".into()),
         model: Some("gpt-4o-mini".into()),
-        stream: Some(n % 3 == 0),
+        stream: Some(n.is_multiple_of(3)),
         region: Some("us-east".into()),
         instance: Some("us-east-a".into()),
         status: Some(200),

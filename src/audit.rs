@@ -112,7 +112,11 @@ impl Audit {
         let mut lines = buffer.lock();
         if lines.records() >= BACKLOG {
             drop(lines);
-            if self.dropped.fetch_add(1, Ordering::Relaxed) % 10_000 == 0 {
+            if self
+                .dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(10_000)
+            {
                 tracing::error!(
                     backlog = BACKLOG,
                     "the audit writer is too far behind; audit records are being dropped (switchyard_audit_dropped_total)"

@@ -385,7 +385,7 @@ async fn every_second(gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>)
                 gateway.hub().sweep();
                 gateway.note_shared_state();
                 seconds += 1;
-                if seconds % window == 0 {
+                if seconds.is_multiple_of(window) {
                     gateway.audit_failed_auth();
                 }
             }

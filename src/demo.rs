@@ -410,7 +410,11 @@ async fn client(
         tokio::time::sleep(gap.mul_f64(0.5 + fastrand::f64())).await;
         n += 1;
         let stream = fastrand::f64() < streamed;
-        let model = if n % 5 == 0 { "gpt-4o" } else { "gpt-4o-mini" };
+        let model = if n.is_multiple_of(5) {
+            "gpt-4o"
+        } else {
+            "gpt-4o-mini"
+        };
         // One stream in ten is long (ten seconds): long enough to watch, or to kill.
         let max_tokens = if stream && n % 10 == 3 { 400 } else { 24 };
         let mut body = serde_json::json!({
@@ -421,7 +425,7 @@ async fn client(
             "messages": [{"role": "user", "content": format!("Tell me about switchyard number {n}.")}],
         });
         // One request in four is a settled question from a short list: the cache's share.
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             body["model"] = serde_json::json!("gpt-4o-mini");
             body["temperature"] = serde_json::json!(0);
             body["messages"][0]["content"] =

@@ -49,7 +49,7 @@ pub fn format_duration(duration: Duration) -> String {
         ("s", 1_000_000_000),
         ("ms", 1_000_000),
     ] {
-        if nanos % size == 0 {
+        if nanos.is_multiple_of(size) {
             return format!("{}{unit}", nanos / size);
         }
     }
@@ -89,7 +89,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 /// exact: `"64MiB"`, `"1GiB"`, `"1500B"`.
 pub fn format_size(bytes: usize) -> String {
     for (unit, size) in [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }

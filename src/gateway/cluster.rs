@@ -361,10 +361,11 @@ impl Gateway {
         }
         let pending = std::mem::take(&mut *self.pending_actions());
         for action in pending {
-            if self.carry_out(&action).is_ok() && self.remember(&action) {
-                if let Err(error) = self.keep_overrides().await {
-                    tracing::error!(%error, "a change made during the outage could not be kept");
-                }
+            if self.carry_out(&action).is_ok()
+                && self.remember(&action)
+                && let Err(error) = self.keep_overrides().await
+            {
+                tracing::error!(%error, "a change made during the outage could not be kept");
             }
             let then = self.operator_version.load(Ordering::Acquire);
             match self.share_overrides(&action, then).await {

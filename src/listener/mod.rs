@@ -74,17 +74,17 @@ impl ConnectionLimits {
     /// Brings `max_connections` within what the process's open-file limit allows
     /// (`connections_allowed`); says so when it had to.
     pub fn within_descriptors(mut self, listener: &str) -> ConnectionLimits {
-        if let (Some(soft), Some(room)) = (open_file_limit(), connections_allowed()) {
-            if self.max_connections > room {
-                tracing::warn!(
-                    listener,
-                    configured = self.max_connections,
-                    allowed = room,
-                    open_file_limit = soft,
-                    "the open-file limit caps client connections below server.max_connections; raise `ulimit -n` to allow more"
-                );
-                self.max_connections = room.max(1);
-            }
+        if let (Some(soft), Some(room)) = (open_file_limit(), connections_allowed())
+            && self.max_connections > room
+        {
+            tracing::warn!(
+                listener,
+                configured = self.max_connections,
+                allowed = room,
+                open_file_limit = soft,
+                "the open-file limit caps client connections below server.max_connections; raise `ulimit -n` to allow more"
+            );
+            self.max_connections = room.max(1);
         }
         self
     }

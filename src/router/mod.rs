@@ -581,17 +581,16 @@ impl Router {
                 .flat_map(|(r, _)| &r.instances)
                 .find(|i| Arc::ptr_eq(i, previous))
         });
-        if let Some(instance) = allowed {
-            if instance
+        if let Some(instance) = allowed
+            && instance
                 .health()
                 .keeps_sessions(now, self.policy.drain_grace)
-            {
-                if let Some(s) = sessions.get_mut(key) {
-                    s.expires = now + self.policy.session_ttl;
-                }
-                let reason = format!("session sticky on {}", instance.name());
-                return (instance, reason.into());
+        {
+            if let Some(s) = sessions.get_mut(key) {
+                s.expires = now + self.policy.session_ttl;
             }
+            let reason = format!("session sticky on {}", instance.name());
+            return (instance, reason.into());
         }
         let pick = rendezvous(key, eligible);
         if sessions.len() >= MAX_SESSIONS {

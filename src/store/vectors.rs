@@ -64,7 +64,7 @@ pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<VectorRecord, StoreErro
         .and_then(|h| serde_json::from_slice(h).ok())
         .ok_or_else(|| corrupt("a header that is not JSON"))?;
     let floats = &value[4 + length..];
-    if floats.len() % 4 != 0 {
+    if !floats.len().is_multiple_of(4) {
         return Err(corrupt("a vector cut short"));
     }
     let vector = floats
