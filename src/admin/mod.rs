@@ -97,7 +97,7 @@ pub fn router(gateway: Arc<Gateway>, token: &str) -> Router {
 async fn catch_panics(req: Request, next: axum::middleware::Next) -> Response {
     use futures_util::FutureExt;
     let path = req.uri().path().to_owned();
-    let handler = crate::telemetry::RequestScope::new(next.run(req));
+    let handler = crate::telemetry::RequestScope::new(|| next.run(req));
     match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
         Ok(response) => crate::api::error::openai_shaped(response, "admin_error").await,
         Err(panic) => {

@@ -204,7 +204,7 @@ impl tower::Service<Request> for Api {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        Box::pin(request_context(req, self.clone()).map(Ok))
+        crate::wake::boxed(|| request_context(req, self.clone()).map(Ok))
     }
 }
 
@@ -229,7 +229,7 @@ async fn request_context(mut req: Request, api: Api) -> Response {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    let handler = crate::telemetry::RequestScope::new(api.dispatch(req));
+    let handler = crate::telemetry::RequestScope::new(|| api.dispatch(req));
     let mut response = match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(response) => error::openai_shaped(response, "invalid_request_error").await,
         Err(panic) => {

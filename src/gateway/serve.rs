@@ -90,7 +90,7 @@ impl Gateway {
         // caller's, and these are the large ones.
         let outcome = tokio::select! {
             biased;
-            outcome = Box::pin(self.walk(inbound, &mut recorder)) => outcome,
+            outcome = crate::wake::boxed(|| self.walk(inbound, &mut recorder)) => outcome,
             () = cut => Err(Refusal::shutting_down()),
         };
         match &outcome {
@@ -142,7 +142,7 @@ impl Gateway {
         let mut headers = values.rate_headers(ticket.headers());
         headers.push((header::QUEUE_MS, values.number(ticket.queued.as_millis())));
         headers.push((header::CACHE, HeaderValue::from_static(cache_result)));
-        let answer = Box::pin(self.upstream(&mut inbound, &parsed, &ticket))
+        let answer = crate::wake::boxed(|| self.upstream(&mut inbound, &parsed, &ticket))
             .await
             .map_err(|refusal| refusal.with_headers(headers.clone()))?;
         let route = (&answer.region, &answer.instance, &answer.reason);

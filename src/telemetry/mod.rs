@@ -325,10 +325,11 @@ pub struct RequestScope<F> {
     inner: std::pin::Pin<Box<F>>,
 }
 
-impl<F> RequestScope<F> {
-    pub fn new(inner: F) -> Self {
+impl<F: std::future::Future> RequestScope<F> {
+    /// The handler `make` makes, made in its box (see [`crate::wake::boxed`]).
+    pub fn new(make: impl FnOnce() -> F) -> Self {
         RequestScope {
-            inner: Box::pin(inner),
+            inner: crate::wake::boxed(make),
         }
     }
 }
@@ -444,7 +445,7 @@ mod tests {
     #[tokio::test]
     async fn request_scope_marks_only_the_polls_of_its_future() {
         assert!(!in_request());
-        let inside = RequestScope::new(async { in_request() }).await;
+        let inside = RequestScope::new(|| async { in_request() }).await;
         assert!(inside);
         assert!(!in_request());
     }
