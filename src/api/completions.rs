@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{Call, Refusal, authorization};
 use crate::domain::{CACHE_HEADER, Directives, Fields, ModelKind};
-use crate::gateway::{Gateway, Inbound, Reply, ReplyBody};
+use crate::gateway::{Gateway, Headers, Inbound, Reply, ReplyBody};
 
 pub async fn chat(State(gateway): State<Arc<Gateway>>, call: Call) -> Result<Response, Refusal> {
     proxy(&gateway, ModelKind::Chat, call).await
@@ -146,22 +146,58 @@ pub(super) fn render(reply: Reply, embeddings: bool, wants_base64: bool) -> Resp
                 bytes
             };
             let mut response = Response::new(Body::from(bytes));
-            // The gateway's headers, the request id and the connection's own come next.
-            response.headers_mut().reserve(reply.headers.len() + 5);
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, content_type);
+            *response.headers_mut() = answer_headers(content_type, reply.headers);
             response
         }
-        ReplyBody::Stream(events) => event_stream(Body::from_stream(events)),
+        ReplyBody::Stream(events) => {
+            let mut response = event_stream(Body::from_stream(events));
+            let headers = response.headers_mut();
+            for (name, value) in reply.headers {
+                headers.insert(name, value);
+            }
+            response
+        }
     };
     *response.status_mut() =
         StatusCode::from_u16(reply.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let headers = response.headers_mut();
-    for (name, value) in reply.headers {
-        headers.insert(name, value);
-    }
     response
+}
+
+thread_local! {
+    /// The names of the last whole answer this worker rendered, in a map with empty
+    /// values. Answers carry the same names in the same order (the content type, the
+    /// limits, where they were served), so the next one is this map copied and its
+    /// values put in place: a map built name by name hashes each name a byte at a time,
+    /// which cost rendering an answer three times what the copy does.
+    static SHAPE: std::cell::RefCell<HeaderMap> = std::cell::RefCell::new(HeaderMap::new());
+}
+
+/// A whole answer's headers: its content type, then the gateway's in the order given
+/// (a name given twice keeps its last value).
+fn answer_headers(content_type: HeaderValue, headers: Headers) -> HeaderMap {
+    SHAPE.with_borrow_mut(|shape| {
+        let names = std::iter::once(&header::CONTENT_TYPE).chain(headers.iter().map(|(n, _)| n));
+        if shape.len() == headers.len() + 1 && shape.keys().eq(names) {
+            let mut map = shape.clone();
+            let values = std::iter::once(content_type).chain(headers.into_iter().map(|(_, v)| v));
+            for (slot, value) in map.values_mut().zip(values) {
+                *slot = value;
+            }
+            return map;
+        }
+        let mut map = HeaderMap::with_capacity(headers.len() + 1);
+        map.insert(header::CONTENT_TYPE, content_type);
+        for (name, value) in headers {
+            map.insert(name, value);
+        }
+        // Room for the request id and the connection's headers, which come next: a
+        // copy keeps it.
+        *shape = HeaderMap::with_capacity(map.len() + 4);
+        for name in map.keys() {
+            shape.insert(name.clone(), HeaderValue::from_static(""));
+        }
+        map
+    })
 }
 
 /// The pipeline's request for a chat body that a front read (and translated) for
@@ -258,6 +294,49 @@ fn encode_embeddings(bytes: Bytes, base64: bool) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each answer's headers as one built name by name would have them: its own values
+    /// (never the last answer's), in order, whatever shape came before.
+    #[test]
+    fn answer_headers_are_each_answers_own_whatever_came_before() {
+        use axum::http::HeaderName;
+        let named = |names: &[&'static str], tag: &str| -> Headers {
+            names
+                .iter()
+                .map(|n| {
+                    let value = HeaderValue::from_str(&format!("{n}={tag}")).unwrap();
+                    (HeaderName::from_static(n), value)
+                })
+                .collect()
+        };
+        let built = |content_type: &HeaderValue, headers: &Headers| {
+            let mut map = HeaderMap::new();
+            map.insert(header::CONTENT_TYPE, content_type.clone());
+            for (name, value) in headers {
+                map.insert(name.clone(), value.clone());
+            }
+            map.into_iter().collect::<Vec<_>>()
+        };
+        let json = HeaderValue::from_static("application/json");
+        let text = HeaderValue::from_static("text/plain");
+        let limits = ["x-ratelimit-limit-requests", "x-switchyard-region"];
+        let other = ["x-switchyard-region", "x-ratelimit-limit-requests"];
+        let answers = [
+            (json.clone(), named(&limits, "1")),
+            (text.clone(), named(&limits, "2")),
+            (json.clone(), named(&other, "3")),
+            (json.clone(), named(&limits[..1], "4")),
+            // A name given twice: its last value, as `insert` keeps.
+            (text.clone(), named(&[limits[0], limits[1], limits[0]], "5")),
+            (json.clone(), named(&limits, "6")),
+            (json.clone(), named(&limits, "7")),
+        ];
+        for (content_type, headers) in answers {
+            let expected = built(&content_type, &headers);
+            let map = answer_headers(content_type, headers);
+            assert_eq!(map.into_iter().collect::<Vec<_>>(), expected);
+        }
+    }
 
     #[test]
     fn float_embeddings_become_base64_and_back() {

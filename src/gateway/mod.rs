@@ -55,7 +55,7 @@ pub use crate::domain::Fields;
 pub use crate::files::{FileError, PURPOSE as FILE_PURPOSE, Upload};
 pub use accounting::{CachedTicket, Ticket};
 pub use keeping::{KeyError, NewKey};
-pub use refusal::{Refusal, openai_duration, rate_headers};
+pub use refusal::{Headers, Refusal, openai_duration, rate_headers};
 pub use serve::{Inbound, Reply, ReplyBody};
 
 pub struct Gateway {
