@@ -142,34 +142,42 @@ impl Gateway {
         let mut headers = values.rate_headers(ticket.headers());
         headers.push((header::QUEUE_MS, values.number(ticket.queued.as_millis())));
         headers.push((header::CACHE, HeaderValue::from_static(cache_result)));
-        let answer = crate::wake::boxed(|| self.upstream(&mut inbound, &parsed, &ticket))
+        let Answer {
+            region,
+            instance,
+            tally,
+            status,
+            headers: mut upstream_headers,
+            reason,
+            started,
+            body,
+        } = crate::wake::boxed(|| self.upstream(&mut inbound, &parsed, &ticket))
             .await
             .map_err(|refusal| refusal.with_headers(headers.clone()))?;
-        let route = (&answer.region, &answer.instance, &answer.reason);
+        let route = (&region, &instance, &reason);
         recorder.routed(
             route,
             &parsed.model.alias,
             ticket.tier(),
             ticket.queued,
-            answer.tally.clone(),
+            tally,
         );
         for (name, value) in [
-            (header::REGION, &answer.region),
-            (header::INSTANCE, &answer.instance),
-            (header::ROUTE, &answer.reason),
+            (header::REGION, &region),
+            (header::INSTANCE, &instance),
+            (header::ROUTE, &reason),
         ] {
             headers.extend(values.text(value).map(|value| (name, value)));
         }
         let kind = inbound.kind;
-        match answer.body {
-            AnswerBody::Whole(ref bytes) => {
-                let content_type = answer
-                    .headers
-                    .get(CONTENT_TYPE)
-                    .cloned()
+        // The answer's parts are moved, not copied: a copy of a shared value is a count
+        // taken and given back.
+        match body {
+            AnswerBody::Whole(bytes) => {
+                let content_type = upstream_headers
+                    .remove(CONTENT_TYPE)
                     .unwrap_or(HeaderValue::from_static("application/json"));
-                let upstream = answer.started.elapsed();
-                let (status, bytes) = (answer.status, bytes.clone());
+                let upstream = started.elapsed();
                 let kept =
                     self.settle_whole(kind, &parsed, ticket, &bytes, status, recorder, upstream);
                 if let (Some(flight), Some(usage)) = (flight, kept) {
@@ -190,8 +198,8 @@ impl Gateway {
                 let log = self.hub.open(StreamMeta {
                     tenant: tenant.clone(),
                     model: parsed.model.alias.clone(),
-                    region: answer.region.to_string(),
-                    instance: answer.instance.to_string(),
+                    region: region.to_string(),
+                    instance: instance.to_string(),
                     strips_usage: parsed.strip_usage,
                 });
                 let account = StreamAccount {
@@ -206,7 +214,7 @@ impl Gateway {
                     completion: 0,
                     ended_with: None,
                 };
-                let upstream = format!("{}/{}", answer.region, answer.instance);
+                let upstream = format!("{region}/{instance}");
                 let reader = self.relay(&inbound.request_id, upstream, response, account);
                 headers.extend(values.text(&log.id).map(|id| (header::STREAM_ID, id)));
                 if let Some(flight) = flight {
@@ -214,7 +222,7 @@ impl Gateway {
                 }
                 let body = ReplyBody::Stream(reader);
                 Ok(Reply {
-                    status: answer.status,
+                    status,
                     headers,
                     body,
                 })
