@@ -14,6 +14,7 @@ pub mod background;
 pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;

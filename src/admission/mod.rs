@@ -30,6 +30,7 @@ pub use period::Period;
 
 pub use crate::domain::snapshot::{PeriodView, TenantView};
 
+use crate::clock;
 use crate::domain::{DEFAULT_MAX_TOKENS_CAP, Limits, Price, Tenant, Tier};
 use crate::telemetry::Map;
 
@@ -330,8 +331,8 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(tiers: &[Tier], tenants: &[Tenant]) -> Admission {
-        let now = Instant::now();
-        let wall = SystemTime::now();
+        let now = clock::now();
+        let wall = clock::wall();
         let tiers: Map<String, Tier> = tiers.iter().map(|t| (t.name.clone(), t.clone())).collect();
         let tenants = tenants
             .iter()
@@ -386,7 +387,7 @@ impl Admission {
     /// share of what was left, for the grace period, then to refusing.
     pub fn degrade(&self, replicas: u32) {
         let n = f64::from(replicas.max(1));
-        let now = Instant::now();
+        let now = clock::now();
         for account in self.tenants.values() {
             let mut a = account.lock();
             if a.fallback.is_some() {
@@ -429,7 +430,7 @@ impl Admission {
     /// this replica's totals, reported with the next round trip (once: they are
     /// absolute).
     pub fn recover(&self) {
-        let now = Instant::now();
+        let now = clock::now();
         for account in self.tenants.values() {
             let mut a = account.lock();
             if a.fallback.take().is_none() {
@@ -495,8 +496,8 @@ impl Admission {
         granted: Option<(&lease::Ask, &lease::Answer)>,
     ) -> Result<Reservation, Refusal> {
         let account = self.tenants.get(tenant).ok_or(Refusal::UnknownTenant)?;
-        let now = Instant::now();
-        let wall = SystemTime::now();
+        let now = clock::now();
+        let wall = clock::wall();
         let mut a = account.lock();
         if let Some((ask, answer)) = granted {
             a.lease.take(ask, answer);
@@ -511,7 +512,7 @@ impl Admission {
 
         let shared = self.lease.is_some() && a.fallback.is_none();
         if let Some(fallback) = a.fallback
-            && fallback.since.elapsed() >= self.grace
+            && clock::since(fallback.since) >= self.grace
             && (a.token_budget() || a.usd_budget())
         {
             return Err(Refusal::SharedUnavailable);
@@ -693,7 +694,7 @@ impl Admission {
         let share = self.lease?;
         let account = self.tenants.get(tenant)?;
         let mut a = account.lock();
-        a.roll(SystemTime::now());
+        a.roll(clock::wall());
         let (tokens, cost) = a.demand(demand);
         let (reserved_tokens, reserved_cost) = a.in_flight_spend();
         let slice = |limit: Option<u64>| limit.map_or(0.0, |l| (l as f64 * share).ceil());
@@ -760,8 +761,8 @@ impl Admission {
         self.lease?;
         let account = self.tenants.get(tenant)?;
         let mut a = account.lock();
-        a.roll(SystemTime::now());
-        let idle = a.lease.idle(Instant::now(), quiet);
+        a.roll(clock::wall());
+        let idle = a.lease.idle(clock::now(), quiet);
         let lease = &a.lease;
         let owes = lease.tokens < 0.0;
         let holds = lease.held_tokens > 0.0 || lease.held_usd > 0.0;
@@ -814,7 +815,7 @@ impl Admission {
         let account = self.tenants.get(&ask.tenant)?;
         let a = account.lock();
         let headers = a.headers(true);
-        let wall = SystemTime::now();
+        let wall = clock::wall();
         let limited = |window, limit: u64, requested: f64, retry_after| Refusal::RateLimited {
             window,
             limit,
@@ -858,9 +859,9 @@ impl Admission {
 
     pub fn view(&self, tenant: &str) -> Result<TenantView, ControlError> {
         let account = self.account(tenant)?;
-        let now = Instant::now();
+        let now = clock::now();
         let mut a = account.lock();
-        a.roll(SystemTime::now());
+        a.roll(clock::wall());
         let available = |b: &mut Option<Bucket>| {
             b.as_mut().map(|b| {
                 b.refill(now);
@@ -914,7 +915,7 @@ impl Admission {
         };
         let mut a = self.account(tenant)?.lock();
         a.tier = tier.to_string();
-        a.apply_limits(new, Instant::now());
+        a.apply_limits(new, clock::now());
         Ok(())
     }
 
@@ -927,7 +928,7 @@ impl Admission {
         a.overrides = a.overrides.overlay(change);
         let tier = self.tiers.get(&a.tier).cloned();
         if let Some(tier) = tier {
-            a.apply_limits(&tier, Instant::now());
+            a.apply_limits(&tier, clock::now());
         }
         Ok(a.limits)
     }
@@ -939,7 +940,7 @@ impl Admission {
         let mut a = account.lock();
         a.overrides = overrides;
         if let Some(tier) = self.tiers.get(&a.tier).cloned() {
-            a.apply_limits(&tier, Instant::now());
+            a.apply_limits(&tier, clock::now());
         }
         Ok(())
     }
@@ -1004,7 +1005,7 @@ impl Admission {
 
     /// Puts stored usage back after a restart; records of other periods are ignored.
     pub fn restore(&self, records: &[(String, UsageRecord)]) {
-        let wall = SystemTime::now();
+        let wall = clock::wall();
         for (tenant, record) in records {
             let Some(account) = self.tenants.get(tenant) else {
                 continue;
@@ -1084,7 +1085,7 @@ impl Reservation {
         }
         let mut a = self.account.lock();
         a.in_flight = a.in_flight.saturating_sub(1);
-        a.roll(SystemTime::now());
+        a.roll(clock::wall());
         let (tokens, cost) = match usage {
             Some(u) => (
                 u.total(),

@@ -40,7 +40,7 @@ async fn proxy(gateway: &Gateway, kind: ModelKind, call: Call) -> Result<Respons
         ref headers,
         body,
     } = call;
-    let arrival = tokio::time::Instant::now();
+    let arrival = crate::clock::now();
     let endpoint = match kind {
         ModelKind::Chat => "/v1/chat/completions",
         ModelKind::Embeddings => "/v1/embeddings",

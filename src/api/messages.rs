@@ -64,7 +64,7 @@ pub async fn create(State(gateway): State<Arc<Gateway>>, call: Call) -> Response
 
 async fn serve(gateway: &Gateway, call: Call) -> Result<Response, Refusal> {
     let (id, source, headers, body) = (call.id, call.source, &call.headers, call.body);
-    let arrival = tokio::time::Instant::now();
+    let arrival = crate::clock::now();
     let (tenant, key_id) = gateway
         .authenticate(credentials(headers).as_deref(), source)
         .map(|(tenant, key_id)| (tenant.name.clone(), key_id))?;

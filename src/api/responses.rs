@@ -37,7 +37,7 @@ pub async fn create(
         body,
     }: Call,
 ) -> Result<Response, Refusal> {
-    let arrival = tokio::time::Instant::now();
+    let arrival = crate::clock::now();
     let (tenant, key_id) = gateway
         .authenticate(authorization(&headers), source)
         .map(|(tenant, key_id)| (tenant.name.clone(), key_id))?;

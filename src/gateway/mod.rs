@@ -38,6 +38,7 @@ use crate::admission::{self, Admission, Demand, RateHeaders, Reservation};
 use crate::audit::Audit;
 use crate::auth::{AuthError, FailedAuth, Keyring};
 use crate::cache::Cache;
+use crate::clock;
 use crate::config::Config;
 use crate::domain::records::{KeyRecord, Overrides};
 use crate::domain::{Model, Tenant};
@@ -372,7 +373,7 @@ impl Gateway {
             workers: OnceLock::new(),
             keys: Mutex::default(),
             overrides: Mutex::default(),
-            started: Instant::now(),
+            started: clock::now(),
             upstreams: Upstreams::new(&config.regions, config.upstream, config.server.workers)?,
             admission: Arc::new(admission_for(&config)),
             scheduler: Scheduler::new(config.seats, &config.tiers),
@@ -539,7 +540,7 @@ impl Gateway {
         batch: bool,
     ) -> Result<Ticket, Refused> {
         let reservation = self.reserve(tenant, demand).await?;
-        let waiting = Instant::now();
+        let waiting = clock::now();
         let level = if batch {
             crate::scheduler::BATCH
         } else {
@@ -556,7 +557,7 @@ impl Gateway {
         Ok(Ticket {
             reservation,
             seat,
-            queued: waiting.elapsed(),
+            queued: clock::since(waiting),
         })
     }
 
@@ -688,7 +689,7 @@ impl Gateway {
         tracing::debug!(%request_id, reason = %route.reason, "routed");
         self.router.count_request();
         let timeouts = self.upstreams.timeouts();
-        let give_up = Instant::now() + self.router.policy().deadline;
+        let give_up = clock::now() + self.router.policy().deadline;
         let mut attempts = Vec::new();
         let mut sent = 0;
         let mut encoded: Option<(&str, Bytes)> = None;
@@ -714,7 +715,7 @@ impl Gateway {
                 continue;
             }
             if sent > 0 {
-                if Instant::now() >= give_up {
+                if clock::now() >= give_up {
                     attempts.push(fail(Failure::Stopped("the routing deadline passed")));
                     break;
                 }
@@ -754,7 +755,7 @@ impl Gateway {
                 Stop::Drained => fail(Failure::Drained),
                 Stop::TakenOut => fail(Failure::TakenOut),
             };
-            let started = Instant::now();
+            let started = clock::fresh();
             let deadline = started + timeouts.response;
             // Streams send their headers at once; a plain answer's come with the answer.
             let wait = if stream {
@@ -779,7 +780,7 @@ impl Gateway {
                     continue;
                 }
             };
-            let latency = started.elapsed();
+            let latency = clock::since(started);
 
             let status = response.status();
             let headers = response.take_headers();

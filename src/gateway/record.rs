@@ -3,6 +3,7 @@
 //! is recorded as `serve` returns; a stream's recorder moves into its account and is
 //! recorded when the stream ends, however it ends.
 
+use crate::clock;
 use crate::telemetry::Map;
 use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
@@ -148,7 +149,7 @@ impl Recorder {
     pub fn first_token(&mut self) {
         if !self.first_token {
             self.first_token = true;
-            self.record_latency(Metric::Ttft, self.arrival.elapsed());
+            self.record_latency(Metric::Ttft, clock::since(self.arrival));
         }
     }
 
@@ -175,7 +176,7 @@ impl Recorder {
     /// An upstream answered after `upstream` of the request's time: end to end and the
     /// gateway's own overhead (total less queue and upstream), when one is known.
     pub fn answered(&mut self, queued: Duration, upstream: Option<Duration>) {
-        let total = self.arrival.elapsed();
+        let total = clock::since(self.arrival);
         self.record_latency(Metric::EndToEnd, total);
         if let Some(upstream) = upstream {
             let overhead = total.saturating_sub(queued).saturating_sub(upstream);
@@ -217,7 +218,7 @@ impl Recorder {
             let code = error.filter(|_| status >= 400).unwrap_or("");
             self.sinks.histograms.answered(&self.tenant, model, code);
         }
-        let latency_ms = self.arrival.elapsed().as_millis() as u64;
+        let latency_ms = clock::since(self.arrival).as_millis() as u64;
         if let Some(mut record) = self.record.take() {
             record.status = Some(status);
             record.error = error.map(str::to_string);

@@ -20,6 +20,7 @@ use super::refusal::{Headers, Values};
 use super::{Answer, AnswerBody, Call, Gateway, Refusal, Ticket};
 use crate::admission::{Demand, estimate};
 use crate::cache::{Directives, Entry, Flight, Landing, Lookup, Stored};
+use crate::clock;
 use crate::domain::{Fields, Model, ModelKind, Tenant, Usage, headers as header};
 use crate::streams::hub::{ChunkLog, EventStream, StreamMeta};
 use crate::streams::{self, Cut, Patience};
@@ -109,7 +110,7 @@ impl Gateway {
         tenant: Option<(&str, &Arc<str>)>,
         refusal: &Refusal,
     ) {
-        let mut recorder = Recorder::new(self, request_id, endpoint, Instant::now(), tenant);
+        let mut recorder = Recorder::new(self, request_id, endpoint, clock::now(), tenant);
         recorder.finish(refusal.status.as_u16(), refusal.code);
     }
 
@@ -177,7 +178,7 @@ impl Gateway {
                 let content_type = upstream_headers
                     .remove(CONTENT_TYPE)
                     .unwrap_or(HeaderValue::from_static("application/json"));
-                let upstream = started.elapsed();
+                let upstream = clock::since(started);
                 let kept =
                     self.settle_whole(kind, &parsed, ticket, &bytes, status, recorder, upstream);
                 if let (Some(flight), Some(usage)) = (flight, kept) {

@@ -585,14 +585,14 @@ fn says_close(headers: &HeaderMap) -> bool {
 /// The `date` header, formatted once a second on each thread.
 mod date {
     use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     thread_local! {
         static NOW: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
 
     pub fn append(out: &mut Vec<u8>) {
-        let now = SystemTime::now();
+        let now = crate::clock::wall();
         let second = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());

@@ -26,6 +26,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
+use crate::clock::{self, Turns};
 use crate::wake::WhenWoken;
 use crate::workers::Workers;
 
@@ -304,9 +305,9 @@ impl<A: App> Accepted<A> {
             return;
         };
         match tls {
-            None => Box::pin(h1::serve(stream, peer, app, limits, closing)).await,
+            None => Turns::new(h1::serve(stream, peer, app, limits, closing)).await,
             Some(tls) => match Box::pin(tokio::time::timeout(wait, tls.accept(stream))).await {
-                Ok(Ok(stream)) => Box::pin(serve_http(stream, peer, app, limits, closing)).await,
+                Ok(Ok(stream)) => Turns::new(serve_http(stream, peer, app, limits, closing)).await,
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             },
@@ -423,7 +424,7 @@ struct Activity {
 impl Activity {
     fn new() -> Activity {
         Activity {
-            opened: tokio::time::Instant::now(),
+            opened: clock::now(),
             active: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
         }
@@ -443,7 +444,7 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         let activity = &self.0;
-        let now = activity.opened.elapsed().as_millis() as u64;
+        let now = clock::since(activity.opened).as_millis() as u64;
         activity.last_ms.fetch_max(now, Ordering::Relaxed);
         activity.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -485,7 +486,7 @@ async fn idle_for(activity: &Activity, timeout: Duration) {
         if activity.active.load(Ordering::Relaxed) > 0 {
             // Busy now: look again a whole timeout after this moment at the earliest.
             activity.last_ms.fetch_max(
-                activity.opened.elapsed().as_millis() as u64,
+                clock::since(activity.opened).as_millis() as u64,
                 Ordering::Relaxed,
             );
             continue;

@@ -36,6 +36,7 @@ use tower::ServiceExt;
 
 use super::SendError;
 use super::h1::{self, Conn, Failed, Reading};
+use crate::clock;
 use crate::domain::UpstreamTimeouts;
 
 /// How long a connection may wait unused before it is closed.
@@ -167,7 +168,7 @@ struct Waiting {
 
 impl Waiting {
     fn is_usable(&self) -> bool {
-        self.since.elapsed() < IDLE_TIMEOUT && self.conn.is_usable()
+        clock::since(self.since) < IDLE_TIMEOUT && self.conn.is_usable()
     }
 }
 
@@ -196,7 +197,7 @@ impl Idle {
         let mut state = self.lock();
         state.conns.push(Waiting {
             conn,
-            since: Instant::now(),
+            since: clock::now(),
         });
         if !state.reaping
             && let Ok(runtime) = tokio::runtime::Handle::try_current()

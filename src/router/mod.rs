@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 pub use health::{Change, Drain, Health, HealthView, Outcome};
 
+use crate::clock;
 use crate::domain::snapshot::{
     EventKind, InstanceDetail, InstanceView, RegionState as RegionStanding, RegionView,
 };
@@ -339,7 +340,7 @@ impl Router {
             events,
             sessions: Mutex::new(HashMap::new()),
             retries: Mutex::new(RetryWindow {
-                started: Instant::now(),
+                started: clock::now(),
                 requests: 0,
                 retries: 0,
                 previous_requests: 0,
@@ -379,7 +380,7 @@ impl Router {
                 model.alias
             ));
         };
-        if !instance.health().routable(Instant::now()) {
+        if !instance.health().routable(clock::now()) {
             return Err(format!(
                 "instance {name}, which holds the previous response, is not taking requests (drained, ejected or failing); retry when it is back"
             ));
@@ -401,7 +402,7 @@ impl Router {
         allowed: Option<&[String]>,
         session: Option<&str>,
     ) -> Result<Route<'m>, String> {
-        let now = Instant::now();
+        let now = clock::now();
         let serving: Few<(&'m RegionState, &'m str)> = model
             .deployments
             .iter()
@@ -625,7 +626,7 @@ impl Router {
     /// When nothing is routable, routing panics onto every instance not set aside by an
     /// operator, and so does the capacity.
     pub fn routable_capacity(&self) -> u32 {
-        let now = Instant::now();
+        let now = clock::now();
         let sum = |routable: &dyn Fn(&Health) -> bool| {
             self.instances()
                 .filter(|i| routable(&i.health()))
@@ -645,7 +646,7 @@ impl Router {
         outcome: Outcome,
         latency: Option<Duration>,
     ) {
-        let now = Instant::now();
+        let now = clock::now();
         if let (Outcome::Success, Some(latency)) = (outcome, latency) {
             instance.record_latency(latency);
         }
@@ -761,7 +762,7 @@ impl Router {
 
     fn retry_window<T>(&self, f: impl FnOnce(&mut RetryWindow) -> T) -> T {
         let mut w = self.retries.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
+        let now = clock::now();
         if now.saturating_duration_since(w.started) >= RETRY_WINDOW {
             let stale = now.saturating_duration_since(w.started) >= RETRY_WINDOW * 2;
             w.previous_requests = if stale { 0 } else { w.requests };
@@ -802,7 +803,7 @@ impl Router {
 
     /// Drains instances: no new requests; what runs is cut at the deadline.
     pub fn drain(&self, targets: &[Arc<InstanceState>], deadline: Option<Duration>) -> u32 {
-        let now = Instant::now();
+        let now = clock::now();
         let deadline = now + deadline.unwrap_or(self.policy.drain_deadline);
         let mut in_flight = 0;
         for i in targets {
@@ -839,7 +840,7 @@ impl Router {
 
     /// Cuts what still runs on instances whose drain deadline passed; returns their names.
     pub fn enforce_drains(&self) -> Vec<String> {
-        let now = Instant::now();
+        let now = clock::now();
         let mut cut = Vec::new();
         for i in self.instances() {
             let due =
@@ -881,7 +882,7 @@ impl Router {
     }
 
     pub fn views(&self) -> Vec<RegionView> {
-        let now = Instant::now();
+        let now = clock::now();
         self.regions
             .iter()
             .map(|r| {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::domain::Tier;
 pub use crate::domain::snapshot::LevelView;
 use crate::telemetry::Map;
@@ -280,7 +281,7 @@ impl Scheduler {
                 queued: Map::default(),
                 next_id: 0,
                 live_peak: Peak {
-                    since: Instant::now(),
+                    since: clock::now(),
                     current: 0,
                     previous: 0,
                 },
@@ -316,7 +317,7 @@ impl Scheduler {
                     retry_after: l.expected_wait(),
                 });
             }
-            let now = Instant::now();
+            let now = clock::now();
             // Nothing waits and a seat is free: dispatch would give it to this request at
             // once, so it is given here, without a queue entry, a channel or a timer.
             if tier != BATCH && state.queued.is_empty() && state.in_use < state.seats {
@@ -379,7 +380,7 @@ impl Scheduler {
         mut receiver: oneshot::Receiver<Grant>,
     ) -> Option<Result<Grant, oneshot::error::RecvError>> {
         loop {
-            let look = (Instant::now() + PEAK_WINDOW).min(deadline);
+            let look = (clock::now() + PEAK_WINDOW).min(deadline);
             match tokio::time::timeout_at(look, &mut receiver).await {
                 Ok(grant) => return Some(grant),
                 Err(_) if look >= deadline => return None,
@@ -425,7 +426,7 @@ impl Scheduler {
     /// seats, returned to the caller to drop once the lock is released.
     fn dispatch(self: &Arc<Self>, state: &mut State) -> Vec<Grant> {
         let mut refused = Vec::new();
-        let now = Instant::now();
+        let now = clock::now();
         // Live demand: seats held and requests waiting, outside the batch level (last).
         let batch = state.levels.len() - 1;
         let live = (state.in_use - state.levels[batch].in_use)
@@ -545,7 +546,7 @@ impl Scheduler {
 
     pub fn levels(&self) -> Vec<LevelView> {
         let state = self.lock();
-        let now = Instant::now();
+        let now = clock::now();
         state
             .levels
             .iter()

@@ -12,6 +12,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::domain::snapshot::LatencyView;
 
 const SLOT: Duration = Duration::from_secs(10);
@@ -84,7 +85,7 @@ pub struct Latency {
 impl Default for Latency {
     fn default() -> Self {
         Latency {
-            started: Instant::now(),
+            started: clock::now(),
             series: RwLock::new(HashMap::new()),
         }
     }
@@ -112,7 +113,7 @@ impl Latency {
     /// once for all of them).
     pub fn record_in(&self, scopes: &[Arc<ScopeSeries>], metric: Metric, value: Duration) {
         let micros = (value.as_micros() as u64).clamp(1, 600_000_000);
-        let slot = self.slot(Instant::now());
+        let slot = self.slot(clock::now());
         for scope in scopes {
             let Ok(mut series) = scope.0[metric.index()].lock() else {
                 continue;
@@ -144,7 +145,7 @@ impl Latency {
 
     /// Every series over the 10 s, 1 m and 5 m windows, with data.
     pub fn views(&self) -> Vec<LatencyView> {
-        let now = self.slot(Instant::now());
+        let now = self.slot(clock::now());
         let scopes: Vec<(String, Arc<ScopeSeries>)> = self
             .series
             .read()

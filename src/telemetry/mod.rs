@@ -94,7 +94,7 @@ where
 
 /// Wall-clock milliseconds since the Unix epoch, for events and snapshots.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
+    crate::clock::wall()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
