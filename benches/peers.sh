@@ -18,6 +18,8 @@
 #   ROUNDS=6 SECONDS_PER_RUN=20 benches/peers.sh
 #   STREAM_ROUNDS=10 benches/peers.sh   # more rounds of streams (default 6)
 #   SWITCHYARD_BIN=/path/to/old/switchyard benches/peers.sh   # another build, as is
+#   PGO=1 benches/peers.sh           # the deployable build: scripts/pgo-build.sh (about
+#                                    # 15 minutes more)
 #   MEASURE=instructions benches/peers.sh   # counted, not timed (about 10 minutes)
 #   THREADS=1 benches/peers.sh       # both gateways serve connections on one thread
 #   REFERENCE=0 benches/peers.sh     # without nginx, even when it is installed
@@ -99,6 +101,9 @@ done
 export PATH="$TOOLS/bin:$PATH"
 if [ -n "${SWITCHYARD_BIN:-}" ]; then
     SWITCHYARD=$SWITCHYARD_BIN
+elif [ "${PGO:-0}" = 1 ]; then
+    say "building switchyard (release, profile-guided: scripts/pgo-build.sh)"
+    SWITCHYARD=$("$ROOT/scripts/pgo-build.sh")
 else
     say "building switchyard (release)"
     (cd "$ROOT" && cargo build --release --quiet)
