@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use http::StatusCode;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use super::accounting::{StreamAccount, usage_of_answer};
@@ -261,10 +262,7 @@ impl Gateway {
             }
         };
         if inbound.kind == ModelKind::Chat
-            && fields.get("messages").is_some_and(|raw| {
-                serde_json::from_str::<Vec<serde::de::IgnoredAny>>(raw.get())
-                    .is_ok_and(|m| m.is_empty())
-            })
+            && fields.get("messages").is_some_and(|m| is_empty_list(m))
         {
             return Err(Refusal::empty_messages());
         }
@@ -750,4 +748,37 @@ fn ask_for_usage(fields: &mut Fields) -> bool {
         fields.insert("stream_options".into(), raw);
     }
     false
+}
+
+/// Whether a field's value is an empty list, read off its text: a raw value is valid
+/// JSON, so `[` with only whitespace before its `]` is one. Parsing the list to count
+/// its items went over every message once more for each chat request.
+fn is_empty_list(raw: &RawValue) -> bool {
+    raw.get()
+        .trim_ascii_start()
+        .strip_prefix('[')
+        .is_some_and(|rest| rest.trim_ascii_start().starts_with(']'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_list_with_nothing_in_it_is_empty() {
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).unwrap();
+        for empty in ["[]", " [ ] ", "[\n\t]"] {
+            assert!(is_empty_list(&raw(empty)), "{empty:?}");
+        }
+        for other in [
+            r#"[{"role":"user"}]"#,
+            "[[]]",
+            "[ 1 ]",
+            "{}",
+            r#""[]""#,
+            "null",
+        ] {
+            assert!(!is_empty_list(&raw(other)), "{other:?}");
+        }
+    }
 }
