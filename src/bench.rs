@@ -1228,31 +1228,32 @@ mod tests {
     fn a_process_s_wait_for_a_cpu_is_read_from_the_kernel() {
         assert_eq!(waited_ns(&[]), None, "nothing to watch");
         assert_eq!(waited_ns(&[u32::MAX]), None, "no such process");
-        let me = [std::process::id()];
-        let before = waited_ns(&me).expect("this process's wait, from /proc");
-        // One thread more than there are cores, each busy for a while: together they
-        // are ready to run for longer than the cores can run them, so some wait.
+        // One busy process more than there are cores: together they are ready to run
+        // for longer than the cores can run them, so they wait. Processes of their own,
+        // not threads of this one: other tests' threads come and go here, and a thread
+        // that ends takes its wait out of its process's total.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let busy: Vec<_> = (0..=cores)
+        let mut busy: Vec<_> = (0..=cores)
             .map(|_| {
-                std::thread::spawn(|| {
-                    let until = std::time::Instant::now() + Duration::from_millis(300);
-                    while std::time::Instant::now() < until {
-                        std::hint::spin_loop();
-                    }
-                })
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("a busy shell")
             })
             .collect();
+        let pids: Vec<u32> = busy.iter().map(std::process::Child::id).collect();
+        let before = waited_ns(&pids).expect("the busy processes' wait, from /proc");
+        let until = std::time::Instant::now() + Duration::from_secs(20);
         let during = loop {
-            // Read while they run: an ended thread's wait leaves the total with it.
-            let now = waited_ns(&me).expect("this process's wait");
-            if now > before || busy.iter().all(|b| b.is_finished()) {
+            let now = waited_ns(&pids).expect("the busy processes' wait");
+            if now > before || std::time::Instant::now() > until {
                 break now;
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        for thread in busy {
-            thread.join().expect("a busy thread");
+        for child in &mut busy {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         assert!(during > before, "waited {before} ns, then {during}");
     }
