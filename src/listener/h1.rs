@@ -355,20 +355,24 @@ fn take_head(buffer: &mut BytesMut, max_body: usize) -> Result<Option<Head>, For
     let head = SHAPE.with_borrow_mut(|shape| {
         let fields = &*parsed.headers;
         // The names as the last request on this worker gave them: theirs are reused.
-        let same = shape.names.len() == fields.len()
-            && (shape.names.iter().zip(fields))
+        let same = shape.len() == fields.len()
+            && (shape.keys().zip(fields))
                 .all(|(name, field)| is_named(name, field.name.as_bytes()));
+        let mut known = shape.keys().filter(|_| same);
         let mut names: SmallVec<[HeaderName; 16]> = SmallVec::new();
         let mut places: SmallVec<[std::ops::Range<usize>; 16]> = SmallVec::new();
         let (mut body, mut keep, mut expect_continue) = (None, true, false);
-        for (i, field) in fields.iter().enumerate() {
-            if !same {
-                let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
-                    return Err(ForHyper);
-                };
-                names.push(name);
-            }
-            let name = if same { &shape.names[i] } else { &names[i] };
+        for field in fields {
+            let name = match known.next() {
+                Some(name) => name,
+                None => {
+                    let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+                        return Err(ForHyper);
+                    };
+                    names.push(name);
+                    &names[names.len() - 1]
+                }
+            };
             if name == header::CONTENT_LENGTH {
                 let Some(length) = std::str::from_utf8(field.value)
                     .ok()
@@ -412,20 +416,23 @@ fn take_head(buffer: &mut BytesMut, max_body: usize) -> Result<Option<Head>, For
         };
         let value = |place: std::ops::Range<usize>| HeaderValue::from_bytes(&buffer[place]);
         let headers = if same {
-            let mut headers = shape.map.clone();
+            let mut headers = shape.clone();
             for (slot, place) in headers.values_mut().zip(places) {
                 *slot = value(place).map_err(|_| ForHyper)?;
             }
             headers
         } else {
             let mut headers = HeaderMap::with_capacity(places.len());
-            for (name, place) in names.iter().zip(places) {
-                headers.append(name.clone(), value(place).map_err(|_| ForHyper)?);
+            for (name, place) in names.into_iter().zip(places) {
+                headers.append(name, value(place).map_err(|_| ForHyper)?);
             }
             // A name given twice has its values apart from the order of the names:
             // such a head is not kept as the shape.
             if headers.keys_len() == headers.len() {
-                *shape = Shape::of(names);
+                *shape = HeaderMap::with_capacity(headers.len());
+                for name in headers.keys() {
+                    shape.insert(name.clone(), HeaderValue::from_static(""));
+                }
             }
             headers
         };
@@ -474,28 +481,12 @@ fn is_named(name: &HeaderName, given: &[u8]) -> bool {
 }
 
 thread_local! {
-    /// The header names of the last request this worker read, and a map of them with
-    /// empty values. Clients send the same names in the same order request after
+    /// The header names of the last request this worker read, in a map with empty
+    /// values. Clients send the same names in the same order request after
     /// request (an SDK's, a load generator's), so a head whose names match is that map
     /// copied with its values put in place: each name parsed and hashed into a new map
     /// cost a fifth of reading the head. `answer_headers` does the same for answers.
-    static SHAPE: std::cell::RefCell<Shape> = std::cell::RefCell::new(Shape::default());
-}
-
-#[derive(Default)]
-struct Shape {
-    names: SmallVec<[HeaderName; 16]>,
-    map: HeaderMap,
-}
-
-impl Shape {
-    fn of(names: SmallVec<[HeaderName; 16]>) -> Shape {
-        let mut map = HeaderMap::with_capacity(names.len());
-        for name in &names {
-            map.insert(name.clone(), HeaderValue::from_static(""));
-        }
-        Shape { names, map }
-    }
+    static SHAPE: std::cell::RefCell<HeaderMap> = std::cell::RefCell::new(HeaderMap::new());
 }
 
 /// How an answer's body is framed.
